@@ -1,0 +1,256 @@
+//! The client's half of a sync, as a sans-IO state machine.
+//!
+//! A driver (the native CLI, or the WASM client over IndexedDB) does the I/O:
+//!
+//! 1. [`ClientSync::new`] gives the `sync` message to send.
+//! 2. Every text message goes to [`ClientSync::on_message`], every binary frame to
+//!    [`ClientSync::on_frame`], until one returns [`Event::Complete`].
+//! 3. The driver loads [`ClientSync::local_chunks`] from its store (verifying each one) and calls
+//!    [`ClientSync::finish`], which rebuilds the file and checks its SHA-256. Only a [`Synced`]
+//!    result may be committed.
+//!
+//! On [`Error::MissingLocal`] the driver retries with the chunks it does hold listed in
+//! `have.chunks`; on other data errors ([`Error::is_data_error`]) it retries once with an empty
+//! `have`.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    AssetPath, ChunkFrame, ClientMessage, Error, Have, Manifest, ServerMessage, Update,
+    VerifiedChunk, VersionId, apply,
+};
+
+/// What the driver should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Keep feeding messages; `received` of `total` chunk bytes have arrived so far.
+    Progress {
+        /// Chunk bytes received.
+        received: u64,
+        /// Chunk bytes announced.
+        total: u64,
+    },
+    /// Everything has arrived: load the local chunks and call [`ClientSync::finish`].
+    Complete,
+}
+
+/// A verified new version, ready to commit.
+#[derive(Debug)]
+pub struct Synced {
+    /// The manifest of the new version.
+    pub manifest: Manifest,
+    /// Its version id.
+    pub version: VersionId,
+    /// The rebuilt file; its SHA-256 matches the manifest.
+    pub data: Vec<u8>,
+    /// Chunks that came over the wire and are not yet in the store.
+    pub received: Vec<VerifiedChunk>,
+    /// Manifest entries that did not have to be transferred.
+    pub chunks_reused: usize,
+}
+
+enum State {
+    Waiting,
+    Receiving {
+        manifest: Manifest,
+        version: VersionId,
+        expected: u32,
+        total: u64,
+        received_bytes: u64,
+        positions: HashSet<u32>,
+        received: HashMap<VersionId, VerifiedChunk>,
+    },
+}
+
+/// One sync of one asset, from request to verified result.
+pub struct ClientSync {
+    id: u32,
+    asset: AssetPath,
+    base: Option<(VersionId, Manifest)>,
+    extra: Vec<Manifest>,
+    state: State,
+}
+
+impl ClientSync {
+    /// Starts a sync of `asset` for request `id`.
+    ///
+    /// `base` is the client's current manifest of this asset, if any; `others` are manifests of
+    /// other assets it holds, whose chunks the server may also count as held (and which may serve
+    /// as delta base). `have_chunks` lists further chunk ids held, for a client without versions
+    /// the server knows. Returns the machine and the message to send.
+    pub fn new(
+        id: u32,
+        asset: AssetPath,
+        base: Option<Manifest>,
+        others: Vec<Manifest>,
+        have_chunks: Vec<crate::ChunkId>,
+    ) -> (Self, ClientMessage) {
+        let base = base.map(|m| (m.version(), m));
+        let mut versions: Vec<VersionId> = base.iter().map(|(v, _)| *v).collect();
+        versions.extend(others.iter().map(Manifest::version));
+        let message = ClientMessage::Sync {
+            id,
+            asset: asset.as_str().to_owned(),
+            have: Have { versions, chunks: have_chunks },
+        };
+        let machine = ClientSync { id, asset, base, extra: others, state: State::Waiting };
+        (machine, message)
+    }
+
+    /// The request id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Feeds one control message.
+    pub fn on_message(&mut self, message: ServerMessage) -> Result<Event, Error> {
+        if !matches!(self.state, State::Waiting) {
+            return Err(Error::Protocol("control message while chunk frames were expected".into()));
+        }
+        match message {
+            ServerMessage::UpToDate { id, version } if id == self.id => {
+                let Some((base_version, base)) = &self.base else {
+                    return Err(Error::Protocol("up_to_date although no version was named".into()));
+                };
+                if *base_version != version {
+                    return Err(Error::Protocol("up_to_date names a version the client lacks".into()));
+                }
+                self.start(base.clone(), version, 0, 0)
+            }
+            ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
+            ServerMessage::Error { id, code, message } if id.is_none() || id == Some(self.id) => {
+                Err(Error::Server { code, message })
+            }
+            other => Err(Error::Protocol(format!("unexpected message {other:?}"))),
+        }
+    }
+
+    fn on_update(&mut self, u: Update) -> Result<Event, Error> {
+        let base = match u.base {
+            None => None,
+            Some(v) => Some(
+                self.base_manifest(v)
+                    .ok_or_else(|| Error::Protocol(format!("delta against unknown version {v}")))?,
+            ),
+        };
+        let chunks = apply(base.map(|m| m.chunks.as_slice()), &u.recipe)?;
+        let manifest = Manifest::from_parts(self.asset.clone(), 0, u.sha256, u.params, chunks);
+        let manifest = Manifest { len: u.len, ..manifest };
+        manifest.validate()?;
+        if manifest.version() != u.version {
+            return Err(Error::Protocol("the delta does not rebuild the announced version".into()));
+        }
+        if u.send as usize > manifest.chunks.len() {
+            return Err(Error::Protocol("more chunk frames announced than the manifest has".into()));
+        }
+        self.start(manifest, u.version, u.send, u.send_bytes)
+    }
+
+    fn base_manifest(&self, v: VersionId) -> Option<&Manifest> {
+        let base = self.base.as_ref().filter(|(bv, _)| *bv == v).map(|(_, m)| m);
+        base.or_else(|| self.extra.iter().find(|m| m.version() == v))
+    }
+
+    fn start(&mut self, manifest: Manifest, version: VersionId, expected: u32, total: u64) -> Result<Event, Error> {
+        self.state = State::Receiving {
+            manifest,
+            version,
+            expected,
+            total,
+            received_bytes: 0,
+            positions: HashSet::new(),
+            received: HashMap::new(),
+        };
+        Ok(if expected == 0 { Event::Complete } else { Event::Progress { received: 0, total } })
+    }
+
+    /// Feeds one binary frame. Its bytes are verified against the manifest entry they claim to be.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
+        let State::Receiving { manifest, expected, total, received_bytes, positions, received, .. } =
+            &mut self.state
+        else {
+            return Err(Error::BadFrame("chunk frame before the manifest"));
+        };
+        let frame = ChunkFrame::decode(frame)?;
+        if frame.id != self.id {
+            return Err(Error::BadFrame("chunk frame for another request"));
+        }
+        if positions.len() as u32 >= *expected {
+            return Err(Error::BadFrame("more chunk frames than announced"));
+        }
+        let entry = manifest
+            .chunks
+            .get(frame.index as usize)
+            .ok_or(Error::BadFrame("chunk index outside the manifest"))?;
+        if !positions.insert(frame.index) {
+            return Err(Error::BadFrame("chunk sent twice"));
+        }
+        let chunk = VerifiedChunk::verify(entry.id, frame.bytes.to_vec())?;
+        *received_bytes += frame.bytes.len() as u64;
+        received.insert(chunk.id(), chunk);
+        if positions.len() as u32 == *expected {
+            Ok(Event::Complete)
+        } else {
+            Ok(Event::Progress { received: *received_bytes, total: *total })
+        }
+    }
+
+    /// The manifest being synced, once known.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match &self.state {
+            State::Receiving { manifest, .. } => Some(manifest),
+            State::Waiting => None,
+        }
+    }
+
+    /// Distinct chunk ids the driver must load from its own store to rebuild the file.
+    pub fn local_chunks(&self) -> Vec<crate::ChunkId> {
+        let State::Receiving { manifest, received, .. } = &self.state else { return Vec::new() };
+        let mut seen = HashSet::new();
+        manifest
+            .chunks
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !received.contains_key(id) && seen.insert(*id))
+            .collect()
+    }
+
+    /// Rebuilds the file from received and `local` chunks and verifies it.
+    ///
+    /// Fails with [`Error::MissingLocal`] when `local` lacks chunks (for example because the store
+    /// found a corrupt entry), and with [`Error::FileMismatch`] when the result does not hash to
+    /// the manifest's SHA-256.
+    pub fn finish(self, local: Vec<VerifiedChunk>) -> Result<Synced, Error> {
+        let State::Receiving { manifest, version, expected, positions, received, .. } = self.state else {
+            return Err(Error::Protocol("finish before the manifest arrived".into()));
+        };
+        if positions.len() as u32 != expected {
+            return Err(Error::Protocol("finish before all chunk frames arrived".into()));
+        }
+        let local: HashMap<_, _> = local.into_iter().map(|c| (c.id(), c)).collect();
+        let missing: Vec<_> = manifest
+            .chunks
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !received.contains_key(id) && !local.contains_key(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingLocal(missing));
+        }
+        let mut data = Vec::with_capacity(manifest.len as usize);
+        for c in &manifest.chunks {
+            let chunk = received.get(&c.id).or_else(|| local.get(&c.id)).expect("checked above");
+            if chunk.bytes().len() != c.len as usize {
+                return Err(Error::FileMismatch);
+            }
+            data.extend_from_slice(chunk.bytes());
+        }
+        if data.len() as u64 != manifest.len || crate::Hash::of(&data) != manifest.sha256 {
+            return Err(Error::FileMismatch);
+        }
+        let chunks_reused = manifest.chunks.len() - positions.len();
+        Ok(Synced { manifest, version, data, received: received.into_values().collect(), chunks_reused })
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of the pure core.
+
+use crate::{ChunkId, ChunkParams, ErrorCode};
+
+/// Everything that can go wrong in the pure core. Messages are lowercase and say what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A hash was not 64 hex digits.
+    #[error("not a SHA-256 hex digest: {0:?}")]
+    BadHash(String),
+    /// An asset name was refused.
+    #[error("invalid asset path {path:?}: {why}")]
+    BadPath {
+        /// The offending name (truncated, escaped).
+        path: String,
+        /// Why it was refused.
+        why: &'static str,
+    },
+    /// Chunking parameters out of range.
+    #[error("invalid chunk parameters {0:?} (need 64 <= min <= avg <= max <= 1 MiB, avg >= 256, max >= 1024)")]
+    BadParams(ChunkParams),
+    /// A manifest or delta is inconsistent.
+    #[error("invalid manifest: {0}")]
+    BadManifest(&'static str),
+    /// A binary frame could not be parsed or was not expected.
+    #[error("invalid chunk frame: {0}")]
+    BadFrame(&'static str),
+    /// Chunk bytes do not hash to their id.
+    #[error("chunk {expected} failed verification (got {actual})")]
+    ChunkMismatch {
+        /// The id the manifest promised.
+        expected: ChunkId,
+        /// The hash of the bytes received.
+        actual: ChunkId,
+    },
+    /// The rebuilt file does not match the manifest's SHA-256.
+    #[error("rebuilt file failed verification: SHA-256 does not match the manifest")]
+    FileMismatch,
+    /// The local store lacks chunks the server assumed the client has.
+    #[error("{} chunk(s) missing from the local cache", .0.len())]
+    MissingLocal(Vec<ChunkId>),
+    /// The server answered with an error.
+    #[error("server refused: {message} ({code:?})")]
+    Server {
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Whether retrying the sync from a clean state may help: the data was bad, not the request.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, Error::ChunkMismatch { .. } | Error::FileMismatch | Error::MissingLocal(_))
+    }
+}

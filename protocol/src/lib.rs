@@ -1,0 +1,34 @@
+//! The pure core of assetsync: everything both ends of a sync agree on, with no I/O.
+//!
+//! - [`chunk`]: FastCDC v2020 cutting and SHA-256 [`ChunkId`]s; [`VerifiedChunk`] is the only
+//!   form in which chunk bytes may enter a store.
+//! - [`manifest`]: [`Manifest`] (one asset version's recipe), its [`VersionId`], and the
+//!   [`RecipeOp`] delta that sends a new manifest relative to one the client holds.
+//! - [`message`]: the wire contract, JSON [`ClientMessage`]/[`ServerMessage`] and binary
+//!   [`ChunkFrame`]s.
+//! - [`plan`]: the server's decision of what to answer and which chunks to send.
+//! - [`client`]: the client's sans-IO [`ClientSync`] machine.
+//!
+//! This crate never touches sockets, files, clocks or IndexedDB, so it cannot fail for I/O
+//! reasons and compiles unchanged for `wasm32-unknown-unknown`.
+
+pub mod chunk;
+pub mod client;
+mod error;
+mod hash;
+pub mod manifest;
+pub mod message;
+mod path;
+pub mod plan;
+
+pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
+pub use client::{ClientSync, Event, Synced};
+pub use error::Error;
+pub use hash::Hash;
+pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, VersionId, apply, diff};
+pub use message::{
+    ChunkFrame, ClientMessage, ErrorCode, FRAME_HEADER, Have, Limits, PROTOCOL_VERSION,
+    ServerMessage, Update,
+};
+pub use path::AssetPath;
+pub use plan::{ClientView, Plan, plan};

@@ -1,0 +1,232 @@
+//! Manifests (one asset version's recipe), their version ids, and manifest deltas.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AssetPath, ChunkId, ChunkParams, ChunkRef, Error, Hash, chunk_data};
+
+/// The id of one asset version: the SHA-256 of its manifest's canonical encoding.
+pub type VersionId = Hash;
+
+/// Most chunks one manifest may list (16 GiB at the smallest allowed average).
+pub const MAX_CHUNKS: usize = 1 << 22;
+
+/// One version of one asset: everything needed to rebuild and verify it from chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Where the asset lives, relative to the served root.
+    pub path: AssetPath,
+    /// Length of the whole file in bytes.
+    pub len: u64,
+    /// SHA-256 of the whole file, checked by the client before it commits.
+    pub sha256: Hash,
+    /// How the file was cut.
+    pub params: ChunkParams,
+    /// The chunks, in file order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    /// Builds the manifest of `data` from chunks computed elsewhere (the server hashes the whole
+    /// file and cuts it on two threads).
+    pub fn from_parts(
+        path: AssetPath,
+        data_len: usize,
+        sha256: Hash,
+        params: ChunkParams,
+        chunks: Vec<ChunkRef>,
+    ) -> Self {
+        Manifest { path, len: data_len as u64, sha256, params, chunks }
+    }
+
+    /// Chunks and hashes `data` on the calling thread.
+    pub fn build(path: AssetPath, data: &[u8], params: ChunkParams) -> Result<Self, Error> {
+        let chunks = chunk_data(data, params)?;
+        Ok(Manifest::from_parts(path, data.len(), Hash::of(data), params, chunks))
+    }
+
+    /// The version id: SHA-256 of [`Manifest::canonical_bytes`].
+    pub fn version(&self) -> VersionId {
+        Hash::of(&self.canonical_bytes())
+    }
+
+    /// A fixed little-endian layout that does not depend on JSON formatting, so that every party
+    /// computes the same version id.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + self.path.as_str().len() + self.chunks.len() * 36);
+        out.extend_from_slice(b"assetsync-manifest-v1\0");
+        out.extend_from_slice(&(self.path.as_str().len() as u32).to_le_bytes());
+        out.extend_from_slice(self.path.as_str().as_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.sha256.0);
+        for v in [self.params.min, self.params.avg, self.params.max] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.id.0);
+            out.extend_from_slice(&c.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Checks that the manifest is self-consistent: valid parameters, chunk lengths within them,
+    /// and lengths that add up to the file length.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.params.validate()?;
+        if self.chunks.len() > MAX_CHUNKS {
+            return Err(Error::BadManifest("too many chunks"));
+        }
+        let mut total = 0u64;
+        for c in &self.chunks {
+            if c.len == 0 || c.len > self.params.max {
+                return Err(Error::BadManifest("a chunk length is outside the manifest's parameters"));
+            }
+            total += u64::from(c.len);
+        }
+        if total != self.len {
+            return Err(Error::BadManifest("chunk lengths do not add up to the file length"));
+        }
+        Ok(())
+    }
+
+    /// Byte offset of each chunk, in order.
+    pub fn offsets(&self) -> impl Iterator<Item = (usize, &ChunkRef)> {
+        self.chunks.iter().scan(0usize, |off, c| {
+            let at = *off;
+            *off += c.len as usize;
+            Some((at, c))
+        })
+    }
+}
+
+/// One step of a manifest delta.
+///
+/// On the wire both forms are two-element JSON arrays: `[from, count]` copies `count` entries of
+/// the base manifest starting at `from`; `["<hex id>", len]` is a chunk the base does not list
+/// at that place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecipeOp {
+    /// Entries `from..from + count` of the base manifest.
+    Copy(u32, u32),
+    /// A chunk given by id and length.
+    Chunk(ChunkId, u32),
+}
+
+/// Encodes `new` as a delta against `base` (or as a plain list when there is no base).
+///
+/// Runs of chunks that appear in the same order in the base become one `Copy`, so an unchanged
+/// region of any size costs a few bytes instead of 32 bytes per chunk.
+pub fn diff(base: Option<&[ChunkRef]>, new: &[ChunkRef]) -> Vec<RecipeOp> {
+    let base = base.unwrap_or(&[]);
+    let mut first_at: HashMap<ChunkId, usize> = HashMap::with_capacity(base.len());
+    for (i, c) in base.iter().enumerate() {
+        first_at.entry(c.id).or_insert(i);
+    }
+    let mut ops = Vec::new();
+    let mut i = 0;
+    while i < new.len() {
+        let c = new[i];
+        match first_at.get(&c.id) {
+            Some(&from) if base[from].len == c.len => {
+                let mut count = 1;
+                while i + count < new.len()
+                    && from + count < base.len()
+                    && base[from + count] == new[i + count]
+                {
+                    count += 1;
+                }
+                ops.push(RecipeOp::Copy(from as u32, count as u32));
+                i += count;
+            }
+            _ => {
+                ops.push(RecipeOp::Chunk(c.id, c.len));
+                i += 1;
+            }
+        }
+    }
+    ops
+}
+
+/// Rebuilds the chunk list that [`diff`] encoded. Fails on a reference outside the base or a
+/// result longer than [`MAX_CHUNKS`], so hostile input cannot make it allocate without bound.
+pub fn apply(base: Option<&[ChunkRef]>, ops: &[RecipeOp]) -> Result<Vec<ChunkRef>, Error> {
+    let base = base.unwrap_or(&[]);
+    let mut out = Vec::new();
+    for op in ops {
+        match *op {
+            RecipeOp::Copy(from, count) => {
+                let (from, count) = (from as usize, count as usize);
+                let run = from
+                    .checked_add(count)
+                    .and_then(|end| base.get(from..end))
+                    .ok_or(Error::BadManifest("a delta copies entries the base does not have"))?;
+                out.extend_from_slice(run);
+            }
+            RecipeOp::Chunk(id, len) => out.push(ChunkRef { id, len }),
+        }
+        if out.len() > MAX_CHUNKS {
+            return Err(Error::BadManifest("too many chunks"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(ids: &[u8]) -> Vec<ChunkRef> {
+        ids.iter().map(|&b| ChunkRef { id: Hash([b; 32]), len: 100 + u32::from(b) }).collect()
+    }
+
+    #[test]
+    fn delta_round_trips_and_is_compact() {
+        let base = refs(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let new = refs(&[1, 2, 3, 9, 5, 6, 7, 8, 1, 2]);
+        let ops = diff(Some(&base), &new);
+        assert_eq!(
+            ops,
+            vec![
+                RecipeOp::Copy(0, 3),
+                RecipeOp::Chunk(Hash([9; 32]), 109),
+                RecipeOp::Copy(4, 4),
+                RecipeOp::Copy(0, 2)
+            ]
+        );
+        assert_eq!(apply(Some(&base), &ops).unwrap(), new);
+        assert_eq!(apply(None, &diff(None, &new)).unwrap(), new);
+    }
+
+    #[test]
+    fn delta_refuses_out_of_range_copies() {
+        let base = refs(&[1, 2]);
+        assert!(apply(Some(&base), &[RecipeOp::Copy(1, 2)]).is_err());
+        assert!(apply(Some(&base), &[RecipeOp::Copy(u32::MAX, 2)]).is_err());
+        assert!(apply(None, &[RecipeOp::Copy(0, 1)]).is_err());
+    }
+
+    #[test]
+    fn recipe_ops_have_a_compact_json_form() {
+        let ops = vec![RecipeOp::Copy(3, 4), RecipeOp::Chunk(Hash([0xab; 32]), 7)];
+        let json = serde_json::to_string(&ops).unwrap();
+        assert_eq!(json, format!("[[3,4],[\"{}\",7]]", "ab".repeat(32)));
+        assert_eq!(serde_json::from_str::<Vec<RecipeOp>>(&json).unwrap(), ops);
+    }
+
+    #[test]
+    fn version_depends_on_every_field() {
+        let data = vec![7u8; 50_000];
+        let m = Manifest::build(AssetPath::new("a.js").unwrap(), &data, ChunkParams::default()).unwrap();
+        m.validate().unwrap();
+        let mut other = m.clone();
+        other.path = AssetPath::new("b.js").unwrap();
+        assert_ne!(m.version(), other.version());
+        let mut other = m.clone();
+        other.chunks[0].len -= 1;
+        assert_ne!(m.version(), other.version());
+        assert!(other.validate().is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The wire contract: JSON control messages (text frames) and binary chunk frames.
+//!
+//! A connection starts with `hello` from the client; the client may send its first `sync` right
+//! behind it without waiting for `welcome`. Each `sync` is answered by exactly one of
+//! `up_to_date`, `update` (followed by `update.send` binary chunk frames) or `error`. Requests on
+//! one connection are answered in order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkId, ChunkParams, Error, Hash, RecipeOp, VersionId};
+
+/// Bumped on any incompatible change to the messages or frames.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Messages from client to server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on every connection.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Free-form client name and version, for the server's logs.
+        #[serde(default)]
+        agent: String,
+    },
+    /// Asks for the current version of one asset.
+    Sync {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// Asset path relative to the server root. Kept as a plain string here so that a bad
+        /// path is answered with an error that carries the request id.
+        asset: String,
+        /// What the client already holds.
+        #[serde(default)]
+        have: Have,
+    },
+}
+
+/// The client's digest of what it holds, sent with every `sync`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Have {
+    /// Version ids the client holds complete, the requested asset's own version first. The
+    /// server diffs against the first one it knows and counts every known version's chunks as
+    /// already held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionId>,
+    /// Individual chunk ids the client holds; used when it has no version the server knows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkId>,
+}
+
+impl Have {
+    /// Number of entries, for the server's digest limit.
+    pub fn len(&self) -> usize {
+        self.versions.len() + self.chunks.len()
+    }
+
+    /// True when the client holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Messages from server to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`.
+    Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Server name and version.
+        server: String,
+        /// What the server will accept, so a client can stay inside it.
+        limits: Limits,
+    },
+    /// The client's first `have.versions` entry is already current.
+    UpToDate {
+        /// The request id.
+        id: u32,
+        /// The current version.
+        version: VersionId,
+    },
+    /// A new version, followed by `send` binary chunk frames.
+    Update(Update),
+    /// A request failed (`id` set) or the connection is being closed (`id` absent).
+    Error {
+        /// The failed request, if the error belongs to one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u32>,
+        /// Machine-readable cause.
+        code: ErrorCode,
+        /// Human-readable cause.
+        message: String,
+    },
+}
+
+/// The body of an `update` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// The request id.
+    pub id: u32,
+    /// Version id of the new manifest; the client recomputes it to check the delta.
+    pub version: VersionId,
+    /// The version `recipe` is relative to, if any (one the client named in `have.versions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<VersionId>,
+    /// File length.
+    pub len: u64,
+    /// Whole-file SHA-256.
+    pub sha256: Hash,
+    /// Chunking parameters.
+    pub params: ChunkParams,
+    /// The chunk list as a delta against `base`.
+    pub recipe: Vec<RecipeOp>,
+    /// How many binary chunk frames follow.
+    pub send: u32,
+    /// Their total payload size, for progress bars.
+    pub send_bytes: u64,
+}
+
+/// Server limits announced in `welcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest text message the server accepts, in bytes.
+    pub max_message_bytes: u32,
+    /// Most `have` entries (versions plus chunks) in one `sync`.
+    pub max_have: u32,
+}
+
+/// Why a request or connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    ProtocolVersion,
+    /// The message was not valid JSON of a known shape, or came out of order.
+    BadMessage,
+    /// A message or digest is over the server's limits.
+    TooLarge,
+    /// The asset name is malformed or escapes the root.
+    BadPath,
+    /// No such asset under the root.
+    UnknownAsset,
+    /// The server failed to read or index the asset.
+    Internal,
+}
+
+/// Kind byte of a binary chunk frame.
+const FRAME_CHUNK: u8 = 1;
+/// Bytes before a chunk frame's payload.
+pub const FRAME_HEADER: usize = 9;
+
+/// A binary frame carrying one chunk: `[1u8][request id: u32 LE][manifest index: u32 LE][bytes]`.
+///
+/// The manifest index tells the client which chunk this is; the client hashes the bytes and
+/// compares them with that entry's id before using them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChunkFrame<'a> {
+    /// The request this chunk answers.
+    pub id: u32,
+    /// Position of the chunk in the new manifest.
+    pub index: u32,
+    /// The chunk's bytes.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> ChunkFrame<'a> {
+    /// Serialises the frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_HEADER + self.bytes.len());
+        out.push(FRAME_CHUNK);
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(self.bytes);
+        out
+    }
+
+    /// Parses a frame, borrowing its payload.
+    pub fn decode(frame: &'a [u8]) -> Result<Self, Error> {
+        if frame.len() < FRAME_HEADER || frame[0] != FRAME_CHUNK {
+            return Err(Error::BadFrame("not a chunk frame"));
+        }
+        let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
+        Ok(ChunkFrame { id: word(1), index: word(5), bytes: &frame[FRAME_HEADER..] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_documented_json_shape() {
+        let hello: ClientMessage =
+            serde_json::from_str(r#"{"type":"hello","protocol":1,"agent":"t"}"#).unwrap();
+        assert_eq!(hello, ClientMessage::Hello { protocol: 1, agent: "t".into() });
+        let sync: ClientMessage =
+            serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
+        assert_eq!(sync, ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default() });
+        let err = ServerMessage::Error { id: Some(7), code: ErrorCode::UnknownAsset, message: "x".into() };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"type":"error","id":7,"code":"unknown_asset","message":"x"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_rejected() {
+        for bad in [
+            r#"{"type":"shutdown"}"#,
+            r#"{"type":"sync","id":"7","asset":"a"}"#,
+            r#"{"type":"sync","id":1,"asset":"a","extra":1}"#,
+            r#"{"type":"sync","id":1,"asset":"a","have":{"versions":["zz"]}}"#,
+            r#"[1,2,3]"#,
+        ] {
+            assert!(serde_json::from_str::<ClientMessage>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunk_frames_round_trip_and_reject_garbage() {
+        let f = ChunkFrame { id: 3, index: 70000, bytes: b"payload" };
+        let bytes = f.encode();
+        assert_eq!(ChunkFrame::decode(&bytes).unwrap(), f);
+        assert!(ChunkFrame::decode(&bytes[..8]).is_err());
+        assert!(ChunkFrame::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}
