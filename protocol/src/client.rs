@@ -10,8 +10,8 @@
 //!    result may be committed.
 //!
 //! On [`Error::MissingLocal`] the driver retries with the chunks it does hold listed in
-//! `have.chunks`; on other data errors ([`Error::is_data_error`]) it retries once with an empty
-//! `have`.
+//! `have.chunks`; on [`Error::ChunkMismatch`] or [`Error::FileMismatch`] it retries once with an
+//! empty `have`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -192,6 +192,14 @@ impl ClientSync {
             Ok(Event::Complete)
         } else {
             Ok(Event::Progress { received: *received_bytes, total: *total })
+        }
+    }
+
+    /// Chunk frames announced but not yet received (to discard after a bad one).
+    pub fn pending_frames(&self) -> u32 {
+        match &self.state {
+            State::Receiving { expected, positions, .. } => expected.saturating_sub(positions.len() as u32),
+            State::Waiting => 0,
         }
     }
 

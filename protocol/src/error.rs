@@ -51,10 +51,3 @@ pub enum Error {
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
-
-impl Error {
-    /// Whether retrying the sync from a clean state may help: the data was bad, not the request.
-    pub fn is_data_error(&self) -> bool {
-        matches!(self, Error::ChunkMismatch { .. } | Error::FileMismatch | Error::MissingLocal(_))
-    }
-}

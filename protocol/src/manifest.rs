@@ -71,6 +71,40 @@ impl Manifest {
         out
     }
 
+    /// Parses [`Manifest::canonical_bytes`], as stored by client caches (which name the file by
+    /// its version id, so a store can check it with [`Manifest::version`]).
+    pub fn decode_canonical(bytes: &[u8]) -> Result<Self, Error> {
+        let bad = || Error::BadManifest("truncated or malformed canonical encoding");
+        let mut rest = bytes.strip_prefix(b"assetsync-manifest-v1\0".as_slice()).ok_or_else(bad)?;
+        let mut take = |n: usize| -> Result<&[u8], Error> {
+            let (head, tail) = rest.split_at_checked(n).ok_or_else(bad)?;
+            rest = tail;
+            Ok(head)
+        };
+        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        let path_len = u32_at(take(4)?) as usize;
+        let path = std::str::from_utf8(take(path_len)?).map_err(|_| bad())?;
+        let path = AssetPath::new(path)?;
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let sha256 = Hash(take(32)?.try_into().expect("32 bytes"));
+        let params = ChunkParams { min: u32_at(take(4)?), avg: u32_at(take(4)?), max: u32_at(take(4)?) };
+        let count = u32_at(take(4)?) as usize;
+        if count > MAX_CHUNKS {
+            return Err(Error::BadManifest("too many chunks"));
+        }
+        let mut chunks = Vec::new();
+        for _ in 0..count {
+            let id = Hash(take(32)?.try_into().expect("32 bytes"));
+            chunks.push(ChunkRef { id, len: u32_at(take(4)?) });
+        }
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+        let m = Manifest { path, len, sha256, params, chunks };
+        m.validate()?;
+        Ok(m)
+    }
+
     /// Checks that the manifest is self-consistent: valid parameters, chunk lengths within them,
     /// and lengths that add up to the file length.
     pub fn validate(&self) -> Result<(), Error> {
@@ -228,5 +262,10 @@ mod tests {
         other.chunks[0].len -= 1;
         assert_ne!(m.version(), other.version());
         assert!(other.validate().is_err());
+        assert_eq!(Manifest::decode_canonical(&m.canonical_bytes()).unwrap(), m);
+        let bytes = m.canonical_bytes();
+        for cut in [0, 10, bytes.len() - 1] {
+            assert!(Manifest::decode_canonical(&bytes[..cut]).is_err());
+        }
     }
 }

@@ -1,1 +1,192 @@
-fn main(){}
+//! The `assetsync` command: `serve`, `pull` and `gc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use assetsync::cache::Cache;
+use assetsync::pull::{PullConfig, pull};
+use assetsync::{ServeConfig, SessionLimits};
+use assetsync_protocol::{AssetPath, ChunkParams};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// The demo folder shipped in the repository, so that `assetsync serve` works with no arguments.
+const DEMO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo");
+/// The web page and WASM client folder shipped in the repository.
+const WWW_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../www");
+
+#[derive(Parser)]
+#[command(name = "assetsync", version, about = "Sync large web assets over WebSockets, sending only the chunks a client lacks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every file under --root at ws://LISTEN/sync, and --www at http://LISTEN/
+    Serve(ServeArgs),
+    /// Fetch assets into --out, transferring only the chunks the cache lacks
+    Pull(PullArgs),
+    /// Delete cached chunks and manifests that no committed version references
+    Gc {
+        /// The chunk cache directory
+        #[arg(long)]
+        cache: PathBuf,
+        /// Print the result as one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Folder whose files are served as assets (default: the bundled demo folder)
+    #[arg(long, default_value = DEMO_ROOT)]
+    root: PathBuf,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder served at / (default: the bundled www folder)
+    #[arg(long, default_value = WWW_ROOT)]
+    www: PathBuf,
+    /// Versions remembered per asset, so older clients still get small deltas
+    #[arg(long, default_value_t = 8)]
+    keep_versions: usize,
+    /// Average chunk size in bytes (min = avg/4, max = avg*4)
+    #[arg(long, default_value_t = 8192)]
+    avg_chunk: u32,
+    /// Largest asset served, in bytes
+    #[arg(long, default_value_t = 512 << 20)]
+    max_asset_bytes: u64,
+    /// Most simultaneous WebSocket connections
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Largest message accepted from a client, in bytes
+    #[arg(long, default_value_t = 8 << 20)]
+    max_message_bytes: usize,
+    /// Most entries in one client digest
+    #[arg(long, default_value_t = 65_536)]
+    max_have: usize,
+    /// Close connections idle for this many seconds
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// Server endpoint, e.g. ws://127.0.0.1:8080/sync
+    #[arg(long)]
+    server: String,
+    /// The chunk cache directory (created if missing)
+    #[arg(long)]
+    cache: PathBuf,
+    /// Each ASSET is written to OUT/ASSET
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object per asset
+    #[arg(long)]
+    json: bool,
+    /// Asset paths relative to the server root, e.g. js/app.js
+    #[arg(required = true)]
+    assets: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("assetsync=info,warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Pull(args) => {
+            let assets = args.assets.iter().map(|a| AssetPath::new(a)).collect::<Result<Vec<_>, _>>()?;
+            let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out) };
+            let json = args.json;
+            pull(&config, &assets, |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).expect("reports serialise"));
+                } else {
+                    println!(
+                        "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
+                        r.asset, r.bytes, r.chunks_reused, r.chunks, r.wire_bytes_in, r.wire_bytes_out, r.elapsed_ms
+                    );
+                }
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Gc { cache, json } => {
+            let report = tokio::task::spawn_blocking(move || Cache::open(&cache)?.gc()).await??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "deleted {} chunks and {} manifests, freed {} bytes; kept {} chunks",
+                    report.chunks_deleted, report.manifests_deleted, report.bytes_freed, report.chunks_kept
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig {
+        root: args.root,
+        www: Some(args.www),
+        params: ChunkParams::with_avg(args.avg_chunk)?,
+        keep_versions: args.keep_versions,
+        max_asset_bytes: args.max_asset_bytes,
+        limits: SessionLimits {
+            max_message_bytes: args.max_message_bytes,
+            max_have: args.max_have,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+        },
+        max_connections: args.max_connections,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = args.listen;
+    let root = config.root.canonicalize().unwrap_or_else(|_| config.root.clone());
+    eprintln!("assetsync: serving {} at http://{addr}/ (sync endpoint ws://{addr}/sync)", root.display());
+    assetsync::run(listener, config, shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,1 +1,7 @@
+//! End-to-end tests: a real server on 127.0.0.1:0, real native clients, real sockets.
 
+mod bad_input;
+mod cache;
+mod cli;
+mod sync;
+mod util;

@@ -1,0 +1,218 @@
+//! The native client's on-disk cache, the same model the browser keeps in IndexedDB.
+//!
+//! ```text
+//! DIR/lock                       held (flock) by a pull or gc for its whole run
+//! DIR/chunks/ab/<id hex>         chunk bytes, named by their SHA-256
+//! DIR/manifests/<version hex>    canonical manifest encoding, named by its SHA-256
+//! DIR/refs.json                  {"asset": "<version hex>"}: the committed versions
+//! ```
+//!
+//! Every file is written to a temporary name and renamed into place. `refs.json` is written
+//! last, so it is the commit point: a crash before it leaves the previous version current, and
+//! anything written before it is at worst garbage for [`Cache::gc`]. Everything read back is
+//! verified against its hash; a bad entry is deleted and reported as missing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, VerifiedChunk, VersionId};
+
+/// An open, locked cache directory.
+pub struct Cache {
+    dir: PathBuf,
+    refs: BTreeMap<String, VersionId>,
+    _lock: File,
+}
+
+/// What [`Cache::gc`] freed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Chunk files deleted.
+    pub chunks_deleted: usize,
+    /// Manifest files deleted.
+    pub manifests_deleted: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Chunks kept because a committed manifest references them.
+    pub chunks_kept: usize,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `dir` and takes its lock, waiting for another
+    /// process that holds it.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        for sub in ["chunks", "manifests", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create cache {}", dir.display()))?;
+        }
+        let lock = File::create(dir.join("lock")).context("cannot create the cache lock file")?;
+        lock.lock().context("cannot lock the cache")?;
+        let refs = match fs::read(dir.join("refs.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).context("cache refs.json is corrupt")?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).context("cannot read cache refs.json"),
+        };
+        Ok(Cache { dir: dir.to_path_buf(), refs, _lock: lock })
+    }
+
+    /// The committed manifest of `asset`, if it is present and intact.
+    pub fn current(&self, asset: &AssetPath) -> Option<Manifest> {
+        self.manifest(self.refs.get(asset.as_str())?)
+    }
+
+    /// Committed manifests of other assets (at most `limit`), whose chunks the server may count
+    /// as held.
+    pub fn others(&self, asset: &AssetPath, limit: usize) -> Vec<Manifest> {
+        self.refs
+            .iter()
+            .filter(|(name, _)| name.as_str() != asset.as_str())
+            .filter_map(|(_, v)| self.manifest(v))
+            .take(limit)
+            .collect()
+    }
+
+    fn manifest(&self, version: &VersionId) -> Option<Manifest> {
+        let path = self.dir.join("manifests").join(version.to_hex());
+        let bytes = fs::read(&path).ok()?;
+        match Manifest::decode_canonical(&bytes) {
+            Ok(m) if Hash::of(&bytes) == *version => Some(m),
+            _ => {
+                tracing::warn!(path = %path.display(), "discarding corrupt cached manifest");
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.dir.join("chunks").join(&hex[..2]).join(hex)
+    }
+
+    /// Reads and verifies a chunk. A missing chunk is `None`; so is a corrupt one, which is also
+    /// deleted so that the next sync fetches it again.
+    pub fn chunk(&self, id: &ChunkId) -> Option<VerifiedChunk> {
+        let path = self.chunk_path(id);
+        let bytes = fs::read(&path).ok()?;
+        match VerifiedChunk::verify(*id, bytes) {
+            Ok(chunk) => Some(chunk),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding corrupt cached chunk");
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Stores chunks and the manifest, writes `out` (if given) atomically, then moves the
+    /// asset's pointer: the commit point.
+    pub fn commit(
+        &mut self,
+        manifest: &Manifest,
+        version: VersionId,
+        chunks: &[VerifiedChunk],
+        out: Option<(&Path, &[u8])>,
+    ) -> anyhow::Result<()> {
+        for chunk in chunks {
+            let path = self.chunk_path(&chunk.id());
+            if !path.exists() {
+                fs::create_dir_all(path.parent().expect("has parent"))?;
+                // Not fsynced: a chunk lost in a crash fails verification on read and is fetched
+                // again, so durability here would only cost time.
+                self.write_atomic(&path, chunk.bytes(), false).context("cannot store chunk")?;
+            }
+        }
+        let manifest_path = self.dir.join("manifests").join(version.to_hex());
+        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true).context("cannot store manifest")?;
+        if let Some((path, data)) = out {
+            write_file_atomic(path, data).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        let mut refs = self.refs.clone();
+        refs.insert(manifest.path.as_str().to_owned(), version);
+        let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
+        self.write_atomic(&self.dir.join("refs.json"), &json, true).context("cannot update cache refs.json")?;
+        self.refs = refs;
+        Ok(())
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+        let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
+        let result = write_and_rename(&tmp, path, data, durable);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Deletes every chunk and manifest that no committed version references.
+    pub fn gc(&mut self) -> anyhow::Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut live_chunks = HashSet::new();
+        let mut live_manifests = HashSet::new();
+        for version in self.refs.values() {
+            let manifest = self
+                .manifest(version)
+                .with_context(|| format!("committed manifest {version} is missing; refusing to collect"))?;
+            live_manifests.insert(version.to_hex());
+            live_chunks.extend(manifest.chunks.iter().map(|c| c.id.to_hex()));
+        }
+        for entry in fs::read_dir(self.dir.join("manifests"))? {
+            let entry = entry?;
+            if !live_manifests.contains(entry.file_name().to_string_lossy().as_ref()) {
+                report.bytes_freed += entry.metadata()?.len();
+                fs::remove_file(entry.path())?;
+                report.manifests_deleted += 1;
+            }
+        }
+        for shard in fs::read_dir(self.dir.join("chunks"))? {
+            for entry in fs::read_dir(shard?.path())? {
+                let entry = entry?;
+                if live_chunks.contains(entry.file_name().to_string_lossy().as_ref()) {
+                    report.chunks_kept += 1;
+                } else {
+                    report.bytes_freed += entry.metadata()?.len();
+                    fs::remove_file(entry.path())?;
+                    report.chunks_deleted += 1;
+                }
+            }
+        }
+        // Leftovers of interrupted writes (we hold the lock, so none is in progress).
+        for entry in fs::read_dir(self.dir.join("tmp"))? {
+            let entry = entry?;
+            report.bytes_freed += entry.metadata()?.len();
+            fs::remove_file(entry.path())?;
+        }
+        Ok(report)
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory, so that readers see
+/// either the old file or the complete new one.
+pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.assetsync-{}.{}", std::process::id(), unique()));
+    let result = write_and_rename(&tmp, path, data, true);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+    let mut file = File::create(tmp)?;
+    file.write_all(data)?;
+    if durable {
+        file.sync_data()?;
+    }
+    fs::rename(tmp, path)
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,272 @@
+//! The server's asset index: asset path -> current manifest and bytes, plus recent versions.
+//!
+//! A file is chunked once per content. Each request stats the file (cheap) and re-indexes only
+//! when its size, mtime or inode changed; re-indexing content that turns out identical keeps the
+//! same version. Reading, chunking and hashing run on the blocking pool, never on the reactor.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use assetsync_protocol::{AssetPath, ChunkId, ChunkParams, Hash, Manifest, VersionId, chunk_data};
+use bytes::Bytes;
+
+/// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Nothing (or not a regular file) at that path.
+    #[error("unknown asset {0:?}")]
+    Unknown(AssetPath),
+    /// The path resolves outside the root, through a symlink.
+    #[error("asset {0:?} resolves outside the served root")]
+    Escapes(AssetPath),
+    /// The file is larger than the configured limit.
+    #[error("asset {asset:?} is {len} bytes, over the server's limit of {limit} bytes")]
+    TooLarge {
+        /// The asset.
+        asset: AssetPath,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Reading the file failed.
+    #[error("cannot read asset {asset:?}: {source}")]
+    Io {
+        /// The asset.
+        asset: AssetPath,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Index settings.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// The served root; canonicalised by [`AssetIndex::new`].
+    pub root: PathBuf,
+    /// Chunking parameters for newly indexed files.
+    pub params: ChunkParams,
+    /// How many versions of each asset to remember (the current one included), so that clients
+    /// naming an older version still get a delta and count its chunks as held.
+    pub keep_versions: usize,
+    /// Largest file served, in bytes (the current version of each asset is held in memory).
+    pub max_asset_bytes: u64,
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Stamp { len: meta.len(), modified: meta.modified().ok(), inode }
+    }
+}
+
+/// The current version of one asset, shared by every session that serves it.
+#[derive(Debug)]
+pub struct Indexed {
+    /// The manifest.
+    pub manifest: Arc<Manifest>,
+    /// Its version id.
+    pub version: VersionId,
+    /// The file's bytes; chunk frames are cut from this one copy.
+    pub data: Bytes,
+    /// Byte offset of each manifest entry.
+    pub offsets: Vec<usize>,
+    stamp: Stamp,
+}
+
+impl Indexed {
+    /// The bytes of manifest entry `index`.
+    pub fn chunk(&self, index: usize) -> &[u8] {
+        let start = self.offsets[index];
+        &self.data[start..start + self.manifest.chunks[index].len as usize]
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Option<Arc<Indexed>>,
+    /// Known versions of this asset, newest last (the current one included).
+    history: VecDeque<VersionId>,
+}
+
+/// The index. Cheap to share: sessions hold an `Arc` of it.
+pub struct AssetIndex {
+    config: IndexConfig,
+    slots: Mutex<HashMap<AssetPath, Arc<tokio::sync::Mutex<Slot>>>>,
+    versions: RwLock<HashMap<VersionId, Arc<Manifest>>>,
+}
+
+impl AssetIndex {
+    /// Opens an index over `config.root`, which must be an existing directory.
+    pub fn new(mut config: IndexConfig) -> io::Result<Self> {
+        config.root = config.root.canonicalize().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
+        })?;
+        if !config.root.is_dir() {
+            return Err(io::Error::other(format!("root {} is not a directory", config.root.display())));
+        }
+        config.keep_versions = config.keep_versions.max(1);
+        Ok(AssetIndex { config, slots: Mutex::default(), versions: RwLock::default() })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// The current version of `asset`, indexing it first if it is new or changed on disk.
+    pub async fn current(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
+        let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
+        // One indexer per asset: concurrent requests for a changed file wait for one re-index.
+        let mut slot = slot.lock().await;
+        let previous = slot.current.clone();
+        let (root, asset_owned, max) = (self.config.root.clone(), asset.clone(), self.config.max_asset_bytes);
+        let params = self.config.params;
+        let result = tokio::task::spawn_blocking(move || {
+            refresh(&root, &asset_owned, previous.as_deref(), params, max)
+        })
+        .await
+        .expect("indexing task panicked");
+        match result {
+            Ok(Some(fresh)) => {
+                let fresh = Arc::new(fresh);
+                self.remember(&mut slot, &fresh);
+                slot.current = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Ok(None) => Ok(slot.current.clone().expect("unchanged implies indexed")),
+            Err(e) => {
+                // Forget a vanished file so that the slot map does not grow with bad names.
+                if slot.current.is_none() {
+                    self.slots.lock().expect("poisoned").remove(asset);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn remember(&self, slot: &mut Slot, fresh: &Indexed) {
+        let mut versions = self.versions.write().expect("poisoned");
+        slot.history.retain(|v| *v != fresh.version);
+        slot.history.push_back(fresh.version);
+        versions.insert(fresh.version, fresh.manifest.clone());
+        while slot.history.len() > self.config.keep_versions {
+            let old = slot.history.pop_front().expect("non-empty");
+            versions.remove(&old);
+        }
+    }
+
+    /// The manifest of a version the server still remembers.
+    pub fn version(&self, version: &VersionId) -> Option<Arc<Manifest>> {
+        self.versions.read().expect("poisoned").get(version).cloned()
+    }
+
+    /// Resolves a client digest: the first named version the server knows (the delta base), and
+    /// every chunk the client is known to hold.
+    pub fn resolve_have(
+        &self,
+        versions: &[VersionId],
+        chunks: &[ChunkId],
+    ) -> (Option<(VersionId, Arc<Manifest>)>, HashSet<ChunkId>) {
+        let known = self.versions.read().expect("poisoned");
+        let mut base = None;
+        let mut held: HashSet<ChunkId> = chunks.iter().copied().collect();
+        for v in versions {
+            if let Some(m) = known.get(v) {
+                base.get_or_insert_with(|| (*v, m.clone()));
+                held.extend(m.chunks.iter().map(|c| c.id));
+            }
+        }
+        (base, held)
+    }
+}
+
+/// Resolves `asset` under `root` and re-indexes it if it changed since `previous`.
+/// Returns `None` when `previous` is still current.
+fn refresh(
+    root: &Path,
+    asset: &AssetPath,
+    previous: Option<&Indexed>,
+    params: ChunkParams,
+    max: u64,
+) -> Result<Option<Indexed>, IndexError> {
+    let path = confine(root, asset)?;
+    let io_err = |source| IndexError::Io { asset: asset.clone(), source };
+    // A file being rewritten while we read it is read again, so that no torn mix is indexed.
+    for _ in 0..5 {
+        let before = Stamp::of(&std::fs::metadata(&path).map_err(io_err)?);
+        if previous.is_some_and(|p| p.stamp == before) {
+            return Ok(None);
+        }
+        if before.len > max {
+            return Err(IndexError::TooLarge { asset: asset.clone(), len: before.len, limit: max });
+        }
+        let data = std::fs::read(&path).map_err(io_err)?;
+        let after = Stamp::of(&std::fs::metadata(&path).map_err(io_err)?);
+        if before != after || data.len() as u64 != after.len {
+            continue;
+        }
+        let (manifest, offsets) = build_manifest(asset.clone(), &data, params);
+        let version = manifest.version();
+        // Same content under a new stamp (touch, or a rewrite with identical bytes): keep sharing
+        // the already indexed manifest instead of allocating another.
+        let manifest = match previous {
+            Some(p) if p.version == version => p.manifest.clone(),
+            _ => Arc::new(manifest),
+        };
+        return Ok(Some(Indexed { manifest, version, data: Bytes::from(data), offsets, stamp: after }));
+    }
+    Err(io_err(io::Error::other("the file kept changing while it was being read")))
+}
+
+/// Joins `asset` onto `root` and refuses anything that resolves outside it, symlinks included.
+fn confine(root: &Path, asset: &AssetPath) -> Result<PathBuf, IndexError> {
+    let mut path = root.to_path_buf();
+    path.extend(asset.components());
+    let real = match path.canonicalize() {
+        Ok(real) => real,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return Err(IndexError::Unknown(asset.clone()));
+        }
+        Err(source) => return Err(IndexError::Io { asset: asset.clone(), source }),
+    };
+    if !real.starts_with(root) {
+        return Err(IndexError::Escapes(asset.clone()));
+    }
+    if !real.is_file() {
+        return Err(IndexError::Unknown(asset.clone()));
+    }
+    Ok(real)
+}
+
+/// Cuts and hashes `data`. For large files the whole-file SHA-256 runs on a second thread while
+/// this one chunks, so indexing costs about one pass of wall time.
+fn build_manifest(path: AssetPath, data: &[u8], params: ChunkParams) -> (Manifest, Vec<usize>) {
+    let (sha256, chunks) = if data.len() >= 1 << 20 {
+        std::thread::scope(|s| {
+            let whole = s.spawn(|| Hash::of(data));
+            let chunks = chunk_data(data, params);
+            (whole.join().expect("hashing thread panicked"), chunks)
+        })
+    } else {
+        (Hash::of(data), chunk_data(data, params))
+    };
+    let chunks = chunks.expect("parameters validated at start-up");
+    let manifest = Manifest::from_parts(path, data.len(), sha256, params, chunks);
+    let offsets = manifest.offsets().map(|(o, _)| o).collect();
+    (manifest, offsets)
+}

@@ -1,0 +1,18 @@
+//! assetsync's server and native client.
+//!
+//! - [`server`]: the axum app (`/sync` WebSocket endpoint plus static files) and [`server::run`].
+//! - [`session`]: one WebSocket connection, answering `sync` requests in order.
+//! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
+//!   with a bounded history of versions; confines every path to the root.
+//! - [`pull`]: the native client, driving the protocol crate's `ClientSync` over tokio-tungstenite.
+//! - [`cache`]: the native client's on-disk chunk cache, committed by atomic renames.
+//!
+//! All sync logic lives in `assetsync-protocol`; this crate does the I/O around it.
+
+pub mod cache;
+pub mod index;
+pub mod pull;
+pub mod server;
+mod session;
+
+pub use server::{ServeConfig, SessionLimits, run};

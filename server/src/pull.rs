@@ -1,0 +1,299 @@
+//! The native client: drives [`assetsync_protocol::ClientSync`] over tokio-tungstenite and
+//! commits verified results to a [`Cache`] and an output folder.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use assetsync_protocol::{
+    AssetPath, ClientMessage, ClientSync, Error as SyncError, Event, PROTOCOL_VERSION, ServerMessage, Synced,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::cache::Cache;
+
+/// How many other cached assets' versions accompany each request (their chunks count as held).
+const MAX_OTHER_VERSIONS: usize = 64;
+
+/// Where to pull from and to.
+#[derive(Clone, Debug)]
+pub struct PullConfig {
+    /// `ws://host:port/sync`.
+    pub server: String,
+    /// The chunk cache directory.
+    pub cache: PathBuf,
+    /// Each asset is written to `out/ASSET`; `None` only updates the cache.
+    pub out: Option<PathBuf>,
+}
+
+/// What one asset's sync did, printed by `pull --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PullReport {
+    /// The asset path.
+    pub asset: String,
+    /// The committed version id.
+    pub version: String,
+    /// File size.
+    pub bytes: u64,
+    /// Manifest entries.
+    pub chunks: usize,
+    /// Entries not transferred because the cache had them.
+    pub chunks_reused: usize,
+    /// Bytes read from the socket for this asset (WebSocket framing included).
+    pub wire_bytes_in: u64,
+    /// Bytes written to the socket for this asset.
+    pub wire_bytes_out: u64,
+    /// Wall time of the sync, commit included.
+    pub elapsed_ms: u64,
+    /// Whether the first attempt failed verification and was retried.
+    pub retried: bool,
+}
+
+/// Pulls each asset in turn over one connection, calling `report` after each commit.
+pub async fn pull(
+    config: &PullConfig,
+    assets: &[AssetPath],
+    mut report: impl FnMut(&PullReport),
+) -> anyhow::Result<Vec<PullReport>> {
+    let mut cache = Cache::open(&config.cache)?;
+    let mut conn = Connection::open(&config.server).await?;
+    let mut reports = Vec::new();
+    let mut result = Ok(());
+    for asset in assets {
+        match conn.pull_one(&mut cache, asset, config).await {
+            Ok(r) => {
+                report(&r);
+                reports.push(r);
+            }
+            Err(e) => {
+                result = Err(e.context(asset.to_string()));
+                break;
+            }
+        }
+    }
+    conn.close().await;
+    result.map(|()| reports)
+}
+
+/// Byte counters shared with the [`Counted`] stream.
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A stream that counts the bytes that cross it: the wire bytes we report are socket bytes.
+struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.counters.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct Connection {
+    ws: WebSocketStream<Counted<TcpStream>>,
+    counters: Arc<Counters>,
+    next_id: u32,
+}
+
+impl Connection {
+    /// Connects, upgrades and exchanges `hello`/`welcome`.
+    async fn open(url: &str) -> anyhow::Result<Self> {
+        let request = url.into_client_request().with_context(|| format!("invalid server URL {url:?}"))?;
+        let uri = request.uri();
+        if uri.scheme_str() != Some("ws") {
+            bail!("unsupported server URL {url:?}: use ws://HOST:PORT/sync (put TLS in a reverse proxy)");
+        }
+        let host = uri.host().context("server URL has no host")?.trim_matches(['[', ']']).to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| anyhow!("cannot connect to {url}: timed out"))?
+            .with_context(|| format!("cannot connect to {url}"))?;
+        tcp.set_nodelay(true)?;
+        let counters = Arc::new(Counters::default());
+        let stream = Counted { inner: tcp, counters: counters.clone() };
+        let config = WebSocketConfig::default().max_message_size(Some(8 << 20)).max_frame_size(Some(8 << 20));
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+        let mut conn = Connection { ws, counters, next_id: 1 };
+        let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
+        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent }).await?;
+        match conn.recv().await? {
+            Incoming::Control(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(conn),
+            Incoming::Control(ServerMessage::Error { message, .. }) => bail!("server refused the connection: {message}"),
+            other => bail!("unexpected handshake answer from server: {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, message: &ClientMessage) -> anyhow::Result<()> {
+        let text = serde_json::to_string(message).expect("client messages serialise");
+        self.ws.send(Message::text(text)).await.context("connection lost while sending")
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<Incoming> {
+        loop {
+            let message = match self.ws.next().await {
+                None => bail!("connection lost: the server closed the socket"),
+                Some(Err(e)) => bail!("connection lost: {e}"),
+                Some(Ok(m)) => m,
+            };
+            return Ok(match message {
+                Message::Text(t) => Incoming::Control(
+                    serde_json::from_str(&t).with_context(|| format!("invalid message from server: {t:.200}"))?,
+                ),
+                Message::Binary(b) => Incoming::Frame(b.to_vec()),
+                Message::Close(frame) => bail!(
+                    "server closed the connection{}",
+                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+                ),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            });
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    fn wire(&self) -> (u64, u64) {
+        (self.counters.read.load(Ordering::Relaxed), self.counters.written.load(Ordering::Relaxed))
+    }
+
+    /// Syncs one asset: a first attempt from the cache's state, and at most one retry when the
+    /// data fails verification (with the chunks still held, or from a clean state).
+    async fn pull_one(&mut self, cache: &mut Cache, asset: &AssetPath, config: &PullConfig) -> anyhow::Result<PullReport> {
+        let started = Instant::now();
+        let (in0, out0) = self.wire();
+        let base = cache.current(asset);
+        let others = cache.others(asset, MAX_OTHER_VERSIONS);
+        let (synced, retried) = match self.attempt(cache, asset, base, others, Vec::new()).await? {
+            Outcome::Done(synced) => (synced, false),
+            Outcome::Retry { error, held } => {
+                tracing::warn!(%asset, %error, "sync failed verification; retrying once");
+                match self.attempt(cache, asset, None, Vec::new(), held).await? {
+                    Outcome::Done(synced) => (synced, true),
+                    Outcome::Retry { error, .. } => bail!("verification failed after retry: {error}"),
+                }
+            }
+        };
+        let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+        cache.commit(&synced.manifest, synced.version, &synced.received, out.as_deref().map(|p| (p, &synced.data[..])))?;
+        let (in1, out1) = self.wire();
+        Ok(PullReport {
+            asset: asset.to_string(),
+            version: synced.version.to_hex(),
+            bytes: synced.manifest.len,
+            chunks: synced.manifest.chunks.len(),
+            chunks_reused: synced.chunks_reused,
+            wire_bytes_in: in1 - in0,
+            wire_bytes_out: out1 - out0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            retried,
+        })
+    }
+
+    /// One request/answer exchange. Errors are fatal (connection, server refusal, protocol
+    /// violation); bad data is an [`Outcome::Retry`].
+    async fn attempt(
+        &mut self,
+        cache: &Cache,
+        asset: &AssetPath,
+        base: Option<assetsync_protocol::Manifest>,
+        others: Vec<assetsync_protocol::Manifest>,
+        have_chunks: Vec<assetsync_protocol::ChunkId>,
+    ) -> anyhow::Result<Outcome> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
+        self.send(&request).await?;
+        loop {
+            let event = match self.recv().await? {
+                Incoming::Control(m) => machine.on_message(m),
+                Incoming::Frame(f) => machine.on_frame(&f),
+            };
+            match event {
+                Ok(Event::Complete) => break,
+                Ok(Event::Progress { .. }) => {}
+                Err(e @ SyncError::ChunkMismatch { .. }) => {
+                    // The remaining frames of this answer are still on their way; drain them so
+                    // the retry starts on a clean stream.
+                    self.drain(&machine).await?;
+                    return Ok(Outcome::Retry { error: e, held: Vec::new() });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let local: Vec<_> = machine.local_chunks().iter().filter_map(|id| cache.chunk(id)).collect();
+        let held = local.iter().map(|c| c.id()).collect();
+        match machine.finish(local) {
+            Ok(synced) => Ok(Outcome::Done(synced)),
+            // A corrupt or vanished cache entry: ask again, naming exactly the chunks still intact.
+            Err(error @ SyncError::MissingLocal(_)) => Ok(Outcome::Retry { error, held }),
+            // The rebuilt file is wrong: start again from a clean state.
+            Err(error @ SyncError::FileMismatch) => Ok(Outcome::Retry { error, held: Vec::new() }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Reads and drops the rest of an answer after a bad chunk.
+    async fn drain(&mut self, machine: &ClientSync) -> anyhow::Result<()> {
+        let expected = machine.pending_frames();
+        for _ in 0..expected {
+            match self.recv().await? {
+                Incoming::Frame(_) => {}
+                Incoming::Control(m) => bail!("unexpected message while discarding a bad answer: {m:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one attempt ended.
+enum Outcome {
+    /// Verified and ready to commit.
+    Done(Synced),
+    /// The data was bad; retry naming `held` (the intact chunks) in the digest.
+    Retry { error: SyncError, held: Vec<assetsync_protocol::ChunkId> },
+}
+
+#[derive(Debug)]
+enum Incoming {
+    Control(ServerMessage),
+    Frame(Vec<u8>),
+}

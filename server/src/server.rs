@@ -1,0 +1,150 @@
+//! The axum application: `/sync` WebSocket endpoint, static files, limits and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use assetsync_protocol::{ChunkParams, Limits};
+use axum::Router;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::services::ServeDir;
+
+use crate::index::{AssetIndex, IndexConfig};
+use crate::session;
+
+/// Everything `assetsync serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Folder whose files are served as assets.
+    pub root: PathBuf,
+    /// Folder served at `/` (the demo page and the WASM client), if any.
+    pub www: Option<PathBuf>,
+    /// Chunking parameters for indexed files.
+    pub params: ChunkParams,
+    /// Versions remembered per asset, the current one included.
+    pub keep_versions: usize,
+    /// Largest asset served, in bytes.
+    pub max_asset_bytes: u64,
+    /// Per-connection limits.
+    pub limits: SessionLimits,
+    /// Most simultaneous WebSocket connections; more are refused with 503.
+    pub max_connections: usize,
+}
+
+/// Limits that apply to each WebSocket connection.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Largest message (and frame) accepted from a client.
+    pub max_message_bytes: usize,
+    /// Most entries in one `have` digest.
+    pub max_have: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// The part of the limits announced to clients in `welcome`.
+    pub fn announced(&self) -> Limits {
+        Limits { max_message_bytes: self.max_message_bytes as u32, max_have: self.max_have as u32 }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            root: PathBuf::from("."),
+            www: None,
+            params: ChunkParams::default(),
+            keep_versions: 8,
+            max_asset_bytes: 512 << 20,
+            limits: SessionLimits {
+                // 64 Ki digest entries of 66 JSON bytes each fit in 8 MiB; nothing else is large.
+                max_message_bytes: 8 << 20,
+                max_have: 65_536,
+                idle_timeout: Duration::from_secs(120),
+            },
+            max_connections: 4096,
+        }
+    }
+}
+
+/// State shared by all connections.
+pub struct AppState {
+    pub(crate) index: AssetIndex,
+    pub(crate) limits: SessionLimits,
+    connections: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Builds the router: `/sync` for WebSockets, and the `www` folder (if any) at `/`.
+pub fn app(state: Arc<AppState>, www: Option<PathBuf>) -> Router {
+    let router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
+    match www {
+        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        None => router,
+    }
+}
+
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "refusing connection: connection limit reached");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    };
+    let max = state.limits.max_message_bytes;
+    let tasks = state.tasks.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tasks.track_future(session::run(socket, state, peer, permit)))
+}
+
+/// Serves on `listener` until `shutdown` completes, then closes every session (code 1001) and
+/// waits for them to finish.
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.params.validate()?;
+    let index = AssetIndex::new(IndexConfig {
+        root: config.root,
+        params: config.params,
+        keep_versions: config.keep_versions,
+        max_asset_bytes: config.max_asset_bytes,
+    })?;
+    tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
+    let state = Arc::new(AppState {
+        index,
+        limits: config.limits,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let token = state.shutdown.clone();
+    let tasks = state.tasks.clone();
+    let router = app(state, config.www);
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            token.cancel();
+        })
+        .await?;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::warn!("some sessions did not finish within 10 s");
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! One WebSocket connection: handshake, then one answer per `sync`, in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use assetsync_protocol::{
+    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, PROTOCOL_VERSION, ServerMessage, plan,
+};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use futures_util::SinkExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use crate::index::IndexError;
+use crate::server::AppState;
+
+/// Why a session ends early: sent as an `error` message, then a close frame.
+struct Fatal {
+    code: ErrorCode,
+    close: u16,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: ErrorCode, close: u16, message: impl Into<String>) -> Self {
+        Fatal { code, close, message: message.into() }
+    }
+}
+
+/// Runs one session until the client leaves, breaks the protocol, idles out, or the server shuts
+/// down. `_permit` holds the connection's place under the connection limit.
+#[tracing::instrument(name = "session", skip_all, fields(%peer))]
+pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+    tracing::debug!("connected");
+    let mut greeted = false;
+    let outcome = loop {
+        let received = tokio::select! {
+            () = state.shutdown.cancelled() => {
+                break Err(Fatal::new(ErrorCode::Internal, close_code::AWAY, "server is shutting down"));
+            }
+            r = tokio::time::timeout(state.limits.idle_timeout, socket.recv()) => r,
+        };
+        let message = match received {
+            Err(_) => break Err(Fatal::new(ErrorCode::BadMessage, close_code::POLICY, "idle timeout")),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => {
+                let e = e.into_inner();
+                if let Some(WsError::Capacity(too_big)) = e.downcast_ref::<WsError>() {
+                    break Err(Fatal::new(ErrorCode::TooLarge, close_code::SIZE, too_big.to_string()));
+                }
+                tracing::debug!(error = %e, "connection lost");
+                break Ok(());
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                break Err(Fatal::new(
+                    ErrorCode::BadMessage,
+                    close_code::UNSUPPORTED,
+                    "binary frames are not accepted from clients",
+                ));
+            }
+            Message::Close(_) => break Ok(()),
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let result = match serde_json::from_str::<ClientMessage>(&text) {
+            Err(e) => Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}"))),
+            Ok(ClientMessage::Hello { protocol, agent }) => hello(&mut socket, &state, &mut greeted, protocol, &agent).await,
+            Ok(ClientMessage::Sync { .. }) if !greeted => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello"))
+            }
+            Ok(ClientMessage::Sync { id, asset, have }) => sync(&mut socket, &state, id, &asset, have).await,
+        };
+        if let Err(fatal) = result {
+            break Err(fatal);
+        }
+    };
+    match outcome {
+        Ok(()) => tracing::debug!("client closed"),
+        Err(fatal) => {
+            tracing::info!(code = ?fatal.code, reason = %fatal.message, "closing session");
+            let error = ServerMessage::Error { id: None, code: fatal.code, message: fatal.message.clone() };
+            let mut reason = fatal.message;
+            reason.truncate(reason.floor_char_boundary(120));
+            // The peer may already be gone; nothing more to do then.
+            let _ = send_json(&mut socket, &error).await;
+            let _ = socket.send(Message::Close(Some(CloseFrame { code: fatal.close, reason: reason.into() }))).await;
+            // Wait briefly for the client's close reply. Dropping a socket with unread input
+            // makes the kernel send RST, which can destroy the error message in flight.
+            let drain = async { while let Some(Ok(m)) = socket.recv().await { if let Message::Close(_) = m { break; } } };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        }
+    }
+}
+
+async fn hello(
+    socket: &mut WebSocket,
+    state: &AppState,
+    greeted: &mut bool,
+    protocol: u32,
+    agent: &str,
+) -> Result<(), Fatal> {
+    if *greeted {
+        return Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"));
+    }
+    if protocol != PROTOCOL_VERSION {
+        return Err(Fatal::new(
+            ErrorCode::ProtocolVersion,
+            close_code::PROTOCOL,
+            format!("client speaks protocol {protocol}, this server speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), "hello");
+    *greeted = true;
+    let welcome = ServerMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
+        limits: state.limits.announced(),
+    };
+    send_json(socket, &welcome).await
+}
+
+/// Answers one `sync`. Request-level problems (bad path, unknown asset, digest over the limit)
+/// are answered with an `error` and the session goes on.
+async fn sync(
+    socket: &mut WebSocket,
+    state: &AppState,
+    id: u32,
+    asset: &str,
+    have: assetsync_protocol::Have,
+) -> Result<(), Fatal> {
+    let started = Instant::now();
+    let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
+    if have.len() > state.limits.max_have {
+        let message = format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
+        return send_json(socket, &refuse(ErrorCode::TooLarge, message)).await;
+    }
+    let asset = match AssetPath::new(asset) {
+        Ok(asset) => asset,
+        Err(e) => return send_json(socket, &refuse(ErrorCode::BadPath, e.to_string())).await,
+    };
+    let current = match state.index.current(&asset).await {
+        Ok(current) => current,
+        Err(e) => {
+            let code = match e {
+                IndexError::Unknown(_) => ErrorCode::UnknownAsset,
+                IndexError::Escapes(_) => ErrorCode::BadPath,
+                IndexError::TooLarge { .. } => ErrorCode::TooLarge,
+                IndexError::Io { .. } => ErrorCode::Internal,
+            };
+            tracing::info!(%asset, error = %e, "sync refused");
+            return send_json(socket, &refuse(code, e.to_string())).await;
+        }
+    };
+    let (base, held) = state.index.resolve_have(&have.versions, &have.chunks);
+    let view = ClientView { base: base.as_ref().map(|(v, m)| (*v, m.as_ref())), held: &held };
+    let answer = plan(id, &current.manifest, current.version, view);
+    send_json(socket, &answer.message).await?;
+    let mut bytes = 0usize;
+    for &index in &answer.send {
+        let chunk = current.chunk(index as usize);
+        bytes += chunk.len();
+        let frame = ChunkFrame { id, index, bytes: chunk }.encode();
+        // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
+        // this loop down instead of making the server buffer without limit.
+        socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
+    }
+    socket.flush().await.map_err(gone)?;
+    tracing::info!(
+        %asset,
+        version = %&current.version.to_hex()[..12],
+        base = base.is_some(),
+        chunks = current.manifest.chunks.len(),
+        sent_chunks = answer.send.len(),
+        sent_bytes = bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sync"
+    );
+    Ok(())
+}
+
+async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
+    let text = serde_json::to_string(message).expect("server messages serialise");
+    socket.send(Message::Text(text.into())).await.map_err(gone)
+}
+
+fn gone(e: axum::Error) -> Fatal {
+    Fatal::new(ErrorCode::Internal, close_code::ERROR, format!("send failed: {e}"))
+}

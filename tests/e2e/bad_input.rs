@@ -1,0 +1,158 @@
+//! Hostile and malformed input: a clear error, a clean close where the session cannot go on, and
+//! a server that keeps serving everyone else.
+
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::util::{Raw, TestClient, TestServer, random_bytes};
+
+/// Proves the server still works for a well-behaved client.
+async fn still_serving(server: &TestServer) {
+    let data = random_bytes(100_000, 42);
+    server.write("healthy.bin", &data);
+    TestClient::new().pull_and_check(server, "healthy.bin", &data).await;
+}
+
+async fn sync_error(raw: &mut Raw, asset: &str) -> serde_json::Value {
+    let request = serde_json::json!({"type": "sync", "id": 5, "asset": asset});
+    raw.send_text(&request.to_string()).await;
+    let answer = raw.json().await;
+    assert_eq!(answer["type"], "error", "{asset:?} was not refused: {answer}");
+    assert_eq!(answer["id"], 5);
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn path_escapes_are_refused_with_a_clear_error() {
+    let server = TestServer::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), b"secret").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), server.root.path().join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), server.root.path().join("linkdir")).unwrap();
+    let mut raw = Raw::greeted(&server).await;
+    for asset in [
+        "../secret.txt",
+        "a/../../secret.txt",
+        "/etc/passwd",
+        "C:\\Windows\\win.ini",
+        "..\\..\\secret.txt",
+        "a\u{0}b",
+        "%2e%2e/secret.txt",
+        "link.txt",
+        "linkdir/secret.txt",
+    ] {
+        let e = sync_error(&mut raw, asset).await;
+        let code = e["code"].as_str().unwrap();
+        assert!(code == "bad_path" || code == "unknown_asset", "{asset:?}: {e}");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+        assert!(!e.to_string().contains("secret\""), "{e}");
+    }
+    // Symlinks that stay inside the root are fine.
+    server.write("real.txt", b"inside");
+    std::os::unix::fs::symlink(server.root.path().join("real.txt"), server.root.path().join("alias.txt")).unwrap();
+    raw.send_text(r#"{"type":"sync","id":6,"asset":"alias.txt"}"#).await;
+    assert_eq!(raw.json().await["type"], "update");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_asset_is_a_request_error_and_the_session_continues() {
+    let server = TestServer::start().await;
+    server.write("there.txt", b"hello");
+    let mut raw = Raw::greeted(&server).await;
+    let e = sync_error(&mut raw, "missing.js").await;
+    assert_eq!(e["code"], "unknown_asset");
+    assert!(e["message"].as_str().unwrap().contains("missing.js"));
+    let e = sync_error(&mut raw, "").await;
+    assert_eq!(e["code"], "bad_path");
+    raw.send_text(r#"{"type":"sync","id":9,"asset":"there.txt"}"#).await;
+    let update = raw.json().await;
+    assert_eq!(update["type"], "update");
+    assert_eq!(update["send"], 1);
+    assert!(matches!(raw.next().await, Some(Message::Binary(_))));
+    server.stop().await;
+}
+
+/// Each case: what to send after connecting, whether to greet first, the error code and close code.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_messages_get_an_error_and_a_clean_close() {
+    let server = TestServer::start_with(|c| c.limits.max_message_bytes = 64 * 1024).await;
+    let cases: Vec<(&str, bool, Message, &str, u16)> = vec![
+        ("not json", true, Message::text("{this is not json"), "bad_message", 1002),
+        ("wrong types", true, Message::text(r#"{"type":"sync","id":"x","asset":1}"#), "bad_message", 1002),
+        ("unknown kind", true, Message::text(r#"{"type":"delete_everything"}"#), "bad_message", 1002),
+        ("binary before hello", false, Message::binary(vec![1u8, 2, 3]), "bad_message", 1003),
+        ("sync before hello", false, Message::text(r#"{"type":"sync","id":1,"asset":"a"}"#), "bad_message", 1002),
+        ("old protocol", false, Message::text(r#"{"type":"hello","protocol":0}"#), "protocol_version", 1002),
+        ("second hello", true, Message::text(r#"{"type":"hello","protocol":1}"#), "bad_message", 1002),
+        ("oversized message", true, Message::text("x".repeat(200 * 1024)), "too_large", 1009),
+    ];
+    for (name, greet, message, code, close) in cases {
+        let mut raw = if greet { Raw::greeted(&server).await } else { Raw::connect(&server).await };
+        raw.send(message).await;
+        let e = raw.json().await;
+        assert_eq!(e["type"], "error", "{name}: {e}");
+        assert_eq!(e["code"], code, "{name}: {e}");
+        let closed = raw.close_code().await;
+        if code == "too_large" {
+            // The server stops reading an oversized message mid-way, so the kernel may reset the
+            // connection right after the error and close frame; the error itself must arrive.
+            assert!(closed.is_none() || closed == Some(close), "{name}: {closed:?}");
+        } else {
+            assert_eq!(closed, Some(close), "{name}");
+        }
+    }
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_over_the_limit_is_refused() {
+    let server = TestServer::start_with(|c| c.limits.max_have = 100).await;
+    server.write("a.txt", b"a");
+    let mut raw = Raw::greeted(&server).await;
+    let chunks: Vec<String> = (0..101).map(|i| format!("{i:064x}")).collect();
+    let request = serde_json::json!({"type": "sync", "id": 1, "asset": "a.txt", "have": {"chunks": chunks}});
+    raw.send_text(&request.to_string()).await;
+    let e = raw.json().await;
+    assert_eq!(e["code"], "too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("101"));
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed() {
+    let server = TestServer::start_with(|c| c.limits.idle_timeout = std::time::Duration::from_millis(300)).await;
+    let mut raw = Raw::greeted(&server).await;
+    let e = raw.json().await;
+    assert_eq!(e["message"], "idle timeout");
+    assert_eq!(raw.close_code().await, Some(1008));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_are_refused_and_others_continue() {
+    let server = TestServer::start_with(|c| c.max_connections = 2).await;
+    let _a = Raw::greeted(&server).await;
+    let b = Raw::greeted(&server).await;
+    let refused = tokio_tungstenite::connect_async(server.url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("third connection was not refused: {other:?}"),
+    }
+    drop(b);
+    // The freed place is reused once the server notices the close.
+    let mut last = None;
+    for _ in 0..50 {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok(_) => {
+                last = Some(());
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert!(last.is_some(), "connection slot was never released");
+    server.stop().await;
+}

@@ -1,0 +1,182 @@
+//! Shared helpers: a real server on 127.0.0.1:0 over a temporary root, a real native client, and
+//! a raw WebSocket client for feeding the server hostile input.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use assetsync::pull::{PullConfig, PullReport, pull};
+use assetsync::{ServeConfig, run};
+use assetsync_protocol::{AssetPath, Hash};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+/// A server running on loopback for the duration of a test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub root: tempfile::TempDir,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig { root: root.path().to_path_buf(), ..ServeConfig::default() };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(run(listener, config, async move { token.cancelled().await }));
+        TestServer { addr, root, stop, task: Some(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/sync", self.addr)
+    }
+
+    /// Writes a file under the root, creating folders.
+    pub fn write(&self, asset: &str, data: &[u8]) {
+        let path = self.root.path().join(asset);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// Stops the server and waits for it, checking that it shut down cleanly.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// A native client with its own cache and output folders.
+pub struct TestClient {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestClient {
+    pub fn new() -> Self {
+        TestClient { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    pub fn out(&self, asset: &str) -> PathBuf {
+        self.dir.path().join("out").join(asset)
+    }
+
+    pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
+        let config = PullConfig {
+            server: server.url(),
+            cache: self.cache(),
+            out: Some(self.dir.path().join("out")),
+        };
+        let assets: Vec<AssetPath> = assets.iter().map(|a| AssetPath::new(a).unwrap()).collect();
+        pull(&config, &assets, |_| {}).await
+    }
+
+    /// Pulls one asset and checks that the output equals `expected` byte for byte (by SHA-256).
+    pub async fn pull_and_check(&self, server: &TestServer, asset: &str, expected: &[u8]) -> PullReport {
+        let report = self.pull(server, &[asset]).await.unwrap().remove(0);
+        let got = std::fs::read(self.out(asset)).unwrap();
+        assert_eq!(Hash::of(&got), Hash::of(expected), "{asset}: output differs from the server's file");
+        assert_eq!(report.bytes, expected.len() as u64);
+        report
+    }
+
+    /// Every chunk file in the cache.
+    pub fn chunk_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(self.cache().join("chunks")).unwrap() {
+            for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                out.push(f.unwrap().path());
+            }
+        }
+        out
+    }
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A real published bundle shipped in the repository (three.js r160, 1.2 MB).
+pub fn real_bundle() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/three.module.js")).unwrap()
+}
+
+/// A raw WebSocket client that speaks JSON by hand, for hostile-input tests.
+pub struct Raw {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Raw {
+    pub async fn connect(server: &TestServer) -> Self {
+        let (ws, _) = connect_async(server.url()).await.unwrap();
+        Raw { ws }
+    }
+
+    /// Connects and completes the `hello` handshake.
+    pub async fn greeted(server: &TestServer) -> Self {
+        let mut raw = Self::connect(server).await;
+        raw.send_text(r#"{"type":"hello","protocol":1,"agent":"test"}"#).await;
+        assert_eq!(raw.json().await["type"], "welcome");
+        raw
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        // The server may close first; the test then checks what it said before closing.
+        let _ = self.ws.send(message).await;
+    }
+
+    /// The next message, which must be JSON text.
+    pub async fn json(&mut self) -> serde_json::Value {
+        match self.next().await {
+            Some(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+
+    /// The next message other than ping/pong, or `None` once the socket has ended.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(m) => return Some(m),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some(m) = self.next().await {
+            if let Message::Close(frame) = m {
+                return frame.map(|f| f.code.into());
+            }
+        }
+        None
+    }
+}
