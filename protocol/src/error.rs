@@ -17,7 +17,9 @@ pub enum Error {
         why: &'static str,
     },
     /// Chunking parameters out of range.
-    #[error("invalid chunk parameters {0:?} (need 64 <= min <= avg <= max <= 1 MiB, avg >= 256, max >= 1024)")]
+    #[error(
+        "invalid chunk parameters {0:?} (need 64 <= min <= avg <= max <= 1 MiB, avg >= 256, max >= 1024)"
+    )]
     BadParams(ChunkParams),
     /// A manifest or delta is inconsistent.
     #[error("invalid manifest: {0}")]

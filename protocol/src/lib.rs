@@ -27,8 +27,7 @@ pub use error::Error;
 pub use hash::Hash;
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, VersionId, apply, diff};
 pub use message::{
-    ChunkFrame, ClientMessage, ErrorCode, FRAME_HEADER, Have, Limits, PROTOCOL_VERSION,
-    ServerMessage, Update,
+    ChunkFrame, ClientMessage, ErrorCode, FRAME_HEADER, Have, Limits, PROTOCOL_VERSION, ServerMessage, Update,
 };
 pub use path::AssetPath;
 pub use plan::{ClientView, Plan, plan};

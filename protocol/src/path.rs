@@ -100,8 +100,21 @@ mod tests {
     #[test]
     fn refuses_every_escape_form() {
         for p in [
-            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "..", ".", "C:/x", "c:x",
-            "a\\..\\b", "\\\\server\\share", "a\0b", "a\nb",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "..",
+            ".",
+            "C:/x",
+            "c:x",
+            "a\\..\\b",
+            "\\\\server\\share",
+            "a\0b",
+            "a\nb",
         ] {
             assert!(AssetPath::new(p).is_err(), "{p:?} accepted");
         }

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkParams, ClientSync, ClientView, Error, Event, Hash, Manifest,
-    ServerMessage, VerifiedChunk, plan,
+    AssetPath, ChunkFrame, ChunkParams, ClientSync, ClientView, Error, Event, Hash, Manifest, ServerMessage,
+    VerifiedChunk, plan,
 };
 
 const FIXTURE: &str = "tests/fixtures/lodash-4.17.21.js";
@@ -63,7 +63,12 @@ impl Server {
         let mut held: HashSet<Hash> = have.chunks.iter().copied().collect();
         held.extend(known.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)));
         let cur = self.current();
-        let p = plan(*id, cur, cur.version(), ClientView { base: known.first().map(|m| (m.version(), *m)), held: &held });
+        let p = plan(
+            *id,
+            cur,
+            cur.version(),
+            ClientView { base: known.first().map(|m| (m.version(), *m)), held: &held },
+        );
         let offsets: Vec<usize> = cur.offsets().map(|(o, _)| o).collect();
         let frames = p
             .send

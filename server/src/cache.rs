@@ -45,7 +45,8 @@ impl Cache {
     /// process that holds it.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         for sub in ["chunks", "manifests", "tmp"] {
-            fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create cache {}", dir.display()))?;
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create cache {}", dir.display()))?;
         }
         let lock = File::create(dir.join("lock")).context("cannot create the cache lock file")?;
         lock.lock().context("cannot lock the cache")?;
@@ -125,14 +126,16 @@ impl Cache {
             }
         }
         let manifest_path = self.dir.join("manifests").join(version.to_hex());
-        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true).context("cannot store manifest")?;
+        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true)
+            .context("cannot store manifest")?;
         if let Some((path, data)) = out {
             write_file_atomic(path, data).with_context(|| format!("cannot write {}", path.display()))?;
         }
         let mut refs = self.refs.clone();
         refs.insert(manifest.path.as_str().to_owned(), version);
         let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
-        self.write_atomic(&self.dir.join("refs.json"), &json, true).context("cannot update cache refs.json")?;
+        self.write_atomic(&self.dir.join("refs.json"), &json, true)
+            .context("cannot update cache refs.json")?;
         self.refs = refs;
         Ok(())
     }

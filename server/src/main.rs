@@ -19,7 +19,11 @@ const DEMO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo");
 const WWW_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../www");
 
 #[derive(Parser)]
-#[command(name = "assetsync", version, about = "Sync large web assets over WebSockets, sending only the chunks a client lacks")]
+#[command(
+    name = "assetsync",
+    version,
+    about = "Sync large web assets over WebSockets, sending only the chunks a client lacks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,9 @@ struct PullArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("assetsync=info,warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("assetsync=info,warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
@@ -124,7 +130,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 } else {
                     println!(
                         "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
-                        r.asset, r.bytes, r.chunks_reused, r.chunks, r.wire_bytes_in, r.wire_bytes_out, r.elapsed_ms
+                        r.asset,
+                        r.bytes,
+                        r.chunks_reused,
+                        r.chunks,
+                        r.wire_bytes_in,
+                        r.wire_bytes_out,
+                        r.elapsed_ms
                     );
                 }
             })

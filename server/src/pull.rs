@@ -100,7 +100,11 @@ struct Counted<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.counters.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
@@ -109,7 +113,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
@@ -156,7 +164,9 @@ impl Connection {
         conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent }).await?;
         match conn.recv().await? {
             Incoming::Control(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(conn),
-            Incoming::Control(ServerMessage::Error { message, .. }) => bail!("server refused the connection: {message}"),
+            Incoming::Control(ServerMessage::Error { message, .. }) => {
+                bail!("server refused the connection: {message}")
+            }
             other => bail!("unexpected handshake answer from server: {other:?}"),
         }
     }
@@ -175,7 +185,8 @@ impl Connection {
             };
             return Ok(match message {
                 Message::Text(t) => Incoming::Control(
-                    serde_json::from_str(&t).with_context(|| format!("invalid message from server: {t:.200}"))?,
+                    serde_json::from_str(&t)
+                        .with_context(|| format!("invalid message from server: {t:.200}"))?,
                 ),
                 Message::Binary(b) => Incoming::Frame(b.to_vec()),
                 Message::Close(frame) => bail!(
@@ -197,7 +208,12 @@ impl Connection {
 
     /// Syncs one asset: a first attempt from the cache's state, and at most one retry when the
     /// data fails verification (with the chunks still held, or from a clean state).
-    async fn pull_one(&mut self, cache: &mut Cache, asset: &AssetPath, config: &PullConfig) -> anyhow::Result<PullReport> {
+    async fn pull_one(
+        &mut self,
+        cache: &mut Cache,
+        asset: &AssetPath,
+        config: &PullConfig,
+    ) -> anyhow::Result<PullReport> {
         let started = Instant::now();
         let (in0, out0) = self.wire();
         let base = cache.current(asset);
@@ -213,7 +229,12 @@ impl Connection {
             }
         };
         let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-        cache.commit(&synced.manifest, synced.version, &synced.received, out.as_deref().map(|p| (p, &synced.data[..])))?;
+        cache.commit(
+            &synced.manifest,
+            synced.version,
+            &synced.received,
+            out.as_deref().map(|p| (p, &synced.data[..])),
+        )?;
         let (in1, out1) = self.wire();
         Ok(PullReport {
             asset: asset.to_string(),

@@ -31,7 +31,12 @@ impl Fatal {
 /// Runs one session until the client leaves, breaks the protocol, idles out, or the server shuts
 /// down. `_permit` holds the connection's place under the connection limit.
 #[tracing::instrument(name = "session", skip_all, fields(%peer))]
-pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+pub(crate) async fn run(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
     tracing::debug!("connected");
     let mut greeted = false;
     let outcome = loop {
@@ -67,8 +72,12 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>, peer: Socke
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         let result = match serde_json::from_str::<ClientMessage>(&text) {
-            Err(e) => Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}"))),
-            Ok(ClientMessage::Hello { protocol, agent }) => hello(&mut socket, &state, &mut greeted, protocol, &agent).await,
+            Err(e) => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}")))
+            }
+            Ok(ClientMessage::Hello { protocol, agent }) => {
+                hello(&mut socket, &state, &mut greeted, protocol, &agent).await
+            }
             Ok(ClientMessage::Sync { .. }) if !greeted => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello"))
             }
@@ -87,10 +96,18 @@ pub(crate) async fn run(mut socket: WebSocket, state: Arc<AppState>, peer: Socke
             reason.truncate(reason.floor_char_boundary(120));
             // The peer may already be gone; nothing more to do then.
             let _ = send_json(&mut socket, &error).await;
-            let _ = socket.send(Message::Close(Some(CloseFrame { code: fatal.close, reason: reason.into() }))).await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame { code: fatal.close, reason: reason.into() })))
+                .await;
             // Wait briefly for the client's close reply. Dropping a socket with unread input
             // makes the kernel send RST, which can destroy the error message in flight.
-            let drain = async { while let Some(Ok(m)) = socket.recv().await { if let Message::Close(_) = m { break; } } };
+            let drain = async {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if let Message::Close(_) = m {
+                        break;
+                    }
+                }
+            };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
         }
     }
@@ -135,7 +152,8 @@ async fn sync(
     let started = Instant::now();
     let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
     if have.len() > state.limits.max_have {
-        let message = format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
+        let message =
+            format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
         return send_json(socket, &refuse(ErrorCode::TooLarge, message)).await;
     }
     let asset = match AssetPath::new(asset) {

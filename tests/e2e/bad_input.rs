@@ -26,7 +26,8 @@ async fn path_escapes_are_refused_with_a_clear_error() {
     let server = TestServer::start().await;
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.txt"), b"secret").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret.txt"), server.root.path().join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), server.root.path().join("link.txt"))
+        .unwrap();
     std::os::unix::fs::symlink(outside.path(), server.root.path().join("linkdir")).unwrap();
     let mut raw = Raw::greeted(&server).await;
     for asset in [
@@ -48,7 +49,8 @@ async fn path_escapes_are_refused_with_a_clear_error() {
     }
     // Symlinks that stay inside the root are fine.
     server.write("real.txt", b"inside");
-    std::os::unix::fs::symlink(server.root.path().join("real.txt"), server.root.path().join("alias.txt")).unwrap();
+    std::os::unix::fs::symlink(server.root.path().join("real.txt"), server.root.path().join("alias.txt"))
+        .unwrap();
     raw.send_text(r#"{"type":"sync","id":6,"asset":"alias.txt"}"#).await;
     assert_eq!(raw.json().await["type"], "update");
     still_serving(&server).await;
@@ -82,7 +84,13 @@ async fn malformed_messages_get_an_error_and_a_clean_close() {
         ("wrong types", true, Message::text(r#"{"type":"sync","id":"x","asset":1}"#), "bad_message", 1002),
         ("unknown kind", true, Message::text(r#"{"type":"delete_everything"}"#), "bad_message", 1002),
         ("binary before hello", false, Message::binary(vec![1u8, 2, 3]), "bad_message", 1003),
-        ("sync before hello", false, Message::text(r#"{"type":"sync","id":1,"asset":"a"}"#), "bad_message", 1002),
+        (
+            "sync before hello",
+            false,
+            Message::text(r#"{"type":"sync","id":1,"asset":"a"}"#),
+            "bad_message",
+            1002,
+        ),
         ("old protocol", false, Message::text(r#"{"type":"hello","protocol":0}"#), "protocol_version", 1002),
         ("second hello", true, Message::text(r#"{"type":"hello","protocol":1}"#), "bad_message", 1002),
         ("oversized message", true, Message::text("x".repeat(200 * 1024)), "too_large", 1009),
@@ -123,7 +131,8 @@ async fn digest_over_the_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed() {
-    let server = TestServer::start_with(|c| c.limits.idle_timeout = std::time::Duration::from_millis(300)).await;
+    let server =
+        TestServer::start_with(|c| c.limits.idle_timeout = std::time::Duration::from_millis(300)).await;
     let mut raw = Raw::greeted(&server).await;
     let e = raw.json().await;
     assert_eq!(e["message"], "idle timeout");

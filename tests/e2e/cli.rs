@@ -34,7 +34,16 @@ async fn pull_json_reports_every_field_and_gc_frees_space() {
     let lines: Vec<serde_json::Value> =
         String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
-    for field in ["asset", "version", "bytes", "chunks", "chunks_reused", "wire_bytes_in", "wire_bytes_out", "elapsed_ms"] {
+    for field in [
+        "asset",
+        "version",
+        "bytes",
+        "chunks",
+        "chunks_reused",
+        "wire_bytes_in",
+        "wire_bytes_out",
+        "elapsed_ms",
+    ] {
         assert!(lines[0].get(field).is_some(), "missing {field}: {}", lines[0]);
     }
     assert_eq!(lines[0]["asset"], "js/app.js");

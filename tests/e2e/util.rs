@@ -75,11 +75,8 @@ impl TestClient {
     }
 
     pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
-        let config = PullConfig {
-            server: server.url(),
-            cache: self.cache(),
-            out: Some(self.dir.path().join("out")),
-        };
+        let config =
+            PullConfig { server: server.url(), cache: self.cache(), out: Some(self.dir.path().join("out")) };
         let assets: Vec<AssetPath> = assets.iter().map(|a| AssetPath::new(a).unwrap()).collect();
         pull(&config, &assets, |_| {}).await
     }
