@@ -92,7 +92,7 @@ fn wire() {
 
         let big = pseudo_random(8 * MIB, 2);
         let bundle =
-            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/js/three.module.js")).unwrap();
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/js/vendor/three.module.js")).unwrap();
         let mut edited = big.clone();
         edited[4 * MIB..4 * MIB + 1024].copy_from_slice(&pseudo_random(1024, 3));
         let mut prepended = b"/* banner */\n".to_vec();

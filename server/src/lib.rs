@@ -6,10 +6,12 @@
 //!   with a bounded history of versions; confines every path to the root.
 //! - [`pull`]: the native client, driving the protocol crate's `ClientSync` over tokio-tungstenite.
 //! - [`cache`]: the native client's on-disk chunk cache, committed by atomic renames.
+//! - [`demo`]: the built-in demo folder and its "rebuild" endpoint.
 //!
 //! All sync logic lives in `assetsync-protocol`; this crate does the I/O around it.
 
 pub mod cache;
+pub mod demo;
 pub mod index;
 pub mod pull;
 pub mod server;

@@ -1,12 +1,14 @@
 //! The `assetsync` command: `serve`, `pull` and `gc`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use assetsync::cache::Cache;
+use assetsync::demo::Demo;
 use assetsync::pull::{PullConfig, pull};
 use assetsync::{ServeConfig, SessionLimits};
 use assetsync_protocol::{AssetPath, ChunkParams};
@@ -48,9 +50,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Folder whose files are served as assets (default: the bundled demo folder)
-    #[arg(long, default_value = DEMO_ROOT)]
-    root: PathBuf,
+    /// Folder whose files are served as assets (default: a private copy of the bundled demo
+    /// folder, with a "rebuild" button on the demo page)
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -159,8 +162,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (root, demo) = match args.root {
+        Some(root) => (root, None),
+        None => {
+            let demo = Demo::prepare(Path::new(DEMO_ROOT)).context("cannot prepare the demo folder")?;
+            (demo.root(), Some(Arc::new(demo)))
+        }
+    };
     let config = ServeConfig {
-        root: args.root,
+        root,
+        demo,
         www: Some(args.www),
         params: ChunkParams::with_avg(args.avg_chunk)?,
         keep_versions: args.keep_versions,
@@ -175,9 +186,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = args.listen;
-    let root = config.root.canonicalize().unwrap_or_else(|_| config.root.clone());
-    eprintln!("assetsync: serving {} at http://{addr}/ (sync endpoint ws://{addr}/sync)", root.display());
+    let addr = listener.local_addr()?;
+    let what = if config.demo.is_some() { "the demo".to_owned() } else { config.root.display().to_string() };
+    eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
     assetsync::run(listener, config, shutdown_signal()).await
 }
 

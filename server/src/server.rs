@@ -6,17 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assetsync_protocol::{ChunkParams, Limits};
+use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
+use crate::demo::Demo;
 use crate::index::{AssetIndex, IndexConfig};
 use crate::session;
 
@@ -37,6 +39,8 @@ pub struct ServeConfig {
     pub limits: SessionLimits,
     /// Most simultaneous WebSocket connections; more are refused with 503.
     pub max_connections: usize,
+    /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
+    pub demo: Option<Arc<Demo>>,
 }
 
 /// Limits that apply to each WebSocket connection.
@@ -72,6 +76,7 @@ impl Default for ServeConfig {
                 idle_timeout: Duration::from_secs(120),
             },
             max_connections: 4096,
+            demo: None,
         }
     }
 }
@@ -85,12 +90,29 @@ pub struct AppState {
     tasks: TaskTracker,
 }
 
-/// Builds the router: `/sync` for WebSockets, and the `www` folder (if any) at `/`.
-pub fn app(state: Arc<AppState>, www: Option<PathBuf>) -> Router {
-    let router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
+/// Builds the router: `/sync` for WebSockets, the demo's rebuild endpoints when serving the
+/// demo, and the `www` folder (if any) at `/`.
+pub fn app(state: Arc<AppState>, www: Option<PathBuf>, demo: Option<Arc<Demo>>) -> Router {
+    let mut router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
+    if let Some(demo) = demo {
+        let current = demo.clone();
+        router = router
+            .route("/demo/build", get(move || async move { Json(current.current()) }))
+            .route("/demo/rebuild", post(move || rebuild(demo)));
+    }
     match www {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router,
+    }
+}
+
+async fn rebuild(demo: Arc<Demo>) -> Response {
+    match tokio::task::spawn_blocking(move || demo.rebuild()).await.expect("rebuild task panicked") {
+        Ok(build) => {
+            tracing::info!(build = build.build, bytes = build.bytes, "demo bundle rebuilt");
+            Json(build).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rebuild failed: {e}\n")).into_response(),
     }
 }
 
@@ -134,7 +156,7 @@ pub async fn run(
     });
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();
-    let router = app(state, config.www);
+    let router = app(state, config.www, config.demo);
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;

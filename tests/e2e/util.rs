@@ -117,7 +117,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// A real published bundle shipped in the repository (three.js r160, 1.2 MB).
 pub fn real_bundle() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/three.module.js")).unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/vendor/three.module.js")).unwrap()
 }
 
 /// A raw WebSocket client that speaks JSON by hand, for hostile-input tests.

@@ -1,0 +1,121 @@
+//! A browser WebSocket as an async message stream, with owned event handlers.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use futures_util::lock::Mutex;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
+
+/// What the socket delivers.
+#[derive(Debug)]
+pub enum Incoming {
+    Open,
+    Text(String),
+    Binary(Vec<u8>),
+    Closed { code: u16, reason: String },
+}
+
+/// Transport errors, turned into JS `Error`s at the API edge.
+#[derive(Debug)]
+pub struct SocketError(pub String);
+
+/// An open WebSocket. Event handlers are `Closure`s owned here and detached on drop; nothing is
+/// leaked with `forget()`.
+pub struct Socket {
+    ws: WebSocket,
+    incoming: Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    _on_open: Closure<dyn FnMut(Event)>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    /// Bytes received in binary and text frame payloads, for the wire statistics.
+    received: Rc<RefCell<u64>>,
+}
+
+impl Socket {
+    /// Connects and waits until the socket is open.
+    pub async fn open(url: &str) -> Result<Socket, SocketError> {
+        let ws =
+            WebSocket::new(url).map_err(|e| SocketError(format!("invalid server URL {url:?}: {e:?}")))?;
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let (tx, rx) = mpsc::unbounded();
+        let received = Rc::new(RefCell::new(0u64));
+
+        let open_tx = tx.clone();
+        let on_open = Closure::<dyn FnMut(Event)>::new(move |_| {
+            let _ = open_tx.unbounded_send(Incoming::Open);
+        });
+        let msg_tx = tx.clone();
+        let counter = received.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            let data = e.data();
+            let item = if let Some(text) = data.as_string() {
+                *counter.borrow_mut() += text.len() as u64;
+                Incoming::Text(text)
+            } else if let Ok(buf) = data.dyn_into::<js_sys::ArrayBuffer>() {
+                *counter.borrow_mut() += u64::from(buf.byte_length());
+                Incoming::Binary(js_sys::Uint8Array::new(&buf).to_vec())
+            } else {
+                return;
+            };
+            let _ = msg_tx.unbounded_send(item);
+        });
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+            let _ = tx.unbounded_send(Incoming::Closed { code: e.code(), reason: e.reason() });
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+
+        let socket = Socket {
+            ws,
+            incoming: Mutex::new(rx),
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+            received,
+        };
+        let first = socket.incoming.lock().await.next().await;
+        match first {
+            Some(Incoming::Open) => Ok(socket),
+            Some(Incoming::Closed { code, .. }) => {
+                Err(SocketError(format!("cannot connect to {url} (WebSocket closed with code {code})")))
+            }
+            _ => Err(SocketError(format!("cannot connect to {url}"))),
+        }
+    }
+
+    /// Sends a text frame.
+    pub fn send_text(&self, text: &str) -> Result<(), SocketError> {
+        self.ws.send_with_str(text).map_err(|e| SocketError(format!("connection lost while sending: {e:?}")))
+    }
+
+    /// The receiving half. Holding the guard is what serialises syncs on one connection: a
+    /// second `sync` waits until the first has read its whole answer, so the client never has
+    /// more than one request in flight (browser WebSockets have no backpressure).
+    pub fn receiver(&self) -> &Mutex<mpsc::UnboundedReceiver<Incoming>> {
+        &self.incoming
+    }
+
+    /// Payload bytes received so far.
+    pub fn received_bytes(&self) -> u64 {
+        *self.received.borrow()
+    }
+
+    /// Starts the closing handshake.
+    pub fn close(&self) {
+        let _ = self.ws.close();
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        let _ = self.ws.close();
+    }
+}

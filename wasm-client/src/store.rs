@@ -1,0 +1,257 @@
+//! The IndexedDB store: chunks by id, manifests by version, and a pointer per asset.
+//!
+//! ```text
+//! chunks     "<chunk id hex>"   -> Uint8Array      (content-addressed)
+//! manifests  "<version hex>"    -> Uint8Array      (canonical manifest encoding)
+//! refs       "<asset path>"     -> "<version hex>" (the committed version)
+//! ```
+//!
+//! A commit writes the new chunks, the manifest and the pointer in **one** readwrite transaction
+//! over all three stores, and makes sure in that same transaction that every chunk the manifest
+//! lists is present. GC runs in one readwrite transaction over the same stores. IndexedDB runs
+//! transactions with overlapping scopes one after the other, also across tabs, so a GC can never
+//! interleave with a commit: a committed manifest always has all its chunks, and a chunk an
+//! in-flight sync reused is either still there at its commit or written back by it.
+
+use std::collections::HashSet;
+
+use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
+use idb::{Database, DatabaseEvent, Factory, ObjectStoreParams, TransactionMode};
+use js_sys::Uint8Array;
+use wasm_bindgen::{JsCast, JsValue};
+
+const CHUNKS: &str = "chunks";
+const MANIFESTS: &str = "manifests";
+const REFS: &str = "refs";
+const ALL: [&str; 3] = [CHUNKS, MANIFESTS, REFS];
+
+/// Store errors, with what failed. Quota errors say so.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl From<idb::Error> for StoreError {
+    fn from(e: idb::Error) -> Self {
+        let text = e.to_string();
+        if text.contains("QuotaExceeded") || text.to_lowercase().contains("quota") {
+            StoreError(format!("storage quota exceeded: {text}"))
+        } else {
+            StoreError(format!("IndexedDB error: {text}"))
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// What [`Store::gc`] freed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub chunks_deleted: u32,
+    pub bytes_freed: u64,
+}
+
+/// An open IndexedDB database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (creating on first use) the database `name`.
+    pub async fn open(name: &str) -> Result<Store> {
+        let factory = Factory::new()?;
+        let mut request = factory.open(name, Some(1))?;
+        request.on_upgrade_needed(|event| {
+            let db = event.database().expect("upgrade event has a database");
+            for store in ALL {
+                if !db.store_names().iter().any(|s| s == store) {
+                    db.create_object_store(store, ObjectStoreParams::new()).expect("create object store");
+                }
+            }
+        });
+        Ok(Store { db: request.await? })
+    }
+
+    /// Closes the connection once running transactions finish.
+    pub fn close(&self) {
+        self.db.close();
+    }
+
+    /// The committed manifest of `asset`, if present and intact.
+    pub async fn current(&self, asset: &AssetPath) -> Result<Option<Manifest>> {
+        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
+        let refs = tx.object_store(REFS)?;
+        let Some(version) = refs.get(JsValue::from_str(asset.as_str()))?.await? else { return Ok(None) };
+        let Some(version) = version.as_string().and_then(|v| Hash::from_hex(&v).ok()) else {
+            return Ok(None);
+        };
+        let manifests = tx.object_store(MANIFESTS)?;
+        let bytes = manifests.get(JsValue::from_str(&version.to_hex()))?.await?;
+        Ok(bytes.and_then(|b| decode_manifest(&b, &version)))
+    }
+
+    /// Committed manifests of assets other than `asset`, at most `limit`.
+    pub async fn others(&self, asset: &AssetPath, limit: usize) -> Result<Vec<Manifest>> {
+        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
+        let refs = tx.object_store(REFS)?;
+        let keys = refs.get_all_keys(None, None)?.await?;
+        let values = refs.get_all(None, None)?.await?;
+        let manifests = tx.object_store(MANIFESTS)?;
+        let mut out = Vec::new();
+        for (key, value) in keys.iter().zip(values.iter()) {
+            if out.len() >= limit || key.as_string().as_deref() == Some(asset.as_str()) {
+                continue;
+            }
+            let Some(version) = value.as_string().and_then(|v| Hash::from_hex(&v).ok()) else { continue };
+            if let Some(bytes) = manifests.get(JsValue::from_str(&version.to_hex()))?.await?
+                && let Some(m) = decode_manifest(&bytes, &version)
+            {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads and verifies chunks. Missing and corrupt ones are left out (and corrupt ones are
+    /// deleted), so the caller sees them as missing and fetches them again.
+    pub async fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+        let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly)?;
+        let store = tx.object_store(CHUNKS)?;
+        // Issue every read before awaiting any, so the transaction has them all queued.
+        let requests = ids
+            .iter()
+            .map(|id| store.get(JsValue::from_str(&id.to_hex())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut corrupt = Vec::new();
+        for (id, request) in ids.iter().zip(requests) {
+            let Some(value) = request.await? else { continue };
+            match VerifiedChunk::verify(*id, bytes_of(&value)) {
+                Ok(chunk) => out.push(chunk),
+                Err(_) => corrupt.push(*id),
+            }
+        }
+        if !corrupt.is_empty() {
+            let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
+            let store = tx.object_store(CHUNKS)?;
+            for id in &corrupt {
+                store.delete(JsValue::from_str(&id.to_hex()))?;
+            }
+            tx.commit()?.await?;
+        }
+        Ok(out)
+    }
+
+    /// Commits a verified sync in one transaction: new chunks, any reused chunk that has vanished
+    /// meanwhile (written back from the verified file), the manifest, then the pointer.
+    pub async fn commit(&self, synced: &Synced) -> Result<()> {
+        self.commit_inner(synced, false).await
+    }
+
+    async fn commit_inner(&self, synced: &Synced, abort_before_pointer: bool) -> Result<()> {
+        let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
+        let chunks = tx.object_store(CHUNKS)?;
+        let received: HashSet<ChunkId> = synced.received.iter().map(|c| c.id()).collect();
+        for chunk in &synced.received {
+            chunks.put(
+                &Uint8Array::from(chunk.bytes()).into(),
+                Some(&JsValue::from_str(&chunk.id().to_hex())),
+            )?;
+        }
+        let mut reused = Vec::new();
+        let mut seen = HashSet::new();
+        for (offset, c) in synced.manifest.offsets() {
+            if !received.contains(&c.id) && seen.insert(c.id) {
+                let key = JsValue::from_str(&c.id.to_hex());
+                reused.push((key.clone(), offset, c.len as usize, chunks.get_key(key)?));
+            }
+        }
+        for (key, offset, len, present) in reused {
+            if present.await?.is_none() {
+                let bytes = Uint8Array::from(&synced.data[offset..offset + len]);
+                chunks.put(&bytes.into(), Some(&key))?;
+            }
+        }
+        let version = JsValue::from_str(&synced.version.to_hex());
+        let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
+        tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
+        if abort_before_pointer {
+            tx.abort()?.await?;
+            return Err(StoreError("commit aborted".into()));
+        }
+        tx.object_store(REFS)?.put(&version, Some(&JsValue::from_str(synced.manifest.path.as_str())))?;
+        let result = tx.commit()?.await?;
+        if result.is_committed() {
+            Ok(())
+        } else {
+            Err(StoreError("the commit transaction was aborted".into()))
+        }
+    }
+
+    /// The committed copy of `asset`, rebuilt from chunks and verified; `None` if there is none.
+    pub async fn read(&self, asset: &AssetPath) -> Result<Option<Vec<u8>>> {
+        let Some(manifest) = self.current(asset).await? else { return Ok(None) };
+        let ids: Vec<ChunkId> =
+            manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
+        let chunks = self.chunks(&ids).await?;
+        let by_id: std::collections::HashMap<ChunkId, &VerifiedChunk> =
+            chunks.iter().map(|c| (c.id(), c)).collect();
+        let mut data = Vec::with_capacity(manifest.len as usize);
+        for c in &manifest.chunks {
+            let chunk = by_id.get(&c.id).ok_or_else(|| {
+                StoreError(format!("cached copy of {asset} is damaged: a chunk is missing"))
+            })?;
+            data.extend_from_slice(chunk.bytes());
+        }
+        if Hash::of(&data) != manifest.sha256 {
+            return Err(StoreError(format!("cached copy of {asset} failed verification")));
+        }
+        Ok(Some(data))
+    }
+
+    /// Deletes chunks and manifests no committed version references, in one transaction.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
+        let refs = tx.object_store(REFS)?.get_all(None, None)?.await?;
+        let manifests = tx.object_store(MANIFESTS)?;
+        let mut live_manifests = HashSet::new();
+        let mut live_chunks = HashSet::new();
+        for value in refs {
+            let Some(version) = value.as_string().and_then(|v| Hash::from_hex(&v).ok()) else { continue };
+            let bytes = manifests.get(JsValue::from_str(&version.to_hex()))?.await?;
+            let manifest = bytes.and_then(|b| decode_manifest(&b, &version)).ok_or_else(|| {
+                StoreError(format!("committed manifest {version} is missing or damaged; not collecting"))
+            })?;
+            live_manifests.insert(version.to_hex());
+            live_chunks.extend(manifest.chunks.iter().map(|c| c.id.to_hex()));
+        }
+        let mut report = GcReport::default();
+        for key in manifests.get_all_keys(None, None)?.await? {
+            if !key.as_string().is_some_and(|k| live_manifests.contains(&k)) {
+                manifests.delete(key)?;
+            }
+        }
+        let chunks = tx.object_store(CHUNKS)?;
+        for key in chunks.get_all_keys(None, None)?.await? {
+            if !key.as_string().is_some_and(|k| live_chunks.contains(&k)) {
+                if let Some(value) = chunks.get(key.clone())?.await? {
+                    report.bytes_freed += u64::from(value.unchecked_ref::<Uint8Array>().byte_length());
+                }
+                chunks.delete(key)?;
+                report.chunks_deleted += 1;
+            }
+        }
+        tx.commit()?.await?;
+        Ok(report)
+    }
+}
+
+fn bytes_of(value: &JsValue) -> Vec<u8> {
+    value.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec).unwrap_or_default()
+}
+
+fn decode_manifest(value: &JsValue, version: &VersionId) -> Option<Manifest> {
+    let bytes = bytes_of(value);
+    (Hash::of(&bytes) == *version).then(|| Manifest::decode_canonical(&bytes).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests;
