@@ -17,8 +17,8 @@ if [ "$have" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want"
 fi
 
-cargo build --locked --release --target wasm32-unknown-unknown -p assetsync-wasm
+cargo build --locked --profile wasm-release --target wasm32-unknown-unknown -p assetsync-wasm
 rm -rf www/pkg
 wasm-bindgen --target web --out-dir www/pkg --out-name assetsync \
-  target/wasm32-unknown-unknown/release/assetsync_wasm.wasm
+  target/wasm32-unknown-unknown/wasm-release/assetsync_wasm.wasm
 echo "==> built www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm)"

@@ -120,9 +120,10 @@ impl ClientSync {
                 self.start(base.clone(), version, 0, 0)
             }
             ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
-            ServerMessage::Error { id, code, message } if id.is_none() || id == Some(self.id) => {
+            ServerMessage::Error { id: Some(id), code, message } if id == self.id => {
                 Err(Error::Server { code, message })
             }
+            ServerMessage::Error { id: None, message, .. } => Err(Error::ConnectionClosed(message)),
             other => Err(Error::Protocol(format!("unexpected message {other:?}"))),
         }
     }
@@ -207,6 +208,14 @@ impl ClientSync {
     pub fn pending_frames(&self) -> u32 {
         match &self.state {
             State::Receiving { expected, positions, .. } => expected.saturating_sub(positions.len() as u32),
+            State::Waiting => 0,
+        }
+    }
+
+    /// Chunk bytes the server announced for this answer.
+    pub fn announced_bytes(&self) -> u64 {
+        match &self.state {
+            State::Receiving { total, .. } => *total,
             State::Waiting => 0,
         }
     }

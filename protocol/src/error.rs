@@ -49,6 +49,9 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The server is closing the connection (shutdown, idle timeout, a protocol violation).
+    #[error("connection lost: the server closed it ({0})")]
+    ConnectionClosed(String),
     /// The server broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -19,13 +19,13 @@
 mod socket;
 mod store;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, Manifest, PROTOCOL_VERSION,
     ServerMessage, Synced,
 };
-use futures_util::StreamExt;
+use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
@@ -89,9 +89,17 @@ impl From<SocketError> for JsError {
 }
 
 /// A connection to an assetsync server plus the local IndexedDB store.
+///
+/// The socket is opened by `connect` (or by the first `sync` after `open`) and reopened by the
+/// next `sync` after it is lost. The lock around it serialises syncs: a second `sync` waits until
+/// the first has read its whole answer, so at most one request is in flight (browser WebSockets
+/// have no backpressure).
 #[wasm_bindgen]
 pub struct SyncClient {
-    socket: Socket,
+    url: String,
+    socket: Mutex<Option<Socket>>,
+    /// The current socket's browser handle, so `close` works while a sync holds the lock.
+    raw: RefCell<Option<web_sys::WebSocket>>,
     store: Store,
     next_id: Cell<u32>,
     sent: Cell<u64>,
@@ -120,30 +128,38 @@ impl SyncResult {
 
 #[wasm_bindgen]
 impl SyncClient {
-    /// Connects to `url` (`ws://host:port/sync`) and opens the IndexedDB store.
+    /// Opens the IndexedDB store and connects to `url` (`ws://host:port/sync`); rejects if the
+    /// server cannot be reached.
     pub async fn connect(
         url: String,
-        #[wasm_bindgen(unchecked_param_type = "ConnectOptions")] options: Option<Object>,
+        #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
+    ) -> Result<SyncClient, JsError> {
+        let client = Self::open(url, options).await?;
+        let mut socket = client.socket.lock().await;
+        *socket = Some(client.handshake().await?);
+        drop(socket);
+        Ok(client)
+    }
+
+    /// Opens the IndexedDB store only; the connection is made by the first `sync`. For offline
+    /// starts: `read` works without a server.
+    pub async fn open(
+        url: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
         let db = options
             .and_then(|o| Reflect::get(&o, &"db".into()).ok())
             .and_then(|v| v.as_string())
             .unwrap_or_else(|| "assetsync".into());
         let store = Store::open(&db).await?;
-        let socket = Socket::open(&url).await?;
-        let client = SyncClient { socket, store, next_id: Cell::new(1), sent: Cell::new(0) };
-        let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
-        client.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent })?;
-        let mut rx = client.socket.receiver().lock().await;
-        match next_message(&mut rx).await? {
-            ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {}
-            ServerMessage::Error { message, .. } => {
-                return Err(js_error(format!("server refused: {message}")));
-            }
-            other => return Err(js_error(format!("unexpected handshake answer: {other:?}"))),
-        }
-        drop(rx);
-        Ok(client)
+        Ok(SyncClient {
+            url,
+            socket: Mutex::new(None),
+            raw: RefCell::new(None),
+            store,
+            next_id: Cell::new(1),
+            sent: Cell::new(0),
+        })
     }
 
     /// Syncs `asset`, calling `on_progress({receivedBytes, totalBytes})` as chunks arrive, and
@@ -151,23 +167,39 @@ impl SyncClient {
     pub async fn sync(
         &self,
         asset: String,
-        #[wasm_bindgen(unchecked_param_type = "(p: SyncProgress) => void")] on_progress: Option<Function>,
+        #[wasm_bindgen(unchecked_optional_param_type = "(p: SyncProgress) => void")] on_progress: Option<
+            Function,
+        >,
     ) -> Result<SyncResult, JsError> {
         let started = now_ms();
         let asset = AssetPath::new(&asset).map_err(js_error)?;
-        // One sync at a time per connection: the lock is held until the answer is fully read.
-        let mut rx = self.socket.receiver().lock().await;
-        let (in0, out0) = (self.socket.received_bytes(), self.sent.get());
+        let mut guard = self.socket.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.handshake().await?);
+        }
+        let socket = guard.as_mut().expect("connected above");
+        let (in0, out0) = (socket.received_bytes(), self.sent.get());
         let base = self.store.current(&asset).await?;
         let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
-        let mut outcome =
-            self.attempt(&mut rx, &asset, base, others, Vec::new(), on_progress.as_ref()).await?;
+        let progress = on_progress.as_ref();
         let mut retried = false;
-        if let Err((error, held)) = outcome {
+        let mut outcome = self.attempt(socket, &asset, base, others, Vec::new(), progress).await;
+        if let Ok(Err((error, held))) = outcome {
             retried = true;
             web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying once").into());
-            outcome = self.attempt(&mut rx, &asset, None, Vec::new(), held, on_progress.as_ref()).await?;
+            outcome = self.attempt(socket, &asset, None, Vec::new(), held, progress).await;
         }
+        let in1 = socket.received_bytes();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(Fatal { message, connection_lost }) => {
+                if connection_lost {
+                    *guard = None;
+                }
+                return Err(js_error(message));
+            }
+        };
+        drop(guard);
         let synced =
             outcome.map_err(|(e, _)| js_error(format!("{asset}: verification failed after retry: {e}")))?;
         self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
@@ -177,7 +209,7 @@ impl SyncClient {
         set("bytes", (synced.manifest.len as f64).into());
         set("chunks", (synced.manifest.chunks.len() as f64).into());
         set("chunksReused", (synced.chunks_reused as f64).into());
-        set("wireBytesIn", ((self.socket.received_bytes() - in0) as f64).into());
+        set("wireBytesIn", ((in1 - in0) as f64).into());
         set("wireBytesOut", ((self.sent.get() - out0) as f64).into());
         set("elapsedMs", (now_ms() - started).into());
         set("retried", retried.into());
@@ -185,9 +217,13 @@ impl SyncClient {
     }
 
     /// The cached, verified copy of `asset`, without using the network; `null` if none.
-    pub async fn read(&self, asset: String) -> Result<Option<Uint8Array>, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "Uint8Array | null")]
+    pub async fn read(&self, asset: String) -> Result<JsValue, JsError> {
         let asset = AssetPath::new(&asset).map_err(js_error)?;
-        Ok(self.store.read(&asset).await?.map(|d| Uint8Array::from(d.as_slice())))
+        Ok(match self.store.read(&asset).await? {
+            Some(data) => Uint8Array::from(data.as_slice()).into(),
+            None => JsValue::NULL,
+        })
     }
 
     /// Deletes stored chunks and manifests that no committed version references.
@@ -200,99 +236,135 @@ impl SyncClient {
         Ok(out.into())
     }
 
-    /// Closes the connection and the database.
+    /// Closes the connection (failing a sync in flight with "connection lost") and the database.
     pub fn close(&self) {
-        self.socket.close();
+        if let Some(ws) = self.raw.take() {
+            let _ = ws.close();
+        }
         self.store.close();
     }
 }
 
-type Receiver = futures_channel::mpsc::UnboundedReceiver<Incoming>;
-
 /// An attempt's data error, with the chunks still held intact to name in the retry's digest.
 type DataError = (SyncError, Vec<ChunkId>);
 
+/// An error that ends a sync; `connection_lost` drops the socket so the next sync reconnects.
+struct Fatal {
+    message: String,
+    connection_lost: bool,
+}
+
+impl Fatal {
+    fn new(message: impl std::fmt::Display) -> Self {
+        Fatal { message: message.to_string(), connection_lost: false }
+    }
+}
+
 impl SyncClient {
-    fn send(&self, message: &ClientMessage) -> Result<(), JsError> {
+    fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<(), Fatal> {
         let text = serde_json::to_string(message).expect("client messages serialise");
         self.sent.set(self.sent.get() + text.len() as u64);
-        Ok(self.socket.send_text(&text)?)
+        socket.send_text(&text).map_err(|e| Fatal { message: e.0, connection_lost: true })
+    }
+
+    /// Opens a socket and exchanges `hello`/`welcome`.
+    async fn handshake(&self) -> Result<Socket, JsError> {
+        let mut socket = Socket::open(&self.url).await?;
+        let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
+        let fail = |f: Fatal| js_error(f.message);
+        self.send(&socket, &ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent }).map_err(fail)?;
+        match next(&mut socket).await.map_err(fail)? {
+            Incoming::Text(text) => match parse(&text).map_err(fail)? {
+                ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {
+                    self.raw.replace(Some(socket.handle()));
+                    Ok(socket)
+                }
+                ServerMessage::Error { message, .. } => Err(js_error(format!("server refused: {message}"))),
+                other => Err(js_error(format!("unexpected handshake answer: {other:?}"))),
+            },
+            _ => Err(js_error("unexpected binary frame during the handshake")),
+        }
     }
 
     /// One request and its whole answer. `Err` is fatal; `Ok(Err(..))` is bad data worth a retry.
     async fn attempt(
         &self,
-        rx: &mut Receiver,
+        socket: &mut Socket,
         asset: &AssetPath,
         base: Option<Manifest>,
         others: Vec<Manifest>,
         have_chunks: Vec<ChunkId>,
         on_progress: Option<&Function>,
-    ) -> Result<Result<Synced, DataError>, JsError> {
+    ) -> Result<Result<Synced, DataError>, Fatal> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
-        self.send(&request)?;
+        self.send(socket, &request)?;
         loop {
-            let event = match next(rx).await? {
+            let event = match next(socket).await? {
                 Incoming::Text(text) => machine.on_message(parse(&text)?),
                 Incoming::Binary(frame) => machine.on_frame(&frame),
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
             match event {
-                Ok(Event::Complete) => break,
-                Ok(Event::Progress { received, total }) => {
-                    if let Some(f) = on_progress {
-                        let p = Object::new();
-                        Reflect::set(&p, &"receivedBytes".into(), &(received as f64).into())
-                            .expect("plain object");
-                        Reflect::set(&p, &"totalBytes".into(), &(total as f64).into()).expect("plain object");
-                        let _ = f.call1(&JsValue::NULL, &p);
-                    }
+                Ok(Event::Complete) => {
+                    let total = machine.announced_bytes();
+                    report_progress(on_progress, total, total);
+                    break;
                 }
+                Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
                 Err(e @ SyncError::ChunkMismatch { .. }) => {
                     // Discard the rest of this answer so the retry starts on a clean stream.
                     for _ in 0..machine.pending_frames() {
-                        next(rx).await?;
+                        next(socket).await?;
                     }
                     return Ok(Err((e, Vec::new())));
                 }
-                Err(e) => return Err(js_error(format!("{asset}: {e}"))),
+                Err(e @ SyncError::ConnectionClosed(_)) => {
+                    return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });
+                }
+                Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
             }
         }
-        let local = self.store.chunks(&machine.local_chunks()).await?;
+        let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
         let held = local.iter().map(|c| c.id()).collect();
         match machine.finish(local) {
             Ok(synced) => Ok(Ok(synced)),
             Err(e @ SyncError::MissingLocal(_)) => Ok(Err((e, held))),
             Err(e @ SyncError::FileMismatch) => Ok(Err((e, Vec::new()))),
-            Err(e) => Err(js_error(format!("{asset}: {e}"))),
+            Err(e) => Err(Fatal::new(format!("{asset}: {e}"))),
         }
     }
 }
 
-/// The next data message; a closed socket is an error.
-async fn next(rx: &mut Receiver) -> Result<Incoming, JsError> {
-    match rx.next().await {
-        Some(Incoming::Closed { code, reason }) => Err(js_error(format!(
-            "connection lost (WebSocket closed with code {code}{}{reason})",
-            if reason.is_empty() { "" } else { ": " }
-        ))),
-        None => Err(js_error("connection lost")),
-        Some(Incoming::Open) => Box::pin(next(rx)).await,
-        Some(other) => Ok(other),
+/// The next data message; a closed socket is a lost connection.
+async fn next(socket: &mut Socket) -> Result<Incoming, Fatal> {
+    loop {
+        let message = match socket.recv().await {
+            Some(Incoming::Closed { code, reason }) => {
+                let reason = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+                format!("connection lost (WebSocket closed with code {code}{reason})")
+            }
+            None => "connection lost".to_owned(),
+            Some(Incoming::Open) => continue,
+            Some(other) => return Ok(other),
+        };
+        return Err(Fatal { message, connection_lost: true });
     }
 }
 
-async fn next_message(rx: &mut Receiver) -> Result<ServerMessage, JsError> {
-    match next(rx).await? {
-        Incoming::Text(text) => parse(&text),
-        _ => Err(js_error("expected a control message, got a binary frame")),
+fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
+    if let Some(f) = on_progress {
+        let p = Object::new();
+        Reflect::set(&p, &"receivedBytes".into(), &(received as f64).into()).expect("plain object");
+        Reflect::set(&p, &"totalBytes".into(), &(total as f64).into()).expect("plain object");
+        // A throwing callback must not break the sync.
+        let _ = f.call1(&JsValue::NULL, &p);
     }
 }
 
-fn parse(text: &str) -> Result<ServerMessage, JsError> {
-    serde_json::from_str(text).map_err(|e| js_error(format!("invalid message from server: {e}")))
+fn parse(text: &str) -> Result<ServerMessage, Fatal> {
+    serde_json::from_str(text).map_err(|e| Fatal::new(format!("invalid message from server: {e}")))
 }
 
 fn now_ms() -> f64 {

@@ -5,7 +5,6 @@ use std::rc::Rc;
 
 use futures_channel::mpsc;
 use futures_util::StreamExt;
-use futures_util::lock::Mutex;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
@@ -27,7 +26,7 @@ pub struct SocketError(pub String);
 /// leaked with `forget()`.
 pub struct Socket {
     ws: WebSocket,
-    incoming: Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -70,16 +69,15 @@ impl Socket {
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
 
-        let socket = Socket {
+        let mut socket = Socket {
             ws,
-            incoming: Mutex::new(rx),
+            incoming: rx,
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
             received,
         };
-        let first = socket.incoming.lock().await.next().await;
-        match first {
+        match socket.incoming.next().await {
             Some(Incoming::Open) => Ok(socket),
             Some(Incoming::Closed { code, .. }) => {
                 Err(SocketError(format!("cannot connect to {url} (WebSocket closed with code {code})")))
@@ -93,11 +91,9 @@ impl Socket {
         self.ws.send_with_str(text).map_err(|e| SocketError(format!("connection lost while sending: {e:?}")))
     }
 
-    /// The receiving half. Holding the guard is what serialises syncs on one connection: a
-    /// second `sync` waits until the first has read its whole answer, so the client never has
-    /// more than one request in flight (browser WebSockets have no backpressure).
-    pub fn receiver(&self) -> &Mutex<mpsc::UnboundedReceiver<Incoming>> {
-        &self.incoming
+    /// The next message or event; `None` once the socket is gone.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.incoming.next().await
     }
 
     /// Payload bytes received so far.
@@ -105,9 +101,9 @@ impl Socket {
         *self.received.borrow()
     }
 
-    /// Starts the closing handshake.
-    pub fn close(&self) {
-        let _ = self.ws.close();
+    /// The browser's handle, for closing from outside a sync.
+    pub fn handle(&self) -> WebSocket {
+        self.ws.clone()
     }
 }
 

@@ -1,0 +1,144 @@
+// Page-level end-to-end tests: the real server binary on 127.0.0.1, the WASM client in headless
+// Chromium with real IndexedDB. Run by scripts/test.sh (`node --test`).
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { startServer, launchBrowser, openClientPage, sha256, realBundle, repo } from "./harness.mjs";
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** A realistic bundle: three.js plus an app module, edited the way a rebuild would. */
+function bundle(build) {
+  const app = Array.from({ length: 30 }, (_, i) => `export const w${i} = "widget ${i} of build ${build}";`).join("\n");
+  return Buffer.concat([Buffer.from(`/*! build ${build} */\n`), realBundle(), Buffer.from(`\n${app}\n`)]);
+}
+
+async function syncIn(page, asset) {
+  return page.evaluate(async (asset) => {
+    const r = await window.client.sync(asset);
+    return { hash: await window.hex(r.bytes()), stats: r.stats };
+  }, asset);
+}
+
+test("cold sync, cheap update, errors, and offline reads", async () => {
+  const server = await startServer();
+  const v1 = bundle(1);
+  server.write("js/app.js", v1);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "e2e" });
+  }, server.ws);
+
+  const cold = await syncIn(page, "js/app.js");
+  assert.equal(cold.hash, sha256(v1), "cold sync must equal the server's file");
+  assert.equal(cold.stats.chunksReused, 0);
+  assert.ok(cold.stats.wireBytesIn >= v1.length);
+
+  const v2 = bundle(2);
+  server.write("js/app.js", v2);
+  const warm = await syncIn(page, "js/app.js");
+  assert.equal(warm.hash, sha256(v2), "update must equal the new file");
+  assert.ok(warm.stats.wireBytesIn < v2.length / 20, `update cost ${warm.stats.wireBytesIn} of ${v2.length} bytes`);
+  assert.ok(warm.stats.chunksReused > warm.stats.chunks - 5);
+
+  const same = await syncIn(page, "js/app.js");
+  assert.equal(same.stats.chunksReused, same.stats.chunks);
+  assert.ok(same.stats.wireBytesIn < 300, `unchanged asset cost ${same.stats.wireBytesIn} bytes`);
+
+  const unknown = await page.evaluate(() => window.client.sync("no/such.js").then(() => "resolved", (e) => `${e instanceof Error} ${e.message}`));
+  assert.match(unknown, /^true .*unknown asset/);
+
+  await server.stop();
+  const lost = await page.evaluate(() => window.client.sync("js/app.js").then(() => "resolved", (e) => e.message));
+  assert.match(lost, /connection lost|cannot connect/);
+  const offline = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+  assert.equal(offline, sha256(v2), "offline read must return the last verified copy");
+  await context.close();
+});
+
+test("a fresh start without a server reads the cache with SyncClient.open", async () => {
+  const server = await startServer();
+  const v1 = bundle(7);
+  server.write("a.js", v1);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  await page.evaluate(async (ws) => {
+    const c = await window.assetsync.SyncClient.connect(ws, { db: "offline-start" });
+    await c.sync("a.js");
+    c.close();
+    c.free();
+  }, server.ws);
+  await server.stop();
+  const result = await page.evaluate(async (ws) => {
+    const c = await window.assetsync.SyncClient.open(ws, { db: "offline-start" });
+    const bytes = await c.read("a.js");
+    const missing = await c.read("never-synced.js");
+    const sync = await c.sync("a.js").then(() => "resolved", (e) => e.message);
+    return { hash: await window.hex(bytes), missing, sync };
+  }, server.ws);
+  assert.equal(result.hash, sha256(v1));
+  assert.equal(result.missing, null);
+  assert.match(result.sync, /cannot connect/);
+  await context.close();
+});
+
+test("two pages syncing the same asset at once both end correct, with a consistent store", async () => {
+  const server = await startServer();
+  server.write("js/app.js", bundle(1));
+  const context = await browser.newContext();
+  const pages = await Promise.all([openClientPage(context, server), openClientPage(context, server)]);
+  for (const page of pages) {
+    await page.evaluate(async (ws) => {
+      window.client = await window.assetsync.SyncClient.connect(ws, { db: "shared" });
+    }, server.ws);
+  }
+  for (const build of [1, 2, 3]) {
+    const content = bundle(build);
+    server.write("js/app.js", content);
+    // Both tabs sync concurrently while one of them also collects garbage.
+    const [a, b] = await Promise.all([
+      syncIn(pages[0], "js/app.js"),
+      pages[1].evaluate(async () => {
+        const [r] = await Promise.all([window.client.sync("js/app.js"), window.client.gc()]);
+        return { hash: await window.hex(r.bytes()), stats: r.stats };
+      }),
+    ]);
+    assert.equal(a.hash, sha256(content), `tab 1, build ${build}`);
+    assert.equal(b.hash, sha256(content), `tab 2, build ${build}`);
+  }
+  await pages[0].evaluate(() => window.client.gc());
+  for (const page of pages) {
+    const stored = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+    assert.equal(stored, sha256(bundle(3)), "the store must hold the last version intact");
+  }
+  await server.stop();
+  await context.close();
+});
+
+test("the demo page syncs, rebuilds for kilobytes, and looks right", async () => {
+  const server = await startServer({ demo: true });
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(server.url + "/");
+  await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
+  assert.equal(await page.locator("#history tr").count(), 1);
+  await page.click("#rebuild");
+  await page.waitForFunction(() => document.querySelectorAll("#history tr").length === 2, null, { timeout: 30_000 });
+  await page.waitForSelector('#status[data-state="ok"]');
+  const wire = await page.locator("#wire").textContent();
+  assert.match(wire, /KB$/, `a rebuild should cost kilobytes, showed ${wire}`);
+  mkdirSync(join(repo, "target"), { recursive: true });
+  await page.screenshot({ path: join(repo, "target/demo.png"), fullPage: true });
+  await server.stop();
+  await context.close();
+});

@@ -1,0 +1,86 @@
+// Shared helpers for the browser tests and benchmarks: a real `assetsync serve` process on
+// 127.0.0.1 with an ephemeral port, and Debian's headless Chromium driven by playwright-core.
+
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const bin = process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsync");
+
+export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
+/** Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`). */
+export async function startServer({ demo = false, root = null, port = 0 } = {}) {
+  root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
+  const args = ["serve", "--listen", `127.0.0.1:${port}`, "--www", join(repo, "www")];
+  if (root) args.push("--root", root);
+  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  const url = await new Promise((ok, fail) => {
+    child.stderr.on("data", (d) => {
+      log += d;
+      const m = /at (http:\/\/127\.0\.0\.1:\d+)\//.exec(log);
+      if (m) ok(m[1]);
+    });
+    child.on("exit", (code) => fail(new Error(`server exited with ${code}:\n${log}`)));
+  });
+  return {
+    url,
+    ws: url.replace("http", "ws") + "/sync",
+    root,
+    /** Writes an asset the way build tools do: temporary file, then rename. */
+    write(asset, bytes) {
+      const path = join(root, asset);
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path + ".tmp", bytes);
+      renameSync(path + ".tmp", path);
+    },
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((ok) => child.on("exit", ok));
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** Launches headless Chromium with the flags these machines need. */
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+}
+
+/** Opens a page of `server` with the WASM client loaded as `window.assetsync`. */
+export async function openClientPage(context, server) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(server.url + "/style.css");
+  await page.evaluate(async () => {
+    const m = await import("/pkg/assetsync.js");
+    await m.default();
+    window.assetsync = m;
+    window.hex = async (bytes) =>
+      [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
+        .map((b) => b.toString(16).padStart(2, "0"))
+        .join("");
+  });
+  return page;
+}
+
+/** A real published bundle shipped in the repository. */
+export const realBundle = () => readFileSync(join(repo, "demo/js/vendor/three.module.js"));
