@@ -5,19 +5,19 @@
 //! 1. [`ClientSync::new`] gives the `sync` message to send.
 //! 2. Every text message goes to [`ClientSync::on_message`], every binary frame to
 //!    [`ClientSync::on_frame`], until one returns [`Event::Complete`].
-//! 3. The driver loads [`ClientSync::local_chunks`] from its store (verifying each one) and calls
-//!    [`ClientSync::finish`], which rebuilds the file and checks its SHA-256. Only a [`Synced`]
-//!    result may be committed.
+//! 3. The driver loads [`ClientSync::local_chunks`] from its store and calls
+//!    [`ClientSync::finish`] (or [`ClientSync::assemble`], then [`Assembled::verify`]), which
+//!    rebuilds the file and checks its SHA-256. Only a [`Synced`] result may be committed.
 //!
-//! On [`Error::MissingLocal`] the driver retries with the chunks it does hold listed in
-//! `have.chunks`; on [`Error::ChunkMismatch`] or [`Error::FileMismatch`] it retries once with an
-//! empty `have`.
+//! On [`Error::MissingLocal`] the driver deletes the named chunks from its store and retries with
+//! the chunks it still holds listed in `have.chunks`; on [`Error::ChunkMismatch`] or
+//! [`Error::FileMismatch`] it retries once with an empty `have`.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    AssetPath, ChunkFrame, ClientMessage, Error, Have, Manifest, ServerMessage, Update, VerifiedChunk,
-    VersionId, apply,
+    AssetPath, ChunkFrame, ChunkId, ClientMessage, Error, Hash, Have, Manifest, ServerMessage, Update,
+    VerifiedChunk, VersionId, apply,
 };
 
 /// What the driver should do next.
@@ -85,7 +85,7 @@ impl ClientSync {
         asset: AssetPath,
         base: Option<Manifest>,
         others: Vec<Manifest>,
-        have_chunks: Vec<crate::ChunkId>,
+        have_chunks: Vec<ChunkId>,
     ) -> (Self, ClientMessage) {
         let base = base.map(|m| (m.version(), m));
         let mut versions: Vec<VersionId> = base.iter().map(|(v, _)| *v).collect();
@@ -229,7 +229,7 @@ impl ClientSync {
     }
 
     /// Distinct chunk ids the driver must load from its own store to rebuild the file.
-    pub fn local_chunks(&self) -> Vec<crate::ChunkId> {
+    pub fn local_chunks(&self) -> Vec<ChunkId> {
         let State::Receiving { manifest, received, .. } = &self.state else { return Vec::new() };
         let mut seen = HashSet::new();
         manifest
@@ -240,42 +240,74 @@ impl ClientSync {
             .collect()
     }
 
-    /// Rebuilds the file from received and `local` chunks and verifies it.
+    /// Rebuilds the file from received and `local` chunks (as read from the store, unverified)
+    /// and checks it with [`Hash::of`]. See [`ClientSync::assemble`] to check it another way.
+    pub fn finish(self, local: Vec<(ChunkId, Vec<u8>)>) -> Result<Synced, Error> {
+        let assembled = self.assemble(local)?;
+        let digest = Hash::of(assembled.data());
+        assembled.verify(digest)
+    }
+
+    /// Rebuilds the file from received and `local` chunks. Local chunks need no hashing of their
+    /// own: the whole-file check in [`Assembled::verify`] covers them, and pins down any damaged
+    /// one only when it fails.
     ///
-    /// Fails with [`Error::MissingLocal`] when `local` lacks chunks (for example because the store
-    /// found a corrupt entry), and with [`Error::FileMismatch`] when the result does not hash to
-    /// the manifest's SHA-256.
-    pub fn finish(self, local: Vec<VerifiedChunk>) -> Result<Synced, Error> {
+    /// Fails with [`Error::MissingLocal`] when `local` lacks chunks or has one of the wrong size.
+    pub fn assemble(self, local: Vec<(ChunkId, Vec<u8>)>) -> Result<Assembled, Error> {
         let State::Receiving { manifest, version, expected, positions, received, .. } = self.state else {
             return Err(Error::Protocol("finish before the manifest arrived".into()));
         };
         if positions.len() as u32 != expected {
             return Err(Error::Protocol("finish before all chunk frames arrived".into()));
         }
-        let local: HashMap<_, _> = local.into_iter().map(|c| (c.id(), c)).collect();
-        let missing: Vec<_> = manifest
-            .chunks
-            .iter()
-            .map(|c| c.id)
-            .filter(|id| !received.contains_key(id) && !local.contains_key(id))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let local: HashMap<ChunkId, Vec<u8>> = local.into_iter().collect();
+        let mut missing = HashSet::new();
+        for c in &manifest.chunks {
+            let len = received.get(&c.id).map(|r| r.bytes().len()).or_else(|| local.get(&c.id).map(Vec::len));
+            if len != Some(c.len as usize) {
+                missing.insert(c.id);
+            }
+        }
         if !missing.is_empty() {
-            return Err(Error::MissingLocal(missing));
+            return Err(Error::MissingLocal(missing.into_iter().collect()));
         }
         let mut data = Vec::with_capacity(manifest.len as usize);
         for c in &manifest.chunks {
-            let chunk = received.get(&c.id).or_else(|| local.get(&c.id)).expect("checked above");
-            if chunk.bytes().len() != c.len as usize {
-                return Err(Error::FileMismatch);
+            match received.get(&c.id) {
+                Some(chunk) => data.extend_from_slice(chunk.bytes()),
+                None => data.extend_from_slice(&local[&c.id]),
             }
-            data.extend_from_slice(chunk.bytes());
-        }
-        if data.len() as u64 != manifest.len || crate::Hash::of(&data) != manifest.sha256 {
-            return Err(Error::FileMismatch);
         }
         let chunks_reused = manifest.chunks.len() - positions.len();
-        Ok(Synced { manifest, version, data, received: received.into_values().collect(), chunks_reused })
+        let received = received.into_values().collect();
+        Ok(Assembled { synced: Synced { manifest, version, data, received, chunks_reused } })
+    }
+}
+
+/// A rebuilt file whose whole-file SHA-256 has not been checked yet.
+#[derive(Debug)]
+pub struct Assembled {
+    synced: Synced,
+}
+
+impl Assembled {
+    /// The rebuilt bytes, to hash (the browser can use `crypto.subtle.digest`).
+    pub fn data(&self) -> &[u8] {
+        &self.synced.data
+    }
+
+    /// Accepts the file if `digest`, the SHA-256 of [`Assembled::data`], matches the manifest.
+    ///
+    /// Otherwise it hashes each chunk's slice to find which local chunks were damaged and fails
+    /// with [`Error::MissingLocal`] naming them, or with [`Error::FileMismatch`] if none was.
+    pub fn verify(self, digest: Hash) -> Result<Synced, Error> {
+        let s = self.synced;
+        if digest == s.manifest.sha256 {
+            return Ok(s);
+        }
+        let received: HashSet<ChunkId> = s.received.iter().map(|c| c.id()).collect();
+        let mut damaged = s.manifest.damaged_chunks(&s.data);
+        damaged.retain(|id| !received.contains(id));
+        if damaged.is_empty() { Err(Error::FileMismatch) } else { Err(Error::MissingLocal(damaged)) }
     }
 }

@@ -38,8 +38,8 @@ pub enum Error {
     /// The rebuilt file does not match the manifest's SHA-256.
     #[error("rebuilt file failed verification: SHA-256 does not match the manifest")]
     FileMismatch,
-    /// The local store lacks chunks the server assumed the client has.
-    #[error("{} chunk(s) missing from the local cache", .0.len())]
+    /// The local store lacks chunks the server assumed the client has, or holds damaged ones.
+    #[error("{} chunk(s) missing or damaged in the local cache", .0.len())]
     MissingLocal(Vec<ChunkId>),
     /// The server answered with an error.
     #[error("server refused: {message} ({code:?})")]

@@ -22,7 +22,7 @@ mod path;
 pub mod plan;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
-pub use client::{ClientSync, Event, Synced};
+pub use client::{Assembled, ClientSync, Event, Synced};
 pub use error::Error;
 pub use hash::Hash;
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, VersionId, apply, diff};

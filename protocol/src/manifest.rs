@@ -125,6 +125,19 @@ impl Manifest {
         Ok(())
     }
 
+    /// Ids of the chunks whose bytes in `data` (the rebuilt file) do not hash to their id: used to
+    /// find damaged cache entries once a whole-file check has failed.
+    pub fn damaged_chunks(&self, data: &[u8]) -> Vec<ChunkId> {
+        let mut damaged: Vec<ChunkId> = self
+            .offsets()
+            .filter(|(off, c)| data.get(*off..*off + c.len as usize).is_none_or(|b| Hash::of(b) != c.id))
+            .map(|(_, c)| c.id)
+            .collect();
+        damaged.sort_unstable();
+        damaged.dedup();
+        damaged
+    }
+
     /// Byte offset of each chunk, in order.
     pub fn offsets(&self) -> impl Iterator<Item = (usize, &ChunkRef)> {
         self.chunks.iter().scan(0usize, |off, c| {

@@ -92,17 +92,18 @@ impl Cache {
         self.dir.join("chunks").join(&hex[..2]).join(hex)
     }
 
-    /// Reads and verifies a chunk. A missing chunk is `None`; so is a corrupt one, which is also
-    /// deleted so that the next sync fetches it again.
-    pub fn chunk(&self, id: &ChunkId) -> Option<VerifiedChunk> {
-        let path = self.chunk_path(id);
-        let bytes = fs::read(&path).ok()?;
-        match VerifiedChunk::verify(*id, bytes) {
-            Ok(chunk) => Some(chunk),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "discarding corrupt cached chunk");
-                let _ = fs::remove_file(&path);
-                None
+    /// Reads a chunk as stored. It is not hashed here: the rebuilt file's SHA-256 covers it, and
+    /// a damaged chunk is then named by the protocol and passed to [`Cache::discard`].
+    pub fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        fs::read(self.chunk_path(id)).ok()
+    }
+
+    /// Deletes chunks found damaged, so that the next sync fetches them again.
+    pub fn discard(&self, ids: &[ChunkId]) {
+        for id in ids {
+            let path = self.chunk_path(id);
+            if fs::remove_file(&path).is_ok() {
+                tracing::warn!(path = %path.display(), "discarded damaged cached chunk");
             }
         }
     }

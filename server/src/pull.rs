@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ClientMessage, ClientSync, Error as SyncError, Event, PROTOCOL_VERSION, ServerMessage, Synced,
+    AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, PROTOCOL_VERSION,
+    ServerMessage, Synced,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -257,7 +258,7 @@ impl Connection {
         asset: &AssetPath,
         base: Option<assetsync_protocol::Manifest>,
         others: Vec<assetsync_protocol::Manifest>,
-        have_chunks: Vec<assetsync_protocol::ChunkId>,
+        have_chunks: Vec<ChunkId>,
     ) -> anyhow::Result<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
@@ -280,12 +281,18 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             }
         }
-        let local: Vec<_> = machine.local_chunks().iter().filter_map(|id| cache.chunk(id)).collect();
-        let held = local.iter().map(|c| c.id()).collect();
+        let local: Vec<_> =
+            machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
+        let mut held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         match machine.finish(local) {
             Ok(synced) => Ok(Outcome::Done(synced)),
-            // A corrupt or vanished cache entry: ask again, naming exactly the chunks still intact.
-            Err(error @ SyncError::MissingLocal(_)) => Ok(Outcome::Retry { error, held }),
+            // Missing or damaged cache entries: drop the damaged ones and ask again, naming
+            // exactly the chunks still intact.
+            Err(SyncError::MissingLocal(bad)) => {
+                cache.discard(&bad);
+                held.retain(|id| !bad.contains(id));
+                Ok(Outcome::Retry { error: SyncError::MissingLocal(bad), held })
+            }
             // The rebuilt file is wrong: start again from a clean state.
             Err(error @ SyncError::FileMismatch) => Ok(Outcome::Retry { error, held: Vec::new() }),
             Err(error) => Err(error.into()),
@@ -310,7 +317,7 @@ enum Outcome {
     /// Verified and ready to commit.
     Done(Synced),
     /// The data was bad; retry naming `held` (the intact chunks) in the digest.
-    Retry { error: SyncError, held: Vec<assetsync_protocol::ChunkId> },
+    Retry { error: SyncError, held: Vec<ChunkId> },
 }
 
 #[derive(Debug)]

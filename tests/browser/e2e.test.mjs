@@ -91,6 +91,46 @@ test("a fresh start without a server reads the cache with SyncClient.open", asyn
   await context.close();
 });
 
+test("a damaged chunk in IndexedDB is detected, discarded and fetched again", async () => {
+  const server = await startServer();
+  server.write("a.js", bundle(1));
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "damage" });
+    await window.client.sync("a.js");
+  }, server.ws);
+  // Flip one byte of one stored chunk, behind the client's back.
+  await page.evaluate(() => new Promise((ok, fail) => {
+    const open = indexedDB.open("damage");
+    open.onsuccess = () => {
+      const tx = open.result.transaction("chunks", "readwrite");
+      const store = tx.objectStore("chunks");
+      const cursor = store.openCursor();
+      let n = 0;
+      cursor.onsuccess = () => {
+        const c = cursor.result;
+        if (n++ < 5) return c.continue();
+        const bytes = new Uint8Array(c.value);
+        bytes[0] ^= 0xff;
+        c.update(bytes);
+      };
+      tx.oncomplete = () => { open.result.close(); ok(); };
+      tx.onerror = () => fail(tx.error);
+    };
+  }));
+  const v2 = bundle(2);
+  server.write("a.js", v2);
+  const r = await syncIn(page, "a.js");
+  assert.equal(r.hash, sha256(v2));
+  assert.equal(r.stats.retried, true, "the damaged chunk must be noticed");
+  assert.ok(r.stats.wireBytesIn < v2.length / 10, `repair cost ${r.stats.wireBytesIn} bytes`);
+  const stored = await page.evaluate(async () => window.hex(await window.client.read("a.js")));
+  assert.equal(stored, sha256(v2));
+  await server.stop();
+  await context.close();
+});
+
 test("two pages syncing the same asset at once both end correct, with a consistent store", async () => {
   const server = await startServer();
   server.write("js/app.js", bundle(1));

@@ -14,10 +14,13 @@ export const bin = process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsy
 
 export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
-/** Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`). */
-export async function startServer({ demo = false, root = null, port = 0 } = {}) {
+/**
+ * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`),
+ * serving `www` (default: the repository's www/) at `/`.
+ */
+export async function startServer({ demo = false, root = null, www = join(repo, "www") } = {}) {
   root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
-  const args = ["serve", "--listen", `127.0.0.1:${port}`, "--www", join(repo, "www")];
+  const args = ["serve", "--listen", "127.0.0.1:0", "--www", www];
   if (root) args.push("--root", root);
   const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
   let log = "";

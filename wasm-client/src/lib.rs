@@ -16,6 +16,7 @@
 //!
 //! Errors cross into JS as `Error` objects here, at the API edge, and nowhere else.
 
+mod digest;
 mod socket;
 mod store;
 
@@ -180,6 +181,7 @@ impl SyncClient {
         let socket = guard.as_mut().expect("connected above");
         let (in0, out0) = (socket.received_bytes(), self.sent.get());
         let base = self.store.current(&asset).await?;
+        let base_version = base.as_ref().map(Manifest::version);
         let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
         let progress = on_progress.as_ref();
         let mut retried = false;
@@ -202,7 +204,10 @@ impl SyncClient {
         drop(guard);
         let synced =
             outcome.map_err(|(e, _)| js_error(format!("{asset}: verification failed after retry: {e}")))?;
-        self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
+        // An unchanged asset is already committed: nothing to write.
+        if base_version != Some(synced.version) || !synced.received.is_empty() {
+            self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
+        }
         let stats = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
         set("version", synced.version.to_hex().into());
@@ -327,10 +332,22 @@ impl SyncClient {
             }
         }
         let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
-        let held = local.iter().map(|c| c.id()).collect();
-        match machine.finish(local) {
+        let mut held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+        let verified = match machine.assemble(local) {
+            Ok(assembled) => {
+                let digest = digest::sha256(assembled.data()).await;
+                assembled.verify(digest)
+            }
+            Err(e) => Err(e),
+        };
+        match verified {
             Ok(synced) => Ok(Ok(synced)),
-            Err(e @ SyncError::MissingLocal(_)) => Ok(Err((e, held))),
+            // Missing or damaged entries: drop the damaged ones, ask again naming what is intact.
+            Err(SyncError::MissingLocal(bad)) => {
+                self.store.discard(&bad).await.map_err(|e| Fatal::new(e.0))?;
+                held.retain(|id| !bad.contains(id));
+                Ok(Err((SyncError::MissingLocal(bad), held)))
+            }
             Err(e @ SyncError::FileMismatch) => Ok(Err((e, Vec::new()))),
             Err(e) => Err(Fatal::new(format!("{asset}: {e}"))),
         }
@@ -369,4 +386,11 @@ fn parse(text: &str) -> Result<ServerMessage, Fatal> {
 
 fn now_ms() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or_else(js_sys::Date::now)
+}
+
+/// SHA-256 of `data` as lowercase hex, computed in WASM: for pages that check bytes they got
+/// elsewhere, and for comparing with `crypto.subtle.digest` in the browser benchmark.
+#[wasm_bindgen(js_name = sha256Hex)]
+pub fn sha256_hex(data: &[u8]) -> String {
+    assetsync_protocol::Hash::of(data).to_hex()
 }

@@ -13,9 +13,9 @@
 //! interleave with a commit: a committed manifest always has all its chunks, and a chunk an
 //! in-flight sync reused is either still there at its commit or written back by it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
+use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VersionId};
 use idb::{Database, DatabaseEvent, Factory, ObjectStoreParams, TransactionMode};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
@@ -110,9 +110,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads and verifies chunks. Missing and corrupt ones are left out (and corrupt ones are
-    /// deleted), so the caller sees them as missing and fetches them again.
-    pub async fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+    /// Reads chunks as stored; missing ones are left out. They are not hashed one by one: the
+    /// rebuilt file's SHA-256 covers them, and a damaged one is then named and [`Store::discard`]ed.
+    pub async fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly)?;
         let store = tx.object_store(CHUNKS)?;
         // Issue every read before awaiting any, so the transaction has them all queued.
@@ -121,23 +121,23 @@ impl Store {
             .map(|id| store.get(JsValue::from_str(&id.to_hex())))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(ids.len());
-        let mut corrupt = Vec::new();
         for (id, request) in ids.iter().zip(requests) {
-            let Some(value) = request.await? else { continue };
-            match VerifiedChunk::verify(*id, bytes_of(&value)) {
-                Ok(chunk) => out.push(chunk),
-                Err(_) => corrupt.push(*id),
+            if let Some(value) = request.await? {
+                out.push((*id, bytes_of(&value)));
             }
-        }
-        if !corrupt.is_empty() {
-            let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
-            let store = tx.object_store(CHUNKS)?;
-            for id in &corrupt {
-                store.delete(JsValue::from_str(&id.to_hex()))?;
-            }
-            tx.commit()?.await?;
         }
         Ok(out)
+    }
+
+    /// Deletes chunks found damaged, so that the next sync fetches them again.
+    pub async fn discard(&self, ids: &[ChunkId]) -> Result<()> {
+        let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
+        let store = tx.object_store(CHUNKS)?;
+        for id in ids {
+            store.delete(JsValue::from_str(&id.to_hex()))?;
+        }
+        tx.commit()?.await?;
+        Ok(())
     }
 
     /// Commits a verified sync in one transaction: new chunks, any reused chunk that has vanished
@@ -187,21 +187,23 @@ impl Store {
     }
 
     /// The committed copy of `asset`, rebuilt from chunks and verified; `None` if there is none.
+    /// A damaged copy is an error (and its damaged chunks are discarded), never wrong bytes.
     pub async fn read(&self, asset: &AssetPath) -> Result<Option<Vec<u8>>> {
         let Some(manifest) = self.current(asset).await? else { return Ok(None) };
         let ids: Vec<ChunkId> =
             manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
-        let chunks = self.chunks(&ids).await?;
-        let by_id: std::collections::HashMap<ChunkId, &VerifiedChunk> =
-            chunks.iter().map(|c| (c.id(), c)).collect();
+        let chunks: HashMap<ChunkId, Vec<u8>> = self.chunks(&ids).await?.into_iter().collect();
         let mut data = Vec::with_capacity(manifest.len as usize);
         for c in &manifest.chunks {
-            let chunk = by_id.get(&c.id).ok_or_else(|| {
-                StoreError(format!("cached copy of {asset} is damaged: a chunk is missing"))
-            })?;
-            data.extend_from_slice(chunk.bytes());
+            match chunks.get(&c.id) {
+                Some(bytes) => data.extend_from_slice(bytes),
+                None => {
+                    return Err(StoreError(format!("cached copy of {asset} is damaged: a chunk is missing")));
+                }
+            }
         }
-        if Hash::of(&data) != manifest.sha256 {
+        if crate::digest::sha256(&data).await != manifest.sha256 {
+            self.discard(&manifest.damaged_chunks(&data)).await?;
             return Err(StoreError(format!("cached copy of {asset} failed verification")));
         }
         Ok(Some(data))
