@@ -21,10 +21,12 @@ mod socket;
 mod store;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, Manifest, PROTOCOL_VERSION,
-    ServerMessage, Synced,
+    ServerMessage, Synced, VersionId,
 };
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -42,6 +44,11 @@ const TS_TYPES: &'static str = r#"
 export interface ConnectOptions {
   /** IndexedDB database name (default "assetsync"). */
   db?: string;
+  /**
+   * Keep the last verified bytes of each synced asset in memory (default true), so that a sync
+   * finding the asset unchanged answers without reading and hashing it again.
+   */
+  memoryCache?: boolean;
 }
 /** Passed to the `sync` progress callback as chunk bytes arrive. */
 export interface SyncProgress {
@@ -65,6 +72,10 @@ export interface SyncStats {
   elapsedMs: number;
   /** Whether the first attempt failed verification and was retried. */
   retried: boolean;
+  /** Time spent in IndexedDB (reading reused chunks, committing). */
+  storeMs: number;
+  /** Time spent rebuilding the file and checking its SHA-256. */
+  verifyMs: number;
 }
 /** What `gc` freed. */
 export interface GcReport {
@@ -104,12 +115,16 @@ pub struct SyncClient {
     store: Store,
     next_id: Cell<u32>,
     sent: Cell<u64>,
+    /// The last verified bytes of each asset synced by this client, so that a sync that finds
+    /// the asset unchanged need not read and hash it again (`memoryCache: false` turns it off).
+    remembered: RefCell<Remembered>,
+    memory_cache: bool,
 }
 
 /// The verified result of one sync.
 #[wasm_bindgen]
 pub struct SyncResult {
-    data: Vec<u8>,
+    data: Rc<[u8]>,
     stats: Object,
 }
 
@@ -117,7 +132,7 @@ pub struct SyncResult {
 impl SyncResult {
     /// The verified asset bytes.
     pub fn bytes(&self) -> Uint8Array {
-        Uint8Array::from(self.data.as_slice())
+        Uint8Array::from(&self.data[..])
     }
 
     /// Statistics of the sync.
@@ -148,10 +163,9 @@ impl SyncClient {
         url: String,
         #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
-        let db = options
-            .and_then(|o| Reflect::get(&o, &"db".into()).ok())
-            .and_then(|v| v.as_string())
-            .unwrap_or_else(|| "assetsync".into());
+        let option = |name: &str| options.as_ref().and_then(|o| Reflect::get(o, &name.into()).ok());
+        let db = option("db").and_then(|v| v.as_string()).unwrap_or_else(|| "assetsync".into());
+        let memory_cache = option("memoryCache").and_then(|v| v.as_bool()).unwrap_or(true);
         let store = Store::open(&db).await?;
         Ok(SyncClient {
             url,
@@ -160,6 +174,8 @@ impl SyncClient {
             store,
             next_id: Cell::new(1),
             sent: Cell::new(0),
+            remembered: RefCell::default(),
+            memory_cache,
         })
     }
 
@@ -185,11 +201,14 @@ impl SyncClient {
         let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
         let progress = on_progress.as_ref();
         let mut retried = false;
-        let mut outcome = self.attempt(socket, &asset, base, others, Vec::new(), progress).await;
+        let mut timings = Timings::default();
+        let holding = Holding { base, others, chunks: Vec::new() };
+        let mut outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
         if let Ok(Err((error, held))) = outcome {
             retried = true;
             web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying once").into());
-            outcome = self.attempt(socket, &asset, None, Vec::new(), held, progress).await;
+            let holding = Holding { base: None, others: Vec::new(), chunks: held };
+            outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
         }
         let in1 = socket.received_bytes();
         let outcome = match outcome {
@@ -202,23 +221,37 @@ impl SyncClient {
             }
         };
         drop(guard);
-        let synced =
+        let fetched =
             outcome.map_err(|(e, _)| js_error(format!("{asset}: verification failed after retry: {e}")))?;
-        // An unchanged asset is already committed: nothing to write.
-        if base_version != Some(synced.version) || !synced.received.is_empty() {
-            self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
+        let (version, bytes, chunks, chunks_reused, data) = match fetched {
+            Fetched::Synced(synced) => {
+                // An unchanged asset is already committed: nothing to write.
+                if base_version != Some(synced.version) || !synced.received.is_empty() {
+                    let t0 = now_ms();
+                    self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
+                    timings.store_ms += now_ms() - t0;
+                }
+                let (m, reused) = (&synced.manifest, synced.chunks_reused);
+                (synced.version, m.len, m.chunks.len(), reused, Rc::<[u8]>::from(synced.data))
+            }
+            Fetched::Remembered { version, len, chunks, data } => (version, len, chunks, chunks, data),
+        };
+        if self.memory_cache {
+            self.remembered.borrow_mut().insert(asset, (version, data.clone()));
         }
         let stats = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
-        set("version", synced.version.to_hex().into());
-        set("bytes", (synced.manifest.len as f64).into());
-        set("chunks", (synced.manifest.chunks.len() as f64).into());
-        set("chunksReused", (synced.chunks_reused as f64).into());
+        set("version", version.to_hex().into());
+        set("bytes", (bytes as f64).into());
+        set("chunks", (chunks as f64).into());
+        set("chunksReused", (chunks_reused as f64).into());
         set("wireBytesIn", ((in1 - in0) as f64).into());
         set("wireBytesOut", ((self.sent.get() - out0) as f64).into());
         set("elapsedMs", (now_ms() - started).into());
         set("retried", retried.into());
-        Ok(SyncResult { data: synced.data, stats })
+        set("storeMs", timings.store_ms.into());
+        set("verifyMs", timings.verify_ms.into());
+        Ok(SyncResult { data, stats })
     }
 
     /// The cached, verified copy of `asset`, without using the network; `null` if none.
@@ -252,6 +285,33 @@ impl SyncClient {
 
 /// An attempt's data error, with the chunks still held intact to name in the retry's digest.
 type DataError = (SyncError, Vec<ChunkId>);
+
+/// Per asset: the version last verified by this client, and its bytes.
+type Remembered = HashMap<AssetPath, (VersionId, Rc<[u8]>)>;
+
+/// What an attempt tells the server the client holds (see [`ClientSync::new`]).
+struct Holding {
+    base: Option<Manifest>,
+    others: Vec<Manifest>,
+    chunks: Vec<ChunkId>,
+}
+
+/// Where a sync's time went, reported in its stats.
+#[derive(Default)]
+struct Timings {
+    /// Reading chunks from IndexedDB and committing.
+    store_ms: f64,
+    /// Rebuilding the file and checking its SHA-256.
+    verify_ms: f64,
+}
+
+/// What a successful attempt produced.
+enum Fetched {
+    /// A verified version, to commit unless it is already current.
+    Synced(Synced),
+    /// The asset is unchanged since this client last verified it in this session.
+    Remembered { version: VersionId, len: u64, chunks: usize, data: Rc<[u8]> },
+}
 
 /// An error that ends a sync; `connection_lost` drops the socket so the next sync reconnects.
 struct Fatal {
@@ -296,14 +356,14 @@ impl SyncClient {
         &self,
         socket: &mut Socket,
         asset: &AssetPath,
-        base: Option<Manifest>,
-        others: Vec<Manifest>,
-        have_chunks: Vec<ChunkId>,
+        holding: Holding,
         on_progress: Option<&Function>,
-    ) -> Result<Result<Synced, DataError>, Fatal> {
+        timings: &mut Timings,
+    ) -> Result<Result<Fetched, DataError>, Fatal> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
+        let (mut machine, request) =
+            ClientSync::new(id, asset.clone(), holding.base, holding.others, holding.chunks);
         self.send(socket, &request)?;
         loop {
             let event = match next(socket).await? {
@@ -331,7 +391,18 @@ impl SyncClient {
                 Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
             }
         }
+        if let Some(manifest) = machine.manifest().filter(|_| machine.announced_bytes() == 0) {
+            let version = manifest.version();
+            if let Some((v, data)) = self.remembered.borrow().get(asset)
+                && *v == version
+            {
+                let (len, chunks, data) = (manifest.len, manifest.chunks.len(), data.clone());
+                return Ok(Ok(Fetched::Remembered { version, len, chunks, data }));
+            }
+        }
+        let t0 = now_ms();
         let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
+        let t1 = now_ms();
         let mut held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         let verified = match machine.assemble(local) {
             Ok(assembled) => {
@@ -340,8 +411,10 @@ impl SyncClient {
             }
             Err(e) => Err(e),
         };
+        timings.store_ms += t1 - t0;
+        timings.verify_ms += now_ms() - t1;
         match verified {
-            Ok(synced) => Ok(Ok(synced)),
+            Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
             // Missing or damaged entries: drop the damaged ones, ask again naming what is intact.
             Err(SyncError::MissingLocal(bad)) => {
                 self.store.discard(&bad).await.map_err(|e| Fatal::new(e.0))?;
