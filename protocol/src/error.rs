@@ -56,3 +56,21 @@ pub enum Error {
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
+
+impl Error {
+    /// The retry policy both clients share. After an attempt failed with this error, returns the
+    /// chunk ids to name in the retry's `have.chunks`: the `held` ones minus any found damaged
+    /// (for [`Error::MissingLocal`]), or none at all, a clean start (for bad received data or a
+    /// bad rebuilt file). `None` means a retry cannot help.
+    pub fn retry_holding(&self, mut held: Vec<ChunkId>) -> Option<Vec<ChunkId>> {
+        match self {
+            Error::MissingLocal(bad) => {
+                let bad: std::collections::HashSet<_> = bad.iter().collect();
+                held.retain(|id| !bad.contains(id));
+                Some(held)
+            }
+            Error::ChunkMismatch { .. } | Error::FileMismatch => Some(Vec::new()),
+            _ => None,
+        }
+    }
+}

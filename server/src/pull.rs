@@ -283,19 +283,16 @@ impl Connection {
         }
         let local: Vec<_> =
             machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
-        let mut held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+        let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         match machine.finish(local) {
             Ok(synced) => Ok(Outcome::Done(synced)),
-            // Missing or damaged cache entries: drop the damaged ones and ask again, naming
-            // exactly the chunks still intact.
-            Err(SyncError::MissingLocal(bad)) => {
-                cache.discard(&bad);
-                held.retain(|id| !bad.contains(id));
-                Ok(Outcome::Retry { error: SyncError::MissingLocal(bad), held })
+            Err(error) => {
+                let Some(held) = error.retry_holding(held) else { return Err(error.into()) };
+                if let SyncError::MissingLocal(damaged) = &error {
+                    cache.discard(damaged);
+                }
+                Ok(Outcome::Retry { error, held })
             }
-            // The rebuilt file is wrong: start again from a clean state.
-            Err(error @ SyncError::FileMismatch) => Ok(Outcome::Retry { error, held: Vec::new() }),
-            Err(error) => Err(error.into()),
         }
     }
 

@@ -403,7 +403,7 @@ impl SyncClient {
         let t0 = now_ms();
         let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
         let t1 = now_ms();
-        let mut held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+        let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         let verified = match machine.assemble(local) {
             Ok(assembled) => {
                 let digest = digest::sha256(assembled.data()).await;
@@ -415,14 +415,15 @@ impl SyncClient {
         timings.verify_ms += now_ms() - t1;
         match verified {
             Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
-            // Missing or damaged entries: drop the damaged ones, ask again naming what is intact.
-            Err(SyncError::MissingLocal(bad)) => {
-                self.store.discard(&bad).await.map_err(|e| Fatal::new(e.0))?;
-                held.retain(|id| !bad.contains(id));
-                Ok(Err((SyncError::MissingLocal(bad), held)))
+            Err(error) => {
+                let Some(held) = error.retry_holding(held) else {
+                    return Err(Fatal::new(format!("{asset}: {error}")));
+                };
+                if let SyncError::MissingLocal(damaged) = &error {
+                    self.store.discard(damaged).await.map_err(|e| Fatal::new(e.0))?;
+                }
+                Ok(Err((error, held)))
             }
-            Err(e @ SyncError::FileMismatch) => Ok(Err((e, Vec::new()))),
-            Err(e) => Err(Fatal::new(format!("{asset}: {e}"))),
         }
     }
 }
