@@ -20,6 +20,8 @@ pub mod manifest;
 pub mod message;
 mod path;
 pub mod plan;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
 pub use client::{Assembled, ClientSync, Event, Synced};

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use assetsync::pull::{PullConfig, pull};
 use assetsync::{ServeConfig, run};
+use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{AssetPath, ChunkParams, Hash, Manifest, chunk_data};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,7 @@ fn best_mb_s(len: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn throughput() {
-    let data = pseudo_random(64 * MIB, 1);
+    let data = random_bytes(64 * MIB, 1);
     let params = ChunkParams::default();
     let mut copy = vec![0u8; data.len()];
     let memcpy = best_mb_s(data.len(), || {
@@ -90,11 +91,11 @@ fn wire() {
         let client = tempfile::tempdir().unwrap();
         let pull_cfg = PullConfig { server: url, cache: client.path().join("cache"), out: None };
 
-        let big = pseudo_random(8 * MIB, 2);
+        let big = random_bytes(8 * MIB, 2);
         let bundle =
             std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/js/vendor/three.module.js")).unwrap();
         let mut edited = big.clone();
-        edited[4 * MIB..4 * MIB + 1024].copy_from_slice(&pseudo_random(1024, 3));
+        edited[4 * MIB..4 * MIB + 1024].copy_from_slice(&random_bytes(1024, 3));
         let mut prepended = b"/* banner */\n".to_vec();
         prepended.extend_from_slice(&edited);
         let bundle_edit = String::from_utf8(bundle.clone())
@@ -128,16 +129,4 @@ fn wire() {
         stop.cancel();
         server.await.unwrap().unwrap();
     });
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use assetsync::pull::{PullConfig, PullReport, pull};
 use assetsync::{ServeConfig, run};
+pub use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{AssetPath, Hash};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -100,19 +101,6 @@ impl TestClient {
         }
         out
     }
-}
-
-/// Deterministic incompressible bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A real published bundle shipped in the repository (three.js r160, 1.2 MB).

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkParams, ClientSync, ClientView, Error, Hash, Manifest, Synced, VerifiedChunk,
     plan,
@@ -11,18 +12,6 @@ use wasm_bindgen_test::*;
 use super::Store;
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A verified sync of `data` that carries every chunk, as a cold sync would.
 fn synced(asset: &str, data: &[u8]) -> Synced {
