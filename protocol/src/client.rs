@@ -4,7 +4,9 @@
 //!
 //! 1. [`ClientSync::new`] gives the `sync` message to send.
 //! 2. Every text message goes to [`ClientSync::on_message`], every binary frame to
-//!    [`ClientSync::on_frame`], until one returns [`Event::Complete`].
+//!    [`ClientSync::on_frame`], until one returns [`Event::Complete`]. If the answer was
+//!    compressed against a file the client holds, [`ClientSync::wanted_prefix`] says which, and
+//!    the driver passes its bytes to [`ClientSync::set_prefix`] first.
 //! 3. The driver loads [`ClientSync::local_chunks`] from its store and calls
 //!    [`ClientSync::finish`] (or [`ClientSync::assemble`], then [`Assembled::verify`]), which
 //!    rebuilds the file and checks its SHA-256. Only a [`Synced`] result may be committed.
@@ -34,6 +36,31 @@ pub enum Event {
     Complete,
 }
 
+/// The compression prefix of an answer.
+enum Prefix {
+    /// Not provided yet.
+    Wanted,
+    /// The file, rebuilt and verified by the driver.
+    Ready(Vec<u8>),
+    /// The driver could not rebuild it; compressed frames are skipped.
+    Unavailable,
+}
+
+/// The event after a frame: done (or the deferred error) once every announced chunk arrived.
+fn progress(
+    arrived: usize,
+    expected: u32,
+    received: u64,
+    total: u64,
+    bad: &mut Option<Error>,
+) -> Result<Event, Error> {
+    if arrived as u32 == expected {
+        bad.take().map_or(Ok(Event::Complete), Err)
+    } else {
+        Ok(Event::Progress { received, total })
+    }
+}
+
 /// A verified new version, ready to commit.
 #[derive(Debug)]
 pub struct Synced {
@@ -61,6 +88,11 @@ enum State {
         received_bytes: u64,
         positions: HashSet<u32>,
         received: HashMap<VersionId, VerifiedChunk>,
+        /// The version batch frames were compressed against, and its file once provided.
+        dict: Option<(VersionId, Prefix)>,
+        /// The first chunk that failed verification. Later frames are still read (they are on
+        /// the wire already), and the error is reported when the answer is complete.
+        bad: Option<Error>,
     },
 }
 
@@ -99,9 +131,12 @@ impl ClientSync {
         (machine, message)
     }
 
-    /// The request id.
-    pub fn id(&self) -> u32 {
-        self.id
+    /// Distinct ids of every chunk of the manifests this request named as held: what a retry
+    /// lists in `have.chunks` (minus any found damaged) when the first answer could not be used.
+    pub fn held_chunks(&self) -> Vec<ChunkId> {
+        let manifests = self.base.iter().map(|(_, m)| m).chain(&self.extra);
+        let ids: HashSet<ChunkId> = manifests.flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+        ids.into_iter().collect()
     }
 
     /// Feeds one control message.
@@ -117,7 +152,7 @@ impl ClientSync {
                 if *base_version != version {
                     return Err(Error::Protocol("up_to_date names a version the client lacks".into()));
                 }
-                self.start(base.clone(), version, 0, 0)
+                self.start(base.clone(), version, 0, 0, None)
             }
             ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
             ServerMessage::Error { id: Some(id), code, message } if id == self.id => {
@@ -146,7 +181,13 @@ impl ClientSync {
         if u.send as usize > manifest.chunks.len() {
             return Err(Error::Protocol("more chunk frames announced than the manifest has".into()));
         }
-        self.start(manifest, u.version, u.send, u.send_bytes)
+        let dict = match u.dict {
+            Some(v) if self.base_manifest(v).is_none() => {
+                return Err(Error::Protocol(format!("compressed against unknown version {v}")));
+            }
+            dict => dict,
+        };
+        self.start(manifest, u.version, u.send, u.send_bytes, dict)
     }
 
     fn base_manifest(&self, v: VersionId) -> Option<&Manifest> {
@@ -160,6 +201,7 @@ impl ClientSync {
         version: VersionId,
         expected: u32,
         total: u64,
+        dict: Option<VersionId>,
     ) -> Result<Event, Error> {
         self.state = State::Receiving {
             manifest,
@@ -169,47 +211,117 @@ impl ClientSync {
             received_bytes: 0,
             positions: HashSet::new(),
             received: HashMap::new(),
+            dict: dict.map(|v| (v, Prefix::Wanted)),
+            bad: None,
         };
         Ok(if expected == 0 { Event::Complete } else { Event::Progress { received: 0, total } })
     }
 
-    /// Feeds one binary frame. Its bytes are verified against the manifest entry they claim to be.
-    pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
-        let State::Receiving { manifest, expected, total, received_bytes, positions, received, .. } =
-            &mut self.state
-        else {
-            return Err(Error::BadFrame("chunk frame before the manifest"));
-        };
-        let frame = ChunkFrame::decode(frame)?;
-        if frame.id != self.id {
-            return Err(Error::BadFrame("chunk frame for another request"));
-        }
-        if positions.len() as u32 >= *expected {
-            return Err(Error::BadFrame("more chunk frames than announced"));
-        }
-        let entry = manifest
-            .chunks
-            .get(frame.index as usize)
-            .ok_or(Error::BadFrame("chunk index outside the manifest"))?;
-        if !positions.insert(frame.index) {
-            return Err(Error::BadFrame("chunk sent twice"));
-        }
-        let chunk = VerifiedChunk::verify(entry.id, frame.bytes.to_vec())?;
-        *received_bytes += frame.bytes.len() as u64;
-        received.insert(chunk.id(), chunk);
-        if positions.len() as u32 == *expected {
-            Ok(Event::Complete)
-        } else {
-            Ok(Event::Progress { received: *received_bytes, total: *total })
+    /// The manifest of the version whose file the driver must pass to
+    /// [`ClientSync::set_prefix`] before feeding frames: the server compressed this answer
+    /// against it. It is one the client named, so it is in the client's store.
+    pub fn wanted_prefix(&self) -> Option<&Manifest> {
+        match &self.state {
+            State::Receiving { dict: Some((v, Prefix::Wanted)), .. } => self.base_manifest(*v),
+            _ => None,
         }
     }
 
-    /// Chunk frames announced but not yet received (to discard after a bad one).
-    pub fn pending_frames(&self) -> u32 {
-        match &self.state {
-            State::Receiving { expected, positions, .. } => expected.saturating_sub(positions.len() as u32),
-            State::Waiting => 0,
+    /// Provides the file of [`ClientSync::wanted_prefix`] as the store rebuilt and verified it,
+    /// or the ids of the chunks that kept it from being rebuilt. In that case the compressed
+    /// frames are read but not decoded, and the answer ends in [`Error::MissingLocal`] naming
+    /// those chunks, so that the retry does without them.
+    pub fn set_prefix(&mut self, file: Result<Vec<u8>, Vec<ChunkId>>) {
+        if let State::Receiving { dict: Some((_, prefix)), bad, .. } = &mut self.state {
+            *prefix = match file {
+                Ok(file) => Prefix::Ready(file),
+                Err(damaged) => {
+                    bad.get_or_insert(Error::MissingLocal(damaged));
+                    Prefix::Unavailable
+                }
+            };
         }
+    }
+
+    /// Feeds one binary frame. Every chunk in it is verified against the manifest entry it claims
+    /// to be; a bad one is reported as [`Error::ChunkMismatch`] once the whole answer is read.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
+        let id = self.id;
+        let State::Receiving {
+            manifest,
+            expected,
+            total,
+            received_bytes,
+            positions,
+            received,
+            dict,
+            bad,
+            ..
+        } = &mut self.state
+        else {
+            return Err(Error::BadFrame("chunk frame before the manifest"));
+        };
+        let mut check_index = |index: u32| -> Result<crate::ChunkRef, Error> {
+            let entry = *manifest
+                .chunks
+                .get(index as usize)
+                .ok_or(Error::BadFrame("chunk index outside the manifest"))?;
+            if positions.len() as u32 >= *expected {
+                return Err(Error::BadFrame("more chunks than announced"));
+            }
+            if !positions.insert(index) {
+                return Err(Error::BadFrame("chunk sent twice"));
+            }
+            Ok(entry)
+        };
+        let chunks: Vec<(crate::ChunkRef, Vec<u8>)> = match ChunkFrame::decode(frame)? {
+            ChunkFrame::Chunk { id: frame_id, .. } | ChunkFrame::Batch { id: frame_id, .. }
+                if frame_id != id =>
+            {
+                return Err(Error::BadFrame("chunk frame for another request"));
+            }
+            ChunkFrame::Chunk { index, bytes, .. } => vec![(check_index(index)?, bytes.to_vec())],
+            ChunkFrame::Batch { indices, compressed, .. } => {
+                let entries = indices.into_iter().map(&mut check_index).collect::<Result<Vec<_>, _>>()?;
+                let prefix = match dict {
+                    None => None,
+                    Some((_, Prefix::Ready(prefix))) => Some(prefix.as_slice()),
+                    Some((_, Prefix::Wanted)) => {
+                        return Err(Error::Protocol("compressed frame before set_prefix".into()));
+                    }
+                    Some((_, Prefix::Unavailable)) => {
+                        // Counted, not decoded: the answer ends in the error set_prefix recorded.
+                        *received_bytes += entries.iter().map(|e| u64::from(e.len)).sum::<u64>();
+                        return progress(positions.len(), *expected, *received_bytes, *total, bad);
+                    }
+                };
+                let len: usize = entries.iter().map(|e| e.len as usize).sum();
+                let data = crate::compress::decompress(compressed, prefix, len)?;
+                if data.len() != len {
+                    return Err(Error::BadFrame("compressed batch decodes to less than it announced"));
+                }
+                let mut at = 0;
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        at += e.len as usize;
+                        (e, data[at - e.len as usize..at].to_vec())
+                    })
+                    .collect()
+            }
+        };
+        for (entry, bytes) in chunks {
+            *received_bytes += bytes.len() as u64;
+            match VerifiedChunk::verify(entry.id, bytes) {
+                Ok(chunk) => {
+                    received.insert(chunk.id(), chunk);
+                }
+                Err(e) => {
+                    bad.get_or_insert(e);
+                }
+            }
+        }
+        progress(positions.len(), *expected, *received_bytes, *total, bad)
     }
 
     /// Chunk bytes the server announced for this answer.

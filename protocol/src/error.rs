@@ -27,6 +27,9 @@ pub enum Error {
     /// A binary frame could not be parsed or was not expected.
     #[error("invalid chunk frame: {0}")]
     BadFrame(&'static str),
+    /// A compressed chunk batch could not be decoded.
+    #[error("invalid compressed chunk batch: {0}")]
+    Decompress(String),
     /// Chunk bytes do not hash to their id.
     #[error("chunk {expected} failed verification (got {actual})")]
     ChunkMismatch {

@@ -7,6 +7,7 @@
 //! - [`message`]: the wire contract, JSON [`ClientMessage`]/[`ServerMessage`] and binary
 //!   [`ChunkFrame`]s.
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
+//! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine.
 //!
 //! This crate never touches sockets, files, clocks or IndexedDB, so it cannot fail for I/O
@@ -14,6 +15,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod compress;
 mod error;
 mod hash;
 pub mod manifest;
@@ -29,7 +31,7 @@ pub use error::Error;
 pub use hash::Hash;
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, VersionId, apply, diff};
 pub use message::{
-    ChunkFrame, ClientMessage, ErrorCode, FRAME_HEADER, Have, Limits, PROTOCOL_VERSION, ServerMessage, Update,
+    ChunkFrame, ClientMessage, ErrorCode, Have, Limits, PROTOCOL_VERSION, ServerMessage, Update,
 };
 pub use path::AssetPath;
 pub use plan::{ClientView, Plan, plan};

@@ -23,6 +23,9 @@ pub enum ClientMessage {
         /// Free-form client name and version, for the server's logs.
         #[serde(default)]
         agent: String,
+        /// Chunk encodings the client can decode besides plain chunks (`"zstd"`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        encodings: Vec<String>,
     },
     /// Asks for the current version of one asset.
     Sync {
@@ -75,6 +78,9 @@ pub enum ServerMessage {
         server: String,
         /// What the server will accept, so a client can stay inside it.
         limits: Limits,
+        /// The client's encodings that the server will use.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        encodings: Vec<String>,
     },
     /// The client's first `have.versions` entry is already current.
     UpToDate {
@@ -115,10 +121,14 @@ pub struct Update {
     pub params: ChunkParams,
     /// The chunk list as a delta against `base`.
     pub recipe: Vec<RecipeOp>,
-    /// How many binary chunk frames follow.
+    /// How many chunks follow, in binary frames (one per chunk, or several per batch).
     pub send: u32,
-    /// Their total payload size, for progress bars.
+    /// Their total size before compression, for progress bars.
     pub send_bytes: u64,
+    /// The version whose file the batch frames were compressed against, if any: one the client
+    /// named in `have.versions`, so it holds that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dict: Option<VersionId>,
 }
 
 /// Server limits announced in `welcome`.
@@ -148,43 +158,85 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// Kind byte of a binary chunk frame.
-const FRAME_CHUNK: u8 = 1;
-/// Bytes before a chunk frame's payload.
-pub const FRAME_HEADER: usize = 9;
+const KIND_CHUNK: u8 = 1;
+const KIND_BATCH: u8 = 2;
 
-/// A binary frame carrying one chunk: `[1u8][request id: u32 LE][manifest index: u32 LE][bytes]`.
+/// A binary frame from the server: chunk bytes, never JSON.
 ///
-/// The manifest index tells the client which chunk this is; the client hashes the bytes and
-/// compares them with that entry's id before using them.
+/// - `Chunk`: `[1u8][request id: u32 LE][manifest index: u32 LE][chunk bytes]`.
+/// - `Batch`: `[2u8][request id: u32 LE][count: u32 LE][count manifest indices: u32 LE][zstd frame]`;
+///   the zstd frame decodes to the listed chunks' bytes back to back, compressed against the
+///   `update`'s `dict` version as prefix when it names one.
+///
+/// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ChunkFrame<'a> {
-    /// The request this chunk answers.
-    pub id: u32,
-    /// Position of the chunk in the new manifest.
-    pub index: u32,
-    /// The chunk's bytes.
-    pub bytes: &'a [u8],
+pub enum ChunkFrame<'a> {
+    /// One chunk, uncompressed.
+    Chunk {
+        /// The request this chunk answers.
+        id: u32,
+        /// Position of the chunk in the new manifest.
+        index: u32,
+        /// The chunk's bytes.
+        bytes: &'a [u8],
+    },
+    /// Several chunks in one zstd frame.
+    Batch {
+        /// The request these chunks answer.
+        id: u32,
+        /// Their positions in the new manifest, in the order they were concatenated.
+        indices: Vec<u32>,
+        /// The zstd frame.
+        compressed: &'a [u8],
+    },
 }
 
 impl<'a> ChunkFrame<'a> {
     /// Serialises the frame.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FRAME_HEADER + self.bytes.len());
-        out.push(FRAME_CHUNK);
-        out.extend_from_slice(&self.id.to_le_bytes());
-        out.extend_from_slice(&self.index.to_le_bytes());
-        out.extend_from_slice(self.bytes);
-        out
+        match self {
+            ChunkFrame::Chunk { id, index, bytes } => {
+                let mut out = Vec::with_capacity(9 + bytes.len());
+                out.push(KIND_CHUNK);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(bytes);
+                out
+            }
+            ChunkFrame::Batch { id, indices, compressed } => {
+                let mut out = Vec::with_capacity(9 + 4 * indices.len() + compressed.len());
+                out.push(KIND_BATCH);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&(indices.len() as u32).to_le_bytes());
+                for index in indices {
+                    out.extend_from_slice(&index.to_le_bytes());
+                }
+                out.extend_from_slice(compressed);
+                out
+            }
+        }
     }
 
     /// Parses a frame, borrowing its payload.
     pub fn decode(frame: &'a [u8]) -> Result<Self, Error> {
-        if frame.len() < FRAME_HEADER || frame[0] != FRAME_CHUNK {
-            return Err(Error::BadFrame("not a chunk frame"));
+        let word = |at: usize| -> Result<u32, Error> {
+            let bytes = frame.get(at..at + 4).ok_or(Error::BadFrame("truncated frame header"))?;
+            Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+        };
+        match frame.first() {
+            Some(&KIND_CHUNK) => Ok(ChunkFrame::Chunk { id: word(1)?, index: word(5)?, bytes: &frame[9..] }),
+            Some(&KIND_BATCH) => {
+                let (id, count) = (word(1)?, word(5)? as usize);
+                let end = count
+                    .checked_mul(4)
+                    .and_then(|n| n.checked_add(9))
+                    .filter(|&end| end <= frame.len())
+                    .ok_or(Error::BadFrame("batch frame shorter than its index list"))?;
+                let indices = (0..count).map(|i| word(9 + 4 * i)).collect::<Result<_, _>>()?;
+                Ok(ChunkFrame::Batch { id, indices, compressed: &frame[end..] })
+            }
+            _ => Err(Error::BadFrame("unknown frame kind")),
         }
-        let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
-        Ok(ChunkFrame { id: word(1), index: word(5), bytes: &frame[FRAME_HEADER..] })
     }
 }
 
@@ -196,7 +248,7 @@ mod tests {
     fn messages_have_the_documented_json_shape() {
         let hello: ClientMessage =
             serde_json::from_str(r#"{"type":"hello","protocol":1,"agent":"t"}"#).unwrap();
-        assert_eq!(hello, ClientMessage::Hello { protocol: 1, agent: "t".into() });
+        assert_eq!(hello, ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![] });
         let sync: ClientMessage =
             serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
         assert_eq!(sync, ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default() });
@@ -222,10 +274,17 @@ mod tests {
 
     #[test]
     fn chunk_frames_round_trip_and_reject_garbage() {
-        let f = ChunkFrame { id: 3, index: 70000, bytes: b"payload" };
+        let f = ChunkFrame::Chunk { id: 3, index: 70000, bytes: b"payload" };
         let bytes = f.encode();
         assert_eq!(ChunkFrame::decode(&bytes).unwrap(), f);
         assert!(ChunkFrame::decode(&bytes[..8]).is_err());
-        assert!(ChunkFrame::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(ChunkFrame::decode(&[3, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let b = ChunkFrame::Batch { id: 4, indices: vec![1, 5, 9], compressed: b"zstd" };
+        let bytes = b.encode();
+        assert_eq!(ChunkFrame::decode(&bytes).unwrap(), b);
+        assert!(ChunkFrame::decode(&bytes[..16]).is_err());
+        let mut huge = bytes.clone();
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ChunkFrame::decode(&huge).is_err());
     }
 }

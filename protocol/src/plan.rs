@@ -51,6 +51,7 @@ pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<
         recipe: diff(base.map(|(_, c)| c), &current.chunks),
         send: send.len() as u32,
         send_bytes,
+        dict: None,
     };
     Plan { message: ServerMessage::Update(update), send }
 }

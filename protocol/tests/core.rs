@@ -75,7 +75,7 @@ impl Server {
             .iter()
             .map(|&i| {
                 let (o, len) = (offsets[i as usize], cur.chunks[i as usize].len as usize);
-                ChunkFrame { id: *id, index: i, bytes: &self.data[o..o + len] }.encode()
+                ChunkFrame::Chunk { id: *id, index: i, bytes: &self.data[o..o + len] }.encode()
             })
             .collect();
         (p.message, frames)

@@ -98,6 +98,29 @@ impl Cache {
         fs::read(self.chunk_path(id)).ok()
     }
 
+    /// Rebuilds the committed file of `manifest` and checks its SHA-256. On failure, returns the
+    /// missing or damaged chunks, which are discarded.
+    pub fn file(&self, manifest: &Manifest) -> Result<Vec<u8>, Vec<ChunkId>> {
+        let mut data = Vec::with_capacity(manifest.len as usize);
+        let mut bad = Vec::new();
+        for c in &manifest.chunks {
+            match self.chunk(&c.id) {
+                Some(bytes) if bytes.len() == c.len as usize => data.extend_from_slice(&bytes),
+                _ => bad.push(c.id),
+            }
+        }
+        if bad.is_empty() && Hash::of(&data) == manifest.sha256 {
+            return Ok(data);
+        }
+        if bad.is_empty() {
+            bad = manifest.damaged_chunks(&data);
+        }
+        bad.sort_unstable();
+        bad.dedup();
+        self.discard(&bad);
+        Err(bad)
+    }
+
     /// Deletes chunks found damaged, so that the next sync fetches them again.
     pub fn discard(&self, ids: &[ChunkId]) {
         for id in ids {

@@ -50,7 +50,8 @@ pub struct IndexConfig {
     /// Chunking parameters for newly indexed files.
     pub params: ChunkParams,
     /// How many versions of each asset to remember (the current one included), so that clients
-    /// naming an older version still get a delta and count its chunks as held.
+    /// naming an older version still get a delta, and a compression prefix. Each is held in
+    /// memory with its bytes.
     pub keep_versions: usize,
     /// Largest file served, in bytes (the current version of each asset is held in memory).
     pub max_asset_bytes: u64,
@@ -107,7 +108,9 @@ struct Slot {
 pub struct AssetIndex {
     config: IndexConfig,
     slots: Mutex<HashMap<AssetPath, Arc<tokio::sync::Mutex<Slot>>>>,
-    versions: RwLock<HashMap<VersionId, Arc<Manifest>>>,
+    /// Every remembered version with its bytes: the delta base and compression prefix for
+    /// clients that name it.
+    versions: RwLock<HashMap<VersionId, Arc<Indexed>>>,
 }
 
 impl AssetIndex {
@@ -159,20 +162,15 @@ impl AssetIndex {
         }
     }
 
-    fn remember(&self, slot: &mut Slot, fresh: &Indexed) {
+    fn remember(&self, slot: &mut Slot, fresh: &Arc<Indexed>) {
         let mut versions = self.versions.write().expect("poisoned");
         slot.history.retain(|v| *v != fresh.version);
         slot.history.push_back(fresh.version);
-        versions.insert(fresh.version, fresh.manifest.clone());
+        versions.insert(fresh.version, fresh.clone());
         while slot.history.len() > self.config.keep_versions {
             let old = slot.history.pop_front().expect("non-empty");
             versions.remove(&old);
         }
-    }
-
-    /// The manifest of a version the server still remembers.
-    pub fn version(&self, version: &VersionId) -> Option<Arc<Manifest>> {
-        self.versions.read().expect("poisoned").get(version).cloned()
     }
 
     /// Resolves a client digest: the first named version the server knows (the delta base), and
@@ -181,14 +179,14 @@ impl AssetIndex {
         &self,
         versions: &[VersionId],
         chunks: &[ChunkId],
-    ) -> (Option<(VersionId, Arc<Manifest>)>, HashSet<ChunkId>) {
+    ) -> (Option<Arc<Indexed>>, HashSet<ChunkId>) {
         let known = self.versions.read().expect("poisoned");
         let mut base = None;
         let mut held: HashSet<ChunkId> = chunks.iter().copied().collect();
         for v in versions {
-            if let Some(m) = known.get(v) {
-                base.get_or_insert_with(|| (*v, m.clone()));
-                held.extend(m.chunks.iter().map(|c| c.id));
+            if let Some(known) = known.get(v) {
+                base.get_or_insert_with(|| known.clone());
+                held.extend(known.manifest.chunks.iter().map(|c| c.id));
             }
         }
         (base, held)

@@ -2,6 +2,7 @@
 //!
 //! - [`server`]: the axum app (`/sync` WebSocket endpoint plus static files) and [`server::run`].
 //! - [`session`]: one WebSocket connection, answering `sync` requests in order.
+//! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
 //! - [`pull`]: the native client, driving the protocol crate's `ClientSync` over tokio-tungstenite.
@@ -12,6 +13,7 @@
 
 pub mod cache;
 pub mod demo;
+pub mod encode;
 pub mod index;
 pub mod pull;
 pub mod server;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use assetsync::cache::Cache;
 use assetsync::demo::Demo;
+use assetsync::encode::EncodeConfig;
 use assetsync::pull::{PullConfig, pull};
 use assetsync::{ServeConfig, SessionLimits};
 use assetsync_protocol::{AssetPath, ChunkParams};
@@ -81,6 +82,15 @@ struct ServeArgs {
     /// Close connections idle for this many seconds
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Send missing chunks uncompressed, even to clients that decode zstd
+    #[arg(long)]
+    no_compress: bool,
+    /// zstd level for chunks compressed against the client's old version
+    #[arg(long, default_value_t = EncodeConfig::default().patch_level)]
+    zstd_level: i32,
+    /// zstd level for chunks of clients without a version the server knows (cold syncs)
+    #[arg(long, default_value_t = EncodeConfig::default().plain_level)]
+    zstd_cold_level: i32,
 }
 
 #[derive(clap::Args)]
@@ -182,6 +192,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
         },
         max_connections: args.max_connections,
+        encode: (!args.no_compress)
+            .then_some(EncodeConfig { patch_level: args.zstd_level, plain_level: args.zstd_cold_level }),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

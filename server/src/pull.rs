@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, PROTOCOL_VERSION,
-    ServerMessage, Synced,
+    ServerMessage, Synced, compress,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -156,13 +156,17 @@ impl Connection {
         tcp.set_nodelay(true)?;
         let counters = Arc::new(Counters::default());
         let stream = Counted { inner: tcp, counters: counters.clone() };
-        let config = WebSocketConfig::default().max_message_size(Some(8 << 20)).max_frame_size(Some(8 << 20));
+        // Compressed batches hold up to 8 MiB of chunks and may, on incompressible data, be a
+        // little larger than that.
+        let config =
+            WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .with_context(|| format!("WebSocket handshake with {url} failed"))?;
         let mut conn = Connection { ws, counters, next_id: 1 };
         let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
-        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent }).await?;
+        let encodings = vec![compress::ZSTD.to_owned()];
+        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings }).await?;
         match conn.recv().await? {
             Incoming::Control(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(conn),
             Incoming::Control(ServerMessage::Error { message, .. }) => {
@@ -269,14 +273,17 @@ impl Connection {
                 Incoming::Control(m) => machine.on_message(m),
                 Incoming::Frame(f) => machine.on_frame(&f),
             };
+            if let Some(prefix) = machine.wanted_prefix() {
+                let file = cache.file(prefix);
+                machine.set_prefix(file);
+            }
             match event {
                 Ok(Event::Complete) => break,
                 Ok(Event::Progress { .. }) => {}
-                Err(e @ SyncError::ChunkMismatch { .. }) => {
-                    // The remaining frames of this answer are still on their way; drain them so
-                    // the retry starts on a clean stream.
-                    self.drain(&machine).await?;
-                    return Ok(Outcome::Retry { error: e, held: Vec::new() });
+                // The whole answer has been read: a retry starts on a clean stream.
+                Err(error @ (SyncError::ChunkMismatch { .. } | SyncError::MissingLocal(_))) => {
+                    let held = error.retry_holding(machine.held_chunks()).unwrap_or_default();
+                    return Ok(Outcome::Retry { error, held });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -294,18 +301,6 @@ impl Connection {
                 Ok(Outcome::Retry { error, held })
             }
         }
-    }
-
-    /// Reads and drops the rest of an answer after a bad chunk.
-    async fn drain(&mut self, machine: &ClientSync) -> anyhow::Result<()> {
-        let expected = machine.pending_frames();
-        for _ in 0..expected {
-            match self.recv().await? {
-                Incoming::Frame(_) => {}
-                Incoming::Control(m) => bail!("unexpected message while discarding a bad answer: {m:?}"),
-            }
-        }
-        Ok(())
     }
 }
 

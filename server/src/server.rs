@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
 use crate::demo::Demo;
+use crate::encode::{EncodeConfig, Encoder};
 use crate::index::{AssetIndex, IndexConfig};
 use crate::session;
 
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub limits: SessionLimits,
     /// Most simultaneous WebSocket connections; more are refused with 503.
     pub max_connections: usize,
+    /// Context compression of missing chunks (`None`: send chunks uncompressed).
+    pub encode: Option<EncodeConfig>,
     /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
     pub demo: Option<Arc<Demo>>,
 }
@@ -76,6 +79,7 @@ impl Default for ServeConfig {
                 idle_timeout: Duration::from_secs(120),
             },
             max_connections: 4096,
+            encode: Some(EncodeConfig::default()),
             demo: None,
         }
     }
@@ -84,6 +88,9 @@ impl Default for ServeConfig {
 /// State shared by all connections.
 pub struct AppState {
     pub(crate) index: AssetIndex,
+    pub(crate) encoder: Encoder,
+    /// Whether to offer zstd to clients that can decode it.
+    pub(crate) compress: bool,
     pub(crate) limits: SessionLimits,
     connections: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
@@ -149,6 +156,8 @@ pub async fn run(
     tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
     let state = Arc::new(AppState {
         index,
+        encoder: Encoder::new(config.encode.unwrap_or_default()),
+        compress: config.encode.is_some(),
         limits: config.limits,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         shutdown: CancellationToken::new(),

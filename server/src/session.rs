@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, PROTOCOL_VERSION, ServerMessage, plan,
+    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, PROTOCOL_VERSION, ServerMessage, compress,
+    plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
+use crate::encode::Batch;
 use crate::index::IndexError;
 use crate::server::AppState;
 
@@ -38,7 +40,8 @@ pub(crate) async fn run(
     _permit: OwnedSemaphorePermit,
 ) {
     tracing::debug!("connected");
-    let mut greeted = false;
+    // Set by `hello`: whether the client decodes zstd batches.
+    let mut zstd: Option<bool> = None;
     let outcome = loop {
         let received = tokio::select! {
             () = state.shutdown.cancelled() => {
@@ -75,13 +78,16 @@ pub(crate) async fn run(
             Err(e) => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}")))
             }
-            Ok(ClientMessage::Hello { protocol, agent }) => {
-                hello(&mut socket, &state, &mut greeted, protocol, &agent).await
+            Ok(ClientMessage::Hello { .. }) if zstd.is_some() => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"))
             }
-            Ok(ClientMessage::Sync { .. }) if !greeted => {
-                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello"))
+            Ok(ClientMessage::Hello { protocol, agent, encodings }) => {
+                hello(&mut socket, &state, protocol, &agent, &encodings).await.map(|z| zstd = Some(z))
             }
-            Ok(ClientMessage::Sync { id, asset, have }) => sync(&mut socket, &state, id, &asset, have).await,
+            Ok(ClientMessage::Sync { id, asset, have }) => match zstd {
+                None => Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello")),
+                Some(zstd) => sync(&mut socket, &state, zstd, Request { id, asset: &asset, have }).await,
+            },
         };
         if let Err(fatal) = result {
             break Err(fatal);
@@ -113,16 +119,15 @@ pub(crate) async fn run(
     }
 }
 
+/// Checks the client's protocol version and answers `welcome`. Returns whether the client
+/// decodes zstd-compressed batches.
 async fn hello(
     socket: &mut WebSocket,
     state: &AppState,
-    greeted: &mut bool,
     protocol: u32,
     agent: &str,
-) -> Result<(), Fatal> {
-    if *greeted {
-        return Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"));
-    }
+    encodings: &[String],
+) -> Result<bool, Fatal> {
     if protocol != PROTOCOL_VERSION {
         return Err(Fatal::new(
             ErrorCode::ProtocolVersion,
@@ -130,14 +135,22 @@ async fn hello(
             format!("client speaks protocol {protocol}, this server speaks {PROTOCOL_VERSION}"),
         ));
     }
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), "hello");
-    *greeted = true;
+    let zstd = state.compress && encodings.iter().any(|e| e == compress::ZSTD);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), zstd, "hello");
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
         limits: state.limits.announced(),
+        encodings: if zstd { vec![compress::ZSTD.to_owned()] } else { Vec::new() },
     };
-    send_json(socket, &welcome).await
+    send_json(socket, &welcome).await.map(|()| zstd)
+}
+
+/// One `sync` request.
+struct Request<'a> {
+    id: u32,
+    asset: &'a str,
+    have: assetsync_protocol::Have,
 }
 
 /// Answers one `sync`. Request-level problems (bad path, unknown asset, digest over the limit)
@@ -145,10 +158,10 @@ async fn hello(
 async fn sync(
     socket: &mut WebSocket,
     state: &AppState,
-    id: u32,
-    asset: &str,
-    have: assetsync_protocol::Have,
+    zstd: bool,
+    request: Request<'_>,
 ) -> Result<(), Fatal> {
+    let Request { id, asset, have } = request;
     let started = Instant::now();
     let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
     if have.len() > state.limits.max_have {
@@ -174,14 +187,31 @@ async fn sync(
         }
     };
     let (base, held) = state.index.resolve_have(&have.versions, &have.chunks);
-    let view = ClientView { base: base.as_ref().map(|(v, m)| (*v, m.as_ref())), held: &held };
-    let answer = plan(id, &current.manifest, current.version, view);
+    let view = ClientView { base: base.as_ref().map(|b| (b.version, b.manifest.as_ref())), held: &held };
+    let mut answer = plan(id, &current.manifest, current.version, view);
+    let encoded = match &mut answer.message {
+        ServerMessage::Update(update) if zstd && !answer.send.is_empty() => {
+            let encoded = state.encoder.encode(&current, &answer.send, base.as_ref()).await;
+            update.dict = encoded.dict;
+            Some(encoded)
+        }
+        _ => None,
+    };
     send_json(socket, &answer.message).await?;
-    let mut bytes = 0usize;
-    for &index in &answer.send {
-        let chunk = current.chunk(index as usize);
-        bytes += chunk.len();
-        let frame = ChunkFrame { id, index, bytes: chunk }.encode();
+    let mut wire = 0usize;
+    let plain = |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
+    let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
+        None => Box::new(answer.send.iter().map(|&i| plain(i))),
+        Some(encoded) => Box::new(encoded.batches.iter().flat_map(|batch| match batch {
+            Batch::Compressed { indices, frame } => {
+                let frame = ChunkFrame::Batch { id, indices: indices.clone(), compressed: frame };
+                vec![frame.encode()]
+            }
+            Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),
+        })),
+    };
+    for frame in frames {
+        wire += frame.len();
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
         // this loop down instead of making the server buffer without limit.
         socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
@@ -193,7 +223,8 @@ async fn sync(
         base = base.is_some(),
         chunks = current.manifest.chunks.len(),
         sent_chunks = answer.send.len(),
-        sent_bytes = bytes,
+        frame_bytes = wire,
+        dict = encoded.as_ref().is_some_and(|e| e.dict.is_some()),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sync"
     );

@@ -14,6 +14,9 @@ export const bin = process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsy
 
 export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
+const children = new Set();
+process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+
 /**
  * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`),
  * serving `www` (default: the repository's www/) at `/`.
@@ -23,12 +26,19 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
   const args = ["serve", "--listen", "127.0.0.1:0", "--www", www];
   if (root) args.push("--root", root);
   const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  // A failed test must not leave a server behind, nor keep node waiting for it.
+  children.add(child);
+  child.on("exit", () => children.delete(child));
   let log = "";
   const url = await new Promise((ok, fail) => {
     child.stderr.on("data", (d) => {
       log += d;
       const m = /at (http:\/\/127\.0\.0\.1:\d+)\//.exec(log);
-      if (m) ok(m[1]);
+      if (m) {
+        ok(m[1]);
+        child.unref();
+        child.stderr.unref();
+      }
     });
     child.on("exit", (code) => fail(new Error(`server exited with ${code}:\n${log}`)));
   });
@@ -36,6 +46,7 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
     url,
     ws: url.replace("http", "ws") + "/sync",
     root,
+    pid: child.pid,
     /** Writes an asset the way build tools do: temporary file, then rename. */
     write(asset, bytes) {
       const path = join(root, asset);

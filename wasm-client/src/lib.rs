@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, Manifest, PROTOCOL_VERSION,
-    ServerMessage, Synced, VersionId,
+    ServerMessage, Synced, VersionId, compress,
 };
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -326,6 +326,17 @@ impl Fatal {
 }
 
 impl SyncClient {
+    /// The committed file of `manifest`: from memory if this client verified it in this session,
+    /// else rebuilt from IndexedDB and verified. `Err` inside names missing or damaged chunks.
+    async fn file(&self, manifest: &Manifest) -> Result<Result<Vec<u8>, Vec<ChunkId>>, StoreError> {
+        let version = manifest.version();
+        let remembered = self.remembered.borrow().get(&manifest.path).filter(|(v, _)| *v == version).cloned();
+        match remembered {
+            Some((_, data)) => Ok(Ok(data.to_vec())),
+            None => self.store.file(manifest).await,
+        }
+    }
+
     fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<(), Fatal> {
         let text = serde_json::to_string(message).expect("client messages serialise");
         self.sent.set(self.sent.get() + text.len() as u64);
@@ -337,7 +348,12 @@ impl SyncClient {
         let mut socket = Socket::open(&self.url).await?;
         let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
         let fail = |f: Fatal| js_error(f.message);
-        self.send(&socket, &ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent }).map_err(fail)?;
+        let hello = ClientMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent,
+            encodings: vec![compress::ZSTD.into()],
+        };
+        self.send(&socket, &hello).map_err(fail)?;
         match next(&mut socket).await.map_err(fail)? {
             Incoming::Text(text) => match parse(&text).map_err(fail)? {
                 ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {
@@ -371,6 +387,10 @@ impl SyncClient {
                 Incoming::Binary(frame) => machine.on_frame(&frame),
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
+            if let Some(prefix) = machine.wanted_prefix() {
+                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
+                machine.set_prefix(file);
+            }
             match event {
                 Ok(Event::Complete) => {
                     let total = machine.announced_bytes();
@@ -378,12 +398,10 @@ impl SyncClient {
                     break;
                 }
                 Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
-                Err(e @ SyncError::ChunkMismatch { .. }) => {
-                    // Discard the rest of this answer so the retry starts on a clean stream.
-                    for _ in 0..machine.pending_frames() {
-                        next(socket).await?;
-                    }
-                    return Ok(Err((e, Vec::new())));
+                // The whole answer has been read: a retry starts on a clean stream.
+                Err(e @ (SyncError::ChunkMismatch { .. } | SyncError::MissingLocal(_))) => {
+                    let held = e.retry_holding(machine.held_chunks()).unwrap_or_default();
+                    return Ok(Err((e, held)));
                 }
                 Err(e @ SyncError::ConnectionClosed(_)) => {
                     return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });

@@ -190,23 +190,35 @@ impl Store {
     /// A damaged copy is an error (and its damaged chunks are discarded), never wrong bytes.
     pub async fn read(&self, asset: &AssetPath) -> Result<Option<Vec<u8>>> {
         let Some(manifest) = self.current(asset).await? else { return Ok(None) };
+        match self.file(&manifest).await? {
+            Ok(data) => Ok(Some(data)),
+            Err(_) => Err(StoreError(format!("cached copy of {asset} is damaged; the next sync repairs it"))),
+        }
+    }
+
+    /// Rebuilds the file of a committed `manifest` and checks its SHA-256. On failure, the inner
+    /// `Err` names the missing or damaged chunks, which are discarded.
+    pub async fn file(&self, manifest: &Manifest) -> Result<std::result::Result<Vec<u8>, Vec<ChunkId>>> {
         let ids: Vec<ChunkId> =
             manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
         let chunks: HashMap<ChunkId, Vec<u8>> = self.chunks(&ids).await?.into_iter().collect();
+        let lens: HashMap<ChunkId, usize> = manifest.chunks.iter().map(|c| (c.id, c.len as usize)).collect();
+        let bad: Vec<ChunkId> =
+            ids.iter().filter(|id| chunks.get(id).map(Vec::len) != Some(lens[id])).copied().collect();
+        if !bad.is_empty() {
+            self.discard(&bad).await?;
+            return Ok(Err(bad));
+        }
         let mut data = Vec::with_capacity(manifest.len as usize);
         for c in &manifest.chunks {
-            match chunks.get(&c.id) {
-                Some(bytes) => data.extend_from_slice(bytes),
-                None => {
-                    return Err(StoreError(format!("cached copy of {asset} is damaged: a chunk is missing")));
-                }
-            }
+            data.extend_from_slice(&chunks[&c.id]);
         }
-        if crate::digest::sha256(&data).await != manifest.sha256 {
-            self.discard(&manifest.damaged_chunks(&data)).await?;
-            return Err(StoreError(format!("cached copy of {asset} failed verification")));
+        if crate::digest::sha256(&data).await == manifest.sha256 {
+            return Ok(Ok(data));
         }
-        Ok(Some(data))
+        let damaged = manifest.damaged_chunks(&data);
+        self.discard(&damaged).await?;
+        Ok(Err(damaged))
     }
 
     /// Deletes chunks and manifests no committed version references, in one transaction.

@@ -69,7 +69,7 @@ async fn a_failed_verification_never_reaches_the_store() {
     let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
     let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
     bytes[0] ^= 0xFF;
-    let err = machine.on_frame(&ChunkFrame { id: 1, index, bytes: &bytes }.encode()).unwrap_err();
+    let err = machine.on_frame(&ChunkFrame::Chunk { id: 1, index, bytes: &bytes }.encode()).unwrap_err();
     assert!(matches!(err, Error::ChunkMismatch { .. }));
     assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v1);
 

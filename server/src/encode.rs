@@ -1,0 +1,169 @@
+//! Context compression of the chunks a client lacks.
+//!
+//! Minified bundles change all over (renamed identifiers), so most of their chunks are new, but
+//! almost all of their *text* is still in the client's old version. Compressing the missing chunks
+//! with zstd, with the old file as a prefix (`zstd --patch-from` semantics), turns that shared text
+//! into short matches. Without a known old version, batches are compressed plainly.
+//!
+//! Results are cached per (base version, new version, chunks sent), so a rebuild pushed to many
+//! clients in the same state is compressed once. The work runs on the blocking pool.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use assetsync_protocol::VersionId;
+use tokio::sync::OnceCell;
+use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
+
+use crate::index::Indexed;
+
+/// Compression settings.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeConfig {
+    /// zstd level when the client's old version is the prefix (small inputs; worth the effort).
+    pub patch_level: i32,
+    /// zstd level without a prefix (cold syncs of whole files; kept fast).
+    pub plain_level: i32,
+}
+
+impl Default for EncodeConfig {
+    fn default() -> Self {
+        EncodeConfig { patch_level: 19, plain_level: 9 }
+    }
+}
+
+/// Raw bytes per batch without a prefix: small enough for smooth progress.
+const PLAIN_BATCH: usize = 1 << 20;
+/// Raw bytes per batch with a prefix: each frame re-reads the prefix, so batches are large.
+const PATCH_BATCH: usize = 8 << 20;
+/// Encoded answers kept for reuse.
+const CACHED: usize = 64;
+
+/// How one group of chunks travels.
+pub enum Batch {
+    /// One zstd frame holding the chunks at `indices`, back to back.
+    Compressed {
+        /// Manifest positions of the chunks.
+        indices: Vec<u32>,
+        /// The zstd frame.
+        frame: Vec<u8>,
+    },
+    /// Plain chunk frames: compression did not pay for these.
+    Plain {
+        /// Manifest positions of the chunks.
+        indices: Vec<u32>,
+    },
+}
+
+/// The encoded chunks of one answer.
+pub struct Encoded {
+    /// The prefix version, if any batch was compressed against it.
+    pub dict: Option<VersionId>,
+    /// The batches, in order.
+    pub batches: Vec<Batch>,
+}
+
+type Key = (Option<VersionId>, VersionId, Vec<u32>);
+/// Recent answers, oldest first; each is encoded once, by whichever request asks first.
+type Cache = VecDeque<(Key, Arc<OnceCell<Arc<Encoded>>>)>;
+
+/// Encodes answers and remembers recent ones.
+pub struct Encoder {
+    config: EncodeConfig,
+    cache: Mutex<Cache>,
+}
+
+impl Encoder {
+    /// A new encoder with an empty cache.
+    pub fn new(config: EncodeConfig) -> Self {
+        Encoder { config, cache: Mutex::default() }
+    }
+
+    /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
+    /// given. Concurrent requests for the same answer wait for one encoding.
+    pub async fn encode(
+        &self,
+        current: &Arc<Indexed>,
+        send: &[u32],
+        base: Option<&Arc<Indexed>>,
+    ) -> Arc<Encoded> {
+        let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
+        let cell = {
+            let mut cache = self.cache.lock().expect("poisoned");
+            match cache.iter().find(|(k, _)| *k == key) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    cache.push_back((key, cell.clone()));
+                    if cache.len() > CACHED {
+                        cache.pop_front();
+                    }
+                    cell
+                }
+            }
+        };
+        let (current, send, base, config) = (current.clone(), send.to_vec(), base.cloned(), self.config);
+        cell.get_or_init(|| async move {
+            let encoded =
+                tokio::task::spawn_blocking(move || encode(&current, &send, base.as_deref(), config));
+            Arc::new(encoded.await.expect("encoding task panicked"))
+        })
+        .await
+        .clone()
+    }
+}
+
+fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, config: EncodeConfig) -> Encoded {
+    let (prefix, level, batch_bytes) = match base {
+        Some(base) => (Some(&base.data[..]), config.patch_level, PATCH_BATCH),
+        None => (None, config.plain_level, PLAIN_BATCH),
+    };
+    let mut batches = Vec::new();
+    let mut used_prefix = false;
+    let mut start = 0;
+    while start < send.len() {
+        let mut end = start;
+        let mut raw = Vec::new();
+        while end < send.len()
+            && (raw.is_empty() || raw.len() + current.chunk(send[end] as usize).len() <= batch_bytes)
+        {
+            raw.extend_from_slice(current.chunk(send[end] as usize));
+            end += 1;
+        }
+        let indices = send[start..end].to_vec();
+        match compress(&raw, prefix, level) {
+            // Worth it only if the frame plus its index list beats the plain frames' headers.
+            Some(frame) if frame.len() + 4 * indices.len() < raw.len() + 5 * indices.len() => {
+                used_prefix |= prefix.is_some();
+                batches.push(Batch::Compressed { indices, frame });
+            }
+            _ => batches.push(Batch::Plain { indices }),
+        }
+        start = end;
+    }
+    Encoded { dict: if used_prefix { base.map(|b| b.version) } else { None }, batches }
+}
+
+/// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails
+/// (it should not; the caller then sends plain chunks).
+fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
+    let mut cctx = CCtx::try_create()?;
+    let window =
+        (prefix.map_or(0, <[u8]>::len) + raw.len()).max(1 << 10).next_power_of_two().trailing_zeros();
+    // Clients decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
+    let window = window.clamp(10, 26);
+    for param in [
+        CParameter::CompressionLevel(level),
+        CParameter::WindowLog(window),
+        CParameter::EnableLongDistanceMatching(true),
+        CParameter::ChecksumFlag(false),
+    ] {
+        cctx.set_parameter(param).ok()?;
+    }
+    if let Some(prefix) = prefix {
+        cctx.ref_prefix(prefix).ok()?;
+    }
+    let mut out = Vec::with_capacity(compress_bound(raw.len()));
+    cctx.compress2(&mut out, raw).ok()?;
+    Some(out)
+}

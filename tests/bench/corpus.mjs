@@ -1,0 +1,146 @@
+// Wire-efficiency benchmark on real asset version pairs from the npm registry.
+//
+//   cargo build --release -p assetsync && node tests/bench/corpus.mjs
+//
+// Fetches each pair with `npm pack` into target/corpus/ (not committed; reused on later runs),
+// then, for each pair, runs the real server and the native client over loopback: the client
+// syncs the old version into an empty cache, the server's file is replaced by the new version,
+// and the client syncs again. Prints one Markdown table comparing the bytes of that update with
+// gzip, brotli, zstd, `zstd --patch-from` and rsync, all from the same run.
+// Needs the zstd and rsync commands (Debian: apt-get install zstd rsync).
+
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gzipSync, brotliCompressSync, constants as zc } from "node:zlib";
+import { startServer, repo } from "../browser/harness.mjs";
+
+const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
+process.env.ASSETSYNC_BIN = bin;
+
+/** [label, package, old version, new version, path inside the package] */
+const PAIRS = [
+  ["react-dom min (18.2.0 -> 18.3.1)", "react-dom", "18.2.0", "18.3.1", "umd/react-dom.production.min.js"],
+  ["vue global prod (3.4.0 -> 3.4.5)", "vue", "3.4.0", "3.4.5", "dist/vue.global.prod.js"],
+  ["three min (0.159 -> 0.160)", "three", "0.159.0", "0.160.0", "build/three.module.min.js"],
+  ["three min (0.155 -> 0.160, 5 minors)", "three", "0.155.0", "0.160.0", "build/three.module.min.js"],
+  ["pdf.worker min (4.0.269 -> 4.0.379)", "pdfjs-dist", "4.0.269", "4.0.379", "build/pdf.worker.min.mjs"],
+  ["monaco editor.main (0.44 -> 0.45)", "monaco-editor", "0.44.0", "0.45.0", "min/vs/editor/editor.main.js"],
+  ["typescript.js unminified (5.3.2 -> 5.3.3)", "typescript", "5.3.2", "5.3.3", "lib/typescript.js"],
+  ["lodash.js unminified (4.17.20 -> 4.17.21)", "lodash", "4.17.20", "4.17.21", "lodash.js"],
+  ["esbuild.wasm (0.19.10 -> 0.19.11)", "esbuild-wasm", "0.19.10", "0.19.11", "esbuild.wasm"],
+];
+
+for (const tool of ["zstd", "rsync"]) {
+  if (spawnSync(tool, ["--version"]).error) {
+    console.error(`error: the ${tool} command is missing (Debian: apt-get install -y zstd rsync)`);
+    process.exit(1);
+  }
+}
+if (!existsSync(bin)) {
+  console.error(`error: ${bin} is missing; run: cargo build --release -p assetsync`);
+  process.exit(1);
+}
+
+const corpus = join(repo, "target/corpus");
+mkdirSync(corpus, { recursive: true });
+
+/** The bytes of `file` in `pkg@version`, fetched once with `npm pack`. */
+function fetchFile(pkg, version, file) {
+  const out = join(corpus, `${pkg.replace("/", "_")}@${version}`, file);
+  if (!existsSync(out)) {
+    const dir = join(corpus, "tgz");
+    mkdirSync(dir, { recursive: true });
+    const json = execFileSync("npm", ["pack", `${pkg}@${version}`, "--json", "--pack-destination", dir], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    const tgz = join(dir, JSON.parse(json)[0].filename);
+    const bytes = execFileSync("tar", ["-xzOf", tgz, `package/${file}`], { maxBuffer: 1 << 30 });
+    mkdirSync(join(out, ".."), { recursive: true });
+    writeFileSync(out, bytes);
+  }
+  return readFileSync(out);
+}
+
+const size = (cmd, args, input) => execFileSync(cmd, args, { input, maxBuffer: 1 << 30 }).length;
+
+function rsyncBytes(oldPath, newPath) {
+  const dir = mkdtempSync(join(tmpdir(), "rsync-"));
+  mkdirSync(join(dir, "src"));
+  mkdirSync(join(dir, "dst"));
+  copyFileSync(newPath, join(dir, "src/f"));
+  copyFileSync(oldPath, join(dir, "dst/f"));
+  const stats = execFileSync("rsync", ["--no-whole-file", "-I", "--stats", join(dir, "src/f"), join(dir, "dst/f")]).toString();
+  rmSync(dir, { recursive: true });
+  const num = (label) => Number(new RegExp(`${label}: ([\\d,]+)`).exec(stats)[1].replaceAll(",", ""));
+  return num("Total bytes sent") + num("Total bytes received");
+}
+
+/** utime + stime of a process, in seconds. */
+function cpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function pull(server, cache, out, asset) {
+  const json = execFileSync(bin, ["pull", "--server", server.ws, "--cache", cache, "--out", out, "--json", asset]);
+  return JSON.parse(json.toString());
+}
+
+const server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")) });
+const rows = [];
+let totalOurs = 0;
+let totalPatch = 0;
+for (const [label, pkg, from, to, file] of PAIRS) {
+  const oldBytes = fetchFile(pkg, from, file);
+  const newBytes = fetchFile(pkg, to, file);
+  const oldPath = join(corpus, `${pkg.replace("/", "_")}@${from}`, file);
+  const newPath = join(corpus, `${pkg.replace("/", "_")}@${to}`, file);
+  const asset = `${pkg}/${file.split("/").pop()}`;
+  const client = mkdtempSync(join(tmpdir(), "assetsync-client-"));
+  server.write(asset, oldBytes);
+  pull(server, join(client, "cache"), join(client, "out"), asset);
+  server.write(asset, newBytes);
+  const cpu0 = cpuSeconds(server.pid);
+  const r = pull(server, join(client, "cache"), join(client, "out"), asset);
+  const cpu = cpuSeconds(server.pid) - cpu0;
+  if (!readFileSync(join(client, "out", asset)).equals(newBytes)) throw new Error(`${label}: output differs`);
+  // A second, fresh cache: the cold sync of the new version.
+  const cold = pull(server, join(client, "cache2"), join(client, "out2"), asset);
+  rmSync(client, { recursive: true });
+
+  const patch = size("zstd", ["-19", "--long=30", "-c", `--patch-from=${oldPath}`, newPath]);
+  const ours = r.wire_bytes_in + r.wire_bytes_out;
+  totalOurs += ours;
+  totalPatch += patch;
+  rows.push({
+    label,
+    size: newBytes.length,
+    gzip: gzipSync(newBytes, { level: 9 }).length,
+    brotli: brotliCompressSync(newBytes, {
+      params: { [zc.BROTLI_PARAM_QUALITY]: 11, [zc.BROTLI_PARAM_LGWIN]: 24, [zc.BROTLI_PARAM_SIZE_HINT]: newBytes.length },
+    }).length,
+    zstd: size("zstd", ["-19", "-c", newPath]),
+    patch,
+    rsync: rsyncBytes(oldPath, newPath),
+    in: r.wire_bytes_in,
+    out: r.wire_bytes_out,
+    ratio: ours / patch,
+    cpuMs: cpu * 1000,
+    cold: cold.wire_bytes_in + cold.wire_bytes_out,
+  });
+}
+await server.stop();
+
+const n = (x) => x.toLocaleString("en-US");
+console.log("| pair | new size | gzip -9 | brotli 11 | zstd -19 | patch-from -19 | rsync | assetsync in + out | vs patch-from | server CPU | cold sync / zstd -19 |");
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+for (const r of rows) {
+  console.log(
+    `| ${r.label} | ${n(r.size)} | ${n(r.gzip)} | ${n(r.brotli)} | ${n(r.zstd)} | ${n(r.patch)} | ${n(r.rsync)} | ` +
+      `${n(r.in)} + ${n(r.out)} | ${r.ratio.toFixed(2)}x | ${r.cpuMs.toFixed(0)} ms | ${(r.cold / r.zstd).toFixed(2)}x |`,
+  );
+}
+const worst = rows.reduce((a, b) => (a.ratio > b.ratio ? a : b));
+console.log(`\nTotal over the corpus: assetsync ${n(totalOurs)} bytes, patch-from ${n(totalPatch)} bytes: ${(totalOurs / totalPatch).toFixed(2)}x. Worst pair: ${worst.label}, ${worst.ratio.toFixed(2)}x.`);
