@@ -95,6 +95,11 @@ impl VerifiedChunk {
         }
     }
 
+    /// Hashes `bytes` to find their id.
+    pub fn hash(bytes: Vec<u8>) -> Self {
+        VerifiedChunk { id: ChunkId::of(&bytes), bytes }
+    }
+
     /// The chunk's id.
     pub fn id(&self) -> ChunkId {
         self.id

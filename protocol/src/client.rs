@@ -12,14 +12,14 @@
 //!    rebuilds the file and checks its SHA-256. Only a [`Synced`] result may be committed.
 //!
 //! On [`Error::MissingLocal`] the driver deletes the named chunks from its store and retries with
-//! the chunks it still holds listed in `have.chunks`; on [`Error::ChunkMismatch`] or
-//! [`Error::FileMismatch`] it retries once with an empty `have`.
+//! the chunks it still holds listed in `have.chunks`; on [`Error::FileMismatch`] it retries once
+//! with an empty `have` (see [`Error::retry_holding`]).
 
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    AssetPath, ChunkFrame, ChunkId, ClientMessage, Error, Hash, Have, Manifest, ServerMessage, Update,
-    VerifiedChunk, VersionId, apply,
+    AssetPath, ChunkFrame, ChunkId, ClientMessage, Error, Hash, Have, Manifest, ServerMessage, UNKNOWN_ID,
+    Update, VerifiedChunk, VersionId, apply,
 };
 
 /// What the driver should do next.
@@ -49,12 +49,12 @@ enum Prefix {
 /// The event after a frame: done (or the deferred error) once every announced chunk arrived.
 fn progress(
     arrived: usize,
-    expected: u32,
+    expected: usize,
     received: u64,
     total: u64,
     bad: &mut Option<Error>,
 ) -> Result<Event, Error> {
-    if arrived as u32 == expected {
+    if arrived == expected {
         bad.take().map_or(Ok(Event::Complete), Err)
     } else {
         Ok(Event::Progress { received, total })
@@ -81,11 +81,14 @@ pub struct Synced {
 enum State {
     Waiting,
     Receiving {
+        /// The new manifest; `Sent` entries hold [`UNKNOWN_ID`] until their bytes arrive.
         manifest: Manifest,
         version: VersionId,
-        expected: u32,
+        /// Positions whose bytes the server sends.
+        sent: HashSet<u32>,
         total: u64,
         received_bytes: u64,
+        /// Positions received so far.
         positions: HashSet<u32>,
         received: HashMap<VersionId, VerifiedChunk>,
         /// The version batch frames were compressed against, and its file once provided.
@@ -100,8 +103,10 @@ enum State {
 pub struct ClientSync {
     id: u32,
     asset: AssetPath,
-    base: Option<(VersionId, Manifest)>,
-    extra: Vec<Manifest>,
+    /// The manifests named in `have.versions`, in that order.
+    named: Vec<(VersionId, Manifest)>,
+    /// Whether `named[0]` is this asset's own current version.
+    has_base: bool,
     state: State,
 }
 
@@ -119,23 +124,24 @@ impl ClientSync {
         others: Vec<Manifest>,
         have_chunks: Vec<ChunkId>,
     ) -> (Self, ClientMessage) {
-        let base = base.map(|m| (m.version(), m));
-        let mut versions: Vec<VersionId> = base.iter().map(|(v, _)| *v).collect();
-        versions.extend(others.iter().map(Manifest::version));
+        let has_base = base.is_some();
+        let named: Vec<(VersionId, Manifest)> =
+            base.into_iter().chain(others).map(|m| (m.version(), m)).collect();
+        let versions = named.iter().map(|(v, _)| *v).collect();
         let message = ClientMessage::Sync {
             id,
             asset: asset.as_str().to_owned(),
             have: Have { versions, chunks: have_chunks },
         };
-        let machine = ClientSync { id, asset, base, extra: others, state: State::Waiting };
+        let machine = ClientSync { id, asset, named, has_base, state: State::Waiting };
         (machine, message)
     }
 
     /// Distinct ids of every chunk of the manifests this request named as held: what a retry
     /// lists in `have.chunks` (minus any found damaged) when the first answer could not be used.
     pub fn held_chunks(&self) -> Vec<ChunkId> {
-        let manifests = self.base.iter().map(|(_, m)| m).chain(&self.extra);
-        let ids: HashSet<ChunkId> = manifests.flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+        let ids: HashSet<ChunkId> =
+            self.named.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)).collect();
         ids.into_iter().collect()
     }
 
@@ -146,13 +152,11 @@ impl ClientSync {
         }
         match message {
             ServerMessage::UpToDate { id, version } if id == self.id => {
-                let Some((base_version, base)) = &self.base else {
-                    return Err(Error::Protocol("up_to_date although no version was named".into()));
+                let base = self.named.first().filter(|(v, _)| self.has_base && *v == version);
+                let Some((_, base)) = base else {
+                    return Err(Error::Protocol("up_to_date names a version the client did not".into()));
                 };
-                if *base_version != version {
-                    return Err(Error::Protocol("up_to_date names a version the client lacks".into()));
-                }
-                self.start(base.clone(), version, 0, 0, None)
+                self.start(base.clone(), version, HashSet::new(), None)
             }
             ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
             ServerMessage::Error { id: Some(id), code, message } if id == self.id => {
@@ -166,47 +170,47 @@ impl ClientSync {
     fn on_update(&mut self, u: Update) -> Result<Event, Error> {
         let base = match u.base {
             None => None,
-            Some(v) => Some(
-                self.base_manifest(v)
-                    .ok_or_else(|| Error::Protocol(format!("delta against unknown version {v}")))?,
+            Some(i) => Some(
+                self.named
+                    .get(i as usize)
+                    .ok_or(Error::Protocol("delta against a version not named".into()))?,
             ),
         };
-        let chunks = apply(base.map(|m| m.chunks.as_slice()), &u.recipe)?;
-        let manifest = Manifest::from_parts(self.asset.clone(), 0, u.sha256, u.params, chunks);
-        let manifest = Manifest { len: u.len, ..manifest };
+        let params = u
+            .params
+            .or(base.map(|(_, m)| m.params))
+            .ok_or(Error::Protocol("update without chunk parameters".into()))?;
+        let (chunks, sent) = apply(base.map(|(_, m)| m.chunks.as_slice()), &u.recipe)?;
+        let len = chunks.iter().map(|c| u64::from(c.len)).sum();
+        // The SHA-256 is filled in from the rebuilt file, then the whole manifest is checked
+        // against `u.version`.
+        let manifest = Manifest { path: self.asset.clone(), len, sha256: UNKNOWN_ID, params, chunks };
         manifest.validate()?;
-        if manifest.version() != u.version {
-            return Err(Error::Protocol("the delta does not rebuild the announced version".into()));
-        }
-        if u.send as usize > manifest.chunks.len() {
-            return Err(Error::Protocol("more chunk frames announced than the manifest has".into()));
-        }
-        let dict = match u.dict {
-            Some(v) if self.base_manifest(v).is_none() => {
-                return Err(Error::Protocol(format!("compressed against unknown version {v}")));
-            }
-            dict => dict,
+        let dict = match (u.dict, base) {
+            (false, _) => None,
+            (true, Some((v, _))) => Some(*v),
+            (true, None) => return Err(Error::Protocol("compressed against a prefix without a base".into())),
         };
-        self.start(manifest, u.version, u.send, u.send_bytes, dict)
+        self.start(manifest, u.version, sent.into_iter().collect(), dict)
     }
 
     fn base_manifest(&self, v: VersionId) -> Option<&Manifest> {
-        let base = self.base.as_ref().filter(|(bv, _)| *bv == v).map(|(_, m)| m);
-        base.or_else(|| self.extra.iter().find(|m| m.version() == v))
+        self.named.iter().find(|(named, _)| *named == v).map(|(_, m)| m)
     }
 
     fn start(
         &mut self,
         manifest: Manifest,
         version: VersionId,
-        expected: u32,
-        total: u64,
+        sent: HashSet<u32>,
         dict: Option<VersionId>,
     ) -> Result<Event, Error> {
+        let total = sent.iter().map(|&i| u64::from(manifest.chunks[i as usize].len)).sum();
+        let expected = sent.len();
         self.state = State::Receiving {
             manifest,
             version,
-            expected,
+            sent,
             total,
             received_bytes: 0,
             positions: HashSet::new(),
@@ -243,38 +247,28 @@ impl ClientSync {
         }
     }
 
-    /// Feeds one binary frame. Every chunk in it is verified against the manifest entry it claims
-    /// to be; a bad one is reported as [`Error::ChunkMismatch`] once the whole answer is read.
+    /// Feeds one binary frame. Each chunk's id is computed from its bytes; the version check in
+    /// [`Assembled::verify`] then proves them right. A chunk of the wrong length is reported as
+    /// [`Error::FileMismatch`] once the whole answer is read.
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
         let id = self.id;
         let State::Receiving {
-            manifest,
-            expected,
-            total,
-            received_bytes,
-            positions,
-            received,
-            dict,
-            bad,
-            ..
+            manifest, sent, total, received_bytes, positions, received, dict, bad, ..
         } = &mut self.state
         else {
             return Err(Error::BadFrame("chunk frame before the manifest"));
         };
-        let mut check_index = |index: u32| -> Result<crate::ChunkRef, Error> {
-            let entry = *manifest
-                .chunks
-                .get(index as usize)
-                .ok_or(Error::BadFrame("chunk index outside the manifest"))?;
-            if positions.len() as u32 >= *expected {
-                return Err(Error::BadFrame("more chunks than announced"));
+        let mut check_index = |index: u32| -> Result<u32, Error> {
+            if !sent.contains(&index) {
+                return Err(Error::BadFrame("chunk frame for a chunk the recipe does not send"));
             }
             if !positions.insert(index) {
                 return Err(Error::BadFrame("chunk sent twice"));
             }
-            Ok(entry)
+            Ok(index)
         };
-        let chunks: Vec<(crate::ChunkRef, Vec<u8>)> = match ChunkFrame::decode(frame)? {
+        let len_of = |index: u32| manifest.chunks[index as usize].len as usize;
+        let chunks: Vec<(u32, Vec<u8>)> = match ChunkFrame::decode(frame)? {
             ChunkFrame::Chunk { id: frame_id, .. } | ChunkFrame::Batch { id: frame_id, .. }
                 if frame_id != id =>
             {
@@ -282,7 +276,8 @@ impl ClientSync {
             }
             ChunkFrame::Chunk { index, bytes, .. } => vec![(check_index(index)?, bytes.to_vec())],
             ChunkFrame::Batch { indices, compressed, .. } => {
-                let entries = indices.into_iter().map(&mut check_index).collect::<Result<Vec<_>, _>>()?;
+                let indices = indices.into_iter().map(&mut check_index).collect::<Result<Vec<_>, _>>()?;
+                let len: usize = indices.iter().map(|&i| len_of(i)).sum();
                 let prefix = match dict {
                     None => None,
                     Some((_, Prefix::Ready(prefix))) => Some(prefix.as_slice()),
@@ -291,37 +286,37 @@ impl ClientSync {
                     }
                     Some((_, Prefix::Unavailable)) => {
                         // Counted, not decoded: the answer ends in the error set_prefix recorded.
-                        *received_bytes += entries.iter().map(|e| u64::from(e.len)).sum::<u64>();
-                        return progress(positions.len(), *expected, *received_bytes, *total, bad);
+                        *received_bytes += len as u64;
+                        return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
                     }
                 };
-                let len: usize = entries.iter().map(|e| e.len as usize).sum();
                 let data = crate::compress::decompress(compressed, prefix, len)?;
                 if data.len() != len {
                     return Err(Error::BadFrame("compressed batch decodes to less than it announced"));
                 }
                 let mut at = 0;
-                entries
+                indices
                     .into_iter()
-                    .map(|e| {
-                        at += e.len as usize;
-                        (e, data[at - e.len as usize..at].to_vec())
+                    .map(|i| {
+                        at += len_of(i);
+                        (i, data[at - len_of(i)..at].to_vec())
                     })
                     .collect()
             }
         };
-        for (entry, bytes) in chunks {
+        for (index, bytes) in chunks {
             *received_bytes += bytes.len() as u64;
-            match VerifiedChunk::verify(entry.id, bytes) {
-                Ok(chunk) => {
-                    received.insert(chunk.id(), chunk);
-                }
-                Err(e) => {
-                    bad.get_or_insert(e);
-                }
+            if bytes.len() != manifest.chunks[index as usize].len as usize {
+                // Bad data: read the rest of the answer, then start again from a clean state.
+                bad.get_or_insert(Error::FileMismatch);
+                continue;
             }
+            // The id comes from the bytes; the version check in `Assembled::verify` covers it.
+            let chunk = VerifiedChunk::hash(bytes);
+            manifest.chunks[index as usize].id = chunk.id();
+            received.insert(chunk.id(), chunk);
         }
-        progress(positions.len(), *expected, *received_bytes, *total, bad)
+        progress(positions.len(), sent.len(), *received_bytes, *total, bad)
     }
 
     /// Chunk bytes the server announced for this answer.
@@ -366,10 +361,10 @@ impl ClientSync {
     ///
     /// Fails with [`Error::MissingLocal`] when `local` lacks chunks or has one of the wrong size.
     pub fn assemble(self, local: Vec<(ChunkId, Vec<u8>)>) -> Result<Assembled, Error> {
-        let State::Receiving { manifest, version, expected, positions, received, .. } = self.state else {
+        let State::Receiving { manifest, version, sent, positions, received, .. } = self.state else {
             return Err(Error::Protocol("finish before the manifest arrived".into()));
         };
-        if positions.len() as u32 != expected {
+        if positions.len() != sent.len() {
             return Err(Error::Protocol("finish before all chunk frames arrived".into()));
         }
         let local: HashMap<ChunkId, Vec<u8>> = local.into_iter().collect();
@@ -408,13 +403,16 @@ impl Assembled {
         &self.synced.data
     }
 
-    /// Accepts the file if `digest`, the SHA-256 of [`Assembled::data`], matches the manifest.
+    /// Accepts the file if the manifest, completed with `digest` (the SHA-256 of
+    /// [`Assembled::data`]), hashes to the announced version id: then every chunk id, received or
+    /// local, and the file are exactly the server's.
     ///
     /// Otherwise it hashes each chunk's slice to find which local chunks were damaged and fails
     /// with [`Error::MissingLocal`] naming them, or with [`Error::FileMismatch`] if none was.
     pub fn verify(self, digest: Hash) -> Result<Synced, Error> {
-        let s = self.synced;
-        if digest == s.manifest.sha256 {
+        let mut s = self.synced;
+        s.manifest.sha256 = digest;
+        if s.manifest.version() == s.version {
             return Ok(s);
         }
         let received: HashSet<ChunkId> = s.received.iter().map(|c| c.id()).collect();

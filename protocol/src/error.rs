@@ -38,8 +38,8 @@ pub enum Error {
         /// The hash of the bytes received.
         actual: ChunkId,
     },
-    /// The rebuilt file does not match the manifest's SHA-256.
-    #[error("rebuilt file failed verification: SHA-256 does not match the manifest")]
+    /// The rebuilt file and manifest do not hash to the announced version.
+    #[error("rebuilt file failed verification: it does not match the announced version")]
     FileMismatch,
     /// The local store lacks chunks the server assumed the client has, or holds damaged ones.
     #[error("{} chunk(s) missing or damaged in the local cache", .0.len())]

@@ -29,7 +29,7 @@ pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
 pub use client::{Assembled, ClientSync, Event, Synced};
 pub use error::Error;
 pub use hash::Hash;
-pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, VersionId, apply, diff};
+pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
 pub use message::{
     ChunkFrame, ClientMessage, ErrorCode, Have, Limits, PROTOCOL_VERSION, ServerMessage, Update,
 };

@@ -150,9 +150,9 @@ impl Manifest {
 
 /// One step of a manifest delta.
 ///
-/// On the wire both forms are two-element JSON arrays: `[from, count]` copies `count` entries of
-/// the base manifest starting at `from`; `["<hex id>", len]` is a chunk the base does not list
-/// at that place.
+/// On the wire: `[from, count]` copies `count` entries of the base manifest starting at `from`;
+/// `["<hex id>", len]` is a chunk the base does not list at that place; a bare `len` is a chunk
+/// whose bytes follow in this answer, and whose id the client computes from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RecipeOp {
@@ -160,6 +160,8 @@ pub enum RecipeOp {
     Copy(u32, u32),
     /// A chunk given by id and length.
     Chunk(ChunkId, u32),
+    /// A chunk of this length whose bytes are sent with the answer.
+    Sent(u32),
 }
 
 /// Encodes `new` as a delta against `base` (or as a plain list when there is no base).
@@ -197,11 +199,16 @@ pub fn diff(base: Option<&[ChunkRef]>, new: &[ChunkRef]) -> Vec<RecipeOp> {
     ops
 }
 
-/// Rebuilds the chunk list that [`diff`] encoded. Fails on a reference outside the base or a
-/// result longer than [`MAX_CHUNKS`], so hostile input cannot make it allocate without bound.
-pub fn apply(base: Option<&[ChunkRef]>, ops: &[RecipeOp]) -> Result<Vec<ChunkRef>, Error> {
+/// A placeholder id for [`RecipeOp::Sent`] entries until their bytes arrive.
+pub const UNKNOWN_ID: ChunkId = Hash([0; 32]);
+
+/// Rebuilds the chunk list that [`diff`] encoded, with [`UNKNOWN_ID`] at each `Sent` entry, and
+/// the positions of those entries. Fails on a reference outside the base or a result longer than
+/// [`MAX_CHUNKS`], so hostile input cannot make it allocate without bound.
+pub fn apply(base: Option<&[ChunkRef]>, ops: &[RecipeOp]) -> Result<(Vec<ChunkRef>, Vec<u32>), Error> {
     let base = base.unwrap_or(&[]);
     let mut out = Vec::new();
+    let mut sent = Vec::new();
     for op in ops {
         match *op {
             RecipeOp::Copy(from, count) => {
@@ -213,12 +220,16 @@ pub fn apply(base: Option<&[ChunkRef]>, ops: &[RecipeOp]) -> Result<Vec<ChunkRef
                 out.extend_from_slice(run);
             }
             RecipeOp::Chunk(id, len) => out.push(ChunkRef { id, len }),
+            RecipeOp::Sent(len) => {
+                sent.push(out.len() as u32);
+                out.push(ChunkRef { id: UNKNOWN_ID, len });
+            }
         }
         if out.len() > MAX_CHUNKS {
             return Err(Error::BadManifest("too many chunks"));
         }
     }
-    Ok(out)
+    Ok((out, sent))
 }
 
 #[cfg(test)]
@@ -243,8 +254,10 @@ mod tests {
                 RecipeOp::Copy(0, 2)
             ]
         );
-        assert_eq!(apply(Some(&base), &ops).unwrap(), new);
-        assert_eq!(apply(None, &diff(None, &new)).unwrap(), new);
+        assert_eq!(apply(Some(&base), &ops).unwrap().0, new);
+        assert_eq!(apply(None, &diff(None, &new)).unwrap().0, new);
+        let (chunks, sent) = apply(Some(&base), &[RecipeOp::Copy(0, 1), RecipeOp::Sent(5)]).unwrap();
+        assert_eq!((chunks[1], sent), (ChunkRef { id: UNKNOWN_ID, len: 5 }, vec![1]));
     }
 
     #[test]
@@ -257,9 +270,9 @@ mod tests {
 
     #[test]
     fn recipe_ops_have_a_compact_json_form() {
-        let ops = vec![RecipeOp::Copy(3, 4), RecipeOp::Chunk(Hash([0xab; 32]), 7)];
+        let ops = vec![RecipeOp::Copy(3, 4), RecipeOp::Chunk(Hash([0xab; 32]), 7), RecipeOp::Sent(9)];
         let json = serde_json::to_string(&ops).unwrap();
-        assert_eq!(json, format!("[[3,4],[\"{}\",7]]", "ab".repeat(32)));
+        assert_eq!(json, format!("[[3,4],[\"{}\",7],9]", "ab".repeat(32)));
         assert_eq!(serde_json::from_str::<Vec<RecipeOp>>(&json).unwrap(), ops);
     }
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkId, ChunkParams, Error, Hash, RecipeOp, VersionId};
+use crate::{ChunkId, ChunkParams, Error, RecipeOp, VersionId};
 
 /// Bumped on any incompatible change to the messages or frames.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -104,31 +104,28 @@ pub enum ServerMessage {
 }
 
 /// The body of an `update` answer.
+///
+/// It carries no chunk ids for the chunks that follow, nor the file's length and SHA-256: the
+/// client derives them from the bytes it receives and rebuilds, and accepts the result only if
+/// the manifest it rebuilt hashes to `version`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
     /// The request id.
     pub id: u32,
-    /// Version id of the new manifest; the client recomputes it to check the delta.
+    /// Version id of the new manifest.
     pub version: VersionId,
-    /// The version `recipe` is relative to, if any (one the client named in `have.versions`).
+    /// Position in the request's `have.versions` of the version `recipe` is a delta against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<VersionId>,
-    /// File length.
-    pub len: u64,
-    /// Whole-file SHA-256.
-    pub sha256: Hash,
-    /// Chunking parameters.
-    pub params: ChunkParams,
-    /// The chunk list as a delta against `base`.
+    pub base: Option<u32>,
+    /// Chunking parameters, when they differ from the base's (always, without a base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<ChunkParams>,
+    /// The chunk list as a delta against `base`. Its `Sent` entries are the chunks whose bytes
+    /// follow, in binary frames (one per chunk, or several per batch).
     pub recipe: Vec<RecipeOp>,
-    /// How many chunks follow, in binary frames (one per chunk, or several per batch).
-    pub send: u32,
-    /// Their total size before compression, for progress bars.
-    pub send_bytes: u64,
-    /// The version whose file the batch frames were compressed against, if any: one the client
-    /// named in `have.versions`, so it holds that file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dict: Option<VersionId>,
+    /// Whether batch frames were compressed with the base version's file as prefix.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dict: bool,
 }
 
 /// Server limits announced in `welcome`.
@@ -165,8 +162,8 @@ const KIND_BATCH: u8 = 2;
 ///
 /// - `Chunk`: `[1u8][request id: u32 LE][manifest index: u32 LE][chunk bytes]`.
 /// - `Batch`: `[2u8][request id: u32 LE][count: u32 LE][count manifest indices: u32 LE][zstd frame]`;
-///   the zstd frame decodes to the listed chunks' bytes back to back, compressed against the
-///   `update`'s `dict` version as prefix when it names one.
+///   the zstd frame decodes to the listed chunks' bytes back to back, compressed with the base
+///   version's file as prefix when the `update` says `dict`.
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::{ChunkId, Manifest, ServerMessage, Update, VersionId, diff};
+use crate::{ChunkId, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
 
 /// What the server answers one `sync` with.
 #[derive(Debug)]
@@ -17,41 +17,52 @@ pub struct Plan {
 
 /// What the client holds, as far as the server can tell from its digest.
 pub struct ClientView<'a> {
-    /// The first version named in the digest that the server still knows, with its manifest:
-    /// the delta base. When it equals the current version, the client is up to date.
-    pub base: Option<(VersionId, &'a Manifest)>,
+    /// The first version named in the digest that the server still knows: its position in
+    /// `have.versions`, its id and its manifest. The delta base; when it is the current version,
+    /// the client is up to date.
+    pub base: Option<(u32, VersionId, &'a Manifest)>,
     /// Every chunk the client is known to hold (from all known versions and explicit ids).
     pub held: &'a HashSet<ChunkId>,
 }
 
 /// Plans the answer to request `id` for `current` (whose version id is `version`).
 pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<'_>) -> Plan {
-    if let Some((base_version, _)) = client.base
+    if let Some((_, base_version, _)) = client.base
         && base_version == version
     {
         return Plan { message: ServerMessage::UpToDate { id, version }, send: Vec::new() };
     }
     let mut scheduled = HashSet::new();
     let mut send = Vec::new();
-    let mut send_bytes = 0u64;
     for (i, c) in current.chunks.iter().enumerate() {
         if !client.held.contains(&c.id) && scheduled.insert(c.id) {
             send.push(i as u32);
-            send_bytes += u64::from(c.len);
         }
     }
-    let base = client.base.map(|(v, m)| (v, m.chunks.as_slice()));
+    // The first occurrence of each sent chunk becomes `Sent`: its id travels as its bytes.
+    let mut recipe = diff(client.base.map(|(_, _, m)| m.chunks.as_slice()), &current.chunks);
+    let mut position = 0u32;
+    let mut next_sent = send.iter().peekable();
+    for op in &mut recipe {
+        match *op {
+            RecipeOp::Copy(_, count) => position += count,
+            RecipeOp::Chunk(_, len) | RecipeOp::Sent(len) => {
+                if next_sent.peek() == Some(&&position) {
+                    next_sent.next();
+                    *op = RecipeOp::Sent(len);
+                }
+                position += 1;
+            }
+        }
+    }
+    let base_params = client.base.map(|(_, _, m)| m.params);
     let update = Update {
         id,
         version,
-        base: base.map(|(v, _)| v),
-        len: current.len,
-        sha256: current.sha256,
-        params: current.params,
-        recipe: diff(base.map(|(_, c)| c), &current.chunks),
-        send: send.len() as u32,
-        send_bytes,
-        dict: None,
+        base: client.base.map(|(index, _, _)| index),
+        params: (base_params != Some(current.params)).then_some(current.params),
+        recipe,
+        dict: false,
     };
     Plan { message: ServerMessage::Update(update), send }
 }

@@ -58,16 +58,18 @@ impl Server {
     /// Answers a request: returns the control message and the binary frames.
     fn answer(&self, msg: &assetsync_protocol::ClientMessage) -> (ServerMessage, Vec<Vec<u8>>) {
         let assetsync_protocol::ClientMessage::Sync { id, have, .. } = msg else { panic!() };
-        let known: Vec<&Manifest> =
-            have.versions.iter().filter_map(|v| self.history.iter().find(|m| m.version() == *v)).collect();
+        let known: Vec<(u32, &Manifest)> = (0..)
+            .zip(&have.versions)
+            .filter_map(|(i, v)| Some((i, self.history.iter().find(|m| m.version() == *v)?)))
+            .collect();
         let mut held: HashSet<Hash> = have.chunks.iter().copied().collect();
-        held.extend(known.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)));
+        held.extend(known.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)));
         let cur = self.current();
         let p = plan(
             *id,
             cur,
             cur.version(),
-            ClientView { base: known.first().map(|m| (m.version(), *m)), held: &held },
+            ClientView { base: known.first().map(|&(i, m)| (i, m.version(), m)), held: &held },
         );
         let offsets: Vec<usize> = cur.offsets().map(|(o, _)| o).collect();
         let frames = p
@@ -147,7 +149,7 @@ fn tampered_frame_is_rejected_before_it_reaches_the_store() {
     let server = Server::new(pseudo_random(200_000, 2));
     let mut client = Client::default();
     let err = client.sync(&server, |f| *f.last_mut().unwrap() ^= 1).unwrap_err();
-    assert!(matches!(err, Error::ChunkMismatch { .. }), "{err}");
+    assert!(matches!(err, Error::FileMismatch), "{err}");
     assert!(client.chunks.is_empty() && client.current.is_none());
 }
 

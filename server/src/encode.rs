@@ -57,8 +57,8 @@ pub enum Batch {
 
 /// The encoded chunks of one answer.
 pub struct Encoded {
-    /// The prefix version, if any batch was compressed against it.
-    pub dict: Option<VersionId>,
+    /// Whether batches were compressed with the base version's file as prefix.
+    pub prefixed: bool,
     /// The batches, in order.
     pub batches: Vec<Batch>,
 }
@@ -141,7 +141,7 @@ fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, config: Encod
         }
         start = end;
     }
-    Encoded { dict: if used_prefix { base.map(|b| b.version) } else { None }, batches }
+    Encoded { prefixed: used_prefix, batches }
 }
 
 /// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails

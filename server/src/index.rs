@@ -173,19 +173,19 @@ impl AssetIndex {
         }
     }
 
-    /// Resolves a client digest: the first named version the server knows (the delta base), and
-    /// every chunk the client is known to hold.
+    /// Resolves a client digest: the first named version the server knows (the delta base) with
+    /// its position in `versions`, and every chunk the client is known to hold.
     pub fn resolve_have(
         &self,
         versions: &[VersionId],
         chunks: &[ChunkId],
-    ) -> (Option<Arc<Indexed>>, HashSet<ChunkId>) {
+    ) -> (Option<(u32, Arc<Indexed>)>, HashSet<ChunkId>) {
         let known = self.versions.read().expect("poisoned");
         let mut base = None;
         let mut held: HashSet<ChunkId> = chunks.iter().copied().collect();
-        for v in versions {
+        for (i, v) in versions.iter().enumerate() {
             if let Some(known) = known.get(v) {
-                base.get_or_insert_with(|| known.clone());
+                base.get_or_insert_with(|| (i as u32, known.clone()));
                 held.extend(known.manifest.chunks.iter().map(|c| c.id));
             }
         }

@@ -281,7 +281,7 @@ impl Connection {
                 Ok(Event::Complete) => break,
                 Ok(Event::Progress { .. }) => {}
                 // The whole answer has been read: a retry starts on a clean stream.
-                Err(error @ (SyncError::ChunkMismatch { .. } | SyncError::MissingLocal(_))) => {
+                Err(error @ (SyncError::FileMismatch | SyncError::MissingLocal(_))) => {
                     let held = error.retry_holding(machine.held_chunks()).unwrap_or_default();
                     return Ok(Outcome::Retry { error, held });
                 }

@@ -187,12 +187,14 @@ async fn sync(
         }
     };
     let (base, held) = state.index.resolve_have(&have.versions, &have.chunks);
-    let view = ClientView { base: base.as_ref().map(|b| (b.version, b.manifest.as_ref())), held: &held };
+    let base_file = base.as_ref().map(|(_, b)| b);
+    let view =
+        ClientView { base: base.as_ref().map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held: &held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
         ServerMessage::Update(update) if zstd && !answer.send.is_empty() => {
-            let encoded = state.encoder.encode(&current, &answer.send, base.as_ref()).await;
-            update.dict = encoded.dict;
+            let encoded = state.encoder.encode(&current, &answer.send, base_file).await;
+            update.dict = encoded.prefixed;
             Some(encoded)
         }
         _ => None,
@@ -224,7 +226,7 @@ async fn sync(
         chunks = current.manifest.chunks.len(),
         sent_chunks = answer.send.len(),
         frame_bytes = wire,
-        dict = encoded.as_ref().is_some_and(|e| e.dict.is_some()),
+        dict = encoded.as_ref().is_some_and(|e| e.prefixed),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sync"
     );

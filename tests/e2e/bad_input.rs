@@ -70,7 +70,8 @@ async fn unknown_asset_is_a_request_error_and_the_session_continues() {
     raw.send_text(r#"{"type":"sync","id":9,"asset":"there.txt"}"#).await;
     let update = raw.json().await;
     assert_eq!(update["type"], "update");
-    assert_eq!(update["send"], 1);
+    // One chunk of 5 bytes, sent (as a plain chunk frame: this client offered no encodings).
+    assert_eq!(update["recipe"], serde_json::json!([5]));
     assert!(matches!(raw.next().await, Some(Message::Binary(_))));
     server.stop().await;
 }

@@ -399,7 +399,7 @@ impl SyncClient {
                 }
                 Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
                 // The whole answer has been read: a retry starts on a clean stream.
-                Err(e @ (SyncError::ChunkMismatch { .. } | SyncError::MissingLocal(_))) => {
+                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_))) => {
                     let held = e.retry_holding(machine.held_chunks()).unwrap_or_default();
                     return Ok(Err((e, held)));
                 }

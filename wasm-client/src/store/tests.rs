@@ -62,15 +62,18 @@ async fn a_failed_verification_never_reaches_the_store() {
     let m2 = Manifest::build(asset("a.js"), &v2, ChunkParams::default()).unwrap();
     let base = store.current(&asset("a.js")).await.unwrap().unwrap();
     let held: HashSet<Hash> = base.chunks.iter().map(|c| c.id).collect();
-    let answer = plan(1, &m2, m2.version(), ClientView { base: Some((base.version(), &base)), held: &held });
+    let answer =
+        plan(1, &m2, m2.version(), ClientView { base: Some((0, base.version(), &base)), held: &held });
     let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base), vec![], vec![]);
     machine.on_message(answer.message).unwrap();
     let index = answer.send[0];
     let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
     let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
     bytes[0] ^= 0xFF;
-    let err = machine.on_frame(&ChunkFrame::Chunk { id: 1, index, bytes: &bytes }.encode()).unwrap_err();
-    assert!(matches!(err, Error::ChunkMismatch { .. }));
+    machine.on_frame(&ChunkFrame::Chunk { id: 1, index, bytes: &bytes }.encode()).unwrap();
+    let local = store.chunks(&machine.local_chunks()).await.unwrap();
+    let err = machine.finish(local).unwrap_err();
+    assert!(matches!(err, Error::FileMismatch), "{err}");
     assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v1);
 
     // A chunk damaged inside the store is caught on read and removed, never returned as data.
