@@ -167,3 +167,36 @@ fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
     cctx.compress2(&mut out, raw).ok()?;
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use assetsync_protocol::compress::decompress;
+    use assetsync_protocol::test_util::random_bytes;
+
+    use super::compress;
+
+    /// The server's C encoder and the clients' pure-Rust decoder must agree byte for byte, with
+    /// and without a prefix, including matches that reach far back into the prefix.
+    #[test]
+    fn c_encoder_frames_decode_with_ruzstd() {
+        let old = [random_bytes(3 << 20, 1), b"the tail of the old file".to_vec()].concat();
+        let mut new = old[1 << 20..].to_vec();
+        new.extend_from_slice(&random_bytes(5000, 2));
+        new.extend_from_slice(&old[..70_000]);
+        for prefix in [None, Some(&old[..])] {
+            let frame = compress(&new, prefix, 19).unwrap();
+            assert_eq!(decompress(&frame, prefix, new.len()).unwrap(), new);
+            if prefix.is_some() {
+                assert!(frame.len() < 10_000, "prefix not used: {} bytes", frame.len());
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_refuses_output_longer_than_announced() {
+        let data = vec![b'x'; 100_000];
+        let frame = compress(&data, None, 3).unwrap();
+        assert!(decompress(&frame, None, 99_999).is_err());
+        assert!(decompress(&frame[..frame.len() - 3], None, 100_000).is_err());
+    }
+}

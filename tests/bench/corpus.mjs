@@ -7,7 +7,8 @@
 // syncs the old version into an empty cache, the server's file is replaced by the new version,
 // and the client syncs again. Prints one Markdown table comparing the bytes of that update with
 // gzip, brotli, zstd, `zstd --patch-from` and rsync, all from the same run.
-// Needs the zstd and rsync commands (Debian: apt-get install zstd rsync).
+// Needs the zstd and rsync commands (Debian: apt-get install zstd rsync). Extra `assetsync serve`
+// flags can be given in ASSETSYNC_SERVE_ARGS, e.g. ASSETSYNC_SERVE_ARGS="--zstd-level 9".
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdtempSync } from "node:fs";
@@ -88,7 +89,8 @@ function pull(server, cache, out, asset) {
   return JSON.parse(json.toString());
 }
 
-const server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")) });
+const extraArgs = (process.env.ASSETSYNC_SERVE_ARGS || "").split(" ").filter(Boolean);
+const server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")), extraArgs });
 const rows = [];
 let totalOurs = 0;
 let totalPatch = 0;

@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { startServer, launchBrowser, openClientPage, sha256, realBundle, repo } from "./harness.mjs";
+import { startServer, launchBrowser, openClientPage, sha256, realBundle, repo, killServers } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -13,6 +13,7 @@ before(async () => {
 });
 after(async () => {
   await browser?.close();
+  killServers();
 });
 
 /** A realistic bundle: three.js plus an app module, edited the way a rebuild would. */

@@ -15,18 +15,22 @@ export const bin = process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsy
 export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 const children = new Set();
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+
+/** Kills every server still running (those of failed tests), so that node can exit. */
+export function killServers() {
+  children.forEach((c) => c.kill("SIGKILL"));
+}
 
 /**
  * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`),
- * serving `www` (default: the repository's www/) at `/`.
+ * serving `www` (default: the repository's www/) at `/`, with `extraArgs` for `serve`.
  */
-export async function startServer({ demo = false, root = null, www = join(repo, "www") } = {}) {
+export async function startServer({ demo = false, root = null, www = join(repo, "www"), extraArgs = [] } = {}) {
   root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
-  const args = ["serve", "--listen", "127.0.0.1:0", "--www", www];
+  const args = ["serve", "--listen", "127.0.0.1:0", "--www", www, ...extraArgs];
   if (root) args.push("--root", root);
   const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
-  // A failed test must not leave a server behind, nor keep node waiting for it.
+  // A failed test must not leave a server behind (see killServers).
   children.add(child);
   child.on("exit", () => children.delete(child));
   let log = "";
@@ -34,11 +38,7 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
     child.stderr.on("data", (d) => {
       log += d;
       const m = /at (http:\/\/127\.0\.0\.1:\d+)\//.exec(log);
-      if (m) {
-        ok(m[1]);
-        child.unref();
-        child.stderr.unref();
-      }
+      if (m) ok(m[1]);
     });
     child.on("exit", (code) => fail(new Error(`server exited with ${code}:\n${log}`)));
   });

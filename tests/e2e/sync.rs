@@ -150,3 +150,26 @@ async fn concurrent_clients_all_get_verified_copies() {
     assert!(reports.iter().all(|r| r.version == reports[0].version));
     server.stop().await;
 }
+
+/// Minifiers rename identifiers all through a bundle, so most chunks change but most text does
+/// not. Compressing the missing chunks against the client's old version recovers that; both
+/// encodings must rebuild the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn context_compression_and_plain_chunks_rebuild_the_same_bytes() {
+    let v1 = real_bundle();
+    let v2 = String::from_utf8(v1.clone()).unwrap().replace("Vector3", "Vec3").into_bytes();
+    let mut wire = Vec::new();
+    for encode in [None, Some(assetsync::encode::EncodeConfig::default())] {
+        let server = TestServer::start_with(|c| c.encode = encode).await;
+        server.write("three.js", &v1);
+        let client = TestClient::new();
+        client.pull_and_check(&server, "three.js", &v1).await;
+        server.write("three.js", &v2);
+        let r = client.pull_and_check(&server, "three.js", &v2).await;
+        wire.push(r.wire_bytes_in);
+        server.stop().await;
+    }
+    let (plain, compressed) = (wire[0], wire[1]);
+    assert!(plain > v2.len() as u64 / 4, "the rename should touch many chunks: {plain} bytes");
+    assert!(compressed * 10 < plain, "compressed {compressed} bytes vs plain {plain}");
+}
