@@ -11,16 +11,25 @@
 //!    [`ClientSync::finish`] (or [`ClientSync::assemble`], then [`Assembled::verify`]), which
 //!    rebuilds the file and checks its SHA-256. Only a [`Synced`] result may be committed.
 //!
-//! On [`Error::MissingLocal`] the driver deletes the named chunks from its store and retries with
-//! the chunks it still holds listed in `have.chunks`; on [`Error::FileMismatch`] it retries once
-//! with an empty `have` (see [`Error::retry_holding`]).
+//! On [`Error::UnknownBase`] the driver asks again without its own version, listing
+//! [`ClientSync::held_chunks`] in `have.chunks` (other assets' versions may stay). On [`Error::MissingLocal`] it deletes the named chunks from its store and
+//! retries with the chunks it still holds; on [`Error::FileMismatch`] it retries with an empty
+//! `have` (see [`Error::retry_holding`]). A few attempts are enough: each retry holds fewer
+//! chunks than the one before.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    AssetPath, ChunkFrame, ChunkId, ClientMessage, Error, Hash, Have, Manifest, ServerMessage, UNKNOWN_ID,
-    Update, VerifiedChunk, VersionId, apply,
+    AssetPath, ChunkFrame, ChunkId, ChunkSet, ClientMessage, Error, Hash, Have, Manifest, ServerMessage,
+    UNKNOWN_ID, Update, VerifiedChunk, VersionId, apply,
 };
+
+/// Requests per sync before a driver gives up: one round trip more covers a server that forgot
+/// the cached version, and each retry after bad data holds fewer chunks than the one before.
+pub const MAX_REQUESTS: u32 = 4;
+
+/// Most chunk ids [`ClientSync::held_chunks`] returns (a 256 MiB file at the default 8 KiB).
+pub const MAX_HELD: usize = 32_768;
 
 /// What the driver should do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +116,8 @@ pub struct ClientSync {
     named: Vec<(VersionId, Manifest)>,
     /// Whether `named[0]` is this asset's own current version.
     has_base: bool,
+    /// The prefix length of the request's `have.chunks`.
+    prefix: usize,
     state: State,
 }
 
@@ -115,34 +126,42 @@ impl ClientSync {
     ///
     /// `base` is the client's current manifest of this asset, if any; `others` are manifests of
     /// other assets it holds, whose chunks the server may also count as held (and which may serve
-    /// as delta base). `have_chunks` lists further chunk ids held, for a client without versions
-    /// the server knows. Returns the machine and the message to send.
+    /// as delta base). `have_chunks` lists further chunks held, for a server that does not know
+    /// the client's versions. Returns the machine and the message to send.
     pub fn new(
         id: u32,
         asset: AssetPath,
         base: Option<Manifest>,
         others: Vec<Manifest>,
-        have_chunks: Vec<ChunkId>,
+        have_chunks: ChunkSet,
     ) -> (Self, ClientMessage) {
         let has_base = base.is_some();
         let named: Vec<(VersionId, Manifest)> =
             base.into_iter().chain(others).map(|m| (m.version(), m)).collect();
         let versions = named.iter().map(|(v, _)| *v).collect();
+        let prefix = have_chunks.prefix();
         let message = ClientMessage::Sync {
             id,
             asset: asset.as_str().to_owned(),
             have: Have { versions, chunks: have_chunks },
         };
-        let machine = ClientSync { id, asset, named, has_base, state: State::Waiting };
+        let machine = ClientSync { id, asset, named, has_base, prefix, state: State::Waiting };
         (machine, message)
     }
 
-    /// Distinct ids of every chunk of the manifests this request named as held: what a retry
-    /// lists in `have.chunks` (minus any found damaged) when the first answer could not be used.
+    /// The prefix length of the request's chunk set, for [`Error::retry_holding`].
+    pub fn chunk_prefix(&self) -> usize {
+        self.prefix
+    }
+
+    /// What a retry lists in `have.chunks` (minus any found damaged) when this answer could not
+    /// be used: the distinct chunk ids of this asset's cached version, or, without one, of the
+    /// manifests the request named; at most [`MAX_HELD`], well inside the server's default
+    /// digest limit.
     pub fn held_chunks(&self) -> Vec<ChunkId> {
-        let ids: HashSet<ChunkId> =
-            self.named.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)).collect();
-        ids.into_iter().collect()
+        let named = if self.has_base { &self.named[..1] } else { &self.named[..] };
+        let ids: HashSet<ChunkId> = named.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)).collect();
+        ids.into_iter().take(MAX_HELD).collect()
     }
 
     /// Feeds one control message.
@@ -159,6 +178,7 @@ impl ClientSync {
                 self.start(base.clone(), version, HashSet::new(), None)
             }
             ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
+            ServerMessage::UnknownBase { id } if id == self.id => Err(Error::UnknownBase),
             ServerMessage::Error { id: Some(id), code, message } if id == self.id => {
                 Err(Error::Server { code, message })
             }

@@ -44,6 +44,9 @@ pub enum Error {
     /// The local store lacks chunks the server assumed the client has, or holds damaged ones.
     #[error("{} chunk(s) missing or damaged in the local cache", .0.len())]
     MissingLocal(Vec<ChunkId>),
+    /// The server knows none of the versions the client named; ask again with a chunk set.
+    #[error("the server no longer knows the cached version")]
+    UnknownBase,
     /// The server answered with an error.
     #[error("server refused: {message} ({code:?})")]
     Server {
@@ -62,14 +65,20 @@ pub enum Error {
 
 impl Error {
     /// The retry policy both clients share. After an attempt failed with this error, returns the
-    /// chunk ids to name in the retry's `have.chunks`: the `held` ones minus any found damaged
-    /// (for [`Error::MissingLocal`]), or none at all, a clean start (for bad received data or a
-    /// bad rebuilt file). `None` means a retry cannot help.
-    pub fn retry_holding(&self, mut held: Vec<ChunkId>) -> Option<Vec<ChunkId>> {
+    /// chunk ids to name in the retry's `have.chunks`:
+    /// - [`Error::UnknownBase`]: all `held`;
+    /// - [`Error::MissingLocal`]: `held` minus every id whose first `prefix` bytes (the attempt's
+    ///   [`crate::ChunkSet::prefix`]) equal those of a missing or damaged one, so that neither a
+    ///   damaged chunk nor a truncated-id collision can repeat;
+    /// - bad received data or a bad rebuilt file: none at all, a clean start.
+    ///
+    /// `None` means a retry cannot help.
+    pub fn retry_holding(&self, mut held: Vec<ChunkId>, prefix: usize) -> Option<Vec<ChunkId>> {
         match self {
+            Error::UnknownBase => Some(held),
             Error::MissingLocal(bad) => {
-                let bad: std::collections::HashSet<_> = bad.iter().collect();
-                held.retain(|id| !bad.contains(id));
+                let cut: std::collections::HashSet<&[u8]> = bad.iter().map(|id| &id.0[..prefix]).collect();
+                held.retain(|id| !cut.contains(&id.0[..prefix]));
                 Some(held)
             }
             Error::ChunkMismatch { .. } | Error::FileMismatch => Some(Vec::new()),

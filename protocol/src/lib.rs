@@ -4,6 +4,7 @@
 //!   form in which chunk bytes may enter a store.
 //! - [`manifest`]: [`Manifest`] (one asset version's recipe), its [`VersionId`], and the
 //!   [`RecipeOp`] delta that sends a new manifest relative to one the client holds.
+//! - [`Have`]: the client's digest, version ids or a compact [`ChunkSet`].
 //! - [`message`]: the wire contract, JSON [`ClientMessage`]/[`ServerMessage`] and binary
 //!   [`ChunkFrame`]s.
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod compress;
 mod error;
 mod hash;
+mod have;
 pub mod manifest;
 pub mod message;
 mod path;
@@ -26,12 +28,11 @@ pub mod plan;
 pub mod test_util;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
-pub use client::{Assembled, ClientSync, Event, Synced};
+pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced};
 pub use error::Error;
 pub use hash::Hash;
+pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
-pub use message::{
-    ChunkFrame, ClientMessage, ErrorCode, Have, Limits, PROTOCOL_VERSION, ServerMessage, Update,
-};
+pub use message::{ChunkFrame, ClientMessage, ErrorCode, Limits, PROTOCOL_VERSION, ServerMessage, Update};
 pub use path::AssetPath;
 pub use plan::{ClientView, Plan, plan};

@@ -7,10 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkId, ChunkParams, Error, RecipeOp, VersionId};
+use crate::{ChunkParams, Error, Have, RecipeOp, VersionId};
 
 /// Bumped on any incompatible change to the messages or frames.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Messages from client to server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,32 +40,6 @@ pub enum ClientMessage {
     },
 }
 
-/// The client's digest of what it holds, sent with every `sync`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Have {
-    /// Version ids the client holds complete, the requested asset's own version first. The
-    /// server diffs against the first one it knows and counts every known version's chunks as
-    /// already held.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub versions: Vec<VersionId>,
-    /// Individual chunk ids the client holds; used when it has no version the server knows.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chunks: Vec<ChunkId>,
-}
-
-impl Have {
-    /// Number of entries, for the server's digest limit.
-    pub fn len(&self) -> usize {
-        self.versions.len() + self.chunks.len()
-    }
-
-    /// True when the client holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Messages from server to client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -89,8 +63,15 @@ pub enum ServerMessage {
         /// The current version.
         version: VersionId,
     },
-    /// A new version, followed by `send` binary chunk frames.
+    /// A new version, followed by binary chunk frames with the chunks its recipe marks as sent.
     Update(Update),
+    /// The server does not know the first version in `have.versions`, the client's own (it
+    /// restarted, or forgot it): the client should ask again, listing the chunks of that version
+    /// in `have.chunks`.
+    UnknownBase {
+        /// The request id.
+        id: u32,
+    },
     /// A request failed (`id` set) or the connection is being closed (`id` absent).
     Error {
         /// The failed request, if the error belongs to one.

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkParams, ClientSync, ClientView, Error, Event, Hash, Manifest, ServerMessage,
-    plan,
+    AssetPath, ChunkFrame, ChunkParams, ChunkSet, ClientSync, ClientView, Error, Event, Hash, MAX_REQUESTS,
+    Manifest, ServerMessage, plan,
 };
 
 const FIXTURE: &str = "tests/fixtures/lodash-4.17.21.js";
@@ -30,7 +30,7 @@ fn golden_chunk_boundaries_and_ids() {
 
 /// An in-memory client store plus a server with version history, wired through the real planner
 /// and client machine.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Client {
     chunks: HashMap<Hash, Vec<u8>>,
     current: Option<Manifest>,
@@ -62,9 +62,13 @@ impl Server {
             .zip(&have.versions)
             .filter_map(|(i, v)| Some((i, self.history.iter().find(|m| m.version() == *v)?)))
             .collect();
-        let mut held: HashSet<Hash> = have.chunks.iter().copied().collect();
-        held.extend(known.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)));
         let cur = self.current();
+        if known.first().is_none_or(|(i, _)| *i != 0) && !have.versions.is_empty() && have.chunks.is_empty() {
+            return (ServerMessage::UnknownBase { id: *id }, Vec::new());
+        }
+        let mut held: HashSet<Hash> =
+            have.chunks.matching(cur.chunks.iter().map(|c| &c.id)).into_iter().collect();
+        held.extend(known.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)));
         let p = plan(
             *id,
             cur,
@@ -85,10 +89,43 @@ impl Server {
 }
 
 impl Client {
-    /// One sync attempt; returns the bytes received over the "wire" (frames only).
+    /// One sync attempt naming the current version; returns the bytes received over the "wire"
+    /// (frames only).
     fn sync(&mut self, server: &Server, tamper: impl Fn(&mut Vec<u8>)) -> Result<usize, Error> {
-        let (mut machine, msg) =
-            ClientSync::new(1, AssetPath::new("app.js").unwrap(), self.current.clone(), vec![], vec![]);
+        self.attempt(server, self.current.clone(), ChunkSet::default(), tamper)
+    }
+
+    /// Syncs as both clients do: naming the current version, then retrying as
+    /// [`Error::retry_holding`] says. `prefix` forces the chunk sets' id length. Returns the
+    /// number of requests made.
+    fn sync_with_retries(&mut self, server: &Server, prefix: Option<usize>) -> Result<u32, Error> {
+        let (mut base, mut held) = (self.current.clone(), Vec::new());
+        let mut requests = 0;
+        loop {
+            requests += 1;
+            let have = match prefix {
+                Some(prefix) => ChunkSet::with_prefix(held, prefix),
+                None => ChunkSet::new(held),
+            };
+            let cut = have.prefix();
+            let error = match self.attempt(server, base.take(), have, |_| {}) {
+                Ok(_) => return Ok(requests),
+                Err(e) if requests == MAX_REQUESTS => return Err(e),
+                Err(e) => e,
+            };
+            // The drivers retry with what the attempt held; here, everything in the store.
+            held = error.retry_holding(self.chunks.keys().copied().collect(), cut).ok_or(error)?;
+        }
+    }
+
+    fn attempt(
+        &mut self,
+        server: &Server,
+        base: Option<Manifest>,
+        have: ChunkSet,
+        tamper: impl Fn(&mut Vec<u8>),
+    ) -> Result<usize, Error> {
+        let (mut machine, msg) = ClientSync::new(1, AssetPath::new("app.js").unwrap(), base, vec![], have);
         let (reply, frames) = server.answer(&msg);
         let mut wire = 0;
         let mut event = machine.on_message(reply)?;
@@ -178,4 +215,52 @@ fn missing_or_damaged_local_chunks_are_reported_by_id() {
         Err(Error::MissingLocal(ids)) => assert_eq!(ids, vec![chunks[9].id]),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_server_that_forgot_the_version_is_answered_from_a_chunk_set() {
+    let v1 = pseudo_random(1 << 20, 4);
+    let mut client = Client::default();
+    client.sync(&Server::new(v1.clone()), |_| {}).unwrap();
+    let mut v2 = v1.clone();
+    v2[300_000..301_000].fill(7);
+    // A restarted server knows only v2.
+    let server = Server::new(v2.clone());
+    let mut first = client.clone();
+    assert!(matches!(first.sync(&server, |_| {}), Err(Error::UnknownBase)));
+    assert_eq!(client.sync_with_retries(&server, None).unwrap(), 2);
+    assert_eq!(client.current.as_ref().unwrap().sha256, Hash::of(&v2));
+    // Only the edited chunk (or two) came over the wire.
+    assert!(client.chunks.len() <= v1.len() / 8192 + 40, "{}", client.chunks.len());
+}
+
+/// One-byte ids collide by construction: the server wrongly counts a new chunk as held, the
+/// client finds it missing, and the retry drops the colliding prefix and still ends verified.
+#[test]
+fn a_truncated_id_collision_costs_a_retry_not_a_wrong_file() {
+    let v1 = pseudo_random(1 << 20, 5);
+    let mut client = Client::default();
+    client.sync(&Server::new(v1.clone()), |_| {}).unwrap();
+    let held = ChunkSet::with_prefix(client.chunks.keys().copied(), 1);
+    // Find an edit whose new chunk collides with a held one at one byte.
+    let (server, v2) = (0u8..)
+        .map(|seed| {
+            let mut v2 = v1.clone();
+            v2[600_000..600_100].fill(seed);
+            (Server::new(v2.clone()), v2)
+        })
+        .find(|(server, _)| {
+            let new: Vec<Hash> = server
+                .current()
+                .chunks
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| !client.chunks.contains_key(id))
+                .collect();
+            !held.matching(&new).is_empty()
+        })
+        .unwrap();
+    // unknown_base, the colliding answer, then the repaired one.
+    assert_eq!(client.sync_with_retries(&server, Some(1)).unwrap(), 3);
+    assert_eq!(client.current.as_ref().unwrap().sha256, Hash::of(&v2));
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use assetsync_protocol::{AssetPath, ChunkId, ChunkParams, Hash, Manifest, VersionId, chunk_data};
+use assetsync_protocol::{AssetPath, ChunkId, ChunkParams, Hash, Have, Manifest, VersionId, chunk_data};
 use bytes::Bytes;
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
@@ -173,17 +173,19 @@ impl AssetIndex {
         }
     }
 
-    /// Resolves a client digest: the first named version the server knows (the delta base) with
-    /// its position in `versions`, and every chunk the client is known to hold.
+    /// Resolves a client digest against `current`: the first named version the server knows (the
+    /// delta base) with its position in `have.versions`, and every chunk the client is known to
+    /// hold (from known versions, and the chunks of `current` that `have.chunks` matches).
     pub fn resolve_have(
         &self,
-        versions: &[VersionId],
-        chunks: &[ChunkId],
+        have: &Have,
+        current: &Manifest,
     ) -> (Option<(u32, Arc<Indexed>)>, HashSet<ChunkId>) {
         let known = self.versions.read().expect("poisoned");
         let mut base = None;
-        let mut held: HashSet<ChunkId> = chunks.iter().copied().collect();
-        for (i, v) in versions.iter().enumerate() {
+        let mut held: HashSet<ChunkId> =
+            have.chunks.matching(current.chunks.iter().map(|c| &c.id)).into_iter().collect();
+        for (i, v) in have.versions.iter().enumerate() {
             if let Some(known) = known.get(v) {
                 base.get_or_insert_with(|| (i as u32, known.clone()));
                 held.extend(known.manifest.chunks.iter().map(|c| c.id));

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, PROTOCOL_VERSION,
-    ServerMessage, Synced, compress,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
+    PROTOCOL_VERSION, ServerMessage, Synced, compress,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -57,7 +57,10 @@ pub struct PullReport {
     pub wire_bytes_out: u64,
     /// Wall time of the sync, commit included.
     pub elapsed_ms: u64,
-    /// Whether the first attempt failed verification and was retried.
+    /// `sync` requests made: 1, or more when the server did not know the cached version or the
+    /// data failed verification.
+    pub requests: u32,
+    /// Whether an attempt failed verification and was retried.
     pub retried: bool,
 }
 
@@ -211,8 +214,9 @@ impl Connection {
         (self.counters.read.load(Ordering::Relaxed), self.counters.written.load(Ordering::Relaxed))
     }
 
-    /// Syncs one asset: a first attempt from the cache's state, and at most one retry when the
-    /// data fails verification (with the chunks still held, or from a clean state).
+    /// Syncs one asset: a first request naming the cache's versions, then, if the server does
+    /// not know them or the data fails verification, requests listing the chunks still held
+    /// (see [`SyncError::retry_holding`]).
     async fn pull_one(
         &mut self,
         cache: &mut Cache,
@@ -221,15 +225,25 @@ impl Connection {
     ) -> anyhow::Result<PullReport> {
         let started = Instant::now();
         let (in0, out0) = self.wire();
-        let base = cache.current(asset);
-        let others = cache.others(asset, MAX_OTHER_VERSIONS);
-        let (synced, retried) = match self.attempt(cache, asset, base, others, Vec::new()).await? {
-            Outcome::Done(synced) => (synced, false),
-            Outcome::Retry { error, held } => {
-                tracing::warn!(%asset, %error, "sync failed verification; retrying once");
-                match self.attempt(cache, asset, None, Vec::new(), held).await? {
-                    Outcome::Done(synced) => (synced, true),
-                    Outcome::Retry { error, .. } => bail!("verification failed after retry: {error}"),
+        let (mut base, mut others) = (cache.current(asset), cache.others(asset, MAX_OTHER_VERSIONS));
+        let (mut held, mut requests, mut retried) = (Vec::new(), 0, false);
+        let synced = loop {
+            requests += 1;
+            let have = ChunkSet::new(std::mem::take(&mut held));
+            match self.attempt(cache, asset, base.take(), others.clone(), have).await? {
+                Outcome::Done(synced) => break synced,
+                Outcome::Retry { error, .. } if requests == MAX_REQUESTS => {
+                    bail!("giving up after {requests} requests: {error}")
+                }
+                Outcome::Retry { error: SyncError::UnknownBase, held: h } => {
+                    tracing::info!(%asset, chunks = h.len(), "server does not know the cached version");
+                    held = h;
+                }
+                Outcome::Retry { error, held: h } => {
+                    tracing::warn!(%asset, %error, "sync failed verification; retrying");
+                    // A clean start: only the chunks found intact.
+                    (held, retried) = (h, true);
+                    others.clear();
                 }
             }
         };
@@ -250,6 +264,7 @@ impl Connection {
             wire_bytes_in: in1 - in0,
             wire_bytes_out: out1 - out0,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            requests,
             retried,
         })
     }
@@ -262,7 +277,7 @@ impl Connection {
         asset: &AssetPath,
         base: Option<assetsync_protocol::Manifest>,
         others: Vec<assetsync_protocol::Manifest>,
-        have_chunks: Vec<ChunkId>,
+        have_chunks: ChunkSet,
     ) -> anyhow::Result<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
@@ -281,9 +296,11 @@ impl Connection {
                 Ok(Event::Complete) => break,
                 Ok(Event::Progress { .. }) => {}
                 // The whole answer has been read: a retry starts on a clean stream.
-                Err(error @ (SyncError::FileMismatch | SyncError::MissingLocal(_))) => {
-                    let held = error.retry_holding(machine.held_chunks()).unwrap_or_default();
-                    return Ok(Outcome::Retry { error, held });
+                Err(
+                    error @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase),
+                ) => {
+                    let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+                    return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -291,10 +308,11 @@ impl Connection {
         let local: Vec<_> =
             machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
         let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+        let prefix = machine.chunk_prefix();
         match machine.finish(local) {
             Ok(synced) => Ok(Outcome::Done(synced)),
             Err(error) => {
-                let Some(held) = error.retry_holding(held) else { return Err(error.into()) };
+                let Some(held) = error.retry_holding(held, prefix) else { return Err(error.into()) };
                 if let SyncError::MissingLocal(damaged) = &error {
                     cache.discard(damaged);
                 }
@@ -308,7 +326,8 @@ impl Connection {
 enum Outcome {
     /// Verified and ready to commit.
     Done(Synced),
-    /// The data was bad; retry naming `held` (the intact chunks) in the digest.
+    /// The server did not know the cached version, or the data was bad; retry naming `held`
+    /// (the intact chunks) in the digest.
     Retry { error: SyncError, held: Vec<ChunkId> },
 }
 

@@ -186,7 +186,13 @@ async fn sync(
             return send_json(socket, &refuse(code, e.to_string())).await;
         }
     };
-    let (base, held) = state.index.resolve_have(&have.versions, &have.chunks);
+    let (base, held) = state.index.resolve_have(&have, &current.manifest);
+    if !have.versions.is_empty() && base.as_ref().is_none_or(|(i, _)| *i != 0) && have.chunks.is_empty() {
+        // The client's own version (listed first) is one this server never saw or has
+        // forgotten (a restart drops them all): its chunk list costs far less than resending
+        // the chunks it holds.
+        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
+    }
     let base_file = base.as_ref().map(|(_, b)| b);
     let view =
         ClientView { base: base.as_ref().map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held: &held };

@@ -133,6 +133,42 @@ test("a damaged chunk in IndexedDB is detected, discarded and fetched again", as
   await context.close();
 });
 
+test("the WASM zstd decoder rebuilds identical bytes, and a restarted server is answered from a chunk set", async () => {
+  const first = await startServer();
+  const v1 = realBundle();
+  // A minifier-style rename touches most chunks but little text.
+  const v2 = Buffer.from(v1.toString("latin1").replaceAll("Vector3", "Vec3"), "latin1");
+  first.write("three.js", v1);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, first);
+  const connect = (ws) => page.evaluate(async (ws) => {
+    window.client?.close();
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "zstd" });
+  }, ws);
+  await connect(first.ws);
+  await syncIn(page, "three.js");
+  first.write("three.js", v2);
+  const renamed = await syncIn(page, "three.js");
+  assert.equal(renamed.hash, sha256(v2), "the decoded file must equal the server's");
+  const fetched = renamed.stats.chunks - renamed.stats.chunksReused;
+  assert.ok(fetched > renamed.stats.chunks / 4, `the rename should touch many chunks, touched ${fetched}`);
+  assert.ok(renamed.stats.wireBytesIn < v2.length / 20, `compressed update cost ${renamed.stats.wireBytesIn} bytes`);
+
+  // A new server process on the same folder knows none of the client's versions.
+  await first.stop();
+  const second = await startServer({ root: first.root });
+  const v3 = Buffer.concat([v2, Buffer.from("\nexport const patched = true;\n")]);
+  second.write("three.js", v3);
+  await connect(second.ws);
+  const after = await syncIn(page, "three.js");
+  assert.equal(after.hash, sha256(v3));
+  assert.equal(after.stats.requests, 2, "unknown_base, then the chunk set");
+  assert.ok(after.stats.wireBytesIn < 32 * 1024, `update after a restart cost ${after.stats.wireBytesIn} bytes`);
+  assert.ok(after.stats.wireBytesOut < 4096, `chunk set cost ${after.stats.wireBytesOut} bytes`);
+  await second.stop();
+  await context.close();
+});
+
 test("two pages syncing the same asset at once both end correct, with a consistent store", async () => {
   const server = await startServer();
   server.write("js/app.js", bundle(1));

@@ -93,7 +93,16 @@ async fn malformed_messages_get_an_error_and_a_clean_close() {
             1002,
         ),
         ("old protocol", false, Message::text(r#"{"type":"hello","protocol":0}"#), "protocol_version", 1002),
-        ("second hello", true, Message::text(r#"{"type":"hello","protocol":1}"#), "bad_message", 1002),
+        (
+            "bad chunk set",
+            true,
+            Message::text(
+                r#"{"type":"sync","id":1,"asset":"a","have":{"chunks":{"prefix":0,"ids":"AAAA"}}}"#,
+            ),
+            "bad_message",
+            1002,
+        ),
+        ("second hello", true, Message::text(r#"{"type":"hello","protocol":2}"#), "bad_message", 1002),
         ("oversized message", true, Message::text("x".repeat(200 * 1024)), "too_large", 1009),
     ];
     for (name, greet, message, code, close) in cases {
@@ -120,8 +129,9 @@ async fn digest_over_the_limit_is_refused() {
     let server = TestServer::start_with(|c| c.limits.max_have = 100).await;
     server.write("a.txt", b"a");
     let mut raw = Raw::greeted(&server).await;
-    let chunks: Vec<String> = (0..101).map(|i| format!("{i:064x}")).collect();
-    let request = serde_json::json!({"type": "sync", "id": 1, "asset": "a.txt", "have": {"chunks": chunks}});
+    let ids = (0..101u32).map(|i| assetsync_protocol::Hash::of(&i.to_le_bytes()));
+    let have = assetsync_protocol::ChunkSet::new(ids);
+    let request = serde_json::json!({"type": "sync", "id": 1, "asset": "a.txt", "have": {"chunks": have}});
     raw.send_text(&request.to_string()).await;
     let e = raw.json().await;
     assert_eq!(e["code"], "too_large", "{e}");

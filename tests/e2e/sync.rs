@@ -135,7 +135,35 @@ async fn server_that_forgot_the_clients_version_still_serves_a_correct_file() {
         // The server indexes each version, then forgets the previous one.
         TestClient::new().pull_and_check(&server, "a.bin", &data).await;
     }
-    client.pull_and_check(&server, "a.bin", &data).await;
+    // The server answers `unknown_base`; the client lists its chunks in about 6 bytes each, and
+    // gets just the edited chunks, not the whole file.
+    let r = client.pull_and_check(&server, "a.bin", &data).await;
+    assert_eq!(r.requests, 2, "{r:?}");
+    assert!(r.wire_bytes_in < 64 * 1024, "{r:?}");
+    assert!(r.wire_bytes_out < 2048, "chunk set for 128 chunks cost {} bytes", r.wire_bytes_out);
+    server.stop().await;
+}
+
+/// A cache holding a version the server forgot and another asset's version it knows: the
+/// chunks of both count as held, and the new file needs only its edit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_cache_of_known_and_forgotten_versions_is_used_in_full() {
+    let server = TestServer::start_with(|c| c.keep_versions = 1).await;
+    let (a1, b) = (random_bytes(MIB, 11), random_bytes(MIB / 2, 12));
+    server.write("a.bin", &a1);
+    server.write("b.bin", &b);
+    let client = TestClient::new();
+    client.pull(&server, &["a.bin", "b.bin"]).await.unwrap();
+    // a.bin v2: its old bytes with a small edit, then half of b.bin.
+    let mut a2 = a1.clone();
+    a2[10_000] ^= 1;
+    a2.extend_from_slice(&b[..MIB / 4]);
+    server.write("a.bin", &a2);
+    // Another client makes the server index v2, forgetting v1.
+    TestClient::new().pull_and_check(&server, "a.bin", &a2).await;
+    let r = client.pull_and_check(&server, "a.bin", &a2).await;
+    assert_eq!(r.requests, 2, "{r:?}");
+    assert!(r.wire_bytes_in < 64 * 1024, "{r:?}");
     server.stop().await;
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use assetsync::pull::{PullConfig, PullReport, pull};
 use assetsync::{ServeConfig, run};
 pub use assetsync_protocol::test_util::random_bytes;
-use assetsync_protocol::{AssetPath, Hash};
+use assetsync_protocol::{AssetPath, Hash, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -122,7 +122,7 @@ impl Raw {
     /// Connects and completes the `hello` handshake.
     pub async fn greeted(server: &TestServer) -> Self {
         let mut raw = Self::connect(server).await;
-        raw.send_text(r#"{"type":"hello","protocol":1,"agent":"test"}"#).await;
+        raw.send_text(&format!(r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"agent":"test"}}"#)).await;
         assert_eq!(raw.json().await["type"], "welcome");
         raw
     }

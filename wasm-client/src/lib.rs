@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use assetsync_protocol::{
-    AssetPath, ChunkId, ClientMessage, ClientSync, Error as SyncError, Event, Manifest, PROTOCOL_VERSION,
-    ServerMessage, Synced, VersionId, compress,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
+    Manifest, PROTOCOL_VERSION, ServerMessage, Synced, VersionId, compress,
 };
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -70,7 +70,10 @@ export interface SyncStats {
   wireBytesOut: number;
   /** Wall time, commit included. */
   elapsedMs: number;
-  /** Whether the first attempt failed verification and was retried. */
+  /** `sync` requests made: 1, or more when the server did not know the cached version or the
+   *  data failed verification. */
+  requests: number;
+  /** Whether an attempt failed verification and was retried. */
   retried: boolean;
   /** Time spent in IndexedDB (reading reused chunks, committing). */
   storeMs: number;
@@ -200,16 +203,28 @@ impl SyncClient {
         let base_version = base.as_ref().map(Manifest::version);
         let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
         let progress = on_progress.as_ref();
-        let mut retried = false;
         let mut timings = Timings::default();
-        let holding = Holding { base, others, chunks: Vec::new() };
-        let mut outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
-        if let Ok(Err((error, held))) = outcome {
-            retried = true;
-            web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying once").into());
-            let holding = Holding { base: None, others: Vec::new(), chunks: held };
-            outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
-        }
+        let (mut requests, mut retried) = (0, false);
+        let mut holding = Holding { base, others, chunks: Vec::new() };
+        let outcome = loop {
+            requests += 1;
+            let others = holding.others.clone();
+            let outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
+            let (error, chunks) = match outcome {
+                Ok(Err((error, held))) if requests < MAX_REQUESTS => (error, held),
+                other => break other,
+            };
+            // The server forgot the cached version: the same request with its chunks listed.
+            // Bad data: a clean start with only the chunks found intact.
+            let others = if matches!(error, SyncError::UnknownBase) {
+                others
+            } else {
+                retried = true;
+                web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying").into());
+                Vec::new()
+            };
+            holding = Holding { base: None, others, chunks };
+        };
         let in1 = socket.received_bytes();
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -221,8 +236,8 @@ impl SyncClient {
             }
         };
         drop(guard);
-        let fetched =
-            outcome.map_err(|(e, _)| js_error(format!("{asset}: verification failed after retry: {e}")))?;
+        let fetched = outcome
+            .map_err(|(e, _)| js_error(format!("{asset}: giving up after {requests} requests: {e}")))?;
         let (version, bytes, chunks, chunks_reused, data) = match fetched {
             Fetched::Synced(synced) => {
                 // An unchanged asset is already committed: nothing to write.
@@ -248,6 +263,7 @@ impl SyncClient {
         set("wireBytesIn", ((in1 - in0) as f64).into());
         set("wireBytesOut", ((self.sent.get() - out0) as f64).into());
         set("elapsedMs", (now_ms() - started).into());
+        set("requests", requests.into());
         set("retried", retried.into());
         set("storeMs", timings.store_ms.into());
         set("verifyMs", timings.verify_ms.into());
@@ -378,8 +394,8 @@ impl SyncClient {
     ) -> Result<Result<Fetched, DataError>, Fatal> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let (mut machine, request) =
-            ClientSync::new(id, asset.clone(), holding.base, holding.others, holding.chunks);
+        let have = ChunkSet::new(holding.chunks);
+        let (mut machine, request) = ClientSync::new(id, asset.clone(), holding.base, holding.others, have);
         self.send(socket, &request)?;
         loop {
             let event = match next(socket).await? {
@@ -399,9 +415,9 @@ impl SyncClient {
                 }
                 Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
                 // The whole answer has been read: a retry starts on a clean stream.
-                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_))) => {
-                    let held = e.retry_holding(machine.held_chunks()).unwrap_or_default();
-                    return Ok(Err((e, held)));
+                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
+                    let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+                    return Ok(Err((e, held.unwrap_or_default())));
                 }
                 Err(e @ SyncError::ConnectionClosed(_)) => {
                     return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });
@@ -422,6 +438,7 @@ impl SyncClient {
         let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
         let t1 = now_ms();
         let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+        let prefix = machine.chunk_prefix();
         let verified = match machine.assemble(local) {
             Ok(assembled) => {
                 let digest = digest::sha256(assembled.data()).await;
@@ -434,7 +451,7 @@ impl SyncClient {
         match verified {
             Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
             Err(error) => {
-                let Some(held) = error.retry_holding(held) else {
+                let Some(held) = error.retry_holding(held, prefix) else {
                     return Err(Fatal::new(format!("{asset}: {error}")));
                 };
                 if let SyncError::MissingLocal(damaged) = &error {

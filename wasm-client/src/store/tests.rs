@@ -64,7 +64,7 @@ async fn a_failed_verification_never_reaches_the_store() {
     let held: HashSet<Hash> = base.chunks.iter().map(|c| c.id).collect();
     let answer =
         plan(1, &m2, m2.version(), ClientView { base: Some((0, base.version(), &base)), held: &held });
-    let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base), vec![], vec![]);
+    let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base), vec![], Default::default());
     machine.on_message(answer.message).unwrap();
     let index = answer.send[0];
     let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
