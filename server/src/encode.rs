@@ -7,12 +7,17 @@
 //!
 //! Results are cached per (base version, new version, chunks sent), so a rebuild pushed to many
 //! clients in the same state is compressed once. The work runs on the blocking pool.
+//!
+//! zstd's best levels cost about a second of CPU per 1.5 MB of prefix and input. So that the
+//! first client of a large update does not wait for that, its answer is encoded at the fast
+//! level; the best-level encoding then runs in the background, one at a time, and replaces the
+//! cached answer for every later client.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use assetsync_protocol::VersionId;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
 
 use crate::index::Indexed;
@@ -20,18 +25,21 @@ use crate::index::Indexed;
 /// Compression settings.
 #[derive(Clone, Copy, Debug)]
 pub struct EncodeConfig {
-    /// zstd level when the client's old version is the prefix (small inputs; worth the effort).
-    pub patch_level: i32,
-    /// zstd level without a prefix (cold syncs of whole files; kept fast).
-    pub plain_level: i32,
+    /// zstd level of the cached answers that every later client gets.
+    pub level: i32,
+    /// zstd level of the first answer of a large update, while the `level` one is computed.
+    pub fast_level: i32,
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig { patch_level: 19, plain_level: 9 }
+        EncodeConfig { level: 19, fast_level: 9 }
     }
 }
 
+/// Prefix plus input bytes up to which even the first answer is encoded at the best level
+/// (well under a second of CPU).
+const QUICK_WORK: usize = 1 << 20;
 /// Raw bytes per batch without a prefix: small enough for smooth progress.
 const PLAIN_BATCH: usize = 1 << 20;
 /// Raw bytes per batch with a prefix: each frame re-reads the prefix, so batches are large.
@@ -64,19 +72,27 @@ pub struct Encoded {
 }
 
 type Key = (Option<VersionId>, VersionId, Vec<u32>);
-/// Recent answers, oldest first; each is encoded once, by whichever request asks first.
-type Cache = VecDeque<(Key, Arc<OnceCell<Arc<Encoded>>>)>;
+
+/// One cached answer: the first encoding, and the best-level one once the background has it.
+#[derive(Default)]
+struct Entry {
+    first: OnceCell<Arc<Encoded>>,
+    best: Mutex<Option<Arc<Encoded>>>,
+}
 
 /// Encodes answers and remembers recent ones.
 pub struct Encoder {
     config: EncodeConfig,
-    cache: Mutex<Cache>,
+    /// Recent answers, oldest first.
+    cache: Mutex<VecDeque<(Key, Arc<Entry>)>>,
+    /// Lets one best-level encoding run in the background at a time.
+    background: Arc<Semaphore>,
 }
 
 impl Encoder {
     /// A new encoder with an empty cache.
     pub fn new(config: EncodeConfig) -> Self {
-        Encoder { config, cache: Mutex::default() }
+        Encoder { config, cache: Mutex::default(), background: Arc::new(Semaphore::new(1)) }
     }
 
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
@@ -88,35 +104,71 @@ impl Encoder {
         base: Option<&Arc<Indexed>>,
     ) -> Arc<Encoded> {
         let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
-        let cell = {
+        let entry = {
             let mut cache = self.cache.lock().expect("poisoned");
             match cache.iter().find(|(k, _)| *k == key) {
-                Some((_, cell)) => cell.clone(),
+                Some((_, entry)) => entry.clone(),
                 None => {
-                    let cell = Arc::new(OnceCell::new());
-                    cache.push_back((key, cell.clone()));
+                    let entry = Arc::new(Entry::default());
+                    cache.push_back((key, entry.clone()));
                     if cache.len() > CACHED {
                         cache.pop_front();
                     }
-                    cell
+                    entry
                 }
             }
         };
-        let (current, send, base, config) = (current.clone(), send.to_vec(), base.cloned(), self.config);
-        cell.get_or_init(|| async move {
-            let encoded =
-                tokio::task::spawn_blocking(move || encode(&current, &send, base.as_deref(), config));
-            Arc::new(encoded.await.expect("encoding task panicked"))
-        })
-        .await
-        .clone()
+        if let Some(best) = entry.best.lock().expect("poisoned").clone() {
+            return best;
+        }
+        let work = base.map_or(0, |b| b.data.len())
+            + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
+        let EncodeConfig { level, fast_level } = self.config;
+        let quick = work <= QUICK_WORK || fast_level >= level;
+        let job = Job { current: current.clone(), send: send.to_vec(), base: base.cloned() };
+        let mut first_here = false;
+        let first = entry
+            .first
+            .get_or_init(|| {
+                first_here = true;
+                job.clone().run(if quick { level } else { fast_level })
+            })
+            .await
+            .clone();
+        if first_here && !quick {
+            let permits = self.background.clone();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                let best = job.run(level).await;
+                *entry.best.lock().expect("poisoned") = Some(best);
+            });
+        }
+        first
     }
 }
 
-fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, config: EncodeConfig) -> Encoded {
-    let (prefix, level, batch_bytes) = match base {
-        Some(base) => (Some(&base.data[..]), config.patch_level, PATCH_BATCH),
-        None => (None, config.plain_level, PLAIN_BATCH),
+/// The inputs of one encoding.
+#[derive(Clone)]
+struct Job {
+    current: Arc<Indexed>,
+    send: Vec<u32>,
+    base: Option<Arc<Indexed>>,
+}
+
+impl Job {
+    /// Encodes on the blocking pool.
+    async fn run(self, level: i32) -> Arc<Encoded> {
+        let encoded = tokio::task::spawn_blocking(move || {
+            encode(&self.current, &self.send, self.base.as_deref(), level)
+        });
+        Arc::new(encoded.await.expect("encoding task panicked"))
+    }
+}
+
+fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, level: i32) -> Encoded {
+    let (prefix, batch_bytes) = match base {
+        Some(base) => (Some(&base.data[..]), PATCH_BATCH),
+        None => (None, PLAIN_BATCH),
     };
     let mut batches = Vec::new();
     let mut used_prefix = false;

@@ -85,12 +85,14 @@ struct ServeArgs {
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
     no_compress: bool,
-    /// zstd level for chunks compressed against the client's old version
-    #[arg(long, default_value_t = EncodeConfig::default().patch_level)]
+    /// zstd level of cached answers (the missing chunks, compressed against the client's old
+    /// version when the server has it)
+    #[arg(long, default_value_t = EncodeConfig::default().level)]
     zstd_level: i32,
-    /// zstd level for chunks of clients without a version the server knows (cold syncs)
-    #[arg(long, default_value_t = EncodeConfig::default().plain_level)]
-    zstd_cold_level: i32,
+    /// zstd level of the first answer of a large update, sent while the --zstd-level one is
+    /// computed in the background for later clients
+    #[arg(long, default_value_t = EncodeConfig::default().fast_level)]
+    zstd_fast_level: i32,
 }
 
 #[derive(clap::Args)]
@@ -193,7 +195,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_connections: args.max_connections,
         encode: (!args.no_compress)
-            .then_some(EncodeConfig { patch_level: args.zstd_level, plain_level: args.zstd_cold_level }),
+            .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

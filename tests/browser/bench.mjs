@@ -4,6 +4,7 @@
 // A 10 MB asset made of real published bundles; a ~1% change; everything measured in one run,
 // in headless Chromium against the real server on loopback.
 
+import { execFileSync } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
@@ -36,6 +37,12 @@ const v1 = build(0);
 const v2 = build(1);
 writeFileSync(join(root, "big.js"), v1);
 writeFileSync(join(www, "big.js"), v1);
+writeFileSync(join(www, "big2.js"), v2);
+// zstd frames for the decoder measurement, made by the C library the server uses: the whole
+// file, and the new version with the old one as prefix.
+const zstd = (args) => execFileSync("zstd", ["-q", "-19", "--no-check", "-c", ...args], { maxBuffer: 1 << 30 });
+writeFileSync(join(www, "big.zst"), zstd([join(www, "big.js")]));
+writeFileSync(join(www, "patch.zst"), zstd([`--patch-from=${join(www, "big.js")}`, join(www, "big2.js")]));
 
 const server = await startServer({ root, www });
 const browser = await launchBrowser();
@@ -64,6 +71,13 @@ const r = await page.evaluate(async ({ ws }) => {
   const best = async (f) => { let b = Infinity; for (let i = 0; i < 5; i++) { const s = t(); await f(); b = Math.min(b, t() - s); } return b; };
   out.sha2WasmMs = await best(() => m.sha256Hex(fetched));
   out.subtleMs = await best(() => crypto.subtle.digest("SHA-256", fetched));
+  // The WASM zstd decoder, best of 5: a whole file, and an update against the old version.
+  const get = async (f) => new Uint8Array(await (await fetch(f)).arrayBuffer());
+  const [whole, patch, next] = await Promise.all([get("/big.zst"), get("/patch.zst"), get("/big2.js")]);
+  out.decodeWholeMs = await best(() => m.zstdDecompress(whole, undefined, fetched.length));
+  out.decodePatchMs = await best(() => m.zstdDecompress(patch, fetched, next.length));
+  out.decodeOk = m.sha256Hex(m.zstdDecompress(patch, fetched, next.length)) === m.sha256Hex(next);
+  out.patchBytes = patch.length;
 
   const median = (xs) => xs.sort((a, b) => a - b)[xs.length >> 1];
   // Unchanged asset, repeat sync on the same client (memory cache): median of 21, end to end.
@@ -128,4 +142,7 @@ console.log(`| ... of which reading reused chunks from IndexedDB | ${r.freshStor
 console.log(`| ... of which rebuild + whole-file verify | ${r.freshVerifyMs.toFixed(1)} ms (${mb(r.size, r.freshVerifyMs)} MB/s) |`);
 console.log(`| SHA-256 in WASM (sha2 crate), best of 5 | ${mb(r.size, r.sha2WasmMs)} MB/s |`);
 console.log(`| SHA-256 with crypto.subtle.digest, best of 5 | ${mb(r.size, r.subtleMs)} MB/s |`);
+if (!r.decodeOk) throw new Error("the WASM decoder did not rebuild the new version");
+console.log(`| zstd decode in WASM (ruzstd), whole file from a level-19 frame, best of 5 | ${mb(r.size, r.decodeWholeMs)} MB/s |`);
+console.log(`| zstd decode in WASM, update against the old version as prefix (${kb(r.patchBytes)} frame), best of 5 | ${r.decodePatchMs.toFixed(1)} ms |`);
 console.log(`| .wasm size raw / gzip -9 | ${kb(wasm.length)} / ${kb(gzipSync(wasm, { level: 9 }).length)} |`);

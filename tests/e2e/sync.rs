@@ -201,3 +201,31 @@ async fn context_compression_and_plain_chunks_rebuild_the_same_bytes() {
     assert!(plain > v2.len() as u64 / 4, "the rename should touch many chunks: {plain} bytes");
     assert!(compressed * 10 < plain, "compressed {compressed} bytes vs plain {plain}");
 }
+
+/// The first client of a large update gets a fast-level answer at once; the best-level one is
+/// computed in the background and every later client in the same state gets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_updates_are_answered_fast_first_and_smaller_later() {
+    let server = TestServer::start().await;
+    let v1 = real_bundle();
+    let v2 = String::from_utf8(v1.clone()).unwrap().replace("Vector3", "Vec3").into_bytes();
+    server.write("three.js", &v1);
+    let first = TestClient::new();
+    first.pull_and_check(&server, "three.js", &v1).await;
+    let later: Vec<TestClient> = (0..20).map(|_| first.copy()).collect();
+    server.write("three.js", &v2);
+    let fast = first.pull_and_check(&server, "three.js", &v2).await.wire_bytes_in;
+    let mut best = fast;
+    for client in &later {
+        best = client.pull_and_check(&server, "three.js", &v2).await.wire_bytes_in;
+        if best < fast {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        best * 10 < fast * 9,
+        "the background encoding never replaced the fast one: {fast} then {best} bytes"
+    );
+    server.stop().await;
+}

@@ -91,6 +91,25 @@ impl TestClient {
         report
     }
 
+    /// A second client whose cache is a copy of this one's.
+    pub fn copy(&self) -> Self {
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy_dir(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), target).unwrap();
+                }
+            }
+        }
+        let copy = TestClient::new();
+        copy_dir(&self.cache(), &copy.cache());
+        copy
+    }
+
     /// Every chunk file in the cache.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();

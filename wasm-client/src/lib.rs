@@ -503,3 +503,15 @@ fn now_ms() -> f64 {
 pub fn sha256_hex(data: &[u8]) -> String {
     assetsync_protocol::Hash::of(data).to_hex()
 }
+
+/// Decodes one zstd frame with the decoder the client uses for compressed chunk batches, with
+/// `prefix` as the raw-content history it was compressed against (`zstd --patch-from`), refusing
+/// output over `maxLen` bytes: for tools, and for measuring the decoder in the browser benchmark.
+#[wasm_bindgen(js_name = zstdDecompress)]
+pub fn zstd_decompress(
+    frame: &[u8],
+    prefix: Option<Vec<u8>>,
+    #[wasm_bindgen(js_name = maxLen)] max_len: usize,
+) -> Result<Vec<u8>, JsError> {
+    assetsync_protocol::compress::decompress(frame, prefix.as_deref(), max_len).map_err(js_error)
+}
