@@ -48,9 +48,10 @@ impl Have {
 /// A set of chunk ids, each cut to its first `prefix` bytes.
 ///
 /// On the wire: `{"prefix": 6, "ids": "<base64 of the prefixes back to back>"}`, about 8 bytes
-/// per chunk instead of 67 for a hex id in JSON.
+/// per chunk instead of 67 for a hex id in JSON. Protocol 1's list of full hex ids is still
+/// accepted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "WireSet", into = "WireSet")]
+#[serde(try_from = "AnyWireSet", into = "WireSet")]
 pub struct ChunkSet {
     prefix: usize,
     ids: Vec<u8>,
@@ -63,10 +64,22 @@ struct WireSet {
     ids: String,
 }
 
-impl TryFrom<WireSet> for ChunkSet {
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyWireSet {
+    Compact(WireSet),
+    /// Protocol 1.
+    Full(Vec<ChunkId>),
+}
+
+impl TryFrom<AnyWireSet> for ChunkSet {
     type Error = String;
 
-    fn try_from(w: WireSet) -> Result<Self, String> {
+    fn try_from(w: AnyWireSet) -> Result<Self, String> {
+        let w = match w {
+            AnyWireSet::Compact(w) => w,
+            AnyWireSet::Full(ids) => return Ok(ChunkSet::with_prefix(ids, 32)),
+        };
         let prefix = usize::from(w.prefix);
         if !(1..=32).contains(&prefix) {
             return Err(format!("chunk id prefix of {prefix} bytes (need 1..=32)"));
@@ -158,7 +171,10 @@ mod tests {
         let json = serde_json::to_string(&set).unwrap();
         assert!(json.starts_with(r#"{"prefix":4,"ids":""#), "{json}");
         assert_eq!(serde_json::from_str::<ChunkSet>(&json).unwrap(), set);
+        let full = format!(r#"["{}"]"#, ids(1)[0]);
+        assert_eq!(serde_json::from_str::<ChunkSet>(&full).unwrap().matching(&ids(2)), ids(1));
         for bad in [
+            r#"["00"]"#,
             r#"{"prefix":0,"ids":""}"#,
             r#"{"prefix":33,"ids":""}"#,
             r#"{"prefix":4,"ids":"AAAAAAA"}"#,

@@ -33,6 +33,9 @@ pub use error::Error;
 pub use hash::Hash;
 pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
-pub use message::{ChunkFrame, ClientMessage, ErrorCode, Limits, PROTOCOL_VERSION, ServerMessage, Update};
+pub use message::{
+    ChunkFrame, ClientMessage, ErrorCode, Limits, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
+    Update,
+};
 pub use path::AssetPath;
 pub use plan::{ClientView, Plan, plan};

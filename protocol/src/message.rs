@@ -12,6 +12,10 @@ use crate::{ChunkParams, Error, Have, RecipeOp, VersionId};
 /// Bumped on any incompatible change to the messages or frames.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
+/// `have.chunks` as full hex ids; servers answer such clients as they expect.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
+
 /// Messages from client to server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

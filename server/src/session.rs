@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, PROTOCOL_VERSION, ServerMessage, compress,
-    plan,
+    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerMessage, compress, plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -40,8 +40,8 @@ pub(crate) async fn run(
     _permit: OwnedSemaphorePermit,
 ) {
     tracing::debug!("connected");
-    // Set by `hello`: whether the client decodes zstd batches.
-    let mut zstd: Option<bool> = None;
+    // Set by `hello`.
+    let mut peer_caps: Option<Peer> = None;
     let outcome = loop {
         let received = tokio::select! {
             () = state.shutdown.cancelled() => {
@@ -78,15 +78,15 @@ pub(crate) async fn run(
             Err(e) => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}")))
             }
-            Ok(ClientMessage::Hello { .. }) if zstd.is_some() => {
+            Ok(ClientMessage::Hello { .. }) if peer_caps.is_some() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"))
             }
             Ok(ClientMessage::Hello { protocol, agent, encodings }) => {
-                hello(&mut socket, &state, protocol, &agent, &encodings).await.map(|z| zstd = Some(z))
+                hello(&mut socket, &state, protocol, &agent, &encodings).await.map(|p| peer_caps = Some(p))
             }
-            Ok(ClientMessage::Sync { id, asset, have }) => match zstd {
+            Ok(ClientMessage::Sync { id, asset, have }) => match peer_caps {
                 None => Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello")),
-                Some(zstd) => sync(&mut socket, &state, zstd, Request { id, asset: &asset, have }).await,
+                Some(peer) => sync(&mut socket, &state, peer, Request { id, asset: &asset, have }).await,
             },
         };
         if let Err(fatal) = result {
@@ -119,31 +119,41 @@ pub(crate) async fn run(
     }
 }
 
-/// Checks the client's protocol version and answers `welcome`. Returns whether the client
-/// decodes zstd-compressed batches.
+/// What `hello` established about the client.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// The protocol version both ends speak.
+    protocol: u32,
+    /// Whether the client decodes zstd-compressed batches.
+    zstd: bool,
+}
+
+/// Checks the client's protocol version and answers `welcome` with the version both speak.
 async fn hello(
     socket: &mut WebSocket,
     state: &AppState,
     protocol: u32,
     agent: &str,
     encodings: &[String],
-) -> Result<bool, Fatal> {
-    if protocol != PROTOCOL_VERSION {
+) -> Result<Peer, Fatal> {
+    if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
         return Err(Fatal::new(
             ErrorCode::ProtocolVersion,
             close_code::PROTOCOL,
-            format!("client speaks protocol {protocol}, this server speaks {PROTOCOL_VERSION}"),
+            format!(
+                "client speaks protocol {protocol}, this server speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
         ));
     }
     let zstd = state.compress && encodings.iter().any(|e| e == compress::ZSTD);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), zstd, "hello");
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, "hello");
     let welcome = ServerMessage::Welcome {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
         limits: state.limits.announced(),
         encodings: if zstd { vec![compress::ZSTD.to_owned()] } else { Vec::new() },
     };
-    send_json(socket, &welcome).await.map(|()| zstd)
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd })
 }
 
 /// One `sync` request.
@@ -158,7 +168,7 @@ struct Request<'a> {
 async fn sync(
     socket: &mut WebSocket,
     state: &AppState,
-    zstd: bool,
+    peer: Peer,
     request: Request<'_>,
 ) -> Result<(), Fatal> {
     let Request { id, asset, have } = request;
@@ -187,7 +197,8 @@ async fn sync(
         }
     };
     let (base, held) = state.index.resolve_have(&have, &current.manifest);
-    if !have.versions.is_empty() && base.as_ref().is_none_or(|(i, _)| *i != 0) && have.chunks.is_empty() {
+    let own_version_unknown = base.as_ref().is_none_or(|(i, _)| *i != 0);
+    if peer.protocol >= 2 && !have.versions.is_empty() && own_version_unknown && have.chunks.is_empty() {
         // The client's own version (listed first) is one this server never saw or has
         // forgotten (a restart drops them all): its chunk list costs far less than resending
         // the chunks it holds.
@@ -198,7 +209,7 @@ async fn sync(
         ClientView { base: base.as_ref().map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held: &held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
-        ServerMessage::Update(update) if zstd && !answer.send.is_empty() => {
+        ServerMessage::Update(update) if peer.zstd && !answer.send.is_empty() => {
             let encoded = state.encoder.encode(&current, &answer.send, base_file).await;
             update.dict = encoded.prefixed;
             Some(encoded)

@@ -176,3 +176,23 @@ async fn connections_over_the_limit_are_refused_and_others_continue() {
     assert!(last.is_some(), "connection slot was never released");
     server.stop().await;
 }
+
+/// Tabs still running an older client keep working after a server upgrade.
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_1_clients_are_still_served() {
+    let server = TestServer::start().await;
+    server.write("a.txt", b"hello");
+    let mut raw = Raw::connect(&server).await;
+    raw.send_text(r#"{"type":"hello","protocol":1,"agent":"old"}"#).await;
+    assert_eq!(raw.json().await["protocol"], 1);
+    let unknown = "0".repeat(64);
+    // Protocol 1 knows no `unknown_base`, and lists chunks as full hex ids.
+    for have in [format!(r#"{{"versions":["{unknown}"]}}"#), format!(r#"{{"chunks":["{unknown}"]}}"#)] {
+        raw.send_text(&format!(r#"{{"type":"sync","id":1,"asset":"a.txt","have":{have}}}"#)).await;
+        let answer = raw.json().await;
+        assert_eq!(answer["type"], "update", "{answer}");
+        assert!(matches!(raw.next().await, Some(Message::Binary(_))));
+    }
+    still_serving(&server).await;
+    server.stop().await;
+}
