@@ -37,5 +37,5 @@ pub use message::{
     ChunkFrame, ClientMessage, ErrorCode, Limits, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
     Update,
 };
-pub use path::AssetPath;
+pub use path::{AssetPath, Scope};
 pub use plan::{ClientView, Plan, plan};

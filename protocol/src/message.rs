@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkParams, Error, Have, RecipeOp, VersionId};
+use crate::{AssetPath, ChunkParams, Error, Have, RecipeOp, VersionId};
 
 /// Bumped on any incompatible change to the messages or frames.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -42,6 +42,14 @@ pub enum ClientMessage {
         #[serde(default)]
         have: Have,
     },
+    /// Asks to be sent `changed` whenever an asset in `path` changes on the server: an asset,
+    /// a folder ending in `/`, or `""` for every asset. Answered by `subscribed` (or `error`).
+    Subscribe {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The [`crate::Scope`], as a string so that a bad one is answered with its request id.
+        path: String,
+    },
 }
 
 /// Messages from server to client.
@@ -75,6 +83,19 @@ pub enum ServerMessage {
     UnknownBase {
         /// The request id.
         id: u32,
+    },
+    /// The subscription `id` is in place: changes from now on are announced.
+    Subscribed {
+        /// The request id.
+        id: u32,
+    },
+    /// Pushed to subscribers, between answers, when an asset changed on the server and has
+    /// been indexed: the client syncs it as usual.
+    Changed {
+        /// The asset.
+        asset: AssetPath,
+        /// Its new version, or `None` when the file was removed.
+        version: Option<VersionId>,
     },
     /// A request failed (`id` set) or the connection is being closed (`id` absent).
     Error {
@@ -138,6 +159,8 @@ pub enum ErrorCode {
     UnknownAsset,
     /// The server failed to read or index the asset.
     Internal,
+    /// The server does not offer what was asked (for example `subscribe` without watching).
+    Unsupported,
 }
 
 const KIND_CHUNK: u8 = 1;

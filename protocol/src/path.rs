@@ -61,6 +61,50 @@ impl AssetPath {
     }
 }
 
+/// What a subscription covers: every asset (`""`), a folder and everything below it (`"dist/"`),
+/// or one asset (`"dist/app.js"`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every asset under the root.
+    All,
+    /// The assets below a folder.
+    Folder(AssetPath),
+    /// One asset.
+    Asset(AssetPath),
+}
+
+impl Scope {
+    /// Parses the wire form; a folder ends with `/`.
+    pub fn new(s: &str) -> Result<Self, Error> {
+        Ok(match s.strip_suffix('/') {
+            _ if s.is_empty() => Scope::All,
+            Some(folder) => Scope::Folder(AssetPath::new(folder)?),
+            None => Scope::Asset(AssetPath::new(s)?),
+        })
+    }
+
+    /// Whether `asset` is inside the scope.
+    pub fn covers(&self, asset: &AssetPath) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Folder(folder) => {
+                asset.as_str().strip_prefix(folder.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            }
+            Scope::Asset(one) => one == asset,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::All => Ok(()),
+            Scope::Folder(folder) => write!(f, "{}/", folder.as_str()),
+            Scope::Asset(asset) => f.write_str(asset.as_str()),
+        }
+    }
+}
+
 fn truncate(s: &str) -> String {
     let mut out: String = s.chars().take(120).collect();
     out = out.escape_debug().to_string();
@@ -89,6 +133,21 @@ impl<'de> Deserialize<'de> for AssetPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_cover_what_they_name() {
+        let a = |s| AssetPath::new(s).unwrap();
+        assert!(Scope::new("").unwrap().covers(&a("x/y.js")));
+        let dist = Scope::new("dist/").unwrap();
+        assert!(dist.covers(&a("dist/app.js")) && dist.covers(&a("dist/js/app.js")));
+        assert!(!dist.covers(&a("dist")) && !dist.covers(&a("distant/app.js")));
+        let one = Scope::new("dist/app.js").unwrap();
+        assert!(one.covers(&a("dist/app.js")) && !one.covers(&a("dist/app.json")));
+        assert_eq!(dist.to_string(), "dist/");
+        for bad in ["/", "../", "a//", "/abs"] {
+            assert!(Scope::new(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn accepts_ordinary_paths() {

@@ -164,6 +164,27 @@ impl Cache {
         Ok(())
     }
 
+    /// Removes `asset` (gone from the server): deletes `out` if given, then drops the asset's
+    /// pointer. Its chunks become garbage for [`Cache::gc`].
+    pub fn remove(&mut self, asset: &AssetPath, out: Option<&Path>) -> anyhow::Result<()> {
+        if let Some(path) = out {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot delete {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        let mut refs = self.refs.clone();
+        if refs.remove(asset.as_str()).is_some() {
+            let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
+            self.write_atomic(&self.dir.join("refs.json"), &json, true)
+                .context("cannot update cache refs.json")?;
+            self.refs = refs;
+        }
+        Ok(())
+    }
+
     fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
         let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
         let result = write_and_rename(&tmp, path, data, durable);

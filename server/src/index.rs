@@ -154,12 +154,30 @@ impl AssetIndex {
             Ok(None) => Ok(slot.current.clone().expect("unchanged implies indexed")),
             Err(e) => {
                 // Forget a vanished file so that the slot map does not grow with bad names.
-                if slot.current.is_none() {
+                if slot.current.is_none() && slot.history.is_empty() {
                     self.slots.lock().expect("poisoned").remove(asset);
                 }
                 Err(e)
             }
         }
+    }
+
+    /// The assets indexed so far, including removed ones whose versions are still remembered.
+    pub fn assets(&self) -> Vec<AssetPath> {
+        self.slots.lock().expect("poisoned").keys().cloned().collect()
+    }
+
+    /// The current version of `asset` as last indexed, without looking at the file.
+    pub async fn peek(&self, asset: &AssetPath) -> Option<VersionId> {
+        let slot = self.slots.lock().expect("poisoned").get(asset).cloned()?;
+        slot.lock().await.current.as_ref().map(|c| c.version)
+    }
+
+    /// Marks `asset`, whose file is gone, as no longer current (its versions stay remembered as
+    /// delta bases, within `keep_versions`). Returns whether it was current.
+    pub async fn forget(&self, asset: &AssetPath) -> bool {
+        let Some(slot) = self.slots.lock().expect("poisoned").get(asset).cloned() else { return false };
+        slot.lock().await.current.take().is_some()
     }
 
     fn remember(&self, slot: &mut Slot, fresh: &Arc<Indexed>) {

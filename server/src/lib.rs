@@ -1,7 +1,8 @@
 //! assetsync's server and native client.
 //!
 //! - [`server`]: the axum app (`/sync` WebSocket endpoint plus static files) and [`server::run`].
-//! - [`session`]: one WebSocket connection, answering `sync` requests in order.
+//! - [`session`]: one WebSocket connection, answering requests in order and pushing changes.
+//! - [`watch`]: watches the root, re-indexes changed assets once and announces them.
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
@@ -18,5 +19,6 @@ pub mod index;
 pub mod pull;
 pub mod server;
 mod session;
+pub mod watch;
 
 pub use server::{ServeConfig, SessionLimits, run};

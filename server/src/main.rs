@@ -10,7 +10,7 @@ use anyhow::Context;
 use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
-use assetsync::pull::{PullConfig, pull};
+use assetsync::pull::{FollowEvent, PullConfig, PullReport, follow, pull};
 use assetsync::{ServeConfig, SessionLimits};
 use assetsync_protocol::{AssetPath, ChunkParams};
 use clap::{Parser, Subcommand};
@@ -82,6 +82,14 @@ struct ServeArgs {
     /// Close connections idle for this many seconds
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Do not watch --root: subscriptions are refused, and changes are noticed only by the next
+    /// sync of each asset
+    #[arg(long)]
+    no_watch: bool,
+    /// How long a changed file must stay untouched before it is re-indexed and pushed
+    /// (rebuilds write in bursts)
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    quiet_ms: u64,
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
     no_compress: bool,
@@ -109,6 +117,10 @@ struct PullArgs {
     /// Print one JSON object per asset
     #[arg(long)]
     json: bool,
+    /// Keep running: pull each asset again whenever the server announces a change (and delete
+    /// it from OUT when it is removed), reconnecting with backoff when the server goes away
+    #[arg(long)]
+    follow: bool,
     /// Asset paths relative to the server root, e.g. js/app.js
     #[arg(required = true)]
     assets: Vec<String>,
@@ -139,7 +151,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let assets = args.assets.iter().map(|a| AssetPath::new(a)).collect::<Result<Vec<_>, _>>()?;
             let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out) };
             let json = args.json;
-            pull(&config, &assets, |r| {
+            let print = |r: &PullReport| {
                 if json {
                     println!("{}", serde_json::to_string(r).expect("reports serialise"));
                 } else {
@@ -154,9 +166,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         r.elapsed_ms
                     );
                 }
+            };
+            if !args.follow {
+                return pull(&config, &assets, print).await.map(drop);
+            }
+            follow(&config, &assets, |event| {
+                if json {
+                    return println!("{}", serde_json::to_string(event).expect("events serialise"));
+                }
+                match event {
+                    FollowEvent::Pulled(r) => print(r),
+                    FollowEvent::Removed { asset } => println!("{asset}: removed"),
+                    FollowEvent::Failed { asset, error } => eprintln!("{asset}: {error}"),
+                    FollowEvent::Disconnected { error, retry_ms } => {
+                        eprintln!("connection lost ({error}); retrying in {retry_ms} ms")
+                    }
+                }
             })
-            .await?;
-            Ok(())
+            .await
         }
         Command::Gc { cache, json } => {
             let report = tokio::task::spawn_blocking(move || Cache::open(&cache)?.gc()).await??;
@@ -196,6 +223,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         encode: (!args.no_compress)
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
+        watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

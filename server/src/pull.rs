@@ -1,6 +1,7 @@
 //! The native client: drives [`assetsync_protocol::ClientSync`] over tokio-tungstenite and
 //! commits verified results to a [`Cache`] and an output folder.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, Scope, VersionId, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
     PROTOCOL_VERSION, ServerMessage, Synced, compress,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -90,6 +91,116 @@ pub async fn pull(
     result.map(|()| reports)
 }
 
+/// What `pull --follow` reports.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FollowEvent {
+    /// An asset was synced and written.
+    Pulled(PullReport),
+    /// An asset is gone from the server: deleted from `--out` and the cache's pointers.
+    Removed {
+        /// The asset path.
+        asset: String,
+    },
+    /// An asset could not be synced; the others go on.
+    Failed {
+        /// The asset path.
+        asset: String,
+        /// Why.
+        error: String,
+    },
+    /// The connection is down; the next attempt is in `retry_ms`.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// Wait before reconnecting.
+        retry_ms: u64,
+    },
+}
+
+/// First wait before reconnecting; doubled after each failed attempt, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Pulls `assets`, then keeps the connection: each time the server announces that one changed,
+/// pulls it again (or deletes it from `out` when it is gone). When the connection is lost it
+/// reconnects with exponential backoff and pulls everything again, so nothing announced while
+/// it was away is missed. Runs until an error that retrying cannot fix (a cache it cannot open
+/// or write).
+pub async fn follow(
+    config: &PullConfig,
+    assets: &[AssetPath],
+    mut report: impl FnMut(&FollowEvent),
+) -> anyhow::Result<()> {
+    let mut cache = Cache::open(&config.cache)?;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut connected = false;
+        let error = match follow_once(config, &mut cache, assets, &mut report, &mut connected).await {
+            Ok(never) => match never {},
+            Err(Lost(e)) => e,
+            Err(Fatal(e)) => return Err(e),
+        };
+        if connected {
+            backoff = FIRST_BACKOFF;
+        }
+        let retry_ms = backoff.as_millis() as u64;
+        report(&FollowEvent::Disconnected { error: format!("{error:#}"), retry_ms });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
+#[derive(Debug)]
+struct CommitFailed;
+
+impl std::fmt::Display for CommitFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot commit the verified version")
+    }
+}
+
+/// How one connection of [`follow`] ended.
+enum FollowEnd {
+    /// The connection failed or was lost: reconnect.
+    Lost(anyhow::Error),
+    /// Retrying cannot help.
+    Fatal(anyhow::Error),
+}
+use FollowEnd::{Fatal, Lost};
+
+async fn follow_once(
+    config: &PullConfig,
+    cache: &mut Cache,
+    assets: &[AssetPath],
+    report: &mut impl FnMut(&FollowEvent),
+    connected: &mut bool,
+) -> Result<std::convert::Infallible, FollowEnd> {
+    let mut conn = Connection::open(&config.server).await.map_err(Lost)?;
+    // Subscribed before the first pull, so that a change during it is not missed.
+    for asset in assets {
+        conn.subscribe(&Scope::Asset(asset.clone())).await.map_err(Lost)?;
+    }
+    *connected = true;
+    for asset in assets {
+        conn.follow_pull(cache, asset, config, report).await?;
+    }
+    loop {
+        let (asset, version) = conn.change().await.map_err(Lost)?;
+        match version {
+            Some(version) if cache.current(&asset).is_some_and(|m| m.version() == version) => {}
+            Some(_) => conn.follow_pull(cache, &asset, config, report).await?,
+            None => {
+                let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+                cache.remove(&asset, out.as_deref()).map_err(Fatal)?;
+                report(&FollowEvent::Removed { asset: asset.to_string() });
+            }
+        }
+    }
+}
+
 /// Byte counters shared with the [`Counted`] stream.
 #[derive(Default)]
 struct Counters {
@@ -140,6 +251,8 @@ struct Connection {
     ws: WebSocketStream<Counted<TcpStream>>,
     counters: Arc<Counters>,
     next_id: u32,
+    /// `changed` pushes that arrived while an answer was being read.
+    changes: VecDeque<(AssetPath, Option<VersionId>)>,
 }
 
 impl Connection {
@@ -166,7 +279,7 @@ impl Connection {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        let mut conn = Connection { ws, counters, next_id: 1 };
+        let mut conn = Connection { ws, counters, next_id: 1, changes: VecDeque::new() };
         let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
         let encodings = vec![compress::ZSTD.to_owned()];
         conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings }).await?;
@@ -184,7 +297,55 @@ impl Connection {
         self.ws.send(Message::text(text)).await.context("connection lost while sending")
     }
 
+    /// The next message of an answer; `changed` pushes are set aside for [`Connection::change`].
     async fn recv(&mut self) -> anyhow::Result<Incoming> {
+        loop {
+            match self.recv_any().await? {
+                Incoming::Control(ServerMessage::Changed { asset, version }) => {
+                    self.changes.push_back((asset, version));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Subscribes to changes of `scope`.
+    async fn subscribe(&mut self, scope: &Scope) -> anyhow::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
+        match self.recv().await? {
+            Incoming::Control(ServerMessage::Subscribed { id: got }) if got == id => Ok(()),
+            Incoming::Control(ServerMessage::Error { message, .. }) => {
+                bail!("server refused to watch {scope}: {message}")
+            }
+            other => bail!("unexpected answer to subscribe: {other:?}"),
+        }
+    }
+
+    /// The next announced change, waiting for one. Of several changes to one asset, only the
+    /// last is returned.
+    async fn change(&mut self) -> anyhow::Result<(AssetPath, Option<VersionId>)> {
+        loop {
+            if let Some((asset, version)) = self.changes.pop_front() {
+                if !self.changes.iter().any(|(a, _)| *a == asset) {
+                    return Ok((asset, version));
+                }
+                continue;
+            }
+            match self.recv_any().await? {
+                Incoming::Control(ServerMessage::Changed { asset, version }) => {
+                    self.changes.push_back((asset, version));
+                }
+                Incoming::Control(ServerMessage::Error { id: None, message, .. }) => {
+                    bail!("server closed the connection: {message}")
+                }
+                other => bail!("unexpected message while waiting for changes: {other:?}"),
+            }
+        }
+    }
+
+    async fn recv_any(&mut self) -> anyhow::Result<Incoming> {
         loop {
             let message = match self.ws.next().await {
                 None => bail!("connection lost: the server closed the socket"),
@@ -208,6 +369,26 @@ impl Connection {
 
     async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// [`Connection::pull_one`] for [`follow`]: a request the server refused (an asset not there
+    /// yet, say) is reported and the connection goes on.
+    async fn follow_pull(
+        &mut self,
+        cache: &mut Cache,
+        asset: &AssetPath,
+        config: &PullConfig,
+        report: &mut impl FnMut(&FollowEvent),
+    ) -> Result<(), FollowEnd> {
+        match self.pull_one(cache, asset, config).await {
+            Ok(r) => report(&FollowEvent::Pulled(r)),
+            Err(e) if matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Server { .. })) => {
+                report(&FollowEvent::Failed { asset: asset.to_string(), error: format!("{e:#}") });
+            }
+            Err(e) if e.downcast_ref::<CommitFailed>().is_some() => return Err(Fatal(e)),
+            Err(e) => return Err(Lost(e)),
+        }
+        Ok(())
     }
 
     fn wire(&self) -> (u64, u64) {
@@ -248,12 +429,9 @@ impl Connection {
             }
         };
         let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-        cache.commit(
-            &synced.manifest,
-            synced.version,
-            &synced.received,
-            out.as_deref().map(|p| (p, &synced.data[..])),
-        )?;
+        cache
+            .commit(&synced.manifest, synced.version, &synced.received, out.as_deref().map(|p| (p, &synced.data[..])))
+            .context(CommitFailed)?;
         let (in1, out1) = self.wire();
         Ok(PullReport {
             asset: asset.to_string(),

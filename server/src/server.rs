@@ -1,4 +1,5 @@
-//! The axum application: `/sync` WebSocket endpoint, static files, limits and graceful shutdown.
+//! The axum application: `/sync` WebSocket endpoint, static files, the root watcher, limits and
+//! graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
 use crate::index::{AssetIndex, IndexConfig};
 use crate::session;
+use crate::watch::{self, Hub};
 
 /// Everything `assetsync serve` can be told.
 #[derive(Clone, Debug)]
@@ -44,6 +46,9 @@ pub struct ServeConfig {
     pub encode: Option<EncodeConfig>,
     /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
     pub demo: Option<Arc<Demo>>,
+    /// Watch the root and push changes to subscribers once a changed file has been quiet for
+    /// this long (`None`: no watching; changes are still noticed by the next `sync`).
+    pub watch: Option<Duration>,
 }
 
 /// Limits that apply to each WebSocket connection.
@@ -81,13 +86,17 @@ impl Default for ServeConfig {
             max_connections: 4096,
             encode: Some(EncodeConfig::default()),
             demo: None,
+            watch: Some(Duration::from_millis(100)),
         }
     }
 }
 
 /// State shared by all connections.
 pub struct AppState {
-    pub(crate) index: AssetIndex,
+    pub(crate) index: Arc<AssetIndex>,
+    pub(crate) hub: Arc<Hub>,
+    /// Whether the root is watched, so that subscriptions mean something.
+    pub(crate) watching: bool,
     pub(crate) encoder: Encoder,
     /// Whether to offer zstd to clients that can decode it.
     pub(crate) compress: bool,
@@ -147,15 +156,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
-    let index = AssetIndex::new(IndexConfig {
+    let index = Arc::new(AssetIndex::new(IndexConfig {
         root: config.root,
         params: config.params,
         keep_versions: config.keep_versions,
         max_asset_bytes: config.max_asset_bytes,
-    })?;
+    })?);
     tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
     let state = Arc::new(AppState {
         index,
+        hub: Arc::new(Hub::new()),
+        watching: config.watch.is_some(),
         encoder: Encoder::new(config.encode.unwrap_or_default()),
         compress: config.encode.is_some(),
         limits: config.limits,
@@ -163,6 +174,9 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
+    if let Some(quiet) = config.watch {
+        watch::start(state.index.clone(), state.hub.clone(), quiet, state.shutdown.clone())?;
+    }
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let router = app(state, config.www, config.demo);

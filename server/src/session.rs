@@ -6,16 +6,18 @@ use std::time::Instant;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    ServerMessage, compress, plan,
+    Scope, ServerMessage, compress, plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::encode::Batch;
 use crate::index::IndexError;
 use crate::server::AppState;
+use crate::watch::Hub;
 
 /// Why a session ends early: sent as an `error` message, then a close frame.
 struct Fatal {
@@ -42,14 +44,43 @@ pub(crate) async fn run(
     tracing::debug!("connected");
     // Set by `hello`.
     let mut peer_caps: Option<Peer> = None;
+    let mut subscriptions = Subscriptions { hub: state.hub.clone(), scopes: Vec::new() };
+    let mut changes = state.hub.listen();
+    // A subscribed client may rightly be silent for hours: an idle period earns it a ping, and
+    // only a second one in a row (no pong) ends the session.
+    let mut pinged = false;
     let outcome = loop {
         let received = tokio::select! {
             () = state.shutdown.cancelled() => {
                 break Err(Fatal::new(ErrorCode::Internal, close_code::AWAY, "server is shutting down"));
             }
+            change = changes.recv(), if !subscriptions.scopes.is_empty() => {
+                let change = match change {
+                    Ok(change) => change,
+                    Err(RecvError::Lagged(n)) => {
+                        let why = format!("fell {n} changes behind; reconnect and sync again");
+                        break Err(Fatal::new(ErrorCode::Internal, close_code::AGAIN, why));
+                    }
+                    Err(RecvError::Closed) => continue,
+                };
+                if subscriptions.scopes.iter().any(|s| s.covers(&change.asset)) {
+                    let message = ServerMessage::Changed { asset: change.asset.clone(), version: change.version };
+                    if let Err(fatal) = send_json(&mut socket, &message).await {
+                        break Err(fatal);
+                    }
+                }
+                continue;
+            }
             r = tokio::time::timeout(state.limits.idle_timeout, socket.recv()) => r,
         };
         let message = match received {
+            Err(_) if !subscriptions.scopes.is_empty() && !pinged => {
+                pinged = true;
+                if let Err(fatal) = socket.send(Message::Ping(Default::default())).await.map_err(gone) {
+                    break Err(fatal);
+                }
+                continue;
+            }
             Err(_) => break Err(Fatal::new(ErrorCode::BadMessage, close_code::POLICY, "idle timeout")),
             Ok(None) => break Ok(()),
             Ok(Some(Err(e))) => {
@@ -62,6 +93,7 @@ pub(crate) async fn run(
             }
             Ok(Some(Ok(m))) => m,
         };
+        pinged = false;
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -84,10 +116,16 @@ pub(crate) async fn run(
             Ok(ClientMessage::Hello { protocol, agent, encodings }) => {
                 hello(&mut socket, &state, protocol, &agent, &encodings).await.map(|p| peer_caps = Some(p))
             }
-            Ok(ClientMessage::Sync { id, asset, have }) => match peer_caps {
-                None => Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "sync before hello")),
-                Some(peer) => sync(&mut socket, &state, peer, Request { id, asset: &asset, have }).await,
-            },
+            Ok(_) if peer_caps.is_none() => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
+            }
+            Ok(ClientMessage::Sync { id, asset, have }) => {
+                let peer = peer_caps.expect("checked above");
+                sync(&mut socket, &state, peer, Request { id, asset: &asset, have }).await
+            }
+            Ok(ClientMessage::Subscribe { id, path }) => {
+                subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
+            }
         };
         if let Err(fatal) = result {
             break Err(fatal);
@@ -117,6 +155,50 @@ pub(crate) async fn run(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
         }
     }
+}
+
+/// Most subscriptions per connection.
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+/// A session's subscriptions, counted in the hub while the session lives.
+struct Subscriptions {
+    hub: Arc<Hub>,
+    scopes: Vec<Scope>,
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for scope in &self.scopes {
+            self.hub.remove(scope);
+        }
+    }
+}
+
+/// Answers `subscribe`: from now on, changes inside `path` are pushed as `changed`.
+async fn subscribe(
+    socket: &mut WebSocket,
+    state: &AppState,
+    subscriptions: &mut Subscriptions,
+    id: u32,
+    path: &str,
+) -> Result<(), Fatal> {
+    let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
+    let scope = match Scope::new(path) {
+        Ok(scope) => scope,
+        Err(e) => return send_json(socket, &refuse(ErrorCode::BadPath, e.to_string())).await,
+    };
+    if !state.watching {
+        let message = "this server does not watch its files (it runs with --no-watch)".to_owned();
+        return send_json(socket, &refuse(ErrorCode::Unsupported, message)).await;
+    }
+    if subscriptions.scopes.len() >= MAX_SUBSCRIPTIONS {
+        let message = format!("more than {MAX_SUBSCRIPTIONS} subscriptions on one connection");
+        return send_json(socket, &refuse(ErrorCode::TooLarge, message)).await;
+    }
+    tracing::debug!(%scope, "subscribed");
+    state.hub.add(&scope);
+    subscriptions.scopes.push(scope);
+    send_json(socket, &ServerMessage::Subscribed { id }).await
 }
 
 /// What `hello` established about the client.

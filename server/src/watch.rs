@@ -1,0 +1,206 @@
+//! Watching `--root`: each changed asset is re-indexed once, after its file has been quiet for a
+//! moment, and every session subscribed to it is told.
+//!
+//! Build tools write in bursts, often to a temporary file that is then renamed. The debouncer
+//! reports a path only once no event has touched it for the quiet time, so a burst of writes
+//! becomes one re-index; the index's own read check (size, mtime and inode unchanged across the
+//! read) keeps a file that is still being written from being indexed torn. Only files that are
+//! already indexed or inside someone's subscription are indexed here: a watched root full of
+//! files nobody asked for costs nothing but events.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assetsync_protocol::{AssetPath, Scope, VersionId};
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, Debouncer, new_debouncer};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::index::{AssetIndex, IndexError};
+
+/// Most files a directory event is expanded to (a folder renamed into the root).
+const MAX_FILES_PER_EVENT: usize = 100_000;
+
+/// An asset that changed on disk and has been re-indexed.
+#[derive(Debug)]
+pub struct Change {
+    /// The asset.
+    pub asset: AssetPath,
+    /// Its new version; `None` when the file is gone.
+    pub version: Option<VersionId>,
+}
+
+/// Where changes fan out to the sessions. One change is one `Arc`, however many sessions
+/// receive it.
+pub struct Hub {
+    changes: broadcast::Sender<Arc<Change>>,
+    /// Every session's subscriptions, counted, so the watcher knows which files to index.
+    scopes: Mutex<HashMap<Scope, usize>>,
+}
+
+impl Hub {
+    /// Changes a session may fall behind by before it is closed (and its client resyncs).
+    const BACKLOG: usize = 16_384;
+
+    /// A hub with no subscriptions.
+    pub fn new() -> Self {
+        Hub { changes: broadcast::channel(Self::BACKLOG).0, scopes: Mutex::default() }
+    }
+
+    /// Every change announced from now on.
+    pub fn listen(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// Counts a session's subscription.
+    pub fn add(&self, scope: &Scope) {
+        *self.scopes.lock().expect("poisoned").entry(scope.clone()).or_default() += 1;
+    }
+
+    /// Forgets one count of `scope`.
+    pub fn remove(&self, scope: &Scope) {
+        let mut scopes = self.scopes.lock().expect("poisoned");
+        if let Some(n) = scopes.get_mut(scope) {
+            *n -= 1;
+            if *n == 0 {
+                scopes.remove(scope);
+            }
+        }
+    }
+
+    fn wanted(&self, asset: &AssetPath) -> bool {
+        self.scopes.lock().expect("poisoned").keys().any(|s| s.covers(asset))
+    }
+
+    fn announce(&self, change: Change) {
+        tracing::info!(asset = %change.asset, removed = change.version.is_none(), "changed");
+        // No receiver is not an error: nobody is connected.
+        let _ = self.changes.send(Arc::new(change));
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts watching `index`'s root, re-indexing changed assets and announcing them on `hub`,
+/// until `shutdown`. Fails at once if the root cannot be watched (for example, inotify's watch
+/// limit reached).
+pub fn start(
+    index: Arc<AssetIndex>,
+    hub: Arc<Hub>,
+    quiet: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(quiet, move |events: DebounceEventResult| {
+        let _ = tx.send(events);
+    })?;
+    debouncer.watcher().watch(index.root(), RecursiveMode::Recursive).map_err(|e| {
+        anyhow::anyhow!("cannot watch {}: {e} (run with --no-watch to serve without)", index.root().display())
+    })?;
+    tokio::spawn(run(debouncer, rx, index, hub, shutdown));
+    Ok(())
+}
+
+async fn run(
+    // Owned here: dropping it stops the watcher thread.
+    _debouncer: Debouncer<RecommendedWatcher>,
+    mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
+    index: Arc<AssetIndex>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => return,
+            batch = events.recv() => match batch {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "file watcher error");
+                continue;
+            }
+        };
+        // A path still being written to is reported again once it has gone quiet.
+        let paths: Vec<PathBuf> =
+            batch.into_iter().filter(|e| e.kind == DebouncedEventKind::Any).map(|e| e.path).collect();
+        let root = index.root().to_path_buf();
+        let known = index.assets();
+        let candidates = tokio::task::spawn_blocking(move || {
+            let mut out = BTreeSet::new();
+            for path in paths {
+                out.extend(assets_at(&root, &path, &known));
+            }
+            out
+        })
+        .await
+        .expect("walking task panicked");
+        for asset in candidates {
+            if hub.wanted(&asset) || index.peek(&asset).await.is_some() {
+                refresh(&index, &hub, asset).await;
+            }
+        }
+    }
+}
+
+/// Re-indexes `asset` and announces it if its version changed or it is gone.
+async fn refresh(index: &AssetIndex, hub: &Hub, asset: AssetPath) {
+    let before = index.peek(&asset).await;
+    match index.current(&asset).await {
+        Ok(now) if before != Some(now.version) => hub.announce(Change { asset, version: Some(now.version) }),
+        Ok(_) => {}
+        Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {
+            if index.forget(&asset).await {
+                hub.announce(Change { asset, version: None });
+            }
+        }
+        Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
+    }
+}
+
+/// The assets an event at `path` may concern: the file itself, every file below it if it is a
+/// directory (one renamed into the root), and every `known` asset below it (one deleted).
+fn assets_at(root: &Path, path: &Path, known: &[AssetPath]) -> Vec<AssetPath> {
+    let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()).filter(|r| !r.is_empty()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<AssetPath> = known
+        .iter()
+        .filter(|a| a.as_str().strip_prefix(rel).is_some_and(|rest| rest.starts_with('/')))
+        .cloned()
+        .collect();
+    // Not following symlinks here: the index confines whatever it is asked for.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let mut stack = vec![path.to_path_buf()];
+            let mut files = 0;
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let Ok(kind) = entry.file_type() else { continue };
+                    if kind.is_dir() {
+                        stack.push(entry.path());
+                    } else if files < MAX_FILES_PER_EVENT {
+                        files += 1;
+                        out.extend(asset_of(root, &entry.path()));
+                    }
+                }
+            }
+        }
+        _ => out.extend(asset_of(root, path)),
+    }
+    out
+}
+
+fn asset_of(root: &Path, path: &Path) -> Option<AssetPath> {
+    AssetPath::new(path.strip_prefix(root).ok()?.to_str()?).ok()
+}
