@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, Scope, VersionId, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
-    PROTOCOL_VERSION, ServerMessage, Synced, compress,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
+    PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -430,7 +430,12 @@ impl Connection {
         };
         let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
         cache
-            .commit(&synced.manifest, synced.version, &synced.received, out.as_deref().map(|p| (p, &synced.data[..])))
+            .commit(
+                &synced.manifest,
+                synced.version,
+                &synced.received,
+                out.as_deref().map(|p| (p, &synced.data[..])),
+            )
             .context(CommitFailed)?;
         let (in1, out1) = self.wire();
         Ok(PullReport {

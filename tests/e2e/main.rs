@@ -5,3 +5,4 @@ mod cache;
 mod cli;
 mod sync;
 mod util;
+mod watch;

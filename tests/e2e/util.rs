@@ -32,11 +32,25 @@ impl TestServer {
         let mut config = ServeConfig { root: root.path().to_path_buf(), ..ServeConfig::default() };
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn(listener, root, config)
+    }
+
+    fn spawn(listener: tokio::net::TcpListener, root: tempfile::TempDir, config: ServeConfig) -> Self {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(run(listener, config, async move { token.cancelled().await }));
         TestServer { addr, root, stop, task: Some(task) }
+    }
+
+    /// Stops the server and starts a new one (knowing nothing) on the same address and root.
+    pub async fn restart(mut self) -> Self {
+        self.stop.cancel();
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let config = ServeConfig { root: self.root.path().to_path_buf(), ..ServeConfig::default() };
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        Self::spawn(listener, root, config)
     }
 
     pub fn url(&self) -> String {
@@ -48,6 +62,14 @@ impl TestServer {
         let path = self.root.path().join(asset);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, data).unwrap();
+    }
+
+    /// Writes a file the way build tools do: a temporary file, then a rename over the old one.
+    pub fn replace(&self, asset: &str, data: &[u8]) {
+        let path = self.root.path().join(asset);
+        let tmp = path.with_extension("tmp~");
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(tmp, path).unwrap();
     }
 
     /// Stops the server and waits for it, checking that it shut down cleanly.

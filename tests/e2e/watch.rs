@@ -1,0 +1,144 @@
+//! Live push: the server watches its root and subscribed clients follow every change.
+
+use std::time::Duration;
+
+use assetsync::pull::{FollowEvent, PullConfig, follow};
+use assetsync_protocol::AssetPath;
+use tokio::sync::mpsc;
+
+use crate::util::{TestClient, TestServer, random_bytes};
+
+/// A native client running `pull --follow` in the background, its events on a channel.
+struct Follower {
+    client: TestClient,
+    events: mpsc::UnboundedReceiver<FollowEvent>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Follower {
+    fn start(server: &TestServer, assets: &[&str]) -> Self {
+        let client = TestClient::new();
+        let config = PullConfig {
+            server: server.url(),
+            cache: client.cache(),
+            out: Some(client.dir.path().join("out")),
+        };
+        let assets: Vec<AssetPath> = assets.iter().map(|a| AssetPath::new(a).unwrap()).collect();
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            follow(&config, &assets, |e| {
+                let _ = tx.send(e.clone());
+            })
+            .await
+        });
+        Follower { client, events, task }
+    }
+
+    /// The next event, failing the test after 10 s.
+    async fn next(&mut self) -> FollowEvent {
+        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .expect("no event within 10 s")
+            .expect("follow ended")
+    }
+
+    /// Waits for the next `Pulled` event of `asset`, returning its wire bytes in.
+    async fn pulled(&mut self, asset: &str) -> u64 {
+        loop {
+            match self.next().await {
+                FollowEvent::Pulled(r) if r.asset == asset => return r.wire_bytes_in,
+                FollowEvent::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    }
+
+    fn out(&self, asset: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.client.out(asset)).ok()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_tracks_rewrites_removals_and_recreations() {
+    let server = TestServer::start().await;
+    let a1 = random_bytes(1 << 20, 20);
+    server.write("a.js", &a1);
+    server.write("b.js", b"b, first");
+    let mut f = Follower::start(&server, &["a.js", "b.js"]);
+    f.pulled("a.js").await;
+    f.pulled("b.js").await;
+
+    // A rebuild: temporary file, then rename; one edit in the middle.
+    let mut a2 = a1.clone();
+    a2[500_000..500_100].fill(1);
+    server.replace("a.js", &a2);
+    let wire = f.pulled("a.js").await;
+    assert_eq!(f.out("a.js").unwrap(), a2);
+    assert!(wire < 64 * 1024, "a small edit cost {wire} bytes");
+
+    std::fs::remove_file(server.root.path().join("b.js")).unwrap();
+    loop {
+        if let FollowEvent::Removed { asset } = f.next().await {
+            assert_eq!(asset, "b.js");
+            break;
+        }
+    }
+    assert!(f.out("b.js").is_none(), "a removed asset must leave the output folder");
+
+    server.write("b.js", b"b, second");
+    f.pulled("b.js").await;
+    assert_eq!(f.out("b.js").unwrap(), b"b, second");
+    server.stop().await;
+}
+
+/// 50 writes in a burst are one change once the file is quiet: the client ends with the last
+/// write after far fewer than 50 syncs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_writes_is_synced_a_few_times_and_ends_on_the_last_write() {
+    let server = TestServer::start().await;
+    server.write("app.js", b"start");
+    let mut f = Follower::start(&server, &["app.js"]);
+    f.pulled("app.js").await;
+    let build = |i: u32| format!("build {i} ").repeat(1000);
+    for i in 0..50 {
+        server.replace("app.js", build(i).as_bytes());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = build(49);
+    let mut syncs = 0;
+    while f.out("app.js").as_deref() != Some(last.as_bytes()) {
+        f.pulled("app.js").await;
+        syncs += 1;
+    }
+    assert!(syncs <= 5, "{syncs} syncs for one burst");
+    server.stop().await;
+}
+
+/// The server goes away and comes back (knowing nothing): the follower reconnects by itself and
+/// picks up what changed while it was away.
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_reconnects_after_a_server_restart() {
+    let server = TestServer::start().await;
+    server.write("app.js", &random_bytes(300_000, 21));
+    let mut f = Follower::start(&server, &["app.js"]);
+    f.pulled("app.js").await;
+    let server = server.restart().await;
+    let next = random_bytes(300_000, 22);
+    server.write("app.js", &next);
+    loop {
+        match f.next().await {
+            FollowEvent::Pulled(r) if f.out("app.js").as_deref() == Some(&next[..]) => {
+                assert_eq!(r.asset, "app.js");
+                break;
+            }
+            _ => {}
+        }
+    }
+    server.stop().await;
+}
