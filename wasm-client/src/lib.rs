@@ -19,6 +19,7 @@
 mod digest;
 mod socket;
 mod store;
+mod subscribe;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use std::rc::Rc;
 
 use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
-    Manifest, PROTOCOL_VERSION, ServerMessage, Synced, VersionId, compress,
+    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
 };
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -80,6 +81,17 @@ export interface SyncStats {
   /** Time spent rebuilding the file and checking its SHA-256. */
   verifyMs: number;
 }
+/** Passed to a `subscribe` callback when an asset it covers changed on the server. */
+export interface AssetUpdate {
+  /** The asset. */
+  asset: string;
+  /** Its new version id (hex); null when it was removed on the server, and so locally. */
+  version: string | null;
+  /** The verified new copy, already committed. */
+  result?: SyncResult;
+  /** Why syncing the change failed; the previous copy is still readable. */
+  error?: Error;
+}
 /** What `gc` freed. */
 export interface GcReport {
   chunksDeleted: number;
@@ -111,6 +123,11 @@ impl From<SocketError> for JsError {
 /// have no backpressure).
 #[wasm_bindgen]
 pub struct SyncClient {
+    inner: Rc<Client>,
+}
+
+/// The client behind a [`SyncClient`], shared with the task that listens for pushed changes.
+struct Client {
     url: String,
     socket: Mutex<Option<Socket>>,
     /// The current socket's browser handle, so `close` works while a sync holds the lock.
@@ -122,11 +139,16 @@ pub struct SyncClient {
     /// the asset unchanged need not read and hash it again (`memoryCache: false` turns it off).
     remembered: RefCell<Remembered>,
     memory_cache: bool,
+    /// What `subscribe` asked for, renewed on every new connection.
+    subscriptions: RefCell<Vec<(Scope, Function)>>,
+    /// Set by `close`: no more reconnecting.
+    closed: Cell<bool>,
 }
 
 /// The verified result of one sync.
 #[wasm_bindgen]
 pub struct SyncResult {
+    version: VersionId,
     data: Rc<[u8]>,
     stats: Object,
 }
@@ -153,11 +175,9 @@ impl SyncClient {
         url: String,
         #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
-        let client = Self::open(url, options).await?;
-        let mut socket = client.socket.lock().await;
-        *socket = Some(client.handshake().await?);
-        drop(socket);
-        Ok(client)
+        let inner = Rc::new(Client::open(url, options).await?);
+        inner.connect().await?;
+        Ok(SyncClient { inner })
     }
 
     /// Opens the IndexedDB store only; the connection is made by the first `sync`. For offline
@@ -166,20 +186,7 @@ impl SyncClient {
         url: String,
         #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
-        let option = |name: &str| options.as_ref().and_then(|o| Reflect::get(o, &name.into()).ok());
-        let db = option("db").and_then(|v| v.as_string()).unwrap_or_else(|| "assetsync".into());
-        let memory_cache = option("memoryCache").and_then(|v| v.as_bool()).unwrap_or(true);
-        let store = Store::open(&db).await?;
-        Ok(SyncClient {
-            url,
-            socket: Mutex::new(None),
-            raw: RefCell::new(None),
-            store,
-            next_id: Cell::new(1),
-            sent: Cell::new(0),
-            remembered: RefCell::default(),
-            memory_cache,
-        })
+        Ok(SyncClient { inner: Rc::new(Client::open(url, options).await?) })
     }
 
     /// Syncs `asset`, calling `on_progress({receivedBytes, totalBytes})` as chunks arrive, and
@@ -190,6 +197,74 @@ impl SyncClient {
         #[wasm_bindgen(unchecked_optional_param_type = "(p: SyncProgress) => void")] on_progress: Option<
             Function,
         >,
+    ) -> Result<SyncResult, JsError> {
+        self.inner.sync(asset, on_progress).await
+    }
+
+    /// Follows `path` (an asset, a folder ending in `/`, or `""` for everything): whenever the
+    /// server announces that an asset inside it changed, the client syncs and commits it, then
+    /// calls `on_update({asset, version, result})`; for an asset removed on the server it deletes
+    /// the local copy and calls `on_update({asset, version: null})`; a failed sync is reported as
+    /// `{asset, version, error}`. Resolves once the server confirmed the subscription. If the
+    /// connection drops, the client reconnects with backoff, subscribes again and syncs every
+    /// stored asset inside `path`, reporting those that changed meanwhile.
+    pub async fn subscribe(
+        &self,
+        path: String,
+        #[wasm_bindgen(unchecked_param_type = "(u: AssetUpdate) => void")] on_update: Function,
+    ) -> Result<(), JsError> {
+        self.inner.subscribe(path, on_update).await
+    }
+
+    /// The cached, verified copy of `asset`, without using the network; `null` if none.
+    #[wasm_bindgen(unchecked_return_type = "Uint8Array | null")]
+    pub async fn read(&self, asset: String) -> Result<JsValue, JsError> {
+        self.inner.read(asset).await
+    }
+
+    /// Deletes stored chunks and manifests that no committed version references.
+    #[wasm_bindgen(unchecked_return_type = "GcReport")]
+    pub async fn gc(&self) -> Result<JsValue, JsError> {
+        self.inner.gc().await
+    }
+
+    /// Closes the connection (failing a sync in flight with "connection lost"), ends
+    /// subscriptions, and closes the database.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+impl Client {
+    async fn connect(self: &Rc<Self>) -> Result<(), JsError> {
+        let mut socket = self.socket.lock().await;
+        *socket = Some(self.handshake().await?);
+        Ok(())
+    }
+
+    async fn open(url: String, options: Option<Object>) -> Result<Client, JsError> {
+        let option = |name: &str| options.as_ref().and_then(|o| Reflect::get(o, &name.into()).ok());
+        let db = option("db").and_then(|v| v.as_string()).unwrap_or_else(|| "assetsync".into());
+        let memory_cache = option("memoryCache").and_then(|v| v.as_bool()).unwrap_or(true);
+        let store = Store::open(&db).await?;
+        Ok(Client {
+            url,
+            socket: Mutex::new(None),
+            raw: RefCell::new(None),
+            store,
+            next_id: Cell::new(1),
+            sent: Cell::new(0),
+            remembered: RefCell::default(),
+            memory_cache,
+            subscriptions: RefCell::default(),
+            closed: Cell::new(false),
+        })
+    }
+
+    async fn sync(
+        self: &Rc<Self>,
+        asset: String,
+        on_progress: Option<Function>,
     ) -> Result<SyncResult, JsError> {
         let started = now_ms();
         let asset = AssetPath::new(&asset).map_err(js_error)?;
@@ -267,12 +342,10 @@ impl SyncClient {
         set("retried", retried.into());
         set("storeMs", timings.store_ms.into());
         set("verifyMs", timings.verify_ms.into());
-        Ok(SyncResult { data, stats })
+        Ok(SyncResult { version, data, stats })
     }
 
-    /// The cached, verified copy of `asset`, without using the network; `null` if none.
-    #[wasm_bindgen(unchecked_return_type = "Uint8Array | null")]
-    pub async fn read(&self, asset: String) -> Result<JsValue, JsError> {
+    async fn read(&self, asset: String) -> Result<JsValue, JsError> {
         let asset = AssetPath::new(&asset).map_err(js_error)?;
         Ok(match self.store.read(&asset).await? {
             Some(data) => Uint8Array::from(data.as_slice()).into(),
@@ -280,9 +353,7 @@ impl SyncClient {
         })
     }
 
-    /// Deletes stored chunks and manifests that no committed version references.
-    #[wasm_bindgen(unchecked_return_type = "GcReport")]
-    pub async fn gc(&self) -> Result<JsValue, JsError> {
+    async fn gc(&self) -> Result<JsValue, JsError> {
         let report = self.store.gc().await?;
         let out = Object::new();
         Reflect::set(&out, &"chunksDeleted".into(), &report.chunks_deleted.into()).expect("plain object");
@@ -290,8 +361,8 @@ impl SyncClient {
         Ok(out.into())
     }
 
-    /// Closes the connection (failing a sync in flight with "connection lost") and the database.
-    pub fn close(&self) {
+    fn close(&self) {
+        self.closed.set(true);
         if let Some(ws) = self.raw.take() {
             let _ = ws.close();
         }
@@ -341,7 +412,7 @@ impl Fatal {
     }
 }
 
-impl SyncClient {
+impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
     /// else rebuilt from IndexedDB and verified. `Err` inside names missing or damaged chunks.
     async fn file(&self, manifest: &Manifest) -> Result<Result<Vec<u8>, Vec<ChunkId>>, StoreError> {
@@ -359,8 +430,8 @@ impl SyncClient {
         socket.send_text(&text).map_err(|e| Fatal { message: e.0, connection_lost: true })
     }
 
-    /// Opens a socket and exchanges `hello`/`welcome`.
-    async fn handshake(&self) -> Result<Socket, JsError> {
+    /// Opens a socket, exchanges `hello`/`welcome` and renews the subscriptions.
+    async fn handshake(self: &Rc<Self>) -> Result<Socket, JsError> {
         let mut socket = Socket::open(&self.url).await?;
         let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
         let fail = |f: Fatal| js_error(f.message);
@@ -374,6 +445,7 @@ impl SyncClient {
             Incoming::Text(text) => match parse(&text).map_err(fail)? {
                 ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {
                     self.raw.replace(Some(socket.handle()));
+                    self.renew_subscriptions(&mut socket).await?;
                     Ok(socket)
                 }
                 ServerMessage::Error { message, .. } => Err(js_error(format!("server refused: {message}"))),

@@ -27,6 +27,8 @@ pub struct SocketError(pub String);
 pub struct Socket {
     ws: WebSocket,
     incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// `changed` pushes, kept apart from answers; ends when the socket closes.
+    pushes: Option<mpsc::UnboundedReceiver<String>>,
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -48,11 +50,18 @@ impl Socket {
             let _ = open_tx.unbounded_send(Incoming::Open);
         });
         let msg_tx = tx.clone();
+        let (push_tx, pushes) = mpsc::unbounded();
+        let close_push = push_tx.clone();
         let counter = received.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             let data = e.data();
             let item = if let Some(text) = data.as_string() {
                 *counter.borrow_mut() += text.len() as u64;
+                // Pushes may arrive between answers, or while one is being read.
+                if text.starts_with(r#"{"type":"changed""#) {
+                    let _ = push_tx.unbounded_send(text);
+                    return;
+                }
                 Incoming::Text(text)
             } else if let Ok(buf) = data.dyn_into::<js_sys::ArrayBuffer>() {
                 *counter.borrow_mut() += u64::from(buf.byte_length());
@@ -64,6 +73,7 @@ impl Socket {
         });
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
             let _ = tx.unbounded_send(Incoming::Closed { code: e.code(), reason: e.reason() });
+            close_push.close_channel();
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -72,6 +82,7 @@ impl Socket {
         let mut socket = Socket {
             ws,
             incoming: rx,
+            pushes: Some(pushes),
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
@@ -94,6 +105,17 @@ impl Socket {
     /// The next message or event; `None` once the socket is gone.
     pub async fn recv(&mut self) -> Option<Incoming> {
         self.incoming.next().await
+    }
+
+    /// The `changed` pushes received on this socket; the stream ends when the socket closes.
+    /// `None` after the first call.
+    pub fn take_pushes(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.pushes.take()
+    }
+
+    /// Whether the socket is still open.
+    pub fn is_open(&self) -> bool {
+        self.ws.ready_state() == WebSocket::OPEN
     }
 
     /// Payload bytes received so far.

@@ -140,6 +140,22 @@ impl Store {
         Ok(())
     }
 
+    /// The assets with a committed version.
+    pub async fn assets(&self) -> Result<Vec<AssetPath>> {
+        let tx = self.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
+        let keys = tx.object_store(REFS)?.get_all_keys(None, None)?.await?;
+        Ok(keys.iter().filter_map(|k| AssetPath::new(&k.as_string()?).ok()).collect())
+    }
+
+    /// Drops `asset`'s pointer (it is gone from the server); its chunks become garbage for
+    /// [`Store::gc`].
+    pub async fn remove(&self, asset: &AssetPath) -> Result<()> {
+        let tx = self.db.transaction(&[REFS], TransactionMode::ReadWrite)?;
+        tx.object_store(REFS)?.delete(JsValue::from_str(asset.as_str()))?;
+        tx.commit()?.await?;
+        Ok(())
+    }
+
     /// Commits a verified sync in one transaction: new chunks, any reused chunk that has vanished
     /// meanwhile (written back from the verified file), the manifest, then the pointer.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {

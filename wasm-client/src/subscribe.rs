@@ -1,0 +1,183 @@
+//! Subscriptions: the server pushes `changed`, the client syncs what changed, commits it, and
+//! tells the page.
+//!
+//! Pushes travel on their own channel from the socket ([`Socket::take_pushes`]), so they never
+//! disturb an answer being read. One listener task per socket handles them in order; it holds
+//! the client weakly, so a client the page dropped is not kept alive by it. When the socket
+//! closes, the listener reconnects with backoff, subscribes again and syncs every stored asset
+//! the subscriptions cover, so that nothing announced meanwhile is missed.
+
+use std::rc::{Rc, Weak};
+
+use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_util::StreamExt;
+use js_sys::{Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+
+use crate::socket::{Incoming, Socket};
+use crate::{Client, Fatal, js_error, next, parse};
+
+/// First wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF_MS`].
+const FIRST_BACKOFF_MS: i32 = 250;
+const MAX_BACKOFF_MS: i32 = 30_000;
+
+impl Client {
+    /// See `SyncClient::subscribe`.
+    pub(crate) async fn subscribe(self: &Rc<Self>, path: String, on_update: Function) -> Result<(), JsError> {
+        let scope = Scope::new(&path).map_err(js_error)?;
+        let mut guard = self.socket.lock().await;
+        match guard.as_mut() {
+            Some(socket) if socket.is_open() => {
+                self.request_subscription(socket, &scope).await?;
+                self.subscriptions.borrow_mut().push((scope, on_update));
+            }
+            _ => {
+                // A new connection subscribes to everything listed, this one included.
+                self.subscriptions.borrow_mut().push((scope, on_update));
+                match self.handshake().await {
+                    Ok(socket) => *guard = Some(socket),
+                    Err(e) => {
+                        self.subscriptions.borrow_mut().pop();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `subscribe` and waits for the server's confirmation.
+    async fn request_subscription(&self, socket: &mut Socket, scope: &Scope) -> Result<(), JsError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let fail = |f: Fatal| js_error(f.message);
+        self.send(socket, &ClientMessage::Subscribe { id, path: scope.to_string() }).map_err(fail)?;
+        match next(socket).await.map_err(fail)? {
+            Incoming::Text(text) => match parse(&text).map_err(fail)? {
+                ServerMessage::Subscribed { id: got } if got == id => Ok(()),
+                ServerMessage::Error { message, .. } => {
+                    Err(js_error(format!("cannot subscribe to {:?}: {message}", scope.to_string())))
+                }
+                other => Err(js_error(format!("unexpected answer to subscribe: {other:?}"))),
+            },
+            _ => Err(js_error("unexpected binary frame in answer to subscribe")),
+        }
+    }
+
+    /// On every new socket: subscribes again to everything listed and starts its listener.
+    pub(crate) async fn renew_subscriptions(self: &Rc<Self>, socket: &mut Socket) -> Result<(), JsError> {
+        let scopes: Vec<Scope> = self.subscriptions.borrow().iter().map(|(s, _)| s.clone()).collect();
+        for scope in &scopes {
+            self.request_subscription(socket, scope).await?;
+        }
+        if let Some(pushes) = socket.take_pushes() {
+            wasm_bindgen_futures::spawn_local(listen(Rc::downgrade(self), pushes));
+        }
+        Ok(())
+    }
+
+    /// Brings `asset` up to date after a push (`Some(version)`, `None` inside when it was
+    /// removed) or a reconnection (`None`: unknown whether it changed), and calls the callbacks
+    /// of the subscriptions covering it if it did change.
+    async fn deliver(self: &Rc<Self>, asset: AssetPath, pushed: Option<Option<VersionId>>) {
+        let callbacks: Vec<Function> = self
+            .subscriptions
+            .borrow()
+            .iter()
+            .filter(|(s, _)| s.covers(&asset))
+            .map(|(_, f)| f.clone())
+            .collect();
+        if callbacks.is_empty() {
+            return;
+        }
+        let before = self.store.current(&asset).await.ok().flatten().map(|m| m.version());
+        let update = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&update, &k.into(), &v).expect("set on a plain object");
+        set("asset", asset.as_str().into());
+        match pushed {
+            Some(Some(version)) if before == Some(version) => return,
+            Some(None) => {
+                if before.is_none() {
+                    return;
+                }
+                self.remembered.borrow_mut().remove(&asset);
+                set("version", JsValue::NULL);
+                if let Err(e) = self.store.remove(&asset).await {
+                    set("error", js_error(format!("{asset}: cannot delete the local copy: {}", e.0)).into());
+                }
+            }
+            _ => match self.sync(asset.as_str().to_owned(), None).await {
+                Ok(result) => {
+                    if before == Some(result.version) {
+                        return;
+                    }
+                    set("version", result.version.to_hex().into());
+                    set("result", result.into());
+                }
+                Err(e) => {
+                    set("version", pushed.flatten().map_or(JsValue::NULL, |v| v.to_hex().into()));
+                    set("error", e.into());
+                }
+            },
+        }
+        for f in callbacks {
+            // A throwing callback must not stop the others, nor the listener.
+            let _ = f.call1(&JsValue::NULL, &update);
+        }
+    }
+
+    /// After a lost connection: connects again (renewing the subscriptions) unless a sync
+    /// already did, then syncs every stored asset a subscription covers.
+    async fn resume(self: &Rc<Self>) -> Result<(), JsError> {
+        {
+            let mut guard = self.socket.lock().await;
+            if !guard.as_ref().is_some_and(Socket::is_open) {
+                *guard = None;
+                *guard = Some(self.handshake().await?);
+            }
+        }
+        for asset in self.store.assets().await? {
+            self.deliver(asset, None).await;
+        }
+        Ok(())
+    }
+}
+
+/// Handles one socket's pushes; when it closes, reconnects with backoff while subscriptions
+/// remain and the client is neither closed nor dropped.
+async fn listen(client: Weak<Client>, mut pushes: UnboundedReceiver<String>) {
+    while let Some(text) = pushes.next().await {
+        let Some(client) = client.upgrade() else { return };
+        if let Ok(ServerMessage::Changed { asset, version }) = serde_json::from_str(&text) {
+            client.deliver(asset, Some(version)).await;
+        }
+    }
+    let mut backoff = FIRST_BACKOFF_MS;
+    loop {
+        {
+            let Some(client) = client.upgrade() else { return };
+            if client.closed.get() || client.subscriptions.borrow().is_empty() {
+                return;
+            }
+            match client.resume().await {
+                Ok(()) => return,
+                Err(e) => {
+                    let message: JsValue = e.into();
+                    web_sys::console::warn_2(&"assetsync: reconnecting failed:".into(), &message);
+                }
+            }
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+async fn sleep(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
