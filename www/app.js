@@ -7,6 +7,8 @@ const endpoint = `${location.protocol === "https:" ? "wss" : "ws"}://${location.
 let wasm = null;
 let client = null;
 let busy = false;
+// Assets this page follows: the server pushes their changes, and the client syncs them.
+const followed = new Set();
 
 function fmtBytes(n) {
   if (n < 1024) return `${n} B`;
@@ -49,10 +51,42 @@ function dropClient() {
     client.free();
   }
   client = null;
+  followed.clear();
+  $("live").hidden = true;
+}
+
+/** Asks the server to push changes of `asset`; each one is synced and shown as it lands. */
+async function follow(c, asset) {
+  if (followed.has(asset)) return;
+  followed.add(asset);
+  try {
+    await c.subscribe(asset, (u) => {
+      if (u.error) return note(`Pushed change of ${u.asset} failed: ${u.error.message}`, true);
+      if (!u.result) return note(`${u.asset} was removed on the server.`);
+      const stats = u.result.stats;
+      u.result.free();
+      if (u.asset !== $("asset").value.trim()) return;
+      record(asset, stats, true);
+      setStatus("ok", "Verified and cached");
+      note(`Pushed by the server: the new build arrived in ${Math.round(stats.elapsedMs)} ms for ${fmtBytes(stats.wireBytesIn)}.`);
+    });
+    $("live").hidden = false;
+  } catch (e) {
+    followed.delete(asset);
+    note(`Live updates are off: ${e.message}`, true);
+  }
+}
+
+function record(asset, stats, pushed) {
+  $("bar").style.width = "100%";
+  showStats(stats);
+  const history = [{ at: Date.now(), asset, pushed, ...stats }, ...loadHistory()].slice(0, 8);
+  sessionStorage.setItem(HISTORY_KEY, JSON.stringify(history));
+  renderHistory();
 }
 
 function loadHistory() {
-  try { return JSON.parse(localStorage.getItem(HISTORY_KEY)) || []; } catch (_) { return []; }
+  try { return JSON.parse(sessionStorage.getItem(HISTORY_KEY)) || []; } catch (_) { return []; }
 }
 
 function renderHistory() {
@@ -68,7 +102,7 @@ function renderHistory() {
     const kind = r.chunksReused === r.chunks ? ["same", "unchanged"] : r.chunksReused === 0 ? ["cold", "full"] : ["delta", "delta"];
     const cells = [
       new Date(r.at).toLocaleTimeString(),
-      `${r.version.slice(0, 12)}<span class="pill ${kind[0]}">${kind[1]}</span>`,
+      `${r.version.slice(0, 12)}<span class="pill ${kind[0]}">${kind[1]}</span>${r.pushed ? '<span class="pill pushed">pushed</span>' : ""}`,
       fmtBytes(r.wireBytesIn),
       `${((100 * r.wireBytesIn) / Math.max(r.bytes, 1)).toFixed(r.wireBytesIn * 100 < r.bytes ? 2 : 1)}%`,
       `${r.chunksReused} / ${r.chunks}`,
@@ -109,11 +143,7 @@ async function sync() {
     });
     const stats = result.stats;
     result.free();
-    $("bar").style.width = "100%";
-    showStats(stats);
-    const history = [{ at: Date.now(), asset, ...stats }, ...loadHistory()].slice(0, 8);
-    localStorage.setItem(HISTORY_KEY, JSON.stringify(history));
-    renderHistory();
+    record(asset, stats, false);
     setStatus("ok", "Verified and cached");
     note(stats.chunksReused === stats.chunks
       ? "Already up to date: the server only confirmed the version."
@@ -125,6 +155,7 @@ async function sync() {
   } finally {
     setBusy(false);
   }
+  if (client && asset) await follow(client, asset);
 }
 
 async function rebuild() {
@@ -133,14 +164,15 @@ async function rebuild() {
     const r = await fetch("/demo/rebuild", { method: "POST" });
     if (!r.ok) throw new Error(await r.text());
     const build = await r.json();
-    note(`Server wrote build ${build.build} (${fmtBytes(build.bytes)}).`);
+    note(`Server wrote build ${build.build} (${fmtBytes(build.bytes)}); waiting for the push…`);
   } catch (e) {
     note(`Rebuild failed: ${e.message}`, true);
     setBusy(false);
     return;
   }
   setBusy(false);
-  await sync();
+  // Followed assets arrive by push, in every open tab; otherwise fetch it here.
+  if (!followed.has($("asset").value.trim())) await sync();
 }
 
 async function readOffline() {

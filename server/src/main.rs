@@ -229,7 +229,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let what = if config.demo.is_some() { "the demo".to_owned() } else { config.root.display().to_string() };
+    let what = match &config.demo {
+        Some(_) => format!(
+            "the demo (a private copy in {}: edit its files and open tabs update)",
+            config.root.display()
+        ),
+        None => config.root.display().to_string(),
+    };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
     assetsync::run(listener, config, shutdown_signal()).await
 }

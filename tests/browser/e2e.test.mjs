@@ -3,7 +3,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { startServer, launchBrowser, openClientPage, sha256, realBundle, repo, killServers } from "./harness.mjs";
 
@@ -169,6 +169,46 @@ test("the WASM zstd decoder rebuilds identical bytes, and a restarted server is 
   await context.close();
 });
 
+test("two subscribed pages receive a rebuilt asset by push, for kilobytes, and see it removed", async () => {
+  const server = await startServer();
+  server.write("js/app.js", bundle(1));
+  const context = await browser.newContext();
+  const pages = await Promise.all([openClientPage(context, server), openClientPage(context, server)]);
+  for (const [i, page] of pages.entries()) {
+    await page.evaluate(async ({ ws, db }) => {
+      window.client = await window.assetsync.SyncClient.connect(ws, { db });
+      await window.client.sync("js/app.js");
+      window.updates = [];
+      await window.client.subscribe("js/", (u) => window.updates.push(u));
+    }, { ws: server.ws, db: `live-${i}` });
+  }
+  const all = (page) => page.evaluate(() => JSON.stringify(window.updates.map((u) => [u.asset, u.version, u.error?.message])));
+  const last = (page) => page.evaluate(async () => {
+    const u = window.updates.at(-1);
+    const bytes = u.result ? u.result.bytes() : null;
+    return { asset: u.asset, version: u.version, error: u.error?.message, wire: u.result?.stats.wireBytesIn, hash: bytes && (await window.hex(bytes)) };
+  });
+  // A rebuild: temporary file, then rename (the harness writes that way).
+  const v2 = bundle(2);
+  server.write("js/app.js", v2);
+  for (const page of pages) {
+    await page.waitForFunction(() => window.updates.length > 0, null, { timeout: 10_000 });
+    const u = await last(page);
+    assert.equal(u.error, undefined);
+    assert.equal(u.asset, "js/app.js");
+    assert.equal(u.hash, sha256(v2), "the pushed update must equal the new file");
+    assert.ok(u.wire < 20 * 1024, `a pushed rebuild cost ${u.wire} bytes`);
+  }
+  unlinkSync(join(server.root, "js/app.js"));
+  for (const page of pages) {
+    await page.waitForFunction(() => window.updates.length > 1, null, { timeout: 10_000 });
+    assert.equal((await last(page)).version, null, await all(page));
+    assert.equal(await page.evaluate(() => window.client.read("js/app.js")), null, "a removed asset leaves the store");
+  }
+  await server.stop();
+  await context.close();
+});
+
 test("two pages syncing the same asset at once both end correct, with a consistent store", async () => {
   const server = await startServer();
   server.write("js/app.js", bundle(1));
@@ -209,9 +249,16 @@ test("the demo page syncs, rebuilds for kilobytes, and looks right", async () =>
   page.on("pageerror", (e) => console.error("page error:", e));
   await page.goto(server.url + "/");
   await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
+  await page.waitForSelector("#live:not([hidden])", { timeout: 10_000 });
   assert.equal(await page.locator("#history tr").count(), 1);
+  // A second tab: the rebuild in the first reaches it by push.
+  const other = await context.newPage();
+  await other.goto(server.url + "/");
+  await other.waitForSelector("#live:not([hidden])", { timeout: 30_000 });
   await page.click("#rebuild");
-  await page.waitForFunction(() => document.querySelectorAll("#history tr").length === 2, null, { timeout: 30_000 });
+  for (const p of [page, other]) {
+    await p.waitForFunction(() => document.querySelector("#history .pill.pushed"), null, { timeout: 30_000 });
+  }
   await page.waitForSelector('#status[data-state="ok"]');
   const wire = await page.locator("#wire").textContent();
   const [, amount, unit] = /^([\d.]+) (B|KB|MB)$/.exec(wire);
