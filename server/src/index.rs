@@ -13,6 +13,8 @@ use std::time::SystemTime;
 use assetsync_protocol::{AssetPath, ChunkId, ChunkParams, Hash, Have, Manifest, VersionId, chunk_data};
 use bytes::Bytes;
 
+use crate::watch::{Change, Hub};
+
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -107,6 +109,7 @@ struct Slot {
 /// The index. Cheap to share: sessions hold an `Arc` of it.
 pub struct AssetIndex {
     config: IndexConfig,
+    hub: Arc<Hub>,
     slots: Mutex<HashMap<AssetPath, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Every remembered version with its bytes: the delta base and compression prefix for
     /// clients that name it.
@@ -114,8 +117,9 @@ pub struct AssetIndex {
 }
 
 impl AssetIndex {
-    /// Opens an index over `config.root`, which must be an existing directory.
-    pub fn new(mut config: IndexConfig) -> io::Result<Self> {
+    /// Opens an index over `config.root`, which must be an existing directory. Every new current
+    /// version of an asset, and every asset found gone, is announced on `hub`.
+    pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> io::Result<Self> {
         config.root = config.root.canonicalize().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
         })?;
@@ -123,7 +127,7 @@ impl AssetIndex {
             return Err(io::Error::other(format!("root {} is not a directory", config.root.display())));
         }
         config.keep_versions = config.keep_versions.max(1);
-        Ok(AssetIndex { config, slots: Mutex::default(), versions: RwLock::default() })
+        Ok(AssetIndex { config, hub, slots: Mutex::default(), versions: RwLock::default() })
     }
 
     /// The canonical root.
@@ -148,17 +152,25 @@ impl AssetIndex {
             Ok(Some(fresh)) => {
                 let fresh = Arc::new(fresh);
                 self.remember(&mut slot, &fresh);
-                slot.current = Some(fresh.clone());
+                let before = slot.current.replace(fresh.clone()).map(|c| c.version);
+                if before != Some(fresh.version) {
+                    self.hub.announce(Change { asset: asset.clone(), version: Some(fresh.version) });
+                }
                 Ok(fresh)
             }
             Ok(None) => Ok(slot.current.clone().expect("unchanged implies indexed")),
-            Err(e) => {
-                // Forget a vanished file so that the slot map does not grow with bad names.
-                if slot.current.is_none() && slot.history.is_empty() {
+            Err(e @ (IndexError::Unknown(_) | IndexError::Escapes(_))) => {
+                // Gone: its versions stay remembered as delta bases, within `keep_versions`.
+                if slot.current.take().is_some() {
+                    self.hub.announce(Change { asset: asset.clone(), version: None });
+                }
+                // Forget a name that never was a file, so the slot map does not grow with them.
+                if slot.history.is_empty() {
                     self.slots.lock().expect("poisoned").remove(asset);
                 }
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -171,13 +183,6 @@ impl AssetIndex {
     pub async fn peek(&self, asset: &AssetPath) -> Option<VersionId> {
         let slot = self.slots.lock().expect("poisoned").get(asset).cloned()?;
         slot.lock().await.current.as_ref().map(|c| c.version)
-    }
-
-    /// Marks `asset`, whose file is gone, as no longer current (its versions stay remembered as
-    /// delta bases, within `keep_versions`). Returns whether it was current.
-    pub async fn forget(&self, asset: &AssetPath) -> bool {
-        let Some(slot) = self.slots.lock().expect("poisoned").get(asset).cloned() else { return false };
-        slot.lock().await.current.take().is_some()
     }
 
     fn remember(&self, slot: &mut Slot, fresh: &Arc<Indexed>) {

@@ -156,16 +156,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
-    let index = Arc::new(AssetIndex::new(IndexConfig {
-        root: config.root,
-        params: config.params,
-        keep_versions: config.keep_versions,
-        max_asset_bytes: config.max_asset_bytes,
-    })?);
+    let hub = Arc::new(Hub::new());
+    let index = Arc::new(AssetIndex::new(
+        IndexConfig {
+            root: config.root,
+            params: config.params,
+            keep_versions: config.keep_versions,
+            max_asset_bytes: config.max_asset_bytes,
+        },
+        hub.clone(),
+    )?);
     tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
     let state = Arc::new(AppState {
         index,
-        hub: Arc::new(Hub::new()),
+        hub,
         watching: config.watch.is_some(),
         encoder: Encoder::new(config.encode.unwrap_or_default()),
         compress: config.encode.is_some(),

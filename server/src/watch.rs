@@ -75,7 +75,7 @@ impl Hub {
         self.scopes.lock().expect("poisoned").keys().any(|s| s.covers(asset))
     }
 
-    fn announce(&self, change: Change) {
+    pub(crate) fn announce(&self, change: Change) {
         tracing::info!(asset = %change.asset, removed = change.version.is_none(), "changed");
         // No receiver is not an error: nobody is connected.
         let _ = self.changes.send(Arc::new(change));
@@ -146,26 +146,27 @@ async fn run(
         .await
         .expect("walking task panicked");
         for asset in candidates {
-            if hub.wanted(&asset) || index.peek(&asset).await.is_some() {
-                refresh(&index, &hub, asset).await;
+            let served = index.peek(&asset).await.is_some();
+            if !(served || (hub.wanted(&asset) && !is_temporary(&asset))) {
+                continue;
+            }
+            // The index announces a new version, or the file's removal, itself.
+            match index.current(&asset).await {
+                Ok(_) | Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {}
+                Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
             }
         }
     }
 }
 
-/// Re-indexes `asset` and announces it if its version changed or it is gone.
-async fn refresh(index: &AssetIndex, hub: &Hub, asset: AssetPath) {
-    let before = index.peek(&asset).await;
-    match index.current(&asset).await {
-        Ok(now) if before != Some(now.version) => hub.announce(Change { asset, version: Some(now.version) }),
-        Ok(_) => {}
-        Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {
-            if index.forget(&asset).await {
-                hub.announce(Change { asset, version: None });
-            }
-        }
-        Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
-    }
+/// Editors' and build tools' temporary files (`x~`, `x.tmp`, `.x.swp`, `.#x`): not announced to
+/// folder subscriptions, even when one lives longer than the quiet time. (A file already served
+/// is followed whatever its name.)
+fn is_temporary(asset: &AssetPath) -> bool {
+    let name = asset.as_str().rsplit('/').next().unwrap_or_default();
+    name.ends_with('~')
+        || name.starts_with(".#")
+        || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 
 /// The assets an event at `path` may concern: the file itself, every file below it if it is a

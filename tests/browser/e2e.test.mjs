@@ -184,7 +184,7 @@ test("two subscribed pages receive a rebuilt asset by push, for kilobytes, and s
   }
   const all = (page) => page.evaluate(() => JSON.stringify(window.updates.map((u) => [u.asset, u.version, u.error?.message])));
   const last = (page) => page.evaluate(async () => {
-    const u = window.updates.at(-1);
+    const u = window.updates.findLast((u) => u.asset === "js/app.js");
     const bytes = u.result ? u.result.bytes() : null;
     return { asset: u.asset, version: u.version, error: u.error?.message, wire: u.result?.stats.wireBytesIn, hash: bytes && (await window.hex(bytes)) };
   });

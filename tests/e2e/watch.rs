@@ -142,3 +142,18 @@ async fn follow_reconnects_after_a_server_restart() {
     }
     server.stop().await;
 }
+
+/// A change noticed first by another client's sync (before the file's quiet time is over) still
+/// reaches the subscribers: the index announces every new version, whoever made it index.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_first_seen_by_a_sync_is_still_pushed() {
+    let server = TestServer::start_with(|c| c.watch = Some(Duration::from_secs(30))).await;
+    server.write("app.js", b"one");
+    let mut f = Follower::start(&server, &["app.js"]);
+    f.pulled("app.js").await;
+    server.replace("app.js", b"two");
+    TestClient::new().pull_and_check(&server, "app.js", b"two").await;
+    f.pulled("app.js").await;
+    assert_eq!(f.out("app.js").unwrap(), b"two");
+    server.stop().await;
+}

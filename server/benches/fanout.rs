@@ -1,0 +1,159 @@
+//! `cargo bench -p assetsync --bench fanout [-- CLIENTS]`: one rebuild pushed to many followers.
+//!
+//! Starts the release `assetsync serve` as its own process on 127.0.0.1, with a 3 MB bundle made
+//! of the real libraries in `demo/js/vendor/`, and CLIENTS (default 200) native clients following
+//! it (`pull --follow`, in this process, each with its own cache). Once all hold the first
+//! version, the bundle is rebuilt (one renamed function per library copy, written to a temporary
+//! file and renamed, as build tools do). Prints the time until the last client has committed the
+//! verified new version, the bytes it cost per client, and the server's CPU time and peak RSS
+//! read from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assetsync::pull::{FollowEvent, PullConfig, follow};
+use assetsync_protocol::{AssetPath, Hash};
+use tokio::sync::mpsc;
+
+const BUNDLE_BYTES: usize = 3_000_000;
+
+fn main() {
+    let clients: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(run(clients));
+}
+
+/// The bundle: the vendor libraries repeated up to 3 MB; `build` renames one function per copy.
+fn bundle(build: u32) -> Vec<u8> {
+    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/vendor");
+    let libs: Vec<String> =
+        ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"]
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(vendor.join(f)).unwrap()).into_owned())
+            .collect();
+    let mut out = String::new();
+    'fill: for copy in 0.. {
+        for lib in &libs {
+            out.push_str(&format!("\n/* copy {copy} */\n"));
+            out.push_str(&lib.replacen("function ", &format!("function build{build}_"), 1));
+            if out.len() >= BUNDLE_BYTES {
+                break 'fill;
+            }
+        }
+    }
+    out.truncate(out.floor_char_boundary(BUNDLE_BYTES));
+    out.into_bytes()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// utime + stime in seconds, and peak RSS in MiB, of a process.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    (ticks / 100.0, hwm_kb / 1024.0)
+}
+
+async fn run(clients: usize) {
+    let root = tempfile::tempdir().unwrap();
+    let asset = "app.js";
+    write_atomic(&root.path().join(asset), &bundle(1));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
+        .arg(root.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(at) = line.find("at http://") {
+            let addr = line[at + 10..].split('/').next().unwrap().to_owned();
+            break format!("ws://{addr}/sync");
+        }
+    };
+    // Keep draining the server's log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+
+    let caches = tempfile::tempdir().unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let config = PullConfig {
+            server: url.clone(),
+            cache: caches.path().join(format!("c{i}/cache")),
+            out: Some(caches.path().join(format!("c{i}/out"))),
+        };
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let assets = [AssetPath::new(asset).unwrap()];
+            follow(&config, &assets, |e| {
+                let _ = tx.send(e.clone());
+            })
+            .await
+        }));
+    }
+    // Waits for one `Pulled` per client; returns the bytes each received.
+    let wait_for = async |events: &mut mpsc::UnboundedReceiver<FollowEvent>| {
+        let mut wire_in = Vec::new();
+        while wire_in.len() < clients {
+            match tokio::time::timeout(Duration::from_secs(120), events.recv()).await.unwrap().unwrap() {
+                FollowEvent::Pulled(r) => wire_in.push(r.wire_bytes_in),
+                FollowEvent::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+        wire_in
+    };
+    let t = Instant::now();
+    wait_for(&mut events).await;
+    let cold = t.elapsed();
+    let (cpu0, rss0) = usage(server.id());
+
+    let next = bundle(2);
+    let expected = Hash::of(&next);
+    let t = Instant::now();
+    write_atomic(&root.path().join(asset), &next);
+    let wire_in = wait_for(&mut events).await;
+    let elapsed = t.elapsed();
+    let (cpu1, rss1) = usage(server.id());
+    for i in 0..clients {
+        let out = std::fs::read(caches.path().join(format!("c{i}/out/{asset}"))).unwrap();
+        assert_eq!(Hash::of(&out), expected, "client {i} does not hold the new version");
+    }
+    let mean_in = wire_in.iter().sum::<u64>() as f64 / wire_in.len() as f64;
+    println!("| measurement | result |");
+    println!("|---|---:|");
+    println!("| clients following one {:.1} MB bundle | {clients} |", next.len() as f64 / 1e6);
+    println!("| first sync of all clients (cold) | {:.2} s |", cold.as_secs_f64());
+    println!(
+        "| rebuild written -> last client verified and committed | {:.0} ms |",
+        elapsed.as_secs_f64() * 1e3
+    );
+    println!("| bytes received per client for the rebuild (mean) | {mean_in:.0} B |");
+    println!(
+        "| server CPU for the rebuild (index once, compress, {clients} answers) | {:.2} s |",
+        cpu1 - cpu0
+    );
+    println!("| server peak RSS before / after the rebuild | {rss0:.0} / {rss1:.0} MiB |");
+    for task in tasks {
+        task.abort();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
