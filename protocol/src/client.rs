@@ -149,6 +149,13 @@ impl ClientSync {
         (machine, message)
     }
 
+    /// A machine for one file of a `sync_folder` answer (request `id`), whose `have.versions`
+    /// were the versions of `named`, in that order.
+    pub fn for_folder_file(id: u32, asset: AssetPath, named: Vec<Manifest>, prefix: usize) -> Self {
+        let named = named.into_iter().map(|m| (m.version(), m)).collect();
+        ClientSync { id, asset, named, has_base: false, prefix, state: State::Waiting }
+    }
+
     /// The prefix length of the request's chunk set, for [`Error::retry_holding`].
     pub fn chunk_prefix(&self) -> usize {
         self.prefix
@@ -188,6 +195,12 @@ impl ClientSync {
     }
 
     fn on_update(&mut self, u: Update) -> Result<Event, Error> {
+        if u.asset.as_ref().is_some_and(|a| *a != self.asset) {
+            return Err(Error::Protocol(format!(
+                "update for {:?} where {:?} was expected",
+                u.asset, self.asset
+            )));
+        }
         let base = match u.base {
             None => None,
             Some(i) => Some(
@@ -408,6 +421,28 @@ impl ClientSync {
         let chunks_reused = manifest.chunks.len() - positions.len();
         let received = received.into_values().collect();
         Ok(Assembled { synced: Synced { manifest, version, data, received, chunks_reused } })
+    }
+}
+
+/// What a `folder` listing means to a client that named `held` (its current manifests of the
+/// folder's files) in `have.versions`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FolderChanges {
+    /// Listed files whose version the client does not hold: one `update` follows for each, in
+    /// this (listing) order.
+    pub fetch: Vec<AssetPath>,
+    /// Files the client holds that are no longer listed: delete them.
+    pub removed: Vec<AssetPath>,
+}
+
+/// Compares a `folder` listing with what the client holds (see [`FolderChanges`]). The server
+/// applies the same rule to decide which `update`s to send.
+pub fn folder_changes(held: &[Manifest], files: &[crate::FolderEntry]) -> FolderChanges {
+    let versions: HashSet<VersionId> = held.iter().map(Manifest::version).collect();
+    let listed: HashSet<&AssetPath> = files.iter().map(|f| &f.asset).collect();
+    FolderChanges {
+        fetch: files.iter().filter(|f| !versions.contains(&f.version)).map(|f| f.asset.clone()).collect(),
+        removed: held.iter().map(|m| m.path.clone()).filter(|p| !listed.contains(p)).collect(),
     }
 }
 

@@ -28,14 +28,16 @@ pub mod plan;
 pub mod test_util;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
-pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced};
+pub use client::{
+    Assembled, ClientSync, Event, FolderChanges, MAX_HELD, MAX_REQUESTS, Synced, folder_changes,
+};
 pub use error::Error;
 pub use hash::Hash;
 pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
 pub use message::{
-    ChunkFrame, ClientMessage, ErrorCode, Limits, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
-    Update,
+    ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerMessage, Update,
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{ClientView, Plan, plan};

@@ -42,6 +42,18 @@ pub enum ClientMessage {
         #[serde(default)]
         have: Have,
     },
+    /// Asks for the current state of a whole folder: answered by `folder` (the listing), then
+    /// one `update` (with its chunk frames) per listed file whose version is not in
+    /// `have.versions`, in listing order; or by `unknown_base` or `error`.
+    SyncFolder {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The folder, ending in `/`, or `""` for the whole root (a [`crate::Scope`]).
+        folder: String,
+        /// The versions of the folder's files the client holds (and their chunks).
+        #[serde(default)]
+        have: Have,
+    },
     /// Asks to be sent `changed` whenever an asset in `path` changes on the server: an asset,
     /// a folder ending in `/`, or `""` for every asset. Answered by `subscribed` (or `error`).
     Subscribe {
@@ -84,6 +96,13 @@ pub enum ServerMessage {
         /// The request id.
         id: u32,
     },
+    /// The files of a folder, sorted by path; the answer's `update`s follow.
+    Folder {
+        /// The request id.
+        id: u32,
+        /// Every file, with its current version.
+        files: Vec<FolderEntry>,
+    },
     /// The subscription `id` is in place: changes from now on are announced.
     Subscribed {
         /// The request id.
@@ -118,6 +137,9 @@ pub enum ServerMessage {
 pub struct Update {
     /// The request id.
     pub id: u32,
+    /// The file, in answers to `sync_folder` (which hold one `update` per changed file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<AssetPath>,
     /// Version id of the new manifest.
     pub version: VersionId,
     /// Position in the request's `have.versions` of the version `recipe` is a delta against.
@@ -132,6 +154,15 @@ pub struct Update {
     /// Whether batch frames were compressed with the base version's file as prefix.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dict: bool,
+}
+
+/// One file of a `folder` listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderEntry {
+    /// The file's asset path.
+    pub asset: AssetPath,
+    /// Its current version.
+    pub version: VersionId,
 }
 
 /// Server limits announced in `welcome`.

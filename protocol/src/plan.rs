@@ -58,6 +58,7 @@ pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<
     let base_params = client.base.map(|(_, _, m)| m.params);
     let update = Update {
         id,
+        asset: None,
         version,
         base: client.base.map(|(index, _, _)| index),
         params: (base_params != Some(current.params)).then_some(current.params),

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assetsync::pull::{FollowEvent, PullConfig, follow};
-use assetsync_protocol::{AssetPath, Hash};
+use assetsync::pull::{PullConfig, PullEvent, follow};
+use assetsync_protocol::{Hash, Scope};
 use tokio::sync::mpsc;
 
 const BUNDLE_BYTES: usize = 3_000_000;
@@ -101,8 +101,8 @@ async fn run(clients: usize) {
         };
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
-            let assets = [AssetPath::new(asset).unwrap()];
-            follow(&config, &assets, |e| {
+            let targets = [Scope::new(asset).unwrap()];
+            follow(&config, &targets, |e| {
                 let _ = tx.send(e.clone());
             })
             .await
@@ -110,15 +110,15 @@ async fn run(clients: usize) {
     }
     // Waits for one `Pulled` per client; returns the bytes each received and when the first
     // one landed.
-    let wait_for = async |events: &mut mpsc::UnboundedReceiver<FollowEvent>| {
+    let wait_for = async |events: &mut mpsc::UnboundedReceiver<PullEvent>| {
         let (mut wire_in, mut first) = (Vec::new(), None);
         while wire_in.len() < clients {
             match tokio::time::timeout(Duration::from_secs(120), events.recv()).await.unwrap().unwrap() {
-                FollowEvent::Pulled(r) => {
+                PullEvent::Pulled(r) => {
                     first.get_or_insert_with(Instant::now);
                     wire_in.push(r.wire_bytes_in);
                 }
-                FollowEvent::Failed { error, .. } => panic!("{error}"),
+                PullEvent::Failed { error, .. } => panic!("{error}"),
                 _ => {}
             }
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use assetsync::pull::{PullConfig, pull};
 use assetsync::{ServeConfig, run};
 use assetsync_protocol::test_util::random_bytes;
-use assetsync_protocol::{AssetPath, ChunkParams, Hash, Manifest, chunk_data};
+use assetsync_protocol::{AssetPath, ChunkParams, Hash, Manifest, Scope, chunk_data};
 use tokio_util::sync::CancellationToken;
 
 const MIB: usize = 1 << 20;
@@ -115,7 +115,7 @@ fn wire() {
         println!("|---|---:|---:|---:|---:|---:|");
         for (name, asset, content) in steps {
             std::fs::write(root.path().join(asset), content).unwrap();
-            let r = pull(&pull_cfg, &[AssetPath::new(asset).unwrap()], |_| {}).await.unwrap().remove(0);
+            let r = pull(&pull_cfg, &[Scope::new(asset).unwrap()], |_| {}).await.unwrap().remove(0);
             println!(
                 "| {name} | {} | {} | {} | {:.4} | {}/{} |",
                 r.bytes,

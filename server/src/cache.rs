@@ -58,6 +58,11 @@ impl Cache {
         Ok(Cache { dir: dir.to_path_buf(), refs, _lock: lock })
     }
 
+    /// The assets with a committed version.
+    pub fn assets(&self) -> impl Iterator<Item = AssetPath> + '_ {
+        self.refs.keys().filter_map(|a| AssetPath::new(a).ok())
+    }
+
     /// The committed manifest of `asset`, if it is present and intact.
     pub fn current(&self, asset: &AssetPath) -> Option<Manifest> {
         self.manifest(self.refs.get(asset.as_str())?)

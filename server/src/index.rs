@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use assetsync_protocol::{AssetPath, ChunkId, ChunkParams, Hash, Have, Manifest, VersionId, chunk_data};
+use assetsync_protocol::{
+    AssetPath, ChunkId, ChunkParams, Hash, Have, Manifest, Scope, VersionId, chunk_data,
+};
 use bytes::Bytes;
 
 use crate::watch::{Change, Hub};
@@ -33,6 +35,14 @@ pub enum IndexError {
         len: u64,
         /// The limit.
         limit: u64,
+    },
+    /// A folder holds more files than one answer may list.
+    #[error("folder {folder:?} holds more than {limit} files")]
+    TooManyFiles {
+        /// The folder (`""` for the root).
+        folder: String,
+        /// The limit.
+        limit: usize,
     },
     /// Reading the file failed.
     #[error("cannot read asset {asset:?}: {source}")]
@@ -196,25 +206,45 @@ impl AssetIndex {
         }
     }
 
-    /// Resolves a client digest against `current`: the first named version the server knows (the
-    /// delta base) with its position in `have.versions`, and every chunk the client is known to
-    /// hold (from known versions, and the chunks of `current` that `have.chunks` matches).
-    pub fn resolve_have(
+    /// Resolves a client digest against the manifests it asks about: the versions in
+    /// `have.versions` the server knows, with their positions there, and every chunk the client
+    /// is known to hold (from known versions, and the chunks of `wanted` that `have.chunks`
+    /// matches).
+    pub fn resolve_have<'a>(
         &self,
         have: &Have,
-        current: &Manifest,
-    ) -> (Option<(u32, Arc<Indexed>)>, HashSet<ChunkId>) {
-        let known = self.versions.read().expect("poisoned");
-        let mut base = None;
-        let mut held: HashSet<ChunkId> =
-            have.chunks.matching(current.chunks.iter().map(|c| &c.id)).into_iter().collect();
-        for (i, v) in have.versions.iter().enumerate() {
-            if let Some(known) = known.get(v) {
-                base.get_or_insert_with(|| (i as u32, known.clone()));
-                held.extend(known.manifest.chunks.iter().map(|c| c.id));
+        wanted: impl IntoIterator<Item = &'a Manifest>,
+    ) -> (Vec<(u32, Arc<Indexed>)>, HashSet<ChunkId>) {
+        let versions = self.versions.read().expect("poisoned");
+        let known: Vec<(u32, Arc<Indexed>)> =
+            (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, versions.get(v)?.clone()))).collect();
+        let candidates = wanted.into_iter().flat_map(|m| m.chunks.iter().map(|c| &c.id));
+        let mut held: HashSet<ChunkId> = have.chunks.matching(candidates).into_iter().collect();
+        for (_, k) in &known {
+            held.extend(k.manifest.chunks.iter().map(|c| c.id));
+        }
+        (known, held)
+    }
+
+    /// The files under `folder` (a folder or the whole root), indexed, sorted by path.
+    /// Symlinks are followed only where they resolve inside the root; temporary files (see
+    /// [`is_temporary`]) are left out.
+    pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
+        let root = self.config.root.clone();
+        let folder = folder.clone();
+        let names = tokio::task::spawn_blocking(move || walk(&root, &folder))
+            .await
+            .expect("listing task panicked")?;
+        let mut files = Vec::with_capacity(names.len());
+        for asset in names {
+            match self.current(&asset).await {
+                Ok(file) => files.push(file),
+                // Deleted since the walk saw it.
+                Err(IndexError::Unknown(_)) => {}
+                Err(e) => return Err(e),
             }
         }
-        (base, held)
+        Ok(files)
     }
 }
 
@@ -254,6 +284,63 @@ fn refresh(
         return Ok(Some(Indexed { manifest, version, data: Bytes::from(data), offsets, stamp: after }));
     }
     Err(io_err(io::Error::other("the file kept changing while it was being read")))
+}
+
+/// Most files one folder listing may hold.
+pub const MAX_FOLDER_FILES: usize = 10_000;
+
+/// Editors' and build tools' temporary files (`x~`, `x.tmp`, `.x.swp`, `.#x`, ...), which are not
+/// listed in folders nor announced to folder subscriptions.
+pub fn is_temporary(asset: &AssetPath) -> bool {
+    let name = asset.as_str().rsplit('/').next().unwrap_or_default();
+    name.ends_with('~')
+        || name.starts_with(".#")
+        || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
+}
+
+/// The asset paths of the files under `folder`, sorted.
+fn walk(root: &Path, folder: &Scope) -> Result<Vec<AssetPath>, IndexError> {
+    let (start, real, name) = match folder {
+        Scope::All => (root.to_path_buf(), root.to_path_buf(), ""),
+        Scope::Folder(f) | Scope::Asset(f) => {
+            let start = f.components().fold(root.to_path_buf(), |p, c| p.join(c));
+            let real = start.canonicalize().ok().filter(|r| r.starts_with(root) && r.is_dir());
+            (start, real.ok_or_else(|| IndexError::Unknown(f.clone()))?, f.as_str())
+        }
+    };
+    let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit: MAX_FOLDER_FILES };
+    let mut out = Vec::new();
+    let mut visited = HashSet::from([real]);
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Through symlinks: only targets inside the root, each directory once.
+            let Ok(target) = path.canonicalize() else { continue };
+            if !target.starts_with(root) {
+                continue;
+            }
+            if target.is_dir() {
+                if visited.insert(target) {
+                    stack.push(path);
+                }
+            } else if target.is_file() {
+                let Some(asset) = path.strip_prefix(root).ok().and_then(|r| AssetPath::new(r.to_str()?).ok())
+                else {
+                    continue;
+                };
+                if !is_temporary(&asset) {
+                    if out.len() == MAX_FOLDER_FILES {
+                        return Err(too_many());
+                    }
+                    out.push(asset);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Joins `asset` onto `root` and refuses anything that resolves outside it, symlinks included.

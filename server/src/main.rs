@@ -10,9 +10,9 @@ use anyhow::Context;
 use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
-use assetsync::pull::{FollowEvent, PullConfig, PullReport, follow, pull};
+use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::{ServeConfig, SessionLimits};
-use assetsync_protocol::{AssetPath, ChunkParams};
+use assetsync_protocol::{ChunkParams, Scope};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -114,14 +114,15 @@ struct PullArgs {
     /// Each ASSET is written to OUT/ASSET
     #[arg(long)]
     out: PathBuf,
-    /// Print one JSON object per asset
+    /// Print one JSON object per event (file pulled, folder synced, file removed)
     #[arg(long)]
     json: bool,
     /// Keep running: pull each asset again whenever the server announces a change (and delete
     /// it from OUT when it is removed), reconnecting with backoff when the server goes away
     #[arg(long)]
     follow: bool,
-    /// Asset paths relative to the server root, e.g. js/app.js
+    /// Asset paths relative to the server root, e.g. js/app.js, or folders ending in '/', e.g.
+    /// dist/ (every file below it; files the server no longer has are deleted from OUT)
     #[arg(required = true)]
     assets: Vec<String>,
 }
@@ -148,14 +149,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Pull(args) => {
-            let assets = args.assets.iter().map(|a| AssetPath::new(a)).collect::<Result<Vec<_>, _>>()?;
+            let targets = args.assets.iter().map(|a| Scope::new(a)).collect::<Result<Vec<_>, _>>()?;
             let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out) };
             let json = args.json;
-            let print = |r: &PullReport| {
+            let print = |event: &PullEvent| {
                 if json {
-                    println!("{}", serde_json::to_string(r).expect("reports serialise"));
-                } else {
-                    println!(
+                    return println!("{}", serde_json::to_string(event).expect("events serialise"));
+                }
+                match event {
+                    PullEvent::Pulled(r) => println!(
                         "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
                         r.asset,
                         r.bytes,
@@ -164,26 +166,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         r.wire_bytes_in,
                         r.wire_bytes_out,
                         r.elapsed_ms
-                    );
-                }
-            };
-            if !args.follow {
-                return pull(&config, &assets, print).await.map(drop);
-            }
-            follow(&config, &assets, |event| {
-                if json {
-                    return println!("{}", serde_json::to_string(event).expect("events serialise"));
-                }
-                match event {
-                    FollowEvent::Pulled(r) => print(r),
-                    FollowEvent::Removed { asset } => println!("{asset}: removed"),
-                    FollowEvent::Failed { asset, error } => eprintln!("{asset}: {error}"),
-                    FollowEvent::Disconnected { error, retry_ms } => {
+                    ),
+                    PullEvent::Folder(f) => println!(
+                        "{}: {} files, {} fetched, {} removed, {} bytes received, {} sent, {} ms",
+                        if f.folder.is_empty() { "(root)" } else { &f.folder },
+                        f.files,
+                        f.fetched,
+                        f.removed,
+                        f.wire_bytes_in,
+                        f.wire_bytes_out,
+                        f.elapsed_ms
+                    ),
+                    PullEvent::Removed { asset } => println!("{asset}: removed"),
+                    PullEvent::Failed { asset, error } => eprintln!("{asset}: {error}"),
+                    PullEvent::Disconnected { error, retry_ms } => {
                         eprintln!("connection lost ({error}); retrying in {retry_ms} ms")
                     }
                 }
-            })
-            .await
+            };
+            if args.follow {
+                follow(&config, &targets, print).await
+            } else {
+                pull(&config, &targets, print).await.map(drop)
+            }
         }
         Command::Gc { cache, json } => {
             let report = tokio::task::spawn_blocking(move || Cache::open(&cache)?.gc()).await??;

@@ -1,7 +1,7 @@
 //! The native client: drives [`assetsync_protocol::ClientSync`] over tokio-tungstenite and
 //! commits verified results to a [`Cache`] and an output folder.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
-    PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, Have, MAX_HELD,
+    MAX_REQUESTS, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
+    folder_changes,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -68,35 +69,56 @@ pub struct PullReport {
 /// Pulls each asset in turn over one connection, calling `report` after each commit.
 pub async fn pull(
     config: &PullConfig,
-    assets: &[AssetPath],
-    mut report: impl FnMut(&PullReport),
+    targets: &[Scope],
+    mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<Vec<PullReport>> {
     let mut cache = Cache::open(&config.cache)?;
     let mut conn = Connection::open(&config.server).await?;
     let mut reports = Vec::new();
+    let mut collect = |e: &PullEvent| {
+        if let PullEvent::Pulled(r) = e {
+            reports.push(r.clone());
+        }
+        report(e);
+    };
     let mut result = Ok(());
-    for asset in assets {
-        match conn.pull_one(&mut cache, asset, config).await {
-            Ok(r) => {
-                report(&r);
-                reports.push(r);
-            }
-            Err(e) => {
-                result = Err(e.context(asset.to_string()));
-                break;
-            }
+    for target in targets {
+        if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
+            result = Err(e.context(target.to_string()));
+            break;
         }
     }
     conn.close().await;
     result.map(|()| reports)
 }
 
-/// What `pull --follow` reports.
+/// What one folder sync did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FolderReport {
+    /// The folder (`""` for the root).
+    pub folder: String,
+    /// Files the server listed.
+    pub files: usize,
+    /// Files fetched (new or changed).
+    pub fetched: usize,
+    /// Files deleted because the server no longer lists them.
+    pub removed: usize,
+    /// Bytes read from the socket for the whole folder.
+    pub wire_bytes_in: u64,
+    /// Bytes written to the socket for the whole folder.
+    pub wire_bytes_out: u64,
+    /// Wall time, commits included.
+    pub elapsed_ms: u64,
+}
+
+/// What `pull` reports as it goes (and `pull --follow` for as long as it runs).
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum FollowEvent {
+pub enum PullEvent {
     /// An asset was synced and written.
     Pulled(PullReport),
+    /// A folder was synced: its new and changed files were `pulled`, its gone ones `removed`.
+    Folder(FolderReport),
     /// An asset is gone from the server: deleted from `--out` and the cache's pointers.
     Removed {
         /// The asset path.
@@ -130,14 +152,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// or write).
 pub async fn follow(
     config: &PullConfig,
-    assets: &[AssetPath],
-    mut report: impl FnMut(&FollowEvent),
+    targets: &[Scope],
+    mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<()> {
     let mut cache = Cache::open(&config.cache)?;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut connected = false;
-        let error = match follow_once(config, &mut cache, assets, &mut report, &mut connected).await {
+        let error = match follow_once(config, &mut cache, targets, &mut report, &mut connected).await {
             Ok(never) => match never {},
             Err(Lost(e)) => e,
             Err(Fatal(e)) => return Err(e),
@@ -146,7 +168,7 @@ pub async fn follow(
             backoff = FIRST_BACKOFF;
         }
         let retry_ms = backoff.as_millis() as u64;
-        report(&FollowEvent::Disconnected { error: format!("{error:#}"), retry_ms });
+        report(&PullEvent::Disconnected { error: format!("{error:#}"), retry_ms });
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -174,28 +196,28 @@ use FollowEnd::{Fatal, Lost};
 async fn follow_once(
     config: &PullConfig,
     cache: &mut Cache,
-    assets: &[AssetPath],
-    report: &mut impl FnMut(&FollowEvent),
+    targets: &[Scope],
+    report: &mut impl FnMut(&PullEvent),
     connected: &mut bool,
 ) -> Result<std::convert::Infallible, FollowEnd> {
     let mut conn = Connection::open(&config.server).await.map_err(Lost)?;
     // Subscribed before the first pull, so that a change during it is not missed.
-    for asset in assets {
-        conn.subscribe(&Scope::Asset(asset.clone())).await.map_err(Lost)?;
+    for target in targets {
+        conn.subscribe(target).await.map_err(Lost)?;
     }
     *connected = true;
-    for asset in assets {
-        conn.follow_pull(cache, asset, config, report).await?;
+    for target in targets {
+        conn.follow_pull(cache, target, config, report).await?;
     }
     loop {
         let (asset, version) = conn.change().await.map_err(Lost)?;
         match version {
             Some(version) if cache.current(&asset).is_some_and(|m| m.version() == version) => {}
-            Some(_) => conn.follow_pull(cache, &asset, config, report).await?,
+            Some(_) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
             None => {
                 let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
                 cache.remove(&asset, out.as_deref()).map_err(Fatal)?;
-                report(&FollowEvent::Removed { asset: asset.to_string() });
+                report(&PullEvent::Removed { asset: asset.to_string() });
             }
         }
     }
@@ -371,19 +393,168 @@ impl Connection {
         let _ = self.ws.close(None).await;
     }
 
-    /// [`Connection::pull_one`] for [`follow`]: a request the server refused (an asset not there
-    /// yet, say) is reported and the connection goes on.
+    /// Pulls one asset, or every file of a folder, reporting each as it lands.
+    async fn pull_target(
+        &mut self,
+        cache: &mut Cache,
+        target: &Scope,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> anyhow::Result<()> {
+        match target {
+            Scope::Asset(asset) => report(&PullEvent::Pulled(self.pull_one(cache, asset, config).await?)),
+            folder => {
+                let r = self.pull_folder(cache, folder, config, report).await?;
+                report(&PullEvent::Folder(r));
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs a folder in one round trip: its listing, then every new or changed file, each
+    /// committed as it arrives; files no longer listed are removed. A file whose data fails
+    /// verification is pulled again on its own afterwards.
+    async fn pull_folder(
+        &mut self,
+        cache: &mut Cache,
+        folder: &Scope,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> anyhow::Result<FolderReport> {
+        let started = Instant::now();
+        let (in0, out0) = self.wire();
+        let held: Vec<Manifest> =
+            cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
+        let versions: Vec<VersionId> = held.iter().map(Manifest::version).collect();
+        let mut chunks = ChunkSet::default();
+        let (id, files) = loop {
+            let id = self.next_id;
+            self.next_id += 1;
+            let have = Have { versions: versions.clone(), chunks: chunks.clone() };
+            self.send(&ClientMessage::SyncFolder { id, folder: folder.to_string(), have }).await?;
+            match self.recv().await? {
+                Incoming::Control(ServerMessage::Folder { id: got, files }) if got == id => {
+                    break (id, files);
+                }
+                // The server forgot some of these versions: list their chunks instead.
+                Incoming::Control(ServerMessage::UnknownBase { id: got })
+                    if got == id && chunks.is_empty() =>
+                {
+                    let ids: HashSet<ChunkId> =
+                        held.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+                    chunks = ChunkSet::new(ids.into_iter().take(MAX_HELD));
+                }
+                Incoming::Control(ServerMessage::Error { id: Some(_), code, message }) => {
+                    return Err(SyncError::Server { code, message }.into());
+                }
+                other => bail!("unexpected answer to sync_folder: {other:?}"),
+            }
+        };
+        let changes = folder_changes(&held, &files);
+        let mut again = Vec::new();
+        for asset in &changes.fetch {
+            let (t0, (file_in0, _)) = (Instant::now(), self.wire());
+            let mut machine = ClientSync::for_folder_file(id, asset.clone(), held.clone(), chunks.prefix());
+            if let Err(error) = self.receive(&mut machine, cache).await? {
+                tracing::warn!(%asset, %error, "folder file failed verification; pulling it again");
+                again.push(asset.clone());
+                continue;
+            }
+            // Chunks sent for earlier files of this answer are in the cache by now.
+            let local =
+                machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
+            let synced = match machine.finish(local) {
+                Ok(synced) => synced,
+                Err(error) => {
+                    tracing::warn!(%asset, %error, "folder file failed verification; pulling it again");
+                    again.push(asset.clone());
+                    continue;
+                }
+            };
+            let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+            cache
+                .commit(
+                    &synced.manifest,
+                    synced.version,
+                    &synced.received,
+                    out.as_deref().map(|p| (p, &synced.data[..])),
+                )
+                .context(CommitFailed)?;
+            report(&PullEvent::Pulled(PullReport {
+                asset: asset.to_string(),
+                version: synced.version.to_hex(),
+                bytes: synced.manifest.len,
+                chunks: synced.manifest.chunks.len(),
+                chunks_reused: synced.chunks_reused,
+                wire_bytes_in: self.wire().0 - file_in0,
+                wire_bytes_out: 0,
+                elapsed_ms: t0.elapsed().as_millis() as u64,
+                requests: 1,
+                retried: false,
+            }));
+        }
+        for asset in &changes.removed {
+            let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+            cache.remove(asset, out.as_deref()).context(CommitFailed)?;
+            report(&PullEvent::Removed { asset: asset.to_string() });
+        }
+        for asset in &again {
+            report(&PullEvent::Pulled(self.pull_one(cache, asset, config).await?));
+        }
+        let (in1, out1) = self.wire();
+        Ok(FolderReport {
+            folder: folder.to_string(),
+            files: files.len(),
+            fetched: changes.fetch.len(),
+            removed: changes.removed.len(),
+            wire_bytes_in: in1 - in0,
+            wire_bytes_out: out1 - out0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Feeds one answer to `machine` until it is complete. Bad data (and `unknown_base`) comes
+    /// back as the inner `Err` once the whole answer has been read, so the stream stays usable.
+    async fn receive(
+        &mut self,
+        machine: &mut ClientSync,
+        cache: &Cache,
+    ) -> anyhow::Result<Result<(), SyncError>> {
+        loop {
+            let event = match self.recv().await? {
+                Incoming::Control(m) => machine.on_message(m),
+                Incoming::Frame(f) => machine.on_frame(&f),
+            };
+            if let Some(prefix) = machine.wanted_prefix() {
+                let file = cache.file(prefix);
+                machine.set_prefix(file);
+            }
+            match event {
+                Ok(Event::Complete) => return Ok(Ok(())),
+                Ok(Event::Progress { .. }) => {}
+                Err(
+                    error @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase),
+                ) => {
+                    return Ok(Err(error));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// [`Connection::pull_target`] for [`follow`]: a request the server refused (an asset not
+    /// there yet, say) is reported and the connection goes on.
     async fn follow_pull(
         &mut self,
         cache: &mut Cache,
-        asset: &AssetPath,
+        target: &Scope,
         config: &PullConfig,
-        report: &mut impl FnMut(&FollowEvent),
+        report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), FollowEnd> {
-        match self.pull_one(cache, asset, config).await {
-            Ok(r) => report(&FollowEvent::Pulled(r)),
+        match self.pull_target(cache, target, config, report).await {
+            Ok(()) => {}
             Err(e) if matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Server { .. })) => {
-                report(&FollowEvent::Failed { asset: asset.to_string(), error: format!("{e:#}") });
+                report(&PullEvent::Failed { asset: target.to_string(), error: format!("{e:#}") });
             }
             Err(e) if e.downcast_ref::<CommitFailed>().is_some() => return Err(Fatal(e)),
             Err(e) => return Err(Lost(e)),
@@ -466,27 +637,9 @@ impl Connection {
         self.next_id += 1;
         let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
         self.send(&request).await?;
-        loop {
-            let event = match self.recv().await? {
-                Incoming::Control(m) => machine.on_message(m),
-                Incoming::Frame(f) => machine.on_frame(&f),
-            };
-            if let Some(prefix) = machine.wanted_prefix() {
-                let file = cache.file(prefix);
-                machine.set_prefix(file);
-            }
-            match event {
-                Ok(Event::Complete) => break,
-                Ok(Event::Progress { .. }) => {}
-                // The whole answer has been read: a retry starts on a clean stream.
-                Err(
-                    error @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase),
-                ) => {
-                    let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-                    return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if let Err(error) = self.receive(&mut machine, cache).await? {
+            let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+            return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
         }
         let local: Vec<_> =
             machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();

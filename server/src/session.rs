@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashSet;
+
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ClientMessage, ClientView, ErrorCode, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    Scope, ServerMessage, compress, plan,
+    AssetPath, ChunkFrame, ChunkId, ClientMessage, ClientView, ErrorCode, FolderEntry, Have,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Scope, ServerMessage, compress, plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -15,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::encode::Batch;
-use crate::index::IndexError;
+use crate::index::{IndexError, Indexed};
 use crate::server::AppState;
 use crate::watch::Hub;
 
@@ -123,6 +125,10 @@ pub(crate) async fn run(
                 let peer = peer_caps.expect("checked above");
                 sync(&mut socket, &state, peer, Request { id, asset: &asset, have }).await
             }
+            Ok(ClientMessage::SyncFolder { id, folder, have }) => {
+                let peer = peer_caps.expect("checked above");
+                sync_folder(&mut socket, &state, peer, id, &folder, have).await
+            }
             Ok(ClientMessage::Subscribe { id, path }) => {
                 subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
             }
@@ -182,18 +188,17 @@ async fn subscribe(
     id: u32,
     path: &str,
 ) -> Result<(), Fatal> {
-    let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
     let scope = match Scope::new(path) {
         Ok(scope) => scope,
-        Err(e) => return send_json(socket, &refuse(ErrorCode::BadPath, e.to_string())).await,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
     };
     if !state.watching {
         let message = "this server does not watch its files (it runs with --no-watch)".to_owned();
-        return send_json(socket, &refuse(ErrorCode::Unsupported, message)).await;
+        return send_json(socket, &refuse(id, ErrorCode::Unsupported, message)).await;
     }
     if subscriptions.scopes.len() >= MAX_SUBSCRIPTIONS {
         let message = format!("more than {MAX_SUBSCRIPTIONS} subscriptions on one connection");
-        return send_json(socket, &refuse(ErrorCode::TooLarge, message)).await;
+        return send_json(socket, &refuse(id, ErrorCode::TooLarge, message)).await;
     }
     tracing::debug!(%scope, "subscribed");
     state.hub.add(&scope);
@@ -255,30 +260,23 @@ async fn sync(
 ) -> Result<(), Fatal> {
     let Request { id, asset, have } = request;
     let started = Instant::now();
-    let refuse = |code, message: String| ServerMessage::Error { id: Some(id), code, message };
     if have.len() > state.limits.max_have {
-        let message =
-            format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
-        return send_json(socket, &refuse(ErrorCode::TooLarge, message)).await;
+        return send_json(socket, &too_many_entries(id, &have, state)).await;
     }
     let asset = match AssetPath::new(asset) {
         Ok(asset) => asset,
-        Err(e) => return send_json(socket, &refuse(ErrorCode::BadPath, e.to_string())).await,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
     };
     let current = match state.index.current(&asset).await {
         Ok(current) => current,
         Err(e) => {
-            let code = match e {
-                IndexError::Unknown(_) => ErrorCode::UnknownAsset,
-                IndexError::Escapes(_) => ErrorCode::BadPath,
-                IndexError::TooLarge { .. } => ErrorCode::TooLarge,
-                IndexError::Io { .. } => ErrorCode::Internal,
-            };
             tracing::info!(%asset, error = %e, "sync refused");
-            return send_json(socket, &refuse(code, e.to_string())).await;
+            return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
         }
     };
-    let (base, held) = state.index.resolve_have(&have, &current.manifest);
+    let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
+    // The delta base: the first version named that the server knows.
+    let base = known.into_iter().next();
     let own_version_unknown = base.as_ref().is_none_or(|(i, _)| *i != 0);
     if peer.protocol >= 2 && !have.versions.is_empty() && own_version_unknown && have.chunks.is_empty() {
         // The client's own version (listed first) is one this server never saw or has
@@ -286,20 +284,119 @@ async fn sync(
         // the chunks it holds.
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
-    let base_file = base.as_ref().map(|(_, b)| b);
-    let view =
-        ClientView { base: base.as_ref().map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held: &held };
+    let sent = answer(socket, state, peer, id, None, &current, base.as_ref(), &held).await?;
+    tracing::info!(
+        %asset,
+        version = %&current.version.to_hex()[..12],
+        base = base.is_some(),
+        chunks = current.manifest.chunks.len(),
+        sent_chunks = sent.chunks.len(),
+        frame_bytes = sent.frame_bytes,
+        dict = sent.dict,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sync"
+    );
+    Ok(())
+}
+
+/// Answers `sync_folder`: the listing, then one `update` per file whose version the client does
+/// not hold, each chunk sent at most once across the whole answer.
+async fn sync_folder(
+    socket: &mut WebSocket,
+    state: &AppState,
+    peer: Peer,
+    id: u32,
+    folder: &str,
+    have: Have,
+) -> Result<(), Fatal> {
+    let started = Instant::now();
+    if have.len() > state.limits.max_have {
+        return send_json(socket, &too_many_entries(id, &have, state)).await;
+    }
+    let scope = match Scope::new(folder) {
+        Ok(Scope::Asset(_)) => {
+            let message = format!("{folder:?} is not a folder: end it with '/' (or use \"\" for the root)");
+            return send_json(socket, &refuse(id, ErrorCode::BadPath, message)).await;
+        }
+        Ok(scope) => scope,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
+    };
+    let files = match state.index.list(&scope).await {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::info!(%scope, error = %e, "folder sync refused");
+            return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
+        }
+    };
+    let (known, mut held) = state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref()));
+    if peer.protocol >= 2 && known.len() < have.versions.len() && have.chunks.is_empty() {
+        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
+    }
+    let entries =
+        files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
+    send_json(socket, &ServerMessage::Folder { id, files: entries }).await?;
+    let (mut updated, mut frame_bytes) = (0, 0);
+    for file in files.iter().filter(|f| !have.versions.contains(&f.version)) {
+        // The delta base and compression prefix: the client's version of the same file.
+        let base = known.iter().find(|(_, k)| k.manifest.path == file.manifest.path);
+        let path = Some(file.manifest.path.clone());
+        let sent = answer(socket, state, peer, id, path, file, base, &held).await?;
+        // Later files reference these chunks instead of carrying them again.
+        held.extend(sent.chunks.iter().map(|&i| file.manifest.chunks[i as usize].id));
+        updated += 1;
+        frame_bytes += sent.frame_bytes;
+    }
+    tracing::info!(
+        folder = %scope,
+        files = files.len(),
+        updated,
+        frame_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "folder sync"
+    );
+    Ok(())
+}
+
+/// What [`answer`] sent.
+struct Sent {
+    /// Manifest positions whose bytes went out.
+    chunks: Vec<u32>,
+    /// Bytes of binary frames.
+    frame_bytes: usize,
+    /// Whether batches were compressed against the base version.
+    dict: bool,
+}
+
+/// Plans, encodes and sends the answer for `current` to a client holding `held` (`update` with
+/// its chunk frames, or `up_to_date` when `base` is the current version itself).
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    socket: &mut WebSocket,
+    state: &AppState,
+    peer: Peer,
+    id: u32,
+    asset: Option<AssetPath>,
+    current: &Arc<Indexed>,
+    base: Option<&(u32, Arc<Indexed>)>,
+    held: &HashSet<ChunkId>,
+) -> Result<Sent, Fatal> {
+    let view = ClientView { base: base.map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
-        ServerMessage::Update(update) if peer.zstd && !answer.send.is_empty() => {
-            let encoded = state.encoder.encode(&current, &answer.send, base_file).await;
-            update.dict = encoded.prefixed;
-            Some(encoded)
+        ServerMessage::Update(update) => {
+            update.asset = asset;
+            if peer.zstd && !answer.send.is_empty() {
+                let encoded = state.encoder.encode(current, &answer.send, base.map(|(_, b)| b)).await;
+                update.dict = encoded.prefixed;
+                Some(encoded)
+            } else {
+                None
+            }
         }
         _ => None,
     };
     send_json(socket, &answer.message).await?;
-    let mut wire = 0usize;
+    let mut frame_bytes = 0usize;
     let plain = |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
     let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
         None => Box::new(answer.send.iter().map(|&i| plain(i))),
@@ -312,24 +409,32 @@ async fn sync(
         })),
     };
     for frame in frames {
-        wire += frame.len();
+        frame_bytes += frame.len();
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
         // this loop down instead of making the server buffer without limit.
         socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
     }
     socket.flush().await.map_err(gone)?;
-    tracing::info!(
-        %asset,
-        version = %&current.version.to_hex()[..12],
-        base = base.is_some(),
-        chunks = current.manifest.chunks.len(),
-        sent_chunks = answer.send.len(),
-        frame_bytes = wire,
-        dict = encoded.as_ref().is_some_and(|e| e.prefixed),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "sync"
-    );
-    Ok(())
+    let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
+    Ok(Sent { chunks: answer.send, frame_bytes, dict })
+}
+
+fn refuse(id: u32, code: ErrorCode, message: String) -> ServerMessage {
+    ServerMessage::Error { id: Some(id), code, message }
+}
+
+fn too_many_entries(id: u32, have: &Have, state: &AppState) -> ServerMessage {
+    let message = format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
+    refuse(id, ErrorCode::TooLarge, message)
+}
+
+fn code_of(e: &IndexError) -> ErrorCode {
+    match e {
+        IndexError::Unknown(_) => ErrorCode::UnknownAsset,
+        IndexError::Escapes(_) => ErrorCode::BadPath,
+        IndexError::TooLarge { .. } | IndexError::TooManyFiles { .. } => ErrorCode::TooLarge,
+        IndexError::Io { .. } => ErrorCode::Internal,
+    }
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {

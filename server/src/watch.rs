@@ -19,7 +19,7 @@ use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, Debouncer, 
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::index::{AssetIndex, IndexError};
+use crate::index::{AssetIndex, IndexError, is_temporary};
 
 /// Most files a directory event is expanded to (a folder renamed into the root).
 const MAX_FILES_PER_EVENT: usize = 100_000;
@@ -157,16 +157,6 @@ async fn run(
             }
         }
     }
-}
-
-/// Editors' and build tools' temporary files (`x~`, `x.tmp`, `.x.swp`, `.#x`): not announced to
-/// folder subscriptions, even when one lives longer than the quiet time. (A file already served
-/// is followed whatever its name.)
-fn is_temporary(asset: &AssetPath) -> bool {
-    let name = asset.as_str().rsplit('/').next().unwrap_or_default();
-    name.ends_with('~')
-        || name.starts_with(".#")
-        || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 
 /// The assets an event at `path` may concern: the file itself, every file below it if it is a

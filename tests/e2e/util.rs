@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use assetsync::pull::{PullConfig, PullReport, pull};
 use assetsync::{ServeConfig, run};
 pub use assetsync_protocol::test_util::random_bytes;
-use assetsync_protocol::{AssetPath, Hash, PROTOCOL_VERSION};
+use assetsync_protocol::{Hash, PROTOCOL_VERSION, Scope};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -100,8 +100,8 @@ impl TestClient {
     pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
         let config =
             PullConfig { server: server.url(), cache: self.cache(), out: Some(self.dir.path().join("out")) };
-        let assets: Vec<AssetPath> = assets.iter().map(|a| AssetPath::new(a).unwrap()).collect();
-        pull(&config, &assets, |_| {}).await
+        let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
+        pull(&config, &targets, |_| {}).await
     }
 
     /// Pulls one asset and checks that the output equals `expected` byte for byte (by SHA-256).

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use assetsync::pull::{FollowEvent, PullConfig, follow};
-use assetsync_protocol::AssetPath;
+use assetsync::pull::{PullConfig, PullEvent, follow};
+use assetsync_protocol::Scope;
 use tokio::sync::mpsc;
 
 use crate::util::{TestClient, TestServer, random_bytes};
@@ -11,7 +11,7 @@ use crate::util::{TestClient, TestServer, random_bytes};
 /// A native client running `pull --follow` in the background, its events on a channel.
 struct Follower {
     client: TestClient,
-    events: mpsc::UnboundedReceiver<FollowEvent>,
+    events: mpsc::UnboundedReceiver<PullEvent>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -23,10 +23,10 @@ impl Follower {
             cache: client.cache(),
             out: Some(client.dir.path().join("out")),
         };
-        let assets: Vec<AssetPath> = assets.iter().map(|a| AssetPath::new(a).unwrap()).collect();
+        let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            follow(&config, &assets, |e| {
+            follow(&config, &targets, |e| {
                 let _ = tx.send(e.clone());
             })
             .await
@@ -35,7 +35,7 @@ impl Follower {
     }
 
     /// The next event, failing the test after 10 s.
-    async fn next(&mut self) -> FollowEvent {
+    async fn next(&mut self) -> PullEvent {
         tokio::time::timeout(Duration::from_secs(10), self.events.recv())
             .await
             .expect("no event within 10 s")
@@ -46,8 +46,8 @@ impl Follower {
     async fn pulled(&mut self, asset: &str) -> u64 {
         loop {
             match self.next().await {
-                FollowEvent::Pulled(r) if r.asset == asset => return r.wire_bytes_in,
-                FollowEvent::Failed { error, .. } => panic!("{error}"),
+                PullEvent::Pulled(r) if r.asset == asset => return r.wire_bytes_in,
+                PullEvent::Failed { error, .. } => panic!("{error}"),
                 _ => {}
             }
         }
@@ -84,7 +84,7 @@ async fn follow_tracks_rewrites_removals_and_recreations() {
 
     std::fs::remove_file(server.root.path().join("b.js")).unwrap();
     loop {
-        if let FollowEvent::Removed { asset } = f.next().await {
+        if let PullEvent::Removed { asset } = f.next().await {
             assert_eq!(asset, "b.js");
             break;
         }
@@ -133,7 +133,7 @@ async fn follow_reconnects_after_a_server_restart() {
     server.write("app.js", &next);
     loop {
         match f.next().await {
-            FollowEvent::Pulled(r) if f.out("app.js").as_deref() == Some(&next[..]) => {
+            PullEvent::Pulled(r) if f.out("app.js").as_deref() == Some(&next[..]) => {
                 assert_eq!(r.asset, "app.js");
                 break;
             }
