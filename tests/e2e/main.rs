@@ -3,6 +3,7 @@
 mod bad_input;
 mod cache;
 mod cli;
+mod folder;
 mod sync;
 mod util;
 mod watch;

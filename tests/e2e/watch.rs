@@ -9,14 +9,14 @@ use tokio::sync::mpsc;
 use crate::util::{TestClient, TestServer, random_bytes};
 
 /// A native client running `pull --follow` in the background, its events on a channel.
-struct Follower {
+pub struct Follower {
     client: TestClient,
     events: mpsc::UnboundedReceiver<PullEvent>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Follower {
-    fn start(server: &TestServer, assets: &[&str]) -> Self {
+    pub fn start(server: &TestServer, assets: &[&str]) -> Self {
         let client = TestClient::new();
         let config = PullConfig {
             server: server.url(),
@@ -35,7 +35,7 @@ impl Follower {
     }
 
     /// The next event, failing the test after 10 s.
-    async fn next(&mut self) -> PullEvent {
+    pub async fn next(&mut self) -> PullEvent {
         tokio::time::timeout(Duration::from_secs(10), self.events.recv())
             .await
             .expect("no event within 10 s")
@@ -55,6 +55,10 @@ impl Follower {
 
     fn out(&self, asset: &str) -> Option<Vec<u8>> {
         std::fs::read(self.client.out(asset)).ok()
+    }
+
+    pub fn out_dir(&self) -> std::path::PathBuf {
+        self.client.dir.path().join("out")
     }
 }
 

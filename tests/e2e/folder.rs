@@ -1,0 +1,131 @@
+//! Whole folders: one round trip lists and fetches a build folder; deletions and renames follow.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use assetsync::pull::PullEvent;
+
+use crate::util::{TestClient, TestServer, random_bytes};
+use crate::watch::Follower;
+
+/// Every file under `dir`, by path relative to it.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_syncs_in_one_request_with_new_changed_and_removed_files() {
+    let server = TestServer::start().await;
+    let a = random_bytes(300_000, 30);
+    server.write("dist/a.js", &a);
+    server.write("dist/b.js", b"b");
+    server.write("dist/sub/c.js", &random_bytes(100_000, 31));
+    server.write("other.js", b"not in the folder");
+    let client = TestClient::new();
+    let reports = client.pull(&server, &["dist/"]).await.unwrap();
+    assert_eq!(reports.len(), 3);
+    let out = client.dir.path().join("out");
+    assert_eq!(tree(&out.join("dist")), tree(&server.root.path().join("dist")));
+    assert!(!out.join("other.js").exists());
+
+    // A rebuild: one file edited, one gone, one new.
+    let mut a2 = a.clone();
+    a2[150_000..150_100].fill(9);
+    server.write("dist/a.js", &a2);
+    std::fs::remove_file(server.root.path().join("dist/b.js")).unwrap();
+    server.write("dist/d.js", b"new file");
+    let reports = client.pull(&server, &["dist/"]).await.unwrap();
+    let fetched: Vec<&str> = reports.iter().map(|r| r.asset.as_str()).collect();
+    assert_eq!(fetched, ["dist/a.js", "dist/d.js"]);
+    assert!(reports[0].wire_bytes_in < 32 * 1024, "{:?}", reports[0]);
+    assert_eq!(tree(&out.join("dist")), tree(&server.root.path().join("dist")));
+
+    // Nothing changed: the listing alone.
+    assert!(client.pull(&server, &["dist/"]).await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_shared_by_files_of_a_folder_cross_the_wire_once() {
+    let server = TestServer::start().await;
+    let shared = random_bytes(1 << 20, 32);
+    server.write("dist/x.bin", &shared);
+    server.write("dist/y.bin", &[&shared[..], b"and a tail"].concat());
+    let client = TestClient::new();
+    let reports = client.pull(&server, &["dist/"]).await.unwrap();
+    let wire: u64 = reports.iter().map(|r| r.wire_bytes_in).sum();
+    assert!(wire < (1 << 20) + 100_000, "two files sharing 1 MiB cost {wire} bytes");
+    assert_eq!(std::fs::read(client.out("dist/y.bin")).unwrap().len(), shared.len() + 10);
+    server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn folder_listings_follow_symlinks_only_inside_the_root() {
+    let server = TestServer::start().await;
+    server.write("lib/shared.js", b"shared");
+    server.write("dist/app.js", b"app");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), b"secret").unwrap();
+    let dist = server.root.path().join("dist");
+    std::os::unix::fs::symlink(server.root.path().join("lib/shared.js"), dist.join("shared.js")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), dist.join("secret.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dist.join("outside")).unwrap();
+    // A loop must not hang the listing.
+    std::os::unix::fs::symlink(&dist, dist.join("again")).unwrap();
+    let client = TestClient::new();
+    let mut got: Vec<String> =
+        client.pull(&server, &["dist/"]).await.unwrap().into_iter().map(|r| r.asset).collect();
+    got.sort();
+    assert_eq!(got, ["dist/app.js", "dist/shared.js"]);
+    server.stop().await;
+}
+
+/// `pull --follow dist/`: files created, modified, deleted and renamed on the server; the output
+/// folder ends identical to the served one.
+#[tokio::test(flavor = "multi_thread")]
+async fn following_a_folder_mirrors_creates_edits_deletes_and_renames() {
+    let server = TestServer::start().await;
+    server.write("dist/a.js", &random_bytes(200_000, 33));
+    server.write("dist/b.js", b"b");
+    let mut f = Follower::start(&server, &["dist/"]);
+    loop {
+        if let PullEvent::Folder(r) = f.next().await {
+            assert_eq!(r.fetched, 2);
+            break;
+        }
+    }
+    let root = server.root.path().join("dist");
+    server.write("dist/new/c.js", b"created");
+    server.replace("dist/a.js", &random_bytes(200_000, 34));
+    std::fs::remove_file(root.join("b.js")).unwrap();
+    server.write("dist/old.js", b"to be renamed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(root.join("old.js"), root.join("renamed.js")).unwrap();
+    let out = f.out_dir().join("dist");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tree(&out) != tree(&root) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?} != {:?}",
+            tree(&out).keys(),
+            tree(&root).keys()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), f.next()).await;
+    }
+    server.stop().await;
+}
