@@ -205,6 +205,44 @@ test("two subscribed pages receive a rebuilt asset by push, for kilobytes, and s
     assert.equal((await last(page)).version, null, await all(page));
     assert.equal(await page.evaluate(() => window.client.read("js/app.js")), null, "a removed asset leaves the store");
   }
+  // A file created in the folder arrives too.
+  server.write("js/new.js", Buffer.from("export const fresh = true;\n"));
+  for (const page of pages) {
+    await page.waitForFunction(() => window.updates.some((u) => u.asset === "js/new.js"), null, { timeout: 10_000 });
+    const text = await page.evaluate(async () => new TextDecoder().decode(await window.client.read("js/new.js")));
+    assert.equal(text, "export const fresh = true;\n");
+  }
+  await server.stop();
+  await context.close();
+});
+
+test("syncFolder fetches a folder in one request and mirrors deletions", async () => {
+  const server = await startServer();
+  const files = { "dist/app.js": bundle(1), "dist/vendor.js": realBundle(), "dist/css/site.css": Buffer.from("body{}") };
+  for (const [name, bytes] of Object.entries(files)) server.write(name, bytes);
+  server.write("elsewhere.js", Buffer.from("not in dist"));
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const first = await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "folder" });
+    return window.client.syncFolder("dist/");
+  }, server.ws);
+  assert.deepEqual([...first.fetched].sort(), Object.keys(files).sort());
+  assert.equal(first.files, 3);
+  for (const [name, bytes] of Object.entries(files)) {
+    const hash = await page.evaluate(async (name) => window.hex(await window.client.read(name)), name);
+    assert.equal(hash, sha256(bytes), name);
+  }
+  // A rebuild: app.js edited, the stylesheet gone.
+  server.write("dist/app.js", bundle(2));
+  unlinkSync(join(server.root, "dist/css/site.css"));
+  const second = await page.evaluate(() => window.client.syncFolder("dist/"));
+  assert.deepEqual(second.fetched, ["dist/app.js"]);
+  assert.deepEqual(second.removed, ["dist/css/site.css"]);
+  assert.ok(second.wireBytesIn < 20 * 1024, `folder update cost ${second.wireBytesIn} bytes`);
+  assert.equal(await page.evaluate(() => window.client.read("dist/css/site.css")), null);
+  const hash = await page.evaluate(async () => window.hex(await window.client.read("dist/app.js")));
+  assert.equal(hash, sha256(bundle(2)));
   await server.stop();
   await context.close();
 });

@@ -17,6 +17,7 @@
 //! Errors cross into JS as `Error` objects here, at the API edge, and nowhere else.
 
 mod digest;
+mod folder;
 mod socket;
 mod store;
 mod subscribe;
@@ -92,6 +93,19 @@ export interface AssetUpdate {
   /** Why syncing the change failed; the previous copy is still readable. */
   error?: Error;
 }
+/** What `syncFolder` did. */
+export interface FolderResult {
+  folder: string;
+  /** Files the server lists in the folder. */
+  files: number;
+  /** New and changed files, fetched, verified and committed. */
+  fetched: string[];
+  /** Files deleted from the store because the server no longer has them. */
+  removed: string[];
+  wireBytesIn: number;
+  wireBytesOut: number;
+  elapsedMs: number;
+}
 /** What `gc` freed. */
 export interface GcReport {
   chunksDeleted: number;
@@ -148,6 +162,7 @@ struct Client {
 /// The verified result of one sync.
 #[wasm_bindgen]
 pub struct SyncResult {
+    asset: AssetPath,
     version: VersionId,
     data: Rc<[u8]>,
     stats: Object,
@@ -201,13 +216,22 @@ impl SyncClient {
         self.inner.sync(asset, on_progress).await
     }
 
+    /// Syncs a whole folder (`"dist/"`, or `""` for the whole root) in one round trip: fetches
+    /// and commits every new or changed file, each verified, and deletes from the store the
+    /// files the server no longer has. Chunks shared by several files cross the wire once.
+    #[wasm_bindgen(js_name = syncFolder, unchecked_return_type = "FolderResult")]
+    pub async fn sync_folder(&self, folder: String) -> Result<JsValue, JsError> {
+        let scope = Scope::new(&folder).map_err(js_error)?;
+        Ok(self.inner.sync_folder(&scope).await?.to_js(&scope))
+    }
+
     /// Follows `path` (an asset, a folder ending in `/`, or `""` for everything): whenever the
     /// server announces that an asset inside it changed, the client syncs and commits it, then
     /// calls `on_update({asset, version, result})`; for an asset removed on the server it deletes
     /// the local copy and calls `on_update({asset, version: null})`; a failed sync is reported as
     /// `{asset, version, error}`. Resolves once the server confirmed the subscription. If the
-    /// connection drops, the client reconnects with backoff, subscribes again and syncs every
-    /// stored asset inside `path`, reporting those that changed meanwhile.
+    /// connection drops, the client reconnects with backoff, subscribes again and brings `path`
+    /// up to date (a folder with `syncFolder`), reporting what changed meanwhile.
     pub async fn subscribe(
         &self,
         path: String,
@@ -327,7 +351,7 @@ impl Client {
             Fetched::Remembered { version, len, chunks, data } => (version, len, chunks, chunks, data),
         };
         if self.memory_cache {
-            self.remembered.borrow_mut().insert(asset, (version, data.clone()));
+            self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));
         }
         let stats = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
@@ -342,7 +366,7 @@ impl Client {
         set("retried", retried.into());
         set("storeMs", timings.store_ms.into());
         set("verifyMs", timings.verify_ms.into());
-        Ok(SyncResult { version, data, stats })
+        Ok(SyncResult { asset, version, data, stats })
     }
 
     async fn read(&self, asset: String) -> Result<JsValue, JsError> {
@@ -469,33 +493,9 @@ impl Client {
         let have = ChunkSet::new(holding.chunks);
         let (mut machine, request) = ClientSync::new(id, asset.clone(), holding.base, holding.others, have);
         self.send(socket, &request)?;
-        loop {
-            let event = match next(socket).await? {
-                Incoming::Text(text) => machine.on_message(parse(&text)?),
-                Incoming::Binary(frame) => machine.on_frame(&frame),
-                Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
-            };
-            if let Some(prefix) = machine.wanted_prefix() {
-                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
-                machine.set_prefix(file);
-            }
-            match event {
-                Ok(Event::Complete) => {
-                    let total = machine.announced_bytes();
-                    report_progress(on_progress, total, total);
-                    break;
-                }
-                Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
-                // The whole answer has been read: a retry starts on a clean stream.
-                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
-                    let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-                    return Ok(Err((e, held.unwrap_or_default())));
-                }
-                Err(e @ SyncError::ConnectionClosed(_)) => {
-                    return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });
-                }
-                Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
-            }
+        if let Err(e) = self.receive(socket, &mut machine, asset, on_progress).await? {
+            let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+            return Ok(Err((e, held.unwrap_or_default())));
         }
         if let Some(manifest) = machine.manifest().filter(|_| machine.announced_bytes() == 0) {
             let version = manifest.version();
@@ -530,6 +530,46 @@ impl Client {
                     self.store.discard(damaged).await.map_err(|e| Fatal::new(e.0))?;
                 }
                 Ok(Err((error, held)))
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Feeds one answer to `machine` until it is complete, reporting progress. Bad data (and
+    /// `unknown_base`) comes back as the inner `Err` once the whole answer has been read, so the
+    /// stream stays usable.
+    async fn receive(
+        &self,
+        socket: &mut Socket,
+        machine: &mut ClientSync,
+        asset: &AssetPath,
+        on_progress: Option<&Function>,
+    ) -> Result<Result<(), SyncError>, Fatal> {
+        loop {
+            let event = match next(socket).await? {
+                Incoming::Text(text) => machine.on_message(parse(&text)?),
+                Incoming::Binary(frame) => machine.on_frame(&frame),
+                Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
+            };
+            if let Some(prefix) = machine.wanted_prefix() {
+                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
+                machine.set_prefix(file);
+            }
+            match event {
+                Ok(Event::Complete) => {
+                    let total = machine.announced_bytes();
+                    report_progress(on_progress, total, total);
+                    return Ok(Ok(()));
+                }
+                Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
+                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
+                    return Ok(Err(e));
+                }
+                Err(e @ SyncError::ConnectionClosed(_)) => {
+                    return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });
+                }
+                Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
             }
         }
     }

@@ -4,9 +4,10 @@
 //! Pushes travel on their own channel from the socket ([`Socket::take_pushes`]), so they never
 //! disturb an answer being read. One listener task per socket handles them in order; it holds
 //! the client weakly, so a client the page dropped is not kept alive by it. When the socket
-//! closes, the listener reconnects with backoff, subscribes again and syncs every stored asset
-//! the subscriptions cover, so that nothing announced meanwhile is missed.
+//! closes, the listener reconnects with backoff, subscribes again and brings every subscription
+//! up to date (folders with a folder sync), so that nothing announced meanwhile is missed.
 
+use std::collections::HashSet;
 use std::rc::{Rc, Weak};
 
 use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
@@ -16,7 +17,7 @@ use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, Fatal, js_error, next, parse};
+use crate::{Client, Fatal, SyncResult, js_error, next, parse};
 
 /// First wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: i32 = 250;
@@ -78,57 +79,69 @@ impl Client {
     }
 
     /// Brings `asset` up to date after a push (`Some(version)`, `None` inside when it was
-    /// removed) or a reconnection (`None`: unknown whether it changed), and calls the callbacks
-    /// of the subscriptions covering it if it did change.
+    /// removed) or a reconnection (`None`: unknown whether it changed), and tells the
+    /// subscriptions covering it if it did change.
     async fn deliver(self: &Rc<Self>, asset: AssetPath, pushed: Option<Option<VersionId>>) {
+        if !self.subscriptions.borrow().iter().any(|(s, _)| s.covers(&asset)) {
+            return;
+        }
+        let before = self.store.current(&asset).await.ok().flatten().map(|m| m.version());
+        match pushed {
+            Some(Some(version)) if before == Some(version) => {}
+            Some(None) => {
+                if before.is_some() {
+                    self.remembered.borrow_mut().remove(&asset);
+                    let error = self.store.remove(&asset).await.err();
+                    let error =
+                        error.map(|e| js_error(format!("{asset}: cannot delete the local copy: {}", e.0)));
+                    self.notify(&asset, Update::Removed(error));
+                }
+            }
+            _ => match self.sync(asset.as_str().to_owned(), None).await {
+                Ok(result) if before == Some(result.version) => {}
+                Ok(result) => self.notify(&asset, Update::Synced(result)),
+                Err(e) => self.notify(&asset, Update::Failed(pushed.flatten(), e)),
+            },
+        }
+    }
+
+    /// Calls the callbacks of the subscriptions covering `asset` with `update`.
+    fn notify(&self, asset: &AssetPath, update: Update) {
+        let object = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&object, &k.into(), &v).expect("set on a plain object");
+        set("asset", asset.as_str().into());
+        match update {
+            Update::Synced(result) => {
+                set("version", result.version.to_hex().into());
+                set("result", result.into());
+            }
+            Update::Removed(error) => {
+                set("version", JsValue::NULL);
+                if let Some(error) = error {
+                    set("error", error.into());
+                }
+            }
+            Update::Failed(version, error) => {
+                set("version", version.map_or(JsValue::NULL, |v| v.to_hex().into()));
+                set("error", error.into());
+            }
+        }
         let callbacks: Vec<Function> = self
             .subscriptions
             .borrow()
             .iter()
-            .filter(|(s, _)| s.covers(&asset))
+            .filter(|(s, _)| s.covers(asset))
             .map(|(_, f)| f.clone())
             .collect();
-        if callbacks.is_empty() {
-            return;
-        }
-        let before = self.store.current(&asset).await.ok().flatten().map(|m| m.version());
-        let update = Object::new();
-        let set = |k: &str, v: JsValue| Reflect::set(&update, &k.into(), &v).expect("set on a plain object");
-        set("asset", asset.as_str().into());
-        match pushed {
-            Some(Some(version)) if before == Some(version) => return,
-            Some(None) => {
-                if before.is_none() {
-                    return;
-                }
-                self.remembered.borrow_mut().remove(&asset);
-                set("version", JsValue::NULL);
-                if let Err(e) = self.store.remove(&asset).await {
-                    set("error", js_error(format!("{asset}: cannot delete the local copy: {}", e.0)).into());
-                }
-            }
-            _ => match self.sync(asset.as_str().to_owned(), None).await {
-                Ok(result) => {
-                    if before == Some(result.version) {
-                        return;
-                    }
-                    set("version", result.version.to_hex().into());
-                    set("result", result.into());
-                }
-                Err(e) => {
-                    set("version", pushed.flatten().map_or(JsValue::NULL, |v| v.to_hex().into()));
-                    set("error", e.into());
-                }
-            },
-        }
         for f in callbacks {
             // A throwing callback must not stop the others, nor the listener.
-            let _ = f.call1(&JsValue::NULL, &update);
+            let _ = f.call1(&JsValue::NULL, &object);
         }
     }
 
     /// After a lost connection: connects again (renewing the subscriptions) unless a sync
-    /// already did, then syncs every stored asset a subscription covers.
+    /// already did, then brings everything subscribed up to date: a folder with one folder sync
+    /// (which also finds files created or deleted meanwhile), an asset with one sync.
     async fn resume(self: &Rc<Self>) -> Result<(), JsError> {
         {
             let mut guard = self.socket.lock().await;
@@ -137,11 +150,40 @@ impl Client {
                 *guard = Some(self.handshake().await?);
             }
         }
-        for asset in self.store.assets().await? {
-            self.deliver(asset, None).await;
+        let mut seen = HashSet::new();
+        let scopes: Vec<Scope> = self
+            .subscriptions
+            .borrow()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .filter(|s| seen.insert(s.clone()))
+            .collect();
+        for scope in scopes {
+            match scope {
+                Scope::Asset(asset) => self.deliver(asset, None).await,
+                folder => {
+                    let outcome = self.sync_folder(&folder).await?;
+                    for result in outcome.fetched {
+                        self.notify(&result.asset.clone(), Update::Synced(result));
+                    }
+                    for asset in outcome.removed {
+                        self.notify(&asset, Update::Removed(None));
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// What a subscription callback is told about one asset.
+enum Update {
+    /// A new version, committed.
+    Synced(SyncResult),
+    /// Removed on the server, and here (unless deleting failed).
+    Removed(Option<JsError>),
+    /// Syncing the announced version failed.
+    Failed(Option<VersionId>, JsError),
 }
 
 /// Handles one socket's pushes; when it closes, reconnects with backoff while subscriptions

@@ -1,0 +1,191 @@
+//! Whole folders: `syncFolder("dist/")` lists a folder and fetches every new or changed file in
+//! one round trip, and deletes the files the server no longer has.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use assetsync_protocol::{
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, MAX_HELD, Manifest,
+    Scope, ServerMessage, Synced, folder_changes,
+};
+use js_sys::{Array, Object, Reflect};
+use wasm_bindgen::prelude::*;
+
+use crate::socket::{Incoming, Socket};
+use crate::{Client, Fatal, SyncResult, digest, js_error, next, now_ms, parse};
+
+/// What one folder sync did.
+pub(crate) struct FolderOutcome {
+    /// Files the server listed.
+    pub files: usize,
+    /// The new and changed files, verified and committed.
+    pub fetched: Vec<SyncResult>,
+    /// Files deleted from the store because the server no longer lists them.
+    pub removed: Vec<AssetPath>,
+    pub wire_in: u64,
+    pub wire_out: u64,
+    pub elapsed_ms: f64,
+}
+
+impl FolderOutcome {
+    /// The JS form: `{folder, files, fetched: [asset...], removed: [asset...], wireBytesIn, ...}`.
+    pub fn to_js(&self, folder: &Scope) -> JsValue {
+        let out = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).expect("set on a plain object");
+        let names = |assets: &mut dyn Iterator<Item = &AssetPath>| {
+            assets.map(|a| JsValue::from_str(a.as_str())).collect::<Array>().into()
+        };
+        set("folder", folder.to_string().into());
+        set("files", (self.files as f64).into());
+        set("fetched", names(&mut self.fetched.iter().map(|r| &r.asset)));
+        set("removed", names(&mut self.removed.iter()));
+        set("wireBytesIn", (self.wire_in as f64).into());
+        set("wireBytesOut", (self.wire_out as f64).into());
+        set("elapsedMs", self.elapsed_ms.into());
+        out.into()
+    }
+}
+
+impl Client {
+    /// See `SyncClient::syncFolder`.
+    pub(crate) async fn sync_folder(self: &Rc<Self>, folder: &Scope) -> Result<FolderOutcome, JsError> {
+        let started = now_ms();
+        if let Scope::Asset(_) = folder {
+            return Err(js_error(format!("{:?} is not a folder: end it with '/'", folder.to_string())));
+        }
+        let mut held = Vec::new();
+        for asset in self.store.assets().await? {
+            if folder.covers(&asset)
+                && let Some(manifest) = self.store.current(&asset).await?
+            {
+                held.push(manifest);
+            }
+        }
+        let mut guard = self.socket.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.handshake().await?);
+        }
+        let socket = guard.as_mut().expect("connected above");
+        let (in0, out0) = (socket.received_bytes(), self.sent.get());
+        let answer = self.folder_answer(socket, folder, &held).await;
+        let wire_in = socket.received_bytes() - in0;
+        let (files, mut fetched, again, removed) = match answer {
+            Ok(answer) => answer,
+            Err(Fatal { message, connection_lost }) => {
+                if connection_lost {
+                    *guard = None;
+                }
+                return Err(js_error(format!("{folder}: {message}")));
+            }
+        };
+        drop(guard);
+        for asset in &removed {
+            self.remembered.borrow_mut().remove(asset);
+            self.store.remove(asset).await?;
+        }
+        // Files whose data failed verification, each with the full retry of a single sync.
+        for asset in again {
+            fetched.push(self.sync(asset.as_str().to_owned(), None).await?);
+        }
+        Ok(FolderOutcome {
+            files,
+            fetched,
+            removed,
+            wire_in,
+            wire_out: self.sent.get() - out0,
+            elapsed_ms: now_ms() - started,
+        })
+    }
+
+    /// Sends `sync_folder` and reads the whole answer, committing each file as it is verified.
+    /// Returns the number of files listed, the committed files, the ones to fetch again on
+    /// their own, and the ones to remove.
+    async fn folder_answer(
+        &self,
+        socket: &mut Socket,
+        folder: &Scope,
+        held: &[Manifest],
+    ) -> Result<(usize, Vec<SyncResult>, Vec<AssetPath>, Vec<AssetPath>), Fatal> {
+        let versions: Vec<_> = held.iter().map(Manifest::version).collect();
+        let mut chunks = ChunkSet::default();
+        let (id, files) = loop {
+            let id = self.next_id.get();
+            self.next_id.set(id + 1);
+            let have = Have { versions: versions.clone(), chunks: chunks.clone() };
+            self.send(socket, &ClientMessage::SyncFolder { id, folder: folder.to_string(), have })?;
+            match next(socket).await? {
+                Incoming::Text(text) => match parse(&text)? {
+                    ServerMessage::Folder { id: got, files } if got == id => break (id, files),
+                    // The server forgot some of these versions: list their chunks instead.
+                    ServerMessage::UnknownBase { id: got } if got == id && chunks.is_empty() => {
+                        let ids: HashSet<ChunkId> =
+                            held.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+                        chunks = ChunkSet::new(ids.into_iter().take(MAX_HELD));
+                    }
+                    ServerMessage::Error { message, .. } => return Err(Fatal::new(message)),
+                    other => return Err(Fatal::new(format!("unexpected answer to sync_folder: {other:?}"))),
+                },
+                _ => return Err(Fatal::new("unexpected binary frame in answer to sync_folder")),
+            }
+        };
+        let changes = folder_changes(held, &files);
+        let (mut fetched, mut again) = (Vec::new(), Vec::new());
+        for asset in &changes.fetch {
+            let started = now_ms();
+            let in0 = socket.received_bytes();
+            let mut machine = ClientSync::for_folder_file(id, asset.clone(), held.to_vec(), chunks.prefix());
+            let verified = match self.receive(socket, &mut machine, asset, None).await? {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    // Chunks sent for earlier files of this answer are committed by now.
+                    let local =
+                        self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
+                    match machine.assemble(local) {
+                        Ok(assembled) => {
+                            let digest = digest::sha256(assembled.data()).await;
+                            assembled.verify(digest)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let synced = match verified {
+                Ok(synced) => synced,
+                Err(error) => {
+                    if let SyncError::MissingLocal(damaged) = &error {
+                        self.store.discard(damaged).await.map_err(|e| Fatal::new(e.0))?;
+                    }
+                    web_sys::console::warn_1(
+                        &format!("assetsync: {asset}: {error}; fetching it again").into(),
+                    );
+                    again.push(asset.clone());
+                    continue;
+                }
+            };
+            self.store.commit(&synced).await.map_err(|e| Fatal::new(format!("{asset}: {}", e.0)))?;
+            let wire_in = socket.received_bytes() - in0;
+            fetched.push(self.folder_file_result(synced, wire_in, now_ms() - started));
+        }
+        Ok((files.len(), fetched, again, changes.removed))
+    }
+
+    fn folder_file_result(&self, synced: Synced, wire_in: u64, elapsed_ms: f64) -> SyncResult {
+        let data: Rc<[u8]> = Rc::from(synced.data);
+        let asset = synced.manifest.path.clone();
+        if self.memory_cache {
+            self.remembered.borrow_mut().insert(asset.clone(), (synced.version, data.clone()));
+        }
+        let stats = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
+        set("version", synced.version.to_hex().into());
+        set("bytes", (synced.manifest.len as f64).into());
+        set("chunks", (synced.manifest.chunks.len() as f64).into());
+        set("chunksReused", (synced.chunks_reused as f64).into());
+        set("wireBytesIn", (wire_in as f64).into());
+        set("wireBytesOut", 0.into());
+        set("elapsedMs", elapsed_ms.into());
+        set("requests", 1.into());
+        set("retried", false.into());
+        SyncResult { asset, version: synced.version, data, stats }
+    }
+}
