@@ -216,6 +216,29 @@ test("two subscribed pages receive a rebuilt asset by push, for kilobytes, and s
   await context.close();
 });
 
+test("a subscribed page reconnects by itself after a server restart and catches up", async () => {
+  const first = await startServer();
+  first.write("js/app.js", bundle(1));
+  const context = await browser.newContext();
+  const page = await openClientPage(context, first);
+  await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "resume" });
+    await window.client.sync("js/app.js");
+    window.updates = [];
+    await window.client.subscribe("js/", (u) => window.updates.push(u));
+  }, first.ws);
+  await first.stop();
+  // Changed while the server was down: one file rebuilt, one added.
+  first.write("js/app.js", bundle(2));
+  first.write("js/extra.js", Buffer.from("export const extra = 1;\n"));
+  const second = await startServer({ root: first.root, listen: new URL(first.url).host });
+  await page.waitForFunction(() => ["js/app.js", "js/extra.js"].every((a) => window.updates.some((u) => u.asset === a && u.result)), null, { timeout: 20_000 });
+  const hash = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+  assert.equal(hash, sha256(bundle(2)));
+  await second.stop();
+  await context.close();
+});
+
 test("syncFolder fetches a folder in one request and mirrors deletions", async () => {
   const server = await startServer();
   const files = { "dist/app.js": bundle(1), "dist/vendor.js": realBundle(), "dist/css/site.css": Buffer.from("body{}") };

@@ -23,11 +23,12 @@ export function killServers() {
 
 /**
  * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`),
- * serving `www` (default: the repository's www/) at `/`, with `extraArgs` for `serve`.
+ * serving `www` (default: the repository's www/) at `/`, on `listen` (default: a free port on
+ * 127.0.0.1), with `extraArgs` for `serve`.
  */
-export async function startServer({ demo = false, root = null, www = join(repo, "www"), extraArgs = [] } = {}) {
+export async function startServer({ demo = false, root = null, www = join(repo, "www"), listen = "127.0.0.1:0", extraArgs = [] } = {}) {
   root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
-  const args = ["serve", "--listen", "127.0.0.1:0", "--www", www, ...extraArgs];
+  const args = ["serve", "--listen", listen, "--www", www, ...extraArgs];
   if (root) args.push("--root", root);
   const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
   // A failed test must not leave a server behind (see killServers).
