@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Close connections idle for this many seconds
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Also let pages from this origin connect (repeatable; "*" for any page). By default only
+    /// pages from localhost, and from the server's own address, may
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
     /// Do not watch --root: subscriptions are refused, and changes are noticed only by the next
     /// sync of each asset
     #[arg(long)]
@@ -229,6 +233,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         encode: (!args.no_compress)
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
+        allow_origins: args.allow_origin,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -10,7 +10,7 @@ use assetsync_protocol::{ChunkParams, Limits};
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use tower_http::services::ServeDir;
 use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
 use crate::index::{AssetIndex, IndexConfig};
+use crate::origin::OriginPolicy;
 use crate::session;
 use crate::watch::{self, Hub};
 
@@ -46,6 +47,9 @@ pub struct ServeConfig {
     pub encode: Option<EncodeConfig>,
     /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
     pub demo: Option<Arc<Demo>>,
+    /// Exact origins whose pages may connect besides the default ones (see [`crate::origin`]);
+    /// `"*"` allows any page.
+    pub allow_origins: Vec<String>,
     /// Watch the root and push changes to subscribers once a changed file has been quiet for
     /// this long (`None`: no watching; changes are still noticed by the next `sync`).
     pub watch: Option<Duration>,
@@ -87,6 +91,7 @@ impl Default for ServeConfig {
             encode: Some(EncodeConfig::default()),
             demo: None,
             watch: Some(Duration::from_millis(100)),
+            allow_origins: Vec::new(),
         }
     }
 }
@@ -102,6 +107,7 @@ pub struct AppState {
     pub(crate) compress: bool,
     pub(crate) limits: SessionLimits,
     connections: Arc<Semaphore>,
+    origins: OriginPolicy,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -136,7 +142,13 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = state.origins.check(header(header::ORIGIN), header(header::HOST)) {
+        tracing::warn!(%peer, "refusing connection: {why}");
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "refusing connection: connection limit reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
@@ -175,6 +187,7 @@ pub async fn run(
         compress: config.encode.is_some(),
         limits: config.limits,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        origins: OriginPolicy::new(&config.allow_origins)?,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });

@@ -4,6 +4,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod folder;
+mod security;
 mod sync;
 mod util;
 mod watch;
