@@ -30,6 +30,10 @@ pub enum ClientMessage {
         /// Chunk encodings the client can decode besides plain chunks (`"zstd"`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         encodings: Vec<String>,
+        /// The shared secret of a server started with `--token-file`. It travels in this first
+        /// message, never in the URL (URLs end up in logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Asks for the current version of one asset.
     Sync {
@@ -192,6 +196,8 @@ pub enum ErrorCode {
     Internal,
     /// The server does not offer what was asked (for example `subscribe` without watching).
     Unsupported,
+    /// The server requires a token and `hello` had none, or a wrong one.
+    Unauthorized,
 }
 
 const KIND_CHUNK: u8 = 1;
@@ -284,7 +290,10 @@ mod tests {
     fn messages_have_the_documented_json_shape() {
         let hello: ClientMessage =
             serde_json::from_str(r#"{"type":"hello","protocol":1,"agent":"t"}"#).unwrap();
-        assert_eq!(hello, ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![] });
+        assert_eq!(
+            hello,
+            ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![], token: None }
+        );
         let sync: ClientMessage =
             serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
         assert_eq!(sync, ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default() });

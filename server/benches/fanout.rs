@@ -98,6 +98,7 @@ async fn run(clients: usize) {
             server: url.clone(),
             cache: caches.path().join(format!("c{i}/cache")),
             out: Some(caches.path().join(format!("c{i}/out"))),
+            token: None,
         };
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {

@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Close connections idle for this many seconds
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Require every client to present the secret in this file (its first line) in its first
+    /// message; browsers pass it to SyncClient.connect as { token }
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Also let pages from this origin connect (repeatable; "*" for any page). By default only
     /// pages from localhost, and from the server's own address, may
     #[arg(long, value_name = "ORIGIN")]
@@ -121,6 +125,9 @@ struct PullArgs {
     /// Print one JSON object per event (file pulled, folder synced, file removed)
     #[arg(long)]
     json: bool,
+    /// File holding the server's shared secret (see serve --token-file)
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Keep running: pull each asset again whenever the server announces a change (and delete
     /// it from OUT when it is removed), reconnecting with backoff when the server goes away
     #[arg(long)]
@@ -154,7 +161,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Pull(args) => {
             let targets = args.assets.iter().map(|a| Scope::new(a)).collect::<Result<Vec<_>, _>>()?;
-            let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out) };
+            let token = args.token_file.as_deref().map(read_token).transpose()?;
+            let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out), token };
             let json = args.json;
             let print = |event: &PullEvent| {
                 if json {
@@ -234,6 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
         allow_origins: args.allow_origin,
+        token: args.token_file.as_deref().map(read_token).transpose()?,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -248,6 +257,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
     assetsync::run(listener, config, shutdown_signal()).await
+}
+
+/// The shared secret in `path`: its first line, trimmed, which must not be empty.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+    Ok(token.to_owned())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

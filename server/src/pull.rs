@@ -38,6 +38,8 @@ pub struct PullConfig {
     pub cache: PathBuf,
     /// Each asset is written to `out/ASSET`; `None` only updates the cache.
     pub out: Option<PathBuf>,
+    /// The server's shared secret, if it requires one.
+    pub token: Option<String>,
 }
 
 /// What one asset's sync did, printed by `pull --json`.
@@ -73,7 +75,7 @@ pub async fn pull(
     mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<Vec<PullReport>> {
     let mut cache = Cache::open(&config.cache)?;
-    let mut conn = Connection::open(&config.server).await?;
+    let mut conn = Connection::open(&config.server, config.token.as_deref()).await?;
     let mut reports = Vec::new();
     let mut collect = |e: &PullEvent| {
         if let PullEvent::Pulled(r) = e {
@@ -200,7 +202,7 @@ async fn follow_once(
     report: &mut impl FnMut(&PullEvent),
     connected: &mut bool,
 ) -> Result<std::convert::Infallible, FollowEnd> {
-    let mut conn = Connection::open(&config.server).await.map_err(Lost)?;
+    let mut conn = Connection::open(&config.server, config.token.as_deref()).await.map_err(Lost)?;
     // Subscribed before the first pull, so that a change during it is not missed.
     for target in targets {
         conn.subscribe(target).await.map_err(Lost)?;
@@ -279,7 +281,7 @@ struct Connection {
 
 impl Connection {
     /// Connects, upgrades and exchanges `hello`/`welcome`.
-    async fn open(url: &str) -> anyhow::Result<Self> {
+    async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let request = url.into_client_request().with_context(|| format!("invalid server URL {url:?}"))?;
         let uri = request.uri();
         if uri.scheme_str() != Some("ws") {
@@ -304,7 +306,8 @@ impl Connection {
         let mut conn = Connection { ws, counters, next_id: 1, changes: VecDeque::new() };
         let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
         let encodings = vec![compress::ZSTD.to_owned()];
-        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings }).await?;
+        let token = token.map(str::to_owned);
+        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token }).await?;
         match conn.recv().await? {
             Incoming::Control(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(conn),
             Incoming::Control(ServerMessage::Error { message, .. }) => {

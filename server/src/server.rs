@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use assetsync_protocol::{ChunkParams, Limits};
+use assetsync_protocol::{ChunkParams, Hash, Limits};
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub encode: Option<EncodeConfig>,
     /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
     pub demo: Option<Arc<Demo>>,
+    /// A shared secret every client must present in `hello` (`--token-file`).
+    pub token: Option<String>,
     /// Exact origins whose pages may connect besides the default ones (see [`crate::origin`]);
     /// `"*"` allows any page.
     pub allow_origins: Vec<String>,
@@ -92,6 +94,7 @@ impl Default for ServeConfig {
             demo: None,
             watch: Some(Duration::from_millis(100)),
             allow_origins: Vec::new(),
+            token: None,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct AppState {
     pub(crate) limits: SessionLimits,
     connections: Arc<Semaphore>,
     origins: OriginPolicy,
+    /// SHA-256 of the token clients must present, if any.
+    pub(crate) token: Option<Hash>,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -188,6 +193,7 @@ pub async fn run(
         limits: config.limits,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         origins: OriginPolicy::new(&config.allow_origins)?,
+        token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });

@@ -7,11 +7,12 @@ use std::time::Instant;
 use std::collections::HashSet;
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkId, ClientMessage, ClientView, ErrorCode, FolderEntry, Have,
+    AssetPath, ChunkFrame, ChunkId, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash, Have,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Scope, ServerMessage, compress, plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
+use subtle::ConstantTimeEq;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -115,8 +116,9 @@ pub(crate) async fn run(
             Ok(ClientMessage::Hello { .. }) if peer_caps.is_some() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"))
             }
-            Ok(ClientMessage::Hello { protocol, agent, encodings }) => {
-                hello(&mut socket, &state, protocol, &agent, &encodings).await.map(|p| peer_caps = Some(p))
+            Ok(ClientMessage::Hello { protocol, agent, encodings, token }) => {
+                let hello = Hello { protocol, agent: &agent, encodings: &encodings, token: token.as_deref() };
+                greet(&mut socket, &state, hello).await.map(|p| peer_caps = Some(p))
             }
             Ok(_) if peer_caps.is_none() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
@@ -215,14 +217,30 @@ struct Peer {
     zstd: bool,
 }
 
-/// Checks the client's protocol version and answers `welcome` with the version both speak.
-async fn hello(
-    socket: &mut WebSocket,
-    state: &AppState,
+/// The fields of a `hello`.
+struct Hello<'a> {
     protocol: u32,
-    agent: &str,
-    encodings: &[String],
-) -> Result<Peer, Fatal> {
+    agent: &'a str,
+    encodings: &'a [String],
+    token: Option<&'a str>,
+}
+
+/// Checks the client's token (if the server requires one) and protocol version, and answers
+/// `welcome` with the version both speak.
+async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Result<Peer, Fatal> {
+    let Hello { protocol, agent, encodings, token } = hello;
+    if let Some(expected) = &state.token {
+        // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
+        let matches = |t: &str| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
+        let why = match token {
+            None => Some("this server requires a token"),
+            Some(t) if !matches(t) => Some("wrong token"),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return Err(Fatal::new(ErrorCode::Unauthorized, close_code::POLICY, why));
+        }
+    }
     if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
         return Err(Fatal::new(
             ErrorCode::ProtocolVersion,

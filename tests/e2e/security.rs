@@ -1,10 +1,12 @@
 //! Who may connect: cross-site pages are refused at the upgrade, before any asset is read.
 
+use assetsync::pull::{PullConfig, pull};
+use assetsync_protocol::Scope;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::util::TestServer;
+use crate::util::{Raw, TestClient, TestServer};
 
 /// The HTTP status of an upgrade carrying these `Origin` and `Host` headers (101 on success).
 async fn upgrade(server: &TestServer, origin: Option<&str>, host: Option<&str>) -> u16 {
@@ -34,5 +36,34 @@ async fn cross_site_pages_cannot_connect() {
     let rebound = format!("evil.example:{}", server.addr.port());
     let origin = format!("http://{rebound}");
     assert_eq!(upgrade(&server, Some(&origin), Some(&rebound)).await, 403, "DNS rebinding");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_a_token_serves_only_clients_that_present_it() {
+    let server = TestServer::start_with(|c| c.token = Some("s3cret-token".into())).await;
+    server.write("a.js", b"guarded");
+    let pull = |token: Option<&str>| {
+        let client = TestClient::new();
+        let config = PullConfig {
+            server: server.url(),
+            cache: client.cache(),
+            out: Some(client.dir.path().join("out")),
+            token: token.map(str::to_owned),
+        };
+        async move { pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop) }
+    };
+    let refused = pull(None).await.unwrap_err().to_string();
+    assert!(refused.contains("requires a token"), "{refused}");
+    let wrong = pull(Some("s3cret-tokem")).await.unwrap_err().to_string();
+    assert!(wrong.contains("wrong token"), "{wrong}");
+    pull(Some("s3cret-token")).await.unwrap();
+
+    // A raw client that skips the token gets a clear error and a policy close.
+    let mut raw = Raw::connect(&server).await;
+    raw.send_text(r#"{"type":"hello","protocol":2}"#).await;
+    let error = raw.json().await;
+    assert_eq!(error["code"], "unauthorized", "{error}");
+    assert_eq!(raw.close_code().await, Some(1008));
     server.stop().await;
 }

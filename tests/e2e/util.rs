@@ -98,8 +98,12 @@ impl TestClient {
     }
 
     pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
-        let config =
-            PullConfig { server: server.url(), cache: self.cache(), out: Some(self.dir.path().join("out")) };
+        let config = PullConfig {
+            server: server.url(),
+            cache: self.cache(),
+            out: Some(self.dir.path().join("out")),
+            token: None,
+        };
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         pull(&config, &targets, |_| {}).await
     }

@@ -22,6 +22,7 @@ impl Follower {
             server: server.url(),
             cache: client.cache(),
             out: Some(client.dir.path().join("out")),
+            token: None,
         };
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         let (tx, events) = mpsc::unbounded_channel();

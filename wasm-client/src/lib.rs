@@ -51,6 +51,8 @@ export interface ConnectOptions {
    * finding the asset unchanged answers without reading and hashing it again.
    */
   memoryCache?: boolean;
+  /** The server's shared secret, for a server started with `--token-file`. */
+  token?: string;
 }
 /** Passed to the `sync` progress callback as chunk bytes arrive. */
 export interface SyncProgress {
@@ -153,6 +155,8 @@ struct Client {
     /// the asset unchanged need not read and hash it again (`memoryCache: false` turns it off).
     remembered: RefCell<Remembered>,
     memory_cache: bool,
+    /// The server's shared secret, sent in `hello`.
+    token: Option<String>,
     /// What `subscribe` asked for, renewed on every new connection.
     subscriptions: RefCell<Vec<(Scope, Function)>>,
     /// Set by `close`: no more reconnecting.
@@ -270,6 +274,7 @@ impl Client {
         let option = |name: &str| options.as_ref().and_then(|o| Reflect::get(o, &name.into()).ok());
         let db = option("db").and_then(|v| v.as_string()).unwrap_or_else(|| "assetsync".into());
         let memory_cache = option("memoryCache").and_then(|v| v.as_bool()).unwrap_or(true);
+        let token = option("token").and_then(|v| v.as_string());
         let store = Store::open(&db).await?;
         Ok(Client {
             url,
@@ -280,6 +285,7 @@ impl Client {
             sent: Cell::new(0),
             remembered: RefCell::default(),
             memory_cache,
+            token,
             subscriptions: RefCell::default(),
             closed: Cell::new(false),
         })
@@ -463,6 +469,7 @@ impl Client {
             protocol: PROTOCOL_VERSION,
             agent,
             encodings: vec![compress::ZSTD.into()],
+            token: self.token.clone(),
         };
         self.send(&socket, &hello).map_err(fail)?;
         match next(&mut socket).await.map_err(fail)? {
