@@ -352,6 +352,16 @@ impl ClientSync {
         progress(positions.len(), sent.len(), *received_bytes, *total, bad)
     }
 
+    /// Takes the chunks received so far, for a driver whose connection broke mid-answer: each is
+    /// named by the hash of its bytes, so it can be stored and listed as held in the next
+    /// request, which then does not fetch it again.
+    pub fn take_received(&mut self) -> Vec<VerifiedChunk> {
+        match &mut self.state {
+            State::Receiving { received, .. } => received.drain().map(|(_, c)| c).collect(),
+            State::Waiting => Vec::new(),
+        }
+    }
+
     /// Chunk bytes the server announced for this answer.
     pub fn announced_bytes(&self) -> u64 {
         match &self.state {

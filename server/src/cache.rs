@@ -145,15 +145,7 @@ impl Cache {
         chunks: &[VerifiedChunk],
         out: Option<(&Path, &[u8])>,
     ) -> anyhow::Result<()> {
-        for chunk in chunks {
-            let path = self.chunk_path(&chunk.id());
-            if !path.exists() {
-                fs::create_dir_all(path.parent().expect("has parent"))?;
-                // Not fsynced: a chunk lost in a crash fails verification on read and is fetched
-                // again, so durability here would only cost time.
-                self.write_atomic(&path, chunk.bytes(), false).context("cannot store chunk")?;
-            }
-        }
+        self.store_chunks(chunks)?;
         let manifest_path = self.dir.join("manifests").join(version.to_hex());
         self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true)
             .context("cannot store manifest")?;
@@ -166,6 +158,22 @@ impl Cache {
         self.write_atomic(&self.dir.join("refs.json"), &json, true)
             .context("cannot update cache refs.json")?;
         self.refs = refs;
+        Ok(())
+    }
+
+    /// Stores verified chunks without committing anything: those of an interrupted transfer,
+    /// so the next attempt need not fetch them again (until a GC, which deletes chunks no
+    /// committed version uses).
+    pub fn store_chunks(&self, chunks: &[VerifiedChunk]) -> anyhow::Result<()> {
+        for chunk in chunks {
+            let path = self.chunk_path(&chunk.id());
+            if !path.exists() {
+                fs::create_dir_all(path.parent().expect("has parent"))?;
+                // Not fsynced: a chunk lost in a crash fails verification on read and is fetched
+                // again, so durability here would only cost time.
+                self.write_atomic(&path, chunk.bytes(), false).context("cannot store chunk")?;
+            }
+        }
         Ok(())
     }
 

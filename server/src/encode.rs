@@ -41,10 +41,16 @@ impl Default for EncodeConfig {
 /// Prefix plus input bytes up to which even the first answer is encoded at the best level
 /// (about 150 ms of CPU at level 19).
 const QUICK_WORK: usize = 256 << 10;
-/// Raw bytes per batch without a prefix: small enough for smooth progress.
+/// Raw bytes per batch. A batch is one WebSocket message, decoded (and its chunks kept) only
+/// once whole, so a transfer cut midway loses at most the batch in flight: small batches resume
+/// well. Without a prefix, each batch starts from an empty window, so they stay at 1 MiB to
+/// compress well. With one, each batch loads the prefix into zstd again, which at level 6 and up
+/// costs about 0.2 s per 9 MB of prefix: there, batches are large.
+const SMALL_BATCH: usize = 256 << 10;
 const PLAIN_BATCH: usize = 1 << 20;
-/// Raw bytes per batch with a prefix: each frame re-reads the prefix, so batches are large.
-const PATCH_BATCH: usize = 8 << 20;
+const LARGE_BATCH: usize = 8 << 20;
+/// The first level whose prefix load is slow enough to need large batches.
+const SLOW_PREFIX_LEVEL: i32 = 6;
 /// Encoded answers kept for reuse.
 const CACHED: usize = 64;
 
@@ -167,9 +173,11 @@ impl Job {
 }
 
 fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, level: i32) -> Encoded {
-    let (prefix, batch_bytes) = match base {
-        Some(base) => (Some(&base.data[..]), PATCH_BATCH),
-        None => (None, PLAIN_BATCH),
+    let prefix = base.map(|b| &b.data[..]);
+    let batch_bytes = match prefix {
+        None => PLAIN_BATCH,
+        Some(_) if level >= SLOW_PREFIX_LEVEL => LARGE_BATCH,
+        Some(_) => SMALL_BATCH,
     };
     let mut batches = Vec::new();
     let mut used_prefix = false;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, Have, MAX_HELD,
-    MAX_REQUESTS, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
-    folder_changes,
+    MAX_REQUESTS, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId,
+    compress, folder_changes,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -75,7 +75,7 @@ pub async fn pull(
     mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<Vec<PullReport>> {
     let mut cache = Cache::open(&config.cache)?;
-    let mut conn = Connection::open(&config.server, config.token.as_deref()).await?;
+    let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
     let mut reports = Vec::new();
     let mut collect = |e: &PullEvent| {
         if let PullEvent::Pulled(r) = e {
@@ -84,10 +84,24 @@ pub async fn pull(
         report(e);
     };
     let mut result = Ok(());
-    for target in targets {
-        if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
-            result = Err(e.context(target.to_string()));
-            break;
+    'targets: for target in targets {
+        let mut losses = 0;
+        loop {
+            match conn.pull_target(&mut cache, target, config, &mut collect).await {
+                Ok(()) => break,
+                // A folder interrupted midway: its files committed so far are now held, so
+                // asking again fetches only the rest. (A single asset resumes by itself.)
+                Err(e) if !matches!(target, Scope::Asset(_)) && resumable(&e) && losses < MAX_RECONNECTS => {
+                    losses += 1;
+                    tracing::warn!(folder = %target, error = %format!("{e:#}"), "connection lost; resuming");
+                    tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(losses)).await;
+                    let _ = conn.reconnect().await;
+                }
+                Err(e) => {
+                    result = Err(e.context(target.to_string()));
+                    break 'targets;
+                }
+            }
         }
     }
     conn.close().await;
@@ -146,6 +160,10 @@ pub enum PullEvent {
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between reconnections while resuming one transfer.
+const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(5);
+/// Connections one transfer may lose before `pull` gives up.
+const MAX_RECONNECTS: u32 = 8;
 
 /// Pulls `assets`, then keeps the connection: each time the server announces that one changed,
 /// pulls it again (or deletes it from `out` when it is gone). When the connection is lost it
@@ -174,6 +192,22 @@ pub async fn follow(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Marks a connection that broke between the TCP connect and `welcome`: worth retrying.
+#[derive(Debug)]
+struct HandshakeBroke;
+
+impl std::fmt::Display for HandshakeBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection broke during the handshake")
+    }
+}
+
+/// Whether reconnecting may get past `e`: not a refusal by the server, nor a local write failure.
+fn resumable(e: &anyhow::Error) -> bool {
+    !matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Server { .. }))
+        && e.downcast_ref::<CommitFailed>().is_none()
 }
 
 /// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
@@ -273,6 +307,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 struct Connection {
     ws: WebSocketStream<Counted<TcpStream>>,
+    /// Where to reconnect to after a lost connection.
+    url: String,
+    token: Option<String>,
+    /// Shared by every socket of this connection, so the wire counts survive reconnections.
     counters: Arc<Counters>,
     next_id: u32,
     /// `changed` pushes that arrived while an answer was being read.
@@ -282,6 +320,40 @@ struct Connection {
 impl Connection {
     /// Connects, upgrades and exchanges `hello`/`welcome`.
     async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let ws = Self::handshake(url, token, counters.clone()).await?;
+        let (url, token) = (url.to_owned(), token.map(str::to_owned));
+        Ok(Connection { ws, url, token, counters, next_id: 1, changes: VecDeque::new() })
+    }
+
+    /// [`Connection::open`], retried with backoff when the connection breaks during the
+    /// handshake. An unreachable server or a refusal fails at once.
+    async fn open_resilient(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut backoff = FIRST_BACKOFF;
+        for _ in 0..MAX_RECONNECTS {
+            match Self::open(url, token).await {
+                Err(e) if e.downcast_ref::<HandshakeBroke>().is_some() => {
+                    tracing::warn!(error = %format!("{e:#}"), "handshake broke; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
+                }
+                result => return result,
+            }
+        }
+        Self::open(url, token).await
+    }
+
+    /// Replaces a lost socket with a new one (same counters; pending pushes are kept).
+    async fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.ws = Self::handshake(&self.url, self.token.as_deref(), self.counters.clone()).await?;
+        Ok(())
+    }
+
+    async fn handshake(
+        url: &str,
+        token: Option<&str>,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<WebSocketStream<Counted<TcpStream>>> {
         let request = url.into_client_request().with_context(|| format!("invalid server URL {url:?}"))?;
         let uri = request.uri();
         if uri.scheme_str() != Some("ws") {
@@ -294,25 +366,33 @@ impl Connection {
             .map_err(|_| anyhow!("cannot connect to {url}: timed out"))?
             .with_context(|| format!("cannot connect to {url}"))?;
         tcp.set_nodelay(true)?;
-        let counters = Arc::new(Counters::default());
-        let stream = Counted { inner: tcp, counters: counters.clone() };
+        let stream = Counted { inner: tcp, counters };
         // Compressed batches hold up to 8 MiB of chunks and may, on incompressible data, be a
         // little larger than that.
         let config =
             WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
+            .map_err(|e| anyhow::Error::new(e).context(HandshakeBroke))
             .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        let mut conn = Connection { ws, counters, next_id: 1, changes: VecDeque::new() };
         let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
         let encodings = vec![compress::ZSTD.to_owned()];
         let token = token.map(str::to_owned);
-        conn.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token }).await?;
-        match conn.recv().await? {
-            Incoming::Control(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(conn),
-            Incoming::Control(ServerMessage::Error { message, .. }) => {
-                bail!("server refused the connection: {message}")
+        let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token };
+        ws.send(Message::text(serde_json::to_string(&hello).expect("client messages serialise")))
+            .await
+            .context("connection lost while sending")?;
+        let answer = match ws.next().await {
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<ServerMessage>(&t).ok(),
+            _ => {
+                return Err(
+                    anyhow!(HandshakeBroke).context(format!("connection to {url} lost during the handshake"))
+                );
             }
+        };
+        match answer {
+            Some(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(ws),
+            Some(ServerMessage::Error { message, .. }) => bail!("server refused the connection: {message}"),
             other => bail!("unexpected handshake answer from server: {other:?}"),
         }
     }
@@ -582,22 +662,45 @@ impl Connection {
         let (in0, out0) = self.wire();
         let (mut base, mut others) = (cache.current(asset), cache.others(asset, MAX_OTHER_VERSIONS));
         let (mut held, mut requests, mut retried) = (Vec::new(), 0, false);
+        let (mut losses, mut backoff) = (0, FIRST_BACKOFF);
         let synced = loop {
             requests += 1;
-            let have = ChunkSet::new(std::mem::take(&mut held));
-            match self.attempt(cache, asset, base.take(), others.clone(), have).await? {
+            let have = ChunkSet::new(held.clone());
+            match self.attempt(cache, asset, base.clone(), others.clone(), have).await? {
                 Outcome::Done(synced) => break synced,
+                Outcome::Lost { error, kept } => {
+                    // Resume: the same request again, plus the chunks that did arrive.
+                    losses += 1;
+                    requests -= 1;
+                    if losses > MAX_RECONNECTS {
+                        bail!("connection lost {losses} times, giving up: {error:#}");
+                    }
+                    tracing::warn!(%asset, error = %format!("{error:#}"), kept = kept.len(), "connection lost; resuming");
+                    held.extend(kept);
+                    loop {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
+                        match self.reconnect().await {
+                            Ok(()) => break,
+                            Err(e) if losses < MAX_RECONNECTS => {
+                                losses += 1;
+                                tracing::warn!(error = %format!("{e:#}"), "reconnecting failed");
+                            }
+                            Err(e) => return Err(e.context("connection lost, and reconnecting failed")),
+                        }
+                    }
+                }
                 Outcome::Retry { error, .. } if requests == MAX_REQUESTS => {
                     bail!("giving up after {requests} requests: {error}")
                 }
                 Outcome::Retry { error: SyncError::UnknownBase, held: h } => {
                     tracing::info!(%asset, chunks = h.len(), "server does not know the cached version");
-                    held = h;
+                    (base, held) = (None, h);
                 }
                 Outcome::Retry { error, held: h } => {
                     tracing::warn!(%asset, %error, "sync failed verification; retrying");
                     // A clean start: only the chunks found intact.
-                    (held, retried) = (h, true);
+                    (base, held, retried) = (None, h, true);
                     others.clear();
                 }
             }
@@ -639,10 +742,24 @@ impl Connection {
         let id = self.next_id;
         self.next_id += 1;
         let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
-        self.send(&request).await?;
-        if let Err(error) = self.receive(&mut machine, cache).await? {
-            let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-            return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
+        let received = match self.send(&request).await {
+            Ok(()) => self.receive(&mut machine, cache).await,
+            Err(e) => Err(e),
+        };
+        match received {
+            Ok(Ok(())) => {}
+            Ok(Err(error @ SyncError::Server { .. })) => return Err(error.into()),
+            Ok(Err(error)) => {
+                let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+                return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
+            }
+            Err(error) => {
+                // Lost, or the stream went bad: keep what arrived (each chunk is named by the
+                // hash of its bytes) so that the next attempt does not fetch it again.
+                let kept = machine.take_received();
+                cache.store_chunks(&kept).context(CommitFailed)?;
+                return Ok(Outcome::Lost { error, kept: kept.iter().map(VerifiedChunk::id).collect() });
+            }
         }
         let local: Vec<_> =
             machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
@@ -665,6 +782,9 @@ impl Connection {
 enum Outcome {
     /// Verified and ready to commit.
     Done(Synced),
+    /// The connection was lost (or its stream went bad) mid-answer; `kept` are the chunks that
+    /// had arrived, now in the cache.
+    Lost { error: anyhow::Error, kept: Vec<ChunkId> },
     /// The server did not know the cached version, or the data was bad; retry naming `held`
     /// (the intact chunks) in the digest.
     Retry { error: SyncError, held: Vec<ChunkId> },
