@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assetsync_protocol::{ChunkParams, Hash, Limits};
-use axum::Json;
-use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as HttpBuilder;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -165,6 +167,59 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| tasks.track_future(session::run(socket, state, peer, permit)))
 }
 
+/// How long a client may take to send an HTTP request's headers (the upgrade included) before
+/// its connection is closed: slow-header ("slowloris") connections cannot pile up.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown`, then cancels `token` (which ends every session) and
+/// lets HTTP connections finish. Like `axum::serve`, plus a header read timeout.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    token: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let mut builder = HttpBuilder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(peer))));
+        let (builder, token) = (builder.clone(), token.clone());
+        tasks.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                }
+                () = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
 /// Serves on `listener` until `shutdown` completes, then closes every session (code 1001) and
 /// waits for them to finish.
 pub async fn run(
@@ -203,13 +258,7 @@ pub async fn run(
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let router = app(state, config.www, config.demo);
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            token.cancel();
-        })
-        .await?;
+    serve(listener, router, shutdown, &token, &tasks).await;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
         tracing::warn!("some sessions did not finish within 10 s");
