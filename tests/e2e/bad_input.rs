@@ -196,3 +196,49 @@ async fn protocol_1_clients_are_still_served() {
     still_serving(&server).await;
     server.stop().await;
 }
+
+/// A client that sends its HTTP headers slowly ("slowloris") is cut off after the header
+/// timeout, and others are served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_header_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    server.write("a.txt", b"a");
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /sync HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    still_serving(&server).await;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    // The server answers 408 or just closes; either way the connection ends.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "a slow-header connection was still open after 20 s");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    server.stop().await;
+}
+
+/// Thousands of requests pipelined on one connection are all answered in order, and another
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_requests_on_one_connection_do_not_starve_others() {
+    let server = TestServer::start().await;
+    server.write("a.txt", b"tiny");
+    let mut raw = Raw::greeted(&server).await;
+    const N: u32 = 5_000;
+    for id in 0..N {
+        raw.send_text(&format!(r#"{{"type":"sync","id":{id},"asset":"a.txt"}}"#)).await;
+    }
+    still_serving(&server).await;
+    let mut answered = 0;
+    while answered < N {
+        match raw.next().await {
+            Some(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["id"], answered, "answers come in order");
+                answered += 1;
+            }
+            Some(Message::Binary(_)) => {}
+            other => panic!("connection ended after {answered} answers: {other:?}"),
+        }
+    }
+    server.stop().await;
+}
