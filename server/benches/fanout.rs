@@ -8,14 +8,15 @@
 //! verified new version, the bytes it cost per client, and the server's CPU time and peak RSS
 //! read from /proc.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use assetsync::pull::{PullConfig, PullEvent, follow};
 use assetsync_protocol::{Hash, Scope};
 use tokio::sync::mpsc;
+
+use crate::common::{bundle, start_server, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 3_000_000;
 
@@ -25,70 +26,11 @@ fn main() {
     runtime.block_on(run(clients));
 }
 
-/// The bundle: the vendor libraries repeated up to 3 MB; `build` renames one function per copy.
-fn bundle(build: u32) -> Vec<u8> {
-    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/vendor");
-    let libs: Vec<String> =
-        ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"]
-            .iter()
-            .map(|f| String::from_utf8_lossy(&std::fs::read(vendor.join(f)).unwrap()).into_owned())
-            .collect();
-    let mut out = String::new();
-    'fill: for copy in 0.. {
-        for lib in &libs {
-            out.push_str(&format!("\n/* copy {copy} */\n"));
-            out.push_str(&lib.replacen("function ", &format!("function build{build}_"), 1));
-            if out.len() >= BUNDLE_BYTES {
-                break 'fill;
-            }
-        }
-    }
-    out.truncate(out.floor_char_boundary(BUNDLE_BYTES));
-    out.into_bytes()
-}
-
-fn write_atomic(path: &Path, data: &[u8]) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, data).unwrap();
-    std::fs::rename(tmp, path).unwrap();
-}
-
-/// utime + stime in seconds, and peak RSS in MiB, of a process.
-fn usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    (ticks / 100.0, hwm_kb / 1024.0)
-}
-
 async fn run(clients: usize) {
     let root = tempfile::tempdir().unwrap();
     let asset = "app.js";
-    write_atomic(&root.path().join(asset), &bundle(1));
-    let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-        if let Some(at) = line.find("at http://") {
-            let addr = line[at + 10..].split('/').next().unwrap().to_owned();
-            break format!("ws://{addr}/sync");
-        }
-    };
-    // Keep draining the server's log so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
+    let (mut server, url) = start_server(root.path());
 
     let caches = tempfile::tempdir().unwrap();
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -131,7 +73,7 @@ async fn run(clients: usize) {
     let (cpu0, rss0) = usage(server.id());
     let (client_cpu0, _) = usage(std::process::id());
 
-    let next = bundle(2);
+    let next = bundle(2, BUNDLE_BYTES);
     let expected = Hash::of(&next);
     let t = Instant::now();
     write_atomic(&root.path().join(asset), &next);

@@ -1,0 +1,71 @@
+//! Helpers shared by the benchmarks that run the release server as its own process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A bundle of `len` bytes: the vendor libraries repeated; `build` renames one function per
+/// library copy (a rebuild that touches a few modules).
+pub fn bundle(build: u32, len: usize) -> Vec<u8> {
+    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/js/vendor");
+    let libs: Vec<String> =
+        ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"]
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(vendor.join(f)).unwrap()).into_owned())
+            .collect();
+    let mut out = String::new();
+    'fill: for copy in 0.. {
+        for lib in &libs {
+            out.push_str(&format!("\n/* copy {copy} */\n"));
+            out.push_str(&lib.replacen("function ", &format!("function build{build}_"), 1));
+            if out.len() >= len {
+                break 'fill;
+            }
+        }
+    }
+    out.truncate(out.floor_char_boundary(len));
+    out.into_bytes()
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// utime + stime in seconds, and peak RSS in MiB, of a process.
+pub fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    (ticks / 100.0, hwm_kb / 1024.0)
+}
+
+/// Starts `assetsync serve --root root` on a free port; returns the process and its sync URL.
+pub fn start_server(root: &Path) -> (Child, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(at) = line.find("at http://") {
+            let addr = line[at + 10..].split('/').next().unwrap().to_owned();
+            break format!("ws://{addr}/sync");
+        }
+    };
+    // Keep draining the server's log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    (server, url)
+}
