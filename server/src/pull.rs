@@ -315,6 +315,9 @@ struct Connection {
     next_id: u32,
     /// `changed` pushes that arrived while an answer was being read.
     changes: VecDeque<(AssetPath, Option<VersionId>)>,
+    /// Subscribed: a lost connection is left to [`follow`], which reconnects, subscribes again
+    /// and resyncs everything (a quiet reconnection would lose the subscriptions).
+    follows: bool,
 }
 
 impl Connection {
@@ -323,7 +326,7 @@ impl Connection {
         let counters = Arc::new(Counters::default());
         let ws = Self::handshake(url, token, counters.clone()).await?;
         let (url, token) = (url.to_owned(), token.map(str::to_owned));
-        Ok(Connection { ws, url, token, counters, next_id: 1, changes: VecDeque::new() })
+        Ok(Connection { ws, url, token, counters, next_id: 1, changes: VecDeque::new(), follows: false })
     }
 
     /// [`Connection::open`], retried with backoff when the connection breaks during the
@@ -418,6 +421,7 @@ impl Connection {
     async fn subscribe(&mut self, scope: &Scope) -> anyhow::Result<()> {
         let id = self.next_id;
         self.next_id += 1;
+        self.follows = true;
         self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
         match self.recv().await? {
             Incoming::Control(ServerMessage::Subscribed { id: got }) if got == id => Ok(()),
@@ -668,6 +672,7 @@ impl Connection {
             let have = ChunkSet::new(held.clone());
             match self.attempt(cache, asset, base.clone(), others.clone(), have).await? {
                 Outcome::Done(synced) => break synced,
+                Outcome::Lost { error, .. } if self.follows => return Err(error),
                 Outcome::Lost { error, kept } => {
                     // Resume: the same request again, plus the chunks that did arrive.
                     losses += 1;
