@@ -132,6 +132,10 @@ pub(crate) async fn run(
                 sync_folder(&mut socket, &state, peer, id, &folder, have).await
             }
             Ok(ClientMessage::Subscribe { id, path }) => {
+                if subscriptions.scopes.is_empty() {
+                    // Only changes from now on: none queued while nothing was subscribed.
+                    changes = changes.resubscribe();
+                }
                 subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
             }
         };
