@@ -167,8 +167,7 @@ impl ClientSync {
     /// digest limit.
     pub fn held_chunks(&self) -> Vec<ChunkId> {
         let named = if self.has_base { &self.named[..1] } else { &self.named[..] };
-        let ids: HashSet<ChunkId> = named.iter().flat_map(|(_, m)| m.chunks.iter().map(|c| c.id)).collect();
-        ids.into_iter().take(MAX_HELD).collect()
+        held_chunk_ids(named.iter().map(|(_, m)| m))
     }
 
     /// Feeds one control message.
@@ -432,6 +431,13 @@ impl ClientSync {
         let received = received.into_values().collect();
         Ok(Assembled { synced: Synced { manifest, version, data, received, chunks_reused } })
     }
+}
+
+/// The distinct chunk ids of `manifests`, at most [`MAX_HELD`]: what a retry after
+/// `unknown_base` lists in `have.chunks`.
+pub fn held_chunk_ids<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> Vec<ChunkId> {
+    let ids: HashSet<ChunkId> = manifests.into_iter().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+    ids.into_iter().take(MAX_HELD).collect()
 }
 
 /// What a `folder` listing means to a client that named `held` (its current manifests of the

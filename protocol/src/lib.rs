@@ -30,6 +30,7 @@ pub mod test_util;
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
 pub use client::{
     Assembled, ClientSync, Event, FolderChanges, MAX_HELD, MAX_REQUESTS, Synced, folder_changes,
+    held_chunk_ids,
 };
 pub use error::Error;
 pub use hash::Hash;

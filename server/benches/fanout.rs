@@ -16,7 +16,7 @@ use assetsync::pull::{PullConfig, PullEvent, follow};
 use assetsync_protocol::{Hash, Scope};
 use tokio::sync::mpsc;
 
-use crate::common::{bundle, start_server, usage, write_atomic};
+use crate::common::{bundle, serve_bundle, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 3_000_000;
 
@@ -27,10 +27,8 @@ fn main() {
 }
 
 async fn run(clients: usize) {
-    let root = tempfile::tempdir().unwrap();
     let asset = "app.js";
-    write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
-    let (mut server, url) = start_server(root.path());
+    let (root, mut server, url) = serve_bundle(asset, BUNDLE_BYTES);
 
     let caches = tempfile::tempdir().unwrap();
     let (tx, mut events) = mpsc::unbounded_channel();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use assetsync::pull::{PullConfig, pull};
 use assetsync_protocol::Scope;
 
-use crate::common::{bundle, start_server, usage, write_atomic};
+use crate::common::{bundle, serve_bundle, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 5_000_000;
 
@@ -43,10 +43,8 @@ fn link_tree(from: &Path, to: &Path) {
 }
 
 async fn run(clients: usize) {
-    let root = tempfile::tempdir().unwrap();
     let asset = "app.js";
-    write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
-    let (mut server, url) = start_server(root.path());
+    let (root, mut server, url) = serve_bundle(asset, BUNDLE_BYTES);
     let caches = tempfile::tempdir().unwrap();
     let config = |i: usize| PullConfig {
         server: url.clone(),

@@ -1,7 +1,7 @@
 //! The native client: drives [`assetsync_protocol::ClientSync`] over tokio-tungstenite and
 //! commits verified results to a [`Cache`] and an output folder.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, Have, MAX_HELD,
-    MAX_REQUESTS, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId,
-    compress, folder_changes,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, Have, MAX_REQUESTS,
+    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, compress,
+    folder_changes, held_chunk_ids,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -527,9 +527,7 @@ impl Connection {
                 Incoming::Control(ServerMessage::UnknownBase { id: got })
                     if got == id && chunks.is_empty() =>
                 {
-                    let ids: HashSet<ChunkId> =
-                        held.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
-                    chunks = ChunkSet::new(ids.into_iter().take(MAX_HELD));
+                    chunks = ChunkSet::new(held_chunk_ids(&held));
                 }
                 Incoming::Control(ServerMessage::Error { id: Some(_), code, message }) => {
                     return Err(SyncError::Server { code, message }.into());
@@ -548,9 +546,7 @@ impl Connection {
                 continue;
             }
             // Chunks sent for earlier files of this answer are in the cache by now.
-            let local =
-                machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
-            let synced = match machine.finish(local) {
+            let synced = match finish(machine, cache).0 {
                 Ok(synced) => synced,
                 Err(error) => {
                     tracing::warn!(%asset, %error, "folder file failed verification; pulling it again");
@@ -558,27 +554,9 @@ impl Connection {
                     continue;
                 }
             };
-            let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-            cache
-                .commit(
-                    &synced.manifest,
-                    synced.version,
-                    &synced.received,
-                    out.as_deref().map(|p| (p, &synced.data[..])),
-                )
-                .context(CommitFailed)?;
-            report(&PullEvent::Pulled(PullReport {
-                asset: asset.to_string(),
-                version: synced.version.to_hex(),
-                bytes: synced.manifest.len,
-                chunks: synced.manifest.chunks.len(),
-                chunks_reused: synced.chunks_reused,
-                wire_bytes_in: self.wire().0 - file_in0,
-                wire_bytes_out: 0,
-                elapsed_ms: t0.elapsed().as_millis() as u64,
-                requests: 1,
-                retried: false,
-            }));
+            commit(cache, &synced, config)?;
+            let wire = (self.wire().0 - file_in0, 0);
+            report(&PullEvent::Pulled(PullReport::new(&synced, wire, t0, 1, false)));
         }
         for asset in &changes.removed {
             let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
@@ -710,28 +688,9 @@ impl Connection {
                 }
             }
         };
-        let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-        cache
-            .commit(
-                &synced.manifest,
-                synced.version,
-                &synced.received,
-                out.as_deref().map(|p| (p, &synced.data[..])),
-            )
-            .context(CommitFailed)?;
+        commit(cache, &synced, config)?;
         let (in1, out1) = self.wire();
-        Ok(PullReport {
-            asset: asset.to_string(),
-            version: synced.version.to_hex(),
-            bytes: synced.manifest.len,
-            chunks: synced.manifest.chunks.len(),
-            chunks_reused: synced.chunks_reused,
-            wire_bytes_in: in1 - in0,
-            wire_bytes_out: out1 - out0,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            requests,
-            retried,
-        })
+        Ok(PullReport::new(&synced, (in1 - in0, out1 - out0), started, requests, retried))
     }
 
     /// One request/answer exchange. Errors are fatal (connection, server refusal, protocol
@@ -766,11 +725,9 @@ impl Connection {
                 return Ok(Outcome::Lost { error, kept: kept.iter().map(VerifiedChunk::id).collect() });
             }
         }
-        let local: Vec<_> =
-            machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
-        let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         let prefix = machine.chunk_prefix();
-        match machine.finish(local) {
+        let (result, held) = finish(machine, cache);
+        match result {
             Ok(synced) => Ok(Outcome::Done(synced)),
             Err(error) => {
                 let Some(held) = error.retry_holding(held, prefix) else { return Err(error.into()) };
@@ -779,6 +736,45 @@ impl Connection {
                 }
                 Ok(Outcome::Retry { error, held })
             }
+        }
+    }
+}
+
+/// Rebuilds and verifies the file of a complete answer from its received chunks and the ones
+/// `machine` needs from `cache`. Also returns the ids of the chunks found in the cache.
+fn finish(machine: ClientSync, cache: &Cache) -> (Result<Synced, SyncError>, Vec<ChunkId>) {
+    let local: Vec<_> =
+        machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
+    let held = local.iter().map(|(id, _)| *id).collect();
+    (machine.finish(local), held)
+}
+
+/// Writes a verified version to `config.out` (if set) and commits it to `cache`.
+fn commit(cache: &mut Cache, synced: &Synced, config: &PullConfig) -> anyhow::Result<()> {
+    let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
+    let file = out.as_deref().map(|p| (p, &synced.data[..]));
+    cache.commit(&synced.manifest, synced.version, &synced.received, file).context(CommitFailed)
+}
+
+impl PullReport {
+    fn new(
+        synced: &Synced,
+        (wire_in, wire_out): (u64, u64),
+        started: Instant,
+        requests: u32,
+        retried: bool,
+    ) -> Self {
+        PullReport {
+            asset: synced.manifest.path.to_string(),
+            version: synced.version.to_hex(),
+            bytes: synced.manifest.len,
+            chunks: synced.manifest.chunks.len(),
+            chunks_reused: synced.chunks_reused,
+            wire_bytes_in: wire_in,
+            wire_bytes_out: wire_out,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            requests,
+            retried,
         }
     }
 }

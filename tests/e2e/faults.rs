@@ -102,14 +102,7 @@ async fn relay(client: TcpStream, target: SocketAddr, fault: Option<Fault>) {
 
 /// Pulls `asset` from `server` through `proxy` into `client`'s cache, checking the result.
 async fn pull_through(proxy: &Proxy, client: &TestClient, asset: &str, expected: &[u8]) -> u64 {
-    let config = assetsync::pull::PullConfig {
-        server: proxy.url(),
-        cache: client.cache(),
-        out: Some(client.dir.path().join("out")),
-        token: None,
-    };
-    let target = [assetsync_protocol::Scope::new(asset).unwrap()];
-    let reports = assetsync::pull::pull(&config, &target, |_| {}).await.unwrap();
+    let reports = client.pull_from(proxy.url(), &[asset]).await.unwrap();
     assert_eq!(std::fs::read(client.out(asset)).unwrap(), expected, "{asset} differs from the server's");
     reports[0].wire_bytes_in
 }
@@ -181,14 +174,7 @@ async fn persistent_corruption_is_reported_and_the_old_version_kept() {
     client.pull_and_check(&server, "a.bin", &v1).await;
     server.write("a.bin", &random_bytes(300_000, 45));
     let proxy = Proxy::start(&server, vec![Fault::FlipEvery(50_000, 1_000); 64]).await;
-    let config = assetsync::pull::PullConfig {
-        server: proxy.url(),
-        cache: client.cache(),
-        out: Some(client.dir.path().join("out")),
-        token: None,
-    };
-    let target = [assetsync_protocol::Scope::new("a.bin").unwrap()];
-    let error = assetsync::pull::pull(&config, &target, |_| {}).await.unwrap_err();
+    let error = client.pull_from(proxy.url(), &["a.bin"]).await.unwrap_err();
     assert!(format!("{error:#}").contains("giving up"), "{error:#}");
     assert_eq!(std::fs::read(client.out("a.bin")).unwrap(), v1, "the old version must stay");
     server.stop().await;
@@ -203,12 +189,6 @@ async fn a_change_during_an_interrupted_sync_ends_in_one_consistent_version() {
     server.write("a.bin", &v1);
     let proxy = Proxy::start(&server, vec![Fault::CutAfter(1_000_000)]).await;
     let client = TestClient::new();
-    let config = assetsync::pull::PullConfig {
-        server: proxy.url(),
-        cache: client.cache(),
-        out: Some(client.dir.path().join("out")),
-        token: None,
-    };
     let v2 = [&v1[..1 << 20], &random_bytes(1 << 20, 47)[..]].concat();
     let writer = {
         let path = server.root.path().join("a.bin");
@@ -219,8 +199,7 @@ async fn a_change_during_an_interrupted_sync_ends_in_one_consistent_version() {
             std::fs::write(path, v2).unwrap();
         })
     };
-    let target = [assetsync_protocol::Scope::new("a.bin").unwrap()];
-    assetsync::pull::pull(&config, &target, |_| {}).await.unwrap();
+    client.pull_from(proxy.url(), &["a.bin"]).await.unwrap();
     writer.await.unwrap();
     let got = std::fs::read(client.out("a.bin")).unwrap();
     assert!(got == v1 || got == v2, "the output mixes two versions");

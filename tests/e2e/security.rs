@@ -45,12 +45,7 @@ async fn a_server_with_a_token_serves_only_clients_that_present_it() {
     server.write("a.js", b"guarded");
     let pull = |token: Option<&str>| {
         let client = TestClient::new();
-        let config = PullConfig {
-            server: server.url(),
-            cache: client.cache(),
-            out: Some(client.dir.path().join("out")),
-            token: token.map(str::to_owned),
-        };
+        let config = PullConfig { token: token.map(str::to_owned), ..client.config(server.url()) };
         async move { pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop) }
     };
     let refused = pull(None).await.unwrap_err().to_string();

@@ -97,15 +97,19 @@ impl TestClient {
         self.dir.path().join("out").join(asset)
     }
 
+    /// This client's settings for pulling from the sync endpoint `url`.
+    pub fn config(&self, url: String) -> PullConfig {
+        PullConfig { server: url, cache: self.cache(), out: Some(self.dir.path().join("out")), token: None }
+    }
+
     pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
-        let config = PullConfig {
-            server: server.url(),
-            cache: self.cache(),
-            out: Some(self.dir.path().join("out")),
-            token: None,
-        };
+        self.pull_from(server.url(), assets).await
+    }
+
+    /// Pulls `assets` (files, or folders ending in `/`) from the sync endpoint `url`.
+    pub async fn pull_from(&self, url: String, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
-        pull(&config, &targets, |_| {}).await
+        pull(&self.config(url), &targets, |_| {}).await
     }
 
     /// Pulls one asset and checks that the output equals `expected` byte for byte (by SHA-256).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use assetsync::pull::{PullConfig, PullEvent, follow};
+use assetsync::pull::{PullEvent, follow};
 use assetsync_protocol::Scope;
 use tokio::sync::mpsc;
 
@@ -18,12 +18,7 @@ pub struct Follower {
 impl Follower {
     pub fn start(server: &TestServer, assets: &[&str]) -> Self {
         let client = TestClient::new();
-        let config = PullConfig {
-            server: server.url(),
-            cache: client.cache(),
-            out: Some(client.dir.path().join("out")),
-            token: None,
-        };
+        let config = client.config(server.url());
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {

@@ -1,18 +1,17 @@
 //! Whole folders: `syncFolder("dist/")` lists a folder and fetches every new or changed file in
 //! one round trip, and deletes the files the server no longer has.
 
-use std::collections::HashSet;
 use std::rc::Rc;
 
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, MAX_HELD, Manifest,
-    Scope, ServerMessage, Synced, folder_changes,
+    AssetPath, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, Manifest, Scope, ServerMessage,
+    Synced, folder_changes, held_chunk_ids,
 };
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, Fatal, SyncResult, digest, js_error, next, now_ms, parse};
+use crate::{Client, Fatal, SyncResult, Timings, js_error, next, now_ms, parse};
 
 /// What one folder sync did.
 pub(crate) struct FolderOutcome {
@@ -118,9 +117,7 @@ impl Client {
                     ServerMessage::Folder { id: got, files } if got == id => break (id, files),
                     // The server forgot some of these versions: list their chunks instead.
                     ServerMessage::UnknownBase { id: got } if got == id && chunks.is_empty() => {
-                        let ids: HashSet<ChunkId> =
-                            held.iter().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
-                        chunks = ChunkSet::new(ids.into_iter().take(MAX_HELD));
+                        chunks = ChunkSet::new(held_chunk_ids(held));
                     }
                     ServerMessage::Error { message, .. } => return Err(Fatal::new(message)),
                     other => return Err(Fatal::new(format!("unexpected answer to sync_folder: {other:?}"))),
@@ -136,18 +133,8 @@ impl Client {
             let mut machine = ClientSync::for_folder_file(id, asset.clone(), held.to_vec(), chunks.prefix());
             let verified = match self.receive(socket, &mut machine, asset, None).await? {
                 Err(e) => Err(e),
-                Ok(()) => {
-                    // Chunks sent for earlier files of this answer are committed by now.
-                    let local =
-                        self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
-                    match machine.assemble(local) {
-                        Ok(assembled) => {
-                            let digest = digest::sha256(assembled.data()).await;
-                            assembled.verify(digest)
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
+                // Chunks sent for earlier files of this answer are committed by now.
+                Ok(()) => self.rebuild(machine, &mut Timings::default()).await?.0,
             };
             let synced = match verified {
                 Ok(synced) => synced,

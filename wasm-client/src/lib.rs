@@ -513,20 +513,8 @@ impl Client {
                 return Ok(Ok(Fetched::Remembered { version, len, chunks, data }));
             }
         }
-        let t0 = now_ms();
-        let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
-        let t1 = now_ms();
-        let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
         let prefix = machine.chunk_prefix();
-        let verified = match machine.assemble(local) {
-            Ok(assembled) => {
-                let digest = digest::sha256(assembled.data()).await;
-                assembled.verify(digest)
-            }
-            Err(e) => Err(e),
-        };
-        timings.store_ms += t1 - t0;
-        timings.verify_ms += now_ms() - t1;
+        let (verified, held) = self.rebuild(machine, timings).await?;
         match verified {
             Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
             Err(error) => {
@@ -543,6 +531,29 @@ impl Client {
 }
 
 impl Client {
+    /// Rebuilds and verifies the file of a complete answer from its received chunks and the
+    /// ones `machine` needs from the store. Also returns the ids of the chunks found there.
+    async fn rebuild(
+        &self,
+        machine: ClientSync,
+        timings: &mut Timings,
+    ) -> Result<(Result<Synced, SyncError>, Vec<ChunkId>), Fatal> {
+        let t0 = now_ms();
+        let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
+        let t1 = now_ms();
+        let held = local.iter().map(|(id, _)| *id).collect();
+        let verified = match machine.assemble(local) {
+            Ok(assembled) => {
+                let digest = digest::sha256(assembled.data()).await;
+                assembled.verify(digest)
+            }
+            Err(e) => Err(e),
+        };
+        timings.store_ms += t1 - t0;
+        timings.verify_ms += now_ms() - t1;
+        Ok((verified, held))
+    }
+
     /// Feeds one answer to `machine` until it is complete, reporting progress. Bad data (and
     /// `unknown_base`) comes back as the inner `Err` once the whole answer has been read, so the
     /// stream stays usable.

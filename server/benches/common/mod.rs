@@ -47,8 +47,17 @@ pub fn usage(pid: u32) -> (f64, f64) {
     (ticks / 100.0, hwm_kb / 1024.0)
 }
 
+/// A temporary root holding `asset`, build 1 of a `len`-byte bundle, served by the release
+/// server on a free port: the root, the server process and its sync URL.
+pub fn serve_bundle(asset: &str, len: usize) -> (tempfile::TempDir, Child, String) {
+    let root = tempfile::tempdir().unwrap();
+    write_atomic(&root.path().join(asset), &bundle(1, len));
+    let (server, url) = start_server(root.path());
+    (root, server, url)
+}
+
 /// Starts `assetsync serve --root root` on a free port; returns the process and its sync URL.
-pub fn start_server(root: &Path) -> (Child, String) {
+fn start_server(root: &Path) -> (Child, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
         .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
         .arg(root)
