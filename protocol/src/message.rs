@@ -176,6 +176,14 @@ pub struct Limits {
     pub max_message_bytes: u32,
     /// Most `have` entries (versions plus chunks) in one `sync`.
     pub max_have: u32,
+    /// Requests per minute, in bursts of as many, before the server slows the connection
+    /// down (0: no limit). Absent from older servers.
+    #[serde(default)]
+    pub requests_per_minute: u32,
+    /// Bytes per minute, in bursts of as many, before the server slows its sending down
+    /// (0: no limit). Absent from older servers.
+    #[serde(default)]
+    pub bytes_per_minute: u64,
 }
 
 /// Why a request or connection failed.

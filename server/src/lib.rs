@@ -6,6 +6,7 @@
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
+//! - `limit`: per-connection request and byte rates, which slow a connection down.
 //! - [`origin`]: which web pages may connect (cross-site WebSocket hijacking).
 //! - [`pull`]: the native client, driving the protocol crate's `ClientSync` over tokio-tungstenite.
 //! - [`cache`]: the native client's on-disk chunk cache, committed by atomic renames.
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod demo;
 pub mod encode;
 pub mod index;
+mod limit;
 pub mod origin;
 pub mod pull;
 pub mod server;

@@ -82,6 +82,14 @@ struct ServeArgs {
     /// Close connections idle for this many seconds
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Requests one connection may make per minute, in bursts of as many; more are slowed
+    /// down, not refused (0: no limit)
+    #[arg(long, default_value_t = 600)]
+    max_requests_per_minute: u32,
+    /// Bytes one connection may be sent per minute, in bursts of as many; more are sent at
+    /// that rate (0: no limit)
+    #[arg(long, default_value_t = 1 << 30)]
+    max_bytes_per_minute: u64,
     /// Require every client to present the secret in this file (its first line) in its first
     /// message; browsers pass it to SyncClient.connect as { token }
     #[arg(long, value_name = "PATH")]
@@ -236,6 +244,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
             max_have: args.max_have,
             idle_timeout: Duration::from_secs(args.idle_timeout),
+            requests_per_minute: args.max_requests_per_minute,
+            bytes_per_minute: args.max_bytes_per_minute,
         },
         max_connections: args.max_connections,
         encode: (!args.no_compress)

@@ -68,12 +68,23 @@ pub struct SessionLimits {
     pub max_have: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Requests a connection may make per minute, in bursts of as many (0: no limit). Over
+    /// that, the connection is slowed down, not refused.
+    pub requests_per_minute: u32,
+    /// Bytes a connection may be sent per minute, in bursts of as many (0: no limit). Over
+    /// that, sending is slowed down to this rate.
+    pub bytes_per_minute: u64,
 }
 
 impl SessionLimits {
     /// The part of the limits announced to clients in `welcome`.
     pub fn announced(&self) -> Limits {
-        Limits { max_message_bytes: self.max_message_bytes as u32, max_have: self.max_have as u32 }
+        Limits {
+            max_message_bytes: self.max_message_bytes as u32,
+            max_have: self.max_have as u32,
+            requests_per_minute: self.requests_per_minute,
+            bytes_per_minute: self.bytes_per_minute,
+        }
     }
 }
 
@@ -90,6 +101,8 @@ impl Default for ServeConfig {
                 max_message_bytes: 8 << 20,
                 max_have: 65_536,
                 idle_timeout: Duration::from_secs(120),
+                requests_per_minute: 600,
+                bytes_per_minute: 1 << 30,
             },
             max_connections: 4096,
             encode: Some(EncodeConfig::default()),

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
@@ -16,9 +16,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_util::sync::CancellationToken;
 
 use crate::encode::Batch;
 use crate::index::{IndexError, Indexed};
+use crate::limit::Rate;
 use crate::server::AppState;
 use crate::watch::Hub;
 
@@ -48,6 +50,7 @@ pub(crate) async fn run(
     // Set by `hello`.
     let mut peer_caps: Option<Peer> = None;
     let mut subscriptions = Subscriptions { hub: state.hub.clone(), scopes: Vec::new() };
+    let mut throttle = Throttle::new(&state);
     let mut changes = state.hub.listen();
     // A subscribed client may rightly be silent for hours: an idle period earns it a ping, and
     // only a second one in a row (no pong) ends the session.
@@ -109,6 +112,12 @@ pub(crate) async fn run(
             Message::Close(_) => break Ok(()),
             Message::Ping(_) | Message::Pong(_) => continue,
         };
+        if peer_caps.is_some() {
+            // Paced before parsing, so a flood costs no more than the allowed rate.
+            if let Err(fatal) = throttle.request().await {
+                break Err(fatal);
+            }
+        }
         let result = match serde_json::from_str::<ClientMessage>(&text) {
             Err(e) => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}")))
@@ -125,11 +134,11 @@ pub(crate) async fn run(
             }
             Ok(ClientMessage::Sync { id, asset, have }) => {
                 let peer = peer_caps.expect("checked above");
-                sync(&mut socket, &state, peer, Request { id, asset: &asset, have }).await
+                sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have }).await
             }
             Ok(ClientMessage::SyncFolder { id, folder, have }) => {
                 let peer = peer_caps.expect("checked above");
-                sync_folder(&mut socket, &state, peer, id, &folder, have).await
+                sync_folder(&mut socket, &state, peer, &mut throttle, id, &folder, have).await
             }
             Ok(ClientMessage::Subscribe { id, path }) => {
                 if subscriptions.scopes.is_empty() {
@@ -212,6 +221,54 @@ async fn subscribe(
     send_json(socket, &ServerMessage::Subscribed { id }).await
 }
 
+/// Paces a connection to its request and byte rates (`--max-requests-per-minute`,
+/// `--max-bytes-per-minute`): over them, the session waits instead of failing, and meanwhile
+/// reads nothing more from the client.
+struct Throttle {
+    requests: Option<Rate>,
+    bytes: Option<Rate>,
+    shutdown: CancellationToken,
+    /// Whether this session was already logged as throttled.
+    logged: bool,
+}
+
+impl Throttle {
+    fn new(state: &AppState) -> Self {
+        let now = Instant::now();
+        Throttle {
+            requests: Rate::per_minute(state.limits.requests_per_minute.into(), now),
+            bytes: Rate::per_minute(state.limits.bytes_per_minute, now),
+            shutdown: state.shutdown.clone(),
+            logged: false,
+        }
+    }
+
+    /// Waits until one more request is within the rate.
+    async fn request(&mut self) -> Result<(), Fatal> {
+        let wait = self.requests.as_mut().map(|r| r.take(1, Instant::now()));
+        self.wait(wait, "requests").await
+    }
+
+    /// Waits until `n` more bytes are within the rate.
+    async fn bytes(&mut self, n: usize) -> Result<(), Fatal> {
+        let wait = self.bytes.as_mut().map(|r| r.take(n as u64, Instant::now()));
+        self.wait(wait, "bytes").await
+    }
+
+    async fn wait(&mut self, wait: Option<Duration>, what: &str) -> Result<(), Fatal> {
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else { return Ok(()) };
+        if !std::mem::replace(&mut self.logged, true) {
+            tracing::info!(over = what, "over the per-connection rate; slowing this connection down");
+        }
+        tokio::select! {
+            () = self.shutdown.cancelled() => {
+                Err(Fatal::new(ErrorCode::Internal, close_code::AWAY, "server is shutting down"))
+            }
+            () = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+}
+
 /// What `hello` established about the client.
 #[derive(Clone, Copy)]
 struct Peer {
@@ -278,6 +335,7 @@ async fn sync(
     socket: &mut WebSocket,
     state: &AppState,
     peer: Peer,
+    throttle: &mut Throttle,
     request: Request<'_>,
 ) -> Result<(), Fatal> {
     let Request { id, asset, have } = request;
@@ -306,7 +364,7 @@ async fn sync(
         // the chunks it holds.
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
-    let sent = answer(socket, state, peer, id, None, &current, base.as_ref(), &held).await?;
+    let sent = answer(socket, state, peer, throttle, id, None, &current, base.as_ref(), &held).await?;
     tracing::info!(
         %asset,
         version = %&current.version.to_hex()[..12],
@@ -327,6 +385,7 @@ async fn sync_folder(
     socket: &mut WebSocket,
     state: &AppState,
     peer: Peer,
+    throttle: &mut Throttle,
     id: u32,
     folder: &str,
     have: Have,
@@ -362,7 +421,7 @@ async fn sync_folder(
         // The delta base and compression prefix: the client's version of the same file.
         let base = known.iter().find(|(_, k)| k.manifest.path == file.manifest.path);
         let path = Some(file.manifest.path.clone());
-        let sent = answer(socket, state, peer, id, path, file, base, &held).await?;
+        let sent = answer(socket, state, peer, throttle, id, path, file, base, &held).await?;
         // Later files reference these chunks instead of carrying them again.
         held.extend(sent.chunks.iter().map(|&i| file.manifest.chunks[i as usize].id));
         updated += 1;
@@ -396,6 +455,7 @@ async fn answer(
     socket: &mut WebSocket,
     state: &AppState,
     peer: Peer,
+    throttle: &mut Throttle,
     id: u32,
     asset: Option<AssetPath>,
     current: &Arc<Indexed>,
@@ -432,6 +492,7 @@ async fn answer(
     };
     for frame in frames {
         frame_bytes += frame.len();
+        throttle.bytes(frame.len()).await?;
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
         // this loop down instead of making the server buffer without limit.
         socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;

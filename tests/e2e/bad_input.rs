@@ -216,14 +216,16 @@ async fn slow_header_connections_are_closed() {
     server.stop().await;
 }
 
-/// Thousands of requests pipelined on one connection are all answered in order, and another
-/// client is served meanwhile.
+/// Thousands of requests pipelined on one connection are all answered in order, paced to the
+/// connection's request rate, and another client is served meanwhile.
 #[tokio::test(flavor = "multi_thread")]
-async fn thousands_of_requests_on_one_connection_do_not_starve_others() {
-    let server = TestServer::start().await;
+async fn thousands_of_requests_on_one_connection_are_paced_and_do_not_starve_others() {
+    // Bursts of 1,200, then 20 a second.
+    let server = TestServer::start_with(|c| c.limits.requests_per_minute = 1_200).await;
     server.write("a.txt", b"tiny");
     let mut raw = Raw::greeted(&server).await;
-    const N: u32 = 5_000;
+    const N: u32 = 1_300;
+    let started = std::time::Instant::now();
     for id in 0..N {
         raw.send_text(&format!(r#"{{"type":"sync","id":{id},"asset":"a.txt"}}"#)).await;
     }
@@ -240,5 +242,38 @@ async fn thousands_of_requests_on_one_connection_do_not_starve_others() {
             other => panic!("connection ended after {answered} answers: {other:?}"),
         }
     }
+    // However fast the server, the 100 over the burst take 5 s at 20 a second.
+    let elapsed = started.elapsed();
+    assert!(elapsed > std::time::Duration::from_millis(4_500), "not paced: all answered in {elapsed:?}");
+    server.stop().await;
+}
+
+/// A connection over its byte rate is sent its answer more slowly, not refused; another
+/// connection meanwhile gets its own full rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_over_its_byte_rate_is_slowed_not_refused() {
+    const MIB: usize = 1 << 20;
+    // 51 KiB a second, in bursts of 3 MiB; uncompressed, so that bytes sent are chunk bytes.
+    let server = TestServer::start_with(|c| {
+        c.limits.bytes_per_minute = 3 * MIB as u64;
+        c.encode = None;
+    })
+    .await;
+    let big = random_bytes(3 * MIB + 100 * 1024, 7);
+    server.write("big.bin", &big);
+    let started = std::time::Instant::now();
+    let client = TestClient::new();
+    let pull = client.pull_and_check(&server, "big.bin", &big);
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        still_serving(&server).await;
+        t.elapsed()
+    };
+    let (_, other_took) = tokio::join!(pull, other);
+    // The 100 KiB over the burst take 2 s.
+    let elapsed = started.elapsed();
+    assert!(elapsed > std::time::Duration::from_millis(1_800), "not paced: sent in {elapsed:?}");
+    assert!(other_took < std::time::Duration::from_secs(1), "another connection waited {other_took:?}");
     server.stop().await;
 }
