@@ -2,6 +2,7 @@
 // 127.0.0.1 with an ephemeral port, and Debian's headless Chromium driven by playwright-core.
 
 import { spawn } from "node:child_process";
+import { createServer, connect } from "node:net";
 import { createHash } from "node:crypto";
 import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -62,6 +63,52 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
       await exited;
     },
   };
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of `server` that cuts connection i after the server has
+ * sent `cuts[i]` bytes through it (later connections pass untouched): a network that drops
+ * mid-transfer. `ws` is the WebSocket URL through it; `connections` counts connections.
+ */
+export async function cuttingProxy(server, cuts) {
+  const target = new URL(server.url);
+  const remaining = [...cuts];
+  const proxy = {
+    connections: 0,
+    sockets: new Set(),
+    close: () => new Promise((ok) => {
+      proxy.sockets.forEach((s) => s.destroy());
+      listener.close(ok);
+    }),
+  };
+  const listener = createServer((client) => {
+    proxy.connections += 1;
+    const limit = remaining.shift() ?? Infinity;
+    let passed = 0;
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      proxy.sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d) => {
+      if (passed + d.length < limit) {
+        passed += d.length;
+        client.write(d);
+        return;
+      }
+      // The bytes up to the cut arrive; then the connection ends without a WebSocket close.
+      client.end(d.subarray(0, limit - passed));
+      upstream.destroy();
+    });
+  });
+  await new Promise((ok) => listener.listen(0, "127.0.0.1", ok));
+  proxy.ws = `ws://127.0.0.1:${listener.address().port}/sync`;
+  return proxy;
 }
 
 /** Launches headless Chromium with the flags these machines need. */

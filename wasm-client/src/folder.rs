@@ -4,14 +4,14 @@
 use std::rc::Rc;
 
 use assetsync_protocol::{
-    AssetPath, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, Manifest, Scope, ServerMessage,
-    Synced, folder_changes, held_chunk_ids,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, Manifest, Scope,
+    ServerMessage, Synced, folder_changes, held_chunk_ids,
 };
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, Fatal, SyncResult, Timings, js_error, next, now_ms, parse};
+use crate::{Client, Fatal, Losses, SyncResult, Timings, js_error, next, now_ms, parse};
 
 /// What one folder sync did.
 pub(crate) struct FolderOutcome {
@@ -24,6 +24,8 @@ pub(crate) struct FolderOutcome {
     pub wire_in: u64,
     pub wire_out: u64,
     pub elapsed_ms: f64,
+    /// Connections lost and resumed.
+    pub reconnects: u32,
 }
 
 impl FolderOutcome {
@@ -41,6 +43,7 @@ impl FolderOutcome {
         set("wireBytesIn", (self.wire_in as f64).into());
         set("wireBytesOut", (self.wire_out as f64).into());
         set("elapsedMs", self.elapsed_ms.into());
+        set("reconnects", self.reconnects.into());
         out.into()
     }
 }
@@ -52,32 +55,25 @@ impl Client {
         if let Scope::Asset(_) = folder {
             return Err(js_error(format!("{:?} is not a folder: end it with '/'", folder.to_string())));
         }
-        let mut held = Vec::new();
-        for asset in self.store.assets().await? {
-            if folder.covers(&asset)
-                && let Some(manifest) = self.store.current(&asset).await?
-            {
-                held.push(manifest);
-            }
-        }
         let mut guard = self.socket.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.handshake().await?);
-        }
-        let socket = guard.as_mut().expect("connected above");
-        let (in0, out0) = (socket.received_bytes(), self.sent.get());
-        let answer = self.folder_answer(socket, folder, &held).await;
-        let wire_in = socket.received_bytes() - in0;
-        let (files, mut fetched, again, removed) = match answer {
-            Ok(answer) => answer,
-            Err(Fatal { message, connection_lost }) => {
-                if connection_lost {
-                    *guard = None;
+        let (in0, out0) = (self.received.get(), self.sent.get());
+        let (mut fetched, mut kept, mut losses) = (Vec::new(), Vec::new(), Losses::default());
+        let (files, again, removed) = loop {
+            // Again after a lost connection: files committed meanwhile are held now.
+            let held = self.held_in(folder).await?;
+            let socket = self.connected(&mut guard).await?;
+            match self.folder_answer(socket, folder, &held, &kept, &mut fetched).await {
+                Ok(answer) => break answer,
+                Err(lost) if lost.connection_lost => {
+                    let why = format!("{folder}: {}", lost.message);
+                    kept.extend(lost.kept);
+                    self.reconnect(&mut guard, &mut losses, &why).await?;
                 }
-                return Err(js_error(format!("{folder}: {message}")));
+                Err(fatal) => return Err(js_error(format!("{folder}: {}", fatal.message))),
             }
         };
         drop(guard);
+        let wire_in = self.received.get() - in0;
         for asset in &removed {
             self.remembered.borrow_mut().remove(asset);
             self.store.remove(asset).await?;
@@ -93,20 +89,37 @@ impl Client {
             wire_in,
             wire_out: self.sent.get() - out0,
             elapsed_ms: now_ms() - started,
+            reconnects: losses.count,
         })
     }
 
-    /// Sends `sync_folder` and reads the whole answer, committing each file as it is verified.
-    /// Returns the number of files listed, the committed files, the ones to fetch again on
-    /// their own, and the ones to remove.
+    /// The committed versions of the files inside `folder`.
+    async fn held_in(&self, folder: &Scope) -> Result<Vec<Manifest>, JsError> {
+        let mut held = Vec::new();
+        for asset in self.store.assets().await? {
+            if folder.covers(&asset)
+                && let Some(manifest) = self.store.current(&asset).await?
+            {
+                held.push(manifest);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Sends `sync_folder`, naming `held` and the `kept` chunks of an interrupted attempt, and
+    /// reads the whole answer, committing each file as it is verified and adding it to
+    /// `fetched`. Returns the number of files listed, the ones to fetch again on their own, and
+    /// the ones to remove.
     async fn folder_answer(
         &self,
         socket: &mut Socket,
         folder: &Scope,
         held: &[Manifest],
-    ) -> Result<(usize, Vec<SyncResult>, Vec<AssetPath>, Vec<AssetPath>), Fatal> {
+        kept: &[ChunkId],
+        fetched: &mut Vec<SyncResult>,
+    ) -> Result<(usize, Vec<AssetPath>, Vec<AssetPath>), Fatal> {
         let versions: Vec<_> = held.iter().map(Manifest::version).collect();
-        let mut chunks = ChunkSet::default();
+        let mut chunks = ChunkSet::new(kept.to_vec());
         let (id, files) = loop {
             let id = self.next_id.get();
             self.next_id.set(id + 1);
@@ -126,15 +139,19 @@ impl Client {
             }
         };
         let changes = folder_changes(held, &files);
-        let (mut fetched, mut again) = (Vec::new(), Vec::new());
+        let mut again = Vec::new();
         for asset in &changes.fetch {
             let started = now_ms();
-            let in0 = socket.received_bytes();
+            let in0 = self.received.get();
             let mut machine = ClientSync::for_folder_file(id, asset.clone(), held.to_vec(), chunks.prefix());
-            let verified = match self.receive(socket, &mut machine, asset, None).await? {
-                Err(e) => Err(e),
+            let verified = match self.receive(socket, &mut machine, asset, None).await {
+                Err(lost) if lost.connection_lost => {
+                    return Err(self.keep_received(&mut machine, lost).await);
+                }
+                Err(fatal) => return Err(fatal),
+                Ok(Err(e)) => Err(e),
                 // Chunks sent for earlier files of this answer are committed by now.
-                Ok(()) => self.rebuild(machine, &mut Timings::default()).await?.0,
+                Ok(Ok(())) => self.rebuild(machine, &mut Timings::default()).await?.0,
             };
             let synced = match verified {
                 Ok(synced) => synced,
@@ -150,10 +167,10 @@ impl Client {
                 }
             };
             self.store.commit(&synced).await.map_err(|e| Fatal::new(format!("{asset}: {}", e.0)))?;
-            let wire_in = socket.received_bytes() - in0;
+            let wire_in = self.received.get() - in0;
             fetched.push(self.folder_file_result(synced, wire_in, now_ms() - started));
         }
-        Ok((files.len(), fetched, again, changes.removed))
+        Ok((files.len(), again, changes.removed))
     }
 
     fn folder_file_result(&self, synced: Synced, wire_in: u64, elapsed_ms: f64) -> SyncResult {

@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
-    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VersionId, compress,
+    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, compress,
 };
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -79,6 +79,8 @@ export interface SyncStats {
   requests: number;
   /** Whether an attempt failed verification and was retried. */
   retried: boolean;
+  /** Connections lost during this sync and resumed: chunks that had arrived were kept. */
+  reconnects: number;
   /** Time spent in IndexedDB (reading reused chunks, committing). */
   storeMs: number;
   /** Time spent rebuilding the file and checking its SHA-256. */
@@ -107,6 +109,8 @@ export interface FolderResult {
   wireBytesIn: number;
   wireBytesOut: number;
   elapsedMs: number;
+  /** Connections lost during this folder sync and resumed. */
+  reconnects: number;
 }
 /** What `gc` freed. */
 export interface GcReport {
@@ -133,8 +137,10 @@ impl From<SocketError> for JsError {
 
 /// A connection to an assetsync server plus the local IndexedDB store.
 ///
-/// The socket is opened by `connect` (or by the first `sync` after `open`) and reopened by the
-/// next `sync` after it is lost. The lock around it serialises syncs: a second `sync` waits until
+/// The socket is opened by `connect` (or by the first `sync` after `open`). When it is lost in
+/// the middle of a request, the client keeps the chunks that arrived (in IndexedDB), reconnects
+/// with backoff and asks again for the rest; lost between requests, it is reopened by the next
+/// one. The lock around it serialises syncs: a second `sync` waits until
 /// the first has read its whole answer, so at most one request is in flight (browser WebSockets
 /// have no backpressure).
 #[wasm_bindgen]
@@ -150,7 +156,9 @@ struct Client {
     raw: RefCell<Option<web_sys::WebSocket>>,
     store: Store,
     next_id: Cell<u32>,
+    /// Message payload bytes sent and received on all this client's sockets.
     sent: Cell<u64>,
+    received: Rc<Cell<u64>>,
     /// The last verified bytes of each asset synced by this client, so that a sync that finds
     /// the asset unchanged need not read and hash it again (`memoryCache: false` turns it off).
     remembered: RefCell<Remembered>,
@@ -209,7 +217,9 @@ impl SyncClient {
     }
 
     /// Syncs `asset`, calling `on_progress({receivedBytes, totalBytes})` as chunks arrive, and
-    /// commits the verified result. Rejects with an `Error` saying what failed.
+    /// commits the verified result. A connection lost mid-transfer is resumed: the client
+    /// reconnects with backoff (up to 8 times) and fetches only what had not arrived. Rejects
+    /// with an `Error` saying what failed; the previous version stays readable.
     pub async fn sync(
         &self,
         asset: String,
@@ -283,6 +293,7 @@ impl Client {
             store,
             next_id: Cell::new(1),
             sent: Cell::new(0),
+            received: Rc::default(),
             remembered: RefCell::default(),
             memory_cache,
             token,
@@ -299,30 +310,33 @@ impl Client {
         let started = now_ms();
         let asset = AssetPath::new(&asset).map_err(js_error)?;
         let mut guard = self.socket.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.handshake().await?);
-        }
-        let socket = guard.as_mut().expect("connected above");
-        let (in0, out0) = (socket.received_bytes(), self.sent.get());
+        let (in0, out0) = (self.received.get(), self.sent.get());
         let base = self.store.current(&asset).await?;
         let base_version = base.as_ref().map(Manifest::version);
         let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
         let progress = on_progress.as_ref();
         let mut timings = Timings::default();
-        let (mut requests, mut retried) = (0, false);
+        let (mut requests, mut retried, mut losses) = (0, false, Losses::default());
         let mut holding = Holding { base, others, chunks: Vec::new() };
         let outcome = loop {
+            let socket = self.connected(&mut guard).await?;
             requests += 1;
-            let others = holding.others.clone();
-            let outcome = self.attempt(socket, &asset, holding, progress, &mut timings).await;
-            let (error, chunks) = match outcome {
+            let sent = holding.clone();
+            let (error, chunks) = match self.attempt(socket, &asset, holding, progress, &mut timings).await {
+                Err(lost) if lost.connection_lost => {
+                    // Resume: the same request again, plus the chunks that did arrive.
+                    requests -= 1;
+                    self.reconnect(&mut guard, &mut losses, &format!("{asset}: {}", lost.message)).await?;
+                    holding = Holding { chunks: [sent.chunks, lost.kept].concat(), ..sent };
+                    continue;
+                }
                 Ok(Err((error, held))) if requests < MAX_REQUESTS => (error, held),
                 other => break other,
             };
             // The server forgot the cached version: the same request with its chunks listed.
             // Bad data: a clean start with only the chunks found intact.
             let others = if matches!(error, SyncError::UnknownBase) {
-                others
+                sent.others
             } else {
                 retried = true;
                 web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying").into());
@@ -330,16 +344,8 @@ impl Client {
             };
             holding = Holding { base: None, others, chunks };
         };
-        let in1 = socket.received_bytes();
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(Fatal { message, connection_lost }) => {
-                if connection_lost {
-                    *guard = None;
-                }
-                return Err(js_error(message));
-            }
-        };
+        let in1 = self.received.get();
+        let outcome = outcome.map_err(|f| js_error(f.message))?;
         drop(guard);
         let fetched = outcome
             .map_err(|(e, _)| js_error(format!("{asset}: giving up after {requests} requests: {e}")))?;
@@ -370,6 +376,7 @@ impl Client {
         set("elapsedMs", (now_ms() - started).into());
         set("requests", requests.into());
         set("retried", retried.into());
+        set("reconnects", losses.count.into());
         set("storeMs", timings.store_ms.into());
         set("verifyMs", timings.verify_ms.into());
         Ok(SyncResult { asset, version, data, stats })
@@ -407,6 +414,7 @@ type DataError = (SyncError, Vec<ChunkId>);
 type Remembered = HashMap<AssetPath, (VersionId, Rc<[u8]>)>;
 
 /// What an attempt tells the server the client holds (see [`ClientSync::new`]).
+#[derive(Clone)]
 struct Holding {
     base: Option<Manifest>,
     others: Vec<Manifest>,
@@ -430,17 +438,42 @@ enum Fetched {
     Remembered { version: VersionId, len: u64, chunks: usize, data: Rc<[u8]> },
 }
 
-/// An error that ends a sync; `connection_lost` drops the socket so the next sync reconnects.
+/// An error that ends a request. A lost connection is resumed (see [`Client::reconnect`]):
+/// `kept` are the chunks that had arrived, now in the store.
 struct Fatal {
     message: String,
     connection_lost: bool,
+    kept: Vec<ChunkId>,
 }
 
 impl Fatal {
     fn new(message: impl std::fmt::Display) -> Self {
-        Fatal { message: message.to_string(), connection_lost: false }
+        Fatal { message: message.to_string(), connection_lost: false, kept: Vec::new() }
+    }
+
+    fn lost(message: impl std::fmt::Display) -> Self {
+        Fatal { connection_lost: true, ..Fatal::new(message) }
     }
 }
+
+/// Connections lost by one request so far, and the wait before the next reconnection.
+struct Losses {
+    count: u32,
+    backoff_ms: i32,
+}
+
+impl Default for Losses {
+    fn default() -> Self {
+        Losses { count: 0, backoff_ms: FIRST_BACKOFF_MS }
+    }
+}
+
+/// Connections one request may lose before it fails.
+const MAX_RECONNECTS: u32 = 8;
+/// First wait before reconnecting, doubled after each failure up to [`MAX_RESUME_BACKOFF_MS`]
+/// while resuming a request (and up to 30 s in a subscription's listener).
+const FIRST_BACKOFF_MS: i32 = 250;
+const MAX_RESUME_BACKOFF_MS: i32 = 5_000;
 
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
@@ -457,12 +490,73 @@ impl Client {
     fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<(), Fatal> {
         let text = serde_json::to_string(message).expect("client messages serialise");
         self.sent.set(self.sent.get() + text.len() as u64);
-        socket.send_text(&text).map_err(|e| Fatal { message: e.0, connection_lost: true })
+        socket.send_text(&text).map_err(|e| Fatal::lost(e.0))
+    }
+
+    /// The open socket, connecting first if there is none or it has closed since the last
+    /// request (a server restart in between is not a lost transfer).
+    async fn connected<'a>(
+        self: &Rc<Self>,
+        socket: &'a mut Option<Socket>,
+    ) -> Result<&'a mut Socket, JsError> {
+        if !socket.as_ref().is_some_and(Socket::is_open) {
+            *socket = None;
+            *socket = Some(self.handshake().await?);
+        }
+        Ok(socket.as_mut().expect("connected above"))
+    }
+
+    /// Stores the chunks `machine` received before `lost` broke its answer and lists them in
+    /// `lost.kept`, so that the resumed request does not fetch them again.
+    async fn keep_received(&self, machine: &mut ClientSync, mut lost: Fatal) -> Fatal {
+        let kept = machine.take_received();
+        match self.store.keep(&kept).await {
+            Ok(()) => {
+                lost.kept = kept.iter().map(VerifiedChunk::id).collect();
+                lost
+            }
+            Err(e) => {
+                Fatal::new(format!("{}, and storing the chunks received failed: {}", lost.message, e.0))
+            }
+        }
+    }
+
+    /// After a request lost its connection (`why`): waits with backoff and connects again into
+    /// `socket`, unless the client was closed or the request has lost too many connections.
+    async fn reconnect(
+        self: &Rc<Self>,
+        socket: &mut Option<Socket>,
+        losses: &mut Losses,
+        why: &str,
+    ) -> Result<(), JsError> {
+        *socket = None;
+        loop {
+            losses.count += 1;
+            if self.closed.get() {
+                return Err(js_error(why));
+            }
+            if losses.count > MAX_RECONNECTS {
+                return Err(js_error(format!("connection lost {} times, giving up: {why}", losses.count)));
+            }
+            web_sys::console::warn_1(&format!("assetsync: {why}; reconnecting").into());
+            subscribe::sleep(losses.backoff_ms).await;
+            losses.backoff_ms = (losses.backoff_ms * 2).min(MAX_RESUME_BACKOFF_MS);
+            match self.handshake().await {
+                Ok(s) => {
+                    *socket = Some(s);
+                    return Ok(());
+                }
+                Err(e) if losses.count < MAX_RECONNECTS => {
+                    web_sys::console::warn_2(&"assetsync: reconnecting failed:".into(), &e.into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Opens a socket, exchanges `hello`/`welcome` and renews the subscriptions.
     async fn handshake(self: &Rc<Self>) -> Result<Socket, JsError> {
-        let mut socket = Socket::open(&self.url).await?;
+        let mut socket = Socket::open(&self.url, self.received.clone()).await?;
         let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
         let fail = |f: Fatal| js_error(f.message);
         let hello = ClientMessage::Hello {
@@ -499,8 +593,15 @@ impl Client {
         self.next_id.set(id + 1);
         let have = ChunkSet::new(holding.chunks);
         let (mut machine, request) = ClientSync::new(id, asset.clone(), holding.base, holding.others, have);
-        self.send(socket, &request)?;
-        if let Err(e) = self.receive(socket, &mut machine, asset, on_progress).await? {
+        let received = match self.send(socket, &request) {
+            Ok(()) => self.receive(socket, &mut machine, asset, on_progress).await,
+            Err(lost) => Err(lost),
+        };
+        let received = match received {
+            Err(lost) if lost.connection_lost => return Err(self.keep_received(&mut machine, lost).await),
+            other => other?,
+        };
+        if let Err(e) = received {
             let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
             return Ok(Err((e, held.unwrap_or_default())));
         }
@@ -584,9 +685,7 @@ impl Client {
                 Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
                     return Ok(Err(e));
                 }
-                Err(e @ SyncError::ConnectionClosed(_)) => {
-                    return Err(Fatal { message: format!("{asset}: {e}"), connection_lost: true });
-                }
+                Err(e @ SyncError::ConnectionClosed(_)) => return Err(Fatal::lost(format!("{asset}: {e}"))),
                 Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
             }
         }
@@ -605,7 +704,7 @@ async fn next(socket: &mut Socket) -> Result<Incoming, Fatal> {
             Some(Incoming::Open) => continue,
             Some(other) => return Ok(other),
         };
-        return Err(Fatal { message, connection_lost: true });
+        return Err(Fatal::lost(message));
     }
 }
 

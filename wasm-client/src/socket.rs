@@ -1,6 +1,6 @@
 //! A browser WebSocket as an async message stream, with owned event handlers.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::rc::Rc;
 
 use futures_channel::mpsc;
@@ -32,18 +32,16 @@ pub struct Socket {
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
-    /// Bytes received in binary and text frame payloads, for the wire statistics.
-    received: Rc<RefCell<u64>>,
 }
 
 impl Socket {
-    /// Connects and waits until the socket is open.
-    pub async fn open(url: &str) -> Result<Socket, SocketError> {
+    /// Connects and waits until the socket is open. Payload bytes of the frames it receives
+    /// are added to `received`, for the wire statistics.
+    pub async fn open(url: &str, received: Rc<Cell<u64>>) -> Result<Socket, SocketError> {
         let ws =
             WebSocket::new(url).map_err(|e| SocketError(format!("invalid server URL {url:?}: {e:?}")))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
         let (tx, rx) = mpsc::unbounded();
-        let received = Rc::new(RefCell::new(0u64));
 
         let open_tx = tx.clone();
         let on_open = Closure::<dyn FnMut(Event)>::new(move |_| {
@@ -52,11 +50,10 @@ impl Socket {
         let msg_tx = tx.clone();
         let (push_tx, pushes) = mpsc::unbounded();
         let close_push = push_tx.clone();
-        let counter = received.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             let data = e.data();
             let item = if let Some(text) = data.as_string() {
-                *counter.borrow_mut() += text.len() as u64;
+                received.set(received.get() + text.len() as u64);
                 // Pushes may arrive between answers, or while one is being read.
                 if text.starts_with(r#"{"type":"changed""#) {
                     let _ = push_tx.unbounded_send(text);
@@ -64,7 +61,7 @@ impl Socket {
                 }
                 Incoming::Text(text)
             } else if let Ok(buf) = data.dyn_into::<js_sys::ArrayBuffer>() {
-                *counter.borrow_mut() += u64::from(buf.byte_length());
+                received.set(received.get() + u64::from(buf.byte_length()));
                 Incoming::Binary(js_sys::Uint8Array::new(&buf).to_vec())
             } else {
                 return;
@@ -86,7 +83,6 @@ impl Socket {
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
-            received,
         };
         match socket.incoming.next().await {
             Some(Incoming::Open) => Ok(socket),
@@ -116,11 +112,6 @@ impl Socket {
     /// Whether the socket is still open.
     pub fn is_open(&self) -> bool {
         self.ws.ready_state() == WebSocket::OPEN
-    }
-
-    /// Payload bytes received so far.
-    pub fn received_bytes(&self) -> u64 {
-        *self.received.borrow()
     }
 
     /// The browser's handle, for closing from outside a sync.

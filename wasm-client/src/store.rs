@@ -15,8 +15,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VersionId};
-use idb::{Database, DatabaseEvent, Factory, ObjectStoreParams, TransactionMode};
+use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
+use idb::{Database, DatabaseEvent, Factory, ObjectStore, ObjectStoreParams, TransactionMode};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -156,6 +156,19 @@ impl Store {
         Ok(())
     }
 
+    /// Stores chunks of a transfer that broke before its version could be committed, so that
+    /// the resumed request lists them as held instead of fetching them again. Each is named by
+    /// the hash of its bytes; until a commit references them they are garbage for [`Store::gc`].
+    pub async fn keep(&self, received: &[VerifiedChunk]) -> Result<()> {
+        if received.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
+        put_chunks(&tx.object_store(CHUNKS)?, received)?;
+        tx.commit()?.await?;
+        Ok(())
+    }
+
     /// Commits a verified sync in one transaction: new chunks, any reused chunk that has vanished
     /// meanwhile (written back from the verified file), the manifest, then the pointer.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {
@@ -166,12 +179,7 @@ impl Store {
         let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
         let chunks = tx.object_store(CHUNKS)?;
         let received: HashSet<ChunkId> = synced.received.iter().map(|c| c.id()).collect();
-        for chunk in &synced.received {
-            chunks.put(
-                &Uint8Array::from(chunk.bytes()).into(),
-                Some(&JsValue::from_str(&chunk.id().to_hex())),
-            )?;
-        }
+        put_chunks(&chunks, &synced.received)?;
         let mut reused = Vec::new();
         let mut seen = HashSet::new();
         for (offset, c) in synced.manifest.offsets() {
@@ -272,6 +280,13 @@ impl Store {
         tx.commit()?.await?;
         Ok(report)
     }
+}
+
+fn put_chunks(store: &ObjectStore, chunks: &[VerifiedChunk]) -> Result<()> {
+    for chunk in chunks {
+        store.put(&Uint8Array::from(chunk.bytes()).into(), Some(&JsValue::from_str(&chunk.id().to_hex())))?;
+    }
+    Ok(())
 }
 
 fn bytes_of(value: &JsValue) -> Vec<u8> {

@@ -17,10 +17,9 @@ use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, Fatal, SyncResult, js_error, next, parse};
+use crate::{Client, FIRST_BACKOFF_MS, Fatal, SyncResult, js_error, next, parse};
 
-/// First wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF_MS`].
-const FIRST_BACKOFF_MS: i32 = 250;
+/// Longest wait between a listener's reconnection attempts.
 const MAX_BACKOFF_MS: i32 = 30_000;
 
 impl Client {
@@ -143,13 +142,7 @@ impl Client {
     /// already did, then brings everything subscribed up to date: a folder with one folder sync
     /// (which also finds files created or deleted meanwhile), an asset with one sync.
     async fn resume(self: &Rc<Self>) -> Result<(), JsError> {
-        {
-            let mut guard = self.socket.lock().await;
-            if !guard.as_ref().is_some_and(Socket::is_open) {
-                *guard = None;
-                *guard = Some(self.handshake().await?);
-            }
-        }
+        self.connected(&mut *self.socket.lock().await).await?;
         let mut seen = HashSet::new();
         let scopes: Vec<Scope> = self
             .subscriptions
@@ -215,7 +208,7 @@ async fn listen(client: Weak<Client>, mut pushes: UnboundedReceiver<String>) {
     }
 }
 
-async fn sleep(ms: i32) {
+pub(crate) async fn sleep(ms: i32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         if let Some(window) = web_sys::window() {
             let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
