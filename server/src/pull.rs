@@ -216,7 +216,7 @@ struct CommitFailed;
 
 impl std::fmt::Display for CommitFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cannot commit the verified version")
+        f.write_str("cannot write to the cache or --out (the previous version is kept)")
     }
 }
 

@@ -98,3 +98,116 @@ async fn failures_exit_non_zero_with_a_one_line_error() {
     }
     server.stop().await;
 }
+
+/// A small disk of its own: a tmpfs mounted in a private mount namespace (`unshare`, which
+/// needs no root where user namespaces are enabled), held open by a sleeping process. Commands
+/// run inside it with `nsenter`; the test reads its files through `/proc/PID/root`.
+struct SmallDisk {
+    holder: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (and a note on stderr) where this machine cannot create the namespace.
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!("mount -t tmpfs -o size={bytes} tmpfs \"$0\" && echo mounted && exec sleep 600");
+        let mut holder = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        if line.trim() != "mounted" {
+            let mut why = String::new();
+            let _ = std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut why);
+            eprintln!("SKIPPED: cannot mount a small tmpfs in a user namespace here: {why}");
+            let _ = holder.kill();
+            return None;
+        }
+        Some(SmallDisk { holder, dir })
+    }
+
+    /// A command run inside the namespace, where the tmpfs is mounted.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.holder.id().to_string(), "--user", "--mount", "--preserve-credentials"]);
+        cmd.arg(program);
+        cmd
+    }
+
+    fn resize(&self, bytes: u64) {
+        let status = self
+            .command("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.dir.path())
+            .status();
+        assert!(status.unwrap().success());
+    }
+
+    /// `relative` inside the tmpfs, as the test process can reach it.
+    fn outside(&self, relative: &str) -> std::path::PathBuf {
+        let inside = self.dir.path().join(relative);
+        std::path::Path::new(&format!("/proc/{}/root", self.holder.id()))
+            .join(inside.strip_prefix("/").unwrap())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The disk fills up during a pull: a one-line error naming the cause, `--out` and the cache
+/// keep the previous verified version, no temporary file is left behind, and once there is room
+/// again the same command completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_the_pull_clearly_and_keeps_the_previous_version() {
+    const MIB: usize = 1 << 20;
+    let Some(disk) = SmallDisk::mount(6 * MIB as u64) else { return };
+    let server = TestServer::start().await;
+    let v1 = random_bytes(2 * MIB, 1);
+    server.write("big.bin", &v1);
+    let (cache, out) = (disk.dir.path().join("cache"), disk.dir.path().join("out"));
+    let pull = || {
+        let mut cmd = disk.command(env!("CARGO_BIN_EXE_assetsync"));
+        cmd.args(["pull", "--server", &server.url(), "--cache"]).arg(&cache).arg("--out").arg(&out);
+        cmd.arg("big.bin");
+        cmd.output().unwrap()
+    };
+    let first = pull();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(std::fs::read(disk.outside("out/big.bin")).unwrap(), v1);
+    let refs = std::fs::read(disk.outside("cache/refs.json")).unwrap();
+
+    // 2 MiB of new chunks plus a 2 MiB output file do not fit in the 2 MiB left.
+    let v2 = random_bytes(2 * MIB, 2);
+    server.replace("big.bin", &v2);
+    let full = pull();
+    assert!(!full.status.success(), "the pull succeeded on a full disk");
+    let stderr = String::from_utf8(full.stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("No space left on device"), "{stderr}");
+    assert_eq!(std::fs::read(disk.outside("out/big.bin")).unwrap(), v1, "the previous version was damaged");
+    let leftovers = |dir: &str| std::fs::read_dir(disk.outside(dir)).unwrap().count();
+    assert_eq!(leftovers("out"), 1, "a temporary file was left in --out");
+    assert_eq!(leftovers("cache/tmp"), 0, "a temporary file was left in the cache");
+    assert_eq!(
+        std::fs::read(disk.outside("cache/refs.json")).unwrap(),
+        refs,
+        "the cache's commit point moved"
+    );
+
+    disk.resize(16 * MIB as u64);
+    let again = pull();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read(disk.outside("out/big.bin")).unwrap(), v2);
+    server.stop().await;
+}
