@@ -166,7 +166,10 @@ impl Client {
                     continue;
                 }
             };
-            self.store.commit(&synced).await.map_err(|e| Fatal::new(format!("{asset}: {}", e.0)))?;
+            self.store
+                .commit(&synced)
+                .await
+                .map_err(|e| Fatal::new(format!("{asset}: {}; the previous version is kept", e.0)))?;
             let wire_in = self.received.get() - in0;
             fetched.push(self.folder_file_result(synced, wire_in, now_ms() - started));
         }

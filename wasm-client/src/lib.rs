@@ -354,7 +354,10 @@ impl Client {
                 // An unchanged asset is already committed: nothing to write.
                 if base_version != Some(synced.version) || !synced.received.is_empty() {
                     let t0 = now_ms();
-                    self.store.commit(&synced).await.map_err(|e| js_error(format!("{asset}: {}", e.0)))?;
+                    self.store
+                        .commit(&synced)
+                        .await
+                        .map_err(|e| js_error(format!("{asset}: {}; the previous version is kept", e.0)))?;
                     timings.store_ms += now_ms() - t0;
                 }
                 let (m, reused) = (&synced.manifest, synced.chunks_reused);

@@ -16,9 +16,10 @@
 use std::collections::{HashMap, HashSet};
 
 use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
-use idb::{Database, DatabaseEvent, Factory, ObjectStore, ObjectStoreParams, TransactionMode};
+use idb::{Database, DatabaseEvent, Factory, ObjectStore, ObjectStoreParams, Transaction, TransactionMode};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
+use web_sys::IdbTransaction;
 
 const CHUNKS: &str = "chunks";
 const MANIFESTS: &str = "manifests";
@@ -31,13 +32,32 @@ pub struct StoreError(pub String);
 
 impl From<idb::Error> for StoreError {
     fn from(e: idb::Error) -> Self {
-        let text = e.to_string();
+        StoreError::new(e.to_string())
+    }
+}
+
+impl StoreError {
+    fn new(text: String) -> Self {
         if text.contains("QuotaExceeded") || text.to_lowercase().contains("quota") {
-            StoreError(format!("storage quota exceeded: {text}"))
+            StoreError(format!("storage quota exceeded ({text})"))
         } else {
             StoreError(format!("IndexedDB error: {text}"))
         }
     }
+}
+
+/// Commits `tx`. An aborted transaction is an error with the browser's reason, such as
+/// `QuotaExceededError` when the origin's storage is full.
+async fn finish(tx: Transaction) -> Result<()> {
+    let handle = IdbTransaction::from(tx);
+    if Transaction::from(handle.clone()).commit()?.await?.is_committed() {
+        return Ok(());
+    }
+    Err(match handle.error() {
+        Some(e) if e.message().is_empty() => StoreError::new(e.name()),
+        Some(e) => StoreError::new(format!("{}: {}", e.name(), e.message())),
+        None => StoreError("the transaction was aborted".into()),
+    })
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -136,7 +156,7 @@ impl Store {
         for id in ids {
             store.delete(JsValue::from_str(&id.to_hex()))?;
         }
-        tx.commit()?.await?;
+        finish(tx).await?;
         Ok(())
     }
 
@@ -152,7 +172,7 @@ impl Store {
     pub async fn remove(&self, asset: &AssetPath) -> Result<()> {
         let tx = self.db.transaction(&[REFS], TransactionMode::ReadWrite)?;
         tx.object_store(REFS)?.delete(JsValue::from_str(asset.as_str()))?;
-        tx.commit()?.await?;
+        finish(tx).await?;
         Ok(())
     }
 
@@ -165,7 +185,7 @@ impl Store {
         }
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
         put_chunks(&tx.object_store(CHUNKS)?, received)?;
-        tx.commit()?.await?;
+        finish(tx).await?;
         Ok(())
     }
 
@@ -202,12 +222,7 @@ impl Store {
             return Err(StoreError("commit aborted".into()));
         }
         tx.object_store(REFS)?.put(&version, Some(&JsValue::from_str(synced.manifest.path.as_str())))?;
-        let result = tx.commit()?.await?;
-        if result.is_committed() {
-            Ok(())
-        } else {
-            Err(StoreError("the commit transaction was aborted".into()))
-        }
+        finish(tx).await
     }
 
     /// The committed copy of `asset`, rebuilt from chunks and verified; `None` if there is none.
@@ -277,7 +292,7 @@ impl Store {
                 report.chunks_deleted += 1;
             }
         }
-        tx.commit()?.await?;
+        finish(tx).await?;
         Ok(report)
     }
 }
