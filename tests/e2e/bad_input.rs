@@ -197,6 +197,26 @@ async fn protocol_1_clients_are_still_served() {
     server.stop().await;
 }
 
+/// A digest of millions of entries that still fits in one message (1-byte id prefixes) is
+/// refused by count at the default limits, and the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_digest_with_millions_of_entries_is_refused_and_the_session_goes_on() {
+    let server = TestServer::start().await;
+    server.write("a.txt", b"a");
+    let mut raw = Raw::greeted(&server).await;
+    // 6 MB of base64 under the 8 MiB message limit: 4.5 million 1-byte ids.
+    let ids = "A".repeat(6_000_000);
+    let have = format!(r#"{{"chunks":{{"prefix":1,"ids":"{ids}"}}}}"#);
+    raw.send_text(&format!(r#"{{"type":"sync","id":1,"asset":"a.txt","have":{have}}}"#)).await;
+    let e = raw.json().await;
+    assert_eq!(e["code"], "too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("4500000 entries"), "{e}");
+    raw.send_text(r#"{"type":"sync","id":2,"asset":"a.txt"}"#).await;
+    assert_eq!(raw.json().await["type"], "update");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
 /// A client that sends its HTTP headers slowly ("slowloris") is cut off after the header
 /// timeout, and others are served meanwhile.
 #[tokio::test(flavor = "multi_thread")]
