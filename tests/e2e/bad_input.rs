@@ -217,6 +217,63 @@ async fn a_digest_with_millions_of_entries_is_refused_and_the_session_goes_on() 
     server.stop().await;
 }
 
+/// Memory of a process, in bytes: `VmRSS` (now) or `VmHWM` (peak) from `/proc/PID/status`.
+fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Clients that ask for a large asset again and again but never read the answers: each session
+/// waits on its full socket instead of buffering, so the server's memory stays bounded (here
+/// 20 connections x 10 requests x 32 MiB would be 6.4 GiB), and others are still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_never_read_do_not_make_the_server_buffer() {
+    use std::io::{BufRead, BufReader};
+    const MIB: usize = 1 << 20;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("big.bin"), random_bytes(32 * MIB, 3)).unwrap();
+    std::fs::write(root.path().join("small.bin"), b"small").unwrap();
+    // The real binary, so that its memory is its own; uncompressed, so that every answer is
+    // built frame by frame from the indexed file.
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_assetsync"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-compress", "--no-watch", "--root"])
+        .arg(root.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    // Keep reading, so that the server's log never meets a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = banner.split("ws://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let url = format!("ws://{addr}/sync");
+    // Indexed and answered once, so that the baseline holds the file.
+    TestClient::new().pull_from(url.clone(), &["big.bin"]).await.unwrap();
+    let baseline = memory(server.id(), "VmRSS:");
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let mut raw = Raw::greeted_at(&url).await;
+        for id in 0..10 {
+            raw.send_text(&format!(r#"{{"type":"sync","id":{id},"asset":"big.bin"}}"#)).await;
+        }
+        silent.push(raw);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    TestClient::new().pull_from(url.clone(), &["small.bin"]).await.unwrap();
+    let grew = memory(server.id(), "VmHWM:").saturating_sub(baseline);
+    drop(silent);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    eprintln!(
+        "server memory grew {} MiB over a baseline of {} MiB",
+        grew / MIB as u64,
+        baseline / MIB as u64
+    );
+    assert!(grew < 64 * MIB as u64, "the server grew {} MiB for clients that do not read", grew / MIB as u64);
+}
+
 /// A client that sends its HTTP headers slowly ("slowloris") is cut off after the header
 /// timeout, and others are served meanwhile.
 #[tokio::test(flavor = "multi_thread")]

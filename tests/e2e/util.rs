@@ -164,13 +164,21 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(server: &TestServer) -> Self {
-        let (ws, _) = connect_async(server.url()).await.unwrap();
+        Self::connect_to(&server.url()).await
+    }
+
+    pub async fn connect_to(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.unwrap();
         Raw { ws }
     }
 
     /// Connects and completes the `hello` handshake.
     pub async fn greeted(server: &TestServer) -> Self {
-        let mut raw = Self::connect(server).await;
+        Self::greeted_at(&server.url()).await
+    }
+
+    pub async fn greeted_at(url: &str) -> Self {
+        let mut raw = Self::connect_to(url).await;
         raw.send_text(&format!(r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"agent":"test"}}"#)).await;
         assert_eq!(raw.json().await["type"], "welcome");
         raw
