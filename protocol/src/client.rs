@@ -49,8 +49,9 @@ pub enum Event {
 enum Prefix {
     /// Not provided yet.
     Wanted,
-    /// The file, rebuilt and verified by the driver.
-    Ready(Vec<u8>),
+    /// The file, verified by the driver; `reuse` when it was just rebuilt from the driver's
+    /// store, so that the chunks it holds are known intact there.
+    Ready { file: Vec<u8>, reuse: bool },
     /// The driver could not rebuild it; compressed frames are skipped.
     Unavailable,
 }
@@ -267,10 +268,15 @@ impl ClientSync {
     /// or the ids of the chunks that kept it from being rebuilt. In that case the compressed
     /// frames are read but not decoded, and the answer ends in [`Error::MissingLocal`] naming
     /// those chunks, so that the retry does without them.
-    pub fn set_prefix(&mut self, file: Result<Vec<u8>, Vec<ChunkId>>) {
+    ///
+    /// `from_store` says the driver just rebuilt the file from its store: the chunks the new
+    /// version reuses from it are then taken from this file instead of being read from the
+    /// store a second time. A copy kept in memory says nothing about the store, whose chunks
+    /// are then read (and so checked by the whole-file hash) as usual.
+    pub fn set_prefix(&mut self, file: Result<Vec<u8>, Vec<ChunkId>>, from_store: bool) {
         if let State::Receiving { dict: Some((_, prefix)), bad, .. } = &mut self.state {
             *prefix = match file {
-                Ok(file) => Prefix::Ready(file),
+                Ok(file) => Prefix::Ready { file, reuse: from_store },
                 Err(damaged) => {
                     bad.get_or_insert(Error::MissingLocal(damaged));
                     Prefix::Unavailable
@@ -312,7 +318,7 @@ impl ClientSync {
                 let len: usize = indices.iter().map(|&i| len_of(i)).sum();
                 let prefix = match dict {
                     None => None,
-                    Some((_, Prefix::Ready(prefix))) => Some(prefix.as_slice()),
+                    Some((_, Prefix::Ready { file, .. })) => Some(file.as_slice()),
                     Some((_, Prefix::Wanted)) => {
                         return Err(Error::Protocol("compressed frame before set_prefix".into()));
                     }
@@ -377,16 +383,29 @@ impl ClientSync {
         }
     }
 
-    /// Distinct chunk ids the driver must load from its own store to rebuild the file.
+    /// Distinct chunk ids the driver must load from its own store to rebuild the file: neither
+    /// received nor in a file [`ClientSync::set_prefix`] was given from the store.
     pub fn local_chunks(&self) -> Vec<ChunkId> {
         let State::Receiving { manifest, received, .. } = &self.state else { return Vec::new() };
+        let in_prefix = self.prefix_ranges();
         let mut seen = HashSet::new();
         manifest
             .chunks
             .iter()
             .map(|c| c.id)
-            .filter(|id| !received.contains_key(id) && seen.insert(*id))
+            .filter(|id| !received.contains_key(id) && !in_prefix.contains_key(id) && seen.insert(*id))
             .collect()
+    }
+
+    /// Where each chunk of the compression prefix lies in its file. That file is the client's
+    /// own old version, already read and verified, so the chunks the new version reuses from it
+    /// need not be read from the store a second time.
+    fn prefix_ranges(&self) -> HashMap<ChunkId, std::ops::Range<usize>> {
+        let State::Receiving { dict: Some((v, Prefix::Ready { reuse: true, .. })), .. } = &self.state else {
+            return HashMap::new();
+        };
+        let Some(base) = self.base_manifest(*v) else { return HashMap::new() };
+        base.offsets().map(|(at, c)| (c.id, at..at + c.len as usize)).collect()
     }
 
     /// Rebuilds the file from received and `local` chunks (as read from the store, unverified)
@@ -403,29 +422,38 @@ impl ClientSync {
     ///
     /// Fails with [`Error::MissingLocal`] when `local` lacks chunks or has one of the wrong size.
     pub fn assemble(self, local: Vec<(ChunkId, Vec<u8>)>) -> Result<Assembled, Error> {
-        let State::Receiving { manifest, version, sent, positions, received, .. } = self.state else {
+        let in_prefix = self.prefix_ranges();
+        let State::Receiving { manifest, version, sent, positions, received, dict, .. } = self.state else {
             return Err(Error::Protocol("finish before the manifest arrived".into()));
         };
         if positions.len() != sent.len() {
             return Err(Error::Protocol("finish before all chunk frames arrived".into()));
         }
+        let prefix = match dict {
+            Some((_, Prefix::Ready { file, reuse: true })) => file,
+            _ => Vec::new(),
+        };
         let local: HashMap<ChunkId, Vec<u8>> = local.into_iter().collect();
-        let mut missing = HashSet::new();
-        for c in &manifest.chunks {
-            let len = received.get(&c.id).map(|r| r.bytes().len()).or_else(|| local.get(&c.id).map(Vec::len));
-            if len != Some(c.len as usize) {
-                missing.insert(c.id);
+        let bytes_of = |id: &ChunkId| -> Option<&[u8]> {
+            match received.get(id) {
+                Some(chunk) => Some(chunk.bytes()),
+                None => {
+                    local.get(id).map(Vec::as_slice).or_else(|| Some(&prefix[in_prefix.get(id)?.clone()]))
+                }
             }
-        }
+        };
+        let missing: HashSet<ChunkId> = manifest
+            .chunks
+            .iter()
+            .filter(|c| bytes_of(&c.id).map(<[u8]>::len) != Some(c.len as usize))
+            .map(|c| c.id)
+            .collect();
         if !missing.is_empty() {
             return Err(Error::MissingLocal(missing.into_iter().collect()));
         }
         let mut data = Vec::with_capacity(manifest.len as usize);
         for c in &manifest.chunks {
-            match received.get(&c.id) {
-                Some(chunk) => data.extend_from_slice(chunk.bytes()),
-                None => data.extend_from_slice(&local[&c.id]),
-            }
+            data.extend_from_slice(bytes_of(&c.id).expect("checked above"));
         }
         let chunks_reused = manifest.chunks.len() - positions.len();
         let received = received.into_values().collect();

@@ -264,3 +264,53 @@ fn a_truncated_id_collision_costs_a_retry_not_a_wrong_file() {
     assert_eq!(client.sync_with_retries(&server, Some(1)).unwrap(), 3);
     assert_eq!(client.current.as_ref().unwrap().sha256, Hash::of(&v2));
 }
+
+/// An answer compressed against the client's old version. When the driver rebuilt that file
+/// from its store (it needs it as the prefix anyway), the chunks reused from it are taken from
+/// there, not read from the store a second time; a copy from memory says nothing about the
+/// store, whose chunks are then read (and checked) as usual.
+#[test]
+fn chunks_reused_from_a_prefix_read_from_the_store_are_not_read_again() {
+    let v1 = pseudo_random(300_000, 5);
+    let mut server = Server::new(v1.clone());
+    let mut client = Client::default();
+    client.sync(&server, |_| {}).unwrap();
+    let mut v2 = v1.clone();
+    v2[150_000..150_100].fill(0x55);
+    server.publish(v2.clone());
+
+    for from_store in [true, false] {
+        let base = client.current.clone();
+        let (mut machine, msg) =
+            ClientSync::new(1, AssetPath::new("app.js").unwrap(), base, vec![], ChunkSet::default());
+        let (reply, frames) = server.answer(&msg);
+        let ServerMessage::Update(mut update) = reply else { panic!("expected an update") };
+        // The same answer as one batch compressed "against" v1, as a server with zstd sends it
+        // (stored uncompressed here: decoding with a prefix is what this test is about).
+        update.dict = true;
+        let mut indices = Vec::new();
+        let mut raw = Vec::new();
+        for f in &frames {
+            let Ok(ChunkFrame::Chunk { index, bytes, .. }) = ChunkFrame::decode(f) else { panic!() };
+            indices.push(index);
+            raw.extend_from_slice(bytes);
+        }
+        let level = ruzstd::encoding::CompressionLevel::Uncompressed;
+        let compressed = ruzstd::encoding::compress_to_vec(&raw[..], level);
+        machine.on_message(ServerMessage::Update(update)).unwrap();
+        assert_eq!(
+            machine.wanted_prefix().map(Manifest::version),
+            client.current.as_ref().map(Manifest::version)
+        );
+        machine.set_prefix(Ok(v1.clone()), from_store);
+        let frame = ChunkFrame::Batch { id: 1, indices, compressed: &compressed }.encode();
+        assert_eq!(machine.on_frame(&frame).unwrap(), Event::Complete);
+        let wanted = machine.local_chunks();
+        let reused = client.current.as_ref().unwrap().chunks.len() - frames.len();
+        assert_eq!(wanted.len(), if from_store { 0 } else { reused }, "from_store: {from_store}");
+        let local = wanted.iter().map(|id| (*id, client.chunks[id].clone())).collect();
+        let synced = machine.finish(local).unwrap();
+        assert_eq!(synced.data, v2);
+        assert_eq!(synced.chunks_reused, synced.manifest.chunks.len() - frames.len());
+    }
+}

@@ -591,8 +591,7 @@ impl Connection {
                 Incoming::Frame(f) => machine.on_frame(&f),
             };
             if let Some(prefix) = machine.wanted_prefix() {
-                let file = cache.file(prefix);
-                machine.set_prefix(file);
+                machine.set_prefix(cache.file(prefix), true);
             }
             match event {
                 Ok(Event::Complete) => return Ok(Ok(())),

@@ -480,13 +480,14 @@ const MAX_RESUME_BACKOFF_MS: i32 = 5_000;
 
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
-    /// else rebuilt from IndexedDB and verified. `Err` inside names missing or damaged chunks.
-    async fn file(&self, manifest: &Manifest) -> Result<Result<Vec<u8>, Vec<ChunkId>>, StoreError> {
+    /// else rebuilt from IndexedDB and verified (then `true`). `Err` inside names missing or
+    /// damaged chunks.
+    async fn file(&self, manifest: &Manifest) -> Result<(Result<Vec<u8>, Vec<ChunkId>>, bool), StoreError> {
         let version = manifest.version();
         let remembered = self.remembered.borrow().get(&manifest.path).filter(|(v, _)| *v == version).cloned();
         match remembered {
-            Some((_, data)) => Ok(Ok(data.to_vec())),
-            None => self.store.file(manifest).await,
+            Some((_, data)) => Ok((Ok(data.to_vec()), false)),
+            None => Ok((self.store.file(manifest).await?, true)),
         }
     }
 
@@ -675,8 +676,8 @@ impl Client {
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
             if let Some(prefix) = machine.wanted_prefix() {
-                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
-                machine.set_prefix(file);
+                let (file, from_store) = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
+                machine.set_prefix(file, from_store);
             }
             match event {
                 Ok(Event::Complete) => {
