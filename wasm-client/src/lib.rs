@@ -441,8 +441,9 @@ enum Fetched {
     Remembered { version: VersionId, len: u64, chunks: usize, data: Rc<[u8]> },
 }
 
-/// An error that ends a request. A lost connection is resumed (see [`Client::reconnect`]):
-/// `kept` are the chunks that had arrived, now in the store.
+/// An error that ends a request. `connection_lost`: the connection was lost or its stream went
+/// bad, and the request is resumed on a new one (see [`Client::reconnect`]); `kept` are the
+/// chunks that had arrived, now in the store.
 struct Fatal {
     message: String,
     connection_lost: bool,
@@ -671,7 +672,7 @@ impl Client {
     ) -> Result<Result<(), SyncError>, Fatal> {
         loop {
             let event = match next(socket).await? {
-                Incoming::Text(text) => machine.on_message(parse(&text)?),
+                Incoming::Text(text) => machine.on_message(parse(&text).map_err(|f| Fatal::lost(f.message))?),
                 Incoming::Binary(frame) => machine.on_frame(&frame),
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
@@ -689,8 +690,9 @@ impl Client {
                 Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
                     return Ok(Err(e));
                 }
-                Err(e @ SyncError::ConnectionClosed(_)) => return Err(Fatal::lost(format!("{asset}: {e}"))),
-                Err(e) => return Err(Fatal::new(format!("{asset}: {e}"))),
+                Err(e @ SyncError::Server { .. }) => return Err(Fatal::new(format!("{asset}: {e}"))),
+                // Lost, or the stream went bad (mid-answer, it cannot be read on): reconnect.
+                Err(e) => return Err(Fatal::lost(format!("{asset}: {e}"))),
             }
         }
     }
