@@ -74,7 +74,7 @@ pub async fn pull(
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<Vec<PullReport>> {
-    let mut cache = Cache::open(&config.cache)?;
+    let mut cache = open_cache(&config.cache).await?;
     let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
     let mut reports = Vec::new();
     let mut collect = |e: &PullEvent| {
@@ -175,7 +175,7 @@ pub async fn follow(
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<()> {
-    let mut cache = Cache::open(&config.cache)?;
+    let mut cache = open_cache(&config.cache).await?;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut connected = false;
@@ -192,6 +192,12 @@ pub async fn follow(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Opens the cache on the blocking pool: it may wait for another process's lock.
+async fn open_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || Cache::open(&dir)).await.context("opening the cache panicked")?
 }
 
 /// Marks a connection that broke between the TCP connect and `welcome`: worth retrying.
