@@ -69,7 +69,12 @@ impl Client {
                     kept.extend(lost.kept);
                     self.reconnect(&mut guard, &mut losses, &why).await?;
                 }
-                Err(fatal) => return Err(js_error(format!("{folder}: {}", fatal.message))),
+                Err(fatal) => {
+                    if !fatal.refused {
+                        *guard = None;
+                    }
+                    return Err(js_error(format!("{folder}: {}", fatal.message)));
+                }
             }
         };
         drop(guard);
@@ -132,10 +137,10 @@ impl Client {
                     ServerMessage::UnknownBase { id: got } if got == id && chunks.is_empty() => {
                         chunks = ChunkSet::new(held_chunk_ids(held));
                     }
-                    ServerMessage::Error { message, .. } => return Err(Fatal::new(message)),
-                    other => return Err(Fatal::new(format!("unexpected answer to sync_folder: {other:?}"))),
+                    ServerMessage::Error { message, .. } => return Err(Fatal::refused(message)),
+                    other => return Err(Fatal::lost(format!("unexpected answer to sync_folder: {other:?}"))),
                 },
-                _ => return Err(Fatal::new("unexpected binary frame in answer to sync_folder")),
+                _ => return Err(Fatal::lost("unexpected binary frame in answer to sync_folder")),
             }
         };
         let changes = folder_changes(held, &files);

@@ -345,7 +345,15 @@ impl Client {
             holding = Holding { base: None, others, chunks };
         };
         let in1 = self.received.get();
-        let outcome = outcome.map_err(|f| js_error(f.message))?;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(fatal) => {
+                if !fatal.refused {
+                    *guard = None;
+                }
+                return Err(js_error(fatal.message));
+            }
+        };
         drop(guard);
         let fetched = outcome
             .map_err(|(e, _)| js_error(format!("{asset}: giving up after {requests} requests: {e}")))?;
@@ -443,20 +451,27 @@ enum Fetched {
 
 /// An error that ends a request. `connection_lost`: the connection was lost or its stream went
 /// bad, and the request is resumed on a new one (see [`Client::reconnect`]); `kept` are the
-/// chunks that had arrived, now in the store.
+/// chunks that had arrived, now in the store. `refused`: the server answered with an error, so
+/// the connection is still in step for the next request; after any other error, part of an
+/// answer may still be in flight and the connection is dropped.
 struct Fatal {
     message: String,
     connection_lost: bool,
+    refused: bool,
     kept: Vec<ChunkId>,
 }
 
 impl Fatal {
     fn new(message: impl std::fmt::Display) -> Self {
-        Fatal { message: message.to_string(), connection_lost: false, kept: Vec::new() }
+        Fatal { message: message.to_string(), connection_lost: false, refused: false, kept: Vec::new() }
     }
 
     fn lost(message: impl std::fmt::Display) -> Self {
         Fatal { connection_lost: true, ..Fatal::new(message) }
+    }
+
+    fn refused(message: impl std::fmt::Display) -> Self {
+        Fatal { refused: true, ..Fatal::new(message) }
     }
 }
 
@@ -672,7 +687,7 @@ impl Client {
     ) -> Result<Result<(), SyncError>, Fatal> {
         loop {
             let event = match next(socket).await? {
-                Incoming::Text(text) => machine.on_message(parse(&text).map_err(|f| Fatal::lost(f.message))?),
+                Incoming::Text(text) => machine.on_message(parse(&text)?),
                 Incoming::Binary(frame) => machine.on_frame(&frame),
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
@@ -690,7 +705,7 @@ impl Client {
                 Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
                     return Ok(Err(e));
                 }
-                Err(e @ SyncError::Server { .. }) => return Err(Fatal::new(format!("{asset}: {e}"))),
+                Err(e @ SyncError::Server { .. }) => return Err(Fatal::refused(format!("{asset}: {e}"))),
                 // Lost, or the stream went bad (mid-answer, it cannot be read on): reconnect.
                 Err(e) => return Err(Fatal::lost(format!("{asset}: {e}"))),
             }
@@ -725,7 +740,8 @@ fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
 }
 
 fn parse(text: &str) -> Result<ServerMessage, Fatal> {
-    serde_json::from_str(text).map_err(|e| Fatal::new(format!("invalid message from server: {e}")))
+    // Mid-answer, a message that does not parse means the stream went bad.
+    serde_json::from_str(text).map_err(|e| Fatal::lost(format!("invalid message from server: {e}")))
 }
 
 fn now_ms() -> f64 {
