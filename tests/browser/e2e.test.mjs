@@ -279,8 +279,8 @@ test("a transfer cut mid-way resumes: the chunks that arrived are kept and not f
   server.write("big.bin", big);
   const folder = { "dist/a.bin": randomBytes(1.5 * MiB), "dist/b.bin": randomBytes(1.5 * MiB) };
   for (const [name, bytes] of Object.entries(folder)) server.write(name, bytes);
-  // Connections 1 and 2 are cut 1.2 MB and 2 MB in (the second after the resumed request
-  // has sent about 0.8 MB more); connection 4, the folder sync's, 2 MB in.
+  // Connection 1 is cut 1.2 MB in, connection 2 (the resumed request) 1 MB in; connection 4,
+  // the folder sync's, 2 MB in.
   const proxy = await cuttingProxy(server, [1_200_000, 1_000_000, Infinity, 2_000_000]);
   const context = await browser.newContext();
   const page = await openClientPage(context, server);
