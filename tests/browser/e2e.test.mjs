@@ -23,6 +23,18 @@ function bundle(build) {
   return Buffer.concat([Buffer.from(`/*! build ${build} */\n`), realBundle(), Buffer.from(`\n${app}\n`)]);
 }
 
+/** SHA-256 of the page's stored copy of `asset` (read from IndexedDB, no network). */
+async function storedHash(page, asset) {
+  return page.evaluate(async (asset) => window.hex(await window.client.read(asset)), asset);
+}
+
+/** Asserts that the page's stored copy of each of `files` ({ asset: bytes }) has those bytes. */
+async function assertStored(page, files) {
+  for (const [asset, bytes] of Object.entries(files)) {
+    assert.equal(await storedHash(page, asset), sha256(bytes), asset);
+  }
+}
+
 async function syncIn(page, asset) {
   return page.evaluate(async (asset) => {
     const r = await window.client.sync(asset);
@@ -63,7 +75,7 @@ test("cold sync, cheap update, errors, and offline reads", async () => {
   await server.stop();
   const lost = await page.evaluate(() => window.client.sync("js/app.js").then(() => "resolved", (e) => e.message));
   assert.match(lost, /connection lost|cannot connect/);
-  const offline = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+  const offline = await storedHash(page, "js/app.js");
   assert.equal(offline, sha256(v2), "offline read must return the last verified copy");
   await context.close();
 });
@@ -128,7 +140,7 @@ test("a damaged chunk in IndexedDB is detected, discarded and fetched again", as
   assert.equal(r.hash, sha256(v2));
   assert.equal(r.stats.retried, true, "the damaged chunk must be noticed");
   assert.ok(r.stats.wireBytesIn < v2.length / 10, `repair cost ${r.stats.wireBytesIn} bytes`);
-  const stored = await page.evaluate(async () => window.hex(await window.client.read("a.js")));
+  const stored = await storedHash(page, "a.js");
   assert.equal(stored, sha256(v2));
   await server.stop();
   await context.close();
@@ -234,7 +246,7 @@ test("a subscribed page reconnects by itself after a server restart and catches 
   first.write("js/extra.js", Buffer.from("export const extra = 1;\n"));
   const second = await startServer({ root: first.root, listen: new URL(first.url).host });
   await page.waitForFunction(() => ["js/app.js", "js/extra.js"].every((a) => window.updates.some((u) => u.asset === a && u.result)), null, { timeout: 20_000 });
-  const hash = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+  const hash = await storedHash(page, "js/app.js");
   assert.equal(hash, sha256(bundle(2)));
   await second.stop();
   await context.close();
@@ -253,10 +265,7 @@ test("syncFolder fetches a folder in one request and mirrors deletions", async (
   }, server.ws);
   assert.deepEqual([...first.fetched].sort(), Object.keys(files).sort());
   assert.equal(first.files, 3);
-  for (const [name, bytes] of Object.entries(files)) {
-    const hash = await page.evaluate(async (name) => window.hex(await window.client.read(name)), name);
-    assert.equal(hash, sha256(bytes), name);
-  }
+  await assertStored(page, files);
   // A rebuild: app.js edited, the stylesheet gone.
   server.write("dist/app.js", bundle(2));
   unlinkSync(join(server.root, "dist/css/site.css"));
@@ -265,7 +274,7 @@ test("syncFolder fetches a folder in one request and mirrors deletions", async (
   assert.deepEqual(second.removed, ["dist/css/site.css"]);
   assert.ok(second.wireBytesIn < 20 * 1024, `folder update cost ${second.wireBytesIn} bytes`);
   assert.equal(await page.evaluate(() => window.client.read("dist/css/site.css")), null);
-  const hash = await page.evaluate(async () => window.hex(await window.client.read("dist/app.js")));
+  const hash = await storedHash(page, "dist/app.js");
   assert.equal(hash, sha256(bundle(2)));
   await server.stop();
   await context.close();
@@ -307,10 +316,7 @@ test("a transfer cut mid-way resumes: the chunks that arrived are kept and not f
   assert.equal(many.reconnects, 1);
   assert.ok(many.wireBytesIn < total + 128 * 1024, `folder cost ${many.wireBytesIn} bytes`);
   t.diagnostic(`3 MiB folder, cut once: ${many.wireBytesIn} bytes in, ${many.elapsedMs.toFixed(0)} ms`);
-  for (const [name, bytes] of Object.entries(folder)) {
-    const hash = await page.evaluate(async (name) => window.hex(await window.client.read(name)), name);
-    assert.equal(hash, sha256(bytes), name);
-  }
+  await assertStored(page, folder);
   await proxy.close();
   await server.stop();
   await context.close();
@@ -336,7 +342,7 @@ test("a full IndexedDB quota fails the sync clearly and keeps the previous versi
   const full = await page.evaluate(() => window.client.sync("big.bin").then(() => "resolved", (e) => e.message));
   t.diagnostic(`error: ${full}`);
   assert.match(full, /^big\.bin: storage quota exceeded \(QuotaExceededError\); the previous version is kept$/);
-  const kept = await page.evaluate(async () => window.hex(await window.client.read("big.bin")));
+  const kept = await storedHash(page, "big.bin");
   assert.equal(kept, sha256(v1), "the previous version must still be readable");
   // With room again (the override lifted), the same call succeeds.
   await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
@@ -372,7 +378,7 @@ test("two pages syncing the same asset at once both end correct, with a consiste
   }
   await pages[0].evaluate(() => window.client.gc());
   for (const page of pages) {
-    const stored = await page.evaluate(async () => window.hex(await window.client.read("js/app.js")));
+    const stored = await storedHash(page, "js/app.js");
     assert.equal(stored, sha256(bundle(3)), "the store must hold the last version intact");
   }
   await server.stop();

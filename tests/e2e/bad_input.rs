@@ -3,7 +3,7 @@
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{Raw, TestClient, TestServer, random_bytes};
+use crate::util::{BIN, Raw, TestClient, TestServer, random_bytes};
 
 /// Proves the server still works for a well-behaved client.
 async fn still_serving(server: &TestServer) {
@@ -236,7 +236,7 @@ async fn clients_that_never_read_do_not_make_the_server_buffer() {
     std::fs::write(root.path().join("small.bin"), b"small").unwrap();
     // The real binary, so that its memory is its own; uncompressed, so that every answer is
     // built frame by frame from the indexed file.
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_assetsync"))
+    let mut server = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--no-compress", "--no-watch", "--root"])
         .arg(root.path())
         .stderr(std::process::Stdio::piped())

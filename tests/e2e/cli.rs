@@ -2,10 +2,10 @@
 
 use std::process::Command;
 
-use crate::util::{TestClient, TestServer, random_bytes};
+use crate::util::{BIN, TestClient, TestServer, random_bytes};
 
 fn assetsync() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_assetsync"))
+    Command::new(BIN)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,7 +176,7 @@ async fn a_full_disk_fails_the_pull_clearly_and_keeps_the_previous_version() {
     server.write("big.bin", &v1);
     let (cache, out) = (disk.dir.path().join("cache"), disk.dir.path().join("out"));
     let pull = || {
-        let mut cmd = disk.command(env!("CARGO_BIN_EXE_assetsync"));
+        let mut cmd = disk.command(BIN);
         cmd.args(["pull", "--server", &server.url(), "--cache"]).arg(&cache).arg("--out").arg(&out);
         cmd.arg("big.bin");
         cmd.output().unwrap()

@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tokio_util::sync::CancellationToken;
 
+/// The `assetsync` binary, for tests of the CLI and of the server as a process of its own.
+pub const BIN: &str = env!("CARGO_BIN_EXE_assetsync");
+
 /// A server running on loopback for the duration of a test.
 pub struct TestServer {
     pub addr: SocketAddr,
