@@ -437,9 +437,7 @@ impl ClientSync {
         let bytes_of = |id: &ChunkId| -> Option<&[u8]> {
             match received.get(id) {
                 Some(chunk) => Some(chunk.bytes()),
-                None => {
-                    local.get(id).map(Vec::as_slice).or_else(|| Some(&prefix[in_prefix.get(id)?.clone()]))
-                }
+                None => local.get(id).map(Vec::as_slice).or_else(|| prefix.get(in_prefix.get(id)?.clone())),
             }
         };
         let missing: HashSet<ChunkId> = manifest
