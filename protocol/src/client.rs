@@ -269,14 +269,15 @@ impl ClientSync {
     /// frames are read but not decoded, and the answer ends in [`Error::MissingLocal`] naming
     /// those chunks, so that the retry does without them.
     ///
-    /// `from_store` says the driver just rebuilt the file from its store: the chunks the new
-    /// version reuses from it are then taken from this file instead of being read from the
-    /// store a second time. A copy kept in memory says nothing about the store, whose chunks
-    /// are then read (and so checked by the whole-file hash) as usual.
-    pub fn set_prefix(&mut self, file: Result<Vec<u8>, Vec<ChunkId>>, from_store: bool) {
+    /// With `reuse`, the chunks the new version reuses from this file are taken from it instead
+    /// of being read from the store. A driver that commits chunks by reference to what its store
+    /// holds passes it only for a file it just rebuilt from that store (a copy kept in memory
+    /// says nothing about the store, whose chunks are then read, and so checked by the
+    /// whole-file hash); one that commits each version's file whole can always pass it.
+    pub fn set_prefix(&mut self, file: Result<Vec<u8>, Vec<ChunkId>>, reuse: bool) {
         if let State::Receiving { dict: Some((_, prefix)), bad, .. } = &mut self.state {
             *prefix = match file {
-                Ok(file) => Prefix::Ready { file, reuse: from_store },
+                Ok(file) => Prefix::Ready { file, reuse },
                 Err(damaged) => {
                     bad.get_or_insert(Error::MissingLocal(damaged));
                     Prefix::Unavailable
@@ -384,7 +385,7 @@ impl ClientSync {
     }
 
     /// Distinct chunk ids the driver must load from its own store to rebuild the file: neither
-    /// received nor in a file [`ClientSync::set_prefix`] was given from the store.
+    /// received nor in a file [`ClientSync::set_prefix`] was given to reuse.
     pub fn local_chunks(&self) -> Vec<ChunkId> {
         let State::Receiving { manifest, received, .. } = &self.state else { return Vec::new() };
         let in_prefix = self.prefix_ranges();

@@ -279,7 +279,7 @@ fn chunks_reused_from_a_prefix_read_from_the_store_are_not_read_again() {
     v2[150_000..150_100].fill(0x55);
     server.publish(v2.clone());
 
-    for from_store in [true, false] {
+    for reuse in [true, false] {
         let base = client.current.clone();
         let (mut machine, msg) =
             ClientSync::new(1, AssetPath::new("app.js").unwrap(), base, vec![], ChunkSet::default());
@@ -302,12 +302,12 @@ fn chunks_reused_from_a_prefix_read_from_the_store_are_not_read_again() {
             machine.wanted_prefix().map(Manifest::version),
             client.current.as_ref().map(Manifest::version)
         );
-        machine.set_prefix(Ok(v1.clone()), from_store);
+        machine.set_prefix(Ok(v1.clone()), reuse);
         let frame = ChunkFrame::Batch { id: 1, indices, compressed: &compressed }.encode();
         assert_eq!(machine.on_frame(&frame).unwrap(), Event::Complete);
         let wanted = machine.local_chunks();
         let reused = client.current.as_ref().unwrap().chunks.len() - frames.len();
-        assert_eq!(wanted.len(), if from_store { 0 } else { reused }, "from_store: {from_store}");
+        assert_eq!(wanted.len(), if reuse { 0 } else { reused }, "reuse: {reuse}");
         let local = wanted.iter().map(|id| (*id, client.chunks[id].clone())).collect();
         let synced = machine.finish(local).unwrap();
         assert_eq!(synced.data, v2);

@@ -68,9 +68,10 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
 /**
  * A TCP proxy on 127.0.0.1 in front of `server` that cuts connection i after the server has
  * sent `cuts[i]` bytes through it (later connections pass untouched): a network that drops
- * mid-transfer. `ws` is the WebSocket URL through it; `connections` counts connections.
+ * mid-transfer. With `stall`, it holds the rest back instead, leaving the connection open: a
+ * transfer that hangs. `ws` is the WebSocket URL through it; `connections` counts connections.
  */
-export async function cuttingProxy(server, cuts) {
+export async function cuttingProxy(server, cuts, { stall = false } = {}) {
   const target = new URL(server.url);
   const remaining = [...cuts];
   const proxy = {
@@ -102,6 +103,12 @@ export async function cuttingProxy(server, cuts) {
         return;
       }
       // The bytes up to the cut arrive; then the connection ends without a WebSocket close.
+      if (stall) {
+        client.write(d.subarray(0, limit - passed));
+        passed = limit;
+        upstream.pause();
+        return;
+      }
       client.end(d.subarray(0, limit - passed));
       upstream.destroy();
     });
@@ -111,20 +118,20 @@ export async function cuttingProxy(server, cuts) {
   return proxy;
 }
 
+/** The flags Chromium needs on these machines. */
+export const browserArgs = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
 /** Launches headless Chromium with the flags these machines need. */
 export async function launchBrowser() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs });
 }
 
 /** Opens a page of `server` with the WASM client loaded as `window.assetsync`. */
@@ -136,6 +143,9 @@ export async function openClientPage(context, server) {
     const m = await import("/pkg/assetsync.js");
     await m.default();
     window.assetsync = m;
+    // Raw IndexedDB access, for tests that look at (or damage) the store behind the client.
+    window.req = (r) => new Promise((ok, fail) => { r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
+    window.idb = (name) => window.req(indexedDB.open(name));
     window.hex = async (bytes) =>
       [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
         .map((b) => b.toString(16).padStart(2, "0"))

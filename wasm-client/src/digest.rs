@@ -1,21 +1,42 @@
 //! Whole-file SHA-256 in the browser: `crypto.subtle.digest` where the page is a secure context
-//! (native code, several times faster than SHA-256 in WASM), the `sha2` crate elsewhere.
+//! (native code on another thread, several times faster than SHA-256 in WASM), the `sha2` crate
+//! elsewhere.
+
+use std::future::Future;
 
 use assetsync_protocol::Hash;
-use js_sys::Uint8Array;
+use js_sys::{ArrayBuffer, Object, Promise, Uint8Array};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
 /// SHA-256 of `data`.
 pub async fn sha256(data: &[u8]) -> Hash {
-    if let Some(hash) = subtle(data).await {
-        return hash;
+    let started = start(|s| s.digest_with_str_and_u8_array("SHA-256", data));
+    match finish(started).await {
+        Some(hash) => hash,
+        None => Hash::of(data),
     }
-    Hash::of(data)
 }
 
-async fn subtle(data: &[u8]) -> Option<Hash> {
+/// SHA-256 of a JS buffer, without copying it into WASM memory where `crypto.subtle` works. The
+/// digest starts at once, so the caller can do other work while it runs.
+pub fn sha256_buffer(data: &ArrayBuffer) -> impl Future<Output = Hash> + use<> {
+    let started = start(|s| s.digest_with_str_and_buffer_source("SHA-256", data.as_ref() as &Object));
+    let data = data.clone();
+    async move {
+        match finish(started).await {
+            Some(hash) => hash,
+            None => Hash::of(&Uint8Array::new(&data).to_vec()),
+        }
+    }
+}
+
+fn start(digest: impl FnOnce(&web_sys::SubtleCrypto) -> Result<Promise, JsValue>) -> Option<JsFuture> {
     let window = web_sys::window().filter(web_sys::Window::is_secure_context)?;
-    let promise = window.crypto().ok()?.subtle().digest_with_str_and_u8_array("SHA-256", data).ok()?;
-    let digest = Uint8Array::new(&JsFuture::from(promise).await.ok()?).to_vec();
+    Some(JsFuture::from(digest(&window.crypto().ok()?.subtle()).ok()?))
+}
+
+async fn finish(started: Option<JsFuture>) -> Option<Hash> {
+    let digest = Uint8Array::new(&started?.await.ok()?).to_vec();
     Some(Hash(digest.try_into().ok()?))
 }

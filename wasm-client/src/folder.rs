@@ -7,7 +7,7 @@ use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, Manifest, Scope,
     ServerMessage, Synced, folder_changes, held_chunk_ids,
 };
-use js_sys::{Array, Object, Reflect};
+use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
@@ -78,6 +78,8 @@ impl Client {
             }
         };
         drop(guard);
+        // The kept chunks are in committed files now.
+        self.store.discard(&kept).await?;
         let wire_in = self.received.get() - in0;
         for asset in &removed {
             self.remembered.borrow_mut().remove(asset);
@@ -145,6 +147,8 @@ impl Client {
         };
         let changes = folder_changes(held, &files);
         let mut again = Vec::new();
+        // Where reused chunks may be read: the held files, and those committed from this answer.
+        let mut sources = held.to_vec();
         for asset in &changes.fetch {
             let started = now_ms();
             let in0 = self.received.get();
@@ -156,7 +160,10 @@ impl Client {
                 Err(fatal) => return Err(fatal),
                 Ok(Err(e)) => Err(e),
                 // Chunks sent for earlier files of this answer are committed by now.
-                Ok(Ok(())) => self.rebuild(machine, &mut Timings::default()).await?.0,
+                Ok(Ok(())) => {
+                    let sources: Vec<&Manifest> = sources.iter().collect();
+                    self.rebuild(machine, &sources, &mut Timings::default()).await?.0
+                }
             };
             let synced = match verified {
                 Ok(synced) => synced,
@@ -175,6 +182,7 @@ impl Client {
                 .commit(&synced)
                 .await
                 .map_err(|e| Fatal::new(format!("{asset}: {}; the previous version is kept", e.0)))?;
+            sources.push(synced.manifest.clone());
             let wire_in = self.received.get() - in0;
             fetched.push(self.folder_file_result(synced, wire_in, now_ms() - started));
         }
@@ -182,7 +190,7 @@ impl Client {
     }
 
     fn folder_file_result(&self, synced: Synced, wire_in: u64, elapsed_ms: f64) -> SyncResult {
-        let data: Rc<[u8]> = Rc::from(synced.data);
+        let data = Uint8Array::from(synced.data.as_slice());
         let asset = synced.manifest.path.clone();
         if self.memory_cache {
             self.remembered.borrow_mut().insert(asset.clone(), (synced.version, data.clone()));

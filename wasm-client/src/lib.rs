@@ -30,12 +30,13 @@ use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
     Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, compress,
 };
+use futures_channel::oneshot;
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket, SocketError};
-use crate::store::{Store, StoreError};
+use crate::store::{FileRead, Store, StoreError};
 
 /// How many other cached assets' versions accompany each request.
 const MAX_OTHER_VERSIONS: usize = 64;
@@ -155,6 +156,8 @@ struct Client {
     /// The current socket's browser handle, so `close` works while a sync holds the lock.
     raw: RefCell<Option<web_sys::WebSocket>>,
     store: Store,
+    /// The current sync's base file, being read and verified while its request is on the wire.
+    prefetched: RefCell<Option<(VersionId, Prefetch)>>,
     next_id: Cell<u32>,
     /// Message payload bytes sent and received on all this client's sockets.
     sent: Cell<u64>,
@@ -176,7 +179,8 @@ struct Client {
 pub struct SyncResult {
     asset: AssetPath,
     version: VersionId,
-    data: Rc<[u8]>,
+    /// Kept on the JS side: a file read back from the store never enters WASM memory.
+    data: Uint8Array,
     stats: Object,
 }
 
@@ -184,7 +188,7 @@ pub struct SyncResult {
 impl SyncResult {
     /// The verified asset bytes.
     pub fn bytes(&self) -> Uint8Array {
-        Uint8Array::from(&self.data[..])
+        self.data.slice(0, self.data.length())
     }
 
     /// Statistics of the sync.
@@ -202,8 +206,11 @@ impl SyncClient {
         url: String,
         #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
-        let inner = Rc::new(Client::open(url, options).await?);
-        inner.connect().await?;
+        // The store opens while the socket connects.
+        let (client, socket) = Client::open(url, options, true).await?;
+        let inner = Rc::new(client);
+        let socket = inner.greet(socket.expect("opened above")).await?;
+        *inner.socket.lock().await = Some(socket);
         Ok(SyncClient { inner })
     }
 
@@ -213,7 +220,7 @@ impl SyncClient {
         url: String,
         #[wasm_bindgen(unchecked_optional_param_type = "ConnectOptions")] options: Option<Object>,
     ) -> Result<SyncClient, JsError> {
-        Ok(SyncClient { inner: Rc::new(Client::open(url, options).await?) })
+        Ok(SyncClient { inner: Rc::new(Client::open(url, options, false).await?.0) })
     }
 
     /// Syncs `asset`, calling `on_progress({receivedBytes, totalBytes})` as chunks arrive, and
@@ -274,32 +281,40 @@ impl SyncClient {
 }
 
 impl Client {
-    async fn connect(self: &Rc<Self>) -> Result<(), JsError> {
-        let mut socket = self.socket.lock().await;
-        *socket = Some(self.handshake().await?);
-        Ok(())
-    }
-
-    async fn open(url: String, options: Option<Object>) -> Result<Client, JsError> {
+    /// Opens the store and, with `connect`, a socket (not greeted yet) at the same time.
+    async fn open(
+        url: String,
+        options: Option<Object>,
+        connect: bool,
+    ) -> Result<(Client, Option<Socket>), JsError> {
         let option = |name: &str| options.as_ref().and_then(|o| Reflect::get(o, &name.into()).ok());
         let db = option("db").and_then(|v| v.as_string()).unwrap_or_else(|| "assetsync".into());
         let memory_cache = option("memoryCache").and_then(|v| v.as_bool()).unwrap_or(true);
         let token = option("token").and_then(|v| v.as_string());
-        let store = Store::open(&db).await?;
-        Ok(Client {
+        let received = Rc::default();
+        let socket = async {
+            match connect {
+                true => Socket::open(&url, Rc::clone(&received)).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let (store, socket) = futures_util::future::join(Store::open(&db), socket).await;
+        let client = Client {
             url,
             socket: Mutex::new(None),
             raw: RefCell::new(None),
-            store,
+            store: store?,
+            prefetched: RefCell::default(),
             next_id: Cell::new(1),
             sent: Cell::new(0),
-            received: Rc::default(),
+            received,
             remembered: RefCell::default(),
             memory_cache,
             token,
             subscriptions: RefCell::default(),
             closed: Cell::new(false),
-        })
+        };
+        Ok((client, socket?))
     }
 
     async fn sync(
@@ -311,9 +326,21 @@ impl Client {
         let asset = AssetPath::new(&asset).map_err(js_error)?;
         let mut guard = self.socket.lock().await;
         let (in0, out0) = (self.received.get(), self.sent.get());
-        let base = self.store.current(&asset).await?;
+        let (current, others) = futures_util::future::join(
+            self.store.current_file(&asset),
+            self.store.others(&asset, MAX_OTHER_VERSIONS),
+        )
+        .await;
+        let (base, file) = current?.unzip();
         let base_version = base.as_ref().map(Manifest::version);
-        let others = self.store.others(&asset, MAX_OTHER_VERSIONS).await?;
+        if let Some(base) = &base {
+            self.prefetch(base, file.flatten());
+        }
+        let others = others?;
+        // Where reused chunks may be read: the committed files of the versions the first request
+        // names (also after a retry that names fewer).
+        let sources: Vec<Manifest> = base.iter().chain(&others).cloned().collect();
+        let mut kept = Vec::new();
         let progress = on_progress.as_ref();
         let mut timings = Timings::default();
         let (mut requests, mut retried, mut losses) = (0, false, Losses::default());
@@ -322,17 +349,20 @@ impl Client {
             let socket = self.connected(&mut guard).await?;
             requests += 1;
             let sent = holding.clone();
-            let (error, chunks) = match self.attempt(socket, &asset, holding, progress, &mut timings).await {
-                Err(lost) if lost.connection_lost => {
-                    // Resume: the same request again, plus the chunks that did arrive.
-                    requests -= 1;
-                    self.reconnect(&mut guard, &mut losses, &format!("{asset}: {}", lost.message)).await?;
-                    holding = Holding { chunks: [sent.chunks, lost.kept].concat(), ..sent };
-                    continue;
-                }
-                Ok(Err((error, held))) if requests < MAX_REQUESTS => (error, held),
-                other => break other,
-            };
+            let (error, chunks) =
+                match self.attempt(socket, &asset, holding, &sources, progress, &mut timings).await {
+                    Err(lost) if lost.connection_lost => {
+                        // Resume: the same request again, plus the chunks that did arrive.
+                        requests -= 1;
+                        self.reconnect(&mut guard, &mut losses, &format!("{asset}: {}", lost.message))
+                            .await?;
+                        kept.extend_from_slice(&lost.kept);
+                        holding = Holding { chunks: [sent.chunks, lost.kept].concat(), ..sent };
+                        continue;
+                    }
+                    Ok(Err((error, held))) if requests < MAX_REQUESTS => (error, held),
+                    other => break other,
+                };
             // The server forgot the cached version: the same request with its chunks listed.
             // Bad data: a clean start with only the chunks found intact.
             let others = if matches!(error, SyncError::UnknownBase) {
@@ -345,6 +375,7 @@ impl Client {
             holding = Holding { base: None, others, chunks };
         };
         let in1 = self.received.get();
+        self.prefetched.take();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(fatal) => {
@@ -366,12 +397,14 @@ impl Client {
                         .commit(&synced)
                         .await
                         .map_err(|e| js_error(format!("{asset}: {}; the previous version is kept", e.0)))?;
+                    // The kept chunks are in the committed file now.
+                    self.store.discard(&kept).await?;
                     timings.store_ms += now_ms() - t0;
                 }
                 let (m, reused) = (&synced.manifest, synced.chunks_reused);
-                (synced.version, m.len, m.chunks.len(), reused, Rc::<[u8]>::from(synced.data))
+                (synced.version, m.len, m.chunks.len(), reused, Uint8Array::from(synced.data.as_slice()))
             }
-            Fetched::Remembered { version, len, chunks, data } => (version, len, chunks, chunks, data),
+            Fetched::Unchanged { version, len, chunks, data } => (version, len, chunks, chunks, data),
         };
         if self.memory_cache {
             self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));
@@ -396,7 +429,7 @@ impl Client {
     async fn read(&self, asset: String) -> Result<JsValue, JsError> {
         let asset = AssetPath::new(&asset).map_err(js_error)?;
         Ok(match self.store.read(&asset).await? {
-            Some(data) => Uint8Array::from(data.as_slice()).into(),
+            Some(data) => data.into(),
             None => JsValue::NULL,
         })
     }
@@ -421,8 +454,11 @@ impl Client {
 /// An attempt's data error, with the chunks still held intact to name in the retry's digest.
 type DataError = (SyncError, Vec<ChunkId>);
 
+/// A committed file being read in the background.
+type Prefetch = oneshot::Receiver<Result<FileRead, StoreError>>;
+
 /// Per asset: the version last verified by this client, and its bytes.
-type Remembered = HashMap<AssetPath, (VersionId, Rc<[u8]>)>;
+type Remembered = HashMap<AssetPath, (VersionId, Uint8Array)>;
 
 /// What an attempt tells the server the client holds (see [`ClientSync::new`]).
 #[derive(Clone)]
@@ -445,8 +481,8 @@ struct Timings {
 enum Fetched {
     /// A verified version, to commit unless it is already current.
     Synced(Synced),
-    /// The asset is unchanged since this client last verified it in this session.
-    Remembered { version: VersionId, len: u64, chunks: usize, data: Rc<[u8]> },
+    /// The committed version is current: its file, from memory or read back and verified.
+    Unchanged { version: VersionId, len: u64, chunks: usize, data: Uint8Array },
 }
 
 /// An error that ends a request. `connection_lost`: the connection was lost or its stream went
@@ -496,15 +532,34 @@ const MAX_RESUME_BACKOFF_MS: i32 = 5_000;
 
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
-    /// else rebuilt from IndexedDB and verified (then `true`). `Err` inside names missing or
-    /// damaged chunks.
-    async fn file(&self, manifest: &Manifest) -> Result<(Result<Vec<u8>, Vec<ChunkId>>, bool), StoreError> {
+    /// else read back from IndexedDB and verified. `Err` inside names missing or damaged chunks.
+    async fn file(&self, manifest: &Manifest) -> Result<FileRead, StoreError> {
         let version = manifest.version();
         let remembered = self.remembered.borrow().get(&manifest.path).filter(|(v, _)| *v == version).cloned();
-        match remembered {
-            Some((_, data)) => Ok((Ok(data.to_vec()), false)),
-            None => Ok((self.store.file(manifest).await?, true)),
+        if let Some((_, data)) = remembered {
+            return Ok(Ok(data));
         }
+        let prefetched = self.prefetched.borrow_mut().take_if(|(v, _)| *v == version);
+        match prefetched {
+            Some((_, loading)) => loading.await.unwrap_or_else(|_| Err(StoreError("read cancelled".into()))),
+            None => self.store.file(manifest).await,
+        }
+    }
+
+    /// Starts reading and verifying `file`, the committed file of `base`, in the background,
+    /// unless this client holds it in memory: whether the answer is `up_to_date` or a delta
+    /// against it, the sync needs it, and the read then overlaps the round trip.
+    fn prefetch(&self, base: &Manifest, file: Option<web_sys::Blob>) {
+        let version = base.version();
+        if self.remembered.borrow().get(&base.path).is_some_and(|(v, _)| *v == version) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let base = base.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = tx.send(Store::check(&base, file).await);
+        });
+        self.prefetched.replace(Some((version, rx)));
     }
 
     fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<(), Fatal> {
@@ -576,7 +631,12 @@ impl Client {
 
     /// Opens a socket, exchanges `hello`/`welcome` and renews the subscriptions.
     async fn handshake(self: &Rc<Self>) -> Result<Socket, JsError> {
-        let mut socket = Socket::open(&self.url, self.received.clone()).await?;
+        let socket = Socket::open(&self.url, self.received.clone()).await?;
+        self.greet(socket).await
+    }
+
+    /// Exchanges `hello`/`welcome` on a new socket and renews the subscriptions.
+    async fn greet(self: &Rc<Self>, mut socket: Socket) -> Result<Socket, JsError> {
         let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
         let fail = |f: Fatal| js_error(f.message);
         let hello = ClientMessage::Hello {
@@ -606,6 +666,7 @@ impl Client {
         socket: &mut Socket,
         asset: &AssetPath,
         holding: Holding,
+        sources: &[Manifest],
         on_progress: Option<&Function>,
         timings: &mut Timings,
     ) -> Result<Result<Fetched, DataError>, Fatal> {
@@ -625,17 +686,26 @@ impl Client {
             let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
             return Ok(Err((e, held.unwrap_or_default())));
         }
-        if let Some(manifest) = machine.manifest().filter(|_| machine.announced_bytes() == 0) {
-            let version = manifest.version();
-            if let Some((v, data)) = self.remembered.borrow().get(asset)
-                && *v == version
-            {
-                let (len, chunks, data) = (manifest.len, manifest.chunks.len(), data.clone());
-                return Ok(Ok(Fetched::Remembered { version, len, chunks, data }));
-            }
+        let current = sources.first().filter(|m| m.path == *asset);
+        if let Some(manifest) =
+            machine.manifest().filter(|m| machine.announced_bytes() == 0 && Some(*m) == current)
+        {
+            // Unchanged: the answer is the committed file.
+            let t0 = now_ms();
+            let file = self.file(manifest).await.map_err(|e| Fatal::new(e.0))?;
+            timings.store_ms += now_ms() - t0;
+            let (version, len, chunks) = (manifest.version(), manifest.len, manifest.chunks.len());
+            return Ok(match file {
+                Ok(data) => Ok(Fetched::Unchanged { version, len, chunks, data }),
+                Err(damaged) => {
+                    let held = machine.held_chunks().into_iter().filter(|id| !damaged.contains(id)).collect();
+                    Err((SyncError::MissingLocal(damaged), held))
+                }
+            });
         }
         let prefix = machine.chunk_prefix();
-        let (verified, held) = self.rebuild(machine, timings).await?;
+        let sources: Vec<&Manifest> = sources.iter().collect();
+        let (verified, held) = self.rebuild(machine, &sources, timings).await?;
         match verified {
             Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
             Err(error) => {
@@ -657,10 +727,11 @@ impl Client {
     async fn rebuild(
         &self,
         machine: ClientSync,
+        sources: &[&Manifest],
         timings: &mut Timings,
     ) -> Result<(Result<Synced, SyncError>, Vec<ChunkId>), Fatal> {
         let t0 = now_ms();
-        let local = self.store.chunks(&machine.local_chunks()).await.map_err(|e| Fatal::new(e.0))?;
+        let local = self.store.chunks(&machine.local_chunks(), sources).await.map_err(|e| Fatal::new(e.0))?;
         let t1 = now_ms();
         let held = local.iter().map(|(id, _)| *id).collect();
         let verified = match machine.assemble(local) {
@@ -692,8 +763,9 @@ impl Client {
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
             if let Some(prefix) = machine.wanted_prefix() {
-                let (file, from_store) = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
-                machine.set_prefix(file, from_store);
+                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
+                // Commits write whole files, so reused chunks may come from any verified copy.
+                machine.set_prefix(file.map(|f| f.to_vec()), true);
             }
             match event {
                 Ok(Event::Complete) => {

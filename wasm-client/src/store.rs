@@ -1,30 +1,44 @@
-//! The IndexedDB store: chunks by id, manifests by version, and a pointer per asset.
+//! The IndexedDB store: each committed version's file whole, its manifest, and a pointer per
+//! asset.
 //!
 //! ```text
-//! chunks     "<chunk id hex>"   -> Uint8Array      (content-addressed)
+//! files      "<version hex>"    -> Blob            (the verified file, as committed)
 //! manifests  "<version hex>"    -> Uint8Array      (canonical manifest encoding)
 //! refs       "<asset path>"     -> "<version hex>" (the committed version)
+//! chunks     "<chunk id hex>"   -> Uint8Array      (chunks of a transfer that broke, for resume)
 //! ```
 //!
-//! A commit writes the new chunks, the manifest and the pointer in **one** readwrite transaction
-//! over all three stores, and makes sure in that same transaction that every chunk the manifest
-//! lists is present. GC runs in one readwrite transaction over the same stores. IndexedDB runs
-//! transactions with overlapping scopes one after the other, also across tabs, so a GC can never
-//! interleave with a commit: a committed manifest always has all its chunks, and a chunk an
-//! in-flight sync reused is either still there at its commit or written back by it.
+//! A file is one `Blob`, which Chromium keeps as a file of its own: reading a 10 MB version back
+//! is one read, not one record per chunk, and a chunk the next version reuses is a
+//! `Blob.slice` of it. Version ids hash the asset's path, so a version belongs to one asset.
+//!
+//! A commit writes the new file, its manifest and the pointer, and deletes the asset's previous
+//! version, in **one** readwrite transaction: a committed version never lacks its data, and old
+//! versions do not pile up. GC runs in one readwrite transaction over the same stores. IndexedDB
+//! runs transactions with overlapping scopes one after the other, also across tabs, so a GC never
+//! interleaves with a commit. A store written by the chunk-per-record layout of version 1 is
+//! upgraded in place when it is first opened ([`migrate`]).
 
-use std::collections::{HashMap, HashSet};
+mod migrate;
+
+use std::collections::HashSet;
 
 use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
-use idb::{Database, DatabaseEvent, Factory, ObjectStore, ObjectStoreParams, Transaction, TransactionMode};
-use js_sys::Uint8Array;
+use idb::{Database, Factory, ObjectStore, ObjectStoreParams, Transaction, TransactionMode};
+use js_sys::{Array, ArrayBuffer, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::IdbTransaction;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Blob, IdbTransaction};
 
+const FILES: &str = "files";
 const CHUNKS: &str = "chunks";
 const MANIFESTS: &str = "manifests";
 const REFS: &str = "refs";
-const ALL: [&str; 3] = [CHUNKS, MANIFESTS, REFS];
+const ALL: [&str; 4] = [FILES, CHUNKS, MANIFESTS, REFS];
+/// The schema version: 1 kept every chunk as a record of its own, 2 keeps files whole.
+const SCHEMA: u32 = 2;
+/// Reused chunks this close together in one file are read with one `Blob.slice`.
+const MAX_GAP: usize = 64 * 1024;
 
 /// Store errors, with what failed. Quota errors say so.
 #[derive(Debug)]
@@ -44,6 +58,10 @@ impl StoreError {
             StoreError(format!("IndexedDB error: {text}"))
         }
     }
+
+    fn js(e: JsValue) -> Self {
+        StoreError::new(e.as_string().unwrap_or_else(|| format!("{e:?}")))
+    }
 }
 
 /// Commits `tx`. An aborted transaction is an error with the browser's reason, such as
@@ -62,10 +80,16 @@ async fn finish(tx: Transaction) -> Result<()> {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// A committed file as read back: its bytes, or the chunks found missing or damaged in it.
+pub type FileRead = std::result::Result<Uint8Array, Vec<ChunkId>>;
+
 /// What [`Store::gc`] freed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
+    /// Chunk records of interrupted transfers.
     pub chunks_deleted: u32,
+    /// Files (and their manifests) of versions no asset points to.
+    pub versions_deleted: u32,
     pub bytes_freed: u64,
 }
 
@@ -75,19 +99,29 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating on first use) the database `name`.
+    /// Opens (creating on first use, upgrading a version-1 store) the database `name`.
     pub async fn open(name: &str) -> Result<Store> {
-        let factory = Factory::new()?;
-        let mut request = factory.open(name, Some(1))?;
+        let mut request = Factory::new()?.open(name, Some(SCHEMA))?;
         request.on_upgrade_needed(|event| {
-            let db = event.database().expect("upgrade event has a database");
+            let db = idb::DatabaseEvent::database(&event).expect("upgrade event has a database");
             for store in ALL {
                 if !db.store_names().iter().any(|s| s == store) {
                     db.create_object_store(store, ObjectStoreParams::new()).expect("create object store");
                 }
             }
         });
-        Ok(Store { db: request.await? })
+        request.on_blocked(|_| {
+            web_sys::console::warn_1(
+                &"assetsync: upgrading the store waits for other tabs to close it".into(),
+            );
+        });
+        let handle = web_sys::IdbDatabase::from(request.await?);
+        let mut db = Database::from(handle.clone());
+        // Let a later schema's upgrade in another tab proceed: this connection steps aside.
+        db.on_version_change(move |_| handle.close());
+        let store = Store { db };
+        migrate::run(&store).await?;
+        Ok(store)
     }
 
     /// Closes the connection once running transactions finish.
@@ -98,14 +132,26 @@ impl Store {
     /// The committed manifest of `asset`, if present and intact.
     pub async fn current(&self, asset: &AssetPath) -> Result<Option<Manifest>> {
         let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
-        let refs = tx.object_store(REFS)?;
-        let Some(version) = refs.get(JsValue::from_str(asset.as_str()))?.await? else { return Ok(None) };
-        let Some(version) = version.as_string().and_then(|v| Hash::from_hex(&v).ok()) else {
+        let Some(version) = version_of(tx.object_store(REFS)?.get(key(asset.as_str()))?.await?) else {
             return Ok(None);
         };
-        let manifests = tx.object_store(MANIFESTS)?;
-        let bytes = manifests.get(JsValue::from_str(&version.to_hex()))?.await?;
+        let bytes = tx.object_store(MANIFESTS)?.get(key(&version.to_hex()))?.await?;
         Ok(bytes.and_then(|b| decode_manifest(&b, &version)))
+    }
+
+    /// The committed manifest of `asset` and a handle on its file (nothing read yet), in one
+    /// transaction; see [`Store::check`].
+    pub async fn current_file(&self, asset: &AssetPath) -> Result<Option<(Manifest, Option<Blob>)>> {
+        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadOnly)?;
+        let Some(version) = version_of(tx.object_store(REFS)?.get(key(asset.as_str()))?.await?) else {
+            return Ok(None);
+        };
+        let manifest = tx.object_store(MANIFESTS)?.get(key(&version.to_hex()))?;
+        let file = tx.object_store(FILES)?.get(key(&version.to_hex()))?;
+        let Some(manifest) = manifest.await?.and_then(|b| decode_manifest(&b, &version)) else {
+            return Ok(None);
+        };
+        Ok(Some((manifest, file.await?.and_then(|b| b.dyn_into().ok()))))
     }
 
     /// Committed manifests of assets other than `asset`, at most `limit`.
@@ -116,12 +162,12 @@ impl Store {
         let values = refs.get_all(None, None)?.await?;
         let manifests = tx.object_store(MANIFESTS)?;
         let mut out = Vec::new();
-        for (key, value) in keys.iter().zip(values.iter()) {
-            if out.len() >= limit || key.as_string().as_deref() == Some(asset.as_str()) {
+        for (k, value) in keys.iter().zip(values) {
+            if out.len() >= limit || k.as_string().as_deref() == Some(asset.as_str()) {
                 continue;
             }
-            let Some(version) = value.as_string().and_then(|v| Hash::from_hex(&v).ok()) else { continue };
-            if let Some(bytes) = manifests.get(JsValue::from_str(&version.to_hex()))?.await?
+            let Some(version) = version_of(Some(value)) else { continue };
+            if let Some(bytes) = manifests.get(key(&version.to_hex()))?.await?
                 && let Some(m) = decode_manifest(&bytes, &version)
             {
                 out.push(m);
@@ -130,34 +176,96 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads chunks as stored; missing ones are left out. They are not hashed one by one: the
-    /// rebuilt file's SHA-256 covers them, and a damaged one is then named and [`Store::discard`]ed.
-    pub async fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
-        let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadOnly)?;
-        let store = tx.object_store(CHUNKS)?;
+    /// The committed file of `manifest`, checked against its length and SHA-256. `Err` inside
+    /// names the chunks found missing or damaged (all of them if the file is gone).
+    pub async fn file(&self, manifest: &Manifest) -> Result<FileRead> {
+        let tx = self.db.transaction(&[FILES], TransactionMode::ReadOnly)?;
+        let blob = tx.object_store(FILES)?.get(key(&manifest.version().to_hex()))?.await?;
+        Store::check(manifest, blob.and_then(|b| b.dyn_into().ok())).await
+    }
+
+    /// Reads the committed `file` of `manifest` and checks it against its length and SHA-256.
+    pub async fn check(manifest: &Manifest, file: Option<Blob>) -> Result<FileRead> {
+        let all = || manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
+        let Some(blob) = file else { return Ok(Err(all())) };
+        if blob.size() != manifest.len as f64 {
+            return Ok(Err(all()));
+        }
+        let buffer = read_blob(&blob).await?;
+        let data = Uint8Array::new(&buffer);
+        if crate::digest::sha256_buffer(&buffer).await == manifest.sha256 {
+            return Ok(Ok(data));
+        }
+        Ok(Err(manifest.damaged_chunks(&data.to_vec())))
+    }
+
+    /// Reads chunks: slices of the committed files of `sources` where they list them (adjacent
+    /// ones in one read), else records kept from interrupted transfers. Missing ones are left out.
+    /// They are not hashed one by one: the rebuilt file's SHA-256 covers them, and a damaged one
+    /// is then named.
+    pub async fn chunks(&self, ids: &[ChunkId], sources: &[&Manifest]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        let wanted: HashSet<ChunkId> = ids.iter().copied().collect();
+        // Per source file, the wanted chunks it holds: (offset, len, id), first source first.
+        let mut located = HashSet::new();
+        let mut per_source: Vec<(VersionId, Vec<Range>)> = Vec::new();
+        for m in sources {
+            let ranges: Vec<_> = m
+                .offsets()
+                .filter(|(_, c)| wanted.contains(&c.id) && located.insert(c.id))
+                .map(|(at, c)| (at, c.len as usize, c.id))
+                .collect();
+            if !ranges.is_empty() {
+                per_source.push((m.version(), ranges));
+            }
+        }
+        let tx = self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadOnly)?;
+        let (files, chunks) = (tx.object_store(FILES)?, tx.object_store(CHUNKS)?);
         // Issue every read before awaiting any, so the transaction has them all queued.
-        let requests = ids
+        let blobs = per_source
             .iter()
-            .map(|id| store.get(JsValue::from_str(&id.to_hex())))
+            .map(|(v, _)| files.get(key(&v.to_hex())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let loose: Vec<ChunkId> = ids.iter().filter(|id| !located.contains(id)).copied().collect();
+        let records = loose
+            .iter()
+            .map(|id| chunks.get(key(&id.to_hex())))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(ids.len());
-        for (id, request) in ids.iter().zip(requests) {
-            if let Some(value) = request.await? {
+        let mut reads = Vec::new();
+        for ((_, ranges), blob) in per_source.into_iter().zip(blobs) {
+            if let Some(blob) = blob.await?.and_then(|b| b.dyn_into::<Blob>().ok()) {
+                reads.extend(runs(ranges).into_iter().map(|run| (slice(&blob, run.0, run.1), run)));
+            }
+        }
+        for (id, record) in loose.iter().zip(records) {
+            if let Some(value) = record.await? {
                 out.push((*id, bytes_of(&value)));
+            }
+        }
+        // The slices are read outside the transaction: a Blob stays readable on its own.
+        for (read, (start, _, ranges)) in reads {
+            let bytes = Uint8Array::new(&read.await.map_err(StoreError::js)?).to_vec();
+            for (at, len, id) in ranges {
+                if let Some(chunk) = bytes.get(at - start..at - start + len) {
+                    out.push((id, chunk.to_vec()));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Deletes chunks found damaged, so that the next sync fetches them again.
+    /// Deletes kept chunk records: found damaged, or no longer needed once their transfer
+    /// committed.
     pub async fn discard(&self, ids: &[ChunkId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
         let store = tx.object_store(CHUNKS)?;
         for id in ids {
-            store.delete(JsValue::from_str(&id.to_hex()))?;
+            store.delete(key(&id.to_hex()))?;
         }
-        finish(tx).await?;
-        Ok(())
+        finish(tx).await
     }
 
     /// The assets with a committed version.
@@ -167,67 +275,64 @@ impl Store {
         Ok(keys.iter().filter_map(|k| AssetPath::new(&k.as_string()?).ok()).collect())
     }
 
-    /// Drops `asset`'s pointer (it is gone from the server); its chunks become garbage for
-    /// [`Store::gc`].
+    /// Deletes `asset` (it is gone from the server): its pointer, file and manifest, in one
+    /// transaction.
     pub async fn remove(&self, asset: &AssetPath) -> Result<()> {
-        let tx = self.db.transaction(&[REFS], TransactionMode::ReadWrite)?;
-        tx.object_store(REFS)?.delete(JsValue::from_str(asset.as_str()))?;
-        finish(tx).await?;
-        Ok(())
+        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
+        let refs = tx.object_store(REFS)?;
+        if let Some(version) = version_of(refs.get(key(asset.as_str()))?.await?) {
+            tx.object_store(FILES)?.delete(key(&version.to_hex()))?;
+            tx.object_store(MANIFESTS)?.delete(key(&version.to_hex()))?;
+        }
+        refs.delete(key(asset.as_str()))?;
+        finish(tx).await
     }
 
     /// Stores chunks of a transfer that broke before its version could be committed, so that
     /// the resumed request lists them as held instead of fetching them again. Each is named by
-    /// the hash of its bytes; until a commit references them they are garbage for [`Store::gc`].
+    /// the hash of its bytes; the sync that commits drops them, and [`Store::gc`] collects any
+    /// left behind.
     pub async fn keep(&self, received: &[VerifiedChunk]) -> Result<()> {
         if received.is_empty() {
             return Ok(());
         }
         let tx = self.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
         put_chunks(&tx.object_store(CHUNKS)?, received)?;
-        finish(tx).await?;
-        Ok(())
+        finish(tx).await
     }
 
-    /// Commits a verified sync in one transaction: new chunks, any reused chunk that has vanished
-    /// meanwhile (written back from the verified file), the manifest, then the pointer.
+    /// Commits a verified sync in one transaction: the file, the manifest, the pointer, and the
+    /// deletion of the asset's previous version.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {
         self.commit_inner(synced, false).await
     }
 
     async fn commit_inner(&self, synced: &Synced, abort_before_pointer: bool) -> Result<()> {
-        let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
-        let chunks = tx.object_store(CHUNKS)?;
-        let received: HashSet<ChunkId> = synced.received.iter().map(|c| c.id()).collect();
-        put_chunks(&chunks, &synced.received)?;
-        let mut reused = Vec::new();
-        let mut seen = HashSet::new();
-        for (offset, c) in synced.manifest.offsets() {
-            if !received.contains(&c.id) && seen.insert(c.id) {
-                let key = JsValue::from_str(&c.id.to_hex());
-                reused.push((key.clone(), offset, c.len as usize, chunks.get_key(key)?));
-            }
-        }
-        for (key, offset, len, present) in reused {
-            if present.await?.is_none() {
-                let bytes = Uint8Array::from(&synced.data[offset..offset + len]);
-                chunks.put(&bytes.into(), Some(&key))?;
-            }
-        }
-        let version = JsValue::from_str(&synced.version.to_hex());
+        let file = blob(&synced.data)?;
+        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
+        let (files, manifests, refs) =
+            (tx.object_store(FILES)?, tx.object_store(MANIFESTS)?, tx.object_store(REFS)?);
+        let asset = key(synced.manifest.path.as_str());
+        let previous = version_of(refs.get(asset.clone())?.await?).filter(|v| *v != synced.version);
+        let version = key(&synced.version.to_hex());
+        files.put(&file, Some(&version))?;
         let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
-        tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
+        manifests.put(&manifest.into(), Some(&version))?;
         if abort_before_pointer {
             tx.abort()?.await?;
             return Err(StoreError("commit aborted".into()));
         }
-        tx.object_store(REFS)?.put(&version, Some(&JsValue::from_str(synced.manifest.path.as_str())))?;
+        refs.put(&version, Some(&asset))?;
+        if let Some(previous) = previous {
+            files.delete(key(&previous.to_hex()))?;
+            manifests.delete(key(&previous.to_hex()))?;
+        }
         finish(tx).await
     }
 
-    /// The committed copy of `asset`, rebuilt from chunks and verified; `None` if there is none.
-    /// A damaged copy is an error (and its damaged chunks are discarded), never wrong bytes.
-    pub async fn read(&self, asset: &AssetPath) -> Result<Option<Vec<u8>>> {
+    /// The committed copy of `asset`, checked against its SHA-256; `None` if there is none.
+    /// A damaged copy is an error, never wrong bytes.
+    pub async fn read(&self, asset: &AssetPath) -> Result<Option<Uint8Array>> {
         let Some(manifest) = self.current(asset).await? else { return Ok(None) };
         match self.file(&manifest).await? {
             Ok(data) => Ok(Some(data)),
@@ -235,73 +340,101 @@ impl Store {
         }
     }
 
-    /// Rebuilds the file of a committed `manifest` and checks its SHA-256. On failure, the inner
-    /// `Err` names the missing or damaged chunks, which are discarded.
-    pub async fn file(&self, manifest: &Manifest) -> Result<std::result::Result<Vec<u8>, Vec<ChunkId>>> {
-        let ids: Vec<ChunkId> =
-            manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
-        let chunks: HashMap<ChunkId, Vec<u8>> = self.chunks(&ids).await?.into_iter().collect();
-        let lens: HashMap<ChunkId, usize> = manifest.chunks.iter().map(|c| (c.id, c.len as usize)).collect();
-        let bad: Vec<ChunkId> =
-            ids.iter().filter(|id| chunks.get(id).map(Vec::len) != Some(lens[id])).copied().collect();
-        if !bad.is_empty() {
-            self.discard(&bad).await?;
-            return Ok(Err(bad));
-        }
-        let mut data = Vec::with_capacity(manifest.len as usize);
-        for c in &manifest.chunks {
-            data.extend_from_slice(&chunks[&c.id]);
-        }
-        if crate::digest::sha256(&data).await == manifest.sha256 {
-            return Ok(Ok(data));
-        }
-        let damaged = manifest.damaged_chunks(&data);
-        self.discard(&damaged).await?;
-        Ok(Err(damaged))
-    }
-
-    /// Deletes chunks and manifests no committed version references, in one transaction.
+    /// Deletes, in one transaction, the files and manifests of versions no asset points to and
+    /// the chunk records kept from interrupted transfers.
     pub async fn gc(&self) -> Result<GcReport> {
         let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
-        let refs = tx.object_store(REFS)?.get_all(None, None)?.await?;
-        let manifests = tx.object_store(MANIFESTS)?;
-        let mut live_manifests = HashSet::new();
-        let mut live_chunks = HashSet::new();
-        for value in refs {
-            let Some(version) = value.as_string().and_then(|v| Hash::from_hex(&v).ok()) else { continue };
-            let bytes = manifests.get(JsValue::from_str(&version.to_hex()))?.await?;
-            let manifest = bytes.and_then(|b| decode_manifest(&b, &version)).ok_or_else(|| {
-                StoreError(format!("committed manifest {version} is missing or damaged; not collecting"))
-            })?;
-            live_manifests.insert(version.to_hex());
-            live_chunks.extend(manifest.chunks.iter().map(|c| c.id.to_hex()));
-        }
+        let live: HashSet<String> = tx
+            .object_store(REFS)?
+            .get_all(None, None)?
+            .await?
+            .into_iter()
+            .filter_map(|v| version_of(Some(v)).map(|v| v.to_hex()))
+            .collect();
         let mut report = GcReport::default();
-        for key in manifests.get_all_keys(None, None)?.await? {
-            if !key.as_string().is_some_and(|k| live_manifests.contains(&k)) {
-                manifests.delete(key)?;
+        let manifests = tx.object_store(MANIFESTS)?;
+        for k in manifests.get_all_keys(None, None)?.await? {
+            if !k.as_string().is_some_and(|k| live.contains(&k)) {
+                manifests.delete(k)?;
+            }
+        }
+        let files = tx.object_store(FILES)?;
+        for k in files.get_all_keys(None, None)?.await? {
+            if !k.as_string().is_some_and(|k| live.contains(&k)) {
+                if let Some(blob) = files.get(k.clone())?.await?.and_then(|b| b.dyn_into::<Blob>().ok()) {
+                    report.bytes_freed += blob.size() as u64;
+                }
+                files.delete(k)?;
+                report.versions_deleted += 1;
             }
         }
         let chunks = tx.object_store(CHUNKS)?;
-        for key in chunks.get_all_keys(None, None)?.await? {
-            if !key.as_string().is_some_and(|k| live_chunks.contains(&k)) {
-                if let Some(value) = chunks.get(key.clone())?.await? {
-                    report.bytes_freed += u64::from(value.unchecked_ref::<Uint8Array>().byte_length());
-                }
-                chunks.delete(key)?;
-                report.chunks_deleted += 1;
-            }
+        for value in chunks.get_all(None, None)?.await? {
+            report.bytes_freed += u64::from(value.unchecked_ref::<Uint8Array>().byte_length());
+            report.chunks_deleted += 1;
         }
+        chunks.clear()?;
         finish(tx).await?;
         Ok(report)
     }
 }
 
+/// Where a chunk lies in a file: (offset, len, id).
+type Range = (usize, usize, ChunkId);
+
+/// Adjacent ranges of one file, read with one slice: (start, end, the ranges inside).
+type Run = (usize, usize, Vec<Range>);
+
+/// Groups the `ranges` of one file into runs.
+fn runs(mut ranges: Vec<Range>) -> Vec<Run> {
+    ranges.sort_unstable_by_key(|r| r.0);
+    let mut out: Vec<Run> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some((_, end, inside)) if r.0 <= *end + MAX_GAP => {
+                *end = (*end).max(r.0 + r.1);
+                inside.push(r);
+            }
+            _ => out.push((r.0, r.0 + r.1, vec![r])),
+        }
+    }
+    out
+}
+
+fn slice(blob: &Blob, start: usize, end: usize) -> JsFuture {
+    let part = blob.slice_with_f64_and_f64(start as f64, end as f64).expect("slice of a stored Blob");
+    JsFuture::from(part.array_buffer())
+}
+
+async fn read_blob(blob: &Blob) -> Result<ArrayBuffer> {
+    Ok(JsFuture::from(blob.array_buffer()).await.map_err(StoreError::js)?.unchecked_into())
+}
+
+/// A `Blob` holding a copy of `data`, copied once: straight out of WASM memory, through a view
+/// that lives only until the constructor has copied it (nothing can allocate in between).
+fn blob(data: &[u8]) -> Result<JsValue> {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let view = Uint8Array::new_with_byte_offset_and_length(
+        &memory.buffer(),
+        data.as_ptr() as u32,
+        data.len() as u32,
+    );
+    Ok(Blob::new_with_u8_array_sequence(&Array::of1(&view)).map_err(StoreError::js)?.into())
+}
+
 fn put_chunks(store: &ObjectStore, chunks: &[VerifiedChunk]) -> Result<()> {
     for chunk in chunks {
-        store.put(&Uint8Array::from(chunk.bytes()).into(), Some(&JsValue::from_str(&chunk.id().to_hex())))?;
+        store.put(&Uint8Array::from(chunk.bytes()).into(), Some(&key(&chunk.id().to_hex())))?;
     }
     Ok(())
+}
+
+fn key(text: &str) -> JsValue {
+    JsValue::from_str(text)
+}
+
+fn version_of(value: Option<JsValue>) -> Option<VersionId> {
+    value?.as_string().and_then(|v| Hash::from_hex(&v).ok())
 }
 
 fn bytes_of(value: &JsValue) -> Vec<u8> {

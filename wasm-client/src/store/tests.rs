@@ -4,12 +4,15 @@ use std::collections::HashSet;
 
 use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkParams, ClientSync, ClientView, Error, Hash, Manifest, Synced, VerifiedChunk,
-    plan,
+    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientSync, ClientView, Error, Hash, Manifest, Synced,
+    VerifiedChunk, plan,
 };
+use idb::{Factory, ObjectStoreParams, TransactionMode};
+use js_sys::Uint8Array;
+use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
-use super::Store;
+use super::{CHUNKS, FILES, MANIFESTS, REFS, Store};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -24,7 +27,7 @@ fn synced(asset: &str, data: &[u8]) -> Synced {
 }
 
 async fn fresh_store(name: &str) -> Store {
-    idb::Factory::new().unwrap().delete(name).unwrap().await.unwrap();
+    Factory::new().unwrap().delete(name).unwrap().await.unwrap();
     Store::open(name).await.unwrap()
 }
 
@@ -32,22 +35,37 @@ fn asset(name: &str) -> AssetPath {
     AssetPath::new(name).unwrap()
 }
 
+/// Replaces the stored file of `version` with `bytes`, behind the store's back.
+async fn overwrite_file(store: &Store, version: Hash, bytes: &[u8]) {
+    let tx = store.db.transaction(&[FILES], TransactionMode::ReadWrite).unwrap();
+    tx.object_store(FILES)
+        .unwrap()
+        .put(&super::blob(bytes).unwrap(), Some(&version.to_hex().into()))
+        .unwrap();
+    tx.commit().unwrap().await.unwrap();
+}
+
 #[wasm_bindgen_test]
-async fn an_aborted_commit_leaves_the_previous_version_and_no_new_chunks() {
+async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
     let store = fresh_store("test-atomic").await;
     let v1 = random_bytes(200_000, 1);
     store.commit(&synced("a.js", &v1)).await.unwrap();
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v1);
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), v1);
 
     let v2 = random_bytes(200_000, 2);
     let s2 = synced("a.js", &v2);
     assert!(store.commit_inner(&s2, true).await.is_err());
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v1, "old version must stay current");
-    let new_ids: Vec<_> = s2.manifest.chunks.iter().map(|c| c.id).collect();
-    assert!(store.chunks(&new_ids).await.unwrap().is_empty(), "aborted commit left chunks behind");
+    assert_eq!(
+        store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(),
+        v1,
+        "old version must stay current"
+    );
+    assert!(store.file(&s2.manifest).await.unwrap().is_err(), "aborted commit left its file behind");
 
     store.commit(&s2).await.unwrap();
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v2);
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), v2);
+    let s1 = synced("a.js", &v1);
+    assert!(store.file(&s1.manifest).await.unwrap().is_err(), "the replaced version must be deleted");
 }
 
 #[wasm_bindgen_test]
@@ -64,51 +82,119 @@ async fn a_failed_verification_never_reaches_the_store() {
     let held: HashSet<Hash> = base.chunks.iter().map(|c| c.id).collect();
     let answer =
         plan(1, &m2, m2.version(), ClientView { base: Some((0, base.version(), &base)), held: &held });
-    let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base), vec![], Default::default());
+    let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base.clone()), vec![], Default::default());
     machine.on_message(answer.message).unwrap();
     let index = answer.send[0];
     let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
     let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
     bytes[0] ^= 0xFF;
     machine.on_frame(&ChunkFrame::Chunk { id: 1, index, bytes: &bytes }.encode()).unwrap();
-    let local = store.chunks(&machine.local_chunks()).await.unwrap();
+    let local = store.chunks(&machine.local_chunks(), &[&base]).await.unwrap();
+    assert!(!local.is_empty(), "the reused chunks come from the stored file");
     let err = machine.finish(local).unwrap_err();
     assert!(matches!(err, Error::FileMismatch), "{err}");
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), v1);
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), v1);
 
-    // A chunk damaged inside the store is caught on read and removed, never returned as data.
-    let victim = synced("a.js", &v1).manifest.chunks[2].id;
-    let tx = store.db.transaction(&[super::CHUNKS], idb::TransactionMode::ReadWrite).unwrap();
-    let chunks = tx.object_store(super::CHUNKS).unwrap();
-    let garbage = js_sys::Uint8Array::from(&b"garbage"[..]);
-    chunks.put(&garbage.into(), Some(&victim.to_hex().into())).unwrap();
-    tx.commit().unwrap().await.unwrap();
+    // One flipped byte inside the stored file (same length) is caught on read and named, never
+    // returned as data.
+    let mut damaged = v1.clone();
+    let (at, victim) = base.offsets().nth(2).unwrap();
+    damaged[at + 5] ^= 0x01;
+    overwrite_file(&store, base.version(), &damaged).await;
     assert!(store.read(&asset("a.js")).await.is_err());
-    assert!(store.chunks(&[victim]).await.unwrap().is_empty());
+    assert_eq!(store.file(&base).await.unwrap().unwrap_err(), vec![victim.id]);
 }
 
 #[wasm_bindgen_test]
-async fn gc_frees_exactly_what_no_committed_manifest_uses() {
+async fn reused_chunks_are_slices_of_stored_files() {
+    let store = fresh_store("test-slices").await;
+    let a = random_bytes(300_000, 8);
+    let b = random_bytes(100_000, 9);
+    let (sa, sb) = (synced("a.js", &a), synced("b.js", &b));
+    store.commit(&sa).await.unwrap();
+    store.commit(&sb).await.unwrap();
+    // Every other chunk of a (runs with gaps), all of b, and one id nobody holds.
+    let mut wanted: Vec<ChunkId> = sa.manifest.chunks.iter().step_by(2).map(|c| c.id).collect();
+    wanted.extend(sb.manifest.chunks.iter().map(|c| c.id));
+    wanted.push(Hash::of(b"nobody"));
+    let got = store.chunks(&wanted, &[&sa.manifest, &sb.manifest]).await.unwrap();
+    assert_eq!(got.len(), wanted.len() - 1);
+    for (id, bytes) in &got {
+        assert_eq!(Hash::of(bytes), *id, "a slice must be exactly the chunk");
+    }
+    // A source whose file is gone yields nothing, and that is not an error.
+    store.remove(&asset("b.js")).await.unwrap();
+    let got = store.chunks(&wanted, &[&sb.manifest]).await.unwrap();
+    assert!(got.is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn gc_frees_what_no_committed_version_uses() {
     let store = fresh_store("test-gc").await;
     let shared = random_bytes(100_000, 4);
     let a1 = [shared.as_slice(), &random_bytes(100_000, 5)].concat();
     let b = [shared.as_slice(), &random_bytes(50_000, 6)].concat();
     let a2 = [shared.as_slice(), &random_bytes(100_000, 7)].concat();
-    let (s_a1, s_b, s_a2) = (synced("a.js", &a1), synced("b.js", &b), synced("a.js", &a2));
-    for s in [&s_a1, &s_b, &s_a2] {
-        store.commit(s).await.unwrap();
+    for s in [synced("a.js", &a1), synced("b.js", &b), synced("a.js", &a2)] {
+        store.commit(&s).await.unwrap();
     }
-    let live: HashSet<Hash> = s_b.manifest.chunks.iter().chain(&s_a2.manifest.chunks).map(|c| c.id).collect();
-    let garbage: HashSet<Hash> =
-        s_a1.manifest.chunks.iter().map(|c| c.id).filter(|id| !live.contains(id)).collect();
-    assert!(!garbage.is_empty());
-    let expected_bytes: u64 =
-        s_a1.manifest.chunks.iter().filter(|c| garbage.contains(&c.id)).map(|c| u64::from(c.len)).sum();
-
+    // Chunks kept from a transfer that broke and never committed.
+    let kept = synced("c.js", &random_bytes(40_000, 10)).received;
+    store.keep(&kept).await.unwrap();
     let report = store.gc().await.unwrap();
-    assert_eq!(report.chunks_deleted as usize, garbage.len());
-    assert_eq!(report.bytes_freed, expected_bytes);
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap(), a2);
-    assert_eq!(store.read(&asset("b.js")).await.unwrap().unwrap(), b);
+    assert_eq!(report.chunks_deleted as usize, kept.len());
+    assert_eq!(report.versions_deleted, 0, "a commit deletes the version it replaces");
+    assert_eq!(report.bytes_freed, 40_000);
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), a2);
+    assert_eq!(store.read(&asset("b.js")).await.unwrap().unwrap().to_vec(), b);
     assert_eq!(store.gc().await.unwrap(), super::GcReport::default());
+}
+
+/// Writes `files` the way version 1 of the store did: a record per chunk, the manifests, the
+/// pointers.
+async fn write_version_1(name: &str, files: &[&Synced]) {
+    let factory = Factory::new().unwrap();
+    factory.delete(name).unwrap().await.unwrap();
+    let mut request = factory.open(name, Some(1)).unwrap();
+    request.on_upgrade_needed(|event| {
+        let db = idb::DatabaseEvent::database(&event).unwrap();
+        for store in [CHUNKS, MANIFESTS, REFS] {
+            db.create_object_store(store, ObjectStoreParams::new()).unwrap();
+        }
+    });
+    let db = request.await.unwrap();
+    let tx = db.transaction(&[CHUNKS, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
+    for s in files {
+        let version = JsValue::from_str(&s.version.to_hex());
+        super::put_chunks(&tx.object_store(CHUNKS).unwrap(), &s.received).unwrap();
+        let manifest = Uint8Array::from(s.manifest.canonical_bytes().as_slice());
+        tx.object_store(MANIFESTS).unwrap().put(&manifest.into(), Some(&version)).unwrap();
+        tx.object_store(REFS).unwrap().put(&version, Some(&s.manifest.path.as_str().into())).unwrap();
+    }
+    tx.commit().unwrap().await.unwrap();
+    db.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_version_1_store_is_upgraded_in_place() {
+    let a = random_bytes(250_000, 11);
+    let b = random_bytes(120_000, 12);
+    let c = random_bytes(80_000, 13);
+    let (sa, sb) = (synced("a.js", &a), synced("b.js", &b));
+    // c's chunk records are incomplete: it cannot be rebuilt, so it is dropped, not served.
+    let mut sc = synced("c.js", &c);
+    sc.received.pop();
+    write_version_1("test-upgrade", &[&sa, &sb, &sc]).await;
+
+    let store = Store::open("test-upgrade").await.unwrap();
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), a);
+    assert_eq!(store.read(&asset("b.js")).await.unwrap().unwrap().to_vec(), b);
+    assert!(store.read(&asset("c.js")).await.unwrap().is_none());
+    let tx = store.db.transaction(&[CHUNKS], TransactionMode::ReadOnly).unwrap();
+    let left = tx.object_store(CHUNKS).unwrap().count(None).unwrap().await.unwrap();
+    assert_eq!(left, 0, "the chunk records are in the files now");
+    store.close();
+    // Opening it again finds nothing to do.
+    let store = Store::open("test-upgrade").await.unwrap();
+    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), a);
 }
