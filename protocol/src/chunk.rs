@@ -100,6 +100,13 @@ impl VerifiedChunk {
         VerifiedChunk { id: ChunkId::of(&bytes), bytes }
     }
 
+    /// Takes `id` as the SHA-256 of `bytes`, computed by the driver. Only for received chunks,
+    /// whose ids the version check in [`crate::Assembled::verify`] proves before anything is
+    /// committed (see [`crate::ClientSync::defer_hashing`]).
+    pub(crate) fn hashed_by_driver(id: ChunkId, bytes: Vec<u8>) -> Self {
+        VerifiedChunk { id, bytes }
+    }
+
     /// The chunk's id.
     pub fn id(&self) -> ChunkId {
         self.id

@@ -101,6 +101,8 @@ enum State {
         /// Positions received so far.
         positions: HashSet<u32>,
         received: HashMap<VersionId, VerifiedChunk>,
+        /// Received chunks the driver has yet to hash (see [`ClientSync::defer_hashing`]).
+        unhashed: Vec<(u32, Vec<u8>)>,
         /// The version batch frames were compressed against, and its file once provided.
         dict: Option<(VersionId, Prefix)>,
         /// The first chunk that failed verification. Later frames are still read (they are on
@@ -119,6 +121,8 @@ pub struct ClientSync {
     has_base: bool,
     /// The prefix length of the request's `have.chunks`.
     prefix: usize,
+    /// Whether the driver computes received chunks' ids (see [`ClientSync::defer_hashing`]).
+    driver_hashes: bool,
     state: State,
 }
 
@@ -146,7 +150,8 @@ impl ClientSync {
             asset: asset.as_str().to_owned(),
             have: Have { versions, chunks: have_chunks },
         };
-        let machine = ClientSync { id, asset, named, has_base, prefix, state: State::Waiting };
+        let machine =
+            ClientSync { id, asset, named, has_base, prefix, driver_hashes: false, state: State::Waiting };
         (machine, message)
     }
 
@@ -154,7 +159,7 @@ impl ClientSync {
     /// were the versions of `named`, in that order.
     pub fn for_folder_file(id: u32, asset: AssetPath, named: Vec<Manifest>, prefix: usize) -> Self {
         let named = named.into_iter().map(|m| (m.version(), m)).collect();
-        ClientSync { id, asset, named, has_base: false, prefix, state: State::Waiting }
+        ClientSync { id, asset, named, has_base: false, prefix, driver_hashes: false, state: State::Waiting }
     }
 
     /// The prefix length of the request's chunk set, for [`Error::retry_holding`].
@@ -248,6 +253,7 @@ impl ClientSync {
             received_bytes: 0,
             positions: HashSet::new(),
             received: HashMap::new(),
+            unhashed: Vec::new(),
             dict: dict.map(|v| (v, Prefix::Wanted)),
             bad: None,
         };
@@ -292,7 +298,16 @@ impl ClientSync {
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
         let id = self.id;
         let State::Receiving {
-            manifest, sent, total, received_bytes, positions, received, dict, bad, ..
+            manifest,
+            sent,
+            total,
+            received_bytes,
+            positions,
+            received,
+            unhashed,
+            dict,
+            bad,
+            ..
         } = &mut self.state
         else {
             return Err(Error::BadFrame("chunk frame before the manifest"));
@@ -351,11 +366,43 @@ impl ClientSync {
                 continue;
             }
             // The id comes from the bytes; the version check in `Assembled::verify` covers it.
+            if self.driver_hashes {
+                unhashed.push((index, bytes));
+                continue;
+            }
             let chunk = VerifiedChunk::hash(bytes);
             manifest.chunks[index as usize].id = chunk.id();
             received.insert(chunk.id(), chunk);
         }
         progress(positions.len(), sent.len(), *received_bytes, *total, bad)
+    }
+
+    /// Leaves the hashing of received chunks to the driver, for one that hashes faster elsewhere
+    /// (the browser's `crypto.subtle`, on another thread while frames keep arriving). After each
+    /// frame the driver takes [`ClientSync::take_unhashed`] and gives each chunk back with its
+    /// SHA-256 to [`ClientSync::hashed`], all of them before [`ClientSync::local_chunks`],
+    /// [`ClientSync::assemble`] or [`ClientSync::take_received`]. An id the driver gets wrong
+    /// cannot be committed: the version check covers every received chunk's id.
+    pub fn defer_hashing(&mut self) {
+        self.driver_hashes = true;
+    }
+
+    /// Received chunks waiting for the driver to hash them: (manifest index, bytes).
+    pub fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {
+        match &mut self.state {
+            State::Receiving { unhashed, .. } => std::mem::take(unhashed),
+            State::Waiting => Vec::new(),
+        }
+    }
+
+    /// Gives back a chunk from [`ClientSync::take_unhashed`] with `id`, the SHA-256 of `bytes`.
+    pub fn hashed(&mut self, index: u32, bytes: Vec<u8>, id: ChunkId) {
+        if let State::Receiving { manifest, received, .. } = &mut self.state
+            && let Some(entry) = manifest.chunks.get_mut(index as usize)
+        {
+            entry.id = id;
+            received.insert(id, VerifiedChunk::hashed_by_driver(id, bytes));
+        }
     }
 
     /// Takes the chunks received so far, for a driver whose connection broke mid-answer: each is
@@ -424,11 +471,16 @@ impl ClientSync {
     /// Fails with [`Error::MissingLocal`] when `local` lacks chunks or has one of the wrong size.
     pub fn assemble(self, local: Vec<(ChunkId, Vec<u8>)>) -> Result<Assembled, Error> {
         let in_prefix = self.prefix_ranges();
-        let State::Receiving { manifest, version, sent, positions, received, dict, .. } = self.state else {
+        let State::Receiving { manifest, version, sent, positions, received, unhashed, dict, .. } =
+            self.state
+        else {
             return Err(Error::Protocol("finish before the manifest arrived".into()));
         };
         if positions.len() != sent.len() {
             return Err(Error::Protocol("finish before all chunk frames arrived".into()));
+        }
+        if !unhashed.is_empty() {
+            return Err(Error::Protocol("finish before the driver hashed every received chunk".into()));
         }
         let prefix = match dict {
             Some((_, Prefix::Ready { file, reuse: true })) => file,

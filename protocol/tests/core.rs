@@ -314,3 +314,46 @@ fn chunks_reused_from_a_prefix_read_from_the_store_are_not_read_again() {
         assert_eq!(synced.chunks_reused, synced.manifest.chunks.len() - frames.len());
     }
 }
+
+/// A driver that hashes received chunks itself (the browser, with `crypto.subtle`) gets the same
+/// verified result; an id it gets wrong is caught by the version check, and the machine refuses
+/// to assemble before every received chunk is hashed.
+#[test]
+fn chunks_hashed_by_the_driver_are_checked_like_any_other() {
+    let v1 = std::fs::read(FIXTURE).unwrap();
+    let server = Server::new(v1.clone());
+    for wrong in [false, true] {
+        let (mut machine, msg) =
+            ClientSync::new(1, AssetPath::new("app.js").unwrap(), None, vec![], ChunkSet::default());
+        machine.defer_hashing();
+        let (reply, frames) = server.answer(&msg);
+        machine.on_message(reply).unwrap();
+        let mut unhashed = Vec::new();
+        for f in &frames {
+            machine.on_frame(f).unwrap();
+            unhashed.extend(machine.take_unhashed());
+        }
+        assert_eq!(unhashed.len(), frames.len(), "every received chunk is left to the driver");
+        assert!(machine.take_received().is_empty(), "nothing is held before the driver hashed it");
+        for (n, (index, bytes)) in unhashed.into_iter().enumerate() {
+            let id = if wrong && n == 3 { Hash::of(b"not these bytes") } else { Hash::of(&bytes) };
+            machine.hashed(index, bytes, id);
+        }
+        match machine.finish(Vec::new()) {
+            Ok(synced) => {
+                assert!(!wrong);
+                assert_eq!(synced.data, v1);
+            }
+            Err(e) => assert!(wrong && matches!(e, Error::FileMismatch), "{e}"),
+        }
+    }
+    let (mut machine, msg) =
+        ClientSync::new(1, AssetPath::new("app.js").unwrap(), None, vec![], ChunkSet::default());
+    machine.defer_hashing();
+    let (reply, frames) = server.answer(&msg);
+    machine.on_message(reply).unwrap();
+    for f in &frames {
+        machine.on_frame(f).unwrap();
+    }
+    assert!(matches!(machine.finish(Vec::new()), Err(Error::Protocol(_))));
+}

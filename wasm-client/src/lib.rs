@@ -35,6 +35,7 @@ use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
+use crate::digest::ChunkHasher;
 use crate::socket::{Incoming, Socket, SocketError};
 use crate::store::{FileRead, Store, StoreError};
 
@@ -749,10 +750,27 @@ impl Client {
     /// Feeds one answer to `machine` until it is complete, reporting progress. Bad data (and
     /// `unknown_base`) comes back as the inner `Err` once the whole answer has been read, so the
     /// stream stays usable.
+    ///
+    /// Received chunks are hashed with `crypto.subtle` while later frames arrive; every hash is
+    /// in `machine` when this returns, also after a lost connection (so resume keeps them).
     async fn receive(
         &self,
         socket: &mut Socket,
         machine: &mut ClientSync,
+        asset: &AssetPath,
+        on_progress: Option<&Function>,
+    ) -> Result<Result<(), SyncError>, Fatal> {
+        let mut hasher = ChunkHasher::new(machine);
+        let result = self.receive_hashing(socket, machine, &mut hasher, asset, on_progress).await;
+        hasher.finish(machine).await;
+        result
+    }
+
+    async fn receive_hashing(
+        &self,
+        socket: &mut Socket,
+        machine: &mut ClientSync,
+        hasher: &mut ChunkHasher,
         asset: &AssetPath,
         on_progress: Option<&Function>,
     ) -> Result<Result<(), SyncError>, Fatal> {
@@ -762,6 +780,7 @@ impl Client {
                 Incoming::Binary(frame) => machine.on_frame(&frame),
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
+            hasher.start(machine);
             if let Some(prefix) = machine.wanted_prefix() {
                 let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
                 // Commits write whole files, so reused chunks may come from any verified copy.
