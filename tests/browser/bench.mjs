@@ -6,19 +6,21 @@
 // the release server on loopback. Every figure is end to end in a fresh page: from before
 // `SyncClient.connect` to the asset's bytes in hand, the median of RUNS runs, taken side by side
 // with the baselines (a plain `fetch()` over the network, and the same `fetch()` answered by the
-// HTTP cache). The client comes from www/pkg, or from PKG=<dir> to measure another build.
+// HTTP cache). The client comes from www/pkg; PKG=<dir>[,<dir>...] measures other builds, side
+// by side in the same run (each case alternates between them), e.g. the previous release's:
+// `PKG=www/pkg,tests/browser/fixtures/pkg-v1`.
 
 import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
-import { extname, join, normalize } from "node:path";
+import { extname, join, normalize, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import { startServer, browserArgs, repo } from "./harness.mjs";
 
 process.env.ASSETSYNC_BIN ||= join(repo, "target/release/assetsync");
-const pkg = process.env.PKG || join(repo, "www/pkg");
+const pkgs = (process.env.PKG || join(repo, "www/pkg")).split(",").map((p) => resolve(repo, p));
 const RUNS = Number(process.env.RUNS || 7);
 
 const vendor = ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"]
@@ -59,7 +61,8 @@ const types = { ".js": "text/javascript", ".wasm": "application/wasm", ".html": 
 const web = createServer((req, res) => {
   const path = new URL(req.url, "http://x").pathname;
   let body = files[path];
-  if (!body && path.startsWith("/pkg/")) body = [readFileSync(join(pkg, normalize(path.slice(5)))), "no-cache"];
+  const m = /^\/pkg(\d+)\/(.*)$/.exec(path);
+  if (!body && m && pkgs[m[1]]) body = [readFileSync(join(pkgs[m[1]], normalize(m[2]))), "no-cache"];
   if (!body) return res.writeHead(404).end();
   res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream", "cache-control": body[1] });
   res.end(body[0]);
@@ -75,17 +78,17 @@ const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
 
 /** Runs `body(ws)` in a fresh page with the client module loaded; returns its result and the
  *  longest main-thread task seen while it ran. */
-async function inFreshPage(body, arg) {
+async function inFreshPage(body, arg, pkg = 0) {
   const page = await context.newPage();
   await page.goto(origin + "/index.html");
-  await page.evaluate(async () => {
-    window.m = await import("/pkg/assetsync.js");
+  await page.evaluate(async (pkg) => {
+    window.m = await import(`/pkg${pkg}/assetsync.js`);
     await window.m.default();
     window.longest = 0;
     new PerformanceObserver((list) => {
       for (const e of list.getEntries()) window.longest = Math.max(window.longest, e.duration);
     }).observe({ type: "longtask" });
-  });
+  }, pkg);
   const result = await page.evaluate(body, arg);
   await page.waitForTimeout(50); // let the observer report the last task
   result.longestTaskMs = await page.evaluate(() => window.longest);
@@ -112,27 +115,52 @@ const fetchOnce = async (cache) => {
   return { ms, size: bytes.length, fromCache: entry.transferSize === 0 };
 };
 
+/** Waits until the server process has used no CPU for 500 ms: background compression done. */
+async function serverIdle() {
+  const cpu = () => readFileSync(`/proc/${server.pid}/stat`, "utf8").split(") ")[1].split(" ").slice(11, 13).map(Number).reduce((a, b) => a + b);
+  for (let last = -1, now = cpu(); now !== last; last = now, now = cpu()) await new Promise((ok) => setTimeout(ok, 500));
+}
+/** Replaces the server's file, as a build tool does, and waits until it is indexed. */
+async function publish(bytes) {
+  writeFileSync(join(root, "big.js.tmp"), bytes);
+  renameSync(join(root, "big.js.tmp"), join(root, "big.js"));
+  await new Promise((ok) => setTimeout(ok, 300)); // the watcher's quiet time, then indexing
+  await serverIdle();
+}
+
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-const rows = { fetch: [], cached: [], cold: [], same: [], update: [] };
+const rows = { fetch: [], cached: [] };
+for (const key of ["cold", "same", "update"]) rows[key] = pkgs.map(() => []);
 await inFreshPage(fetchOnce, "default"); // primes the HTTP cache
+// Primes the server as a deployed one is after its first clients: every answer measured below is
+// in its cache, at the best level, so the figures are the client's (see BENCHMARKS.md for the
+// first client's). Each build's "main" store then holds the current version.
+for (const [p] of pkgs.entries()) await inFreshPage(syncOnce, { ws: server.ws, db: `main-${p}` }, p);
+for (const bytes of [v2, v1]) {
+  await publish(bytes);
+  for (const [p] of pkgs.entries()) await inFreshPage(syncOnce, { ws: server.ws, db: `main-${p}` }, p);
+}
+await serverIdle();
 let current = v1;
 for (let i = 0; i < RUNS; i++) {
   rows.fetch.push(await inFreshPage(fetchOnce, "no-store"));
   rows.cached.push(await inFreshPage(fetchOnce, "default"));
-  rows.cold.push(await inFreshPage(syncOnce, { ws: server.ws, db: `cold-${i}` }));
-  // Unchanged, first sync of a new page (as after a reload).
-  rows.same.push(await inFreshPage(syncOnce, { ws: server.ws, db: "cold-0" }));
+  for (const [p] of pkgs.entries()) {
+    rows.cold[p].push(await inFreshPage(syncOnce, { ws: server.ws, db: `cold-${p}-${i}` }, p));
+    // Unchanged, first sync of a new page (as after a reload).
+    rows.same[p].push(await inFreshPage(syncOnce, { ws: server.ws, db: `main-${p}` }, p));
+  }
   // The server's file changes (~1%), and a new page updates.
   current = current === v1 ? v2 : v1;
-  writeFileSync(join(root, "big.js.tmp"), current);
-  execFileSync("mv", [join(root, "big.js.tmp"), join(root, "big.js")]);
-  await new Promise((ok) => setTimeout(ok, 300)); // the server's watcher indexes it
-  rows.update.push(await inFreshPage(syncOnce, { ws: server.ws, db: "cold-0" }));
+  await publish(current);
+  for (const [p] of pkgs.entries()) {
+    rows.update[p].push(await inFreshPage(syncOnce, { ws: server.ws, db: `main-${p}` }, p));
+  }
 }
 if (!rows.cached.every((r) => r.fromCache)) throw new Error("the HTTP-cache baseline did not come from the cache");
 if (rows.fetch.some((r) => r.fromCache)) throw new Error("the fetch() baseline came from the cache");
-if (rows.update.some((r) => r.stats.chunksReused === r.stats.chunks)) throw new Error("an update run found nothing changed");
-if (rows.same.some((r) => r.stats.chunksReused !== r.stats.chunks)) throw new Error("an unchanged run fetched chunks");
+if (rows.update.flat().some((r) => r.stats.chunksReused === r.stats.chunks)) throw new Error("an update run found nothing changed");
+if (rows.same.flat().some((r) => r.stats.chunksReused !== r.stats.chunks)) throw new Error("an unchanged run fetched chunks");
 
 const micro = await inFreshPage(async () => {
   const t = () => performance.now();
@@ -154,27 +182,28 @@ await context.close();
 await server.stop();
 web.close();
 
-const wasm = readFileSync(join(pkg, "assetsync_bg.wasm"));
 const mb = (bytes, ms) => (bytes / 1e6 / (ms / 1000)).toFixed(0);
 const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
 const ms = (xs) => `${median(xs.map((r) => r.ms)).toFixed(1)} ms`;
 const ratio = (xs, base) => `${(median(xs.map((r) => r.ms)) / median(base.map((r) => r.ms))).toFixed(2)}x`;
 const task = (xs) => `${Math.max(...xs.map((r) => r.longestTaskMs)).toFixed(0)} ms`;
-const u = rows.update.at(-1).stats;
-console.log(`## Browser client (${pkg}; headless Chromium, persistent profile, ${(v1.length / 1e6).toFixed(1)} MB asset, loopback, median of ${RUNS} fresh pages)\n`);
-console.log("| case | time | vs fetch() | vs HTTP cache | longest main-thread task |");
-console.log("|---|---:|---:|---:|---:|");
-console.log(`| plain fetch() over the network | ${ms(rows.fetch)} | 1.00x | | ${task(rows.fetch)} |`);
-console.log(`| fetch() from the HTTP cache (max-age) | ${ms(rows.cached)} | ${ratio(rows.cached, rows.fetch)} | 1.00x | ${task(rows.cached)} |`);
-console.log(`| cold sync, empty store | ${ms(rows.cold)} | ${ratio(rows.cold, rows.fetch)} | | ${task(rows.cold)} |`);
-console.log(`| unchanged asset, new page | ${ms(rows.same)} | ${ratio(rows.same, rows.fetch)} | ${ratio(rows.same, rows.cached)} | ${task(rows.same)} |`);
-console.log(`| update, ~1% changed (${u.chunks - u.chunksReused} of ${u.chunks} chunks, ${kb(u.wireBytesIn)} in) | ${ms(rows.update)} | ${ratio(rows.update, rows.fetch)} | | ${task(rows.update)} |`);
-console.log("");
-console.log("| measurement | result |");
+const u = rows.update[0].at(-1).stats;
+for (const [p, pkg] of pkgs.entries()) {
+  const wasm = readFileSync(join(pkg, "assetsync_bg.wasm"));
+  console.log(`## ${pkg}\n\nHeadless Chromium, persistent profile, ${(v1.length / 1e6).toFixed(1)} MB asset, loopback, median of ${RUNS} fresh pages; .wasm ${kb(wasm.length)} raw / ${kb(gzipSync(wasm, { level: 9 }).length)} gzip -9.\n`);
+  console.log("| case | time | vs fetch() | vs HTTP cache | longest main-thread task |");
+  console.log("|---|---:|---:|---:|---:|");
+  console.log(`| plain fetch() over the network | ${ms(rows.fetch)} | 1.00x | | ${task(rows.fetch)} |`);
+  console.log(`| fetch() from the HTTP cache (max-age) | ${ms(rows.cached)} | ${ratio(rows.cached, rows.fetch)} | 1.00x | ${task(rows.cached)} |`);
+  console.log(`| cold sync, empty store | ${ms(rows.cold[p])} | ${ratio(rows.cold[p], rows.fetch)} | | ${task(rows.cold[p])} |`);
+  console.log(`| unchanged asset, new page | ${ms(rows.same[p])} | ${ratio(rows.same[p], rows.fetch)} | ${ratio(rows.same[p], rows.cached)} | ${task(rows.same[p])} |`);
+  console.log(`| update, ~1% changed (${u.chunks - u.chunksReused} of ${u.chunks} chunks, ${kb(u.wireBytesIn)} in) | ${ms(rows.update[p])} | ${ratio(rows.update[p], rows.fetch)} | | ${task(rows.update[p])} |`);
+  console.log("");
+}
+console.log("| measurement (first build) | result |");
 console.log("|---|---:|");
 console.log(`| SHA-256 in WASM (sha2 crate), best of 5 | ${mb(micro.size, micro.sha2WasmMs)} MB/s |`);
 console.log(`| SHA-256 with crypto.subtle.digest, best of 5 | ${mb(micro.size, micro.subtleMs)} MB/s |`);
 if (!micro.decodeOk) throw new Error("the WASM decoder did not rebuild the new version");
 console.log(`| zstd decode in WASM (ruzstd), whole file from a level-19 frame, best of 5 | ${mb(micro.size, micro.decodeWholeMs)} MB/s |`);
 console.log(`| zstd decode in WASM, update against the old version as prefix (${kb(micro.patchBytes)} frame), best of 5 | ${micro.decodePatchMs.toFixed(1)} ms |`);
-console.log(`| .wasm size raw / gzip -9 | ${kb(wasm.length)} / ${kb(gzipSync(wasm, { level: 9 }).length)} |`);

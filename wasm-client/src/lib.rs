@@ -21,6 +21,7 @@ mod folder;
 mod socket;
 mod store;
 mod subscribe;
+mod task;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -393,6 +394,7 @@ impl Client {
             Fetched::Synced(synced) => {
                 // An unchanged asset is already committed: nothing to write.
                 if base_version != Some(synced.version) || !synced.received.is_empty() {
+                    task::yield_if_busy().await;
                     let t0 = now_ms();
                     self.store
                         .commit(&synced)
@@ -402,6 +404,7 @@ impl Client {
                     self.store.discard(&kept).await?;
                     timings.store_ms += now_ms() - t0;
                 }
+                task::yield_if_busy().await;
                 let (m, reused) = (&synced.manifest, synced.chunks_reused);
                 (synced.version, m.len, m.chunks.len(), reused, Uint8Array::from(synced.data.as_slice()))
             }
@@ -735,8 +738,10 @@ impl Client {
         let local = self.store.chunks(&machine.local_chunks(), sources).await.map_err(|e| Fatal::new(e.0))?;
         let t1 = now_ms();
         let held = local.iter().map(|(id, _)| *id).collect();
+        task::yield_if_busy().await;
         let verified = match machine.assemble(local) {
             Ok(assembled) => {
+                task::yield_if_busy().await;
                 let digest = digest::sha256(assembled.data()).await;
                 assembled.verify(digest)
             }
@@ -781,10 +786,12 @@ impl Client {
                 Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
             };
             hasher.start(machine);
+            task::yield_if_busy().await;
             if let Some(prefix) = machine.wanted_prefix() {
                 let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
                 // Commits write whole files, so reused chunks may come from any verified copy.
                 machine.set_prefix(file.map(|f| f.to_vec()), true);
+                task::yield_if_busy().await;
             }
             match event {
                 Ok(Event::Complete) => {
