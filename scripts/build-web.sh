@@ -19,6 +19,6 @@ fi
 
 cargo build --locked --profile wasm-release --target wasm32-unknown-unknown -p assetsync-wasm
 rm -rf www/pkg
-wasm-bindgen --target web --out-dir www/pkg --out-name assetsync \
+wasm-bindgen --target web --out-dir www/pkg --out-name assetsync --remove-name-section --remove-producers-section \
   target/wasm32-unknown-unknown/wasm-release/assetsync_wasm.wasm
 echo "==> built www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm)"

@@ -195,7 +195,7 @@ impl ClientSync {
                 Err(Error::Server { code, message })
             }
             ServerMessage::Error { id: None, message, .. } => Err(Error::ConnectionClosed(message)),
-            other => Err(Error::Protocol(format!("unexpected message {other:?}"))),
+            other => Err(Error::Protocol(format!("unexpected `{}` message", other.kind()))),
         }
     }
 

@@ -48,7 +48,7 @@ pub enum Error {
     #[error("the server no longer knows the cached version")]
     UnknownBase,
     /// The server answered with an error.
-    #[error("server refused: {message} ({code:?})")]
+    #[error("server refused: {message} ({code})")]
     Server {
         /// The server's error code.
         code: ErrorCode,

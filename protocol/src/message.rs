@@ -132,6 +132,22 @@ pub enum ServerMessage {
     },
 }
 
+impl ServerMessage {
+    /// The message's `type`, as on the wire: for errors about an unexpected message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::UpToDate { .. } => "up_to_date",
+            ServerMessage::Update(_) => "update",
+            ServerMessage::UnknownBase { .. } => "unknown_base",
+            ServerMessage::Folder { .. } => "folder",
+            ServerMessage::Subscribed { .. } => "subscribed",
+            ServerMessage::Changed { .. } => "changed",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+}
+
 /// The body of an `update` answer.
 ///
 /// It carries no chunk ids for the chunks that follow, nor the file's length and SHA-256: the
@@ -206,6 +222,28 @@ pub enum ErrorCode {
     Unsupported,
     /// The server requires a token and `hello` had none, or a wrong one.
     Unauthorized,
+}
+
+impl ErrorCode {
+    /// The code as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ProtocolVersion => "protocol_version",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::UnknownAsset => "unknown_asset",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 const KIND_CHUNK: u8 = 1;

@@ -434,7 +434,7 @@ impl Connection {
             Incoming::Control(ServerMessage::Error { message, .. }) => {
                 bail!("server refused to watch {scope}: {message}")
             }
-            other => bail!("unexpected answer to subscribe: {other:?}"),
+            other => bail!("unexpected `{}` answer to subscribe", other.kind()),
         }
     }
 
@@ -455,7 +455,7 @@ impl Connection {
                 Incoming::Control(ServerMessage::Error { id: None, message, .. }) => {
                     bail!("server closed the connection: {message}")
                 }
-                other => bail!("unexpected message while waiting for changes: {other:?}"),
+                other => bail!("unexpected `{}` message while waiting for changes", other.kind()),
             }
         }
     }
@@ -538,7 +538,7 @@ impl Connection {
                 Incoming::Control(ServerMessage::Error { id: Some(_), code, message }) => {
                     return Err(SyncError::Server { code, message }.into());
                 }
-                other => bail!("unexpected answer to sync_folder: {other:?}"),
+                other => bail!("unexpected `{}` answer to sync_folder", other.kind()),
             }
         };
         let changes = folder_changes(&held, &files);
@@ -800,4 +800,14 @@ enum Outcome {
 enum Incoming {
     Control(ServerMessage),
     Frame(Vec<u8>),
+}
+
+impl Incoming {
+    /// What arrived, for errors: the message's `type`, or a binary frame.
+    fn kind(&self) -> &'static str {
+        match self {
+            Incoming::Control(message) => message.kind(),
+            Incoming::Frame(_) => "binary frame",
+        }
+    }
 }

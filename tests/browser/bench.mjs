@@ -179,6 +179,49 @@ const micro = await inFreshPage(async () => {
 });
 
 await context.close();
+
+// Memory: a MEMORY_MB asset (default 100; 0 skips) synced cold and then updated (~1%) in one
+// page of a fresh browser; the tab's cost is its renderer process's peak resident memory
+// (VmHWM) over what it held before the first sync.
+const memoryMb = Number(process.env.MEMORY_MB ?? 100);
+const memory = [];
+if (memoryMb > 0) {
+  const big = (edit) => Buffer.concat(Array.from({ length: memoryMb / 10 }, () => build(edit)));
+  await publish(big(0));
+  for (const [p] of pkgs.entries()) {
+    const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "assetsync-profile-")), {
+      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+      args: browserArgs,
+    });
+    const page = await browser.newPage();
+    await page.goto(origin + "/index.html");
+    await page.evaluate(async (p) => {
+      window.m = await import(`/pkg${p}/assetsync.js`);
+      await window.m.default();
+    }, p);
+    const cdp = await browser.newCDPSession(page);
+    const { processInfo } = await cdp.send("SystemInfo.getProcessInfo");
+    const renderers = processInfo.filter((i) => i.type === "renderer").map((i) => i.id);
+    if (renderers.length !== 1) throw new Error(`expected one renderer, found ${renderers.length}`);
+    const status = (field) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${renderers[0]}/status`, "utf8"))[1]) * 1024;
+    const before = status("VmRSS");
+    const sync = () => page.evaluate(async (ws) => {
+      const client = await window.m.SyncClient.connect(ws, { db: "memory" });
+      const r = await client.sync("big.js");
+      const out = { bytes: r.bytes().length, wire: r.stats.wireBytesIn };
+      r.free();
+      client.close();
+      return out;
+    }, server.ws);
+    const cold = await sync();
+    const coldPeak = status("VmHWM");
+    await publish(big(1));
+    const update = await sync();
+    await publish(big(0));
+    memory.push({ size: cold.bytes, before, coldPeak, updatePeak: status("VmHWM"), update });
+    await browser.close();
+  }
+}
 await server.stop();
 web.close();
 
@@ -198,6 +241,16 @@ for (const [p, pkg] of pkgs.entries()) {
   console.log(`| cold sync, empty store | ${ms(rows.cold[p])} | ${ratio(rows.cold[p], rows.fetch)} | | ${task(rows.cold[p])} |`);
   console.log(`| unchanged asset, new page | ${ms(rows.same[p])} | ${ratio(rows.same[p], rows.fetch)} | ${ratio(rows.same[p], rows.cached)} | ${task(rows.same[p])} |`);
   console.log(`| update, ~1% changed (${u.chunks - u.chunksReused} of ${u.chunks} chunks, ${kb(u.wireBytesIn)} in) | ${ms(rows.update[p])} | ${ratio(rows.update[p], rows.fetch)} | | ${task(rows.update[p])} |`);
+  console.log("");
+}
+if (memory.length) {
+  console.log(`| memory, ${memoryMb} MB asset | tab before | peak over it, cold sync | peak over it, after the update too |`);
+  console.log("|---|---:|---:|---:|");
+  const mib = (n) => `${(n / 1048576).toFixed(0)} MiB`;
+  for (const [p, m] of memory.entries()) {
+    const over = (peak) => `${mib(peak - m.before)} (${((peak - m.before) / m.size).toFixed(1)}x)`;
+    console.log(`| ${pkgs[p]} | ${mib(m.before)} | ${over(m.coldPeak)} | ${over(m.updatePeak)} |`);
+  }
   console.log("");
 }
 console.log("| measurement (first build) | result |");

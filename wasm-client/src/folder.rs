@@ -140,7 +140,12 @@ impl Client {
                         chunks = ChunkSet::new(held_chunk_ids(held));
                     }
                     ServerMessage::Error { message, .. } => return Err(Fatal::refused(message)),
-                    other => return Err(Fatal::lost(format!("unexpected answer to sync_folder: {other:?}"))),
+                    other => {
+                        return Err(Fatal::lost(format!(
+                            "unexpected `{}` answer to sync_folder",
+                            other.kind()
+                        )));
+                    }
                 },
                 _ => return Err(Fatal::lost("unexpected binary frame in answer to sync_folder")),
             }

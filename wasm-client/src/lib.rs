@@ -658,7 +658,7 @@ impl Client {
                     Ok(socket)
                 }
                 ServerMessage::Error { message, .. } => Err(js_error(format!("server refused: {message}"))),
-                other => Err(js_error(format!("unexpected handshake answer: {other:?}"))),
+                other => Err(js_error(format!("unexpected `{}` answer to hello", other.kind()))),
             },
             _ => Err(js_error("unexpected binary frame during the handshake")),
         }

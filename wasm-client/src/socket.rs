@@ -38,8 +38,8 @@ impl Socket {
     /// Connects and waits until the socket is open. Payload bytes of the frames it receives
     /// are added to `received`, for the wire statistics.
     pub async fn open(url: &str, received: Rc<Cell<u64>>) -> Result<Socket, SocketError> {
-        let ws =
-            WebSocket::new(url).map_err(|e| SocketError(format!("invalid server URL {url:?}: {e:?}")))?;
+        let ws = WebSocket::new(url)
+            .map_err(|e| SocketError(format!("invalid server URL {url:?}: {}", describe(&e))))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
         let (tx, rx) = mpsc::unbounded();
 
@@ -95,7 +95,9 @@ impl Socket {
 
     /// Sends a text frame.
     pub fn send_text(&self, text: &str) -> Result<(), SocketError> {
-        self.ws.send_with_str(text).map_err(|e| SocketError(format!("connection lost while sending: {e:?}")))
+        self.ws
+            .send_with_str(text)
+            .map_err(|e| SocketError(format!("connection lost while sending: {}", describe(&e))))
     }
 
     /// The next message or event; `None` once the socket is gone.
@@ -126,5 +128,16 @@ impl Drop for Socket {
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
         let _ = self.ws.close();
+    }
+}
+
+/// A JS exception as text: `name: message` for an `Error` or `DOMException`, else the value
+/// itself if it is a string.
+pub fn describe(e: &JsValue) -> String {
+    let field = |name: &str| js_sys::Reflect::get(e, &name.into()).ok().and_then(|v| v.as_string());
+    match (field("name"), field("message")) {
+        (Some(name), Some(message)) if !message.is_empty() => format!("{name}: {message}"),
+        (Some(name), _) => name,
+        _ => e.as_string().unwrap_or_else(|| "an unknown JavaScript error".into()),
     }
 }

@@ -52,7 +52,7 @@ impl From<idb::Error> for StoreError {
 
 impl StoreError {
     fn new(text: String) -> Self {
-        if text.contains("QuotaExceeded") || text.to_lowercase().contains("quota") {
+        if text.contains("QuotaExceeded") || text.contains("quota") {
             StoreError(format!("storage quota exceeded ({text})"))
         } else {
             StoreError(format!("IndexedDB error: {text}"))
@@ -60,7 +60,7 @@ impl StoreError {
     }
 
     fn js(e: JsValue) -> Self {
-        StoreError::new(e.as_string().unwrap_or_else(|| format!("{e:?}")))
+        StoreError::new(crate::socket::describe(&e))
     }
 }
 

@@ -59,7 +59,7 @@ impl Client {
                 ServerMessage::Error { message, .. } => {
                     Err(js_error(format!("cannot subscribe to {:?}: {message}", scope.to_string())))
                 }
-                other => Err(js_error(format!("unexpected answer to subscribe: {other:?}"))),
+                other => Err(js_error(format!("unexpected `{}` answer to subscribe", other.kind()))),
             },
             _ => Err(js_error("unexpected binary frame in answer to subscribe")),
         }
