@@ -153,7 +153,7 @@ impl Manifest {
 /// On the wire: `[from, count]` copies `count` entries of the base manifest starting at `from`;
 /// `["<hex id>", len]` is a chunk the base does not list at that place; a bare `len` is a chunk
 /// whose bytes follow in this answer, and whose id the client computes from them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum RecipeOp {
     /// Entries `from..from + count` of the base manifest.
@@ -162,6 +162,66 @@ pub enum RecipeOp {
     Chunk(ChunkId, u32),
     /// A chunk of this length whose bytes are sent with the answer.
     Sent(u32),
+}
+
+/// Reads the three shapes by what the JSON holds, instead of serde's untagged matching, which
+/// buffers every entry and tries each variant in turn (slower, and a large part of the browser
+/// client's code).
+impl<'de> Deserialize<'de> for RecipeOp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Error as _, Unexpected};
+
+        /// The first element of a pair: a position in the base, or a chunk id.
+        enum First {
+            From(u32),
+            Id(ChunkId),
+        }
+        struct FirstVisitor;
+        impl de::Visitor<'_> for FirstVisitor {
+            type Value = First;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a manifest position or a chunk id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<First, E> {
+                u32::try_from(v)
+                    .map(First::From)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<First, E> {
+                Hash::from_hex(v).map(First::Id).map_err(E::custom)
+            }
+        }
+        impl<'de> Deserialize<'de> for First {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(FirstVisitor)
+            }
+        }
+
+        struct OpVisitor;
+        impl<'de> de::Visitor<'de> for OpVisitor {
+            type Value = RecipeOp;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chunk length, [from, count] or [\"<chunk id>\", length]")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RecipeOp, E> {
+                u32::try_from(v)
+                    .map(RecipeOp::Sent)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RecipeOp, A::Error> {
+                let first: First = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let second: u32 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(match first {
+                    First::From(from) => RecipeOp::Copy(from, second),
+                    First::Id(id) => RecipeOp::Chunk(id, second),
+                })
+            }
+        }
+        d.deserialize_any(OpVisitor)
+    }
 }
 
 /// Encodes `new` as a delta against `base` (or as a plain list when there is no base).
@@ -274,6 +334,15 @@ mod tests {
         let json = serde_json::to_string(&ops).unwrap();
         assert_eq!(json, format!("[[3,4],[\"{}\",7],9]", "ab".repeat(32)));
         assert_eq!(serde_json::from_str::<Vec<RecipeOp>>(&json).unwrap(), ops);
+    }
+
+    #[test]
+    fn recipe_ops_reject_every_other_shape() {
+        for bad in
+            ["-1", "1.5", "4294967296", "[]", "[1]", "[1,2,3]", r#"["zz",1]"#, r#"[1,"a"]"#, "{}", "null"]
+        {
+            assert!(serde_json::from_str::<RecipeOp>(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub enum ClientMessage {
 }
 
 /// Messages from server to client.
+///
+/// Read through [`WireServerMessage`], one flat struct, rather than serde's internally tagged
+/// enums, which buffer the whole message first (a large part of the browser client's code).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "WireServerMessage")]
 pub enum ServerMessage {
     /// Answer to `hello`.
     Welcome {
@@ -130,6 +133,70 @@ pub enum ServerMessage {
         /// Human-readable cause.
         message: String,
     },
+}
+
+/// Every field any [`ServerMessage`] has, as it arrives; which ones must be present depends on
+/// `type`. Fields of other types are ignored, as unknown fields are.
+#[derive(Deserialize)]
+struct WireServerMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<u32>,
+    protocol: Option<u32>,
+    server: Option<String>,
+    limits: Option<Limits>,
+    #[serde(default)]
+    encodings: Vec<String>,
+    version: Option<VersionId>,
+    asset: Option<AssetPath>,
+    base: Option<u32>,
+    params: Option<ChunkParams>,
+    recipe: Option<Vec<RecipeOp>>,
+    #[serde(default)]
+    dict: bool,
+    files: Option<Vec<FolderEntry>>,
+    code: Option<ErrorCode>,
+    message: Option<String>,
+}
+
+impl TryFrom<WireServerMessage> for ServerMessage {
+    type Error = String;
+
+    fn try_from(w: WireServerMessage) -> Result<Self, String> {
+        fn need<T>(value: Option<T>, field: &str) -> Result<T, String> {
+            value.ok_or_else(|| format!("missing field `{field}`"))
+        }
+        Ok(match w.kind.as_str() {
+            "welcome" => ServerMessage::Welcome {
+                protocol: need(w.protocol, "protocol")?,
+                server: need(w.server, "server")?,
+                limits: need(w.limits, "limits")?,
+                encodings: w.encodings,
+            },
+            "up_to_date" => {
+                ServerMessage::UpToDate { id: need(w.id, "id")?, version: need(w.version, "version")? }
+            }
+            "update" => ServerMessage::Update(Update {
+                id: need(w.id, "id")?,
+                asset: w.asset,
+                version: need(w.version, "version")?,
+                base: w.base,
+                params: w.params,
+                recipe: need(w.recipe, "recipe")?,
+                dict: w.dict,
+            }),
+            "unknown_base" => ServerMessage::UnknownBase { id: need(w.id, "id")? },
+            "folder" => ServerMessage::Folder { id: need(w.id, "id")?, files: need(w.files, "files")? },
+            "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")? },
+            "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
+            "error" => ServerMessage::Error {
+                id: w.id,
+                code: need(w.code, "code")?,
+                message: need(w.message, "message")?,
+            },
+            other => return Err(format!("unknown message type `{other}`")),
+        })
+    }
 }
 
 impl ServerMessage {
@@ -360,6 +427,54 @@ mod tests {
             r#"[1,2,3]"#,
         ] {
             assert!(serde_json::from_str::<ClientMessage>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_server_message_round_trips_and_needs_its_fields() {
+        let v = crate::Hash([7; 32]);
+        let limits =
+            Limits { max_message_bytes: 1, max_have: 2, requests_per_minute: 3, bytes_per_minute: 4 };
+        let asset = AssetPath::new("a.js").unwrap();
+        let all = [
+            ServerMessage::Welcome {
+                protocol: 2,
+                server: "s".into(),
+                limits,
+                encodings: vec!["zstd".into()],
+            },
+            ServerMessage::UpToDate { id: 1, version: v },
+            ServerMessage::Update(Update {
+                id: 2,
+                asset: Some(asset.clone()),
+                version: v,
+                base: Some(0),
+                params: Some(ChunkParams::default()),
+                recipe: vec![RecipeOp::Copy(0, 3), RecipeOp::Chunk(v, 9), RecipeOp::Sent(5)],
+                dict: true,
+            }),
+            ServerMessage::UnknownBase { id: 3 },
+            ServerMessage::Folder { id: 4, files: vec![FolderEntry { asset: asset.clone(), version: v }] },
+            ServerMessage::Subscribed { id: 5 },
+            ServerMessage::Changed { asset: asset.clone(), version: Some(v) },
+            ServerMessage::Changed { asset, version: None },
+            ServerMessage::Error { id: Some(6), code: ErrorCode::UnknownAsset, message: "m".into() },
+            ServerMessage::Error { id: None, code: ErrorCode::BadMessage, message: "m".into() },
+        ];
+        for message in all {
+            let json = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::from_str::<ServerMessage>(&json).unwrap(), message, "{json}");
+        }
+        for bad in [
+            r#"{"type":"up_to_date","id":1}"#,
+            r#"{"type":"update","id":1,"version":"0707070707070707070707070707070707070707070707070707070707070707"}"#,
+            r#"{"type":"welcome","protocol":2,"server":"s"}"#,
+            r#"{"type":"error","code":"internal"}"#,
+            r#"{"type":"nope","id":1}"#,
+            r#"{"id":1}"#,
+            r#"{"type":"subscribed","id":"1"}"#,
+        ] {
+            assert!(serde_json::from_str::<ServerMessage>(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -12,7 +12,7 @@
 
 import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import { extname, join, normalize, resolve } from "node:path";
@@ -189,6 +189,7 @@ if (memoryMb > 0) {
   const big = (edit) => Buffer.concat(Array.from({ length: memoryMb / 10 }, () => build(edit)));
   await publish(big(0));
   for (const [p] of pkgs.entries()) {
+    const before = new Set(readdirSync("/proc"));
     const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "assetsync-profile-")), {
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
       args: browserArgs,
@@ -199,12 +200,19 @@ if (memoryMb > 0) {
       window.m = await import(`/pkg${p}/assetsync.js`);
       await window.m.default();
     }, p);
-    const cdp = await browser.newCDPSession(page);
-    const { processInfo } = await cdp.send("SystemInfo.getProcessInfo");
-    const renderers = processInfo.filter((i) => i.type === "renderer").map((i) => i.id);
-    if (renderers.length !== 1) throw new Error(`expected one renderer, found ${renderers.length}`);
-    const status = (field) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${renderers[0]}/status`, "utf8"))[1]) * 1024;
-    const before = status("VmRSS");
+    // The renderer processes started for this browser (the page's, and any spare one: counted
+    // too, so the figure errs high).
+    const renderers = readdirSync("/proc").filter((pid) => /^\d+$/.test(pid) && !before.has(pid)).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("--type=renderer");
+      } catch {
+        return false;
+      }
+    });
+    const status = (field) => renderers
+      .map((pid) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024)
+      .reduce((a, b) => a + b, 0);
+    const rssBefore = status("VmRSS");
     const sync = () => page.evaluate(async (ws) => {
       const client = await window.m.SyncClient.connect(ws, { db: "memory" });
       const r = await client.sync("big.js");
@@ -218,7 +226,7 @@ if (memoryMb > 0) {
     await publish(big(1));
     const update = await sync();
     await publish(big(0));
-    memory.push({ size: cold.bytes, before, coldPeak, updatePeak: status("VmHWM"), update });
+    memory.push({ size: cold.bytes, before: rssBefore, coldPeak, updatePeak: status("VmHWM"), update, renderers: renderers.length });
     await browser.close();
   }
 }
@@ -244,12 +252,12 @@ for (const [p, pkg] of pkgs.entries()) {
   console.log("");
 }
 if (memory.length) {
-  console.log(`| memory, ${memoryMb} MB asset | tab before | peak over it, cold sync | peak over it, after the update too |`);
+  console.log(`| memory, ${memoryMb} MB asset (renderer processes) | before the first sync | peak over it, cold sync | peak over it, after the update too |`);
   console.log("|---|---:|---:|---:|");
   const mib = (n) => `${(n / 1048576).toFixed(0)} MiB`;
   for (const [p, m] of memory.entries()) {
     const over = (peak) => `${mib(peak - m.before)} (${((peak - m.before) / m.size).toFixed(1)}x)`;
-    console.log(`| ${pkgs[p]} | ${mib(m.before)} | ${over(m.coldPeak)} | ${over(m.updatePeak)} |`);
+    console.log(`| ${pkgs[p]} (${m.renderers}) | ${mib(m.before)} | ${over(m.coldPeak)} | ${over(m.updatePeak)} |`);
   }
   console.log("");
 }
