@@ -160,7 +160,7 @@ for (let i = 0; i < RUNS; i++) {
 if (!rows.cached.every((r) => r.fromCache)) throw new Error("the HTTP-cache baseline did not come from the cache");
 if (rows.fetch.some((r) => r.fromCache)) throw new Error("the fetch() baseline came from the cache");
 if (rows.update.flat().some((r) => r.stats.chunksReused === r.stats.chunks)) throw new Error("an update run found nothing changed");
-if (rows.same.flat().some((r) => r.stats.chunksReused !== r.stats.chunks)) throw new Error("an unchanged run fetched chunks");
+for (const [p, xs] of rows.same.entries()) for (const r of xs) if (r.stats.chunksReused !== r.stats.chunks) throw new Error(`an unchanged run of ${pkgs[p]} fetched chunks: ${JSON.stringify(r.stats)}`);
 
 const micro = await inFreshPage(async () => {
   const t = () => performance.now();
