@@ -7,11 +7,11 @@ use assetsync_protocol::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Have, Manifest, Scope,
     ServerMessage, Synced, folder_changes, held_chunk_ids,
 };
-use js_sys::{Array, Object, Reflect, Uint8Array};
+use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, Fatal, Losses, SyncResult, Timings, js_error, next, now_ms, parse};
+use crate::{Bytes, Client, Fatal, Losses, SyncResult, Timings, js_error, next, now_ms, parse};
 
 /// What one folder sync did.
 pub(crate) struct FolderOutcome {
@@ -195,7 +195,7 @@ impl Client {
     }
 
     fn folder_file_result(&self, synced: Synced, wire_in: u64, elapsed_ms: f64) -> SyncResult {
-        let data = Uint8Array::from(synced.data.as_slice());
+        let data = Bytes::Wasm(Rc::new(synced.data));
         let asset = synced.manifest.path.clone();
         if self.memory_cache {
             self.remembered.borrow_mut().insert(asset.clone(), (synced.version, data.clone()));

@@ -182,7 +182,7 @@ pub struct SyncResult {
     asset: AssetPath,
     version: VersionId,
     /// Kept on the JS side: a file read back from the store never enters WASM memory.
-    data: Uint8Array,
+    data: Bytes,
     stats: Object,
 }
 
@@ -190,7 +190,7 @@ pub struct SyncResult {
 impl SyncResult {
     /// The verified asset bytes.
     pub fn bytes(&self) -> Uint8Array {
-        self.data.slice(0, self.data.length())
+        self.data.to_js()
     }
 
     /// Statistics of the sync.
@@ -406,7 +406,7 @@ impl Client {
                 }
                 task::yield_if_busy().await;
                 let (m, reused) = (&synced.manifest, synced.chunks_reused);
-                (synced.version, m.len, m.chunks.len(), reused, Uint8Array::from(synced.data.as_slice()))
+                (synced.version, m.len, m.chunks.len(), reused, Bytes::Wasm(Rc::new(synced.data)))
             }
             Fetched::Unchanged { version, len, chunks, data } => (version, len, chunks, chunks, data),
         };
@@ -462,7 +462,33 @@ type DataError = (SyncError, Vec<ChunkId>);
 type Prefetch = oneshot::Receiver<Result<FileRead, StoreError>>;
 
 /// Per asset: the version last verified by this client, and its bytes.
-type Remembered = HashMap<AssetPath, (VersionId, Uint8Array)>;
+type Remembered = HashMap<AssetPath, (VersionId, Bytes)>;
+
+/// A verified file's bytes: in WASM memory where this client rebuilt it, on the JS side where it
+/// read it back from the store. Each is copied across only when it is used on the other side.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    Wasm(Rc<Vec<u8>>),
+    Js(Uint8Array),
+}
+
+impl Bytes {
+    /// A copy for JS.
+    fn to_js(&self) -> Uint8Array {
+        match self {
+            Bytes::Wasm(data) => Uint8Array::from(data.as_slice()),
+            Bytes::Js(data) => data.slice(0, data.length()),
+        }
+    }
+
+    /// A copy for WASM.
+    fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Bytes::Wasm(data) => data.as_ref().clone(),
+            Bytes::Js(data) => data.to_vec(),
+        }
+    }
+}
 
 /// What an attempt tells the server the client holds (see [`ClientSync::new`]).
 #[derive(Clone)]
@@ -486,7 +512,7 @@ enum Fetched {
     /// A verified version, to commit unless it is already current.
     Synced(Synced),
     /// The committed version is current: its file, from memory or read back and verified.
-    Unchanged { version: VersionId, len: u64, chunks: usize, data: Uint8Array },
+    Unchanged { version: VersionId, len: u64, chunks: usize, data: Bytes },
 }
 
 /// An error that ends a request. `connection_lost`: the connection was lost or its stream went
@@ -537,17 +563,20 @@ const MAX_RESUME_BACKOFF_MS: i32 = 5_000;
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
     /// else read back from IndexedDB and verified. `Err` inside names missing or damaged chunks.
-    async fn file(&self, manifest: &Manifest) -> Result<FileRead, StoreError> {
+    async fn file(&self, manifest: &Manifest) -> Result<Result<Bytes, Vec<ChunkId>>, StoreError> {
         let version = manifest.version();
         let remembered = self.remembered.borrow().get(&manifest.path).filter(|(v, _)| *v == version).cloned();
         if let Some((_, data)) = remembered {
             return Ok(Ok(data));
         }
         let prefetched = self.prefetched.borrow_mut().take_if(|(v, _)| *v == version);
-        match prefetched {
-            Some((_, loading)) => loading.await.unwrap_or_else(|_| Err(StoreError("read cancelled".into()))),
-            None => self.store.file(manifest).await,
-        }
+        let read = match prefetched {
+            Some((_, loading)) => {
+                loading.await.unwrap_or_else(|_| Err(StoreError("read cancelled".into())))?
+            }
+            None => self.store.file(manifest).await?,
+        };
+        Ok(read.map(Bytes::Js))
     }
 
     /// Starts reading and verifying `file`, the committed file of `base`, in the background,
