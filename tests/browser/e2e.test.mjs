@@ -338,7 +338,7 @@ test("a full IndexedDB quota fails the sync clearly and keeps the previous versi
     window.client = await window.assetsync.SyncClient.connect(ws, { db: "quota" });
     await window.client.sync("big.bin");
   }, server.ws);
-  const v2 = randomBytes(3 * MiB);
+  const v2 = randomBytes(8 * MiB);
   server.write("big.bin", v2);
   const full = await page.evaluate(() => window.client.sync("big.bin").then(() => "resolved", (e) => e.message));
   t.diagnostic(`error: ${full}`);
