@@ -181,7 +181,7 @@ struct Client {
 pub struct SyncResult {
     asset: AssetPath,
     version: VersionId,
-    /// Kept on the JS side: a file read back from the store never enters WASM memory.
+    /// Where it already is (see [`Bytes`]); copied for JS by `bytes()`.
     data: Bytes,
     stats: Object,
 }

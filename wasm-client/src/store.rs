@@ -304,28 +304,13 @@ impl Store {
     /// Commits a verified sync in one transaction: the file, the manifest, the pointer, and the
     /// deletion of the asset's previous version.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {
-        self.commit_inner(synced, false).await
-    }
-
-    async fn commit_inner(&self, synced: &Synced, abort_before_pointer: bool) -> Result<()> {
-        let file = blob(&synced.data)?;
         let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
-        let (files, manifests, refs) =
-            (tx.object_store(FILES)?, tx.object_store(MANIFESTS)?, tx.object_store(REFS)?);
-        let asset = key(synced.manifest.path.as_str());
-        let previous = version_of(refs.get(asset.clone())?.await?).filter(|v| *v != synced.version);
-        let version = key(&synced.version.to_hex());
-        files.put(&file, Some(&version))?;
-        let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
-        manifests.put(&manifest.into(), Some(&version))?;
-        if abort_before_pointer {
-            tx.abort()?.await?;
-            return Err(StoreError("commit aborted".into()));
-        }
-        refs.put(&version, Some(&asset))?;
+        let previous = stage(&tx, synced).await?;
+        let (version, asset) = (key(&synced.version.to_hex()), key(synced.manifest.path.as_str()));
+        tx.object_store(REFS)?.put(&version, Some(&asset))?;
         if let Some(previous) = previous {
-            files.delete(key(&previous.to_hex()))?;
-            manifests.delete(key(&previous.to_hex()))?;
+            tx.object_store(FILES)?.delete(key(&previous.to_hex()))?;
+            tx.object_store(MANIFESTS)?.delete(key(&previous.to_hex()))?;
         }
         finish(tx).await
     }
@@ -377,6 +362,19 @@ impl Store {
         finish(tx).await?;
         Ok(report)
     }
+}
+
+/// The first half of a commit in `tx`: writes the file and the manifest of `synced`, and returns
+/// the asset's current version if it is another one (which the commit then replaces).
+async fn stage(tx: &Transaction, synced: &Synced) -> Result<Option<VersionId>> {
+    let file = blob(&synced.data)?;
+    let asset = key(synced.manifest.path.as_str());
+    let previous = version_of(tx.object_store(REFS)?.get(asset)?.await?).filter(|v| *v != synced.version);
+    let version = key(&synced.version.to_hex());
+    tx.object_store(FILES)?.put(&file, Some(&version))?;
+    let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
+    tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
+    Ok(previous)
 }
 
 /// Where a chunk lies in a file: (offset, len, id).
