@@ -482,6 +482,41 @@ test("a store written by the previous release is upgraded in place, and nothing 
   await context.close();
 });
 
+test("a page of the previous release holding the store open gets a clear error, not a hang", async () => {
+  const www = mkdtempSync(join(tmpdir(), "assetsync-www-"));
+  cpSync(join(repo, "www"), www, { recursive: true });
+  cpSync(join(repo, "tests/browser/fixtures/pkg-v1"), join(www, "pkg-v1"), { recursive: true });
+  const server = await startServer({ www });
+  const v1 = bundle(1);
+  server.write("a.js", v1);
+  const context = await browser.newContext();
+  const old = await context.newPage();
+  await old.goto(server.url + "/style.css");
+  await old.evaluate(async (ws) => {
+    const m = await import("/pkg-v1/assetsync.js");
+    await m.default();
+    window.client = await m.SyncClient.connect(ws, { db: "held" });
+    await window.client.sync("a.js");
+  }, server.ws);
+  const page = await openClientPage(context, server);
+  const started = Date.now();
+  const refused = await page.evaluate((ws) => Promise.race([
+    window.assetsync.SyncClient.connect(ws, { db: "held" }).then(() => "resolved", (e) => e.message),
+    new Promise((ok) => setTimeout(() => ok("still waiting after 15 s"), 15_000)),
+  ]), server.ws);
+  const waited = Date.now() - started;
+  assert.match(refused, /^cannot open the store "held": a page running an older assetsync holds it open; reload or close that page$/);
+  assert.ok(waited < 10_000, `gave up after ${waited} ms`);
+  // Once that page is gone, the same call upgrades the store, and the old version is there.
+  await old.close();
+  assert.equal(await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "held" });
+    return window.hex(await window.client.read("a.js"));
+  }, server.ws), sha256(v1));
+  await server.stop();
+  await context.close();
+});
+
 test("the demo page syncs, rebuilds for kilobytes, and looks right", async () => {
   const server = await startServer({ demo: true });
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });

@@ -37,6 +37,8 @@ const REFS: &str = "refs";
 const ALL: [&str; 4] = [FILES, CHUNKS, MANIFESTS, REFS];
 /// The schema version: 1 kept every chunk as a record of its own, 2 keeps files whole.
 const SCHEMA: u32 = 2;
+/// How long opening the store waits for pages that hold it open and block its upgrade.
+const BLOCKED_MS: i32 = 3_000;
 /// Reused chunks this close together in one file are read with one `Blob.slice`.
 const MAX_GAP: usize = 64 * 1024;
 
@@ -110,12 +112,35 @@ impl Store {
                 }
             }
         });
-        request.on_blocked(|_| {
-            web_sys::console::warn_1(
-                &"assetsync: upgrading the store waits for other tabs to close it".into(),
-            );
+        // Pages of the previous release keep the store open through an upgrade: wait a little for
+        // them to go, then say what holds it.
+        let (blocked, was_blocked) = futures_channel::oneshot::channel();
+        request.on_blocked(move |_| {
+            let _ = blocked.send(());
         });
-        let handle = web_sys::IdbDatabase::from(request.await?);
+        let opening = Box::pin(std::future::IntoFuture::into_future(request));
+        let gave_up = std::pin::pin!(async {
+            match was_blocked.await {
+                Ok(()) => crate::subscribe::sleep(BLOCKED_MS).await,
+                Err(_) => std::future::pending().await,
+            }
+        });
+        let opened = match futures_util::future::select(opening, gave_up).await {
+            futures_util::future::Either::Left((opened, _)) => opened?,
+            futures_util::future::Either::Right(((), opening)) => {
+                // Should the upgrade happen later, that connection is not wanted.
+                wasm_bindgen_futures::spawn_local(async move {
+                    if let Ok(db) = opening.await {
+                        db.close();
+                    }
+                });
+                return Err(StoreError(format!(
+                    "cannot open the store {name:?}: a page running an older assetsync holds it open; \
+                     reload or close that page"
+                )));
+            }
+        };
+        let handle = web_sys::IdbDatabase::from(opened);
         let mut db = Database::from(handle.clone());
         // Let a later schema's upgrade in another tab proceed: this connection steps aside.
         db.on_version_change(move |_| handle.close());
