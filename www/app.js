@@ -194,7 +194,7 @@ async function collect() {
   try {
     const c = await getClient();
     const r = await c.gc();
-    note(`Garbage collection deleted ${r.chunksDeleted} chunks (${fmtBytes(r.bytesFreed)}).`);
+    note(`Garbage collection freed ${fmtBytes(r.bytesFreed)}: ${r.versionsDeleted} unused versions, ${r.chunksDeleted} chunks left by interrupted transfers.`);
   } catch (e) {
     note(e.message, true);
   }

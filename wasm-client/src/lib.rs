@@ -117,7 +117,10 @@ export interface FolderResult {
 }
 /** What `gc` freed. */
 export interface GcReport {
+  /** Chunks kept from transfers that broke and never committed. */
   chunksDeleted: number;
+  /** Stored files of versions no asset points to any more. */
+  versionsDeleted: number;
   bytesFreed: number;
 }
 "#;
@@ -442,6 +445,7 @@ impl Client {
         let report = self.store.gc().await?;
         let out = Object::new();
         Reflect::set(&out, &"chunksDeleted".into(), &report.chunks_deleted.into()).expect("plain object");
+        Reflect::set(&out, &"versionsDeleted".into(), &report.versions_deleted.into()).expect("plain object");
         Reflect::set(&out, &"bytesFreed".into(), &(report.bytes_freed as f64).into()).expect("plain object");
         Ok(out.into())
     }
