@@ -113,19 +113,26 @@ impl SmallDisk {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().unwrap();
         let script = format!("mount -t tmpfs -o size={bytes} tmpfs \"$0\" && echo mounted && exec sleep 600");
-        let mut holder = Command::new("unshare")
+        let holder = Command::new("unshare")
             .args(["--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", &script])
             .arg(dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .spawn()
-            .ok()?;
+            .spawn();
+        let skipped = |why: &str| crate::util::skipped("the disk-full CLI test", why);
+        let mut holder = match holder {
+            Ok(holder) => holder,
+            Err(e) => {
+                skipped(&format!("cannot start unshare: {e}"));
+                return None;
+            }
+        };
         let mut line = String::new();
         BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
         if line.trim() != "mounted" {
             let mut why = String::new();
             let _ = std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut why);
-            eprintln!("SKIPPED: cannot mount a small tmpfs in a user namespace here: {why}");
+            skipped(&format!("cannot mount a small tmpfs in a user namespace here: {why}"));
             let _ = holder.kill();
             return None;
         }

@@ -225,3 +225,18 @@ impl Raw {
         None
     }
 }
+
+/// Notes that `check` could not run here and why: on stderr, and in the file named by
+/// `ASSETSYNC_SKIPS`, which `scripts/test.sh` prints at the end, so that CI's output shows it
+/// even when the test passes.
+pub fn skipped(check: &str, why: &str) {
+    let line = format!("SKIPPED: {check}: {}", why.trim());
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("ASSETSYNC_SKIPS") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().append(true).open(path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
