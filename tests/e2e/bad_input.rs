@@ -148,19 +148,59 @@ async fn idle_connections_are_closed() {
     let e = raw.json().await;
     assert_eq!(e["message"], "idle timeout");
     assert_eq!(raw.close_code().await, Some(1008));
+
+    // A subscribed connection is pinged instead, and stays open while it answers: four idle
+    // periods pass with pings and nothing else.
+    let mut subscribed = Raw::greeted(&server).await;
+    subscribed.send_text(r#"{"type":"subscribe","id":1,"path":""}"#).await;
+    assert_eq!(subscribed.json().await["type"], "subscribed");
+    let (mut pings, until) = (0, tokio::time::Instant::now() + std::time::Duration::from_millis(1200));
+    while let Ok(frame) = tokio::time::timeout_at(until, subscribed.frame()).await {
+        match frame {
+            Some(Message::Ping(_)) => pings += 1,
+            other => panic!("a subscribed connection that answers pings got {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in four idle periods");
+    // One that stops answering is closed after the next period.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), subscribed.close_code()).await;
+    assert_eq!(closed, Ok(Some(1008)), "a subscribed connection that stopped answering pings");
+    server.stop().await;
+}
+
+/// `subscribe` on a server that does not watch its root is refused as `unsupported`, and the
+/// connection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribing_without_watching_is_unsupported() {
+    let server = TestServer::start_with(|c| c.watch = None).await;
+    server.write("a.txt", b"hello");
+    let mut raw = Raw::greeted(&server).await;
+    raw.send_text(r#"{"type":"subscribe","id":1,"path":"a.txt"}"#).await;
+    let e = raw.json().await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_u64(), e["code"].as_str()),
+        (Some("error"), Some(1), Some("unsupported"))
+    );
+    raw.send_text(r#"{"type":"sync","id":2,"asset":"a.txt","have":{}}"#).await;
+    assert_eq!(raw.json().await["type"], "update");
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_limit_are_refused_and_others_continue() {
     let server = TestServer::start_with(|c| c.max_connections = 2).await;
-    let _a = Raw::greeted(&server).await;
+    server.write("a.txt", b"hello");
+    let mut a = Raw::greeted(&server).await;
     let b = Raw::greeted(&server).await;
     let refused = tokio_tungstenite::connect_async(server.url()).await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("third connection was not refused: {other:?}"),
     }
+    // The sessions already open are served as before.
+    a.send_text(r#"{"type":"sync","id":1,"asset":"a.txt","have":{}}"#).await;
+    assert_eq!(a.json().await["type"], "update");
     drop(b);
     // The freed place is reused once the server notices the close.
     let mut last = None;

@@ -204,6 +204,12 @@ impl Raw {
         }
     }
 
+    /// The next frame, pings included (reading one makes the stream answer it with a pong), or
+    /// `None` once the socket has ended.
+    pub async fn frame(&mut self) -> Option<Message> {
+        self.ws.next().await?.ok()
+    }
+
     /// The next message other than ping/pong, or `None` once the socket has ended.
     pub async fn next(&mut self) -> Option<Message> {
         loop {
