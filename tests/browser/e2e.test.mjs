@@ -430,13 +430,17 @@ test("closing the tab in the middle of a sync leaves the previous version readab
   await context.close();
 });
 
-test("a store written by the previous release is upgraded in place, and nothing is fetched again", async () => {
-  // The page is served the previous release's client (version-1 store: a record per chunk)
-  // beside the current one.
+/** A server whose pages can also load the previous release's client, at `/pkg-v1/` (its store
+ *  is the version-1 layout: a record per chunk). */
+async function serverWithPreviousRelease() {
   const www = mkdtempSync(join(tmpdir(), "assetsync-www-"));
   cpSync(join(repo, "www"), www, { recursive: true });
   cpSync(join(repo, "tests/browser/fixtures/pkg-v1"), join(www, "pkg-v1"), { recursive: true });
-  const server = await startServer({ www });
+  return startServer({ www });
+}
+
+test("a store written by the previous release is upgraded in place, and nothing is fetched again", async () => {
+  const server = await serverWithPreviousRelease();
   const files = { "a.js": bundle(1), "dist/x.js": bundle(2), "dist/y.js": randomBytes(300_000) };
   for (const [asset, bytes] of Object.entries(files)) server.write(asset, bytes);
   const context = await browser.newContext();
@@ -483,10 +487,7 @@ test("a store written by the previous release is upgraded in place, and nothing 
 });
 
 test("a page of the previous release holding the store open gets a clear error, not a hang", async () => {
-  const www = mkdtempSync(join(tmpdir(), "assetsync-www-"));
-  cpSync(join(repo, "www"), www, { recursive: true });
-  cpSync(join(repo, "tests/browser/fixtures/pkg-v1"), join(www, "pkg-v1"), { recursive: true });
-  const server = await startServer({ www });
+  const server = await serverWithPreviousRelease();
   const v1 = bundle(1);
   server.write("a.js", v1);
   const context = await browser.newContext();

@@ -735,8 +735,9 @@ impl Client {
             return Ok(match file {
                 Ok(data) => Ok(Fetched::Unchanged { version, len, chunks, data }),
                 Err(damaged) => {
-                    let held = machine.held_chunks().into_iter().filter(|id| !damaged.contains(id)).collect();
-                    Err((SyncError::MissingLocal(damaged), held))
+                    let error = SyncError::MissingLocal(damaged);
+                    let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
+                    Err((error, held.unwrap_or_default()))
                 }
             });
         }

@@ -156,12 +156,7 @@ impl Store {
 
     /// The committed manifest of `asset`, if present and intact.
     pub async fn current(&self, asset: &AssetPath) -> Result<Option<Manifest>> {
-        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
-        let Some(version) = version_of(tx.object_store(REFS)?.get(key(asset.as_str()))?.await?) else {
-            return Ok(None);
-        };
-        let bytes = tx.object_store(MANIFESTS)?.get(key(&version.to_hex()))?.await?;
-        Ok(bytes.and_then(|b| decode_manifest(&b, &version)))
+        Ok(self.current_file(asset).await?.map(|(manifest, _)| manifest))
     }
 
     /// The committed manifest of `asset` and a handle on its file (nothing read yet), in one
@@ -306,8 +301,7 @@ impl Store {
         let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
         let refs = tx.object_store(REFS)?;
         if let Some(version) = version_of(refs.get(key(asset.as_str()))?.await?) {
-            tx.object_store(FILES)?.delete(key(&version.to_hex()))?;
-            tx.object_store(MANIFESTS)?.delete(key(&version.to_hex()))?;
+            delete_version(&tx, &version)?;
         }
         refs.delete(key(asset.as_str()))?;
         finish(tx).await
@@ -334,8 +328,7 @@ impl Store {
         let (version, asset) = (key(&synced.version.to_hex()), key(synced.manifest.path.as_str()));
         tx.object_store(REFS)?.put(&version, Some(&asset))?;
         if let Some(previous) = previous {
-            tx.object_store(FILES)?.delete(key(&previous.to_hex()))?;
-            tx.object_store(MANIFESTS)?.delete(key(&previous.to_hex()))?;
+            delete_version(&tx, &previous)?;
         }
         finish(tx).await
     }
@@ -400,6 +393,13 @@ async fn stage(tx: &Transaction, synced: &Synced) -> Result<Option<VersionId>> {
     let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
     tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
     Ok(previous)
+}
+
+/// Deletes the file and the manifest of `version` in `tx`.
+fn delete_version(tx: &Transaction, version: &VersionId) -> Result<()> {
+    tx.object_store(FILES)?.delete(key(&version.to_hex()))?;
+    tx.object_store(MANIFESTS)?.delete(key(&version.to_hex()))?;
+    Ok(())
 }
 
 /// Where a chunk lies in a file: (offset, len, id).

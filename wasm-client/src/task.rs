@@ -3,7 +3,7 @@
 //! between steps it yields to the browser, so that no main-thread task runs long.
 
 use js_sys::{Function, Promise, Reflect};
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 /// Lets the browser run input, rendering and other tasks before the client goes on:
@@ -20,17 +20,10 @@ pub async fn yield_now() {
         (Some(scheduler), Some(f)) => f.call0(&scheduler).ok().and_then(|p| p.dyn_into::<Promise>().ok()),
         _ => None,
     };
-    let promise = promise.unwrap_or_else(|| {
-        Promise::new(&mut |resolve, _| {
-            let set_timeout =
-                Reflect::get(&global, &"setTimeout".into()).ok().and_then(|f| f.dyn_into::<Function>().ok());
-            match set_timeout {
-                Some(f) => drop(f.call2(&JsValue::NULL, &resolve, &0.into())),
-                None => drop(resolve.call0(&JsValue::NULL)),
-            }
-        })
-    });
-    let _ = JsFuture::from(promise).await;
+    match promise {
+        Some(promise) => drop(JsFuture::from(promise).await),
+        None => crate::subscribe::sleep(0).await,
+    }
 }
 
 thread_local! {
