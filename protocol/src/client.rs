@@ -46,6 +46,7 @@ pub enum Event {
 }
 
 /// The compression prefix of an answer.
+#[derive(Debug)]
 enum Prefix {
     /// Not provided yet.
     Wanted,
@@ -88,6 +89,7 @@ pub struct Synced {
 
 // One per sync in flight, never stored in bulk: boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 enum State {
     Waiting,
     Receiving {
@@ -112,6 +114,7 @@ enum State {
 }
 
 /// One sync of one asset, from request to verified result.
+#[derive(Debug)]
 pub struct ClientSync {
     id: u32,
     asset: AssetPath,
@@ -160,6 +163,11 @@ impl ClientSync {
     pub fn for_folder_file(id: u32, asset: AssetPath, named: Vec<Manifest>, prefix: usize) -> Self {
         let named = named.into_iter().map(|m| (m.version(), m)).collect();
         ClientSync { id, asset, named, has_base: false, prefix, driver_hashes: false, state: State::Waiting }
+    }
+
+    /// The asset this answer is for.
+    pub fn asset(&self) -> &AssetPath {
+        &self.asset
     }
 
     /// The prefix length of the request's chunk set, for [`Error::retry_holding`].

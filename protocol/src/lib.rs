@@ -9,7 +9,9 @@
 //!   [`ChunkFrame`]s.
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
 //! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
-//! - [`client`]: the client's sans-IO [`ClientSync`] machine.
+//! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
+//! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines
+//!   that both drivers run.
 //!
 //! This crate never touches sockets, files, clocks or IndexedDB, so it cannot fail for I/O
 //! reasons and compiles unchanged for `wasm32-unknown-unknown`.
@@ -17,6 +19,7 @@
 pub mod chunk;
 pub mod client;
 pub mod compress;
+pub mod engine;
 mod error;
 mod hash;
 mod have;
@@ -41,4 +44,4 @@ pub use message::{
     ServerMessage, Update,
 };
 pub use path::{AssetPath, Scope};
-pub use plan::{ClientView, Plan, plan};
+pub use plan::{ClientView, Plan, ask_for_chunks, client_holds, folder_sends, plan};

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::{ChunkId, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
+use crate::{ChunkId, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
 
 /// What the server answers one `sync` with.
 #[derive(Debug)]
@@ -66,4 +66,33 @@ pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<
         dict: false,
     };
     Plan { message: ServerMessage::Update(update), send }
+}
+
+/// Whether to answer `unknown_base` instead of an update (protocol 2 and later): the client named
+/// versions this server does not know (`unknown`: its own version for a `sync`, any of them for
+/// a `sync_folder`) and listed no chunks. Its chunk list then costs far less than resending the
+/// chunks it holds; the client asks again listing them.
+pub fn ask_for_chunks(protocol: u32, have: &Have, unknown: bool) -> bool {
+    protocol >= 2 && !have.versions.is_empty() && unknown && have.chunks.is_empty()
+}
+
+/// Every chunk a client holds as far as the server can tell: those of the `known` versions it
+/// named, and those of `wanted` (the manifests the answer may send) that `have.chunks` matches.
+pub fn client_holds<'k, 'w>(
+    have: &Have,
+    known: impl IntoIterator<Item = &'k Manifest>,
+    wanted: impl IntoIterator<Item = &'w Manifest>,
+) -> HashSet<ChunkId> {
+    let candidates = wanted.into_iter().flat_map(|m| m.chunks.iter().map(|c| &c.id));
+    let mut held: HashSet<ChunkId> = have.chunks.matching(candidates).into_iter().collect();
+    for m in known {
+        held.extend(m.chunks.iter().map(|c| c.id));
+    }
+    held
+}
+
+/// Whether a `sync_folder` answer carries an `update` for a listed file: the client did not name
+/// its version. [`crate::folder_changes`] is the client's side of the same rule.
+pub fn folder_sends(have: &Have, version: &VersionId) -> bool {
+    !have.versions.contains(version)
 }

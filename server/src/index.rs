@@ -218,11 +218,8 @@ impl AssetIndex {
         let versions = self.versions.read().expect("poisoned");
         let known: Vec<(u32, Arc<Indexed>)> =
             (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, versions.get(v)?.clone()))).collect();
-        let candidates = wanted.into_iter().flat_map(|m| m.chunks.iter().map(|c| &c.id));
-        let mut held: HashSet<ChunkId> = have.chunks.matching(candidates).into_iter().collect();
-        for (_, k) in &known {
-            held.extend(k.manifest.chunks.iter().map(|c| c.id));
-        }
+        let held =
+            assetsync_protocol::client_holds(have, known.iter().map(|(_, k)| k.manifest.as_ref()), wanted);
         (known, held)
     }
 

@@ -8,7 +8,8 @@ use std::collections::HashSet;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash, Have,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Scope, ServerMessage, compress, plan,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Scope, ServerMessage, ask_for_chunks, compress, folder_sends,
+    plan,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -410,14 +411,14 @@ async fn sync_folder(
         }
     };
     let (known, mut held) = state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref()));
-    if peer.protocol >= 2 && known.len() < have.versions.len() && have.chunks.is_empty() {
+    if ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
     let entries =
         files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
     send_json(socket, &ServerMessage::Folder { id, files: entries }).await?;
     let (mut updated, mut frame_bytes) = (0, 0);
-    for file in files.iter().filter(|f| !have.versions.contains(&f.version)) {
+    for file in files.iter().filter(|f| folder_sends(&have, &f.version)) {
         // The delta base and compression prefix: the client's version of the same file.
         let base = known.iter().find(|(_, k)| k.manifest.path == file.manifest.path);
         let path = Some(file.manifest.path.clone());

@@ -1,0 +1,381 @@
+//! The sync of a folder: one request lists it and brings every new or changed file, each
+//! verified and committed as it arrives; files the server no longer lists are removed; a file
+//! whose data failed verification is synced again on its own afterwards. A lost connection is
+//! resumed: the files committed so far are held by then, and the chunks that had arrived of the
+//! file in flight are kept and listed.
+
+use std::collections::VecDeque;
+use std::mem;
+
+use super::answer::{Answer, End};
+use super::{
+    Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
+};
+use crate::{
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, Have, Manifest, Scope, ServerMessage,
+    Synced, VerifiedChunk, folder_changes, held_chunk_ids,
+};
+
+/// What a folder sync did.
+#[derive(Debug)]
+pub struct FolderDone {
+    /// Files the server lists in the folder.
+    pub files: usize,
+    /// Files fetched, verified and committed, in that order.
+    pub fetched: Vec<AssetPath>,
+    /// Files removed because the server no longer lists them.
+    pub removed: Vec<AssetPath>,
+    /// Figures of the whole folder.
+    pub report: SyncReport,
+}
+
+// One per folder sync, never stored in bulk: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum State {
+    Ready,
+    Listing(u32),
+    File(Answer, SyncReport),
+    Keeping(Vec<VerifiedChunk>, String),
+    Reconnecting(u32),
+    Committing(Synced, SyncReport),
+    Removing,
+    Again(Box<AssetSync>),
+    Finished,
+    Failed(ClientError),
+    Over,
+}
+
+/// The sync of a folder (see the [module docs](self)).
+#[derive(Debug)]
+pub struct FolderSync {
+    folder: Scope,
+    next_id: u32,
+    /// The committed versions of the folder's files, kept current as files commit.
+    held: Vec<Manifest>,
+    /// What the request in flight named, in that order.
+    named: Vec<Manifest>,
+    /// The request's `have.chunks`, and whether it lists `held`'s chunks already.
+    chunks: Vec<ChunkId>,
+    listed: bool,
+    /// The answer's id, the prefix length of its chunk set, and its files still to come.
+    answer: (u32, usize),
+    to_fetch: VecDeque<AssetPath>,
+    to_remove: VecDeque<AssetPath>,
+    /// Files whose data failed verification, synced again on their own, with the chunks still
+    /// held intact.
+    again: VecDeque<(AssetPath, Vec<ChunkId>)>,
+    /// Committed versions reused chunks may be read from.
+    sources: Vec<Manifest>,
+    kept: Vec<ChunkId>,
+    resume: bool,
+    driver_hashes: bool,
+    losses: Losses,
+    files: usize,
+    fetched: Vec<AssetPath>,
+    removed: Vec<AssetPath>,
+    report: SyncReport,
+    queue: Queue,
+    state: State,
+}
+
+impl FolderSync {
+    /// A sync of `folder` (not a single asset), whose files' committed versions are `held`.
+    pub fn new(folder: Scope, held: Vec<Manifest>, next_id: u32) -> Self {
+        FolderSync {
+            folder,
+            next_id: next_id.max(1),
+            named: Vec::new(),
+            chunks: Vec::new(),
+            listed: false,
+            answer: (0, 0),
+            to_fetch: VecDeque::new(),
+            to_remove: VecDeque::new(),
+            again: VecDeque::new(),
+            sources: held.clone(),
+            held,
+            kept: Vec::new(),
+            resume: true,
+            driver_hashes: false,
+            losses: Losses::default(),
+            files: 0,
+            fetched: Vec::new(),
+            removed: Vec::new(),
+            report: SyncReport::default(),
+            queue: Queue::new(),
+            state: State::Ready,
+        }
+    }
+
+    /// See [`AssetSync::without_resume`].
+    pub fn without_resume(mut self) -> Self {
+        self.resume = false;
+        self
+    }
+
+    /// See [`AssetSync::driver_hashes`].
+    pub fn driver_hashes(mut self) -> Self {
+        self.driver_hashes = true;
+        self
+    }
+
+    /// The first request id this sync has not used.
+    pub fn next_id(&self) -> u32 {
+        self.next_id
+    }
+
+    /// The result, after [`Action::Done`].
+    pub fn finish(self) -> FolderDone {
+        assert!(matches!(self.state, State::Finished), "finish() before Action::Done");
+        FolderDone { files: self.files, fetched: self.fetched, removed: self.removed, report: self.report }
+    }
+
+    fn on_listing(&mut self, id: u32, text: &str) {
+        self.state = match serde_json::from_str::<ServerMessage>(text) {
+            Ok(ServerMessage::Folder { id: got, files }) if got == id => {
+                let changes = folder_changes(&self.held, &files);
+                self.files = files.len();
+                self.to_fetch = changes.fetch.into();
+                self.to_remove = changes.removed.into();
+                return self.next_file();
+            }
+            // The server forgot some of these versions: list their chunks instead.
+            Ok(ServerMessage::UnknownBase { id: got }) if got == id && !self.listed => {
+                self.chunks.extend(held_chunk_ids(&self.held));
+                self.listed = true;
+                State::Ready
+            }
+            Ok(ServerMessage::Error { id: Some(got), code, message }) if got == id => {
+                State::Failed(ClientError::Refused { code, message })
+            }
+            Ok(ServerMessage::Changed { asset, version }) => {
+                self.queue.push_back(Action::Changed { asset, version });
+                State::Listing(id)
+            }
+            Ok(ServerMessage::Error { id: None, message, .. }) => {
+                return self.lost(Error::ConnectionClosed(message).to_string());
+            }
+            Ok(other) => return self.lost(format!("unexpected `{}` answer to sync_folder", other.kind())),
+            Err(e) => return self.lost(format!("invalid message from server: {e}")),
+        };
+    }
+
+    /// The next file of the answer, or what follows the answer.
+    fn next_file(&mut self) {
+        let (id, prefix) = self.answer;
+        self.state = match self.to_fetch.pop_front() {
+            Some(asset) => {
+                let machine = ClientSync::for_folder_file(id, asset, self.named.clone(), prefix);
+                let answer = Answer::new(machine, None, self.sources.clone(), self.driver_hashes);
+                State::File(answer, SyncReport { requests: 1, ..SyncReport::default() })
+            }
+            None => {
+                // Every chunk kept after a cut is in a committed file now.
+                if !self.kept.is_empty() {
+                    self.queue.push_back(Action::Release(mem::take(&mut self.kept)));
+                }
+                return self.after_answer();
+            }
+        };
+    }
+
+    /// Removals, then the files to sync again, then done.
+    fn after_answer(&mut self) {
+        self.state = if !self.to_remove.is_empty() {
+            State::Removing
+        } else if let Some((asset, held)) = self.again.pop_front() {
+            // As a single sync's retry would: naming only the chunks found intact.
+            let sources = self.sources.clone();
+            let mut sync = AssetSync::new(asset, None, Vec::new(), self.next_id).retrying(held, sources);
+            if !self.resume {
+                sync = sync.without_resume();
+            }
+            if self.driver_hashes {
+                sync = sync.driver_hashes();
+            }
+            State::Again(Box::new(sync))
+        } else {
+            State::Finished
+        };
+    }
+
+    fn file_ended(&mut self, end: End, report: SyncReport) {
+        let asset = self.named_asset();
+        match end {
+            End::Verified(synced) => self.state = State::Committing(synced, report),
+            End::Lost { why, kept } if kept.is_empty() => self.lost(why),
+            End::Lost { why, kept } => self.state = State::Keeping(kept, why),
+            End::Refused { code, message } => {
+                self.state = State::Failed(ClientError::Refused { code, message });
+            }
+            End::Retry { error, held } => {
+                if let Error::MissingLocal(damaged) = &error {
+                    self.queue.push_back(Action::Discard(damaged.clone()));
+                }
+                self.queue.push_back(Action::Warn(format!("{asset}: {error}; fetching it again")));
+                self.again.push_back((asset, held.unwrap_or_default()));
+                self.next_file();
+            }
+            End::Unchanged(_) => self.next_file(),
+        }
+    }
+
+    /// The asset of the file answer in flight.
+    fn named_asset(&self) -> AssetPath {
+        match &self.state {
+            State::File(answer, _) => answer.asset().clone(),
+            _ => unreachable!("only called for a file answer"),
+        }
+    }
+
+    fn lost(&mut self, why: String) {
+        self.state = match self.losses.next(&why) {
+            _ if !self.resume => State::Failed(ClientError::Lost(why)),
+            Ok(after_ms) => {
+                self.queue.push_back(Action::Warn(format!("{}: {why}; reconnecting", self.folder)));
+                State::Reconnecting(after_ms)
+            }
+            Err(error) => State::Failed(error),
+        };
+        self.report.reconnects = self.losses.count;
+    }
+
+    fn committed(&mut self, synced: Synced, report: SyncReport) {
+        let manifest = synced.manifest.clone();
+        self.held.retain(|m| m.path != manifest.path);
+        self.held.push(manifest.clone());
+        self.sources.push(manifest);
+        self.fetched.push(synced.manifest.path.clone());
+        self.queue.push_back(Action::FileDone(Finished { fetched: Fetched::Synced(synced), report }));
+    }
+}
+
+impl Machine for FolderSync {
+    fn poll(&mut self) -> Action<'_> {
+        if let Some(action) = self.queue.pop_front() {
+            return action;
+        }
+        match mem::replace(&mut self.state, State::Over) {
+            State::Ready => {
+                let id = bump(&mut self.next_id);
+                let chunks: Vec<ChunkId> = self.chunks.iter().chain(&self.kept).copied().collect();
+                let chunks = ChunkSet::new(chunks);
+                self.answer = (id, chunks.prefix());
+                self.named = self.held.clone();
+                let have = Have { versions: self.named.iter().map(Manifest::version).collect(), chunks };
+                self.report.requests += 1;
+                self.state = State::Listing(id);
+                return Action::Send(ClientMessage::SyncFolder { id, folder: self.folder.to_string(), have });
+            }
+            State::Again(mut sync) if sync.at_end() => {
+                let failed = match sync.poll() {
+                    Action::Failed(error) => Some(error),
+                    _ => None,
+                };
+                self.next_id = sync.next_id();
+                match failed {
+                    Some(error) => self.state = State::Failed(error),
+                    None => {
+                        let mut done = sync.finish();
+                        add(&mut self.report, &done.report);
+                        // The folder's request counts for this file too.
+                        (done.report.requests, done.report.retried) = (done.report.requests + 1, true);
+                        if let Fetched::Synced(synced) = done.fetched {
+                            self.committed(synced, done.report);
+                        }
+                        self.after_answer();
+                    }
+                }
+                return self.poll();
+            }
+            State::Failed(error) => return Action::Failed(error),
+            State::Over => panic!("poll() after Action::Failed"),
+            state => self.state = state,
+        }
+        match &mut self.state {
+            State::Listing(_) => Action::Receive,
+            State::File(answer, _) => answer.poll(),
+            State::Keeping(kept, _) => Action::Keep(kept),
+            State::Reconnecting(after_ms) => Action::Reconnect { after_ms: *after_ms },
+            State::Committing(synced, _) => Action::Commit(synced),
+            State::Removing => Action::Remove(self.to_remove.front().expect("Removing has one")),
+            State::Again(sync) => sync.poll(),
+            State::Finished => Action::Done,
+            State::Ready | State::Failed(_) | State::Over => unreachable!("handled above"),
+        }
+    }
+
+    fn handle(&mut self, input: Input<'_>) {
+        match (mem::replace(&mut self.state, State::Over), input) {
+            (State::Listing(id), Input::Sent { wire }) => {
+                self.report.wire_out += wire;
+                self.state = State::Listing(id);
+            }
+            (State::Listing(id), Input::Text { text, wire }) => {
+                self.report.wire_in += wire;
+                self.on_listing(id, text);
+            }
+            (State::Listing(_), Input::Frame { wire, .. }) => {
+                self.report.wire_in += wire;
+                self.lost("unexpected binary frame in answer to sync_folder".into());
+            }
+            (State::Listing(_), Input::Lost(why)) => self.lost(why),
+            (State::File(mut answer, mut report), input) => {
+                let before = answer.wire_in;
+                let end = answer.handle(input, &mut self.queue);
+                report.wire_in += answer.wire_in - before;
+                self.report.wire_in += answer.wire_in - before;
+                match end {
+                    Some(end) => {
+                        self.state = State::File(answer, report.clone());
+                        self.file_ended(end, report);
+                    }
+                    None => self.state = State::File(answer, report),
+                }
+            }
+            (State::Keeping(kept, why), Input::Stored) => {
+                self.kept.extend(kept.iter().map(VerifiedChunk::id));
+                self.lost(why);
+            }
+            (State::Reconnecting(_), Input::Reconnected) => {
+                // Files committed meanwhile are held now; the rest is asked for again.
+                (self.chunks, self.listed) = (Vec::new(), false);
+                self.state = State::Ready;
+            }
+            (State::Reconnecting(_), Input::Lost(why)) => self.lost(format!("reconnecting failed: {why}")),
+            (State::Committing(synced, report), Input::Stored) => {
+                self.committed(synced, report);
+                self.next_file();
+            }
+            (State::Removing, Input::Stored) => {
+                let asset = self.to_remove.pop_front().expect("Removing has one");
+                self.held.retain(|m| m.path != asset);
+                self.removed.push(asset);
+                self.after_answer();
+            }
+            (State::Again(mut sync), input) => {
+                sync.handle(input);
+                self.state = State::Again(sync);
+            }
+            (state, input) => {
+                debug_assert!(false, "input {input:?} does not answer {state:?}");
+                self.state = state;
+            }
+        }
+    }
+
+    fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {
+        match &mut self.state {
+            State::File(answer, _) => answer.take_unhashed(),
+            State::Again(sync) => sync.take_unhashed(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn add(total: &mut SyncReport, part: &SyncReport) {
+    total.requests += part.requests;
+    total.reconnects += part.reconnects;
+    total.wire_in += part.wire_in;
+    total.wire_out += part.wire_out;
+}

@@ -1,0 +1,254 @@
+//! The whole client policy as sans-IO machines: what to ask, what to keep after a cut, what to
+//! discard after a failed verification, when to retry, reconnect and commit.
+//!
+//! A machine ([`AssetSync`] for one asset, [`FolderSync`] for a folder) never touches a socket,
+//! a store or a clock. A driver (the native client over tokio and files, the browser client over
+//! a WebSocket and IndexedDB) runs one loop:
+//!
+//! ```text
+//! loop {
+//!     match machine.poll() {
+//!         Action::Send(message) => send it, then Input::Sent (or Input::Lost)
+//!         Action::Receive => read one message, then Input::Text / Input::Frame (or Input::Lost)
+//!         Action::LoadChunks { .. } => read them from the store, then Input::Chunks
+//!         ...
+//!         Action::Done => return the machine's result,
+//!         Action::Failed(error) => return error,
+//!     }
+//! }
+//! ```
+//!
+//! Actions that need an answer say which [`Input`] it is; the others (progress, discard,
+//! release, log lines) are done and the loop goes on. Time is passed in as waits
+//! ([`Action::Reconnect`]), never read, so a machine replays exactly from the same inputs.
+
+mod answer;
+mod asset;
+mod folder;
+
+use std::collections::VecDeque;
+
+pub use asset::{AssetSync, Fetched, Finished};
+pub use folder::{FolderDone, FolderSync};
+
+use crate::{
+    AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, Synced, VerifiedChunk, VersionId,
+};
+
+/// Connections one transfer may lose before it fails.
+pub const MAX_RECONNECTS: u32 = 8;
+/// First wait before reconnecting; doubled after each loss up to [`MAX_RESUME_BACKOFF_MS`] while
+/// resuming a transfer.
+pub const FIRST_BACKOFF_MS: u32 = 250;
+/// Longest wait between reconnections while resuming one transfer.
+pub const MAX_RESUME_BACKOFF_MS: u32 = 5_000;
+/// How many other cached assets' versions accompany a request (their chunks count as held).
+pub const MAX_OTHER_VERSIONS: usize = 64;
+
+/// What the driver does next (see the [module docs](self)).
+#[derive(Debug)]
+pub enum Action<'a> {
+    /// Optional: start reading the committed file of this version in the background. The sync
+    /// needs it whether the answer is `up_to_date` or a delta against it. No input.
+    Prefetch(Manifest),
+    /// Send this message, then [`Input::Sent`], or [`Input::Lost`] if the connection is gone.
+    Send(ClientMessage),
+    /// Read the next message, then [`Input::Text`] or [`Input::Frame`] (or [`Input::Lost`]).
+    Receive,
+    /// Read and verify the committed file of this version (the answer is compressed against it),
+    /// then [`Input::File`].
+    LoadFile(&'a Manifest),
+    /// The asset is unchanged: read and verify its committed file (it is the result, so the
+    /// driver keeps the bytes), then [`Input::Checked`].
+    CheckFile(&'a Manifest),
+    /// Wait for the hashes started on [`AssetSync::take_unhashed`] chunks, then give each back as
+    /// [`Input::Hashed`].
+    FinishHashing,
+    /// Read these chunks from the store, as stored (the whole-file check covers them), then
+    /// [`Input::Chunks`] with those found. `sources` are committed versions that list them, for a
+    /// store that keeps whole files.
+    LoadChunks {
+        /// The chunks wanted.
+        ids: Vec<ChunkId>,
+        /// Committed versions the store may slice them from.
+        sources: &'a [Manifest],
+    },
+    /// Compute the SHA-256 of the rebuilt file, then [`Input::Digest`].
+    Verify(&'a [u8]),
+    /// Store these chunks, which arrived before the connection was lost, so that the resumed
+    /// request lists them as held; then [`Input::Stored`].
+    Keep(&'a [VerifiedChunk]),
+    /// Commit this verified version (and write it out), then [`Input::Stored`].
+    Commit(&'a Synced),
+    /// Delete this asset: it is gone from the server. Then [`Input::Stored`].
+    Remove(&'a AssetPath),
+    /// Delete these chunks from the store: they were found missing or damaged. No input.
+    Discard(Vec<ChunkId>),
+    /// These chunks kept after a cut are now part of committed versions: a store that keeps
+    /// whole files may drop its separate copies. No input.
+    Release(Vec<ChunkId>),
+    /// Wait this long, open a new connection, then [`Input::Reconnected`] (or [`Input::Lost`]).
+    Reconnect {
+        /// The wait before reconnecting.
+        after_ms: u32,
+    },
+    /// Chunk bytes of the current answer so far. No input.
+    Progress {
+        /// Received.
+        received: u64,
+        /// Announced.
+        total: u64,
+    },
+    /// The server announced a change (a subscription's push, read in the middle of an answer).
+    /// No input.
+    Changed {
+        /// The asset.
+        asset: AssetPath,
+        /// Its new version, `None` when it was removed.
+        version: Option<VersionId>,
+    },
+    /// Something worth a log line happened (a retry, a resumed connection). No input.
+    Warn(String),
+    /// One file of a folder is committed. No input.
+    FileDone(Finished),
+    /// Finished: take the result from the machine.
+    Done,
+    /// Failed; the previous version is kept.
+    Failed(ClientError),
+}
+
+/// What the driver tells the machine after an [`Action`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// The message was sent; `wire` bytes crossed the connection.
+    Sent {
+        /// Bytes sent, as the driver counts them.
+        wire: u64,
+    },
+    /// The connection is lost (or a reconnection failed).
+    Lost(String),
+    /// A text message arrived.
+    Text {
+        /// The message.
+        text: &'a str,
+        /// Bytes read, as the driver counts them.
+        wire: u64,
+    },
+    /// A binary frame arrived.
+    Frame {
+        /// The frame.
+        frame: &'a [u8],
+        /// Bytes read, as the driver counts them.
+        wire: u64,
+    },
+    /// Answer to [`Action::LoadFile`]: the verified file, or the chunks that kept it from being
+    /// read whole.
+    File(Result<Vec<u8>, Vec<ChunkId>>),
+    /// Answer to [`Action::CheckFile`].
+    Checked(Result<(), Vec<ChunkId>>),
+    /// A chunk from [`AssetSync::take_unhashed`] with its SHA-256.
+    Hashed {
+        /// Its manifest position.
+        index: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+        /// The SHA-256 of `bytes`.
+        id: ChunkId,
+    },
+    /// Answer to [`Action::LoadChunks`]: the chunks found.
+    Chunks(Vec<(ChunkId, Vec<u8>)>),
+    /// Answer to [`Action::Verify`].
+    Digest(Hash),
+    /// [`Action::Keep`], [`Action::Commit`] or [`Action::Remove`] is done.
+    Stored,
+    /// [`Action::Reconnect`] is done: a new connection is open.
+    Reconnected,
+}
+
+/// A sync machine, as drivers see it.
+pub trait Machine {
+    /// The next action.
+    fn poll(&mut self) -> Action<'_>;
+    /// Feeds what the last action produced.
+    fn handle(&mut self, input: Input<'_>);
+    /// For a driver that hashes received chunks itself (faster elsewhere, such as the browser's
+    /// `crypto.subtle`): after each [`Input::Frame`], take the received chunks and give each back
+    /// as [`Input::Hashed`]. The machine waits for all of them before it uses any.
+    fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)>;
+}
+
+/// Why a sync failed. Each message names the cause; the previous version is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection was lost more often than one transfer may lose it.
+    #[error("connection lost {times} times, giving up: {last}")]
+    GaveUpReconnecting {
+        /// Connections lost.
+        times: u32,
+        /// The last loss.
+        last: String,
+    },
+    /// The connection was lost, and this sync leaves reconnecting to its caller.
+    #[error("{0}")]
+    Lost(String),
+    /// The server refused the request; the connection is still usable.
+    #[error("server refused: {message} ({code})")]
+    Refused {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// Every request's data failed verification (or the server kept answering about versions
+    /// it forgot).
+    #[error("giving up after {requests} requests: {last}")]
+    GaveUp {
+        /// Requests made.
+        requests: u32,
+        /// The last attempt's error.
+        last: Error,
+    },
+}
+
+/// Figures of one sync, as measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// `sync` requests made (a resumed one is not counted again).
+    pub requests: u32,
+    /// Whether an attempt failed verification and was retried.
+    pub retried: bool,
+    /// Connections lost and resumed.
+    pub reconnects: u32,
+    /// Bytes read, as the driver counts them.
+    pub wire_in: u64,
+    /// Bytes sent, as the driver counts them.
+    pub wire_out: u64,
+}
+
+/// The wait before each reconnection of one transfer: [`FIRST_BACKOFF_MS`], doubling up to
+/// [`MAX_RESUME_BACKOFF_MS`], and at most [`MAX_RECONNECTS`] losses.
+#[derive(Debug, Default)]
+struct Losses {
+    count: u32,
+}
+
+impl Losses {
+    /// Counts a loss: the wait before reconnecting, or the error when there were too many.
+    fn next(&mut self, why: &str) -> Result<u32, ClientError> {
+        self.count += 1;
+        if self.count > MAX_RECONNECTS {
+            return Err(ClientError::GaveUpReconnecting { times: self.count, last: why.to_owned() });
+        }
+        Ok((FIRST_BACKOFF_MS << (self.count - 1).min(5)).min(MAX_RESUME_BACKOFF_MS))
+    }
+}
+
+/// Actions that need no input, waiting to be returned by `poll`.
+type Queue = VecDeque<Action<'static>>;
+
+/// The next free request id after `id`.
+fn bump(id: &mut u32) -> u32 {
+    let this = *id;
+    *id = id.wrapping_add(1).max(1);
+    this
+}

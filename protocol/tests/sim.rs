@@ -1,0 +1,520 @@
+//! Deterministic simulation of the client engine ([`assetsync_protocol::engine`]) against the
+//! server's own planning rules, over a link and a store that fail on purpose.
+//!
+//! Each seed builds a schedule: a folder of files, a client that syncs single assets and the
+//! folder several times, a server that publishes new versions, removes files and forgets the
+//! versions it served, a link that cuts the connection, flips bits and duplicates frames, and a
+//! store that loses chunks. Every schedule checks:
+//! - each commit is byte-identical to a version the server served;
+//! - each sync ends (done or failed) within a bounded number of actions, and a sync that met no
+//!   fault at all succeeds;
+//! - a sync whose only faults were cuts receives each missing chunk at most once (resume keeps
+//!   what arrived);
+//! - after a successful sync the committed file can be read back whole from the store.
+//!
+//! `SIM_SEEDS=N` runs N schedules (default 10,000); `SIM_SEED=S` replays one, printing its trace.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Input, Machine};
+use assetsync_protocol::{
+    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
+    Manifest, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_sends, plan,
+};
+
+/// Small chunks, so that small files have many.
+const PARAMS: ChunkParams = ChunkParams { min: 64, avg: 256, max: 1024 };
+/// Actions one sync may take before the schedule fails as non-terminating.
+const MAX_ACTIONS: usize = 20_000;
+
+/// splitmix64: a tiny deterministic generator, so a seed replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// True with probability `per_mille` / 1000.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.next() % 1000 < per_mille
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        // Words from a small vocabulary: content that repeats, as real assets do.
+        let mut out = Vec::with_capacity(len + 16);
+        while out.len() < len {
+            let word = self.next() % 64;
+            out.extend_from_slice(format!("w{word} ").as_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// The server: its current files, the versions it still knows, and every version it ever served.
+#[derive(Default)]
+struct Server {
+    files: BTreeMap<AssetPath, (Manifest, Vec<u8>)>,
+    known: HashMap<VersionId, Manifest>,
+    served: HashMap<VersionId, Vec<u8>>,
+}
+
+enum Msg {
+    Text(String),
+    Frame(Vec<u8>),
+}
+
+impl Server {
+    fn publish(&mut self, asset: &AssetPath, data: Vec<u8>) {
+        let manifest = Manifest::build(asset.clone(), &data, PARAMS).unwrap();
+        self.known.insert(manifest.version(), manifest.clone());
+        self.served.insert(manifest.version(), data.clone());
+        self.files.insert(asset.clone(), (manifest, data));
+    }
+
+    /// A restart: only the current versions are known.
+    fn forget(&mut self) {
+        self.known = self.files.values().map(|(m, _)| (m.version(), m.clone())).collect();
+    }
+
+    fn answer(&self, request: &ClientMessage) -> Vec<Msg> {
+        let text = |m: &ServerMessage| Msg::Text(serde_json::to_string(m).unwrap());
+        match request {
+            ClientMessage::Sync { id, asset, have } => {
+                let asset = AssetPath::new(asset).unwrap();
+                let Some((current, data)) = self.files.get(&asset) else {
+                    let message = format!("unknown asset {asset:?}");
+                    return vec![text(&ServerMessage::Error {
+                        id: Some(*id),
+                        code: ErrorCode::UnknownAsset,
+                        message,
+                    })];
+                };
+                let known: Vec<(u32, &Manifest)> =
+                    (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, self.known.get(v)?))).collect();
+                let base = known.first().copied();
+                if ask_for_chunks(2, have, base.is_none_or(|(i, _)| i != 0)) {
+                    return vec![text(&ServerMessage::UnknownBase { id: *id })];
+                }
+                let held = client_holds(have, known.iter().map(|(_, m)| *m), [current]);
+                let mut out = Vec::new();
+                self.file_answer(*id, None, current, data, base, &held, &mut out);
+                out
+            }
+            ClientMessage::SyncFolder { id, folder, have } => {
+                let scope = Scope::new(folder).unwrap();
+                let files: Vec<&(Manifest, Vec<u8>)> =
+                    self.files.iter().filter(|(a, _)| scope.covers(a)).map(|(_, f)| f).collect();
+                let known: Vec<(u32, &Manifest)> =
+                    (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, self.known.get(v)?))).collect();
+                if ask_for_chunks(2, have, known.len() < have.versions.len()) {
+                    return vec![text(&ServerMessage::UnknownBase { id: *id })];
+                }
+                let mut held =
+                    client_holds(have, known.iter().map(|(_, m)| *m), files.iter().map(|(m, _)| m));
+                let entries =
+                    files.iter().map(|(m, _)| FolderEntry { asset: m.path.clone(), version: m.version() });
+                let mut out = vec![text(&ServerMessage::Folder { id: *id, files: entries.collect() })];
+                for (m, data) in files.into_iter().filter(|(m, _)| folder_sends(have, &m.version())) {
+                    let base = known.iter().find(|(_, k)| k.path == m.path).copied();
+                    let sent = self.file_answer(*id, Some(m.path.clone()), m, data, base, &held, &mut out);
+                    held.extend(sent);
+                }
+                out
+            }
+            other => panic!("unexpected request {other:?}"),
+        }
+    }
+
+    /// Appends the answer for one file; returns the chunks sent.
+    #[allow(clippy::too_many_arguments)]
+    fn file_answer(
+        &self,
+        id: u32,
+        asset: Option<AssetPath>,
+        current: &Manifest,
+        data: &[u8],
+        base: Option<(u32, &Manifest)>,
+        held: &HashSet<ChunkId>,
+        out: &mut Vec<Msg>,
+    ) -> Vec<ChunkId> {
+        let view = ClientView { base: base.map(|(i, m)| (i, m.version(), m)), held };
+        let mut answer = plan(id, current, current.version(), view);
+        if let ServerMessage::Update(update) = &mut answer.message {
+            update.asset = asset;
+        }
+        out.push(Msg::Text(serde_json::to_string(&answer.message).unwrap()));
+        let offsets: Vec<(usize, u32)> = current.offsets().map(|(at, c)| (at, c.len)).collect();
+        for &index in &answer.send {
+            let (at, len) = offsets[index as usize];
+            let bytes = &data[at..at + len as usize];
+            out.push(Msg::Frame(ChunkFrame::Chunk { id, index, bytes }.encode()));
+        }
+        answer.send.iter().map(|&i| current.chunks[i as usize].id).collect()
+    }
+}
+
+/// The client's store: chunk records and committed pointers, like the native cache.
+#[derive(Default)]
+struct Store {
+    chunks: HashMap<ChunkId, Vec<u8>>,
+    refs: BTreeMap<AssetPath, Manifest>,
+}
+
+impl Store {
+    fn file(&self, m: &Manifest) -> Result<Vec<u8>, Vec<ChunkId>> {
+        let mut data = Vec::new();
+        let mut bad = Vec::new();
+        for c in &m.chunks {
+            match self.chunks.get(&c.id) {
+                Some(bytes) if bytes.len() == c.len as usize => data.extend_from_slice(bytes),
+                _ => bad.push(c.id),
+            }
+        }
+        if bad.is_empty() && Hash::of(&data) == m.sha256 {
+            return Ok(data);
+        }
+        if bad.is_empty() {
+            bad = m.damaged_chunks(&data);
+        }
+        Err(bad)
+    }
+}
+
+/// What one sync met, to decide which invariants apply.
+#[derive(Default, Debug)]
+struct Met {
+    cuts: u32,
+    other_faults: u32,
+    /// Chunk bytes in frames delivered to the client.
+    frame_bytes: u64,
+    /// Assets committed, or found unchanged and intact.
+    synced: Vec<AssetPath>,
+}
+
+/// One simulated world.
+struct World {
+    rng: Rng,
+    server: Server,
+    store: Store,
+    next_id: u32,
+    trace: Vec<String>,
+    verbose: bool,
+    /// Whether the store lost a chunk so far: a sync finds that out only after the answer,
+    /// whose new chunks then cross again.
+    store_lost: bool,
+}
+
+impl World {
+    /// Keeps a trace line; prints it at once when replaying one seed.
+    fn log(&mut self, line: String) {
+        if self.verbose {
+            println!("{line}");
+        }
+        self.trace.push(line);
+    }
+
+    /// Runs one sync to its end, with faults; returns its error, if any, and what it met.
+    fn run(&mut self, machine: &mut dyn Machine, faults: bool) -> (Result<(), ClientError>, Met) {
+        let mut met = Met::default();
+        let mut link: VecDeque<Msg> = VecDeque::new();
+        let mut cut = false;
+        let mut unhashed: Vec<(u32, Vec<u8>)> = Vec::new();
+        for _ in 0..MAX_ACTIONS {
+            // Give some hashes back early, as a driver hashing in the background does.
+            if !unhashed.is_empty() && self.rng.chance(300) {
+                let (index, bytes) = unhashed.remove(self.rng.below(unhashed.len()));
+                let id = Hash::of(&bytes);
+                machine.handle(Input::Hashed { index, bytes, id });
+                continue;
+            }
+            let action = machine.poll();
+            self.log(format!("{action:?}").chars().take(160).collect());
+            match action {
+                Action::Prefetch(_) | Action::Progress { .. } | Action::Warn(_) | Action::Release(_) => {}
+                Action::Changed { .. } | Action::FileDone(_) => {}
+                Action::Send(request) => {
+                    if faults && self.rng.chance(60) {
+                        met.other_faults += 1;
+                        self.change_server();
+                    }
+                    if cut {
+                        machine.handle(Input::Lost("the link is down".into()));
+                        continue;
+                    }
+                    link = self.server.answer(&request).into();
+                    if faults {
+                        self.disturb(&mut link, &mut cut, &mut met);
+                    }
+                    machine.handle(Input::Sent { wire: 1 });
+                }
+                Action::Receive => match link.pop_front() {
+                    Some(Msg::Text(text)) => {
+                        machine.handle(Input::Text { text: &text, wire: text.len() as u64 })
+                    }
+                    Some(Msg::Frame(frame)) => {
+                        met.frame_bytes += frame.len().saturating_sub(9) as u64;
+                        machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
+                        unhashed.extend(machine.take_unhashed());
+                    }
+                    None if cut => machine.handle(Input::Lost("cut".into())),
+                    None => panic!("the machine waits for a message the server never sends"),
+                },
+                Action::LoadFile(m) => {
+                    let file = self.store.file(m);
+                    machine.handle(Input::File(file));
+                }
+                Action::CheckFile(m) => {
+                    let intact = self.store.file(m).map(drop);
+                    if intact.is_ok() {
+                        met.synced.push(m.path.clone());
+                    }
+                    machine.handle(Input::Checked(intact));
+                }
+                Action::FinishHashing => {
+                    unhashed.extend(machine.take_unhashed());
+                    for (index, bytes) in std::mem::take(&mut unhashed) {
+                        let id = Hash::of(&bytes);
+                        machine.handle(Input::Hashed { index, bytes, id });
+                    }
+                }
+                Action::LoadChunks { ids, .. } => {
+                    let found =
+                        ids.iter().filter_map(|id| Some((*id, self.store.chunks.get(id)?.clone()))).collect();
+                    machine.handle(Input::Chunks(found));
+                }
+                Action::Verify(data) => {
+                    let digest = Hash::of(data);
+                    machine.handle(Input::Digest(digest));
+                }
+                Action::Keep(chunks) => {
+                    for c in chunks {
+                        assert_eq!(Hash::of(c.bytes()), c.id(), "a kept chunk is named by its bytes");
+                        self.store.chunks.insert(c.id(), c.bytes().to_vec());
+                    }
+                    machine.handle(Input::Stored);
+                }
+                Action::Commit(synced) => {
+                    let served = self.server.served.get(&synced.version);
+                    assert_eq!(served, Some(&synced.data), "a commit is a version the server served");
+                    assert_eq!(synced.manifest.version(), synced.version);
+                    for c in &synced.received {
+                        self.store.chunks.insert(c.id(), c.bytes().to_vec());
+                    }
+                    self.store.refs.insert(synced.manifest.path.clone(), synced.manifest.clone());
+                    met.synced.push(synced.manifest.path.clone());
+                    machine.handle(Input::Stored);
+                }
+                Action::Remove(asset) => {
+                    assert!(!self.server.files.contains_key(asset), "removes only what the server dropped");
+                    self.store.refs.remove(asset);
+                    machine.handle(Input::Stored);
+                }
+                Action::Discard(ids) => ids.iter().for_each(|id| drop(self.store.chunks.remove(id))),
+                Action::Reconnect { after_ms } => {
+                    assert!(after_ms <= 5_000, "backoff is capped");
+                    link.clear();
+                    cut = faults && self.rng.chance(100);
+                    match cut {
+                        true => machine.handle(Input::Lost("refused".into())),
+                        false => machine.handle(Input::Reconnected),
+                    }
+                }
+                Action::Done => return (Ok(()), met),
+                Action::Failed(error) => return (Err(error), met),
+            }
+        }
+        panic!("no end after {MAX_ACTIONS} actions");
+    }
+
+    /// Faults on one answer: a cut, a flipped bit, a duplicated frame.
+    fn disturb(&mut self, link: &mut VecDeque<Msg>, cut: &mut bool, met: &mut Met) {
+        if !link.is_empty() && self.rng.chance(250) {
+            link.truncate(self.rng.below(link.len()));
+            *cut = true;
+            met.cuts += 1;
+        }
+        let frames: Vec<usize> = (0..link.len()).filter(|&i| matches!(link[i], Msg::Frame(_))).collect();
+        if !frames.is_empty() && self.rng.chance(60) {
+            let at = frames[self.rng.below(frames.len())];
+            if let Msg::Frame(f) = &mut link[at] {
+                let bit = self.rng.below(f.len() * 8);
+                f[bit / 8] ^= 1 << (bit % 8);
+            }
+            met.other_faults += 1;
+        }
+        if !frames.is_empty() && self.rng.chance(30) {
+            let at = frames[self.rng.below(frames.len())];
+            if let Msg::Frame(f) = &link[at] {
+                let copy = Msg::Frame(f.clone());
+                link.insert(at + 1, copy);
+            }
+            met.other_faults += 1;
+        }
+    }
+
+    /// Between requests: a new version, a forgetful restart, or a store that lost a chunk.
+    fn change_server(&mut self) {
+        match self.rng.below(3) {
+            0 => {
+                let assets: Vec<AssetPath> = self.server.files.keys().cloned().collect();
+                let asset = &assets[self.rng.below(assets.len())];
+                let data = self.edit(&self.server.files[asset].1.clone());
+                self.server.publish(asset, data);
+            }
+            1 => self.server.forget(),
+            _ => {
+                // Sorted: a seed must replay exactly.
+                let mut ids: Vec<ChunkId> = self.store.chunks.keys().copied().collect();
+                ids.sort_unstable();
+                if !ids.is_empty() {
+                    let id = ids[self.rng.below(ids.len())];
+                    self.store.chunks.remove(&id);
+                    self.store_lost = true;
+                }
+            }
+        }
+    }
+
+    /// A few edits (insert, delete, replace) of `data`.
+    fn edit(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut out = data.to_vec();
+        for _ in 0..1 + self.rng.below(3) {
+            let at = self.rng.below(out.len() + 1);
+            let len = self.rng.below(300);
+            let n = self.rng.below(300);
+            let insert = self.rng.bytes(n);
+            let end = (at + len).min(out.len());
+            out.splice(at..if self.rng.chance(500) { at } else { end }, insert);
+        }
+        out
+    }
+
+    /// Chunk bytes of `manifests` the client cannot name as held (in no committed version, or
+    /// lost from the store), each distinct chunk once.
+    fn missing(&self, manifests: &[&Manifest]) -> u64 {
+        let named: HashSet<ChunkId> =
+            self.store.refs.values().flat_map(|m| m.chunks.iter().map(|c| c.id)).collect();
+        let mut seen = HashSet::new();
+        manifests
+            .iter()
+            .flat_map(|m| &m.chunks)
+            .filter(|c| {
+                !(named.contains(&c.id) && self.store.chunks.contains_key(&c.id)) && seen.insert(c.id)
+            })
+            .map(|c| u64::from(c.len))
+            .sum()
+    }
+}
+
+fn schedule(seed: u64, verbose: bool) -> Vec<String> {
+    let mut w = World {
+        rng: Rng(seed),
+        server: Server::default(),
+        store: Store::default(),
+        next_id: 1,
+        trace: Vec::new(),
+        verbose,
+        store_lost: false,
+    };
+    let folder = Scope::new("dist/").unwrap();
+    let assets: Vec<AssetPath> =
+        (0..1 + w.rng.below(3)).map(|i| AssetPath::new(&format!("dist/f{i}.js")).unwrap()).collect();
+    for asset in &assets {
+        let len = 200 + w.rng.below(12_000);
+        let data = w.rng.bytes(len);
+        w.server.publish(asset, data);
+    }
+    for _ in 0..2 + w.rng.below(3) {
+        let faults = w.rng.chance(700);
+        let target = match w.rng.chance(400) {
+            true => None,
+            false => Some(assets[w.rng.below(assets.len())].clone()),
+        };
+        let wanted: Vec<Manifest> = w
+            .server
+            .files
+            .values()
+            .map(|(m, _)| m.clone())
+            .filter(|m| target.as_ref().is_none_or(|a| *a == m.path))
+            .collect();
+        let missing = w.missing(&wanted.iter().collect::<Vec<_>>());
+        let hashes = w.rng.chance(500);
+        let (result, met) = match &target {
+            None => {
+                let held: Vec<Manifest> = w.store.refs.values().cloned().collect();
+                let mut m = FolderSync::new(folder.clone(), held, w.next_id);
+                if hashes {
+                    m = m.driver_hashes();
+                }
+                let outcome = w.run(&mut m, faults);
+                if outcome.0.is_ok() {
+                    w.next_id = m.next_id();
+                }
+                outcome
+            }
+            Some(asset) => {
+                let base = w.store.refs.get(asset).cloned();
+                let others = w.store.refs.values().filter(|m| m.path != *asset).cloned().collect();
+                let mut m = AssetSync::new(asset.clone(), base, others, w.next_id);
+                if hashes {
+                    m = m.driver_hashes();
+                }
+                let outcome = w.run(&mut m, faults);
+                if outcome.0.is_ok() {
+                    w.next_id = m.next_id();
+                }
+                outcome
+            }
+        };
+        w.log(format!("=> {result:?} {met:?}, {missing} bytes missing"));
+        match &result {
+            Err(e) if met.cuts + met.other_faults == 0 => panic!("a sync without faults failed: {e}"),
+            Err(_) => {}
+            Ok(()) if met.other_faults == 0 => {
+                // Each missing chunk crossed at most once, whatever the cuts.
+                assert!(
+                    w.store_lost || met.frame_bytes <= missing,
+                    "{} chunk bytes for {missing} missing",
+                    met.frame_bytes
+                );
+                for asset in &met.synced {
+                    let m = &w.store.refs[asset];
+                    assert!(w.store.file(m).is_ok(), "{asset} committed but cannot be read back");
+                }
+            }
+            Ok(()) => {}
+        }
+        // Between syncs: the server moves on.
+        if w.rng.chance(500) {
+            let asset = &assets[w.rng.below(assets.len())];
+            let data = w.edit(&w.server.files[asset].1.clone());
+            w.server.publish(asset, data);
+        }
+    }
+    w.trace
+}
+
+#[test]
+fn seeded_schedules_keep_every_invariant() {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        schedule(seed, true);
+        return;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    for seed in 0..seeds {
+        let result = std::panic::catch_unwind(|| schedule(seed, false));
+        if result.is_err() {
+            panic!(
+                "schedule {seed} failed; replay it with SIM_SEED={seed} cargo test -p assetsync-protocol --test sim -- --nocapture"
+            );
+        }
+    }
+    println!("{seeds} seeded schedules passed");
+}
