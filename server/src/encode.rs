@@ -193,8 +193,12 @@ fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, level: i32) -
         }
         let indices = send[start..end].to_vec();
         match compress(&raw, prefix, level) {
-            // Worth it only if the frame plus its index list beats the plain frames' headers.
-            Some(frame) if frame.len() + 4 * indices.len() < raw.len() + 5 * indices.len() => {
+            // Worth it only if it saves at least 1/64 of the plain frames: a batch is decoded
+            // and kept only once whole, so a cut loses all of it, where plain frames lose one
+            // chunk (incompressible data, such as images or random bytes, travels plain).
+            Some(frame)
+                if frame.len() + 4 * indices.len() + raw.len() / 64 < raw.len() + 5 * indices.len() =>
+            {
                 used_prefix |= prefix.is_some();
                 batches.push(Batch::Compressed { indices, frame });
             }

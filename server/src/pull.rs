@@ -10,10 +10,12 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use assetsync_protocol::engine::{
+    Action, AssetSync, ClientError, FIRST_BACKOFF_MS, Fetched, Finished, FolderSync, Input,
+    MAX_OTHER_VERSIONS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Machine,
+};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, Have, MAX_REQUESTS,
-    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, compress,
-    folder_changes, held_chunk_ids,
+    AssetPath, ClientMessage, Hash, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -25,9 +27,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::cache::Cache;
-
-/// How many other cached assets' versions accompany each request (their chunks count as held).
-const MAX_OTHER_VERSIONS: usize = 64;
 
 /// Where to pull from and to.
 #[derive(Clone, Debug)]
@@ -84,24 +83,11 @@ pub async fn pull(
         report(e);
     };
     let mut result = Ok(());
-    'targets: for target in targets {
-        let mut losses = 0;
-        loop {
-            match conn.pull_target(&mut cache, target, config, &mut collect).await {
-                Ok(()) => break,
-                // A folder interrupted midway: its files committed so far are now held, so
-                // asking again fetches only the rest. (A single asset resumes by itself.)
-                Err(e) if !matches!(target, Scope::Asset(_)) && resumable(&e) && losses < MAX_RECONNECTS => {
-                    losses += 1;
-                    tracing::warn!(folder = %target, error = %format!("{e:#}"), "connection lost; resuming");
-                    tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(losses)).await;
-                    let _ = conn.reconnect().await;
-                }
-                Err(e) => {
-                    result = Err(e.context(target.to_string()));
-                    break 'targets;
-                }
-            }
+    for target in targets {
+        // A lost connection is resumed inside: only what cannot be fixed by retrying ends here.
+        if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
+            result = Err(e.context(target.to_string()));
+            break;
         }
     }
     conn.close().await;
@@ -157,13 +143,11 @@ pub enum PullEvent {
 }
 
 /// First wait before reconnecting; doubled after each failed attempt, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// Longest wait between reconnection attempts.
+const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
+/// Longest wait between reconnection attempts of `--follow`.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest wait between reconnections while resuming one transfer.
-const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(5);
-/// Connections one transfer may lose before `pull` gives up.
-const MAX_RECONNECTS: u32 = 8;
+const MAX_RESUME_BACKOFF: Duration = Duration::from_millis(MAX_RESUME_BACKOFF_MS as u64);
 
 /// Pulls `assets`, then keeps the connection: each time the server announces that one changed,
 /// pulls it again (or deletes it from `out` when it is gone). When the connection is lost it
@@ -208,12 +192,6 @@ impl std::fmt::Display for HandshakeBroke {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("the connection broke during the handshake")
     }
-}
-
-/// Whether reconnecting may get past `e`: not a refusal by the server, nor a local write failure.
-fn resumable(e: &anyhow::Error) -> bool {
-    !matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Server { .. }))
-        && e.downcast_ref::<CommitFailed>().is_none()
 }
 
 /// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
@@ -318,6 +296,8 @@ struct Connection {
     token: Option<String>,
     /// Shared by every socket of this connection, so the wire counts survive reconnections.
     counters: Arc<Counters>,
+    /// The counters (read, written) when last sampled by [`Connection::wire_delta`].
+    seen: (u64, u64),
     next_id: u32,
     /// `changed` pushes that arrived while an answer was being read.
     changes: VecDeque<(AssetPath, Option<VersionId>)>,
@@ -332,7 +312,18 @@ impl Connection {
         let counters = Arc::new(Counters::default());
         let ws = Self::handshake(url, token, counters.clone()).await?;
         let (url, token) = (url.to_owned(), token.map(str::to_owned));
-        Ok(Connection { ws, url, token, counters, next_id: 1, changes: VecDeque::new(), follows: false })
+        let mut conn = Connection {
+            ws,
+            url,
+            token,
+            counters,
+            seen: (0, 0),
+            next_id: 1,
+            changes: VecDeque::new(),
+            follows: false,
+        };
+        conn.seen = conn.wire();
+        Ok(conn)
     }
 
     /// [`Connection::open`], retried with backoff when the connection breaks during the
@@ -411,48 +402,38 @@ impl Connection {
         self.ws.send(Message::text(text)).await.context("connection lost while sending")
     }
 
-    /// The next message of an answer; `changed` pushes are set aside for [`Connection::change`].
-    async fn recv(&mut self) -> anyhow::Result<Incoming> {
-        loop {
-            match self.recv_any().await? {
-                Incoming::Control(ServerMessage::Changed { asset, version }) => {
-                    self.changes.push_back((asset, version));
-                }
-                other => return Ok(other),
-            }
-        }
-    }
-
     /// Subscribes to changes of `scope`.
     async fn subscribe(&mut self, scope: &Scope) -> anyhow::Result<()> {
         let id = self.next_id;
         self.next_id += 1;
         self.follows = true;
         self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
-        match self.recv().await? {
-            Incoming::Control(ServerMessage::Subscribed { id: got }) if got == id => Ok(()),
-            Incoming::Control(ServerMessage::Error { message, .. }) => {
-                bail!("server refused to watch {scope}: {message}")
+        loop {
+            match self.recv_message().await? {
+                ServerMessage::Subscribed { id: got } if got == id => return Ok(()),
+                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
+                ServerMessage::Error { message, .. } => bail!("server refused to watch {scope}: {message}"),
+                other => bail!("unexpected `{}` answer to subscribe", other.kind()),
             }
-            other => bail!("unexpected `{}` answer to subscribe", other.kind()),
         }
     }
 
-    /// The next announced change, waiting for one. Of several changes to one asset, only the
-    /// last is returned.
+    /// Notes an announced change. Only the last change of each asset is kept, so the queue holds
+    /// at most one entry per asset however fast the server pushes.
+    fn push_change(&mut self, asset: AssetPath, version: Option<VersionId>) {
+        self.changes.retain(|(a, _)| *a != asset);
+        self.changes.push_back((asset, version));
+    }
+
+    /// The next announced change, waiting for one.
     async fn change(&mut self) -> anyhow::Result<(AssetPath, Option<VersionId>)> {
         loop {
-            if let Some((asset, version)) = self.changes.pop_front() {
-                if !self.changes.iter().any(|(a, _)| *a == asset) {
-                    return Ok((asset, version));
-                }
-                continue;
+            if let Some(change) = self.changes.pop_front() {
+                return Ok(change);
             }
-            match self.recv_any().await? {
-                Incoming::Control(ServerMessage::Changed { asset, version }) => {
-                    self.changes.push_back((asset, version));
-                }
-                Incoming::Control(ServerMessage::Error { id: None, message, .. }) => {
+            match self.recv_message().await? {
+                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
+                ServerMessage::Error { id: None, message, .. } => {
                     bail!("server closed the connection: {message}")
                 }
                 other => bail!("unexpected `{}` message while waiting for changes", other.kind()),
@@ -460,7 +441,18 @@ impl Connection {
         }
     }
 
-    async fn recv_any(&mut self) -> anyhow::Result<Incoming> {
+    /// The next control message, parsed.
+    async fn recv_message(&mut self) -> anyhow::Result<ServerMessage> {
+        match self.recv_raw().await? {
+            Raw::Text(t) => {
+                serde_json::from_str(&t).with_context(|| format!("invalid message from server: {t:.200}"))
+            }
+            Raw::Binary(_) => bail!("unexpected binary frame"),
+        }
+    }
+
+    /// The next message as it arrived; a closed socket is a lost connection.
+    async fn recv_raw(&mut self) -> anyhow::Result<Raw> {
         loop {
             let message = match self.ws.next().await {
                 None => bail!("connection lost: the server closed the socket"),
@@ -468,11 +460,8 @@ impl Connection {
                 Some(Ok(m)) => m,
             };
             return Ok(match message {
-                Message::Text(t) => Incoming::Control(
-                    serde_json::from_str(&t)
-                        .with_context(|| format!("invalid message from server: {t:.200}"))?,
-                ),
-                Message::Binary(b) => Incoming::Frame(b.to_vec()),
+                Message::Text(t) => Raw::Text(t.to_string()),
+                Message::Binary(b) => Raw::Binary(b.to_vec()),
                 Message::Close(frame) => bail!(
                     "server closed the connection{}",
                     frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
@@ -494,121 +483,143 @@ impl Connection {
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
     ) -> anyhow::Result<()> {
+        let (started, wire0) = (Instant::now(), self.wire());
+        // Whole-target figures come from the socket counters: they also cover the handshakes of
+        // reconnections and the partial messages a cut threw away.
+        let wire = |conn: &Self| {
+            let now = conn.wire();
+            (now.0 - wire0.0, now.1 - wire0.1)
+        };
         match target {
-            Scope::Asset(asset) => report(&PullEvent::Pulled(self.pull_one(cache, asset, config).await?)),
+            Scope::Asset(asset) => {
+                let base = cache.current(asset);
+                let others = cache.others(asset, MAX_OTHER_VERSIONS);
+                let mut machine = AssetSync::new(asset.clone(), base, others, self.next_id);
+                if self.follows {
+                    machine = machine.without_resume();
+                }
+                let unchanged = self.drive(&mut machine, cache, config, report).await?;
+                self.next_id = machine.next_id();
+                let done = machine.finish();
+                if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
+                    // The cached copy is current: `--out` gets it again, as a single pull repairs.
+                    write_out(config, done.manifest(), &data)?;
+                }
+                report(&PullEvent::Pulled(PullReport::new(&done, started, Some(wire(self)))));
+            }
             folder => {
-                let r = self.pull_folder(cache, folder, config, report).await?;
-                report(&PullEvent::Folder(r));
+                let held =
+                    cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
+                let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
+                if self.follows {
+                    machine = machine.without_resume();
+                }
+                self.drive(&mut machine, cache, config, report).await?;
+                self.next_id = machine.next_id();
+                let done = machine.finish();
+                let (wire_bytes_in, wire_bytes_out) = wire(self);
+                report(&PullEvent::Folder(FolderReport {
+                    folder: folder.to_string(),
+                    files: done.files,
+                    fetched: done.fetched.len(),
+                    removed: done.removed.len(),
+                    wire_bytes_in,
+                    wire_bytes_out,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }));
             }
         }
         Ok(())
     }
 
-    /// Syncs a folder in one round trip: its listing, then every new or changed file, each
-    /// committed as it arrives; files no longer listed are removed. A file whose data fails
-    /// verification is pulled again on its own afterwards.
-    async fn pull_folder(
+    /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
+    /// file of an unchanged asset, as read back from the cache.
+    async fn drive(
         &mut self,
+        machine: &mut impl Machine,
         cache: &mut Cache,
-        folder: &Scope,
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
-    ) -> anyhow::Result<FolderReport> {
-        let started = Instant::now();
-        let (in0, out0) = self.wire();
-        let held: Vec<Manifest> =
-            cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
-        let versions: Vec<VersionId> = held.iter().map(Manifest::version).collect();
-        let mut chunks = ChunkSet::default();
-        let (id, files) = loop {
-            let id = self.next_id;
-            self.next_id += 1;
-            let have = Have { versions: versions.clone(), chunks: chunks.clone() };
-            self.send(&ClientMessage::SyncFolder { id, folder: folder.to_string(), have }).await?;
-            match self.recv().await? {
-                Incoming::Control(ServerMessage::Folder { id: got, files }) if got == id => {
-                    break (id, files);
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut unchanged = None;
+        let mut file_started = Instant::now();
+        loop {
+            let input = match machine.poll() {
+                Action::Send(message) => match self.send(&message).await {
+                    Ok(()) => Input::Sent { wire: self.wire_delta().1 },
+                    Err(e) => Input::Lost(format!("{e:#}")),
+                },
+                Action::Receive => {
+                    let received = self.recv_raw().await;
+                    let wire = self.wire_delta().0;
+                    match received {
+                        Ok(Raw::Text(text)) => {
+                            machine.handle(Input::Text { text: &text, wire });
+                            continue;
+                        }
+                        Ok(Raw::Binary(frame)) => {
+                            machine.handle(Input::Frame { frame: &frame, wire });
+                            continue;
+                        }
+                        Err(e) => Input::Lost(format!("{e:#}")),
+                    }
                 }
-                // The server forgot some of these versions: list their chunks instead.
-                Incoming::Control(ServerMessage::UnknownBase { id: got })
-                    if got == id && chunks.is_empty() =>
-                {
-                    chunks = ChunkSet::new(held_chunk_ids(&held));
+                Action::LoadFile(m) => Input::File(cache.file(m)),
+                Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| unchanged = Some(data))),
+                // This driver leaves hashing to the machine.
+                Action::FinishHashing => continue,
+                Action::LoadChunks { ids, .. } => {
+                    Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
                 }
-                Incoming::Control(ServerMessage::Error { id: Some(_), code, message }) => {
-                    return Err(SyncError::Server { code, message }.into());
+                Action::Verify(data) => Input::Digest(Hash::of(data)),
+                Action::Keep(chunks) => {
+                    cache.store_chunks(chunks).context(CommitFailed)?;
+                    Input::Stored
                 }
-                other => bail!("unexpected `{}` answer to sync_folder", other.kind()),
-            }
-        };
-        let changes = folder_changes(&held, &files);
-        let mut again = Vec::new();
-        for asset in &changes.fetch {
-            let (t0, (file_in0, _)) = (Instant::now(), self.wire());
-            let mut machine = ClientSync::for_folder_file(id, asset.clone(), held.clone(), chunks.prefix());
-            if let Err(error) = self.receive(&mut machine, cache).await? {
-                tracing::warn!(%asset, %error, "folder file failed verification; pulling it again");
-                again.push(asset.clone());
-                continue;
-            }
-            // Chunks sent for earlier files of this answer are in the cache by now.
-            let synced = match finish(machine, cache).0 {
-                Ok(synced) => synced,
-                Err(error) => {
-                    tracing::warn!(%asset, %error, "folder file failed verification; pulling it again");
-                    again.push(asset.clone());
+                Action::Commit(synced) => {
+                    let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
+                    let file = out.as_deref().map(|p| (p, &synced.data[..]));
+                    cache
+                        .commit(&synced.manifest, synced.version, &synced.received, file)
+                        .context(CommitFailed)?;
+                    Input::Stored
+                }
+                Action::Remove(asset) => {
+                    let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+                    cache.remove(asset, out.as_deref()).context(CommitFailed)?;
+                    report(&PullEvent::Removed { asset: asset.to_string() });
+                    Input::Stored
+                }
+                Action::Discard(ids) => {
+                    cache.discard(&ids);
                     continue;
                 }
-            };
-            commit(cache, &synced, config)?;
-            let wire = (self.wire().0 - file_in0, 0);
-            report(&PullEvent::Pulled(PullReport::new(&synced, wire, t0, 1, false)));
-        }
-        for asset in &changes.removed {
-            let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-            cache.remove(asset, out.as_deref()).context(CommitFailed)?;
-            report(&PullEvent::Removed { asset: asset.to_string() });
-        }
-        for asset in &again {
-            report(&PullEvent::Pulled(self.pull_one(cache, asset, config).await?));
-        }
-        let (in1, out1) = self.wire();
-        Ok(FolderReport {
-            folder: folder.to_string(),
-            files: files.len(),
-            fetched: changes.fetch.len(),
-            removed: changes.removed.len(),
-            wire_bytes_in: in1 - in0,
-            wire_bytes_out: out1 - out0,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        })
-    }
-
-    /// Feeds one answer to `machine` until it is complete. Bad data (and `unknown_base`) comes
-    /// back as the inner `Err` once the whole answer has been read, so the stream stays usable.
-    async fn receive(
-        &mut self,
-        machine: &mut ClientSync,
-        cache: &Cache,
-    ) -> anyhow::Result<Result<(), SyncError>> {
-        loop {
-            let event = match self.recv().await? {
-                Incoming::Control(m) => machine.on_message(m),
-                Incoming::Frame(f) => machine.on_frame(&f),
-            };
-            if let Some(prefix) = machine.wanted_prefix() {
-                machine.set_prefix(cache.file(prefix), true);
-            }
-            match event {
-                Ok(Event::Complete) => return Ok(Ok(())),
-                Ok(Event::Progress { .. }) => {}
-                Err(
-                    error @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase),
-                ) => {
-                    return Ok(Err(error));
+                Action::Reconnect { after_ms } => {
+                    tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
+                    match self.reconnect().await {
+                        Ok(()) => Input::Reconnected,
+                        Err(e) => Input::Lost(format!("{e:#}")),
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            }
+                Action::Changed { asset, version } => {
+                    self.push_change(asset, version);
+                    continue;
+                }
+                Action::Warn(line) => {
+                    tracing::warn!("{line}");
+                    continue;
+                }
+                Action::FileDone(done) => {
+                    report(&PullEvent::Pulled(PullReport::new(&done, file_started, None)));
+                    file_started = Instant::now();
+                    continue;
+                }
+                // The chunk cache keeps chunks, so kept ones are simply part of the commit.
+                Action::Prefetch(_) | Action::Release(_) | Action::Progress { .. } => continue,
+                Action::Done => return Ok(unchanged),
+                Action::Failed(error) => return Err(error.into()),
+            };
+            machine.handle(input);
         }
     }
 
@@ -623,7 +634,7 @@ impl Connection {
     ) -> Result<(), FollowEnd> {
         match self.pull_target(cache, target, config, report).await {
             Ok(()) => {}
-            Err(e) if matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Server { .. })) => {
+            Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Refused { .. })) => {
                 report(&PullEvent::Failed { asset: target.to_string(), error: format!("{e:#}") });
             }
             Err(e) if e.downcast_ref::<CommitFailed>().is_some() => return Err(Fatal(e)),
@@ -632,182 +643,52 @@ impl Connection {
         Ok(())
     }
 
+    /// Socket bytes (read, written) so far.
     fn wire(&self) -> (u64, u64) {
         (self.counters.read.load(Ordering::Relaxed), self.counters.written.load(Ordering::Relaxed))
     }
 
-    /// Syncs one asset: a first request naming the cache's versions, then, if the server does
-    /// not know them or the data fails verification, requests listing the chunks still held
-    /// (see [`SyncError::retry_holding`]).
-    async fn pull_one(
-        &mut self,
-        cache: &mut Cache,
-        asset: &AssetPath,
-        config: &PullConfig,
-    ) -> anyhow::Result<PullReport> {
-        let started = Instant::now();
-        let (in0, out0) = self.wire();
-        let (mut base, mut others) = (cache.current(asset), cache.others(asset, MAX_OTHER_VERSIONS));
-        let (mut held, mut requests, mut retried) = (Vec::new(), 0, false);
-        let (mut losses, mut backoff) = (0, FIRST_BACKOFF);
-        let synced = loop {
-            requests += 1;
-            let have = ChunkSet::new(held.clone());
-            match self.attempt(cache, asset, base.clone(), others.clone(), have).await? {
-                Outcome::Done(synced) => break synced,
-                Outcome::Lost { error, .. } if self.follows => return Err(error),
-                Outcome::Lost { error, kept } => {
-                    // Resume: the same request again, plus the chunks that did arrive.
-                    losses += 1;
-                    requests -= 1;
-                    if losses > MAX_RECONNECTS {
-                        bail!("connection lost {losses} times, giving up: {error:#}");
-                    }
-                    tracing::warn!(%asset, error = %format!("{error:#}"), kept = kept.len(), "connection lost; resuming");
-                    held.extend(kept);
-                    loop {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
-                        match self.reconnect().await {
-                            Ok(()) => break,
-                            Err(e) if losses < MAX_RECONNECTS => {
-                                losses += 1;
-                                tracing::warn!(error = %format!("{e:#}"), "reconnecting failed");
-                            }
-                            Err(e) => return Err(e.context("connection lost, and reconnecting failed")),
-                        }
-                    }
-                }
-                Outcome::Retry { error, .. } if requests == MAX_REQUESTS => {
-                    bail!("giving up after {requests} requests: {error}")
-                }
-                Outcome::Retry { error: SyncError::UnknownBase, held: h } => {
-                    tracing::info!(%asset, chunks = h.len(), "server does not know the cached version");
-                    (base, held) = (None, h);
-                }
-                Outcome::Retry { error, held: h } => {
-                    tracing::warn!(%asset, %error, "sync failed verification; retrying");
-                    // A clean start: only the chunks found intact.
-                    (base, held, retried) = (None, h, true);
-                    others.clear();
-                }
-            }
-        };
-        commit(cache, &synced, config)?;
-        let (in1, out1) = self.wire();
-        Ok(PullReport::new(&synced, (in1 - in0, out1 - out0), started, requests, retried))
-    }
-
-    /// One request/answer exchange. Errors are fatal (connection, server refusal, protocol
-    /// violation); bad data is an [`Outcome::Retry`].
-    async fn attempt(
-        &mut self,
-        cache: &Cache,
-        asset: &AssetPath,
-        base: Option<assetsync_protocol::Manifest>,
-        others: Vec<assetsync_protocol::Manifest>,
-        have_chunks: ChunkSet,
-    ) -> anyhow::Result<Outcome> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let (mut machine, request) = ClientSync::new(id, asset.clone(), base, others, have_chunks);
-        let received = match self.send(&request).await {
-            Ok(()) => self.receive(&mut machine, cache).await,
-            Err(e) => Err(e),
-        };
-        match received {
-            Ok(Ok(())) => {}
-            Ok(Err(error @ SyncError::Server { .. })) => return Err(error.into()),
-            Ok(Err(error)) => {
-                let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-                return Ok(Outcome::Retry { error, held: held.unwrap_or_default() });
-            }
-            Err(error) => {
-                // Lost, or the stream went bad: keep what arrived (each chunk is named by the
-                // hash of its bytes) so that the next attempt does not fetch it again.
-                let kept = machine.take_received();
-                cache.store_chunks(&kept).context(CommitFailed)?;
-                return Ok(Outcome::Lost { error, kept: kept.iter().map(VerifiedChunk::id).collect() });
-            }
-        }
-        let prefix = machine.chunk_prefix();
-        let (result, held) = finish(machine, cache);
-        match result {
-            Ok(synced) => Ok(Outcome::Done(synced)),
-            Err(error) => {
-                let Some(held) = error.retry_holding(held, prefix) else { return Err(error.into()) };
-                if let SyncError::MissingLocal(damaged) = &error {
-                    cache.discard(damaged);
-                }
-                Ok(Outcome::Retry { error, held })
-            }
-        }
+    /// Socket bytes (read, written) since the last call.
+    fn wire_delta(&mut self) -> (u64, u64) {
+        let now = self.wire();
+        let delta = (now.0 - self.seen.0, now.1 - self.seen.1);
+        self.seen = now;
+        delta
     }
 }
 
-/// Rebuilds and verifies the file of a complete answer from its received chunks and the ones
-/// `machine` needs from `cache`. Also returns the ids of the chunks found in the cache.
-fn finish(machine: ClientSync, cache: &Cache) -> (Result<Synced, SyncError>, Vec<ChunkId>) {
-    let local: Vec<_> =
-        machine.local_chunks().into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect();
-    let held = local.iter().map(|(id, _)| *id).collect();
-    (machine.finish(local), held)
-}
-
-/// Writes a verified version to `config.out` (if set) and commits it to `cache`.
-fn commit(cache: &mut Cache, synced: &Synced, config: &PullConfig) -> anyhow::Result<()> {
-    let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
-    let file = out.as_deref().map(|p| (p, &synced.data[..]));
-    cache.commit(&synced.manifest, synced.version, &synced.received, file).context(CommitFailed)
+/// Writes `data`, the verified file of `manifest`, to `config.out` if set.
+fn write_out(config: &PullConfig, manifest: &Manifest, data: &[u8]) -> anyhow::Result<()> {
+    let Some(dir) = &config.out else { return Ok(()) };
+    let path = dir.join(manifest.path.as_str());
+    crate::cache::write_file_atomic(&path, data)
+        .with_context(|| format!("cannot write {}", path.display()))
+        .context(CommitFailed)
 }
 
 impl PullReport {
-    fn new(
-        synced: &Synced,
-        (wire_in, wire_out): (u64, u64),
-        started: Instant,
-        requests: u32,
-        retried: bool,
-    ) -> Self {
+    /// The report of `done`, with the socket bytes `wire` (read, written) if measured, else the
+    /// machine's count of the bytes of the messages it was given.
+    fn new(done: &Finished, started: Instant, wire: Option<(u64, u64)>) -> Self {
+        let manifest = done.manifest();
+        let (wire_bytes_in, wire_bytes_out) = wire.unwrap_or((done.report.wire_in, done.report.wire_out));
         PullReport {
-            asset: synced.manifest.path.to_string(),
-            version: synced.version.to_hex(),
-            bytes: synced.manifest.len,
-            chunks: synced.manifest.chunks.len(),
-            chunks_reused: synced.chunks_reused,
-            wire_bytes_in: wire_in,
-            wire_bytes_out: wire_out,
+            asset: manifest.path.to_string(),
+            version: manifest.version().to_hex(),
+            bytes: manifest.len,
+            chunks: manifest.chunks.len(),
+            chunks_reused: done.chunks_reused(),
+            wire_bytes_in,
+            wire_bytes_out,
             elapsed_ms: started.elapsed().as_millis() as u64,
-            requests,
-            retried,
+            requests: done.report.requests,
+            retried: done.report.retried,
         }
     }
 }
 
-/// How one attempt ended.
-enum Outcome {
-    /// Verified and ready to commit.
-    Done(Synced),
-    /// The connection was lost (or its stream went bad) mid-answer; `kept` are the chunks that
-    /// had arrived, now in the cache.
-    Lost { error: anyhow::Error, kept: Vec<ChunkId> },
-    /// The server did not know the cached version, or the data was bad; retry naming `held`
-    /// (the intact chunks) in the digest.
-    Retry { error: SyncError, held: Vec<ChunkId> },
-}
-
-#[derive(Debug)]
-enum Incoming {
-    Control(ServerMessage),
-    Frame(Vec<u8>),
-}
-
-impl Incoming {
-    /// What arrived, for errors: the message's `type`, or a binary frame.
-    fn kind(&self) -> &'static str {
-        match self {
-            Incoming::Control(message) => message.kind(),
-            Incoming::Frame(_) => "binary frame",
-        }
-    }
+/// A message as it arrived, before the machine parses it.
+enum Raw {
+    Text(String),
+    Binary(Vec<u8>),
 }

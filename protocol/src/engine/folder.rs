@@ -55,8 +55,7 @@ pub struct FolderSync {
     held: Vec<Manifest>,
     /// What the request in flight named, in that order.
     named: Vec<Manifest>,
-    /// The request's `have.chunks`, and whether it lists `held`'s chunks already.
-    chunks: Vec<ChunkId>,
+    /// Whether requests list `held`'s chunks (the server forgot some of its versions).
     listed: bool,
     /// The answer's id, the prefix length of its chunk set, and its files still to come.
     answer: (u32, usize),
@@ -86,7 +85,6 @@ impl FolderSync {
             folder,
             next_id: next_id.max(1),
             named: Vec::new(),
-            chunks: Vec::new(),
             listed: false,
             answer: (0, 0),
             to_fetch: VecDeque::new(),
@@ -141,7 +139,6 @@ impl FolderSync {
             }
             // The server forgot some of these versions: list their chunks instead.
             Ok(ServerMessage::UnknownBase { id: got }) if got == id && !self.listed => {
-                self.chunks.extend(held_chunk_ids(&self.held));
                 self.listed = true;
                 State::Ready
             }
@@ -258,7 +255,9 @@ impl Machine for FolderSync {
         match mem::replace(&mut self.state, State::Over) {
             State::Ready => {
                 let id = bump(&mut self.next_id);
-                let chunks: Vec<ChunkId> = self.chunks.iter().chain(&self.kept).copied().collect();
+                // Files committed meanwhile are held now, and so are the chunks kept after a cut.
+                let mut chunks = if self.listed { held_chunk_ids(&self.held) } else { Vec::new() };
+                chunks.extend(&self.kept);
                 let chunks = ChunkSet::new(chunks);
                 self.answer = (id, chunks.prefix());
                 self.named = self.held.clone();
@@ -337,11 +336,7 @@ impl Machine for FolderSync {
                 self.kept.extend(kept.iter().map(VerifiedChunk::id));
                 self.lost(why);
             }
-            (State::Reconnecting(_), Input::Reconnected) => {
-                // Files committed meanwhile are held now; the rest is asked for again.
-                (self.chunks, self.listed) = (Vec::new(), false);
-                self.state = State::Ready;
-            }
+            (State::Reconnecting(_), Input::Reconnected) => self.state = State::Ready,
             (State::Reconnecting(_), Input::Lost(why)) => self.lost(format!("reconnecting failed: {why}")),
             (State::Committing(synced, report), Input::Stored) => {
                 self.committed(synced, report);
