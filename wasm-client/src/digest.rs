@@ -41,40 +41,39 @@ async fn finish(started: Option<JsFuture>) -> Option<Hash> {
     Some(Hash(digest.try_into().ok()?))
 }
 
+/// Whether `crypto.subtle` works here (a secure context): then received chunks are hashed by
+/// [`ChunkHasher`] instead of in WASM.
+pub fn subtle() -> bool {
+    web_sys::window().is_some_and(|w| w.is_secure_context())
+}
+
 /// Received chunks hashed by `crypto.subtle` on another thread while frames keep arriving,
-/// instead of by SHA-256 in WASM on the main thread (see `ClientSync::defer_hashing`).
+/// instead of by SHA-256 in WASM on the main thread (see `Machine::take_unhashed`).
 #[derive(Default)]
 pub struct ChunkHasher {
     pending: Vec<(u32, Vec<u8>, JsFuture)>,
 }
 
 impl ChunkHasher {
-    /// Takes over `machine`'s hashing where `crypto.subtle` works; elsewhere the machine keeps
-    /// hashing in WASM and this does nothing.
-    pub fn new(machine: &mut assetsync_protocol::ClientSync) -> Self {
-        if web_sys::window().is_some_and(|w| w.is_secure_context()) {
-            machine.defer_hashing();
-        }
-        ChunkHasher::default()
-    }
-
-    /// Starts hashing what `machine` received since the last call.
-    pub fn start(&mut self, machine: &mut assetsync_protocol::ClientSync) {
-        for (index, bytes) in machine.take_unhashed() {
+    /// Starts hashing `chunks` (manifest position, bytes).
+    pub fn start(&mut self, chunks: Vec<(u32, Vec<u8>)>) {
+        for (index, bytes) in chunks {
             let digest = start(|s| s.digest_with_str_and_u8_array("SHA-256", &bytes))
                 .unwrap_or_else(|| JsFuture::from(Promise::reject(&JsValue::NULL)));
             self.pending.push((index, bytes, digest));
         }
     }
 
-    /// Waits for the hashes started and gives them to `machine`.
-    pub async fn finish(&mut self, machine: &mut assetsync_protocol::ClientSync) {
+    /// Waits for the hashes started: (manifest position, bytes, SHA-256).
+    pub async fn finish(&mut self) -> Vec<(u32, Vec<u8>, Hash)> {
+        let mut out = Vec::with_capacity(self.pending.len());
         for (index, bytes, digest) in self.pending.drain(..) {
             let id = match finish(Some(digest)).await {
                 Some(id) => id,
                 None => Hash::of(&bytes),
             };
-            machine.hashed(index, bytes, id);
+            out.push((index, bytes, id));
         }
+        out
     }
 }

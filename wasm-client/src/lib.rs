@@ -17,6 +17,7 @@
 //! Errors cross into JS as `Error` objects here, at the API edge, and nowhere else.
 
 mod digest;
+mod drive;
 mod folder;
 mod socket;
 mod store;
@@ -27,21 +28,18 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use assetsync_protocol::engine::{AssetSync, MAX_OTHER_VERSIONS};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error as SyncError, Event, MAX_REQUESTS,
-    Manifest, PROTOCOL_VERSION, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, compress,
+    AssetPath, ChunkId, ClientMessage, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
 use futures_channel::oneshot;
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
-use crate::digest::ChunkHasher;
+use crate::drive::{Driven, Stopped};
 use crate::socket::{Incoming, Socket, SocketError};
 use crate::store::{FileRead, Store, StoreError};
-
-/// How many other cached assets' versions accompany each request.
-const MAX_OTHER_VERSIONS: usize = 64;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -337,100 +335,34 @@ impl Client {
         )
         .await;
         let (base, file) = current?.unzip();
-        let base_version = base.as_ref().map(Manifest::version);
-        if let Some(base) = &base {
-            self.prefetch(base, file.flatten());
+        let mut machine = AssetSync::new(asset.clone(), base, others?, self.next_id.get());
+        if digest::subtle() {
+            machine = machine.driver_hashes();
         }
-        let others = others?;
-        // Where reused chunks may be read: the committed files of the versions the first request
-        // names (also after a retry that names fewer).
-        let sources: Vec<Manifest> = base.iter().chain(&others).cloned().collect();
-        let mut kept = Vec::new();
-        let progress = on_progress.as_ref();
-        let mut timings = Timings::default();
-        let (mut requests, mut retried, mut losses) = (0, false, Losses::default());
-        let mut holding = Holding { base, others, chunks: Vec::new() };
-        let outcome = loop {
-            let socket = self.connected(&mut guard).await?;
-            requests += 1;
-            let sent = holding.clone();
-            let (error, chunks) =
-                match self.attempt(socket, &asset, holding, &sources, progress, &mut timings).await {
-                    Err(lost) if lost.connection_lost => {
-                        // Resume: the same request again, plus the chunks that did arrive.
-                        requests -= 1;
-                        self.reconnect(&mut guard, &mut losses, &format!("{asset}: {}", lost.message))
-                            .await?;
-                        kept.extend_from_slice(&lost.kept);
-                        holding = Holding { chunks: [sent.chunks, lost.kept].concat(), ..sent };
-                        continue;
-                    }
-                    Ok(Err((error, held))) if requests < MAX_REQUESTS => (error, held),
-                    other => break other,
-                };
-            // The server forgot the cached version: the same request with its chunks listed.
-            // Bad data: a clean start with only the chunks found intact.
-            let others = if matches!(error, SyncError::UnknownBase) {
-                sent.others
-            } else {
-                retried = true;
-                web_sys::console::warn_1(&format!("assetsync: {asset}: {error}; retrying").into());
-                Vec::new()
-            };
-            holding = Holding { base: None, others, chunks };
-        };
-        let in1 = self.received.get();
+        self.connected(&mut guard).await?;
+        let run =
+            self.drive(&mut machine, &mut guard, asset.as_str(), file.flatten(), on_progress.as_ref()).await;
+        self.next_id.set(machine.next_id());
         self.prefetched.take();
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(fatal) => {
-                if !fatal.refused {
-                    *guard = None;
-                }
-                return Err(js_error(fatal.message));
-            }
-        };
+        let driven = self.stopped(run, &mut guard, asset.as_str())?;
         drop(guard);
-        let fetched = outcome
-            .map_err(|(e, _)| js_error(format!("{asset}: giving up after {requests} requests: {e}")))?;
-        let (version, bytes, chunks, chunks_reused, data) = match fetched {
-            Fetched::Synced(synced) => {
-                // An unchanged asset is already committed: nothing to write.
-                if base_version != Some(synced.version) || !synced.received.is_empty() {
-                    task::yield_if_busy().await;
-                    let t0 = now_ms();
-                    self.store
-                        .commit(&synced)
-                        .await
-                        .map_err(|e| js_error(format!("{asset}: {}; the previous version is kept", e.0)))?;
-                    // The kept chunks are in the committed file now.
-                    self.store.discard(&kept).await?;
-                    timings.store_ms += now_ms() - t0;
-                }
-                task::yield_if_busy().await;
-                let (m, reused) = (&synced.manifest, synced.chunks_reused);
-                (synced.version, m.len, m.chunks.len(), reused, Bytes::Wasm(Rc::new(synced.data)))
+        let wire = (self.received.get() - in0, self.sent.get() - out0);
+        Ok(self.result(machine.finish(), driven.unchanged, Some(wire), &driven.timings, started))
+    }
+
+    /// The outcome of a run; on failure the connection is dropped unless it is still in step.
+    fn stopped(
+        &self,
+        run: Result<Driven, Stopped>,
+        socket: &mut Option<Socket>,
+        target: &str,
+    ) -> Result<Driven, JsError> {
+        run.map_err(|stop| {
+            if !stop.in_step {
+                *socket = None;
             }
-            Fetched::Unchanged { version, len, chunks, data } => (version, len, chunks, chunks, data),
-        };
-        if self.memory_cache {
-            self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));
-        }
-        let stats = Object::new();
-        let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
-        set("version", version.to_hex().into());
-        set("bytes", (bytes as f64).into());
-        set("chunks", (chunks as f64).into());
-        set("chunksReused", (chunks_reused as f64).into());
-        set("wireBytesIn", ((in1 - in0) as f64).into());
-        set("wireBytesOut", ((self.sent.get() - out0) as f64).into());
-        set("elapsedMs", (now_ms() - started).into());
-        set("requests", requests.into());
-        set("retried", retried.into());
-        set("reconnects", losses.count.into());
-        set("storeMs", timings.store_ms.into());
-        set("verifyMs", timings.verify_ms.into());
-        Ok(SyncResult { asset, version, data, stats })
+            js_error(format!("{target}: {}", stop.message))
+        })
     }
 
     async fn read(&self, asset: String) -> Result<JsValue, JsError> {
@@ -458,9 +390,6 @@ impl Client {
         self.store.close();
     }
 }
-
-/// An attempt's data error, with the chunks still held intact to name in the retry's digest.
-type DataError = (SyncError, Vec<ChunkId>);
 
 /// A committed file being read in the background.
 type Prefetch = oneshot::Receiver<Result<FileRead, StoreError>>;
@@ -494,75 +423,8 @@ impl Bytes {
     }
 }
 
-/// What an attempt tells the server the client holds (see [`ClientSync::new`]).
-#[derive(Clone)]
-struct Holding {
-    base: Option<Manifest>,
-    others: Vec<Manifest>,
-    chunks: Vec<ChunkId>,
-}
-
-/// Where a sync's time went, reported in its stats.
-#[derive(Default)]
-struct Timings {
-    /// Reading chunks from IndexedDB and committing.
-    store_ms: f64,
-    /// Rebuilding the file and checking its SHA-256.
-    verify_ms: f64,
-}
-
-/// What a successful attempt produced.
-enum Fetched {
-    /// A verified version, to commit unless it is already current.
-    Synced(Synced),
-    /// The committed version is current: its file, from memory or read back and verified.
-    Unchanged { version: VersionId, len: u64, chunks: usize, data: Bytes },
-}
-
-/// An error that ends a request. `connection_lost`: the connection was lost or its stream went
-/// bad, and the request is resumed on a new one (see [`Client::reconnect`]); `kept` are the
-/// chunks that had arrived, now in the store. `refused`: the server answered with an error, so
-/// the connection is still in step for the next request; after any other error, part of an
-/// answer may still be in flight and the connection is dropped.
-struct Fatal {
-    message: String,
-    connection_lost: bool,
-    refused: bool,
-    kept: Vec<ChunkId>,
-}
-
-impl Fatal {
-    fn new(message: impl std::fmt::Display) -> Self {
-        Fatal { message: message.to_string(), connection_lost: false, refused: false, kept: Vec::new() }
-    }
-
-    fn lost(message: impl std::fmt::Display) -> Self {
-        Fatal { connection_lost: true, ..Fatal::new(message) }
-    }
-
-    fn refused(message: impl std::fmt::Display) -> Self {
-        Fatal { refused: true, ..Fatal::new(message) }
-    }
-}
-
-/// Connections lost by one request so far, and the wait before the next reconnection.
-struct Losses {
-    count: u32,
-    backoff_ms: i32,
-}
-
-impl Default for Losses {
-    fn default() -> Self {
-        Losses { count: 0, backoff_ms: FIRST_BACKOFF_MS }
-    }
-}
-
-/// Connections one request may lose before it fails.
-const MAX_RECONNECTS: u32 = 8;
-/// First wait before reconnecting, doubled after each failure up to [`MAX_RESUME_BACKOFF_MS`]
-/// while resuming a request (and up to 30 s in a subscription's listener).
-const FIRST_BACKOFF_MS: i32 = 250;
-const MAX_RESUME_BACKOFF_MS: i32 = 5_000;
+/// First wait before a subscription's listener reconnects, doubled after each failure.
+const FIRST_BACKOFF_MS: i32 = assetsync_protocol::engine::FIRST_BACKOFF_MS as i32;
 
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
@@ -599,10 +461,12 @@ impl Client {
         self.prefetched.replace(Some((version, rx)));
     }
 
-    fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<(), Fatal> {
+    /// Sends `message`; returns its size, or why the connection is lost.
+    fn send(&self, socket: &Socket, message: &ClientMessage) -> Result<u64, String> {
         let text = serde_json::to_string(message).expect("client messages serialise");
         self.sent.set(self.sent.get() + text.len() as u64);
-        socket.send_text(&text).map_err(|e| Fatal::lost(e.0))
+        socket.send_text(&text).map_err(|e| e.0)?;
+        Ok(text.len() as u64)
     }
 
     /// The open socket, connecting first if there is none or it has closed since the last
@@ -618,54 +482,6 @@ impl Client {
         Ok(socket.as_mut().expect("connected above"))
     }
 
-    /// Stores the chunks `machine` received before `lost` broke its answer and lists them in
-    /// `lost.kept`, so that the resumed request does not fetch them again.
-    async fn keep_received(&self, machine: &mut ClientSync, mut lost: Fatal) -> Fatal {
-        let kept = machine.take_received();
-        match self.store.keep(&kept).await {
-            Ok(()) => {
-                lost.kept = kept.iter().map(VerifiedChunk::id).collect();
-                lost
-            }
-            Err(e) => {
-                Fatal::new(format!("{}, and storing the chunks received failed: {}", lost.message, e.0))
-            }
-        }
-    }
-
-    /// After a request lost its connection (`why`): waits with backoff and connects again into
-    /// `socket`, unless the client was closed or the request has lost too many connections.
-    async fn reconnect(
-        self: &Rc<Self>,
-        socket: &mut Option<Socket>,
-        losses: &mut Losses,
-        why: &str,
-    ) -> Result<(), JsError> {
-        *socket = None;
-        loop {
-            losses.count += 1;
-            if self.closed.get() {
-                return Err(js_error(why));
-            }
-            if losses.count > MAX_RECONNECTS {
-                return Err(js_error(format!("connection lost {} times, giving up: {why}", losses.count)));
-            }
-            web_sys::console::warn_1(&format!("assetsync: {why}; reconnecting").into());
-            subscribe::sleep(losses.backoff_ms).await;
-            losses.backoff_ms = (losses.backoff_ms * 2).min(MAX_RESUME_BACKOFF_MS);
-            match self.handshake().await {
-                Ok(s) => {
-                    *socket = Some(s);
-                    return Ok(());
-                }
-                Err(e) if losses.count < MAX_RECONNECTS => {
-                    web_sys::console::warn_2(&"assetsync: reconnecting failed:".into(), &e.into());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Opens a socket, exchanges `hello`/`welcome` and renews the subscriptions.
     async fn handshake(self: &Rc<Self>) -> Result<Socket, JsError> {
         let socket = Socket::open(&self.url, self.received.clone()).await?;
@@ -675,7 +491,7 @@ impl Client {
     /// Exchanges `hello`/`welcome` on a new socket and renews the subscriptions.
     async fn greet(self: &Rc<Self>, mut socket: Socket) -> Result<Socket, JsError> {
         let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
-        let fail = |f: Fatal| js_error(f.message);
+        let fail = |why: String| js_error(why);
         let hello = ClientMessage::Hello {
             protocol: PROTOCOL_VERSION,
             agent,
@@ -696,157 +512,10 @@ impl Client {
             _ => Err(js_error("unexpected binary frame during the handshake")),
         }
     }
-
-    /// One request and its whole answer. `Err` is fatal; `Ok(Err(..))` is bad data worth a retry.
-    async fn attempt(
-        &self,
-        socket: &mut Socket,
-        asset: &AssetPath,
-        holding: Holding,
-        sources: &[Manifest],
-        on_progress: Option<&Function>,
-        timings: &mut Timings,
-    ) -> Result<Result<Fetched, DataError>, Fatal> {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let have = ChunkSet::new(holding.chunks);
-        let (mut machine, request) = ClientSync::new(id, asset.clone(), holding.base, holding.others, have);
-        let received = match self.send(socket, &request) {
-            Ok(()) => self.receive(socket, &mut machine, asset, on_progress).await,
-            Err(lost) => Err(lost),
-        };
-        let received = match received {
-            Err(lost) if lost.connection_lost => return Err(self.keep_received(&mut machine, lost).await),
-            other => other?,
-        };
-        if let Err(e) = received {
-            let held = e.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-            return Ok(Err((e, held.unwrap_or_default())));
-        }
-        let current = sources.first().filter(|m| m.path == *asset);
-        if let Some(manifest) =
-            machine.manifest().filter(|m| machine.announced_bytes() == 0 && Some(*m) == current)
-        {
-            // Unchanged: the answer is the committed file.
-            let t0 = now_ms();
-            let file = self.file(manifest).await.map_err(|e| Fatal::new(e.0))?;
-            timings.store_ms += now_ms() - t0;
-            let (version, len, chunks) = (manifest.version(), manifest.len, manifest.chunks.len());
-            return Ok(match file {
-                Ok(data) => Ok(Fetched::Unchanged { version, len, chunks, data }),
-                Err(damaged) => {
-                    let error = SyncError::MissingLocal(damaged);
-                    let held = error.retry_holding(machine.held_chunks(), machine.chunk_prefix());
-                    Err((error, held.unwrap_or_default()))
-                }
-            });
-        }
-        let prefix = machine.chunk_prefix();
-        let sources: Vec<&Manifest> = sources.iter().collect();
-        let (verified, held) = self.rebuild(machine, &sources, timings).await?;
-        match verified {
-            Ok(synced) => Ok(Ok(Fetched::Synced(synced))),
-            Err(error) => {
-                let Some(held) = error.retry_holding(held, prefix) else {
-                    return Err(Fatal::new(format!("{asset}: {error}")));
-                };
-                if let SyncError::MissingLocal(damaged) = &error {
-                    self.store.discard(damaged).await.map_err(|e| Fatal::new(e.0))?;
-                }
-                Ok(Err((error, held)))
-            }
-        }
-    }
-}
-
-impl Client {
-    /// Rebuilds and verifies the file of a complete answer from its received chunks and the
-    /// ones `machine` needs from the store. Also returns the ids of the chunks found there.
-    async fn rebuild(
-        &self,
-        machine: ClientSync,
-        sources: &[&Manifest],
-        timings: &mut Timings,
-    ) -> Result<(Result<Synced, SyncError>, Vec<ChunkId>), Fatal> {
-        let t0 = now_ms();
-        let local = self.store.chunks(&machine.local_chunks(), sources).await.map_err(|e| Fatal::new(e.0))?;
-        let t1 = now_ms();
-        let held = local.iter().map(|(id, _)| *id).collect();
-        task::yield_if_busy().await;
-        let verified = match machine.assemble(local) {
-            Ok(assembled) => {
-                task::yield_if_busy().await;
-                let digest = digest::sha256(assembled.data()).await;
-                assembled.verify(digest)
-            }
-            Err(e) => Err(e),
-        };
-        timings.store_ms += t1 - t0;
-        timings.verify_ms += now_ms() - t1;
-        Ok((verified, held))
-    }
-
-    /// Feeds one answer to `machine` until it is complete, reporting progress. Bad data (and
-    /// `unknown_base`) comes back as the inner `Err` once the whole answer has been read, so the
-    /// stream stays usable.
-    ///
-    /// Received chunks are hashed with `crypto.subtle` while later frames arrive; every hash is
-    /// in `machine` when this returns, also after a lost connection (so resume keeps them).
-    async fn receive(
-        &self,
-        socket: &mut Socket,
-        machine: &mut ClientSync,
-        asset: &AssetPath,
-        on_progress: Option<&Function>,
-    ) -> Result<Result<(), SyncError>, Fatal> {
-        let mut hasher = ChunkHasher::new(machine);
-        let result = self.receive_hashing(socket, machine, &mut hasher, asset, on_progress).await;
-        hasher.finish(machine).await;
-        result
-    }
-
-    async fn receive_hashing(
-        &self,
-        socket: &mut Socket,
-        machine: &mut ClientSync,
-        hasher: &mut ChunkHasher,
-        asset: &AssetPath,
-        on_progress: Option<&Function>,
-    ) -> Result<Result<(), SyncError>, Fatal> {
-        loop {
-            let event = match next(socket).await? {
-                Incoming::Text(text) => machine.on_message(parse(&text)?),
-                Incoming::Binary(frame) => machine.on_frame(&frame),
-                Incoming::Open | Incoming::Closed { .. } => unreachable!("handled by next()"),
-            };
-            hasher.start(machine);
-            task::yield_if_busy().await;
-            if let Some(prefix) = machine.wanted_prefix() {
-                let file = self.file(prefix).await.map_err(|e| Fatal::new(e.0))?;
-                // Commits write whole files, so reused chunks may come from any verified copy.
-                machine.set_prefix(file.map(|f| f.to_vec()), true);
-                task::yield_if_busy().await;
-            }
-            match event {
-                Ok(Event::Complete) => {
-                    let total = machine.announced_bytes();
-                    report_progress(on_progress, total, total);
-                    return Ok(Ok(()));
-                }
-                Ok(Event::Progress { received, total }) => report_progress(on_progress, received, total),
-                Err(e @ (SyncError::FileMismatch | SyncError::MissingLocal(_) | SyncError::UnknownBase)) => {
-                    return Ok(Err(e));
-                }
-                Err(e @ SyncError::Server { .. }) => return Err(Fatal::refused(format!("{asset}: {e}"))),
-                // Lost, or the stream went bad (mid-answer, it cannot be read on): reconnect.
-                Err(e) => return Err(Fatal::lost(format!("{asset}: {e}"))),
-            }
-        }
-    }
 }
 
 /// The next data message; a closed socket is a lost connection.
-async fn next(socket: &mut Socket) -> Result<Incoming, Fatal> {
+async fn next(socket: &mut Socket) -> Result<Incoming, String> {
     loop {
         let message = match socket.recv().await {
             Some(Incoming::Closed { code, reason }) => {
@@ -857,7 +526,7 @@ async fn next(socket: &mut Socket) -> Result<Incoming, Fatal> {
             Some(Incoming::Open) => continue,
             Some(other) => return Ok(other),
         };
-        return Err(Fatal::lost(message));
+        return Err(message);
     }
 }
 
@@ -871,9 +540,8 @@ fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
     }
 }
 
-fn parse(text: &str) -> Result<ServerMessage, Fatal> {
-    // Mid-answer, a message that does not parse means the stream went bad.
-    serde_json::from_str(text).map_err(|e| Fatal::lost(format!("invalid message from server: {e}")))
+fn parse(text: &str) -> Result<ServerMessage, String> {
+    serde_json::from_str(text).map_err(|e| format!("invalid message from server: {e}"))
 }
 
 fn now_ms() -> f64 {

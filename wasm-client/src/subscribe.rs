@@ -17,7 +17,7 @@ use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Incoming, Socket};
-use crate::{Client, FIRST_BACKOFF_MS, Fatal, SyncResult, js_error, next, parse};
+use crate::{Client, FIRST_BACKOFF_MS, SyncResult, js_error, next, parse};
 
 /// Longest wait between a listener's reconnection attempts.
 const MAX_BACKOFF_MS: i32 = 30_000;
@@ -51,7 +51,7 @@ impl Client {
     async fn request_subscription(&self, socket: &mut Socket, scope: &Scope) -> Result<(), JsError> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let fail = |f: Fatal| js_error(f.message);
+        let fail = |why: String| js_error(why);
         self.send(socket, &ClientMessage::Subscribe { id, path: scope.to_string() }).map_err(fail)?;
         match next(socket).await.map_err(fail)? {
             Incoming::Text(text) => match parse(&text).map_err(fail)? {
@@ -80,7 +80,7 @@ impl Client {
     /// Brings `asset` up to date after a push (`Some(version)`, `None` inside when it was
     /// removed) or a reconnection (`None`: unknown whether it changed), and tells the
     /// subscriptions covering it if it did change.
-    async fn deliver(self: &Rc<Self>, asset: AssetPath, pushed: Option<Option<VersionId>>) {
+    pub(crate) async fn deliver(self: &Rc<Self>, asset: AssetPath, pushed: Option<Option<VersionId>>) {
         if !self.subscriptions.borrow().iter().any(|(s, _)| s.covers(&asset)) {
             return;
         }

@@ -158,7 +158,7 @@ impl AssetSync {
     pub fn finish(self) -> Finished {
         match self.state {
             State::Finished(fetched) => Finished { fetched, report: self.report },
-            other => panic!("finish() before Action::Done: {other:?}"),
+            _ => panic!("finish() before Action::Done"),
         }
     }
 

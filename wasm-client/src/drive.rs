@@ -1,0 +1,253 @@
+//! The browser driver: runs an engine machine ([`assetsync_protocol::engine`]), moving bytes
+//! between it, the WebSocket and IndexedDB. Every decision (what to ask, keep, retry, commit)
+//! is the machine's; this loop only does what an [`Action`] says.
+
+use std::rc::Rc;
+
+use assetsync_protocol::Manifest;
+use assetsync_protocol::engine::{Action, ClientError, Fetched, Finished, Input, Machine};
+use js_sys::{Function, Object, Reflect};
+use wasm_bindgen::JsValue;
+
+use crate::digest::{self, ChunkHasher};
+use crate::socket::{Incoming, Socket};
+use crate::{Bytes, Client, SyncResult, next, now_ms, report_progress, subscribe, task};
+
+/// What a run produced besides the machine's own result.
+#[derive(Default)]
+pub(crate) struct Driven {
+    /// The file of an asset found unchanged, as remembered or read back and verified.
+    pub unchanged: Option<Bytes>,
+    /// The files a folder sync committed, in order.
+    pub files: Vec<SyncResult>,
+    pub timings: Timings,
+}
+
+/// Where a sync's time went, reported in its stats.
+#[derive(Default)]
+pub(crate) struct Timings {
+    /// Reading from IndexedDB and committing.
+    pub store_ms: f64,
+    /// Rebuilding the file and checking its SHA-256.
+    pub verify_ms: f64,
+}
+
+/// Why a run stopped. `in_step`: the server refused the request, so the connection is still
+/// in step for the next one; after anything else part of an answer may be in flight, and the
+/// connection is dropped.
+pub(crate) struct Stopped {
+    pub message: String,
+    pub in_step: bool,
+}
+
+impl Stopped {
+    fn store(message: impl std::fmt::Display) -> Self {
+        Stopped { message: message.to_string(), in_step: false }
+    }
+}
+
+impl Client {
+    /// Runs `machine` to its end over `socket` (reconnected in place when the machine says so).
+    /// `target` is the asset or folder synced; `base_file` the committed file of the asset's
+    /// current version, for a prefetch.
+    pub(crate) async fn drive(
+        self: &Rc<Self>,
+        machine: &mut impl Machine,
+        socket: &mut Option<Socket>,
+        target: &str,
+        mut base_file: Option<web_sys::Blob>,
+        on_progress: Option<&Function>,
+    ) -> Result<Driven, Stopped> {
+        let mut driven = Driven::default();
+        let mut hasher = ChunkHasher::default();
+        let mut last_loss = String::new();
+        let mut file_started = now_ms();
+        loop {
+            let t0 = now_ms();
+            let input = match machine.poll() {
+                Action::Prefetch(base) => {
+                    self.prefetch(&base, base_file.take());
+                    continue;
+                }
+                Action::Send(message) => match socket.as_ref().map(|s| self.send(s, &message)) {
+                    Some(Ok(wire)) => Input::Sent { wire },
+                    Some(Err(why)) => Input::Lost(why),
+                    None => Input::Lost("not connected".into()),
+                },
+                Action::Receive => {
+                    let received = match socket.as_mut() {
+                        Some(s) => next(s).await,
+                        None => Err("not connected".into()),
+                    };
+                    match received {
+                        Ok(Incoming::Text(text)) => {
+                            machine.handle(Input::Text { text: &text, wire: text.len() as u64 });
+                        }
+                        Ok(Incoming::Binary(frame)) => {
+                            machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
+                            // Hashed by crypto.subtle on another thread while frames keep coming.
+                            hasher.start(machine.take_unhashed());
+                        }
+                        Ok(Incoming::Open | Incoming::Closed { .. }) => unreachable!("handled by next()"),
+                        Err(why) => {
+                            last_loss.clone_from(&why);
+                            machine.handle(Input::Lost(why));
+                        }
+                    }
+                    task::yield_if_busy().await;
+                    continue;
+                }
+                Action::LoadFile(m) => {
+                    let file = self.file(m).await.map_err(|e| Stopped::store(e.0))?;
+                    driven.timings.store_ms += now_ms() - t0;
+                    Input::File(file.map(|f| f.to_vec()))
+                }
+                Action::CheckFile(m) => {
+                    let file = self.file(m).await.map_err(|e| Stopped::store(e.0))?;
+                    driven.timings.store_ms += now_ms() - t0;
+                    Input::Checked(file.map(|bytes| driven.unchanged = Some(bytes)))
+                }
+                Action::FinishHashing => {
+                    hasher.start(machine.take_unhashed());
+                    for (index, bytes, id) in hasher.finish().await {
+                        machine.handle(Input::Hashed { index, bytes, id });
+                    }
+                    continue;
+                }
+                Action::LoadChunks { ids, sources } => {
+                    let sources: Vec<&Manifest> = sources.iter().collect();
+                    let chunks = self.store.chunks(&ids, &sources).await.map_err(|e| Stopped::store(e.0))?;
+                    driven.timings.store_ms += now_ms() - t0;
+                    Input::Chunks(chunks)
+                }
+                Action::Verify(data) => {
+                    task::yield_if_busy().await;
+                    let digest = digest::sha256(data).await;
+                    driven.timings.verify_ms += now_ms() - t0;
+                    Input::Digest(digest)
+                }
+                Action::Keep(chunks) => {
+                    let kept = self.store.keep(chunks).await;
+                    kept.map_err(|e| {
+                        Stopped::store(format!(
+                            "{last_loss}, and storing the chunks received failed: {}",
+                            e.0
+                        ))
+                    })?;
+                    Input::Stored
+                }
+                Action::Commit(synced) => {
+                    task::yield_if_busy().await;
+                    if let Err(e) = self.store.commit(synced).await {
+                        let path = synced.manifest.path.as_str();
+                        let file = if path == target { String::new() } else { format!("{path}: ") };
+                        return Err(Stopped::store(format!("{file}{}; the previous version is kept", e.0)));
+                    }
+                    driven.timings.store_ms += now_ms() - t0;
+                    Input::Stored
+                }
+                Action::Remove(asset) => {
+                    self.remembered.borrow_mut().remove(asset);
+                    self.store.remove(asset).await.map_err(|e| Stopped::store(e.0))?;
+                    Input::Stored
+                }
+                // Kept chunk records are dropped once damaged, or once in committed files.
+                Action::Discard(ids) | Action::Release(ids) => {
+                    self.store.discard(&ids).await.map_err(|e| Stopped::store(e.0))?;
+                    continue;
+                }
+                Action::Reconnect { after_ms } => {
+                    *socket = None;
+                    if self.closed.get() {
+                        return Err(Stopped { message: last_loss, in_step: false });
+                    }
+                    subscribe::sleep(after_ms as i32).await;
+                    match self.handshake().await {
+                        Ok(s) => {
+                            *socket = Some(s);
+                            Input::Reconnected
+                        }
+                        Err(e) => Input::Lost(message_of(e.into())),
+                    }
+                }
+                Action::Progress { received, total } => {
+                    report_progress(on_progress, received, total);
+                    continue;
+                }
+                // The socket routes pushes to the subscription listener; one that reaches an
+                // answer is delivered the same way.
+                Action::Changed { asset, version } => {
+                    let client = Rc::clone(self);
+                    wasm_bindgen_futures::spawn_local(
+                        async move { client.deliver(asset, Some(version)).await },
+                    );
+                    continue;
+                }
+                Action::Warn(line) => {
+                    web_sys::console::warn_1(&format!("assetsync: {line}").into());
+                    continue;
+                }
+                Action::FileDone(done) => {
+                    let file = self.result(done, None, None, &Timings::default(), file_started);
+                    driven.files.push(file);
+                    file_started = now_ms();
+                    continue;
+                }
+                Action::Done => return Ok(driven),
+                Action::Failed(error) => {
+                    let in_step = matches!(error, ClientError::Refused { .. });
+                    return Err(Stopped { message: error.to_string(), in_step });
+                }
+            };
+            machine.handle(input);
+        }
+    }
+
+    /// The JS result of a finished sync: its bytes (`unchanged` when it found the committed file
+    /// current) and its stats. `wire` (in, out) overrides the machine's own counts: a single
+    /// sync's figures also cover its reconnections.
+    pub(crate) fn result(
+        &self,
+        done: Finished,
+        unchanged: Option<Bytes>,
+        wire: Option<(u64, u64)>,
+        timings: &Timings,
+        started: f64,
+    ) -> SyncResult {
+        let manifest = done.manifest();
+        let (asset, version) = (manifest.path.clone(), manifest.version());
+        let (len, chunks, reused) = (manifest.len, manifest.chunks.len(), done.chunks_reused());
+        let report = done.report;
+        let (wire_in, wire_out) = wire.unwrap_or((report.wire_in, report.wire_out));
+        let data = match done.fetched {
+            Fetched::Synced(synced) => Bytes::Wasm(Rc::new(synced.data)),
+            Fetched::Unchanged(_) => unchanged.expect("an unchanged asset's file was checked"),
+        };
+        if self.memory_cache {
+            self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));
+        }
+        let stats = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
+        set("version", version.to_hex().into());
+        set("bytes", (len as f64).into());
+        set("chunks", (chunks as f64).into());
+        set("chunksReused", (reused as f64).into());
+        set("wireBytesIn", (wire_in as f64).into());
+        set("wireBytesOut", (wire_out as f64).into());
+        set("elapsedMs", (now_ms() - started).into());
+        set("requests", report.requests.into());
+        set("retried", report.retried.into());
+        set("reconnects", report.reconnects.into());
+        set("storeMs", timings.store_ms.into());
+        set("verifyMs", timings.verify_ms.into());
+        SyncResult { asset, version, data, stats }
+    }
+}
+
+/// The message of a JS error value.
+fn message_of(value: JsValue) -> String {
+    Reflect::get(&value, &"message".into())
+        .ok()
+        .and_then(|m| m.as_string())
+        .unwrap_or_else(|| "unknown error".into())
+}
