@@ -445,34 +445,24 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
             .filter(|m| target.as_ref().is_none_or(|a| *a == m.path))
             .collect();
         let missing = w.missing(&wanted.iter().collect::<Vec<_>>());
-        let hashes = w.rng.chance(500);
-        let (result, met) = match &target {
+        let mut machine: Box<dyn Machine> = match &target {
             None => {
                 let held: Vec<Manifest> = w.store.refs.values().cloned().collect();
-                let mut m = FolderSync::new(folder.clone(), held, w.next_id);
-                if hashes {
-                    m = m.driver_hashes();
-                }
-                let outcome = w.run(&mut m, faults);
-                if outcome.0.is_ok() {
-                    w.next_id = m.next_id();
-                }
-                outcome
+                Box::new(FolderSync::new(folder.clone(), held, w.next_id))
             }
             Some(asset) => {
                 let base = w.store.refs.get(asset).cloned();
                 let others = w.store.refs.values().filter(|m| m.path != *asset).cloned().collect();
-                let mut m = AssetSync::new(asset.clone(), base, others, w.next_id);
-                if hashes {
-                    m = m.driver_hashes();
-                }
-                let outcome = w.run(&mut m, faults);
-                if outcome.0.is_ok() {
-                    w.next_id = m.next_id();
-                }
-                outcome
+                Box::new(AssetSync::new(asset.clone(), base, others, w.next_id))
             }
         };
+        if w.rng.chance(500) {
+            machine.set_driver_hashes();
+        }
+        let (result, met) = w.run(machine.as_mut(), faults);
+        if result.is_ok() {
+            w.next_id = machine.next_id();
+        }
         w.log(format!("=> {result:?} {met:?}, {missing} bytes missing"));
         match &result {
             Err(e) if met.cuts + met.other_faults == 0 => panic!("a sync without faults failed: {e}"),

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use assetsync_protocol::engine::FolderSync;
+use assetsync_protocol::engine::{FolderSync, Machine};
 use assetsync_protocol::{AssetPath, Manifest, Scope};
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
@@ -56,7 +56,7 @@ impl Client {
         let (in0, out0) = (self.received.get(), self.sent.get());
         let mut machine = FolderSync::new(folder.clone(), self.held_in(folder).await?, self.next_id.get());
         if digest::subtle() {
-            machine = machine.driver_hashes();
+            machine.set_driver_hashes();
         }
         self.connected(&mut guard).await?;
         let target = folder.to_string();

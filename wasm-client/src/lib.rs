@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use assetsync_protocol::engine::{AssetSync, MAX_OTHER_VERSIONS};
+use assetsync_protocol::engine::{AssetSync, MAX_OTHER_VERSIONS, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
@@ -337,7 +337,7 @@ impl Client {
         let (base, file) = current?.unzip();
         let mut machine = AssetSync::new(asset.clone(), base, others?, self.next_id.get());
         if digest::subtle() {
-            machine = machine.driver_hashes();
+            machine.set_driver_hashes();
         }
         self.connected(&mut guard).await?;
         let run =

@@ -128,12 +128,6 @@ impl AssetSync {
         self
     }
 
-    /// Received chunks are hashed by the driver (see [`Machine::take_unhashed`]).
-    pub fn driver_hashes(mut self) -> Self {
-        self.driver_hashes = true;
-        self
-    }
-
     /// Chunks this sync kept from cut transfers (they are in the store).
     pub fn kept(&self) -> &[ChunkId] {
         &self.kept
@@ -147,11 +141,6 @@ impl AssetSync {
     /// Whether [`Machine::poll`] returns [`Action::Done`] or [`Action::Failed`] next.
     pub fn at_end(&self) -> bool {
         self.queue.is_empty() && matches!(self.state, State::Finished(_) | State::Failed(_))
-    }
-
-    /// The first request id this sync has not used.
-    pub fn next_id(&self) -> u32 {
-        self.next_id
     }
 
     /// The result, after [`Action::Done`].
@@ -201,12 +190,8 @@ impl AssetSync {
     }
 
     fn reconnect(&mut self, why: String) {
-        self.state = match self.losses.next(&why) {
-            _ if !self.resume => State::Failed(ClientError::Lost(why)),
-            Ok(after_ms) => {
-                self.queue.push_back(Action::Warn(format!("{}: {why}; reconnecting", self.asset)));
-                State::Reconnecting(after_ms)
-            }
+        self.state = match self.losses.reconnect(self.resume, self.asset.as_str(), why, &mut self.queue) {
+            Ok(after_ms) => State::Reconnecting(after_ms),
             Err(error) => State::Failed(error),
         };
         self.report.reconnects = self.losses.count;
@@ -284,6 +269,14 @@ impl Machine for AssetSync {
                 self.state = state;
             }
         }
+    }
+
+    fn set_driver_hashes(&mut self) {
+        self.driver_hashes = true;
+    }
+
+    fn next_id(&self) -> u32 {
+        self.next_id
     }
 
     fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {

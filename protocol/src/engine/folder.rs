@@ -111,17 +111,6 @@ impl FolderSync {
         self
     }
 
-    /// See [`AssetSync::driver_hashes`].
-    pub fn driver_hashes(mut self) -> Self {
-        self.driver_hashes = true;
-        self
-    }
-
-    /// The first request id this sync has not used.
-    pub fn next_id(&self) -> u32 {
-        self.next_id
-    }
-
     /// The result, after [`Action::Done`].
     pub fn finish(self) -> FolderDone {
         assert!(matches!(self.state, State::Finished), "finish() before Action::Done");
@@ -188,7 +177,7 @@ impl FolderSync {
                 sync = sync.without_resume();
             }
             if self.driver_hashes {
-                sync = sync.driver_hashes();
+                sync.set_driver_hashes();
             }
             State::Again(Box::new(sync))
         } else {
@@ -226,12 +215,9 @@ impl FolderSync {
     }
 
     fn lost(&mut self, why: String) {
-        self.state = match self.losses.next(&why) {
-            _ if !self.resume => State::Failed(ClientError::Lost(why)),
-            Ok(after_ms) => {
-                self.queue.push_back(Action::Warn(format!("{}: {why}; reconnecting", self.folder)));
-                State::Reconnecting(after_ms)
-            }
+        let who = self.folder.to_string();
+        self.state = match self.losses.reconnect(self.resume, &who, why, &mut self.queue) {
+            Ok(after_ms) => State::Reconnecting(after_ms),
             Err(error) => State::Failed(error),
         };
         self.report.reconnects = self.losses.count;
@@ -357,6 +343,14 @@ impl Machine for FolderSync {
                 self.state = state;
             }
         }
+    }
+
+    fn set_driver_hashes(&mut self) {
+        self.driver_hashes = true;
+    }
+
+    fn next_id(&self) -> u32 {
+        self.next_id
     }
 
     fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {

@@ -175,6 +175,11 @@ pub trait Machine {
     /// `crypto.subtle`): after each [`Input::Frame`], take the received chunks and give each back
     /// as [`Input::Hashed`]. The machine waits for all of them before it uses any.
     fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)>;
+    /// Opts in to [`Machine::take_unhashed`], before the first poll.
+    fn set_driver_hashes(&mut self);
+    /// The first request id the machine has not used: where the next request on the same
+    /// connection starts.
+    fn next_id(&self) -> u32;
 }
 
 /// Why a sync failed. Each message names the cause; the previous version is kept.
@@ -240,6 +245,17 @@ impl Losses {
             return Err(ClientError::GaveUpReconnecting { times: self.count, last: why.to_owned() });
         }
         Ok((FIRST_BACKOFF_MS << (self.count - 1).min(5)).min(MAX_RESUME_BACKOFF_MS))
+    }
+
+    /// After `who`'s connection was lost: the wait before reconnecting (with a log line queued),
+    /// or why to stop (the caller reconnects itself, or there were too many losses).
+    fn reconnect(&mut self, resume: bool, who: &str, why: String, queue: &mut Queue) -> Result<u32, ClientError> {
+        if !resume {
+            return Err(ClientError::Lost(why));
+        }
+        let after_ms = self.next(&why)?;
+        queue.push_back(Action::Warn(format!("{who}: {why}; reconnecting")));
+        Ok(after_ms)
     }
 }
 
