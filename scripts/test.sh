@@ -38,6 +38,13 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --target wasm32-unknown-unknown -p assetsync-wasm --all-targets --locked -- -D warnings
 
+step "crate boundaries"
+# The native client knows nothing of the server: no HTTP server, no file watching, no C zstd.
+if cargo tree --locked -p assetsync-client -e normal | grep -E "axum|hyper-util|tower-http|notify|zstd-sys"; then
+  echo "assetsync-client depends on server crates (above)" >&2
+  exit 1
+fi
+
 step "protocol crate builds for wasm32"
 cargo check --locked --target wasm32-unknown-unknown -p assetsync-protocol
 

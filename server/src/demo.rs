@@ -5,13 +5,11 @@
 //! libraries from `js/vendor/`, then a small app module. A rebuild changes the banner and the app
 //! module and leaves the vendor code alone, as most real rebuilds do.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
-
-use crate::cache::write_file_atomic;
 
 /// The demo's bundle, relative to the demo root.
 pub const BUNDLE: &str = "js/app.js";
@@ -69,7 +67,13 @@ impl Demo {
             bundle.extend_from_slice(&std::fs::read(self.dir.path().join("js/vendor").join(name))?);
         }
         bundle.extend_from_slice(app_module(next).as_bytes());
-        write_file_atomic(&self.dir.path().join(BUNDLE), &bundle)?;
+        // Through a temporary file that the watcher and index ignore (`.tmp`), renamed into
+        // place: readers see the old build or the whole new one.
+        let path = self.dir.path().join(BUNDLE);
+        let mut tmp =
+            tempfile::Builder::new().suffix(".tmp").tempfile_in(path.parent().expect("in a folder"))?;
+        tmp.write_all(&bundle)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
         *build = next;
         Ok(Build { build: next, asset: BUNDLE, bytes: bundle.len() })
     }

@@ -249,7 +249,13 @@ impl Losses {
 
     /// After `who`'s connection was lost: the wait before reconnecting (with a log line queued),
     /// or why to stop (the caller reconnects itself, or there were too many losses).
-    fn reconnect(&mut self, resume: bool, who: &str, why: String, queue: &mut Queue) -> Result<u32, ClientError> {
+    fn reconnect(
+        &mut self,
+        resume: bool,
+        who: &str,
+        why: String,
+        queue: &mut Queue,
+    ) -> Result<u32, ClientError> {
         if !resume {
             return Err(ClientError::Lost(why));
         }

@@ -1,0 +1,291 @@
+//! One connection to a server: tokio-tungstenite over a byte-counting TCP stream, the
+//! `hello`/`welcome` handshake, reconnection, subscriptions and pushed changes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use assetsync_protocol::engine::{FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS};
+use assetsync_protocol::{
+    AssetPath, ClientMessage, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// First wait before reconnecting; doubled after each failed attempt, up to [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
+/// Longest wait between reconnection attempts of `--follow`.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between reconnections while resuming one transfer.
+const MAX_RESUME_BACKOFF: Duration = Duration::from_millis(MAX_RESUME_BACKOFF_MS as u64);
+
+/// Marks a connection that broke between the TCP connect and `welcome`: worth retrying.
+#[derive(Debug)]
+struct HandshakeBroke;
+
+impl std::fmt::Display for HandshakeBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection broke during the handshake")
+    }
+}
+
+/// Byte counters shared with the [`Counted`] stream.
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A stream that counts the bytes that cross it: the wire bytes we report are socket bytes.
+struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.counters.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+pub(crate) struct Connection {
+    ws: WebSocketStream<Counted<TcpStream>>,
+    /// Where to reconnect to after a lost connection.
+    url: String,
+    token: Option<String>,
+    /// Shared by every socket of this connection, so the wire counts survive reconnections.
+    counters: Arc<Counters>,
+    /// The counters (read, written) when last sampled by [`Connection::wire_delta`].
+    seen: (u64, u64),
+    pub(crate) next_id: u32,
+    /// `changed` pushes that arrived while an answer was being read.
+    changes: VecDeque<(AssetPath, Option<VersionId>)>,
+    /// Subscribed: a lost connection is left to [`follow`], which reconnects, subscribes again
+    /// and resyncs everything (a quiet reconnection would lose the subscriptions).
+    pub(crate) follows: bool,
+}
+
+impl Connection {
+    /// Connects, upgrades and exchanges `hello`/`welcome`.
+    pub(crate) async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let ws = Self::handshake(url, token, counters.clone()).await?;
+        let (url, token) = (url.to_owned(), token.map(str::to_owned));
+        let mut conn = Connection {
+            ws,
+            url,
+            token,
+            counters,
+            seen: (0, 0),
+            next_id: 1,
+            changes: VecDeque::new(),
+            follows: false,
+        };
+        conn.seen = conn.wire();
+        Ok(conn)
+    }
+
+    /// [`Connection::open`], retried with backoff when the connection breaks during the
+    /// handshake. An unreachable server or a refusal fails at once.
+    pub(crate) async fn open_resilient(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut backoff = FIRST_BACKOFF;
+        for _ in 0..MAX_RECONNECTS {
+            match Self::open(url, token).await {
+                Err(e) if e.downcast_ref::<HandshakeBroke>().is_some() => {
+                    tracing::warn!(error = %format!("{e:#}"), "handshake broke; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
+                }
+                result => return result,
+            }
+        }
+        Self::open(url, token).await
+    }
+
+    /// Replaces a lost socket with a new one (same counters; pending pushes are kept).
+    pub(crate) async fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.ws = Self::handshake(&self.url, self.token.as_deref(), self.counters.clone()).await?;
+        Ok(())
+    }
+
+    async fn handshake(
+        url: &str,
+        token: Option<&str>,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<WebSocketStream<Counted<TcpStream>>> {
+        let request = url.into_client_request().with_context(|| format!("invalid server URL {url:?}"))?;
+        let uri = request.uri();
+        if uri.scheme_str() != Some("ws") {
+            bail!("unsupported server URL {url:?}: use ws://HOST:PORT/sync (put TLS in a reverse proxy)");
+        }
+        let host = uri.host().context("server URL has no host")?.trim_matches(['[', ']']).to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| anyhow!("cannot connect to {url}: timed out"))?
+            .with_context(|| format!("cannot connect to {url}"))?;
+        tcp.set_nodelay(true)?;
+        let stream = Counted { inner: tcp, counters };
+        // Compressed batches hold up to 8 MiB of chunks and may, on incompressible data, be a
+        // little larger than that.
+        let config =
+            WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(HandshakeBroke))
+            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+        let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
+        let encodings = vec![compress::ZSTD.to_owned()];
+        let token = token.map(str::to_owned);
+        let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token };
+        ws.send(Message::text(serde_json::to_string(&hello).expect("client messages serialise")))
+            .await
+            .context("connection lost while sending")?;
+        let answer = match ws.next().await {
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<ServerMessage>(&t).ok(),
+            _ => {
+                return Err(
+                    anyhow!(HandshakeBroke).context(format!("connection to {url} lost during the handshake"))
+                );
+            }
+        };
+        match answer {
+            Some(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(ws),
+            Some(ServerMessage::Error { message, .. }) => bail!("server refused the connection: {message}"),
+            other => bail!("unexpected handshake answer from server: {other:?}"),
+        }
+    }
+
+    pub(crate) async fn send(&mut self, message: &ClientMessage) -> anyhow::Result<()> {
+        let text = serde_json::to_string(message).expect("client messages serialise");
+        self.ws.send(Message::text(text)).await.context("connection lost while sending")
+    }
+
+    /// Subscribes to changes of `scope`.
+    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> anyhow::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.follows = true;
+        self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
+        loop {
+            match self.recv_message().await? {
+                ServerMessage::Subscribed { id: got } if got == id => return Ok(()),
+                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
+                ServerMessage::Error { message, .. } => bail!("server refused to watch {scope}: {message}"),
+                other => bail!("unexpected `{}` answer to subscribe", other.kind()),
+            }
+        }
+    }
+
+    /// Notes an announced change. Only the last change of each asset is kept, so the queue holds
+    /// at most one entry per asset however fast the server pushes.
+    pub(crate) fn push_change(&mut self, asset: AssetPath, version: Option<VersionId>) {
+        self.changes.retain(|(a, _)| *a != asset);
+        self.changes.push_back((asset, version));
+    }
+
+    /// The next announced change, waiting for one.
+    pub(crate) async fn change(&mut self) -> anyhow::Result<(AssetPath, Option<VersionId>)> {
+        loop {
+            if let Some(change) = self.changes.pop_front() {
+                return Ok(change);
+            }
+            match self.recv_message().await? {
+                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
+                ServerMessage::Error { id: None, message, .. } => {
+                    bail!("server closed the connection: {message}")
+                }
+                other => bail!("unexpected `{}` message while waiting for changes", other.kind()),
+            }
+        }
+    }
+
+    /// The next control message, parsed.
+    pub(crate) async fn recv_message(&mut self) -> anyhow::Result<ServerMessage> {
+        match self.recv_raw().await? {
+            Raw::Text(t) => {
+                serde_json::from_str(&t).with_context(|| format!("invalid message from server: {t:.200}"))
+            }
+            Raw::Binary(_) => bail!("unexpected binary frame"),
+        }
+    }
+
+    /// The next message as it arrived; a closed socket is a lost connection.
+    pub(crate) async fn recv_raw(&mut self) -> anyhow::Result<Raw> {
+        loop {
+            let message = match self.ws.next().await {
+                None => bail!("connection lost: the server closed the socket"),
+                Some(Err(e)) => bail!("connection lost: {e}"),
+                Some(Ok(m)) => m,
+            };
+            return Ok(match message {
+                Message::Text(t) => Raw::Text(t.to_string()),
+                Message::Binary(b) => Raw::Binary(b.to_vec()),
+                Message::Close(frame) => bail!(
+                    "server closed the connection{}",
+                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+                ),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            });
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Socket bytes (read, written) so far.
+    pub(crate) fn wire(&self) -> (u64, u64) {
+        (self.counters.read.load(Ordering::Relaxed), self.counters.written.load(Ordering::Relaxed))
+    }
+
+    /// Socket bytes (read, written) since the last call.
+    pub(crate) fn wire_delta(&mut self) -> (u64, u64) {
+        let now = self.wire();
+        let delta = (now.0 - self.seen.0, now.1 - self.seen.1);
+        self.seen = now;
+        delta
+    }
+}
+
+/// A message as it arrived, before the machine parses it.
+pub(crate) enum Raw {
+    Text(String),
+    Binary(Vec<u8>),
+}

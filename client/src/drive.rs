@@ -1,0 +1,204 @@
+//! The native driver: runs the protocol crate's engine machines, moving bytes between them, the
+//! socket and the cache. Every decision (what to ask, keep, retry, commit) is the machine's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use assetsync_protocol::engine::{
+    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
+};
+use assetsync_protocol::{Hash, Manifest, Scope};
+
+use crate::cache::Cache;
+use crate::connection::{Connection, Raw};
+use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
+
+/// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
+#[derive(Debug)]
+pub(crate) struct CommitFailed;
+
+impl std::fmt::Display for CommitFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot write to the cache or --out (the previous version is kept)")
+    }
+}
+
+impl Connection {
+    /// Pulls one asset, or every file of a folder, reporting each as it lands.
+    pub(crate) async fn pull_target(
+        &mut self,
+        cache: &mut Cache,
+        target: &Scope,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> anyhow::Result<()> {
+        let (started, wire0) = (Instant::now(), self.wire());
+        // Whole-target figures come from the socket counters: they also cover the handshakes of
+        // reconnections and the partial messages a cut threw away.
+        let wire = |conn: &Self| {
+            let now = conn.wire();
+            (now.0 - wire0.0, now.1 - wire0.1)
+        };
+        match target {
+            Scope::Asset(asset) => {
+                let base = cache.current(asset);
+                let others = cache.others(asset, MAX_OTHER_VERSIONS);
+                let mut machine = AssetSync::new(asset.clone(), base, others, self.next_id);
+                if self.follows {
+                    machine = machine.without_resume();
+                }
+                let unchanged = self.drive(&mut machine, cache, config, report).await?;
+                self.next_id = machine.next_id();
+                let done = machine.finish();
+                if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
+                    // The cached copy is current: `--out` gets it again, as a single pull repairs.
+                    write_out(config, done.manifest(), &data)?;
+                }
+                report(&PullEvent::Pulled(PullReport::new(&done, started, Some(wire(self)))));
+            }
+            folder => {
+                let held =
+                    cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
+                let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
+                if self.follows {
+                    machine = machine.without_resume();
+                }
+                self.drive(&mut machine, cache, config, report).await?;
+                self.next_id = machine.next_id();
+                let done = machine.finish();
+                let (wire_bytes_in, wire_bytes_out) = wire(self);
+                report(&PullEvent::Folder(FolderReport {
+                    folder: folder.to_string(),
+                    files: done.files,
+                    fetched: done.fetched.len(),
+                    removed: done.removed.len(),
+                    wire_bytes_in,
+                    wire_bytes_out,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
+    /// file of an unchanged asset, as read back from the cache.
+    async fn drive(
+        &mut self,
+        machine: &mut impl Machine,
+        cache: &mut Cache,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut unchanged = None;
+        let mut file_started = Instant::now();
+        loop {
+            let input = match machine.poll() {
+                Action::Send(message) => match self.send(&message).await {
+                    Ok(()) => Input::Sent { wire: self.wire_delta().1 },
+                    Err(e) => Input::Lost(format!("{e:#}")),
+                },
+                Action::Receive => {
+                    let received = self.recv_raw().await;
+                    let wire = self.wire_delta().0;
+                    match received {
+                        Ok(Raw::Text(text)) => {
+                            machine.handle(Input::Text { text: &text, wire });
+                            continue;
+                        }
+                        Ok(Raw::Binary(frame)) => {
+                            machine.handle(Input::Frame { frame: &frame, wire });
+                            continue;
+                        }
+                        Err(e) => Input::Lost(format!("{e:#}")),
+                    }
+                }
+                Action::LoadFile(m) => Input::File(cache.file(m)),
+                Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| unchanged = Some(data))),
+                // This driver leaves hashing to the machine.
+                Action::FinishHashing => continue,
+                Action::LoadChunks { ids, .. } => {
+                    Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
+                }
+                Action::Verify(data) => Input::Digest(Hash::of(data)),
+                Action::Keep(chunks) => {
+                    cache.store_chunks(chunks).context(CommitFailed)?;
+                    Input::Stored
+                }
+                Action::Commit(synced) => {
+                    let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
+                    let file = out.as_deref().map(|p| (p, &synced.data[..]));
+                    cache
+                        .commit(&synced.manifest, synced.version, &synced.received, file)
+                        .context(CommitFailed)?;
+                    Input::Stored
+                }
+                Action::Remove(asset) => {
+                    let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+                    cache.remove(asset, out.as_deref()).context(CommitFailed)?;
+                    report(&PullEvent::Removed { asset: asset.to_string() });
+                    Input::Stored
+                }
+                Action::Discard(ids) => {
+                    cache.discard(&ids);
+                    continue;
+                }
+                Action::Reconnect { after_ms } => {
+                    tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
+                    match self.reconnect().await {
+                        Ok(()) => Input::Reconnected,
+                        Err(e) => Input::Lost(format!("{e:#}")),
+                    }
+                }
+                Action::Changed { asset, version } => {
+                    self.push_change(asset, version);
+                    continue;
+                }
+                Action::Warn(line) => {
+                    tracing::warn!("{line}");
+                    continue;
+                }
+                Action::FileDone(done) => {
+                    report(&PullEvent::Pulled(PullReport::new(&done, file_started, None)));
+                    file_started = Instant::now();
+                    continue;
+                }
+                // The chunk cache keeps chunks, so kept ones are simply part of the commit.
+                Action::Prefetch(_) | Action::Release(_) | Action::Progress { .. } => continue,
+                Action::Done => return Ok(unchanged),
+                Action::Failed(error) => return Err(error.into()),
+            };
+            machine.handle(input);
+        }
+    }
+}
+
+/// Writes `data`, the verified file of `manifest`, to `config.out` if set.
+fn write_out(config: &PullConfig, manifest: &Manifest, data: &[u8]) -> anyhow::Result<()> {
+    let Some(dir) = &config.out else { return Ok(()) };
+    let path = dir.join(manifest.path.as_str());
+    crate::cache::write_file_atomic(&path, data)
+        .with_context(|| format!("cannot write {}", path.display()))
+        .context(CommitFailed)
+}
+
+impl PullReport {
+    /// The report of `done`, with the socket bytes `wire` (read, written) if measured, else the
+    /// machine's count of the bytes of the messages it was given.
+    fn new(done: &Finished, started: Instant, wire: Option<(u64, u64)>) -> Self {
+        let manifest = done.manifest();
+        let (wire_bytes_in, wire_bytes_out) = wire.unwrap_or((done.report.wire_in, done.report.wire_out));
+        PullReport {
+            asset: manifest.path.to_string(),
+            version: manifest.version().to_hex(),
+            bytes: manifest.len,
+            chunks: manifest.chunks.len(),
+            chunks_reused: done.chunks_reused(),
+            wire_bytes_in,
+            wire_bytes_out,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            requests: done.report.requests,
+            retried: done.report.retried,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! assetsync's native client.
+//!
+//! - [`pull`]: `pull` and `pull --follow`, and the events they report.
+//! - `connection`: one WebSocket connection (tokio-tungstenite over a byte-counting stream),
+//!   the handshake, reconnection, subscriptions and pushed changes.
+//! - `drive`: runs the protocol crate's engine machines over a connection and the cache.
+//! - [`cache`]: the on-disk chunk cache, committed by atomic renames.
+//!
+//! Every sync decision is the protocol crate's engine; this crate moves bytes. It knows nothing
+//! of the server (no axum, no file watching, no zstd encoder).
+
+pub mod cache;
+mod connection;
+mod drive;
+pub mod pull;

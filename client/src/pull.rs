@@ -1,0 +1,222 @@
+//! The native client's API: `pull` and `pull --follow`, and what they report.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use assetsync_protocol::Scope;
+use assetsync_protocol::engine::ClientError;
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::connection::{Connection, FIRST_BACKOFF, MAX_BACKOFF};
+use crate::drive::CommitFailed;
+
+/// Where to pull from and to.
+#[derive(Clone, Debug)]
+pub struct PullConfig {
+    /// `ws://host:port/sync`.
+    pub server: String,
+    /// The chunk cache directory.
+    pub cache: PathBuf,
+    /// Each asset is written to `out/ASSET`; `None` only updates the cache.
+    pub out: Option<PathBuf>,
+    /// The server's shared secret, if it requires one.
+    pub token: Option<String>,
+}
+
+/// What one asset's sync did, printed by `pull --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PullReport {
+    /// The asset path.
+    pub asset: String,
+    /// The committed version id.
+    pub version: String,
+    /// File size.
+    pub bytes: u64,
+    /// Manifest entries.
+    pub chunks: usize,
+    /// Entries not transferred because the cache had them.
+    pub chunks_reused: usize,
+    /// Bytes read from the socket for this asset (WebSocket framing included).
+    pub wire_bytes_in: u64,
+    /// Bytes written to the socket for this asset.
+    pub wire_bytes_out: u64,
+    /// Wall time of the sync, commit included.
+    pub elapsed_ms: u64,
+    /// `sync` requests made: 1, or more when the server did not know the cached version or the
+    /// data failed verification.
+    pub requests: u32,
+    /// Whether an attempt failed verification and was retried.
+    pub retried: bool,
+}
+
+/// Pulls each asset in turn over one connection, calling `report` after each commit.
+pub async fn pull(
+    config: &PullConfig,
+    targets: &[Scope],
+    mut report: impl FnMut(&PullEvent),
+) -> anyhow::Result<Vec<PullReport>> {
+    let mut cache = open_cache(&config.cache).await?;
+    let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
+    let mut reports = Vec::new();
+    let mut collect = |e: &PullEvent| {
+        if let PullEvent::Pulled(r) = e {
+            reports.push(r.clone());
+        }
+        report(e);
+    };
+    let mut result = Ok(());
+    for target in targets {
+        // A lost connection is resumed inside: only what cannot be fixed by retrying ends here.
+        if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
+            result = Err(e.context(target.to_string()));
+            break;
+        }
+    }
+    conn.close().await;
+    result.map(|()| reports)
+}
+
+/// What one folder sync did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FolderReport {
+    /// The folder (`""` for the root).
+    pub folder: String,
+    /// Files the server listed.
+    pub files: usize,
+    /// Files fetched (new or changed).
+    pub fetched: usize,
+    /// Files deleted because the server no longer lists them.
+    pub removed: usize,
+    /// Bytes read from the socket for the whole folder.
+    pub wire_bytes_in: u64,
+    /// Bytes written to the socket for the whole folder.
+    pub wire_bytes_out: u64,
+    /// Wall time, commits included.
+    pub elapsed_ms: u64,
+}
+
+/// What `pull` reports as it goes (and `pull --follow` for as long as it runs).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// An asset was synced and written.
+    Pulled(PullReport),
+    /// A folder was synced: its new and changed files were `pulled`, its gone ones `removed`.
+    Folder(FolderReport),
+    /// An asset is gone from the server: deleted from `--out` and the cache's pointers.
+    Removed {
+        /// The asset path.
+        asset: String,
+    },
+    /// An asset could not be synced; the others go on.
+    Failed {
+        /// The asset path.
+        asset: String,
+        /// Why.
+        error: String,
+    },
+    /// The connection is down; the next attempt is in `retry_ms`.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// Wait before reconnecting.
+        retry_ms: u64,
+    },
+}
+
+/// Pulls `assets`, then keeps the connection: each time the server announces that one changed,
+/// pulls it again (or deletes it from `out` when it is gone). When the connection is lost it
+/// reconnects with exponential backoff and pulls everything again, so nothing announced while
+/// it was away is missed. Runs until an error that retrying cannot fix (a cache it cannot open
+/// or write).
+pub async fn follow(
+    config: &PullConfig,
+    targets: &[Scope],
+    mut report: impl FnMut(&PullEvent),
+) -> anyhow::Result<()> {
+    let mut cache = open_cache(&config.cache).await?;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut connected = false;
+        let error = match follow_once(config, &mut cache, targets, &mut report, &mut connected).await {
+            Ok(never) => match never {},
+            Err(Lost(e)) => e,
+            Err(Fatal(e)) => return Err(e),
+        };
+        if connected {
+            backoff = FIRST_BACKOFF;
+        }
+        let retry_ms = backoff.as_millis() as u64;
+        report(&PullEvent::Disconnected { error: format!("{error:#}"), retry_ms });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Opens the cache on the blocking pool: it may wait for another process's lock.
+async fn open_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || Cache::open(&dir)).await.context("opening the cache panicked")?
+}
+
+/// How one connection of [`follow`] ended.
+enum FollowEnd {
+    /// The connection failed or was lost: reconnect.
+    Lost(anyhow::Error),
+    /// Retrying cannot help.
+    Fatal(anyhow::Error),
+}
+use FollowEnd::{Fatal, Lost};
+
+async fn follow_once(
+    config: &PullConfig,
+    cache: &mut Cache,
+    targets: &[Scope],
+    report: &mut impl FnMut(&PullEvent),
+    connected: &mut bool,
+) -> Result<std::convert::Infallible, FollowEnd> {
+    let mut conn = Connection::open(&config.server, config.token.as_deref()).await.map_err(Lost)?;
+    // Subscribed before the first pull, so that a change during it is not missed.
+    for target in targets {
+        conn.subscribe(target).await.map_err(Lost)?;
+    }
+    *connected = true;
+    for target in targets {
+        conn.follow_pull(cache, target, config, report).await?;
+    }
+    loop {
+        let (asset, version) = conn.change().await.map_err(Lost)?;
+        match version {
+            Some(version) if cache.current(&asset).is_some_and(|m| m.version() == version) => {}
+            Some(_) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
+            None => {
+                let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+                cache.remove(&asset, out.as_deref()).map_err(Fatal)?;
+                report(&PullEvent::Removed { asset: asset.to_string() });
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// [`Connection::pull_target`] for [`follow`]: a request the server refused (an asset not
+    /// there yet, say) is reported and the connection goes on.
+    async fn follow_pull(
+        &mut self,
+        cache: &mut Cache,
+        target: &Scope,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> Result<(), FollowEnd> {
+        match self.pull_target(cache, target, config, report).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Refused { .. })) => {
+                report(&PullEvent::Failed { asset: target.to_string(), error: format!("{e:#}") });
+            }
+            Err(e) if e.downcast_ref::<CommitFailed>().is_some() => return Err(Fatal(e)),
+            Err(e) => return Err(Lost(e)),
+        }
+        Ok(())
+    }
+}
