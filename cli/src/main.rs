@@ -1,10 +1,11 @@
 //! The `assetsync` command: `serve`, `pull` and `gc`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use assetsync::cache::Cache;
@@ -14,6 +15,7 @@ use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::{ServeConfig, SessionLimits};
 use assetsync_protocol::{ChunkParams, Scope};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
 /// The demo folder shipped in the repository, so that `assetsync serve` works with no arguments.
@@ -176,10 +178,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let token = args.token_file.as_deref().map(read_token).transpose()?;
             let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out), token };
             let json = args.json;
-            let print = |event: &PullEvent| {
+            let mut progress = Progress::default();
+            let print = move |event: &PullEvent| {
+                if let PullEvent::Progress { asset, received, total } = event {
+                    if !json {
+                        progress.update(asset, *received, *total);
+                    }
+                    return;
+                }
                 if json {
                     return println!("{}", serde_json::to_string(event).expect("events serialise"));
                 }
+                progress.clear();
                 match event {
                     PullEvent::Pulled(r) => println!(
                         "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
@@ -206,6 +216,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     PullEvent::Disconnected { error, retry_ms } => {
                         eprintln!("connection lost ({error}); retrying in {retry_ms} ms")
                     }
+                    PullEvent::Progress { .. } => unreachable!("handled above"),
                 }
             };
             if args.follow {
@@ -226,6 +237,52 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A progress bar on stderr (bytes, rate, time left) for a transfer that takes more than about a
+/// second, when stderr is a terminal; nothing otherwise.
+#[derive(Default)]
+struct Progress {
+    asset: String,
+    since: Option<Instant>,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn update(&mut self, asset: &str, received: u64, total: u64) {
+        if asset != self.asset {
+            self.clear();
+            (self.asset, self.since) = (asset.to_owned(), Some(Instant::now()));
+        }
+        let slow = self.since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1));
+        if self.bar.is_none() && slow && received < total && std::io::stderr().is_terminal() {
+            let style = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+            )
+            .expect("a valid template")
+            .progress_chars("=> ");
+            let bar = ProgressBar::hidden().with_style(style).with_message(asset.to_owned());
+            bar.set_length(total);
+            // Rate and time left count from here, not from the bytes before the bar.
+            bar.set_position(received);
+            bar.reset_eta();
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(received);
+        }
+    }
+
+    /// Removes the bar, before a line is printed.
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.since = None;
+        self.asset.clear();
     }
 }
 

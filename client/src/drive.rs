@@ -164,7 +164,11 @@ impl Connection {
                     continue;
                 }
                 // The chunk cache keeps chunks, so kept ones are simply part of the commit.
-                Action::Prefetch(_) | Action::Release(_) | Action::Progress { .. } => continue,
+                Action::Progress { asset, received, total } => {
+                    report(&PullEvent::Progress { asset: asset.to_string(), received, total });
+                    continue;
+                }
+                Action::Prefetch(_) | Action::Release(_) => continue,
                 Action::Done => return Ok(unchanged),
                 Action::Failed(error) => return Err(error.into()),
             };

@@ -116,6 +116,17 @@ pub enum PullEvent {
         /// Why.
         error: String,
     },
+    /// Chunk bytes of `asset` received so far, of `total` announced. For progress displays: not
+    /// part of `pull --json`'s output.
+    #[serde(skip)]
+    Progress {
+        /// The asset being received.
+        asset: String,
+        /// Chunk bytes received.
+        received: u64,
+        /// Chunk bytes announced.
+        total: u64,
+    },
     /// The connection is down; the next attempt is in `retry_ms`.
     Disconnected {
         /// Why.

@@ -218,3 +218,53 @@ async fn a_full_disk_fails_the_pull_clearly_and_keeps_the_previous_version() {
     assert_eq!(std::fs::read(disk.outside("out/big.bin")).unwrap(), v2);
     server.stop().await;
 }
+
+/// A transfer that takes over a second shows a progress bar (bytes, rate, time left) when stderr
+/// is a terminal, here a pseudo-terminal from `script`; piped, the output is the one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_pull_shows_a_progress_bar_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        return crate::util::skipped("progress bar test", "`script` (util-linux) is not installed");
+    }
+    // 3 MB go out at once, the last 100 KB at 50 KB/s: about two seconds.
+    let server = TestServer::start_with(|c| c.limits.bytes_per_minute = 3_000_000).await;
+    server.write("big.bin", &random_bytes(3_100_000, 13));
+    let client = TestClient::new();
+    let pull = format!(
+        "{BIN} pull --server {} --cache {} --out {} big.bin",
+        server.url(),
+        client.cache().display(),
+        client.dir.path().join("out").display()
+    );
+    let log = client.dir.path().join("tty.log");
+    let tty = tokio::task::spawn_blocking(move || {
+        Command::new("script").args(["-qec", &pull]).arg(&log).output().unwrap();
+        std::fs::read_to_string(&log).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(tty.contains("big.bin [") && tty.contains("/s, ") && tty.contains(" left"), "no bar: {tty}");
+    assert!(tty.contains("big.bin: 3100000 bytes"), "{tty}");
+
+    // The same pull, piped: no bar, the summary line alone.
+    let piped = tokio::task::spawn_blocking({
+        let (url, cache, out) = (server.url(), client.cache(), client.dir.path().join("out2"));
+        move || {
+            let cache2 = cache.with_extension("2");
+            assetsync()
+                .args(["pull", "--server", &url, "--cache"])
+                .arg(cache2)
+                .arg("--out")
+                .arg(out)
+                .arg("big.bin")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains(" left"), "a bar on a pipe");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
+    server.stop().await;
+}

@@ -170,7 +170,7 @@ impl Client {
                         Err(e) => Input::Lost(message_of(e.into())),
                     }
                 }
-                Action::Progress { received, total } => {
+                Action::Progress { received, total, .. } => {
                     report_progress(on_progress, received, total);
                     continue;
                 }

@@ -195,7 +195,7 @@ impl Answer {
 
     fn on_event(&mut self, m: ClientSync, event: Result<Event, Error>, queue: &mut Queue) -> Option<End> {
         if let Ok(Event::Progress { received, total }) = event {
-            queue.push_back(Action::Progress { received, total });
+            queue.push_back(Action::Progress { asset: self.asset.clone(), received, total });
             self.step = Step::Receiving(m);
             return None;
         }
@@ -208,7 +208,7 @@ impl Answer {
             Ok(Event::Progress { .. }) => unreachable!("handled above"),
             Ok(Event::Complete) => {
                 let total = m.announced_bytes();
-                queue.push_back(Action::Progress { received: total, total });
+                queue.push_back(Action::Progress { asset: self.asset.clone(), received: total, total });
                 let unchanged = total == 0 && self.base.is_some() && m.manifest() == self.base.as_ref();
                 self.step = if unchanged { Step::Unchanged(m) } else { Step::Loading(m) };
                 None

@@ -94,6 +94,8 @@ pub enum Action<'a> {
     },
     /// Chunk bytes of the current answer so far. No input.
     Progress {
+        /// The asset being received.
+        asset: AssetPath,
         /// Received.
         received: u64,
         /// Announced.
