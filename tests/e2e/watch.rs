@@ -119,6 +119,14 @@ async fn a_burst_of_writes_is_synced_a_few_times_and_ends_on_the_last_write() {
         f.pulled("app.js").await;
         syncs += 1;
     }
+    // Syncs that come after the last write landed count too: wait well past the quiet time.
+    while let Ok(event) = tokio::time::timeout(Duration::from_secs(1), f.events.recv()).await {
+        if let PullEvent::Pulled(r) = event.expect("follow ended") {
+            assert_eq!(r.asset, "app.js");
+            syncs += 1;
+        }
+    }
+    assert_eq!(f.out("app.js").unwrap(), last.as_bytes(), "still on the last write");
     assert!(syncs <= 5, "{syncs} syncs for one burst");
     server.stop().await;
 }
