@@ -1,11 +1,12 @@
 //! IndexedDB store tests, run in headless Chromium by wasm-bindgen-test.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 
+use assetsync_protocol::engine::{Action, AssetSync, Input, Machine};
 use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientSync, ClientView, Error, Hash, Manifest, Synced,
-    VerifiedChunk, plan,
+    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, Hash, Manifest, Synced,
+    VerifiedChunk, client_holds, plan,
 };
 use idb::{Factory, ObjectStoreParams, TransactionMode};
 use js_sys::Uint8Array;
@@ -74,41 +75,84 @@ async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
     assert!(store.file(&s1.manifest).await.unwrap().is_err(), "the replaced version must be deleted");
 }
 
+/// The engine against this store, with the server's planner on the other end: the first answer
+/// carries a chunk damaged in transit (same length, so only the rebuilt file's hash can tell).
+/// Nothing of it reaches the store (still v1 when the retry is sent); the retry's verified
+/// result is committed, once.
 #[wasm_bindgen_test]
 async fn a_failed_verification_never_reaches_the_store() {
     let store = fresh_store("test-verify").await;
     let v1 = random_bytes(150_000, 3);
     store.commit(&synced("a.js", &v1)).await.unwrap();
-
-    // A server answer for v2 whose first chunk frame is damaged in transit.
     let mut v2 = v1.clone();
     v2[10] ^= 1;
     let m2 = Manifest::build(asset("a.js"), &v2, ChunkParams::default()).unwrap();
     let base = store.current(&asset("a.js")).await.unwrap().unwrap();
-    let held: HashSet<Hash> = base.chunks.iter().map(|c| c.id).collect();
-    let answer =
-        plan(1, &m2, m2.version(), ClientView { base: Some((0, base.version(), &base)), held: &held });
-    let (mut machine, _) = ClientSync::new(1, asset("a.js"), Some(base.clone()), vec![], Default::default());
-    machine.on_message(answer.message).unwrap();
-    let index = answer.send[0];
-    let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
-    let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
-    bytes[0] ^= 0xFF;
-    machine.on_frame(&ChunkFrame::Chunk { id: 1, index, bytes: &bytes }.encode()).unwrap();
-    let local = store.chunks(&machine.local_chunks(), &[&base]).await.unwrap();
-    assert!(!local.is_empty(), "the reused chunks come from the stored file");
-    let err = machine.finish(local).unwrap_err();
-    assert!(matches!(err, Error::FileMismatch), "{err}");
-    assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), v1);
+    let mut machine = AssetSync::new(asset("a.js"), Some(base.clone()), vec![], 1);
+    let mut link: VecDeque<Result<String, Vec<u8>>> = VecDeque::new();
+    let (mut requests, mut commits) = (0, 0);
+    loop {
+        let input = match machine.poll() {
+            Action::Send(ClientMessage::Sync { id, have, .. }) => {
+                requests += 1;
+                let stored = store.read(&asset("a.js")).await.unwrap().unwrap().to_vec();
+                assert!(stored == v1, "request {requests}: the store must still hold v1");
+                let known = have.versions.first().filter(|v| **v == base.version()).map(|_| &base);
+                let held = client_holds(&have, known, [&m2]);
+                let view = ClientView { base: known.map(|b| (0, b.version(), b)), held: &held };
+                let answer = plan(id, &m2, m2.version(), view);
+                link.push_back(Ok(serde_json::to_string(&answer.message).unwrap()));
+                for (n, &index) in answer.send.iter().enumerate() {
+                    let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
+                    let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
+                    if requests == 1 && n == 0 {
+                        bytes[0] ^= 0xFF;
+                    }
+                    link.push_back(Err(ChunkFrame::Chunk { id, index, bytes: &bytes }.encode()));
+                }
+                Input::Sent { wire: 0 }
+            }
+            Action::Receive => {
+                match link.pop_front().expect("the answer is complete") {
+                    Ok(text) => machine.handle(Input::Text { text: &text, wire: 0 }),
+                    Err(frame) => machine.handle(Input::Frame { frame: &frame, wire: 0 }),
+                }
+                continue;
+            }
+            Action::LoadFile(m) => Input::File(store.file(m).await.unwrap().map(|f| f.to_vec())),
+            Action::LoadChunks { ids, sources } => {
+                let sources: Vec<&Manifest> = sources.iter().collect();
+                Input::Chunks(store.chunks(&ids, &sources).await.unwrap())
+            }
+            Action::Verify(data) => Input::Digest(Hash::of(data)),
+            Action::Commit(synced) => {
+                commits += 1;
+                assert!(synced.data == v2, "only the verified v2 is committed");
+                store.commit(synced).await.unwrap();
+                Input::Stored
+            }
+            Action::Discard(ids) | Action::Release(ids) => {
+                store.discard(&ids).await.unwrap();
+                continue;
+            }
+            Action::Done => break,
+            Action::Failed(error) => panic!("{error}"),
+            _ => continue,
+        };
+        machine.handle(input);
+    }
+    assert_eq!((requests, commits), (2, 1));
+    assert!(machine.finish().report.retried);
+    assert!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec() == v2);
 
     // One flipped byte inside the stored file (same length) is caught on read and named, never
     // returned as data.
-    let mut damaged = v1.clone();
-    let (at, victim) = base.offsets().nth(2).unwrap();
+    let mut damaged = v2.clone();
+    let (at, victim) = m2.offsets().nth(2).unwrap();
     damaged[at + 5] ^= 0x01;
-    overwrite_file(&store, base.version(), &damaged).await;
+    overwrite_file(&store, m2.version(), &damaged).await;
     assert!(store.read(&asset("a.js")).await.is_err());
-    assert_eq!(store.file(&base).await.unwrap().unwrap_err(), vec![victim.id]);
+    assert_eq!(store.file(&m2).await.unwrap().unwrap_err(), vec![victim.id]);
 }
 
 #[wasm_bindgen_test]
