@@ -307,6 +307,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
             requests_per_minute: args.max_requests_per_minute,
             bytes_per_minute: args.max_bytes_per_minute,
+            ..ServeConfig::default().limits
         },
         max_connections: args.max_connections,
         encode: (!args.no_compress)

@@ -71,6 +71,10 @@ pub struct SessionLimits {
     /// Requests a connection may make per minute, in bursts of as many (0: no limit). Over
     /// that, the connection is slowed down, not refused.
     pub requests_per_minute: u32,
+    /// Pushed changes a subscribed connection may fall behind by (while it is busy answering a
+    /// request, say) before it is closed with 1013 ("try again later"); its client then
+    /// reconnects and resyncs.
+    pub change_backlog: usize,
     /// Bytes a connection may be sent per minute, in bursts of as many (0: no limit). Over
     /// that, sending is slowed down to this rate.
     pub bytes_per_minute: u64,
@@ -102,6 +106,7 @@ impl Default for ServeConfig {
                 max_have: 65_536,
                 idle_timeout: Duration::from_secs(120),
                 requests_per_minute: 600,
+                change_backlog: 16_384,
                 bytes_per_minute: 1 << 30,
             },
             max_connections: 4096,
@@ -241,7 +246,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::new(config.limits.change_backlog));
     let index = Arc::new(AssetIndex::new(
         IndexConfig {
             root: config.root,

@@ -42,12 +42,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Changes a session may fall behind by before it is closed (and its client resyncs).
-    const BACKLOG: usize = 16_384;
-
-    /// A hub with no subscriptions.
-    pub fn new() -> Self {
-        Hub { changes: broadcast::channel(Self::BACKLOG).0, scopes: Mutex::default() }
+    /// A hub with no subscriptions, whose sessions may fall `backlog` changes behind before
+    /// they are closed (and their clients resync).
+    pub fn new(backlog: usize) -> Self {
+        Hub { changes: broadcast::channel(backlog.max(1)).0, scopes: Mutex::default() }
     }
 
     /// Every change announced from now on.
@@ -79,12 +77,6 @@ impl Hub {
         tracing::info!(asset = %change.asset, removed = change.version.is_none(), "changed");
         // No receiver is not an error: nobody is connected.
         let _ = self.changes.send(Arc::new(change));
-    }
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

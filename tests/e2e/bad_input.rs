@@ -169,6 +169,47 @@ async fn idle_connections_are_closed() {
     server.stop().await;
 }
 
+/// A subscribed session that falls further behind the pushed changes than the backlog (4 here,
+/// while it is busy with a paced answer) is closed with 1013, "try again later", and a message
+/// that says to reconnect and sync again; the server goes on serving others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscribed_session_that_falls_behind_is_closed_with_1013() {
+    let server = TestServer::start_with(|c| {
+        c.limits.change_backlog = 4;
+        // 3 MB go out at once, the rest at 50 KB/s: the answer below takes about 4 s.
+        c.limits.bytes_per_minute = 3_000_000;
+        c.watch = Some(std::time::Duration::from_millis(50));
+    })
+    .await;
+    server.write("big.bin", &random_bytes(3_200_000, 70));
+    let mut raw = Raw::greeted(&server).await;
+    raw.send_text(r#"{"type":"subscribe","id":1,"path":"f/"}"#).await;
+    assert_eq!(raw.json().await["type"], "subscribed");
+    raw.send_text(r#"{"type":"sync","id":2,"asset":"big.bin","have":{}}"#).await;
+    assert_eq!(raw.json().await["type"], "update");
+    // Ten changes while the session is busy sending.
+    for i in 0..10 {
+        server.write(&format!("f/{i}.txt"), b"x");
+    }
+    let (mut error, mut close) = (None, None);
+    while let Some(message) = raw.next().await {
+        match message {
+            Message::Text(t) => error = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap()),
+            Message::Close(frame) => {
+                close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let error = error.expect("an error message before the close");
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("reconnect and sync again"), "{error}");
+    assert_eq!(close, Some(1013));
+    still_serving(&server).await;
+    server.stop().await;
+}
+
 /// `subscribe` on a server that does not watch its root is refused as `unsupported`, and the
 /// connection goes on.
 #[tokio::test(flavor = "multi_thread")]
