@@ -289,6 +289,15 @@ pub enum ErrorCode {
     Unsupported,
     /// The server requires a token and `hello` had none, or a wrong one.
     Unauthorized,
+    /// The server is shutting down; reconnect later.
+    ShuttingDown,
+    /// The connection sent nothing (and answered no ping) for the server's idle timeout.
+    IdleTimeout,
+    /// A subscribed connection fell too far behind the pushed changes; reconnect and sync again.
+    Lagged,
+    /// A code this client does not know (from a newer server).
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
@@ -303,6 +312,10 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Lagged => "lagged",
+            ErrorCode::Other => "other",
         }
     }
 }
@@ -415,6 +428,34 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"type":"error","id":7,"code":"unknown_asset","message":"x"}"#
         );
+    }
+
+    /// Each code's wire name is its `as_str`, and a code from a newer server is read as `other`
+    /// instead of failing the whole message.
+    #[test]
+    fn error_codes_round_trip_and_unknown_ones_are_other() {
+        use ErrorCode::*;
+        let all = [
+            ProtocolVersion,
+            BadMessage,
+            TooLarge,
+            BadPath,
+            UnknownAsset,
+            Internal,
+            Unsupported,
+            Unauthorized,
+            ShuttingDown,
+            IdleTimeout,
+            Lagged,
+        ];
+        for code in all {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let text = r#"{"type":"error","code":"from_the_future","message":"m"}"#;
+        let parsed: ServerMessage = serde_json::from_str(text).unwrap();
+        assert!(matches!(parsed, ServerMessage::Error { code: Other, .. }), "{parsed:?}");
     }
 
     #[test]

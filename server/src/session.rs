@@ -59,14 +59,14 @@ pub(crate) async fn run(
     let outcome = loop {
         let received = tokio::select! {
             () = state.shutdown.cancelled() => {
-                break Err(Fatal::new(ErrorCode::Internal, close_code::AWAY, "server is shutting down"));
+                break Err(Fatal::new(ErrorCode::ShuttingDown, close_code::AWAY, "server is shutting down"));
             }
             change = changes.recv(), if !subscriptions.scopes.is_empty() => {
                 let change = match change {
                     Ok(change) => change,
                     Err(RecvError::Lagged(n)) => {
                         let why = format!("fell {n} changes behind; reconnect and sync again");
-                        break Err(Fatal::new(ErrorCode::Internal, close_code::AGAIN, why));
+                        break Err(Fatal::new(ErrorCode::Lagged, close_code::AGAIN, why));
                     }
                     Err(RecvError::Closed) => continue,
                 };
@@ -88,7 +88,7 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-            Err(_) => break Err(Fatal::new(ErrorCode::BadMessage, close_code::POLICY, "idle timeout")),
+            Err(_) => break Err(Fatal::new(ErrorCode::IdleTimeout, close_code::POLICY, "idle timeout")),
             Ok(None) => break Ok(()),
             Ok(Some(Err(e))) => {
                 let e = e.into_inner();
@@ -263,7 +263,7 @@ impl Throttle {
         }
         tokio::select! {
             () = self.shutdown.cancelled() => {
-                Err(Fatal::new(ErrorCode::Internal, close_code::AWAY, "server is shutting down"))
+                Err(Fatal::new(ErrorCode::ShuttingDown, close_code::AWAY, "server is shutting down"))
             }
             () = tokio::time::sleep(wait) => Ok(()),
         }

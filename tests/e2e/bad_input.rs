@@ -146,7 +146,7 @@ async fn idle_connections_are_closed() {
         TestServer::start_with(|c| c.limits.idle_timeout = std::time::Duration::from_millis(300)).await;
     let mut raw = Raw::greeted(&server).await;
     let e = raw.json().await;
-    assert_eq!(e["message"], "idle timeout");
+    assert_eq!((e["code"].as_str(), e["message"].as_str()), (Some("idle_timeout"), Some("idle timeout")));
     assert_eq!(raw.close_code().await, Some(1008));
 
     // A subscribed connection is pinged instead, and stays open while it answers: four idle
@@ -203,7 +203,7 @@ async fn a_subscribed_session_that_falls_behind_is_closed_with_1013() {
         }
     }
     let error = error.expect("an error message before the close");
-    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("lagged")), "{error}");
     assert!(error["message"].as_str().unwrap().contains("reconnect and sync again"), "{error}");
     assert_eq!(close, Some(1013));
     still_serving(&server).await;
