@@ -1,7 +1,6 @@
 //! One connection to a server: tokio-tungstenite over a byte-counting TCP stream, the
 //! `hello`/`welcome` handshake, reconnection, subscriptions and pushed changes.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use assetsync_protocol::engine::{FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS};
+use assetsync_protocol::engine::{FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes};
 use assetsync_protocol::{
     AssetPath, ClientMessage, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
@@ -21,10 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// First wait before reconnecting; doubled after each failed attempt, up to [`MAX_BACKOFF`].
-pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
-/// Longest wait between reconnection attempts of `--follow`.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// First wait before reconnecting a broken handshake; doubled after each failed attempt, up to
+/// [`MAX_RESUME_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
 /// Longest wait between reconnections while resuming one transfer.
 const MAX_RESUME_BACKOFF: Duration = Duration::from_millis(MAX_RESUME_BACKOFF_MS as u64);
 
@@ -95,7 +93,7 @@ pub(crate) struct Connection {
     seen: (u64, u64),
     pub(crate) next_id: u32,
     /// `changed` pushes that arrived while an answer was being read.
-    changes: VecDeque<(AssetPath, Option<VersionId>)>,
+    pushes: Pushes,
     /// Subscribed: a lost connection is left to [`follow`], which reconnects, subscribes again
     /// and resyncs everything (a quiet reconnection would lose the subscriptions).
     pub(crate) follows: bool,
@@ -114,7 +112,7 @@ impl Connection {
             counters,
             seen: (0, 0),
             next_id: 1,
-            changes: VecDeque::new(),
+            pushes: Pushes::default(),
             follows: false,
         };
         conn.seen = conn.wire();
@@ -204,50 +202,50 @@ impl Connection {
         self.follows = true;
         self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
         loop {
-            match self.recv_message().await? {
-                ServerMessage::Subscribed { id: got } if got == id => return Ok(()),
-                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
-                ServerMessage::Error { message, .. } => bail!("server refused to watch {scope}: {message}"),
-                other => bail!("unexpected `{}` answer to subscribe", other.kind()),
+            match self.recv().await? {
+                Received::Message(ServerMessage::Subscribed { id: got }) if got == id => return Ok(()),
+                Received::Message(ServerMessage::Changed { asset, version }) => {
+                    self.push_change(asset, version)
+                }
+                Received::Message(ServerMessage::Error { message, .. }) => {
+                    bail!("server refused to watch {scope}: {message}")
+                }
+                Received::Message(other) => bail!("unexpected `{}` answer to subscribe", other.kind()),
+                Received::Frame(_) => bail!("unexpected binary frame in answer to subscribe"),
             }
         }
     }
 
-    /// Notes an announced change. Only the last change of each asset is kept, so the queue holds
-    /// at most one entry per asset however fast the server pushes.
+    /// Notes an announced change (the latest of each asset only: the queue stays bounded
+    /// however fast the server pushes).
     pub(crate) fn push_change(&mut self, asset: AssetPath, version: Option<VersionId>) {
-        self.changes.retain(|(a, _)| *a != asset);
-        self.changes.push_back((asset, version));
+        self.pushes.push(asset, version);
     }
 
     /// The next announced change, waiting for one.
     pub(crate) async fn change(&mut self) -> anyhow::Result<(AssetPath, Option<VersionId>)> {
         loop {
-            if let Some(change) = self.changes.pop_front() {
+            if let Some(change) = self.pushes.pop() {
                 return Ok(change);
             }
-            match self.recv_message().await? {
-                ServerMessage::Changed { asset, version } => self.push_change(asset, version),
-                ServerMessage::Error { id: None, message, .. } => {
+            match self.recv().await? {
+                Received::Message(ServerMessage::Changed { asset, version }) => {
+                    self.push_change(asset, version)
+                }
+                Received::Message(ServerMessage::Error { id: None, message, .. }) => {
                     bail!("server closed the connection: {message}")
                 }
-                other => bail!("unexpected `{}` message while waiting for changes", other.kind()),
+                Received::Message(other) => {
+                    bail!("unexpected `{}` message while waiting for changes", other.kind())
+                }
+                Received::Frame(_) => bail!("unexpected binary frame while waiting for changes"),
             }
         }
     }
 
-    /// The next control message, parsed.
-    pub(crate) async fn recv_message(&mut self) -> anyhow::Result<ServerMessage> {
-        match self.recv_raw().await? {
-            Raw::Text(t) => {
-                serde_json::from_str(&t).with_context(|| format!("invalid message from server: {t:.200}"))
-            }
-            Raw::Binary(_) => bail!("unexpected binary frame"),
-        }
-    }
-
-    /// The next message as it arrived; a closed socket is a lost connection.
-    pub(crate) async fn recv_raw(&mut self) -> anyhow::Result<Raw> {
+    /// The next message, each text parsed once here; a closed socket is a lost connection, and
+    /// a text that does not parse means the stream went bad.
+    pub(crate) async fn recv(&mut self) -> anyhow::Result<Received> {
         loop {
             let message = match self.ws.next().await {
                 None => bail!("connection lost: the server closed the socket"),
@@ -255,8 +253,11 @@ impl Connection {
                 Some(Ok(m)) => m,
             };
             return Ok(match message {
-                Message::Text(t) => Raw::Text(t.to_string()),
-                Message::Binary(b) => Raw::Binary(b.to_vec()),
+                Message::Text(t) => Received::Message(
+                    serde_json::from_str(&t)
+                        .with_context(|| format!("invalid message from server: {t:.200}"))?,
+                ),
+                Message::Binary(b) => Received::Frame(b.to_vec()),
                 Message::Close(frame) => bail!(
                     "server closed the connection{}",
                     frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
@@ -284,8 +285,8 @@ impl Connection {
     }
 }
 
-/// A message as it arrived, before the machine parses it.
-pub(crate) enum Raw {
-    Text(String),
-    Binary(Vec<u8>),
+/// A message as it arrived: a control message (parsed) or a binary frame.
+pub(crate) enum Received {
+    Message(ServerMessage),
+    Frame(Vec<u8>),
 }

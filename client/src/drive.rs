@@ -10,7 +10,7 @@ use assetsync_protocol::engine::{
 use assetsync_protocol::{Hash, Manifest, Scope};
 
 use crate::cache::Cache;
-use crate::connection::{Connection, Raw};
+use crate::connection::{Connection, Received};
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
 
 /// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
@@ -99,14 +99,14 @@ impl Connection {
                     Err(e) => Input::Lost(format!("{e:#}")),
                 },
                 Action::Receive => {
-                    let received = self.recv_raw().await;
+                    let received = self.recv().await;
                     let wire = self.wire_delta().0;
                     match received {
-                        Ok(Raw::Text(text)) => {
-                            machine.handle(Input::Text { text: &text, wire });
+                        Ok(Received::Message(message)) => {
+                            machine.handle(Input::Message { message, wire });
                             continue;
                         }
-                        Ok(Raw::Binary(frame)) => {
+                        Ok(Received::Frame(frame)) => {
                             machine.handle(Input::Frame { frame: &frame, wire });
                             continue;
                         }

@@ -1,14 +1,15 @@
 //! The native client's API: `pull` and `pull --follow`, and what they report.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use assetsync_protocol::Scope;
-use assetsync_protocol::engine::ClientError;
+use assetsync_protocol::engine::{ClientError, Follow, Push};
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::connection::{Connection, FIRST_BACKOFF, MAX_BACKOFF};
+use crate::connection::Connection;
 use crate::drive::CommitFailed;
 
 /// Where to pull from and to.
@@ -147,21 +148,16 @@ pub async fn follow(
     mut report: impl FnMut(&PullEvent),
 ) -> anyhow::Result<()> {
     let mut cache = open_cache(&config.cache).await?;
-    let mut backoff = FIRST_BACKOFF;
+    let mut follow = Follow::new(targets.iter().cloned());
     loop {
-        let mut connected = false;
-        let error = match follow_once(config, &mut cache, targets, &mut report, &mut connected).await {
+        let error = match follow_once(config, &mut cache, &mut follow, &mut report).await {
             Ok(never) => match never {},
             Err(Lost(e)) => e,
             Err(Fatal(e)) => return Err(e),
         };
-        if connected {
-            backoff = FIRST_BACKOFF;
-        }
-        let retry_ms = backoff.as_millis() as u64;
-        report(&PullEvent::Disconnected { error: format!("{error:#}"), retry_ms });
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let retry_ms = follow.lost();
+        report(&PullEvent::Disconnected { error: format!("{error:#}"), retry_ms: retry_ms.into() });
+        tokio::time::sleep(Duration::from_millis(retry_ms.into())).await;
     }
 }
 
@@ -183,29 +179,29 @@ use FollowEnd::{Fatal, Lost};
 async fn follow_once(
     config: &PullConfig,
     cache: &mut Cache,
-    targets: &[Scope],
+    follow: &mut Follow,
     report: &mut impl FnMut(&PullEvent),
-    connected: &mut bool,
 ) -> Result<std::convert::Infallible, FollowEnd> {
     let mut conn = Connection::open(&config.server, config.token.as_deref()).await.map_err(Lost)?;
     // Subscribed before the first pull, so that a change during it is not missed.
-    for target in targets {
-        conn.subscribe(target).await.map_err(Lost)?;
+    for scope in follow.scopes() {
+        conn.subscribe(scope).await.map_err(Lost)?;
     }
-    *connected = true;
-    for target in targets {
-        conn.follow_pull(cache, target, config, report).await?;
+    follow.connected();
+    for scope in follow.scopes() {
+        conn.follow_pull(cache, scope, config, report).await?;
     }
     loop {
         let (asset, version) = conn.change().await.map_err(Lost)?;
-        match version {
-            Some(version) if cache.current(&asset).is_some_and(|m| m.version() == version) => {}
-            Some(_) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
-            None => {
+        let held = cache.current(&asset).map(|m| m.version());
+        match Push::decide(asset, version, held) {
+            Some(Push::Sync(asset)) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
+            Some(Push::Remove(asset)) => {
                 let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
                 cache.remove(&asset, out.as_deref()).map_err(Fatal)?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
             }
+            None => {}
         }
     }
 }

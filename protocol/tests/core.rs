@@ -105,13 +105,13 @@ impl Client {
             let input = match machine.poll() {
                 Action::Send(request) => {
                     let (reply, frames) = server.answer(&request);
-                    link.push_back(Ok(serde_json::to_string(&reply).unwrap()));
+                    link.push_back(Ok(reply));
                     link.extend(frames.into_iter().map(Err));
                     Input::Sent { wire: 0 }
                 }
                 Action::Receive => match link.pop_front().expect("the machine waits for nothing") {
-                    Ok(text) => {
-                        machine.handle(Input::Text { text: &text, wire: 0 });
+                    Ok(message) => {
+                        machine.handle(Input::Message { message, wire: 0 });
                         continue;
                     }
                     Err(frame) => {

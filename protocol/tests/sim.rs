@@ -256,7 +256,8 @@ impl World {
                 }
                 Action::Receive => match link.pop_front() {
                     Some(Msg::Text(text)) => {
-                        machine.handle(Input::Text { text: &text, wire: text.len() as u64 })
+                        let message = serde_json::from_str(&text).expect("the server's messages parse");
+                        machine.handle(Input::Message { message, wire: text.len() as u64 })
                     }
                     Some(Msg::Frame(frame)) => {
                         met.frame_bytes += frame.len().saturating_sub(9) as u64;

@@ -80,15 +80,17 @@ impl Client {
                         None => Err("not connected".into()),
                     };
                     match received {
-                        Ok(Incoming::Text(text)) => {
-                            machine.handle(Input::Text { text: &text, wire: text.len() as u64 });
+                        Ok(Incoming::Message(message, len)) => {
+                            machine.handle(Input::Message { message, wire: len as u64 });
                         }
                         Ok(Incoming::Binary(frame)) => {
                             machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
                             // Hashed by crypto.subtle on another thread while frames keep coming.
                             hasher.start(machine.take_unhashed());
                         }
-                        Ok(Incoming::Open | Incoming::Closed { .. }) => unreachable!("handled by next()"),
+                        Ok(Incoming::Open | Incoming::Invalid(_) | Incoming::Closed { .. }) => {
+                            unreachable!("handled by next()")
+                        }
                         Err(why) => {
                             last_loss.clone_from(&why);
                             machine.handle(Input::Lost(why));

@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use assetsync_protocol::engine::{AssetSync, MAX_OTHER_VERSIONS, Machine};
+use assetsync_protocol::engine::{AssetSync, Follow, MAX_OTHER_VERSIONS, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkId, ClientMessage, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
@@ -171,8 +171,11 @@ struct Client {
     memory_cache: bool,
     /// The server's shared secret, sent in `hello`.
     token: Option<String>,
-    /// What `subscribe` asked for, renewed on every new connection.
-    subscriptions: RefCell<Vec<(Scope, Function)>>,
+    /// What `subscribe` asked for (each scope once, renewed on every new connection), and the
+    /// reconnection backoff.
+    follow: RefCell<Follow>,
+    /// The page's callbacks, by scope.
+    callbacks: RefCell<Vec<(Scope, Function)>>,
     /// Set by `close`: no more reconnecting.
     closed: Cell<bool>,
 }
@@ -314,7 +317,8 @@ impl Client {
             remembered: RefCell::default(),
             memory_cache,
             token,
-            subscriptions: RefCell::default(),
+            follow: RefCell::default(),
+            callbacks: RefCell::default(),
             closed: Cell::new(false),
         };
         Ok((client, socket?))
@@ -423,9 +427,6 @@ impl Bytes {
     }
 }
 
-/// First wait before a subscription's listener reconnects, doubled after each failure.
-const FIRST_BACKOFF_MS: i32 = assetsync_protocol::engine::FIRST_BACKOFF_MS as i32;
-
 impl Client {
     /// The committed file of `manifest`: from memory if this client verified it in this session,
     /// else read back from IndexedDB and verified. `Err` inside names missing or damaged chunks.
@@ -500,7 +501,7 @@ impl Client {
         };
         self.send(&socket, &hello).map_err(fail)?;
         match next(&mut socket).await.map_err(fail)? {
-            Incoming::Text(text) => match parse(&text).map_err(fail)? {
+            Incoming::Message(message, _) => match message {
                 ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {
                     self.raw.replace(Some(socket.handle()));
                     self.renew_subscriptions(&mut socket).await?;
@@ -524,6 +525,8 @@ async fn next(socket: &mut Socket) -> Result<Incoming, String> {
             }
             None => "connection lost".to_owned(),
             Some(Incoming::Open) => continue,
+            // Mid-answer, a text that does not parse means the stream went bad.
+            Some(Incoming::Invalid(why)) => return Err(why),
             Some(other) => return Ok(other),
         };
         return Err(message);
@@ -538,10 +541,6 @@ fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
         // A throwing callback must not break the sync.
         let _ = f.call1(&JsValue::NULL, &p);
     }
-}
-
-fn parse(text: &str) -> Result<ServerMessage, String> {
-    serde_json::from_str(text).map_err(|e| format!("invalid message from server: {e}"))
 }
 
 fn now_ms() -> f64 {

@@ -1,8 +1,12 @@
-//! A browser WebSocket as an async message stream, with owned event handlers.
+//! A browser WebSocket as an async message stream, with owned event handlers. Each text message
+//! is parsed once, here, and routed on its type: `changed` pushes go to a [`PushStream`] (at most
+//! one per asset waits there), everything else to the answer being read.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use assetsync_protocol::engine::Pushes;
+use assetsync_protocol::{AssetPath, ServerMessage, VersionId};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use wasm_bindgen::JsCast;
@@ -13,9 +17,34 @@ use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
 #[derive(Debug)]
 pub enum Incoming {
     Open,
-    Text(String),
+    /// A control message, and its size.
+    Message(ServerMessage, usize),
     Binary(Vec<u8>),
-    Closed { code: u16, reason: String },
+    /// A text that is not a valid message: the stream went bad.
+    Invalid(String),
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// The `changed` pushes of one socket, the latest per asset; ends once the socket is closed and
+/// every push was taken.
+pub struct PushStream {
+    queue: Rc<RefCell<Pushes>>,
+    wake: mpsc::Receiver<()>,
+}
+
+impl PushStream {
+    /// The next push, waiting for one.
+    pub async fn next(&mut self) -> Option<(AssetPath, Option<VersionId>)> {
+        loop {
+            if let Some(push) = self.queue.borrow_mut().pop() {
+                return Some(push);
+            }
+            self.wake.next().await?;
+        }
+    }
 }
 
 /// Transport errors, turned into JS `Error`s at the API edge.
@@ -27,8 +56,8 @@ pub struct SocketError(pub String);
 pub struct Socket {
     ws: WebSocket,
     incoming: mpsc::UnboundedReceiver<Incoming>,
-    /// `changed` pushes, kept apart from answers; ends when the socket closes.
-    pushes: Option<mpsc::UnboundedReceiver<String>>,
+    /// `changed` pushes, kept apart from answers.
+    pushes: Option<PushStream>,
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -48,18 +77,25 @@ impl Socket {
             let _ = open_tx.unbounded_send(Incoming::Open);
         });
         let msg_tx = tx.clone();
-        let (push_tx, pushes) = mpsc::unbounded();
-        let close_push = push_tx.clone();
+        let queue = Rc::new(RefCell::new(Pushes::default()));
+        // Room for one wake-up: a waiting one covers every push queued after it.
+        let (wake_tx, wake) = mpsc::channel(0);
+        let (mut push_wake, mut close_wake) = (wake_tx.clone(), wake_tx);
+        let push_queue = Rc::clone(&queue);
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             let data = e.data();
             let item = if let Some(text) = data.as_string() {
                 received.set(received.get() + text.len() as u64);
-                // Pushes may arrive between answers, or while one is being read.
-                if text.starts_with(r#"{"type":"changed""#) {
-                    let _ = push_tx.unbounded_send(text);
-                    return;
+                match serde_json::from_str::<ServerMessage>(&text) {
+                    // Pushes may arrive between answers, or while one is being read.
+                    Ok(ServerMessage::Changed { asset, version }) => {
+                        push_queue.borrow_mut().push(asset, version);
+                        let _ = push_wake.try_send(());
+                        return;
+                    }
+                    Ok(message) => Incoming::Message(message, text.len()),
+                    Err(e) => Incoming::Invalid(format!("invalid message from server: {e}")),
                 }
-                Incoming::Text(text)
             } else if let Ok(buf) = data.dyn_into::<js_sys::ArrayBuffer>() {
                 received.set(received.get() + u64::from(buf.byte_length()));
                 Incoming::Binary(js_sys::Uint8Array::new(&buf).to_vec())
@@ -70,7 +106,7 @@ impl Socket {
         });
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
             let _ = tx.unbounded_send(Incoming::Closed { code: e.code(), reason: e.reason() });
-            close_push.close_channel();
+            close_wake.close_channel();
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -79,7 +115,7 @@ impl Socket {
         let mut socket = Socket {
             ws,
             incoming: rx,
-            pushes: Some(pushes),
+            pushes: Some(PushStream { queue, wake }),
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
@@ -105,9 +141,8 @@ impl Socket {
         self.incoming.next().await
     }
 
-    /// The `changed` pushes received on this socket; the stream ends when the socket closes.
-    /// `None` after the first call.
-    pub fn take_pushes(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+    /// The `changed` pushes received on this socket. `None` after the first call.
+    pub fn take_pushes(&mut self) -> Option<PushStream> {
         self.pushes.take()
     }
 

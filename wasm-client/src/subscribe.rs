@@ -1,48 +1,44 @@
 //! Subscriptions: the server pushes `changed`, the client syncs what changed, commits it, and
 //! tells the page.
 //!
-//! Pushes travel on their own channel from the socket ([`Socket::take_pushes`]), so they never
-//! disturb an answer being read. One listener task per socket handles them in order; it holds
-//! the client weakly, so a client the page dropped is not kept alive by it. When the socket
-//! closes, the listener reconnects with backoff, subscribes again and brings every subscription
-//! up to date (folders with a folder sync), so that nothing announced meanwhile is missed.
+//! Pushes travel apart from answers ([`Socket::take_pushes`]), so they never disturb an answer
+//! being read. One listener task per socket handles them in order; it holds the client weakly,
+//! so a client the page dropped is not kept alive by it. The policy is the engine's
+//! (`Follow`, [`Push::decide`]): when the socket closes, the listener reconnects with backoff,
+//! subscribes again and brings every subscription up to date (folders with a folder sync), so
+//! that nothing announced meanwhile is missed.
 
-use std::collections::HashSet;
 use std::rc::{Rc, Weak};
 
+use assetsync_protocol::engine::Push;
 use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
-use futures_channel::mpsc::UnboundedReceiver;
-use futures_util::StreamExt;
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
-use crate::socket::{Incoming, Socket};
-use crate::{Client, FIRST_BACKOFF_MS, SyncResult, js_error, next, parse};
-
-/// Longest wait between a listener's reconnection attempts.
-const MAX_BACKOFF_MS: i32 = 30_000;
+use crate::socket::{Incoming, PushStream, Socket};
+use crate::{Client, SyncResult, js_error, next};
 
 impl Client {
     /// See `SyncClient::subscribe`.
     pub(crate) async fn subscribe(self: &Rc<Self>, path: String, on_update: Function) -> Result<(), JsError> {
         let scope = Scope::new(&path).map_err(js_error)?;
         let mut guard = self.socket.lock().await;
-        match guard.as_mut() {
-            Some(socket) if socket.is_open() => {
-                self.request_subscription(socket, &scope).await?;
-                self.subscriptions.borrow_mut().push((scope, on_update));
+        let new = self.follow.borrow_mut().add(scope.clone());
+        let subscribed = match guard.as_mut() {
+            Some(socket) if socket.is_open() => match new {
+                true => self.request_subscription(socket, &scope).await,
+                false => Ok(()),
+            },
+            // A new connection subscribes to everything followed, this one included.
+            _ => self.handshake().await.map(|socket| *guard = Some(socket)),
+        };
+        match subscribed {
+            Ok(()) => self.callbacks.borrow_mut().push((scope, on_update)),
+            Err(e) if new => {
+                self.follow.borrow_mut().remove(&scope);
+                return Err(e);
             }
-            _ => {
-                // A new connection subscribes to everything listed, this one included.
-                self.subscriptions.borrow_mut().push((scope, on_update));
-                match self.handshake().await {
-                    Ok(socket) => *guard = Some(socket),
-                    Err(e) => {
-                        self.subscriptions.borrow_mut().pop();
-                        return Err(e);
-                    }
-                }
-            }
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -54,7 +50,7 @@ impl Client {
         let fail = |why: String| js_error(why);
         self.send(socket, &ClientMessage::Subscribe { id, path: scope.to_string() }).map_err(fail)?;
         match next(socket).await.map_err(fail)? {
-            Incoming::Text(text) => match parse(&text).map_err(fail)? {
+            Incoming::Message(message, _) => match message {
                 ServerMessage::Subscribed { id: got } if got == id => Ok(()),
                 ServerMessage::Error { message, .. } => {
                     Err(js_error(format!("cannot subscribe to {:?}: {message}", scope.to_string())))
@@ -67,10 +63,11 @@ impl Client {
 
     /// On every new socket: subscribes again to everything listed and starts its listener.
     pub(crate) async fn renew_subscriptions(self: &Rc<Self>, socket: &mut Socket) -> Result<(), JsError> {
-        let scopes: Vec<Scope> = self.subscriptions.borrow().iter().map(|(s, _)| s.clone()).collect();
+        let scopes = self.follow.borrow().scopes().to_vec();
         for scope in &scopes {
             self.request_subscription(socket, scope).await?;
         }
+        self.follow.borrow_mut().connected();
         if let Some(pushes) = socket.take_pushes() {
             wasm_bindgen_futures::spawn_local(listen(Rc::downgrade(self), pushes));
         }
@@ -81,22 +78,25 @@ impl Client {
     /// removed) or a reconnection (`None`: unknown whether it changed), and tells the
     /// subscriptions covering it if it did change.
     pub(crate) async fn deliver(self: &Rc<Self>, asset: AssetPath, pushed: Option<Option<VersionId>>) {
-        if !self.subscriptions.borrow().iter().any(|(s, _)| s.covers(&asset)) {
+        if !self.follow.borrow().covers(&asset) {
             return;
         }
         let before = self.store.current(&asset).await.ok().flatten().map(|m| m.version());
-        match pushed {
-            Some(Some(version)) if before == Some(version) => {}
-            Some(None) => {
-                if before.is_some() {
-                    self.remembered.borrow_mut().remove(&asset);
-                    let error = self.store.remove(&asset).await.err();
-                    let error =
-                        error.map(|e| js_error(format!("{asset}: cannot delete the local copy: {}", e.0)));
-                    self.notify(&asset, Update::Removed(error));
-                }
+        let push = match pushed {
+            Some(version) => Push::decide(asset.clone(), version, before),
+            // After a reconnection: whether it changed is unknown, so sync.
+            None => Some(Push::Sync(asset.clone())),
+        };
+        match push {
+            None => {}
+            Some(Push::Remove(asset)) => {
+                self.remembered.borrow_mut().remove(&asset);
+                let error = self.store.remove(&asset).await.err();
+                let error =
+                    error.map(|e| js_error(format!("{asset}: cannot delete the local copy: {}", e.0)));
+                self.notify(&asset, Update::Removed(error));
             }
-            _ => match self.sync(asset.as_str().to_owned(), None).await {
+            Some(Push::Sync(asset)) => match self.sync(asset.as_str().to_owned(), None).await {
                 Ok(result) if before == Some(result.version) => {}
                 Ok(result) => self.notify(&asset, Update::Synced(result)),
                 Err(e) => self.notify(&asset, Update::Failed(pushed.flatten(), e)),
@@ -125,13 +125,8 @@ impl Client {
                 set("error", error.into());
             }
         }
-        let callbacks: Vec<Function> = self
-            .subscriptions
-            .borrow()
-            .iter()
-            .filter(|(s, _)| s.covers(asset))
-            .map(|(_, f)| f.clone())
-            .collect();
+        let callbacks: Vec<Function> =
+            self.callbacks.borrow().iter().filter(|(s, _)| s.covers(asset)).map(|(_, f)| f.clone()).collect();
         for f in callbacks {
             // A throwing callback must not stop the others, nor the listener.
             let _ = f.call1(&JsValue::NULL, &object);
@@ -143,14 +138,7 @@ impl Client {
     /// (which also finds files created or deleted meanwhile), an asset with one sync.
     async fn resume(self: &Rc<Self>) -> Result<(), JsError> {
         self.connected(&mut *self.socket.lock().await).await?;
-        let mut seen = HashSet::new();
-        let scopes: Vec<Scope> = self
-            .subscriptions
-            .borrow()
-            .iter()
-            .map(|(s, _)| s.clone())
-            .filter(|s| seen.insert(s.clone()))
-            .collect();
+        let scopes = self.follow.borrow().scopes().to_vec();
         for scope in scopes {
             match scope {
                 Scope::Asset(asset) => self.deliver(asset, None).await,
@@ -181,30 +169,28 @@ enum Update {
 
 /// Handles one socket's pushes; when it closes, reconnects with backoff while subscriptions
 /// remain and the client is neither closed nor dropped.
-async fn listen(client: Weak<Client>, mut pushes: UnboundedReceiver<String>) {
-    while let Some(text) = pushes.next().await {
+async fn listen(client: Weak<Client>, mut pushes: PushStream) {
+    while let Some((asset, version)) = pushes.next().await {
         let Some(client) = client.upgrade() else { return };
-        if let Ok(ServerMessage::Changed { asset, version }) = serde_json::from_str(&text) {
-            client.deliver(asset, Some(version)).await;
-        }
+        client.deliver(asset, Some(version)).await;
     }
-    let mut backoff = FIRST_BACKOFF_MS;
     loop {
-        {
+        let wait = {
             let Some(client) = client.upgrade() else { return };
-            if client.closed.get() || client.subscriptions.borrow().is_empty() {
+            if client.closed.get() || client.follow.borrow().scopes().is_empty() {
                 return;
             }
-            match client.resume().await {
-                Ok(()) => return,
-                Err(e) => {
-                    let message: JsValue = e.into();
-                    web_sys::console::warn_2(&"assetsync: reconnecting failed:".into(), &message);
-                }
+            client.follow.borrow_mut().lost()
+        };
+        sleep(wait as i32).await;
+        let Some(client) = client.upgrade() else { return };
+        match client.resume().await {
+            Ok(()) => return,
+            Err(e) => {
+                let message: JsValue = e.into();
+                web_sys::console::warn_2(&"assetsync: reconnecting failed:".into(), &message);
             }
         }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF_MS);
     }
 }
 

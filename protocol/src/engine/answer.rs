@@ -107,21 +107,15 @@ impl Answer {
     /// Feeds one input; `Some` once the answer ended.
     pub fn handle(&mut self, input: Input<'_>, queue: &mut Queue) -> Option<End> {
         match (mem::replace(&mut self.step, Step::Over), input) {
-            (Step::Receiving(mut m), Input::Text { text, wire }) => {
+            (Step::Receiving(mut m), Input::Message { message, wire }) => {
                 self.wire_in += wire;
-                match serde_json::from_str::<ServerMessage>(text) {
-                    Ok(ServerMessage::Changed { asset, version }) => {
-                        queue.push_back(super::Action::Changed { asset, version });
-                        self.step = Step::Receiving(m);
-                        None
-                    }
-                    Ok(message) => {
-                        let event = m.on_message(message);
-                        self.fed(m, event, queue)
-                    }
-                    // Mid-answer, a message that does not parse means the stream went bad.
-                    Err(e) => self.lost(m, format!("invalid message from server: {e}")),
+                if let ServerMessage::Changed { asset, version } = message {
+                    queue.push_back(Action::Changed { asset, version });
+                    self.step = Step::Receiving(m);
+                    return None;
                 }
+                let event = m.on_message(message);
+                self.fed(m, event, queue)
             }
             (Step::Receiving(mut m), Input::Frame { frame, wire }) => {
                 self.wire_in += wire;

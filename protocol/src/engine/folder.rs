@@ -117,9 +117,9 @@ impl FolderSync {
         FolderDone { files: self.files, fetched: self.fetched, removed: self.removed, report: self.report }
     }
 
-    fn on_listing(&mut self, id: u32, text: &str) {
-        self.state = match serde_json::from_str::<ServerMessage>(text) {
-            Ok(ServerMessage::Folder { id: got, files }) if got == id => {
+    fn on_listing(&mut self, id: u32, message: ServerMessage) {
+        self.state = match message {
+            ServerMessage::Folder { id: got, files } if got == id => {
                 let changes = folder_changes(&self.held, &files);
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
@@ -127,22 +127,21 @@ impl FolderSync {
                 return self.next_file();
             }
             // The server forgot some of these versions: list their chunks instead.
-            Ok(ServerMessage::UnknownBase { id: got }) if got == id && !self.listed => {
+            ServerMessage::UnknownBase { id: got } if got == id && !self.listed => {
                 self.listed = true;
                 State::Ready
             }
-            Ok(ServerMessage::Error { id: Some(got), code, message }) if got == id => {
+            ServerMessage::Error { id: Some(got), code, message } if got == id => {
                 State::Failed(ClientError::Refused { code, message })
             }
-            Ok(ServerMessage::Changed { asset, version }) => {
+            ServerMessage::Changed { asset, version } => {
                 self.queue.push_back(Action::Changed { asset, version });
                 State::Listing(id)
             }
-            Ok(ServerMessage::Error { id: None, message, .. }) => {
+            ServerMessage::Error { id: None, message, .. } => {
                 return self.lost(Error::ConnectionClosed(message).to_string());
             }
-            Ok(other) => return self.lost(format!("unexpected `{}` answer to sync_folder", other.kind())),
-            Err(e) => return self.lost(format!("invalid message from server: {e}")),
+            other => return self.lost(format!("unexpected `{}` answer to sync_folder", other.kind())),
         };
     }
 
@@ -296,9 +295,9 @@ impl Machine for FolderSync {
                 self.report.wire_out += wire;
                 self.state = State::Listing(id);
             }
-            (State::Listing(id), Input::Text { text, wire }) => {
+            (State::Listing(id), Input::Message { message, wire }) => {
                 self.report.wire_in += wire;
-                self.on_listing(id, text);
+                self.on_listing(id, message);
             }
             (State::Listing(_), Input::Frame { wire, .. }) => {
                 self.report.wire_in += wire;

@@ -9,7 +9,7 @@
 //! loop {
 //!     match machine.poll() {
 //!         Action::Send(message) => send it, then Input::Sent (or Input::Lost)
-//!         Action::Receive => read one message, then Input::Text / Input::Frame (or Input::Lost)
+//!         Action::Receive => read one message, then Input::Message / Input::Frame (or Input::Lost)
 //!         Action::LoadChunks { .. } => read them from the store, then Input::Chunks
 //!         ...
 //!         Action::Done => return the machine's result,
@@ -21,18 +21,25 @@
 //! Actions that need an answer say which [`Input`] it is; the others (progress, discard,
 //! release, log lines) are done and the loop goes on. Time is passed in as waits
 //! ([`Action::Reconnect`]), never read, so a machine replays exactly from the same inputs.
+//!
+//! Between syncs, a client that follows changes runs [`Follow`] (its subscriptions and
+//! reconnection backoff), [`Pushes`] (pushed changes, the latest per asset) and [`Push::decide`]
+//! (whether a push needs a sync, a removal, or nothing).
 
 mod answer;
 mod asset;
 mod folder;
+mod follow;
 
 use std::collections::VecDeque;
 
 pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
+pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
 
 use crate::{
-    AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, Synced, VerifiedChunk, VersionId,
+    AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, ServerMessage, Synced,
+    VerifiedChunk, VersionId,
 };
 
 /// Connections one transfer may lose before it fails.
@@ -53,7 +60,7 @@ pub enum Action<'a> {
     Prefetch(Manifest),
     /// Send this message, then [`Input::Sent`], or [`Input::Lost`] if the connection is gone.
     Send(ClientMessage),
-    /// Read the next message, then [`Input::Text`] or [`Input::Frame`] (or [`Input::Lost`]).
+    /// Read the next message, then [`Input::Message`] or [`Input::Frame`] (or [`Input::Lost`]).
     Receive,
     /// Read and verify the committed file of this version (the answer is compressed against it),
     /// then [`Input::File`].
@@ -129,10 +136,11 @@ pub enum Input<'a> {
     },
     /// The connection is lost (or a reconnection failed).
     Lost(String),
-    /// A text message arrived.
-    Text {
+    /// A control message arrived, parsed once by the driver (which routes pushes on their type;
+    /// a text that does not parse is [`Input::Lost`]: mid-answer, the stream went bad).
+    Message {
         /// The message.
-        text: &'a str,
+        message: ServerMessage,
         /// Bytes read, as the driver counts them.
         wire: u64,
     },

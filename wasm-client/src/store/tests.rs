@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use assetsync_protocol::engine::{Action, AssetSync, Input, Machine};
 use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, Hash, Manifest, Synced,
-    VerifiedChunk, client_holds, plan,
+    AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, Hash, Manifest, ServerMessage,
+    Synced, VerifiedChunk, client_holds, plan,
 };
 use idb::{Factory, ObjectStoreParams, TransactionMode};
 use js_sys::Uint8Array;
@@ -89,7 +89,7 @@ async fn a_failed_verification_never_reaches_the_store() {
     let m2 = Manifest::build(asset("a.js"), &v2, ChunkParams::default()).unwrap();
     let base = store.current(&asset("a.js")).await.unwrap().unwrap();
     let mut machine = AssetSync::new(asset("a.js"), Some(base.clone()), vec![], 1);
-    let mut link: VecDeque<Result<String, Vec<u8>>> = VecDeque::new();
+    let mut link: VecDeque<Result<ServerMessage, Vec<u8>>> = VecDeque::new();
     let (mut requests, mut commits) = (0, 0);
     loop {
         let input = match machine.poll() {
@@ -101,7 +101,7 @@ async fn a_failed_verification_never_reaches_the_store() {
                 let held = client_holds(&have, known, [&m2]);
                 let view = ClientView { base: known.map(|b| (0, b.version(), b)), held: &held };
                 let answer = plan(id, &m2, m2.version(), view);
-                link.push_back(Ok(serde_json::to_string(&answer.message).unwrap()));
+                link.push_back(Ok(answer.message));
                 for (n, &index) in answer.send.iter().enumerate() {
                     let (offset, entry) = m2.offsets().nth(index as usize).unwrap();
                     let mut bytes = v2[offset..offset + entry.len as usize].to_vec();
@@ -114,7 +114,7 @@ async fn a_failed_verification_never_reaches_the_store() {
             }
             Action::Receive => {
                 match link.pop_front().expect("the answer is complete") {
-                    Ok(text) => machine.handle(Input::Text { text: &text, wire: 0 }),
+                    Ok(message) => machine.handle(Input::Message { message, wire: 0 }),
                     Err(frame) => machine.handle(Input::Frame { frame: &frame, wire: 0 }),
                 }
                 continue;

@@ -1,0 +1,164 @@
+//! Following changes: what a subscribed client does about a pushed change, what it brings up to
+//! date after a reconnection, and how long it waits before reconnecting. `pull --follow` and the
+//! browser's `subscribe` both run this policy.
+
+use std::collections::VecDeque;
+
+use super::FIRST_BACKOFF_MS;
+use crate::{AssetPath, Scope, VersionId};
+
+/// Longest wait between the reconnection attempts of a subscribed client.
+pub const MAX_FOLLOW_BACKOFF_MS: u32 = 30_000;
+
+/// What to do about one pushed change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// The asset has a version the client does not hold: sync it.
+    Sync(AssetPath),
+    /// The asset is gone from the server: delete the local copy.
+    Remove(AssetPath),
+}
+
+impl Push {
+    /// What to do now that `asset` is at `version` on the server (`None`: removed), for a
+    /// client holding `held`: nothing when it holds that version already (a sync of its own may
+    /// have brought it), or when a removed asset was never held.
+    pub fn decide(asset: AssetPath, version: Option<VersionId>, held: Option<VersionId>) -> Option<Push> {
+        match version {
+            Some(version) if held == Some(version) => None,
+            Some(_) => Some(Push::Sync(asset)),
+            None if held.is_some() => Some(Push::Remove(asset)),
+            None => None,
+        }
+    }
+}
+
+/// Pushed changes not acted on yet, oldest first, only the latest of each asset: however fast
+/// the server pushes, this holds at most one entry per asset.
+#[derive(Debug, Default)]
+pub struct Pushes {
+    queue: VecDeque<(AssetPath, Option<VersionId>)>,
+}
+
+impl Pushes {
+    /// Notes that `asset` is now at `version` (`None`: removed), replacing an older note.
+    pub fn push(&mut self, asset: AssetPath, version: Option<VersionId>) {
+        self.queue.retain(|(a, _)| *a != asset);
+        self.queue.push_back((asset, version));
+    }
+
+    /// The oldest change noted.
+    pub fn pop(&mut self) -> Option<(AssetPath, Option<VersionId>)> {
+        self.queue.pop_front()
+    }
+
+    /// Changes noted.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is noted.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A client's subscriptions, renewed on every connection, and its reconnection backoff.
+#[derive(Debug)]
+pub struct Follow {
+    scopes: Vec<Scope>,
+    backoff_ms: u32,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow { scopes: Vec::new(), backoff_ms: FIRST_BACKOFF_MS }
+    }
+}
+
+impl Follow {
+    /// Following `scopes`.
+    pub fn new(scopes: impl IntoIterator<Item = Scope>) -> Self {
+        let mut follow = Follow::default();
+        for scope in scopes {
+            follow.add(scope);
+        }
+        follow
+    }
+
+    /// Adds a subscription; false if it was there already.
+    pub fn add(&mut self, scope: Scope) -> bool {
+        let new = !self.scopes.contains(&scope);
+        if new {
+            self.scopes.push(scope);
+        }
+        new
+    }
+
+    /// Drops a subscription (one the server refused, say).
+    pub fn remove(&mut self, scope: &Scope) {
+        self.scopes.retain(|s| s != scope);
+    }
+
+    /// The subscriptions, each once, in the order they were made. After a reconnection each is
+    /// subscribed to again first (so nothing pushed meanwhile is missed), then brought up to
+    /// date: a folder with one folder sync, which also finds files created or deleted while the
+    /// client was away; an asset with one sync.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Whether a subscription covers `asset`.
+    pub fn covers(&self, asset: &AssetPath) -> bool {
+        self.scopes.iter().any(|s| s.covers(asset))
+    }
+
+    /// After a lost connection or a failed attempt: the wait before the next attempt, from
+    /// [`FIRST_BACKOFF_MS`] doubling up to [`MAX_FOLLOW_BACKOFF_MS`].
+    pub fn lost(&mut self) -> u32 {
+        let wait = self.backoff_ms;
+        self.backoff_ms = (self.backoff_ms * 2).min(MAX_FOLLOW_BACKOFF_MS);
+        wait
+    }
+
+    /// A connection is up and its subscriptions renewed: the next loss waits the least again.
+    pub fn connected(&mut self) {
+        self.backoff_ms = FIRST_BACKOFF_MS;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Hash;
+
+    #[test]
+    fn pushes_keep_the_latest_per_asset_and_decisions_skip_what_is_held() {
+        let (a, b) = (AssetPath::new("a.js").unwrap(), AssetPath::new("b.js").unwrap());
+        let (v1, v2) = (Hash::of(b"1"), Hash::of(b"2"));
+        let mut pushes = Pushes::default();
+        for _ in 0..1000 {
+            pushes.push(a.clone(), Some(v1));
+        }
+        pushes.push(b.clone(), None);
+        pushes.push(a.clone(), Some(v2));
+        assert_eq!(pushes.len(), 2, "one entry per asset however many pushes");
+        assert_eq!(pushes.pop(), Some((b.clone(), None)));
+        assert_eq!(pushes.pop(), Some((a.clone(), Some(v2))));
+        assert_eq!(Push::decide(a.clone(), Some(v2), Some(v2)), None);
+        assert_eq!(Push::decide(a.clone(), Some(v2), Some(v1)), Some(Push::Sync(a.clone())));
+        assert_eq!(Push::decide(a.clone(), None, Some(v1)), Some(Push::Remove(a.clone())));
+        assert_eq!(Push::decide(a, None, None), None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_and_resets_once_connected() {
+        let mut follow = Follow::new([Scope::new("dist/").unwrap(), Scope::new("dist/").unwrap()]);
+        assert_eq!(follow.scopes().len(), 1, "each subscription once");
+        let waits: Vec<u32> = (0..10).map(|_| follow.lost()).collect();
+        assert_eq!(waits[..4], [250, 500, 1000, 2000]);
+        assert_eq!(waits[9], MAX_FOLLOW_BACKOFF_MS);
+        follow.connected();
+        assert_eq!(follow.lost(), FIRST_BACKOFF_MS);
+    }
+}
