@@ -31,10 +31,7 @@ pub mod plan;
 pub mod test_util;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
-pub use client::{
-    Assembled, ClientSync, Event, FolderChanges, MAX_HELD, MAX_REQUESTS, Synced, folder_changes,
-    held_chunk_ids,
-};
+pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced, held_chunk_ids};
 pub use error::Error;
 pub use hash::Hash;
 pub use have::{ChunkSet, Have};
@@ -44,4 +41,6 @@ pub use message::{
     ServerMessage, Update,
 };
 pub use path::{AssetPath, Scope};
-pub use plan::{ClientView, Plan, ask_for_chunks, client_holds, folder_sends, plan};
+pub use plan::{
+    ClientView, FolderChanges, Plan, ask_for_chunks, client_holds, folder_changes, folder_sends, plan,
+};

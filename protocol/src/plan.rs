@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::{ChunkId, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
+use crate::{AssetPath, ChunkId, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
 
 /// What the server answers one `sync` with.
 #[derive(Debug)]
@@ -95,4 +95,26 @@ pub fn client_holds<'k, 'w>(
 /// its version. [`crate::folder_changes`] is the client's side of the same rule.
 pub fn folder_sends(have: &Have, version: &VersionId) -> bool {
     !have.versions.contains(version)
+}
+
+/// What a `folder` listing means to a client that named `held` (its current manifests of the
+/// folder's files) in `have.versions`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FolderChanges {
+    /// Listed files whose version the client does not hold: one `update` follows for each, in
+    /// this (listing) order.
+    pub fetch: Vec<AssetPath>,
+    /// Files the client holds that are no longer listed: delete them.
+    pub removed: Vec<AssetPath>,
+}
+
+/// Compares a `folder` listing with what the client holds (see [`FolderChanges`]). The server
+/// applies the same rule ([`folder_sends`]) to decide which `update`s to send.
+pub fn folder_changes(held: &[Manifest], files: &[crate::FolderEntry]) -> FolderChanges {
+    let versions: HashSet<VersionId> = held.iter().map(Manifest::version).collect();
+    let listed: HashSet<&AssetPath> = files.iter().map(|f| &f.asset).collect();
+    FolderChanges {
+        fetch: files.iter().filter(|f| !versions.contains(&f.version)).map(|f| f.asset.clone()).collect(),
+        removed: held.iter().map(|m| m.path.clone()).filter(|p| !listed.contains(p)).collect(),
+    }
 }
