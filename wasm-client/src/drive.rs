@@ -100,12 +100,12 @@ impl Client {
                     continue;
                 }
                 Action::LoadFile(m) => {
-                    let file = self.file(m).await.map_err(|e| Stopped::store(e.0))?;
+                    let file = self.file(m).await.map_err(Stopped::store)?;
                     driven.timings.store_ms += now_ms() - t0;
                     Input::File(file.map(|f| f.to_vec()))
                 }
                 Action::CheckFile(m) => {
-                    let file = self.file(m).await.map_err(|e| Stopped::store(e.0))?;
+                    let file = self.file(m).await.map_err(Stopped::store)?;
                     driven.timings.store_ms += now_ms() - t0;
                     Input::Checked(file.map(|bytes| driven.unchanged = Some(bytes)))
                 }
@@ -118,7 +118,7 @@ impl Client {
                 }
                 Action::LoadChunks { ids, sources } => {
                     let sources: Vec<&Manifest> = sources.iter().collect();
-                    let chunks = self.store.chunks(&ids, &sources).await.map_err(|e| Stopped::store(e.0))?;
+                    let chunks = self.store.chunks(&ids, &sources).await.map_err(Stopped::store)?;
                     driven.timings.store_ms += now_ms() - t0;
                     Input::Chunks(chunks)
                 }
@@ -131,10 +131,7 @@ impl Client {
                 Action::Keep(chunks) => {
                     let kept = self.store.keep(chunks).await;
                     kept.map_err(|e| {
-                        Stopped::store(format!(
-                            "{last_loss}, and storing the chunks received failed: {}",
-                            e.0
-                        ))
+                        Stopped::store(format!("{last_loss}, and storing the chunks received failed: {}", e))
                     })?;
                     Input::Stored
                 }
@@ -143,19 +140,19 @@ impl Client {
                     if let Err(e) = self.store.commit(synced).await {
                         let path = synced.manifest.path.as_str();
                         let file = if path == target { String::new() } else { format!("{path}: ") };
-                        return Err(Stopped::store(format!("{file}{}; the previous version is kept", e.0)));
+                        return Err(Stopped::store(format!("{file}{}; the previous version is kept", e)));
                     }
                     driven.timings.store_ms += now_ms() - t0;
                     Input::Stored
                 }
                 Action::Remove(asset) => {
                     self.remembered.borrow_mut().remove(asset);
-                    self.store.remove(asset).await.map_err(|e| Stopped::store(e.0))?;
+                    self.store.remove(asset).await.map_err(Stopped::store)?;
                     Input::Stored
                 }
                 // Kept chunk records are dropped once damaged, or once in committed files.
                 Action::Discard(ids) | Action::Release(ids) => {
-                    self.store.discard(&ids).await.map_err(|e| Stopped::store(e.0))?;
+                    self.store.discard(&ids).await.map_err(Stopped::store)?;
                     continue;
                 }
                 Action::Reconnect { after_ms } => {

@@ -20,14 +20,19 @@
 //! upgraded in place when it is first opened ([`migrate`]).
 
 mod migrate;
+mod records;
+
+use records::{
+    Range, blob, bytes_of, decode_manifest, delete_version, key, put_chunks, read_blob, runs, slice, stage,
+    version_of,
+};
 
 use std::collections::HashSet;
 
-use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
-use idb::{Database, Factory, ObjectStore, ObjectStoreParams, Transaction, TransactionMode};
-use js_sys::{Array, ArrayBuffer, Uint8Array};
+use assetsync_protocol::{AssetPath, ChunkId, Manifest, Synced, VerifiedChunk, VersionId};
+use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
+use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, IdbTransaction};
 
 const FILES: &str = "files";
@@ -42,27 +47,46 @@ const BLOCKED_MS: i32 = 3_000;
 /// Reused chunks this close together in one file are read with one `Blob.slice`.
 const MAX_GAP: usize = 64 * 1024;
 
-/// Store errors, with what failed. Quota errors say so.
-#[derive(Debug)]
-pub struct StoreError(pub String);
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The origin's storage is full: the browser's `QuotaExceededError`.
+    #[error("storage quota exceeded ({0})")]
+    Quota(String),
+    /// Any other IndexedDB failure, with the browser's words.
+    #[error("IndexedDB error: {0}")]
+    Db(String),
+    /// The store cannot serve this as it is (a damaged copy, an upgrade blocked by another page).
+    #[error("{0}")]
+    Unusable(String),
+}
 
 impl From<idb::Error> for StoreError {
     fn from(e: idb::Error) -> Self {
-        StoreError::new(e.to_string())
+        match &e {
+            idb::Error::DomException(d) => StoreError::dom(&d.name(), &d.message()),
+            idb::Error::AddFailed(v) | idb::Error::TransactionCommitError(v) => StoreError::js(v.clone()),
+            _ => StoreError::Db(e.to_string()),
+        }
     }
 }
 
 impl StoreError {
-    fn new(text: String) -> Self {
-        if text.contains("QuotaExceeded") || text.contains("quota") {
-            StoreError(format!("storage quota exceeded ({text})"))
-        } else {
-            StoreError(format!("IndexedDB error: {text}"))
+    /// A browser exception, told apart by its name (`message` may be empty).
+    fn dom(name: &str, message: &str) -> Self {
+        let text = if message.is_empty() { name.to_owned() } else { format!("{name}: {message}") };
+        match name {
+            "QuotaExceededError" => StoreError::Quota(text),
+            _ => StoreError::Db(text),
         }
     }
 
     fn js(e: JsValue) -> Self {
-        StoreError::new(crate::socket::describe(&e))
+        let field = |name: &str| js_sys::Reflect::get(&e, &name.into()).ok().and_then(|v| v.as_string());
+        match field("name") {
+            Some(name) => StoreError::dom(&name, &field("message").unwrap_or_default()),
+            None => StoreError::Db(crate::socket::describe(&e)),
+        }
     }
 }
 
@@ -74,9 +98,8 @@ async fn finish(tx: Transaction) -> Result<()> {
         return Ok(());
     }
     Err(match handle.error() {
-        Some(e) if e.message().is_empty() => StoreError::new(e.name()),
-        Some(e) => StoreError::new(format!("{}: {}", e.name(), e.message())),
-        None => StoreError("the transaction was aborted".into()),
+        Some(e) => StoreError::dom(&e.name(), &e.message()),
+        None => StoreError::Db("the transaction was aborted".into()),
     })
 }
 
@@ -134,7 +157,7 @@ impl Store {
                         db.close();
                     }
                 });
-                return Err(StoreError(format!(
+                return Err(StoreError::Unusable(format!(
                     "cannot open the store {name:?}: a page running an older assetsync holds it open; \
                      reload or close that page"
                 )));
@@ -339,7 +362,9 @@ impl Store {
         let Some(manifest) = self.current(asset).await? else { return Ok(None) };
         match self.file(&manifest).await? {
             Ok(data) => Ok(Some(data)),
-            Err(_) => Err(StoreError(format!("cached copy of {asset} is damaged; the next sync repairs it"))),
+            Err(_) => Err(StoreError::Unusable(format!(
+                "cached copy of {asset} is damaged; the next sync repairs it"
+            ))),
         }
     }
 
@@ -380,93 +405,6 @@ impl Store {
         finish(tx).await?;
         Ok(report)
     }
-}
-
-/// The first half of a commit in `tx`: writes the file and the manifest of `synced`, and returns
-/// the asset's current version if it is another one (which the commit then replaces).
-async fn stage(tx: &Transaction, synced: &Synced) -> Result<Option<VersionId>> {
-    let file = blob(&synced.data)?;
-    let asset = key(synced.manifest.path.as_str());
-    let previous = version_of(tx.object_store(REFS)?.get(asset)?.await?).filter(|v| *v != synced.version);
-    let version = key(&synced.version.to_hex());
-    tx.object_store(FILES)?.put(&file, Some(&version))?;
-    let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
-    tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
-    Ok(previous)
-}
-
-/// Deletes the file and the manifest of `version` in `tx`.
-fn delete_version(tx: &Transaction, version: &VersionId) -> Result<()> {
-    tx.object_store(FILES)?.delete(key(&version.to_hex()))?;
-    tx.object_store(MANIFESTS)?.delete(key(&version.to_hex()))?;
-    Ok(())
-}
-
-/// Where a chunk lies in a file: (offset, len, id).
-type Range = (usize, usize, ChunkId);
-
-/// Adjacent ranges of one file, read with one slice: (start, end, the ranges inside).
-type Run = (usize, usize, Vec<Range>);
-
-/// Groups the `ranges` of one file into runs.
-fn runs(mut ranges: Vec<Range>) -> Vec<Run> {
-    ranges.sort_unstable_by_key(|r| r.0);
-    let mut out: Vec<Run> = Vec::new();
-    for r in ranges {
-        match out.last_mut() {
-            Some((_, end, inside)) if r.0 <= *end + MAX_GAP => {
-                *end = (*end).max(r.0 + r.1);
-                inside.push(r);
-            }
-            _ => out.push((r.0, r.0 + r.1, vec![r])),
-        }
-    }
-    out
-}
-
-fn slice(blob: &Blob, start: usize, end: usize) -> JsFuture {
-    let part = blob.slice_with_f64_and_f64(start as f64, end as f64).expect("slice of a stored Blob");
-    JsFuture::from(part.array_buffer())
-}
-
-async fn read_blob(blob: &Blob) -> Result<ArrayBuffer> {
-    Ok(JsFuture::from(blob.array_buffer()).await.map_err(StoreError::js)?.unchecked_into())
-}
-
-/// A `Blob` holding a copy of `data`, copied once: straight out of WASM memory, through a view
-/// that lives only until the constructor has copied it (nothing can allocate in between).
-fn blob(data: &[u8]) -> Result<JsValue> {
-    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
-    let view = Uint8Array::new_with_byte_offset_and_length(
-        &memory.buffer(),
-        data.as_ptr() as u32,
-        data.len() as u32,
-    );
-    Ok(Blob::new_with_u8_array_sequence(&Array::of1(&view)).map_err(StoreError::js)?.into())
-}
-
-fn put_chunks(store: &ObjectStore, chunks: &[VerifiedChunk]) -> Result<()> {
-    for chunk in chunks {
-        store.put(&Uint8Array::from(chunk.bytes()).into(), Some(&key(&chunk.id().to_hex())))?;
-    }
-    Ok(())
-}
-
-fn key(text: &str) -> JsValue {
-    JsValue::from_str(text)
-}
-
-fn version_of(value: Option<JsValue>) -> Option<VersionId> {
-    value?.as_string().and_then(|v| Hash::from_hex(&v).ok())
-}
-
-fn bytes_of(value: &JsValue) -> Vec<u8> {
-    value.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec).unwrap_or_default()
-}
-
-fn decode_manifest(value: &JsValue, version: &VersionId) -> Option<Manifest> {
-    let bytes = bytes_of(value);
-    (Hash::of(&bytes) == *version).then(|| Manifest::decode_canonical(&bytes).ok()).flatten()
 }
 
 #[cfg(test)]

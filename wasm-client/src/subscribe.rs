@@ -92,8 +92,7 @@ impl Client {
             Some(Push::Remove(asset)) => {
                 self.remembered.borrow_mut().remove(&asset);
                 let error = self.store.remove(&asset).await.err();
-                let error =
-                    error.map(|e| js_error(format!("{asset}: cannot delete the local copy: {}", e.0)));
+                let error = error.map(|e| js_error(format!("{asset}: cannot delete the local copy: {}", e)));
                 self.notify(&asset, Update::Removed(error));
             }
             Some(Push::Sync(asset)) => match self.sync(asset.as_str().to_owned(), None).await {

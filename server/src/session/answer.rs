@@ -1,0 +1,217 @@
+//! Answers to `sync` and `sync_folder`: planned by the protocol crate, compressed once for every
+//! client in the same state, and paced out.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use assetsync_protocol::{
+    AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Have, Scope, ServerMessage,
+    ask_for_chunks, folder_sends, plan,
+};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::SinkExt;
+
+use super::throttle::Throttle;
+use super::{Fatal, Peer, gone, send_json};
+use crate::encode::Batch;
+use crate::index::{IndexError, Indexed};
+use crate::server::AppState;
+
+/// One `sync` request.
+pub(super) struct Request<'a> {
+    pub id: u32,
+    pub asset: &'a str,
+    pub have: Have,
+}
+
+/// Answers one `sync`. Request-level problems (bad path, unknown asset, digest over the limit)
+/// are answered with an `error` and the session goes on.
+pub(super) async fn sync(
+    socket: &mut WebSocket,
+    state: &AppState,
+    peer: Peer,
+    throttle: &mut Throttle,
+    request: Request<'_>,
+) -> Result<(), Fatal> {
+    let Request { id, asset, have } = request;
+    let started = Instant::now();
+    if have.len() > state.limits.max_have {
+        return send_json(socket, &too_many_entries(id, &have, state)).await;
+    }
+    let asset = match AssetPath::new(asset) {
+        Ok(asset) => asset,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
+    };
+    let current = match state.index.current(&asset).await {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::info!(%asset, error = %e, "sync refused");
+            return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
+        }
+    };
+    let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
+    // The delta base: the first version named that the server knows.
+    let base = known.into_iter().next();
+    let own_version_unknown = base.as_ref().is_none_or(|(i, _)| *i != 0);
+    if peer.protocol >= 2 && !have.versions.is_empty() && own_version_unknown && have.chunks.is_empty() {
+        // The client's own version (listed first) is one this server never saw or has
+        // forgotten (a restart drops them all): its chunk list costs far less than resending
+        // the chunks it holds.
+        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
+    }
+    let sent = answer(socket, state, peer, throttle, id, None, &current, base.as_ref(), &held).await?;
+    tracing::info!(
+        %asset,
+        version = %&current.version.to_hex()[..12],
+        base = base.is_some(),
+        chunks = current.manifest.chunks.len(),
+        sent_chunks = sent.chunks.len(),
+        frame_bytes = sent.frame_bytes,
+        dict = sent.dict,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sync"
+    );
+    Ok(())
+}
+
+/// Answers `sync_folder`: the listing, then one `update` per file whose version the client does
+/// not hold, each chunk sent at most once across the whole answer.
+pub(super) async fn sync_folder(
+    socket: &mut WebSocket,
+    state: &AppState,
+    peer: Peer,
+    throttle: &mut Throttle,
+    id: u32,
+    folder: &str,
+    have: Have,
+) -> Result<(), Fatal> {
+    let started = Instant::now();
+    if have.len() > state.limits.max_have {
+        return send_json(socket, &too_many_entries(id, &have, state)).await;
+    }
+    let scope = match Scope::new(folder) {
+        Ok(Scope::Asset(_)) => {
+            let message = format!("{folder:?} is not a folder: end it with '/' (or use \"\" for the root)");
+            return send_json(socket, &refuse(id, ErrorCode::BadPath, message)).await;
+        }
+        Ok(scope) => scope,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
+    };
+    let files = match state.index.list(&scope).await {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::info!(%scope, error = %e, "folder sync refused");
+            return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
+        }
+    };
+    let (known, mut held) = state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref()));
+    if ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
+        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
+    }
+    let entries =
+        files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
+    send_json(socket, &ServerMessage::Folder { id, files: entries }).await?;
+    let (mut updated, mut frame_bytes) = (0, 0);
+    for file in files.iter().filter(|f| folder_sends(&have, &f.version)) {
+        // The delta base and compression prefix: the client's version of the same file.
+        let base = known.iter().find(|(_, k)| k.manifest.path == file.manifest.path);
+        let path = Some(file.manifest.path.clone());
+        let sent = answer(socket, state, peer, throttle, id, path, file, base, &held).await?;
+        // Later files reference these chunks instead of carrying them again.
+        held.extend(sent.chunks.iter().map(|&i| file.manifest.chunks[i as usize].id));
+        updated += 1;
+        frame_bytes += sent.frame_bytes;
+    }
+    tracing::info!(
+        folder = %scope,
+        files = files.len(),
+        updated,
+        frame_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "folder sync"
+    );
+    Ok(())
+}
+
+/// What [`answer`] sent.
+struct Sent {
+    /// Manifest positions whose bytes went out.
+    chunks: Vec<u32>,
+    /// Bytes of binary frames.
+    frame_bytes: usize,
+    /// Whether batches were compressed against the base version.
+    dict: bool,
+}
+
+/// Plans, encodes and sends the answer for `current` to a client holding `held` (`update` with
+/// its chunk frames, or `up_to_date` when `base` is the current version itself).
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    socket: &mut WebSocket,
+    state: &AppState,
+    peer: Peer,
+    throttle: &mut Throttle,
+    id: u32,
+    asset: Option<AssetPath>,
+    current: &Arc<Indexed>,
+    base: Option<&(u32, Arc<Indexed>)>,
+    held: &HashSet<ChunkId>,
+) -> Result<Sent, Fatal> {
+    let view = ClientView { base: base.map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held };
+    let mut answer = plan(id, &current.manifest, current.version, view);
+    let encoded = match &mut answer.message {
+        ServerMessage::Update(update) => {
+            update.asset = asset;
+            if peer.zstd && !answer.send.is_empty() {
+                let encoded = state.encoder.encode(current, &answer.send, base.map(|(_, b)| b)).await;
+                update.dict = encoded.prefixed;
+                Some(encoded)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    send_json(socket, &answer.message).await?;
+    let mut frame_bytes = 0usize;
+    let plain = |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
+    let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
+        None => Box::new(answer.send.iter().map(|&i| plain(i))),
+        Some(encoded) => Box::new(encoded.batches.iter().flat_map(|batch| match batch {
+            Batch::Compressed { indices, frame } => {
+                let frame = ChunkFrame::Batch { id, indices: indices.clone(), compressed: frame };
+                vec![frame.encode()]
+            }
+            Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),
+        })),
+    };
+    for frame in frames {
+        frame_bytes += frame.len();
+        throttle.bytes(frame.len()).await?;
+        // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
+        // this loop down instead of making the server buffer without limit.
+        socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
+    }
+    socket.flush().await.map_err(gone)?;
+    let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
+    Ok(Sent { chunks: answer.send, frame_bytes, dict })
+}
+
+pub(super) fn refuse(id: u32, code: ErrorCode, message: String) -> ServerMessage {
+    ServerMessage::Error { id: Some(id), code, message }
+}
+
+pub(super) fn too_many_entries(id: u32, have: &Have, state: &AppState) -> ServerMessage {
+    let message = format!("digest has {} entries, over the limit of {}", have.len(), state.limits.max_have);
+    refuse(id, ErrorCode::TooLarge, message)
+}
+
+fn code_of(e: &IndexError) -> ErrorCode {
+    match e {
+        IndexError::Unknown(_) => ErrorCode::UnknownAsset,
+        IndexError::Escapes(_) => ErrorCode::BadPath,
+        IndexError::TooLarge { .. } | IndexError::TooManyFiles { .. } => ErrorCode::TooLarge,
+        IndexError::Io { .. } => ErrorCode::Internal,
+    }
+}

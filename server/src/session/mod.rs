@@ -1,0 +1,242 @@
+//! One WebSocket connection: handshake, then one answer per request, in order, and pushed
+//! changes between answers.
+//!
+//! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
+//! - `subscribe`: subscriptions, counted in the hub while the session lives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use assetsync_protocol::{
+    ClientMessage, ErrorCode, Hash, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage, compress,
+};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use subtle::ConstantTimeEq;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+mod answer;
+mod subscribe;
+mod throttle;
+
+use crate::server::AppState;
+use answer::{Request, sync, sync_folder};
+use subscribe::{Subscriptions, subscribe};
+use throttle::Throttle;
+
+/// Why a session ends early: sent as an `error` message, then a close frame.
+struct Fatal {
+    code: ErrorCode,
+    close: u16,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: ErrorCode, close: u16, message: impl Into<String>) -> Self {
+        Fatal { code, close, message: message.into() }
+    }
+}
+
+/// Runs one session until the client leaves, breaks the protocol, idles out, or the server shuts
+/// down. `_permit` holds the connection's place under the connection limit.
+#[tracing::instrument(name = "session", skip_all, fields(%peer))]
+pub(crate) async fn run(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    tracing::debug!("connected");
+    // Set by `hello`.
+    let mut peer_caps: Option<Peer> = None;
+    let mut subscriptions = Subscriptions::new(&state);
+    let mut throttle = Throttle::new(&state);
+    let mut changes = state.hub.listen();
+    // A subscribed client may rightly be silent for hours: an idle period earns it a ping, and
+    // only a second one in a row (no pong) ends the session.
+    let mut pinged = false;
+    let outcome = loop {
+        let received = tokio::select! {
+            () = state.shutdown.cancelled() => {
+                break Err(Fatal::new(ErrorCode::ShuttingDown, close_code::AWAY, "server is shutting down"));
+            }
+            change = changes.recv(), if !subscriptions.is_empty() => {
+                let change = match change {
+                    Ok(change) => change,
+                    Err(RecvError::Lagged(n)) => {
+                        let why = format!("fell {n} changes behind; reconnect and sync again");
+                        break Err(Fatal::new(ErrorCode::Lagged, close_code::AGAIN, why));
+                    }
+                    Err(RecvError::Closed) => continue,
+                };
+                if subscriptions.covers(&change.asset) {
+                    let message = ServerMessage::Changed { asset: change.asset.clone(), version: change.version };
+                    if let Err(fatal) = send_json(&mut socket, &message).await {
+                        break Err(fatal);
+                    }
+                }
+                continue;
+            }
+            r = tokio::time::timeout(state.limits.idle_timeout, socket.recv()) => r,
+        };
+        let message = match received {
+            Err(_) if !subscriptions.is_empty() && !pinged => {
+                pinged = true;
+                if let Err(fatal) = socket.send(Message::Ping(Default::default())).await.map_err(gone) {
+                    break Err(fatal);
+                }
+                continue;
+            }
+            Err(_) => break Err(Fatal::new(ErrorCode::IdleTimeout, close_code::POLICY, "idle timeout")),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => {
+                let e = e.into_inner();
+                if let Some(WsError::Capacity(too_big)) = e.downcast_ref::<WsError>() {
+                    break Err(Fatal::new(ErrorCode::TooLarge, close_code::SIZE, too_big.to_string()));
+                }
+                tracing::debug!(error = %e, "connection lost");
+                break Ok(());
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        pinged = false;
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                break Err(Fatal::new(
+                    ErrorCode::BadMessage,
+                    close_code::UNSUPPORTED,
+                    "binary frames are not accepted from clients",
+                ));
+            }
+            Message::Close(_) => break Ok(()),
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if peer_caps.is_some() {
+            // Paced before parsing, so a flood costs no more than the allowed rate.
+            if let Err(fatal) = throttle.request().await {
+                break Err(fatal);
+            }
+        }
+        let result = match serde_json::from_str::<ClientMessage>(&text) {
+            Err(e) => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, format!("invalid message: {e}")))
+            }
+            Ok(ClientMessage::Hello { .. }) if peer_caps.is_some() => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"))
+            }
+            Ok(ClientMessage::Hello { protocol, agent, encodings, token }) => {
+                let hello = Hello { protocol, agent: &agent, encodings: &encodings, token: token.as_deref() };
+                greet(&mut socket, &state, hello).await.map(|p| peer_caps = Some(p))
+            }
+            Ok(_) if peer_caps.is_none() => {
+                Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
+            }
+            Ok(ClientMessage::Sync { id, asset, have }) => {
+                let peer = peer_caps.expect("checked above");
+                sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have }).await
+            }
+            Ok(ClientMessage::SyncFolder { id, folder, have }) => {
+                let peer = peer_caps.expect("checked above");
+                sync_folder(&mut socket, &state, peer, &mut throttle, id, &folder, have).await
+            }
+            Ok(ClientMessage::Subscribe { id, path }) => {
+                if subscriptions.is_empty() {
+                    // Only changes from now on: none queued while nothing was subscribed.
+                    changes = changes.resubscribe();
+                }
+                subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
+            }
+        };
+        if let Err(fatal) = result {
+            break Err(fatal);
+        }
+    };
+    match outcome {
+        Ok(()) => tracing::debug!("client closed"),
+        Err(fatal) => {
+            tracing::info!(code = ?fatal.code, reason = %fatal.message, "closing session");
+            let error = ServerMessage::Error { id: None, code: fatal.code, message: fatal.message.clone() };
+            let mut reason = fatal.message;
+            reason.truncate(reason.floor_char_boundary(120));
+            // The peer may already be gone; nothing more to do then.
+            let _ = send_json(&mut socket, &error).await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame { code: fatal.close, reason: reason.into() })))
+                .await;
+            // Wait briefly for the client's close reply. Dropping a socket with unread input
+            // makes the kernel send RST, which can destroy the error message in flight.
+            let drain = async {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if let Message::Close(_) = m {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        }
+    }
+}
+
+/// What `hello` established about the client.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// The protocol version both ends speak.
+    protocol: u32,
+    /// Whether the client decodes zstd-compressed batches.
+    zstd: bool,
+}
+
+/// The fields of a `hello`.
+struct Hello<'a> {
+    protocol: u32,
+    agent: &'a str,
+    encodings: &'a [String],
+    token: Option<&'a str>,
+}
+
+/// Checks the client's token (if the server requires one) and protocol version, and answers
+/// `welcome` with the version both speak.
+async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Result<Peer, Fatal> {
+    let Hello { protocol, agent, encodings, token } = hello;
+    if let Some(expected) = &state.token {
+        // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
+        let matches = |t: &str| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
+        let why = match token {
+            None => Some("this server requires a token"),
+            Some(t) if !matches(t) => Some("wrong token"),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return Err(Fatal::new(ErrorCode::Unauthorized, close_code::POLICY, why));
+        }
+    }
+    if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
+        return Err(Fatal::new(
+            ErrorCode::ProtocolVersion,
+            close_code::PROTOCOL,
+            format!(
+                "client speaks protocol {protocol}, this server speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
+        ));
+    }
+    let zstd = state.compress && encodings.iter().any(|e| e == compress::ZSTD);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, "hello");
+    let welcome = ServerMessage::Welcome {
+        protocol,
+        server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
+        limits: state.limits.announced(),
+        encodings: if zstd { vec![compress::ZSTD.to_owned()] } else { Vec::new() },
+    };
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd })
+}
+
+async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
+    let text = serde_json::to_string(message).expect("server messages serialise");
+    socket.send(Message::Text(text.into())).await.map_err(gone)
+}
+
+fn gone(e: axum::Error) -> Fatal {
+    Fatal::new(ErrorCode::Internal, close_code::ERROR, format!("send failed: {e}"))
+}
