@@ -1,5 +1,5 @@
 //! The `assetsync` binary's crates under one name, for its tests and benchmarks: the server
 //! ([`assetsync_server`]) and the native client ([`assetsync_client`]).
 
-pub use assetsync_client::{cache, pull};
+pub use assetsync_client::{Error, cache, pull};
 pub use assetsync_server::{ServeConfig, SessionLimits, demo, encode, index, origin, run, server, watch};

@@ -220,9 +220,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             };
             if args.follow {
-                follow(&config, &targets, print).await
+                Ok(follow(&config, &targets, print).await?)
             } else {
-                pull(&config, &targets, print).await.map(drop)
+                Ok(pull(&config, &targets, print).await.map(drop)?)
             }
         }
         Command::Gc { cache, json } => {

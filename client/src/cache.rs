@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::{CacheError, Doing};
 use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, VerifiedChunk, VersionId};
 
 /// An open, locked cache directory.
@@ -43,17 +43,16 @@ pub struct GcReport {
 impl Cache {
     /// Opens (creating if needed) the cache at `dir` and takes its lock, waiting for another
     /// process that holds it.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
         for sub in ["chunks", "manifests", "tmp"] {
-            fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("cannot create cache {}", dir.display()))?;
+            fs::create_dir_all(dir.join(sub)).doing(|| format!("cannot create cache {}", dir.display()))?;
         }
-        let lock = File::create(dir.join("lock")).context("cannot create the cache lock file")?;
-        lock.lock().context("cannot lock the cache")?;
+        let lock = File::create(dir.join("lock")).doing(|| "cannot create the cache lock file".into())?;
+        lock.lock().doing(|| "cannot lock the cache".into())?;
         let refs = match fs::read(dir.join("refs.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).context("cache refs.json is corrupt")?,
+            Ok(bytes) => serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).context("cannot read cache refs.json"),
+            Err(e) => return Err(e).doing(|| "cannot read cache refs.json".into()),
         };
         Ok(Cache { dir: dir.to_path_buf(), refs, _lock: lock })
     }
@@ -144,19 +143,19 @@ impl Cache {
         version: VersionId,
         chunks: &[VerifiedChunk],
         out: Option<(&Path, &[u8])>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), CacheError> {
         self.store_chunks(chunks)?;
         let manifest_path = self.dir.join("manifests").join(version.to_hex());
         self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true)
-            .context("cannot store manifest")?;
+            .doing(|| "cannot store manifest".into())?;
         if let Some((path, data)) = out {
-            write_file_atomic(path, data).with_context(|| format!("cannot write {}", path.display()))?;
+            write_file_atomic(path, data).doing(|| format!("cannot write {}", path.display()))?;
         }
         let mut refs = self.refs.clone();
         refs.insert(manifest.path.as_str().to_owned(), version);
         let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
         self.write_atomic(&self.dir.join("refs.json"), &json, true)
-            .context("cannot update cache refs.json")?;
+            .doing(|| "cannot update cache refs.json".into())?;
         self.refs = refs;
         Ok(())
     }
@@ -164,14 +163,15 @@ impl Cache {
     /// Stores verified chunks without committing anything: those of an interrupted transfer,
     /// so the next attempt need not fetch them again (until a GC, which deletes chunks no
     /// committed version uses).
-    pub fn store_chunks(&self, chunks: &[VerifiedChunk]) -> anyhow::Result<()> {
+    pub fn store_chunks(&self, chunks: &[VerifiedChunk]) -> Result<(), CacheError> {
         for chunk in chunks {
             let path = self.chunk_path(&chunk.id());
             if !path.exists() {
-                fs::create_dir_all(path.parent().expect("has parent"))?;
+                let dir = path.parent().expect("has parent");
+                fs::create_dir_all(dir).doing(|| format!("cannot create {}", dir.display()))?;
                 // Not fsynced: a chunk lost in a crash fails verification on read and is fetched
                 // again, so durability here would only cost time.
-                self.write_atomic(&path, chunk.bytes(), false).context("cannot store chunk")?;
+                self.write_atomic(&path, chunk.bytes(), false).doing(|| "cannot store chunk".into())?;
             }
         }
         Ok(())
@@ -179,11 +179,11 @@ impl Cache {
 
     /// Removes `asset` (gone from the server): deletes `out` if given, then drops the asset's
     /// pointer. Its chunks become garbage for [`Cache::gc`].
-    pub fn remove(&mut self, asset: &AssetPath, out: Option<&Path>) -> anyhow::Result<()> {
+    pub fn remove(&mut self, asset: &AssetPath, out: Option<&Path>) -> Result<(), CacheError> {
         if let Some(path) = out {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot delete {}", path.display()));
+                    return Err(e).doing(|| format!("cannot delete {}", path.display()));
                 }
                 _ => {}
             }
@@ -192,7 +192,7 @@ impl Cache {
         if refs.remove(asset.as_str()).is_some() {
             let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
             self.write_atomic(&self.dir.join("refs.json"), &json, true)
-                .context("cannot update cache refs.json")?;
+                .doing(|| "cannot update cache refs.json".into())?;
             self.refs = refs;
         }
         Ok(())
@@ -208,17 +208,24 @@ impl Cache {
     }
 
     /// Deletes every chunk and manifest that no committed version references.
-    pub fn gc(&mut self) -> anyhow::Result<GcReport> {
-        let mut report = GcReport::default();
+    pub fn gc(&mut self) -> Result<GcReport, CacheError> {
         let mut live_chunks = HashSet::new();
         let mut live_manifests = HashSet::new();
         for version in self.refs.values() {
-            let manifest = self
-                .manifest(version)
-                .with_context(|| format!("committed manifest {version} is missing; refusing to collect"))?;
+            let Some(manifest) = self.manifest(version) else {
+                return Err("the cache is damaged")
+                    .doing(|| format!("committed manifest {version} is missing; refusing to collect"));
+            };
             live_manifests.insert(version.to_hex());
             live_chunks.extend(manifest.chunks.iter().map(|c| c.id.to_hex()));
         }
+        self.sweep(&live_manifests, &live_chunks)
+            .doing(|| format!("cannot collect garbage in {}", self.dir.display()))
+    }
+
+    /// Deletes the manifests and chunks not in `live_*`, and leftovers of interrupted writes.
+    fn sweep(&self, live_manifests: &HashSet<String>, live_chunks: &HashSet<String>) -> io::Result<GcReport> {
+        let mut report = GcReport::default();
         for entry in fs::read_dir(self.dir.join("manifests"))? {
             let entry = entry?;
             if !live_manifests.contains(entry.file_name().to_string_lossy().as_ref()) {

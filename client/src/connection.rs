@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use assetsync_protocol::engine::{FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes};
+use assetsync_protocol::engine::{
+    ClientError, FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes,
+};
 use assetsync_protocol::{
     AssetPath, ClientMessage, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
 };
 use futures_util::{SinkExt, StreamExt};
+
+use crate::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -26,13 +29,19 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
 /// Longest wait between reconnections while resuming one transfer.
 const MAX_RESUME_BACKOFF: Duration = Duration::from_millis(MAX_RESUME_BACKOFF_MS as u64);
 
-/// Marks a connection that broke between the TCP connect and `welcome`: worth retrying.
-#[derive(Debug)]
-struct HandshakeBroke;
-
-impl std::fmt::Display for HandshakeBroke {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the connection broke during the handshake")
+/// A failed WebSocket upgrade: a server that answered HTTP without upgrading is not a sync
+/// endpoint (a user's mistake, said so at once); anything else broke the connection.
+fn handshake_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e {
+        WsError::Http(response) => Error::BadUrl(format!(
+            "{url} is not an assetsync endpoint (it answered HTTP {}): use ws://HOST:PORT/sync",
+            response.status()
+        )),
+        WsError::HttpFormat(e) => Error::BadUrl(format!(
+            "{url} is not an assetsync endpoint (it does not speak WebSocket: {e}): use ws://HOST:PORT/sync"
+        )),
+        e => Error::Lost(format!("WebSocket handshake with {url} failed: {e}")),
     }
 }
 
@@ -101,7 +110,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Connects, upgrades and exchanges `hello`/`welcome`.
-    pub(crate) async fn open(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) async fn open(url: &str, token: Option<&str>) -> Result<Self, Error> {
         let counters = Arc::new(Counters::default());
         let ws = Self::handshake(url, token, counters.clone()).await?;
         let (url, token) = (url.to_owned(), token.map(str::to_owned));
@@ -121,12 +130,12 @@ impl Connection {
 
     /// [`Connection::open`], retried with backoff when the connection breaks during the
     /// handshake. An unreachable server or a refusal fails at once.
-    pub(crate) async fn open_resilient(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) async fn open_resilient(url: &str, token: Option<&str>) -> Result<Self, Error> {
         let mut backoff = FIRST_BACKOFF;
         for _ in 0..MAX_RECONNECTS {
             match Self::open(url, token).await {
-                Err(e) if e.downcast_ref::<HandshakeBroke>().is_some() => {
-                    tracing::warn!(error = %format!("{e:#}"), "handshake broke; retrying");
+                Err(e @ Error::Lost(_)) => {
+                    tracing::warn!(error = %e, "handshake broke; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
                 }
@@ -137,7 +146,7 @@ impl Connection {
     }
 
     /// Replaces a lost socket with a new one (same counters; pending pushes are kept).
-    pub(crate) async fn reconnect(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn reconnect(&mut self) -> Result<(), Error> {
         self.ws = Self::handshake(&self.url, self.token.as_deref(), self.counters.clone()).await?;
         Ok(())
     }
@@ -146,19 +155,25 @@ impl Connection {
         url: &str,
         token: Option<&str>,
         counters: Arc<Counters>,
-    ) -> anyhow::Result<WebSocketStream<Counted<TcpStream>>> {
-        let request = url.into_client_request().with_context(|| format!("invalid server URL {url:?}"))?;
+    ) -> Result<WebSocketStream<Counted<TcpStream>>, Error> {
+        let request = url
+            .into_client_request()
+            .map_err(|e| Error::BadUrl(format!("invalid server URL {url:?}: {e}")))?;
         let uri = request.uri();
         if uri.scheme_str() != Some("ws") {
-            bail!("unsupported server URL {url:?}: use ws://HOST:PORT/sync (put TLS in a reverse proxy)");
+            let why = format!(
+                "unsupported server URL {url:?}: use ws://HOST:PORT/sync (put TLS in a reverse proxy)"
+            );
+            return Err(Error::BadUrl(why));
         }
-        let host = uri.host().context("server URL has no host")?.trim_matches(['[', ']']).to_owned();
+        let host = uri.host().ok_or_else(|| Error::BadUrl(format!("server URL {url:?} has no host")))?;
+        let host = host.trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(80);
         let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port)))
             .await
-            .map_err(|_| anyhow!("cannot connect to {url}: timed out"))?
-            .with_context(|| format!("cannot connect to {url}"))?;
-        tcp.set_nodelay(true)?;
+            .map_err(|_| Error::Unreachable(format!("cannot connect to {url}: timed out")))?
+            .map_err(|e| Error::Unreachable(format!("cannot connect to {url}: {e}")))?;
+        tcp.set_nodelay(true).map_err(|e| Error::Lost(format!("connection to {url} lost: {e}")))?;
         let stream = Counted { inner: tcp, counters };
         // Compressed batches hold up to 8 MiB of chunks and may, on incompressible data, be a
         // little larger than that.
@@ -166,37 +181,39 @@ impl Connection {
             WebSocketConfig::default().max_message_size(Some(16 << 20)).max_frame_size(Some(16 << 20));
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
-            .map_err(|e| anyhow::Error::new(e).context(HandshakeBroke))
-            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+            .map_err(|e| handshake_error(url, e))?;
         let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
         let encodings = vec![compress::ZSTD.to_owned()];
         let token = token.map(str::to_owned);
         let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token };
+        let lost = || Error::Lost(format!("connection to {url} lost during the handshake"));
         ws.send(Message::text(serde_json::to_string(&hello).expect("client messages serialise")))
             .await
-            .context("connection lost while sending")?;
+            .map_err(|_| lost())?;
         let answer = match ws.next().await {
             Some(Ok(Message::Text(t))) => serde_json::from_str::<ServerMessage>(&t).ok(),
-            _ => {
-                return Err(
-                    anyhow!(HandshakeBroke).context(format!("connection to {url} lost during the handshake"))
-                );
-            }
+            _ => return Err(lost()),
         };
         match answer {
             Some(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(ws),
-            Some(ServerMessage::Error { message, .. }) => bail!("server refused the connection: {message}"),
-            other => bail!("unexpected handshake answer from server: {other:?}"),
+            Some(ServerMessage::Error { message, .. }) => Err(Error::Refused(message)),
+            Some(other) => {
+                Err(Error::Lost(format!("unexpected `{}` answer to hello from {url}", other.kind())))
+            }
+            None => Err(Error::Lost(format!("invalid answer to hello from {url}"))),
         }
     }
 
-    pub(crate) async fn send(&mut self, message: &ClientMessage) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, message: &ClientMessage) -> Result<(), Error> {
         let text = serde_json::to_string(message).expect("client messages serialise");
-        self.ws.send(Message::text(text)).await.context("connection lost while sending")
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| Error::Lost(format!("connection lost while sending: {e}")))
     }
 
     /// Subscribes to changes of `scope`.
-    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> anyhow::Result<()> {
+    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> Result<(), Error> {
         let id = self.next_id;
         self.next_id += 1;
         self.follows = true;
@@ -207,11 +224,15 @@ impl Connection {
                 Received::Message(ServerMessage::Changed { asset, version }) => {
                     self.push_change(asset, version)
                 }
-                Received::Message(ServerMessage::Error { message, .. }) => {
-                    bail!("server refused to watch {scope}: {message}")
+                Received::Message(ServerMessage::Error { code, message, .. }) => {
+                    return Err(Error::sync(scope, ClientError::Refused { code, message }));
                 }
-                Received::Message(other) => bail!("unexpected `{}` answer to subscribe", other.kind()),
-                Received::Frame(_) => bail!("unexpected binary frame in answer to subscribe"),
+                Received::Message(other) => {
+                    return Err(Error::Lost(format!("unexpected `{}` answer to subscribe", other.kind())));
+                }
+                Received::Frame(_) => {
+                    return Err(Error::Lost("unexpected binary frame in answer to subscribe".into()));
+                }
             }
         }
     }
@@ -223,7 +244,7 @@ impl Connection {
     }
 
     /// The next announced change, waiting for one.
-    pub(crate) async fn change(&mut self) -> anyhow::Result<(AssetPath, Option<VersionId>)> {
+    pub(crate) async fn change(&mut self) -> Result<(AssetPath, Option<VersionId>), Error> {
         loop {
             if let Some(change) = self.pushes.pop() {
                 return Ok(change);
@@ -233,35 +254,38 @@ impl Connection {
                     self.push_change(asset, version)
                 }
                 Received::Message(ServerMessage::Error { id: None, message, .. }) => {
-                    bail!("server closed the connection: {message}")
+                    return Err(Error::Lost(format!("server closed the connection: {message}")));
                 }
                 Received::Message(other) => {
-                    bail!("unexpected `{}` message while waiting for changes", other.kind())
+                    let why = format!("unexpected `{}` message while waiting for changes", other.kind());
+                    return Err(Error::Lost(why));
                 }
-                Received::Frame(_) => bail!("unexpected binary frame while waiting for changes"),
+                Received::Frame(_) => {
+                    return Err(Error::Lost("unexpected binary frame while waiting for changes".into()));
+                }
             }
         }
     }
 
     /// The next message, each text parsed once here; a closed socket is a lost connection, and
     /// a text that does not parse means the stream went bad.
-    pub(crate) async fn recv(&mut self) -> anyhow::Result<Received> {
+    pub(crate) async fn recv(&mut self) -> Result<Received, Error> {
         loop {
             let message = match self.ws.next().await {
-                None => bail!("connection lost: the server closed the socket"),
-                Some(Err(e)) => bail!("connection lost: {e}"),
+                None => return Err(Error::Lost("connection lost: the server closed the socket".into())),
+                Some(Err(e)) => return Err(Error::Lost(format!("connection lost: {e}"))),
                 Some(Ok(m)) => m,
             };
             return Ok(match message {
                 Message::Text(t) => Received::Message(
                     serde_json::from_str(&t)
-                        .with_context(|| format!("invalid message from server: {t:.200}"))?,
+                        .map_err(|e| Error::Lost(format!("invalid message from server: {e}: {t:.200}")))?,
                 ),
                 Message::Binary(b) => Received::Frame(b.to_vec()),
-                Message::Close(frame) => bail!(
-                    "server closed the connection{}",
-                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
-                ),
+                Message::Close(frame) => {
+                    let reason = frame.map(|f| format!(": {}", f.reason)).unwrap_or_default();
+                    return Err(Error::Lost(format!("server closed the connection{reason}")));
+                }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             });
         }

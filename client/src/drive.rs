@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use assetsync_protocol::engine::{
     Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
 };
@@ -11,17 +10,9 @@ use assetsync_protocol::{Hash, Manifest, Scope};
 
 use crate::cache::Cache;
 use crate::connection::{Connection, Received};
+use crate::error::Doing;
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
-
-/// Marks errors of writing the cache or `--out`, which a reconnection cannot fix.
-#[derive(Debug)]
-pub(crate) struct CommitFailed;
-
-impl std::fmt::Display for CommitFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cannot write to the cache or --out (the previous version is kept)")
-    }
-}
+use crate::{CacheError, Error};
 
 impl Connection {
     /// Pulls one asset, or every file of a folder, reporting each as it lands.
@@ -31,7 +22,7 @@ impl Connection {
         target: &Scope,
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Error> {
         let (started, wire0) = (Instant::now(), self.wire());
         // Whole-target figures come from the socket counters: they also cover the handshakes of
         // reconnections and the partial messages a cut threw away.
@@ -47,7 +38,8 @@ impl Connection {
                 if self.follows {
                     machine = machine.without_resume();
                 }
-                let unchanged = self.drive(&mut machine, cache, config, report).await?;
+                let unchanged =
+                    self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(target))?;
                 self.next_id = machine.next_id();
                 let done = machine.finish();
                 if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
@@ -63,7 +55,7 @@ impl Connection {
                 if self.follows {
                     machine = machine.without_resume();
                 }
-                self.drive(&mut machine, cache, config, report).await?;
+                self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(target))?;
                 self.next_id = machine.next_id();
                 let done = machine.finish();
                 let (wire_bytes_in, wire_bytes_out) = wire(self);
@@ -89,14 +81,14 @@ impl Connection {
         cache: &mut Cache,
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
-    ) -> anyhow::Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Vec<u8>>, Stop> {
         let mut unchanged = None;
         let mut file_started = Instant::now();
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
                     Ok(()) => Input::Sent { wire: self.wire_delta().1 },
-                    Err(e) => Input::Lost(format!("{e:#}")),
+                    Err(e) => Input::Lost(e.to_string()),
                 },
                 Action::Receive => {
                     let received = self.recv().await;
@@ -110,7 +102,7 @@ impl Connection {
                             machine.handle(Input::Frame { frame: &frame, wire });
                             continue;
                         }
-                        Err(e) => Input::Lost(format!("{e:#}")),
+                        Err(e) => Input::Lost(e.to_string()),
                     }
                 }
                 Action::LoadFile(m) => Input::File(cache.file(m)),
@@ -122,20 +114,18 @@ impl Connection {
                 }
                 Action::Verify(data) => Input::Digest(Hash::of(data)),
                 Action::Keep(chunks) => {
-                    cache.store_chunks(chunks).context(CommitFailed)?;
+                    cache.store_chunks(chunks)?;
                     Input::Stored
                 }
                 Action::Commit(synced) => {
                     let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
                     let file = out.as_deref().map(|p| (p, &synced.data[..]));
-                    cache
-                        .commit(&synced.manifest, synced.version, &synced.received, file)
-                        .context(CommitFailed)?;
+                    cache.commit(&synced.manifest, synced.version, &synced.received, file)?;
                     Input::Stored
                 }
                 Action::Remove(asset) => {
                     let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-                    cache.remove(asset, out.as_deref()).context(CommitFailed)?;
+                    cache.remove(asset, out.as_deref())?;
                     report(&PullEvent::Removed { asset: asset.to_string() });
                     Input::Stored
                 }
@@ -147,7 +137,7 @@ impl Connection {
                     tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
                     match self.reconnect().await {
                         Ok(()) => Input::Reconnected,
-                        Err(e) => Input::Lost(format!("{e:#}")),
+                        Err(e) => Input::Lost(e.to_string()),
                     }
                 }
                 Action::Changed { asset, version } => {
@@ -170,20 +160,41 @@ impl Connection {
                 }
                 Action::Prefetch(_) | Action::Release(_) => continue,
                 Action::Done => return Ok(unchanged),
-                Action::Failed(error) => return Err(error.into()),
+                Action::Failed(error) => return Err(Stop::Sync(error)),
             };
             machine.handle(input);
         }
     }
 }
 
+/// Why a run stopped: the engine's verdict, or a cache that could not be written.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Sync(assetsync_protocol::engine::ClientError),
+    Cache(CacheError),
+}
+
+impl From<CacheError> for Stop {
+    fn from(e: CacheError) -> Self {
+        Stop::Cache(e)
+    }
+}
+
+impl Stop {
+    /// The error of a run for `target`.
+    fn of(self, target: &Scope) -> Error {
+        match self {
+            Stop::Sync(error) => Error::sync(target, error),
+            Stop::Cache(e) => Error::Cache(e),
+        }
+    }
+}
+
 /// Writes `data`, the verified file of `manifest`, to `config.out` if set.
-fn write_out(config: &PullConfig, manifest: &Manifest, data: &[u8]) -> anyhow::Result<()> {
+fn write_out(config: &PullConfig, manifest: &Manifest, data: &[u8]) -> Result<(), CacheError> {
     let Some(dir) = &config.out else { return Ok(()) };
     let path = dir.join(manifest.path.as_str());
-    crate::cache::write_file_atomic(&path, data)
-        .with_context(|| format!("cannot write {}", path.display()))
-        .context(CommitFailed)
+    crate::cache::write_file_atomic(&path, data).doing(|| format!("cannot write {}", path.display()))
 }
 
 impl PullReport {

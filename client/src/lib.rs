@@ -5,6 +5,7 @@
 //!   the handshake, reconnection, subscriptions and pushed changes.
 //! - `drive`: runs the protocol crate's engine machines over a connection and the cache.
 //! - [`cache`]: the on-disk chunk cache, committed by atomic renames.
+//! - [`Error`]: why a pull failed, and whether reconnecting can help.
 //!
 //! Every sync decision is the protocol crate's engine; this crate moves bytes. It knows nothing
 //! of the server (no axum, no file watching, no zstd encoder).
@@ -12,4 +13,7 @@
 pub mod cache;
 mod connection;
 mod drive;
+mod error;
 pub mod pull;
+
+pub use error::{CacheError, Error};

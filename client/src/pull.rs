@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use assetsync_protocol::Scope;
 use assetsync_protocol::engine::{ClientError, Follow, Push};
 use serde::Serialize;
 
+use crate::Error;
 use crate::cache::Cache;
 use crate::connection::Connection;
-use crate::drive::CommitFailed;
 
 /// Where to pull from and to.
 #[derive(Clone, Debug)]
@@ -56,7 +55,7 @@ pub async fn pull(
     config: &PullConfig,
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
-) -> anyhow::Result<Vec<PullReport>> {
+) -> Result<Vec<PullReport>, Error> {
     let mut cache = open_cache(&config.cache).await?;
     let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
     let mut reports = Vec::new();
@@ -70,7 +69,7 @@ pub async fn pull(
     for target in targets {
         // A lost connection is resumed inside: only what cannot be fixed by retrying ends here.
         if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
-            result = Err(e.context(target.to_string()));
+            result = Err(e);
             break;
         }
     }
@@ -139,66 +138,58 @@ pub enum PullEvent {
 
 /// Pulls `assets`, then keeps the connection: each time the server announces that one changed,
 /// pulls it again (or deletes it from `out` when it is gone). When the connection is lost it
-/// reconnects with exponential backoff and pulls everything again, so nothing announced while
-/// it was away is missed. Runs until an error that retrying cannot fix (a cache it cannot open
-/// or write).
+/// reconnects with backoff and pulls everything again, so nothing announced while it was away
+/// is missed (the engine's [`Follow`] policy). Runs until an error that reconnecting cannot fix:
+/// a refused connection or subscription, a bad URL, a cache it cannot open or write.
 pub async fn follow(
     config: &PullConfig,
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut cache = open_cache(&config.cache).await?;
     let mut follow = Follow::new(targets.iter().cloned());
     loop {
         let error = match follow_once(config, &mut cache, &mut follow, &mut report).await {
             Ok(never) => match never {},
-            Err(Lost(e)) => e,
-            Err(Fatal(e)) => return Err(e),
+            Err(e) if e.retryable() => e,
+            Err(e) => return Err(e),
         };
         let retry_ms = follow.lost();
-        report(&PullEvent::Disconnected { error: format!("{error:#}"), retry_ms: retry_ms.into() });
+        report(&PullEvent::Disconnected { error: error.to_string(), retry_ms: retry_ms.into() });
         tokio::time::sleep(Duration::from_millis(retry_ms.into())).await;
     }
 }
 
 /// Opens the cache on the blocking pool: it may wait for another process's lock.
-async fn open_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
+async fn open_cache(dir: &std::path::Path) -> Result<Cache, Error> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || Cache::open(&dir)).await.context("opening the cache panicked")?
+    let opened = tokio::task::spawn_blocking(move || Cache::open(&dir)).await;
+    Ok(opened.expect("opening the cache panicked")?)
 }
-
-/// How one connection of [`follow`] ended.
-enum FollowEnd {
-    /// The connection failed or was lost: reconnect.
-    Lost(anyhow::Error),
-    /// Retrying cannot help.
-    Fatal(anyhow::Error),
-}
-use FollowEnd::{Fatal, Lost};
 
 async fn follow_once(
     config: &PullConfig,
     cache: &mut Cache,
     follow: &mut Follow,
     report: &mut impl FnMut(&PullEvent),
-) -> Result<std::convert::Infallible, FollowEnd> {
-    let mut conn = Connection::open(&config.server, config.token.as_deref()).await.map_err(Lost)?;
+) -> Result<std::convert::Infallible, Error> {
+    let mut conn = Connection::open(&config.server, config.token.as_deref()).await?;
     // Subscribed before the first pull, so that a change during it is not missed.
     for scope in follow.scopes() {
-        conn.subscribe(scope).await.map_err(Lost)?;
+        conn.subscribe(scope).await?;
     }
     follow.connected();
     for scope in follow.scopes() {
         conn.follow_pull(cache, scope, config, report).await?;
     }
     loop {
-        let (asset, version) = conn.change().await.map_err(Lost)?;
+        let (asset, version) = conn.change().await?;
         let held = cache.current(&asset).map(|m| m.version());
         match Push::decide(asset, version, held) {
             Some(Push::Sync(asset)) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
             Some(Push::Remove(asset)) => {
                 let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-                cache.remove(&asset, out.as_deref()).map_err(Fatal)?;
+                cache.remove(&asset, out.as_deref())?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
             }
             None => {}
@@ -208,22 +199,21 @@ async fn follow_once(
 
 impl Connection {
     /// [`Connection::pull_target`] for [`follow`]: a request the server refused (an asset not
-    /// there yet, say) is reported and the connection goes on.
+    /// there yet, say) or whose data kept failing verification is reported, and the connection
+    /// goes on.
     async fn follow_pull(
         &mut self,
         cache: &mut Cache,
         target: &Scope,
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
-    ) -> Result<(), FollowEnd> {
+    ) -> Result<(), Error> {
         match self.pull_target(cache, target, config, report).await {
-            Ok(()) => {}
-            Err(e) if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Refused { .. })) => {
-                report(&PullEvent::Failed { asset: target.to_string(), error: format!("{e:#}") });
+            Err(e @ Error::Sync { error: ClientError::Refused { .. } | ClientError::GaveUp { .. }, .. }) => {
+                report(&PullEvent::Failed { asset: target.to_string(), error: e.to_string() });
+                Ok(())
             }
-            Err(e) if e.downcast_ref::<CommitFailed>().is_some() => return Err(Fatal(e)),
-            Err(e) => return Err(Lost(e)),
+            other => other,
         }
-        Ok(())
     }
 }

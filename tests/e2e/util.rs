@@ -112,7 +112,7 @@ impl TestClient {
     /// Pulls `assets` (files, or folders ending in `/`) from the sync endpoint `url`.
     pub async fn pull_from(&self, url: String, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
-        pull(&self.config(url), &targets, |_| {}).await
+        Ok(pull(&self.config(url), &targets, |_| {}).await?)
     }
 
     /// Pulls one asset and checks that the output equals `expected` byte for byte (by SHA-256).

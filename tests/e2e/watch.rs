@@ -12,7 +12,7 @@ use crate::util::{TestClient, TestServer, random_bytes};
 pub struct Follower {
     client: TestClient,
     events: mpsc::UnboundedReceiver<PullEvent>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), assetsync::Error>>,
 }
 
 impl Follower {
