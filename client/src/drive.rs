@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use assetsync_protocol::engine::{
     Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
 };
-use assetsync_protocol::{Hash, Manifest, Scope};
+use assetsync_protocol::{AssetPath, Hash, Manifest, Scope};
 
 use crate::cache::Cache;
 use crate::connection::{Connection, Received};
@@ -82,8 +82,7 @@ impl Connection {
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<Option<Vec<u8>>, Stop> {
-        let mut unchanged = None;
-        let mut file_started = Instant::now();
+        let mut local = Local { cache, config, unchanged: None, file_started: Instant::now() };
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
@@ -94,43 +93,10 @@ impl Connection {
                     let received = self.recv().await;
                     let wire = self.wire_delta().0;
                     match received {
-                        Ok(Received::Message(message)) => {
-                            machine.handle(Input::Message { message, wire });
-                            continue;
-                        }
-                        Ok(Received::Frame(frame)) => {
-                            machine.handle(Input::Frame { frame: &frame, wire });
-                            continue;
-                        }
-                        Err(e) => Input::Lost(e.to_string()),
+                        Ok(Received::Message(message)) => machine.handle(Input::Message { message, wire }),
+                        Ok(Received::Frame(frame)) => machine.handle(Input::Frame { frame: &frame, wire }),
+                        Err(e) => machine.handle(Input::Lost(e.to_string())),
                     }
-                }
-                Action::LoadFile(m) => Input::File(cache.file(m)),
-                Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| unchanged = Some(data))),
-                // This driver leaves hashing to the machine.
-                Action::FinishHashing => continue,
-                Action::LoadChunks { ids, .. } => {
-                    Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
-                }
-                Action::Verify(data) => Input::Digest(Hash::of(data)),
-                Action::Keep(chunks) => {
-                    cache.store_chunks(chunks)?;
-                    Input::Stored
-                }
-                Action::Commit(synced) => {
-                    let out = config.out.as_ref().map(|dir| dir.join(synced.manifest.path.as_str()));
-                    let file = out.as_deref().map(|p| (p, &synced.data[..]));
-                    cache.commit(&synced.manifest, synced.version, &synced.received, file)?;
-                    Input::Stored
-                }
-                Action::Remove(asset) => {
-                    let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
-                    cache.remove(asset, out.as_deref())?;
-                    report(&PullEvent::Removed { asset: asset.to_string() });
-                    Input::Stored
-                }
-                Action::Discard(ids) => {
-                    cache.discard(&ids);
                     continue;
                 }
                 Action::Reconnect { after_ms } => {
@@ -144,26 +110,83 @@ impl Connection {
                     self.push_change(asset, version);
                     continue;
                 }
-                Action::Warn(line) => {
-                    tracing::warn!("{line}");
-                    continue;
-                }
-                Action::FileDone(done) => {
-                    report(&PullEvent::Pulled(PullReport::new(&done, file_started, None)));
-                    file_started = Instant::now();
-                    continue;
-                }
-                // The chunk cache keeps chunks, so kept ones are simply part of the commit.
-                Action::Progress { asset, received, total } => {
-                    report(&PullEvent::Progress { asset: asset.to_string(), received, total });
-                    continue;
-                }
-                Action::Prefetch(_) | Action::Release(_) => continue,
-                Action::Done => return Ok(unchanged),
+                Action::Done => return Ok(local.unchanged),
                 Action::Failed(error) => return Err(Stop::Sync(error)),
+                action => match local.act(action, report)? {
+                    Some(input) => input,
+                    None => continue,
+                },
             };
             machine.handle(input);
         }
+    }
+}
+
+/// The cache's side of a run.
+struct Local<'a> {
+    cache: &'a mut Cache,
+    config: &'a PullConfig,
+    /// The file of an asset found unchanged, as read back.
+    unchanged: Option<Vec<u8>>,
+    file_started: Instant,
+}
+
+impl Local<'_> {
+    /// Does what `action` says to the cache and `--out`; the input it needs, if any.
+    fn act(
+        &mut self,
+        action: Action<'_>,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> Result<Option<Input<'static>>, Stop> {
+        let cache = &mut *self.cache;
+        let out = |asset: &AssetPath| self.config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+        Ok(Some(match action {
+            Action::LoadFile(m) => Input::File(cache.file(m)),
+            Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| self.unchanged = Some(data))),
+            Action::LoadChunks { ids, .. } => {
+                Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
+            }
+            Action::Verify(data) => Input::Digest(Hash::of(data)),
+            Action::Keep(chunks) => {
+                cache.store_chunks(chunks)?;
+                Input::Stored
+            }
+            Action::Commit(synced) => {
+                let out = out(&synced.manifest.path);
+                let file = out.as_deref().map(|p| (p, &synced.data[..]));
+                cache.commit(&synced.manifest, synced.version, &synced.received, file)?;
+                Input::Stored
+            }
+            Action::Remove(asset) => {
+                cache.remove(asset, out(asset).as_deref())?;
+                report(&PullEvent::Removed { asset: asset.to_string() });
+                Input::Stored
+            }
+            Action::Discard(ids) => {
+                cache.discard(&ids);
+                return Ok(None);
+            }
+            Action::Warn(line) => {
+                tracing::warn!("{line}");
+                return Ok(None);
+            }
+            Action::FileDone(done) => {
+                report(&PullEvent::Pulled(PullReport::new(&done, self.file_started, None)));
+                self.file_started = Instant::now();
+                return Ok(None);
+            }
+            Action::Progress { asset, received, total } => {
+                report(&PullEvent::Progress { asset: asset.to_string(), received, total });
+                return Ok(None);
+            }
+            // This driver leaves hashing to the machine, and the chunk cache keeps the chunks
+            // kept after a cut as part of the commit.
+            Action::FinishHashing | Action::Prefetch(_) | Action::Release(_) => return Ok(None),
+            Action::Send(_) | Action::Receive | Action::Reconnect { .. } | Action::Changed { .. } => {
+                unreachable!("the connection's actions are the driver's")
+            }
+            Action::Done | Action::Failed(_) => unreachable!("handled by the driver"),
+        }))
     }
 }
 

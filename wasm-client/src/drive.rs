@@ -46,6 +46,18 @@ impl Stopped {
     }
 }
 
+/// One run's state beside the machine.
+struct Run<'a> {
+    driven: Driven,
+    /// The asset or folder synced.
+    target: &'a str,
+    /// The committed file of the asset's current version, for a prefetch.
+    base_file: Option<web_sys::Blob>,
+    on_progress: Option<&'a Function>,
+    /// Why the connection was last lost.
+    last_loss: String,
+}
+
 impl Client {
     /// Runs `machine` to its end over `socket` (reconnected in place when the machine says so).
     /// `target` is the asset or folder synced; `base_file` the committed file of the asset's
@@ -55,59 +67,41 @@ impl Client {
         machine: &mut impl Machine,
         socket: &mut Option<Socket>,
         target: &str,
-        mut base_file: Option<web_sys::Blob>,
+        base_file: Option<web_sys::Blob>,
         on_progress: Option<&Function>,
     ) -> Result<Driven, Stopped> {
-        let mut driven = Driven::default();
+        let mut run =
+            Run { driven: Driven::default(), target, base_file, on_progress, last_loss: String::new() };
         let mut hasher = ChunkHasher::default();
-        let mut last_loss = String::new();
         let mut file_started = now_ms();
         loop {
-            let t0 = now_ms();
             let input = match machine.poll() {
-                Action::Prefetch(base) => {
-                    self.prefetch(&base, base_file.take());
-                    continue;
-                }
                 Action::Send(message) => match socket.as_ref().map(|s| self.send(s, &message)) {
                     Some(Ok(wire)) => Input::Sent { wire },
                     Some(Err(why)) => Input::Lost(why),
                     None => Input::Lost("not connected".into()),
                 },
                 Action::Receive => {
-                    let received = match socket.as_mut() {
-                        Some(s) => next(s).await,
-                        None => Err("not connected".into()),
-                    };
-                    match received {
-                        Ok(Incoming::Message(message, len)) => {
-                            machine.handle(Input::Message { message, wire: len as u64 });
-                        }
-                        Ok(Incoming::Binary(frame)) => {
-                            machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
-                            // Hashed by crypto.subtle on another thread while frames keep coming.
-                            hasher.start(machine.take_unhashed());
-                        }
-                        Ok(Incoming::Open | Incoming::Invalid(_) | Incoming::Closed { .. }) => {
-                            unreachable!("handled by next()")
-                        }
-                        Err(why) => {
-                            last_loss.clone_from(&why);
-                            machine.handle(Input::Lost(why));
-                        }
+                    match socket.as_mut().map(next) {
+                        Some(next) => match next.await {
+                            Ok(Incoming::Message(message, len)) => {
+                                machine.handle(Input::Message { message, wire: len as u64 })
+                            }
+                            Ok(Incoming::Binary(frame)) => {
+                                machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
+                                // Hashed by crypto.subtle on another thread while frames keep coming.
+                                hasher.start(machine.take_unhashed());
+                            }
+                            Ok(_) => unreachable!("next() returns messages and frames only"),
+                            Err(why) => {
+                                run.last_loss.clone_from(&why);
+                                machine.handle(Input::Lost(why));
+                            }
+                        },
+                        None => machine.handle(Input::Lost("not connected".into())),
                     }
                     task::yield_if_busy().await;
                     continue;
-                }
-                Action::LoadFile(m) => {
-                    let file = self.file(m).await.map_err(Stopped::store)?;
-                    driven.timings.store_ms += now_ms() - t0;
-                    Input::File(file.map(|f| f.to_vec()))
-                }
-                Action::CheckFile(m) => {
-                    let file = self.file(m).await.map_err(Stopped::store)?;
-                    driven.timings.store_ms += now_ms() - t0;
-                    Input::Checked(file.map(|bytes| driven.unchanged = Some(bytes)))
                 }
                 Action::FinishHashing => {
                     hasher.start(machine.take_unhashed());
@@ -116,49 +110,10 @@ impl Client {
                     }
                     continue;
                 }
-                Action::LoadChunks { ids, sources } => {
-                    let sources: Vec<&Manifest> = sources.iter().collect();
-                    let chunks = self.store.chunks(&ids, &sources).await.map_err(Stopped::store)?;
-                    driven.timings.store_ms += now_ms() - t0;
-                    Input::Chunks(chunks)
-                }
-                Action::Verify(data) => {
-                    task::yield_if_busy().await;
-                    let digest = digest::sha256(data).await;
-                    driven.timings.verify_ms += now_ms() - t0;
-                    Input::Digest(digest)
-                }
-                Action::Keep(chunks) => {
-                    let kept = self.store.keep(chunks).await;
-                    kept.map_err(|e| {
-                        Stopped::store(format!("{last_loss}, and storing the chunks received failed: {}", e))
-                    })?;
-                    Input::Stored
-                }
-                Action::Commit(synced) => {
-                    task::yield_if_busy().await;
-                    if let Err(e) = self.store.commit(synced).await {
-                        let path = synced.manifest.path.as_str();
-                        let file = if path == target { String::new() } else { format!("{path}: ") };
-                        return Err(Stopped::store(format!("{file}{}; the previous version is kept", e)));
-                    }
-                    driven.timings.store_ms += now_ms() - t0;
-                    Input::Stored
-                }
-                Action::Remove(asset) => {
-                    self.remembered.borrow_mut().remove(asset);
-                    self.store.remove(asset).await.map_err(Stopped::store)?;
-                    Input::Stored
-                }
-                // Kept chunk records are dropped once damaged, or once in committed files.
-                Action::Discard(ids) | Action::Release(ids) => {
-                    self.store.discard(&ids).await.map_err(Stopped::store)?;
-                    continue;
-                }
                 Action::Reconnect { after_ms } => {
                     *socket = None;
                     if self.closed.get() {
-                        return Err(Stopped { message: last_loss, in_step: false });
+                        return Err(Stopped { message: run.last_loss, in_step: false });
                     }
                     subscribe::sleep(after_ms as i32).await;
                     match self.handshake().await {
@@ -169,37 +124,106 @@ impl Client {
                         Err(e) => Input::Lost(message_of(e.into())),
                     }
                 }
-                Action::Progress { received, total, .. } => {
-                    report_progress(on_progress, received, total);
-                    continue;
-                }
-                // The socket routes pushes to the subscription listener; one that reaches an
-                // answer is delivered the same way.
-                Action::Changed { asset, version } => {
-                    let client = Rc::clone(self);
-                    wasm_bindgen_futures::spawn_local(
-                        async move { client.deliver(asset, Some(version)).await },
-                    );
-                    continue;
-                }
-                Action::Warn(line) => {
-                    web_sys::console::warn_1(&format!("assetsync: {line}").into());
-                    continue;
-                }
                 Action::FileDone(done) => {
                     let file = self.result(done, None, None, &Timings::default(), file_started);
-                    driven.files.push(file);
+                    run.driven.files.push(file);
                     file_started = now_ms();
                     continue;
                 }
-                Action::Done => return Ok(driven),
+                Action::Done => return Ok(run.driven),
                 Action::Failed(error) => {
                     let in_step = matches!(error, ClientError::Refused { .. });
                     return Err(Stopped { message: error.to_string(), in_step });
                 }
+                action => match self.act(action, &mut run).await? {
+                    Some(input) => input,
+                    None => continue,
+                },
             };
             machine.handle(input);
         }
+    }
+
+    /// Does what `action` says to the store (or the page); the input it needs, if any.
+    async fn act(
+        self: &Rc<Self>,
+        action: Action<'_>,
+        run: &mut Run<'_>,
+    ) -> Result<Option<Input<'static>>, Stopped> {
+        let t0 = now_ms();
+        let timings = &mut run.driven.timings;
+        Ok(Some(match action {
+            Action::LoadFile(m) => {
+                let file = self.file(m).await.map_err(Stopped::store)?;
+                timings.store_ms += now_ms() - t0;
+                Input::File(file.map(|f| f.to_vec()))
+            }
+            Action::CheckFile(m) => {
+                let file = self.file(m).await.map_err(Stopped::store)?;
+                timings.store_ms += now_ms() - t0;
+                Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes)))
+            }
+            Action::LoadChunks { ids, sources } => {
+                let sources: Vec<&Manifest> = sources.iter().collect();
+                let chunks = self.store.chunks(&ids, &sources).await.map_err(Stopped::store)?;
+                timings.store_ms += now_ms() - t0;
+                Input::Chunks(chunks)
+            }
+            Action::Verify(data) => {
+                task::yield_if_busy().await;
+                let digest = digest::sha256(data).await;
+                timings.verify_ms += now_ms() - t0;
+                Input::Digest(digest)
+            }
+            Action::Keep(chunks) => {
+                let why = &run.last_loss;
+                let kept = self.store.keep(chunks).await;
+                kept.map_err(|e| {
+                    Stopped::store(format!("{why}, and storing the chunks received failed: {e}"))
+                })?;
+                Input::Stored
+            }
+            Action::Commit(synced) => {
+                task::yield_if_busy().await;
+                if let Err(e) = self.store.commit(synced).await {
+                    let path = synced.manifest.path.as_str();
+                    let file = if path == run.target { String::new() } else { format!("{path}: ") };
+                    return Err(Stopped::store(format!("{file}{e}; the previous version is kept")));
+                }
+                timings.store_ms += now_ms() - t0;
+                Input::Stored
+            }
+            Action::Remove(asset) => {
+                self.remembered.borrow_mut().remove(asset);
+                self.store.remove(asset).await.map_err(Stopped::store)?;
+                Input::Stored
+            }
+            // Kept chunk records are dropped once damaged, or once in committed files.
+            Action::Discard(ids) | Action::Release(ids) => {
+                self.store.discard(&ids).await.map_err(Stopped::store)?;
+                return Ok(None);
+            }
+            Action::Prefetch(base) => {
+                self.prefetch(&base, run.base_file.take());
+                return Ok(None);
+            }
+            Action::Progress { received, total, .. } => {
+                report_progress(run.on_progress, received, total);
+                return Ok(None);
+            }
+            // The socket routes pushes to the subscription listener; one that reaches an answer
+            // is delivered the same way.
+            Action::Changed { asset, version } => {
+                let client = Rc::clone(self);
+                wasm_bindgen_futures::spawn_local(async move { client.deliver(asset, Some(version)).await });
+                return Ok(None);
+            }
+            Action::Warn(line) => {
+                web_sys::console::warn_1(&format!("assetsync: {line}").into());
+                return Ok(None);
+            }
+            _ => unreachable!("the connection's actions are drive()'s"),
+        }))
     }
 
     /// The JS result of a finished sync: its bytes (`unchanged` when it found the committed file
