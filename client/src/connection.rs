@@ -8,11 +8,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use assetsync_protocol::engine::{
-    ClientError, FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes,
+    ClientError, FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes, Welcome, hello, welcome,
 };
-use assetsync_protocol::{
-    AssetPath, ClientMessage, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
-};
+use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::Error;
@@ -182,25 +180,20 @@ impl Connection {
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(|e| handshake_error(url, e))?;
-        let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")).to_owned();
-        let encodings = vec![compress::ZSTD.to_owned()];
-        let token = token.map(str::to_owned);
-        let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, agent, encodings, token };
+        let hello = hello(concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")), token.map(str::to_owned));
         let lost = || Error::Lost(format!("connection to {url} lost during the handshake"));
         ws.send(Message::text(serde_json::to_string(&hello).expect("client messages serialise")))
             .await
             .map_err(|_| lost())?;
         let answer = match ws.next().await {
-            Some(Ok(Message::Text(t))) => serde_json::from_str::<ServerMessage>(&t).ok(),
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<ServerMessage>(&t)
+                .map_err(|e| Error::Lost(format!("invalid answer to hello from {url}: {e}")))?,
             _ => return Err(lost()),
         };
-        match answer {
-            Some(ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. }) => Ok(ws),
-            Some(ServerMessage::Error { message, .. }) => Err(Error::Refused(message)),
-            Some(other) => {
-                Err(Error::Lost(format!("unexpected `{}` answer to hello from {url}", other.kind())))
-            }
-            None => Err(Error::Lost(format!("invalid answer to hello from {url}"))),
+        match welcome(answer) {
+            Ok(()) => Ok(ws),
+            Err(Welcome::Refused(message)) => Err(Error::Refused(message)),
+            Err(e @ Welcome::Unexpected(_)) => Err(Error::Lost(format!("{url}: {e}"))),
         }
     }
 

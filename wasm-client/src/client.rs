@@ -5,10 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use assetsync_protocol::engine::{AssetSync, Follow, MAX_OTHER_VERSIONS, Machine};
-use assetsync_protocol::{
-    AssetPath, ChunkId, ClientMessage, Manifest, PROTOCOL_VERSION, Scope, ServerMessage, VersionId, compress,
-};
+use assetsync_protocol::engine::{AssetSync, Follow, MAX_OTHER_VERSIONS, Machine, hello, welcome};
+use assetsync_protocol::{AssetPath, ChunkId, ClientMessage, Manifest, Scope, VersionId};
 use futures_channel::oneshot;
 use futures_util::lock::Mutex;
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -252,25 +250,15 @@ impl Client {
 
     /// Exchanges `hello`/`welcome` on a new socket and renews the subscriptions.
     pub(crate) async fn greet(self: &Rc<Self>, mut socket: Socket) -> Result<Socket, JsError> {
-        let agent = concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")).to_owned();
-        let fail = |why: String| js_error(why);
-        let hello = ClientMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            agent,
-            encodings: vec![compress::ZSTD.into()],
-            token: self.token.clone(),
-        };
-        self.send(&socket, &hello).map_err(fail)?;
-        match next(&mut socket).await.map_err(fail)? {
-            Incoming::Message(message, _) => match message {
-                ServerMessage::Welcome { protocol: PROTOCOL_VERSION, .. } => {
-                    self.raw.replace(Some(socket.handle()));
-                    self.renew_subscriptions(&mut socket).await?;
-                    Ok(socket)
-                }
-                ServerMessage::Error { message, .. } => Err(js_error(format!("server refused: {message}"))),
-                other => Err(js_error(format!("unexpected `{}` answer to hello", other.kind()))),
-            },
+        let hello = hello(concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")), self.token.clone());
+        self.send(&socket, &hello).map_err(js_error)?;
+        match next(&mut socket).await.map_err(js_error)? {
+            Incoming::Message(answer, _) => {
+                welcome(answer).map_err(js_error)?;
+                self.raw.replace(Some(socket.handle()));
+                self.renew_subscriptions(&mut socket).await?;
+                Ok(socket)
+            }
             _ => Err(js_error("unexpected binary frame during the handshake")),
         }
     }

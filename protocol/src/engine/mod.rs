@@ -22,20 +22,23 @@
 //! release, log lines) are done and the loop goes on. Time is passed in as waits
 //! ([`Action::Reconnect`]), never read, so a machine replays exactly from the same inputs.
 //!
-//! Between syncs, a client that follows changes runs [`Follow`] (its subscriptions and
-//! reconnection backoff), [`Pushes`] (pushed changes, the latest per asset) and [`Push::decide`]
-//! (whether a push needs a sync, a removal, or nothing).
+//! Every connection starts with [`hello`] and [`welcome`]. Between syncs, a client that follows
+//! changes runs [`Follow`] (its subscriptions and reconnection backoff), [`Pushes`] (pushed
+//! changes, the latest per asset) and [`Push::decide`] (whether a push needs a sync, a removal,
+//! or nothing).
 
 mod answer;
 mod asset;
 mod folder;
 mod follow;
+mod hello;
 
 use std::collections::VecDeque;
 
 pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
 pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
+pub use hello::{Welcome, hello, welcome};
 
 use crate::{
     AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, ServerMessage, Synced,
