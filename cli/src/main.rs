@@ -60,9 +60,10 @@ struct ServeArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Folder served at / (default: the bundled www folder)
-    #[arg(long, default_value = WWW_ROOT)]
-    www: PathBuf,
+    /// Folder served at /, with a copy of the built WASM client in its pkg/ (default: the www
+    /// folder of the source tree this binary was built in, when it is still there)
+    #[arg(long)]
+    www: Option<PathBuf>,
     /// Versions remembered per asset, so older clients still get small deltas
     #[arg(long, default_value_t = 8)]
     keep_versions: usize,
@@ -97,7 +98,7 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
     /// Also let pages from this origin connect (repeatable; "*" for any page). By default only
-    /// pages from localhost, and from the server's own address, may
+    /// pages from localhost, and from the server's own address, may connect
     #[arg(long, value_name = "ORIGIN")]
     allow_origin: Vec<String>,
     /// Do not watch --root: subscriptions are refused, and changes are noticed only by the next
@@ -155,6 +156,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("assetsync=info,warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: not in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(run(cli.command));
@@ -226,7 +229,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Gc { cache, json } => {
-            let report = tokio::task::spawn_blocking(move || Cache::open(&cache)?.gc()).await??;
+            let report = tokio::task::spawn_blocking(move || Cache::open_existing(&cache)?.gc()).await??;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -288,16 +291,24 @@ impl Progress {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (root, demo) = match args.root {
-        Some(root) => (root, None),
-        None => {
+        Some(root) if root.is_dir() => (root, None),
+        Some(root) => {
+            anyhow::bail!("--root {} is not a folder: point it at the folder to serve", root.display())
+        }
+        None if Path::new(DEMO_ROOT).is_dir() => {
             let demo = Demo::prepare(Path::new(DEMO_ROOT)).context("cannot prepare the demo folder")?;
             (demo.root(), Some(Arc::new(demo)))
         }
+        None => anyhow::bail!(
+            "no --root given, and the bundled demo ({DEMO_ROOT}) is not there: pass --root FOLDER"
+        ),
     };
+    // The page and the WASM client of the source tree, when this binary runs next to it.
+    let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let config = ServeConfig {
         root,
         demo,
-        www: Some(args.www),
+        www,
         params: ChunkParams::with_avg(args.avg_chunk)?,
         keep_versions: args.keep_versions,
         max_asset_bytes: args.max_asset_bytes,

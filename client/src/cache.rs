@@ -48,7 +48,39 @@ impl Cache {
             fs::create_dir_all(dir.join(sub)).doing(|| format!("cannot create cache {}", dir.display()))?;
         }
         let lock = File::create(dir.join("lock")).doing(|| "cannot create the cache lock file".into())?;
-        lock.lock().doing(|| "cannot lock the cache".into())?;
+        if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+            tracing::warn!(cache = %dir.display(), "the cache is in use by another assetsync process; waiting for it");
+            lock.lock().doing(|| "cannot lock the cache".into())?;
+        }
+        Self::opened(dir, lock)
+    }
+
+    /// Opens the existing cache at `dir` for maintenance: fails, creating nothing, when `dir`
+    /// is not a cache, and at once when another process (a `pull --follow`) holds it.
+    pub fn open_existing(dir: &Path) -> Result<Self, CacheError> {
+        if !(dir.join("chunks").is_dir() && dir.join("manifests").is_dir()) {
+            return Err("it has no chunks/ and manifests/").doing(|| {
+                format!(
+                    "{} is not an assetsync cache: check --cache (it is the folder pull used)",
+                    dir.display()
+                )
+            });
+        }
+        let lock = File::create(dir.join("lock")).doing(|| "cannot create the cache lock file".into())?;
+        match lock.try_lock() {
+            Ok(()) => Self::opened(dir, lock),
+            Err(std::fs::TryLockError::WouldBlock) => Err("another assetsync process holds it").doing(|| {
+                format!(
+                    "the cache {} is in use (a pull --follow?): stop it, or run this later",
+                    dir.display()
+                )
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).doing(|| "cannot lock the cache".into()),
+        }
+    }
+
+    /// The cache at `dir`, whose `lock` this process holds.
+    fn opened(dir: &Path, lock: File) -> Result<Self, CacheError> {
         let refs = match fs::read(dir.join("refs.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),

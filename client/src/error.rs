@@ -28,6 +28,9 @@ pub enum Error {
     /// The cache or `--out` could not be read or written; the previous version is kept.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// Several targets failed; the others were pulled.
+    #[error("{} targets failed: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<Error>),
 }
 
 impl Error {
@@ -39,7 +42,7 @@ impl Error {
             Error::Sync { error, .. } => {
                 matches!(error, ClientError::Lost(_) | ClientError::GaveUpReconnecting { .. })
             }
-            Error::BadUrl(_) | Error::Refused(_) | Error::Cache(_) => false,
+            Error::BadUrl(_) | Error::Refused(_) | Error::Cache(_) | Error::Several(_) => false,
         }
     }
 

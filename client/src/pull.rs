@@ -50,7 +50,9 @@ pub struct PullReport {
     pub retried: bool,
 }
 
-/// Pulls each asset in turn over one connection, calling `report` after each commit.
+/// Pulls each asset in turn over one connection, calling `report` after each commit. A target
+/// the server refuses (a mistyped name, say) fails alone: the others are still pulled, and the
+/// error names every one that failed.
 pub async fn pull(
     config: &PullConfig,
     targets: &[Scope],
@@ -65,16 +67,25 @@ pub async fn pull(
         }
         report(e);
     };
-    let mut result = Ok(());
+    let mut failed = Vec::new();
     for target in targets {
-        // A lost connection is resumed inside: only what cannot be fixed by retrying ends here.
-        if let Err(e) = conn.pull_target(&mut cache, target, config, &mut collect).await {
-            result = Err(e);
-            break;
+        // A lost connection is resumed inside: only what retrying cannot fix ends here. A refused
+        // request leaves the connection in step, so the other targets go on.
+        match conn.pull_target(&mut cache, target, config, &mut collect).await {
+            Ok(()) => {}
+            Err(e @ Error::Sync { error: ClientError::Refused { .. }, .. }) => failed.push(e),
+            Err(e) => {
+                failed.push(e);
+                break;
+            }
         }
     }
     conn.close().await;
-    result.map(|()| reports)
+    match failed.len() {
+        0 => Ok(reports),
+        1 => Err(failed.remove(0)),
+        _ => Err(Error::Several(failed)),
+    }
 }
 
 /// What one folder sync did.

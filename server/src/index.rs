@@ -127,8 +127,9 @@ pub struct AssetIndex {
 }
 
 impl AssetIndex {
-    /// Opens an index over `config.root`, which must be an existing directory. Every new current
-    /// version of an asset, and every asset found gone, is announced on `hub`.
+    /// Opens an index over `config.root`, which must be an existing directory. Every new version
+    /// of an asset it knows, every asset found gone, and every new file the watcher reports is
+    /// announced on `hub` (a file read for the first time is not: it did not change).
     pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> io::Result<Self> {
         config.root = config.root.canonicalize().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
@@ -145,8 +146,25 @@ impl AssetIndex {
         &self.config.root
     }
 
+    /// Whether `asset` names a folder inside the root (for the error of a sync that named one).
+    pub fn is_folder(&self, asset: &AssetPath) -> bool {
+        let path = asset.components().fold(self.config.root.clone(), |p, c| p.join(c));
+        path.canonicalize().is_ok_and(|real| real.starts_with(&self.config.root) && real.is_dir())
+    }
+
     /// The current version of `asset`, indexing it first if it is new or changed on disk.
     pub async fn current(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
+        self.index(asset, false).await
+    }
+
+    /// [`AssetIndex::current`] for the watcher, after a file event: a file indexed for the
+    /// first time is announced too (it was created), where a request that merely reads a file
+    /// for the first time announces nothing (the file did not change).
+    pub(crate) async fn refresh(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
+        self.index(asset, true).await
+    }
+
+    async fn index(&self, asset: &AssetPath, announce_new: bool) -> Result<Arc<Indexed>, IndexError> {
         let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
         // One indexer per asset: concurrent requests for a changed file wait for one re-index.
         let mut slot = slot.lock().await;
@@ -163,7 +181,7 @@ impl AssetIndex {
                 let fresh = Arc::new(fresh);
                 self.remember(&mut slot, &fresh);
                 let before = slot.current.replace(fresh.clone()).map(|c| c.version);
-                if before != Some(fresh.version) {
+                if before.is_some_and(|v| v != fresh.version) || (before.is_none() && announce_new) {
                     self.hub.announce(Change { asset: asset.clone(), version: Some(fresh.version) });
                 }
                 Ok(fresh)

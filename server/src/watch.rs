@@ -142,8 +142,8 @@ async fn run(
             if !(served || (hub.wanted(&asset) && !is_temporary(&asset))) {
                 continue;
             }
-            // The index announces a new version, or the file's removal, itself.
-            match index.current(&asset).await {
+            // The index announces a new version, a new file, or the file's removal, itself.
+            match index.refresh(&asset).await {
                 Ok(_) | Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {}
                 Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
             }

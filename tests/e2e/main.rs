@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod faults;
 mod folder;
+mod newcomer;
 mod security;
 mod sync;
 mod util;

@@ -42,7 +42,7 @@ impl Follower {
     }
 
     /// Waits for the next `Pulled` event of `asset`, returning its wire bytes in.
-    async fn pulled(&mut self, asset: &str) -> u64 {
+    pub async fn pulled(&mut self, asset: &str) -> u64 {
         loop {
             match self.next().await {
                 PullEvent::Pulled(r) if r.asset == asset => return r.wire_bytes_in,
@@ -54,6 +54,11 @@ impl Follower {
 
     fn out(&self, asset: &str) -> Option<Vec<u8>> {
         std::fs::read(self.client.out(asset)).ok()
+    }
+
+    /// The follower's cache folder.
+    pub fn cache(&self) -> std::path::PathBuf {
+        self.client.cache()
     }
 
     pub fn out_dir(&self) -> std::path::PathBuf {

@@ -47,17 +47,22 @@ pub(super) async fn sync(
         Ok(current) => current,
         Err(e) => {
             tracing::info!(%asset, error = %e, "sync refused");
-            return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
+            let message = match &e {
+                IndexError::Unknown(_) if state.index.is_folder(&asset) => {
+                    format!("{asset:?} is a folder, not a file: sync it as a folder, \"{asset}/\"")
+                }
+                e => e.to_string(),
+            };
+            return send_json(socket, &refuse(id, code_of(&e), message)).await;
         }
     };
     let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
     // The delta base: the first version named that the server knows.
     let base = known.into_iter().next();
+    // The client's own version (listed first) is one this server never saw or has forgotten (a
+    // restart drops them all)?
     let own_version_unknown = base.as_ref().is_none_or(|(i, _)| *i != 0);
-    if peer.protocol >= 2 && !have.versions.is_empty() && own_version_unknown && have.chunks.is_empty() {
-        // The client's own version (listed first) is one this server never saw or has
-        // forgotten (a restart drops them all): its chunk list costs far less than resending
-        // the chunks it holds.
+    if ask_for_chunks(peer.protocol, &have, own_version_unknown) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
     let sent = answer(socket, state, peer, throttle, id, None, &current, base.as_ref(), &held).await?;
