@@ -29,7 +29,7 @@ async fn subscribing_to_a_folder_pushes_nothing_until_a_file_changes() {
     let mut other = Raw::greeted(&server).await;
     other.send_text(r#"{"type":"sync_folder","id":1,"folder":"lib/","have":{}}"#).await;
     let until = Instant::now() + Duration::from_millis(1500);
-    while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), raw.next()).await {
+    if let Ok(Some(m)) = tokio::time::timeout_at(until.into(), raw.next()).await {
         panic!("pushed although nothing changed: {m:?}");
     }
     // A real edit is pushed.
@@ -147,6 +147,7 @@ async fn logs_have_no_colour_codes_off_a_terminal() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(700));
         serve.kill().unwrap();
+        serve.wait().unwrap();
         let mut text = String::new();
         std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut text).unwrap();
         text
