@@ -81,6 +81,45 @@ test("cold sync, cheap update, errors, and offline reads", async () => {
   await context.close();
 });
 
+test("a newcomer's mistakes in the page get a fast error that says what to do", async () => {
+  const server = await startServer();
+  server.write("lib/hello.js", Buffer.from("export const hello = 1;\n"));
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const base = server.ws.replace(/\/sync$/, "");
+  const attempt = (ws, call) =>
+    page.evaluate(
+      async ([ws, call]) => {
+        const started = performance.now();
+        const message = await (async () => {
+          const c = await window.assetsync.SyncClient.connect(ws, { db: "newcomer" });
+          if (call === "folder") return c.sync("lib/");
+          if (call === "closed") {
+            c.close();
+            return c.sync("lib/hello.js");
+          }
+          return "connected";
+        })().then(() => "resolved", (e) => e.message);
+        return { message, ms: performance.now() - started };
+      },
+      [ws, call],
+    );
+  const cases = [
+    [`${base}/`, "connect", /that path is not an assetsync endpoint \(HTTP 200\); it is ws:\/\/HOST:PORT\/sync/],
+    [`${base}/sync/`, "connect", /no assetsync endpoint at that path \(HTTP 404\)/],
+    ["ws://127.0.0.1:1/sync", "connect", /nothing answers there; is the server running\?/],
+    [server.ws, "folder", /"lib\/" is a folder: sync it with syncFolder\("lib\/"\)/],
+    [server.ws, "closed", /this client is closed: make a new one with SyncClient.connect/],
+  ];
+  for (const [ws, call, expected] of cases) {
+    const { message, ms } = await attempt(ws, call);
+    assert.match(message, expected, `${ws} ${call}`);
+    assert.ok(ms < 2000, `${ws} ${call} took ${ms} ms`);
+  }
+  await server.stop();
+  await context.close();
+});
+
 test("a fresh start without a server reads the cache with SyncClient.open", async () => {
   const server = await startServer();
   const v1 = bundle(7);

@@ -89,6 +89,9 @@ impl Client {
         on_progress: Option<Function>,
     ) -> Result<SyncResult, JsError> {
         let started = now_ms();
+        if asset.is_empty() || asset.ends_with('/') {
+            return Err(js_error(format!("{asset:?} is a folder: sync it with syncFolder({asset:?})")));
+        }
         let asset = AssetPath::new(&asset).map_err(js_error)?;
         let mut guard = self.socket.lock().await;
         let (in0, out0) = (self.received.get(), self.sent.get());
@@ -231,6 +234,14 @@ impl Client {
 
     /// The open socket, connecting first if there is none or it has closed since the last
     /// request (a server restart in between is not a lost transfer).
+    /// An error for a client the page closed.
+    pub(crate) fn usable(&self) -> Result<(), JsError> {
+        match self.closed.get() {
+            true => Err(js_error("this client is closed: make a new one with SyncClient.connect")),
+            false => Ok(()),
+        }
+    }
+
     pub(crate) async fn connected<'a>(
         self: &Rc<Self>,
         socket: &'a mut Option<Socket>,

@@ -199,6 +199,7 @@ impl SyncClient {
             Function,
         >,
     ) -> Result<SyncResult, JsError> {
+        self.inner.usable()?;
         self.inner.sync(asset, on_progress).await
     }
 
@@ -207,6 +208,7 @@ impl SyncClient {
     /// files the server no longer has. Chunks shared by several files cross the wire once.
     #[wasm_bindgen(js_name = syncFolder, unchecked_return_type = "FolderResult")]
     pub async fn sync_folder(&self, folder: String) -> Result<JsValue, JsError> {
+        self.inner.usable()?;
         let scope = Scope::new(&folder).map_err(js_error)?;
         Ok(self.inner.sync_folder(&scope).await?.to_js(&scope))
     }
@@ -223,18 +225,21 @@ impl SyncClient {
         path: String,
         #[wasm_bindgen(unchecked_param_type = "(u: AssetUpdate) => void")] on_update: Function,
     ) -> Result<(), JsError> {
+        self.inner.usable()?;
         self.inner.subscribe(path, on_update).await
     }
 
     /// The cached, verified copy of `asset`, without using the network; `null` if none.
     #[wasm_bindgen(unchecked_return_type = "Uint8Array | null")]
     pub async fn read(&self, asset: String) -> Result<JsValue, JsError> {
+        self.inner.usable()?;
         self.inner.read(asset).await
     }
 
     /// Deletes stored chunks and manifests that no committed version references.
     #[wasm_bindgen(unchecked_return_type = "GcReport")]
     pub async fn gc(&self) -> Result<JsValue, JsError> {
+        self.inner.usable()?;
         self.inner.gc().await
     }
 

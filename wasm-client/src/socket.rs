@@ -122,9 +122,7 @@ impl Socket {
         };
         match socket.incoming.next().await {
             Some(Incoming::Open) => Ok(socket),
-            Some(Incoming::Closed { code, .. }) => {
-                Err(SocketError(format!("cannot connect to {url} (WebSocket closed with code {code})")))
-            }
+            Some(Incoming::Closed { code, .. }) => Err(SocketError(diagnose(url, code).await)),
             _ => Err(SocketError(format!("cannot connect to {url}"))),
         }
     }
@@ -163,6 +161,42 @@ impl Drop for Socket {
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
         let _ = self.ws.close();
+    }
+}
+
+/// Why a WebSocket to `url` closed (with `code`) before it opened. Browsers hide the reason (a
+/// refused upgrade and a dead server both close with 1006), so this asks the same URL over
+/// HTTP: nothing answering means the server is down; a page's own server answering 404 or 200
+/// means the path is wrong; a server that answers but refused the WebSocket most likely refused
+/// this page's origin, which its log says.
+async fn diagnose(url: &str, code: u16) -> String {
+    let failed = format!("cannot connect to {url} (WebSocket closed with code {code})");
+    let Some(window) = web_sys::window() else { return failed };
+    let http = url.replacen("ws", "http", 1);
+    let origin = window.location().origin().unwrap_or_default();
+    let same_origin = http.starts_with(&format!("{origin}/"));
+    let init = web_sys::RequestInit::new();
+    if !same_origin {
+        // An opaque answer: it says only that something answered.
+        init.set_mode(web_sys::RequestMode::NoCors);
+    }
+    let answer = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str_and_init(&http, &init)).await;
+    let Ok(response) = answer.and_then(|r| r.dyn_into::<web_sys::Response>().map_err(JsValue::from)) else {
+        return format!("{failed}: nothing answers there; is the server running?");
+    };
+    match response.status() {
+        404 => format!(
+            "{failed}: there is no assetsync endpoint at that path (HTTP 404); it is ws://HOST:PORT/sync"
+        ),
+        status @ 200..=399 => {
+            format!(
+                "{failed}: that path is not an assetsync endpoint (HTTP {status}); it is ws://HOST:PORT/sync"
+            )
+        }
+        _ => format!(
+            "{failed}: the server answers but refused the WebSocket; if the URL is right, it refused this \
+             page's origin ({origin}): start it with --allow-origin {origin} (its log says why)"
+        ),
     }
 }
 
