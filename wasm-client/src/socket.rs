@@ -181,7 +181,7 @@ async fn diagnose(url: &str, code: u16) -> String {
         init.set_mode(web_sys::RequestMode::NoCors);
     }
     let answer = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str_and_init(&http, &init)).await;
-    let Ok(response) = answer.and_then(|r| r.dyn_into::<web_sys::Response>().map_err(JsValue::from)) else {
+    let Ok(response) = answer.and_then(|r| r.dyn_into::<web_sys::Response>()) else {
         return format!("{failed}: nothing answers there; is the server running?");
     };
     match response.status() {
