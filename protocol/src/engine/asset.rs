@@ -128,16 +128,6 @@ impl AssetSync {
         self
     }
 
-    /// Chunks this sync kept from cut transfers (they are in the store).
-    pub fn kept(&self) -> &[ChunkId] {
-        &self.kept
-    }
-
-    /// The asset.
-    pub fn asset(&self) -> &AssetPath {
-        &self.asset
-    }
-
     /// Whether [`Machine::poll`] returns [`Action::Done`] or [`Action::Failed`] next.
     pub fn at_end(&self) -> bool {
         self.queue.is_empty() && matches!(self.state, State::Finished(_) | State::Failed(_))
