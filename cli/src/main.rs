@@ -205,11 +205,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         r.elapsed_ms
                     ),
                     PullEvent::Folder(f) => println!(
-                        "{}: {} files, {} fetched, {} removed, {} bytes received, {} sent, {} ms",
+                        "{}: {} files, {} fetched, {} removed, {} repaired, {} bytes received, {} sent, {} ms",
                         if f.folder.is_empty() { "(root)" } else { &f.folder },
                         f.files,
                         f.fetched,
                         f.removed,
+                        f.repaired,
                         f.wire_bytes_in,
                         f.wire_bytes_out,
                         f.elapsed_ms

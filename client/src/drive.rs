@@ -23,53 +23,73 @@ impl Connection {
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), Error> {
-        let (started, wire0) = (Instant::now(), self.wire());
-        // Whole-target figures come from the socket counters: they also cover the handshakes of
-        // reconnections and the partial messages a cut threw away.
-        let wire = |conn: &Self| {
-            let now = conn.wire();
-            (now.0 - wire0.0, now.1 - wire0.1)
-        };
         match target {
-            Scope::Asset(asset) => {
-                let base = cache.current(asset);
-                let others = cache.others(asset, MAX_OTHER_VERSIONS);
-                let mut machine = AssetSync::new(asset.clone(), base, others, self.next_id);
-                if self.follows {
-                    machine = machine.without_resume();
-                }
-                let unchanged =
-                    self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(target))?;
-                self.next_id = machine.next_id();
-                let done = machine.finish();
-                if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
-                    // The cached copy is current: `--out` gets it again, as a single pull repairs.
-                    write_out(config, done.manifest(), &data)?;
-                }
-                report(&PullEvent::Pulled(PullReport::new(&done, started, Some(wire(self)))));
-            }
-            folder => {
-                let held =
-                    cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
-                let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
-                if self.follows {
-                    machine = machine.without_resume();
-                }
-                self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(target))?;
-                self.next_id = machine.next_id();
-                let done = machine.finish();
-                let (wire_bytes_in, wire_bytes_out) = wire(self);
-                report(&PullEvent::Folder(FolderReport {
-                    folder: folder.to_string(),
-                    files: done.files,
-                    fetched: done.fetched.len(),
-                    removed: done.removed.len(),
-                    wire_bytes_in,
-                    wire_bytes_out,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                }));
-            }
+            Scope::Asset(asset) => self.pull_asset(cache, asset, config, report).await,
+            folder => self.pull_folder(cache, folder, config, report).await,
         }
+    }
+
+    /// Pulls one asset. Its figures come from the socket counters: they also cover the handshakes
+    /// of reconnections and the partial messages a cut threw away.
+    async fn pull_asset(
+        &mut self,
+        cache: &mut Cache,
+        asset: &AssetPath,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> Result<(), Error> {
+        let (started, wire0) = (Instant::now(), self.wire());
+        let base = cache.current(asset);
+        let others = cache.others(asset, MAX_OTHER_VERSIONS);
+        let mut machine = AssetSync::new(asset.clone(), base, others, self.next_id);
+        if self.follows {
+            machine = machine.without_resume();
+        }
+        let target = Scope::Asset(asset.clone());
+        let unchanged = self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(&target))?;
+        self.next_id = machine.next_id();
+        let done = machine.finish();
+        if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
+            // The cached copy is current: `--out` gets it again, as a single pull repairs.
+            write_out(config, done.manifest(), &data)?;
+        }
+        let wire = (self.wire().0 - wire0.0, self.wire().1 - wire0.1);
+        report(&PullEvent::Pulled(PullReport::new(&done, started, Some(wire))));
+        Ok(())
+    }
+
+    /// Pulls a folder; then files under `--out` that were edited or deleted since they were
+    /// written are written again (as rsync would), each by a sync that verifies the cached copy.
+    async fn pull_folder(
+        &mut self,
+        cache: &mut Cache,
+        folder: &Scope,
+        config: &PullConfig,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> Result<(), Error> {
+        let (started, wire0) = (Instant::now(), self.wire());
+        let held = cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
+        let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
+        if self.follows {
+            machine = machine.without_resume();
+        }
+        self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(folder))?;
+        self.next_id = machine.next_id();
+        let done = machine.finish();
+        let stale = stale_outputs(cache, config, folder, &done.fetched);
+        for asset in &stale {
+            self.pull_asset(cache, asset, config, report).await?;
+        }
+        report(&PullEvent::Folder(FolderReport {
+            folder: folder.to_string(),
+            files: done.files,
+            fetched: done.fetched.len(),
+            removed: done.removed.len(),
+            repaired: stale.len(),
+            wire_bytes_in: self.wire().0 - wire0.0,
+            wire_bytes_out: self.wire().1 - wire0.1,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }));
         Ok(())
     }
 
@@ -211,6 +231,27 @@ impl Stop {
             Stop::Cache(e) => Error::Cache(e),
         }
     }
+}
+
+/// The files of `folder` held in the cache, other than those just `fetched`, whose copy under
+/// `config.out` is missing or differs from the cached version (by size, then SHA-256).
+fn stale_outputs(
+    cache: &Cache,
+    config: &PullConfig,
+    folder: &Scope,
+    fetched: &[AssetPath],
+) -> Vec<AssetPath> {
+    let Some(dir) = &config.out else { return Vec::new() };
+    let intact = |m: &Manifest| {
+        let path = dir.join(m.path.as_str());
+        std::fs::metadata(&path).is_ok_and(|meta| meta.len() == m.len)
+            && std::fs::read(&path).is_ok_and(|data| Hash::of(&data) == m.sha256)
+    };
+    cache
+        .assets()
+        .filter(|a| folder.covers(a) && !fetched.contains(a))
+        .filter(|a| cache.current(a).is_some_and(|m| !intact(&m)))
+        .collect()
 }
 
 /// Writes `data`, the verified file of `manifest`, to `config.out` if set.

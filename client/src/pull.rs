@@ -99,6 +99,9 @@ pub struct FolderReport {
     pub fetched: usize,
     /// Files deleted because the server no longer lists them.
     pub removed: usize,
+    /// Files under `--out` that were edited or deleted locally and were written again from the
+    /// cache.
+    pub repaired: usize,
     /// Bytes read from the socket for the whole folder.
     pub wire_bytes_in: u64,
     /// Bytes written to the socket for the whole folder.

@@ -157,3 +157,38 @@ async fn logs_have_no_colour_codes_off_a_terminal() {
     assert!(stderr.contains("INFO"), "no log line to check: {stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// A folder pull repairs `--out` as rsync would: a file edited and a file deleted there since
+/// the last pull are written again from the cache (without fetching them), and reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_pull_repairs_files_edited_or_deleted_under_out() {
+    let server = TestServer::start().await;
+    let (a, b) = (random_bytes(50_000, 81), random_bytes(50_000, 82));
+    server.write("lib/a.js", &a);
+    server.write("lib/b.js", &b);
+    server.write("lib/c.js", b"untouched");
+    let client = TestClient::new();
+    client.pull(&server, &["lib/"]).await.unwrap();
+    std::fs::write(client.out("lib/a.js"), b"a local edit").unwrap();
+    let mut same_size = b.clone();
+    same_size[100] ^= 1;
+    std::fs::write(client.out("lib/b.js"), &same_size).unwrap();
+    std::fs::remove_file(client.out("lib/c.js")).unwrap();
+    let mut folder = None;
+    let targets = [assetsync_protocol::Scope::new("lib/").unwrap()];
+    let reports = assetsync::pull::pull(&client.config(server.url()), &targets, |e| {
+        if let assetsync::pull::PullEvent::Folder(f) = e {
+            folder = Some(f.clone());
+        }
+    })
+    .await
+    .unwrap();
+    let folder = folder.unwrap();
+    assert_eq!((folder.fetched, folder.repaired), (0, 3), "{folder:?}");
+    assert_eq!(std::fs::read(client.out("lib/a.js")).unwrap(), a);
+    assert_eq!(std::fs::read(client.out("lib/b.js")).unwrap(), b);
+    assert_eq!(std::fs::read(client.out("lib/c.js")).unwrap(), b"untouched");
+    // Written from the cache: nothing but the requests' answers crossed the wire.
+    assert!(reports.iter().all(|r| r.chunks_reused == r.chunks), "{reports:?}");
+    server.stop().await;
+}
