@@ -147,7 +147,9 @@ async function sync() {
     setStatus("ok", "Verified and cached");
     note(stats.chunksReused === stats.chunks
       ? "Already up to date: the server only confirmed the version."
-      : `Fetched ${stats.chunks - stats.chunksReused} chunks; the rest came from IndexedDB.`);
+      : stats.chunksReused === 0
+        ? `Fetched all ${stats.chunks} chunks: the first visit. The next update costs only what changed.`
+        : `Fetched ${stats.chunks - stats.chunksReused} chunks; the other ${stats.chunksReused} came from IndexedDB.`);
   } catch (e) {
     if (/connection lost|cannot connect/.test(e.message)) dropClient();
     setStatus("error", "Sync failed");
