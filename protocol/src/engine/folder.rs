@@ -184,8 +184,7 @@ impl FolderSync {
         };
     }
 
-    fn file_ended(&mut self, end: End, report: SyncReport) {
-        let asset = self.named_asset();
+    fn file_ended(&mut self, asset: AssetPath, end: End, report: SyncReport) {
         match end {
             End::Verified(synced) => self.state = State::Committing(synced, report),
             End::Lost { why, kept } if kept.is_empty() => self.lost(why),
@@ -202,14 +201,6 @@ impl FolderSync {
                 self.next_file();
             }
             End::Unchanged(_) => self.next_file(),
-        }
-    }
-
-    /// The asset of the file answer in flight.
-    fn named_asset(&self) -> AssetPath {
-        match &self.state {
-            State::File(answer, _) => answer.asset().clone(),
-            _ => unreachable!("only called for a file answer"),
         }
     }
 
@@ -310,10 +301,7 @@ impl Machine for FolderSync {
                 report.wire_in += answer.wire_in - before;
                 self.report.wire_in += answer.wire_in - before;
                 match end {
-                    Some(end) => {
-                        self.state = State::File(answer, report.clone());
-                        self.file_ended(end, report);
-                    }
+                    Some(end) => self.file_ended(answer.asset().clone(), end, report),
                     None => self.state = State::File(answer, report),
                 }
             }
