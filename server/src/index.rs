@@ -120,6 +120,8 @@ struct Slot {
 pub struct AssetIndex {
     config: IndexConfig,
     hub: Arc<Hub>,
+    /// When this index started: files written since are new to its subscribers.
+    started: SystemTime,
     slots: Mutex<HashMap<AssetPath, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Every remembered version with its bytes: the delta base and compression prefix for
     /// clients that name it.
@@ -128,8 +130,8 @@ pub struct AssetIndex {
 
 impl AssetIndex {
     /// Opens an index over `config.root`, which must be an existing directory. Every new version
-    /// of an asset it knows, every asset found gone, and every new file the watcher reports is
-    /// announced on `hub` (a file read for the first time is not: it did not change).
+    /// of an asset, every asset found gone, and every file written while it runs is announced on
+    /// `hub` (a file that predates it, read for the first time, is not: it did not change).
     pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> io::Result<Self> {
         config.root = config.root.canonicalize().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
@@ -138,7 +140,8 @@ impl AssetIndex {
             return Err(io::Error::other(format!("root {} is not a directory", config.root.display())));
         }
         config.keep_versions = config.keep_versions.max(1);
-        Ok(AssetIndex { config, hub, slots: Mutex::default(), versions: RwLock::default() })
+        let started = SystemTime::now();
+        Ok(AssetIndex { config, hub, started, slots: Mutex::default(), versions: RwLock::default() })
     }
 
     /// The canonical root.
@@ -154,17 +157,6 @@ impl AssetIndex {
 
     /// The current version of `asset`, indexing it first if it is new or changed on disk.
     pub async fn current(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
-        self.index(asset, false).await
-    }
-
-    /// [`AssetIndex::current`] for the watcher, after a file event: a file indexed for the
-    /// first time is announced too (it was created), where a request that merely reads a file
-    /// for the first time announces nothing (the file did not change).
-    pub(crate) async fn refresh(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
-        self.index(asset, true).await
-    }
-
-    async fn index(&self, asset: &AssetPath, announce_new: bool) -> Result<Arc<Indexed>, IndexError> {
         let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
         // One indexer per asset: concurrent requests for a changed file wait for one re-index.
         let mut slot = slot.lock().await;
@@ -181,7 +173,10 @@ impl AssetIndex {
                 let fresh = Arc::new(fresh);
                 self.remember(&mut slot, &fresh);
                 let before = slot.current.replace(fresh.clone()).map(|c| c.version);
-                if before.is_some_and(|v| v != fresh.version) || (before.is_none() && announce_new) {
+                // A file indexed for the first time is news only if it was written while this
+                // server ran: one that merely existed, read now for someone, did not change.
+                let new = before.is_none() && fresh.stamp.modified.is_some_and(|m| m >= self.started);
+                if before.is_some_and(|v| v != fresh.version) || new {
                     self.hub.announce(Change { asset: asset.clone(), version: Some(fresh.version) });
                 }
                 Ok(fresh)

@@ -143,7 +143,7 @@ async fn run(
                 continue;
             }
             // The index announces a new version, a new file, or the file's removal, itself.
-            match index.refresh(&asset).await {
+            match index.current(&asset).await {
                 Ok(_) | Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {}
                 Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
             }
