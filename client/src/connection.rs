@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use assetsync_protocol::engine::{
-    ClientError, FIRST_BACKOFF_MS, MAX_RECONNECTS, MAX_RESUME_BACKOFF_MS, Pushes, Welcome, hello, welcome,
-};
+use assetsync_protocol::engine::{ClientError, Losses, Pushes, Welcome, hello, welcome};
 use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
 use futures_util::{SinkExt, StreamExt};
 
@@ -20,12 +18,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-/// First wait before reconnecting a broken handshake; doubled after each failed attempt, up to
-/// [`MAX_RESUME_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(FIRST_BACKOFF_MS as u64);
-/// Longest wait between reconnections while resuming one transfer.
-const MAX_RESUME_BACKOFF: Duration = Duration::from_millis(MAX_RESUME_BACKOFF_MS as u64);
 
 /// A failed WebSocket upgrade: a server that answered HTTP without upgrading is not a sync
 /// endpoint (a user's mistake, said so at once); anything else broke the connection.
@@ -129,18 +121,20 @@ impl Connection {
     /// [`Connection::open`], retried with backoff when the connection breaks during the
     /// handshake. An unreachable server or a refusal fails at once.
     pub(crate) async fn open_resilient(url: &str, token: Option<&str>) -> Result<Self, Error> {
-        let mut backoff = FIRST_BACKOFF;
-        for _ in 0..MAX_RECONNECTS {
+        // The engine's resume policy: the same waits, and as many attempts, as a cut transfer.
+        let mut losses = Losses::default();
+        loop {
             match Self::open(url, token).await {
-                Err(e @ Error::Lost(_)) => {
-                    tracing::warn!(error = %e, "handshake broke; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_RESUME_BACKOFF);
-                }
+                Err(e @ Error::Lost(_)) => match losses.next(&e.to_string()) {
+                    Ok(after_ms) => {
+                        tracing::warn!(error = %e, "handshake broke; retrying");
+                        tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
+                    }
+                    Err(_) => return Err(e),
+                },
                 result => return result,
             }
         }
-        Self::open(url, token).await
     }
 
     /// Replaces a lost socket with a new one (same counters; pending pushes are kept).

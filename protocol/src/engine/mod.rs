@@ -244,15 +244,16 @@ pub struct SyncReport {
 }
 
 /// The wait before each reconnection of one transfer: [`FIRST_BACKOFF_MS`], doubling up to
-/// [`MAX_RESUME_BACKOFF_MS`], and at most [`MAX_RECONNECTS`] losses.
+/// [`MAX_RESUME_BACKOFF_MS`], and at most [`MAX_RECONNECTS`] losses. The machines use it, and a
+/// driver whose very first handshake broke (before any machine runs) uses it too.
 #[derive(Debug, Default)]
-struct Losses {
+pub struct Losses {
     count: u32,
 }
 
 impl Losses {
     /// Counts a loss: the wait before reconnecting, or the error when there were too many.
-    fn next(&mut self, why: &str) -> Result<u32, ClientError> {
+    pub fn next(&mut self, why: &str) -> Result<u32, ClientError> {
         self.count += 1;
         if self.count > MAX_RECONNECTS {
             return Err(ClientError::GaveUpReconnecting { times: self.count, last: why.to_owned() });
