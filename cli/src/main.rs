@@ -208,9 +208,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         "{}: {} files, {} fetched, {} removed, {} repaired, {} bytes received, {} sent, {} ms",
                         if f.folder.is_empty() { "(root)" } else { &f.folder },
                         f.files,
-                        f.fetched,
-                        f.removed,
-                        f.repaired,
+                        f.fetched.len(),
+                        f.removed.len(),
+                        f.repaired.len(),
                         f.wire_bytes_in,
                         f.wire_bytes_out,
                         f.elapsed_ms

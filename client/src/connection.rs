@@ -88,8 +88,8 @@ pub(crate) struct Connection {
     token: Option<String>,
     /// Shared by every socket of this connection, so the wire counts survive reconnections.
     counters: Arc<Counters>,
-    /// The counters (read, written) when last sampled by [`Connection::wire_delta`].
-    seen: (u64, u64),
+    /// The bytes written when last sampled by [`Connection::written_delta`].
+    seen_written: u64,
     pub(crate) next_id: u32,
     /// `changed` pushes that arrived while an answer was being read.
     pushes: Pushes,
@@ -109,12 +109,12 @@ impl Connection {
             url,
             token,
             counters,
-            seen: (0, 0),
+            seen_written: 0,
             next_id: 1,
             pushes: Pushes::default(),
             follows: false,
         };
-        conn.seen = conn.wire();
+        conn.seen_written = conn.wire().1;
         Ok(conn)
     }
 
@@ -199,25 +199,27 @@ impl Connection {
             .map_err(|e| Error::Lost(format!("connection lost while sending: {e}")))
     }
 
-    /// Subscribes to changes of `scope`.
-    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> Result<(), Error> {
+    /// Subscribes to changes of `scope`; true if nothing is inside it on the server now.
+    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> Result<bool, Error> {
         let id = self.next_id;
         self.next_id += 1;
         self.follows = true;
         self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
         loop {
             match self.recv().await? {
-                Received::Message(ServerMessage::Subscribed { id: got }) if got == id => return Ok(()),
-                Received::Message(ServerMessage::Changed { asset, version }) => {
+                Received::Message(ServerMessage::Subscribed { id: got, missing }, _) if got == id => {
+                    return Ok(missing);
+                }
+                Received::Message(ServerMessage::Changed { asset, version }, _) => {
                     self.push_change(asset, version)
                 }
-                Received::Message(ServerMessage::Error { code, message, .. }) => {
+                Received::Message(ServerMessage::Error { code, message, .. }, _) => {
                     return Err(Error::sync(scope, ClientError::Refused { code, message }));
                 }
-                Received::Message(other) => {
+                Received::Message(other, _) => {
                     return Err(Error::Lost(format!("unexpected `{}` answer to subscribe", other.kind())));
                 }
-                Received::Frame(_) => {
+                Received::Frame(..) => {
                     return Err(Error::Lost("unexpected binary frame in answer to subscribe".into()));
                 }
             }
@@ -237,17 +239,17 @@ impl Connection {
                 return Ok(change);
             }
             match self.recv().await? {
-                Received::Message(ServerMessage::Changed { asset, version }) => {
+                Received::Message(ServerMessage::Changed { asset, version }, _) => {
                     self.push_change(asset, version)
                 }
-                Received::Message(ServerMessage::Error { id: None, message, .. }) => {
+                Received::Message(ServerMessage::Error { id: None, message, .. }, _) => {
                     return Err(Error::Lost(format!("server closed the connection: {message}")));
                 }
-                Received::Message(other) => {
+                Received::Message(other, _) => {
                     let why = format!("unexpected `{}` message while waiting for changes", other.kind());
                     return Err(Error::Lost(why));
                 }
-                Received::Frame(_) => {
+                Received::Frame(..) => {
                     return Err(Error::Lost("unexpected binary frame while waiting for changes".into()));
                 }
             }
@@ -267,8 +269,9 @@ impl Connection {
                 Message::Text(t) => Received::Message(
                     serde_json::from_str(&t)
                         .map_err(|e| Error::Lost(format!("invalid message from server: {e}: {t:.200}")))?,
+                    on_the_wire(t.len()),
                 ),
-                Message::Binary(b) => Received::Frame(b.to_vec()),
+                Message::Binary(b) => Received::Frame(b.to_vec(), on_the_wire(b.len())),
                 Message::Close(frame) => {
                     let reason = frame.map(|f| format!(": {}", f.reason)).unwrap_or_default();
                     return Err(Error::Lost(format!("server closed the connection{reason}")));
@@ -287,17 +290,30 @@ impl Connection {
         (self.counters.read.load(Ordering::Relaxed), self.counters.written.load(Ordering::Relaxed))
     }
 
-    /// Socket bytes (read, written) since the last call.
-    pub(crate) fn wire_delta(&mut self) -> (u64, u64) {
-        let now = self.wire();
-        let delta = (now.0 - self.seen.0, now.1 - self.seen.1);
-        self.seen = now;
+    /// Socket bytes written since the last call. (Bytes read are counted per message: a read
+    /// from the socket may hold several messages.)
+    pub(crate) fn written_delta(&mut self) -> u64 {
+        let now = self.wire().1;
+        let delta = now - self.seen_written;
+        self.seen_written = now;
         delta
     }
 }
 
-/// A message as it arrived: a control message (parsed) or a binary frame.
+/// A message as it arrived: a control message (parsed) or a binary frame, with the bytes it
+/// took on the wire.
 pub(crate) enum Received {
-    Message(ServerMessage),
-    Frame(Vec<u8>),
+    Message(ServerMessage, u64),
+    Frame(Vec<u8>, u64),
+}
+
+/// The bytes a server message of `len` payload bytes takes on the wire: the payload and an
+/// unmasked WebSocket frame header (RFC 6455 5.2), 2 bytes plus 2 or 8 for a longer length.
+fn on_the_wire(len: usize) -> u64 {
+    let header = match len {
+        0..126 => 2,
+        126..65536 => 4,
+        _ => 10,
+    };
+    (header + len) as u64
 }

@@ -83,9 +83,9 @@ impl Connection {
         report(&PullEvent::Folder(FolderReport {
             folder: folder.to_string(),
             files: done.files,
-            fetched: done.fetched.len(),
-            removed: done.removed.len(),
-            repaired: stale.len(),
+            fetched: names(&done.fetched),
+            removed: names(&done.removed),
+            repaired: names(&stale),
             wire_bytes_in: self.wire().0 - wire0.0,
             wire_bytes_out: self.wire().1 - wire0.1,
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -106,15 +106,17 @@ impl Connection {
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
-                    Ok(()) => Input::Sent { wire: self.wire_delta().1 },
+                    Ok(()) => Input::Sent { wire: self.written_delta() },
                     Err(e) => Input::Lost(e.to_string()),
                 },
                 Action::Receive => {
-                    let received = self.recv().await;
-                    let wire = self.wire_delta().0;
-                    match received {
-                        Ok(Received::Message(message)) => machine.handle(Input::Message { message, wire }),
-                        Ok(Received::Frame(frame)) => machine.handle(Input::Frame { frame: &frame, wire }),
+                    match self.recv().await {
+                        Ok(Received::Message(message, wire)) => {
+                            machine.handle(Input::Message { message, wire })
+                        }
+                        Ok(Received::Frame(frame, wire)) => {
+                            machine.handle(Input::Frame { frame: &frame, wire })
+                        }
                         Err(e) => machine.handle(Input::Lost(e.to_string())),
                     }
                     continue;
@@ -252,6 +254,10 @@ fn stale_outputs(
         .filter(|a| folder.covers(a) && !fetched.contains(a))
         .filter(|a| cache.current(a).is_some_and(|m| !intact(&m)))
         .collect()
+}
+
+fn names(assets: &[AssetPath]) -> Vec<String> {
+    assets.iter().map(ToString::to_string).collect()
 }
 
 /// Writes `data`, the verified file of `manifest`, to `config.out` if set.

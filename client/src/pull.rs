@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use assetsync_protocol::Scope;
 use assetsync_protocol::engine::{ClientError, Follow, Push};
+use assetsync_protocol::{Hash, Scope};
 use serde::Serialize;
 
 use crate::Error;
@@ -95,13 +95,13 @@ pub struct FolderReport {
     pub folder: String,
     /// Files the server listed.
     pub files: usize,
-    /// Files fetched (new or changed).
-    pub fetched: usize,
+    /// Files fetched (new or changed), as the browser's `syncFolder` lists them.
+    pub fetched: Vec<String>,
     /// Files deleted because the server no longer lists them.
-    pub removed: usize,
+    pub removed: Vec<String>,
     /// Files under `--out` that were edited or deleted locally and were written again from the
     /// cache.
-    pub repaired: usize,
+    pub repaired: Vec<String>,
     /// Bytes read from the socket for the whole folder.
     pub wire_bytes_in: u64,
     /// Bytes written to the socket for the whole folder.
@@ -162,8 +162,9 @@ pub async fn follow(
 ) -> Result<(), Error> {
     let mut cache = open_cache(&config.cache).await?;
     let mut follow = Follow::new(targets.iter().cloned());
+    let mut caught_up = false;
     loop {
-        let error = match follow_once(config, &mut cache, &mut follow, &mut report).await {
+        let error = match follow_once(config, &mut cache, &mut follow, &mut caught_up, &mut report).await {
             Ok(never) => match never {},
             Err(e) if e.retryable() => e,
             Err(e) => return Err(e),
@@ -181,21 +182,36 @@ async fn open_cache(dir: &std::path::Path) -> Result<Cache, Error> {
     Ok(opened.expect("opening the cache panicked")?)
 }
 
+/// One connection of [`follow`]. The first time, every target's pull is reported; after a
+/// reconnection (`caught_up`), only what changed meanwhile.
 async fn follow_once(
     config: &PullConfig,
     cache: &mut Cache,
     follow: &mut Follow,
+    caught_up: &mut bool,
     report: &mut impl FnMut(&PullEvent),
 ) -> Result<std::convert::Infallible, Error> {
     let mut conn = Connection::open(&config.server, config.token.as_deref()).await?;
     // Subscribed before the first pull, so that a change during it is not missed.
-    for scope in follow.scopes() {
-        conn.subscribe(scope).await?;
+    for scope in follow.scopes().to_vec() {
+        let missing = conn.subscribe(&scope).await?;
+        follow.subscribed(&scope, missing).map_err(|e| Error::sync(&scope, e))?;
     }
     follow.connected();
     for scope in follow.scopes() {
-        conn.follow_pull(cache, scope, config, report).await?;
+        let held = match scope {
+            Scope::Asset(asset) => cache.current(asset).map(|m| m.version()),
+            _ => None,
+        };
+        let renewal = *caught_up;
+        conn.follow_pull(cache, scope, config, &mut |event: &PullEvent| match event {
+            PullEvent::Pulled(r)
+                if renewal && Hash::from_hex(&r.version).is_ok_and(|v| !Push::is_news(held, v)) => {}
+            event => report(event),
+        })
+        .await?;
     }
+    *caught_up = true;
     loop {
         let (asset, version) = conn.change().await?;
         let held = cache.current(&asset).map(|m| m.version());

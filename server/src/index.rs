@@ -151,8 +151,18 @@ impl AssetIndex {
 
     /// Whether `asset` names a folder inside the root (for the error of a sync that named one).
     pub fn is_folder(&self, asset: &AssetPath) -> bool {
+        self.resolve(asset).is_some_and(|real| real.is_dir())
+    }
+
+    /// Whether `asset` names a file inside the root, indexed or not.
+    pub fn is_file(&self, asset: &AssetPath) -> bool {
+        self.resolve(asset).is_some_and(|real| real.is_file())
+    }
+
+    /// Where `asset` leads, through symlinks, if it exists and stays inside the root.
+    fn resolve(&self, asset: &AssetPath) -> Option<PathBuf> {
         let path = asset.components().fold(self.config.root.clone(), |p, c| p.join(c));
-        path.canonicalize().is_ok_and(|real| real.starts_with(&self.config.root) && real.is_dir())
+        path.canonicalize().ok().filter(|real| real.starts_with(&self.config.root))
     }
 
     /// The current version of `asset`, indexing it first if it is new or changed on disk.

@@ -94,6 +94,7 @@ test("a newcomer's mistakes in the page get a fast error that says what to do", 
         const message = await (async () => {
           const c = await window.assetsync.SyncClient.connect(ws, { db: "newcomer" });
           if (call === "folder") return c.sync("lib/");
+          if (call === "subscribe") return c.subscribe("lib/nope.js", () => {});
           if (call === "closed") {
             c.close();
             return c.sync("lib/hello.js");
@@ -109,6 +110,7 @@ test("a newcomer's mistakes in the page get a fast error that says what to do", 
     [`${base}/sync/`, "connect", /no assetsync endpoint at that path \(HTTP 404\)/],
     ["ws://127.0.0.1:1/sync", "connect", /nothing answers there; is the server running\?/],
     [server.ws, "folder", /"lib\/" is a folder: sync it with syncFolder\("lib\/"\)/],
+    [server.ws, "subscribe", /nothing by that name on the server: check it, or subscribe to its folder "lib\/"/],
     [server.ws, "closed", /this client is closed: make a new one with SyncClient.connect/],
   ];
   for (const [ws, call, expected] of cases) {
@@ -116,6 +118,36 @@ test("a newcomer's mistakes in the page get a fast error that says what to do", 
     assert.match(message, expected, `${ws} ${call}`);
     assert.ok(ms < 2000, `${ws} ${call} took ${ms} ms`);
   }
+  // A page served under a name the server does not allow (its files come from the server
+  // through the browser's routing, so nothing leaves the machine). With Local Network Access
+  // off, as for a server on another machine, the server refuses the page; with it on, the
+  // browser keeps the page from loopback. Both messages name the fix.
+  const refusedOrigin = /refused this page's origin \(http:\/\/app.example[;)].*start it with --allow-origin http:\/\/app.example/;
+  const fromAnotherSite = async (browser) => {
+    const foreign = await browser.newContext();
+    await foreign.route("http://app.example/**", async (route) => {
+      const url = route.request().url().replace("http://app.example", server.url);
+      await route.fulfill({ response: await route.fetch({ url }) });
+    });
+    const page = await foreign.newPage();
+    await page.goto("http://app.example/style.css");
+    const { message, ms } = await page.evaluate(async (ws) => {
+      const m = await import("/pkg/assetsync.js");
+      await m.default();
+      const started = performance.now();
+      const message = await m.SyncClient.connect(ws, { db: "newcomer" }).then(() => "connected", (e) => e.message);
+      return { message, ms: performance.now() - started };
+    }, server.ws);
+    assert.match(message, refusedOrigin);
+    assert.ok(ms < 2000, `a page of another site took ${ms} ms`);
+    await foreign.close();
+    return message;
+  };
+  assert.match(await fromAnotherSite(browser), /or the browser kept this page of another site from a local address/);
+  const withoutLocalNetworkAccess = await launchBrowser(["--disable-features=LocalNetworkAccessChecks"]);
+  assert.match(await fromAnotherSite(withoutLocalNetworkAccess), /the server answers but refused the WebSocket/);
+  await withoutLocalNetworkAccess.close();
+  assert.match(server.log(), /origin "http:\/\/app.example" may not connect \(allow it with --allow-origin http:\/\/app.example\)/);
   await server.stop();
   await context.close();
 });
@@ -287,6 +319,10 @@ test("a subscribed page reconnects by itself after a server restart and catches 
   await page.waitForFunction(() => ["js/app.js", "js/extra.js"].every((a) => window.updates.some((u) => u.asset === a && u.result)), null, { timeout: 20_000 });
   const hash = await storedHash(page, "js/app.js");
   assert.equal(hash, sha256(bundle(2)));
+  // Each change is told once: a page that runs a script per update runs it once.
+  await new Promise((r) => setTimeout(r, 1500));
+  const told = await page.evaluate(() => window.updates.map((u) => `${u.asset} ${u.version}`));
+  assert.deepEqual(told.toSorted(), [...new Set(told)].toSorted(), `updates told twice: ${told}`);
   await second.stop();
   await context.close();
 });

@@ -49,6 +49,8 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
     ws: url.replace("http", "ws") + "/sync",
     root,
     pid: child.pid,
+    /** What the server logged so far. */
+    log: () => log,
     /** Writes an asset the way build tools do: temporary file, then rename. */
     write(asset, bytes) {
       const path = join(root, asset);
@@ -129,9 +131,9 @@ export const browserArgs = [
   "--disable-sync",
 ];
 
-/** Launches headless Chromium with the flags these machines need. */
-export async function launchBrowser() {
-  return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs });
+/** Launches headless Chromium with the flags these machines need, and `extraArgs`. */
+export async function launchBrowser(extraArgs = []) {
+  return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: [...browserArgs, ...extraArgs] });
 }
 
 /** Opens a page of `server` with the WASM client loaded as `window.assetsync`. */

@@ -103,10 +103,18 @@ async fn following_a_folder_mirrors_creates_edits_deletes_and_renames() {
     server.write("dist/a.js", &random_bytes(200_000, 33));
     server.write("dist/b.js", b"b");
     let mut f = Follower::start(&server, &["dist/"]);
+    let mut files_in = Vec::new();
     loop {
-        if let PullEvent::Folder(r) = f.next().await {
-            assert_eq!(r.fetched, 2);
-            break;
+        match f.next().await {
+            PullEvent::Pulled(r) => files_in.push(r.wire_bytes_in),
+            PullEvent::Folder(r) => {
+                assert_eq!(r.fetched, ["dist/a.js", "dist/b.js"]);
+                // Each file's share of the answer, counted per message, not per socket read.
+                assert!(files_in.iter().all(|&n| n > 0), "{files_in:?}");
+                assert!(files_in.iter().sum::<u64>() < r.wire_bytes_in, "{files_in:?} {r:?}");
+                break;
+            }
+            _ => {}
         }
     }
     let root = server.root.path().join("dist");

@@ -52,6 +52,17 @@ impl Follower {
         }
     }
 
+    /// Fails the test if anything is pulled, removed or failed within `time`.
+    pub async fn quiet_for(&mut self, time: Duration) {
+        let until = tokio::time::Instant::now() + time;
+        while let Ok(event) = tokio::time::timeout_at(until, self.events.recv()).await {
+            match event.expect("follow ended") {
+                PullEvent::Disconnected { .. } | PullEvent::Folder(_) => {}
+                event => panic!("nothing changed, yet: {event:?}"),
+            }
+        }
+    }
+
     fn out(&self, asset: &str) -> Option<Vec<u8>> {
         std::fs::read(self.client.out(asset)).ok()
     }
@@ -156,6 +167,8 @@ async fn follow_reconnects_after_a_server_restart() {
             _ => {}
         }
     }
+    // Each change is reported once: a script run per `pulled` line runs once.
+    f.quiet_for(Duration::from_millis(1500)).await;
     server.stop().await;
 }
 

@@ -41,6 +41,9 @@ pub(crate) struct Client {
     pub(crate) follow: RefCell<Follow>,
     /// The page's callbacks, by scope.
     pub(crate) callbacks: RefCell<Vec<(Scope, Function)>>,
+    /// Held while a pushed change (or a reconnection's catching up) is brought in and told, so
+    /// that each delivery sees what the one before committed: one change is told once.
+    pub(crate) delivering: Mutex<()>,
     /// Set by `close`: no more reconnecting.
     pub(crate) closed: Cell<bool>,
 }
@@ -78,6 +81,7 @@ impl Client {
             token,
             follow: RefCell::default(),
             callbacks: RefCell::default(),
+            delivering: Mutex::new(()),
             closed: Cell::new(false),
         };
         Ok((client, socket?))

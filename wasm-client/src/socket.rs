@@ -182,6 +182,16 @@ async fn diagnose(url: &str, code: u16) -> String {
     }
     let answer = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str_and_init(&http, &init)).await;
     let Ok(response) = answer.and_then(|r| r.dyn_into::<web_sys::Response>()) else {
+        let page_host = window.location().hostname().unwrap_or_default();
+        if is_loopback(host_of(url)) && !is_loopback(page_host.trim_matches(['[', ']'])) {
+            // Browsers keep a page of another site from local addresses (unless the user allows
+            // it), the probe included, so it cannot tell these apart.
+            return format!(
+                "{failed}: nothing answers there, or the server refused this page's origin ({origin}; \
+                 start it with --allow-origin {origin}, its log says so), or the browser kept this page \
+                 of another site from a local address"
+            );
+        }
         return format!("{failed}: nothing answers there; is the server running?");
     };
     match response.status() {
@@ -198,6 +208,20 @@ async fn diagnose(url: &str, code: u16) -> String {
              page's origin ({origin}): start it with --allow-origin {origin} (its log says why)"
         ),
     }
+}
+
+/// The host of `url` (`ws://HOST:PORT/...`, an IPv6 address in brackets).
+fn host_of(url: &str) -> &str {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    }
+}
+
+/// Whether `host` names this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host == "::1" || host.starts_with("127.")
 }
 
 /// A JS exception as text: `name: message` for an `Error` or `DOMException`, else the value

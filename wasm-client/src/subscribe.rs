@@ -48,13 +48,16 @@ impl Client {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let fail = |why: String| js_error(why);
+        let refused = |why: &dyn std::fmt::Display| {
+            js_error(format!("cannot subscribe to {:?}: {why}", scope.to_string()))
+        };
         self.send(socket, &ClientMessage::Subscribe { id, path: scope.to_string() }).map_err(fail)?;
         match next(socket).await.map_err(fail)? {
             Incoming::Message(message, _) => match message {
-                ServerMessage::Subscribed { id: got } if got == id => Ok(()),
-                ServerMessage::Error { message, .. } => {
-                    Err(js_error(format!("cannot subscribe to {:?}: {message}", scope.to_string())))
+                ServerMessage::Subscribed { id: got, missing } if got == id => {
+                    self.follow.borrow_mut().subscribed(scope, missing).map_err(|e| refused(&e))
                 }
+                ServerMessage::Error { message, .. } => Err(refused(&message)),
                 other => Err(js_error(format!("unexpected `{}` answer to subscribe", other.kind()))),
             },
             _ => Err(js_error("unexpected binary frame in answer to subscribe")),
@@ -81,6 +84,7 @@ impl Client {
         if !self.follow.borrow().covers(&asset) {
             return;
         }
+        let _one_at_a_time = self.delivering.lock().await;
         let before = self.store.current(&asset).await.ok().flatten().map(|m| m.version());
         let push = match pushed {
             Some(version) => Push::decide(asset.clone(), version, before),
@@ -96,7 +100,7 @@ impl Client {
                 self.notify(&asset, Update::Removed(error));
             }
             Some(Push::Sync(asset)) => match self.sync(asset.as_str().to_owned(), None).await {
-                Ok(result) if before == Some(result.version) => {}
+                Ok(result) if !Push::is_news(before, result.version) => {}
                 Ok(result) => self.notify(&asset, Update::Synced(result)),
                 Err(e) => self.notify(&asset, Update::Failed(pushed.flatten(), e)),
             },
@@ -142,6 +146,7 @@ impl Client {
             match scope {
                 Scope::Asset(asset) => self.deliver(asset, None).await,
                 folder => {
+                    let _one_at_a_time = self.delivering.lock().await;
                     let outcome = self.sync_folder(&folder).await?;
                     for result in outcome.fetched {
                         self.notify(&result.asset.clone(), Update::Synced(result));

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::FIRST_BACKOFF_MS;
+use super::{ClientError, FIRST_BACKOFF_MS};
 use crate::{AssetPath, Scope, VersionId};
 
 /// Longest wait between the reconnection attempts of a subscribed client.
@@ -30,6 +30,13 @@ impl Push {
             None if held.is_some() => Some(Push::Remove(asset)),
             None => None,
         }
+    }
+
+    /// Whether a sync made for a subscription (after a push, or to catch up after a
+    /// reconnection) is news to tell the subscriber: only a version it did not hold before is,
+    /// so that a page running a script per update runs it once per change.
+    pub fn is_news(held_before: Option<VersionId>, synced: VersionId) -> bool {
+        held_before != Some(synced)
     }
 }
 
@@ -67,12 +74,14 @@ impl Pushes {
 #[derive(Debug)]
 pub struct Follow {
     scopes: Vec<Scope>,
+    /// Those the server has not confirmed yet.
+    unconfirmed: Vec<Scope>,
     backoff_ms: u32,
 }
 
 impl Default for Follow {
     fn default() -> Self {
-        Follow { scopes: Vec::new(), backoff_ms: FIRST_BACKOFF_MS }
+        Follow { scopes: Vec::new(), unconfirmed: Vec::new(), backoff_ms: FIRST_BACKOFF_MS }
     }
 }
 
@@ -86,11 +95,13 @@ impl Follow {
         follow
     }
 
-    /// Adds a subscription; false if it was there already.
+    /// Adds a subscription, to be confirmed by [`Follow::subscribed`]; false if it was there
+    /// already.
     pub fn add(&mut self, scope: Scope) -> bool {
         let new = !self.scopes.contains(&scope);
         if new {
-            self.scopes.push(scope);
+            self.scopes.push(scope.clone());
+            self.unconfirmed.push(scope);
         }
         new
     }
@@ -98,6 +109,29 @@ impl Follow {
     /// Drops a subscription (one the server refused, say).
     pub fn remove(&mut self, scope: &Scope) {
         self.scopes.retain(|s| s != scope);
+        self.unconfirmed.retain(|s| s != scope);
+    }
+
+    /// The server answered a subscription to `scope` with `subscribed`, `missing` when nothing
+    /// is inside it there now. The first time, that is a mistyped name far more often than a
+    /// file yet to come, and waiting in silence would hide it: the subscription is dropped, with
+    /// an error that names the scope to follow instead. Once confirmed, a subscription stands
+    /// (on renewals after a reconnection its files may be gone for a while).
+    pub fn subscribed(&mut self, scope: &Scope, missing: bool) -> Result<(), ClientError> {
+        let first = self.unconfirmed.contains(scope);
+        self.unconfirmed.retain(|s| s != scope);
+        if !(first && missing) {
+            return Ok(());
+        }
+        self.remove(scope);
+        let name = match scope {
+            Scope::All => "",
+            Scope::Folder(path) | Scope::Asset(path) => path.as_str(),
+        };
+        Err(ClientError::Missing(match name.rsplit_once('/') {
+            Some((parent, _)) => format!("its folder \"{parent}/\""),
+            None => "\"\" (every asset)".to_owned(),
+        }))
     }
 
     /// The subscriptions, each once, in the order they were made. After a reconnection each is
@@ -160,5 +194,20 @@ mod tests {
         assert_eq!(waits[9], MAX_FOLLOW_BACKOFF_MS);
         follow.connected();
         assert_eq!(follow.lost(), FIRST_BACKOFF_MS);
+    }
+
+    #[test]
+    fn a_first_subscription_to_nothing_is_dropped_with_a_hint_and_a_renewal_stands() {
+        let (app, lib) = (Scope::new("lib/app.js").unwrap(), Scope::new("lib/").unwrap());
+        let mut follow = Follow::new([app.clone(), lib.clone()]);
+        let refused = follow.subscribed(&app, true).unwrap_err().to_string();
+        assert!(refused.contains(r#"subscribe to its folder "lib/""#), "{refused}");
+        assert_eq!(follow.scopes(), std::slice::from_ref(&lib));
+        follow.subscribed(&lib, false).unwrap();
+        follow.subscribed(&lib, true).expect("a confirmed subscription stands while its files are gone");
+        assert_eq!(follow.scopes(), std::slice::from_ref(&lib));
+        let mut follow = Follow::new([lib.clone()]);
+        let refused = follow.subscribed(&lib, true).unwrap_err().to_string();
+        assert!(refused.contains(r#"subscribe to "" (every asset)"#), "{refused}");
     }
 }

@@ -217,6 +217,10 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// A subscription just asked for names nothing on the server (see
+    /// [`Follow::subscribed`]); the text says what to subscribe to instead.
+    #[error("nothing by that name on the server: check it, or subscribe to {0} to hear when it is created")]
+    Missing(String),
     /// Every request's data failed verification (or the server kept answering about versions
     /// it forgot).
     #[error("giving up after {requests} requests: {last}")]

@@ -118,6 +118,10 @@ pub enum ServerMessage {
     Subscribed {
         /// The request id.
         id: u32,
+        /// Nothing on the server is inside the subscription now (a mistyped name, or a file
+        /// not created yet): it stands all the same, and what is created there is announced.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        missing: bool,
     },
     /// Pushed to subscribers, between answers, when an asset changed on the server and has
     /// been indexed: the client syncs it as usual.
@@ -159,6 +163,8 @@ struct WireServerMessage {
     #[serde(default)]
     dict: bool,
     files: Option<Vec<FolderEntry>>,
+    #[serde(default)]
+    missing: bool,
     code: Option<ErrorCode>,
     message: Option<String>,
 }
@@ -191,7 +197,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
             }),
             "unknown_base" => ServerMessage::UnknownBase { id: need(w.id, "id")? },
             "folder" => ServerMessage::Folder { id: need(w.id, "id")?, files: need(w.files, "files")? },
-            "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")? },
+            "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
             "error" => ServerMessage::Error {
                 id: w.id,

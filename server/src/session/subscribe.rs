@@ -63,8 +63,18 @@ pub(super) async fn subscribe(
         let message = format!("more than {MAX_SUBSCRIPTIONS} subscriptions on one connection");
         return send_json(socket, &refuse(id, ErrorCode::TooLarge, message)).await;
     }
-    tracing::debug!(%scope, "subscribed");
+    let missing = match &scope {
+        Scope::All => false,
+        Scope::Folder(folder) => !state.index.is_folder(folder),
+        Scope::Asset(asset) if state.index.is_folder(asset) => {
+            let message =
+                format!("{asset:?} is a folder, not a file: subscribe to it as a folder, \"{asset}/\"");
+            return send_json(socket, &refuse(id, ErrorCode::UnknownAsset, message)).await;
+        }
+        Scope::Asset(asset) => !state.index.is_file(asset),
+    };
+    tracing::debug!(%scope, missing, "subscribed");
     state.hub.add(&scope);
     subscriptions.scopes.push(scope);
-    send_json(socket, &ServerMessage::Subscribed { id }).await
+    send_json(socket, &ServerMessage::Subscribed { id, missing }).await
 }
