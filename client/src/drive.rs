@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
+    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
 };
 use assetsync_protocol::{AssetPath, Hash, Manifest, Scope};
 
@@ -102,7 +102,9 @@ impl Connection {
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<Option<Vec<u8>>, Stop> {
-        let mut local = Local { cache, config, unchanged: None, file_started: Instant::now() };
+        let now = Instant::now();
+        let progress = ProgressGate::default();
+        let mut local = Local { cache, config, unchanged: None, started: now, file_started: now, progress };
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
@@ -150,7 +152,9 @@ struct Local<'a> {
     config: &'a PullConfig,
     /// The file of an asset found unchanged, as read back.
     unchanged: Option<Vec<u8>>,
+    started: Instant,
     file_started: Instant,
+    progress: ProgressGate,
 }
 
 impl Local<'_> {
@@ -198,7 +202,10 @@ impl Local<'_> {
                 return Ok(None);
             }
             Action::Progress { asset, received, total } => {
-                report(&PullEvent::Progress { asset: asset.to_string(), received, total });
+                let now_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+                if self.progress.due(&asset, received, total, now_ms) {
+                    report(&PullEvent::Progress { asset: asset.to_string(), received, total });
+                }
                 return Ok(None);
             }
             // This driver leaves hashing to the machine, and the chunk cache keeps the chunks

@@ -37,8 +37,8 @@ pub use hash::Hash;
 pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
 pub use message::{
-    ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    ServerMessage, Update,
+    BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, ServerMessage, Update,
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{

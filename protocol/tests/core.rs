@@ -204,6 +204,21 @@ impl Client {
     }
 }
 
+/// Plain chunk frames as one batch, as a server with zstd sends them: their indices, the zstd
+/// frame (stored uncompressed: the tests are about framing and prefixes), and the raw length.
+fn one_batch(frames: &[Vec<u8>]) -> (Vec<u32>, Vec<u8>, usize) {
+    let mut indices = Vec::new();
+    let mut raw = Vec::new();
+    for f in frames {
+        let Ok(ChunkFrame::Chunk { index, bytes, .. }) = ChunkFrame::decode(f) else { panic!() };
+        indices.push(index);
+        raw.extend_from_slice(bytes);
+    }
+    let compressed =
+        ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Uncompressed);
+    (indices, compressed, raw.len())
+}
+
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed;
     (0..len)
@@ -339,18 +354,9 @@ fn chunks_reused_from_a_prefix_read_from_the_store_are_not_read_again() {
             ClientSync::new(1, AssetPath::new("app.js").unwrap(), base, vec![], ChunkSet::default());
         let (reply, frames) = server.answer(&msg);
         let ServerMessage::Update(mut update) = reply else { panic!("expected an update") };
-        // The same answer as one batch compressed "against" v1, as a server with zstd sends it
-        // (stored uncompressed here: decoding with a prefix is what this test is about).
+        // The same answer as one batch compressed "against" v1, as a server with zstd sends it.
         update.dict = true;
-        let mut indices = Vec::new();
-        let mut raw = Vec::new();
-        for f in &frames {
-            let Ok(ChunkFrame::Chunk { index, bytes, .. }) = ChunkFrame::decode(f) else { panic!() };
-            indices.push(index);
-            raw.extend_from_slice(bytes);
-        }
-        let level = ruzstd::encoding::CompressionLevel::Uncompressed;
-        let compressed = ruzstd::encoding::compress_to_vec(&raw[..], level);
+        let (indices, compressed, _) = one_batch(&frames);
         machine.on_message(ServerMessage::Update(update)).unwrap();
         assert_eq!(
             machine.wanted_prefix().map(Manifest::version),
@@ -410,4 +416,49 @@ fn chunks_hashed_by_the_driver_are_checked_like_any_other() {
         machine.on_frame(f).unwrap();
     }
     assert!(matches!(machine.finish(Vec::new()), Err(Error::Protocol(_))));
+}
+
+/// A batch too large for one WebSocket message arrives in parts (protocol 3): each part gives
+/// progress, the parts join into the same verified file, and a part out of place (another frame
+/// inside the batch, bytes past its announced length) is refused.
+#[test]
+fn a_batch_in_parts_reports_progress_per_part_and_rebuilds_the_same_file() {
+    let data = pseudo_random(400_000, 9);
+    let server = Server::new(data.clone());
+    let start = || {
+        let (mut machine, msg) =
+            ClientSync::new(1, AssetPath::new("app.js").unwrap(), None, vec![], ChunkSet::default());
+        let (reply, frames) = server.answer(&msg);
+        let (indices, compressed, raw) = one_batch(&frames);
+        assert_eq!(machine.on_message(reply).unwrap(), Event::Progress { received: 0, total: raw as u64 });
+        (machine, ChunkFrame::batch(1, indices, &compressed, true))
+    };
+
+    let (mut machine, parts) = start();
+    assert!(parts.len() >= 6, "{} parts", parts.len());
+    let mut seen = Vec::new();
+    for part in &parts {
+        match machine.on_frame(part).unwrap() {
+            Event::Progress { received, total } => seen.push((received, total)),
+            Event::Complete => seen.push((data.len() as u64, data.len() as u64)),
+        }
+    }
+    assert_eq!(seen.len(), parts.len());
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "progress rises with every part: {seen:?}");
+    assert_eq!(seen.last(), Some(&(data.len() as u64, data.len() as u64)));
+    assert_eq!(machine.finish(Vec::new()).unwrap().data, data);
+
+    let (mut machine, parts) = start();
+    machine.on_frame(&parts[0]).unwrap();
+    let interloper = ChunkFrame::Chunk { id: 1, index: 0, bytes: b"x" }.encode();
+    assert!(matches!(machine.on_frame(&interloper), Err(Error::BadFrame(_))));
+    let (mut machine, parts) = start();
+    assert!(matches!(machine.on_frame(&parts[1]), Err(Error::BadFrame(_))), "a part without its start");
+    let (mut machine, parts) = start();
+    for part in &parts[..parts.len() - 1] {
+        machine.on_frame(part).unwrap();
+    }
+    let mut long = parts.last().unwrap().clone();
+    long.extend_from_slice(b"more");
+    assert!(matches!(machine.on_frame(&long), Err(Error::BadFrame(_))), "past the announced length");
 }

@@ -355,6 +355,27 @@ test("syncFolder fetches a folder in one request and mirrors deletions", async (
   await context.close();
 });
 
+test("on a slow link, sync progress comes every 64 KiB of the wire and rises to the total", async () => {
+  const server = await startServer();
+  server.write("three.js", realBundle());
+  const proxy = await cuttingProxy(server, [], { pace: 256 * 1024 });
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const { seen, wire } = await page.evaluate(async (ws) => {
+    const client = await window.assetsync.SyncClient.connect(ws, { db: "slow" });
+    const seen = [];
+    const result = await client.sync("three.js", (p) => seen.push([p.receivedBytes, p.totalBytes]));
+    return { seen, wire: result.stats.wireBytesIn };
+  }, proxy.ws);
+  const total = realBundle().length;
+  assert.ok(seen.every(([r], i) => i === 0 || r > seen[i - 1][0]), `progress must rise: ${seen}`);
+  assert.deepEqual(seen.at(-1), [total, total]);
+  assert.ok(seen.length >= Math.floor(wire / 65536), `${seen.length} reports for ${wire} bytes: ${seen}`);
+  await proxy.close();
+  await server.stop();
+  await context.close();
+});
+
 test("a transfer cut mid-way resumes: the chunks that arrived are kept and not fetched again", async (t) => {
   // Uncompressed, so that every chunk travels in its own frame and the byte counts are exact.
   const server = await startServer({ extraArgs: ["--no-compress"] });

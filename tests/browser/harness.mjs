@@ -71,9 +71,10 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
  * A TCP proxy on 127.0.0.1 in front of `server` that cuts connection i after the server has
  * sent `cuts[i]` bytes through it (later connections pass untouched): a network that drops
  * mid-transfer. With `stall`, it holds the rest back instead, leaving the connection open: a
- * transfer that hangs. `ws` is the WebSocket URL through it; `connections` counts connections.
+ * transfer that hangs. With `pace`, it forwards that many bytes per second: a slow link. `ws` is
+ * the WebSocket URL through it; `connections` counts connections.
  */
-export async function cuttingProxy(server, cuts, { stall = false } = {}) {
+export async function cuttingProxy(server, cuts, { stall = false, pace = 0 } = {}) {
   const target = new URL(server.url);
   const remaining = [...cuts];
   const proxy = {
@@ -102,6 +103,10 @@ export async function cuttingProxy(server, cuts, { stall = false } = {}) {
       if (passed + d.length < limit) {
         passed += d.length;
         client.write(d);
+        if (pace) {
+          upstream.pause();
+          setTimeout(() => upstream.resume(), (d.length / pace) * 1000);
+        }
         return;
       }
       // The bytes up to the cut arrive; then the connection ends without a WebSocket close.

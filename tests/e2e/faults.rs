@@ -21,6 +21,8 @@ enum Fault {
     FlipAt(usize),
     /// Flip one bit of every byte at this period, from this offset on.
     FlipEvery(usize, usize),
+    /// Forward this many bytes per second: a slow link.
+    Pace(usize),
 }
 
 /// A proxy to `server`: each new connection takes the next planned fault (none when the plan
@@ -125,6 +127,9 @@ async fn relay(
         if client_write.write_all(chunk).await.is_err() {
             break;
         }
+        if let Some(Fault::Pace(per_sec)) = fault {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / per_sec as f64)).await;
+        }
         count.fetch_add(n as u64, Ordering::Relaxed);
         forwarded = end;
     }
@@ -159,6 +164,32 @@ async fn a_transfer_cut_anywhere_resumes_without_fetching_again_what_arrived() {
         assert!(bound < data.len() as u64 + 300_000, "the bound must fail a client that starts over");
         assert!(wire < bound, "cut after {cut} bytes: {wire} bytes in all for a {} byte file", data.len());
     }
+    server.stop().await;
+}
+
+/// On a slow link (512 KiB/s), a cold sync of a real 1.2 MB bundle reports progress as its
+/// compressed batches arrive in parts: at least once per 64 KiB of the wire, rising each time,
+/// not only when a whole batch is in.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_comes_every_64_kib_on_a_slow_link() {
+    let server = TestServer::start().await;
+    let bundle = crate::util::real_bundle();
+    server.write("three.js", &bundle);
+    let proxy = Proxy::start(&server, vec![Fault::Pace(512 << 10)]).await;
+    let client = TestClient::new();
+    let mut seen = Vec::new();
+    let targets = [assetsync_protocol::Scope::new("three.js").unwrap()];
+    let reports = assetsync::pull::pull(&client.config(proxy.url()), &targets, |e| {
+        if let assetsync::pull::PullEvent::Progress { received, total, .. } = e {
+            seen.push((*received, *total));
+        }
+    })
+    .await
+    .unwrap();
+    let wire = reports[0].wire_bytes_in;
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(bundle.len() as u64, bundle.len() as u64)));
+    assert!(seen.len() as u64 >= wire / (64 << 10), "{} reports for {wire} bytes: {seen:?}", seen.len());
     server.stop().await;
 }
 

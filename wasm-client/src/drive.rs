@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use assetsync_protocol::Manifest;
-use assetsync_protocol::engine::{Action, ClientError, Fetched, Finished, Input, Machine};
+use assetsync_protocol::engine::{Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
 
@@ -54,6 +54,7 @@ struct Run<'a> {
     /// The committed file of the asset's current version, for a prefetch.
     base_file: Option<web_sys::Blob>,
     on_progress: Option<&'a Function>,
+    progress: ProgressGate,
     /// Why the connection was last lost.
     last_loss: String,
 }
@@ -70,8 +71,15 @@ impl Client {
         base_file: Option<web_sys::Blob>,
         on_progress: Option<&Function>,
     ) -> Result<Driven, Stopped> {
-        let mut run =
-            Run { driven: Driven::default(), target, base_file, on_progress, last_loss: String::new() };
+        let progress = ProgressGate::default();
+        let mut run = Run {
+            driven: Driven::default(),
+            target,
+            base_file,
+            on_progress,
+            progress,
+            last_loss: String::new(),
+        };
         let mut hasher = ChunkHasher::default();
         let mut file_started = now_ms();
         loop {
@@ -207,8 +215,10 @@ impl Client {
                 self.prefetch(&base, run.base_file.take());
                 return Ok(None);
             }
-            Action::Progress { received, total, .. } => {
-                report_progress(run.on_progress, received, total);
+            Action::Progress { asset, received, total } => {
+                if run.progress.due(&asset, received, total, now_ms()) {
+                    report_progress(run.on_progress, received, total);
+                }
                 return Ok(None);
             }
             // The socket routes pushes to the subscription listener; one that reaches an answer

@@ -48,7 +48,11 @@ export interface ConnectOptions {
   /** The server's shared secret, for a server started with `--token-file`. */
   token?: string;
 }
-/** Passed to the `sync` progress callback as chunk bytes arrive. */
+/**
+ * Passed to the `sync` progress callback as chunk bytes arrive: at the start, at least every
+ * 64 KiB or 50 ms of the transfer (whichever is later), and at the end. Within a compressed
+ * batch, `receivedBytes` counts its chunks in proportion to its compressed bytes received.
+ */
 export interface SyncProgress {
   receivedBytes: number;
   totalBytes: number;

@@ -19,6 +19,7 @@
 
 mod rebuild;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 pub use rebuild::{Assembled, Synced};
@@ -61,6 +62,27 @@ enum Prefix {
     Unavailable,
 }
 
+/// A batch arriving in parts (`BatchStart`, then `BatchMore` frames).
+#[derive(Debug)]
+struct Partial {
+    /// The manifest positions of its chunks, checked.
+    indices: Vec<u32>,
+    /// Their bytes.
+    raw: u64,
+    /// The length of its zstd frame.
+    len: usize,
+    /// The part of the zstd frame received so far.
+    data: Vec<u8>,
+}
+
+impl Partial {
+    /// Progress so far, the chunks of this batch counted in proportion to its part received.
+    fn progress(&self, received: u64, total: u64) -> Event {
+        let part = (self.raw as u128 * self.data.len() as u128 / self.len as u128) as u64;
+        Event::Progress { received: received + part, total }
+    }
+}
+
 /// The event after a frame: done (or the deferred error) once every announced chunk arrived.
 fn progress(
     arrived: usize,
@@ -96,6 +118,8 @@ enum State {
         unhashed: Vec<(u32, Vec<u8>)>,
         /// The version batch frames were compressed against, and its file once provided.
         dict: Option<(VersionId, Prefix)>,
+        /// The batch being received in parts, if any.
+        partial: Option<Partial>,
         /// The first chunk that failed verification. Later frames are still read (they are on
         /// the wire already), and the error is reported when the answer is complete.
         bad: Option<Error>,
@@ -252,6 +276,7 @@ impl ClientSync {
             received: HashMap::new(),
             unhashed: Vec::new(),
             dict: dict.map(|v| (v, Prefix::Wanted)),
+            partial: None,
             bad: None,
         };
         Ok(if expected == 0 { Event::Complete } else { Event::Progress { received: 0, total } })
@@ -294,18 +319,8 @@ impl ClientSync {
     /// [`Error::FileMismatch`] once the whole answer is read.
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
         let id = self.id;
-        let State::Receiving {
-            manifest,
-            sent,
-            total,
-            received_bytes,
-            positions,
-            received,
-            unhashed,
-            dict,
-            bad,
-            ..
-        } = &mut self.state
+        let State::Receiving { manifest, sent, total, received_bytes, positions, dict, partial, bad, .. } =
+            &mut self.state
         else {
             return Err(Error::BadFrame("chunk frame before the manifest"));
         };
@@ -319,41 +334,94 @@ impl ClientSync {
             Ok(index)
         };
         let len_of = |index: u32| manifest.chunks[index as usize].len as usize;
-        let chunks: Vec<(u32, Vec<u8>)> = match ChunkFrame::decode(frame)? {
-            ChunkFrame::Chunk { id: frame_id, .. } | ChunkFrame::Batch { id: frame_id, .. }
-                if frame_id != id =>
-            {
-                return Err(Error::BadFrame("chunk frame for another request"));
+        let frame = ChunkFrame::decode(frame)?;
+        if frame.id() != id {
+            return Err(Error::BadFrame("chunk frame for another request"));
+        }
+        if partial.is_some() != matches!(frame, ChunkFrame::BatchMore { .. }) {
+            return Err(Error::BadFrame("a batch in parts interrupted, or a part without its start"));
+        }
+        // A plain chunk, or a whole zstd frame with the chunks it holds.
+        let (indices, compressed): (Vec<u32>, Cow<[u8]>) = match frame {
+            ChunkFrame::Chunk { index, bytes, .. } => {
+                let chunk = (check_index(index)?, bytes.to_vec());
+                return self.take_chunks(vec![chunk]);
             }
-            ChunkFrame::Chunk { index, bytes, .. } => vec![(check_index(index)?, bytes.to_vec())],
             ChunkFrame::Batch { indices, compressed, .. } => {
-                let indices = indices.into_iter().map(&mut check_index).collect::<Result<Vec<_>, _>>()?;
-                let len: usize = indices.iter().map(|&i| len_of(i)).sum();
-                let prefix = match dict {
-                    None => None,
-                    Some((_, Prefix::Ready { file, .. })) => Some(file.as_slice()),
-                    Some((_, Prefix::Wanted)) => {
-                        return Err(Error::Protocol("compressed frame before set_prefix".into()));
-                    }
-                    Some((_, Prefix::Unavailable)) => {
-                        // Counted, not decoded: the answer ends in the error set_prefix recorded.
-                        *received_bytes += len as u64;
-                        return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
-                    }
-                };
-                let data = crate::compress::decompress(compressed, prefix, len)?;
-                if data.len() != len {
-                    return Err(Error::BadFrame("compressed batch decodes to less than it announced"));
-                }
-                let mut at = 0;
-                indices
-                    .into_iter()
-                    .map(|i| {
-                        at += len_of(i);
-                        (i, data[at - len_of(i)..at].to_vec())
-                    })
-                    .collect()
+                (indices.into_iter().map(&mut check_index).collect::<Result<_, _>>()?, compressed.into())
             }
+            ChunkFrame::BatchStart { indices, len, compressed, .. } => {
+                let indices: Vec<u32> =
+                    indices.into_iter().map(&mut check_index).collect::<Result<_, _>>()?;
+                let raw: usize = indices.iter().map(|&i| len_of(i)).sum();
+                // Over zstd's own bound for `raw` bytes (rounded up), or not in parts at all.
+                if len as usize > raw + raw / 128 + 1024 || compressed.len() >= len as usize {
+                    return Err(Error::BadFrame("batch start announces a length its chunks cannot have"));
+                }
+                let batch =
+                    Partial { indices, raw: raw as u64, len: len as usize, data: compressed.to_vec() };
+                let event = batch.progress(*received_bytes, *total);
+                *partial = Some(batch);
+                return Ok(event);
+            }
+            ChunkFrame::BatchMore { compressed, .. } => {
+                let batch = partial.as_mut().expect("checked above");
+                batch.data.extend_from_slice(compressed);
+                if batch.data.len() > batch.len {
+                    return Err(Error::BadFrame("batch part beyond the length its start announced"));
+                }
+                if batch.data.len() < batch.len {
+                    return Ok(batch.progress(*received_bytes, *total));
+                }
+                let batch = partial.take().expect("checked above");
+                (batch.indices, batch.data.into())
+            }
+        };
+        let len: usize = indices.iter().map(|&i| len_of(i)).sum();
+        let prefix = match dict {
+            None => None,
+            Some((_, Prefix::Ready { file, .. })) => Some(file.as_slice()),
+            Some((_, Prefix::Wanted)) => {
+                return Err(Error::Protocol("compressed frame before set_prefix".into()));
+            }
+            Some((_, Prefix::Unavailable)) => {
+                // Counted, not decoded: the answer ends in the error set_prefix recorded.
+                *received_bytes += len as u64;
+                return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
+            }
+        };
+        let data = crate::compress::decompress(&compressed, prefix, len)?;
+        if data.len() != len {
+            return Err(Error::BadFrame("compressed batch decodes to less than it announced"));
+        }
+        let mut at = 0;
+        let chunks = indices
+            .into_iter()
+            .map(|i| {
+                at += len_of(i);
+                (i, data[at - len_of(i)..at].to_vec())
+            })
+            .collect();
+        self.take_chunks(chunks)
+    }
+
+    /// Keeps the chunks of one frame (hashing them, or leaving that to the driver); the event
+    /// after it.
+    fn take_chunks(&mut self, chunks: Vec<(u32, Vec<u8>)>) -> Result<Event, Error> {
+        let driver_hashes = self.driver_hashes;
+        let State::Receiving {
+            manifest,
+            sent,
+            total,
+            received_bytes,
+            positions,
+            received,
+            unhashed,
+            bad,
+            ..
+        } = &mut self.state
+        else {
+            unreachable!("frames are taken while receiving")
         };
         for (index, bytes) in chunks {
             *received_bytes += bytes.len() as u64;
@@ -363,7 +431,7 @@ impl ClientSync {
                 continue;
             }
             // The id comes from the bytes; the version check in `Assembled::verify` covers it.
-            if self.driver_hashes {
+            if driver_hashes {
                 unhashed.push((index, bytes));
                 continue;
             }

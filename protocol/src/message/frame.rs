@@ -4,6 +4,12 @@ use crate::Error;
 
 const KIND_CHUNK: u8 = 1;
 const KIND_BATCH: u8 = 2;
+const KIND_BATCH_START: u8 = 3;
+const KIND_BATCH_MORE: u8 = 4;
+
+/// The most zstd bytes a server puts in one frame of a batch sent in parts (protocol 3): a
+/// client sees a WebSocket message, and can report progress, at least this often.
+pub const BATCH_PART: usize = 64 << 10;
 
 /// A binary frame from the server: chunk bytes, never JSON.
 ///
@@ -11,6 +17,10 @@ const KIND_BATCH: u8 = 2;
 /// - `Batch`: `[2u8][request id: u32 LE][count: u32 LE][count manifest indices: u32 LE][zstd frame]`;
 ///   the zstd frame decodes to the listed chunks' bytes back to back, compressed with the base
 ///   version's file as prefix when the `update` says `dict`.
+/// - `BatchStart` (protocol 3): `[3u8][request id][count][indices][zstd frame length: u32 LE]`
+///   `[its first bytes]`, a batch whose zstd frame is split into parts of at most
+///   [`BATCH_PART`] bytes; `BatchMore`: `[4u8][request id][the next bytes]`, until the announced
+///   length is reached. No other frame comes in between.
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,32 +43,91 @@ pub enum ChunkFrame<'a> {
         /// The zstd frame.
         compressed: &'a [u8],
     },
+    /// The first part of a batch sent in parts.
+    BatchStart {
+        /// The request these chunks answer.
+        id: u32,
+        /// Their positions in the new manifest, in the order they were concatenated.
+        indices: Vec<u32>,
+        /// The length of the whole zstd frame.
+        len: u32,
+        /// Its first bytes.
+        compressed: &'a [u8],
+    },
+    /// The next part of the batch being received.
+    BatchMore {
+        /// The request these chunks answer.
+        id: u32,
+        /// The next bytes of the zstd frame.
+        compressed: &'a [u8],
+    },
 }
 
 impl<'a> ChunkFrame<'a> {
+    /// The frames of one batch: a single `Batch`, or, when `parts` (the peer speaks protocol 3)
+    /// and its zstd frame is over [`BATCH_PART`] bytes, a `BatchStart` and `BatchMore` frames.
+    pub fn batch(id: u32, indices: Vec<u32>, compressed: &[u8], parts: bool) -> Vec<Vec<u8>> {
+        if !parts || compressed.len() <= BATCH_PART {
+            return vec![ChunkFrame::Batch { id, indices, compressed }.encode()];
+        }
+        let mut pieces = compressed.chunks(BATCH_PART);
+        let first = pieces.next().expect("over BATCH_PART bytes");
+        let len = u32::try_from(compressed.len()).expect("a batch is far below 4 GiB");
+        let start = ChunkFrame::BatchStart { id, indices, len, compressed: first }.encode();
+        std::iter::once(start)
+            .chain(pieces.map(|piece| ChunkFrame::BatchMore { id, compressed: piece }.encode()))
+            .collect()
+    }
+
+    /// The request the frame answers.
+    pub fn id(&self) -> u32 {
+        match self {
+            ChunkFrame::Chunk { id, .. }
+            | ChunkFrame::Batch { id, .. }
+            | ChunkFrame::BatchStart { id, .. }
+            | ChunkFrame::BatchMore { id, .. } => *id,
+        }
+    }
+
     /// Serialises the frame.
     pub fn encode(&self) -> Vec<u8> {
-        match self {
-            ChunkFrame::Chunk { id, index, bytes } => {
-                let mut out = Vec::with_capacity(9 + bytes.len());
-                out.push(KIND_CHUNK);
-                out.extend_from_slice(&id.to_le_bytes());
+        let header = |kind: u8, id: &u32, extra: usize| {
+            let mut out = Vec::with_capacity(5 + extra);
+            out.push(kind);
+            out.extend_from_slice(&id.to_le_bytes());
+            out
+        };
+        let with_indices = |kind: u8, id: &u32, indices: &[u32], extra: usize| {
+            let mut out = header(kind, id, 4 + 4 * indices.len() + extra);
+            out.extend_from_slice(&(indices.len() as u32).to_le_bytes());
+            for index in indices {
                 out.extend_from_slice(&index.to_le_bytes());
-                out.extend_from_slice(bytes);
+            }
+            out
+        };
+        let mut out = match self {
+            ChunkFrame::Chunk { id, index, bytes } => {
+                let mut out = header(KIND_CHUNK, id, 4 + bytes.len());
+                out.extend_from_slice(&index.to_le_bytes());
                 out
             }
             ChunkFrame::Batch { id, indices, compressed } => {
-                let mut out = Vec::with_capacity(9 + 4 * indices.len() + compressed.len());
-                out.push(KIND_BATCH);
-                out.extend_from_slice(&id.to_le_bytes());
-                out.extend_from_slice(&(indices.len() as u32).to_le_bytes());
-                for index in indices {
-                    out.extend_from_slice(&index.to_le_bytes());
-                }
-                out.extend_from_slice(compressed);
+                with_indices(KIND_BATCH, id, indices, compressed.len())
+            }
+            ChunkFrame::BatchStart { id, indices, len, compressed } => {
+                let mut out = with_indices(KIND_BATCH_START, id, indices, 4 + compressed.len());
+                out.extend_from_slice(&len.to_le_bytes());
                 out
             }
-        }
+            ChunkFrame::BatchMore { id, compressed } => header(KIND_BATCH_MORE, id, compressed.len()),
+        };
+        out.extend_from_slice(match self {
+            ChunkFrame::Chunk { bytes, .. } => bytes,
+            ChunkFrame::Batch { compressed, .. }
+            | ChunkFrame::BatchStart { compressed, .. }
+            | ChunkFrame::BatchMore { compressed, .. } => compressed,
+        });
+        out
     }
 
     /// Parses a frame, borrowing its payload.
@@ -67,18 +136,27 @@ impl<'a> ChunkFrame<'a> {
             let bytes = frame.get(at..at + 4).ok_or(Error::BadFrame("truncated frame header"))?;
             Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
         };
+        let indices = || -> Result<(Vec<u32>, usize), Error> {
+            let count = word(5)? as usize;
+            let end = count
+                .checked_mul(4)
+                .and_then(|n| n.checked_add(9))
+                .filter(|&end| end <= frame.len())
+                .ok_or(Error::BadFrame("batch frame shorter than its index list"))?;
+            Ok(((0..count).map(|i| word(9 + 4 * i)).collect::<Result<_, _>>()?, end))
+        };
         match frame.first() {
             Some(&KIND_CHUNK) => Ok(ChunkFrame::Chunk { id: word(1)?, index: word(5)?, bytes: &frame[9..] }),
             Some(&KIND_BATCH) => {
-                let (id, count) = (word(1)?, word(5)? as usize);
-                let end = count
-                    .checked_mul(4)
-                    .and_then(|n| n.checked_add(9))
-                    .filter(|&end| end <= frame.len())
-                    .ok_or(Error::BadFrame("batch frame shorter than its index list"))?;
-                let indices = (0..count).map(|i| word(9 + 4 * i)).collect::<Result<_, _>>()?;
-                Ok(ChunkFrame::Batch { id, indices, compressed: &frame[end..] })
+                let (indices, end) = indices()?;
+                Ok(ChunkFrame::Batch { id: word(1)?, indices, compressed: &frame[end..] })
             }
+            Some(&KIND_BATCH_START) => {
+                let (indices, end) = indices()?;
+                let len = word(end)?;
+                Ok(ChunkFrame::BatchStart { id: word(1)?, indices, len, compressed: &frame[end + 4..] })
+            }
+            Some(&KIND_BATCH_MORE) => Ok(ChunkFrame::BatchMore { id: word(1)?, compressed: &frame[5..] }),
             _ => Err(Error::BadFrame("unknown frame kind")),
         }
     }
@@ -102,5 +180,31 @@ mod tests {
         let mut huge = bytes.clone();
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ChunkFrame::decode(&huge).is_err());
+        assert!(ChunkFrame::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn a_large_batch_for_protocol_3_goes_in_parts_that_join_up() {
+        let compressed: Vec<u8> = (0..2 * BATCH_PART + 10).map(|i| i as u8).collect();
+        assert_eq!(ChunkFrame::batch(7, vec![1, 2], &compressed, false).len(), 1);
+        assert_eq!(ChunkFrame::batch(7, vec![1, 2], &compressed[..BATCH_PART], true).len(), 1);
+        let frames = ChunkFrame::batch(7, vec![1, 2], &compressed, true);
+        assert_eq!(frames.len(), 3);
+        let mut joined = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let part = ChunkFrame::decode(frame).unwrap();
+            assert_eq!(part.id(), 7);
+            match part {
+                ChunkFrame::BatchStart { indices, len, compressed: piece, .. } if i == 0 => {
+                    assert_eq!((indices, len as usize), (vec![1, 2], compressed.len()));
+                    joined.extend_from_slice(piece);
+                }
+                ChunkFrame::BatchMore { compressed: piece, .. } if i > 0 => joined.extend_from_slice(piece),
+                other => panic!("frame {i}: {other:?}"),
+            }
+            assert!(frame.len() <= BATCH_PART + 64);
+        }
+        assert_eq!(joined, compressed);
+        assert!(ChunkFrame::decode(&frames[0][..frames[0].len() - BATCH_PART - 1]).is_err());
     }
 }

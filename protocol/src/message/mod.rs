@@ -11,13 +11,14 @@ mod frame;
 
 use crate::{AssetPath, ChunkParams, Have, RecipeOp, VersionId};
 
-pub use frame::ChunkFrame;
+pub use frame::{BATCH_PART, ChunkFrame};
 
 /// Bumped on any incompatible change to the messages or frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
-/// `have.chunks` as full hex ids; servers answer such clients as they expect.
+/// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`). Servers
+/// answer such clients as they expect.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Messages from client to server.

@@ -184,9 +184,9 @@ async fn answer(
     let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
         None => Box::new(answer.send.iter().map(|&i| plain(i))),
         Some(encoded) => Box::new(encoded.batches.iter().flat_map(|batch| match batch {
+            // In parts for a client that reads them, so that it sees progress on a slow link.
             Batch::Compressed { indices, frame } => {
-                let frame = ChunkFrame::Batch { id, indices: indices.clone(), compressed: frame };
-                vec![frame.encode()]
+                ChunkFrame::batch(id, indices.clone(), frame, peer.protocol >= 3)
             }
             Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),
         })),
