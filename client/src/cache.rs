@@ -24,6 +24,8 @@ use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, VerifiedChunk, Vers
 pub struct Cache {
     dir: PathBuf,
     refs: BTreeMap<String, VersionId>,
+    /// Whether `refs` moved since `refs.json` was last written (see [`Cache::publish`]).
+    unpublished: bool,
     _lock: File,
 }
 
@@ -86,7 +88,7 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).doing(|| "cannot read cache refs.json".into()),
         };
-        Ok(Cache { dir: dir.to_path_buf(), refs, _lock: lock })
+        Ok(Cache { dir: dir.to_path_buf(), refs, unpublished: false, _lock: lock })
     }
 
     /// The assets with a committed version.
@@ -168,7 +170,7 @@ impl Cache {
     }
 
     /// Stores chunks and the manifest, writes `out` (if given) atomically, then moves the
-    /// asset's pointer: the commit point.
+    /// asset's pointer, durably: the commit point.
     pub fn commit(
         &mut self,
         manifest: &Manifest,
@@ -176,19 +178,45 @@ impl Cache {
         chunks: &[VerifiedChunk],
         out: Option<(&Path, &[u8])>,
     ) -> Result<(), CacheError> {
+        self.stage(manifest, version, chunks, out, true)?;
+        self.publish()
+    }
+
+    /// [`Cache::commit`] for one file of many (a folder): nothing is flushed to disk, and the
+    /// pointer moves in memory until [`Cache::publish`] writes them all at once. A crash before
+    /// that leaves the previous versions current; one after it may leave a manifest or output
+    /// file unwritten, which reads back as missing or damaged (everything is verified) and is
+    /// fetched or written again, as rsync leaves flushing to the system.
+    pub fn stage(
+        &mut self,
+        manifest: &Manifest,
+        version: VersionId,
+        chunks: &[VerifiedChunk],
+        out: Option<(&Path, &[u8])>,
+        durable: bool,
+    ) -> Result<(), CacheError> {
         self.store_chunks(chunks)?;
         let manifest_path = self.dir.join("manifests").join(version.to_hex());
-        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), true)
+        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), durable)
             .doing(|| "cannot store manifest".into())?;
         if let Some((path, data)) = out {
-            write_file_atomic(path, data).doing(|| format!("cannot write {}", path.display()))?;
+            write_out(path, data, durable).doing(|| format!("cannot write {}", path.display()))?;
         }
-        let mut refs = self.refs.clone();
-        refs.insert(manifest.path.as_str().to_owned(), version);
-        let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
+        self.refs.insert(manifest.path.as_str().to_owned(), version);
+        self.unpublished = true;
+        Ok(())
+    }
+
+    /// Writes the pointers moved by [`Cache::stage`] and [`Cache::remove`] to `refs.json`,
+    /// durably, in one step. On failure they stay unpublished, to be written by the next call.
+    pub fn publish(&mut self) -> Result<(), CacheError> {
+        if !self.unpublished {
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(&self.refs).expect("refs serialise");
         self.write_atomic(&self.dir.join("refs.json"), &json, true)
             .doing(|| "cannot update cache refs.json".into())?;
-        self.refs = refs;
+        self.unpublished = false;
         Ok(())
     }
 
@@ -210,7 +238,8 @@ impl Cache {
     }
 
     /// Removes `asset` (gone from the server): deletes `out` if given, then drops the asset's
-    /// pointer. Its chunks become garbage for [`Cache::gc`].
+    /// pointer, until [`Cache::publish`] in memory only. Its chunks become garbage for
+    /// [`Cache::gc`].
     pub fn remove(&mut self, asset: &AssetPath, out: Option<&Path>) -> Result<(), CacheError> {
         if let Some(path) = out {
             match fs::remove_file(path) {
@@ -220,12 +249,8 @@ impl Cache {
                 _ => {}
             }
         }
-        let mut refs = self.refs.clone();
-        if refs.remove(asset.as_str()).is_some() {
-            let json = serde_json::to_vec_pretty(&refs).expect("refs serialise");
-            self.write_atomic(&self.dir.join("refs.json"), &json, true)
-                .doing(|| "cannot update cache refs.json".into())?;
-            self.refs = refs;
+        if self.refs.remove(asset.as_str()).is_some() {
+            self.unpublished = true;
         }
         Ok(())
     }
@@ -289,13 +314,18 @@ impl Cache {
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory, so that readers see
-/// either the old file or the complete new one.
+/// either the old file or the complete new one, and flushes it to disk.
 pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_out(path, data, true)
+}
+
+/// [`write_file_atomic`], flushed to disk only when `durable`.
+fn write_out(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.assetsync-{}.{}", std::process::id(), unique()));
-    let result = write_and_rename(&tmp, path, data, true);
+    let result = write_and_rename(&tmp, path, data, durable);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

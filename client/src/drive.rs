@@ -46,7 +46,8 @@ impl Connection {
             machine = machine.without_resume();
         }
         let target = Scope::Asset(asset.clone());
-        let unchanged = self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(&target))?;
+        let unchanged =
+            self.drive(&mut machine, cache, config, false, report).await.map_err(|e| e.of(&target))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
         if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
@@ -73,7 +74,7 @@ impl Connection {
         if self.follows {
             machine = machine.without_resume();
         }
-        self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(folder))?;
+        self.drive(&mut machine, cache, config, true, report).await.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
         let stale = stale_outputs(cache, config, folder, &done.fetched);
@@ -94,17 +95,43 @@ impl Connection {
     }
 
     /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
-    /// file of an unchanged asset, as read back from the cache.
+    /// file of an unchanged asset, as read back from the cache. A folder's files (`many`) are
+    /// staged as they commit and published together (at most a second apart), however the run
+    /// ends.
     async fn drive(
         &mut self,
         machine: &mut impl Machine,
         cache: &mut Cache,
         config: &PullConfig,
+        many: bool,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<Option<Vec<u8>>, Stop> {
         let now = Instant::now();
         let progress = ProgressGate::default();
-        let mut local = Local { cache, config, unchanged: None, started: now, file_started: now, progress };
+        let mut local = Local {
+            cache,
+            config,
+            many,
+            unchanged: None,
+            started: now,
+            published: now,
+            file_started: now,
+            progress,
+        };
+        let ended = self.run(machine, &mut local, report).await;
+        // Whatever ended the run, the files staged so far are verified and written.
+        let published = local.cache.publish();
+        let unchanged = ended?;
+        published?;
+        Ok(unchanged)
+    }
+
+    async fn run(
+        &mut self,
+        machine: &mut impl Machine,
+        local: &mut Local<'_>,
+        report: &mut impl FnMut(&PullEvent),
+    ) -> Result<Option<Vec<u8>>, Stop> {
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
@@ -134,7 +161,7 @@ impl Connection {
                     self.push_change(asset, version);
                     continue;
                 }
-                Action::Done => return Ok(local.unchanged),
+                Action::Done => return Ok(local.unchanged.take()),
                 Action::Failed(error) => return Err(Stop::Sync(error)),
                 action => match local.act(action, report)? {
                     Some(input) => input,
@@ -151,8 +178,12 @@ struct Local<'a> {
     cache: &'a mut Cache,
     config: &'a PullConfig,
     /// The file of an asset found unchanged, as read back.
+    /// Whether commits are staged for one [`Cache::publish`] (a folder's files).
+    many: bool,
     unchanged: Option<Vec<u8>>,
     started: Instant,
+    /// When staged commits were last published.
+    published: Instant,
     file_started: Instant,
     progress: ProgressGate,
 }
@@ -180,7 +211,17 @@ impl Local<'_> {
             Action::Commit(synced) => {
                 let out = out(&synced.manifest.path);
                 let file = out.as_deref().map(|p| (p, &synced.data[..]));
-                cache.commit(&synced.manifest, synced.version, &synced.received, file)?;
+                let (manifest, version, chunks) = (&synced.manifest, synced.version, &synced.received[..]);
+                if !self.many {
+                    cache.commit(manifest, version, chunks, file)?;
+                } else {
+                    cache.stage(manifest, version, chunks, file, false)?;
+                    // A checkpoint: a process killed now fetches again at most a second's files.
+                    if self.published.elapsed() >= Duration::from_secs(1) {
+                        cache.publish()?;
+                        self.published = Instant::now();
+                    }
+                }
                 Input::Stored
             }
             Action::Remove(asset) => {

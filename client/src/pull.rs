@@ -221,6 +221,7 @@ async fn follow_once(
             Some(Push::Remove(asset)) => {
                 let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
                 cache.remove(&asset, out.as_deref())?;
+                cache.publish()?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
             }
             None => {}

@@ -42,5 +42,6 @@ pub use message::{
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{
-    ClientView, FolderChanges, Plan, ask_for_chunks, client_holds, folder_changes, folder_sends, plan,
+    ClientView, FolderChanges, Plan, apply_listing_delta, ask_for_chunks, client_holds, folder_changes,
+    folder_listing, folder_sends, folder_version, listing_delta, listing_of, plan,
 };

@@ -3,7 +3,11 @@
 
 use std::collections::HashSet;
 
-use crate::{AssetPath, ChunkId, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    AssetPath, ChunkId, FolderEntry, Hash, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff,
+};
 
 /// What the server answers one `sync` with.
 #[derive(Debug)]
@@ -91,6 +95,72 @@ pub fn client_holds<'k, 'w>(
     held
 }
 
+/// The version of a folder listing (`entries` sorted by path, as `folder` lists them): the
+/// SHA-256 of each entry's path, a NUL byte and the file's version, in order. A client names the
+/// listing it holds by it (`since`); an unchanged folder is answered with it alone, a changed
+/// one with the entries that differ.
+pub fn folder_version(entries: &[FolderEntry]) -> VersionId {
+    let mut hasher = Sha256::new();
+    for entry in entries {
+        hasher.update(entry.asset.as_str());
+        hasher.update([0]);
+        hasher.update(entry.version.0);
+    }
+    Hash(hasher.finalize().into())
+}
+
+/// The listing of the files a client holds (its current manifests of a folder), sorted by path.
+pub fn listing_of(held: &[Manifest]) -> Vec<FolderEntry> {
+    let mut entries: Vec<FolderEntry> =
+        held.iter().map(|m| FolderEntry { asset: m.path.clone(), version: m.version() }).collect();
+    entries.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
+    entries
+}
+
+/// A listing as a delta against `old` (both sorted by path): the entries of `new` that are not
+/// in `old` as they are, and the paths of `old` that `new` no longer has.
+pub fn listing_delta(old: &[FolderEntry], new: &[FolderEntry]) -> (Vec<FolderEntry>, Vec<AssetPath>) {
+    let was: HashSet<&FolderEntry> = old.iter().collect();
+    let paths: HashSet<&AssetPath> = new.iter().map(|e| &e.asset).collect();
+    let changed = new.iter().filter(|e| !was.contains(e)).cloned().collect();
+    let removed = old.iter().filter(|e| !paths.contains(&e.asset)).map(|e| e.asset.clone()).collect();
+    (changed, removed)
+}
+
+/// Applies a [`listing_delta`] to `old`: the new listing, sorted by path.
+pub fn apply_listing_delta(
+    old: &[FolderEntry],
+    changed: &[FolderEntry],
+    removed: &[AssetPath],
+) -> Vec<FolderEntry> {
+    let gone: HashSet<&AssetPath> = removed.iter().chain(changed.iter().map(|e| &e.asset)).collect();
+    let mut entries: Vec<FolderEntry> = old.iter().filter(|e| !gone.contains(&e.asset)).cloned().collect();
+    entries.extend_from_slice(changed);
+    entries.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
+    entries
+}
+
+/// The listing part of a `sync_folder` answer, for a client whose listing is `since` (as the
+/// server remembered the request's `since`; `None` when it named none): `up_to_date` with the
+/// listing's version when nothing changed, else `folder`, as a delta against `since` or whole.
+pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<FolderEntry>) -> ServerMessage {
+    let version = folder_version(&entries);
+    match since {
+        Some(old) if old == entries.as_slice() => ServerMessage::UpToDate { id, version },
+        Some(old) => {
+            let (files, removed) = listing_delta(old, &entries);
+            ServerMessage::Folder { id, files, removed, delta: true, version: Some(version) }
+        }
+        None => ServerMessage::Folder {
+            id,
+            files: entries,
+            removed: Vec::new(),
+            delta: false,
+            version: Some(version),
+        },
+    }
+}
+
 /// Whether a `sync_folder` answer carries an `update` for a listed file: the client did not name
 /// its version. [`crate::folder_changes`] is the client's side of the same rule.
 pub fn folder_sends(have: &Have, version: &VersionId) -> bool {
@@ -116,5 +186,47 @@ pub fn folder_changes(held: &[Manifest], files: &[crate::FolderEntry]) -> Folder
     FolderChanges {
         fetch: files.iter().filter(|f| !versions.contains(&f.version)).map(|f| f.asset.clone()).collect(),
         removed: held.iter().map(|m| m.path.clone()).filter(|p| !listed.contains(p)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, content: &str) -> FolderEntry {
+        FolderEntry { asset: AssetPath::new(path).unwrap(), version: Hash::of(content.as_bytes()) }
+    }
+
+    #[test]
+    fn an_unchanged_listing_is_answered_by_its_version_and_a_changed_one_by_a_delta_that_adds_up() {
+        let old: Vec<FolderEntry> = (0..1000).map(|i| entry(&format!("dist/f{i:04}.js"), "v1")).collect();
+        let ServerMessage::UpToDate { version, .. } = folder_listing(1, Some(&old), old.clone()) else {
+            panic!("an unchanged listing is up to date")
+        };
+        assert_eq!(version, folder_version(&old));
+
+        // One file edited, one deleted, one added (sorting after the others).
+        let mut new = old.clone();
+        new[10] = entry("dist/f0010.js", "v2");
+        new.remove(20);
+        new.push(entry("dist/zz.js", "new"));
+        let ServerMessage::Folder { files, removed, delta: true, version: Some(version), .. } =
+            folder_listing(2, Some(&old), new.clone())
+        else {
+            panic!("a changed listing is a delta")
+        };
+        assert_eq!(files, [new[10].clone(), new.last().unwrap().clone()]);
+        assert_eq!(removed, [old[20].asset.clone()]);
+        let rebuilt = apply_listing_delta(&old, &files, &removed);
+        assert_eq!(rebuilt, new);
+        assert_eq!(folder_version(&rebuilt), version);
+        assert_ne!(folder_version(&old), version);
+        let wire = serde_json::to_string(&folder_listing(2, Some(&old), new.clone())).unwrap();
+        assert!(wire.len() < 1000, "{} bytes for one edit among 1,000 files", wire.len());
+
+        let ServerMessage::Folder { files, delta: false, .. } = folder_listing(3, None, new.clone()) else {
+            panic!("without a listing named, the whole listing")
+        };
+        assert_eq!(files, new);
     }
 }

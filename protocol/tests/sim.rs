@@ -14,12 +14,14 @@
 //!
 //! `SIM_SEEDS=N` runs N schedules (default 10,000); `SIM_SEED=S` replays one, printing its trace.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Input, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
-    Manifest, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_sends, plan,
+    Manifest, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing, folder_sends,
+    folder_version, plan,
 };
 
 /// Small chunks, so that small files have many.
@@ -63,6 +65,8 @@ struct Server {
     files: BTreeMap<AssetPath, (Manifest, Vec<u8>)>,
     known: HashMap<VersionId, Manifest>,
     served: HashMap<VersionId, Vec<u8>>,
+    /// Folder listings sent, by version (forgotten in a restart).
+    listings: RefCell<HashMap<VersionId, Vec<FolderEntry>>>,
 }
 
 enum Msg {
@@ -81,6 +85,7 @@ impl Server {
     /// A restart: only the current versions are known.
     fn forget(&mut self) {
         self.known = self.files.values().map(|(m, _)| (m.version(), m.clone())).collect();
+        self.listings.borrow_mut().clear();
     }
 
     fn answer(&self, request: &ClientMessage) -> Vec<Msg> {
@@ -107,20 +112,33 @@ impl Server {
                 self.file_answer(*id, None, current, data, base, &held, &mut out);
                 out
             }
-            ClientMessage::SyncFolder { id, folder, have } => {
+            ClientMessage::SyncFolder { id, folder, since, have } => {
                 let scope = Scope::new(folder).unwrap();
                 let files: Vec<&(Manifest, Vec<u8>)> =
                     self.files.iter().filter(|(a, _)| scope.covers(a)).map(|(_, f)| f).collect();
+                let since = match since.map(|v| self.listings.borrow().get(&v).cloned()) {
+                    Some(None) => return vec![text(&ServerMessage::UnknownBase { id: *id })],
+                    Some(Some(listing)) => Some(listing),
+                    None => None,
+                };
+                let mut have = have.clone();
+                if let Some(listing) = &since {
+                    have.versions = listing.iter().map(|e| e.version).collect();
+                }
+                let have = &have;
                 let known: Vec<(u32, &Manifest)> =
                     (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, self.known.get(v)?))).collect();
-                if ask_for_chunks(2, have, known.len() < have.versions.len()) {
+                if ask_for_chunks(3, have, known.len() < have.versions.len()) {
                     return vec![text(&ServerMessage::UnknownBase { id: *id })];
                 }
                 let mut held =
                     client_holds(have, known.iter().map(|(_, m)| *m), files.iter().map(|(m, _)| m));
-                let entries =
-                    files.iter().map(|(m, _)| FolderEntry { asset: m.path.clone(), version: m.version() });
-                let mut out = vec![text(&ServerMessage::Folder { id: *id, files: entries.collect() })];
+                let entries: Vec<FolderEntry> = files
+                    .iter()
+                    .map(|(m, _)| FolderEntry { asset: m.path.clone(), version: m.version() })
+                    .collect();
+                self.listings.borrow_mut().insert(folder_version(&entries), entries.clone());
+                let mut out = vec![text(&folder_listing(*id, since.as_deref(), entries))];
                 for (m, data) in files.into_iter().filter(|(m, _)| folder_sends(have, &m.version())) {
                     let base = known.iter().find(|(_, k)| k.path == m.path).copied();
                     let sent = self.file_answer(*id, Some(m.path.clone()), m, data, base, &held, &mut out);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkParams, Hash, Have, Manifest, Scope, VersionId, chunk_data,
+    AssetPath, ChunkId, ChunkParams, FolderEntry, Hash, Have, Manifest, Scope, VersionId, chunk_data,
 };
 use bytes::Bytes;
 
@@ -126,7 +126,15 @@ pub struct AssetIndex {
     /// Every remembered version with its bytes: the delta base and compression prefix for
     /// clients that name it.
     versions: RwLock<HashMap<VersionId, Arc<Indexed>>>,
+    /// Recent folder listings by [`assetsync_protocol::folder_version`], newest last: a client
+    /// naming one gets an unchanged folder in one short answer, a changed one as a delta.
+    listings: Mutex<VecDeque<(VersionId, Arc<[FolderEntry]>)>>,
 }
+
+/// Folder listings remembered (see [`AssetIndex::listing`]), and their entries in all (about
+/// 100 bytes each).
+const LISTINGS: usize = 64;
+const LISTED_ENTRIES: usize = 1_000_000;
 
 impl AssetIndex {
     /// Opens an index over `config.root`, which must be an existing directory. Every new version
@@ -141,7 +149,8 @@ impl AssetIndex {
         }
         config.keep_versions = config.keep_versions.max(1);
         let started = SystemTime::now();
-        Ok(AssetIndex { config, hub, started, slots: Mutex::default(), versions: RwLock::default() })
+        let (slots, versions, listings) = Default::default();
+        Ok(AssetIndex { config, hub, started, slots, versions, listings })
     }
 
     /// The canonical root.
@@ -244,6 +253,24 @@ impl AssetIndex {
         let held =
             assetsync_protocol::client_holds(have, known.iter().map(|(_, k)| k.manifest.as_ref()), wanted);
         (known, held)
+    }
+
+    /// The listing whose version is `version`, if it is one of the last few listed.
+    pub fn listing(&self, version: &VersionId) -> Option<Arc<[FolderEntry]>> {
+        let listings = self.listings.lock().expect("poisoned");
+        listings.iter().find(|(v, _)| v == version).map(|(_, l)| l.clone())
+    }
+
+    /// Remembers a listing sent to a client, under its version.
+    pub fn remember_listing(&self, version: VersionId, entries: &[FolderEntry]) {
+        let mut listings = self.listings.lock().expect("poisoned");
+        listings.retain(|(v, _)| *v != version);
+        listings.push_back((version, entries.into()));
+        let total =
+            |l: &VecDeque<(VersionId, Arc<[FolderEntry]>)>| l.iter().map(|(_, e)| e.len()).sum::<usize>();
+        while listings.len() > LISTINGS || (listings.len() > 1 && total(&listings) > LISTED_ENTRIES) {
+            listings.pop_front();
+        }
     }
 
     /// The files under `folder` (a folder or the whole root), indexed, sorted by path.

@@ -137,3 +137,58 @@ async fn following_a_folder_mirrors_creates_edits_deletes_and_renames() {
     }
     server.stop().await;
 }
+
+/// Pulls `folder` into `client`; returns its folder report.
+async fn pull_folder(
+    client: &TestClient,
+    server: &TestServer,
+    folder: &str,
+) -> assetsync::pull::FolderReport {
+    let mut report = None;
+    let targets = [assetsync_protocol::Scope::new(folder).unwrap()];
+    assetsync::pull::pull(&client.config(server.url()), &targets, |e| {
+        if let PullEvent::Folder(f) = e {
+            report = Some(f.clone());
+        }
+    })
+    .await
+    .unwrap();
+    report.unwrap()
+}
+
+/// A 10,000-file build folder: once pulled, an unchanged check is one round trip of well under
+/// 1 KB (the client names its listing by version), one edited file costs its listing entry and
+/// its delta, and deletions and renames are mirrored, each as a listing delta.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_unchanged_folder_costs_one_small_round_trip_and_changes_travel_as_deltas() {
+    let server = TestServer::start().await;
+    let files = 10_000;
+    for i in 0..files {
+        server.write(&format!("dist/m{}/f{i}.js", i % 50), format!("export const v{i} = {i};\n").as_bytes());
+    }
+    let client = TestClient::new();
+    let cold = pull_folder(&client, &server, "dist/").await;
+    assert_eq!((cold.files, cold.fetched.len()), (files, files));
+    let (root, out) = (server.root.path().join("dist"), client.dir.path().join("out/dist"));
+    assert_eq!(tree(&out), tree(&root));
+
+    let unchanged = pull_folder(&client, &server, "dist/").await;
+    assert_eq!((unchanged.files, unchanged.fetched.len()), (files, 0));
+    let wire = unchanged.wire_bytes_in + unchanged.wire_bytes_out;
+    assert!(wire < 1024, "an unchanged 10,000-file folder cost {wire} bytes");
+
+    server.replace("dist/m7/f7.js", b"export const v7 = 'edited';\n");
+    let edited = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(edited.fetched, ["dist/m7/f7.js"]);
+    let wire = edited.wire_bytes_in + edited.wire_bytes_out;
+    assert!(wire < 2048, "one edited file among 10,000 cost {wire} bytes");
+
+    std::fs::remove_file(root.join("m8/f8.js")).unwrap();
+    std::fs::rename(root.join("m9/f9.js"), root.join("m9/renamed.js")).unwrap();
+    let moved = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(moved.fetched, ["dist/m9/renamed.js"]);
+    assert_eq!(moved.removed.len(), 2, "{moved:?}");
+    assert!(moved.wire_bytes_in + moved.wire_bytes_out < 2048, "{moved:?}");
+    assert_eq!(tree(&out), tree(&root));
+    server.stop().await;
+}

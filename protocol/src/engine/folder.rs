@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, Have, Manifest, Scope, ServerMessage,
-    Synced, VerifiedChunk, folder_changes, held_chunk_ids,
+    Synced, VerifiedChunk, apply_listing_delta, folder_changes, folder_version, held_chunk_ids, listing_of,
 };
 
 /// What a folder sync did.
@@ -55,6 +55,11 @@ pub struct FolderSync {
     held: Vec<Manifest>,
     /// What the request in flight named, in that order.
     named: Vec<Manifest>,
+    /// Whether requests name `held`'s versions in full, not by the listing's version (the
+    /// server forgot that listing).
+    in_full: bool,
+    /// Whether the request in flight named the listing's version.
+    sent_since: bool,
     /// Whether requests list `held`'s chunks (the server forgot some of its versions).
     listed: bool,
     /// The answer's id, the prefix length of its chunk set, and its files still to come.
@@ -85,6 +90,8 @@ impl FolderSync {
             folder,
             next_id: next_id.max(1),
             named: Vec::new(),
+            in_full: false,
+            sent_since: false,
             listed: false,
             answer: (0, 0),
             to_fetch: VecDeque::new(),
@@ -119,16 +126,33 @@ impl FolderSync {
 
     fn on_listing(&mut self, id: u32, message: ServerMessage) {
         self.state = match message {
-            ServerMessage::Folder { id: got, files } if got == id => {
+            // Nothing changed since the listing the request named.
+            ServerMessage::UpToDate { id: got, .. } if got == id && self.sent_since => {
+                self.files = self.held.len();
+                return self.next_file();
+            }
+            ServerMessage::Folder { id: got, files, removed, delta, version } if got == id => {
+                let files = match delta {
+                    true => apply_listing_delta(&listing_of(&self.named), &files, &removed),
+                    false => files,
+                };
+                if version.is_some_and(|v| v != folder_version(&files)) {
+                    self.in_full = true;
+                    return self.lost("the folder listing does not add up to its version".into());
+                }
                 let changes = folder_changes(&self.held, &files);
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
                 self.to_remove = changes.removed.into();
                 return self.next_file();
             }
-            // The server forgot some of these versions: list their chunks instead.
+            // The server forgot the listing: name its versions; or it forgot some of these
+            // versions: list their chunks instead.
             ServerMessage::UnknownBase { id: got } if got == id && !self.listed => {
-                self.listed = true;
+                match self.sent_since {
+                    true => self.in_full = true,
+                    false => self.listed = true,
+                }
                 State::Ready
             }
             ServerMessage::Error { id: Some(got), code, message } if got == id => {
@@ -236,11 +260,21 @@ impl Machine for FolderSync {
                 chunks.extend(&self.kept);
                 let chunks = ChunkSet::new(chunks);
                 self.answer = (id, chunks.prefix());
+                // In path order: the order of the versions a server reads from the listing.
                 self.named = self.held.clone();
-                let have = Have { versions: self.named.iter().map(Manifest::version).collect(), chunks };
+                self.named.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                let listing = listing_of(&self.named);
+                let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
+                self.sent_since = since.is_some();
+                let versions = match since {
+                    Some(_) => Vec::new(),
+                    None => self.named.iter().map(Manifest::version).collect(),
+                };
+                let have = Have { versions, chunks };
                 self.report.requests += 1;
                 self.state = State::Listing(id);
-                return Action::Send(ClientMessage::SyncFolder { id, folder: self.folder.to_string(), have });
+                let folder = self.folder.to_string();
+                return Action::Send(ClientMessage::SyncFolder { id, folder, since, have });
             }
             State::Again(mut sync) if sync.at_end() => {
                 let failed = match sync.poll() {

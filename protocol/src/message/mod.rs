@@ -59,6 +59,11 @@ pub enum ClientMessage {
         id: u32,
         /// The folder, ending in `/`, or `""` for the whole root (a [`crate::Scope`]).
         folder: String,
+        /// The [`crate::folder_version`] of the listing the client holds (protocol 3). A server
+        /// that remembers it reads the versions held from it, so `have` may leave them out; one
+        /// that does not answers `unknown_base`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<VersionId>,
         /// The versions of the folder's files the client holds (and their chunks).
         #[serde(default)]
         have: Have,
@@ -108,12 +113,24 @@ pub enum ServerMessage {
         /// The request id.
         id: u32,
     },
-    /// The files of a folder, sorted by path; the answer's `update`s follow.
+    /// The files of a folder, sorted by path; the answer's `update`s follow. (An unchanged
+    /// folder is answered with `up_to_date` and its listing's version instead.)
     Folder {
         /// The request id.
         id: u32,
-        /// Every file, with its current version.
+        /// Every file, with its current version; with `delta`, only those added or changed
+        /// since the listing the request named.
         files: Vec<FolderEntry>,
+        /// With `delta`: the paths gone since that listing.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<AssetPath>,
+        /// Whether `files` and `removed` are a delta against the request's `since`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
+        /// The [`crate::folder_version`] of the whole listing (protocol 3), for the client to
+        /// check what it rebuilt from a delta.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<VersionId>,
     },
     /// The subscription `id` is in place: changes from now on are announced.
     Subscribed {
@@ -165,6 +182,10 @@ struct WireServerMessage {
     dict: bool,
     files: Option<Vec<FolderEntry>>,
     #[serde(default)]
+    removed: Vec<AssetPath>,
+    #[serde(default)]
+    delta: bool,
+    #[serde(default)]
     missing: bool,
     code: Option<ErrorCode>,
     message: Option<String>,
@@ -197,7 +218,13 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 dict: w.dict,
             }),
             "unknown_base" => ServerMessage::UnknownBase { id: need(w.id, "id")? },
-            "folder" => ServerMessage::Folder { id: need(w.id, "id")?, files: need(w.files, "files")? },
+            "folder" => ServerMessage::Folder {
+                id: need(w.id, "id")?,
+                files: need(w.files, "files")?,
+                removed: w.removed,
+                delta: w.delta,
+                version: w.version,
+            },
             "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
             "error" => ServerMessage::Error {
@@ -255,7 +282,7 @@ pub struct Update {
 }
 
 /// One file of a `folder` listing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FolderEntry {
     /// The file's asset path.
     pub asset: AssetPath,

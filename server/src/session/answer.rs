@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Have, Scope, ServerMessage,
-    ask_for_chunks, folder_sends, plan,
+    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, plan,
 };
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::SinkExt;
@@ -80,17 +80,25 @@ pub(super) async fn sync(
     Ok(())
 }
 
-/// Answers `sync_folder`: the listing, then one `update` per file whose version the client does
-/// not hold, each chunk sent at most once across the whole answer.
+/// One `sync_folder` request.
+pub(super) struct FolderRequest<'a> {
+    pub id: u32,
+    pub folder: &'a str,
+    pub since: Option<VersionId>,
+    pub have: Have,
+}
+
+/// Answers `sync_folder`: the listing (or `up_to_date` when the listing the client named is
+/// current; a delta against it when it changed), then one `update` per file whose version the
+/// client does not hold, each chunk sent at most once across the whole answer.
 pub(super) async fn sync_folder(
     socket: &mut WebSocket,
     state: &AppState,
     peer: Peer,
     throttle: &mut Throttle,
-    id: u32,
-    folder: &str,
-    have: Have,
+    request: FolderRequest<'_>,
 ) -> Result<(), Fatal> {
+    let FolderRequest { id, folder, since, mut have } = request;
     let started = Instant::now();
     if have.len() > state.limits.max_have {
         return send_json(socket, &too_many_entries(id, &have, state)).await;
@@ -110,13 +118,26 @@ pub(super) async fn sync_folder(
             return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
         }
     };
+    // The listing the client holds, if it named one: the versions it holds, in path order.
+    let since = match since.map(|v| state.index.listing(&v)) {
+        Some(None) => return send_json(socket, &ServerMessage::UnknownBase { id }).await,
+        Some(Some(listing)) => {
+            have.versions = listing.iter().map(|e| e.version).collect();
+            Some(listing)
+        }
+        None => None,
+    };
     let (known, mut held) = state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref()));
     if ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
-    let entries =
+    let entries: Vec<FolderEntry> =
         files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
-    send_json(socket, &ServerMessage::Folder { id, files: entries }).await?;
+    // What the client will hold once this answer is committed: the `since` of its next request.
+    if peer.protocol >= 3 {
+        state.index.remember_listing(folder_version(&entries), &entries);
+    }
+    send_json(socket, &folder_listing(id, since.as_deref(), entries)).await?;
     let (mut updated, mut frame_bytes) = (0, 0);
     for file in files.iter().filter(|f| folder_sends(&have, &f.version)) {
         // The delta base and compression prefix: the client's version of the same file.

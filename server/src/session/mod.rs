@@ -21,7 +21,7 @@ mod subscribe;
 mod throttle;
 
 use crate::server::AppState;
-use answer::{Request, sync, sync_folder};
+use answer::{FolderRequest, Request, sync, sync_folder};
 use subscribe::{Subscriptions, subscribe};
 use throttle::Throttle;
 
@@ -137,9 +137,10 @@ pub(crate) async fn run(
                 let peer = peer_caps.expect("checked above");
                 sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have }).await
             }
-            Ok(ClientMessage::SyncFolder { id, folder, have }) => {
+            Ok(ClientMessage::SyncFolder { id, folder, since, have }) => {
                 let peer = peer_caps.expect("checked above");
-                sync_folder(&mut socket, &state, peer, &mut throttle, id, &folder, have).await
+                let request = FolderRequest { id, folder: &folder, since, have };
+                sync_folder(&mut socket, &state, peer, &mut throttle, request).await
             }
             Ok(ClientMessage::Subscribe { id, path }) => {
                 if subscriptions.is_empty() {
@@ -204,8 +205,12 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
         let matches = |t: &str| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
         let why = match token {
-            None => Some("this server requires a token"),
-            Some(t) if !matches(t) => Some("wrong token"),
+            None => Some(
+                "this server requires a token: give it with pull --token-file FILE, or SyncClient.connect(url, { token })",
+            ),
+            Some(t) if !matches(t) => {
+                Some("wrong token: use the one in the file the server's --token-file names")
+            }
             Some(_) => None,
         };
         if let Some(why) = why {
