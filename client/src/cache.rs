@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::error::{CacheError, Doing};
 use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, VerifiedChunk, VersionId};
@@ -200,11 +201,42 @@ impl Cache {
         self.write_atomic(&manifest_path, &manifest.canonical_bytes(), durable)
             .doing(|| "cannot store manifest".into())?;
         if let Some((path, data)) = out {
-            write_out(path, data, durable).doing(|| format!("cannot write {}", path.display()))?;
+            self.write_out(manifest, path, data, durable)?;
         }
         self.refs.insert(manifest.path.as_str().to_owned(), version);
         self.unpublished = true;
         Ok(())
+    }
+
+    /// Writes `data`, the verified file of `manifest` (stored), to `path` atomically, flushed to
+    /// disk when `durable`. The copy carries the stored manifest's modification time as its own,
+    /// so that [`Cache::out_intact`] knows an untouched copy by its metadata alone.
+    pub fn write_out(
+        &self,
+        manifest: &Manifest,
+        path: &Path,
+        data: &[u8],
+        durable: bool,
+    ) -> Result<(), CacheError> {
+        let stamp = self.manifest_time(&manifest.version());
+        write_file(path, data, durable, stamp).doing(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Whether `path` holds the file of `manifest`: the same size and the modification time
+    /// [`Cache::write_out`] gave it (rsync's quick check), or else the same SHA-256.
+    pub fn out_intact(&self, manifest: &Manifest, path: &Path) -> bool {
+        let Ok(meta) = fs::metadata(path) else { return false };
+        if meta.len() != manifest.len {
+            return false;
+        }
+        let untouched =
+            meta.modified().ok().zip(self.manifest_time(&manifest.version())).is_some_and(|(a, b)| a == b);
+        untouched || fs::read(path).is_ok_and(|data| Hash::of(&data) == manifest.sha256)
+    }
+
+    /// When the manifest of `version` was stored.
+    fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
+        fs::metadata(self.dir.join("manifests").join(version.to_hex())).and_then(|m| m.modified()).ok()
     }
 
     /// Writes the pointers moved by [`Cache::stage`] and [`Cache::remove`] to `refs.json`,
@@ -257,7 +289,7 @@ impl Cache {
 
     fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
         let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
-        let result = write_and_rename(&tmp, path, data, durable);
+        let result = write_and_rename(&tmp, path, data, durable, None);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -314,27 +346,32 @@ impl Cache {
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory, so that readers see
-/// either the old file or the complete new one, and flushes it to disk.
-pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    write_out(path, data, true)
-}
-
-/// [`write_file_atomic`], flushed to disk only when `durable`.
-fn write_out(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+/// either the old file or the complete new one; flushed to disk when `durable`, and with the
+/// modification time `stamp` if given.
+fn write_file(path: &Path, data: &[u8], durable: bool, stamp: Option<SystemTime>) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.assetsync-{}.{}", std::process::id(), unique()));
-    let result = write_and_rename(&tmp, path, data, durable);
+    let result = write_and_rename(&tmp, path, data, durable, stamp);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+fn write_and_rename(
+    tmp: &Path,
+    path: &Path,
+    data: &[u8],
+    durable: bool,
+    stamp: Option<SystemTime>,
+) -> io::Result<()> {
     let mut file = File::create(tmp)?;
     file.write_all(data)?;
+    if let Some(stamp) = stamp {
+        file.set_modified(stamp)?;
+    }
     if durable {
         file.sync_data()?;
     }

@@ -1,16 +1,17 @@
 //! The native driver: runs the protocol crate's engine machines, moving bytes between them, the
 //! socket and the cache. Every decision (what to ask, keep, retry, commit) is the machine's.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
+    Action, AssetSync, Fetched, Finished, FolderDone, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
+    ProgressGate,
 };
 use assetsync_protocol::{AssetPath, Hash, Manifest, Scope};
 
 use crate::cache::Cache;
 use crate::connection::{Connection, Received};
-use crate::error::Doing;
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
 use crate::{CacheError, Error};
 
@@ -52,7 +53,7 @@ impl Connection {
         let done = machine.finish();
         if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
             // The cached copy is current: `--out` gets it again, as a single pull repairs.
-            write_out(config, done.manifest(), &data)?;
+            write_out(cache, config, done.manifest(), &data)?;
         }
         let wire = (self.wire().0 - wire0.0, self.wire().1 - wire0.1);
         report(&PullEvent::Pulled(PullReport::new(&done, started, Some(wire))));
@@ -69,15 +70,16 @@ impl Connection {
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), Error> {
         let (started, wire0) = (Instant::now(), self.wire());
-        let held = cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
-        let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
+        let held: Vec<Manifest> =
+            cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
+        let mut machine = FolderSync::new(folder.clone(), held.clone(), self.next_id);
         if self.follows {
             machine = machine.without_resume();
         }
         self.drive(&mut machine, cache, config, true, report).await.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
-        let stale = stale_outputs(cache, config, folder, &done.fetched);
+        let stale = stale_outputs(cache, config, &held, &done);
         for asset in &stale {
             self.pull_asset(cache, asset, config, report).await?;
         }
@@ -283,24 +285,15 @@ impl Stop {
     }
 }
 
-/// The files of `folder` held in the cache, other than those just `fetched`, whose copy under
-/// `config.out` is missing or differs from the cached version (by size, then SHA-256).
-fn stale_outputs(
-    cache: &Cache,
-    config: &PullConfig,
-    folder: &Scope,
-    fetched: &[AssetPath],
-) -> Vec<AssetPath> {
+/// The files of the folder held before the sync (`held`), other than those it fetched or
+/// removed, whose copy under `config.out` is missing or differs from the cached version (see
+/// [`Cache::out_intact`]).
+fn stale_outputs(cache: &Cache, config: &PullConfig, held: &[Manifest], done: &FolderDone) -> Vec<AssetPath> {
     let Some(dir) = &config.out else { return Vec::new() };
-    let intact = |m: &Manifest| {
-        let path = dir.join(m.path.as_str());
-        std::fs::metadata(&path).is_ok_and(|meta| meta.len() == m.len)
-            && std::fs::read(&path).is_ok_and(|data| Hash::of(&data) == m.sha256)
-    };
-    cache
-        .assets()
-        .filter(|a| folder.covers(a) && !fetched.contains(a))
-        .filter(|a| cache.current(a).is_some_and(|m| !intact(&m)))
+    let synced: HashSet<&AssetPath> = done.fetched.iter().chain(&done.removed).collect();
+    held.iter()
+        .filter(|m| !synced.contains(&m.path) && !cache.out_intact(m, &dir.join(m.path.as_str())))
+        .map(|m| m.path.clone())
         .collect()
 }
 
@@ -309,10 +302,9 @@ fn names(assets: &[AssetPath]) -> Vec<String> {
 }
 
 /// Writes `data`, the verified file of `manifest`, to `config.out` if set.
-fn write_out(config: &PullConfig, manifest: &Manifest, data: &[u8]) -> Result<(), CacheError> {
+fn write_out(cache: &Cache, config: &PullConfig, manifest: &Manifest, data: &[u8]) -> Result<(), CacheError> {
     let Some(dir) = &config.out else { return Ok(()) };
-    let path = dir.join(manifest.path.as_str());
-    crate::cache::write_file_atomic(&path, data).doing(|| format!("cannot write {}", path.display()))
+    cache.write_out(manifest, &dir.join(manifest.path.as_str()), data, true)
 }
 
 impl PullReport {

@@ -43,5 +43,5 @@ pub use message::{
 pub use path::{AssetPath, Scope};
 pub use plan::{
     ClientView, FolderChanges, Plan, apply_listing_delta, ask_for_chunks, client_holds, folder_changes,
-    folder_listing, folder_sends, folder_version, listing_delta, listing_of, plan,
+    folder_listing, folder_sends, folder_version, listing_delta, plan,
 };

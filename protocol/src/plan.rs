@@ -109,14 +109,6 @@ pub fn folder_version(entries: &[FolderEntry]) -> VersionId {
     Hash(hasher.finalize().into())
 }
 
-/// The listing of the files a client holds (its current manifests of a folder), sorted by path.
-pub fn listing_of(held: &[Manifest]) -> Vec<FolderEntry> {
-    let mut entries: Vec<FolderEntry> =
-        held.iter().map(|m| FolderEntry { asset: m.path.clone(), version: m.version() }).collect();
-    entries.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
-    entries
-}
-
 /// A listing as a delta against `old` (both sorted by path): the entries of `new` that are not
 /// in `old` as they are, and the paths of `old` that `new` no longer has.
 pub fn listing_delta(old: &[FolderEntry], new: &[FolderEntry]) -> (Vec<FolderEntry>, Vec<AssetPath>) {
@@ -167,8 +159,8 @@ pub fn folder_sends(have: &Have, version: &VersionId) -> bool {
     !have.versions.contains(version)
 }
 
-/// What a `folder` listing means to a client that named `held` (its current manifests of the
-/// folder's files) in `have.versions`.
+/// What a `folder` listing means to a client that held the listing `held` (its committed
+/// files of the folder).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FolderChanges {
     /// Listed files whose version the client does not hold: one `update` follows for each, in
@@ -180,12 +172,12 @@ pub struct FolderChanges {
 
 /// Compares a `folder` listing with what the client holds (see [`FolderChanges`]). The server
 /// applies the same rule ([`folder_sends`]) to decide which `update`s to send.
-pub fn folder_changes(held: &[Manifest], files: &[crate::FolderEntry]) -> FolderChanges {
-    let versions: HashSet<VersionId> = held.iter().map(Manifest::version).collect();
+pub fn folder_changes(held: &[FolderEntry], files: &[FolderEntry]) -> FolderChanges {
+    let versions: HashSet<VersionId> = held.iter().map(|e| e.version).collect();
     let listed: HashSet<&AssetPath> = files.iter().map(|f| &f.asset).collect();
     FolderChanges {
         fetch: files.iter().filter(|f| !versions.contains(&f.version)).map(|f| f.asset.clone()).collect(),
-        removed: held.iter().map(|m| m.path.clone()).filter(|p| !listed.contains(p)).collect(),
+        removed: held.iter().map(|e| e.asset.clone()).filter(|p| !listed.contains(p)).collect(),
     }
 }
 

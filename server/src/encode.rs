@@ -39,8 +39,8 @@ impl Default for EncodeConfig {
 }
 
 /// Prefix plus input bytes up to which even the first answer is encoded at the best level
-/// (about 150 ms of CPU at level 19).
-const QUICK_WORK: usize = 256 << 10;
+/// (about 150 ms of CPU at level 19); for a folder, the files' work in all.
+pub const QUICK_WORK: usize = 256 << 10;
 /// Raw bytes per batch. A batch is one WebSocket message, decoded (and its chunks kept) only
 /// once whole, so a transfer cut midway loses at most the batch in flight: small batches resume
 /// well. Without a prefix, each batch starts from an empty window, so they stay at 1 MiB to
@@ -104,11 +104,17 @@ impl Encoder {
 
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
     /// given. Concurrent requests for the same answer wait for one encoding.
+    ///
+    /// `folder_work`, for a file of a folder answer, is what is left of that answer's
+    /// [`QUICK_WORK`]: past it the folder's files are encoded at the fast level only (a
+    /// build folder's thousands of small files would take seconds of level 19, and a
+    /// best-level encoding per file in the background would be evicted before anyone used it).
     pub async fn encode(
         &self,
         current: &Arc<Indexed>,
         send: &[u32],
         base: Option<&Arc<Indexed>>,
+        folder_work: Option<&mut usize>,
     ) -> Arc<Encoded> {
         let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
         let entry = {
@@ -131,7 +137,10 @@ impl Encoder {
         let work = base.map_or(0, |b| b.data.len())
             + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
         let EncodeConfig { level, fast_level } = self.config;
-        let quick = work <= QUICK_WORK || fast_level >= level;
+        let in_folder = folder_work.is_some();
+        let budget =
+            folder_work.map_or(QUICK_WORK, |left| std::mem::replace(left, left.saturating_sub(work)));
+        let quick = work <= budget || fast_level >= level;
         let job = Job { current: current.clone(), send: send.to_vec(), base: base.cloned() };
         let mut first_here = false;
         let first = entry
@@ -142,7 +151,7 @@ impl Encoder {
             })
             .await
             .clone();
-        if first_here && !quick {
+        if first_here && !quick && !in_folder {
             let permits = self.background.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
@@ -162,9 +171,18 @@ struct Job {
     base: Option<Arc<Indexed>>,
 }
 
+/// Work encoded on the calling thread at a fast level (tens of microseconds), rather than handed
+/// to the blocking pool: a folder's small files would spend more time in the handover.
+const INLINE_WORK: usize = 64 << 10;
+
 impl Job {
-    /// Encodes on the blocking pool.
+    /// Encodes on the blocking pool, or here if it is quick.
     async fn run(self, level: i32) -> Arc<Encoded> {
+        let work = self.base.as_ref().map_or(0, |b| b.data.len())
+            + self.send.iter().map(|&i| self.current.chunk(i as usize).len()).sum::<usize>();
+        if work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
+            return Arc::new(encode(&self.current, &self.send, self.base.as_deref(), level));
+        }
         let encoded = tokio::task::spawn_blocking(move || {
             encode(&self.current, &self.send, self.base.as_deref(), level)
         });

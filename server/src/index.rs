@@ -176,21 +176,51 @@ impl AssetIndex {
 
     /// The current version of `asset`, indexing it first if it is new or changed on disk.
     pub async fn current(&self, asset: &AssetPath) -> Result<Arc<Indexed>, IndexError> {
-        let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
+        self.current_of(std::slice::from_ref(asset)).await.pop().expect("one result per asset")
+    }
+
+    /// [`AssetIndex::current`] of each of `assets` (sorted, without repeats), read and indexed
+    /// in one task on the blocking pool: a folder's thousands of files do not each cost a trip
+    /// to another thread.
+    async fn current_of(&self, assets: &[AssetPath]) -> Vec<Result<Arc<Indexed>, IndexError>> {
         // One indexer per asset: concurrent requests for a changed file wait for one re-index.
-        let mut slot = slot.lock().await;
-        let previous = slot.current.clone();
-        let (root, asset_owned, max) = (self.config.root.clone(), asset.clone(), self.config.max_asset_bytes);
+        // Locked in path order, as every caller that takes several does.
+        let mut slots = Vec::with_capacity(assets.len());
+        for asset in assets {
+            let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
+            slots.push(slot.lock_owned().await);
+        }
+        let previous: Vec<Option<Arc<Indexed>>> = slots.iter().map(|s| s.current.clone()).collect();
+        let (root, owned, max) = (self.config.root.clone(), assets.to_vec(), self.config.max_asset_bytes);
         let params = self.config.params;
-        let result = tokio::task::spawn_blocking(move || {
-            refresh(&root, &asset_owned, previous.as_deref(), params, max)
+        let results = tokio::task::spawn_blocking(move || {
+            owned
+                .iter()
+                .zip(previous)
+                .map(|(a, p)| refresh(&root, a, p.as_deref(), params, max))
+                .collect::<Vec<_>>()
         })
         .await
         .expect("indexing task panicked");
+        assets
+            .iter()
+            .zip(slots.iter_mut())
+            .zip(results)
+            .map(|((a, slot), r)| self.settle(a, slot, r))
+            .collect()
+    }
+
+    /// Records what [`refresh`] found for `asset`, announcing a change.
+    fn settle(
+        &self,
+        asset: &AssetPath,
+        slot: &mut Slot,
+        result: Result<Option<Indexed>, IndexError>,
+    ) -> Result<Arc<Indexed>, IndexError> {
         match result {
             Ok(Some(fresh)) => {
                 let fresh = Arc::new(fresh);
-                self.remember(&mut slot, &fresh);
+                self.remember(slot, &fresh);
                 let before = slot.current.replace(fresh.clone()).map(|c| c.version);
                 // A file indexed for the first time is news only if it was written while this
                 // server ran: one that merely existed, read now for someone, did not change.
@@ -273,24 +303,42 @@ impl AssetIndex {
         }
     }
 
+    /// The current version of `asset` if it was indexed with `stamp`.
+    async fn indexed_as(&self, asset: &AssetPath, stamp: Stamp) -> Option<Arc<Indexed>> {
+        let slot = self.slots.lock().expect("poisoned").get(asset).cloned()?;
+        let current = slot.lock().await.current.clone();
+        current.filter(|c| c.stamp == stamp)
+    }
+
     /// The files under `folder` (a folder or the whole root), indexed, sorted by path.
     /// Symlinks are followed only where they resolve inside the root; temporary files (see
     /// [`is_temporary`]) are left out.
     pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
         let root = self.config.root.clone();
         let folder = folder.clone();
-        let names = tokio::task::spawn_blocking(move || walk(&root, &folder))
+        let found = tokio::task::spawn_blocking(move || walk(&root, &folder))
             .await
             .expect("listing task panicked")?;
-        let mut files = Vec::with_capacity(names.len());
-        for asset in names {
-            match self.current(&asset).await {
-                Ok(file) => files.push(file),
-                // Deleted since the walk saw it.
-                Err(IndexError::Unknown(_)) => {}
-                Err(e) => return Err(e),
+        // Unchanged since it was indexed, as far as its stamp tells: not looked at again.
+        let mut files = Vec::with_capacity(found.len());
+        let mut stale = Vec::new();
+        for (asset, stamp) in found {
+            match self.indexed_as(&asset, stamp).await {
+                Some(file) => files.push(file),
+                None => stale.push(asset),
             }
         }
+        for batch in stale.chunks(INDEX_BATCH) {
+            for result in self.current_of(batch).await {
+                match result {
+                    Ok(file) => files.push(file),
+                    // Deleted since the walk saw it.
+                    Err(IndexError::Unknown(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
         Ok(files)
     }
 }
@@ -333,6 +381,9 @@ fn refresh(
     Err(io_err(io::Error::other("the file kept changing while it was being read")))
 }
 
+/// Files indexed by one task on the blocking pool while listing a folder.
+const INDEX_BATCH: usize = 256;
+
 /// Most files one folder listing may hold.
 pub const MAX_FOLDER_FILES: usize = 10_000;
 
@@ -345,8 +396,10 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
         || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// The asset paths of the files under `folder`, sorted.
-fn walk(root: &Path, folder: &Scope) -> Result<Vec<AssetPath>, IndexError> {
+/// The files under `folder`, sorted by path, each with the stamp of what it holds. Directory
+/// entries are taken as the system lists them; only symlinks are resolved, and followed only
+/// where they lead inside the root, each directory once.
+fn walk(root: &Path, folder: &Scope) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
     let (start, real, name) = match folder {
         Scope::All => (root.to_path_buf(), root.to_path_buf(), ""),
         Scope::Folder(f) | Scope::Asset(f) => {
@@ -357,22 +410,30 @@ fn walk(root: &Path, folder: &Scope) -> Result<Vec<AssetPath>, IndexError> {
     };
     let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit: MAX_FOLDER_FILES };
     let mut out = Vec::new();
-    let mut visited = HashSet::from([real]);
-    let mut stack = vec![start];
-    while let Some(dir) = stack.pop() {
+    let mut visited = HashSet::from([real.clone()]);
+    // Each directory as listed, and where it really is.
+    let mut stack = vec![(start, real)];
+    while let Some((dir, real_dir)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
             let path = entry.path();
-            // Through symlinks: only targets inside the root, each directory once.
-            let Ok(target) = path.canonicalize() else { continue };
-            if !target.starts_with(root) {
-                continue;
-            }
-            if target.is_dir() {
-                if visited.insert(target) {
-                    stack.push(path);
+            let (real, meta) = if kind.is_symlink() {
+                let Ok(target) = path.canonicalize() else { continue };
+                let Ok(meta) = std::fs::metadata(&target) else { continue };
+                if !target.starts_with(root) {
+                    continue;
                 }
-            } else if target.is_file() {
+                (target, meta)
+            } else {
+                let Ok(meta) = entry.metadata() else { continue };
+                (real_dir.join(entry.file_name()), meta)
+            };
+            if meta.is_dir() {
+                if visited.insert(real.clone()) {
+                    stack.push((path, real));
+                }
+            } else if meta.is_file() {
                 let Some(asset) = path.strip_prefix(root).ok().and_then(|r| AssetPath::new(r.to_str()?).ok())
                 else {
                     continue;
@@ -381,12 +442,12 @@ fn walk(root: &Path, folder: &Scope) -> Result<Vec<AssetPath>, IndexError> {
                     if out.len() == MAX_FOLDER_FILES {
                         return Err(too_many());
                     }
-                    out.push(asset);
+                    out.push((asset, Stamp::of(&meta)));
                 }
             }
         }
     }
-    out.sort();
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

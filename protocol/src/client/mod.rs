@@ -21,6 +21,7 @@ mod rebuild;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub use rebuild::{Assembled, Synced};
 
@@ -131,8 +132,8 @@ enum State {
 pub struct ClientSync {
     id: u32,
     asset: AssetPath,
-    /// The manifests named in `have.versions`, in that order.
-    named: Vec<(VersionId, Manifest)>,
+    /// The manifests named in `have.versions`, in that order (shared by a folder's files).
+    named: Arc<[(VersionId, Manifest)]>,
     /// Whether `named[0]` is this asset's own current version.
     has_base: bool,
     /// The prefix length of the request's `have.chunks`.
@@ -157,7 +158,7 @@ impl ClientSync {
         have_chunks: ChunkSet,
     ) -> (Self, ClientMessage) {
         let has_base = base.is_some();
-        let named: Vec<(VersionId, Manifest)> =
+        let named: Arc<[(VersionId, Manifest)]> =
             base.into_iter().chain(others).map(|m| (m.version(), m)).collect();
         let versions = named.iter().map(|(v, _)| *v).collect();
         let prefix = have_chunks.prefix();
@@ -173,8 +174,12 @@ impl ClientSync {
 
     /// A machine for one file of a `sync_folder` answer (request `id`), whose `have.versions`
     /// were the versions of `named`, in that order.
-    pub fn for_folder_file(id: u32, asset: AssetPath, named: Vec<Manifest>, prefix: usize) -> Self {
-        let named = named.into_iter().map(|m| (m.version(), m)).collect();
+    pub fn for_folder_file(
+        id: u32,
+        asset: AssetPath,
+        named: Arc<[(VersionId, Manifest)]>,
+        prefix: usize,
+    ) -> Self {
         ClientSync { id, asset, named, has_base: false, prefix, driver_hashes: false, state: State::Waiting }
     }
 

@@ -2,6 +2,7 @@
 //! asset's sync and each file of a folder's answer share.
 
 use std::mem;
+use std::sync::Arc;
 
 use super::{Action, Input, Queue};
 use crate::{
@@ -52,7 +53,7 @@ pub(super) struct Answer {
     /// The asset's committed version, to recognise an unchanged answer.
     base: Option<Manifest>,
     /// Committed versions that reused chunks may be read from.
-    sources: Vec<Manifest>,
+    sources: Arc<Vec<Manifest>>,
     /// Received chunks for the driver to hash, not yet taken.
     fresh: Vec<(u32, Vec<u8>)>,
     /// Received chunks whose hashes the driver has yet to give back.
@@ -65,7 +66,7 @@ impl Answer {
     pub fn new(
         mut machine: ClientSync,
         base: Option<Manifest>,
-        sources: Vec<Manifest>,
+        sources: Arc<Vec<Manifest>>,
         driver_hashes: bool,
     ) -> Self {
         if driver_hashes {

@@ -2,6 +2,7 @@
 //! lost connection, and the commit.
 
 use std::mem;
+use std::sync::Arc;
 
 use super::answer::{Answer, End};
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
@@ -75,7 +76,7 @@ pub struct AssetSync {
     next_id: u32,
     holding: Holding,
     /// The committed versions the first request names: where reused chunks may be read.
-    sources: Vec<Manifest>,
+    sources: Arc<Vec<Manifest>>,
     /// Chunks kept from cut transfers, listed as held from then on.
     kept: Vec<ChunkId>,
     resume: bool,
@@ -95,7 +96,7 @@ impl AssetSync {
         if let Some(base) = &base {
             queue.push_back(Action::Prefetch(base.clone()));
         }
-        let sources = base.iter().chain(&others).cloned().collect();
+        let sources = Arc::new(base.iter().chain(&others).cloned().collect());
         AssetSync {
             asset,
             next_id: next_id.max(1),
@@ -113,7 +114,7 @@ impl AssetSync {
 
     /// Starts as a retry after bad data: naming no version, only the chunks `held` (intact as far
     /// as the caller knows, and found in the committed versions `sources`).
-    pub fn retrying(mut self, held: Vec<ChunkId>, sources: Vec<Manifest>) -> Self {
+    pub fn retrying(mut self, held: Vec<ChunkId>, sources: Arc<Vec<Manifest>>) -> Self {
         self.queue.clear();
         self.holding = Holding { base: None, others: Vec::new(), chunks: held };
         self.sources = sources;

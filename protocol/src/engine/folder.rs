@@ -4,16 +4,18 @@
 //! resumed: the files committed so far are held by then, and the chunks that had arrived of the
 //! file in flight are kept and listed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::mem;
+use std::sync::Arc;
 
 use super::answer::{Answer, End};
 use super::{
     Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
 };
 use crate::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, Have, Manifest, Scope, ServerMessage,
-    Synced, VerifiedChunk, apply_listing_delta, folder_changes, folder_version, held_chunk_ids, listing_of,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry, Have, Manifest, Scope,
+    ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta, folder_changes, folder_version,
+    held_chunk_ids,
 };
 
 /// What a folder sync did.
@@ -52,9 +54,10 @@ pub struct FolderSync {
     folder: Scope,
     next_id: u32,
     /// The committed versions of the folder's files, kept current as files commit.
-    held: Vec<Manifest>,
-    /// What the request in flight named, in that order.
-    named: Vec<Manifest>,
+    held: BTreeMap<AssetPath, Manifest>,
+    /// What the request in flight named, in that order (by path), with their versions: shared
+    /// by the machines of the answer's files.
+    named: Arc<[(VersionId, Manifest)]>,
     /// Whether requests name `held`'s versions in full, not by the listing's version (the
     /// server forgot that listing).
     in_full: bool,
@@ -70,7 +73,7 @@ pub struct FolderSync {
     /// held intact.
     again: VecDeque<(AssetPath, Vec<ChunkId>)>,
     /// Committed versions reused chunks may be read from.
-    sources: Vec<Manifest>,
+    sources: Arc<Vec<Manifest>>,
     kept: Vec<ChunkId>,
     resume: bool,
     driver_hashes: bool,
@@ -89,7 +92,7 @@ impl FolderSync {
         FolderSync {
             folder,
             next_id: next_id.max(1),
-            named: Vec::new(),
+            named: Arc::new([]),
             in_full: false,
             sent_since: false,
             listed: false,
@@ -97,8 +100,8 @@ impl FolderSync {
             to_fetch: VecDeque::new(),
             to_remove: VecDeque::new(),
             again: VecDeque::new(),
-            sources: held.clone(),
-            held,
+            sources: Arc::new(held.clone()),
+            held: held.into_iter().map(|m| (m.path.clone(), m)).collect(),
             kept: Vec::new(),
             resume: true,
             driver_hashes: false,
@@ -133,14 +136,14 @@ impl FolderSync {
             }
             ServerMessage::Folder { id: got, files, removed, delta, version } if got == id => {
                 let files = match delta {
-                    true => apply_listing_delta(&listing_of(&self.named), &files, &removed),
+                    true => apply_listing_delta(&self.named_listing(), &files, &removed),
                     false => files,
                 };
                 if version.is_some_and(|v| v != folder_version(&files)) {
                     self.in_full = true;
                     return self.lost("the folder listing does not add up to its version".into());
                 }
-                let changes = folder_changes(&self.held, &files);
+                let changes = folder_changes(&self.named_listing(), &files);
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
                 self.to_remove = changes.removed.into();
@@ -167,6 +170,14 @@ impl FolderSync {
             }
             other => return self.lost(format!("unexpected `{}` answer to sync_folder", other.kind())),
         };
+    }
+
+    /// The listing the request in flight named, sorted by path.
+    fn named_listing(&self) -> Vec<FolderEntry> {
+        self.named
+            .iter()
+            .map(|(version, m)| FolderEntry { asset: m.path.clone(), version: *version })
+            .collect()
     }
 
     /// The next file of the answer, or what follows the answer.
@@ -239,9 +250,8 @@ impl FolderSync {
 
     fn committed(&mut self, synced: Synced, report: SyncReport) {
         let manifest = synced.manifest.clone();
-        self.held.retain(|m| m.path != manifest.path);
-        self.held.push(manifest.clone());
-        self.sources.push(manifest);
+        self.held.insert(manifest.path.clone(), manifest.clone());
+        Arc::make_mut(&mut self.sources).push(manifest);
         self.fetched.push(synced.manifest.path.clone());
         self.queue.push_back(Action::FileDone(Finished { fetched: Fetched::Synced(synced), report }));
     }
@@ -256,19 +266,18 @@ impl Machine for FolderSync {
             State::Ready => {
                 let id = bump(&mut self.next_id);
                 // Files committed meanwhile are held now, and so are the chunks kept after a cut.
-                let mut chunks = if self.listed { held_chunk_ids(&self.held) } else { Vec::new() };
+                let mut chunks = if self.listed { held_chunk_ids(self.held.values()) } else { Vec::new() };
                 chunks.extend(&self.kept);
                 let chunks = ChunkSet::new(chunks);
                 self.answer = (id, chunks.prefix());
                 // In path order: the order of the versions a server reads from the listing.
-                self.named = self.held.clone();
-                self.named.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-                let listing = listing_of(&self.named);
+                self.named = self.held.values().map(|m| (m.version(), m.clone())).collect();
+                let listing = self.named_listing();
                 let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
                 self.sent_since = since.is_some();
                 let versions = match since {
                     Some(_) => Vec::new(),
-                    None => self.named.iter().map(Manifest::version).collect(),
+                    None => listing.iter().map(|e| e.version).collect(),
                 };
                 let have = Have { versions, chunks };
                 self.report.requests += 1;
@@ -351,7 +360,7 @@ impl Machine for FolderSync {
             }
             (State::Removing, Input::Stored) => {
                 let asset = self.to_remove.pop_front().expect("Removing has one");
-                self.held.retain(|m| m.path != asset);
+                self.held.remove(&asset);
                 self.removed.push(asset);
                 self.after_answer();
             }

@@ -1,7 +1,7 @@
 //! Answers to `sync` and `sync_folder`: planned by the protocol crate, compressed once for every
 //! client in the same state, and paced out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use futures_util::SinkExt;
 
 use super::throttle::Throttle;
 use super::{Fatal, Peer, gone, send_json};
-use crate::encode::Batch;
+use crate::encode::{Batch, QUICK_WORK};
 use crate::index::{IndexError, Indexed};
 use crate::server::AppState;
 
@@ -138,12 +138,14 @@ pub(super) async fn sync_folder(
         state.index.remember_listing(folder_version(&entries), &entries);
     }
     send_json(socket, &folder_listing(id, since.as_deref(), entries)).await?;
-    let (mut updated, mut frame_bytes) = (0, 0);
+    let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
+    // The delta base and compression prefix of each file: the client's version of it.
+    let bases: HashMap<&AssetPath, &(u32, Arc<Indexed>)> =
+        known.iter().map(|k| (&k.1.manifest.path, k)).collect();
     for file in files.iter().filter(|f| folder_sends(&have, &f.version)) {
-        // The delta base and compression prefix: the client's version of the same file.
-        let base = known.iter().find(|(_, k)| k.manifest.path == file.manifest.path);
-        let path = Some(file.manifest.path.clone());
-        let sent = answer(socket, state, peer, throttle, id, path, file, base, &held).await?;
+        let base = bases.get(&file.manifest.path).copied();
+        let folder = Some((file.manifest.path.clone(), &mut work));
+        let sent = answer(socket, state, peer, throttle, id, folder, file, base, &held).await?;
         // Later files reference these chunks instead of carrying them again.
         held.extend(sent.chunks.iter().map(|&i| file.manifest.chunks[i as usize].id));
         updated += 1;
@@ -171,7 +173,9 @@ struct Sent {
 }
 
 /// Plans, encodes and sends the answer for `current` to a client holding `held` (`update` with
-/// its chunk frames, or `up_to_date` when `base` is the current version itself).
+/// its chunk frames, or `up_to_date` when `base` is the current version itself). In a folder
+/// answer, `folder` is the file's path and what is left of the answer's best-level work (see
+/// [`crate::encode::Encoder::encode`]).
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     socket: &mut WebSocket,
@@ -179,7 +183,7 @@ async fn answer(
     peer: Peer,
     throttle: &mut Throttle,
     id: u32,
-    asset: Option<AssetPath>,
+    folder: Option<(AssetPath, &mut usize)>,
     current: &Arc<Indexed>,
     base: Option<&(u32, Arc<Indexed>)>,
     held: &HashSet<ChunkId>,
@@ -188,9 +192,10 @@ async fn answer(
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
         ServerMessage::Update(update) => {
+            let (asset, work) = folder.unzip();
             update.asset = asset;
             if peer.zstd && !answer.send.is_empty() {
-                let encoded = state.encoder.encode(current, &answer.send, base.map(|(_, b)| b)).await;
+                let encoded = state.encoder.encode(current, &answer.send, base.map(|(_, b)| b), work).await;
                 update.dict = encoded.prefixed;
                 Some(encoded)
             } else {
