@@ -73,6 +73,9 @@ struct ServeArgs {
     /// Largest asset served, in bytes
     #[arg(long, default_value_t = 512 << 20)]
     max_asset_bytes: u64,
+    /// Most files one folder sync may list
+    #[arg(long, default_value_t = 100_000)]
+    max_folder_files: usize,
     /// Most simultaneous WebSocket connections
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -313,6 +316,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         params: ChunkParams::with_avg(args.avg_chunk)?,
         keep_versions: args.keep_versions,
         max_asset_bytes: args.max_asset_bytes,
+        max_folder_files: args.max_folder_files,
         limits: SessionLimits {
             max_message_bytes: args.max_message_bytes,
             max_have: args.max_have,

@@ -37,7 +37,9 @@ pub enum IndexError {
         limit: u64,
     },
     /// A folder holds more files than one answer may list.
-    #[error("folder {folder:?} holds more than {limit} files")]
+    #[error(
+        "folder {folder:?} holds more than {limit} files: sync its subfolders, or raise serve --max-folder-files"
+    )]
     TooManyFiles {
         /// The folder (`""` for the root).
         folder: String,
@@ -67,6 +69,8 @@ pub struct IndexConfig {
     pub keep_versions: usize,
     /// Largest file served, in bytes (the current version of each asset is held in memory).
     pub max_asset_bytes: u64,
+    /// Most files one folder listing may hold.
+    pub max_folder_files: usize,
 }
 
 /// What identifies a file's content without reading it.
@@ -316,7 +320,8 @@ impl AssetIndex {
     pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
         let root = self.config.root.clone();
         let folder = folder.clone();
-        let found = tokio::task::spawn_blocking(move || walk(&root, &folder))
+        let limit = self.config.max_folder_files;
+        let found = tokio::task::spawn_blocking(move || walk(&root, &folder, limit))
             .await
             .expect("listing task panicked")?;
         // Unchanged since it was indexed, as far as its stamp tells: not looked at again.
@@ -384,9 +389,6 @@ fn refresh(
 /// Files indexed by one task on the blocking pool while listing a folder.
 const INDEX_BATCH: usize = 256;
 
-/// Most files one folder listing may hold.
-pub const MAX_FOLDER_FILES: usize = 10_000;
-
 /// Editors' and build tools' temporary files (`x~`, `x.tmp`, `.x.swp`, `.#x`, ...), which are not
 /// listed in folders nor announced to folder subscriptions.
 pub fn is_temporary(asset: &AssetPath) -> bool {
@@ -399,7 +401,7 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
 /// The files under `folder`, sorted by path, each with the stamp of what it holds. Directory
 /// entries are taken as the system lists them; only symlinks are resolved, and followed only
 /// where they lead inside the root, each directory once.
-fn walk(root: &Path, folder: &Scope) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
+fn walk(root: &Path, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
     let (start, real, name) = match folder {
         Scope::All => (root.to_path_buf(), root.to_path_buf(), ""),
         Scope::Folder(f) | Scope::Asset(f) => {
@@ -408,7 +410,7 @@ fn walk(root: &Path, folder: &Scope) -> Result<Vec<(AssetPath, Stamp)>, IndexErr
             (start, real.ok_or_else(|| IndexError::Unknown(f.clone()))?, f.as_str())
         }
     };
-    let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit: MAX_FOLDER_FILES };
+    let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit };
     let mut out = Vec::new();
     let mut visited = HashSet::from([real.clone()]);
     // Each directory as listed, and where it really is.
@@ -439,7 +441,7 @@ fn walk(root: &Path, folder: &Scope) -> Result<Vec<(AssetPath, Stamp)>, IndexErr
                     continue;
                 };
                 if !is_temporary(&asset) {
-                    if out.len() == MAX_FOLDER_FILES {
+                    if out.len() == limit {
                         return Err(too_many());
                     }
                     out.push((asset, Stamp::of(&meta)));

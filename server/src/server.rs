@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub keep_versions: usize,
     /// Largest asset served, in bytes.
     pub max_asset_bytes: u64,
+    /// Most files one folder listing may hold.
+    pub max_folder_files: usize,
     /// Per-connection limits.
     pub limits: SessionLimits,
     /// Most simultaneous WebSocket connections; more are refused with 503.
@@ -100,6 +102,7 @@ impl Default for ServeConfig {
             params: ChunkParams::default(),
             keep_versions: 8,
             max_asset_bytes: 512 << 20,
+            max_folder_files: 100_000,
             limits: SessionLimits {
                 // 64 Ki digest entries of 66 JSON bytes each fit in 8 MiB; nothing else is large.
                 max_message_bytes: 8 << 20,
@@ -253,6 +256,7 @@ pub async fn run(
             params: config.params,
             keep_versions: config.keep_versions,
             max_asset_bytes: config.max_asset_bytes,
+            max_folder_files: config.max_folder_files,
         },
         hub.clone(),
     )?);

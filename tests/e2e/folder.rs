@@ -192,3 +192,22 @@ async fn a_large_unchanged_folder_costs_one_small_round_trip_and_changes_travel_
     assert_eq!(tree(&out), tree(&root));
     server.stop().await;
 }
+
+/// A folder over the server's `--max-folder-files` is refused with what to do, and the session
+/// goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_over_the_file_limit_is_refused_with_what_to_do() {
+    let server = TestServer::start_with(|c| c.max_folder_files = 20).await;
+    for i in 0..21 {
+        server.write(&format!("dist/f{i}.js"), b"x");
+    }
+    let client = TestClient::new();
+    let error = client.pull(&server, &["dist/"]).await.unwrap_err().to_string();
+    assert!(
+        error.contains("holds more than 20 files: sync its subfolders, or raise serve --max-folder-files"),
+        "{error}"
+    );
+    server.write("dist/sub/a.js", b"a");
+    client.pull(&server, &["dist/sub/"]).await.unwrap();
+    server.stop().await;
+}
