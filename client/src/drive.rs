@@ -110,16 +110,8 @@ impl Connection {
     ) -> Result<Option<Vec<u8>>, Stop> {
         let now = Instant::now();
         let progress = ProgressGate::default();
-        let mut local = Local {
-            cache,
-            config,
-            many,
-            unchanged: None,
-            started: now,
-            published: now,
-            file_started: now,
-            progress,
-        };
+        let mut local =
+            Local { cache, config, many, unchanged: None, published: now, file_started: now, progress };
         let ended = self.run(machine, &mut local, report).await;
         // Whatever ended the run, the files staged so far are verified and written.
         let published = local.cache.publish();
@@ -179,11 +171,10 @@ impl Connection {
 struct Local<'a> {
     cache: &'a mut Cache,
     config: &'a PullConfig,
-    /// The file of an asset found unchanged, as read back.
     /// Whether commits are staged for one [`Cache::publish`] (a folder's files).
     many: bool,
+    /// The file of an asset found unchanged, as read back.
     unchanged: Option<Vec<u8>>,
-    started: Instant,
     /// When staged commits were last published.
     published: Instant,
     file_started: Instant,
@@ -245,8 +236,7 @@ impl Local<'_> {
                 return Ok(None);
             }
             Action::Progress { asset, received, total } => {
-                let now_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-                if self.progress.due(&asset, received, total, now_ms) {
+                if self.progress.due(&asset, received, total) {
                     report(&PullEvent::Progress { asset: asset.to_string(), received, total });
                 }
                 return Ok(None);

@@ -130,9 +130,9 @@ pub enum PullEvent {
         /// Why.
         error: String,
     },
-    /// Chunk bytes of `asset` received so far, of `total` announced: at the start, at least
-    /// every 64 KiB or 50 ms of the transfer (whichever is later), and at the end. For progress
-    /// displays: not part of `pull --json`'s output.
+    /// Chunk bytes of `asset` received so far, of `total` announced: at the start, every
+    /// 64 KiB of the transfer, and at the end. For progress displays: not part of
+    /// `pull --json`'s output.
     #[serde(skip)]
     Progress {
         /// The asset being received.

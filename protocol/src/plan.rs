@@ -119,17 +119,31 @@ pub fn listing_delta(old: &[FolderEntry], new: &[FolderEntry]) -> (Vec<FolderEnt
     (changed, removed)
 }
 
-/// Applies a [`listing_delta`] to `old`: the new listing, sorted by path.
+/// Applies a [`listing_delta`] to `old`: the new listing. All three lists are sorted by path,
+/// as the server sends them, so this is one merge (a listing out of order comes out wrong, and
+/// the client's check against the listing's version catches it).
 pub fn apply_listing_delta(
     old: &[FolderEntry],
     changed: &[FolderEntry],
     removed: &[AssetPath],
 ) -> Vec<FolderEntry> {
-    let gone: HashSet<&AssetPath> = removed.iter().chain(changed.iter().map(|e| &e.asset)).collect();
-    let mut entries: Vec<FolderEntry> = old.iter().filter(|e| !gone.contains(&e.asset)).cloned().collect();
-    entries.extend_from_slice(changed);
-    entries.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
-    entries
+    let mut out = Vec::with_capacity(old.len() + changed.len());
+    let (mut changed, mut removed) = (changed.iter().peekable(), removed.iter().peekable());
+    for entry in old {
+        while let Some(new) = changed.next_if(|n| n.asset < entry.asset) {
+            out.push(new.clone());
+        }
+        while removed.next_if(|p| **p < entry.asset).is_some() {}
+        if removed.next_if(|p| **p == entry.asset).is_some() {
+            continue;
+        }
+        match changed.next_if(|n| n.asset == entry.asset) {
+            Some(new) => out.push(new.clone()),
+            None => out.push(entry.clone()),
+        }
+    }
+    out.extend(changed.cloned());
+    out
 }
 
 /// The listing part of a `sync_folder` answer, for a client whose listing is `since` (as the

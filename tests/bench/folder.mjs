@@ -1,19 +1,22 @@
-// Folder benchmark: a build folder of many small real-looking JS files, synced by an rsync daemon
-// and by `assetsync pull dist/`, side by side in one run, on loopback.
+// Folder benchmark: a build folder of many small real-looking JS files, synced by an rsync daemon,
+// by `assetsync pull dist/` and by the browser client's `syncFolder("dist/")` (headless Chromium,
+// persistent profile), side by side in one run, on loopback.
 //
-//   cargo build --release -p assetsync && node tests/bench/folder.mjs
+//   scripts/build-web.sh && cargo build --release -p assetsync && node tests/bench/folder.mjs
 //
 // FILES (default 9000) files of 2-5 KB, each a slice of the real bundles in demo/js/vendor/
 // under a header of its own (so no two files share a chunk), in target/folder-bench/ (made once
 // per FILES). Cases: cold (empty destination), unchanged, one file changed. Each figure is the
 // wall time of the command, and the bytes it moved as the tool counts them (rsync's "sent" plus
-// "received"; assetsync's wire bytes in plus out, WebSocket framing included), the median of
-// RUNS (default 3). Needs the rsync command (Debian: apt-get install rsync).
+// "received"; assetsync's wire bytes in plus out, WebSocket framing included; the browser's
+// message payloads), the median of RUNS (default 3). The browser's time runs from before
+// `SyncClient.connect` to the folder committed, in a fresh page each time. Needs the rsync
+// command (Debian: apt-get install rsync).
 
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startServer, repo } from "../browser/harness.mjs";
+import { startServer, repo, launchPersistent } from "../browser/harness.mjs";
 
 const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
 process.env.ASSETSYNC_BIN = bin;
@@ -96,6 +99,28 @@ async function assetsyncOnce(ws, cache, out) {
   return { ms, bytes: folder.wire_bytes_in + folder.wire_bytes_out };
 }
 
+/** The browser client in a persistent profile under `dest`; each sync in a fresh page. */
+async function browserClient(dest) {
+  const context = await launchPersistent(dest);
+  const once = async () => {
+    const page = await context.newPage();
+    await page.goto(server.url + "/style.css");
+    const result = await page.evaluate(async (ws) => {
+      const m = await import("/pkg/assetsync.js");
+      await m.default();
+      const started = performance.now();
+      const client = await m.SyncClient.connect(ws, { db: "bench" });
+      const done = await client.syncFolder("dist/");
+      const ms = performance.now() - started;
+      client.close();
+      return { ms, bytes: done.wireBytesIn + done.wireBytesOut };
+    }, server.ws);
+    await page.close();
+    return result;
+  };
+  return { once, close: () => context.close() };
+}
+
 /** A file to change between the unchanged and the changed case, and back. */
 const victim = join(dist, "m07", "chunk-7.js");
 const original = () => readFileSync(victim);
@@ -103,10 +128,18 @@ const original = () => readFileSync(victim);
 generate();
 const daemon = await rsyncDaemon();
 const server = await startServer({ root });
+let browser = null;
 const tools = [
   ["rsync daemon", (dest) => rsyncOnce(daemon.url, dest, false)],
   ["rsync daemon -z", (dest) => rsyncOnce(daemon.url, dest, true)],
   ["assetsync pull dist/", (dest) => assetsyncOnce(server.ws, join(dest, ".cache"), join(dest, "out"))],
+  [
+    "browser syncFolder",
+    async (dest) => {
+      browser ??= await browserClient(dest);
+      return browser.once();
+    },
+  ],
 ];
 const before = original();
 const results = new Map(tools.map(([name]) => [name, { cold: [], unchanged: [], changed: [] }]));
@@ -123,6 +156,8 @@ for (let r = 0; r < RUNS; r++) {
     writeFileSync(victim, Buffer.concat([before, Buffer.from(`\n// changed in run ${r}\n`)]));
     res.changed.push(await once(dest));
     writeFileSync(victim, before);
+    await browser?.close();
+    browser = null;
   }
 }
 await server.stop();

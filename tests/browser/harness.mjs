@@ -141,6 +141,11 @@ export async function launchBrowser(extraArgs = []) {
   return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: [...browserArgs, ...extraArgs] });
 }
 
+/** Headless Chromium with a persistent profile in `dir` (IndexedDB and the HTTP cache on disk). */
+export async function launchPersistent(dir) {
+  return chromium.launchPersistentContext(dir, { executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs });
+}
+
 /** Opens a page of `server` with the WASM client loaded as `window.assetsync`. */
 export async function openClientPage(context, server) {
   const page = await context.newPage();

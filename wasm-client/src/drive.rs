@@ -2,6 +2,7 @@
 //! between it, the WebSocket and IndexedDB. Every decision (what to ask, keep, retry, commit)
 //! is the machine's; this loop only does what an [`Action`] says.
 
+use std::mem;
 use std::rc::Rc;
 
 use assetsync_protocol::Manifest;
@@ -11,6 +12,7 @@ use wasm_bindgen::JsValue;
 
 use crate::digest::{self, ChunkHasher};
 use crate::socket::{Incoming, Socket};
+use crate::store::Staged;
 use crate::{Bytes, Client, SyncResult, next, now_ms, report_progress, subscribe, task};
 
 /// What a run produced besides the machine's own result.
@@ -55,14 +57,22 @@ struct Run<'a> {
     base_file: Option<web_sys::Blob>,
     on_progress: Option<&'a Function>,
     progress: ProgressGate,
+    /// A folder's commits and removals, made in one transaction at the end (or every
+    /// [`STAGED_BYTES`]); `None` for a single asset, committed at once.
+    staged: Option<Vec<Staged>>,
     /// Why the connection was last lost.
     last_loss: String,
 }
 
+/// Bytes of a folder's verified files held for one transaction; past them, a transaction commits
+/// what is held.
+const STAGED_BYTES: usize = 32 << 20;
+
 impl Client {
     /// Runs `machine` to its end over `socket` (reconnected in place when the machine says so).
     /// `target` is the asset or folder synced; `base_file` the committed file of the asset's
-    /// current version, for a prefetch.
+    /// current version, for a prefetch. A folder's files (`many`) are committed together when
+    /// the run ends, however it ends.
     pub(crate) async fn drive(
         self: &Rc<Self>,
         machine: &mut impl Machine,
@@ -70,6 +80,7 @@ impl Client {
         target: &str,
         base_file: Option<web_sys::Blob>,
         on_progress: Option<&Function>,
+        many: bool,
     ) -> Result<Driven, Stopped> {
         let progress = ProgressGate::default();
         let mut run = Run {
@@ -78,8 +89,29 @@ impl Client {
             base_file,
             on_progress,
             progress,
+            staged: many.then(Vec::new),
             last_loss: String::new(),
         };
+        let ended = self.steps(machine, socket, &mut run).await;
+        let committed = self.commit_staged(&mut run).await;
+        let driven = ended?;
+        committed?;
+        Ok(driven)
+    }
+
+    /// Commits a folder's staged files and removals in one transaction.
+    async fn commit_staged(&self, run: &mut Run<'_>) -> Result<(), Stopped> {
+        let Some(staged) = run.staged.as_mut().filter(|s| !s.is_empty()) else { return Ok(()) };
+        let committed = self.store.commit_all(&mem::take(staged)).await;
+        committed.map_err(|e| Stopped::store(format!("{}: {e}; the previous versions are kept", run.target)))
+    }
+
+    async fn steps(
+        self: &Rc<Self>,
+        machine: &mut impl Machine,
+        socket: &mut Option<Socket>,
+        run: &mut Run<'_>,
+    ) -> Result<Driven, Stopped> {
         let mut hasher = ChunkHasher::default();
         let mut file_started = now_ms();
         loop {
@@ -121,7 +153,7 @@ impl Client {
                 Action::Reconnect { after_ms } => {
                     *socket = None;
                     if self.closed.get() {
-                        return Err(Stopped { message: run.last_loss, in_step: false });
+                        return Err(Stopped { message: run.last_loss.clone(), in_step: false });
                     }
                     subscribe::sleep(after_ms as i32).await;
                     match self.handshake().await {
@@ -138,12 +170,12 @@ impl Client {
                     file_started = now_ms();
                     continue;
                 }
-                Action::Done => return Ok(run.driven),
+                Action::Done => return Ok(mem::take(&mut run.driven)),
                 Action::Failed(error) => {
                     let in_step = matches!(error, ClientError::Refused { .. });
                     return Err(Stopped { message: error.to_string(), in_step });
                 }
-                action => match self.act(action, &mut run).await? {
+                action => match self.act(action, run).await? {
                     Some(input) => input,
                     None => continue,
                 },
@@ -193,7 +225,21 @@ impl Client {
             }
             Action::Commit(synced) => {
                 task::yield_if_busy().await;
-                if let Err(e) = self.store.commit(synced).await {
+                let committed = match &mut run.staged {
+                    None => self.store.commit(synced).await,
+                    Some(staged) => match Staged::file(synced) {
+                        Ok(file) => {
+                            staged.push(file);
+                            if staged.iter().map(Staged::len).sum::<usize>() < STAGED_BYTES {
+                                Ok(())
+                            } else {
+                                self.store.commit_all(&mem::take(staged)).await
+                            }
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = committed {
                     let path = synced.manifest.path.as_str();
                     let file = if path == run.target { String::new() } else { format!("{path}: ") };
                     return Err(Stopped::store(format!("{file}{e}; the previous version is kept")));
@@ -203,7 +249,10 @@ impl Client {
             }
             Action::Remove(asset) => {
                 self.remembered.borrow_mut().remove(asset);
-                self.store.remove(asset).await.map_err(Stopped::store)?;
+                match &mut run.staged {
+                    None => self.store.remove(asset).await.map_err(Stopped::store)?,
+                    Some(staged) => staged.push(Staged::Removal(asset.as_str().to_owned())),
+                }
                 Input::Stored
             }
             // Kept chunk records are dropped once damaged, or once in committed files.
@@ -216,7 +265,7 @@ impl Client {
                 return Ok(None);
             }
             Action::Progress { asset, received, total } => {
-                if run.progress.due(&asset, received, total, now_ms()) {
+                if run.progress.due(&asset, received, total) {
                     report_progress(run.on_progress, received, total);
                 }
                 return Ok(None);

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use assetsync_protocol::engine::{FolderSync, Machine};
-use assetsync_protocol::{AssetPath, Manifest, Scope};
+use assetsync_protocol::{AssetPath, Scope};
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
@@ -54,13 +54,14 @@ impl Client {
         }
         let mut guard = self.socket.lock().await;
         let (in0, out0) = (self.received.get(), self.sent.get());
-        let mut machine = FolderSync::new(folder.clone(), self.held_in(folder).await?, self.next_id.get());
+        let held = self.store.current_in(folder).await.map_err(js_error)?;
+        let mut machine = FolderSync::new(folder.clone(), held, self.next_id.get());
         if digest::subtle() {
             machine.set_driver_hashes();
         }
         self.connected(&mut guard).await?;
         let target = folder.to_string();
-        let run = self.drive(&mut machine, &mut guard, &target, None, None).await;
+        let run = self.drive(&mut machine, &mut guard, &target, None, None, true).await;
         self.next_id.set(machine.next_id());
         let driven = self.stopped(run, &mut guard, &target)?;
         drop(guard);
@@ -74,18 +75,5 @@ impl Client {
             elapsed_ms: now_ms() - started,
             reconnects: done.report.reconnects,
         })
-    }
-
-    /// The committed versions of the files inside `folder`.
-    async fn held_in(&self, folder: &Scope) -> Result<Vec<Manifest>, JsError> {
-        let mut held = Vec::new();
-        for asset in self.store.assets().await? {
-            if folder.covers(&asset)
-                && let Some(manifest) = self.store.current(&asset).await?
-            {
-                held.push(manifest);
-            }
-        }
-        Ok(held)
     }
 }

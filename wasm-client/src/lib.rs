@@ -49,9 +49,9 @@ export interface ConnectOptions {
   token?: string;
 }
 /**
- * Passed to the `sync` progress callback as chunk bytes arrive: at the start, at least every
- * 64 KiB or 50 ms of the transfer (whichever is later), and at the end. Within a compressed
- * batch, `receivedBytes` counts its chunks in proportion to its compressed bytes received.
+ * Passed to the `sync` progress callback as chunk bytes arrive: at the start, every 64 KiB of
+ * the transfer, and at the end. Within a compressed batch, `receivedBytes` counts its chunks in
+ * proportion to its compressed bytes received.
  */
 export interface SyncProgress {
   receivedBytes: number;

@@ -22,14 +22,12 @@
 mod migrate;
 mod records;
 
-use records::{
-    Range, blob, bytes_of, decode_manifest, delete_version, key, put_chunks, read_blob, runs, slice, stage,
-    version_of,
-};
+pub use records::Staged;
+use records::{Range, blob, bytes_of, decode_manifest, key, put_chunks, read_blob, runs, slice, version_of};
 
 use std::collections::HashSet;
 
-use assetsync_protocol::{AssetPath, ChunkId, Manifest, Synced, VerifiedChunk, VersionId};
+use assetsync_protocol::{AssetPath, ChunkId, Manifest, Scope, Synced, VerifiedChunk, VersionId};
 use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
@@ -311,23 +309,10 @@ impl Store {
         finish(tx).await
     }
 
-    /// The assets with a committed version.
-    pub async fn assets(&self) -> Result<Vec<AssetPath>> {
-        let tx = self.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
-        let keys = tx.object_store(REFS)?.get_all_keys(None, None)?.await?;
-        Ok(keys.iter().filter_map(|k| AssetPath::new(&k.as_string()?).ok()).collect())
-    }
-
     /// Deletes `asset` (it is gone from the server): its pointer, file and manifest, in one
     /// transaction.
     pub async fn remove(&self, asset: &AssetPath) -> Result<()> {
-        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
-        let refs = tx.object_store(REFS)?;
-        if let Some(version) = version_of(refs.get(key(asset.as_str()))?.await?) {
-            delete_version(&tx, &version)?;
-        }
-        refs.delete(key(asset.as_str()))?;
-        finish(tx).await
+        self.commit_all(&[Staged::Removal(asset.as_str().to_owned())]).await
     }
 
     /// Stores chunks of a transfer that broke before its version could be committed, so that
@@ -346,14 +331,42 @@ impl Store {
     /// Commits a verified sync in one transaction: the file, the manifest, the pointer, and the
     /// deletion of the asset's previous version.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {
+        self.commit_all(&[Staged::file(synced)?]).await
+    }
+
+    /// Commits `changes` (a folder's files and removals) in one transaction: a reader sees all
+    /// of them or none.
+    pub async fn commit_all(&self, changes: &[Staged]) -> Result<()> {
         let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
-        let previous = stage(&tx, synced).await?;
-        let (version, asset) = (key(&synced.version.to_hex()), key(synced.manifest.path.as_str()));
-        tx.object_store(REFS)?.put(&version, Some(&asset))?;
-        if let Some(previous) = previous {
-            delete_version(&tx, &previous)?;
+        for change in changes {
+            change.apply(&tx).await?;
         }
         finish(tx).await
+    }
+
+    /// The committed manifests of the assets inside `scope`, in one transaction.
+    pub async fn current_in(&self, scope: &Scope) -> Result<Vec<Manifest>> {
+        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
+        let refs = tx.object_store(REFS)?;
+        let keys = refs.get_all_keys(None, None)?.await?;
+        let values = refs.get_all(None, None)?.await?;
+        let manifests = tx.object_store(MANIFESTS)?;
+        // Every read asked for at once, then awaited in turn.
+        let mut reads = Vec::new();
+        for (k, value) in keys.iter().zip(values) {
+            let inside =
+                k.as_string().and_then(|k| AssetPath::new(&k).ok()).is_some_and(|a| scope.covers(&a));
+            if let (true, Some(version)) = (inside, version_of(Some(value))) {
+                reads.push((version, manifests.get(key(&version.to_hex()))?));
+            }
+        }
+        let mut out = Vec::with_capacity(reads.len());
+        for (version, read) in reads {
+            if let Some(m) = read.await?.and_then(|bytes| decode_manifest(&bytes, &version)) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// The committed copy of `asset`, checked against its SHA-256; `None` if there is none.

@@ -79,7 +79,7 @@ struct Partial {
 impl Partial {
     /// Progress so far, the chunks of this batch counted in proportion to its part received.
     fn progress(&self, received: u64, total: u64) -> Event {
-        let part = (self.raw as u128 * self.data.len() as u128 / self.len as u128) as u64;
+        let part = (self.raw as f64 * self.data.len() as f64 / self.len as f64) as u64;
         Event::Progress { received: received + part, total }
     }
 }

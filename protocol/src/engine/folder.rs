@@ -4,7 +4,7 @@
 //! resumed: the files committed so far are held by then, and the chunks that had arrived of the
 //! file in flight are kept and listed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::mem;
 use std::sync::Arc;
 
@@ -53,8 +53,9 @@ enum State {
 pub struct FolderSync {
     folder: Scope,
     next_id: u32,
-    /// The committed versions of the folder's files, kept current as files commit.
-    held: BTreeMap<AssetPath, Manifest>,
+    /// The committed versions of the folder's files, sorted by path, kept current as files
+    /// commit.
+    held: Vec<Manifest>,
     /// What the request in flight named, in that order (by path), with their versions: shared
     /// by the machines of the answer's files.
     named: Arc<[(VersionId, Manifest)]>,
@@ -101,7 +102,11 @@ impl FolderSync {
             to_remove: VecDeque::new(),
             again: VecDeque::new(),
             sources: Arc::new(held.clone()),
-            held: held.into_iter().map(|m| (m.path.clone(), m)).collect(),
+            held: {
+                let mut held = held;
+                held.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                held
+            },
             kept: Vec::new(),
             resume: true,
             driver_hashes: false,
@@ -250,7 +255,10 @@ impl FolderSync {
 
     fn committed(&mut self, synced: Synced, report: SyncReport) {
         let manifest = synced.manifest.clone();
-        self.held.insert(manifest.path.clone(), manifest.clone());
+        match self.held.binary_search_by(|m| m.path.cmp(&manifest.path)) {
+            Ok(at) => self.held[at] = manifest.clone(),
+            Err(at) => self.held.insert(at, manifest.clone()),
+        }
         Arc::make_mut(&mut self.sources).push(manifest);
         self.fetched.push(synced.manifest.path.clone());
         self.queue.push_back(Action::FileDone(Finished { fetched: Fetched::Synced(synced), report }));
@@ -266,12 +274,12 @@ impl Machine for FolderSync {
             State::Ready => {
                 let id = bump(&mut self.next_id);
                 // Files committed meanwhile are held now, and so are the chunks kept after a cut.
-                let mut chunks = if self.listed { held_chunk_ids(self.held.values()) } else { Vec::new() };
+                let mut chunks = if self.listed { held_chunk_ids(&self.held) } else { Vec::new() };
                 chunks.extend(&self.kept);
                 let chunks = ChunkSet::new(chunks);
                 self.answer = (id, chunks.prefix());
                 // In path order: the order of the versions a server reads from the listing.
-                self.named = self.held.values().map(|m| (m.version(), m.clone())).collect();
+                self.named = self.held.iter().map(|m| (m.version(), m.clone())).collect();
                 let listing = self.named_listing();
                 let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
                 self.sent_since = since.is_some();
@@ -360,7 +368,9 @@ impl Machine for FolderSync {
             }
             (State::Removing, Input::Stored) => {
                 let asset = self.to_remove.pop_front().expect("Removing has one");
-                self.held.remove(&asset);
+                if let Ok(at) = self.held.binary_search_by(|m| m.path.cmp(&asset)) {
+                    self.held.remove(at);
+                }
                 self.removed.push(asset);
                 self.after_answer();
             }

@@ -55,35 +55,32 @@ pub const MAX_RESUME_BACKOFF_MS: u32 = 5_000;
 /// How many other cached assets' versions accompany a request (their chunks count as held).
 pub const MAX_OTHER_VERSIONS: usize = 64;
 
-/// Chunk bytes and milliseconds that go by, at least, between two progress reports (see
-/// [`ProgressGate`]).
+/// Chunk bytes between two progress reports (see [`ProgressGate`]).
 pub const PROGRESS_BYTES: u64 = 64 << 10;
-/// See [`PROGRESS_BYTES`].
-pub const PROGRESS_MS: f64 = 50.0;
 
 /// Which [`Action::Progress`] a driver passes on to the user: a transfer's first and last, and
-/// in between one each time both [`PROGRESS_BYTES`] and [`PROGRESS_MS`] have gone by since the
-/// last, so that reports come every 64 KiB or 50 ms, whichever is later. (On a slow link the
-/// server's batches come in parts of [`crate::BATCH_PART`] bytes, each with its progress.)
+/// in between one each time [`PROGRESS_BYTES`] more have arrived. (On a slow link the server's
+/// batches come in parts of [`crate::BATCH_PART`] bytes, each with its progress; on a fast one a
+/// report per 64 KiB is still far apart in time.) A report is never held back for later: the
+/// last one before a stall tells what arrived.
 #[derive(Debug, Default)]
 pub struct ProgressGate {
-    /// The last report passed on: asset, bytes, time in ms.
-    last: Option<(AssetPath, u64, f64)>,
+    /// The last report passed on: asset and bytes.
+    last: Option<(AssetPath, u64)>,
 }
 
 impl ProgressGate {
-    /// Whether to report `received` of `total` bytes of `asset` at `now_ms` (any clock in ms).
-    pub fn due(&mut self, asset: &AssetPath, received: u64, total: u64, now_ms: f64) -> bool {
+    /// Whether to report `received` of `total` bytes of `asset`.
+    pub fn due(&mut self, asset: &AssetPath, received: u64, total: u64) -> bool {
         let due = match &self.last {
             // The same transfer going on (a retry starts again from fewer bytes).
-            Some((last, bytes, at)) if last == asset && received >= *bytes => {
-                let end = received == total && *bytes != total;
-                end || (received - bytes >= PROGRESS_BYTES && now_ms - at >= PROGRESS_MS)
+            Some((last, bytes)) if last == asset && received >= *bytes => {
+                (received == total && *bytes != total) || received - bytes >= PROGRESS_BYTES
             }
             _ => true,
         };
         if due {
-            self.last = Some((asset.clone(), received, now_ms));
+            self.last = Some((asset.clone(), received));
         }
         due
     }
@@ -333,18 +330,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_is_passed_on_every_64_kib_or_50_ms_whichever_is_later() {
+    fn progress_is_passed_on_every_64_kib_and_at_both_ends() {
         let (a, b) = (AssetPath::new("a.js").unwrap(), AssetPath::new("b.js").unwrap());
         let mut gate = ProgressGate::default();
         let total = 1 << 20;
-        assert!(gate.due(&a, 0, total, 0.0), "a transfer's start");
-        assert!(!gate.due(&a, PROGRESS_BYTES, total, 10.0), "64 KiB, but too soon");
-        assert!(!gate.due(&a, PROGRESS_BYTES - 1, total, 100.0), "late enough, but not 64 KiB");
-        assert!(gate.due(&a, PROGRESS_BYTES, total, 50.0));
-        assert!(!gate.due(&a, 2 * PROGRESS_BYTES, total, 60.0));
-        assert!(gate.due(&a, total, total, 61.0), "the end, however soon");
-        assert!(!gate.due(&a, total, total, 62.0), "the end once");
-        assert!(gate.due(&a, 0, total, 63.0), "a retry starts again");
-        assert!(gate.due(&b, 10, total, 64.0), "another asset");
+        assert!(gate.due(&a, 0, total), "a transfer's start");
+        assert!(!gate.due(&a, PROGRESS_BYTES - 1, total), "not 64 KiB yet");
+        assert!(gate.due(&a, PROGRESS_BYTES, total));
+        assert!(!gate.due(&a, 2 * PROGRESS_BYTES - 1, total));
+        assert!(gate.due(&a, total, total), "the end");
+        assert!(!gate.due(&a, total, total), "the end once");
+        assert!(gate.due(&a, 0, total), "a retry starts again");
+        assert!(gate.due(&b, 10, total), "another asset");
     }
 }

@@ -9,17 +9,72 @@ use web_sys::Blob;
 
 use super::{FILES, MANIFESTS, MAX_GAP, REFS, Result, StoreError};
 
-/// The first half of a commit in `tx`: writes the file and the manifest of `synced`, and returns
-/// the asset's current version if it is another one (which the commit then replaces).
-pub(super) async fn stage(tx: &Transaction, synced: &Synced) -> Result<Option<VersionId>> {
-    let file = blob(&synced.data)?;
-    let asset = key(synced.manifest.path.as_str());
-    let previous = version_of(tx.object_store(REFS)?.get(asset)?.await?).filter(|v| *v != synced.version);
-    let version = key(&synced.version.to_hex());
-    tx.object_store(FILES)?.put(&file, Some(&version))?;
-    let manifest = Uint8Array::from(synced.manifest.canonical_bytes().as_slice());
-    tx.object_store(MANIFESTS)?.put(&manifest.into(), Some(&version))?;
-    Ok(previous)
+/// A change to commit: a verified file (its bytes already in a `Blob`, out of WASM memory), or
+/// the removal of an asset the server no longer lists.
+pub enum Staged {
+    /// A verified version of an asset.
+    File {
+        /// The asset.
+        asset: String,
+        /// Its version.
+        version: VersionId,
+        /// The file.
+        file: JsValue,
+        /// The manifest's canonical bytes.
+        manifest: Uint8Array,
+    },
+    /// An asset to delete.
+    Removal(String),
+}
+
+impl Staged {
+    /// The commit of `synced`.
+    pub fn file(synced: &Synced) -> Result<Self> {
+        Ok(Staged::File {
+            asset: synced.manifest.path.as_str().to_owned(),
+            version: synced.version,
+            file: blob(&synced.data)?,
+            manifest: Uint8Array::from(synced.manifest.canonical_bytes().as_slice()),
+        })
+    }
+
+    /// Bytes held until the commit.
+    pub fn len(&self) -> usize {
+        match self {
+            Staged::File { file, manifest, .. } => {
+                file.unchecked_ref::<Blob>().size() as usize + manifest.length() as usize
+            }
+            Staged::Removal(_) => 0,
+        }
+    }
+
+    /// Applies the change in `tx`: the file, its manifest and its pointer, and the deletion of
+    /// the asset's previous version (or of the asset).
+    pub(super) async fn apply(&self, tx: &Transaction) -> Result<()> {
+        let asset = match self {
+            Staged::File { asset, .. } | Staged::Removal(asset) => asset.as_str(),
+        };
+        let refs = tx.object_store(REFS)?;
+        let previous = version_of(refs.get(key(asset))?.await?);
+        match self {
+            Staged::File { version, file, manifest, .. } => {
+                let id = key(&version.to_hex());
+                tx.object_store(FILES)?.put(file, Some(&id))?;
+                tx.object_store(MANIFESTS)?.put(manifest, Some(&id))?;
+                refs.put(&id, Some(&key(asset)))?;
+                if let Some(previous) = previous.filter(|p| p != version) {
+                    delete_version(tx, &previous)?;
+                }
+            }
+            Staged::Removal(_) => {
+                if let Some(previous) = previous {
+                    delete_version(tx, &previous)?;
+                }
+                refs.delete(key(asset))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Deletes the file and the manifest of `version` in `tx`.

@@ -55,10 +55,10 @@ async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
 
     let v2 = random_bytes(200_000, 2);
     let s2 = synced("a.js", &v2);
-    // A commit that dies after writing its file and manifest, before the pointer (as when the
-    // tab closes): the transaction aborts, and takes them with it.
+    // A commit that dies after writing its file, manifest and pointer, before the transaction
+    // ends (as when the tab closes): the transaction aborts, and takes them with it.
     let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
-    super::stage(&tx, &s2).await.unwrap();
+    super::Staged::file(&s2).unwrap().apply(&tx).await.unwrap();
     // (The abort event arrives through the aborted requests, which the idb crate reports as an
     // error of its own; the outcome is checked below.)
     let _ = tx.abort().unwrap().await;
@@ -247,4 +247,37 @@ async fn a_version_1_store_is_upgraded_in_place() {
     // Opening it again finds nothing to do.
     let store = Store::open("test-upgrade").await.unwrap();
     assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), a);
+}
+
+/// A folder's files and removals commit in one transaction: aborted, none of them happened;
+/// committed, all of them did.
+#[wasm_bindgen_test]
+async fn a_folder_commits_all_its_files_and_removals_or_none() {
+    let store = fresh_store("test-folder-atomic").await;
+    let (old, a, b) = (random_bytes(1000, 3), random_bytes(50_000, 4), random_bytes(50_000, 5));
+    store.commit(&synced("dist/old.js", &old)).await.unwrap();
+    let changes = || {
+        vec![
+            super::Staged::file(&synced("dist/a.js", &a)).unwrap(),
+            super::Staged::file(&synced("dist/b.js", &b)).unwrap(),
+            super::Staged::Removal("dist/old.js".into()),
+        ]
+    };
+    let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
+    for change in changes() {
+        change.apply(&tx).await.unwrap();
+    }
+    let _ = tx.abort().unwrap().await;
+    let folder = assetsync_protocol::Scope::new("dist/").unwrap();
+    let held: Vec<String> =
+        store.current_in(&folder).await.unwrap().iter().map(|m| m.path.to_string()).collect();
+    assert_eq!(held, ["dist/old.js"], "an aborted folder commit changed nothing");
+
+    store.commit_all(&changes()).await.unwrap();
+    let mut held: Vec<String> =
+        store.current_in(&folder).await.unwrap().iter().map(|m| m.path.to_string()).collect();
+    held.sort();
+    assert_eq!(held, ["dist/a.js", "dist/b.js"]);
+    assert_eq!(store.read(&asset("dist/b.js")).await.unwrap().unwrap().to_vec(), b);
+    assert!(store.read(&asset("dist/old.js")).await.unwrap().is_none());
 }
