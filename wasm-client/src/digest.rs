@@ -1,6 +1,8 @@
 //! Whole-file SHA-256 in the browser: `crypto.subtle.digest` where the page is a secure context
 //! (native code on another thread, several times faster than SHA-256 in WASM), the `sha2` crate
-//! elsewhere.
+//! elsewhere, and for small inputs: each `crypto.subtle` call costs a trip through the event
+//! loop (about a millisecond), more than hashing a few kilobytes in WASM, which made a folder of
+//! thousands of small files spend most of its time waiting for digests.
 
 use std::future::Future;
 
@@ -9,8 +11,14 @@ use js_sys::{ArrayBuffer, Object, Promise, Uint8Array};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
+/// Inputs below this many bytes are hashed in WASM (about 0.4 ms at this size).
+const SUBTLE_MIN: usize = 64 << 10;
+
 /// SHA-256 of `data`.
 pub async fn sha256(data: &[u8]) -> Hash {
+    if data.len() < SUBTLE_MIN {
+        return Hash::of(data);
+    }
     let started = start(|s| s.digest_with_str_and_u8_array("SHA-256", data));
     match finish(started).await {
         Some(hash) => hash,
@@ -51,15 +59,21 @@ pub fn subtle() -> bool {
 /// instead of by SHA-256 in WASM on the main thread (see `Machine::take_unhashed`).
 #[derive(Default)]
 pub struct ChunkHasher {
-    pending: Vec<(u32, Vec<u8>, JsFuture)>,
+    /// Each chunk with its hash, or the digest computing it.
+    pending: Vec<(u32, Vec<u8>, Result<Hash, JsFuture>)>,
 }
 
 impl ChunkHasher {
-    /// Starts hashing `chunks` (manifest position, bytes).
+    /// Starts hashing `chunks` (manifest position, bytes): a frame's worth under [`SUBTLE_MIN`]
+    /// bytes at once, in WASM.
     pub fn start(&mut self, chunks: Vec<(u32, Vec<u8>)>) {
+        let here = chunks.iter().map(|(_, bytes)| bytes.len()).sum::<usize>() < SUBTLE_MIN;
         for (index, bytes) in chunks {
-            let digest = start(|s| s.digest_with_str_and_u8_array("SHA-256", &bytes))
-                .unwrap_or_else(|| JsFuture::from(Promise::reject(&JsValue::NULL)));
+            let digest = match here {
+                true => Ok(Hash::of(&bytes)),
+                false => Err(start(|s| s.digest_with_str_and_u8_array("SHA-256", &bytes))
+                    .unwrap_or_else(|| JsFuture::from(Promise::reject(&JsValue::NULL)))),
+            };
             self.pending.push((index, bytes, digest));
         }
     }
@@ -68,10 +82,11 @@ impl ChunkHasher {
     pub async fn finish(&mut self) -> Vec<(u32, Vec<u8>, Hash)> {
         let mut out = Vec::with_capacity(self.pending.len());
         for (index, bytes, digest) in self.pending.drain(..) {
-            let id = match finish(Some(digest)).await {
-                Some(id) => id,
-                None => Hash::of(&bytes),
+            let id = match digest {
+                Ok(id) => Some(id),
+                Err(digest) => finish(Some(digest)).await,
             };
+            let id = id.unwrap_or_else(|| Hash::of(&bytes));
             out.push((index, bytes, id));
         }
         out

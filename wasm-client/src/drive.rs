@@ -60,6 +60,7 @@ struct Run<'a> {
     /// A folder's commits and removals, made in one transaction at the end (or every
     /// [`STAGED_BYTES`]); `None` for a single asset, committed at once.
     staged: Option<Vec<Staged>>,
+    staged_bytes: usize,
     /// Why the connection was last lost.
     last_loss: String,
 }
@@ -90,6 +91,7 @@ impl Client {
             on_progress,
             progress,
             staged: many.then(Vec::new),
+            staged_bytes: 0,
             last_loss: String::new(),
         };
         let ended = self.steps(machine, socket, &mut run).await;
@@ -229,10 +231,12 @@ impl Client {
                     None => self.store.commit(synced).await,
                     Some(staged) => match Staged::file(synced) {
                         Ok(file) => {
+                            run.staged_bytes += file.len();
                             staged.push(file);
-                            if staged.iter().map(Staged::len).sum::<usize>() < STAGED_BYTES {
+                            if run.staged_bytes < STAGED_BYTES {
                                 Ok(())
                             } else {
+                                run.staged_bytes = 0;
                                 self.store.commit_all(&mem::take(staged)).await
                             }
                         }

@@ -23,9 +23,11 @@ mod migrate;
 mod records;
 
 pub use records::Staged;
-use records::{Range, blob, bytes_of, decode_manifest, key, put_chunks, read_blob, runs, slice, version_of};
+use records::{
+    Range, as_blob, blob, bytes_of, decode_manifest, key, put_chunks, read_blob, runs, slice, version_of,
+};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use assetsync_protocol::{AssetPath, ChunkId, Manifest, Scope, Synced, VerifiedChunk, VersionId};
 use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
@@ -192,7 +194,7 @@ impl Store {
         let Some(manifest) = manifest.await?.and_then(|b| decode_manifest(&b, &version)) else {
             return Ok(None);
         };
-        Ok(Some((manifest, file.await?.and_then(|b| b.dyn_into().ok()))))
+        Ok(Some((manifest, file.await?.and_then(as_blob))))
     }
 
     /// Committed manifests of assets other than `asset`, at most `limit`.
@@ -222,7 +224,7 @@ impl Store {
     pub async fn file(&self, manifest: &Manifest) -> Result<FileRead> {
         let tx = self.db.transaction(&[FILES], TransactionMode::ReadOnly)?;
         let blob = tx.object_store(FILES)?.get(key(&manifest.version().to_hex()))?.await?;
-        Store::check(manifest, blob.and_then(|b| b.dyn_into().ok())).await
+        Store::check(manifest, blob.and_then(as_blob)).await
     }
 
     /// Reads the committed `file` of `manifest` and checks it against its length and SHA-256.
@@ -274,7 +276,7 @@ impl Store {
         let mut out = Vec::with_capacity(ids.len());
         let mut reads = Vec::new();
         for ((_, ranges), blob) in per_source.into_iter().zip(blobs) {
-            if let Some(blob) = blob.await?.and_then(|b| b.dyn_into::<Blob>().ok()) {
+            if let Some(blob) = blob.await?.and_then(as_blob) {
                 reads.extend(runs(ranges).into_iter().map(|run| (slice(&blob, run.0, run.1), run)));
             }
         }
@@ -338,8 +340,25 @@ impl Store {
     /// of them or none.
     pub async fn commit_all(&self, changes: &[Staged]) -> Result<()> {
         let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
+        // The versions they replace: one read for a single change, the whole pointer table
+        // for many, rather than a read (and a wait) per change.
+        let refs = tx.object_store(REFS)?;
+        let previous: HashMap<String, VersionId> = match changes {
+            [one] => {
+                let version = version_of(refs.get(key(one.asset()))?.await?);
+                version.map(|v| (one.asset().to_owned(), v)).into_iter().collect()
+            }
+            _ => {
+                let keys = refs.get_all_keys(None, None)?.await?;
+                let values = refs.get_all(None, None)?.await?;
+                keys.iter()
+                    .zip(values)
+                    .filter_map(|(k, v)| Some((k.as_string()?, version_of(Some(v))?)))
+                    .collect()
+            }
+        };
         for change in changes {
-            change.apply(&tx).await?;
+            change.apply(&tx, previous.get(change.asset()).copied())?;
         }
         finish(tx).await
     }
@@ -350,19 +369,22 @@ impl Store {
         let refs = tx.object_store(REFS)?;
         let keys = refs.get_all_keys(None, None)?.await?;
         let values = refs.get_all(None, None)?.await?;
+        let inside: HashSet<VersionId> = keys
+            .iter()
+            .zip(values)
+            .filter(|(k, _)| {
+                k.as_string().and_then(|k| AssetPath::new(&k).ok()).is_some_and(|a| scope.covers(&a))
+            })
+            .filter_map(|(_, value)| version_of(Some(value)))
+            .collect();
+        // Two reads for the whole store, rather than one per file.
         let manifests = tx.object_store(MANIFESTS)?;
-        // Every read asked for at once, then awaited in turn.
-        let mut reads = Vec::new();
+        let (keys, values) =
+            (manifests.get_all_keys(None, None)?.await?, manifests.get_all(None, None)?.await?);
+        let mut out = Vec::with_capacity(inside.len());
         for (k, value) in keys.iter().zip(values) {
-            let inside =
-                k.as_string().and_then(|k| AssetPath::new(&k).ok()).is_some_and(|a| scope.covers(&a));
-            if let (true, Some(version)) = (inside, version_of(Some(value))) {
-                reads.push((version, manifests.get(key(&version.to_hex()))?));
-            }
-        }
-        let mut out = Vec::with_capacity(reads.len());
-        for (version, read) in reads {
-            if let Some(m) = read.await?.and_then(|bytes| decode_manifest(&bytes, &version)) {
+            let Some(version) = k.as_string().and_then(|k| VersionId::from_hex(&k).ok()) else { continue };
+            if let Some(m) = inside.contains(&version).then(|| decode_manifest(&value, &version)).flatten() {
                 out.push(m);
             }
         }
@@ -402,7 +424,7 @@ impl Store {
         let files = tx.object_store(FILES)?;
         for k in files.get_all_keys(None, None)?.await? {
             if !k.as_string().is_some_and(|k| live.contains(&k)) {
-                if let Some(blob) = files.get(k.clone())?.await?.and_then(|b| b.dyn_into::<Blob>().ok()) {
+                if let Some(blob) = files.get(k.clone())?.await?.and_then(as_blob) {
                     report.bytes_freed += blob.size() as u64;
                 }
                 files.delete(k)?;

@@ -18,8 +18,9 @@ pub enum Staged {
         asset: String,
         /// Its version.
         version: VersionId,
-        /// The file.
+        /// The file (see [`file_value`]), and its length.
         file: JsValue,
+        len: usize,
         /// The manifest's canonical bytes.
         manifest: Uint8Array,
     },
@@ -33,7 +34,8 @@ impl Staged {
         Ok(Staged::File {
             asset: synced.manifest.path.as_str().to_owned(),
             version: synced.version,
-            file: blob(&synced.data)?,
+            file: file_value(&synced.data)?,
+            len: synced.data.len(),
             manifest: Uint8Array::from(synced.manifest.canonical_bytes().as_slice()),
         })
     }
@@ -41,21 +43,23 @@ impl Staged {
     /// Bytes held until the commit.
     pub fn len(&self) -> usize {
         match self {
-            Staged::File { file, manifest, .. } => {
-                file.unchecked_ref::<Blob>().size() as usize + manifest.length() as usize
-            }
+            Staged::File { len, manifest, .. } => len + manifest.length() as usize,
             Staged::Removal(_) => 0,
         }
     }
 
-    /// Applies the change in `tx`: the file, its manifest and its pointer, and the deletion of
-    /// the asset's previous version (or of the asset).
-    pub(super) async fn apply(&self, tx: &Transaction) -> Result<()> {
-        let asset = match self {
-            Staged::File { asset, .. } | Staged::Removal(asset) => asset.as_str(),
-        };
+    /// The asset changed.
+    pub(super) fn asset(&self) -> &str {
+        match self {
+            Staged::File { asset, .. } | Staged::Removal(asset) => asset,
+        }
+    }
+
+    /// Applies the change in `tx`, where the asset's committed version is `previous`: the file,
+    /// its manifest and its pointer, and the deletion of the previous version (or of the asset).
+    pub(super) fn apply(&self, tx: &Transaction, previous: Option<VersionId>) -> Result<()> {
+        let asset = self.asset();
         let refs = tx.object_store(REFS)?;
-        let previous = version_of(refs.get(key(asset))?.await?);
         match self {
             Staged::File { version, file, manifest, .. } => {
                 let id = key(&version.to_hex());
@@ -125,6 +129,31 @@ pub(super) fn blob(data: &[u8]) -> Result<JsValue> {
         data.len() as u32,
     );
     Ok(Blob::new_with_u8_array_sequence(&Array::of1(&view)).map_err(StoreError::js)?.into())
+}
+
+/// Files under this many bytes are stored as a `Uint8Array` rather than a `Blob`: each `Blob`
+/// costs the browser a round trip to its blob registry (about half a millisecond), which for a
+/// folder of thousands of small files took longer than everything else.
+const SMALL_FILE: usize = 64 << 10;
+
+/// How a committed file is stored: a `Blob` (which Chromium keeps as a file of its own), or
+/// for a small one, its bytes.
+pub(super) fn file_value(data: &[u8]) -> Result<JsValue> {
+    match data.len() < SMALL_FILE {
+        true => Ok(Uint8Array::from(data).into()),
+        false => blob(data),
+    }
+}
+
+/// A stored file as a `Blob`, however it was stored (see [`file_value`]).
+pub(super) fn as_blob(value: JsValue) -> Option<Blob> {
+    match value.dyn_into::<Blob>() {
+        Ok(blob) => Some(blob),
+        Err(value) => {
+            let bytes = value.dyn_into::<Uint8Array>().ok()?;
+            Blob::new_with_u8_array_sequence(&Array::of1(&bytes)).ok()
+        }
+    }
 }
 
 pub(super) fn put_chunks(store: &ObjectStore, chunks: &[VerifiedChunk]) -> Result<()> {

@@ -58,7 +58,7 @@ async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
     // A commit that dies after writing its file, manifest and pointer, before the transaction
     // ends (as when the tab closes): the transaction aborts, and takes them with it.
     let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
-    super::Staged::file(&s2).unwrap().apply(&tx).await.unwrap();
+    super::Staged::file(&s2).unwrap().apply(&tx, Some(synced("a.js", &v1).version)).unwrap();
     // (The abort event arrives through the aborted requests, which the idb crate reports as an
     // error of its own; the outcome is checked below.)
     let _ = tx.abort().unwrap().await;
@@ -264,8 +264,10 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
         ]
     };
     let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
+    let old_version = synced("dist/old.js", &old).version;
     for change in changes() {
-        change.apply(&tx).await.unwrap();
+        let previous = (change.asset() == "dist/old.js").then_some(old_version);
+        change.apply(&tx, previous).unwrap();
     }
     let _ = tx.abort().unwrap().await;
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
