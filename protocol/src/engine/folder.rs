@@ -140,15 +140,16 @@ impl FolderSync {
                 return self.next_file();
             }
             ServerMessage::Folder { id: got, files, removed, delta, version } if got == id => {
+                let named = self.named_listing();
                 let files = match delta {
-                    true => apply_listing_delta(&self.named_listing(), &files, &removed),
+                    true => apply_listing_delta(&named, &files, &removed),
                     false => files,
                 };
                 if version.is_some_and(|v| v != folder_version(&files)) {
                     self.in_full = true;
                     return self.lost("the folder listing does not add up to its version".into());
                 }
-                let changes = folder_changes(&self.named_listing(), &files);
+                let changes = folder_changes(&named, &files);
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
                 self.to_remove = changes.removed.into();
