@@ -167,10 +167,12 @@ pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<Folde
     }
 }
 
-/// Whether a `sync_folder` answer carries an `update` for a listed file: the client did not name
-/// its version. [`crate::folder_changes`] is the client's side of the same rule.
-pub fn folder_sends(have: &Have, version: &VersionId) -> bool {
-    !have.versions.contains(version)
+/// Which of a folder's `files` (their versions, in listing order) a `sync_folder` answer carries
+/// an `update` for: those whose version the client did not name. [`crate::folder_changes`] is
+/// the client's side of the same rule.
+pub fn folder_sends<'a, T>(have: &Have, files: impl IntoIterator<Item = (T, &'a VersionId)>) -> Vec<T> {
+    let named: HashSet<&VersionId> = have.versions.iter().collect();
+    files.into_iter().filter(|(_, v)| !named.contains(v)).map(|(file, _)| file).collect()
 }
 
 /// What a `folder` listing means to a client that held the listing `held` (its committed

@@ -139,7 +139,8 @@ impl Server {
                     .collect();
                 self.listings.borrow_mut().insert(folder_version(&entries), entries.clone());
                 let mut out = vec![text(&folder_listing(*id, since.as_deref(), entries))];
-                for (m, data) in files.into_iter().filter(|(m, _)| folder_sends(have, &m.version())) {
+                let versions: Vec<VersionId> = files.iter().map(|(m, _)| m.version()).collect();
+                for (m, data) in folder_sends(have, files.into_iter().zip(&versions)) {
                     let base = known.iter().find(|(_, k)| k.path == m.path).copied();
                     let sent = self.file_answer(*id, Some(m.path.clone()), m, data, base, &held, &mut out);
                     held.extend(sent);

@@ -127,22 +127,28 @@ pub(super) async fn sync_folder(
         }
         None => None,
     };
-    let (known, mut held) = state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref()));
-    if ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
-        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
-    }
     let entries: Vec<FolderEntry> =
         files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
     // What the client will hold once this answer is committed: the `since` of its next request.
     if peer.protocol >= 3 {
         state.index.remember_listing(folder_version(&entries), &entries);
     }
-    send_json(socket, &folder_listing(id, since.as_deref(), entries)).await?;
+    let listing = folder_listing(id, since.as_deref(), entries);
+    // Unchanged: nothing to send, so the client's holdings need not be worked out.
+    let unchanged = matches!(listing, ServerMessage::UpToDate { .. });
+    let (known, mut held) = match unchanged {
+        true => Default::default(),
+        false => state.index.resolve_have(&have, files.iter().map(|f| f.manifest.as_ref())),
+    };
+    if !unchanged && ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
+        return send_json(socket, &ServerMessage::UnknownBase { id }).await;
+    }
+    send_json(socket, &listing).await?;
     let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
     // The delta base and compression prefix of each file: the client's version of it.
     let bases: HashMap<&AssetPath, &(u32, Arc<Indexed>)> =
         known.iter().map(|k| (&k.1.manifest.path, k)).collect();
-    for file in files.iter().filter(|f| folder_sends(&have, &f.version)) {
+    for file in folder_sends(&have, files.iter().map(|f| (f, &f.version))) {
         let base = bases.get(&file.manifest.path).copied();
         let folder = Some((file.manifest.path.clone(), &mut work));
         let sent = answer(socket, state, peer, throttle, id, folder, file, base, &held).await?;
