@@ -141,7 +141,7 @@ impl Encoder {
         let budget =
             folder_work.map_or(QUICK_WORK, |left| std::mem::replace(left, left.saturating_sub(work)));
         let quick = work <= budget || fast_level >= level;
-        let job = Job { current: current.clone(), send: send.to_vec(), base: base.cloned() };
+        let job = Job { current: current.clone(), send: send.to_vec(), base: base.cloned(), work };
         let mut first_here = false;
         let first = entry
             .first
@@ -169,6 +169,8 @@ struct Job {
     current: Arc<Indexed>,
     send: Vec<u32>,
     base: Option<Arc<Indexed>>,
+    /// Prefix plus input bytes.
+    work: usize,
 }
 
 /// Work encoded on the calling thread at a fast level (tens of microseconds), rather than handed
@@ -178,9 +180,7 @@ const INLINE_WORK: usize = 64 << 10;
 impl Job {
     /// Encodes on the blocking pool, or here if it is quick.
     async fn run(self, level: i32) -> Arc<Encoded> {
-        let work = self.base.as_ref().map_or(0, |b| b.data.len())
-            + self.send.iter().map(|&i| self.current.chunk(i as usize).len()).sum::<usize>();
-        if work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
+        if self.work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
             return Arc::new(encode(&self.current, &self.send, self.base.as_deref(), level));
         }
         let encoded = tokio::task::spawn_blocking(move || {

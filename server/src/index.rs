@@ -295,11 +295,12 @@ impl AssetIndex {
         listings.iter().find(|(v, _)| v == version).map(|(_, l)| l.clone())
     }
 
-    /// Remembers a listing sent to a client, under its version.
+    /// Remembers a listing sent to a client, under its version, as the most recent one (one
+    /// remembered already is moved, not copied again).
     pub fn remember_listing(&self, version: VersionId, entries: &[FolderEntry]) {
         let mut listings = self.listings.lock().expect("poisoned");
-        listings.retain(|(v, _)| *v != version);
-        listings.push_back((version, entries.into()));
+        let known = listings.iter().position(|(v, _)| *v == version).and_then(|at| listings.remove(at));
+        listings.push_back(known.unwrap_or_else(|| (version, entries.into())));
         let total =
             |l: &VecDeque<(VersionId, Arc<[FolderEntry]>)>| l.iter().map(|(_, e)| e.len()).sum::<usize>();
         while listings.len() > LISTINGS || (listings.len() > 1 && total(&listings) > LISTED_ENTRIES) {

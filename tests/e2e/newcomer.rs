@@ -55,10 +55,10 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
-/// `pull` from `server` into `client`'s cache and output folder, then `rest`.
-fn pull_args(server: &TestServer, client: &TestClient, rest: &[&str]) -> Vec<String> {
+/// `pull` from the endpoint `url` into `client`'s cache and output folder, then `rest`.
+fn pull_args(url: String, client: &TestClient, rest: &[&str]) -> Vec<String> {
     let (cache, out) = (client.cache(), client.dir.path().join("out"));
-    let mut args = vec!["pull".into(), "--server".into(), server.url(), "--cache".into()];
+    let mut args = vec!["pull".into(), "--server".into(), url, "--cache".into()];
     args.extend([cache.to_str().unwrap().to_owned(), "--out".into(), out.to_str().unwrap().to_owned()]);
     args.extend(strings(rest));
     args
@@ -80,7 +80,8 @@ async fn a_mistyped_asset_or_a_folder_without_its_slash_fails_fast_and_the_rest_
     let server = TestServer::start().await;
     server.write("lib/hello.js", b"hello");
     let client = TestClient::new();
-    let (ok, stderr, took) = run(pull_args(&server, &client, &["lib/nope.js", "lib/hello.js", "lib"])).await;
+    let (ok, stderr, took) =
+        run(pull_args(server.url(), &client, &["lib/nope.js", "lib/hello.js", "lib"])).await;
     assert!(!ok);
     one_fast_error(&stderr, took, "unknown asset \"lib/nope.js\"");
     assert!(stderr.contains(r#""lib" is a folder, not a file: sync it as a folder, "lib/""#), "{stderr}");
@@ -103,7 +104,7 @@ async fn following_a_name_that_matches_nothing_fails_fast_and_names_what_to_foll
         ("nope/", r#"nope/: nothing by that name on the server: check it, or subscribe to "" (every asset)"#),
         ("lib", r#""lib" is a folder, not a file: subscribe to it as a folder, "lib/""#),
     ] {
-        let args = pull_args(&server, &client, &["--follow", "lib/hello.js", target]);
+        let args = pull_args(server.url(), &client, &["--follow", "lib/hello.js", target]);
         let (ok, stderr, took) = run(args).await;
         assert!(!ok);
         one_fast_error(&stderr, took, expected);
@@ -118,12 +119,9 @@ async fn a_wrong_endpoint_fails_fast_and_names_the_right_one() {
     let server = TestServer::start().await;
     server.write("a.js", b"a");
     let client = TestClient::new();
-    let cache = client.cache().to_str().unwrap().to_owned();
-    let out = client.dir.path().join("out").to_str().unwrap().to_owned();
     let base = format!("ws://{}", server.addr);
     for url in [format!("{base}/"), base.clone(), format!("{base}/sync/")] {
-        let args = ["pull", "--server", &url, "--cache", &cache, "--out", &out, "a.js"];
-        let (ok, stderr, took) = run(strings(&args)).await;
+        let (ok, stderr, took) = run(pull_args(url, &client, &["a.js"])).await;
         assert!(!ok);
         one_fast_error(&stderr, took, "is not an assetsync endpoint");
         assert!(stderr.contains("use ws://HOST:PORT/sync"), "{stderr}");
