@@ -2,4 +2,6 @@
 //! ([`assetsync_server`]) and the native client ([`assetsync_client`]).
 
 pub use assetsync_client::{Error, cache, pull};
-pub use assetsync_server::{ServeConfig, SessionLimits, demo, encode, index, origin, run, server, watch};
+pub use assetsync_server::{
+    ServeConfig, SessionLimits, StoreConfig, demo, encode, index, origin, run, server, store, watch,
+};

@@ -12,8 +12,8 @@ use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
-use assetsync::{ServeConfig, SessionLimits};
-use assetsync_protocol::{ChunkParams, Scope};
+use assetsync::{ServeConfig, SessionLimits, StoreConfig};
+use assetsync_protocol::{ChunkParams, Hash, Scope};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
@@ -67,6 +67,23 @@ struct ServeArgs {
     /// Versions remembered per asset, so older clients still get small deltas
     #[arg(long, default_value_t = 8)]
     keep_versions: usize,
+    /// Folder where remembered versions are kept, so that a restart, or a deploy to a new
+    /// --root sharing it, still sends returning clients small updates (default: one folder per
+    /// --root under $XDG_STATE_HOME/assetsync, or ~/.local/state/assetsync)
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// An earlier release's folder still on disk (repeatable, oldest first): its files are
+    /// remembered at start-up as older versions of the assets at the same paths, so that their
+    /// clients get small updates even from a new machine with an empty store
+    #[arg(long, value_name = "DIR")]
+    history: Vec<PathBuf>,
+    /// Remember versions in memory only: a restart forgets them
+    #[arg(long, conflicts_with = "store")]
+    no_store: bool,
+    /// Most bytes of chunks the version store keeps; past it, the oldest versions not being
+    /// served are dropped
+    #[arg(long, default_value_t = 2 << 30)]
+    store_max_bytes: u64,
     /// Average chunk size in bytes (min = avg/4, max = avg*4)
     #[arg(long, default_value_t = 8192)]
     avg_chunk: u32,
@@ -307,6 +324,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no --root given, and the bundled demo ({DEMO_ROOT}) is not there: pass --root FOLDER"
         ),
     };
+    let store = match (args.no_store, args.store, &demo) {
+        (true, _, _) => None,
+        (false, Some(dir), _) => Some(dir),
+        (false, None, Some(demo)) => Some(demo.store()),
+        (false, None, None) => Some(default_store(&root)?),
+    };
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let config = ServeConfig {
@@ -315,6 +338,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         www,
         params: ChunkParams::with_avg(args.avg_chunk)?,
         keep_versions: args.keep_versions,
+        store: store.map(|dir| StoreConfig { dir, max_bytes: args.store_max_bytes }),
+        history: args.history,
         max_asset_bytes: args.max_asset_bytes,
         max_folder_files: args.max_folder_files,
         limits: SessionLimits {
@@ -344,7 +369,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => config.root.display().to_string(),
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
+    match &config.store {
+        Some(store) => eprintln!("assetsync: versions kept in {}", store.dir.display()),
+        None => eprintln!("assetsync: versions kept in memory only (--no-store)"),
+    }
     assetsync::run(listener, config, shutdown_signal()).await
+}
+
+/// The default version store of `root`: `assetsync/stores/NAME-HASH` in the user's state folder,
+/// NAME being the root's folder name and HASH from its full path.
+fn default_store(root: &Path) -> anyhow::Result<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+        .context("neither XDG_STATE_HOME nor HOME is set: pass --store DIR (or --no-store)")?;
+    let root = root.canonicalize().with_context(|| format!("cannot open --root {}", root.display()))?;
+    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("root");
+    let hash = Hash::of(root.as_os_str().as_encoded_bytes()).to_hex();
+    Ok(state.join("assetsync/stores").join(format!("{name}-{}", &hash[..12])))
 }
 
 /// The shared secret in `path`: its first line, trimmed, which must not be empty.

@@ -17,7 +17,8 @@ pub const BUNDLE: &str = "js/app.js";
 const VENDOR: [&str; 4] =
     ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"];
 
-/// A temporary copy of the demo folder, deleted on drop.
+/// A temporary copy of the demo folder (its `site/`) and the server's version store (its
+/// `store/`), deleted on drop.
 #[derive(Debug)]
 pub struct Demo {
     dir: tempfile::TempDir,
@@ -39,7 +40,7 @@ impl Demo {
     /// Copies `bundled` (the repository's `demo/` folder) to a temporary folder and writes build 1.
     pub fn prepare(bundled: &Path) -> io::Result<Demo> {
         let dir = tempfile::Builder::new().prefix("assetsync-demo-").tempdir()?;
-        copy_dir(bundled, dir.path())?;
+        copy_dir(bundled, &dir.path().join("site"))?;
         let demo = Demo { dir, build: Mutex::new(0) };
         demo.rebuild()?;
         Ok(demo)
@@ -47,13 +48,18 @@ impl Demo {
 
     /// The folder to serve.
     pub fn root(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+        self.dir.path().join("site")
+    }
+
+    /// The version store's folder, beside the served one.
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
     }
 
     /// The current build.
     pub fn current(&self) -> Build {
         let build = *self.build.lock().expect("poisoned");
-        let bytes = std::fs::metadata(self.dir.path().join(BUNDLE)).map_or(0, |m| m.len() as usize);
+        let bytes = std::fs::metadata(self.root().join(BUNDLE)).map_or(0, |m| m.len() as usize);
         Build { build, asset: BUNDLE, bytes }
     }
 
@@ -64,12 +70,12 @@ impl Demo {
         let mut bundle = format!("/*! assetsync demo bundle, build {next} */\n").into_bytes();
         for name in VENDOR {
             bundle.extend_from_slice(format!("\n// ---- vendor/{name}\n").as_bytes());
-            bundle.extend_from_slice(&std::fs::read(self.dir.path().join("js/vendor").join(name))?);
+            bundle.extend_from_slice(&std::fs::read(self.root().join("js/vendor").join(name))?);
         }
         bundle.extend_from_slice(app_module(next).as_bytes());
         // Through a temporary file that the watcher and index ignore (`.tmp`), renamed into
         // place: readers see the old build or the whole new one.
-        let path = self.dir.path().join(BUNDLE);
+        let path = self.root().join(BUNDLE);
         let mut tmp =
             tempfile::Builder::new().suffix(".tmp").tempfile_in(path.parent().expect("in a folder"))?;
         tmp.write_all(&bundle)?;

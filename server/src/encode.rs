@@ -18,10 +18,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use assetsync_protocol::VersionId;
+use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
 use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
 
-use crate::index::Indexed;
+use crate::index::{AssetIndex, Base, Indexed};
 
 /// Compression settings.
 #[derive(Clone, Copy, Debug)]
@@ -103,7 +104,8 @@ impl Encoder {
     }
 
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
-    /// given. Concurrent requests for the same answer wait for one encoding.
+    /// given (its bytes found through `index` if the answer is not cached). Concurrent requests
+    /// for the same answer wait for one encoding.
     ///
     /// `folder_work`, for a file of a folder answer, is what is left of that answer's
     /// [`QUICK_WORK`]: past it the folder's files are encoded at the fast level only (a
@@ -111,9 +113,10 @@ impl Encoder {
     /// best-level encoding per file in the background would be evicted before anyone used it).
     pub async fn encode(
         &self,
+        index: &AssetIndex,
         current: &Arc<Indexed>,
         send: &[u32],
-        base: Option<&Arc<Indexed>>,
+        base: Option<&Base>,
         folder_work: Option<&mut usize>,
     ) -> Arc<Encoded> {
         let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
@@ -134,24 +137,30 @@ impl Encoder {
         if let Some(best) = entry.best.lock().expect("poisoned").clone() {
             return best;
         }
-        let work = base.map_or(0, |b| b.data.len())
+        let work = base.map_or(0, |b| b.manifest.len as usize)
             + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
         let EncodeConfig { level, fast_level } = self.config;
         let in_folder = folder_work.is_some();
         let budget =
             folder_work.map_or(QUICK_WORK, |left| std::mem::replace(left, left.saturating_sub(work)));
         let quick = work <= budget || fast_level >= level;
-        let job = Job { current: current.clone(), send: send.to_vec(), base: base.cloned(), work };
-        let mut first_here = false;
+        // The job that computed the first answer, if it was this call.
+        let mut ran = None;
         let first = entry
             .first
-            .get_or_init(|| {
-                first_here = true;
-                job.clone().run(if quick { level } else { fast_level })
+            .get_or_init(|| async {
+                let prefix = match base {
+                    Some(base) => index.prefix(&base.version).await,
+                    None => None,
+                };
+                let job = Job { current: current.clone(), send: send.to_vec(), prefix, work };
+                let first = job.clone().run(if quick { level } else { fast_level }).await;
+                ran = Some(job);
+                first
             })
             .await
             .clone();
-        if first_here && !quick && !in_folder {
+        if let Some(job) = ran.filter(|_| !quick && !in_folder) {
             let permits = self.background.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
@@ -168,7 +177,8 @@ impl Encoder {
 struct Job {
     current: Arc<Indexed>,
     send: Vec<u32>,
-    base: Option<Arc<Indexed>>,
+    /// The client's version's bytes, if the store still has them.
+    prefix: Option<Bytes>,
     /// Prefix plus input bytes.
     work: usize,
 }
@@ -181,17 +191,16 @@ impl Job {
     /// Encodes on the blocking pool, or here if it is quick.
     async fn run(self, level: i32) -> Arc<Encoded> {
         if self.work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
-            return Arc::new(encode(&self.current, &self.send, self.base.as_deref(), level));
+            return Arc::new(encode(&self.current, &self.send, self.prefix.as_deref(), level));
         }
         let encoded = tokio::task::spawn_blocking(move || {
-            encode(&self.current, &self.send, self.base.as_deref(), level)
+            encode(&self.current, &self.send, self.prefix.as_deref(), level)
         });
         Arc::new(encoded.await.expect("encoding task panicked"))
     }
 }
 
-fn encode(current: &Indexed, send: &[u32], base: Option<&Indexed>, level: i32) -> Encoded {
-    let prefix = base.map(|b| &b.data[..]);
+fn encode(current: &Indexed, send: &[u32], prefix: Option<&[u8]>, level: i32) -> Encoded {
     let batch_bytes = match prefix {
         None => PLAIN_BATCH,
         Some(_) if level >= SLOW_PREFIX_LEVEL => LARGE_BATCH,

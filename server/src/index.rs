@@ -4,10 +4,10 @@
 //! when its size, mtime or inode changed; re-indexing content that turns out identical keeps the
 //! same version. Reading, chunking and hashing run on the blocking pool, never on the reactor.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
 use assetsync_protocol::{
@@ -15,6 +15,7 @@ use assetsync_protocol::{
 };
 use bytes::Bytes;
 
+use crate::store::{Store, StoreError};
 use crate::watch::{Change, Hub};
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
@@ -64,13 +65,28 @@ pub struct IndexConfig {
     /// Chunking parameters for newly indexed files.
     pub params: ChunkParams,
     /// How many versions of each asset to remember (the current one included), so that clients
-    /// naming an older version still get a delta, and a compression prefix. Each is held in
-    /// memory with its bytes.
+    /// naming an older version still get a delta, and a compression prefix. Without a store,
+    /// each is held in memory with its bytes.
     pub keep_versions: usize,
+    /// Where remembered versions are kept across restarts (`None`: in memory only).
+    pub store: Option<StoreConfig>,
+    /// Earlier releases still on disk: each file under them is remembered, at start-up, as a
+    /// version of the asset at the same path.
+    pub history: Vec<PathBuf>,
     /// Largest file served, in bytes (the current version of each asset is held in memory).
     pub max_asset_bytes: u64,
     /// Most files one folder listing may hold.
     pub max_folder_files: usize,
+}
+
+/// The version store's settings (see [`crate::store`]).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The store folder.
+    pub dir: PathBuf,
+    /// Chunk bytes the stored versions may take in all; the oldest versions not being served
+    /// are dropped past it.
+    pub max_bytes: u64,
 }
 
 /// What identifies a file's content without reading it.
@@ -116,8 +132,129 @@ impl Indexed {
 #[derive(Default)]
 struct Slot {
     current: Option<Arc<Indexed>>,
-    /// Known versions of this asset, newest last (the current one included).
-    history: VecDeque<VersionId>,
+}
+
+/// One remembered version.
+struct Known {
+    manifest: Arc<Manifest>,
+    /// Its order of arrival: higher is newer.
+    seq: u64,
+    /// The version's bytes, held until the store has them (for good without a store, or when
+    /// writing it failed).
+    pinned: Option<Bytes>,
+    /// The indexed copy, while it is an asset's current version or is being served.
+    live: Weak<Indexed>,
+}
+
+impl Known {
+    /// The version's bytes, if they are in memory.
+    fn held(&self) -> Option<Bytes> {
+        self.pinned.clone().or_else(|| Some(self.live.upgrade()?.data.clone()))
+    }
+}
+
+/// The delta base of an answer: a remembered version the client named.
+pub struct Base {
+    /// Where the client listed it in `have.versions`.
+    pub position: u32,
+    /// The version.
+    pub version: VersionId,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+}
+
+/// Every remembered version, and what deciding which to keep needs.
+#[derive(Default)]
+struct Versions {
+    known: HashMap<VersionId, Known>,
+    /// Each asset's versions, newest last (the current one included).
+    histories: HashMap<AssetPath, VecDeque<VersionId>>,
+    /// Every version by sequence number: the oldest are dropped first.
+    by_seq: BTreeMap<u64, VersionId>,
+    next_seq: u64,
+    /// The chunks the versions name: how many name each, and its length.
+    chunks: HashMap<ChunkId, (u32, u32)>,
+    /// The lengths of `chunks` summed: what the store holds.
+    chunk_bytes: u64,
+}
+
+/// A version dropped from [`Versions`], and the chunks that only it named.
+type Dropped = (VersionId, Vec<ChunkId>);
+
+impl Versions {
+    /// Records `manifest`'s version as the newest of its asset, with `seq`; `live` is its
+    /// indexed copy, and `data` its bytes to hold until the store has them.
+    fn add(&mut self, manifest: Arc<Manifest>, seq: u64, live: Option<&Arc<Indexed>>, data: Option<Bytes>) {
+        let version = manifest.version();
+        self.next_seq = self.next_seq.max(seq + 1);
+        let history = self.histories.entry(manifest.path.clone()).or_default();
+        history.retain(|v| *v != version);
+        history.push_back(version);
+        let live = live.map_or_else(Weak::new, Arc::downgrade);
+        if let Some(known) = self.known.get_mut(&version) {
+            self.by_seq.remove(&known.seq);
+            known.seq = seq;
+            known.live = live;
+        } else {
+            let mut seen = HashSet::new();
+            for chunk in manifest.chunks.iter().filter(|c| seen.insert(c.id)) {
+                let (refs, _) = self.chunks.entry(chunk.id).or_insert((0, chunk.len));
+                if *refs == 0 {
+                    self.chunk_bytes += u64::from(chunk.len);
+                }
+                *refs += 1;
+            }
+            self.known.insert(version, Known { manifest, seq, pinned: data, live });
+        }
+        self.by_seq.insert(seq, version);
+    }
+
+    /// Drops versions to keep at most `keep` per asset (the oldest go), and until the chunks
+    /// take at most `max_bytes` (the oldest not being served go).
+    fn trim(&mut self, keep: usize, max_bytes: u64) -> Vec<Dropped> {
+        let mut excess: Vec<VersionId> = Vec::new();
+        for history in self.histories.values() {
+            excess.extend(history.iter().take(history.len().saturating_sub(keep)));
+        }
+        let mut dropped: Vec<Dropped> = excess.into_iter().filter_map(|v| self.drop_version(&v)).collect();
+        if self.chunk_bytes > max_bytes {
+            let oldest: Vec<VersionId> = self.by_seq.values().copied().collect();
+            for version in oldest {
+                if self.chunk_bytes <= max_bytes {
+                    break;
+                }
+                if self.known.get(&version).is_some_and(|k| k.live.strong_count() == 0) {
+                    dropped.extend(self.drop_version(&version));
+                }
+            }
+        }
+        dropped
+    }
+
+    fn drop_version(&mut self, version: &VersionId) -> Option<Dropped> {
+        let known = self.known.remove(version)?;
+        self.by_seq.remove(&known.seq);
+        let path = &known.manifest.path;
+        if let Some(history) = self.histories.get_mut(path) {
+            history.retain(|v| v != version);
+            if history.is_empty() {
+                self.histories.remove(path);
+            }
+        }
+        let mut gone = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in known.manifest.chunks.iter().filter(|c| seen.insert(c.id)) {
+            if let Some((refs, len)) = self.chunks.get_mut(&chunk.id) {
+                *refs -= 1;
+                if *refs == 0 {
+                    self.chunk_bytes -= u64::from(*len);
+                    self.chunks.remove(&chunk.id);
+                    gone.push(chunk.id);
+                }
+            }
+        }
+        Some((*version, gone))
+    }
 }
 
 /// The index. Cheap to share: sessions hold an `Arc` of it.
@@ -127,9 +264,10 @@ pub struct AssetIndex {
     /// When this index started: files written since are new to its subscribers.
     started: SystemTime,
     slots: Mutex<HashMap<AssetPath, Arc<tokio::sync::Mutex<Slot>>>>,
-    /// Every remembered version with its bytes: the delta base and compression prefix for
-    /// clients that name it.
-    versions: RwLock<HashMap<VersionId, Arc<Indexed>>>,
+    /// Every remembered version: the delta base and compression prefix for clients that name it.
+    versions: Arc<RwLock<Versions>>,
+    /// Where remembered versions' bytes are kept, if anywhere but memory.
+    store: Option<Arc<Store>>,
     /// Recent folder listings by [`assetsync_protocol::folder_version`], newest last: a client
     /// naming one gets an unchanged folder in one short answer, a changed one as a delta.
     listings: Mutex<VecDeque<(VersionId, Arc<[FolderEntry]>)>>,
@@ -141,20 +279,95 @@ const LISTINGS: usize = 64;
 const LISTED_ENTRIES: usize = 1_000_000;
 
 impl AssetIndex {
-    /// Opens an index over `config.root`, which must be an existing directory. Every new version
-    /// of an asset, every asset found gone, and every file written while it runs is announced on
+    /// Opens an index over `config.root`, which must be an existing directory, and the version
+    /// store if one is configured (remembering the versions it holds). Every new version of an
+    /// asset, every asset found gone, and every file written while it runs is announced on
     /// `hub` (a file that predates it, read for the first time, is not: it did not change).
-    pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> io::Result<Self> {
+    pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> anyhow::Result<Self> {
         config.root = config.root.canonicalize().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
         })?;
         if !config.root.is_dir() {
-            return Err(io::Error::other(format!("root {} is not a directory", config.root.display())));
+            anyhow::bail!("root {} is not a directory", config.root.display());
         }
         config.keep_versions = config.keep_versions.max(1);
+        let versions = Arc::new(RwLock::new(Versions::default()));
+        let store = match &mut config.store {
+            Some(store) => {
+                std::fs::create_dir_all(&store.dir)
+                    .and_then(|()| store.dir.canonicalize())
+                    .map(|dir| store.dir = dir)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot create the version store {}: {e}", store.dir.display())
+                    })?;
+                if store.dir.starts_with(&config.root) {
+                    anyhow::bail!(
+                        "the version store {} is inside the served root {}: pass a --store outside it",
+                        store.dir.display(),
+                        config.root.display()
+                    );
+                }
+                Some(Arc::new(open_store(store, &versions, config.keep_versions)?))
+            }
+            None => None,
+        };
         let started = SystemTime::now();
-        let (slots, versions, listings) = Default::default();
-        Ok(AssetIndex { config, hub, started, slots, versions, listings })
+        let (slots, listings) = Default::default();
+        let index = AssetIndex { config, hub, started, slots, versions, store, listings };
+        for dir in &index.config.history {
+            index.import(dir)?;
+        }
+        Ok(index)
+    }
+
+    /// Remembers every file under `dir` as a version of the asset at the same path. Blocking.
+    fn import(&self, dir: &Path) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("cannot open --history {}: {e}", dir.display()))?;
+        let files = walk(&dir, &Scope::All, usize::MAX)?;
+        let (mut new, mut queued) = (0, 0);
+        for (asset, stamp) in &files {
+            if stamp.len > self.config.max_asset_bytes {
+                continue;
+            }
+            let path = asset.components().fold(dir.clone(), |p, c| p.join(c));
+            let data = match std::fs::read(&path) {
+                Ok(data) => Bytes::from(data),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a history file");
+                    continue;
+                }
+            };
+            let (manifest, _) = build_manifest(asset.clone(), &data, self.config.params);
+            if self.versions.read().expect("poisoned").known.contains_key(&manifest.version()) {
+                continue;
+            }
+            queued += data.len();
+            self.keep(Arc::new(manifest), None, data);
+            new += 1;
+            // Held in memory until written: write as we go.
+            if let Some(store) = self.store.as_ref().filter(|_| queued >= 64 << 20) {
+                store.flush();
+                queued = 0;
+            }
+        }
+        tracing::info!(
+            history = %dir.display(),
+            files = files.len(),
+            new,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "history imported"
+        );
+        Ok(())
+    }
+
+    /// Writes what is queued for the store, if any, and closes it. Blocking.
+    pub fn close(&self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
     }
 
     /// The canonical root.
@@ -224,7 +437,7 @@ impl AssetIndex {
         match result {
             Ok(Some(fresh)) => {
                 let fresh = Arc::new(fresh);
-                self.remember(slot, &fresh);
+                self.keep(fresh.manifest.clone(), Some(&fresh), fresh.data.clone());
                 let before = slot.current.replace(fresh.clone()).map(|c| c.version);
                 // A file indexed for the first time is news only if it was written while this
                 // server ran: one that merely existed, read now for someone, did not change.
@@ -241,7 +454,7 @@ impl AssetIndex {
                     self.hub.announce(Change { asset: asset.clone(), version: None });
                 }
                 // Forget a name that never was a file, so the slot map does not grow with them.
-                if slot.history.is_empty() {
+                if !self.versions.read().expect("poisoned").histories.contains_key(asset) {
                     self.slots.lock().expect("poisoned").remove(asset);
                 }
                 Err(e)
@@ -261,32 +474,72 @@ impl AssetIndex {
         slot.lock().await.current.as_ref().map(|c| c.version)
     }
 
-    fn remember(&self, slot: &mut Slot, fresh: &Arc<Indexed>) {
-        let mut versions = self.versions.write().expect("poisoned");
-        slot.history.retain(|v| *v != fresh.version);
-        slot.history.push_back(fresh.version);
-        versions.insert(fresh.version, fresh.clone());
-        while slot.history.len() > self.config.keep_versions {
-            let old = slot.history.pop_front().expect("non-empty");
-            versions.remove(&old);
+    /// Remembers `manifest`'s version, whose bytes are `data` (and indexed copy `live`), as the
+    /// newest of its asset; drops what no longer fits.
+    fn keep(&self, manifest: Arc<Manifest>, live: Option<&Arc<Indexed>>, data: Bytes) {
+        let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
+        let (seq, dropped) = {
+            let mut versions = self.versions.write().expect("poisoned");
+            let seq = versions.next_seq;
+            versions.add(manifest.clone(), seq, live, Some(data.clone()));
+            (seq, versions.trim(self.config.keep_versions, max_bytes))
+        };
+        if let Some(store) = &self.store {
+            store.put(seq, manifest, data);
+            for (version, chunks) in dropped {
+                store.forget(version, chunks);
+            }
         }
     }
 
     /// Resolves a client digest against the manifests it asks about: the versions in
-    /// `have.versions` the server knows, with their positions there, and every chunk the client
-    /// is known to hold (from known versions, and the chunks of `wanted` that `have.chunks`
-    /// matches).
+    /// `have.versions` the server remembers, with their positions there, and every chunk the
+    /// client is known to hold (from known versions, and the chunks of `wanted` that
+    /// `have.chunks` matches).
     pub fn resolve_have<'a>(
         &self,
         have: &Have,
         wanted: impl IntoIterator<Item = &'a Manifest>,
-    ) -> (Vec<(u32, Arc<Indexed>)>, HashSet<ChunkId>) {
-        let versions = self.versions.read().expect("poisoned");
-        let known: Vec<(u32, Arc<Indexed>)> =
-            (0..).zip(&have.versions).filter_map(|(i, v)| Some((i, versions.get(v)?.clone()))).collect();
-        let held =
-            assetsync_protocol::client_holds(have, known.iter().map(|(_, k)| k.manifest.as_ref()), wanted);
+    ) -> (Vec<Base>, HashSet<ChunkId>) {
+        let known: Vec<Base> = {
+            let versions = self.versions.read().expect("poisoned");
+            (0..)
+                .zip(&have.versions)
+                .filter_map(|(position, version)| {
+                    let manifest = versions.known.get(version)?.manifest.clone();
+                    Some(Base { position, version: *version, manifest })
+                })
+                .collect()
+        };
+        let held = assetsync_protocol::client_holds(have, known.iter().map(|b| b.manifest.as_ref()), wanted);
         (known, held)
+    }
+
+    /// The bytes of remembered `version`, for a compression prefix: from memory when they are
+    /// there, otherwise read from the store. A version whose stored bytes are missing or damaged
+    /// is forgotten (its clients then get an answer without prefix, or `unknown_base`).
+    pub async fn prefix(&self, version: &VersionId) -> Option<Bytes> {
+        let manifest = {
+            let versions = self.versions.read().expect("poisoned");
+            let known = versions.known.get(version)?;
+            if let Some(held) = known.held() {
+                return Some(held);
+            }
+            known.manifest.clone()
+        };
+        let store = self.store.clone()?;
+        let read = tokio::task::spawn_blocking(move || store.read(&manifest));
+        let problem = match read.await.expect("store reading task panicked") {
+            Ok(Some(data)) => return Some(Bytes::from(data)),
+            Ok(None) => "missing from the store".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(version = %version.to_hex(), problem, "forgetting a remembered version");
+        let dropped = self.versions.write().expect("poisoned").drop_version(version);
+        if let (Some(store), Some((version, chunks))) = (&self.store, dropped) {
+            store.forget(version, chunks);
+        }
+        None
     }
 
     /// The listing whose version is `version`, if it is one of the last few listed.
@@ -347,6 +600,39 @@ impl AssetIndex {
         files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
         Ok(files)
     }
+}
+
+/// Opens the store and remembers what it holds in `versions`, dropping what `keep` or the size
+/// limit no longer allow. Versions the store reports written stop being held in memory.
+fn open_store(
+    config: &StoreConfig,
+    versions: &Arc<RwLock<Versions>>,
+    keep: usize,
+) -> Result<Store, StoreError> {
+    let written = Arc::downgrade(versions);
+    let (store, stored) = Store::open(&config.dir, move |done| {
+        let Some(versions) = written.upgrade() else { return };
+        let mut versions = versions.write().expect("poisoned");
+        for version in done {
+            if let Some(known) = versions.known.get_mut(version) {
+                known.pinned = None;
+            }
+        }
+    })?;
+    let mut versions = versions.write().expect("poisoned");
+    for stored in stored {
+        versions.add(Arc::new(stored.manifest), stored.seq, None, None);
+    }
+    for (version, chunks) in versions.trim(keep, config.max_bytes) {
+        store.forget(version, chunks);
+    }
+    tracing::info!(
+        store = %config.dir.display(),
+        versions = versions.known.len(),
+        bytes = versions.chunk_bytes,
+        "version store opened"
+    );
+    Ok(store)
 }
 
 /// Resolves `asset` under `root` and re-indexes it if it changed since `previous`.

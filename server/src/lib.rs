@@ -6,6 +6,7 @@
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
+//! - [`store`]: the version store on disk, which keeps remembered versions across restarts.
 //! - `limit`: per-connection request and byte rates, which slow a connection down.
 //! - [`origin`]: which web pages may connect (cross-site WebSocket hijacking).
 //! - [`demo`]: the built-in demo folder and its "rebuild" endpoint.
@@ -20,6 +21,8 @@ mod limit;
 pub mod origin;
 pub mod server;
 mod session;
+pub mod store;
 pub mod watch;
 
+pub use index::StoreConfig;
 pub use server::{ServeConfig, SessionLimits, run};

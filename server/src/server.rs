@@ -23,7 +23,7 @@ use tower_http::services::ServeDir;
 
 use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
-use crate::index::{AssetIndex, IndexConfig};
+use crate::index::{AssetIndex, IndexConfig, StoreConfig};
 use crate::origin::OriginPolicy;
 use crate::session;
 use crate::watch::{self, Hub};
@@ -39,6 +39,12 @@ pub struct ServeConfig {
     pub params: ChunkParams,
     /// Versions remembered per asset, the current one included.
     pub keep_versions: usize,
+    /// The version store, which keeps remembered versions on disk across restarts (`None`:
+    /// in memory only, lost on restart).
+    pub store: Option<StoreConfig>,
+    /// Earlier releases still on disk, whose files are remembered as older versions at
+    /// start-up (`--history`).
+    pub history: Vec<PathBuf>,
     /// Largest asset served, in bytes.
     pub max_asset_bytes: u64,
     /// Most files one folder listing may hold.
@@ -101,6 +107,8 @@ impl Default for ServeConfig {
             www: None,
             params: ChunkParams::default(),
             keep_versions: 8,
+            store: None,
+            history: Vec::new(),
             max_asset_bytes: 512 << 20,
             max_folder_files: 100_000,
             limits: SessionLimits {
@@ -250,16 +258,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.params.validate()?;
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
-    let index = Arc::new(AssetIndex::new(
-        IndexConfig {
-            root: config.root,
-            params: config.params,
-            keep_versions: config.keep_versions,
-            max_asset_bytes: config.max_asset_bytes,
-            max_folder_files: config.max_folder_files,
-        },
-        hub.clone(),
-    )?);
+    let index_config = IndexConfig {
+        root: config.root,
+        params: config.params,
+        keep_versions: config.keep_versions,
+        store: config.store,
+        history: config.history,
+        max_asset_bytes: config.max_asset_bytes,
+        max_folder_files: config.max_folder_files,
+    };
+    // Opening the store and importing --history read the disk.
+    let opened = hub.clone();
+    let index = Arc::new(tokio::task::spawn_blocking(move || AssetIndex::new(index_config, opened)).await??);
     tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
     let state = Arc::new(AppState {
         index,
@@ -279,11 +289,13 @@ pub async fn run(
     }
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();
+    let index = state.index.clone();
     let router = app(state, config.www, config.demo);
     serve(listener, router, shutdown, &token, &tasks).await;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
         tracing::warn!("some sessions did not finish within 10 s");
     }
+    tokio::task::spawn_blocking(move || index.close()).await?;
     Ok(())
 }

@@ -217,7 +217,7 @@ test("a damaged file in IndexedDB is detected and repaired by fetching only the 
   await context.close();
 });
 
-test("the WASM zstd decoder rebuilds identical bytes, and a restarted server is answered from a chunk set", async () => {
+test("the WASM zstd decoder rebuilds identical bytes; a restarted server remembers the client's version, one without a store is answered from a chunk set", async () => {
   const first = await startServer();
   const v1 = realBundle();
   // A minifier-style rename touches most chunks but little text.
@@ -238,18 +238,29 @@ test("the WASM zstd decoder rebuilds identical bytes, and a restarted server is 
   assert.ok(fetched > renamed.stats.chunks / 4, `the rename should touch many chunks, touched ${fetched}`);
   assert.ok(renamed.stats.wireBytesIn < v2.length / 20, `compressed update cost ${renamed.stats.wireBytesIn} bytes`);
 
-  // A new server process on the same folder knows none of the client's versions.
+  // A new server process on the same folder remembers the client's version in its store.
   await first.stop();
   const second = await startServer({ root: first.root });
   const v3 = Buffer.concat([v2, Buffer.from("\nexport const patched = true;\n")]);
   second.write("three.js", v3);
   await connect(second.ws);
-  const after = await syncIn(page, "three.js");
-  assert.equal(after.hash, sha256(v3));
-  assert.equal(after.stats.requests, 2, "unknown_base, then the chunk set");
-  assert.ok(after.stats.wireBytesIn < 32 * 1024, `update after a restart cost ${after.stats.wireBytesIn} bytes`);
-  assert.ok(after.stats.wireBytesOut < 4096, `chunk set cost ${after.stats.wireBytesOut} bytes`);
+  const restarted = await syncIn(page, "three.js");
+  assert.equal(restarted.hash, sha256(v3));
+  assert.equal(restarted.stats.requests, 1, "the restarted server knew the client's version");
+  assert.ok(restarted.stats.wireBytesIn < 2048, `update after a restart cost ${restarted.stats.wireBytesIn} bytes`);
+
+  // One without a store knows none of them: the client's chunk set answers instead.
   await second.stop();
+  const third = await startServer({ root: first.root, extraArgs: ["--no-store"] });
+  const v4 = Buffer.concat([v3, Buffer.from("\nexport const patchedAgain = true;\n")]);
+  third.write("three.js", v4);
+  await connect(third.ws);
+  const after = await syncIn(page, "three.js");
+  assert.equal(after.hash, sha256(v4));
+  assert.equal(after.stats.requests, 2, "unknown_base, then the chunk set");
+  assert.ok(after.stats.wireBytesIn < 32 * 1024, `update without a store cost ${after.stats.wireBytesIn} bytes`);
+  assert.ok(after.stats.wireBytesOut < 4096, `chunk set cost ${after.stats.wireBytesOut} bytes`);
+  await third.stop();
   await context.close();
 });
 

@@ -17,6 +17,13 @@ export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex"
 
 const children = new Set();
 
+let state = null;
+/** This process's temporary state folder, where servers keep their default version stores. */
+function stateHome() {
+  state ??= mkdtempSync(join(tmpdir(), "assetsync-state-"));
+  return state;
+}
+
 /** Kills every server still running (those of failed tests), so that node can exit. */
 export function killServers() {
   children.forEach((c) => c.kill("SIGKILL"));
@@ -31,7 +38,9 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
   root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
   const args = ["serve", "--listen", listen, "--www", www, ...extraArgs];
   if (root) args.push("--root", root);
-  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  // Version stores go under a temporary state folder, not the user's (see default_store).
+  const env = { ...process.env, XDG_STATE_HOME: stateHome() };
+  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env });
   // A failed test must not leave a server behind (see killServers).
   children.add(child);
   child.on("exit", () => children.delete(child));

@@ -312,7 +312,7 @@ fn memory(pid: u32, field: &str) -> u64 {
 async fn clients_that_never_read_do_not_make_the_server_buffer() {
     use std::io::{BufRead, BufReader};
     const MIB: usize = 1 << 20;
-    let root = tempfile::tempdir().unwrap();
+    let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(root.path().join("big.bin"), random_bytes(32 * MIB, 3)).unwrap();
     std::fs::write(root.path().join("small.bin"), b"small").unwrap();
     // The real binary, so that its memory is its own; uncompressed, so that every answer is
@@ -320,6 +320,7 @@ async fn clients_that_never_read_do_not_make_the_server_buffer() {
     let mut server = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--no-compress", "--no-watch", "--root"])
         .arg(root.path())
+        .args(["--store", state.path().to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -7,6 +7,7 @@ mod faults;
 mod folder;
 mod newcomer;
 mod security;
+mod store;
 mod sync;
 mod util;
 mod watch;

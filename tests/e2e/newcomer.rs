@@ -164,10 +164,11 @@ async fn serving_a_missing_root_fails_before_the_banner() {
 /// Log lines carry no terminal colour codes when stderr is a file or a pipe.
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_have_no_colour_codes_off_a_terminal() {
-    let root = tempfile::tempdir().unwrap();
+    let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let stderr = tokio::task::spawn_blocking(move || {
         let mut serve = std::process::Command::new(BIN)
             .args(["serve", "--root", root.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("XDG_STATE_HOME", state.path())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

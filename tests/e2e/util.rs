@@ -21,6 +21,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_assetsync");
 pub struct TestServer {
     pub addr: SocketAddr,
     pub root: tempfile::TempDir,
+    config: ServeConfig,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -42,16 +43,23 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let token = stop.clone();
-        let task = tokio::spawn(run(listener, config, async move { token.cancelled().await }));
-        TestServer { addr, root, stop, task: Some(task) }
+        let task = tokio::spawn(run(listener, config.clone(), async move { token.cancelled().await }));
+        TestServer { addr, root, config, stop, task: Some(task) }
     }
 
-    /// Stops the server and starts a new one (knowing nothing) on the same address and root.
-    pub async fn restart(mut self) -> Self {
+    /// Stops the server and starts a new one with the same settings on the same address and
+    /// root: it knows nothing but what its version store (if it has one) kept.
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`TestServer::restart`] with changed settings.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         self.stop.cancel();
         self.task.take().unwrap().await.unwrap().unwrap();
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        let config = ServeConfig { root: self.root.path().to_path_buf(), ..ServeConfig::default() };
+        let mut config = self.config.clone();
+        tweak(&mut config);
         let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
         Self::spawn(listener, root, config)
     }

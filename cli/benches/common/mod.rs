@@ -61,6 +61,7 @@ fn start_server(root: &Path) -> (Child, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
         .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
         .arg(root)
+        .arg("--no-store")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

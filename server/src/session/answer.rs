@@ -15,7 +15,7 @@ use futures_util::SinkExt;
 use super::throttle::Throttle;
 use super::{Fatal, Peer, gone, send_json};
 use crate::encode::{Batch, QUICK_WORK};
-use crate::index::{IndexError, Indexed};
+use crate::index::{Base, IndexError, Indexed};
 use crate::server::AppState;
 
 /// One `sync` request.
@@ -59,9 +59,8 @@ pub(super) async fn sync(
     let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
     // The delta base: the first version named that the server knows.
     let base = known.into_iter().next();
-    // The client's own version (listed first) is one this server never saw or has forgotten (a
-    // restart drops them all)?
-    let own_version_unknown = base.as_ref().is_none_or(|(i, _)| *i != 0);
+    // The client's own version (listed first) is one this server never saw or has forgotten?
+    let own_version_unknown = base.as_ref().is_none_or(|b| b.position != 0);
     if ask_for_chunks(peer.protocol, &have, own_version_unknown) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
@@ -146,8 +145,7 @@ pub(super) async fn sync_folder(
     send_json(socket, &listing).await?;
     let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
     // The delta base and compression prefix of each file: the client's version of it.
-    let bases: HashMap<&AssetPath, &(u32, Arc<Indexed>)> =
-        known.iter().map(|k| (&k.1.manifest.path, k)).collect();
+    let bases: HashMap<&AssetPath, &Base> = known.iter().map(|b| (&b.manifest.path, b)).collect();
     for file in folder_sends(&have, files.iter().map(|f| (f, &f.version))) {
         let base = bases.get(&file.manifest.path).copied();
         let folder = Some((file.manifest.path.clone(), &mut work));
@@ -191,17 +189,17 @@ async fn answer(
     id: u32,
     folder: Option<(AssetPath, &mut usize)>,
     current: &Arc<Indexed>,
-    base: Option<&(u32, Arc<Indexed>)>,
+    base: Option<&Base>,
     held: &HashSet<ChunkId>,
 ) -> Result<Sent, Fatal> {
-    let view = ClientView { base: base.map(|(i, b)| (*i, b.version, b.manifest.as_ref())), held };
+    let view = ClientView { base: base.map(|b| (b.position, b.version, b.manifest.as_ref())), held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
         ServerMessage::Update(update) => {
             let (asset, work) = folder.unzip();
             update.asset = asset;
             if peer.zstd && !answer.send.is_empty() {
-                let encoded = state.encoder.encode(current, &answer.send, base.map(|(_, b)| b), work).await;
+                let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 update.dict = encoded.prefixed;
                 Some(encoded)
             } else {

@@ -1,0 +1,184 @@
+//! The version store (issue 15): remembered versions survive a restart and a deploy to a new
+//! release folder, two servers cannot share one store, and a damaged store still serves exact
+//! bytes.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use assetsync::StoreConfig;
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::util::{BIN, TestClient, TestServer, real_bundle};
+
+/// The store's table of chunk bytes (see `server/src/store.rs`).
+const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+
+fn store_at(dir: &Path) -> Option<StoreConfig> {
+    Some(StoreConfig { dir: dir.to_path_buf(), max_bytes: 1 << 30 })
+}
+
+/// A rebuild of `bundle`: three edits of a few dozen bytes, as a small source change makes.
+fn rebuilt(bundle: &[u8]) -> Vec<u8> {
+    let mut out = bundle.to_vec();
+    for (at, text) in
+        [(0.2, "/* fixed a bug */"), (0.5, "const retries = 3;"), (0.8, "export const BUILD = 2;")]
+    {
+        let at = (out.len() as f64 * at) as usize;
+        out.splice(at..at, text.bytes());
+    }
+    out
+}
+
+/// What one update costs on the wire, both ways.
+fn wire(report: &assetsync::pull::PullReport) -> u64 {
+    report.wire_bytes_in + report.wire_bytes_out
+}
+
+/// A client of v1 updating to v2 pays the same after the server restarted (with its store) as
+/// without a restart; without the store, it pays much more (its version is unknown).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_still_sends_patch_level_updates() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    let (v1, v2) = (real_bundle(), rebuilt(&real_bundle()));
+    server.write("app.js", &v1);
+    let steady = TestClient::new();
+    steady.pull_and_check(&server, "app.js", &v1).await;
+    let (restarted, forgetful) = (steady.copy(), steady.copy());
+
+    server.replace("app.js", &v2);
+    let without_restart = wire(&steady.pull_and_check(&server, "app.js", &v2).await);
+
+    let server = server.restart().await;
+    let after_restart = wire(&restarted.pull_and_check(&server, "app.js", &v2).await);
+
+    let server = server.restart_with(|c| c.store = None).await;
+    let without_store = wire(&forgetful.pull_and_check(&server, "app.js", &v2).await);
+    server.stop().await;
+
+    println!(
+        "update: {without_restart} B; after a restart: {after_restart} B; without a store: {without_store} B"
+    );
+    assert!(
+        after_restart as f64 <= without_restart as f64 * 1.1,
+        "after a restart the update cost {after_restart} B, against {without_restart} B without one"
+    );
+    assert!(
+        after_restart * 2 < without_store,
+        "the store made no difference: {after_restart} B vs {without_store} B"
+    );
+}
+
+/// A deploy: a server started on a new release folder, with the store the old release's server
+/// used, answers the old release's clients at patch level.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_release_folder_answers_the_old_releases_clients_at_patch_level() {
+    let (store, releases) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (v1, v2) = (real_bundle(), rebuilt(&real_bundle()));
+    for (release, bundle) in [("v1", &v1), ("v2", &v2)] {
+        std::fs::create_dir_all(releases.path().join(release).join("js")).unwrap();
+        std::fs::write(releases.path().join(release).join("js/app.js"), bundle).unwrap();
+    }
+    let release = |name: &str| releases.path().join(name);
+    let server = TestServer::start_with(|c| {
+        c.store = store_at(store.path());
+        c.root = release("v1");
+    })
+    .await;
+    let client = TestClient::new();
+    client.pull_and_check(&server, "js/app.js", &v1).await;
+    let server = server.restart_with(|c| c.root = release("v2")).await;
+    let report = client.pull_and_check(&server, "js/app.js", &v2).await;
+    server.stop().await;
+    assert_eq!(report.requests, 1, "the new release's server did not know the client's version");
+    assert!(wire(&report) < 5_000, "the deploy's update cost {} B", wire(&report));
+}
+
+/// A second server pointed at a store in use refuses to start, saying why; the first one keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_server_on_the_same_store_refuses_to_start() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    server.write("app.js", b"first");
+    let root = tempfile::tempdir().unwrap();
+    let second = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--root", root.path().to_str().unwrap(), "--store"])
+        .arg(store.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(stderr.contains("in use by another assetsync server"), "{stderr}");
+    TestClient::new().pull_and_check(&server, "app.js", b"first").await;
+    server.stop().await;
+}
+
+/// Damaged stored bytes are found out when they are read: the server forgets that version and
+/// its client still ends up with the exact new file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_store_still_serves_exact_bytes() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    let (v1, v2) = (real_bundle(), rebuilt(&real_bundle()));
+    server.write("app.js", &v1);
+    let client = TestClient::new();
+    client.pull_and_check(&server, "app.js", &v1).await;
+    server.stop().await;
+    // Every stored chunk's bytes changed (one byte in 64 flipped), as bit rot that the file
+    // system does not notice would.
+    let db = redb::Database::create(store.path().join("store.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut chunks = tx.open_table(CHUNKS).unwrap();
+        let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
+        assert!(!ids.is_empty(), "nothing stored");
+        for id in ids {
+            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
+            bytes.iter_mut().step_by(64).for_each(|b| *b ^= 0x20);
+            chunks.insert(&id, bytes.as_slice()).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    drop(db);
+
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    server.write("app.js", &v2);
+    let report = client.pull_and_check(&server, "app.js", &v2).await;
+    server.stop().await;
+    // The server found the damage: the client was not sent chunks it could not decode.
+    assert!(!report.retried, "the client had to retry: the server used damaged bytes");
+}
+
+/// A freshly provisioned machine: an empty store, the new release as root and the previous one
+/// named by `history`. The previous release's clients still get patch-level updates.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_folders_seed_an_empty_store() {
+    let releases = tempfile::tempdir().unwrap();
+    let (v1, v2) = (real_bundle(), rebuilt(&real_bundle()));
+    let release = |name: &str| releases.path().join(name);
+    for (name, bundle) in [("v1", &v1), ("v2", &v2)] {
+        std::fs::create_dir_all(release(name).join("js")).unwrap();
+        std::fs::write(release(name).join("js/app.js"), bundle).unwrap();
+        std::fs::write(release(name).join(format!("only-in-{name}.txt")), name).unwrap();
+    }
+    // The old machine, whose memory is lost.
+    let old = TestServer::start_with(|c| c.root = release("v1")).await;
+    let client = TestClient::new();
+    client.pull_and_check(&old, "js/app.js", &v1).await;
+    old.stop().await;
+
+    let store = tempfile::tempdir().unwrap();
+    let new = TestServer::start_with(|c| {
+        c.root = release("v2");
+        c.store = store_at(store.path());
+        c.history = vec![release("v1")];
+    })
+    .await;
+    let report = client.pull_and_check(&new, "js/app.js", &v2).await;
+    new.stop().await;
+    assert_eq!(report.requests, 1, "the new machine did not know the old release's version");
+    assert!(wire(&report) < 5_000, "the update cost {} B", wire(&report));
+}
