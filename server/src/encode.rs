@@ -23,6 +23,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
 
 use crate::index::{AssetIndex, Base, Indexed};
+use crate::store::{AnswerKey, answer_key};
 
 /// Compression settings.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +78,61 @@ pub struct Encoded {
     pub prefixed: bool,
     /// The batches, in order.
     pub batches: Vec<Batch>,
+}
+
+impl Encoded {
+    /// A compact binary form, for the version store: whether prefixed, the number of batches,
+    /// then each batch's kind (0 plain, 1 compressed), indices and frame, as little-endian
+    /// `u32` counts.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![u8::from(self.prefixed)];
+        out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
+        for batch in &self.batches {
+            let (kind, indices, frame) = match batch {
+                Batch::Plain { indices } => (0, indices, None),
+                Batch::Compressed { indices, frame } => (1, indices, Some(frame)),
+            };
+            out.push(kind);
+            out.extend_from_slice(&(indices.len() as u32).to_le_bytes());
+            out.extend(indices.iter().flat_map(|i| i.to_le_bytes()));
+            if let Some(frame) = frame {
+                out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                out.extend_from_slice(frame);
+            }
+        }
+        out
+    }
+
+    /// Reads [`Encoded::to_bytes`]; `None` if it does not parse whole.
+    fn from_bytes(mut bytes: &[u8]) -> Option<Encoded> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = bytes.split_at_checked(n)?;
+            *bytes = rest;
+            Some(head)
+        }
+        fn count(bytes: &mut &[u8]) -> Option<usize> {
+            Some(u32::from_le_bytes(take(bytes, 4)?.try_into().ok()?) as usize)
+        }
+        let prefixed = take(&mut bytes, 1)?[0] == 1;
+        let mut batches = Vec::new();
+        for _ in 0..count(&mut bytes)? {
+            let kind = take(&mut bytes, 1)?[0];
+            let n = count(&mut bytes)?;
+            let indices = take(&mut bytes, n.checked_mul(4)?)?
+                .chunks(4)
+                .map(|i| u32::from_le_bytes(i.try_into().unwrap()))
+                .collect();
+            batches.push(match kind {
+                0 => Batch::Plain { indices },
+                1 => {
+                    let len = count(&mut bytes)?;
+                    Batch::Compressed { indices, frame: take(&mut bytes, len)?.to_vec() }
+                }
+                _ => return None,
+            });
+        }
+        bytes.is_empty().then_some(Encoded { prefixed, batches })
+    }
 }
 
 type Key = (Option<VersionId>, VersionId, Vec<u32>);
@@ -149,26 +205,59 @@ impl Encoder {
         let first = entry
             .first
             .get_or_init(|| async {
+                let stored = answer_key(base.map(|b| b.version), current.version, send);
+                if let Some(answer) = stored_answer(index, &stored).await {
+                    return answer;
+                }
                 let prefix = match base {
                     Some(base) => index.prefix(&base.version).await,
                     None => None,
                 };
                 let job = Job { current: current.clone(), send: send.to_vec(), prefix, work };
                 let first = job.clone().run(if quick { level } else { fast_level }).await;
-                ran = Some(job);
+                if quick {
+                    keep_answer(index, stored, &first);
+                }
+                ran = Some((job, stored));
                 first
             })
             .await
             .clone();
-        if let Some(job) = ran.filter(|_| !quick && !in_folder) {
+        if let Some((job, stored)) = ran.filter(|_| !quick && !in_folder) {
             let permits = self.background.clone();
+            let store = index.store().cloned();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
                 let best = job.run(level).await;
+                if let Some(store) = store {
+                    store.put_answer(stored, best.to_bytes());
+                }
                 *entry.best.lock().expect("poisoned") = Some(best);
             });
         }
         first
+    }
+}
+
+/// The best-level answer kept in the version store under `key`, if there is one.
+async fn stored_answer(index: &AssetIndex, key: &AnswerKey) -> Option<Arc<Encoded>> {
+    let store = index.store()?.clone();
+    let key = *key;
+    let found =
+        tokio::task::spawn_blocking(move || store.answer(&key)).await.expect("store reading task panicked");
+    match found {
+        Ok(found) => found.and_then(|bytes| Encoded::from_bytes(&bytes)).map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping a stored answer");
+            None
+        }
+    }
+}
+
+/// Keeps a best-level answer in the version store, if there is one.
+fn keep_answer(index: &AssetIndex, key: AnswerKey, encoded: &Encoded) {
+    if let Some(store) = index.store() {
+        store.put_answer(key, encoded.to_bytes());
     }
 }
 
@@ -265,7 +354,7 @@ mod tests {
     use assetsync_protocol::compress::decompress;
     use assetsync_protocol::test_util::random_bytes;
 
-    use super::compress;
+    use super::{Batch, Encoded, compress};
 
     /// The server's C encoder and the clients' pure-Rust decoder must agree byte for byte, with
     /// and without a prefix, including matches that reach far back into the prefix.
@@ -282,6 +371,24 @@ mod tests {
                 assert!(frame.len() < 10_000, "prefix not used: {} bytes", frame.len());
             }
         }
+    }
+
+    #[test]
+    fn stored_answers_read_back_whole_or_not_at_all() {
+        let encoded = Encoded {
+            prefixed: true,
+            batches: vec![
+                Batch::Compressed { indices: vec![0, 2], frame: b"zstd frame".to_vec() },
+                Batch::Plain { indices: vec![1, 3, 4] },
+            ],
+        };
+        let bytes = encoded.to_bytes();
+        let back = Encoded::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+        for cut in 0..bytes.len() {
+            assert!(Encoded::from_bytes(&bytes[..cut]).is_none(), "a cut at {cut} parsed");
+        }
+        assert!(Encoded::from_bytes(&[bytes.as_slice(), b"x"].concat()).is_none());
     }
 
     #[test]

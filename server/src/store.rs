@@ -14,6 +14,7 @@
 //! no request waits for the disk. A version's bytes are read back (for a compression prefix) on
 //! the caller's thread, and checked against the manifest's SHA-256 before they are used.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const VERSIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("versions");
 /// Chunk id -> chunk bytes.
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// [`AnswerKey`] -> SHA-256 of the rest, then an encoded answer ([`crate::encode::Encoded`]).
+const ANSWERS: TableDefinition<&[u8; 96], &[u8]> = TableDefinition::new("answers");
 /// `"format"` -> [`FORMAT`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
@@ -60,6 +63,20 @@ pub enum StoreError {
     },
 }
 
+/// What identifies a stored answer: the new version, the base version (zeros for none), and the
+/// SHA-256 of the manifest positions sent (little-endian `u32`s).
+pub type AnswerKey = [u8; 96];
+
+/// The key of the answer that sends `send` of version `new` to a client holding `base`.
+pub fn answer_key(base: Option<VersionId>, new: VersionId, send: &[u32]) -> AnswerKey {
+    let mut key = [0; 96];
+    key[..32].copy_from_slice(&new.0);
+    key[32..64].copy_from_slice(&base.map_or([0; 32], |b| b.0));
+    let sent: Vec<u8> = send.iter().flat_map(|i| i.to_le_bytes()).collect();
+    key[64..].copy_from_slice(&Hash::of(&sent).0);
+    key
+}
+
 /// A version found in the store when it was opened.
 pub struct Stored {
     /// Its order of arrival: higher is newer.
@@ -74,13 +91,19 @@ enum Op {
     Put { seq: u64, manifest: Arc<Manifest>, data: Bytes },
     /// Drop a version and the chunks that no kept version names any more.
     Forget { version: VersionId, chunks: Vec<ChunkId> },
+    /// Keep an encoded answer.
+    Answer { key: AnswerKey, encoded: Vec<u8> },
+    /// Drop a damaged answer.
+    DropAnswer(AnswerKey),
     /// Say when everything queued before is committed (or failed).
     Flush(mpsc::Sender<()>),
 }
 
 /// An open store. See the module documentation.
 pub struct Store {
-    db: Arc<Database>,
+    /// Taken by [`Store::close`], so that the file is released even while stray tasks still hold
+    /// the store.
+    db: Mutex<Option<Arc<Database>>>,
     dir: PathBuf,
     queue: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -118,7 +141,7 @@ impl Store {
                 .map_err(|e| db_err(e.into()))?
         };
         let store = Store {
-            db,
+            db: Mutex::new(Some(db)),
             dir: dir.to_path_buf(),
             queue: Mutex::new(Some(queue)),
             writer: Mutex::new(Some(writer)),
@@ -146,6 +169,26 @@ impl Store {
         self.send(Op::Forget { version, chunks });
     }
 
+    /// Queues an encoded answer to keep under `key` (until its base or new version is
+    /// forgotten).
+    pub fn put_answer(&self, key: AnswerKey, encoded: Vec<u8>) {
+        self.send(Op::Answer { key, encoded });
+    }
+
+    /// The answer kept under `key`, if any (one that does not match its checksum is dropped).
+    /// Blocking.
+    pub fn answer(&self, key: &AnswerKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.reading(ANSWERS, |answers| Ok(answers.get(key)?.map(|v| v.value().to_vec())))?;
+        let Some(value) = found else { return Ok(None) };
+        match value.split_first_chunk::<32>() {
+            Some((sum, encoded)) if Hash::of(encoded).0 == *sum => Ok(Some(encoded.to_vec())),
+            _ => {
+                self.send(Op::DropAnswer(*key));
+                Err(StoreError::Damaged(format!("answer {}", hex::encode(&key[..8]))))
+            }
+        }
+    }
+
     /// Waits until everything queued so far is committed (or failed). Blocking.
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
@@ -163,32 +206,47 @@ impl Store {
     /// The bytes of `manifest`'s version, rebuilt from stored chunks and checked. `Ok(None)` if
     /// the store lacks one of them (never stored, or not yet written). Blocking.
     pub fn read(&self, manifest: &Manifest) -> Result<Option<Vec<u8>>, StoreError> {
-        let db_err = |source: redb::Error| StoreError::Db { path: self.dir.clone(), source };
-        let tx = self.db.begin_read().map_err(|e| db_err(e.into()))?;
-        let chunks = match tx.open_table(CHUNKS) {
-            Ok(chunks) => chunks,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(db_err(e.into())),
-        };
-        let mut data = Vec::with_capacity(manifest.len as usize);
-        for chunk in &manifest.chunks {
-            match chunks.get(&chunk.id.0).map_err(|e| db_err(e.into()))? {
-                Some(bytes) => data.extend_from_slice(bytes.value()),
-                None => return Ok(None),
+        let found = self.reading(CHUNKS, |chunks| {
+            let mut data = Vec::with_capacity(manifest.len as usize);
+            for chunk in &manifest.chunks {
+                match chunks.get(&chunk.id.0)? {
+                    Some(bytes) => data.extend_from_slice(bytes.value()),
+                    None => return Ok(None),
+                }
             }
-        }
+            Ok(Some(data))
+        })?;
+        let Some(data) = found else { return Ok(None) };
         if Hash::of(&data) != manifest.sha256 {
             return Err(StoreError::Damaged(manifest.version().to_hex()));
         }
         Ok(Some(data))
     }
 
-    /// Commits what is queued and stops the writer. Blocking.
+    /// `read` of `table` in a read transaction; `None` if the store is closed or the table was
+    /// never written.
+    fn reading<K: redb::Key + 'static, T>(
+        &self,
+        table: TableDefinition<K, &'static [u8]>,
+        read: impl FnOnce(redb::ReadOnlyTable<K, &'static [u8]>) -> Result<Option<T>, redb::Error>,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(db) = self.db.lock().expect("poisoned").clone() else { return Ok(None) };
+        let found = db.begin_read().map_err(redb::Error::from).and_then(|tx| match tx.open_table(table) {
+            Ok(open) => read(open),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        });
+        found.map_err(|source| StoreError::Db { path: self.dir.clone(), source })
+    }
+
+    /// Commits what is queued, stops the writer and releases the file (once reads in flight
+    /// end). Later operations do nothing. Blocking.
     pub fn close(&self) {
         self.queue.lock().expect("poisoned").take();
         if let Some(writer) = self.writer.lock().expect("poisoned").take() {
             let _ = writer.join();
         }
+        self.db.lock().expect("poisoned").take();
     }
 }
 
@@ -241,9 +299,11 @@ fn write_loop(db: &Database, dir: &Path, ops: &mpsc::Receiver<Op>, stored: &dyn 
         let mut bytes = 0;
         while bytes < BATCH_BYTES {
             let Ok(op) = ops.try_recv() else { break };
-            if let Op::Put { data, .. } = &op {
-                bytes += data.len();
-            }
+            bytes += match &op {
+                Op::Put { data, .. } => data.len(),
+                Op::Answer { encoded, .. } => encoded.len(),
+                _ => 0,
+            };
             batch.push(op);
         }
         match commit(db, &batch) {
@@ -286,6 +346,8 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         tx.open_table(META)?.insert("format", FORMAT)?;
         let mut versions = tx.open_table(VERSIONS)?;
         let mut chunks = tx.open_table(CHUNKS)?;
+        let mut answers = tx.open_table(ANSWERS)?;
+        let mut forgotten = HashSet::new();
         for op in batch {
             match op {
                 Op::Put { seq, manifest, data } => {
@@ -309,9 +371,24 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     for chunk in gone {
                         chunks.remove(&chunk.0)?;
                     }
+                    forgotten.insert(version.0);
+                }
+                Op::Answer { key, encoded } => {
+                    let value = [&Hash::of(encoded).0[..], encoded].concat();
+                    answers.insert(key, value.as_slice())?;
+                }
+                Op::DropAnswer(key) => {
+                    answers.remove(key)?;
                 }
                 Op::Flush(_) => {}
             }
+        }
+        // Answers to or from a forgotten version.
+        if !forgotten.is_empty() {
+            answers.retain(|key, _| {
+                let (new, base) = (&key[..32], &key[32..64]);
+                !forgotten.iter().any(|v| v[..] == *new || v[..] == *base)
+            })?;
         }
     }
     tx.commit()?;

@@ -182,3 +182,35 @@ async fn history_folders_seed_an_empty_store() {
     assert_eq!(report.requests, 1, "the new machine did not know the old release's version");
     assert!(wire(&report) < 5_000, "the update cost {} B", wire(&report));
 }
+
+/// The best-level answer, computed in the background after the first (fast-level) one, is kept
+/// in the store: after a restart, the next client in the same state gets it at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn best_answers_survive_a_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    let v1 = real_bundle();
+    // A minifier-style rename: many chunks change, little text.
+    let v2 = String::from_utf8_lossy(&v1).replace("Vector3", "Vec3").into_bytes();
+    server.write("app.js", &v1);
+    let client = TestClient::new();
+    client.pull_and_check(&server, "app.js", &v1).await;
+    let later = client.copy();
+    server.replace("app.js", &v2);
+    let first = wire(&client.copy().pull_and_check(&server, "app.js", &v2).await);
+    // Wait for the background's best-level answer to replace the first one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let best = loop {
+        let cost = wire(&client.copy().pull_and_check(&server, "app.js", &v2).await);
+        if cost < first {
+            break cost;
+        }
+        assert!(std::time::Instant::now() < deadline, "no best-level answer after 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let server = server.restart().await;
+    let after_restart = wire(&later.pull_and_check(&server, "app.js", &v2).await);
+    server.stop().await;
+    println!("first answer {first} B, best {best} B, after a restart {after_restart} B");
+    assert_eq!(after_restart, best, "the restarted server did not answer with the stored best answer");
+}
