@@ -159,6 +159,53 @@ impl Encoder {
         Encoder { config, cache: Mutex::default(), background: Arc::new(Semaphore::new(1)) }
     }
 
+    /// The cache entry of an answer, made if there is none.
+    fn entry(&self, current: &Indexed, send: &[u32], base: Option<&Base>) -> Arc<Entry> {
+        let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
+        let mut cache = self.cache.lock().expect("poisoned");
+        if let Some((_, entry)) = cache.iter().find(|(k, _)| *k == key) {
+            return entry.clone();
+        }
+        let entry = Arc::new(Entry::default());
+        cache.push_back((key, entry.clone()));
+        if cache.len() > CACHED {
+            cache.pop_front();
+        }
+        entry
+    }
+
+    /// Computes the best-level answer of [`Encoder::encode`] ahead of any client asking (see
+    /// [`crate::warm`]), one at a time with the background's, unless it is cached or stored
+    /// already. Returns whether it computed one.
+    pub async fn precompute(
+        &self,
+        index: &AssetIndex,
+        current: &Arc<Indexed>,
+        send: &[u32],
+        base: &Base,
+    ) -> bool {
+        let entry = self.entry(current, send, Some(base));
+        let _permit = self.background.acquire().await.expect("never closed");
+        if entry.first.initialized() || entry.best.lock().expect("poisoned").is_some() {
+            return false;
+        }
+        let stored = answer_key(Some(base.version), current.version, send);
+        if index.store().is_some() && stored_answer(index, &stored).await.is_some() {
+            return false;
+        }
+        let prefix = index.prefix(&base.version).await;
+        let job = Job {
+            current: current.clone(),
+            send: send.to_vec(),
+            prefix,
+            work: work(current, send, Some(base)),
+        };
+        let best = job.run(self.config.level).await;
+        keep_answer(index, stored, &best);
+        *entry.best.lock().expect("poisoned") = Some(best);
+        true
+    }
+
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
     /// given (its bytes found through `index` if the answer is not cached). Concurrent requests
     /// for the same answer wait for one encoding.
@@ -175,26 +222,11 @@ impl Encoder {
         base: Option<&Base>,
         folder_work: Option<&mut usize>,
     ) -> Arc<Encoded> {
-        let key: Key = (base.map(|b| b.version), current.version, send.to_vec());
-        let entry = {
-            let mut cache = self.cache.lock().expect("poisoned");
-            match cache.iter().find(|(k, _)| *k == key) {
-                Some((_, entry)) => entry.clone(),
-                None => {
-                    let entry = Arc::new(Entry::default());
-                    cache.push_back((key, entry.clone()));
-                    if cache.len() > CACHED {
-                        cache.pop_front();
-                    }
-                    entry
-                }
-            }
-        };
+        let entry = self.entry(current, send, base);
         if let Some(best) = entry.best.lock().expect("poisoned").clone() {
             return best;
         }
-        let work = base.map_or(0, |b| b.manifest.len as usize)
-            + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
+        let work = work(current, send, base);
         let EncodeConfig { level, fast_level } = self.config;
         let in_folder = folder_work.is_some();
         let budget =
@@ -237,6 +269,12 @@ impl Encoder {
         }
         first
     }
+}
+
+/// Prefix plus input bytes of an encoding.
+pub fn work(current: &Indexed, send: &[u32], base: Option<&Base>) -> usize {
+    base.map_or(0, |b| b.manifest.len as usize)
+        + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>()
 }
 
 /// The best-level answer kept in the version store under `key`, if there is one.

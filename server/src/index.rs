@@ -520,6 +520,27 @@ impl AssetIndex {
         (known, held)
     }
 
+    /// Every asset with remembered versions, and its newest one.
+    pub fn remembered(&self) -> Vec<(AssetPath, VersionId)> {
+        let versions = self.versions.read().expect("poisoned");
+        versions.histories.iter().filter_map(|(asset, h)| Some((asset.clone(), *h.back()?))).collect()
+    }
+
+    /// Up to `n` remembered versions of `asset` other than `current`, newest first.
+    pub fn recent(&self, asset: &AssetPath, current: &VersionId, n: usize) -> Vec<Base> {
+        let versions = self.versions.read().expect("poisoned");
+        let Some(history) = versions.histories.get(asset) else { return Vec::new() };
+        history
+            .iter()
+            .rev()
+            .filter(|v| *v != current)
+            .take(n)
+            .filter_map(|v| {
+                Some(Base { position: 0, version: *v, manifest: versions.known.get(v)?.manifest.clone() })
+            })
+            .collect()
+    }
+
     /// The bytes of remembered `version`, for a compression prefix: from memory when they are
     /// there, otherwise read from the store. A version whose stored bytes are missing or damaged
     /// is forgotten (its clients then get an answer without prefix, or `unknown_base`).

@@ -7,6 +7,7 @@
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
 //! - [`store`]: the version store on disk, which keeps remembered versions across restarts.
+//! - `warm`: best-level answers for a new version's likely first clients, computed ahead.
 //! - `limit`: per-connection request and byte rates, which slow a connection down.
 //! - [`origin`]: which web pages may connect (cross-site WebSocket hijacking).
 //! - [`demo`]: the built-in demo folder and its "rebuild" endpoint.
@@ -22,6 +23,7 @@ pub mod origin;
 pub mod server;
 mod session;
 pub mod store;
+mod warm;
 pub mod watch;
 
 pub use index::StoreConfig;

@@ -284,6 +284,9 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
+    if config.encode.is_some() {
+        crate::warm::start(state.clone());
+    }
     if let Some(quiet) = config.watch {
         watch::start(state.index.clone(), state.hub.clone(), quiet, state.shutdown.clone())?;
     }

@@ -214,3 +214,62 @@ async fn best_answers_survive_a_restart() {
     println!("first answer {first} B, best {best} B, after a restart {after_restart} B");
     assert_eq!(after_restart, best, "the restarted server did not answer with the stored best answer");
 }
+
+/// After a deploy, the server computes the best-level answer for the previous release's clients
+/// before any of them asks (and says so in its log): the first client gets the same small answer
+/// as every later one, not the fast-level one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_client_after_a_deploy_gets_the_best_answer() {
+    use std::io::{BufRead, BufReader};
+    let (store, releases) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let v1 = real_bundle();
+    let v2 = String::from_utf8_lossy(&v1).replace("Vector3", "Vec3").into_bytes();
+    for (release, bundle) in [("v1", &v1), ("v2", &v2)] {
+        std::fs::create_dir_all(releases.path().join(release)).unwrap();
+        std::fs::write(releases.path().join(release).join("app.js"), bundle).unwrap();
+    }
+    let old = TestServer::start_with(|c| {
+        c.store = store_at(store.path());
+        c.root = releases.path().join("v1");
+    })
+    .await;
+    let client = TestClient::new();
+    client.pull_and_check(&old, "app.js", &v1).await;
+    old.stop().await;
+
+    let mut server = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch", "--root"])
+        .arg(releases.path().join("v2"))
+        .arg("--store")
+        .arg(store.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let _ = lines.send(std::mem::take(&mut line));
+        }
+    });
+    let mut url = None;
+    let ahead = loop {
+        let line =
+            log.recv_timeout(std::time::Duration::from_secs(60)).expect("no answer computed ahead in 60 s");
+        if let Some(addr) = line.split("ws://").nth(1) {
+            url = Some(format!("ws://{}", addr.split_whitespace().next().unwrap().trim_end_matches(')')));
+        }
+        if line.contains("answers computed ahead") {
+            break line;
+        }
+    };
+    let url = url.expect("the server printed its address");
+    let first = client.copy().pull_from(url.clone(), &["app.js"]).await.unwrap().remove(0);
+    let second = client.copy().pull_from(url, &["app.js"]).await.unwrap().remove(0);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    println!("{ahead}first client: {} B, second: {} B", wire(&first), wire(&second));
+    assert!(ahead.contains("app.js"), "{ahead}");
+    assert_eq!(wire(&first), wire(&second), "the first client after the deploy got another answer");
+}
