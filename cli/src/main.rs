@@ -12,6 +12,7 @@ use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
+use assetsync::store::{Store, StoreError};
 use assetsync::{ServeConfig, SessionLimits, StoreConfig};
 use assetsync_protocol::{ChunkParams, Hash, Scope};
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Fetch assets into --out, transferring only the chunks the cache lacks
     Pull(PullArgs),
+    /// Inspect or check a server's version store (stop the server first)
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Delete cached chunks and manifests that no committed version references
     Gc {
         /// The chunk cache directory
@@ -49,6 +53,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Versions kept per asset, chunk and answer bytes
+    Stats(StoreArgs),
+    /// Re-hash every chunk and check every version and answer; drop what is damaged
+    Verify(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store folder (as given to serve --store)
+    #[arg(long, value_name = "DIR", required_unless_present = "root")]
+    store: Option<PathBuf>,
+    /// The served folder whose default store to open (when serve had no --store)
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
+    root: Option<PathBuf>,
+    /// Print the result as one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +274,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Ok(pull(&config, &targets, print).await.map(drop)?)
             }
         }
+        Command::Store(command) => store(command).await,
         Command::Gc { cache, json } => {
             let report = tokio::task::spawn_blocking(move || Cache::open_existing(&cache)?.gc()).await??;
             if json {
@@ -374,6 +400,68 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => eprintln!("assetsync: versions kept in memory only (--no-store)"),
     }
     assetsync::run(listener, config, shutdown_signal()).await
+}
+
+async fn store(command: StoreCommand) -> anyhow::Result<()> {
+    let (StoreCommand::Stats(args) | StoreCommand::Verify(args)) = &command;
+    let dir = match (&args.store, &args.root) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(root)) => default_store(root)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    anyhow::ensure!(dir.join("store.redb").is_file(), "no version store in {}", dir.display());
+    let json = args.json;
+    tokio::task::spawn_blocking(move || {
+        let store = match Store::open(&dir, |_| {}) {
+            Ok((store, _)) => store,
+            Err(StoreError::InUse(_)) => {
+                anyhow::bail!("the version store {} is in use by a running server: stop it first", dir.display())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match command {
+            StoreCommand::Stats(_) => {
+                let stats = store.stats()?;
+                if json {
+                    println!("{}", serde_json::to_string(&stats)?);
+                    return Ok(());
+                }
+                println!("{}", stats.store.display());
+                for (asset, versions) in &stats.assets {
+                    println!("  {asset}: {versions} versions");
+                }
+                println!(
+                    "{} versions of {} assets; {} chunks, {} bytes; {} answers, {} bytes; file {} bytes",
+                    stats.versions,
+                    stats.assets.len(),
+                    stats.chunks,
+                    stats.chunk_bytes,
+                    stats.answers,
+                    stats.answer_bytes,
+                    stats.file_bytes
+                );
+            }
+            StoreCommand::Verify(_) => {
+                let report = store.verify()?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                    return Ok(());
+                }
+                println!(
+                    "checked {} chunks, {} versions, {} answers; dropped {} damaged and {} unused chunks, {} incomplete versions, {} answers",
+                    report.chunks,
+                    report.versions,
+                    report.answers,
+                    report.damaged_chunks,
+                    report.unused_chunks,
+                    report.incomplete_versions,
+                    report.dropped_answers
+                );
+            }
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// The default version store of `root`: `assetsync/stores/NAME-HASH` in the user's state folder,

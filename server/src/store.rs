@@ -85,6 +85,46 @@ pub struct Stored {
     pub manifest: Manifest,
 }
 
+/// What a store holds (`assetsync store stats`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// The store folder.
+    pub store: PathBuf,
+    /// Versions kept.
+    pub versions: usize,
+    /// Chunks kept, each once however many versions name it, and their bytes.
+    pub chunks: usize,
+    /// See `chunks`.
+    pub chunk_bytes: u64,
+    /// Encoded answers kept, and their bytes.
+    pub answers: usize,
+    /// See `answers`.
+    pub answer_bytes: u64,
+    /// The database file's size (space freed by dropped entries is reused, not returned).
+    pub file_bytes: u64,
+    /// Versions kept per asset, by path.
+    pub assets: std::collections::BTreeMap<String, usize>,
+}
+
+/// What `assetsync store verify` checked and dropped.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Verified {
+    /// Chunks re-hashed.
+    pub chunks: usize,
+    /// Chunks whose bytes do not hash to their id, dropped.
+    pub damaged_chunks: usize,
+    /// Chunks no version names, dropped.
+    pub unused_chunks: usize,
+    /// Versions checked.
+    pub versions: usize,
+    /// Versions missing a chunk (or with a damaged one), dropped.
+    pub incomplete_versions: usize,
+    /// Answers checked.
+    pub answers: usize,
+    /// Answers failing their checksum, or to or from a version no longer kept, dropped.
+    pub dropped_answers: usize,
+}
+
 /// What the writer thread is told.
 enum Op {
     /// Keep a version and whatever chunks of it the store lacks (`data` is the whole file).
@@ -223,6 +263,45 @@ impl Store {
         Ok(Some(data))
     }
 
+    /// Counts what the store holds. Blocking.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let mut stats = Stats { store: self.dir.clone(), ..Stats::default() };
+        stats.file_bytes = std::fs::metadata(self.dir.join("store.redb")).map_or(0, |m| m.len());
+        self.reading(VERSIONS, |versions| {
+            for entry in versions.iter()? {
+                let (_, value) = entry?;
+                let manifest = value.value().get(8..).and_then(|m| Manifest::decode_canonical(m).ok());
+                let path = manifest.map_or_else(|| "(undecodable)".to_owned(), |m| m.path.to_string());
+                *stats.assets.entry(path).or_default() += 1;
+                stats.versions += 1;
+            }
+            Ok(Some(()))
+        })?;
+        self.reading(CHUNKS, |chunks| {
+            for entry in chunks.iter()? {
+                stats.chunks += 1;
+                stats.chunk_bytes += entry?.1.value().len() as u64;
+            }
+            Ok(Some(()))
+        })?;
+        self.reading(ANSWERS, |answers| {
+            for entry in answers.iter()? {
+                stats.answers += 1;
+                stats.answer_bytes += entry?.1.value().len() as u64;
+            }
+            Ok(Some(()))
+        })?;
+        Ok(stats)
+    }
+
+    /// Re-hashes every chunk and checks every version and answer, dropping what is damaged,
+    /// incomplete or unused, in one transaction. Blocking.
+    pub fn verify(&self) -> Result<Verified, StoreError> {
+        let db_err = |source: redb::Error| StoreError::Db { path: self.dir.clone(), source };
+        let Some(db) = self.db.lock().expect("poisoned").clone() else { return Ok(Verified::default()) };
+        verify(&db).map_err(db_err)
+    }
+
     /// `read` of `table` in a read transaction; `None` if the store is closed or the table was
     /// never written.
     fn reading<K: redb::Key + 'static, T>(
@@ -289,6 +368,63 @@ fn load(db: &Database) -> Result<(Found, Vec<VersionId>), redb::Error> {
     }
     found.versions.sort_unstable_by_key(|s| s.seq);
     Ok((found, damaged))
+}
+
+fn verify(db: &Database) -> Result<Verified, redb::Error> {
+    let mut report = Verified::default();
+    let tx = db.begin_write()?;
+    {
+        let mut chunks = tx.open_table(CHUNKS)?;
+        let mut versions = tx.open_table(VERSIONS)?;
+        let mut answers = tx.open_table(ANSWERS)?;
+        chunks.retain(|id, bytes| {
+            report.chunks += 1;
+            let intact = Hash::of(bytes).0 == *id;
+            report.damaged_chunks += usize::from(!intact);
+            intact
+        })?;
+        let mut used = HashSet::new();
+        let mut incomplete = Vec::new();
+        for entry in versions.iter()? {
+            let (key, value) = entry?;
+            report.versions += 1;
+            let manifest = value.value().get(8..).and_then(|m| Manifest::decode_canonical(m).ok());
+            let complete = match manifest {
+                Some(m) => m
+                    .chunks
+                    .iter()
+                    .all(|c| chunks.get(&c.id.0).is_ok_and(|found| found.is_some()))
+                    .then_some(m),
+                None => None,
+            };
+            match complete {
+                Some(m) => used.extend(m.chunks.iter().map(|c| c.id.0)),
+                None => incomplete.push(*key.value()),
+            }
+        }
+        for version in &incomplete {
+            versions.remove(version)?;
+        }
+        report.incomplete_versions = incomplete.len();
+        chunks.retain(|id, _| {
+            let needed = used.contains(id);
+            report.unused_chunks += usize::from(!needed);
+            needed
+        })?;
+        let kept: HashSet<[u8; 32]> =
+            versions.iter()?.map(|e| e.map(|(k, _)| *k.value())).collect::<Result<_, _>>()?;
+        answers.retain(|key, value| {
+            report.answers += 1;
+            let (new, base): ([u8; 32], [u8; 32]) =
+                (key[..32].try_into().expect("32 bytes"), key[32..64].try_into().expect("32 bytes"));
+            let intact = value.split_first_chunk::<32>().is_some_and(|(sum, rest)| Hash::of(rest).0 == *sum);
+            let ok = intact && kept.contains(&new) && (base == [0; 32] || kept.contains(&base));
+            report.dropped_answers += usize::from(!ok);
+            ok
+        })?;
+    }
+    tx.commit()?;
+    Ok(report)
 }
 
 /// Commits queued operations in batches until the queue closes.

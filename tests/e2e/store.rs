@@ -18,6 +18,24 @@ fn store_at(dir: &Path) -> Option<StoreConfig> {
     Some(StoreConfig { dir: dir.to_path_buf(), max_bytes: 1 << 30 })
 }
 
+/// Changes every stored chunk's bytes (one byte in 64 flipped), as bit rot that the file system
+/// does not notice would.
+fn damage_chunks(store: &Path) {
+    let db = redb::Database::create(store.join("store.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut chunks = tx.open_table(CHUNKS).unwrap();
+        let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
+        assert!(!ids.is_empty(), "nothing stored");
+        for id in ids {
+            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
+            bytes.iter_mut().step_by(64).for_each(|b| *b ^= 0x20);
+            chunks.insert(&id, bytes.as_slice()).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
 /// A rebuild of `bundle`: three edits of a few dozen bytes, as a small source change makes.
 fn rebuilt(bundle: &[u8]) -> Vec<u8> {
     let mut out = bundle.to_vec();
@@ -127,23 +145,7 @@ async fn a_damaged_store_still_serves_exact_bytes() {
     let client = TestClient::new();
     client.pull_and_check(&server, "app.js", &v1).await;
     server.stop().await;
-    // Every stored chunk's bytes changed (one byte in 64 flipped), as bit rot that the file
-    // system does not notice would.
-    let db = redb::Database::create(store.path().join("store.redb")).unwrap();
-    let tx = db.begin_write().unwrap();
-    {
-        let mut chunks = tx.open_table(CHUNKS).unwrap();
-        let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
-        assert!(!ids.is_empty(), "nothing stored");
-        for id in ids {
-            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
-            bytes.iter_mut().step_by(64).for_each(|b| *b ^= 0x20);
-            chunks.insert(&id, bytes.as_slice()).unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    drop(db);
-
+    damage_chunks(store.path());
     let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
     server.write("app.js", &v2);
     let report = client.pull_and_check(&server, "app.js", &v2).await;
@@ -272,4 +274,51 @@ async fn the_first_client_after_a_deploy_gets_the_best_answer() {
     println!("{ahead}first client: {} B, second: {} B", wire(&first), wire(&second));
     assert!(ahead.contains("app.js"), "{ahead}");
     assert_eq!(wire(&first), wire(&second), "the first client after the deploy got another answer");
+}
+
+/// `assetsync store stats` counts what a store holds; `store verify` finds damaged chunks and
+/// drops them with the versions that need them, and refuses a store a server has open.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_verify_drops_damaged_chunks_and_their_versions() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    server.write("app.js", &real_bundle());
+    server.write("lib/small.js", b"export const small = 1;");
+    let client = TestClient::new();
+    client.pull(&server, &["app.js", "lib/small.js"]).await.unwrap();
+    let cli = |args: &[&str]| {
+        let out =
+            std::process::Command::new(BIN).args(args).arg("--store").arg(store.path()).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, stderr) = cli(&["store", "stats"]);
+    assert!(!ok && stderr.contains("in use by a running server: stop it first"), "{stderr}");
+    server.stop().await;
+
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    let (ok, stdout, stderr) = cli(&["store", "stats", "--json"]);
+    assert!(ok, "{stderr}");
+    let stats = json(&stdout);
+    assert_eq!(
+        (stats["versions"].as_u64(), stats["assets"]["app.js"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+    assert!(stats["chunk_bytes"].as_u64().unwrap() >= real_bundle().len() as u64, "{stats}");
+
+    let (ok, stdout, stderr) = cli(&["store", "verify", "--json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout)["damaged_chunks"].as_u64(), Some(0), "{stdout}");
+    damage_chunks(store.path());
+    let (ok, stdout, stderr) = cli(&["store", "verify", "--json"]);
+    assert!(ok, "{stderr}");
+    let report = json(&stdout);
+    assert!(report["damaged_chunks"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report["incomplete_versions"].as_u64(), Some(2), "{report}");
+    let (_, stdout, _) = cli(&["store", "stats", "--json"]);
+    assert_eq!(json(&stdout)["versions"].as_u64(), Some(0), "{stdout}");
 }
