@@ -105,8 +105,8 @@ struct ServeArgs {
     /// Remember versions in memory only: a restart forgets them
     #[arg(long, conflicts_with = "store")]
     no_store: bool,
-    /// Most bytes of chunks the version store keeps; past it, the oldest versions not being
-    /// served are dropped
+    /// Most bytes of chunks the version store keeps; past it, the oldest versions are dropped
+    /// (never an asset's current one)
     #[arg(long, default_value_t = 2 << 30)]
     store_max_bytes: u64,
     /// Average chunk size in bytes (min = avg/4, max = avg*4)

@@ -84,8 +84,8 @@ pub struct IndexConfig {
 pub struct StoreConfig {
     /// The store folder.
     pub dir: PathBuf,
-    /// Chunk bytes the stored versions may take in all; the oldest versions not being served
-    /// are dropped past it.
+    /// Chunk bytes the stored versions may take in all; past it, the oldest versions are
+    /// dropped (never an asset's current one).
     pub max_bytes: u64,
 }
 
@@ -209,8 +209,17 @@ impl Versions {
         self.by_seq.insert(seq, version);
     }
 
+    /// Whether `version` is the newest of its asset and still indexed: the current version of
+    /// a file that is there.
+    fn is_current(&self, version: &VersionId) -> bool {
+        self.known.get(version).is_some_and(|k| {
+            k.live.strong_count() > 0
+                && self.histories.get(&k.manifest.path).and_then(|h| h.back()) == Some(version)
+        })
+    }
+
     /// Drops versions to keep at most `keep` per asset (the oldest go), and until the chunks
-    /// take at most `max_bytes` (the oldest not being served go).
+    /// take at most `max_bytes` (the oldest go, never a current one).
     fn trim(&mut self, keep: usize, max_bytes: u64) -> Vec<Dropped> {
         let mut excess: Vec<VersionId> = Vec::new();
         for history in self.histories.values() {
@@ -223,7 +232,7 @@ impl Versions {
                 if self.chunk_bytes <= max_bytes {
                     break;
                 }
-                if self.known.get(&version).is_some_and(|k| k.live.strong_count() == 0) {
+                if !self.is_current(&version) {
                     dropped.extend(self.drop_version(&version));
                 }
             }

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::Stdio;
 
 use assetsync::StoreConfig;
+use assetsync::store::Store;
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::util::{BIN, TestClient, TestServer, real_bundle};
+use crate::util::{BIN, TestClient, TestServer, random_bytes, real_bundle};
 
 /// The store's table of chunk bytes (see `server/src/store.rs`).
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
@@ -321,4 +322,167 @@ async fn store_verify_drops_damaged_chunks_and_their_versions() {
     assert_eq!(report["incomplete_versions"].as_u64(), Some(2), "{report}");
     let (_, stdout, _) = cli(&["store", "stats", "--json"]);
     assert_eq!(json(&stdout)["versions"].as_u64(), Some(0), "{stdout}");
+}
+
+/// With --store-max-bytes, the store drops its oldest versions to stay within it, never the
+/// current one; a client of a dropped version still gets exact bytes (from its chunk set).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_stays_within_its_size_limit() {
+    let store = tempfile::tempdir().unwrap();
+    const MIB: u64 = 1 << 20;
+    let server = TestServer::start_with(|c| {
+        c.store = Some(StoreConfig { dir: store.path().to_path_buf(), max_bytes: 5 * MIB / 2 });
+    })
+    .await;
+    let mut clients = Vec::new();
+    for n in 0..5 {
+        let data = random_bytes(MIB as usize, n);
+        server.replace("big.bin", &data);
+        let client = TestClient::new();
+        client.pull_and_check(&server, "big.bin", &data).await;
+        clients.push(client);
+    }
+    let last = random_bytes(MIB as usize, 99);
+    server.replace("big.bin", &last);
+    // The newest earlier version is still known: one request; the oldest is not: two.
+    let recent = clients.pop().unwrap().pull_and_check(&server, "big.bin", &last).await;
+    let oldest = clients.remove(0).pull_and_check(&server, "big.bin", &last).await;
+    server.stop().await;
+    assert_eq!((recent.requests, oldest.requests), (1, 2));
+    let (opened, _) = Store::open(store.path(), |_| {}).unwrap();
+    let stats = opened.stats().unwrap();
+    assert!(stats.chunk_bytes <= 5 * MIB / 2, "{stats:?}");
+    assert_eq!(stats.versions, 2, "{stats:?}");
+}
+
+/// A server killed with SIGKILL at any moment, while it indexes, answers and writes its store,
+/// restarts on that store, and every client still ends with the exact bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
+    use std::io::{BufRead, BufReader};
+    let (root, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let seed: u64 = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    println!("KILL_SEED={seed}");
+    let mut rng = seed;
+    let mut next = move |below: u64| {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) % below
+    };
+    let clients: Vec<TestClient> = (0..4).map(|_| TestClient::new()).collect();
+    let files = ["app.js", "lib/a.js", "lib/b.js"];
+    let mut contents = Vec::new();
+    for round in 0..6u64 {
+        // A new release: each file edited, the bundle a real one with its text shifted.
+        contents = files
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let mut data = if i == 0 { real_bundle() } else { random_bytes(300_000, i as u64) };
+                data.splice(0..0, format!("/* release {round} */").bytes());
+                data.extend(random_bytes(2_000, round * 10 + i as u64));
+                data
+            })
+            .collect();
+        for (file, data) in files.iter().zip(&contents) {
+            let path = root.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, data).unwrap();
+        }
+        let mut server = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root.path())
+            .arg("--store")
+            .arg(store.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(server.stderr.take().unwrap());
+        let mut banner = String::new();
+        stderr.read_line(&mut banner).unwrap();
+        assert!(banner.contains("ws://"), "the server did not start on its store: {banner}");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let addr = banner.split("ws://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        let url = format!("ws://{addr}/sync");
+        // Clients pull while the server is killed at a random moment.
+        let pulls: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let config = c.config(url.clone());
+                tokio::spawn(async move {
+                    let targets: Vec<_> =
+                        files.iter().map(|f| assetsync_protocol::Scope::new(f).unwrap()).collect();
+                    let _ = assetsync::pull::pull(&config, &targets, |_| {}).await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(next(400))).await;
+        server.kill().unwrap();
+        server.wait().unwrap();
+        for pull in pulls {
+            pull.abort();
+            let _ = pull.await;
+        }
+    }
+    // A last server on the store the kills left: every client ends with the exact bytes.
+    let server = TestServer::start_with(|c| {
+        c.store = store_at(store.path());
+        c.root = root.path().to_path_buf();
+    })
+    .await;
+    for client in &clients {
+        for (file, data) in files.iter().zip(&contents) {
+            client.pull_and_check(&server, file, data).await;
+        }
+    }
+    server.stop().await;
+    let (opened, _) = Store::open(store.path(), |_| {}).unwrap();
+    let report = opened.verify().unwrap();
+    assert_eq!((report.damaged_chunks, report.incomplete_versions), (0, 0), "{report:?}");
+}
+
+/// A store that cannot be written (here: the file size limit reached, as a full disk would
+/// fail it) never breaks serving: the server says so once and keeps new versions in memory,
+/// so their clients still get exact bytes and small updates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_cannot_be_written_leaves_serving_intact() {
+    use std::io::{BufRead, BufReader};
+    let (root, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Writes past 3 MiB fail with EFBIG (SIGXFSZ ignored, as its default would kill the process).
+    let command = format!(
+        "trap '' XFSZ; ulimit -f 3072; exec '{BIN}' serve --listen 127.0.0.1:0 --no-watch --root '{}' --store '{}'",
+        root.path().display(),
+        store.path().display()
+    );
+    let mut server =
+        std::process::Command::new("bash").args(["-c", &command]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    let addr =
+        banner.split("ws://").nth(1).expect("the server started").split('/').next().unwrap().to_owned();
+    let url = format!("ws://{addr}/sync");
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let _ = lines.send(std::mem::take(&mut line));
+        }
+    });
+    let client = TestClient::new();
+    let mut last = Vec::new();
+    for n in 0..6 {
+        let old = std::mem::replace(&mut last, random_bytes(1 << 20, n));
+        last.splice(0..0, old.iter().take(200_000).copied());
+        std::fs::write(root.path().join("big.bin"), &last).unwrap();
+        let report = client.pull_from(url.clone(), &["big.bin"]).await.unwrap().remove(0);
+        assert_eq!(std::fs::read(client.out("big.bin")).unwrap(), last);
+        if n > 0 {
+            // The version before is known (from memory once the store failed): one request.
+            assert_eq!(report.requests, 1, "round {n}");
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let said: Vec<String> = log.try_iter().filter(|l| l.contains("cannot write the version store")).collect();
+    assert_eq!(said.len(), 1, "the server should say once that it cannot write its store: {said:?}");
 }
