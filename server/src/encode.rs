@@ -43,6 +43,10 @@ impl Default for EncodeConfig {
 /// Prefix plus input bytes up to which even the first answer is encoded at the best level
 /// (about 150 ms of CPU at level 19); for a folder, the files' work in all.
 pub const QUICK_WORK: usize = 256 << 10;
+/// Prefix plus input bytes up to which a best-level encoding is made at all (in the background,
+/// or ahead by [`crate::warm`]): about 40 s of CPU at level 19. Past it, the fast-level answer
+/// stays; a queued encoding holds its inputs in memory, and a 300 MB asset's would take minutes.
+pub const MAX_BEST_WORK: usize = 64 << 20;
 /// Raw bytes per batch. A batch is one WebSocket message, decoded (and its chunks kept) only
 /// once whole, so a transfer cut midway loses at most the batch in flight: small batches resume
 /// well. Without a prefix, each batch starts from an empty window, so they stay at 1 MiB to
@@ -255,7 +259,7 @@ impl Encoder {
             })
             .await
             .clone();
-        if let Some((job, stored)) = ran.filter(|_| !quick && !in_folder) {
+        if let Some((job, stored)) = ran.filter(|_| !quick && !in_folder && work <= MAX_BEST_WORK) {
             let permits = self.background.clone();
             let store = index.store().cloned();
             tokio::spawn(async move {

@@ -644,6 +644,7 @@ fn open_store(
     versions: &Arc<RwLock<Versions>>,
     keep: usize,
 ) -> Result<Store, StoreError> {
+    let started = std::time::Instant::now();
     let written = Arc::downgrade(versions);
     let (store, stored) = Store::open(&config.dir, move |done| {
         let Some(versions) = written.upgrade() else { return };
@@ -665,6 +666,7 @@ fn open_store(
         store = %config.dir.display(),
         versions = versions.known.len(),
         bytes = versions.chunk_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "version store opened"
     );
     Ok(store)

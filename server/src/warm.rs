@@ -5,8 +5,8 @@
 //! one (see [`crate::encode`]).
 //!
 //! The CPU this takes is bounded: one encoding at a time (shared with the encoder's own
-//! background work), at most [`BASES`] answers and [`MAX_WORK`] bytes of zstd input per new
-//! version, and one log line each.
+//! background work), at most [`BASES`] answers and [`MAX_BEST_WORK`] bytes of zstd input per
+//! new version, and one log line each.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,15 +14,12 @@ use std::time::Instant;
 use assetsync_protocol::{ClientView, Have, plan};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::encode::work;
+use crate::encode::{MAX_BEST_WORK, work};
 use crate::index::Indexed;
 use crate::server::AppState;
 
 /// Earlier versions answered ahead per new version.
 const BASES: usize = 3;
-/// Prefix plus input bytes encoded ahead per new version at most: level 19 takes about a
-/// second per 1.5 MB of it.
-const MAX_WORK: usize = 64 << 20;
 
 /// Starts computing answers ahead: first for the remembered assets whose file holds a new
 /// version at start-up (a deploy), then for every change announced, until shutdown.
@@ -69,7 +66,7 @@ async fn ahead(state: &AppState, current: &Arc<Indexed>) {
         let view = ClientView { base: Some((0, base.version, base.manifest.as_ref())), held: &held };
         let send = plan(0, &current.manifest, current.version, view).send;
         let work = work(current, &send, Some(&base));
-        if send.is_empty() || total + work > MAX_WORK {
+        if send.is_empty() || total + work > MAX_BEST_WORK {
             continue;
         }
         if state.encoder.precompute(&state.index, current, &send, &base).await {

@@ -6,9 +6,14 @@
 // then, for each pair, runs the real server and the native client over loopback: the client
 // syncs the old version into an empty cache, the server's file is replaced by the new version,
 // and the client syncs again. Prints one Markdown table comparing the bytes of that update with
-// gzip, brotli, zstd, `zstd --patch-from` and rsync, all from the same run. A second server
-// process on the same folder, which never sees the old versions, measures the same update after
-// a server restart (`unknown_base`, then the client's truncated chunk-id set).
+// gzip, brotli, zstd, `zstd --patch-from` and rsync, all from the same run. The same update is
+// then measured three more ways:
+// - after a restart without a version store (`--no-store`: a second server process on the same
+//   folder, which never saw the old versions: `unknown_base`, then the client's chunk-id set);
+// - after a restart with the store (the server stopped and started again on its store);
+// - after a deploy to a fresh machine: a server on a new release folder holding the new version,
+//   an empty store and `--history` naming a folder with the old one. Its first client is served
+//   once the server logs that it computed the answers ahead; the wait is reported.
 // Needs the zstd and rsync commands (Debian: apt-get install zstd rsync). Extra `assetsync serve`
 // flags can be given in ASSETSYNC_SERVE_ARGS, e.g. ASSETSYNC_SERVE_ARGS="--zstd-level 9".
 
@@ -99,11 +104,12 @@ function pull(server, cache, out, asset) {
 }
 
 const extraArgs = (process.env.ASSETSYNC_SERVE_ARGS || "").split(" ").filter(Boolean);
-const server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")), extraArgs });
+const storeArgs = [...extraArgs, "--store", mkdtempSync(join(tmpdir(), "assetsync-corpus-store-"))];
+let server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")), extraArgs: storeArgs });
 // Indexes each file only when asked, after it was replaced: it never knows the old versions.
 // It does not watch the root: a watcher would index the old version of a file it served for an
 // earlier pair when the next pair writes it (two pairs share three.module.min.js).
-const restarted = await startServer({ root: server.root, extraArgs: [...extraArgs, "--no-watch"] });
+const restarted = await startServer({ root: server.root, extraArgs: [...extraArgs, "--no-watch", "--no-store"] });
 const rows = [];
 let totalOurs = 0;
 let totalPatch = 0;
@@ -116,8 +122,9 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   const client = mkdtempSync(join(tmpdir(), "assetsync-client-"));
   server.write(asset, oldBytes);
   pull(server, join(client, "cache"), join(client, "out"), asset);
-  cpSync(join(client, "cache"), join(client, "cache3"), { recursive: true });
-  cpSync(join(client, "cache"), join(client, "cache4"), { recursive: true });
+  for (const copy of ["cache3", "cache4", "cache5", "cache6"]) {
+    cpSync(join(client, "cache"), join(client, copy), { recursive: true });
+  }
   server.write(asset, newBytes);
   const cpu0 = cpuSeconds(server.pid);
   const first = pull(server, join(client, "cache"), join(client, "out"), asset);
@@ -135,6 +142,31 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   if (after.requests !== 2 || !readFileSync(join(client, "out3", asset)).equals(newBytes)) {
     throw new Error(`${label}: sync after restart went wrong: ${JSON.stringify(after)}`);
   }
+  // The same server stopped and started again on its store.
+  await server.stop();
+  server = await startServer({ root: server.root, extraArgs: storeArgs });
+  const stored = pull(server, join(client, "cache5"), join(client, "out5"), asset);
+  // A deploy to a fresh machine: the new release as root, the old one as --history.
+  const releases = mkdtempSync(join(tmpdir(), "assetsync-releases-"));
+  for (const [release, bytes] of [["old", oldBytes], ["new", newBytes]]) {
+    mkdirSync(join(releases, release, pkg), { recursive: true });
+    writeFileSync(join(releases, release, asset), bytes);
+  }
+  const started = Date.now();
+  const deploy = await startServer({
+    root: join(releases, "new"),
+    extraArgs: [...extraArgs, "--store", join(releases, "store"), "--history", join(releases, "old")],
+  });
+  await deploy.waitForLog("answers computed ahead");
+  const deployWait = Date.now() - started;
+  const deployed = pull(deploy, join(client, "cache6"), join(client, "out6"), asset);
+  await deploy.stop();
+  for (const [out, report] of [["out5", stored], ["out6", deployed]]) {
+    if (report.requests !== 1 || !readFileSync(join(client, out, asset)).equals(newBytes)) {
+      throw new Error(`${label}: sync with a store went wrong: ${JSON.stringify(report)}`);
+    }
+  }
+  rmSync(releases, { recursive: true });
   rmSync(client, { recursive: true });
 
   const patch = size("zstd", ["-19", "--long=30", "-c", `--patch-from=${oldPath}`, newPath]);
@@ -160,22 +192,32 @@ for (const [label, pkg, from, to, file] of PAIRS) {
     cold: cold.wire_bytes_in + cold.wire_bytes_out,
     restartIn: after.wire_bytes_in,
     restartOut: after.wire_bytes_out,
+    stored: stored.wire_bytes_in + stored.wire_bytes_out,
+    deployed: deployed.wire_bytes_in + deployed.wire_bytes_out,
+    deployWait,
   });
 }
 await server.stop();
 await restarted.stop();
 
 const n = (x) => x.toLocaleString("en-US");
-console.log("| pair | new size | gzip -9 | brotli 11 | zstd -19 | patch-from -19 | rsync | first client: bytes, time | assetsync in + out | vs patch-from | server CPU | cold sync / zstd -19 | after restart in + out | vs patch-from |");
-console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+console.log("| pair | new size | gzip -9 | brotli 11 | zstd -19 | patch-from -19 | rsync | first client: bytes, time | assetsync in + out | vs patch-from | server CPU | cold sync / zstd -19 | after restart (no store) in + out | vs patch-from | after restart, with store | vs no restart | after a deploy: first client, server start to ready |");
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 for (const r of rows) {
   console.log(
     `| ${r.label} | ${n(r.size)} | ${n(r.gzip)} | ${n(r.brotli)} | ${n(r.zstd)} | ${n(r.patch)} | ${n(r.rsync)} | ${n(r.first)}, ${n(r.firstMs)} ms | ` +
       `${n(r.in)} + ${n(r.out)} | ${r.ratio.toFixed(2)}x | ${r.cpuMs.toFixed(0)} ms | ${(r.cold / r.zstd).toFixed(2)}x | ` +
-      `${n(r.restartIn)} + ${n(r.restartOut)} | ${((r.restartIn + r.restartOut) / r.patch).toFixed(2)}x |`,
+      `${n(r.restartIn)} + ${n(r.restartOut)} | ${((r.restartIn + r.restartOut) / r.patch).toFixed(2)}x | ` +
+      `${n(r.stored)} | ${(r.stored / (r.in + r.out)).toFixed(2)}x | ${n(r.deployed)}, ${n(r.deployWait)} ms |`,
   );
 }
 const worst = rows.reduce((a, b) => (a.ratio > b.ratio ? a : b));
 console.log(`\nTotal over the corpus: assetsync ${n(totalOurs)} bytes, patch-from ${n(totalPatch)} bytes: ${(totalOurs / totalPatch).toFixed(2)}x. Worst pair: ${worst.label}, ${worst.ratio.toFixed(2)}x.`);
 const restartTotal = rows.reduce((sum, r) => sum + r.restartIn + r.restartOut, 0);
 console.log(`After a server restart: ${n(restartTotal)} bytes, ${(restartTotal / totalPatch).toFixed(2)}x patch-from.`);
+const storedTotal = rows.reduce((sum, r) => sum + r.stored, 0);
+const deployedTotal = rows.reduce((sum, r) => sum + r.deployed, 0);
+console.log(`After a restart with the store: ${n(storedTotal)} bytes, ${(storedTotal / totalOurs).toFixed(2)}x the same updates without a restart.`);
+console.log(`First clients after a deploy with --history: ${n(deployedTotal)} bytes, ${(deployedTotal / totalOurs).toFixed(2)}x.`);
+const stats = JSON.parse(execFileSync(bin, ["store", "stats", "--json", "--store", storeArgs.at(-1)]));
+console.log(`The store after the run: ${stats.versions} versions, ${n(stats.chunk_bytes)} bytes of chunks, ${stats.answers} answers of ${n(stats.answer_bytes)} bytes, file ${n(stats.file_bytes)} bytes (${n(Math.round(stats.file_bytes / stats.versions))} per version).`);

@@ -11,7 +11,9 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-export const bin = process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsync");
+/** The server binary: ASSETSYNC_BIN when set (read at each start, so that a benchmark can set
+ * it after importing this module), else the debug build. */
+const serverBin = () => process.env.ASSETSYNC_BIN || join(repo, "target/debug/assetsync");
 
 export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
@@ -40,7 +42,7 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
   if (root) args.push("--root", root);
   // Version stores go under a temporary state folder, not the user's (see default_store).
   const env = { ...process.env, XDG_STATE_HOME: stateHome() };
-  const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env });
+  const child = spawn(serverBin(), args, { stdio: ["ignore", "ignore", "pipe"], env });
   // A failed test must not leave a server behind (see killServers).
   children.add(child);
   child.on("exit", () => children.delete(child));
@@ -60,6 +62,15 @@ export async function startServer({ demo = false, root = null, www = join(repo, 
     pid: child.pid,
     /** What the server logged so far. */
     log: () => log,
+    /** Waits (up to `ms`) until the server logs a line containing `text`; resolves to it. */
+    async waitForLog(text, ms = 120_000) {
+      for (const until = Date.now() + ms; Date.now() < until; await new Promise((ok) => setTimeout(ok, 50))) {
+        // Whole lines only: the last one may still be arriving.
+        const line = log.split("\n").slice(0, -1).find((l) => l.includes(text));
+        if (line) return line;
+      }
+      throw new Error(`the server did not log "${text}" within ${ms} ms:\n${log}`);
+    },
     /** Writes an asset the way build tools do: temporary file, then rename. */
     write(asset, bytes) {
       const path = join(root, asset);
