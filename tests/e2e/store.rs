@@ -22,17 +22,24 @@ fn store_at(dir: &Path) -> Option<StoreConfig> {
 /// Changes every stored chunk's bytes (one byte in 64 flipped), as bit rot that the file system
 /// does not notice would.
 fn damage_chunks(store: &Path) {
+    edit_chunks(store, |chunks, ids| {
+        for id in ids {
+            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
+            bytes.iter_mut().step_by(64).for_each(|b| *b ^= 0x20);
+            chunks.insert(&id, bytes.as_slice()).unwrap();
+        }
+    });
+}
+
+/// Calls `edit` with the store's chunk table and every chunk id in it, in one transaction.
+fn edit_chunks(store: &Path, edit: impl FnOnce(&mut redb::Table<&[u8; 32], &[u8]>, Vec<[u8; 32]>)) {
     let db = redb::Database::create(store.join("store.redb")).unwrap();
     let tx = db.begin_write().unwrap();
     {
         let mut chunks = tx.open_table(CHUNKS).unwrap();
         let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
         assert!(!ids.is_empty(), "nothing stored");
-        for id in ids {
-            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
-            bytes.iter_mut().step_by(64).for_each(|b| *b ^= 0x20);
-            chunks.insert(&id, bytes.as_slice()).unwrap();
-        }
+        edit(&mut chunks, ids);
     }
     tx.commit().unwrap();
 }
@@ -139,6 +146,22 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
 /// its client still ends up with the exact new file.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_store_still_serves_exact_bytes() {
+    damaged_store_serves_exact_bytes(damage_chunks).await;
+}
+
+/// A chunk missing from the store (a version kept, one of its chunks gone) is found out the same
+/// way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_missing_a_chunk_still_serves_exact_bytes() {
+    damaged_store_serves_exact_bytes(|store| {
+        edit_chunks(store, |chunks, ids| {
+            chunks.remove(&ids[ids.len() / 2]).unwrap();
+        })
+    })
+    .await;
+}
+
+async fn damaged_store_serves_exact_bytes(damage: impl FnOnce(&Path)) {
     let store = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
     let (v1, v2) = (real_bundle(), rebuilt(&real_bundle()));
@@ -146,7 +169,7 @@ async fn a_damaged_store_still_serves_exact_bytes() {
     let client = TestClient::new();
     client.pull_and_check(&server, "app.js", &v1).await;
     server.stop().await;
-    damage_chunks(store.path());
+    damage(store.path());
     let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
     server.write("app.js", &v2);
     let report = client.pull_and_check(&server, "app.js", &v2).await;
