@@ -15,7 +15,7 @@ use assetsync_protocol::{
 };
 use bytes::Bytes;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
@@ -277,9 +277,24 @@ pub struct AssetIndex {
     versions: Arc<RwLock<Versions>>,
     /// Where remembered versions' bytes are kept, if anywhere but memory.
     store: Option<Arc<Store>>,
-    /// Recent folder listings by [`assetsync_protocol::folder_version`], newest last: a client
-    /// naming one gets an unchanged folder in one short answer, a changed one as a delta.
-    listings: Mutex<VecDeque<(VersionId, Arc<[FolderEntry]>)>>,
+    /// Recent folder listings by [`assetsync_protocol::folder_version`]: a client naming one
+    /// gets an unchanged folder in one short answer, a changed one as a delta.
+    listings: Mutex<Listings>,
+}
+
+/// One remembered folder listing.
+struct Listed {
+    version: VersionId,
+    /// Its entries; `None` while they are only in the store (since it was opened).
+    entries: Option<Arc<[FolderEntry]>>,
+    len: usize,
+}
+
+/// The remembered folder listings, newest last, and the next one's sequence number in the store.
+#[derive(Default)]
+struct Listings {
+    recent: VecDeque<Listed>,
+    next_seq: u64,
 }
 
 /// Folder listings remembered (see [`AssetIndex::listing`]), and their entries in all (about
@@ -301,6 +316,7 @@ impl AssetIndex {
         }
         config.keep_versions = config.keep_versions.max(1);
         let versions = Arc::new(RwLock::new(Versions::default()));
+        let mut listings = Listings::default();
         let store = match &mut config.store {
             Some(store) => {
                 std::fs::create_dir_all(&store.dir)
@@ -316,12 +332,17 @@ impl AssetIndex {
                         config.root.display()
                     );
                 }
-                Some(Arc::new(open_store(store, &versions, config.keep_versions)?))
+                let (store, listed) = open_store(store, &versions, config.keep_versions)?;
+                for (seq, version, len) in listed {
+                    listings.next_seq = seq + 1;
+                    listings.recent.push_back(Listed { version, entries: None, len });
+                }
+                Some(Arc::new(store))
             }
             None => None,
         };
         let started = SystemTime::now();
-        let (slots, listings) = Default::default();
+        let (slots, listings) = (Default::default(), Mutex::new(listings));
         let index = AssetIndex { config, hub, started, slots, versions, store, listings };
         for dir in &index.config.history {
             index.import(dir)?;
@@ -577,22 +598,65 @@ impl AssetIndex {
         None
     }
 
-    /// The listing whose version is `version`, if it is one of the last few listed.
-    pub fn listing(&self, version: &VersionId) -> Option<Arc<[FolderEntry]>> {
-        let listings = self.listings.lock().expect("poisoned");
-        listings.iter().find(|(v, _)| v == version).map(|(_, l)| l.clone())
+    /// The listing whose version is `version`, if it is one of the last few listed (read back
+    /// from the store after a restart; one found damaged there is forgotten).
+    pub async fn listing(&self, version: &VersionId) -> Option<Arc<[FolderEntry]>> {
+        {
+            let listings = self.listings.lock().expect("poisoned");
+            let listed = listings.recent.iter().find(|l| l.version == *version)?;
+            if let Some(entries) = &listed.entries {
+                return Some(entries.clone());
+            }
+        }
+        let (store, wanted) = (self.store.clone()?, *version);
+        let read = tokio::task::spawn_blocking(move || store.listing(&wanted));
+        let read = read.await.expect("store reading task panicked");
+        let mut listings = self.listings.lock().expect("poisoned");
+        let at = listings.recent.iter().position(|l| l.version == *version);
+        let problem = match (read, at) {
+            (Ok(Some(entries)), Some(at)) => {
+                let entries: Arc<[FolderEntry]> = entries.into();
+                listings.recent[at].entries = Some(entries.clone());
+                return Some(entries);
+            }
+            (Ok(Some(entries)), None) => return Some(entries.into()),
+            (Ok(None), _) => "missing from the store".to_owned(),
+            (Err(e), _) => e.to_string(),
+        };
+        tracing::warn!(listing = %version.to_hex(), problem, "forgetting a remembered folder listing");
+        if let Some(at) = at {
+            listings.recent.remove(at);
+        }
+        None
     }
 
     /// Remembers a listing sent to a client, under its version, as the most recent one (one
-    /// remembered already is moved, not copied again).
+    /// remembered already is moved, not copied again), here and in the store.
     pub fn remember_listing(&self, version: VersionId, entries: &[FolderEntry]) {
         let mut listings = self.listings.lock().expect("poisoned");
-        let known = listings.iter().position(|(v, _)| *v == version).and_then(|at| listings.remove(at));
-        listings.push_back(known.unwrap_or_else(|| (version, entries.into())));
-        let total =
-            |l: &VecDeque<(VersionId, Arc<[FolderEntry]>)>| l.iter().map(|(_, e)| e.len()).sum::<usize>();
-        while listings.len() > LISTINGS || (listings.len() > 1 && total(&listings) > LISTED_ENTRIES) {
-            listings.pop_front();
+        let known = listings.recent.iter().position(|l| l.version == version);
+        let newest = known.is_some_and(|at| at + 1 == listings.recent.len());
+        let mut listed = match known.and_then(|at| listings.recent.remove(at)) {
+            Some(listed) => listed,
+            None => Listed { version, entries: None, len: entries.len() },
+        };
+        let new = known.is_none();
+        if listed.entries.is_none() {
+            listed.entries = Some(entries.into());
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| !newest) {
+            store.put_listing(version, listings.next_seq, listed.entries.clone().filter(|_| new));
+            listings.next_seq += 1;
+        }
+        listings.recent.push_back(listed);
+        let total = |l: &Listings| l.recent.iter().map(|l| l.len).sum::<usize>();
+        while listings.recent.len() > LISTINGS
+            || (listings.recent.len() > 1 && total(&listings) > LISTED_ENTRIES)
+        {
+            let gone = listings.recent.pop_front().expect("more than one");
+            if let Some(store) = &self.store {
+                store.forget_listing(gone.version);
+            }
         }
     }
 
@@ -643,10 +707,10 @@ fn open_store(
     config: &StoreConfig,
     versions: &Arc<RwLock<Versions>>,
     keep: usize,
-) -> Result<Store, StoreError> {
+) -> Result<(Store, Vec<StoredListing>), StoreError> {
     let started = std::time::Instant::now();
     let written = Arc::downgrade(versions);
-    let (store, stored) = Store::open(&config.dir, move |done| {
+    let (store, contents) = Store::open(&config.dir, move |done| {
         let Some(versions) = written.upgrade() else { return };
         let mut versions = versions.write().expect("poisoned");
         for version in done {
@@ -656,7 +720,7 @@ fn open_store(
         }
     })?;
     let mut versions = versions.write().expect("poisoned");
-    for stored in stored {
+    for stored in contents.versions {
         versions.add(Arc::new(stored.manifest), stored.seq, None, None);
     }
     for (version, chunks) in versions.trim(keep, config.max_bytes) {
@@ -666,10 +730,11 @@ fn open_store(
         store = %config.dir.display(),
         versions = versions.known.len(),
         bytes = versions.chunk_bytes,
+        listings = contents.listings.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "version store opened"
     );
-    Ok(store)
+    Ok((store, contents.listings))
 }
 
 /// Resolves `asset` under `root` and re-indexes it if it changed since `previous`.

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use assetsync_protocol::{ChunkId, Hash, Manifest, VersionId};
+use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, VersionId, folder_version};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -30,6 +30,11 @@ const VERSIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("versio
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 /// [`AnswerKey`] -> SHA-256 of the rest, then an encoded answer ([`crate::encode::Encoded`]).
 const ANSWERS: TableDefinition<&[u8; 96], &[u8]> = TableDefinition::new("answers");
+/// Folder listing version -> its entries ([`encode_listing`]).
+const LISTINGS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("listings");
+/// Folder listing version -> sequence number and entry count (two little-endian `u64`s), so that
+/// opening the store need not read the listings themselves.
+const LISTED: TableDefinition<&[u8; 32], [u64; 2]> = TableDefinition::new("listed");
 /// `"format"` -> [`FORMAT`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
@@ -85,6 +90,19 @@ pub struct Stored {
     pub manifest: Manifest,
 }
 
+/// A stored folder listing: its sequence number, version and entry count.
+pub type StoredListing = (u64, VersionId, usize);
+
+/// What a store held when it was opened, oldest first.
+#[derive(Default)]
+pub struct Contents {
+    /// The versions.
+    pub versions: Vec<Stored>,
+    /// The folder listings' sequence numbers, versions and entry counts (their entries are read
+    /// when needed).
+    pub listings: Vec<StoredListing>,
+}
+
 /// What a store holds (`assetsync store stats`).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Stats {
@@ -135,6 +153,10 @@ enum Op {
     Answer { key: AnswerKey, encoded: Vec<u8> },
     /// Drop a damaged answer.
     DropAnswer(AnswerKey),
+    /// Keep a folder listing (its entries, when new) as the newest.
+    Listing { version: VersionId, seq: u64, entries: Option<Arc<[FolderEntry]>> },
+    /// Drop a folder listing.
+    ForgetListing(VersionId),
     /// Say when everything queued before is committed (or failed).
     Flush(mpsc::Sender<()>),
 }
@@ -157,7 +179,7 @@ impl Store {
     pub fn open(
         dir: &Path,
         stored: impl Fn(&[VersionId]) + Send + 'static,
-    ) -> Result<(Store, Vec<Stored>), StoreError> {
+    ) -> Result<(Store, Contents), StoreError> {
         let db_err = |source: redb::Error| StoreError::Db { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(|e| db_err(e.into()))?;
         let db =
@@ -190,7 +212,7 @@ impl Store {
             tracing::warn!(store = %dir.display(), version = %version.to_hex(), "dropping an undecodable version");
             store.forget(version, Vec::new());
         }
-        Ok((store, found.versions))
+        Ok((store, found.contents))
     }
 
     /// The store folder.
@@ -225,6 +247,32 @@ impl Store {
             _ => {
                 self.send(Op::DropAnswer(*key));
                 Err(StoreError::Damaged(format!("answer {}", hex::encode(&key[..8]))))
+            }
+        }
+    }
+
+    /// Queues keeping the folder listing `version` as the newest: with its `entries` when the
+    /// store does not have them yet.
+    pub fn put_listing(&self, version: VersionId, seq: u64, entries: Option<Arc<[FolderEntry]>>) {
+        self.send(Op::Listing { version, seq, entries });
+    }
+
+    /// Queues the removal of the folder listing `version`.
+    pub fn forget_listing(&self, version: VersionId) {
+        self.send(Op::ForgetListing(version));
+    }
+
+    /// The entries of the folder listing `version`, if the store has them whole (checked
+    /// against the version). Blocking.
+    pub fn listing(&self, version: &VersionId) -> Result<Option<Vec<FolderEntry>>, StoreError> {
+        let found =
+            self.reading(LISTINGS, |listings| Ok(listings.get(&version.0)?.map(|v| v.value().to_vec())))?;
+        let Some(bytes) = found else { return Ok(None) };
+        match decode_listing(&bytes).filter(|entries| folder_version(entries) == *version) {
+            Some(entries) => Ok(Some(entries)),
+            None => {
+                self.forget_listing(*version);
+                Err(StoreError::Damaged(format!("listing {}", version.to_hex())))
             }
         }
     }
@@ -338,7 +386,7 @@ impl Drop for Store {
 #[derive(Default)]
 struct Found {
     format: Option<u64>,
-    versions: Vec<Stored>,
+    contents: Contents,
 }
 
 /// Reads every stored manifest. Returns them oldest first, and the ids of entries to drop.
@@ -362,11 +410,24 @@ fn load(db: &Database) -> Result<(Found, Vec<VersionId>), redb::Error> {
             })
             .filter(|(_, m)| m.version() == version);
         match decoded {
-            Some((seq, manifest)) => found.versions.push(Stored { seq, manifest }),
+            Some((seq, manifest)) => found.contents.versions.push(Stored { seq, manifest }),
             None => damaged.push(version),
         }
     }
-    found.versions.sort_unstable_by_key(|s| s.seq);
+    found.contents.versions.sort_unstable_by_key(|s| s.seq);
+    let mut listings = Vec::new();
+    match tx.open_table(LISTED) {
+        Ok(listed) => {
+            for entry in listed.iter()? {
+                let (key, [seq, count]) = entry.map(|(k, v)| (*k.value(), v.value()))?;
+                listings.push((seq, Hash(key), count as usize));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    listings.sort_unstable_by_key(|l| l.0);
+    found.contents.listings = listings;
     Ok((found, damaged))
 }
 
@@ -427,6 +488,30 @@ fn verify(db: &Database) -> Result<Verified, redb::Error> {
     Ok(report)
 }
 
+/// A folder listing's entries: each path's length (`u16`, little-endian), the path, the version.
+fn encode_listing(entries: &[FolderEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 80);
+    for entry in entries {
+        out.extend_from_slice(&(entry.asset.as_str().len() as u16).to_le_bytes());
+        out.extend_from_slice(entry.asset.as_str().as_bytes());
+        out.extend_from_slice(&entry.version.0);
+    }
+    out
+}
+
+/// Reads [`encode_listing`]; `None` if it does not parse whole.
+fn decode_listing(mut bytes: &[u8]) -> Option<Vec<FolderEntry>> {
+    let mut entries = Vec::new();
+    while let Some((len, rest)) = bytes.split_first_chunk::<2>() {
+        let (path, rest) = rest.split_at_checked(u16::from_le_bytes(*len) as usize)?;
+        let (version, rest) = rest.split_first_chunk::<32>()?;
+        let asset = AssetPath::new(std::str::from_utf8(path).ok()?).ok()?;
+        entries.push(FolderEntry { asset, version: Hash(*version) });
+        bytes = rest;
+    }
+    bytes.is_empty().then_some(entries)
+}
+
 /// Commits queued operations in batches until the queue closes.
 fn write_loop(db: &Database, dir: &Path, ops: &mpsc::Receiver<Op>, stored: &dyn Fn(&[VersionId])) {
     let mut failing = false;
@@ -483,6 +568,7 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         let mut versions = tx.open_table(VERSIONS)?;
         let mut chunks = tx.open_table(CHUNKS)?;
         let mut answers = tx.open_table(ANSWERS)?;
+        let (mut listings, mut listed) = (tx.open_table(LISTINGS)?, tx.open_table(LISTED)?);
         let mut forgotten = HashSet::new();
         for op in batch {
             match op {
@@ -515,6 +601,24 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 }
                 Op::DropAnswer(key) => {
                     answers.remove(key)?;
+                }
+                Op::Listing { version, seq, entries } => {
+                    let count = match entries {
+                        Some(entries) => {
+                            listings.insert(&version.0, encode_listing(entries).as_slice())?;
+                            entries.len() as u64
+                        }
+                        None => match listed.get(&version.0)? {
+                            Some(known) => known.value()[1],
+                            // Dropped meanwhile (found damaged): nothing to order.
+                            None => continue,
+                        },
+                    };
+                    listed.insert(&version.0, [*seq, count])?;
+                }
+                Op::ForgetListing(version) => {
+                    listings.remove(&version.0)?;
+                    listed.remove(&version.0)?;
                 }
                 Op::Flush(_) => {}
             }

@@ -509,3 +509,50 @@ async fn a_store_that_cannot_be_written_leaves_serving_intact() {
     let said: Vec<String> = log.try_iter().filter(|l| l.contains("cannot write the version store")).collect();
     assert_eq!(said.len(), 1, "the server should say once that it cannot write its store: {said:?}");
 }
+
+/// Folder listings survive a restart: an unchanged folder is one short round trip even from a
+/// server without a store (it knows its current listing's version), and a changed one travels
+/// as a delta from a server with one (without it, the client names each file's version).
+#[tokio::test(flavor = "multi_thread")]
+async fn folder_listings_survive_a_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    for i in 0..1_000 {
+        server.write(&format!("dist/f{i}.js"), format!("export const f{i} = {i};").as_bytes());
+    }
+    let client = TestClient::new();
+    client.pull(&server, &["dist/"]).await.unwrap();
+    let folder_wire = |client: &TestClient, server: &TestServer| {
+        let config = client.config(server.url());
+        async move {
+            let mut wire = 0;
+            let targets = [assetsync_protocol::Scope::new("dist/").unwrap()];
+            assetsync::pull::pull(&config, &targets, |e| {
+                if let assetsync::pull::PullEvent::Folder(f) = e {
+                    wire = f.wire_bytes_in + f.wire_bytes_out;
+                }
+            })
+            .await
+            .unwrap();
+            wire
+        }
+    };
+
+    let server = server.restart_with(|c| c.store = None).await;
+    let unchanged = folder_wire(&client, &server).await;
+    assert!(unchanged < 1_024, "an unchanged folder cost {unchanged} B after a restart");
+
+    let server = server.restart_with(|c| c.store = store_at(store.path())).await;
+    server.write("dist/f7.js", b"export const f7 = 'edited';");
+    let changed = folder_wire(&client, &server).await;
+    assert_eq!(std::fs::read(client.out("dist/f7.js")).unwrap(), b"export const f7 = 'edited';");
+
+    let server = server.restart_with(|c| c.store = None).await;
+    server.write("dist/f8.js", b"export const f8 = 'edited';");
+    let without = folder_wire(&client, &server).await;
+    server.stop().await;
+    println!(
+        "unchanged: {unchanged} B; one file changed: {changed} B, {without} B without the stored listing"
+    );
+    assert!(changed * 10 < without, "the stored listing saved nothing: {changed} B against {without} B");
+}

@@ -117,21 +117,25 @@ pub(super) async fn sync_folder(
             return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await;
         }
     };
-    // The listing the client holds, if it named one: the versions it holds, in path order.
-    let since = match since.map(|v| state.index.listing(&v)) {
-        Some(None) => return send_json(socket, &ServerMessage::UnknownBase { id }).await,
-        Some(Some(listing)) => {
-            have.versions = listing.iter().map(|e| e.version).collect();
-            Some(listing)
-        }
-        None => None,
-    };
     let entries: Vec<FolderEntry> =
         files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
     // What the client will hold once this answer is committed: the `since` of its next request.
+    // Remembered first, so that a client naming the current listing is answered `up_to_date`
+    // even by a server that had forgotten it (a restart).
     if peer.protocol >= 3 {
         state.index.remember_listing(folder_version(&entries), &entries);
     }
+    // The listing the client holds, if it named one: the versions it holds, in path order.
+    let since = match since {
+        Some(since) => match state.index.listing(&since).await {
+            Some(listing) => {
+                have.versions = listing.iter().map(|e| e.version).collect();
+                Some(listing)
+            }
+            None => return send_json(socket, &ServerMessage::UnknownBase { id }).await,
+        },
+        None => None,
+    };
     let listing = folder_listing(id, since.as_deref(), entries);
     // Unchanged: nothing to send, so the client's holdings need not be worked out.
     let unchanged = matches!(listing, ServerMessage::UpToDate { .. });
