@@ -106,7 +106,7 @@ struct ServeArgs {
     #[arg(long, conflicts_with = "store")]
     no_store: bool,
     /// Most bytes of chunks the version store keeps; past it, the oldest versions are dropped
-    /// (never an asset's current one)
+    /// (never an asset's current one). Kept answers get a quarter of it on top
     #[arg(long, default_value_t = 2 << 30)]
     store_max_bytes: u64,
     /// Average chunk size in bytes (min = avg/4, max = avg*4)
@@ -412,7 +412,7 @@ async fn store(command: StoreCommand) -> anyhow::Result<()> {
     anyhow::ensure!(dir.join("store.redb").is_file(), "no version store in {}", dir.display());
     let json = args.json;
     tokio::task::spawn_blocking(move || {
-        let store = match Store::open(&dir, |_| {}) {
+        let store = match Store::open(&dir, u64::MAX, |_| {}) {
             Ok((store, _)) => store,
             Err(StoreError::InUse(_)) => {
                 anyhow::bail!("the version store {} is in use by a running server: stop it first", dir.display())

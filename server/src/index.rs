@@ -710,7 +710,8 @@ fn open_store(
 ) -> Result<(Store, Vec<StoredListing>), StoreError> {
     let started = std::time::Instant::now();
     let written = Arc::downgrade(versions);
-    let (store, contents) = Store::open(&config.dir, move |done| {
+    // Answers are a cache: a quarter of the chunks' budget.
+    let (store, contents) = Store::open(&config.dir, config.max_bytes / 4, move |done| {
         let Some(versions) = written.upgrade() else { return };
         let mut versions = versions.write().expect("poisoned");
         for version in done {

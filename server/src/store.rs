@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, VersionId, folder_version};
 use bytes::Bytes;
@@ -28,7 +29,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const VERSIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("versions");
 /// Chunk id -> chunk bytes.
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
-/// [`AnswerKey`] -> SHA-256 of the rest, then an encoded answer ([`crate::encode::Encoded`]).
+/// [`AnswerKey`] -> when it was kept (microseconds since the Unix epoch, a little-endian `u64`),
+/// the SHA-256 of the rest, then an encoded answer ([`crate::encode::Encoded`]).
 const ANSWERS: TableDefinition<&[u8; 96], &[u8]> = TableDefinition::new("answers");
 /// Folder listing version -> its entries ([`encode_listing`]).
 const LISTINGS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("listings");
@@ -176,8 +178,10 @@ impl Store {
     /// that do not decode, or whose manifest does not hash to their version id, are dropped.
     /// `stored` is told each batch of versions once it is on disk; a failed write is logged, and
     /// those versions are never reported.
+    /// Encoded answers are kept within `max_answer_bytes`, the oldest dropped first.
     pub fn open(
         dir: &Path,
+        max_answer_bytes: u64,
         stored: impl Fn(&[VersionId]) + Send + 'static,
     ) -> Result<(Store, Contents), StoreError> {
         let db_err = |source: redb::Error| StoreError::Db { path: dir.to_path_buf(), source };
@@ -199,7 +203,7 @@ impl Store {
             let (db, dir) = (db.clone(), dir.to_path_buf());
             std::thread::Builder::new()
                 .name("assetsync-store".into())
-                .spawn(move || write_loop(&db, &dir, &ops, &stored))
+                .spawn(move || write_loop(&db, &dir, max_answer_bytes, &ops, &stored))
                 .map_err(|e| db_err(e.into()))?
         };
         let store = Store {
@@ -242,7 +246,7 @@ impl Store {
     pub fn answer(&self, key: &AnswerKey) -> Result<Option<Vec<u8>>, StoreError> {
         let found = self.reading(ANSWERS, |answers| Ok(answers.get(key)?.map(|v| v.value().to_vec())))?;
         let Some(value) = found else { return Ok(None) };
-        match value.split_first_chunk::<32>() {
+        match value.get(8..).and_then(|v| v.split_first_chunk::<32>()) {
             Some((sum, encoded)) if Hash::of(encoded).0 == *sum => Ok(Some(encoded.to_vec())),
             _ => {
                 self.send(Op::DropAnswer(*key));
@@ -478,7 +482,10 @@ fn verify(db: &Database) -> Result<Verified, redb::Error> {
             report.answers += 1;
             let (new, base): ([u8; 32], [u8; 32]) =
                 (key[..32].try_into().expect("32 bytes"), key[32..64].try_into().expect("32 bytes"));
-            let intact = value.split_first_chunk::<32>().is_some_and(|(sum, rest)| Hash::of(rest).0 == *sum);
+            let intact = value
+                .get(8..)
+                .and_then(|v| v.split_first_chunk::<32>())
+                .is_some_and(|(sum, rest)| Hash::of(rest).0 == *sum);
             let ok = intact && kept.contains(&new) && (base == [0; 32] || kept.contains(&base));
             report.dropped_answers += usize::from(!ok);
             ok
@@ -513,7 +520,13 @@ fn decode_listing(mut bytes: &[u8]) -> Option<Vec<FolderEntry>> {
 }
 
 /// Commits queued operations in batches until the queue closes.
-fn write_loop(db: &Database, dir: &Path, ops: &mpsc::Receiver<Op>, stored: &dyn Fn(&[VersionId])) {
+fn write_loop(
+    db: &Database,
+    dir: &Path,
+    max_answer_bytes: u64,
+    ops: &mpsc::Receiver<Op>,
+    stored: &dyn Fn(&[VersionId]),
+) {
     let mut failing = false;
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
@@ -527,7 +540,7 @@ fn write_loop(db: &Database, dir: &Path, ops: &mpsc::Receiver<Op>, stored: &dyn 
             };
             batch.push(op);
         }
-        match commit(db, &batch) {
+        match commit(db, &batch, max_answer_bytes) {
             Ok(()) => {
                 if failing {
                     tracing::info!(store = %dir.display(), "the version store is written again");
@@ -561,7 +574,7 @@ fn write_loop(db: &Database, dir: &Path, ops: &mpsc::Receiver<Op>, stored: &dyn 
     }
 }
 
-fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+fn commit(db: &Database, batch: &[Op], max_answer_bytes: u64) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
     {
         tx.open_table(META)?.insert("format", FORMAT)?;
@@ -570,6 +583,7 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         let mut answers = tx.open_table(ANSWERS)?;
         let (mut listings, mut listed) = (tx.open_table(LISTINGS)?, tx.open_table(LISTED)?);
         let mut forgotten = HashSet::new();
+        let mut added_answers = false;
         for op in batch {
             match op {
                 Op::Put { seq, manifest, data } => {
@@ -596,8 +610,11 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     forgotten.insert(version.0);
                 }
                 Op::Answer { key, encoded } => {
-                    let value = [&Hash::of(encoded).0[..], encoded].concat();
+                    let now =
+                        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+                    let value = [&now.to_le_bytes()[..], &Hash::of(encoded).0, encoded].concat();
                     answers.insert(key, value.as_slice())?;
+                    added_answers = true;
                 }
                 Op::DropAnswer(key) => {
                     answers.remove(key)?;
@@ -629,6 +646,25 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 let (new, base) = (&key[..32], &key[32..64]);
                 !forgotten.iter().any(|v| v[..] == *new || v[..] == *base)
             })?;
+        }
+        // Within their budget, the oldest dropped first.
+        if added_answers {
+            let mut kept: Vec<(u64, AnswerKey, u64)> = Vec::new();
+            for entry in answers.iter()? {
+                let (key, value) = entry?;
+                let value = value.value();
+                let at = value.first_chunk::<8>().map_or(0, |at| u64::from_le_bytes(*at));
+                kept.push((at, *key.value(), value.len() as u64));
+            }
+            kept.sort_unstable();
+            let mut total: u64 = kept.iter().map(|k| k.2).sum();
+            for (_, key, len) in kept {
+                if total <= max_answer_bytes {
+                    break;
+                }
+                answers.remove(&key)?;
+                total -= len;
+            }
         }
     }
     tx.commit()?;

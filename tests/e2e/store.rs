@@ -372,7 +372,7 @@ async fn the_store_stays_within_its_size_limit() {
     let oldest = clients.remove(0).pull_and_check(&server, "big.bin", &last).await;
     server.stop().await;
     assert_eq!((recent.requests, oldest.requests), (1, 2));
-    let (opened, _) = Store::open(store.path(), |_| {}).unwrap();
+    let (opened, _) = Store::open(store.path(), u64::MAX, |_| {}).unwrap();
     let stats = opened.stats().unwrap();
     assert!(stats.chunk_bytes <= 5 * MIB / 2, "{stats:?}");
     assert_eq!(stats.versions, 2, "{stats:?}");
@@ -458,7 +458,7 @@ async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
         }
     }
     server.stop().await;
-    let (opened, _) = Store::open(store.path(), |_| {}).unwrap();
+    let (opened, _) = Store::open(store.path(), u64::MAX, |_| {}).unwrap();
     let report = opened.verify().unwrap();
     assert_eq!((report.damaged_chunks, report.incomplete_versions), (0, 0), "{report:?}");
 }
@@ -555,4 +555,27 @@ async fn folder_listings_survive_a_restart() {
         "unchanged: {unchanged} B; one file changed: {changed} B, {without} B without the stored listing"
     );
     assert!(changed * 10 < without, "the stored listing saved nothing: {changed} B against {without} B");
+}
+
+/// Kept answers stay within a quarter of --store-max-bytes, the oldest dropped first.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_answers_stay_within_their_budget() {
+    let store = tempfile::tempdir().unwrap();
+    const MAX: u64 = 400_000;
+    let server = TestServer::start_with(|c| {
+        c.store = Some(StoreConfig { dir: store.path().to_path_buf(), max_bytes: MAX });
+    })
+    .await;
+    // Hex text, which compresses to about half: each cold answer (about 50 KB) is kept at once
+    // (small enough for the best level), and two of them pass the budget.
+    for file in 0..4u64 {
+        let text = hex::encode(random_bytes(50_000, file));
+        server.write(&format!("f{file}.txt"), text.as_bytes());
+        TestClient::new().pull(&server, &[&format!("f{file}.txt")]).await.unwrap();
+    }
+    server.stop().await;
+    let (opened, _) = Store::open(store.path(), u64::MAX, |_| {}).unwrap();
+    let stats = opened.stats().unwrap();
+    assert!(stats.answers >= 1 && stats.answer_bytes <= MAX / 4, "{stats:?}");
+    assert!(stats.answers < 4, "no answer was dropped: {stats:?}");
 }
