@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{CacheError, Doing};
-use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, VerifiedChunk, VersionId};
+use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Scope, VerifiedChunk, VersionId};
 
 /// An open, locked cache directory.
 pub struct Cache {
@@ -222,21 +222,36 @@ impl Cache {
         write_file(path, data, durable, stamp).doing(|| format!("cannot write {}", path.display()))
     }
 
-    /// Whether `path` holds the file of `manifest`: the same size and the modification time
-    /// [`Cache::write_out`] gave it (rsync's quick check), or else the same SHA-256.
+    /// Whether `path` holds the file of `manifest` (see [`OutCheck::intact`]).
     pub fn out_intact(&self, manifest: &Manifest, path: &Path) -> bool {
-        let Ok(meta) = fs::metadata(path) else { return false };
-        if meta.len() != manifest.len {
-            return false;
-        }
-        let untouched =
-            meta.modified().ok().zip(self.manifest_time(&manifest.version())).is_some_and(|(a, b)| a == b);
-        untouched || fs::read(path).is_ok_and(|data| Hash::of(&data) == manifest.sha256)
+        self.out_check().intact(manifest, path)
+    }
+
+    /// What checking copies under `--out` needs of the cache, to do it on another thread.
+    pub fn out_check(&self) -> OutCheck {
+        OutCheck { manifests: self.dir.join("manifests") }
     }
 
     /// When the manifest of `version` was stored.
     fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
-        fs::metadata(self.dir.join("manifests").join(version.to_hex())).and_then(|m| m.modified()).ok()
+        self.out_check().manifest_time(version)
+    }
+
+    /// The committed manifests of the assets `folder` covers, read on up to four threads (a
+    /// folder's thousands of small files each cost an open and a read).
+    pub fn current_in(&self, folder: &Scope) -> Vec<Manifest> {
+        let assets: Vec<AssetPath> = self.assets().filter(|a| folder.covers(a)).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        if assets.len() < 1024 || threads < 2 {
+            return assets.iter().filter_map(|a| self.current(a)).collect();
+        }
+        std::thread::scope(|s| {
+            let parts: Vec<_> = assets
+                .chunks(assets.len().div_ceil(threads))
+                .map(|part| s.spawn(move || part.iter().filter_map(|a| self.current(a)).collect::<Vec<_>>()))
+                .collect();
+            parts.into_iter().flat_map(|p| p.join().expect("manifest reading thread panicked")).collect()
+        })
     }
 
     /// Writes the pointers moved by [`Cache::stage`] and [`Cache::remove`] to `refs.json`,
@@ -342,6 +357,30 @@ impl Cache {
             fs::remove_file(entry.path())?;
         }
         Ok(report)
+    }
+}
+
+/// Checks copies under `--out` against the cache's manifests (see [`Cache::out_check`]).
+#[derive(Clone, Debug)]
+pub struct OutCheck {
+    manifests: PathBuf,
+}
+
+impl OutCheck {
+    /// Whether `path` holds the file of `manifest`: the same size and the modification time
+    /// [`Cache::write_out`] gave it (rsync's quick check), or else the same SHA-256.
+    pub fn intact(&self, manifest: &Manifest, path: &Path) -> bool {
+        let Ok(meta) = fs::metadata(path) else { return false };
+        if meta.len() != manifest.len {
+            return false;
+        }
+        let untouched =
+            meta.modified().ok().zip(self.manifest_time(&manifest.version())).is_some_and(|(a, b)| a == b);
+        untouched || fs::read(path).is_ok_and(|data| Hash::of(&data) == manifest.sha256)
+    }
+
+    fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
+        fs::metadata(self.manifests.join(version.to_hex())).and_then(|m| m.modified()).ok()
     }
 }
 

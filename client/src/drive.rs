@@ -2,15 +2,15 @@
 //! socket and the cache. Every decision (what to ask, keep, retry, commit) is the machine's.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Fetched, Finished, FolderDone, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
-    ProgressGate,
+    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
 };
 use assetsync_protocol::{AssetPath, Hash, Manifest, Scope};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, OutCheck};
 use crate::connection::{Connection, Received};
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
 use crate::{CacheError, Error};
@@ -70,16 +70,21 @@ impl Connection {
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), Error> {
         let (started, wire0) = (Instant::now(), self.wire());
-        let held: Vec<Manifest> =
-            cache.assets().filter(|a| folder.covers(a)).filter_map(|a| cache.current(&a)).collect();
-        let mut machine = FolderSync::new(folder.clone(), held.clone(), self.next_id);
+        let held = cache.current_in(folder);
+        // The copies under --out are checked on another thread while the folder syncs.
+        let checking = stale_outputs(cache.out_check(), config.out.clone(), held.clone());
+        let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
         if self.follows {
             machine = machine.without_resume();
         }
-        self.drive(&mut machine, cache, config, true, report).await.map_err(|e| e.of(folder))?;
+        let driven = self.drive(&mut machine, cache, config, true, report).await;
+        let stale = checking.await.expect("output checking task panicked");
+        driven.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
-        let stale = stale_outputs(cache, config, &held, &done);
+        // Those the sync wrote or removed are as they should be now.
+        let synced: HashSet<&AssetPath> = done.fetched.iter().chain(&done.removed).collect();
+        let stale: Vec<AssetPath> = stale.into_iter().filter(|a| !synced.contains(a)).collect();
         for asset in &stale {
             self.pull_asset(cache, asset, config, report).await?;
         }
@@ -275,16 +280,17 @@ impl Stop {
     }
 }
 
-/// The files of the folder held before the sync (`held`), other than those it fetched or
-/// removed, whose copy under `config.out` is missing or differs from the cached version (see
-/// [`Cache::out_intact`]).
-fn stale_outputs(cache: &Cache, config: &PullConfig, held: &[Manifest], done: &FolderDone) -> Vec<AssetPath> {
-    let Some(dir) = &config.out else { return Vec::new() };
-    let synced: HashSet<&AssetPath> = done.fetched.iter().chain(&done.removed).collect();
-    held.iter()
-        .filter(|m| !synced.contains(&m.path) && !cache.out_intact(m, &dir.join(m.path.as_str())))
-        .map(|m| m.path.clone())
-        .collect()
+/// The files of `held` whose copy under `out` is missing or differs from the cached version
+/// (see [`crate::cache::OutCheck::intact`]), found on the blocking pool.
+fn stale_outputs(
+    check: OutCheck,
+    out: Option<PathBuf>,
+    held: Vec<Manifest>,
+) -> tokio::task::JoinHandle<Vec<AssetPath>> {
+    tokio::task::spawn_blocking(move || {
+        let Some(dir) = out else { return Vec::new() };
+        held.into_iter().filter(|m| !check.intact(m, &dir.join(m.path.as_str()))).map(|m| m.path).collect()
+    })
 }
 
 fn names(assets: &[AssetPath]) -> Vec<String> {

@@ -218,11 +218,15 @@ impl Versions {
         })
     }
 
-    /// Drops versions to keep at most `keep` per asset (the oldest go), and until the chunks
-    /// take at most `max_bytes` (the oldest go, never a current one).
-    fn trim(&mut self, keep: usize, max_bytes: u64) -> Vec<Dropped> {
+    /// Drops versions to keep at most `keep` per asset (`only` that one's, if given; the oldest
+    /// go), and until the chunks take at most `max_bytes` (the oldest go, never a current one).
+    fn trim(&mut self, keep: usize, max_bytes: u64, only: Option<&AssetPath>) -> Vec<Dropped> {
         let mut excess: Vec<VersionId> = Vec::new();
-        for history in self.histories.values() {
+        let histories: Box<dyn Iterator<Item = &VecDeque<VersionId>>> = match only {
+            Some(asset) => Box::new(self.histories.get(asset).into_iter()),
+            None => Box::new(self.histories.values()),
+        };
+        for history in histories {
             excess.extend(history.iter().take(history.len().saturating_sub(keep)));
         }
         let mut dropped: Vec<Dropped> = excess.into_iter().filter_map(|v| self.drop_version(&v)).collect();
@@ -434,7 +438,7 @@ impl AssetIndex {
     /// [`AssetIndex::current`] of each of `assets` (sorted, without repeats), read and indexed
     /// in one task on the blocking pool: a folder's thousands of files do not each cost a trip
     /// to another thread.
-    async fn current_of(&self, assets: &[AssetPath]) -> Vec<Result<Arc<Indexed>, IndexError>> {
+    pub(crate) async fn current_of(&self, assets: &[AssetPath]) -> Vec<Result<Arc<Indexed>, IndexError>> {
         // One indexer per asset: concurrent requests for a changed file wait for one re-index.
         // Locked in path order, as every caller that takes several does.
         let mut slots = Vec::with_capacity(assets.len());
@@ -517,7 +521,7 @@ impl AssetIndex {
             let mut versions = self.versions.write().expect("poisoned");
             let seq = versions.next_seq;
             versions.add(manifest.clone(), seq, live, Some(data.clone()));
-            (seq, versions.trim(self.config.keep_versions, max_bytes))
+            (seq, versions.trim(self.config.keep_versions, max_bytes, Some(&manifest.path)))
         };
         if let Some(store) = &self.store {
             store.put(seq, manifest, data);
@@ -550,10 +554,13 @@ impl AssetIndex {
         (known, held)
     }
 
-    /// Every asset with remembered versions, and its newest one.
+    /// Every asset with remembered versions, and its newest one, sorted by path.
     pub fn remembered(&self) -> Vec<(AssetPath, VersionId)> {
         let versions = self.versions.read().expect("poisoned");
-        versions.histories.iter().filter_map(|(asset, h)| Some((asset.clone(), *h.back()?))).collect()
+        let mut out: Vec<_> =
+            versions.histories.iter().filter_map(|(asset, h)| Some((asset.clone(), *h.back()?))).collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Up to `n` remembered versions of `asset` other than `current`, newest first.
@@ -724,7 +731,7 @@ fn open_store(
     for stored in contents.versions {
         versions.add(Arc::new(stored.manifest), stored.seq, None, None);
     }
-    for (version, chunks) in versions.trim(keep, config.max_bytes) {
+    for (version, chunks) in versions.trim(keep, config.max_bytes, None) {
         store.forget(version, chunks);
     }
     tracing::info!(
@@ -777,7 +784,7 @@ fn refresh(
 }
 
 /// Files indexed by one task on the blocking pool while listing a folder.
-const INDEX_BATCH: usize = 256;
+pub(crate) const INDEX_BATCH: usize = 256;
 
 /// Editors' and build tools' temporary files (`x~`, `x.tmp`, `.x.swp`, `.#x`, ...), which are not
 /// listed in folders nor announced to folder subscriptions.

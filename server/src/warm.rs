@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use assetsync_protocol::{ClientView, Have, plan};
+use assetsync_protocol::{AssetPath, ClientView, Have, plan};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::encode::{MAX_BEST_WORK, work};
-use crate::index::Indexed;
+use crate::index::{INDEX_BATCH, Indexed};
 use crate::server::AppState;
 
 /// Earlier versions answered ahead per new version.
@@ -26,14 +26,17 @@ const BASES: usize = 3;
 pub(crate) fn start(state: Arc<AppState>) {
     let mut changes = state.hub.listen();
     tokio::spawn(async move {
-        for (asset, newest) in state.index.remembered() {
+        for batch in state.index.remembered().chunks(INDEX_BATCH) {
             if state.shutdown.is_cancelled() {
                 return;
             }
-            if let Ok(current) = state.index.current(&asset).await
-                && current.version != newest
-            {
-                ahead(&state, &current).await;
+            let assets: Vec<AssetPath> = batch.iter().map(|(asset, _)| asset.clone()).collect();
+            for ((_, newest), current) in batch.iter().zip(state.index.current_of(&assets).await) {
+                if let Ok(current) = current
+                    && current.version != *newest
+                {
+                    ahead(&state, &current).await;
+                }
             }
         }
         loop {

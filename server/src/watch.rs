@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use assetsync_protocol::{AssetPath, Scope, VersionId};
 use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
@@ -108,6 +108,8 @@ async fn run(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
+    // Each directory's modification time when an event last named it (see `assets_at`).
+    let mut dirs_seen = HashMap::new();
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -127,16 +129,20 @@ async fn run(
         let paths: Vec<PathBuf> =
             batch.into_iter().filter(|e| e.kind == DebouncedEventKind::Any).map(|e| e.path).collect();
         let root = index.root().to_path_buf();
-        let known = index.assets();
-        let candidates = tokio::task::spawn_blocking(move || {
+        let indexed = index.clone();
+        let mut dirs = std::mem::take(&mut dirs_seen);
+        let (candidates, dirs) = tokio::task::spawn_blocking(move || {
             let mut out = BTreeSet::new();
             for path in paths {
-                out.extend(assets_at(&root, &path, &known));
+                // Listed only for an event that is not a file's (most are: writes, and the
+                // opens that reading a file for the index causes).
+                out.extend(assets_at(&root, &path, &mut dirs, || indexed.assets()));
             }
-            out
+            (out, dirs)
         })
         .await
         .expect("walking task panicked");
+        dirs_seen = dirs;
         for asset in candidates {
             let served = index.peek(&asset).await.is_some();
             if !(served || (hub.wanted(&asset) && !is_temporary(&asset))) {
@@ -151,19 +157,39 @@ async fn run(
     }
 }
 
-/// The assets an event at `path` may concern: the file itself, every file below it if it is a
-/// directory (one renamed into the root), and every `known` asset below it (one deleted).
-fn assets_at(root: &Path, path: &Path, known: &[AssetPath]) -> Vec<AssetPath> {
+/// The assets an event at `path` may concern: the file itself; for a directory (one renamed into
+/// the root), every file below it and every `known` asset below it; for a path that is gone
+/// (a file or a directory deleted), every `known` asset below it.
+///
+/// The watcher also reports directories being opened (notify watches `IN_OPEN`), which listing
+/// a folder, here or to answer a client, does: a directory whose modification time is the one
+/// `dirs` last saw for it had no entry added, removed or renamed, and concerns nothing (without
+/// this, walking it here would report it again, for ever).
+fn assets_at(
+    root: &Path,
+    path: &Path,
+    dirs: &mut HashMap<PathBuf, SystemTime>,
+    known: impl FnOnce() -> Vec<AssetPath>,
+) -> Vec<AssetPath> {
     let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()).filter(|r| !r.is_empty()) else {
         return Vec::new();
     };
-    let mut out: Vec<AssetPath> = known
-        .iter()
-        .filter(|a| a.as_str().strip_prefix(rel).is_some_and(|rest| rest.starts_with('/')))
-        .cloned()
-        .collect();
     // Not following symlinks here: the index confines whatever it is asked for.
-    match std::fs::symlink_metadata(path) {
+    let meta = std::fs::symlink_metadata(path);
+    if meta.as_ref().is_ok_and(std::fs::Metadata::is_file) {
+        return asset_of(root, path).into_iter().collect();
+    }
+    let dir_modified = meta.as_ref().ok().filter(|m| m.is_dir()).and_then(|m| m.modified().ok());
+    if let Some(modified) = dir_modified
+        && dirs.insert(path.to_path_buf(), modified) == Some(modified)
+    {
+        return Vec::new();
+    }
+    let mut out: Vec<AssetPath> = known()
+        .into_iter()
+        .filter(|a| a.as_str().strip_prefix(rel).is_some_and(|rest| rest.starts_with('/')))
+        .collect();
+    match meta {
         Ok(meta) if meta.is_dir() => {
             let mut stack = vec![path.to_path_buf()];
             let mut files = 0;

@@ -10,7 +10,7 @@ use assetsync::store::Store;
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::util::{BIN, TestClient, TestServer, random_bytes, real_bundle};
+use crate::util::{BIN, Served, TestClient, TestServer, random_bytes, real_bundle};
 
 /// The store's table of chunk bytes (see `server/src/store.rs`).
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
@@ -246,7 +246,6 @@ async fn best_answers_survive_a_restart() {
 /// as every later one, not the fast-level one.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_client_after_a_deploy_gets_the_best_answer() {
-    use std::io::{BufRead, BufReader};
     let (store, releases) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let v1 = real_bundle();
     let v2 = String::from_utf8_lossy(&v1).replace("Vector3", "Vec3").into_bytes();
@@ -263,38 +262,18 @@ async fn the_first_client_after_a_deploy_gets_the_best_answer() {
     client.pull_and_check(&old, "app.js", &v1).await;
     old.stop().await;
 
-    let mut server = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch", "--root"])
-        .arg(releases.path().join("v2"))
-        .arg("--store")
-        .arg(store.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let (lines, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
-            let _ = lines.send(std::mem::take(&mut line));
-        }
-    });
-    let mut url = None;
-    let ahead = loop {
-        let line =
-            log.recv_timeout(std::time::Duration::from_secs(60)).expect("no answer computed ahead in 60 s");
-        if let Some(addr) = line.split("ws://").nth(1) {
-            url = Some(format!("ws://{}", addr.split_whitespace().next().unwrap().trim_end_matches(')')));
-        }
-        if line.contains("answers computed ahead") {
-            break line;
-        }
-    };
-    let url = url.expect("the server printed its address");
+    let server = Served::start([
+        "--no-watch".as_ref(),
+        "--root".as_ref(),
+        releases.path().join("v2").as_os_str(),
+        "--store".as_ref(),
+        store.path().as_os_str(),
+    ]);
+    let ahead = server.wait_for("answers computed ahead");
+    let url = server.url.clone();
     let first = client.copy().pull_from(url.clone(), &["app.js"]).await.unwrap().remove(0);
     let second = client.copy().pull_from(url, &["app.js"]).await.unwrap().remove(0);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     println!("{ahead}first client: {} B, second: {} B", wire(&first), wire(&second));
     assert!(ahead.contains("app.js"), "{ahead}");
     assert_eq!(wire(&first), wire(&second), "the first client after the deploy got another answer");
@@ -382,7 +361,6 @@ async fn the_store_stays_within_its_size_limit() {
 /// restarts on that store, and every client still ends with the exact bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
-    use std::io::{BufRead, BufReader};
     let (root, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let seed: u64 = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
     println!("KILL_SEED={seed}");
@@ -411,21 +389,13 @@ async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, data).unwrap();
         }
-        let mut server = std::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-            .arg(root.path())
-            .arg("--store")
-            .arg(store.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(server.stderr.take().unwrap());
-        let mut banner = String::new();
-        stderr.read_line(&mut banner).unwrap();
-        assert!(banner.contains("ws://"), "the server did not start on its store: {banner}");
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        let addr = banner.split("ws://").nth(1).unwrap().split('/').next().unwrap().to_owned();
-        let url = format!("ws://{addr}/sync");
+        let mut server = Served::start([
+            "--root".as_ref(),
+            root.path().as_os_str(),
+            "--store".as_ref(),
+            store.path().as_os_str(),
+        ]);
+        let url = server.url.clone();
         // Clients pull while the server is killed at a random moment.
         let pulls: Vec<_> = clients
             .iter()
@@ -439,8 +409,7 @@ async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(next(400))).await;
-        server.kill().unwrap();
-        server.wait().unwrap();
+        server.child.kill().unwrap();
         for pull in pulls {
             pull.abort();
             let _ = pull.await;
@@ -468,7 +437,6 @@ async fn a_server_killed_at_random_moments_restarts_and_serves_exact_bytes() {
 /// so their clients still get exact bytes and small updates.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_cannot_be_written_leaves_serving_intact() {
-    use std::io::{BufRead, BufReader};
     let (root, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Writes past 3 MiB fail with EFBIG (SIGXFSZ ignored, as its default would kill the process).
     let command = format!(
@@ -476,21 +444,10 @@ async fn a_store_that_cannot_be_written_leaves_serving_intact() {
         root.path().display(),
         store.path().display()
     );
-    let mut server =
-        std::process::Command::new("bash").args(["-c", &command]).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    let addr =
-        banner.split("ws://").nth(1).expect("the server started").split('/').next().unwrap().to_owned();
-    let url = format!("ws://{addr}/sync");
-    let (lines, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
-            let _ = lines.send(std::mem::take(&mut line));
-        }
-    });
+    let mut bash = std::process::Command::new("bash");
+    bash.args(["-c", &command]);
+    let server = Served::spawn(bash);
+    let url = server.url.clone();
     let client = TestClient::new();
     let mut last = Vec::new();
     for n in 0..6 {
@@ -504,9 +461,7 @@ async fn a_store_that_cannot_be_written_leaves_serving_intact() {
             assert_eq!(report.requests, 1, "round {n}");
         }
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let said: Vec<String> = log.try_iter().filter(|l| l.contains("cannot write the version store")).collect();
+    let said = server.said("cannot write the version store");
     assert_eq!(said.len(), 1, "the server should say once that it cannot write its store: {said:?}");
 }
 

@@ -254,3 +254,74 @@ pub fn skipped(check: &str, why: &str) {
         }
     }
 }
+
+/// `assetsync serve` as a process of its own (the binary, or a shell that ends by running it),
+/// once its banner names its address; each later line of its log is kept for [`Served::wait_for`]
+/// and [`Served::said`]. Killed on drop.
+pub struct Served {
+    pub child: std::process::Child,
+    /// Its sync endpoint.
+    pub url: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Starts `assetsync serve --listen 127.0.0.1:0` with `args`.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
+        let mut command = std::process::Command::new(BIN);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts `command`, which must run the server.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut banner = String::new();
+        stderr.read_line(&mut banner).unwrap();
+        let addr =
+            banner.split("ws://").nth(1).unwrap_or_else(|| panic!("the server did not start: {banner}"));
+        let url = format!("ws://{}", addr.split_whitespace().next().unwrap().trim_end_matches(')'));
+        let (lines, log) = std::sync::mpsc::channel();
+        // Read to the end, so that the server's log never meets a closed pipe.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = lines.send(std::mem::take(&mut line));
+            }
+        });
+        Served { child, url, log }
+    }
+
+    /// Waits (up to a minute) for a log line containing `text`, and returns it.
+    pub fn wait_for(&self, text: &str) -> String {
+        loop {
+            let line = self.log.recv_timeout(std::time::Duration::from_secs(60));
+            let line = line.unwrap_or_else(|_| panic!("the server did not log {text:?} within a minute"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// The lines logged so far that contain `text`.
+    pub fn said(&self, text: &str) -> Vec<String> {
+        self.log.try_iter().filter(|l| l.contains(text)).collect()
+    }
+
+    /// The CPU time the process has used so far.
+    pub fn cpu(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        std::time::Duration::from_millis(ticks * 10)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

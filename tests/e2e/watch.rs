@@ -6,7 +6,7 @@ use assetsync::pull::{PullEvent, follow};
 use assetsync_protocol::Scope;
 use tokio::sync::mpsc;
 
-use crate::util::{TestClient, TestServer, random_bytes};
+use crate::util::{Served, TestClient, TestServer, random_bytes};
 
 /// A native client running `pull --follow` in the background, its events on a channel.
 pub struct Follower {
@@ -185,4 +185,28 @@ async fn a_change_first_seen_by_a_sync_is_still_pushed() {
     f.pulled("app.js").await;
     assert_eq!(f.out("app.js").unwrap(), b"two");
     server.stop().await;
+}
+
+/// The watcher also hears directories being opened (notify watches `IN_OPEN`), which listing a
+/// folder does; a watched server that answered folder syncs goes idle instead of walking the
+/// directories it hears about, and hearing itself walk them, for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watching_server_goes_idle_after_folder_syncs() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..2_000 {
+        let path = root.path().join(format!("dist/{:02}/f{i}.js", i % 20));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("export const f{i} = {i};")).unwrap();
+    }
+    let server = Served::start(["--no-store".as_ref(), "--root".as_ref(), root.path().as_os_str()]);
+    let client = TestClient::new();
+    for _ in 0..3 {
+        client.pull_from(server.url.clone(), &["dist/"]).await.unwrap();
+    }
+    // Whatever the syncs left for the watcher (a quiet time, then its events) is done by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = server.cpu() - before;
+    assert!(idle < Duration::from_millis(200), "an idle server used {idle:?} of CPU in 2 s");
 }
