@@ -184,13 +184,27 @@ type Dropped = (VersionId, Vec<ChunkId>);
 impl Versions {
     /// Records `manifest`'s version as the newest of its asset, with `seq`; `live` is its
     /// indexed copy, and `data` its bytes to hold until the store has them.
-    fn add(&mut self, manifest: Arc<Manifest>, seq: u64, live: Option<&Arc<Indexed>>, data: Option<Bytes>) {
+    /// Returns false, and changes nothing but `live`, when it already was the newest.
+    fn add(
+        &mut self,
+        manifest: Arc<Manifest>,
+        seq: u64,
+        live: Option<&Arc<Indexed>>,
+        data: Option<Bytes>,
+    ) -> bool {
         let version = manifest.version();
-        self.next_seq = self.next_seq.max(seq + 1);
+        let live = live.map_or_else(Weak::new, Arc::downgrade);
         let history = self.histories.entry(manifest.path.clone()).or_default();
+        if history.back() == Some(&version)
+            && let Some(known) = self.known.get_mut(&version)
+        {
+            // Indexed again (a restart, a touch): already the newest.
+            known.live = live;
+            return false;
+        }
+        self.next_seq = self.next_seq.max(seq + 1);
         history.retain(|v| *v != version);
         history.push_back(version);
-        let live = live.map_or_else(Weak::new, Arc::downgrade);
         if let Some(known) = self.known.get_mut(&version) {
             self.by_seq.remove(&known.seq);
             known.seq = seq;
@@ -207,6 +221,7 @@ impl Versions {
             self.known.insert(version, Known { manifest, seq, pinned: data, live });
         }
         self.by_seq.insert(seq, version);
+        true
     }
 
     /// Whether `version` is the newest of its asset and still indexed: the current version of
@@ -520,7 +535,9 @@ impl AssetIndex {
         let (seq, dropped) = {
             let mut versions = self.versions.write().expect("poisoned");
             let seq = versions.next_seq;
-            versions.add(manifest.clone(), seq, live, Some(data.clone()));
+            if !versions.add(manifest.clone(), seq, live, Some(data.clone())) {
+                return;
+            }
             (seq, versions.trim(self.config.keep_versions, max_bytes, Some(&manifest.path)))
         };
         if let Some(store) = &self.store {

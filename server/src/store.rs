@@ -3,8 +3,9 @@
 //! in memory.
 //!
 //! One [redb] database (`store.redb` in the store folder) holds each version's manifest (with a
-//! sequence number: higher is newer) and the bytes of every chunk those manifests name, stored
-//! once however many versions share it. redb's transactions are atomic and crash-safe (a
+//! sequence number: higher is newer), the bytes of every chunk those manifests name (stored once
+//! however many versions share it), the best-level answers computed (within a budget, the oldest
+//! dropped first) and the last folder listings sent. redb's transactions are atomic and crash-safe (a
 //! `kill -9` at any moment leaves the last committed state), and it refuses a second process
 //! writing the same file, which is how two servers pointed at one store are told apart.
 //!
@@ -57,8 +58,9 @@ pub enum StoreError {
         "the version store {0} was written by a newer assetsync (format {1}): upgrade, or pass another --store"
     )]
     Format(PathBuf, u64),
-    /// Stored bytes do not match their manifest.
-    #[error("version {0} is damaged in the store")]
+    /// Stored bytes do not match what names them (a version's manifest, an answer's checksum,
+    /// a listing's version).
+    #[error("{0} is damaged in the store")]
     Damaged(String),
     /// redb or the file system failed.
     #[error("version store {path}: {source}")]
@@ -310,7 +312,7 @@ impl Store {
         })?;
         let Some(data) = found else { return Ok(None) };
         if Hash::of(&data) != manifest.sha256 {
-            return Err(StoreError::Damaged(manifest.version().to_hex()));
+            return Err(StoreError::Damaged(format!("version {}", manifest.version().to_hex())));
         }
         Ok(Some(data))
     }
