@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{CacheError, Doing};
-use assetsync_protocol::{AssetPath, ChunkId, Hash, Manifest, Scope, VerifiedChunk, VersionId};
+use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, Scope, VerifiedChunk, VersionId};
 
 /// An open, locked cache directory.
 pub struct Cache {
@@ -114,16 +114,7 @@ impl Cache {
     }
 
     fn manifest(&self, version: &VersionId) -> Option<Manifest> {
-        let path = self.dir.join("manifests").join(version.to_hex());
-        let bytes = fs::read(&path).ok()?;
-        match Manifest::decode_canonical(&bytes) {
-            Ok(m) if Hash::of(&bytes) == *version => Some(m),
-            _ => {
-                tracing::warn!(path = %path.display(), "discarding corrupt cached manifest");
-                let _ = fs::remove_file(&path);
-                None
-            }
-        }
+        read_manifest(&self.dir.join("manifests"), version).map(|(m, _)| m)
     }
 
     fn chunk_path(&self, id: &ChunkId) -> PathBuf {
@@ -210,7 +201,7 @@ impl Cache {
 
     /// Writes `data`, the verified file of `manifest` (stored), to `path` atomically, flushed to
     /// disk when `durable`. The copy carries the stored manifest's modification time as its own,
-    /// so that [`Cache::out_intact`] knows an untouched copy by its metadata alone.
+    /// so that [`OutCheck::stale`] knows an untouched copy by its metadata alone.
     pub fn write_out(
         &self,
         manifest: &Manifest,
@@ -222,11 +213,6 @@ impl Cache {
         write_file(path, data, durable, stamp).doing(|| format!("cannot write {}", path.display()))
     }
 
-    /// Whether `path` holds the file of `manifest` (see [`OutCheck::intact`]).
-    pub fn out_intact(&self, manifest: &Manifest, path: &Path) -> bool {
-        self.out_check().intact(manifest, path)
-    }
-
     /// What checking copies under `--out` needs of the cache, to do it on another thread.
     pub fn out_check(&self) -> OutCheck {
         OutCheck { manifests: self.dir.join("manifests") }
@@ -234,24 +220,22 @@ impl Cache {
 
     /// When the manifest of `version` was stored.
     fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
-        self.out_check().manifest_time(version)
+        fs::metadata(self.dir.join("manifests").join(version.to_hex())).and_then(|m| m.modified()).ok()
     }
 
-    /// The committed manifests of the assets `folder` covers, read on up to four threads (a
-    /// folder's thousands of small files each cost an open and a read).
-    pub fn current_in(&self, folder: &Scope) -> Vec<Manifest> {
-        let assets: Vec<AssetPath> = self.assets().filter(|a| folder.covers(a)).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-        if assets.len() < 1024 || threads < 2 {
-            return assets.iter().filter_map(|a| self.current(a)).collect();
-        }
-        std::thread::scope(|s| {
-            let parts: Vec<_> = assets
-                .chunks(assets.len().div_ceil(threads))
-                .map(|part| s.spawn(move || part.iter().filter_map(|a| self.current(a)).collect::<Vec<_>>()))
-                .collect();
-            parts.into_iter().flat_map(|p| p.join().expect("manifest reading thread panicked")).collect()
-        })
+    /// The committed versions of the assets `folder` covers, sorted by path (from the pointers
+    /// alone: no manifest is read).
+    pub fn entries_in(&self, folder: &Scope) -> Vec<FolderEntry> {
+        self.assets()
+            .filter(|a| folder.covers(a))
+            .filter_map(|asset| Some(FolderEntry { version: *self.refs.get(asset.as_str())?, asset }))
+            .collect()
+    }
+
+    /// The committed manifests of `versions` that are present and intact, read on up to four
+    /// threads (a folder's thousands of small files each cost an open and a read).
+    pub fn manifests(&self, versions: &[VersionId]) -> Vec<Manifest> {
+        parallel(versions, |v| self.manifest(v))
     }
 
     /// Writes the pointers moved by [`Cache::stage`] and [`Cache::remove`] to `refs.json`,
@@ -367,21 +351,55 @@ pub struct OutCheck {
 }
 
 impl OutCheck {
-    /// Whether `path` holds the file of `manifest`: the same size and the modification time
-    /// [`Cache::write_out`] gave it (rsync's quick check), or else the same SHA-256.
-    pub fn intact(&self, manifest: &Manifest, path: &Path) -> bool {
-        let Ok(meta) = fs::metadata(path) else { return false };
-        if meta.len() != manifest.len {
-            return false;
-        }
-        let untouched =
-            meta.modified().ok().zip(self.manifest_time(&manifest.version())).is_some_and(|(a, b)| a == b);
-        untouched || fs::read(path).is_ok_and(|data| Hash::of(&data) == manifest.sha256)
+    /// The files of `held` whose copy under `out` is missing or differs from the committed
+    /// version: not the same size and the modification time [`Cache::write_out`] gave it
+    /// (rsync's quick check), nor the same SHA-256. Read on up to four threads.
+    pub fn stale(&self, held: &[FolderEntry], out: &Path) -> Vec<AssetPath> {
+        parallel(held, |entry| {
+            let (manifest, stored) = read_manifest(&self.manifests, &entry.version)?;
+            let path = out.join(entry.asset.as_str());
+            let intact = fs::metadata(&path).is_ok_and(|meta| {
+                let untouched = meta.modified().ok().zip(stored).is_some_and(|(a, b)| a == b);
+                meta.len() == manifest.len
+                    && (untouched || fs::read(&path).is_ok_and(|data| Hash::of(&data) == manifest.sha256))
+            });
+            (!intact).then(|| entry.asset.clone())
+        })
     }
+}
 
-    fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
-        fs::metadata(self.manifests.join(version.to_hex())).and_then(|m| m.modified()).ok()
+/// The manifest of `version` in the folder `dir`, checked against the version (a damaged one is
+/// deleted), and when it was stored.
+fn read_manifest(dir: &Path, version: &VersionId) -> Option<(Manifest, Option<SystemTime>)> {
+    let path = dir.join(version.to_hex());
+    let mut file = File::open(&path).ok()?;
+    let stored = file.metadata().and_then(|m| m.modified()).ok();
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+    match Manifest::decode_canonical(&bytes) {
+        Ok(m) if Hash::of(&bytes) == *version => Some((m, stored)),
+        _ => {
+            tracing::warn!(path = %path.display(), "discarding corrupt cached manifest");
+            let _ = fs::remove_file(&path);
+            None
+        }
     }
+}
+
+/// `f` of each of `items` that gives something, on up to four threads when there are many.
+fn parallel<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> Option<U> + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if items.len() < 1024 || threads < 2 {
+        return items.iter().filter_map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let parts: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|part| s.spawn(move || part.iter().filter_map(f).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().expect("cache reading thread panicked")).collect()
+    })
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory, so that readers see

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use assetsync_protocol::engine::{
     Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
 };
-use assetsync_protocol::{AssetPath, Hash, Manifest, Scope};
+use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope};
 
 use crate::cache::{Cache, OutCheck};
 use crate::connection::{Connection, Received};
@@ -70,7 +70,7 @@ impl Connection {
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), Error> {
         let (started, wire0) = (Instant::now(), self.wire());
-        let held = cache.current_in(folder);
+        let held = cache.entries_in(folder);
         // The copies under --out are checked on another thread while the folder syncs.
         let checking = stale_outputs(cache.out_check(), config.out.clone(), held.clone());
         let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
@@ -198,6 +198,7 @@ impl Local<'_> {
         Ok(Some(match action {
             Action::LoadFile(m) => Input::File(cache.file(m)),
             Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| self.unchanged = Some(data))),
+            Action::LoadManifests(versions) => Input::Manifests(cache.manifests(&versions)),
             Action::LoadChunks { ids, .. } => {
                 Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
             }
@@ -281,16 +282,13 @@ impl Stop {
 }
 
 /// The files of `held` whose copy under `out` is missing or differs from the cached version
-/// (see [`crate::cache::OutCheck::intact`]), found on the blocking pool.
+/// (see [`OutCheck::stale`]), found on the blocking pool.
 fn stale_outputs(
     check: OutCheck,
     out: Option<PathBuf>,
-    held: Vec<Manifest>,
+    held: Vec<FolderEntry>,
 ) -> tokio::task::JoinHandle<Vec<AssetPath>> {
-    tokio::task::spawn_blocking(move || {
-        let Some(dir) = out else { return Vec::new() };
-        held.into_iter().filter(|m| !check.intact(m, &dir.join(m.path.as_str()))).map(|m| m.path).collect()
-    })
+    tokio::task::spawn_blocking(move || out.map_or_else(Vec::new, |dir| check.stale(&held, &dir)))
 }
 
 fn names(assets: &[AssetPath]) -> Vec<String> {

@@ -304,6 +304,17 @@ impl World {
                         machine.handle(Input::Hashed { index, bytes, id });
                     }
                 }
+                Action::LoadManifests(versions) => {
+                    // The store keeps manifests with its pointers: those of committed versions.
+                    let found = self
+                        .store
+                        .refs
+                        .values()
+                        .filter(|m| versions.contains(&m.version()))
+                        .cloned()
+                        .collect();
+                    machine.handle(Input::Manifests(found));
+                }
                 Action::LoadChunks { ids, .. } => {
                     let found =
                         ids.iter().filter_map(|id| Some((*id, self.store.chunks.get(id)?.clone()))).collect();
@@ -467,7 +478,12 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
         let missing = w.missing(&wanted.iter().collect::<Vec<_>>());
         let mut machine: Box<dyn Machine> = match &target {
             None => {
-                let held: Vec<Manifest> = w.store.refs.values().cloned().collect();
+                let held: Vec<FolderEntry> = w
+                    .store
+                    .refs
+                    .values()
+                    .map(|m| FolderEntry { asset: m.path.clone(), version: m.version() })
+                    .collect();
                 Box::new(FolderSync::new(folder.clone(), held, w.next_id))
             }
             Some(asset) => {

@@ -205,6 +205,11 @@ impl Client {
                 timings.store_ms += now_ms() - t0;
                 Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes)))
             }
+            Action::LoadManifests(versions) => {
+                let manifests = self.store.manifests(&versions).await.map_err(Stopped::store)?;
+                timings.store_ms += now_ms() - t0;
+                Input::Manifests(manifests)
+            }
             Action::LoadChunks { ids, sources } => {
                 let sources: Vec<&Manifest> = sources.iter().collect();
                 let chunks = self.store.chunks(&ids, &sources).await.map_err(Stopped::store)?;

@@ -54,7 +54,7 @@ impl Client {
         }
         let mut guard = self.socket.lock().await;
         let (in0, out0) = (self.received.get(), self.sent.get());
-        let held = self.store.current_in(folder).await.map_err(js_error)?;
+        let held = self.store.entries_in(folder).await.map_err(js_error)?;
         let mut machine = FolderSync::new(folder.clone(), held, self.next_id.get());
         if digest::subtle() {
             machine.set_driver_hashes();

@@ -29,7 +29,9 @@ use records::{
 
 use std::collections::{HashMap, HashSet};
 
-use assetsync_protocol::{AssetPath, ChunkId, Manifest, Scope, Synced, VerifiedChunk, VersionId};
+use assetsync_protocol::{
+    AssetPath, ChunkId, FolderEntry, Manifest, Scope, Synced, VerifiedChunk, VersionId,
+};
 use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
@@ -363,28 +365,38 @@ impl Store {
         finish(tx).await
     }
 
-    /// The committed manifests of the assets inside `scope`, in one transaction.
-    pub async fn current_in(&self, scope: &Scope) -> Result<Vec<Manifest>> {
-        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
+    /// The committed versions of the assets inside `scope`, sorted by path (from the pointer
+    /// table alone: no manifest is read).
+    pub async fn entries_in(&self, scope: &Scope) -> Result<Vec<FolderEntry>> {
+        let tx = self.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
         let refs = tx.object_store(REFS)?;
         let keys = refs.get_all_keys(None, None)?.await?;
         let values = refs.get_all(None, None)?.await?;
-        let inside: HashSet<VersionId> = keys
+        let mut out: Vec<FolderEntry> = keys
             .iter()
             .zip(values)
-            .filter(|(k, _)| {
-                k.as_string().and_then(|k| AssetPath::new(&k).ok()).is_some_and(|a| scope.covers(&a))
+            .filter_map(|(k, value)| {
+                let asset =
+                    k.as_string().and_then(|k| AssetPath::new(&k).ok()).filter(|a| scope.covers(a))?;
+                Some(FolderEntry { asset, version: version_of(Some(value))? })
             })
-            .filter_map(|(_, value)| version_of(Some(value)))
             .collect();
-        // Two reads for the whole store, rather than one per file.
+        out.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
+        Ok(out)
+    }
+
+    /// The committed manifests of `versions` that are present and intact, in one read of the
+    /// manifest table (rather than one per file).
+    pub async fn manifests(&self, versions: &[VersionId]) -> Result<Vec<Manifest>> {
+        let wanted: HashSet<&VersionId> = versions.iter().collect();
+        let tx = self.db.transaction(&[MANIFESTS], TransactionMode::ReadOnly)?;
         let manifests = tx.object_store(MANIFESTS)?;
         let (keys, values) =
             (manifests.get_all_keys(None, None)?.await?, manifests.get_all(None, None)?.await?);
-        let mut out = Vec::with_capacity(inside.len());
+        let mut out = Vec::with_capacity(wanted.len());
         for (k, value) in keys.iter().zip(values) {
             let Some(version) = k.as_string().and_then(|k| VersionId::from_hex(&k).ok()) else { continue };
-            if let Some(m) = inside.contains(&version).then(|| decode_manifest(&value, &version)).flatten() {
+            if let Some(m) = wanted.contains(&version).then(|| decode_manifest(&value, &version)).flatten() {
                 out.push(m);
             }
         }

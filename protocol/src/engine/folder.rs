@@ -4,7 +4,7 @@
 //! resumed: the files committed so far are held by then, and the chunks that had arrived of the
 //! file in flight are kept and listed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::mem;
 use std::sync::Arc;
 
@@ -36,6 +36,9 @@ pub struct FolderDone {
 #[derive(Debug)]
 enum State {
     Ready,
+    /// Reading the held files' manifests, for the request (it lists their chunks) or for the
+    /// answer's files (their delta bases and reusable chunks).
+    Loading(Need),
     Listing(u32),
     File(Answer, SyncReport),
     Keeping(Vec<VerifiedChunk>, String),
@@ -48,6 +51,13 @@ enum State {
     Over,
 }
 
+/// What the held files' manifests are loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Request,
+    Answer,
+}
+
 /// The sync of a folder (see the [module docs](self)).
 #[derive(Debug)]
 pub struct FolderSync {
@@ -55,9 +65,12 @@ pub struct FolderSync {
     next_id: u32,
     /// The committed versions of the folder's files, sorted by path, kept current as files
     /// commit.
-    held: Vec<Manifest>,
-    /// What the request in flight named, in that order (by path), with their versions: shared
-    /// by the machines of the answer's files.
+    held: Vec<FolderEntry>,
+    /// Their manifests, once loaded (see [`Action::LoadManifests`]), and those committed since.
+    manifests: Option<HashMap<VersionId, Manifest>>,
+    /// What the request in flight named, in that order (by path).
+    named_entries: Arc<[FolderEntry]>,
+    /// The same with their manifests, once loaded: shared by the machines of the answer's files.
     named: Arc<[(VersionId, Manifest)]>,
     /// Whether requests name `held`'s versions in full, not by the listing's version (the
     /// server forgot that listing).
@@ -73,7 +86,7 @@ pub struct FolderSync {
     /// Files whose data failed verification, synced again on their own, with the chunks still
     /// held intact.
     again: VecDeque<(AssetPath, Vec<ChunkId>)>,
-    /// Committed versions reused chunks may be read from.
+    /// Committed versions reused chunks may be read from (once the manifests are loaded).
     sources: Arc<Vec<Manifest>>,
     kept: Vec<ChunkId>,
     resume: bool,
@@ -89,10 +102,13 @@ pub struct FolderSync {
 
 impl FolderSync {
     /// A sync of `folder` (not a single asset), whose files' committed versions are `held`.
-    pub fn new(folder: Scope, held: Vec<Manifest>, next_id: u32) -> Self {
+    /// Their manifests are asked for ([`Action::LoadManifests`]) only if the answer needs them.
+    pub fn new(folder: Scope, held: Vec<FolderEntry>, next_id: u32) -> Self {
         FolderSync {
             folder,
             next_id: next_id.max(1),
+            manifests: None,
+            named_entries: Arc::new([]),
             named: Arc::new([]),
             in_full: false,
             sent_since: false,
@@ -101,10 +117,10 @@ impl FolderSync {
             to_fetch: VecDeque::new(),
             to_remove: VecDeque::new(),
             again: VecDeque::new(),
-            sources: Arc::new(held.clone()),
+            sources: Arc::new(Vec::new()),
             held: {
                 let mut held = held;
-                held.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                held.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
                 held
             },
             kept: Vec::new(),
@@ -153,7 +169,12 @@ impl FolderSync {
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
                 self.to_remove = changes.removed.into();
-                return self.next_file();
+                // The files to fetch are deltas against what the request named.
+                if !self.to_fetch.is_empty() && self.manifests.is_none() {
+                    State::Loading(Need::Answer)
+                } else {
+                    return self.answer_files();
+                }
             }
             // The server forgot the listing: name its versions; or it forgot some of these
             // versions: list their chunks instead.
@@ -180,10 +201,40 @@ impl FolderSync {
 
     /// The listing the request in flight named, sorted by path.
     fn named_listing(&self) -> Vec<FolderEntry> {
-        self.named
-            .iter()
-            .map(|(version, m)| FolderEntry { asset: m.path.clone(), version: *version })
-            .collect()
+        self.named_entries.to_vec()
+    }
+
+    /// The answer's files, with what the request named (its manifests loaded if any file is
+    /// to be fetched).
+    fn answer_files(&mut self) {
+        if let Some(manifests) = &self.manifests {
+            self.named = self
+                .named_entries
+                .iter()
+                .filter_map(|e| Some((e.version, manifests.get(&e.version)?.clone())))
+                .collect();
+        }
+        self.next_file();
+    }
+
+    /// Takes the held files' manifests, as read from the store. A file whose manifest is
+    /// missing or damaged is no longer held; if the request named it, the answer in flight was
+    /// planned for holdings the client does not have, and is given up (by reconnecting).
+    fn loaded(&mut self, need: Need, found: Vec<Manifest>) {
+        let found: HashMap<VersionId, Manifest> = found.into_iter().map(|m| (m.version(), m)).collect();
+        let missing: Vec<VersionId> =
+            self.held.iter().map(|e| e.version).filter(|v| !found.contains_key(v)).collect();
+        self.held.retain(|e| found.contains_key(&e.version));
+        self.sources = Arc::new(self.held.iter().filter_map(|e| found.get(&e.version).cloned()).collect());
+        self.manifests = Some(found);
+        match need {
+            Need::Request => self.state = State::Ready,
+            Need::Answer if missing.iter().any(|v| self.named_entries.iter().any(|e| e.version == *v)) => {
+                self.in_full = true;
+                self.lost(format!("{} cached manifests are missing or damaged", missing.len()));
+            }
+            Need::Answer => self.answer_files(),
+        }
     }
 
     /// The next file of the answer, or what follows the answer.
@@ -256,9 +307,13 @@ impl FolderSync {
 
     fn committed(&mut self, synced: Synced, report: SyncReport) {
         let manifest = synced.manifest.clone();
-        match self.held.binary_search_by(|m| m.path.cmp(&manifest.path)) {
-            Ok(at) => self.held[at] = manifest.clone(),
-            Err(at) => self.held.insert(at, manifest.clone()),
+        let entry = FolderEntry { asset: manifest.path.clone(), version: synced.version };
+        match self.held.binary_search_by(|e| e.asset.cmp(&manifest.path)) {
+            Ok(at) => self.held[at] = entry,
+            Err(at) => self.held.insert(at, entry),
+        }
+        if let Some(manifests) = &mut self.manifests {
+            manifests.insert(synced.version, manifest.clone());
         }
         Arc::make_mut(&mut self.sources).push(manifest);
         self.fetched.push(synced.manifest.path.clone());
@@ -272,15 +327,18 @@ impl Machine for FolderSync {
             return action;
         }
         match mem::replace(&mut self.state, State::Over) {
+            State::Ready if self.listed && self.manifests.is_none() => {
+                self.state = State::Loading(Need::Request);
+            }
             State::Ready => {
                 let id = bump(&mut self.next_id);
                 // Files committed meanwhile are held now, and so are the chunks kept after a cut.
-                let mut chunks = if self.listed { held_chunk_ids(&self.held) } else { Vec::new() };
+                let mut chunks = if self.listed { held_chunk_ids(self.sources.iter()) } else { Vec::new() };
                 chunks.extend(&self.kept);
                 let chunks = ChunkSet::new(chunks);
                 self.answer = (id, chunks.prefix());
                 // In path order: the order of the versions a server reads from the listing.
-                self.named = self.held.iter().map(|m| (m.version(), m.clone())).collect();
+                self.named_entries = self.held.clone().into();
                 let listing = self.named_listing();
                 let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
                 self.sent_since = since.is_some();
@@ -320,6 +378,7 @@ impl Machine for FolderSync {
             state => self.state = state,
         }
         match &mut self.state {
+            State::Loading(_) => Action::LoadManifests(self.held.iter().map(|e| e.version).collect()),
             State::Listing(_) => Action::Receive,
             State::File(answer, _) => answer.poll(),
             State::Keeping(kept, _) => Action::Keep(kept),
@@ -334,6 +393,7 @@ impl Machine for FolderSync {
 
     fn handle(&mut self, input: Input<'_>) {
         match (mem::replace(&mut self.state, State::Over), input) {
+            (State::Loading(need), Input::Manifests(found)) => self.loaded(need, found),
             (State::Listing(id), Input::Sent { wire }) => {
                 self.report.wire_out += wire;
                 self.state = State::Listing(id);
@@ -369,7 +429,7 @@ impl Machine for FolderSync {
             }
             (State::Removing, Input::Stored) => {
                 let asset = self.to_remove.pop_front().expect("Removing has one");
-                if let Ok(at) = self.held.binary_search_by(|m| m.path.cmp(&asset)) {
+                if let Ok(at) = self.held.binary_search_by(|e| e.asset.cmp(&asset)) {
                     self.held.remove(at);
                 }
                 self.removed.push(asset);

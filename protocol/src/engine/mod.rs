@@ -105,6 +105,10 @@ pub enum Action<'a> {
     /// Wait for the hashes started on [`AssetSync::take_unhashed`] chunks, then give each back as
     /// [`Input::Hashed`].
     FinishHashing,
+    /// Read the committed manifests of these versions from the store, then [`Input::Manifests`]
+    /// with those found intact. A folder sync asks only when an answer needs them (an unchanged
+    /// folder needs none).
+    LoadManifests(Vec<VersionId>),
     /// Read these chunks from the store, as stored (the whole-file check covers them), then
     /// [`Input::Chunks`] with those found. `sources` are committed versions that list them, for a
     /// store that keeps whole files.
@@ -200,6 +204,8 @@ pub enum Input<'a> {
         /// The SHA-256 of `bytes`.
         id: ChunkId,
     },
+    /// Answer to [`Action::LoadManifests`]: the manifests found, in any order.
+    Manifests(Vec<Manifest>),
     /// Answer to [`Action::LoadChunks`]: the chunks found.
     Chunks(Vec<(ChunkId, Vec<u8>)>),
     /// Answer to [`Action::Verify`].

@@ -272,14 +272,15 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
     let _ = tx.abort().unwrap().await;
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
     let held: Vec<String> =
-        store.current_in(&folder).await.unwrap().iter().map(|m| m.path.to_string()).collect();
+        store.entries_in(&folder).await.unwrap().iter().map(|e| e.asset.to_string()).collect();
     assert_eq!(held, ["dist/old.js"], "an aborted folder commit changed nothing");
 
     store.commit_all(&changes()).await.unwrap();
-    let mut held: Vec<String> =
-        store.current_in(&folder).await.unwrap().iter().map(|m| m.path.to_string()).collect();
-    held.sort();
-    assert_eq!(held, ["dist/a.js", "dist/b.js"]);
+    let held = store.entries_in(&folder).await.unwrap();
+    let names: Vec<String> = held.iter().map(|e| e.asset.to_string()).collect();
+    assert_eq!(names, ["dist/a.js", "dist/b.js"]);
+    let versions: Vec<_> = held.iter().map(|e| e.version).collect();
+    assert_eq!(store.manifests(&versions).await.unwrap().len(), 2, "both manifests were committed");
     assert_eq!(store.read(&asset("dist/b.js")).await.unwrap().unwrap().to_vec(), b);
     assert!(store.read(&asset("dist/old.js")).await.unwrap().is_none());
 }
