@@ -194,7 +194,7 @@ impl Encoder {
             return false;
         }
         let stored = answer_key(Some(base.version), current.version, send);
-        if index.store().is_some() && stored_answer(index, &stored).await.is_some() {
+        if stored_answer(index, &stored).await.is_some() {
             return false;
         }
         let prefix = index.prefix(&base.version).await;
