@@ -47,6 +47,11 @@ pub const QUICK_WORK: usize = 256 << 10;
 /// or ahead by [`crate::warm`]): about 40 s of CPU at level 19. Past it, the fast-level answer
 /// stays; a queued encoding holds its inputs in memory, and a 300 MB asset's would take minutes.
 pub const MAX_BEST_WORK: usize = 64 << 20;
+/// The part of a base version used as the compression prefix: its end. Frames use a window of at
+/// most 2^26 bytes (see [`compress`]), so no match reaches further back than that from a batch
+/// of at most [`LARGE_BATCH`]: a longer prefix would only cost memory, and reading it back from
+/// the store. The client decodes with its whole old version, whose end is the same bytes.
+pub const PREFIX_BYTES: usize = (1 << 26) - LARGE_BATCH;
 /// Raw bytes per batch. A batch is one WebSocket message, decoded (and its chunks kept) only
 /// once whole, so a transfer cut midway loses at most the batch in flight: small batches resume
 /// well. Without a prefix, each batch starts from an empty window, so they stay at 1 MiB to

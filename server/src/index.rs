@@ -15,6 +15,7 @@ use assetsync_protocol::{
 };
 use bytes::Bytes;
 
+use crate::encode::PREFIX_BYTES;
 use crate::store::{Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
 
@@ -595,20 +596,21 @@ impl AssetIndex {
             .collect()
     }
 
-    /// The bytes of remembered `version`, for a compression prefix: from memory when they are
-    /// there, otherwise read from the store. A version whose stored bytes are missing or damaged
-    /// is forgotten (its clients then get an answer without prefix, or `unknown_base`).
+    /// The end of remembered `version` (see [`PREFIX_BYTES`]), for a compression prefix: from
+    /// memory when it is there, otherwise read from the store. A version whose stored bytes are
+    /// missing or damaged is forgotten (its clients then get an answer without prefix, or
+    /// `unknown_base`).
     pub async fn prefix(&self, version: &VersionId) -> Option<Bytes> {
         let manifest = {
             let versions = self.versions.read().expect("poisoned");
             let known = versions.known.get(version)?;
             if let Some(held) = known.held() {
-                return Some(held);
+                return Some(held.slice(held.len().saturating_sub(PREFIX_BYTES)..));
             }
             known.manifest.clone()
         };
         let store = self.store.clone()?;
-        let read = tokio::task::spawn_blocking(move || store.read(&manifest));
+        let read = tokio::task::spawn_blocking(move || store.read_tail(&manifest, PREFIX_BYTES as u64));
         let problem = match read.await.expect("store reading task panicked") {
             Ok(Some(data)) => return Some(Bytes::from(data)),
             Ok(None) => "missing from the store".to_owned(),

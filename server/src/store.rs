@@ -297,24 +297,32 @@ impl Store {
         }
     }
 
-    /// The bytes of `manifest`'s version, rebuilt from stored chunks and checked. `Ok(None)` if
-    /// the store lacks one of them (never stored, or not yet written). Blocking.
-    pub fn read(&self, manifest: &Manifest) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The end of `manifest`'s version, at least its last `tail` bytes (all of a shorter one),
+    /// rebuilt from stored chunks, each checked against its id. `Ok(None)` if the store lacks
+    /// one of them (never stored, or not yet written). Blocking.
+    pub fn read_tail(&self, manifest: &Manifest, tail: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (mut first, mut len) = (manifest.chunks.len(), 0);
+        while first > 0 && len < tail {
+            first -= 1;
+            len += u64::from(manifest.chunks[first].len);
+        }
+        let mut damaged = false;
         let found = self.reading(CHUNKS, |chunks| {
-            let mut data = Vec::with_capacity(manifest.len as usize);
-            for chunk in &manifest.chunks {
-                match chunks.get(&chunk.id.0)? {
-                    Some(bytes) => data.extend_from_slice(bytes.value()),
-                    None => return Ok(None),
+            let mut data = Vec::with_capacity(len as usize);
+            for chunk in &manifest.chunks[first..] {
+                let Some(bytes) = chunks.get(&chunk.id.0)? else { return Ok(None) };
+                damaged = Hash::of(bytes.value()) != chunk.id;
+                if damaged {
+                    return Ok(None);
                 }
+                data.extend_from_slice(bytes.value());
             }
             Ok(Some(data))
         })?;
-        let Some(data) = found else { return Ok(None) };
-        if Hash::of(&data) != manifest.sha256 {
+        if damaged {
             return Err(StoreError::Damaged(format!("version {}", manifest.version().to_hex())));
         }
-        Ok(Some(data))
+        Ok(found)
     }
 
     /// Counts what the store holds. Blocking.

@@ -534,3 +534,26 @@ async fn kept_answers_stay_within_their_budget() {
     assert!(stats.answers >= 1 && stats.answer_bytes <= MAX / 4, "{stats:?}");
     assert!(stats.answers < 4, "no answer was dropped: {stats:?}");
 }
+
+/// An asset larger than the compression window is compressed against the end of its old
+/// version only (all a 2^26-byte window can reach), read back from the store after a restart:
+/// its client still rebuilds the exact file, and an edit near the end costs little.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_asset_updates_against_the_end_of_its_old_version() {
+    const MIB: usize = 1 << 20;
+    let store = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.store = store_at(store.path())).await;
+    let v1 = random_bytes(72 * MIB, 72);
+    server.write("big.bin", &v1);
+    let client = TestClient::new();
+    client.pull_and_check(&server, "big.bin", &v1).await;
+    let mut v2 = v1.clone();
+    v2.splice(70 * MIB..70 * MIB, b"an edit near the end".iter().copied());
+    server.replace("big.bin", &v2);
+    let server = server.restart().await;
+    let report = client.pull_and_check(&server, "big.bin", &v2).await;
+    server.stop().await;
+    assert_eq!(report.requests, 1);
+    // The chunk with the edit, compressed against the old bytes around it.
+    assert!(wire(&report) < 8_192, "an edit near the end cost {} B", wire(&report));
+}
