@@ -462,14 +462,20 @@ impl AssetIndex {
             let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
             slots.push(slot.lock_owned().await);
         }
-        let previous: Vec<Option<Arc<Indexed>>> = slots.iter().map(|s| s.current.clone()).collect();
+        // Taken out of the slots (locked meanwhile) and handed to `refresh`, so that a changed
+        // file's old bytes can be let go before the new ones are read.
+        let previous: Vec<Option<Arc<Indexed>>> = slots.iter_mut().map(|s| s.current.take()).collect();
+        let before: Vec<Option<VersionId>> = previous.iter().map(|p| p.as_ref().map(|p| p.version)).collect();
         let (root, owned, max) = (self.config.root.clone(), assets.to_vec(), self.config.max_asset_bytes);
         let params = self.config.params;
         let results = tokio::task::spawn_blocking(move || {
             owned
                 .iter()
                 .zip(previous)
-                .map(|(a, p)| refresh(&root, a, p.as_deref(), params, max))
+                .map(|(a, mut p)| {
+                    let result = refresh(&root, a, &mut p, params, max);
+                    (p, result)
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -477,23 +483,29 @@ impl AssetIndex {
         assets
             .iter()
             .zip(slots.iter_mut())
+            .zip(before)
             .zip(results)
-            .map(|((a, slot), r)| self.settle(a, slot, r))
+            .map(|(((a, slot), before), (previous, r))| {
+                slot.current = previous;
+                self.settle(a, slot, before, r)
+            })
             .collect()
     }
 
-    /// Records what [`refresh`] found for `asset`, announcing a change.
+    /// Records what [`refresh`] found for `asset`, whose version was `before`, announcing a
+    /// change.
     fn settle(
         &self,
         asset: &AssetPath,
         slot: &mut Slot,
+        before: Option<VersionId>,
         result: Result<Option<Indexed>, IndexError>,
     ) -> Result<Arc<Indexed>, IndexError> {
         match result {
             Ok(Some(fresh)) => {
                 let fresh = Arc::new(fresh);
                 self.keep(fresh.manifest.clone(), Some(&fresh), fresh.data.clone());
-                let before = slot.current.replace(fresh.clone()).map(|c| c.version);
+                slot.current = Some(fresh.clone());
                 // A file indexed for the first time is news only if it was written while this
                 // server ran: one that merely existed, read now for someone, did not change.
                 let new = before.is_none() && fresh.stamp.modified.is_some_and(|m| m >= self.started);
@@ -505,7 +517,7 @@ impl AssetIndex {
             Ok(None) => Ok(slot.current.clone().expect("unchanged implies indexed")),
             Err(e @ (IndexError::Unknown(_) | IndexError::Escapes(_))) => {
                 // Gone: its versions stay remembered as delta bases, within `keep_versions`.
-                if slot.current.take().is_some() {
+                if slot.current.take().is_some() || before.is_some() {
                     self.hub.announce(Change { asset: asset.clone(), version: None });
                 }
                 // Forget a name that never was a file, so the slot map does not grow with them.
@@ -765,24 +777,30 @@ fn open_store(
 }
 
 /// Resolves `asset` under `root` and re-indexes it if it changed since `previous`.
-/// Returns `None` when `previous` is still current.
+/// Returns `None` when `previous` is still current. Before a changed file is read, `previous`
+/// is let go (its manifest kept), so that a large file's old and new bytes are not both held
+/// here: the old version's are in the store, or with whoever is still serving them.
 fn refresh(
     root: &Path,
     asset: &AssetPath,
-    previous: Option<&Indexed>,
+    previous: &mut Option<Arc<Indexed>>,
     params: ChunkParams,
     max: u64,
 ) -> Result<Option<Indexed>, IndexError> {
     let path = confine(root, asset)?;
     let io_err = |source| IndexError::Io { asset: asset.clone(), source };
+    let mut old: Option<(VersionId, Arc<Manifest>)> = None;
     // A file being rewritten while we read it is read again, so that no torn mix is indexed.
     for _ in 0..5 {
         let before = Stamp::of(&std::fs::metadata(&path).map_err(io_err)?);
-        if previous.is_some_and(|p| p.stamp == before) {
+        if previous.as_ref().is_some_and(|p| p.stamp == before) {
             return Ok(None);
         }
         if before.len > max {
             return Err(IndexError::TooLarge { asset: asset.clone(), len: before.len, limit: max });
+        }
+        if let Some(p) = previous.take() {
+            old = Some((p.version, p.manifest.clone()));
         }
         let data = std::fs::read(&path).map_err(io_err)?;
         let after = Stamp::of(&std::fs::metadata(&path).map_err(io_err)?);
@@ -793,8 +811,8 @@ fn refresh(
         let version = manifest.version();
         // Same content under a new stamp (touch, or a rewrite with identical bytes): keep sharing
         // the already indexed manifest instead of allocating another.
-        let manifest = match previous {
-            Some(p) if p.version == version => p.manifest.clone(),
+        let manifest = match old {
+            Some((v, ref shared)) if v == version => shared.clone(),
             _ => Arc::new(manifest),
         };
         return Ok(Some(Indexed { manifest, version, data: Bytes::from(data), offsets, stamp: after }));
