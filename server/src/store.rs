@@ -221,11 +221,6 @@ impl Store {
         Ok((store, found.contents))
     }
 
-    /// The store folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Queues `manifest`'s version, `data` being its bytes, with sequence number `seq`. A version
     /// already stored only takes the new number.
     pub fn put(&self, seq: u64, manifest: Arc<Manifest>, data: Bytes) {
