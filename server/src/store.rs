@@ -243,9 +243,9 @@ impl Store {
     pub fn answer(&self, key: &AnswerKey) -> Result<Option<Vec<u8>>, StoreError> {
         let found = self.reading(ANSWERS, |answers| Ok(answers.get(key)?.map(|v| v.value().to_vec())))?;
         let Some(value) = found else { return Ok(None) };
-        match value.get(8..).and_then(|v| v.split_first_chunk::<32>()) {
-            Some((sum, encoded)) if Hash::of(encoded).0 == *sum => Ok(Some(encoded.to_vec())),
-            _ => {
+        match answer_payload(&value) {
+            Some(encoded) => Ok(Some(encoded.to_vec())),
+            None => {
                 self.send(Op::DropAnswer(*key));
                 Err(StoreError::Damaged(format!("answer {}", hex::encode(&key[..8]))))
             }
@@ -326,29 +326,33 @@ impl Store {
         stats.file_bytes = std::fs::metadata(self.dir.join("store.redb")).map_or(0, |m| m.len());
         self.reading(VERSIONS, |versions| {
             for entry in versions.iter()? {
-                let (_, value) = entry?;
-                let manifest = value.value().get(8..).and_then(|m| Manifest::decode_canonical(m).ok());
-                let path = manifest.map_or_else(|| "(undecodable)".to_owned(), |m| m.path.to_string());
+                let (key, value) = entry?;
+                let manifest = read_version(&Hash(*key.value()), value.value());
+                let path = manifest.map_or_else(|| "(undecodable)".to_owned(), |(_, m)| m.path.to_string());
                 *stats.assets.entry(path).or_default() += 1;
                 stats.versions += 1;
             }
             Ok(Some(()))
         })?;
-        self.reading(CHUNKS, |chunks| {
-            for entry in chunks.iter()? {
-                stats.chunks += 1;
-                stats.chunk_bytes += entry?.1.value().len() as u64;
-            }
-            Ok(Some(()))
-        })?;
-        self.reading(ANSWERS, |answers| {
-            for entry in answers.iter()? {
-                stats.answers += 1;
-                stats.answer_bytes += entry?.1.value().len() as u64;
-            }
-            Ok(Some(()))
-        })?;
+        (stats.chunks, stats.chunk_bytes) = self.sizes(CHUNKS)?;
+        (stats.answers, stats.answer_bytes) = self.sizes(ANSWERS)?;
         Ok(stats)
+    }
+
+    /// How many entries `table` holds, and their values' bytes.
+    fn sizes<K: redb::Key + 'static>(
+        &self,
+        table: TableDefinition<K, &'static [u8]>,
+    ) -> Result<(usize, u64), StoreError> {
+        let sizes = self.reading(table, |entries| {
+            let mut sizes = (0, 0);
+            for entry in entries.iter()? {
+                sizes.0 += 1;
+                sizes.1 += entry?.1.value().len() as u64;
+            }
+            Ok(Some(sizes))
+        })?;
+        Ok(sizes.unwrap_or_default())
     }
 
     /// Re-hashes every chunk and checks every version and answer, dropping what is damaged,
@@ -411,14 +415,7 @@ fn load(db: &Database) -> Result<(Found, Vec<VersionId>), redb::Error> {
     for entry in tx.open_table(VERSIONS)?.iter()? {
         let (key, value) = entry?;
         let version = Hash(*key.value());
-        let value = value.value();
-        let decoded = value
-            .split_first_chunk::<8>()
-            .and_then(|(seq, bytes)| {
-                Some((u64::from_le_bytes(*seq), Manifest::decode_canonical(bytes).ok()?))
-            })
-            .filter(|(_, m)| m.version() == version);
-        match decoded {
+        match read_version(&version, value.value()) {
             Some((seq, manifest)) => found.contents.versions.push(Stored { seq, manifest }),
             None => damaged.push(version),
         }
@@ -458,9 +455,8 @@ fn verify(db: &Database) -> Result<Verified, redb::Error> {
         for entry in versions.iter()? {
             let (key, value) = entry?;
             report.versions += 1;
-            let manifest = value.value().get(8..).and_then(|m| Manifest::decode_canonical(m).ok());
-            let complete = match manifest {
-                Some(m) => m
+            let complete = match read_version(&Hash(*key.value()), value.value()) {
+                Some((_, m)) => m
                     .chunks
                     .iter()
                     .all(|c| chunks.get(&c.id.0).is_ok_and(|found| found.is_some()))
@@ -487,17 +483,40 @@ fn verify(db: &Database) -> Result<Verified, redb::Error> {
             report.answers += 1;
             let (new, base): ([u8; 32], [u8; 32]) =
                 (key[..32].try_into().expect("32 bytes"), key[32..64].try_into().expect("32 bytes"));
-            let intact = value
-                .get(8..)
-                .and_then(|v| v.split_first_chunk::<32>())
-                .is_some_and(|(sum, rest)| Hash::of(rest).0 == *sum);
-            let ok = intact && kept.contains(&new) && (base == [0; 32] || kept.contains(&base));
+            let ok = answer_payload(value).is_some()
+                && kept.contains(&new)
+                && (base == [0; 32] || kept.contains(&base));
             report.dropped_answers += usize::from(!ok);
             ok
         })?;
     }
     tx.commit()?;
     Ok(report)
+}
+
+/// A `VERSIONS` value: its sequence number and manifest, if it decodes to the manifest of
+/// `version`.
+fn read_version(version: &VersionId, value: &[u8]) -> Option<(u64, Manifest)> {
+    let (seq, bytes) = value.split_first_chunk::<8>()?;
+    let manifest = Manifest::decode_canonical(bytes).ok().filter(|m| m.version() == *version)?;
+    Some((u64::from_le_bytes(*seq), manifest))
+}
+
+/// An `ANSWERS` value for the encoded answer `encoded`, kept now.
+fn answer_record(encoded: &[u8]) -> Vec<u8> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+    [&now.to_le_bytes()[..], &Hash::of(encoded).0, encoded].concat()
+}
+
+/// When an `ANSWERS` value was kept.
+fn answer_time(value: &[u8]) -> u64 {
+    value.first_chunk::<8>().map_or(0, |at| u64::from_le_bytes(*at))
+}
+
+/// The encoded answer in an `ANSWERS` value, if it matches its checksum.
+fn answer_payload(value: &[u8]) -> Option<&[u8]> {
+    let (sum, encoded) = value.get(8..)?.split_first_chunk::<32>()?;
+    (Hash::of(encoded).0 == *sum).then_some(encoded)
 }
 
 /// A folder listing's entries: each path's length (`u16`, little-endian), the path, the version.
@@ -603,8 +622,7 @@ fn commit(db: &Database, batch: &[Op], max_answer_bytes: u64) -> Result<(), redb
                             at = end;
                         }
                     }
-                    let mut value = seq.to_le_bytes().to_vec();
-                    value.extend_from_slice(&manifest.canonical_bytes());
+                    let value = [&seq.to_le_bytes()[..], &manifest.canonical_bytes()].concat();
                     versions.insert(&version.0, value.as_slice())?;
                 }
                 Op::Forget { version, chunks: gone } => {
@@ -615,10 +633,7 @@ fn commit(db: &Database, batch: &[Op], max_answer_bytes: u64) -> Result<(), redb
                     forgotten.insert(version.0);
                 }
                 Op::Answer { key, encoded } => {
-                    let now =
-                        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-                    let value = [&now.to_le_bytes()[..], &Hash::of(encoded).0, encoded].concat();
-                    answers.insert(key, value.as_slice())?;
+                    answers.insert(key, answer_record(encoded).as_slice())?;
                     added_answers = true;
                 }
                 Op::DropAnswer(key) => {
@@ -658,7 +673,7 @@ fn commit(db: &Database, batch: &[Op], max_answer_bytes: u64) -> Result<(), redb
             for entry in answers.iter()? {
                 let (key, value) = entry?;
                 let value = value.value();
-                let at = value.first_chunk::<8>().map_or(0, |at| u64::from_le_bytes(*at));
+                let at = answer_time(value);
                 kept.push((at, *key.value(), value.len() as u64));
             }
             kept.sort_unstable();
