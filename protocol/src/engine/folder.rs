@@ -156,7 +156,7 @@ impl FolderSync {
                 return self.next_file();
             }
             ServerMessage::Folder { id: got, files, removed, delta, version } if got == id => {
-                let named = self.named_listing();
+                let named = self.named_entries.clone();
                 let files = match delta {
                     true => apply_listing_delta(&named, &files, &removed),
                     false => files,
@@ -199,11 +199,6 @@ impl FolderSync {
         };
     }
 
-    /// The listing the request in flight named, sorted by path.
-    fn named_listing(&self) -> Vec<FolderEntry> {
-        self.named_entries.to_vec()
-    }
-
     /// The answer's files, with what the request named (its manifests loaded if any file is
     /// to be fetched).
     fn answer_files(&mut self) {
@@ -222,16 +217,16 @@ impl FolderSync {
     /// planned for holdings the client does not have, and is given up (by reconnecting).
     fn loaded(&mut self, need: Need, found: Vec<Manifest>) {
         let found: HashMap<VersionId, Manifest> = found.into_iter().map(|m| (m.version(), m)).collect();
-        let missing: Vec<VersionId> =
-            self.held.iter().map(|e| e.version).filter(|v| !found.contains_key(v)).collect();
+        let missing = self.held.iter().filter(|e| !found.contains_key(&e.version)).count();
+        let named_missing = self.named_entries.iter().any(|e| !found.contains_key(&e.version));
         self.held.retain(|e| found.contains_key(&e.version));
         self.sources = Arc::new(self.held.iter().filter_map(|e| found.get(&e.version).cloned()).collect());
         self.manifests = Some(found);
         match need {
             Need::Request => self.state = State::Ready,
-            Need::Answer if missing.iter().any(|v| self.named_entries.iter().any(|e| e.version == *v)) => {
+            Need::Answer if named_missing => {
                 self.in_full = true;
-                self.lost(format!("{} cached manifests are missing or damaged", missing.len()));
+                self.lost(format!("{missing} cached manifests are missing or damaged"));
             }
             Need::Answer => self.answer_files(),
         }
@@ -339,7 +334,7 @@ impl Machine for FolderSync {
                 self.answer = (id, chunks.prefix());
                 // In path order: the order of the versions a server reads from the listing.
                 self.named_entries = self.held.clone().into();
-                let listing = self.named_listing();
+                let listing = self.named_entries.clone();
                 let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
                 self.sent_since = since.is_some();
                 let versions = match since {
