@@ -3,7 +3,7 @@
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{BIN, Raw, TestClient, TestServer, random_bytes};
+use crate::util::{Raw, Served, TestClient, TestServer, random_bytes};
 
 /// Proves the server still works for a well-behaved client.
 async fn still_serving(server: &TestServer) {
@@ -310,30 +310,24 @@ fn memory(pid: u32, field: &str) -> u64 {
 /// 20 connections x 10 requests x 32 MiB would be 6.4 GiB), and others are still served.
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_that_never_read_do_not_make_the_server_buffer() {
-    use std::io::{BufRead, BufReader};
     const MIB: usize = 1 << 20;
     let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(root.path().join("big.bin"), random_bytes(32 * MIB, 3)).unwrap();
     std::fs::write(root.path().join("small.bin"), b"small").unwrap();
     // The real binary, so that its memory is its own; uncompressed, so that every answer is
     // built frame by frame from the indexed file.
-    let mut server = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-compress", "--no-watch", "--root"])
-        .arg(root.path())
-        .args(["--store", state.path().to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    // Keep reading, so that the server's log never meets a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let addr = banner.split("ws://").nth(1).unwrap().split('/').next().unwrap().to_owned();
-    let url = format!("ws://{addr}/sync");
+    let server = Served::start([
+        "--no-compress".as_ref(),
+        "--no-watch".as_ref(),
+        "--root".as_ref(),
+        root.path().as_os_str(),
+        "--store".as_ref(),
+        state.path().as_os_str(),
+    ]);
+    let url = server.url.clone();
     // Indexed and answered once, so that the baseline holds the file.
     TestClient::new().pull_from(url.clone(), &["big.bin"]).await.unwrap();
-    let baseline = memory(server.id(), "VmRSS:");
+    let baseline = memory(server.child.id(), "VmRSS:");
     let mut silent = Vec::new();
     for _ in 0..20 {
         let mut raw = Raw::greeted_at(&url).await;
@@ -344,10 +338,9 @@ async fn clients_that_never_read_do_not_make_the_server_buffer() {
     }
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     TestClient::new().pull_from(url.clone(), &["small.bin"]).await.unwrap();
-    let grew = memory(server.id(), "VmHWM:").saturating_sub(baseline);
+    let grew = memory(server.child.id(), "VmHWM:").saturating_sub(baseline);
     drop(silent);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     eprintln!(
         "server memory grew {} MiB over a baseline of {} MiB",
         grew / MIB as u64,
