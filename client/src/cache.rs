@@ -1,43 +1,81 @@
 //! The native client's on-disk cache, the same model the browser keeps in IndexedDB.
 //!
 //! ```text
-//! DIR/lock                       held (flock) by a pull or gc for its whole run
-//! DIR/chunks/ab/<id hex>         chunk bytes, named by their SHA-256
-//! DIR/manifests/<version hex>    canonical manifest encoding, named by its SHA-256
-//! DIR/refs.json                  {"asset": "<version hex>"}: the committed versions
+//! DIR/lock         held (flock) by a pull or gc for its whole run
+//! DIR/cache.redb   one database (redb), three tables:
+//!                    chunks     chunk id -> bytes
+//!                    manifests  version -> when stored (u64 nanoseconds) ++ canonical manifest
+//!                    refs       asset path -> version: the committed versions
 //! ```
 //!
-//! Every file is written to a temporary name and renamed into place. `refs.json` is written
-//! last, so it is the commit point: a crash before it leaves the previous version current, and
-//! anything written before it is at worst garbage for [`Cache::gc`]. Everything read back is
-//! verified against its hash; a bad entry is deleted and reported as missing.
+//! Writes go to memory first and reach the database in one transaction at
+//! [`Cache::publish`], which is the commit point: a crash before it leaves the previous versions
+//! current, and a folder's files switch together. (Staged chunks and manifests may reach the
+//! database earlier, without moving a pointer, so that a large folder needs bounded memory.)
+//! Everything read back is verified against its hash; a damaged chunk is deleted and reported
+//! as missing.
+//!
+//! A cache written by earlier releases (one file per chunk and per manifest, `refs.json`) is
+//! moved into the database on first open, committed versions only, and its files removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{CacheError, Doing};
 use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, Scope, VerifiedChunk, VersionId};
 
+const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
+const REFS: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("refs");
+
+/// The database's file in the cache directory.
+const DB_FILE: &str = "cache.redb";
+/// Memory for the database's page cache.
+const DB_CACHE_BYTES: usize = 32 << 20;
+/// Staged bytes held in memory before they are written to the database ahead of the commit.
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
 /// An open, locked cache directory.
 pub struct Cache {
     dir: PathBuf,
+    db: Arc<Database>,
+    /// The committed versions, as [`Cache::stage`] and [`Cache::remove`] moved them.
     refs: BTreeMap<String, VersionId>,
-    /// Whether `refs` moved since `refs.json` was last written (see [`Cache::publish`]).
-    unpublished: bool,
+    /// Pointers moved since the last [`Cache::publish`].
+    moved: BTreeSet<String>,
+    /// Staged chunks and manifests not yet in the database.
+    pending: Pending,
     _lock: File,
+}
+
+#[derive(Default)]
+struct Pending {
+    chunks: HashMap<ChunkId, Vec<u8>>,
+    /// Manifest records (see [`record`]).
+    manifests: HashMap<VersionId, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.manifests.is_empty()
+    }
 }
 
 /// What [`Cache::gc`] freed.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
-    /// Chunk files deleted.
+    /// Chunks deleted.
     pub chunks_deleted: usize,
-    /// Manifest files deleted.
+    /// Manifests deleted.
     pub manifests_deleted: usize,
-    /// Bytes freed.
+    /// Bytes of chunks and manifests deleted.
     pub bytes_freed: u64,
     /// Chunks kept because a committed manifest references them.
     pub chunks_kept: usize,
@@ -47,9 +85,7 @@ impl Cache {
     /// Opens (creating if needed) the cache at `dir` and takes its lock, waiting for another
     /// process that holds it.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
-        for sub in ["chunks", "manifests", "tmp"] {
-            fs::create_dir_all(dir.join(sub)).doing(|| format!("cannot create cache {}", dir.display()))?;
-        }
+        fs::create_dir_all(dir).doing(|| format!("cannot create cache {}", dir.display()))?;
         let lock = File::create(dir.join("lock")).doing(|| "cannot create the cache lock file".into())?;
         if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
             tracing::warn!(cache = %dir.display(), "the cache is in use by another assetsync process; waiting for it");
@@ -61,8 +97,9 @@ impl Cache {
     /// Opens the existing cache at `dir` for maintenance: fails, creating nothing, when `dir`
     /// is not a cache, and at once when another process (a `pull --follow`) holds it.
     pub fn open_existing(dir: &Path) -> Result<Self, CacheError> {
-        if !(dir.join("chunks").is_dir() && dir.join("manifests").is_dir()) {
-            return Err("it has no chunks/ and manifests/").doing(|| {
+        let legacy = dir.join("chunks").is_dir() && dir.join("manifests").is_dir();
+        if !(dir.join(DB_FILE).is_file() || legacy) {
+            return Err(format!("it has no {DB_FILE}")).doing(|| {
                 format!(
                     "{} is not an assetsync cache: check --cache (it is the folder pull used)",
                     dir.display()
@@ -84,12 +121,22 @@ impl Cache {
 
     /// The cache at `dir`, whose `lock` this process holds.
     fn opened(dir: &Path, lock: File) -> Result<Self, CacheError> {
-        let refs = match fs::read(dir.join("refs.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).doing(|| "cannot read cache refs.json".into()),
-        };
-        Ok(Cache { dir: dir.to_path_buf(), refs, unpublished: false, _lock: lock })
+        let path = dir.join(DB_FILE);
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .doing(|| format!("cannot open the cache database {}", path.display()))?;
+        upgrade_legacy(dir, &db)?;
+        let refs = read_refs(&db).doing(|| format!("cannot read the cache database {}", path.display()))?;
+        let pending = Pending::default();
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            db: Arc::new(db),
+            refs,
+            moved: BTreeSet::new(),
+            pending,
+            _lock: lock,
+        })
     }
 
     /// The assets with a committed version.
@@ -99,33 +146,51 @@ impl Cache {
 
     /// The committed manifest of `asset`, if it is present and intact.
     pub fn current(&self, asset: &AssetPath) -> Option<Manifest> {
-        self.manifest(self.refs.get(asset.as_str())?)
+        self.manifests(&[*self.refs.get(asset.as_str())?]).pop()
     }
 
     /// Committed manifests of other assets (at most `limit`), whose chunks the server may count
     /// as held.
     pub fn others(&self, asset: &AssetPath, limit: usize) -> Vec<Manifest> {
-        self.refs
+        let versions: Vec<VersionId> =
+            self.refs.iter().filter(|(name, _)| name.as_str() != asset.as_str()).map(|(_, v)| *v).collect();
+        let mut found = Vec::new();
+        for part in versions.chunks(limit.max(1)) {
+            found.extend(self.manifests(part));
+            if found.len() >= limit {
+                break;
+            }
+        }
+        found.truncate(limit);
+        found
+    }
+
+    /// The manifests of `versions` that are present and intact, in order.
+    pub fn manifests(&self, versions: &[VersionId]) -> Vec<Manifest> {
+        let read = self.db.begin_read().ok();
+        versions
             .iter()
-            .filter(|(name, _)| name.as_str() != asset.as_str())
-            .filter_map(|(_, v)| self.manifest(v))
-            .take(limit)
+            .filter_map(|v| match self.pending.manifests.get(v) {
+                Some(record) => read_record(v, record).map(|(m, _)| m),
+                None => manifest_in(read.as_ref()?, v).map(|(m, _)| m),
+            })
             .collect()
     }
 
-    fn manifest(&self, version: &VersionId) -> Option<Manifest> {
-        read_manifest(&self.dir.join("manifests"), version).map(|(m, _)| m)
-    }
-
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.dir.join("chunks").join(&hex[..2]).join(hex)
-    }
-
-    /// Reads a chunk as stored. It is not hashed here: the rebuilt file's SHA-256 covers it, and
-    /// a damaged chunk is then named by the protocol and passed to [`Cache::discard`].
-    pub fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        fs::read(self.chunk_path(id)).ok()
+    /// Reads chunks as stored, leaving out those missing. They are not hashed here: the rebuilt
+    /// file's SHA-256 covers them, and a damaged chunk is then named by the protocol and passed
+    /// to [`Cache::discard`].
+    pub fn chunks(&self, ids: impl IntoIterator<Item = ChunkId>) -> Vec<(ChunkId, Vec<u8>)> {
+        let table = self.db.begin_read().ok().and_then(|tx| tx.open_table(CHUNKS).ok());
+        ids.into_iter()
+            .filter_map(|id| {
+                let bytes = match self.pending.chunks.get(&id) {
+                    Some(bytes) => bytes.clone(),
+                    None => table.as_ref()?.get(&id.0).ok()??.value().to_vec(),
+                };
+                Some((id, bytes))
+            })
+            .collect()
     }
 
     /// Rebuilds the committed file of `manifest` and checks its SHA-256. On failure, returns the
@@ -133,9 +198,11 @@ impl Cache {
     pub fn file(&self, manifest: &Manifest) -> Result<Vec<u8>, Vec<ChunkId>> {
         let mut data = Vec::with_capacity(manifest.len as usize);
         let mut bad = Vec::new();
+        let found: HashMap<ChunkId, Vec<u8>> =
+            self.chunks(manifest.chunks.iter().map(|c| c.id)).into_iter().collect();
         for c in &manifest.chunks {
-            match self.chunk(&c.id) {
-                Some(bytes) if bytes.len() == c.len as usize => data.extend_from_slice(&bytes),
+            match found.get(&c.id) {
+                Some(bytes) if bytes.len() == c.len as usize => data.extend_from_slice(bytes),
                 _ => bad.push(c.id),
             }
         }
@@ -153,11 +220,17 @@ impl Cache {
 
     /// Deletes chunks found damaged, so that the next sync fetches them again.
     pub fn discard(&self, ids: &[ChunkId]) {
-        for id in ids {
-            let path = self.chunk_path(id);
-            if fs::remove_file(&path).is_ok() {
-                tracing::warn!(path = %path.display(), "discarded damaged cached chunk");
+        let removed = write(&self.db, Durability::Immediate, |tx| {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            for id in ids {
+                if chunks.remove(&id.0)?.is_some() {
+                    tracing::warn!(chunk = %id, "discarded damaged cached chunk");
+                }
             }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot discard damaged cached chunks");
         }
     }
 
@@ -174,11 +247,11 @@ impl Cache {
         self.publish()
     }
 
-    /// [`Cache::commit`] for one file of many (a folder): nothing is flushed to disk, and the
-    /// pointer moves in memory until [`Cache::publish`] writes them all at once. A crash before
-    /// that leaves the previous versions current; one after it may leave a manifest or output
-    /// file unwritten, which reads back as missing or damaged (everything is verified) and is
-    /// fetched or written again, as rsync leaves flushing to the system.
+    /// [`Cache::commit`] for one file of many (a folder): the chunks, manifest and pointer are
+    /// held until [`Cache::publish`] commits them all in one transaction, and `out` is flushed
+    /// to disk only when `durable`. A crash before the publish leaves the previous versions
+    /// current; one after it may leave an output file unwritten, which reads back as missing or
+    /// damaged and is written again, as rsync leaves flushing to the system.
     pub fn stage(
         &mut self,
         manifest: &Manifest,
@@ -188,20 +261,22 @@ impl Cache {
         durable: bool,
     ) -> Result<(), CacheError> {
         self.store_chunks(chunks)?;
-        let manifest_path = self.dir.join("manifests").join(version.to_hex());
-        self.write_atomic(&manifest_path, &manifest.canonical_bytes(), durable)
-            .doing(|| "cannot store manifest".into())?;
+        let stored = SystemTime::now();
+        let record = record(stored, &manifest.canonical_bytes());
+        self.pending.bytes += record.len();
+        self.pending.manifests.insert(version, record);
         if let Some((path, data)) = out {
-            self.write_out(manifest, path, data, durable)?;
+            write_file(path, data, durable, Some(stored))
+                .doing(|| format!("cannot write {}", path.display()))?;
         }
         self.refs.insert(manifest.path.as_str().to_owned(), version);
-        self.unpublished = true;
+        self.moved.insert(manifest.path.as_str().to_owned());
         Ok(())
     }
 
-    /// Writes `data`, the verified file of `manifest` (stored), to `path` atomically, flushed to
-    /// disk when `durable`. The copy carries the stored manifest's modification time as its own,
-    /// so that [`OutCheck::stale`] knows an untouched copy by its metadata alone.
+    /// Writes `data`, the verified file of `manifest` (committed), to `path` atomically, flushed
+    /// to disk when `durable`. The copy carries the time the manifest was stored as its
+    /// modification time, so that [`OutCheck::stale`] knows an untouched copy by its metadata.
     pub fn write_out(
         &self,
         manifest: &Manifest,
@@ -209,18 +284,17 @@ impl Cache {
         data: &[u8],
         durable: bool,
     ) -> Result<(), CacheError> {
-        let stamp = self.manifest_time(&manifest.version());
-        write_file(path, data, durable, stamp).doing(|| format!("cannot write {}", path.display()))
+        let version = manifest.version();
+        let stored = match self.pending.manifests.get(&version) {
+            Some(record) => read_record(&version, record).map(|(_, t)| t),
+            None => self.db.begin_read().ok().and_then(|tx| manifest_in(&tx, &version)).map(|(_, t)| t),
+        };
+        write_file(path, data, durable, stored).doing(|| format!("cannot write {}", path.display()))
     }
 
     /// What checking copies under `--out` needs of the cache, to do it on another thread.
     pub fn out_check(&self) -> OutCheck {
-        OutCheck { manifests: self.dir.join("manifests") }
-    }
-
-    /// When the manifest of `version` was stored.
-    fn manifest_time(&self, version: &VersionId) -> Option<SystemTime> {
-        fs::metadata(self.dir.join("manifests").join(version.to_hex())).and_then(|m| m.modified()).ok()
+        OutCheck { db: self.db.clone() }
     }
 
     /// The committed versions of the assets `folder` covers, sorted by path (from the pointers
@@ -232,38 +306,46 @@ impl Cache {
             .collect()
     }
 
-    /// The committed manifests of `versions` that are present and intact, read on up to four
-    /// threads (a folder's thousands of small files each cost an open and a read).
-    pub fn manifests(&self, versions: &[VersionId]) -> Vec<Manifest> {
-        parallel(versions, |v| self.manifest(v))
-    }
-
-    /// Writes the pointers moved by [`Cache::stage`] and [`Cache::remove`] to `refs.json`,
-    /// durably, in one step. On failure they stay unpublished, to be written by the next call.
+    /// Commits what [`Cache::stage`], [`Cache::store_chunks`] and [`Cache::remove`] did, durably,
+    /// in one transaction. On failure it all stays pending, for the next call.
     pub fn publish(&mut self) -> Result<(), CacheError> {
-        if !self.unpublished {
+        if self.moved.is_empty() && self.pending.is_empty() {
             return Ok(());
         }
-        let json = serde_json::to_vec_pretty(&self.refs).expect("refs serialise");
-        self.write_atomic(&self.dir.join("refs.json"), &json, true)
-            .doing(|| "cannot update cache refs.json".into())?;
-        self.unpublished = false;
+        let (pending, refs, moved) = (&self.pending, &self.refs, &self.moved);
+        write(&self.db, Durability::Immediate, |tx| {
+            write_pending(tx, pending)?;
+            let mut table = tx.open_table(REFS)?;
+            for asset in moved {
+                match refs.get(asset) {
+                    Some(version) => table.insert(asset.as_str(), &version.0)?,
+                    None => table.remove(asset.as_str())?,
+                };
+            }
+            Ok(())
+        })
+        .doing(|| format!("cannot commit to the cache {}", self.dir.display()))?;
+        self.pending = Pending::default();
+        self.moved.clear();
         Ok(())
     }
 
     /// Stores verified chunks without committing anything: those of an interrupted transfer,
     /// so the next attempt need not fetch them again (until a GC, which deletes chunks no
-    /// committed version uses).
-    pub fn store_chunks(&self, chunks: &[VerifiedChunk]) -> Result<(), CacheError> {
+    /// committed version uses). Past [`MAX_PENDING_BYTES`] held in memory, what is pending is
+    /// written to the database (without moving a pointer).
+    pub fn store_chunks(&mut self, chunks: &[VerifiedChunk]) -> Result<(), CacheError> {
         for chunk in chunks {
-            let path = self.chunk_path(&chunk.id());
-            if !path.exists() {
-                let dir = path.parent().expect("has parent");
-                fs::create_dir_all(dir).doing(|| format!("cannot create {}", dir.display()))?;
-                // Not fsynced: a chunk lost in a crash fails verification on read and is fetched
-                // again, so durability here would only cost time.
-                self.write_atomic(&path, chunk.bytes(), false).doing(|| "cannot store chunk".into())?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.pending.chunks.entry(chunk.id()) {
+                self.pending.bytes += chunk.bytes().len();
+                slot.insert(chunk.bytes().to_vec());
             }
+        }
+        if self.pending.bytes > MAX_PENDING_BYTES {
+            // Not durable: until the publish that makes it so, nothing points at it.
+            write(&self.db, Durability::None, |tx| write_pending(tx, &self.pending))
+                .doing(|| "cannot store chunk".into())?;
+            self.pending = Pending::default();
         }
         Ok(())
     }
@@ -281,73 +363,63 @@ impl Cache {
             }
         }
         if self.refs.remove(asset.as_str()).is_some() {
-            self.unpublished = true;
+            self.moved.insert(asset.as_str().to_owned());
         }
         Ok(())
     }
 
-    fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-        let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), unique()));
-        let result = write_and_rename(&tmp, path, data, durable, None);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    /// Deletes every chunk and manifest that no committed version references.
+    /// Deletes every chunk and manifest that no committed version references, and gives the
+    /// space back to the file system.
     pub fn gc(&mut self) -> Result<GcReport, CacheError> {
-        let mut live_chunks = HashSet::new();
-        let mut live_manifests = HashSet::new();
-        for version in self.refs.values() {
-            let Some(manifest) = self.manifest(version) else {
-                return Err("the cache is damaged")
-                    .doing(|| format!("committed manifest {version} is missing; refusing to collect"));
-            };
-            live_manifests.insert(version.to_hex());
-            live_chunks.extend(manifest.chunks.iter().map(|c| c.id.to_hex()));
+        self.publish()?;
+        let versions: Vec<VersionId> = self.refs.values().copied().collect();
+        let manifests = self.manifests(&versions);
+        if manifests.len() < versions.len() {
+            let missing =
+                versions.iter().find(|v| !manifests.iter().any(|m| m.version() == **v)).expect("one missing");
+            return Err("the cache is damaged")
+                .doing(|| format!("committed manifest {missing} is missing; refusing to collect"));
         }
-        self.sweep(&live_manifests, &live_chunks)
-            .doing(|| format!("cannot collect garbage in {}", self.dir.display()))
-    }
-
-    /// Deletes the manifests and chunks not in `live_*`, and leftovers of interrupted writes.
-    fn sweep(&self, live_manifests: &HashSet<String>, live_chunks: &HashSet<String>) -> io::Result<GcReport> {
+        let live_manifests: HashSet<[u8; 32]> = versions.iter().map(|v| v.0).collect();
+        let live_chunks: HashSet<[u8; 32]> =
+            manifests.iter().flat_map(|m| m.chunks.iter().map(|c| c.id.0)).collect();
         let mut report = GcReport::default();
-        for entry in fs::read_dir(self.dir.join("manifests"))? {
-            let entry = entry?;
-            if !live_manifests.contains(entry.file_name().to_string_lossy().as_ref()) {
-                report.bytes_freed += entry.metadata()?.len();
-                fs::remove_file(entry.path())?;
-                report.manifests_deleted += 1;
-            }
-        }
-        for shard in fs::read_dir(self.dir.join("chunks"))? {
-            for entry in fs::read_dir(shard?.path())? {
-                let entry = entry?;
-                if live_chunks.contains(entry.file_name().to_string_lossy().as_ref()) {
-                    report.chunks_kept += 1;
-                } else {
-                    report.bytes_freed += entry.metadata()?.len();
-                    fs::remove_file(entry.path())?;
-                    report.chunks_deleted += 1;
+        write(&self.db, Durability::Immediate, |tx| {
+            tx.open_table(MANIFESTS)?.retain(|version, record| {
+                let live = live_manifests.contains(version);
+                if !live {
+                    report.manifests_deleted += 1;
+                    report.bytes_freed += record.len() as u64;
                 }
-            }
-        }
-        // Leftovers of interrupted writes (we hold the lock, so none is in progress).
-        for entry in fs::read_dir(self.dir.join("tmp"))? {
-            let entry = entry?;
-            report.bytes_freed += entry.metadata()?.len();
-            fs::remove_file(entry.path())?;
+                live
+            })?;
+            tx.open_table(CHUNKS)?.retain(|id, bytes| {
+                let live = live_chunks.contains(id);
+                match live {
+                    true => report.chunks_kept += 1,
+                    false => {
+                        report.chunks_deleted += 1;
+                        report.bytes_freed += bytes.len() as u64;
+                    }
+                }
+                live
+            })?;
+            Ok(())
+        })
+        .doing(|| format!("cannot collect garbage in {}", self.dir.display()))?;
+        // Gives the freed pages back (the file does not shrink otherwise). Only this handle is
+        // left: the checks of `--out` are done before a gc runs.
+        if let Some(db) = Arc::get_mut(&mut self.db) {
+            db.compact().doing(|| format!("cannot compact {}", self.dir.join(DB_FILE).display()))?;
         }
         Ok(report)
     }
 }
 
 /// Checks copies under `--out` against the cache's manifests (see [`Cache::out_check`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OutCheck {
-    manifests: PathBuf,
+    db: Arc<Database>,
 }
 
 impl OutCheck {
@@ -355,49 +427,146 @@ impl OutCheck {
     /// version: not the same size and the modification time [`Cache::write_out`] gave it
     /// (rsync's quick check), nor the same SHA-256. Read on up to four threads.
     pub fn stale(&self, held: &[FolderEntry], out: &Path) -> Vec<AssetPath> {
-        parallel(held, |entry| {
-            let (manifest, stored) = read_manifest(&self.manifests, &entry.version)?;
-            let path = out.join(entry.asset.as_str());
-            let intact = fs::metadata(&path).is_ok_and(|meta| {
-                let untouched = meta.modified().ok().zip(stored).is_some_and(|(a, b)| a == b);
-                meta.len() == manifest.len
-                    && (untouched || fs::read(&path).is_ok_and(|data| Hash::of(&data) == manifest.sha256))
-            });
-            (!intact).then(|| entry.asset.clone())
+        parallel(held, |part| {
+            let Ok(tx) = self.db.begin_read() else { return part.iter().map(|e| e.asset.clone()).collect() };
+            let intact = |entry: &FolderEntry| {
+                let Some((manifest, stored)) = manifest_in(&tx, &entry.version) else { return false };
+                let path = out.join(entry.asset.as_str());
+                fs::metadata(&path).is_ok_and(|meta| {
+                    let untouched = meta.modified().is_ok_and(|t| t == stored);
+                    meta.len() == manifest.len
+                        && (untouched || fs::read(&path).is_ok_and(|data| Hash::of(&data) == manifest.sha256))
+                })
+            };
+            part.iter().filter(|e| !intact(e)).map(|e| e.asset.clone()).collect()
         })
     }
 }
 
-/// The manifest of `version` in the folder `dir`, checked against the version (a damaged one is
-/// deleted), and when it was stored.
-fn read_manifest(dir: &Path, version: &VersionId) -> Option<(Manifest, Option<SystemTime>)> {
-    let path = dir.join(version.to_hex());
-    let mut file = File::open(&path).ok()?;
-    let stored = file.metadata().and_then(|m| m.modified()).ok();
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut file, &mut bytes).ok()?;
-    match Manifest::decode_canonical(&bytes) {
-        Ok(m) if Hash::of(&bytes) == *version => Some((m, stored)),
-        _ => {
-            tracing::warn!(path = %path.display(), "discarding corrupt cached manifest");
-            let _ = fs::remove_file(&path);
-            None
-        }
-    }
+/// A manifest as stored: when (nanoseconds since the epoch, little-endian), then its canonical
+/// encoding.
+fn record(stored: SystemTime, canonical: &[u8]) -> Vec<u8> {
+    let nanos = stored.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    [&nanos.to_le_bytes()[..], canonical].concat()
 }
 
-/// `f` of each of `items` that gives something, on up to four threads when there are many.
-fn parallel<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> Option<U> + Sync) -> Vec<U> {
+/// Reads [`record`], checking the manifest against its version.
+fn read_record(version: &VersionId, record: &[u8]) -> Option<(Manifest, SystemTime)> {
+    let (nanos, canonical) = record.split_first_chunk::<8>()?;
+    let manifest = Manifest::decode_canonical(canonical).ok().filter(|_| Hash::of(canonical) == *version);
+    if manifest.is_none() {
+        tracing::warn!(%version, "cached manifest is damaged; it will be fetched again");
+    }
+    Some((manifest?, UNIX_EPOCH + Duration::from_nanos(u64::from_le_bytes(*nanos))))
+}
+
+/// The manifest of `version` in the database, if present and intact, and when it was stored.
+fn manifest_in(tx: &ReadTransaction, version: &VersionId) -> Option<(Manifest, SystemTime)> {
+    let table = tx.open_table(MANIFESTS).ok()?;
+    let record = table.get(&version.0).ok()??;
+    read_record(version, record.value())
+}
+
+fn read_refs(db: &Database) -> Result<BTreeMap<String, VersionId>, redb::Error> {
+    let tx = db.begin_read()?;
+    let table = match tx.open_table(REFS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut refs = BTreeMap::new();
+    for entry in table.iter()? {
+        let (asset, version) = entry?;
+        refs.insert(asset.value().to_owned(), Hash(*version.value()));
+    }
+    Ok(refs)
+}
+
+/// Runs `f` in one write transaction and commits it with `durability`.
+fn write(
+    db: &Database,
+    durability: Durability,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(durability)?;
+    f(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn write_pending(tx: &redb::WriteTransaction, pending: &Pending) -> Result<(), redb::Error> {
+    let mut chunks = tx.open_table(CHUNKS)?;
+    for (id, bytes) in &pending.chunks {
+        chunks.insert(&id.0, bytes.as_slice())?;
+    }
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    for (version, record) in &pending.manifests {
+        manifests.insert(&version.0, record.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Moves a cache written by earlier releases (`chunks/ab/<id>`, `manifests/<version>`,
+/// `refs.json`) into `db`: its committed versions, their manifests and the chunks found (a
+/// missing or damaged one is fetched again by the next sync, as before). Then deletes the old
+/// files; `refs.json` first, so that a crash halfway leaves only garbage, which the next open
+/// deletes.
+fn upgrade_legacy(dir: &Path, db: &Database) -> Result<(), CacheError> {
+    let refs_file = dir.join("refs.json");
+    match fs::read(&refs_file) {
+        Ok(bytes) => {
+            let refs: BTreeMap<String, VersionId> =
+                serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?;
+            let (mut versions, mut chunks) = (0, 0);
+            write(db, Durability::Immediate, |tx| {
+                let (mut chunk_table, mut manifest_table) =
+                    (tx.open_table(CHUNKS)?, tx.open_table(MANIFESTS)?);
+                let mut ref_table = tx.open_table(REFS)?;
+                for (asset, version) in &refs {
+                    let path = dir.join("manifests").join(version.to_hex());
+                    let Ok(canonical) = fs::read(&path) else { continue };
+                    let Ok(manifest) = Manifest::decode_canonical(&canonical) else { continue };
+                    let stored = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+                    manifest_table.insert(&version.0, record(stored, &canonical).as_slice())?;
+                    ref_table.insert(asset.as_str(), &version.0)?;
+                    versions += 1;
+                    for c in &manifest.chunks {
+                        let hex = c.id.to_hex();
+                        if let Ok(bytes) = fs::read(dir.join("chunks").join(&hex[..2]).join(&hex)) {
+                            chunk_table.insert(&c.id.0, bytes.as_slice())?;
+                            chunks += 1;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .doing(|| format!("cannot move the cache {} to its new layout", dir.display()))?;
+            fs::remove_file(&refs_file).doing(|| format!("cannot delete {}", refs_file.display()))?;
+            tracing::info!(cache = %dir.display(), versions, chunks, "cache moved to its new layout");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).doing(|| "cannot read cache refs.json".into()),
+    }
+    for old in ["chunks", "manifests", "tmp"] {
+        let path = dir.join(old);
+        if path.is_dir() {
+            fs::remove_dir_all(&path).doing(|| format!("cannot delete {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `f` of `items`, split in parts on up to four threads when there are many.
+fn parallel<T: Sync, U: Send>(items: &[T], f: impl Fn(&[T]) -> Vec<U> + Sync) -> Vec<U> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     if items.len() < 1024 || threads < 2 {
-        return items.iter().filter_map(&f).collect();
+        return f(items);
     }
     std::thread::scope(|s| {
         let f = &f;
-        let parts: Vec<_> = items
-            .chunks(items.len().div_ceil(threads))
-            .map(|part| s.spawn(move || part.iter().filter_map(f).collect::<Vec<_>>()))
-            .collect();
+        let parts: Vec<_> =
+            items.chunks(items.len().div_ceil(threads)).map(|part| s.spawn(move || f(part))).collect();
         parts.into_iter().flat_map(|p| p.join().expect("cache reading thread panicked")).collect()
     })
 }

@@ -199,9 +199,7 @@ impl Local<'_> {
             Action::LoadFile(m) => Input::File(cache.file(m)),
             Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| self.unchanged = Some(data))),
             Action::LoadManifests(versions) => Input::Manifests(cache.manifests(&versions)),
-            Action::LoadChunks { ids, .. } => {
-                Input::Chunks(ids.into_iter().filter_map(|id| Some((id, cache.chunk(&id)?))).collect())
-            }
+            Action::LoadChunks { ids, .. } => Input::Chunks(cache.chunks(ids)),
             Action::Verify(data) => Input::Digest(Hash::of(data)),
             Action::Keep(chunks) => {
                 cache.store_chunks(chunks)?;

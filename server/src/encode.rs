@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use assetsync_protocol::VersionId;
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
-use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
+use zstd::zstd_safe::{CCtx, CParameter, ResetDirective, compress_bound};
 
 use crate::index::{AssetIndex, Base, Indexed};
 use crate::store::{AnswerKey, answer_key};
@@ -375,7 +375,32 @@ fn encode(current: &Indexed, send: &[u32], prefix: Option<&[u8]>, level: i32) ->
 /// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails
 /// (it should not; the caller then sends plain chunks).
 fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
-    let mut cctx = CCtx::try_create()?;
+    match prefix {
+        Some(prefix) => compress_with(&mut CCtx::try_create()?, raw, Some(prefix), level),
+        // Without a prefix (the many small files of a folder), one context per thread is kept:
+        // creating one costs more than compressing a few kilobytes.
+        None => PLAIN_CCTX.with_borrow_mut(|cctx| {
+            let cctx = match cctx {
+                Some(cctx) => cctx,
+                None => cctx.insert(CCtx::try_create()?),
+            };
+            let out = compress_with(cctx, raw, None, level);
+            cctx.reset(ResetDirective::SessionAndParameters).ok()?;
+            out
+        }),
+    }
+}
+
+thread_local! {
+    static PLAIN_CCTX: std::cell::RefCell<Option<CCtx<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress_with<'a>(
+    cctx: &mut CCtx<'a>,
+    raw: &[u8],
+    prefix: Option<&'a [u8]>,
+    level: i32,
+) -> Option<Vec<u8>> {
     let window =
         (prefix.map_or(0, <[u8]>::len) + raw.len()).max(1 << 10).next_power_of_two().trailing_zeros();
     // Clients decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.

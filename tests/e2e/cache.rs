@@ -10,10 +10,7 @@ async fn corrupted_cache_chunk_is_detected_and_fetched_again() {
     let client = TestClient::new();
     client.pull_and_check(&server, "a.bin", &data).await;
 
-    let victim = client.chunk_files()[3].clone();
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[0] ^= 0xFF;
-    std::fs::write(&victim, bytes).unwrap();
+    client.damage_chunk(client.cached_chunks()[3]);
 
     data[700_000] ^= 1;
     server.write("a.bin", &data);
@@ -33,14 +30,14 @@ async fn gc_keeps_what_current_manifests_need_and_frees_the_rest() {
     server.write("b.bin", &other);
     let client = TestClient::new();
     client.pull(&server, &["a.bin", "b.bin"]).await.unwrap();
-    let before = client.chunk_files().len();
+    let before = client.cached_chunks().len();
 
     // Replace the second half of a.bin: its old second-half chunks become garbage.
     let mut v2 = v1.clone();
     v2[600_000..].copy_from_slice(&random_bytes(v1.len() - 600_000, 10));
     server.write("a.bin", &v2);
     client.pull(&server, &["a.bin"]).await.unwrap();
-    let grown = client.chunk_files().len();
+    let grown = client.cached_chunks().len();
     assert!(grown > before);
 
     let mut cache = assetsync::cache::Cache::open(&client.cache()).unwrap();
@@ -48,7 +45,7 @@ async fn gc_keeps_what_current_manifests_need_and_frees_the_rest() {
     drop(cache);
     assert!(report.chunks_deleted > 10, "{report:?}");
     assert!(report.bytes_freed > 300_000, "{report:?}");
-    assert_eq!(client.chunk_files().len(), grown - report.chunks_deleted);
+    assert_eq!(client.cached_chunks().len(), grown - report.chunks_deleted);
 
     // Everything still committed is intact: a re-sync transfers nothing and rebuilds both files.
     let reports = client.pull(&server, &["a.bin", "b.bin"]).await.unwrap();
@@ -60,5 +57,48 @@ async fn gc_keeps_what_current_manifests_need_and_frees_the_rest() {
     // A second GC finds nothing more.
     let again = assetsync::cache::Cache::open(&client.cache()).unwrap().gc().unwrap();
     assert_eq!((again.chunks_deleted, again.manifests_deleted), (0, 0));
+    server.stop().await;
+}
+
+/// A cache written by the releases before the database (one file per chunk and per manifest,
+/// `refs.json`) is moved into it on first open: nothing is fetched again, and the old files are
+/// gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_in_the_old_layout_is_upgraded_in_place_without_fetching_again() {
+    use assetsync_protocol::{AssetPath, ChunkParams, Manifest};
+    let server = TestServer::start().await;
+    let files = [("a.bin", random_bytes(1 << 20, 21)), ("css/b.css", b"body { color: red }\n".to_vec())];
+    let client = TestClient::new();
+    let cache = client.cache();
+    let mut refs = std::collections::BTreeMap::new();
+    for (path, data) in &files {
+        server.write(path, data);
+        let manifest = Manifest::build(AssetPath::new(path).unwrap(), data, ChunkParams::default()).unwrap();
+        for (offset, chunk) in manifest.offsets() {
+            let hex = chunk.id.to_hex();
+            std::fs::create_dir_all(cache.join("chunks").join(&hex[..2])).unwrap();
+            let bytes = &data[offset..offset + chunk.len as usize];
+            std::fs::write(cache.join("chunks").join(&hex[..2]).join(&hex), bytes).unwrap();
+        }
+        std::fs::create_dir_all(cache.join("manifests")).unwrap();
+        std::fs::write(cache.join("manifests").join(manifest.version().to_hex()), manifest.canonical_bytes())
+            .unwrap();
+        refs.insert(path.to_string(), manifest.version());
+    }
+    std::fs::create_dir_all(cache.join("tmp")).unwrap();
+    std::fs::write(cache.join("refs.json"), serde_json::to_vec_pretty(&refs).unwrap()).unwrap();
+
+    let reports = client.pull(&server, &["a.bin", "css/b.css"]).await.unwrap();
+    for r in &reports {
+        assert_eq!(r.chunks_reused, r.chunks, "{r:?}");
+        assert!(r.wire_bytes_in < 512, "the upgraded cache fetched again: {r:?}");
+    }
+    for (path, data) in &files {
+        assert_eq!(&std::fs::read(client.out(path)).unwrap(), data);
+    }
+    for old in ["chunks", "manifests", "tmp", "refs.json"] {
+        assert!(!cache.join(old).exists(), "{old} is still there");
+    }
+    assert_eq!(client.cached_chunks().len(), reports.iter().map(|r| r.chunks).sum::<usize>());
     server.stop().await;
 }

@@ -9,6 +9,7 @@ use assetsync::{ServeConfig, run};
 pub use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{Hash, PROTOCOL_VERSION, Scope};
 use futures_util::{SinkExt, StreamExt};
+use redb::{ReadableDatabase, ReadableTable};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -151,17 +152,30 @@ impl TestClient {
         copy
     }
 
-    /// Every chunk file in the cache.
-    pub fn chunk_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for shard in std::fs::read_dir(self.cache().join("chunks")).unwrap() {
-            for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-                out.push(f.unwrap().path());
-            }
+    /// The ids of the chunks in the cache's database (`client/src/cache.rs`), in order.
+    pub fn cached_chunks(&self) -> Vec<[u8; 32]> {
+        let db = redb::Database::open(self.cache().join("cache.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(CACHED_CHUNKS).unwrap();
+        table.iter().unwrap().map(|e| *e.unwrap().0.value()).collect()
+    }
+
+    /// Flips the first byte of a cached chunk behind the client's back, as bit rot would.
+    pub fn damage_chunk(&self, id: [u8; 32]) {
+        let db = redb::Database::open(self.cache().join("cache.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(CACHED_CHUNKS).unwrap();
+            let mut bytes = table.get(&id).unwrap().unwrap().value().to_vec();
+            bytes[0] ^= 0xFF;
+            table.insert(&id, bytes.as_slice()).unwrap();
         }
-        out
+        tx.commit().unwrap();
     }
 }
+
+/// The native cache's table of chunk bytes.
+const CACHED_CHUNKS: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("chunks");
 
 /// A real published bundle shipped in the repository (three.js r160, 1.2 MB).
 pub fn real_bundle() -> Vec<u8> {
