@@ -103,7 +103,7 @@ impl Connection {
 
     /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
     /// file of an unchanged asset, as read back from the cache. A folder's files (`many`) are
-    /// staged as they commit and published together (at most a second apart), however the run
+    /// staged as they commit and published together, in one transaction, however the run
     /// ends.
     async fn drive(
         &mut self,
@@ -116,7 +116,7 @@ impl Connection {
         let now = Instant::now();
         let progress = ProgressGate::default();
         let mut local =
-            Local { cache, config, many, unchanged: None, published: now, file_started: now, progress };
+            Local { cache, config, many, unchanged: None, file_started: now, progress };
         let ended = self.run(machine, &mut local, report).await;
         // Whatever ended the run, the files staged so far are verified and written.
         let published = local.cache.publish();
@@ -180,8 +180,6 @@ struct Local<'a> {
     many: bool,
     /// The file of an asset found unchanged, as read back.
     unchanged: Option<Vec<u8>>,
-    /// When staged commits were last published.
-    published: Instant,
     file_started: Instant,
     progress: ProgressGate,
 }
@@ -213,11 +211,6 @@ impl Local<'_> {
                     cache.commit(manifest, version, chunks, file)?;
                 } else {
                     cache.stage(manifest, version, chunks, file, false)?;
-                    // A checkpoint: a process killed now fetches again at most a second's files.
-                    if self.published.elapsed() >= Duration::from_secs(1) {
-                        cache.publish()?;
-                        self.published = Instant::now();
-                    }
                 }
                 Input::Stored
             }

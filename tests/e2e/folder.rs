@@ -211,3 +211,55 @@ async fn a_folder_over_the_file_limit_is_refused_with_what_to_do() {
     client.pull(&server, &["dist/sub/"]).await.unwrap();
     server.stop().await;
 }
+
+/// A folder's new versions are committed to the cache in one step: a pull killed halfway leaves
+/// the cache holding the old set of versions, every one of them (not a mix), and the next pull
+/// completes the new set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_pull_killed_halfway_leaves_the_cache_on_the_old_folder() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start().await;
+    let files = 120;
+    for i in 0..files {
+        server.write(&format!("dist/f{i:03}.bin"), &random_bytes(1000, i));
+    }
+    let client = TestClient::new();
+    pull_folder(&client, &server, "dist/").await;
+    let folder = assetsync_protocol::Scope::new("dist/").unwrap();
+    let held = || assetsync::cache::Cache::open(&client.cache()).unwrap().entries_in(&folder);
+    let old = held();
+    assert_eq!(old.len(), files as usize);
+
+    // Every file changes; past the first 40 KB the server sends about 1 KB a second.
+    for i in 0..files {
+        server.replace(&format!("dist/f{i:03}.bin"), &random_bytes(1000, 1000 + i));
+    }
+    let server = server.restart_with(|c| c.limits.bytes_per_minute = 40_000).await;
+    let mut pull = std::process::Command::new(crate::util::BIN)
+        .args(["pull", "--server", &server.url(), "--cache"])
+        .arg(client.cache())
+        .arg("--out")
+        .arg(client.dir.path().join("out"))
+        .arg("dist/")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = pull.stdout.take().unwrap();
+    let pulled = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).take(30).count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(pulled, 30, "the pull ended before 30 files");
+    std::thread::sleep(Duration::from_millis(1500));
+    pull.kill().unwrap();
+    pull.wait().unwrap();
+    assert_eq!(held(), old, "the cache holds a mix of the old and new folder");
+
+    let server = server.restart_with(|c| c.limits.bytes_per_minute = 1 << 30).await;
+    let report = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(report.files, files as usize);
+    assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
+    server.stop().await;
+}
