@@ -115,8 +115,7 @@ impl Connection {
     ) -> Result<Option<Vec<u8>>, Stop> {
         let now = Instant::now();
         let progress = ProgressGate::default();
-        let mut local =
-            Local { cache, config, many, unchanged: None, file_started: now, progress };
+        let mut local = Local { cache, config, many, unchanged: None, file_started: now, progress };
         let ended = self.run(machine, &mut local, report).await;
         // Whatever ended the run, the files staged so far are verified and written.
         let published = local.cache.publish();

@@ -231,16 +231,21 @@ impl Encoder {
         base: Option<&Base>,
         folder_work: Option<&mut usize>,
     ) -> Arc<Encoded> {
-        let entry = self.entry(current, send, base);
-        if let Some(best) = entry.best.lock().expect("poisoned").clone() {
-            return best;
-        }
         let work = work(current, send, base);
         let EncodeConfig { level, fast_level } = self.config;
         let in_folder = folder_work.is_some();
         let budget =
             folder_work.map_or(QUICK_WORK, |left| std::mem::replace(left, left.saturating_sub(work)));
         let quick = work <= budget || fast_level >= level;
+        if in_folder && !quick && base.is_none() && work <= INLINE_WORK {
+            // A small new file of a folder, past the folder's best-level budget: encoding it
+            // here takes less time than looking for a cached or stored answer would.
+            return Arc::new(encode(current, send, None, fast_level));
+        }
+        let entry = self.entry(current, send, base);
+        if let Some(best) = entry.best.lock().expect("poisoned").clone() {
+            return best;
+        }
         // The job that computed the first answer, if it was this call.
         let mut ran = None;
         let first = entry
@@ -408,7 +413,8 @@ fn compress_with<'a>(
     for param in [
         CParameter::CompressionLevel(level),
         CParameter::WindowLog(window),
-        CParameter::EnableLongDistanceMatching(true),
+        // Long matches only pay against a prefix: a batch alone fits in the window.
+        CParameter::EnableLongDistanceMatching(prefix.is_some()),
         CParameter::ChecksumFlag(false),
     ] {
         cctx.set_parameter(param).ok()?;

@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::SinkExt;
 
 use super::throttle::Throttle;
-use super::{Fatal, Peer, gone, send_json};
+use super::{Fatal, Peer, feed_json, gone, send_json};
 use crate::encode::{Batch, QUICK_WORK};
 use crate::index::{Base, IndexError, Indexed};
 use crate::server::AppState;
@@ -159,6 +159,7 @@ pub(super) async fn sync_folder(
         updated += 1;
         frame_bytes += sent.frame_bytes;
     }
+    socket.flush().await.map_err(gone)?;
     tracing::info!(
         folder = %scope,
         files = files.len(),
@@ -196,6 +197,7 @@ async fn answer(
     base: Option<&Base>,
     held: &HashSet<ChunkId>,
 ) -> Result<Sent, Fatal> {
+    let in_folder = folder.is_some();
     let view = ClientView { base: base.map(|b| (b.position, b.version, b.manifest.as_ref())), held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let encoded = match &mut answer.message {
@@ -212,7 +214,10 @@ async fn answer(
         }
         _ => None,
     };
-    send_json(socket, &answer.message).await?;
+    match in_folder {
+        true => feed_json(socket, &answer.message).await?,
+        false => send_json(socket, &answer.message).await?,
+    }
     let mut frame_bytes = 0usize;
     let plain = |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
     let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
@@ -227,12 +232,15 @@ async fn answer(
     };
     for frame in frames {
         frame_bytes += frame.len();
-        throttle.bytes(frame.len()).await?;
+        throttle.bytes(frame.len(), socket).await?;
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
         // this loop down instead of making the server buffer without limit.
         socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
     }
-    socket.flush().await.map_err(gone)?;
+    // A folder's files go out as the write buffer fills, and it is flushed once at the end.
+    if !in_folder {
+        socket.flush().await.map_err(gone)?;
+    }
     let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
     Ok(Sent { chunks: answer.send, frame_bytes, dict })
 }

@@ -11,6 +11,7 @@ use assetsync_protocol::{
     ClientMessage, ErrorCode, Hash, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage, compress,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use futures_util::SinkExt;
 use subtle::ConstantTimeEq;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
@@ -238,8 +239,15 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
+    feed_json(socket, message).await?;
+    socket.flush().await.map_err(gone)
+}
+
+/// [`send_json`] without the flush: the message goes out when the write buffer fills or is
+/// flushed.
+async fn feed_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
     let text = serde_json::to_string(message).expect("server messages serialise");
-    socket.send(Message::Text(text.into())).await.map_err(gone)
+    socket.feed(Message::Text(text.into())).await.map_err(gone)
 }
 
 fn gone(e: axum::Error) -> Fatal {

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::ErrorCode;
-use axum::extract::ws::close_code;
+use axum::extract::ws::{WebSocket, close_code};
+use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Fatal;
@@ -38,9 +39,13 @@ impl Throttle {
         self.wait(wait, "requests").await
     }
 
-    /// Waits until `n` more bytes are within the rate.
-    pub(super) async fn bytes(&mut self, n: usize) -> Result<(), Fatal> {
+    /// Waits until `n` more bytes are within the rate, flushing `socket` first if it must wait
+    /// (what was written so far goes out before the pause).
+    pub(super) async fn bytes(&mut self, n: usize, socket: &mut WebSocket) -> Result<(), Fatal> {
         let wait = self.bytes.as_mut().map(|r| r.take(n as u64, Instant::now()));
+        if wait.is_some_and(|w| !w.is_zero()) {
+            socket.flush().await.map_err(super::gone)?;
+        }
         self.wait(wait, "bytes").await
     }
 
