@@ -18,11 +18,10 @@
 // flags can be given in ASSETSYNC_SERVE_ARGS, e.g. ASSETSYNC_SERVE_ARGS="--zstd-level 9".
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, mkdtempSync, cpSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, cpSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync, brotliCompressSync, constants as zc } from "node:zlib";
-import { startServer, repo } from "../browser/harness.mjs";
+import { scratch, startServer, repo } from "../browser/harness.mjs";
 
 const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
 process.env.ASSETSYNC_BIN = bin;
@@ -74,7 +73,7 @@ function fetchFile(pkg, version, file) {
 const size = (cmd, args, input) => execFileSync(cmd, args, { input, maxBuffer: 1 << 30 }).length;
 
 function rsyncBytes(oldPath, newPath) {
-  const dir = mkdtempSync(join(tmpdir(), "rsync-"));
+  const dir = scratch("rsync-");
   mkdirSync(join(dir, "src"));
   mkdirSync(join(dir, "dst"));
   copyFileSync(newPath, join(dir, "src/f"));
@@ -104,8 +103,8 @@ function pull(server, cache, out, asset) {
 }
 
 const extraArgs = (process.env.ASSETSYNC_SERVE_ARGS || "").split(" ").filter(Boolean);
-const storeArgs = [...extraArgs, "--store", mkdtempSync(join(tmpdir(), "assetsync-corpus-store-"))];
-let server = await startServer({ root: mkdtempSync(join(tmpdir(), "assetsync-corpus-")), extraArgs: storeArgs });
+const storeArgs = [...extraArgs, "--store", scratch("assetsync-corpus-store-")];
+let server = await startServer({ root: scratch("assetsync-corpus-"), extraArgs: storeArgs });
 // Indexes each file only when asked, after it was replaced: it never knows the old versions.
 // It does not watch the root: a watcher would index the old version of a file it served for an
 // earlier pair when the next pair writes it (two pairs share three.module.min.js).
@@ -119,7 +118,7 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   const oldPath = join(corpus, `${pkg.replace("/", "_")}@${from}`, file);
   const newPath = join(corpus, `${pkg.replace("/", "_")}@${to}`, file);
   const asset = `${pkg}/${file.split("/").pop()}`;
-  const client = mkdtempSync(join(tmpdir(), "assetsync-client-"));
+  const client = scratch("assetsync-client-");
   server.write(asset, oldBytes);
   pull(server, join(client, "cache"), join(client, "out"), asset);
   for (const copy of ["cache3", "cache4", "cache5", "cache6"]) {
@@ -147,7 +146,7 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   server = await startServer({ root: server.root, extraArgs: storeArgs });
   const stored = pull(server, join(client, "cache5"), join(client, "out5"), asset);
   // A deploy to a fresh machine: the new release as root, the old one as --history.
-  const releases = mkdtempSync(join(tmpdir(), "assetsync-releases-"));
+  const releases = scratch("assetsync-releases-");
   for (const [release, bytes] of [["old", oldBytes], ["new", newBytes]]) {
     mkdirSync(join(releases, release, pkg), { recursive: true });
     writeFileSync(join(releases, release, asset), bytes);

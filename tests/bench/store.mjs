@@ -10,11 +10,10 @@
 //    many small files once; the time the server then takes to open it, from its log.
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, repo } from "../browser/harness.mjs";
+import { scratch, startServer, repo } from "../browser/harness.mjs";
 
 const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
 process.env.ASSETSYNC_BIN = bin;
@@ -31,9 +30,9 @@ function pull(server, client, asset) {
 const peakRss = (pid) => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024;
 
 async function memory(args) {
-  const root = mkdtempSync(join(tmpdir(), "assetsync-store-bench-"));
+  const root = scratch("assetsync-store-bench-");
   const server = await startServer({ root, extraArgs: args });
-  const client = mkdtempSync(join(tmpdir(), "assetsync-store-client-"));
+  const client = scratch("assetsync-store-client-");
   const data = randomBytes(SIZE);
   server.write("big.bin", data);
   const cold = pull(server, client, "big.bin");
@@ -55,7 +54,7 @@ async function memory(args) {
 console.log(`## ${n(SIZE >> 20)} MB asset, 8 edits of 1 KiB\n`);
 console.log("| server | peak RSS | cold pull | updates: bytes in + out each (max), time (max) |");
 console.log("|---|---:|---:|---:|");
-for (const [label, args] of [["--no-store (versions in memory)", ["--no-store"]], ["version store (default)", ["--store", mkdtempSync(join(tmpdir(), "assetsync-store-"))]]]) {
+for (const [label, args] of [["--no-store (versions in memory)", ["--no-store"]], ["version store (default)", ["--store", scratch("assetsync-store-")]]]) {
   const { cold, updates, rss } = await memory(args);
   const bytes = Math.max(...updates.map((u) => u.wire_bytes_in + u.wire_bytes_out));
   const ms = Math.max(...updates.map((u) => u.elapsed_ms));
@@ -63,14 +62,14 @@ for (const [label, args] of [["--no-store (versions in memory)", ["--no-store"]]
 }
 
 // Opening a store of FILES versions.
-const root = mkdtempSync(join(tmpdir(), "assetsync-store-open-"));
+const root = scratch("assetsync-store-open-");
 mkdirSync(join(root, "dist"));
 for (let i = 0; i < FILES; i++) {
   writeFileSync(join(root, "dist", `chunk-${i}.js`), `export const chunk${i} = ${JSON.stringify(randomBytes(600).toString("base64"))};\n`);
 }
-const store = mkdtempSync(join(tmpdir(), "assetsync-store-"));
+const store = scratch("assetsync-store-");
 const first = await startServer({ root, extraArgs: ["--store", store, "--no-watch"] });
-pull(first, mkdtempSync(join(tmpdir(), "assetsync-store-client-")), "dist/");
+pull(first, scratch("assetsync-store-client-"), "dist/");
 await first.stop();
 const again = await startServer({ root, extraArgs: ["--store", store, "--no-watch"] });
 const opened = await again.waitForLog("version store opened");

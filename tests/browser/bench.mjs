@@ -12,12 +12,11 @@
 
 import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
-import { tmpdir } from "node:os";
 import { extname, join, normalize, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { startServer, browserArgs, repo } from "./harness.mjs";
+import { scratch, startServer, browserArgs, repo } from "./harness.mjs";
 
 process.env.ASSETSYNC_BIN ||= join(repo, "target/release/assetsync");
 const pkgs = (process.env.PKG || join(repo, "www/pkg")).split(",").map((p) => resolve(repo, p));
@@ -39,8 +38,8 @@ function build(edit) {
   return Buffer.concat(parts).subarray(0, 10_000_000);
 }
 
-const root = mkdtempSync(join(tmpdir(), "assetsync-bench-"));
-const tmp = mkdtempSync(join(tmpdir(), "assetsync-bench-files-"));
+const root = scratch("assetsync-bench-");
+const tmp = scratch("assetsync-bench-files-");
 const v1 = build(0);
 const v2 = build(1);
 writeFileSync(join(root, "big.js"), v1);
@@ -71,7 +70,7 @@ await new Promise((ok) => web.listen(0, "127.0.0.1", ok));
 const origin = `http://127.0.0.1:${web.address().port}`;
 
 const server = await startServer({ root });
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "assetsync-profile-")), {
+const context = await chromium.launchPersistentContext(scratch("assetsync-profile-"), {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: browserArgs,
 });
@@ -190,7 +189,7 @@ if (memoryMb > 0) {
   await publish(big(0));
   for (const [p] of pkgs.entries()) {
     const before = new Set(readdirSync("/proc"));
-    const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "assetsync-profile-")), {
+    const browser = await chromium.launchPersistentContext(scratch("assetsync-profile-"), {
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
       args: browserArgs,
     });

@@ -4,10 +4,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { cpSync, mkdirSync, mkdtempSync, unlinkSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { startServer, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, killServers } from "./harness.mjs";
+import { scratch, startServer, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, killServers } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -540,7 +539,7 @@ test("closing the tab in the middle of a sync leaves the previous version readab
 /** A server whose pages can also load the previous release's client, at `/pkg-v1/` (its store
  *  is the version-1 layout: a record per chunk). */
 async function serverWithPreviousRelease() {
-  const www = mkdtempSync(join(tmpdir(), "assetsync-www-"));
+  const www = scratch("assetsync-www-");
   cpSync(join(repo, "www"), www, { recursive: true });
   cpSync(join(repo, "tests/browser/fixtures/pkg-v1"), join(www, "pkg-v1"), { recursive: true });
   return startServer({ www });

@@ -4,7 +4,7 @@
 import { spawn } from "node:child_process";
 import { createServer, connect } from "node:net";
 import { createHash } from "node:crypto";
-import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,10 +19,18 @@ export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex"
 
 const children = new Set();
 
+const scratchDirs = [];
+/** A new temporary folder, deleted when this process exits (a test may restart a server on it). */
+export function scratch(prefix) {
+  scratchDirs.push(mkdtempSync(join(tmpdir(), prefix)));
+  return scratchDirs.at(-1);
+}
+process.on("exit", () => scratchDirs.forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+
 let state = null;
 /** This process's temporary state folder, where servers keep their default version stores. */
 function stateHome() {
-  state ??= mkdtempSync(join(tmpdir(), "assetsync-state-"));
+  state ??= scratch("assetsync-state-");
   return state;
 }
 
@@ -37,7 +45,7 @@ export function killServers() {
  * 127.0.0.1), with `extraArgs` for `serve`.
  */
 export async function startServer({ demo = false, root = null, www = join(repo, "www"), listen = "127.0.0.1:0", extraArgs = [] } = {}) {
-  root = demo ? null : root || mkdtempSync(join(tmpdir(), "assetsync-e2e-"));
+  root = demo ? null : root || scratch("assetsync-e2e-");
   const args = ["serve", "--listen", listen, "--www", www, ...extraArgs];
   if (root) args.push("--root", root);
   // Version stores go under a temporary state folder, not the user's (see default_store).
