@@ -263,3 +263,64 @@ async fn a_folder_pull_killed_halfway_leaves_the_cache_on_the_old_folder() {
     assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
     server.stop().await;
 }
+
+/// 100,000 files in one folder (the default `--max-folder-files`): the CLI pulls them cold and
+/// then finds them unchanged in one small round trip, the server and the CLI each staying within
+/// a bounded amount of memory (processes of their own, measured by their peak resident size).
+#[test]
+fn a_100000_file_folder_syncs_in_bounded_memory_on_both_ends() {
+    const FILES: usize = 100_000;
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for i in 0..FILES {
+        let sub = root.join(format!("dist/m{:02}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&sub).unwrap();
+        }
+        std::fs::write(
+            sub.join(format!("f{i}.js")),
+            format!("export const v{i} = {};\n", i * 7919 % 100_003),
+        )
+        .unwrap();
+    }
+    let server = crate::util::Served::start([
+        "--root".as_ref(),
+        root.as_os_str(),
+        "--store".as_ref(),
+        dir.path().join("store").as_os_str(),
+    ]);
+    let pull = |json: bool| {
+        let mut command = std::process::Command::new(crate::util::BIN);
+        command.args(["pull", "--server", &server.url, "--cache"]).arg(dir.path().join("cache"));
+        command.arg("--out").arg(dir.path().join("out")).arg("dist/");
+        if json {
+            command.arg("--json");
+        }
+        let (output, peak) = crate::util::run_measured(&mut command);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let last = String::from_utf8(output.stdout).unwrap().lines().last().unwrap_or_default().to_owned();
+        (last, peak)
+    };
+    let started = std::time::Instant::now();
+    let (cold, cold_peak) = pull(false);
+    assert!(cold.starts_with("dist/: 100000 files, 100000 fetched"), "{cold}");
+    let cold_time = started.elapsed();
+    let (unchanged, unchanged_peak) = pull(true);
+    let report: serde_json::Value = serde_json::from_str(&unchanged).unwrap();
+    assert_eq!(
+        (report["files"].as_u64(), report["fetched"].as_array().map(Vec::len)),
+        (Some(100_000), Some(0))
+    );
+    let wire = report["wire_bytes_in"].as_u64().unwrap() + report["wire_bytes_out"].as_u64().unwrap();
+    assert!(wire < 1024, "an unchanged 100,000-file folder cost {wire} bytes");
+    let server_peak = crate::util::peak_rss(server.child.id()).unwrap();
+    println!(
+        "100,000 files: cold pull {cold_time:?}, peak RSS: CLI {} MiB cold, {} MiB unchanged; server {} MiB",
+        cold_peak / MIB,
+        unchanged_peak / MIB,
+        server_peak / MIB
+    );
+    assert!(cold_peak.max(unchanged_peak) < 256 * MIB, "the CLI peaked at {} MiB", cold_peak / MIB);
+    assert!(server_peak < 512 * MIB, "the server peaked at {} MiB", server_peak / MIB);
+}

@@ -333,6 +333,32 @@ impl Served {
     }
 }
 
+/// The peak resident memory of process `pid` so far (`VmHWM`), in bytes; `None` once it is gone.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Runs `command` to its end: its output, and its peak resident memory (sampled every 10 ms, the
+/// last sample just before it exits).
+pub fn run_measured(command: &mut std::process::Command) -> (std::process::Output, u64) {
+    let child =
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output().unwrap();
+        let _ = done.send(());
+        output
+    });
+    let mut peak = 0;
+    while finished.recv_timeout(std::time::Duration::from_millis(10)).is_err() {
+        peak = peak_rss(pid).unwrap_or(peak).max(peak);
+    }
+    (waiter.join().unwrap(), peak)
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
