@@ -9,6 +9,7 @@
 //!   [`ChunkFrame`]s.
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
 //! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
+//! - [`pack`]: small new files of a folder answer, many to a compressed frame.
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
 //! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines
 //!   that both drivers run.
@@ -25,6 +26,7 @@ mod hash;
 mod have;
 pub mod manifest;
 pub mod message;
+pub mod pack;
 mod path;
 pub mod plan;
 #[cfg(feature = "test-util")]

@@ -155,7 +155,7 @@ pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<Folde
         Some(old) if old == entries.as_slice() => ServerMessage::UpToDate { id, version },
         Some(old) => {
             let (files, removed) = listing_delta(old, &entries);
-            ServerMessage::Folder { id, files, removed, delta: true, version: Some(version) }
+            ServerMessage::Folder { id, files, removed, delta: true, version: Some(version), packs: 0 }
         }
         None => ServerMessage::Folder {
             id,
@@ -163,6 +163,7 @@ pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<Folde
             removed: Vec::new(),
             delta: false,
             version: Some(version),
+            packs: 0,
         },
     }
 }

@@ -215,6 +215,14 @@ impl Encoder {
         true
     }
 
+    /// One pack of a folder answer (see [`assetsync_protocol::pack`]): `raw` compressed at the
+    /// fast level against `prefix`, on the blocking pool. `None` if zstd fails.
+    pub async fn pack(&self, raw: Vec<u8>, prefix: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let level = self.config.fast_level;
+        let compressed = tokio::task::spawn_blocking(move || compress(&raw, prefix.as_deref(), level));
+        compressed.await.expect("pack compression panicked")
+    }
+
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
     /// given (its bytes found through `index` if the answer is not cached). Concurrent requests
     /// for the same answer wait for one encoding.

@@ -49,9 +49,10 @@ async fn a_folder_syncs_in_one_request_with_new_changed_and_removed_files() {
     std::fs::remove_file(server.root.path().join("dist/b.js")).unwrap();
     server.write("dist/d.js", b"new file");
     let reports = client.pull(&server, &["dist/"]).await.unwrap();
+    // The small new file comes first, in a pack; the edited one as a delta.
     let fetched: Vec<&str> = reports.iter().map(|r| r.asset.as_str()).collect();
-    assert_eq!(fetched, ["dist/a.js", "dist/d.js"]);
-    assert!(reports[0].wire_bytes_in < 32 * 1024, "{:?}", reports[0]);
+    assert_eq!(fetched, ["dist/d.js", "dist/a.js"]);
+    assert!(reports[1].wire_bytes_in < 32 * 1024, "{:?}", reports[1]);
     assert_eq!(tree(&out.join("dist")), tree(&server.root.path().join("dist")));
 
     // Nothing changed: the listing alone.
@@ -108,7 +109,7 @@ async fn following_a_folder_mirrors_creates_edits_deletes_and_renames() {
         match f.next().await {
             PullEvent::Pulled(r) => files_in.push(r.wire_bytes_in),
             PullEvent::Folder(r) => {
-                assert_eq!(r.fetched, ["dist/a.js", "dist/b.js"]);
+                assert_eq!(r.fetched, ["dist/b.js", "dist/a.js"], "small new files come first, packed");
                 // Each file's share of the answer, counted per message, not per socket read.
                 assert!(files_in.iter().all(|&n| n > 0), "{files_in:?}");
                 assert!(files_in.iter().sum::<u64>() < r.wire_bytes_in, "{files_in:?} {r:?}");
@@ -323,4 +324,41 @@ fn a_100000_file_folder_syncs_in_bounded_memory_on_both_ends() {
     );
     assert!(cold_peak.max(unchanged_peak) < 256 * MIB, "the CLI peaked at {} MiB", cold_peak / MIB);
     assert!(server_peak < 512 * MIB, "the server peaked at {} MiB", server_peak / MIB);
+}
+
+/// A cold pull of 2,000 small modules cut from one real bundle (as a bundler's chunks share
+/// its text): they travel in packs, compressed against each other, instead of one message and
+/// one compressed frame each. Every file still checks against its listed version.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_new_files_travel_in_packs_compressed_across_files() {
+    let server = TestServer::start().await;
+    let bundle = crate::util::real_bundle();
+    let mut raw = 0;
+    for i in 0..2000usize {
+        let len = 2000 + i * 7919 % 3000;
+        let at = i * 104_729 % (bundle.len() - len);
+        let file = [format!("// module {i}\n").as_bytes(), &bundle[at..at + len]].concat();
+        raw += file.len();
+        server.write(&format!("dist/m{}/chunk-{i}.js", i % 20), &file);
+    }
+    let client = TestClient::new();
+    let report = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(report.fetched.len(), 2000);
+    assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
+    let wire = report.wire_bytes_in;
+    println!(
+        "2,000 modules, {raw} bytes: {wire} bytes on the wire ({:.1}x smaller)",
+        raw as f64 / wire as f64
+    );
+    assert!(wire * 6 < raw as u64, "{raw} bytes of modules cost {wire} bytes");
+
+    // A protocol-3 client (an open tab from before) is answered with one `update` per file.
+    let mut old = crate::util::Raw::connect(&server).await;
+    old.send_text(r#"{"type":"hello","protocol":3,"agent":"old","encodings":["zstd"]}"#).await;
+    assert_eq!(old.json().await["type"], "welcome");
+    old.send_text(r#"{"type":"sync_folder","id":1,"folder":"dist/"}"#).await;
+    let listing = old.json().await;
+    assert_eq!((listing["type"].as_str(), listing.get("packs")), (Some("folder"), None));
+    assert_eq!(old.json().await["type"], "update");
+    server.stop().await;
 }

@@ -381,6 +381,7 @@ impl ClientSync {
                 let batch = partial.take().expect("checked above");
                 (batch.indices, batch.data.into())
             }
+            ChunkFrame::Pack { .. } => return Err(Error::BadFrame("a pack frame in a file's answer")),
         };
         let len: usize = indices.iter().map(|&i| len_of(i)).sum();
         let prefix = match dict {

@@ -13,9 +13,9 @@ use super::{
     Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
 };
 use crate::{
-    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry, Have, Manifest, Scope,
-    ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta, folder_changes, folder_version,
-    held_chunk_ids,
+    AssetPath, ChunkFrame, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry, Have, Manifest,
+    Scope, ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta, folder_changes,
+    folder_version, held_chunk_ids, pack,
 };
 
 /// What a folder sync did.
@@ -40,6 +40,8 @@ enum State {
     /// answer's files (their delta bases and reusable chunks).
     Loading(Need),
     Listing(u32),
+    /// Waiting for the answer's next pack.
+    Pack,
     File(Answer, SyncReport),
     Keeping(Vec<VerifiedChunk>, String),
     Reconnecting(u32),
@@ -81,6 +83,12 @@ pub struct FolderSync {
     listed: bool,
     /// The answer's id, the prefix length of its chunk set, and its files still to come.
     answer: (u32, usize),
+    /// The answer's listing, whose positions packs name; the packs still to come, the bytes of
+    /// those received (their prefix), and the files of the last one still to commit.
+    listing: Vec<FolderEntry>,
+    packs_left: u32,
+    window: pack::Window,
+    unpacked: VecDeque<(Synced, SyncReport)>,
     to_fetch: VecDeque<AssetPath>,
     to_remove: VecDeque<AssetPath>,
     /// Files whose data failed verification, synced again on their own, with the chunks still
@@ -114,6 +122,10 @@ impl FolderSync {
             sent_since: false,
             listed: false,
             answer: (0, 0),
+            listing: Vec::new(),
+            packs_left: 0,
+            window: pack::Window::default(),
+            unpacked: VecDeque::new(),
             to_fetch: VecDeque::new(),
             to_remove: VecDeque::new(),
             again: VecDeque::new(),
@@ -155,7 +167,7 @@ impl FolderSync {
                 self.files = self.held.len();
                 return self.next_file();
             }
-            ServerMessage::Folder { id: got, files, removed, delta, version } if got == id => {
+            ServerMessage::Folder { id: got, files, removed, delta, version, packs } if got == id => {
                 let named = self.named_entries.clone();
                 let files = match delta {
                     true => apply_listing_delta(&named, &files, &removed),
@@ -169,6 +181,7 @@ impl FolderSync {
                 self.files = files.len();
                 self.to_fetch = changes.fetch.into();
                 self.to_remove = changes.removed.into();
+                (self.listing, self.packs_left, self.window) = (files, packs, pack::Window::default());
                 // The files to fetch are deltas against what the request named.
                 if !self.to_fetch.is_empty() && self.manifests.is_none() {
                     State::Loading(Need::Answer)
@@ -232,8 +245,16 @@ impl FolderSync {
         }
     }
 
-    /// The next file of the answer, or what follows the answer.
+    /// The next file of the answer (the packs' first), or what follows the answer.
     fn next_file(&mut self) {
+        if let Some((synced, report)) = self.unpacked.pop_front() {
+            self.state = State::Committing(synced, report);
+            return;
+        }
+        if self.packs_left > 0 {
+            self.state = State::Pack;
+            return;
+        }
         let (id, prefix) = self.answer;
         self.state = match self.to_fetch.pop_front() {
             Some(asset) => {
@@ -291,6 +312,46 @@ impl FolderSync {
         }
     }
 
+    /// Takes a pack: its files, each checked against its listed version, are committed next.
+    fn unpack(&mut self, frame: &[u8], wire: u64) -> Result<(), String> {
+        let compressed = match ChunkFrame::decode(frame) {
+            Ok(ChunkFrame::Pack { id, compressed }) if id == self.answer.0 => compressed,
+            Ok(_) => return Err("a pack was due, another frame came".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let raw = crate::compress::decompress(compressed, self.window.prefix(), pack::MAX_RAW)
+            .map_err(|e| format!("a damaged pack: {e}"))?;
+        let (params, files) = pack::decode(&raw).map_err(|e| e.to_string())?;
+        let total = files.iter().map(|(_, r)| r.len() as u64).sum::<u64>().max(1);
+        let mut packed = std::collections::HashSet::new();
+        for (position, range) in files {
+            let entry = self.listing.get(position as usize).ok_or("a pack names a file the listing lacks")?;
+            let data = &raw[range];
+            let manifest = pack::manifest(entry.asset.clone(), data, params);
+            let version = manifest.version();
+            if version != entry.version {
+                return Err(format!("{}: packed bytes do not match the listed version", entry.asset));
+            }
+            let received = match manifest.chunks.first() {
+                Some(chunk) => vec![VerifiedChunk::hashed_by_driver(chunk.id, data.to_vec())],
+                None => Vec::new(),
+            };
+            packed.insert(entry.asset.clone());
+            // The pack's bytes on the wire, shared out by size.
+            let report = SyncReport {
+                requests: 1,
+                wire_in: wire * data.len() as u64 / total,
+                ..SyncReport::default()
+            };
+            let synced = Synced { manifest, version, data: data.to_vec(), received, chunks_reused: 0 };
+            self.unpacked.push_back((synced, report));
+        }
+        self.to_fetch.retain(|asset| !packed.contains(asset));
+        self.window.push(&raw);
+        self.packs_left -= 1;
+        Ok(())
+    }
+
     fn lost(&mut self, why: String) {
         let who = self.folder.to_string();
         self.state = match self.losses.reconnect(self.resume, &who, why, &mut self.queue) {
@@ -334,6 +395,7 @@ impl Machine for FolderSync {
                 self.answer = (id, chunks.prefix());
                 // In path order: the order of the versions a server reads from the listing.
                 self.named_entries = self.held.clone().into();
+                (self.packs_left, self.unpacked) = (0, VecDeque::new());
                 let listing = self.named_entries.clone();
                 let since = (!self.in_full && !listing.is_empty()).then(|| folder_version(&listing));
                 self.sent_since = since.is_some();
@@ -374,7 +436,7 @@ impl Machine for FolderSync {
         }
         match &mut self.state {
             State::Loading(_) => Action::LoadManifests(self.held.iter().map(|e| e.version).collect()),
-            State::Listing(_) => Action::Receive,
+            State::Listing(_) | State::Pack => Action::Receive,
             State::File(answer, _) => answer.poll(),
             State::Keeping(kept, _) => Action::Keep(kept),
             State::Reconnecting(after_ms) => Action::Reconnect { after_ms: *after_ms },
@@ -402,6 +464,23 @@ impl Machine for FolderSync {
                 self.lost("unexpected binary frame in answer to sync_folder".into());
             }
             (State::Listing(_), Input::Lost(why)) => self.lost(why),
+            (State::Pack, Input::Frame { frame, wire }) => {
+                self.report.wire_in += wire;
+                match self.unpack(frame, wire) {
+                    Ok(()) => self.next_file(),
+                    Err(why) => self.lost(why),
+                }
+            }
+            (State::Pack, Input::Message { message: ServerMessage::Changed { asset, version }, wire }) => {
+                self.report.wire_in += wire;
+                self.queue.push_back(Action::Changed { asset, version });
+                self.state = State::Pack;
+            }
+            (State::Pack, Input::Message { message, wire }) => {
+                self.report.wire_in += wire;
+                self.lost(format!("unexpected `{}` where a pack was due", message.kind()));
+            }
+            (State::Pack, Input::Lost(why)) => self.lost(why),
             (State::File(mut answer, mut report), input) => {
                 let before = answer.wire_in;
                 let end = answer.handle(input, &mut self.queue);

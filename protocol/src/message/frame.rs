@@ -6,6 +6,7 @@ const KIND_CHUNK: u8 = 1;
 const KIND_BATCH: u8 = 2;
 const KIND_BATCH_START: u8 = 3;
 const KIND_BATCH_MORE: u8 = 4;
+const KIND_PACK: u8 = 5;
 
 /// The most zstd bytes a server puts in one frame of a batch sent in parts (protocol 3): a
 /// client sees a WebSocket message, and can report progress, at least this often.
@@ -21,6 +22,8 @@ pub const BATCH_PART: usize = 64 << 10;
 ///   `[its first bytes]`, a batch whose zstd frame is split into parts of at most
 ///   [`BATCH_PART`] bytes; `BatchMore`: `[4u8][request id][the next bytes]`, until the announced
 ///   length is reached. No other frame comes in between.
+/// - `Pack` (protocol 4): `[5u8][request id][zstd frame]`, small new files of a folder answer,
+///   many to a frame (see [`crate::pack`]).
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,6 +64,13 @@ pub enum ChunkFrame<'a> {
         /// The next bytes of the zstd frame.
         compressed: &'a [u8],
     },
+    /// Small files of a folder answer, packed (see [`crate::pack`]).
+    Pack {
+        /// The request these files answer.
+        id: u32,
+        /// The zstd frame.
+        compressed: &'a [u8],
+    },
 }
 
 impl<'a> ChunkFrame<'a> {
@@ -85,7 +95,8 @@ impl<'a> ChunkFrame<'a> {
             ChunkFrame::Chunk { id, .. }
             | ChunkFrame::Batch { id, .. }
             | ChunkFrame::BatchStart { id, .. }
-            | ChunkFrame::BatchMore { id, .. } => *id,
+            | ChunkFrame::BatchMore { id, .. }
+            | ChunkFrame::Pack { id, .. } => *id,
         }
     }
 
@@ -120,12 +131,14 @@ impl<'a> ChunkFrame<'a> {
                 out
             }
             ChunkFrame::BatchMore { id, compressed } => header(KIND_BATCH_MORE, id, compressed.len()),
+            ChunkFrame::Pack { id, compressed } => header(KIND_PACK, id, compressed.len()),
         };
         out.extend_from_slice(match self {
             ChunkFrame::Chunk { bytes, .. } => bytes,
             ChunkFrame::Batch { compressed, .. }
             | ChunkFrame::BatchStart { compressed, .. }
-            | ChunkFrame::BatchMore { compressed, .. } => compressed,
+            | ChunkFrame::BatchMore { compressed, .. }
+            | ChunkFrame::Pack { compressed, .. } => compressed,
         });
         out
     }
@@ -157,6 +170,7 @@ impl<'a> ChunkFrame<'a> {
                 Ok(ChunkFrame::BatchStart { id: word(1)?, indices, len, compressed: &frame[end + 4..] })
             }
             Some(&KIND_BATCH_MORE) => Ok(ChunkFrame::BatchMore { id: word(1)?, compressed: &frame[5..] }),
+            Some(&KIND_PACK) => Ok(ChunkFrame::Pack { id: word(1)?, compressed: &frame[5..] }),
             _ => Err(Error::BadFrame("unknown frame kind")),
         }
     }

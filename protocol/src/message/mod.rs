@@ -14,10 +14,11 @@ use crate::{AssetPath, ChunkParams, Have, RecipeOp, VersionId};
 pub use frame::{BATCH_PART, ChunkFrame};
 
 /// Bumped on any incompatible change to the messages or frames.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
-/// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`). Servers
+/// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`); protocol 3
+/// had no packs (`Pack`). Servers
 /// answer such clients as they expect.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
@@ -131,6 +132,10 @@ pub enum ServerMessage {
         /// check what it rebuilt from a delta.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<VersionId>,
+        /// How many `Pack` frames (protocol 4, see [`crate::pack`]) follow this listing, before
+        /// the answer's `update`s: small new files, many to a compressed frame.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        packs: u32,
     },
     /// The subscription `id` is in place: changes from now on are announced.
     Subscribed {
@@ -186,6 +191,8 @@ struct WireServerMessage {
     #[serde(default)]
     delta: bool,
     #[serde(default)]
+    packs: u32,
+    #[serde(default)]
     missing: bool,
     code: Option<ErrorCode>,
     message: Option<String>,
@@ -224,6 +231,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 removed: w.removed,
                 delta: w.delta,
                 version: w.version,
+                packs: w.packs,
             },
             "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
@@ -366,3 +374,7 @@ impl std::fmt::Display for ErrorCode {
 
 #[cfg(test)]
 mod tests;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}

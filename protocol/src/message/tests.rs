@@ -83,6 +83,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
             removed: vec![],
             delta: false,
             version: None,
+            packs: 0,
         },
         ServerMessage::Folder {
             id: 4,
@@ -90,6 +91,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
             removed: vec![asset.clone()],
             delta: true,
             version: Some(v),
+            packs: 3,
         },
         ServerMessage::Subscribed { id: 5, missing: false },
         ServerMessage::Subscribed { id: 6, missing: true },

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Have, Scope, ServerMessage,
-    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, plan,
+    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, pack, plan,
 };
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::SinkExt;
 
 use super::throttle::Throttle;
@@ -136,7 +136,7 @@ pub(super) async fn sync_folder(
         },
         None => None,
     };
-    let listing = folder_listing(id, since.as_deref(), entries);
+    let mut listing = folder_listing(id, since.as_deref(), entries);
     // Unchanged: nothing to send, so the client's holdings need not be worked out.
     let unchanged = matches!(listing, ServerMessage::UpToDate { .. });
     let (known, mut held) = match unchanged {
@@ -146,11 +146,34 @@ pub(super) async fn sync_folder(
     if !unchanged && ask_for_chunks(peer.protocol, &have, known.len() < have.versions.len()) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
-    send_json(socket, &listing).await?;
-    let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
     // The delta base and compression prefix of each file: the client's version of it.
     let bases: HashMap<&AssetPath, &Base> = known.iter().map(|b| (&b.manifest.path, b)).collect();
-    for file in folder_sends(&have, files.iter().map(|f| (f, &f.version))) {
+    let mut sends = folder_sends(&have, files.iter().enumerate().map(|(i, f)| ((i, f), &f.version)));
+    // Small new files travel in packs, before the other files' `update`s.
+    let packs = match peer.protocol >= 4 && peer.zstd {
+        true => packs(&mut sends, &bases, &mut held),
+        false => Vec::new(),
+    };
+    if let ServerMessage::Folder { packs: count, .. } = &mut listing {
+        *count = packs.len() as u32;
+    }
+    send_json(socket, &listing).await?;
+    let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
+    let mut window = pack::Window::default();
+    for files in &packs {
+        let raw = pack::encode(files[0].1.manifest.params, &files.iter().map(pack_entry).collect::<Vec<_>>());
+        let Some(compressed) = state.encoder.pack(raw.clone(), window.prefix().map(<[u8]>::to_vec)).await
+        else {
+            return Err(Fatal::new(ErrorCode::Internal, close_code::ERROR, "cannot compress a pack"));
+        };
+        window.push(&raw);
+        let frame = ChunkFrame::Pack { id, compressed: &compressed }.encode();
+        frame_bytes += frame.len();
+        updated += files.len();
+        throttle.bytes(frame.len(), socket).await?;
+        socket.feed(Message::Binary(frame.into())).await.map_err(gone)?;
+    }
+    for (_, file) in sends {
         let base = bases.get(&file.manifest.path).copied();
         let folder = Some((file.manifest.path.clone(), &mut work));
         let sent = answer(socket, state, peer, throttle, id, folder, file, base, &held).await?;
@@ -164,11 +187,53 @@ pub(super) async fn sync_folder(
         folder = %scope,
         files = files.len(),
         updated,
+        packs = packs.len(),
         frame_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "folder sync"
     );
     Ok(())
+}
+
+/// A packed file: its position in the listing, and its bytes.
+type Packed<'a> = (usize, &'a Arc<Indexed>);
+
+fn pack_entry<'a>(&(position, file): &Packed<'a>) -> (u32, &'a [u8]) {
+    (position as u32, &file.data[..])
+}
+
+/// Takes the files of `sends` that go in packs out of it (those the client has no version of,
+/// small and of one chunk that is not already `held`), and groups them into packs of the same
+/// chunk parameters. Their chunks are `held` from then on.
+fn packs<'a>(
+    sends: &mut Vec<Packed<'a>>,
+    bases: &HashMap<&AssetPath, &Base>,
+    held: &mut HashSet<ChunkId>,
+) -> Vec<Vec<Packed<'a>>> {
+    let mut packs: Vec<Vec<Packed<'a>>> = Vec::new();
+    let mut bytes = 0;
+    sends.retain(|&(position, file)| {
+        let manifest = &file.manifest;
+        let new = !bases.contains_key(&manifest.path)
+            && pack::packable(manifest)
+            && manifest.chunks.first().is_none_or(|c| held.insert(c.id));
+        if !new {
+            return true;
+        }
+        let open = packs.last().is_some_and(|last| {
+            bytes < pack::TARGET_BYTES
+                && last.len() < pack::MAX_FILES
+                && last[0].1.manifest.params == manifest.params
+        });
+        if !open {
+            packs.push(Vec::new());
+            bytes = 0;
+        }
+        packs.last_mut().expect("one is open").push((position, file));
+        bytes += manifest.len as usize;
+        false
+    });
+    packs
 }
 
 /// What [`answer`] sent.
