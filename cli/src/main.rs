@@ -1,6 +1,6 @@
 //! The `assetsync` command: `serve`, `pull` and `gc`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -194,6 +194,26 @@ struct PullArgs {
     assets: Vec<String>,
 }
 
+/// Standard output for `pull`'s lines: each written at once, or (`buffered`) in blocks, the
+/// rest when dropped. A closed pipe does not stop the pull.
+struct Lines {
+    out: std::io::BufWriter<std::io::Stdout>,
+    buffered: bool,
+}
+
+impl Lines {
+    fn new(buffered: bool) -> Self {
+        Lines { out: std::io::BufWriter::new(std::io::stdout()), buffered }
+    }
+
+    fn line(&mut self, line: std::fmt::Arguments) {
+        let _ = writeln!(self.out, "{line}");
+        if !self.buffered {
+            let _ = self.out.flush();
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -227,6 +247,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out), token };
             let json = args.json;
             let mut progress = Progress::default();
+            // A one-off pull into a pipe or a file writes its lines in blocks (a folder's
+            // thousands of lines were a system call each); a terminal, or a `--follow` that
+            // another program reads as it goes, gets each line at once.
+            let buffered = !args.follow && !std::io::stdout().is_terminal();
+            let mut out = Lines::new(buffered);
             let print = move |event: &PullEvent| {
                 if let PullEvent::Progress { asset, received, total } = event {
                     if !json {
@@ -235,11 +260,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     return;
                 }
                 if json {
-                    return println!("{}", serde_json::to_string(event).expect("events serialise"));
+                    return out
+                        .line(format_args!("{}", serde_json::to_string(event).expect("events serialise")));
                 }
                 progress.clear();
                 match event {
-                    PullEvent::Pulled(r) => println!(
+                    PullEvent::Pulled(r) => out.line(format_args!(
                         "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
                         r.asset,
                         r.bytes,
@@ -248,8 +274,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         r.wire_bytes_in,
                         r.wire_bytes_out,
                         r.elapsed_ms
-                    ),
-                    PullEvent::Folder(f) => println!(
+                    )),
+                    PullEvent::Folder(f) => out.line(format_args!(
                         "{}: {} files, {} fetched, {} removed, {} repaired, {} bytes received, {} sent, {} ms",
                         if f.folder.is_empty() { "(root)" } else { &f.folder },
                         f.files,
@@ -259,8 +285,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         f.wire_bytes_in,
                         f.wire_bytes_out,
                         f.elapsed_ms
-                    ),
-                    PullEvent::Removed { asset } => println!("{asset}: removed"),
+                    )),
+                    PullEvent::Removed { asset } => out.line(format_args!("{asset}: removed")),
                     PullEvent::Failed { asset, error } => eprintln!("{asset}: {error}"),
                     PullEvent::Disconnected { error, retry_ms } => {
                         eprintln!("connection lost ({error}); retrying in {retry_ms} ms")

@@ -576,10 +576,15 @@ fn parallel<T: Sync, U: Send>(items: &[T], f: impl Fn(&[T]) -> Vec<U> + Sync) ->
 /// modification time `stamp` if given.
 fn write_file(path: &Path, data: &[u8], durable: bool, stamp: Option<SystemTime>) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.assetsync-{}.{}", std::process::id(), unique()));
-    let result = write_and_rename(&tmp, path, data, durable, stamp);
+    let result = match write_and_rename(&tmp, path, data, durable, stamp) {
+        // The folder is made when missing, rather than checked for every file.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).and_then(|()| write_and_rename(&tmp, path, data, durable, stamp))
+        }
+        result => result,
+    };
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
