@@ -18,7 +18,7 @@ use crate::{AssetPath, ChunkParams, ChunkRef, Error, Hash, Manifest};
 /// The largest file packed; larger ones travel as `update`s.
 pub const MAX_FILE: usize = 64 << 10;
 /// A pack is closed once its files hold this many bytes.
-pub const TARGET_BYTES: usize = 1 << 20;
+pub const TARGET_BYTES: usize = 2 << 20;
 /// The most files in one pack.
 pub const MAX_FILES: usize = 4096;
 /// The most bytes a pack may decode to: a client refuses more.
@@ -100,22 +100,26 @@ pub fn decode(raw: &[u8]) -> Result<(ChunkParams, Vec<Entry>), Error> {
     Ok((params, files.into_iter().map(|(p, r)| (p, r.start + start..r.end + start)).collect()))
 }
 
-/// The last [`WINDOW`] bytes of the packs of one answer so far: the next pack's prefix.
+/// The packs of one answer so far, of which the last [`WINDOW`] bytes are the next pack's
+/// prefix. Older bytes are dropped once they are as many as the window, so that each byte is
+/// moved at most once.
 #[derive(Debug, Default)]
 pub struct Window(Vec<u8>);
 
 impl Window {
     /// Adds a pack's raw bytes.
     pub fn push(&mut self, raw: &[u8]) {
-        self.0.extend_from_slice(raw);
-        if self.0.len() > WINDOW {
-            self.0.drain(..self.0.len() - WINDOW);
+        if self.0.len() + raw.len() > 2 * WINDOW {
+            let keep = WINDOW.saturating_sub(raw.len()).min(self.0.len());
+            self.0.drain(..self.0.len() - keep);
         }
+        self.0.extend_from_slice(raw);
     }
 
     /// The prefix for the next pack, if any.
     pub fn prefix(&self) -> Option<&[u8]> {
-        (!self.0.is_empty()).then_some(self.0.as_slice())
+        let start = self.0.len().saturating_sub(WINDOW);
+        (!self.0.is_empty()).then_some(&self.0[start..])
     }
 }
 
@@ -172,10 +176,14 @@ mod tests {
     fn the_window_keeps_the_last_bytes() {
         let mut window = Window::default();
         assert!(window.prefix().is_none());
-        window.push(&vec![1; WINDOW - 10]);
-        window.push(&[2; 20]);
-        let prefix = window.prefix().unwrap();
-        assert_eq!(prefix.len(), WINDOW);
-        assert_eq!(&prefix[WINDOW - 20..], &[2; 20]);
+        let mut all = Vec::new();
+        for i in 0..40u8 {
+            let pack = vec![i; 300_000 + usize::from(i) * 1000];
+            window.push(&pack);
+            all.extend_from_slice(&pack);
+            let prefix = window.prefix().unwrap();
+            assert_eq!(prefix, &all[all.len().saturating_sub(WINDOW)..]);
+            assert!(window.0.len() <= 2 * WINDOW);
+        }
     }
 }

@@ -11,7 +11,8 @@
 // "received"; assetsync's wire bytes in plus out, WebSocket framing included; the browser's
 // message payloads), the median of RUNS (default 3). The browser's time runs from before
 // `SyncClient.connect` to the folder committed, in a fresh page each time. Needs the rsync
-// command (Debian: apt-get install rsync).
+// command (Debian: apt-get install rsync). DESTS: where the destinations go (default
+// target/folder-bench; /dev/shm takes the disk's state out of the comparison).
 
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -145,7 +146,8 @@ const before = original();
 const results = new Map(tools.map(([name]) => [name, { cold: [], unchanged: [], changed: [] }]));
 // Destinations are deleted only at the end: ext4 is slow to create files next to thousands it
 // has just deleted (it skips recently freed inodes), which would slow whichever tool ran next.
-const dests = join(work, `dests-${process.pid}`);
+// DESTS puts them elsewhere, such as a tmpfs (/dev/shm), to leave the disk's state out.
+const dests = join(process.env.DESTS || work, `dests-${process.pid}`);
 for (let r = 0; r < RUNS; r++) {
   for (const [name, once] of tools) {
     const dest = join(dests, `${r}-${name.replace(/\W+/g, "-")}`);
