@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
+import { gzipSync } from "node:zlib";
 import { scratch, startServer, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, killServers } from "./harness.mjs";
 
 let browser;
@@ -339,17 +340,27 @@ test("a subscribed page reconnects by itself after a server restart and catches 
 
 test("syncFolder fetches a folder in one request and mirrors deletions", async () => {
   const server = await startServer();
-  const files = { "dist/app.js": bundle(1), "dist/vendor.js": realBundle(), "dist/css/site.css": Buffer.from("body{}") };
+  // The copy of vendor.js reuses the chunks sent for the first, before either is in IndexedDB.
+  const files = {
+    "dist/app.js": bundle(1),
+    "dist/vendor.js": realBundle(),
+    "dist/copy/vendor.js": realBundle(),
+    "dist/css/site.css": Buffer.from("body{}"),
+  };
   for (const [name, bytes] of Object.entries(files)) server.write(name, bytes);
   server.write("elsewhere.js", Buffer.from("not in dist"));
   const context = await browser.newContext();
   const page = await openClientPage(context, server);
+  const warnings = [];
+  page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
   const first = await page.evaluate(async (ws) => {
     window.client = await window.assetsync.SyncClient.connect(ws, { db: "folder" });
     return window.client.syncFolder("dist/");
   }, server.ws);
   assert.deepEqual([...first.fetched].sort(), Object.keys(files).sort());
-  assert.equal(first.files, 3);
+  assert.equal(first.files, 4);
+  assert.deepEqual(warnings, [], "a file was fetched again");
+  assert.ok(first.wireBytesIn < 1.3 * gzipSync(realBundle()).length, `the first sync cost ${first.wireBytesIn} bytes`);
   await assertStored(page, files);
   // A rebuild: app.js edited, the stylesheet gone.
   server.write("dist/app.js", bundle(2));

@@ -2,11 +2,12 @@
 //! between it, the WebSocket and IndexedDB. Every decision (what to ask, keep, retry, commit)
 //! is the machine's; this loop only does what an [`Action`] says.
 
+use std::collections::HashMap;
 use std::mem;
 use std::rc::Rc;
 
-use assetsync_protocol::Manifest;
 use assetsync_protocol::engine::{Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate};
+use assetsync_protocol::{ChunkId, Manifest};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
 
@@ -61,6 +62,9 @@ struct Run<'a> {
     /// [`STAGED_BYTES`]); `None` for a single asset, committed at once.
     staged: Option<Vec<Staged>>,
     staged_bytes: usize,
+    /// The chunks received for the staged files, for later files of the folder that reuse
+    /// them before they are in the store.
+    staged_chunks: HashMap<ChunkId, Vec<u8>>,
     /// Why the connection was last lost.
     last_loss: String,
 }
@@ -92,6 +96,7 @@ impl Client {
             progress,
             staged: many.then(Vec::new),
             staged_bytes: 0,
+            staged_chunks: HashMap::new(),
             last_loss: String::new(),
         };
         let ended = self.steps(machine, socket, &mut run).await;
@@ -211,8 +216,12 @@ impl Client {
                 Input::Manifests(manifests)
             }
             Action::LoadChunks { ids, sources } => {
+                let (staged, stored): (Vec<ChunkId>, Vec<ChunkId>) =
+                    ids.into_iter().partition(|id| run.staged_chunks.contains_key(id));
+                let mut chunks: Vec<_> =
+                    staged.into_iter().map(|id| (id, run.staged_chunks[&id].clone())).collect();
                 let sources: Vec<&Manifest> = sources.iter().collect();
-                let chunks = self.store.chunks(&ids, &sources).await.map_err(Stopped::store)?;
+                chunks.extend(self.store.chunks(&stored, &sources).await.map_err(Stopped::store)?);
                 timings.store_ms += now_ms() - t0;
                 Input::Chunks(chunks)
             }
@@ -238,10 +247,12 @@ impl Client {
                         Ok(file) => {
                             run.staged_bytes += file.len();
                             staged.push(file);
+                            let received = synced.received.iter().map(|c| (c.id(), c.bytes().to_vec()));
+                            run.staged_chunks.extend(received);
                             if run.staged_bytes < STAGED_BYTES {
                                 Ok(())
                             } else {
-                                run.staged_bytes = 0;
+                                (run.staged_bytes, run.staged_chunks) = (0, HashMap::new());
                                 self.store.commit_all(&mem::take(staged)).await
                             }
                         }

@@ -250,15 +250,22 @@ impl Store {
     /// is then named.
     pub async fn chunks(&self, ids: &[ChunkId], sources: &[&Manifest]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
         let wanted: HashSet<ChunkId> = ids.iter().copied().collect();
-        // Per source file, the wanted chunks it holds: (offset, len, id), first source first.
+        // Per source file, the wanted chunks it holds: (offset, len, id).
         let mut located = HashSet::new();
         let mut per_source: Vec<(VersionId, Vec<Range>)> = Vec::new();
+        // First source first (the committed files come before a folder's files staged in this
+        // run, whose chunks the driver has in hand), and no further than needed: a folder has
+        // thousands of sources.
         for m in sources {
-            let ranges: Vec<_> = m
-                .offsets()
-                .filter(|(_, c)| wanted.contains(&c.id) && located.insert(c.id))
-                .map(|(at, c)| (at, c.len as usize, c.id))
-                .collect();
+            if located.len() == wanted.len() {
+                break;
+            }
+            let mut ranges = Vec::new();
+            for (at, c) in m.offsets() {
+                if wanted.contains(&c.id) && located.insert(c.id) {
+                    ranges.push((at, c.len as usize, c.id));
+                }
+            }
             if !ranges.is_empty() {
                 per_source.push((m.version(), ranges));
             }
