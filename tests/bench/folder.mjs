@@ -5,19 +5,20 @@
 //   scripts/build-web.sh && cargo build --release -p assetsync && node tests/bench/folder.mjs
 //
 // FILES (default 9000) files of 2-5 KB, each a slice of the real bundles in demo/js/vendor/
-// under a header of its own (so no two files share a chunk), in target/folder-bench/ (made once
+// under a header of its own (no two files alike), in target/folder-bench/ (made once
 // per FILES). Cases: cold (empty destination), unchanged, one file changed. Each figure is the
 // wall time of the command, and the bytes it moved as the tool counts them (rsync's "sent" plus
 // "received"; assetsync's wire bytes in plus out, WebSocket framing included; the browser's
 // message payloads), the median of RUNS (default 3). The browser's time runs from before
-// `SyncClient.connect` to the folder committed, in a fresh page each time. Needs the rsync
+// `SyncClient.connect` to the folder committed, in a fresh page each time; its baseline is a
+// plain fetch() of the folder's bytes as one file, no-store, in the same browser. Needs the rsync
 // command (Debian: apt-get install rsync). DESTS: where the destinations go (default
 // target/folder-bench; /dev/shm takes the disk's state out of the comparison).
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startServer, repo, launchPersistent } from "../browser/harness.mjs";
+import { scratch, startServer, repo, launchPersistent } from "../browser/harness.mjs";
 
 const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
 process.env.ASSETSYNC_BIN = bin;
@@ -119,7 +120,18 @@ async function browserClient(dest) {
     await page.close();
     return result;
   };
-  return { once, close: () => context.close() };
+  const fetchAll = async () => {
+    const page = await context.newPage();
+    await page.goto(server.url + "/style.css");
+    const result = await page.evaluate(async () => {
+      const started = performance.now();
+      const bytes = await (await fetch("/folder.bin", { cache: "no-store" })).arrayBuffer();
+      return { ms: performance.now() - started, bytes: bytes.byteLength };
+    });
+    await page.close();
+    return result;
+  };
+  return { once, fetchAll, close: () => context.close() };
 }
 
 /** A file to change between the unchanged and the changed case, and back. */
@@ -128,12 +140,30 @@ const original = () => readFileSync(victim);
 
 generate();
 const daemon = await rsyncDaemon();
-const server = await startServer({ root });
+// The browser's baseline: the folder's bytes as one file, fetched with a plain fetch().
+const www = scratch("assetsync-folder-www-");
+cpSync(join(repo, "www"), www, { recursive: true });
+const everyFile = [];
+(function walk(dir) {
+  for (const name of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+    if (name.isDirectory()) walk(join(dir, name.name));
+    else everyFile.push(readFileSync(join(dir, name.name)));
+  }
+})(dist);
+writeFileSync(join(www, "folder.bin"), Buffer.concat(everyFile));
+const server = await startServer({ root, www });
 let browser = null;
 const tools = [
   ["rsync daemon", (dest) => rsyncOnce(daemon.url, dest, false)],
   ["rsync daemon -z", (dest) => rsyncOnce(daemon.url, dest, true)],
   ["assetsync pull dist/", (dest) => assetsyncOnce(server.ws, join(dest, ".cache"), join(dest, "out"))],
+  [
+    "browser fetch() of the same bytes as one file",
+    async (dest) => {
+      browser ??= await browserClient(dest);
+      return browser.fetchAll();
+    },
+  ],
   [
     "browser syncFolder",
     async (dest) => {
