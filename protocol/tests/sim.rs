@@ -1,9 +1,9 @@
 //! Deterministic simulation of the client engine ([`assetsync_protocol::engine`]) against the
 //! server's own planning rules, over a link and a store that fail on purpose.
 //!
-//! Each seed builds a schedule: a folder of files, a client that syncs single assets and the
-//! folder several times, a server that publishes new versions, removes files and forgets the
-//! versions it served, a link that cuts the connection, flips bits and duplicates frames, and a
+//! Each seed builds a schedule: a folder of files (some small enough to travel in packs, when
+//! the seed's server packs), a client that syncs single assets and the folder several times, a
+//! server that publishes new versions, removes files and forgets the versions it served, a link that cuts the connection, flips bits and duplicates frames, and a
 //! store that loses chunks. Every schedule checks:
 //! - each commit is byte-identical to a version the server served;
 //! - each sync ends (done or failed) within a bounded number of actions, and a sync that met no
@@ -21,8 +21,9 @@ use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Inp
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
     Manifest, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing, folder_sends,
-    folder_version, plan,
+    folder_version, pack, plan,
 };
+use ruzstd::encoding::CompressionLevel;
 
 /// Small chunks, so that small files have many.
 const PARAMS: ChunkParams = ChunkParams { min: 64, avg: 256, max: 1024 };
@@ -67,6 +68,9 @@ struct Server {
     served: HashMap<VersionId, Vec<u8>>,
     /// Folder listings sent, by version (forgotten in a restart).
     listings: RefCell<HashMap<VersionId, Vec<FolderEntry>>>,
+    /// Whether folder answers put small new files in packs (protocol 4), at most this many to
+    /// a pack; 0 for a protocol-3 server.
+    pack_files: usize,
 }
 
 enum Msg {
@@ -138,11 +142,36 @@ impl Server {
                     .map(|(m, _)| FolderEntry { asset: m.path.clone(), version: m.version() })
                     .collect();
                 self.listings.borrow_mut().insert(folder_version(&entries), entries.clone());
-                let mut out = vec![text(&folder_listing(*id, since.as_deref(), entries))];
+                let mut listing = folder_listing(*id, since.as_deref(), entries);
                 let versions: Vec<VersionId> = files.iter().map(|(m, _)| m.version()).collect();
-                for (m, data) in folder_sends(have, files.into_iter().zip(&versions)) {
-                    let base = known.iter().find(|(_, k)| k.path == m.path).copied();
-                    let sent = self.file_answer(*id, Some(m.path.clone()), m, data, base, &held, &mut out);
+                let base_of = |m: &Manifest| known.iter().find(|(_, k)| k.path == m.path).copied();
+                let (mut packed, mut updates) = (Vec::new(), Vec::new());
+                for (position, (m, data)) in folder_sends(have, files.into_iter().enumerate().zip(&versions))
+                {
+                    let new = self.pack_files > 0
+                        && base_of(m).is_none()
+                        && pack::packable(m)
+                        && m.chunks.first().is_none_or(|c| held.insert(c.id));
+                    match new {
+                        true => packed.push((position as u32, data.as_slice())),
+                        false => updates.push((m, data)),
+                    }
+                }
+                let packs: Vec<&[(u32, &[u8])]> = packed.chunks(self.pack_files.max(1)).collect();
+                if let ServerMessage::Folder { packs: count, .. } = &mut listing {
+                    *count = packs.len() as u32;
+                }
+                let mut out = vec![text(&listing)];
+                for files in packs {
+                    // Raw zstd blocks: valid whatever prefix the client holds.
+                    let raw = pack::encode(PARAMS, files);
+                    let compressed =
+                        ruzstd::encoding::compress_to_vec(&raw[..], CompressionLevel::Uncompressed);
+                    out.push(Msg::Frame(ChunkFrame::Pack { id: *id, compressed: &compressed }.encode()));
+                }
+                for (m, data) in updates {
+                    let sent =
+                        self.file_answer(*id, Some(m.path.clone()), m, data, base_of(m), &held, &mut out);
                     held.extend(sent);
                 }
                 out
@@ -279,7 +308,11 @@ impl World {
                         machine.handle(Input::Message { message, wire: text.len() as u64 })
                     }
                     Some(Msg::Frame(frame)) => {
-                        met.frame_bytes += frame.len().saturating_sub(9) as u64;
+                        met.frame_bytes += match ChunkFrame::decode(&frame) {
+                            // A pack counts its files' bytes, not its header.
+                            Ok(ChunkFrame::Pack { compressed, .. }) => packed_bytes(compressed),
+                            _ => frame.len().saturating_sub(9) as u64,
+                        };
                         machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
                         unhashed.extend(machine.take_unhashed());
                     }
@@ -444,6 +477,12 @@ impl World {
     }
 }
 
+/// The bytes of the files in a pack's zstd frame (0 if it does not decode).
+fn packed_bytes(compressed: &[u8]) -> u64 {
+    let raw = assetsync_protocol::compress::decompress(compressed, None, pack::MAX_RAW).unwrap_or_default();
+    pack::decode(&raw).map_or(0, |(_, files)| files.iter().map(|(_, r)| r.len() as u64).sum())
+}
+
 fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     let mut w = World {
         rng: Rng(seed),
@@ -457,8 +496,15 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     let folder = Scope::new("dist/").unwrap();
     let assets: Vec<AssetPath> =
         (0..1 + w.rng.below(3)).map(|i| AssetPath::new(&format!("dist/f{i}.js")).unwrap()).collect();
+    w.server.pack_files = w.rng.below(4);
+    // And small files of one chunk (or empty), which a protocol-4 server packs.
+    let tiny = (0..w.rng.below(4)).map(|i| AssetPath::new(&format!("dist/t{i}.js")).unwrap());
+    let assets: Vec<AssetPath> = assets.into_iter().chain(tiny).collect();
     for asset in &assets {
-        let len = 200 + w.rng.below(12_000);
+        let len = match asset.as_str().starts_with("dist/t") {
+            true => w.rng.below(64),
+            false => 200 + w.rng.below(12_000),
+        };
         let data = w.rng.bytes(len);
         w.server.publish(asset, data);
     }
