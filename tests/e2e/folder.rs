@@ -218,49 +218,56 @@ async fn a_folder_over_the_file_limit_is_refused_with_what_to_do() {
 /// completes the new set.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_folder_pull_killed_halfway_leaves_the_cache_on_the_old_folder() {
-    use std::io::{BufRead, BufReader};
+    // Over 64 KiB each, so that they travel one by one rather than in a pack.
+    const FILES: u64 = 40;
+    const LEN: usize = 70_000;
     let server = TestServer::start().await;
-    let files = 120;
-    for i in 0..files {
-        server.write(&format!("dist/f{i:03}.bin"), &random_bytes(1000, i));
+    let name = |i: u64| format!("dist/f{i:03}.bin");
+    for i in 0..FILES {
+        server.write(&name(i), &random_bytes(LEN, i));
     }
     let client = TestClient::new();
     pull_folder(&client, &server, "dist/").await;
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
     let held = || assetsync::cache::Cache::open(&client.cache()).unwrap().entries_in(&folder);
     let old = held();
-    assert_eq!(old.len(), files as usize);
+    assert_eq!(old.len(), FILES as usize);
 
-    // Every file changes; past the first 40 KB the server sends about 1 KB a second.
-    for i in 0..files {
-        server.replace(&format!("dist/f{i:03}.bin"), &random_bytes(1000, 1000 + i));
+    // Every file changes; past the first 600 KB the server sends 10 KB a second.
+    let new: Vec<Vec<u8>> = (0..FILES).map(|i| random_bytes(LEN, 1000 + i)).collect();
+    for i in 0..FILES {
+        server.replace(&name(i), &new[i as usize]);
     }
-    let server = server.restart_with(|c| c.limits.bytes_per_minute = 40_000).await;
+    let server = server.restart_with(|c| c.limits.bytes_per_minute = 600_000).await;
     let mut pull = std::process::Command::new(crate::util::BIN)
         .args(["pull", "--server", &server.url(), "--cache"])
         .arg(client.cache())
         .arg("--out")
         .arg(client.dir.path().join("out"))
         .arg("dist/")
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = pull.stdout.take().unwrap();
-    let pulled = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).take(30).count()
-    })
-    .await
-    .unwrap();
-    assert_eq!(pulled, 30, "the pull ended before 30 files");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed once five files are written under --out in their new version.
+    let out = client.dir.path().join("out");
+    let written = || {
+        (0..FILES).filter(|&i| std::fs::read(out.join(name(i))).ok() == Some(new[i as usize].clone())).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while written() < 5 {
+        assert!(std::time::Instant::now() < deadline, "the pull wrote {} new files in a minute", written());
+        assert!(pull.try_wait().unwrap().is_none(), "the pull ended before it was killed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     pull.kill().unwrap();
     pull.wait().unwrap();
+    assert!(written() < FILES as usize, "the pull finished before it was killed");
     assert_eq!(held(), old, "the cache holds a mix of the old and new folder");
 
     let server = server.restart_with(|c| c.limits.bytes_per_minute = 1 << 30).await;
     let report = pull_folder(&client, &server, "dist/").await;
-    assert_eq!(report.files, files as usize);
+    assert_eq!(report.files, FILES as usize);
     assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
     server.stop().await;
 }
