@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+};
 
 use crate::error::{CacheError, Doing};
 use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, Scope, VerifiedChunk, VersionId};
@@ -182,15 +184,25 @@ impl Cache {
     /// to [`Cache::discard`].
     pub fn chunks(&self, ids: impl IntoIterator<Item = ChunkId>) -> Vec<(ChunkId, Vec<u8>)> {
         let table = self.db.begin_read().ok().and_then(|tx| tx.open_table(CHUNKS).ok());
-        ids.into_iter()
-            .filter_map(|id| {
-                let bytes = match self.pending.chunks.get(&id) {
-                    Some(bytes) => bytes.clone(),
-                    None => table.as_ref()?.get(&id.0).ok()??.value().to_vec(),
-                };
-                Some((id, bytes))
-            })
-            .collect()
+        let mut found = Vec::new();
+        for id in ids {
+            self.with_chunk(table.as_ref(), &id, |bytes| found.push((id, bytes.to_vec())));
+        }
+        found
+    }
+
+    /// Calls `f` with the bytes of chunk `id`, if it is pending or in `table`.
+    fn with_chunk(
+        &self,
+        table: Option<&ReadOnlyTable<&[u8; 32], &[u8]>>,
+        id: &ChunkId,
+        f: impl FnOnce(&[u8]),
+    ) {
+        if let Some(bytes) = self.pending.chunks.get(id) {
+            f(bytes);
+        } else if let Some(stored) = table.and_then(|t| t.get(&id.0).ok().flatten()) {
+            f(stored.value());
+        }
     }
 
     /// Rebuilds the committed file of `manifest` and checks its SHA-256. On failure, returns the
@@ -198,12 +210,17 @@ impl Cache {
     pub fn file(&self, manifest: &Manifest) -> Result<Vec<u8>, Vec<ChunkId>> {
         let mut data = Vec::with_capacity(manifest.len as usize);
         let mut bad = Vec::new();
-        let found: HashMap<ChunkId, Vec<u8>> =
-            self.chunks(manifest.chunks.iter().map(|c| c.id)).into_iter().collect();
+        let table = self.db.begin_read().ok().and_then(|tx| tx.open_table(CHUNKS).ok());
         for c in &manifest.chunks {
-            match found.get(&c.id) {
-                Some(bytes) if bytes.len() == c.len as usize => data.extend_from_slice(bytes),
-                _ => bad.push(c.id),
+            let mut intact = false;
+            self.with_chunk(table.as_ref(), &c.id, |bytes| {
+                intact = bytes.len() == c.len as usize;
+                if intact {
+                    data.extend_from_slice(bytes);
+                }
+            });
+            if !intact {
+                bad.push(c.id);
             }
         }
         if bad.is_empty() && Hash::of(&data) == manifest.sha256 {
