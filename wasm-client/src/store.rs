@@ -136,6 +136,17 @@ impl Store {
                     db.create_object_store(store, ObjectStoreParams::new()).expect("create object store");
                 }
             }
+            // A store of schema 1 holds its files as chunk records: marked here, in the upgrade
+            // itself, for `migrate::run` to rebuild them (on this open or, if interrupted, the
+            // next), so that a store that needs nothing is not read through at every open.
+            if event.old_version().is_ok_and(|old| old == 1) {
+                let upgrade = idb::Event::target(&event).ok().and_then(|r| idb::Request::transaction(&r));
+                let refs = upgrade.and_then(|tx| tx.object_store(REFS).ok());
+                if let Some(refs) = refs {
+                    refs.put(&JsValue::TRUE, Some(&key(migrate::MARK)))
+                        .expect("mark the store for its upgrade");
+                }
+            }
         });
         // Pages of the previous release keep the store open through an upgrade: wait a little for
         // them to go, then say what holds it.

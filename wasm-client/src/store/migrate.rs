@@ -12,12 +12,17 @@ use idb::TransactionMode;
 
 use super::{CHUNKS, FILES, MANIFESTS, REFS, Result, Store, blob, decode_manifest, finish, key, version_of};
 
-/// Upgrades what needs it; costs one read-only transaction on a store that is up to date.
+/// The pointer-table key that marks a store whose upgrade is not finished (set by the version
+/// upgrade from schema 1; never an asset path, which has no control characters).
+pub(super) const MARK: &str = "\u{0}upgrading from schema 1";
+
+/// Upgrades what needs it; costs one read of the mark on a store that is up to date.
 pub(super) async fn run(store: &Store) -> Result<()> {
-    let pending = without_file(store).await?;
-    if pending.is_empty() {
+    let tx = store.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
+    if tx.object_store(REFS)?.get(key(MARK))?.await?.is_none() {
         return Ok(());
     }
+    let pending = without_file(store).await?;
     let mut dropped = 0;
     for (asset, version) in &pending {
         let file = rebuild(store, version).await?;
@@ -40,8 +45,9 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         }
         finish(tx).await?;
     }
-    let tx = store.db.transaction(&[CHUNKS], TransactionMode::ReadWrite)?;
+    let tx = store.db.transaction(&[CHUNKS, REFS], TransactionMode::ReadWrite)?;
     tx.object_store(CHUNKS)?.clear()?;
+    tx.object_store(REFS)?.delete(key(MARK))?;
     finish(tx).await?;
     let note = format!(
         "assetsync: upgraded the store to whole files: {} versions kept, {dropped} damaged ones dropped",
