@@ -127,7 +127,7 @@ impl Cache {
         let db = Database::builder()
             .set_cache_size(DB_CACHE_BYTES)
             .create(&path)
-            .doing(|| format!("cannot open the cache database {}", path.display()))?;
+            .doing(|| format!("cannot open the cache database {} (if it is damaged, delete it: the next pull starts a new cache)", path.display()))?;
         upgrade_legacy(dir, &db)?;
         let refs = read_refs(&db).doing(|| format!("cannot read the cache database {}", path.display()))?;
         let pending = Pending::default();

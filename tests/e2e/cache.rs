@@ -102,3 +102,24 @@ async fn a_cache_in_the_old_layout_is_upgraded_in_place_without_fetching_again()
     assert_eq!(client.cached_chunks().len(), reports.iter().map(|r| r.chunks).sum::<usize>());
     server.stop().await;
 }
+
+/// A cache database that is not one (overwritten, truncated) fails the pull with one line that
+/// names the file and what to do, and nothing else is touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_cache_database_is_refused_with_what_to_do() {
+    let server = TestServer::start().await;
+    server.write("a.js", b"export const a = 1;\n");
+    let client = TestClient::new();
+    std::fs::create_dir_all(client.cache()).unwrap();
+    std::fs::write(client.cache().join("cache.redb"), b"not a database").unwrap();
+    let error = client.pull(&server, &["a.js"]).await.unwrap_err().to_string();
+    assert!(
+        error.contains("cache.redb (if it is damaged, delete it: the next pull starts a new cache)"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'), "{error}");
+    assert_eq!(std::fs::read(client.cache().join("cache.redb")).unwrap(), b"not a database");
+    std::fs::remove_file(client.cache().join("cache.redb")).unwrap();
+    client.pull(&server, &["a.js"]).await.unwrap();
+    server.stop().await;
+}
