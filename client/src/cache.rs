@@ -525,52 +525,51 @@ fn write_pending(tx: &redb::WriteTransaction, pending: &Pending) -> Result<(), r
 }
 
 /// Moves a cache written by earlier releases (`chunks/ab/<id>`, `manifests/<version>`,
-/// `refs.json`) into `db`: its committed versions, their manifests and the chunks found (a
-/// missing or damaged one is fetched again by the next sync, as before). Then deletes the old
-/// files; `refs.json` first, so that a crash halfway leaves only garbage, which the next open
-/// deletes.
+/// `refs.json`, `tmp/`) into `db`: its committed versions, their manifests and the chunks found
+/// (a missing or damaged one is fetched again by the next sync, as before). Then deletes the old
+/// files, `refs.json` last: a crash halfway leaves it to be read again, and what the database
+/// already holds stays. Nothing is deleted from a folder without `refs.json`, which may not be
+/// a cache of ours at all.
 fn upgrade_legacy(dir: &Path, db: &Database) -> Result<(), CacheError> {
     let refs_file = dir.join("refs.json");
-    match fs::read(&refs_file) {
-        Ok(bytes) => {
-            let refs: BTreeMap<String, VersionId> =
-                serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?;
-            let (mut versions, mut chunks) = (0, 0);
-            write(db, Durability::Immediate, |tx| {
-                let (mut chunk_table, mut manifest_table) =
-                    (tx.open_table(CHUNKS)?, tx.open_table(MANIFESTS)?);
-                let mut ref_table = tx.open_table(REFS)?;
-                for (asset, version) in &refs {
-                    let path = dir.join("manifests").join(version.to_hex());
-                    let Ok(canonical) = fs::read(&path) else { continue };
-                    let Ok(manifest) = Manifest::decode_canonical(&canonical) else { continue };
-                    let stored = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
-                    manifest_table.insert(&version.0, record(stored, &canonical).as_slice())?;
-                    ref_table.insert(asset.as_str(), &version.0)?;
-                    versions += 1;
-                    for c in &manifest.chunks {
-                        let hex = c.id.to_hex();
-                        if let Ok(bytes) = fs::read(dir.join("chunks").join(&hex[..2]).join(&hex)) {
-                            chunk_table.insert(&c.id.0, bytes.as_slice())?;
-                            chunks += 1;
-                        }
-                    }
-                }
-                Ok(())
-            })
-            .doing(|| format!("cannot move the cache {} to its new layout", dir.display()))?;
-            fs::remove_file(&refs_file).doing(|| format!("cannot delete {}", refs_file.display()))?;
-            tracing::info!(cache = %dir.display(), versions, chunks, "cache moved to its new layout");
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    let bytes = match fs::read(&refs_file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).doing(|| "cannot read cache refs.json".into()),
-    }
+    };
+    let refs: BTreeMap<String, VersionId> =
+        serde_json::from_slice(&bytes).doing(|| "cache refs.json is corrupt".into())?;
+    let (mut versions, mut chunks) = (0, 0);
+    write(db, Durability::Immediate, |tx| {
+        let (mut chunk_table, mut manifest_table) = (tx.open_table(CHUNKS)?, tx.open_table(MANIFESTS)?);
+        let mut ref_table = tx.open_table(REFS)?;
+        for (asset, version) in &refs {
+            let path = dir.join("manifests").join(version.to_hex());
+            let Ok(canonical) = fs::read(&path) else { continue };
+            let Ok(manifest) = Manifest::decode_canonical(&canonical) else { continue };
+            let stored = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+            manifest_table.insert(&version.0, record(stored, &canonical).as_slice())?;
+            ref_table.insert(asset.as_str(), &version.0)?;
+            versions += 1;
+            for c in &manifest.chunks {
+                let hex = c.id.to_hex();
+                if let Ok(bytes) = fs::read(dir.join("chunks").join(&hex[..2]).join(&hex)) {
+                    chunk_table.insert(&c.id.0, bytes.as_slice())?;
+                    chunks += 1;
+                }
+            }
+        }
+        Ok(())
+    })
+    .doing(|| format!("cannot move the cache {} to its new layout", dir.display()))?;
     for old in ["chunks", "manifests", "tmp"] {
         let path = dir.join(old);
         if path.is_dir() {
             fs::remove_dir_all(&path).doing(|| format!("cannot delete {}", path.display()))?;
         }
     }
+    fs::remove_file(&refs_file).doing(|| format!("cannot delete {}", refs_file.display()))?;
+    tracing::info!(cache = %dir.display(), versions, chunks, "cache moved to its new layout");
     Ok(())
 }
 

@@ -100,6 +100,17 @@ async fn a_cache_in_the_old_layout_is_upgraded_in_place_without_fetching_again()
         assert!(!cache.join(old).exists(), "{old} is still there");
     }
     assert_eq!(client.cached_chunks().len(), reports.iter().map(|r| r.chunks).sum::<usize>());
+
+    // A folder that only looks like one (no refs.json) keeps what it holds.
+    let other = TestClient::new();
+    for mine in ["tmp/notes.txt", "chunks/data.bin", "manifests/list.txt"] {
+        std::fs::create_dir_all(other.cache().join(mine).parent().unwrap()).unwrap();
+        std::fs::write(other.cache().join(mine), b"mine").unwrap();
+    }
+    other.pull(&server, &["a.bin"]).await.unwrap();
+    for mine in ["tmp/notes.txt", "chunks/data.bin", "manifests/list.txt"] {
+        assert_eq!(std::fs::read(other.cache().join(mine)).unwrap(), b"mine", "{mine} was deleted");
+    }
     server.stop().await;
 }
 
