@@ -154,29 +154,28 @@ impl Cache {
     /// Committed manifests of other assets (at most `limit`), whose chunks the server may count
     /// as held.
     pub fn others(&self, asset: &AssetPath, limit: usize) -> Vec<Manifest> {
-        let versions: Vec<VersionId> =
-            self.refs.iter().filter(|(name, _)| name.as_str() != asset.as_str()).map(|(_, v)| *v).collect();
-        let mut found = Vec::new();
-        for part in versions.chunks(limit.max(1)) {
-            found.extend(self.manifests(part));
-            if found.len() >= limit {
-                break;
-            }
-        }
-        found.truncate(limit);
-        found
+        let read = self.db.begin_read().ok();
+        self.refs
+            .iter()
+            .filter(|(name, _)| name.as_str() != asset.as_str())
+            .filter_map(|(_, v)| self.stored(read.as_ref(), v).map(|(m, _)| m))
+            .take(limit)
+            .collect()
     }
 
     /// The manifests of `versions` that are present and intact, in order.
     pub fn manifests(&self, versions: &[VersionId]) -> Vec<Manifest> {
         let read = self.db.begin_read().ok();
-        versions
-            .iter()
-            .filter_map(|v| match self.pending.manifests.get(v) {
-                Some(record) => read_record(v, record).map(|(m, _)| m),
-                None => manifest_in(read.as_ref()?, v).map(|(m, _)| m),
-            })
-            .collect()
+        versions.iter().filter_map(|v| self.stored(read.as_ref(), v).map(|(m, _)| m)).collect()
+    }
+
+    /// The manifest of `version`, pending or in the database (read through `tx`), if present
+    /// and intact, and when it was stored.
+    fn stored(&self, tx: Option<&ReadTransaction>, version: &VersionId) -> Option<(Manifest, SystemTime)> {
+        match self.pending.manifests.get(version) {
+            Some(record) => read_record(version, record),
+            None => manifest_in(tx?, version),
+        }
     }
 
     /// Reads chunks as stored, leaving out those missing. They are not hashed here: the rebuilt
@@ -301,11 +300,8 @@ impl Cache {
         data: &[u8],
         durable: bool,
     ) -> Result<(), CacheError> {
-        let version = manifest.version();
-        let stored = match self.pending.manifests.get(&version) {
-            Some(record) => read_record(&version, record).map(|(_, t)| t),
-            None => self.db.begin_read().ok().and_then(|tx| manifest_in(&tx, &version)).map(|(_, t)| t),
-        };
+        let read = self.db.begin_read().ok();
+        let stored = self.stored(read.as_ref(), &manifest.version()).map(|(_, t)| t);
         write_file(path, data, durable, stored).doing(|| format!("cannot write {}", path.display()))
     }
 
@@ -389,17 +385,18 @@ impl Cache {
     /// space back to the file system.
     pub fn gc(&mut self) -> Result<GcReport, CacheError> {
         self.publish()?;
-        let versions: Vec<VersionId> = self.refs.values().copied().collect();
-        let manifests = self.manifests(&versions);
-        if manifests.len() < versions.len() {
-            let missing =
-                versions.iter().find(|v| !manifests.iter().any(|m| m.version() == **v)).expect("one missing");
-            return Err("the cache is damaged")
-                .doing(|| format!("committed manifest {missing} is missing; refusing to collect"));
+        let read = self.db.begin_read().ok();
+        let (mut live_manifests, mut live_chunks) = (HashSet::new(), HashSet::new());
+        for version in self.refs.values() {
+            let Some((manifest, _)) = self.stored(read.as_ref(), version) else {
+                return Err("the cache is damaged")
+                    .doing(|| format!("committed manifest {version} is missing; refusing to collect"));
+            };
+            live_manifests.insert(version.0);
+            live_chunks.extend(manifest.chunks.iter().map(|c| c.id.0));
         }
-        let live_manifests: HashSet<[u8; 32]> = versions.iter().map(|v| v.0).collect();
-        let live_chunks: HashSet<[u8; 32]> =
-            manifests.iter().flat_map(|m| m.chunks.iter().map(|c| c.id.0)).collect();
+        // Compacting, below, needs every read transaction closed.
+        drop(read);
         let mut report = GcReport::default();
         write(&self.db, Durability::Immediate, |tx| {
             tx.open_table(MANIFESTS)?.retain(|version, record| {
