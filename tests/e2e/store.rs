@@ -8,12 +8,9 @@ use std::process::Stdio;
 use assetsync::StoreConfig;
 use assetsync::store::Store;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use crate::util::{BIN, Served, TestClient, TestServer, random_bytes, real_bundle};
-
-/// The store's table of chunk bytes (see `server/src/store.rs`).
-const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 
 fn store_at(dir: &Path) -> Option<StoreConfig> {
     Some(StoreConfig { dir: dir.to_path_buf(), max_bytes: 1 << 30 })
@@ -31,17 +28,12 @@ fn damage_chunks(store: &Path) {
     });
 }
 
-/// Calls `edit` with the store's chunk table and every chunk id in it, in one transaction.
+/// [`crate::util::edit_chunks`] of the version store in `store`, which must hold some.
 fn edit_chunks(store: &Path, edit: impl FnOnce(&mut redb::Table<&[u8; 32], &[u8]>, Vec<[u8; 32]>)) {
-    let db = redb::Database::create(store.join("store.redb")).unwrap();
-    let tx = db.begin_write().unwrap();
-    {
-        let mut chunks = tx.open_table(CHUNKS).unwrap();
-        let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
+    crate::util::edit_chunks(&store.join("store.redb"), |chunks, ids| {
         assert!(!ids.is_empty(), "nothing stored");
-        edit(&mut chunks, ids);
-    }
-    tx.commit().unwrap();
+        edit(chunks, ids);
+    });
 }
 
 /// A rebuild of `bundle`: three edits of a few dozen bytes, as a small source change makes.

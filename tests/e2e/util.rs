@@ -9,7 +9,7 @@ use assetsync::{ServeConfig, run};
 pub use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{Hash, PROTOCOL_VERSION, Scope};
 use futures_util::{SinkExt, StreamExt};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -154,28 +154,36 @@ impl TestClient {
 
     /// The ids of the chunks in the cache's database (`client/src/cache.rs`), in order.
     pub fn cached_chunks(&self) -> Vec<[u8; 32]> {
-        let db = redb::Database::open(self.cache().join("cache.redb")).unwrap();
-        let tx = db.begin_read().unwrap();
-        let table = tx.open_table(CACHED_CHUNKS).unwrap();
-        table.iter().unwrap().map(|e| *e.unwrap().0.value()).collect()
+        edit_chunks(&self.cache().join("cache.redb"), |_, ids| ids)
     }
 
     /// Flips the first byte of a cached chunk behind the client's back, as bit rot would.
     pub fn damage_chunk(&self, id: [u8; 32]) {
-        let db = redb::Database::open(self.cache().join("cache.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut table = tx.open_table(CACHED_CHUNKS).unwrap();
-            let mut bytes = table.get(&id).unwrap().unwrap().value().to_vec();
+        edit_chunks(&self.cache().join("cache.redb"), |chunks, _| {
+            let mut bytes = chunks.get(&id).unwrap().unwrap().value().to_vec();
             bytes[0] ^= 0xFF;
-            table.insert(&id, bytes.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
+            chunks.insert(&id, bytes.as_slice()).unwrap();
+        });
     }
 }
 
-/// The native cache's table of chunk bytes.
-const CACHED_CHUNKS: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("chunks");
+/// Calls `edit` with the chunk table of the redb database `file` and every chunk id in it, in
+/// one transaction: the server's version store and the native cache keep chunks alike.
+pub fn edit_chunks<T>(
+    file: &Path,
+    edit: impl FnOnce(&mut redb::Table<&[u8; 32], &[u8]>, Vec<[u8; 32]>) -> T,
+) -> T {
+    const CHUNKS: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("chunks");
+    let db = redb::Database::open(file).unwrap();
+    let tx = db.begin_write().unwrap();
+    let result = {
+        let mut chunks = tx.open_table(CHUNKS).unwrap();
+        let ids: Vec<[u8; 32]> = chunks.iter().unwrap().map(|e| *e.unwrap().0.value()).collect();
+        edit(&mut chunks, ids)
+    };
+    tx.commit().unwrap();
+    result
+}
 
 /// A real published bundle shipped in the repository (three.js r160, 1.2 MB).
 pub fn real_bundle() -> Vec<u8> {
