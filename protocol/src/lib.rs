@@ -10,6 +10,7 @@
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
 //! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
+//! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
 //! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines
 //!   that both drivers run.
@@ -31,6 +32,7 @@ mod path;
 pub mod plan;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod varint;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
 pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced, held_chunk_ids};

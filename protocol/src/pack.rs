@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 
+use crate::varint::{get, put};
 use crate::{AssetPath, ChunkParams, ChunkRef, Error, Hash, Manifest};
 
 /// The largest file packed; larger ones travel as `update`s.
@@ -121,27 +122,6 @@ impl Window {
         let start = self.0.len().saturating_sub(WINDOW);
         (!self.0.is_empty()).then_some(&self.0[start..])
     }
-}
-
-fn put(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn get(bytes: &mut &[u8]) -> Option<u64> {
-    let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first()?;
-        *bytes = rest;
-        n |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte < 0x80 {
-            return Some(n);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

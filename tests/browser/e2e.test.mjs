@@ -590,7 +590,7 @@ test("a store written by the previous release is upgraded in place, and nothing 
     db.close();
     return out;
   });
-  assert.deepEqual(after, { version: 2, chunks: 0, files: 3 });
+  assert.deepEqual(after, { version: 3, chunks: 0, files: 3 });
   // The upgraded versions serve as bases: an edit costs a delta, not the file.
   const edited = Buffer.concat([files["a.js"], Buffer.from("\nexport const edited = 1;\n")]);
   server.write("a.js", edited);

@@ -149,6 +149,7 @@ impl Client {
         let out = Object::new();
         Reflect::set(&out, &"chunksDeleted".into(), &report.chunks_deleted.into()).expect("plain object");
         Reflect::set(&out, &"versionsDeleted".into(), &report.versions_deleted.into()).expect("plain object");
+        Reflect::set(&out, &"packsDeleted".into(), &report.packs_deleted.into()).expect("plain object");
         Reflect::set(&out, &"bytesFreed".into(), &(report.bytes_freed as f64).into()).expect("plain object");
         Ok(out.into())
     }

@@ -116,6 +116,8 @@ export interface GcReport {
   chunksDeleted: number;
   /** Stored files of versions no asset points to any more. */
   versionsDeleted: number;
+  /** Packs of small files (committed together) none of which an asset points to any more. */
+  packsDeleted: number;
   bytesFreed: number;
 }
 "#;

@@ -1,30 +1,39 @@
-//! The IndexedDB store: each committed version's file whole, its manifest, and a pointer per
-//! asset.
+//! The IndexedDB store: committed files, their manifests, and a pointer table.
 //!
 //! ```text
-//! files      "<version hex>"    -> Blob            (the verified file, as committed)
-//! manifests  "<version hex>"    -> Uint8Array      (canonical manifest encoding)
-//! refs       "<asset path>"     -> "<version hex>" (the committed version)
-//! chunks     "<chunk id hex>"   -> Uint8Array      (chunks of a transfer that broke, for resume)
+//! files      "<version hex>"    -> Blob | Uint8Array   (a file stored on its own)
+//! manifests  "<version hex>"    -> Uint8Array          (its canonical manifest)
+//! packs      "<pack id hex>"    -> Blob                (small files committed together: each
+//!                                                       one's manifest, then its bytes)
+//! index      "<shard hex>"      -> Uint8Array          (per asset: its committed version and
+//!                                                       where its file lies; see [`index`])
+//! chunks     "<chunk id hex>"   -> Uint8Array          (chunks of a transfer that broke, for resume)
+//! refs                                                 (schema 2's pointer table, emptied on upgrade)
 //! ```
 //!
 //! A file is one `Blob`, which Chromium keeps as a file of its own: reading a 10 MB version back
 //! is one read, not one record per chunk, and a chunk the next version reuses is a
-//! `Blob.slice` of it. Version ids hash the asset's path, so a version belongs to one asset.
+//! `Blob.slice` of it. A commit of many small files (a folder's) writes them as one pack and a
+//! few pointer shards: Chromium costs about 0.1 ms per record written, which for 9,000 files as
+//! three records each was three seconds. Version ids hash the asset's path, so a version belongs
+//! to one asset.
 //!
-//! A commit writes the new file, its manifest and the pointer, and deletes the asset's previous
-//! version, in **one** readwrite transaction: a committed version never lacks its data, and old
-//! versions do not pile up. GC runs in one readwrite transaction over the same stores. IndexedDB
-//! runs transactions with overlapping scopes one after the other, also across tabs, so a GC never
-//! interleaves with a commit. A store written by the chunk-per-record layout of version 1 is
-//! upgraded in place when it is first opened ([`migrate`]).
+//! A commit writes the new files, their manifests and the pointers, and deletes what the assets'
+//! previous versions alone used (a file of its own, a pack no pointer reaches any more), in
+//! **one** readwrite transaction: a committed version never lacks its data, and old versions do
+//! not pile up. GC runs in one readwrite transaction over the same stores. IndexedDB runs
+//! transactions with overlapping scopes one after the other, also across tabs, so a GC never
+//! interleaves with a commit. A store written by an older schema is upgraded in place when it is
+//! first opened ([`migrate`]).
 
+mod index;
 mod migrate;
 mod records;
 
 pub use records::Staged;
 use records::{
-    Range, as_blob, blob, bytes_of, decode_manifest, key, put_chunks, read_blob, runs, slice, version_of,
+    Range, as_blob, blob, bytes_of, decode_manifest, key, listen, put_chunks, read_blob, request_file, runs,
+    slice, version_of,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +42,7 @@ use assetsync_protocol::{
     AssetPath, ChunkId, FolderEntry, Manifest, Scope, Synced, VerifiedChunk, VersionId,
 };
 use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
+use index::{Entry, Index, Place, pack_key};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Blob, IdbTransaction};
@@ -40,10 +50,15 @@ use web_sys::{Blob, IdbTransaction};
 const FILES: &str = "files";
 const CHUNKS: &str = "chunks";
 const MANIFESTS: &str = "manifests";
+const PACKS: &str = "packs";
+const INDEX: &str = "index";
 const REFS: &str = "refs";
-const ALL: [&str; 4] = [FILES, CHUNKS, MANIFESTS, REFS];
-/// The schema version: 1 kept every chunk as a record of its own, 2 keeps files whole.
-const SCHEMA: u32 = 2;
+const ALL: [&str; 6] = [FILES, CHUNKS, MANIFESTS, PACKS, INDEX, REFS];
+/// What a committed file is read from.
+const STORED: [&str; 4] = [FILES, MANIFESTS, PACKS, INDEX];
+/// The schema version: 1 kept every chunk as a record of its own, 2 kept files whole with a
+/// pointer record per asset, 3 packs small files and shards the pointers.
+const SCHEMA: u32 = 3;
 /// How long opening the store waits for pages that hold it open and block its upgrade.
 const BLOCKED_MS: i32 = 3_000;
 /// Reused chunks this close together in one file are read with one `Blob.slice`.
@@ -117,6 +132,8 @@ pub struct GcReport {
     pub chunks_deleted: u32,
     /// Files (and their manifests) of versions no asset points to.
     pub versions_deleted: u32,
+    /// Packs none of whose files an asset points to.
+    pub packs_deleted: u32,
     pub bytes_freed: u64,
 }
 
@@ -138,7 +155,7 @@ impl Store {
             }
             // A store of schema 1 holds its files as chunk records: marked here, in the upgrade
             // itself, for `migrate::run` to rebuild them (on this open or, if interrupted, the
-            // next), so that a store that needs nothing is not read through at every open.
+            // next). Its pointers, like schema 2's, are then moved to the index.
             if event.old_version().is_ok_and(|old| old == 1) {
                 let upgrade = idb::Event::target(&event).ok().and_then(|r| idb::Request::transaction(&r));
                 let refs = upgrade.and_then(|tx| tx.object_store(REFS).ok());
@@ -198,35 +215,58 @@ impl Store {
     /// The committed manifest of `asset` and a handle on its file (nothing read yet), in one
     /// transaction; see [`Store::check`].
     pub async fn current_file(&self, asset: &AssetPath) -> Result<Option<(Manifest, Option<Blob>)>> {
-        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadOnly)?;
-        let Some(version) = version_of(tx.object_store(REFS)?.get(key(asset.as_str()))?.await?) else {
-            return Ok(None);
-        };
-        let manifest = tx.object_store(MANIFESTS)?.get(key(&version.to_hex()))?;
-        let file = tx.object_store(FILES)?.get(key(&version.to_hex()))?;
-        let Some(manifest) = manifest.await?.and_then(|b| decode_manifest(&b, &version)) else {
-            return Ok(None);
-        };
-        Ok(Some((manifest, file.await?.and_then(as_blob))))
+        let tx = self.db.transaction(&STORED, TransactionMode::ReadOnly)?;
+        let index = Index::read(&tx, [asset.as_str()]).await?;
+        let Some(entry) = index.get(asset.as_str()) else { return Ok(None) };
+        let file = request_file(&tx, &entry)?;
+        let Some(manifest) = self.manifests_of(&tx, vec![entry]).await?.pop() else { return Ok(None) };
+        Ok(Some((manifest, file.blob().await?)))
     }
 
     /// Committed manifests of assets other than `asset`, at most `limit`.
     pub async fn others(&self, asset: &AssetPath, limit: usize) -> Result<Vec<Manifest>> {
-        let tx = self.db.transaction(&[MANIFESTS, REFS], TransactionMode::ReadOnly)?;
-        let refs = tx.object_store(REFS)?;
-        let keys = refs.get_all_keys(None, None)?.await?;
-        let values = refs.get_all(None, None)?.await?;
-        let manifests = tx.object_store(MANIFESTS)?;
-        let mut out = Vec::new();
-        for (k, value) in keys.iter().zip(values) {
-            if out.len() >= limit || k.as_string().as_deref() == Some(asset.as_str()) {
-                continue;
+        let tx = self.db.transaction(&STORED, TransactionMode::ReadOnly)?;
+        let index = Index::read_all(&tx).await?;
+        let entries =
+            index.iter().filter(|(a, _)| *a != asset.as_str()).map(|(_, e)| *e).take(limit).collect();
+        self.manifests_of(&tx, entries).await
+    }
+
+    /// The manifests of `entries` that are present and intact, read in `tx` (a pack's in one
+    /// read per run of them).
+    async fn manifests_of(&self, tx: &Transaction, entries: Vec<Entry>) -> Result<Vec<Manifest>> {
+        let (manifests, packs) = (tx.object_store(MANIFESTS)?, tx.object_store(PACKS)?);
+        let mut own = Vec::new();
+        let mut packed: HashMap<u64, Vec<Range<VersionId>>> = HashMap::new();
+        for e in entries {
+            match e.place {
+                Place::Own => own.push((listen(manifests.get(key(&e.version.to_hex()))?), e.version)),
+                Place::Packed { pack, at, manifest_len, .. } => {
+                    packed.entry(pack).or_default().push((at as usize, manifest_len as usize, e.version));
+                }
             }
-            let Some(version) = version_of(Some(value)) else { continue };
-            if let Some(bytes) = manifests.get(key(&version.to_hex()))?.await?
-                && let Some(m) = decode_manifest(&bytes, &version)
-            {
-                out.push(m);
+        }
+        let blobs = packed
+            .into_iter()
+            .map(|(pack, ranges)| Ok((listen(packs.get(pack_key(pack))?), ranges)))
+            .collect::<std::result::Result<Vec<_>, idb::Error>>()?;
+        let mut out = Vec::new();
+        for (request, version) in own {
+            out.extend(request.await?.and_then(|b| decode_manifest(&bytes_of(&b), &version)));
+        }
+        let mut reads = Vec::new();
+        for (request, ranges) in blobs {
+            if let Some(blob) = request.await?.and_then(as_blob) {
+                reads.extend(runs(ranges).into_iter().map(|run| (slice(&blob, run.0, run.1), run)));
+            }
+        }
+        // Read outside the transaction: a Blob stays readable on its own.
+        for (read, (start, _, ranges)) in reads {
+            let bytes = Uint8Array::new(&read.await.map_err(StoreError::js)?).to_vec();
+            for (at, len, version) in ranges {
+                out.extend(
+                    bytes.get(at - start..at - start + len).and_then(|b| decode_manifest(b, &version)),
+                );
             }
         }
         Ok(out)
@@ -235,9 +275,14 @@ impl Store {
     /// The committed file of `manifest`, checked against its length and SHA-256. `Err` inside
     /// names the chunks found missing or damaged (all of them if the file is gone).
     pub async fn file(&self, manifest: &Manifest) -> Result<FileRead> {
-        let tx = self.db.transaction(&[FILES], TransactionMode::ReadOnly)?;
-        let blob = tx.object_store(FILES)?.get(key(&manifest.version().to_hex()))?.await?;
-        Store::check(manifest, blob.and_then(as_blob)).await
+        let tx = self.db.transaction(&STORED, TransactionMode::ReadOnly)?;
+        let index = Index::read(&tx, [manifest.path.as_str()]).await?;
+        let entry = index.get(manifest.path.as_str()).filter(|e| e.version == manifest.version());
+        let file = match entry {
+            Some(entry) => request_file(&tx, &entry)?.blob().await?,
+            None => None,
+        };
+        Store::check(manifest, file).await
     }
 
     /// Reads the committed `file` of `manifest` and checks it against its length and SHA-256.
@@ -263,7 +308,7 @@ impl Store {
         let wanted: HashSet<ChunkId> = ids.iter().copied().collect();
         // Per source file, the wanted chunks it holds: (offset, len, id).
         let mut located = HashSet::new();
-        let mut per_source: Vec<(VersionId, Vec<Range>)> = Vec::new();
+        let mut per_source: Vec<(&Manifest, Vec<Range<ChunkId>>)> = Vec::new();
         // First source first (the committed files come before a folder's files staged in this
         // run, whose chunks the driver has in hand), and no further than needed: a folder has
         // thousands of sources.
@@ -278,25 +323,28 @@ impl Store {
                 }
             }
             if !ranges.is_empty() {
-                per_source.push((m.version(), ranges));
+                per_source.push((m, ranges));
             }
         }
-        let tx = self.db.transaction(&[FILES, CHUNKS], TransactionMode::ReadOnly)?;
-        let (files, chunks) = (tx.object_store(FILES)?, tx.object_store(CHUNKS)?);
+        let tx = self.db.transaction(&[FILES, PACKS, INDEX, CHUNKS], TransactionMode::ReadOnly)?;
+        let index = Index::read(&tx, per_source.iter().map(|(m, _)| m.path.as_str())).await?;
         // Issue every read before awaiting any, so the transaction has them all queued.
-        let blobs = per_source
-            .iter()
-            .map(|(v, _)| files.get(key(&v.to_hex())))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut files = Vec::new();
+        for (m, ranges) in per_source {
+            if let Some(entry) = index.get(m.path.as_str()).filter(|e| e.version == m.version()) {
+                files.push((request_file(&tx, &entry)?, ranges));
+            }
+        }
         let loose: Vec<ChunkId> = ids.iter().filter(|id| !located.contains(id)).copied().collect();
+        let chunks = tx.object_store(CHUNKS)?;
         let records = loose
             .iter()
-            .map(|id| chunks.get(key(&id.to_hex())))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|id| Ok(listen(chunks.get(key(&id.to_hex()))?)))
+            .collect::<std::result::Result<Vec<_>, idb::Error>>()?;
         let mut out = Vec::with_capacity(ids.len());
         let mut reads = Vec::new();
-        for ((_, ranges), blob) in per_source.into_iter().zip(blobs) {
-            if let Some(blob) = blob.await?.and_then(as_blob) {
+        for (file, ranges) in files {
+            if let Some(blob) = file.blob().await? {
                 reads.extend(runs(ranges).into_iter().map(|run| (slice(&blob, run.0, run.1), run)));
             }
         }
@@ -357,68 +405,36 @@ impl Store {
     }
 
     /// Commits `changes` (a folder's files and removals) in one transaction: a reader sees all
-    /// of them or none.
+    /// of them or none. Small files committed together go into one pack.
     pub async fn commit_all(&self, changes: &[Staged]) -> Result<()> {
-        let tx = self.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite)?;
-        // The versions they replace: one read for a single change, the whole pointer table
-        // for many, rather than a read (and a wait) per change.
-        let refs = tx.object_store(REFS)?;
-        let previous: HashMap<String, VersionId> = match changes {
-            [one] => {
-                let version = version_of(refs.get(key(one.asset()))?.await?);
-                version.map(|v| (one.asset().to_owned(), v)).into_iter().collect()
-            }
-            _ => {
-                let keys = refs.get_all_keys(None, None)?.await?;
-                let values = refs.get_all(None, None)?.await?;
-                keys.iter()
-                    .zip(values)
-                    .filter_map(|(k, v)| Some((k.as_string()?, version_of(Some(v))?)))
-                    .collect()
-            }
-        };
-        for change in changes {
-            change.apply(&tx, previous.get(change.asset()).copied())?;
-        }
+        let tx = self.db.transaction(&STORED, TransactionMode::ReadWrite)?;
+        write(&tx, changes).await?;
         finish(tx).await
     }
 
     /// The committed versions of the assets inside `scope`, sorted by path (from the pointer
     /// table alone: no manifest is read).
     pub async fn entries_in(&self, scope: &Scope) -> Result<Vec<FolderEntry>> {
-        let tx = self.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
-        let refs = tx.object_store(REFS)?;
-        let keys = refs.get_all_keys(None, None)?.await?;
-        let values = refs.get_all(None, None)?.await?;
-        let mut out: Vec<FolderEntry> = keys
+        let tx = self.db.transaction(&[INDEX], TransactionMode::ReadOnly)?;
+        let index = Index::read_all(&tx).await?;
+        let mut out: Vec<FolderEntry> = index
             .iter()
-            .zip(values)
-            .filter_map(|(k, value)| {
-                let asset =
-                    k.as_string().and_then(|k| AssetPath::new(&k).ok()).filter(|a| scope.covers(a))?;
-                Some(FolderEntry { asset, version: version_of(Some(value))? })
+            .filter_map(|(asset, e)| {
+                let asset = AssetPath::new(asset).ok().filter(|a| scope.covers(a))?;
+                Some(FolderEntry { asset, version: e.version })
             })
             .collect();
         out.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
         Ok(out)
     }
 
-    /// The committed manifests of `versions` that are present and intact, in one read of the
-    /// manifest table (rather than one per file).
+    /// The committed manifests of `versions` that are present and intact.
     pub async fn manifests(&self, versions: &[VersionId]) -> Result<Vec<Manifest>> {
         let wanted: HashSet<&VersionId> = versions.iter().collect();
-        let tx = self.db.transaction(&[MANIFESTS], TransactionMode::ReadOnly)?;
-        let manifests = tx.object_store(MANIFESTS)?;
-        let (keys, values) =
-            (manifests.get_all_keys(None, None)?.await?, manifests.get_all(None, None)?.await?);
-        let mut out = Vec::with_capacity(wanted.len());
-        for (k, value) in keys.iter().zip(values) {
-            let Some(version) = k.as_string().and_then(|k| VersionId::from_hex(&k).ok()) else { continue };
-            if let Some(m) = wanted.contains(&version).then(|| decode_manifest(&value, &version)).flatten() {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        let tx = self.db.transaction(&STORED, TransactionMode::ReadOnly)?;
+        let index = Index::read_all(&tx).await?;
+        let entries = index.iter().map(|(_, e)| *e).filter(|e| wanted.contains(&e.version)).collect();
+        self.manifests_of(&tx, entries).await
     }
 
     /// The committed copy of `asset`, checked against its SHA-256; `None` if there is none.
@@ -433,32 +449,34 @@ impl Store {
         }
     }
 
-    /// Deletes, in one transaction, the files and manifests of versions no asset points to and
-    /// the chunk records kept from interrupted transfers.
+    /// Deletes, in one transaction, the files, manifests and packs no pointer reaches and the
+    /// chunk records kept from interrupted transfers.
     pub async fn gc(&self) -> Result<GcReport> {
         let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
-        let live: HashSet<String> = tx
-            .object_store(REFS)?
-            .get_all(None, None)?
-            .await?
-            .into_iter()
-            .filter_map(|v| version_of(Some(v)).map(|v| v.to_hex()))
-            .collect();
+        let index = Index::read_all(&tx).await?;
+        let own: HashSet<String> =
+            index.iter().filter(|(_, e)| e.place == Place::Own).map(|(_, e)| e.version.to_hex()).collect();
+        let reached: HashSet<String> =
+            index.packs().into_iter().map(|p| pack_key(p).as_string().unwrap_or_default()).collect();
         let mut report = GcReport::default();
         let manifests = tx.object_store(MANIFESTS)?;
         for k in manifests.get_all_keys(None, None)?.await? {
-            if !k.as_string().is_some_and(|k| live.contains(&k)) {
+            if !k.as_string().is_some_and(|k| own.contains(&k)) {
                 manifests.delete(k)?;
             }
         }
-        let files = tx.object_store(FILES)?;
-        for k in files.get_all_keys(None, None)?.await? {
-            if !k.as_string().is_some_and(|k| live.contains(&k)) {
-                if let Some(blob) = files.get(k.clone())?.await?.and_then(as_blob) {
-                    report.bytes_freed += blob.size() as u64;
+        for (name, live, count) in
+            [(FILES, &own, &mut report.versions_deleted), (PACKS, &reached, &mut report.packs_deleted)]
+        {
+            let store = tx.object_store(name)?;
+            for k in store.get_all_keys(None, None)?.await? {
+                if !k.as_string().is_some_and(|k| live.contains(&k)) {
+                    if let Some(blob) = store.get(k.clone())?.await?.and_then(as_blob) {
+                        report.bytes_freed += blob.size() as u64;
+                    }
+                    store.delete(k)?;
+                    *count += 1;
                 }
-                files.delete(k)?;
-                report.versions_deleted += 1;
             }
         }
         let chunks = tx.object_store(CHUNKS)?;
@@ -470,6 +488,45 @@ impl Store {
         finish(tx).await?;
         Ok(report)
     }
+}
+
+/// Writes `changes` in `tx` (readwrite over [`STORED`]): the files, the pointers, and the
+/// deletion of what only the versions they replace used.
+async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
+    let mut index = Index::read(tx, changes.iter().map(Staged::asset)).await?;
+    // A pack is deleted once no pointer reaches it, which only the whole table tells.
+    let packed = |e: Option<Entry>| e.is_some_and(|e| matches!(e.place, Place::Packed { .. }));
+    if !index.is_complete() && changes.iter().any(|c| packed(index.get(c.asset()))) {
+        index = Index::read_all(tx).await?;
+    }
+    let places = records::write_files(tx, changes)?;
+    let mut unreached = HashSet::new();
+    for (change, place) in changes.iter().zip(places) {
+        let previous = match (change, place) {
+            (Staged::File { version, .. }, Some(place)) => {
+                index.set(change.asset(), Entry { version: *version, place })
+            }
+            _ => index.remove(change.asset()),
+        };
+        match previous.map(|e| (e, e.place)) {
+            Some((e, Place::Own)) if index.get(change.asset()) != Some(e) => {
+                records::delete_version(tx, &e.version)?;
+            }
+            Some((_, Place::Packed { pack, .. })) => {
+                unreached.insert(pack);
+            }
+            _ => {}
+        }
+    }
+    if !unreached.is_empty() {
+        let reached = index.packs();
+        let packs = tx.object_store(PACKS)?;
+        for pack in unreached.difference(&reached) {
+            packs.delete(pack_key(*pack))?;
+        }
+    }
+    index.write(tx)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,27 +1,45 @@
-//! The in-place upgrade of a version-1 store, which kept every chunk as a record of its own: each
-//! committed version is rebuilt from its chunk records, verified, and written as one file; then
-//! the chunk records go. Nothing is fetched again.
+//! The in-place upgrades of older stores. Nothing is fetched again.
+//!
+//! - Schema 1 kept every chunk as a record of its own: each committed version is rebuilt from its
+//!   chunk records, verified, and written as one file; then the chunk records go.
+//! - Schemas 1 and 2 kept a pointer record per asset in `refs`: they move to the sharded index
+//!   in one transaction, their files staying where they are (each a file of its own).
 //!
 //! Safe across tabs: files are keyed by version, so two tabs upgrading at once write the same
-//! bytes, and a version whose chunks another tab has already cleared is found written by it.
+//! bytes, a version whose chunks another tab has already cleared is found written by it, and
+//! the pointers move in one transaction that leaves `refs` empty.
 
 use std::collections::{HashMap, HashSet};
 
 use assetsync_protocol::{AssetPath, ChunkId, VersionId};
 use idb::TransactionMode;
 
-use super::{CHUNKS, FILES, MANIFESTS, REFS, Result, Store, blob, decode_manifest, finish, key, version_of};
+use super::index::{Entry, Index, Place};
+use super::{
+    CHUNKS, FILES, INDEX, MANIFESTS, REFS, Result, Store, blob, bytes_of, decode_manifest, finish, key,
+    version_of,
+};
 
 /// The pointer-table key that marks a store whose upgrade is not finished (set by the version
 /// upgrade from schema 1; never an asset path, which has no control characters).
 pub(super) const MARK: &str = "\u{0}upgrading from schema 1";
 
-/// Upgrades what needs it; costs one read of the mark on a store that is up to date.
+/// Upgrades what needs it; costs one count of the old pointer table on a store that is up to
+/// date.
 pub(super) async fn run(store: &Store) -> Result<()> {
     let tx = store.db.transaction(&[REFS], TransactionMode::ReadOnly)?;
-    if tx.object_store(REFS)?.get(key(MARK))?.await?.is_none() {
+    let refs = tx.object_store(REFS)?;
+    if refs.count(None)?.await? == 0 {
         return Ok(());
     }
+    if refs.get(key(MARK))?.await?.is_some() {
+        whole_files(store).await?;
+    }
+    to_index(store).await
+}
+
+/// Rebuilds a schema-1 store's versions as whole files.
+async fn whole_files(store: &Store) -> Result<()> {
     let pending = without_file(store).await?;
     let mut dropped = 0;
     for (asset, version) in &pending {
@@ -86,7 +104,7 @@ async fn without_file(store: &Store) -> Result<Vec<(AssetPath, VersionId)>> {
 async fn rebuild(store: &Store, version: &VersionId) -> Result<Option<Vec<u8>>> {
     let tx = store.db.transaction(&[MANIFESTS], TransactionMode::ReadOnly)?;
     let bytes = tx.object_store(MANIFESTS)?.get(key(&version.to_hex()))?.await?;
-    let Some(manifest) = bytes.and_then(|b| decode_manifest(&b, version)) else { return Ok(None) };
+    let Some(manifest) = bytes.and_then(|b| decode_manifest(&bytes_of(&b), version)) else { return Ok(None) };
     let ids: Vec<ChunkId> =
         manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
     let chunks: HashMap<ChunkId, Vec<u8>> = store.chunks(&ids, &[]).await?.into_iter().collect();
@@ -98,4 +116,28 @@ async fn rebuild(store: &Store, version: &VersionId) -> Result<Option<Vec<u8>>> 
         }
     }
     Ok((crate::digest::sha256(&data).await == manifest.sha256).then_some(data))
+}
+
+/// Moves the pointers of `refs` to the index (where an asset has none yet: one there was written
+/// since, by this schema) and empties `refs`, in one transaction.
+async fn to_index(store: &Store) -> Result<()> {
+    let tx = store.db.transaction(&[REFS, INDEX], TransactionMode::ReadWrite)?;
+    let refs = tx.object_store(REFS)?;
+    let (assets, versions) = (refs.get_all_keys(None, None)?.await?, refs.get_all(None, None)?.await?);
+    let mut index = Index::read_all(&tx).await?;
+    let mut moved = 0;
+    for (asset, version) in assets.iter().zip(versions) {
+        let (Some(asset), Some(version)) = (asset.as_string(), version_of(Some(version))) else { continue };
+        if index.get(&asset).is_none() {
+            index.set(&asset, Entry { version, place: Place::Own });
+            moved += 1;
+        }
+    }
+    index.write(&tx)?;
+    refs.clear()?;
+    finish(tx).await?;
+    web_sys::console::info_1(
+        &format!("assetsync: upgraded the store's pointer table ({moved} assets)").into(),
+    );
+    Ok(())
 }

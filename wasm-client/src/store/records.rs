@@ -1,13 +1,15 @@
 //! How values lie in the object stores, and the `Blob` reads and writes of files.
 
-use assetsync_protocol::{ChunkId, Hash, Manifest, Synced, VerifiedChunk, VersionId};
+use assetsync_protocol::{Hash, Manifest, Synced, VerifiedChunk, VersionId};
+use idb::request::futures::GetStoreRequestFuture;
 use idb::{ObjectStore, Transaction};
 use js_sys::{Array, ArrayBuffer, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::Blob;
 
-use super::{FILES, MANIFESTS, MAX_GAP, REFS, Result, StoreError};
+use super::index::{Entry, Place, pack_key};
+use super::{FILES, MANIFESTS, MAX_GAP, PACKS, Result, StoreError};
 
 /// A change to commit: a verified file (its bytes already in a `Blob`, out of WASM memory), or
 /// the removal of an asset the server no longer lists.
@@ -54,31 +56,87 @@ impl Staged {
             Staged::File { asset, .. } | Staged::Removal(asset) => asset,
         }
     }
+}
 
-    /// Applies the change in `tx`, where the asset's committed version is `previous`: the file,
-    /// its manifest and its pointer, and the deletion of the previous version (or of the asset).
-    pub(super) fn apply(&self, tx: &Transaction, previous: Option<VersionId>) -> Result<()> {
-        let asset = self.asset();
-        let refs = tx.object_store(REFS)?;
-        match self {
-            Staged::File { version, file, manifest, .. } => {
-                let id = key(&version.to_hex());
-                tx.object_store(FILES)?.put(file, Some(&id))?;
-                tx.object_store(MANIFESTS)?.put(manifest, Some(&id))?;
-                refs.put(&id, Some(&key(asset)))?;
-                if let Some(previous) = previous.filter(|p| p != version) {
-                    delete_version(tx, &previous)?;
-                }
-            }
-            Staged::Removal(_) => {
-                if let Some(previous) = previous {
-                    delete_version(tx, &previous)?;
-                }
-                refs.delete(key(asset))?;
-            }
+/// Writes the files of `changes` in `tx`: small ones, when there are several, as one pack (each
+/// one's manifest, then its bytes), the others as a file and a manifest record each. Their
+/// places, in order (`None` for a removal).
+pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Option<Place>>> {
+    let small = |c: &Staged| matches!(c, Staged::File { len, .. } if *len < SMALL_FILE);
+    let pack_them = changes.iter().filter(|c| small(c)).nth(1).is_some();
+    let parts = Array::new();
+    let mut at = 0u64;
+    let mut names = Vec::new();
+    let mut places = Vec::with_capacity(changes.len());
+    for change in changes {
+        let Staged::File { version, file, len, manifest, .. } = change else {
+            places.push(None);
+            continue;
+        };
+        if pack_them && small(change) {
+            parts.push(manifest);
+            parts.push(file);
+            names.extend_from_slice(&version.0);
+            let manifest_len = u64::from(manifest.length());
+            // The pack's id is filled in below, once every file in it is known.
+            places.push(Some(Place::Packed { pack: 0, at, manifest_len, len: *len as u64 }));
+            at += manifest_len + *len as u64;
+        } else {
+            let id = key(&version.to_hex());
+            tx.object_store(FILES)?.put(file, Some(&id))?;
+            tx.object_store(MANIFESTS)?.put(manifest, Some(&id))?;
+            places.push(Some(Place::Own));
         }
-        Ok(())
     }
+    if !pack_them {
+        return Ok(places);
+    }
+    // Named by what it holds: the same files committed again make the same pack.
+    let id = u64::from_be_bytes(Hash::of(&names).0[..8].try_into().expect("8 bytes"));
+    let pack = Blob::new_with_u8_array_sequence(&parts).map_err(StoreError::js)?;
+    tx.object_store(PACKS)?.put(&pack, Some(&pack_key(id)))?;
+    for place in places.iter_mut().flatten() {
+        if let Place::Packed { pack, .. } = place {
+            *pack = id;
+        }
+    }
+    Ok(places)
+}
+
+/// A file asked of a transaction: see [`request_file`].
+pub(super) struct FileRequest {
+    request: GetStoreRequestFuture,
+    /// Where the file lies in its pack; `None` for a file of its own.
+    range: Option<(usize, usize)>,
+}
+
+impl FileRequest {
+    /// The file's `Blob` (a slice of its pack for a packed one), with nothing read yet.
+    pub async fn blob(self) -> Result<Option<Blob>> {
+        let blob = self.request.await?.and_then(as_blob);
+        Ok(match self.range {
+            None => blob,
+            Some((start, end)) => blob
+                .map(|b| b.slice_with_f64_and_f64(start as f64, end as f64).expect("slice of a stored Blob")),
+        })
+    }
+}
+
+/// Asks `tx` for the file of `entry`, without waiting.
+pub(super) fn request_file(tx: &Transaction, entry: &Entry) -> Result<FileRequest> {
+    let (store, id) = match entry.place {
+        Place::Own => (FILES, key(&entry.version.to_hex())),
+        Place::Packed { pack, .. } => (PACKS, pack_key(pack)),
+    };
+    let request = listen(tx.object_store(store)?.get(id)?);
+    Ok(FileRequest { request, range: entry.place.file_range() })
+}
+
+/// A request's future, listening from now on. The idb crate listens for a request's result only
+/// once it is first awaited, and a result that arrives before is lost: a request awaited after
+/// other waits (a `Blob` read) must be turned into its future when it is made.
+pub(super) fn listen<R: std::future::IntoFuture>(request: R) -> R::IntoFuture {
+    request.into_future()
 }
 
 /// Deletes the file and the manifest of `version` in `tx`.
@@ -88,16 +146,16 @@ pub(super) fn delete_version(tx: &Transaction, version: &VersionId) -> Result<()
     Ok(())
 }
 
-/// Where a chunk lies in a file: (offset, len, id).
-pub(super) type Range = (usize, usize, ChunkId);
+/// Where something lies in a file: (offset, len, what it is).
+pub(super) type Range<T> = (usize, usize, T);
 
 /// Adjacent ranges of one file, read with one slice: (start, end, the ranges inside).
-pub(super) type Run = (usize, usize, Vec<Range>);
+pub(super) type Run<T> = (usize, usize, Vec<Range<T>>);
 
 /// Groups the `ranges` of one file into runs.
-pub(super) fn runs(mut ranges: Vec<Range>) -> Vec<Run> {
+pub(super) fn runs<T>(mut ranges: Vec<Range<T>>) -> Vec<Run<T>> {
     ranges.sort_unstable_by_key(|r| r.0);
-    let mut out: Vec<Run> = Vec::new();
+    let mut out: Vec<Run<T>> = Vec::new();
     for r in ranges {
         match out.last_mut() {
             Some((_, end, inside)) if r.0 <= *end + MAX_GAP => {
@@ -175,7 +233,6 @@ pub(super) fn bytes_of(value: &JsValue) -> Vec<u8> {
     value.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec).unwrap_or_default()
 }
 
-pub(super) fn decode_manifest(value: &JsValue, version: &VersionId) -> Option<Manifest> {
-    let bytes = bytes_of(value);
-    (Hash::of(&bytes) == *version).then(|| Manifest::decode_canonical(&bytes).ok()).flatten()
+pub(super) fn decode_manifest(bytes: &[u8], version: &VersionId) -> Option<Manifest> {
+    (Hash::of(bytes) == *version).then(|| Manifest::decode_canonical(bytes).ok()).flatten()
 }

@@ -57,8 +57,8 @@ async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
     let s2 = synced("a.js", &v2);
     // A commit that dies after writing its file, manifest and pointer, before the transaction
     // ends (as when the tab closes): the transaction aborts, and takes them with it.
-    let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
-    super::Staged::file(&s2).unwrap().apply(&tx, Some(synced("a.js", &v1).version)).unwrap();
+    let tx = store.db.transaction(&super::STORED, TransactionMode::ReadWrite).unwrap();
+    super::write(&tx, &[super::Staged::file(&s2).unwrap()]).await.unwrap();
     // (The abort event arrives through the aborted requests, which the idb crate reports as an
     // error of its own; the outcome is checked below.)
     let _ = tx.abort().unwrap().await;
@@ -200,23 +200,30 @@ async fn gc_frees_what_no_committed_version_uses() {
     assert_eq!(store.gc().await.unwrap(), super::GcReport::default());
 }
 
-/// Writes `files` the way version 1 of the store did: a record per chunk, the manifests, the
-/// pointers.
-async fn write_version_1(name: &str, files: &[&Synced]) {
+/// Writes `files` the way `schema` 1 or 2 of the store did: a record per chunk (1) or a file
+/// record per version (2), the manifests, and a pointer record per asset.
+async fn write_old_schema(name: &str, schema: u32, files: &[&Synced]) {
+    let stores: &[&str] =
+        if schema == 1 { &[CHUNKS, MANIFESTS, REFS] } else { &[FILES, CHUNKS, MANIFESTS, REFS] };
     let factory = Factory::new().unwrap();
     factory.delete(name).unwrap().await.unwrap();
-    let mut request = factory.open(name, Some(1)).unwrap();
-    request.on_upgrade_needed(|event| {
+    let mut request = factory.open(name, Some(schema)).unwrap();
+    request.on_upgrade_needed(move |event| {
         let db = idb::DatabaseEvent::database(&event).unwrap();
-        for store in [CHUNKS, MANIFESTS, REFS] {
+        for store in stores {
             db.create_object_store(store, ObjectStoreParams::new()).unwrap();
         }
     });
     let db = request.await.unwrap();
-    let tx = db.transaction(&[CHUNKS, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
+    let tx = db.transaction(stores, TransactionMode::ReadWrite).unwrap();
     for s in files {
         let version = JsValue::from_str(&s.version.to_hex());
-        super::put_chunks(&tx.object_store(CHUNKS).unwrap(), &s.received).unwrap();
+        if schema == 1 {
+            super::put_chunks(&tx.object_store(CHUNKS).unwrap(), &s.received).unwrap();
+        } else {
+            let file = super::records::file_value(&s.data).unwrap();
+            tx.object_store(FILES).unwrap().put(&file, Some(&version)).unwrap();
+        }
         let manifest = Uint8Array::from(s.manifest.canonical_bytes().as_slice());
         tx.object_store(MANIFESTS).unwrap().put(&manifest.into(), Some(&version)).unwrap();
         tx.object_store(REFS).unwrap().put(&version, Some(&s.manifest.path.as_str().into())).unwrap();
@@ -234,7 +241,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     // c's chunk records are incomplete: it cannot be rebuilt, so it is dropped, not served.
     let mut sc = synced("c.js", &c);
     sc.received.pop();
-    write_version_1("test-upgrade", &[&sa, &sb, &sc]).await;
+    write_old_schema("test-upgrade", 1, &[&sa, &sb, &sc]).await;
 
     let store = Store::open("test-upgrade").await.unwrap();
     assert_eq!(store.read(&asset("a.js")).await.unwrap().unwrap().to_vec(), a);
@@ -263,12 +270,8 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
             super::Staged::Removal("dist/old.js".into()),
         ]
     };
-    let tx = store.db.transaction(&[FILES, MANIFESTS, REFS], TransactionMode::ReadWrite).unwrap();
-    let old_version = synced("dist/old.js", &old).version;
-    for change in changes() {
-        let previous = (change.asset() == "dist/old.js").then_some(old_version);
-        change.apply(&tx, previous).unwrap();
-    }
+    let tx = store.db.transaction(&super::STORED, TransactionMode::ReadWrite).unwrap();
+    super::write(&tx, &changes()).await.unwrap();
     let _ = tx.abort().unwrap().await;
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
     let held: Vec<String> =
@@ -283,4 +286,82 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
     assert_eq!(store.manifests(&versions).await.unwrap().len(), 2, "both manifests were committed");
     assert_eq!(store.read(&asset("dist/b.js")).await.unwrap().unwrap().to_vec(), b);
     assert!(store.read(&asset("dist/old.js")).await.unwrap().is_none());
+}
+
+/// How many records `store` holds.
+async fn count(store: &Store, name: &str) -> u32 {
+    let tx = store.db.transaction(&[name], TransactionMode::ReadOnly).unwrap();
+    tx.object_store(name).unwrap().count(None).unwrap().await.unwrap()
+}
+
+/// A folder of many small files commits as one pack and a few pointer shards, serves its files,
+/// chunks and manifests from the pack, and the pack goes once no pointer reaches it.
+#[wasm_bindgen_test]
+async fn small_files_committed_together_share_one_pack_until_none_is_current() {
+    let store = fresh_store("test-packs").await;
+    let files: Vec<Synced> =
+        (0..300).map(|i| synced(&format!("dist/m{i}.js"), &random_bytes(1000 + i * 7, i as u64))).collect();
+    let big = synced("dist/big.js", &random_bytes(100_000, 1000));
+    let mut changes: Vec<_> = files.iter().map(|s| super::Staged::file(s).unwrap()).collect();
+    changes.push(super::Staged::file(&big).unwrap());
+    store.commit_all(&changes).await.unwrap();
+    assert_eq!(count(&store, super::PACKS).await, 1, "the small files share one pack");
+    assert_eq!(count(&store, FILES).await, 1, "the large file is stored on its own");
+    assert_eq!(count(&store, MANIFESTS).await, 1);
+    assert!(count(&store, super::INDEX).await <= u32::from(super::index::SHARDS));
+    for s in files.iter().step_by(37).chain([&big]) {
+        assert_eq!(store.read(&s.manifest.path).await.unwrap().unwrap().to_vec(), s.data);
+        assert_eq!(store.current(&s.manifest.path).await.unwrap().as_ref(), Some(&s.manifest));
+    }
+    let versions: Vec<_> = files.iter().map(|s| s.version).collect();
+    assert_eq!(store.manifests(&versions).await.unwrap().len(), files.len());
+    let wanted: Vec<ChunkId> = files[5..9].iter().map(|s| s.manifest.chunks[0].id).collect();
+    let sources: Vec<&Manifest> = files.iter().map(|s| &s.manifest).collect();
+    let got = store.chunks(&wanted, &sources).await.unwrap();
+    assert_eq!(got.len(), wanted.len());
+    for (id, bytes) in &got {
+        assert_eq!(Hash::of(bytes), *id, "a chunk read from a pack must be exactly the chunk");
+    }
+
+    // One file changes alone: it is stored on its own; the pack still serves the others.
+    let changed = synced("dist/m0.js", &random_bytes(900, 5000));
+    store.commit(&changed).await.unwrap();
+    assert_eq!(count(&store, super::PACKS).await, 1);
+    assert_eq!(store.read(&asset("dist/m0.js")).await.unwrap().unwrap().to_vec(), changed.data);
+    assert_eq!(store.read(&asset("dist/m1.js")).await.unwrap().unwrap().to_vec(), files[1].data);
+    assert!(store.file(&files[0].manifest).await.unwrap().is_err(), "the replaced version is gone");
+
+    // Every packed file replaced or removed: the pack goes with the commit that does it.
+    let mut rest: Vec<_> = files[1..150]
+        .iter()
+        .map(|s| super::Staged::file(&synced(s.manifest.path.as_str(), &random_bytes(500, 7))).unwrap())
+        .collect();
+    rest.extend(files[150..].iter().map(|s| super::Staged::Removal(s.manifest.path.as_str().into())));
+    store.commit_all(&rest).await.unwrap();
+    assert_eq!(count(&store, super::PACKS).await, 1, "the old pack went, the new files made one");
+    assert!(store.read(&asset("dist/m200.js")).await.unwrap().is_none());
+    assert_eq!(store.gc().await.unwrap(), super::GcReport::default(), "the commits left nothing behind");
+
+    // A pack nothing points to (left by a store written elsewhere) is collected.
+    let tx = store.db.transaction(&[super::PACKS], TransactionMode::ReadWrite).unwrap();
+    let stray = super::blob(&[1, 2, 3]).unwrap();
+    tx.object_store(super::PACKS).unwrap().put(&stray, Some(&super::pack_key(7))).unwrap();
+    tx.commit().unwrap().await.unwrap();
+    let report = store.gc().await.unwrap();
+    assert_eq!((report.packs_deleted, report.bytes_freed), (1, 3));
+}
+
+#[wasm_bindgen_test]
+async fn a_version_2_store_keeps_its_files_and_moves_its_pointers() {
+    let files: Vec<Synced> =
+        (0..40).map(|i| synced(&format!("dist/f{i}.js"), &random_bytes(3000 + i, 100 + i as u64))).collect();
+    write_old_schema("test-upgrade-2", 2, &files.iter().collect::<Vec<_>>()).await;
+    let store = Store::open("test-upgrade-2").await.unwrap();
+    assert_eq!(count(&store, REFS).await, 0, "the old pointer table is emptied");
+    let folder = assetsync_protocol::Scope::new("dist/").unwrap();
+    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len());
+    for s in &files {
+        assert_eq!(store.read(&s.manifest.path).await.unwrap().unwrap().to_vec(), s.data);
+    }
+    assert_eq!(store.gc().await.unwrap(), super::GcReport::default(), "every file is still reached");
 }
