@@ -40,12 +40,16 @@ pub fn packable(manifest: &Manifest) -> bool {
 
 /// The manifest of a packed file: one chunk, the whole file (none when empty).
 pub fn manifest(path: AssetPath, data: &[u8], params: ChunkParams) -> Manifest {
-    let sha256 = Hash::of(data);
-    let chunks = match data.is_empty() {
-        true => Vec::new(),
-        false => vec![ChunkRef { id: sha256, len: data.len() as u32 }],
+    manifest_hashed(path, data.len(), Hash::of(data), params)
+}
+
+/// [`manifest`] of a file of `len` bytes whose SHA-256 is `sha256`, hashed elsewhere.
+pub fn manifest_hashed(path: AssetPath, len: usize, sha256: Hash, params: ChunkParams) -> Manifest {
+    let chunks = match len {
+        0 => Vec::new(),
+        _ => vec![ChunkRef { id: sha256, len: len as u32 }],
     };
-    Manifest::from_parts(path, data.len(), sha256, params, chunks)
+    Manifest::from_parts(path, len, sha256, params, chunks)
 }
 
 /// The raw bytes of a pack of `files` (their listing positions, ascending, and bytes).

@@ -13,9 +13,9 @@ use super::{
     Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
 };
 use crate::{
-    AssetPath, ChunkFrame, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry, Have, Manifest,
-    Scope, ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta, folder_changes,
-    folder_version, held_chunk_ids, pack,
+    AssetPath, ChunkFrame, ChunkId, ChunkParams, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry,
+    Hash, Have, Manifest, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta,
+    folder_changes, folder_version, held_chunk_ids, pack,
 };
 
 /// What a folder sync did.
@@ -42,6 +42,8 @@ enum State {
     Listing(u32),
     /// Waiting for the answer's next pack.
     Pack,
+    /// A pack's files, waiting for the driver's hashes.
+    Unpacking(Unpacking),
     File(Answer, SyncReport),
     Keeping(Vec<VerifiedChunk>, String),
     Reconnecting(u32),
@@ -51,6 +53,21 @@ enum State {
     Finished,
     Failed(ClientError),
     Over,
+}
+
+/// A pack's files while the driver hashes them (see [`Machine::take_unhashed`]).
+#[derive(Debug)]
+struct Unpacking {
+    params: ChunkParams,
+    /// Each file's listing position, in the pack's order.
+    positions: Vec<u32>,
+    /// Files not yet taken by the driver: (their place in the pack, bytes).
+    fresh: Vec<(u32, Vec<u8>)>,
+    /// Each file's bytes and SHA-256, once given back.
+    hashed: Vec<Option<(Vec<u8>, Hash)>>,
+    outstanding: usize,
+    /// The pack's bytes on the wire.
+    wire: u64,
 }
 
 /// What the held files' manifests are loaded for.
@@ -312,7 +329,8 @@ impl FolderSync {
         }
     }
 
-    /// Takes a pack: its files, each checked against its listed version, are committed next.
+    /// Takes a pack: its files, each hashed (here, or by the driver) and checked against its
+    /// listed version, are committed next.
     fn unpack(&mut self, frame: &[u8], wire: u64) -> Result<(), String> {
         let compressed = match ChunkFrame::decode(frame) {
             Ok(ChunkFrame::Pack { id, compressed }) if id == self.answer.0 => compressed,
@@ -322,18 +340,45 @@ impl FolderSync {
         let raw = crate::compress::decompress(compressed, self.window.prefix(), pack::MAX_RAW)
             .map_err(|e| format!("a damaged pack: {e}"))?;
         let (params, files) = pack::decode(&raw).map_err(|e| e.to_string())?;
-        let total = files.iter().map(|(_, r)| r.len() as u64).sum::<u64>().max(1);
+        self.window.push(&raw);
+        self.packs_left -= 1;
+        let files: Vec<(u32, Vec<u8>)> =
+            files.into_iter().map(|(position, range)| (position, raw[range].to_vec())).collect();
+        // (A pack of no files has no hash to wait for.)
+        if !self.driver_hashes || files.is_empty() {
+            let hashed = files.into_iter().map(|(position, data)| {
+                let sha256 = Hash::of(&data);
+                (position, data, sha256)
+            });
+            return self.accept(params, hashed.collect(), wire);
+        }
+        let (positions, fresh): (Vec<u32>, Vec<(u32, Vec<u8>)>) =
+            files.into_iter().enumerate().map(|(i, (position, data))| (position, (i as u32, data))).unzip();
+        let hashed = (0..fresh.len()).map(|_| None).collect();
+        let outstanding = fresh.len();
+        self.state = State::Unpacking(Unpacking { params, positions, fresh, hashed, outstanding, wire });
+        Ok(())
+    }
+
+    /// Takes a pack's files (listing position, bytes, SHA-256): each checked against its listed
+    /// version, they are committed next.
+    fn accept(
+        &mut self,
+        params: ChunkParams,
+        files: Vec<(u32, Vec<u8>, Hash)>,
+        wire: u64,
+    ) -> Result<(), String> {
+        let total = files.iter().map(|(_, data, _)| data.len() as u64).sum::<u64>().max(1);
         let mut packed = std::collections::HashSet::new();
-        for (position, range) in files {
+        for (position, data, sha256) in files {
             let entry = self.listing.get(position as usize).ok_or("a pack names a file the listing lacks")?;
-            let data = &raw[range];
-            let manifest = pack::manifest(entry.asset.clone(), data, params);
+            let manifest = pack::manifest_hashed(entry.asset.clone(), data.len(), sha256, params);
             let version = manifest.version();
             if version != entry.version {
                 return Err(format!("{}: packed bytes do not match the listed version", entry.asset));
             }
             let received = match manifest.chunks.first() {
-                Some(chunk) => vec![VerifiedChunk::hashed_by_driver(chunk.id, data.to_vec())],
+                Some(chunk) => vec![VerifiedChunk::hashed_by_driver(chunk.id, data.clone())],
                 None => Vec::new(),
             };
             packed.insert(entry.asset.clone());
@@ -343,12 +388,11 @@ impl FolderSync {
                 wire_in: wire * data.len() as u64 / total,
                 ..SyncReport::default()
             };
-            let synced = Synced { manifest, version, data: data.to_vec(), received, chunks_reused: 0 };
+            let synced = Synced { manifest, version, data, received, chunks_reused: 0 };
             self.unpacked.push_back((synced, report));
         }
         self.to_fetch.retain(|asset| !packed.contains(asset));
-        self.window.push(&raw);
-        self.packs_left -= 1;
+        self.next_file();
         Ok(())
     }
 
@@ -437,6 +481,7 @@ impl Machine for FolderSync {
         match &mut self.state {
             State::Loading(_) => Action::LoadManifests(self.held.iter().map(|e| e.version).collect()),
             State::Listing(_) | State::Pack => Action::Receive,
+            State::Unpacking(_) => Action::FinishHashing,
             State::File(answer, _) => answer.poll(),
             State::Keeping(kept, _) => Action::Keep(kept),
             State::Reconnecting(after_ms) => Action::Reconnect { after_ms: *after_ms },
@@ -466,9 +511,22 @@ impl Machine for FolderSync {
             (State::Listing(_), Input::Lost(why)) => self.lost(why),
             (State::Pack, Input::Frame { frame, wire }) => {
                 self.report.wire_in += wire;
-                match self.unpack(frame, wire) {
-                    Ok(()) => self.next_file(),
-                    Err(why) => self.lost(why),
+                if let Err(why) = self.unpack(frame, wire) {
+                    self.lost(why);
+                }
+            }
+            (State::Unpacking(mut unpacking), Input::Hashed { index, bytes, id }) => {
+                unpacking.hashed[index as usize] = Some((bytes, id));
+                unpacking.outstanding -= 1;
+                if unpacking.outstanding > 0 {
+                    self.state = State::Unpacking(unpacking);
+                    return;
+                }
+                let Unpacking { params, positions, hashed, wire, .. } = unpacking;
+                let files = positions.into_iter().zip(hashed.into_iter().flatten());
+                let files = files.map(|(position, (data, sha256))| (position, data, sha256)).collect();
+                if let Err(why) = self.accept(params, files, wire) {
+                    self.lost(why);
                 }
             }
             (State::Pack, Input::Message { message: ServerMessage::Changed { asset, version }, wire }) => {
@@ -532,6 +590,7 @@ impl Machine for FolderSync {
         match &mut self.state {
             State::File(answer, _) => answer.take_unhashed(),
             State::Again(sync) => sync.take_unhashed(),
+            State::Unpacking(unpacking) => mem::take(&mut unpacking.fresh),
             _ => Vec::new(),
         }
     }
