@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
@@ -834,7 +835,8 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
 
 /// The files under `folder`, sorted by path, each with the stamp of what it holds. Directory
 /// entries are taken as the system lists them; only symlinks are resolved, and followed only
-/// where they lead inside the root, each directory once.
+/// where they lead inside the root, each directory once. Subfolders are walked on several
+/// threads: the time goes into one `statx` per file, and a build folder has thousands.
 fn walk(root: &Path, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
     let (start, real, name) = match folder {
         Scope::All => (root.to_path_buf(), root.to_path_buf(), ""),
@@ -844,20 +846,75 @@ fn walk(root: &Path, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Sta
             (start, real.ok_or_else(|| IndexError::Unknown(f.clone()))?, f.as_str())
         }
     };
+    let walk =
+        Walk { root, limit, found: AtomicUsize::new(0), visited: Mutex::new(HashSet::from([real.clone()])) };
     let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(WALK_THREADS));
+    // Breadth first until there is a folder for each thread to start from, then each thread
+    // takes the next one left and walks it depth first.
     let mut out = Vec::new();
-    let mut visited = HashSet::from([real.clone()]);
-    // Each directory as listed, and where it really is.
-    let mut stack = vec![(start, real)];
-    while let Some((dir, real_dir)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+    let mut dirs = VecDeque::from([(start, real)]);
+    while let Some((dir, real_dir)) = dirs.pop_front() {
+        walk.scan(&dir, &real_dir, &mut out, &mut dirs).ok_or_else(too_many)?;
+        if dirs.len() >= threads * 4 {
+            break;
+        }
+    }
+    let dirs = Mutex::new(dirs);
+    let parts = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    let mut stack = VecDeque::new();
+                    loop {
+                        let next = stack.pop_back().or_else(|| dirs.lock().expect("poisoned").pop_front());
+                        let Some((dir, real_dir)) = next else { return Some(out) };
+                        walk.scan(&dir, &real_dir, &mut out, &mut stack)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("walking thread panicked")).collect::<Vec<_>>()
+    });
+    for part in parts {
+        out.extend(part.ok_or_else(too_many)?);
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The most threads a folder listing walks on.
+const WALK_THREADS: usize = 4;
+
+/// What the threads of one [`walk`] share.
+struct Walk<'a> {
+    root: &'a Path,
+    limit: usize,
+    /// Files found so far, by all threads.
+    found: AtomicUsize,
+    /// Directories entered, where they really are.
+    visited: Mutex<HashSet<PathBuf>>,
+}
+
+impl Walk<'_> {
+    /// Adds the files of `dir` (which really is `real_dir`) to `out` and its subfolders to
+    /// `dirs`; `None` past the limit.
+    fn scan(
+        &self,
+        dir: &Path,
+        real_dir: &Path,
+        out: &mut Vec<(AssetPath, Stamp)>,
+        dirs: &mut VecDeque<(PathBuf, PathBuf)>,
+    ) -> Option<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Some(()) };
         for entry in entries.flatten() {
             let Ok(kind) = entry.file_type() else { continue };
             let path = entry.path();
             let (real, meta) = if kind.is_symlink() {
                 let Ok(target) = path.canonicalize() else { continue };
                 let Ok(meta) = std::fs::metadata(&target) else { continue };
-                if !target.starts_with(root) {
+                if !target.starts_with(self.root) {
                     continue;
                 }
                 (target, meta)
@@ -866,25 +923,25 @@ fn walk(root: &Path, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Sta
                 (real_dir.join(entry.file_name()), meta)
             };
             if meta.is_dir() {
-                if visited.insert(real.clone()) {
-                    stack.push((path, real));
+                if self.visited.lock().expect("poisoned").insert(real.clone()) {
+                    dirs.push_back((path, real));
                 }
             } else if meta.is_file() {
-                let Some(asset) = path.strip_prefix(root).ok().and_then(|r| AssetPath::new(r.to_str()?).ok())
+                let Some(asset) =
+                    path.strip_prefix(self.root).ok().and_then(|r| AssetPath::new(r.to_str()?).ok())
                 else {
                     continue;
                 };
                 if !is_temporary(&asset) {
-                    if out.len() == limit {
-                        return Err(too_many());
+                    if self.found.fetch_add(1, Ordering::Relaxed) >= self.limit {
+                        return None;
                     }
                     out.push((asset, Stamp::of(&meta)));
                 }
             }
         }
+        Some(())
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 /// Joins `asset` onto `root` and refuses anything that resolves outside it, symlinks included.
