@@ -299,7 +299,7 @@ impl PullReport {
         let (wire_bytes_in, wire_bytes_out) = wire.unwrap_or((done.report.wire_in, done.report.wire_out));
         PullReport {
             asset: manifest.path.to_string(),
-            version: manifest.version().to_hex(),
+            version: done.version().to_hex(),
             bytes: manifest.len,
             chunks: manifest.chunks.len(),
             chunks_reused: done.chunks_reused(),

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::mem;
 use std::rc::Rc;
 
-use assetsync_protocol::engine::{Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate};
-use assetsync_protocol::{ChunkId, Manifest};
+use assetsync_protocol::engine::{
+    Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate, SyncReport,
+};
+use assetsync_protocol::{ChunkId, Manifest, VersionId};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
 
@@ -317,7 +319,7 @@ impl Client {
         started: f64,
     ) -> SyncResult {
         let manifest = done.manifest();
-        let (asset, version) = (manifest.path.clone(), manifest.version());
+        let (asset, version) = (manifest.path.clone(), done.version());
         let (len, chunks, reused) = (manifest.len, manifest.chunks.len(), done.chunks_reused());
         let report = done.report;
         let (wire_in, wire_out) = wire.unwrap_or((report.wire_in, report.wire_out));
@@ -328,21 +330,53 @@ impl Client {
         if self.memory_cache {
             self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));
         }
+        let stats = Stats {
+            version,
+            bytes: len,
+            chunks,
+            chunks_reused: reused,
+            wire: (wire_in, wire_out),
+            elapsed_ms: now_ms() - started,
+            report,
+            store_ms: timings.store_ms,
+            verify_ms: timings.verify_ms,
+        };
+        SyncResult { asset, version, data, stats }
+    }
+}
+
+/// A sync's figures (see `SyncStats` in the TypeScript definitions), made a JS object only when
+/// asked for: a folder sync has thousands.
+pub(crate) struct Stats {
+    version: VersionId,
+    bytes: u64,
+    chunks: usize,
+    chunks_reused: usize,
+    /// Bytes read and sent.
+    wire: (u64, u64),
+    elapsed_ms: f64,
+    report: SyncReport,
+    store_ms: f64,
+    verify_ms: f64,
+}
+
+impl Stats {
+    pub(crate) fn to_js(&self) -> JsValue {
         let stats = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
-        set("version", version.to_hex().into());
-        set("bytes", (len as f64).into());
-        set("chunks", (chunks as f64).into());
-        set("chunksReused", (reused as f64).into());
-        set("wireBytesIn", (wire_in as f64).into());
-        set("wireBytesOut", (wire_out as f64).into());
-        set("elapsedMs", (now_ms() - started).into());
-        set("requests", report.requests.into());
-        set("retried", report.retried.into());
-        set("reconnects", report.reconnects.into());
-        set("storeMs", timings.store_ms.into());
-        set("verifyMs", timings.verify_ms.into());
-        SyncResult { asset, version, data, stats }
+        set("version", self.version.to_hex().into());
+        set("bytes", (self.bytes as f64).into());
+        set("chunks", (self.chunks as f64).into());
+        set("chunksReused", (self.chunks_reused as f64).into());
+        set("wireBytesIn", (self.wire.0 as f64).into());
+        set("wireBytesOut", (self.wire.1 as f64).into());
+        set("elapsedMs", self.elapsed_ms.into());
+        set("requests", self.report.requests.into());
+        set("retried", self.report.retried.into());
+        set("reconnects", self.report.reconnects.into());
+        set("storeMs", self.store_ms.into());
+        set("verifyMs", self.verify_ms.into());
+        stats.into()
     }
 }
 

@@ -152,7 +152,7 @@ pub struct SyncResult {
     version: VersionId,
     /// Where it already is (see [`Bytes`]); copied for JS by `bytes()`.
     data: Bytes,
-    stats: Object,
+    stats: drive::Stats,
 }
 
 #[wasm_bindgen]
@@ -165,7 +165,7 @@ impl SyncResult {
     /// Statistics of the sync.
     #[wasm_bindgen(getter, unchecked_return_type = "SyncStats")]
     pub fn stats(&self) -> JsValue {
-        self.stats.clone().into()
+        self.stats.to_js()
     }
 }
 

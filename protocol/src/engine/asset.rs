@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::answer::{Answer, End};
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
-use crate::{AssetPath, ChunkId, ChunkSet, ClientSync, Error, MAX_REQUESTS, Manifest, Synced, VerifiedChunk};
+use crate::{
+    AssetPath, ChunkId, ChunkSet, ClientSync, Error, MAX_REQUESTS, Manifest, Synced, VerifiedChunk, VersionId,
+};
 
 /// What a sync produced.
 #[derive(Debug)]
@@ -32,6 +34,14 @@ impl Finished {
         match &self.fetched {
             Fetched::Synced(s) => &s.manifest,
             Fetched::Unchanged(m) => m,
+        }
+    }
+
+    /// The version now committed (known without hashing the manifest again).
+    pub fn version(&self) -> VersionId {
+        match &self.fetched {
+            Fetched::Synced(s) => s.version,
+            Fetched::Unchanged(m) => m.version(),
         }
     }
 

@@ -56,9 +56,11 @@ pub struct Entry {
 
 type Shard = BTreeMap<String, Entry>;
 
-/// The key of the shard that holds `asset`.
+/// The key of the shard that holds `asset`: its path's 32-bit FNV-1a hash (cheap, and the
+/// same in every release: stores keep it), modulo [`SHARDS`].
 fn shard_of(asset: &str) -> String {
-    format!("{:02x}", Hash::of(asset.as_bytes()).0[0] % SHARDS)
+    let hash = asset.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("{:02x}", hash % u32::from(SHARDS))
 }
 
 /// A pack's key in `packs`.
