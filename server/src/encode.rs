@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use assetsync_protocol::VersionId;
+use assetsync_protocol::{Hash, VersionId};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
 use zstd::zstd_safe::{CCtx, CParameter, ResetDirective, compress_bound};
@@ -64,6 +64,8 @@ const LARGE_BATCH: usize = 8 << 20;
 const SLOW_PREFIX_LEVEL: i32 = 6;
 /// Encoded answers kept for reuse.
 const CACHED: usize = 64;
+/// Compressed bytes of folder packs kept for reuse.
+const PACK_CACHE_BYTES: usize = 64 << 20;
 
 /// How one group of chunks travels.
 pub enum Batch {
@@ -160,12 +162,23 @@ pub struct Encoder {
     cache: Mutex<VecDeque<(Key, Arc<Entry>)>>,
     /// Lets one best-level encoding run in the background at a time.
     background: Arc<Semaphore>,
+    /// Recent folder packs, oldest first (see [`Encoder::pack`]); an empty cell is being
+    /// compressed.
+    packs: Mutex<VecDeque<(Hash, Arc<PackCell>)>>,
 }
+
+/// A folder pack's compressed bytes once made (`None`: zstd failed).
+type PackCell = OnceCell<Option<Arc<Vec<u8>>>>;
 
 impl Encoder {
     /// A new encoder with an empty cache.
     pub fn new(config: EncodeConfig) -> Self {
-        Encoder { config, cache: Mutex::default(), background: Arc::new(Semaphore::new(1)) }
+        Encoder {
+            config,
+            cache: Mutex::default(),
+            background: Arc::new(Semaphore::new(1)),
+            packs: Mutex::default(),
+        }
     }
 
     /// The cache entry of an answer, made if there is none.
@@ -216,11 +229,40 @@ impl Encoder {
     }
 
     /// One pack of a folder answer (see [`assetsync_protocol::pack`]): `raw` compressed at the
-    /// fast level against `prefix`, on the blocking pool. `None` if zstd fails.
-    pub async fn pack(&self, raw: Vec<u8>, prefix: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    /// fast level against `prefix`, on the blocking pool, or as compressed for an earlier client.
+    /// `key` names what the pack and its prefix hold (the answer's files up to it): every client
+    /// that syncs the same build from nothing gets the same packs, compressed once. `None` if
+    /// zstd fails.
+    pub async fn pack(&self, key: Hash, raw: &[u8], prefix: Option<&[u8]>) -> Option<Arc<Vec<u8>>> {
+        let cell = {
+            let mut packs = self.packs.lock().expect("poisoned");
+            match packs.iter().find(|(k, _)| *k == key) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    let cell = Arc::new(PackCell::new());
+                    packs.push_back((key, cell.clone()));
+                    cell
+                }
+            }
+        };
         let level = self.config.fast_level;
-        let compressed = tokio::task::spawn_blocking(move || compress(&raw, prefix.as_deref(), level));
-        compressed.await.expect("pack compression panicked")
+        let compressed = cell
+            .get_or_init(|| {
+                let (raw, prefix) = (raw.to_vec(), prefix.map(<[u8]>::to_vec));
+                let job = tokio::task::spawn_blocking(move || compress(&raw, prefix.as_deref(), level));
+                async { job.await.expect("pack compression panicked").map(Arc::new) }
+            })
+            .await
+            .clone();
+        // Oldest first out, past the budget (and a failure is not kept).
+        let mut packs = self.packs.lock().expect("poisoned");
+        packs.retain(|(_, cell)| cell.get().is_none_or(Option::is_some));
+        let mut bytes: usize = packs.iter().filter_map(|(_, c)| c.get()?.as_ref().map(|p| p.len())).sum();
+        while bytes > PACK_CACHE_BYTES {
+            let Some((_, cell)) = packs.pop_front() else { break };
+            bytes -= cell.get().and_then(|p| p.as_ref().map(|p| p.len())).unwrap_or(0);
+        }
+        compressed
     }
 
     /// The chunks at `send` (manifest positions of `current`), compressed against `base` when
@@ -440,7 +482,7 @@ mod tests {
     use assetsync_protocol::compress::decompress;
     use assetsync_protocol::test_util::random_bytes;
 
-    use super::{Batch, Encoded, compress};
+    use super::{Batch, EncodeConfig, Encoded, Encoder, compress};
 
     /// The server's C encoder and the clients' pure-Rust decoder must agree byte for byte, with
     /// and without a prefix, including matches that reach far back into the prefix.
@@ -483,5 +525,19 @@ mod tests {
         let frame = compress(&data, None, 3).unwrap();
         assert!(decompress(&frame, None, 99_999).is_err());
         assert!(decompress(&frame[..frame.len() - 3], None, 100_000).is_err());
+    }
+
+    /// Every client syncing the same build from nothing gets the same packs: compressed once.
+    #[tokio::test]
+    async fn a_folder_pack_is_compressed_once_for_every_client() {
+        let encoder = Encoder::new(EncodeConfig::default());
+        let (raw, prefix) = (random_bytes(200_000, 3), random_bytes(100_000, 4));
+        let key = assetsync_protocol::Hash::of(b"the files up to this pack");
+        let first = encoder.pack(key, &raw, Some(&prefix)).await.unwrap();
+        assert_eq!(decompress(&first, Some(&prefix), raw.len()).unwrap(), raw);
+        let again = encoder.pack(key, &raw, Some(&prefix)).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "the same pack was compressed twice");
+        let other = encoder.pack(assetsync_protocol::Hash::of(b"other files"), &raw, None).await.unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first, &other));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Have, Scope, ServerMessage,
+    AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Hash, Have, Scope, ServerMessage,
     VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, pack, plan,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
@@ -160,10 +160,17 @@ pub(super) async fn sync_folder(
     send_json(socket, &listing).await?;
     let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
     let mut window = pack::Window::default();
+    // Names each pack with everything before it in the answer (see `Encoder::pack`).
+    let mut chain = Hash::of(scope.to_string().as_bytes());
     for files in &packs {
         let raw = pack::encode(files[0].1.manifest.params, &files.iter().map(pack_entry).collect::<Vec<_>>());
-        let Some(compressed) = state.encoder.pack(raw.clone(), window.prefix().map(<[u8]>::to_vec)).await
-        else {
+        let mut named = chain.0.to_vec();
+        for (position, file) in files {
+            named.extend_from_slice(&(*position as u32).to_le_bytes());
+            named.extend_from_slice(&file.version.0);
+        }
+        chain = Hash::of(&named);
+        let Some(compressed) = state.encoder.pack(chain, &raw, window.prefix()).await else {
             return Err(Fatal::new(ErrorCode::Internal, close_code::ERROR, "cannot compress a pack"));
         };
         window.push(&raw);
