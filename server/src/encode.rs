@@ -479,22 +479,25 @@ fn compress_with<'a>(
 
 #[cfg(test)]
 mod tests {
-    use assetsync_protocol::compress::decompress;
+    // With the dev-dependency's `native-zstd`, `decompress` is the native clients' decoder.
+    use assetsync_protocol::compress::{decompress as native, decompress_portable};
     use assetsync_protocol::test_util::random_bytes;
 
     use super::{Batch, EncodeConfig, Encoded, Encoder, compress};
 
-    /// The server's C encoder and the clients' pure-Rust decoder must agree byte for byte, with
-    /// and without a prefix, including matches that reach far back into the prefix.
+    /// The server's C encoder and both clients' decoders (the browser's pure-Rust one, the
+    /// native C one) must agree byte for byte, with and without a prefix, including matches
+    /// that reach far back into the prefix.
     #[test]
-    fn c_encoder_frames_decode_with_ruzstd() {
+    fn c_encoder_frames_decode_with_ruzstd_and_natively() {
         let old = [random_bytes(3 << 20, 1), b"the tail of the old file".to_vec()].concat();
         let mut new = old[1 << 20..].to_vec();
         new.extend_from_slice(&random_bytes(5000, 2));
         new.extend_from_slice(&old[..70_000]);
         for prefix in [None, Some(&old[..])] {
             let frame = compress(&new, prefix, 19).unwrap();
-            assert_eq!(decompress(&frame, prefix, new.len()).unwrap(), new);
+            assert_eq!(decompress_portable(&frame, prefix, new.len()).unwrap(), new);
+            assert_eq!(native(&frame, prefix, new.len()).unwrap(), new);
             if prefix.is_some() {
                 assert!(frame.len() < 10_000, "prefix not used: {} bytes", frame.len());
             }
@@ -523,8 +526,11 @@ mod tests {
     fn decoder_refuses_output_longer_than_announced() {
         let data = vec![b'x'; 100_000];
         let frame = compress(&data, None, 3).unwrap();
-        assert!(decompress(&frame, None, 99_999).is_err());
-        assert!(decompress(&frame[..frame.len() - 3], None, 100_000).is_err());
+        for decode in [decompress_portable, native] {
+            assert!(decode(&frame, None, 99_999).is_err());
+            assert!(decode(&frame[..frame.len() - 3], None, 100_000).is_err());
+            assert_eq!(decode(&frame, None, 100_000).unwrap(), data);
+        }
     }
 
     /// Every client syncing the same build from nothing gets the same packs: compressed once.
@@ -534,7 +540,7 @@ mod tests {
         let (raw, prefix) = (random_bytes(200_000, 3), random_bytes(100_000, 4));
         let key = assetsync_protocol::Hash::of(b"the files up to this pack");
         let first = encoder.pack(key, &raw, Some(&prefix)).await.unwrap();
-        assert_eq!(decompress(&first, Some(&prefix), raw.len()).unwrap(), raw);
+        assert_eq!(native(&first, Some(&prefix), raw.len()).unwrap(), raw);
         let again = encoder.pack(key, &raw, Some(&prefix)).await.unwrap();
         assert!(std::sync::Arc::ptr_eq(&first, &again), "the same pack was compressed twice");
         let other = encoder.pack(assetsync_protocol::Hash::of(b"other files"), &raw, None).await.unwrap();
