@@ -53,6 +53,8 @@ pub struct Cache {
     moved: BTreeSet<String>,
     /// Staged chunks and manifests not yet in the database.
     pending: Pending,
+    /// Copies of staged files under `--out`, being written on a thread of their own.
+    out: Option<OutWriter>,
     _lock: File,
 }
 
@@ -137,6 +139,7 @@ impl Cache {
             refs,
             moved: BTreeSet::new(),
             pending,
+            out: None,
             _lock: lock,
         })
     }
@@ -281,9 +284,16 @@ impl Cache {
         let record = record(stored, &manifest.canonical_bytes());
         self.pending.bytes += record.len();
         self.pending.manifests.insert(version, record);
-        if let Some((path, data)) = out {
-            write_file(path, data, durable, Some(stored))
-                .doing(|| format!("cannot write {}", path.display()))?;
+        match out {
+            // A folder's copies are written beside the sync, and waited for at the publish.
+            Some((path, data)) if !durable => {
+                self.out.get_or_insert_with(OutWriter::start).write(path, data, stored)?;
+            }
+            Some((path, data)) => {
+                write_file(path, data, durable, Some(stored))
+                    .doing(|| format!("cannot write {}", path.display()))?;
+            }
+            None => {}
         }
         self.refs.insert(manifest.path.as_str().to_owned(), version);
         self.moved.insert(manifest.path.as_str().to_owned());
@@ -321,7 +331,15 @@ impl Cache {
 
     /// Commits what [`Cache::stage`], [`Cache::store_chunks`] and [`Cache::remove`] did, durably,
     /// in one transaction. On failure it all stays pending, for the next call.
+    /// A copy under `--out` that could not be written is reported after the commit, which it
+    /// does not hold back: the next pull finds that copy stale and writes it again.
     pub fn publish(&mut self) -> Result<(), CacheError> {
+        let copies = self.out.take().map_or(Ok(()), OutWriter::finish);
+        self.commit_pending()?;
+        copies
+    }
+
+    fn commit_pending(&mut self) -> Result<(), CacheError> {
         if self.moved.is_empty() && self.pending.is_empty() {
             return Ok(());
         }
@@ -602,6 +620,62 @@ fn write_file(path: &Path, data: &[u8], durable: bool, stamp: Option<SystemTime>
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+impl Drop for Cache {
+    /// Copies still queued are written, not left as temporary files.
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            let _ = out.finish();
+        }
+    }
+}
+
+/// Writes copies under `--out` on a thread of its own, a few files ahead of it at most.
+struct OutWriter {
+    jobs: std::sync::mpsc::SyncSender<(PathBuf, Vec<u8>, SystemTime)>,
+    /// The first copy that failed, once one has.
+    failed: Arc<std::sync::Mutex<Option<CacheError>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl OutWriter {
+    /// Files queued before [`OutWriter::write`] waits.
+    const QUEUE: usize = 16;
+
+    fn start() -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(PathBuf, Vec<u8>, SystemTime)>(Self::QUEUE);
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let first = failed.clone();
+        let thread = std::thread::spawn(move || {
+            for (path, data, stamp) in queue {
+                if let Err(e) = write_file(&path, &data, false, Some(stamp)) {
+                    let error =
+                        CacheError { what: format!("cannot write {}", path.display()), cause: e.into() };
+                    first.lock().expect("poisoned").get_or_insert(error);
+                }
+            }
+        });
+        OutWriter { jobs, failed, thread }
+    }
+
+    /// Queues a copy of `data` for `path`; an error if an earlier copy failed (a full disk stops
+    /// the sync instead of failing for every file after it).
+    fn write(&self, path: &Path, data: &[u8], stamp: SystemTime) -> Result<(), CacheError> {
+        if let Some(e) = self.failed.lock().expect("poisoned").take() {
+            return Err(e);
+        }
+        // The thread ends only once the queue is closed, here, in `finish`.
+        let _ = self.jobs.send((path.to_owned(), data.to_vec(), stamp));
+        Ok(())
+    }
+
+    /// Waits for the copies queued; the first that failed, if any.
+    fn finish(self) -> Result<(), CacheError> {
+        drop(self.jobs);
+        self.thread.join().expect("the --out writer panicked");
+        self.failed.lock().expect("poisoned").take().map_or(Ok(()), Err)
+    }
 }
 
 fn write_and_rename(

@@ -194,6 +194,34 @@ async fn a_large_unchanged_folder_costs_one_small_round_trip_and_changes_travel_
     server.stop().await;
 }
 
+/// A folder's copies under `--out` are written beside the sync: one that cannot be written (a
+/// folder stands where the file goes) stops the pull with the path, the cache still commits the
+/// files that came before the stop, that one included, and once the obstacle is gone the next
+/// pull writes its copy from the cache instead of fetching it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_that_cannot_be_written_fails_the_pull_and_the_next_one_writes_it_from_the_cache() {
+    let server = TestServer::start().await;
+    for i in 0..200 {
+        server.write(&format!("dist/f{i}.js"), &random_bytes(3000, 700 + i));
+    }
+    let client = TestClient::new();
+    let blocked = client.out("dist/f77.js");
+    std::fs::create_dir_all(blocked.join("in the way")).unwrap();
+    let error = client.pull(&server, &["dist/"]).await.unwrap_err().to_string();
+    assert!(error.contains("cannot write") && error.contains("f77.js"), "{error}");
+    assert_eq!(
+        std::fs::read(client.out("dist/f5.js")).unwrap(),
+        std::fs::read(server.root.path().join("dist/f5.js")).unwrap()
+    );
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let again = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(again.repaired, ["dist/f77.js"], "{again:?}");
+    assert!(again.fetched.len() < 150, "the files before the stop were committed: {again:?}");
+    assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
+    server.stop().await;
+}
+
 /// A folder over the server's `--max-folder-files` is refused with what to do, and the session
 /// goes on.
 #[tokio::test(flavor = "multi_thread")]
