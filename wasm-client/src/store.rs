@@ -3,8 +3,8 @@
 //! ```text
 //! files      "<version hex>"    -> Blob | Uint8Array   (a file stored on its own)
 //! manifests  "<version hex>"    -> Uint8Array          (its canonical manifest)
-//! packs      "<pack id hex>"    -> Blob                (small files committed together: each
-//!                                                       one's manifest, then its bytes)
+//! packs      "<pack id hex>"    -> Blob                (small files committed together: their
+//!                                                       manifests, then their bytes)
 //! index      "<shard hex>"      -> Uint8Array          (per asset: its committed version and
 //!                                                       where its file lies; see [`index`])
 //! chunks     "<chunk id hex>"   -> Uint8Array          (chunks of a transfer that broke, for resume)
@@ -241,8 +241,9 @@ impl Store {
         for e in entries {
             match e.place {
                 Place::Own => own.push((listen(manifests.get(key(&e.version.to_hex()))?), e.version)),
-                Place::Packed { pack, at, manifest_len, .. } => {
-                    packed.entry(pack).or_default().push((at as usize, manifest_len as usize, e.version));
+                Place::Packed { pack, manifest_at, manifest_len, .. } => {
+                    let range = (manifest_at as usize, manifest_len as usize, e.version);
+                    packed.entry(pack).or_default().push(range);
                 }
             }
         }

@@ -7,8 +7,8 @@
 //! asset's commit rewrites one.
 //!
 //! A shard is a varint count, then per entry (sorted by path): the path's length and bytes, the
-//! version's 32 bytes, and its place: `0` (on its own), or `1` and the pack, offset, manifest
-//! length and file length (in a pack).
+//! version's 32 bytes, and its place: `0` (on its own), or `1` and the pack, the manifest's
+//! offset and length, and the file's offset and length (in a pack).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -30,8 +30,8 @@ const READ_ALL_PAST: usize = 8;
 pub enum Place {
     /// In `files` and `manifests`, keyed by its version.
     Own,
-    /// In `packs` under `pack`: its manifest's canonical bytes at `at`, then its file.
-    Packed { pack: u64, at: u64, manifest_len: u64, len: u64 },
+    /// In `packs` under `pack`: its manifest's canonical bytes at `manifest_at`, its file at `at`.
+    Packed { pack: u64, manifest_at: u64, manifest_len: u64, at: u64, len: u64 },
 }
 
 impl Place {
@@ -39,10 +39,7 @@ impl Place {
     pub fn file_range(&self) -> Option<(usize, usize)> {
         match *self {
             Place::Own => None,
-            Place::Packed { at, manifest_len, len, .. } => {
-                let start = (at + manifest_len) as usize;
-                Some((start, start + len as usize))
-            }
+            Place::Packed { at, len, .. } => Some((at as usize, (at + len) as usize)),
         }
     }
 }
@@ -178,9 +175,9 @@ fn encode(shard: &Shard) -> Vec<u8> {
         out.extend_from_slice(&entry.version.0);
         match entry.place {
             Place::Own => out.push(0),
-            Place::Packed { pack, at, manifest_len, len } => {
+            Place::Packed { pack, manifest_at, manifest_len, at, len } => {
                 out.push(1);
-                for n in [pack, at, manifest_len, len] {
+                for n in [pack, manifest_at, manifest_len, at, len] {
                     put(&mut out, n);
                 }
             }
@@ -207,8 +204,9 @@ fn try_decode(mut rest: &[u8]) -> Option<Shard> {
             0 => Place::Own,
             1 => Place::Packed {
                 pack: get(&mut rest)?,
-                at: get(&mut rest)?,
+                manifest_at: get(&mut rest)?,
                 manifest_len: get(&mut rest)?,
+                at: get(&mut rest)?,
                 len: get(&mut rest)?,
             },
             _ => return None,
@@ -229,7 +227,8 @@ mod tests {
     fn a_shard_round_trips_and_a_cut_one_is_refused() {
         let mut shard = Shard::new();
         shard.insert("a.js".into(), Entry { version: Hash::of(b"a"), place: Place::Own });
-        let place = Place::Packed { pack: u64::MAX, at: 1 << 40, manifest_len: 120, len: 3000 };
+        let place =
+            Place::Packed { pack: u64::MAX, manifest_at: 7, manifest_len: 120, at: 1 << 40, len: 3000 };
         shard.insert("dist/ü.js".into(), Entry { version: Hash::of(b"b"), place });
         let bytes = encode(&shard);
         assert_eq!(try_decode(&bytes), Some(shard));

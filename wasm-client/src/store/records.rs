@@ -58,14 +58,23 @@ impl Staged {
     }
 }
 
-/// Writes the files of `changes` in `tx`: small ones, when there are several, as one pack (each
-/// one's manifest, then its bytes), the others as a file and a manifest record each. Their
-/// places, in order (`None` for a removal).
+/// Writes the files of `changes` in `tx`: small ones, when there are several, as one pack (their
+/// manifests back to back, then their files, so that a folder's manifests are one short read),
+/// the others as a file and a manifest record each. Their places, in order (`None` for a
+/// removal).
 pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Option<Place>>> {
     let small = |c: &Staged| matches!(c, Staged::File { len, .. } if *len < SMALL_FILE);
     let pack_them = changes.iter().filter(|c| small(c)).nth(1).is_some();
-    let parts = Array::new();
-    let mut at = 0u64;
+    let manifests_len: u64 = changes
+        .iter()
+        .filter(|c| pack_them && small(c))
+        .map(|c| match c {
+            Staged::File { manifest, .. } => u64::from(manifest.length()),
+            Staged::Removal(_) => 0,
+        })
+        .sum();
+    let (manifests, files) = (Array::new(), Array::new());
+    let (mut manifest_at, mut at) = (0u64, manifests_len);
     let mut names = Vec::new();
     let mut places = Vec::with_capacity(changes.len());
     for change in changes {
@@ -74,13 +83,13 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
             continue;
         };
         if pack_them && small(change) {
-            parts.push(manifest);
-            parts.push(file);
+            manifests.push(manifest);
+            files.push(file);
             names.extend_from_slice(&version.0);
-            let manifest_len = u64::from(manifest.length());
+            let (manifest_len, len) = (u64::from(manifest.length()), *len as u64);
             // The pack's id is filled in below, once every file in it is known.
-            places.push(Some(Place::Packed { pack: 0, at, manifest_len, len: *len as u64 }));
-            at += manifest_len + *len as u64;
+            places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at, len }));
+            (manifest_at, at) = (manifest_at + manifest_len, at + len);
         } else {
             let id = key(&version.to_hex());
             tx.object_store(FILES)?.put(file, Some(&id))?;
@@ -93,7 +102,7 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
     }
     // Named by what it holds: the same files committed again make the same pack.
     let id = u64::from_be_bytes(Hash::of(&names).0[..8].try_into().expect("8 bytes"));
-    let pack = Blob::new_with_u8_array_sequence(&parts).map_err(StoreError::js)?;
+    let pack = Blob::new_with_u8_array_sequence(&manifests.concat(&files)).map_err(StoreError::js)?;
     tx.object_store(PACKS)?.put(&pack, Some(&pack_key(id)))?;
     for place in places.iter_mut().flatten() {
         if let Place::Packed { pack, .. } = place {
