@@ -7,9 +7,10 @@
 use std::future::Future;
 
 use assetsync_protocol::Hash;
-use js_sys::{ArrayBuffer, Object, Promise, Uint8Array};
+use js_sys::{ArrayBuffer, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
+use web_sys::SubtleCrypto;
 
 /// Inputs below this many bytes are hashed in WASM (about 0.4 ms at this size).
 const SUBTLE_MIN: usize = 64 << 10;
@@ -19,7 +20,7 @@ pub async fn sha256(data: &[u8]) -> Hash {
     if data.len() < SUBTLE_MIN {
         return Hash::of(data);
     }
-    let started = start(|s| s.digest_with_str_and_u8_array("SHA-256", data));
+    let started = start(|s, sha256| s.digest_with_object_and_u8_array(sha256, data));
     match finish(started).await {
         Some(hash) => hash,
         None => Hash::of(data),
@@ -29,7 +30,7 @@ pub async fn sha256(data: &[u8]) -> Hash {
 /// SHA-256 of a JS buffer, without copying it into WASM memory where `crypto.subtle` works. The
 /// digest starts at once, so the caller can do other work while it runs.
 pub fn sha256_buffer(data: &ArrayBuffer) -> impl Future<Output = Hash> + use<> {
-    let started = start(|s| s.digest_with_str_and_buffer_source("SHA-256", data.as_ref() as &Object));
+    let started = start(|s, sha256| s.digest_with_object_and_buffer_source(sha256, data.as_ref() as &Object));
     let data = data.clone();
     async move {
         match finish(started).await {
@@ -39,9 +40,24 @@ pub fn sha256_buffer(data: &ArrayBuffer) -> impl Future<Output = Hash> + use<> {
     }
 }
 
-fn start(digest: impl FnOnce(&web_sys::SubtleCrypto) -> Result<Promise, JsValue>) -> Option<JsFuture> {
+thread_local! {
+    /// `crypto.subtle` where the page is a secure context, and the algorithm asked of it: found
+    /// once, not at each of a folder's thousands of digests.
+    static SUBTLE: Option<(SubtleCrypto, Object)> = subtle_crypto();
+}
+
+fn subtle_crypto() -> Option<(SubtleCrypto, Object)> {
     let window = web_sys::window().filter(web_sys::Window::is_secure_context)?;
-    Some(JsFuture::from(digest(&window.crypto().ok()?.subtle()).ok()?))
+    let sha256 = Object::new();
+    Reflect::set(&sha256, &"name".into(), &"SHA-256".into()).ok()?;
+    Some((window.crypto().ok()?.subtle(), sha256))
+}
+
+fn start(digest: impl FnOnce(&SubtleCrypto, &Object) -> Result<Promise, JsValue>) -> Option<JsFuture> {
+    SUBTLE.with(|found| {
+        let (subtle, sha256) = found.as_ref()?;
+        Some(JsFuture::from(digest(subtle, sha256).ok()?))
+    })
 }
 
 async fn finish(started: Option<JsFuture>) -> Option<Hash> {
@@ -52,7 +68,7 @@ async fn finish(started: Option<JsFuture>) -> Option<Hash> {
 /// Whether `crypto.subtle` works here (a secure context): then received chunks are hashed by
 /// [`ChunkHasher`] instead of in WASM.
 pub fn subtle() -> bool {
-    web_sys::window().is_some_and(|w| w.is_secure_context())
+    SUBTLE.with(Option::is_some)
 }
 
 /// Received chunks hashed by `crypto.subtle` on another thread while frames keep arriving,
@@ -71,7 +87,7 @@ impl ChunkHasher {
         for (index, bytes) in chunks {
             let digest = match here {
                 true => Ok(Hash::of(&bytes)),
-                false => Err(start(|s| s.digest_with_str_and_u8_array("SHA-256", &bytes))
+                false => Err(start(|s, sha256| s.digest_with_object_and_u8_array(sha256, &bytes))
                     .unwrap_or_else(|| JsFuture::from(Promise::reject(&JsValue::NULL)))),
             };
             self.pending.push((index, bytes, digest));
