@@ -11,8 +11,7 @@ use web_sys::Blob;
 use super::index::{Entry, Place, pack_key};
 use super::{FILES, MANIFESTS, MAX_GAP, PACKS, Result, StoreError};
 
-/// A change to commit: a verified file (its bytes already in a `Blob`, out of WASM memory), or
-/// the removal of an asset the server no longer lists.
+/// A change to commit: a verified file, or the removal of an asset the server no longer lists.
 pub enum Staged {
     /// A verified version of an asset.
     File {
@@ -20,32 +19,49 @@ pub enum Staged {
         asset: String,
         /// Its version.
         version: VersionId,
-        /// The file (see [`file_value`]), and its length.
-        file: JsValue,
-        len: usize,
+        file: Body,
         /// The manifest's canonical bytes.
-        manifest: Uint8Array,
+        manifest: Vec<u8>,
     },
     /// An asset to delete.
     Removal(String),
 }
 
+/// A staged file's bytes: a large one already in a `Blob`, out of WASM memory; a small one kept
+/// here until the commit writes it (with the others, as one pack) in one copy.
+pub enum Body {
+    Blob(JsValue, usize),
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Blob(_, len) => *len,
+            Body::Bytes(bytes) => bytes.len(),
+        }
+    }
+}
+
 impl Staged {
     /// The commit of `synced`.
     pub fn file(synced: &Synced) -> Result<Self> {
+        let file = match synced.data.len() < SMALL_FILE {
+            true => Body::Bytes(synced.data.clone()),
+            false => Body::Blob(blob(&synced.data)?, synced.data.len()),
+        };
         Ok(Staged::File {
             asset: synced.manifest.path.as_str().to_owned(),
             version: synced.version,
-            file: file_value(&synced.data)?,
-            len: synced.data.len(),
-            manifest: Uint8Array::from(synced.manifest.canonical_bytes().as_slice()),
+            file,
+            manifest: synced.manifest.canonical_bytes(),
         })
     }
 
     /// Bytes held until the commit.
     pub fn len(&self) -> usize {
         match self {
-            Staged::File { len, manifest, .. } => len + manifest.length() as usize,
+            Staged::File { file, manifest, .. } => file.len() + manifest.len(),
             Staged::Removal(_) => 0,
         }
     }
@@ -63,47 +79,53 @@ impl Staged {
 /// the others as a file and a manifest record each. Their places, in order (`None` for a
 /// removal).
 pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Option<Place>>> {
-    let small = |c: &Staged| matches!(c, Staged::File { len, .. } if *len < SMALL_FILE);
+    let small = |c: &Staged| matches!(c, Staged::File { file: Body::Bytes(_), .. });
     let pack_them = changes.iter().filter(|c| small(c)).nth(1).is_some();
-    let manifests_len: u64 = changes
-        .iter()
-        .filter(|c| pack_them && small(c))
-        .map(|c| match c {
-            Staged::File { manifest, .. } => u64::from(manifest.length()),
-            Staged::Removal(_) => 0,
-        })
-        .sum();
-    let (manifests, files) = (Array::new(), Array::new());
-    let (mut manifest_at, mut at) = (0u64, manifests_len);
+    let packed = || changes.iter().filter(|c| pack_them && small(c));
+    let sizes = packed().map(|c| match c {
+        Staged::File { file, manifest, .. } => (manifest.len(), file.len()),
+        Staged::Removal(_) => (0, 0),
+    });
+    let (manifests_len, files_len) = sizes.fold((0, 0), |(m, f), (dm, df)| (m + dm, f + df));
+    let mut pack = Vec::with_capacity(if pack_them { manifests_len + files_len } else { 0 });
+    let mut files = Vec::with_capacity(files_len);
     let mut names = Vec::new();
     let mut places = Vec::with_capacity(changes.len());
     for change in changes {
-        let Staged::File { version, file, len, manifest, .. } = change else {
+        let Staged::File { version, file, manifest, .. } = change else {
             places.push(None);
             continue;
         };
-        if pack_them && small(change) {
-            manifests.push(manifest);
-            files.push(file);
-            names.extend_from_slice(&version.0);
-            let (manifest_len, len) = (u64::from(manifest.length()), *len as u64);
-            // The pack's id is filled in below, once every file in it is known.
-            places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at, len }));
-            (manifest_at, at) = (manifest_at + manifest_len, at + len);
-        } else {
-            let id = key(&version.to_hex());
-            tx.object_store(FILES)?.put(file, Some(&id))?;
-            tx.object_store(MANIFESTS)?.put(manifest, Some(&id))?;
-            places.push(Some(Place::Own));
+        match file {
+            Body::Bytes(bytes) if pack_them => {
+                let (manifest_at, at) = (pack.len(), manifests_len + files.len());
+                pack.extend_from_slice(manifest);
+                files.extend_from_slice(bytes);
+                names.extend_from_slice(&version.0);
+                let (manifest_len, len) = (manifest.len() as u64, bytes.len() as u64);
+                // The pack's id is filled in below, once every file in it is known.
+                let (manifest_at, at) = (manifest_at as u64, at as u64);
+                places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at, len }));
+            }
+            _ => {
+                let id = key(&version.to_hex());
+                let value = match file {
+                    Body::Blob(blob, _) => blob.clone(),
+                    Body::Bytes(bytes) => Uint8Array::from(bytes.as_slice()).into(),
+                };
+                tx.object_store(FILES)?.put(&value, Some(&id))?;
+                tx.object_store(MANIFESTS)?.put(&Uint8Array::from(manifest.as_slice()), Some(&id))?;
+                places.push(Some(Place::Own));
+            }
         }
     }
     if !pack_them {
         return Ok(places);
     }
+    pack.append(&mut files);
     // Named by what it holds: the same files committed again make the same pack.
     let id = u64::from_be_bytes(Hash::of(&names).0[..8].try_into().expect("8 bytes"));
-    let pack = Blob::new_with_u8_array_sequence(&manifests.concat(&files)).map_err(StoreError::js)?;
-    tx.object_store(PACKS)?.put(&pack, Some(&pack_key(id)))?;
+    tx.object_store(PACKS)?.put(&blob(&pack)?, Some(&pack_key(id)))?;
     for place in places.iter_mut().flatten() {
         if let Place::Packed { pack, .. } = place {
             *pack = id;
@@ -198,21 +220,13 @@ pub(super) fn blob(data: &[u8]) -> Result<JsValue> {
     Ok(Blob::new_with_u8_array_sequence(&Array::of1(&view)).map_err(StoreError::js)?.into())
 }
 
-/// Files under this many bytes are stored as a `Uint8Array` rather than a `Blob`: each `Blob`
-/// costs the browser a round trip to its blob registry (about half a millisecond), which for a
-/// folder of thousands of small files took longer than everything else.
+/// Files under this many bytes are staged in WASM memory and stored in a pack (several of them)
+/// or as a `Uint8Array` (one alone) rather than as a `Blob` of their own: each `Blob` costs the
+/// browser a round trip to its blob registry (about half a millisecond), and each value handed
+/// to JS a copy, which for a folder of thousands of small files took longer than everything else.
 const SMALL_FILE: usize = 64 << 10;
 
-/// How a committed file is stored: a `Blob` (which Chromium keeps as a file of its own), or
-/// for a small one, its bytes.
-pub(super) fn file_value(data: &[u8]) -> Result<JsValue> {
-    match data.len() < SMALL_FILE {
-        true => Ok(Uint8Array::from(data).into()),
-        false => blob(data),
-    }
-}
-
-/// A stored file as a `Blob`, however it was stored (see [`file_value`]).
+/// A stored file as a `Blob`, however it was stored (a `Blob`, or a small one's bytes).
 pub(super) fn as_blob(value: JsValue) -> Option<Blob> {
     match value.dyn_into::<Blob>() {
         Ok(blob) => Some(blob),

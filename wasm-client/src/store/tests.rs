@@ -221,7 +221,11 @@ async fn write_old_schema(name: &str, schema: u32, files: &[&Synced]) {
         if schema == 1 {
             super::put_chunks(&tx.object_store(CHUNKS).unwrap(), &s.received).unwrap();
         } else {
-            let file = super::records::file_value(&s.data).unwrap();
+            // As schema 2 kept them: a small file as its bytes, a large one as a `Blob`.
+            let file = match s.data.len() < 64 << 10 {
+                true => Uint8Array::from(s.data.as_slice()).into(),
+                false => super::blob(&s.data).unwrap(),
+            };
             tx.object_store(FILES).unwrap().put(&file, Some(&version)).unwrap();
         }
         let manifest = Uint8Array::from(s.manifest.canonical_bytes().as_slice());
