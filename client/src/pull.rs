@@ -58,8 +58,12 @@ pub async fn pull(
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
 ) -> Result<Vec<PullReport>, Error> {
-    let mut cache = open_cache(&config.cache).await?;
-    let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
+    // The cache opens while the connection's handshake is on the wire.
+    let (cache, conn) = tokio::join!(
+        open_cache(&config.cache),
+        Connection::open_resilient(&config.server, config.token.as_deref())
+    );
+    let (mut cache, mut conn) = (cache?, conn?);
     let mut reports = Vec::new();
     let mut collect = |e: &PullEvent| {
         if let PullEvent::Pulled(r) = e {
