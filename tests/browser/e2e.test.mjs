@@ -662,3 +662,49 @@ test("the demo page syncs, rebuilds for kilobytes, and looks right", async () =>
   await server.stop();
   await context.close();
 });
+
+test("the client runs in a worker: a folder and an asset sync, verify, commit and read back there", async () => {
+  const server = await startServer();
+  const files = { "app/a.js": bundle(1), "app/b.css": randomBytes(5000), "app/c/d.js": randomBytes(9000), "big.bin": randomBytes(300_000) };
+  for (const [asset, bytes] of Object.entries(files)) server.write(asset, bytes);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const got = await page.evaluate(async (ws) => {
+    // A module worker of its own: no `window` there, the same IndexedDB and WebSocket.
+    const source = `
+      import init, { SyncClient } from "${location.origin}/pkg/assetsync.js";
+      const hex = async (b) => [...new Uint8Array(await crypto.subtle.digest("SHA-256", b))]
+        .map((x) => x.toString(16).padStart(2, "0")).join("");
+      onmessage = async ({ data: ws }) => {
+        try {
+          await init();
+          const client = await SyncClient.connect(ws, { db: "in-a-worker" });
+          const folder = await client.syncFolder("app/");
+          const one = await client.sync("big.bin");
+          const again = await client.syncFolder("app/");
+          const hashes = {};
+          for (const asset of [...folder.fetched, "big.bin"]) hashes[asset] = await hex(await client.read(asset));
+          client.close();
+          // A refused connection is told apart there too (an HTTP probe of the same address).
+          const refused = await SyncClient.connect("ws://127.0.0.1:9/sync", { db: "in-a-worker" }).then(() => "connected", (e) => e.message);
+          postMessage({ fetched: folder.fetched, again: again.fetched, hashes, refused, inWindow: typeof window });
+        } catch (e) {
+          postMessage({ error: String(e) });
+        }
+      };`;
+    const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+    const worker = new Worker(url, { type: "module" });
+    const answer = new Promise((ok) => (worker.onmessage = ({ data }) => ok(data)));
+    worker.onerror = (e) => console.error("worker error:", e.message);
+    worker.postMessage(ws);
+    return answer;
+  }, server.ws);
+  assert.equal(got.error, undefined, got.error);
+  assert.equal(got.inWindow, "undefined", "the client must have run outside a page's window");
+  assert.deepEqual([...got.fetched].sort(), ["app/a.js", "app/b.css", "app/c/d.js"]);
+  assert.deepEqual(got.again, [], "the second folder sync finds it unchanged");
+  assert.match(got.refused, /nothing answers there; is the server running\?/);
+  for (const [asset, bytes] of Object.entries(files)) assert.equal(got.hashes[asset], sha256(bytes), asset);
+  await server.stop();
+  await context.close();
+});

@@ -47,10 +47,10 @@ thread_local! {
 }
 
 fn subtle_crypto() -> Option<(SubtleCrypto, Object)> {
-    let window = web_sys::window().filter(web_sys::Window::is_secure_context)?;
+    let global = crate::global::Global::get().filter(crate::global::Global::is_secure_context)?;
     let sha256 = Object::new();
     Reflect::set(&sha256, &"name".into(), &"SHA-256".into()).ok()?;
-    Some((window.crypto().ok()?.subtle(), sha256))
+    Some((global.crypto()?.subtle(), sha256))
 }
 
 fn start(digest: impl FnOnce(&SubtleCrypto, &Object) -> Result<Promise, JsValue>) -> Option<JsFuture> {

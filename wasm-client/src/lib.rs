@@ -20,6 +20,7 @@ mod client;
 mod digest;
 mod drive;
 mod folder;
+mod global;
 mod socket;
 mod store;
 mod subscribe;
@@ -267,7 +268,7 @@ fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
 }
 
 fn now_ms() -> f64 {
-    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or_else(js_sys::Date::now)
+    global::Global::get().and_then(|g| g.performance()).map_or_else(js_sys::Date::now, |p| p.now())
 }
 
 /// SHA-256 of `data` as lowercase hex, computed in WASM: for pages that check bytes they got

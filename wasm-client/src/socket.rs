@@ -171,19 +171,18 @@ impl Drop for Socket {
 /// this page's origin, which its log says.
 async fn diagnose(url: &str, code: u16) -> String {
     let failed = format!("cannot connect to {url} (WebSocket closed with code {code})");
-    let Some(window) = web_sys::window() else { return failed };
+    let Some(global) = crate::global::Global::get() else { return failed };
     let http = url.replacen("ws", "http", 1);
-    let origin = window.location().origin().unwrap_or_default();
+    let origin = global.origin();
     let same_origin = http.starts_with(&format!("{origin}/"));
     let init = web_sys::RequestInit::new();
     if !same_origin {
         // An opaque answer: it says only that something answered.
         init.set_mode(web_sys::RequestMode::NoCors);
     }
-    let answer = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str_and_init(&http, &init)).await;
+    let answer = wasm_bindgen_futures::JsFuture::from(global.fetch(&http, &init)).await;
     let Ok(response) = answer.and_then(|r| r.dyn_into::<web_sys::Response>()) else {
-        let page_host = window.location().hostname().unwrap_or_default();
-        if is_loopback(host_of(url)) && !is_loopback(page_host.trim_matches(['[', ']'])) {
+        if is_loopback(host_of(url)) && !is_loopback(host_of(&origin)) {
             // Browsers keep a page of another site from local addresses (unless the user allows
             // it), the probe included, so it cannot tell these apart.
             return format!(

@@ -200,8 +200,8 @@ async fn listen(client: Weak<Client>, mut pushes: PushStream) {
 
 pub(crate) async fn sleep(ms: i32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(window) = web_sys::window() {
-            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        if let Some(global) = crate::global::Global::get() {
+            global.set_timeout(&resolve, ms);
         }
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
