@@ -590,7 +590,7 @@ test("a store written by the previous release is upgraded in place, and nothing 
     db.close();
     return out;
   });
-  assert.deepEqual(after, { version: 3, chunks: 0, files: 3 });
+  assert.deepEqual(after, { version: 4, chunks: 0, files: 3 });
   // The upgraded versions serve as bases: an edit costs a delta, not the file.
   const edited = Buffer.concat([files["a.js"], Buffer.from("\nexport const edited = 1;\n")]);
   server.write("a.js", edited);
@@ -705,6 +705,32 @@ test("the client runs in a worker: a folder and an asset sync, verify, commit an
   assert.deepEqual(got.again, [], "the second folder sync finds it unchanged");
   assert.match(got.refused, /nothing answers there; is the server running\?/);
   for (const [asset, bytes] of Object.entries(files)) assert.equal(got.hashes[asset], sha256(bytes), asset);
+  await server.stop();
+  await context.close();
+});
+
+test("a folder larger than what the client holds in memory still commits in one switch", async () => {
+  const server = await startServer();
+  // 42 MiB: past the 32 MiB the client holds before writing files ahead of the commit.
+  const files = {};
+  for (let i = 0; i < 12; i++) files[`big/f${i}.bin`] = randomBytes(3.5 * 1024 * 1024);
+  files["big/small-a.js"] = randomBytes(2000);
+  files["big/small-b.js"] = randomBytes(3000);
+  for (const [asset, bytes] of Object.entries(files)) server.write(asset, bytes);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const done = await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "write-ahead" });
+    const done = await window.client.syncFolder("big/");
+    const db = await idb("write-ahead");
+    const pending = await req(db.transaction("pending").objectStore("pending").count());
+    db.close();
+    return { fetched: done.fetched.length, pending, gc: await window.client.gc() };
+  }, server.ws);
+  assert.equal(done.fetched, Object.keys(files).length);
+  assert.equal(done.pending, 0, "the commit drops the note of what it wrote ahead");
+  assert.deepEqual([done.gc.versionsDeleted, done.gc.packsDeleted], [0, 0], "nothing written was left unreached");
+  await assertStored(page, files);
   await server.stop();
   await context.close();
 });

@@ -8,6 +8,8 @@
 //! index      "<shard hex>"      -> Uint8Array          (per asset: its committed version and
 //!                                                       where its file lies; see [`index`])
 //! chunks     "<chunk id hex>"   -> Uint8Array          (chunks of a transfer that broke, for resume)
+//! pending    "<run id hex>"     -> Uint8Array          (packs and files a folder sync wrote ahead
+//!                                                       of its commit; see [`Store::write_ahead`])
 //! refs                                                 (schema 2's pointer table, emptied on upgrade)
 //! ```
 //!
@@ -52,13 +54,20 @@ const CHUNKS: &str = "chunks";
 const MANIFESTS: &str = "manifests";
 const PACKS: &str = "packs";
 const INDEX: &str = "index";
+const PENDING: &str = "pending";
 const REFS: &str = "refs";
-const ALL: [&str; 6] = [FILES, CHUNKS, MANIFESTS, PACKS, INDEX, REFS];
+const ALL: [&str; 7] = [FILES, CHUNKS, MANIFESTS, PACKS, INDEX, PENDING, REFS];
 /// What a committed file is read from.
 const STORED: [&str; 4] = [FILES, MANIFESTS, PACKS, INDEX];
+/// What a commit writes.
+const COMMITTED: [&str; 5] = [FILES, MANIFESTS, PACKS, INDEX, PENDING];
 /// The schema version: 1 kept every chunk as a record of its own, 2 kept files whole with a
-/// pointer record per asset, 3 packs small files and shards the pointers.
-const SCHEMA: u32 = 3;
+/// pointer record per asset, 3 packs small files and shards the pointers, 4 writes a folder's
+/// files ahead of the commit that points at them.
+const SCHEMA: u32 = 4;
+/// How long files written ahead of a commit are kept from GC: a folder sync that has not
+/// committed by then was abandoned (its tab closed).
+const PENDING_MS: f64 = 3_600_000.0;
 /// How long opening the store waits for pages that hold it open and block its upgrade.
 const BLOCKED_MS: i32 = 3_000;
 /// Reused chunks this close together in one file are read with one `Blob.slice`.
@@ -305,7 +314,14 @@ impl Store {
     /// ones in one read), else records kept from interrupted transfers. Missing ones are left out.
     /// They are not hashed one by one: the rebuilt file's SHA-256 covers them, and a damaged one
     /// is then named.
-    pub async fn chunks(&self, ids: &[ChunkId], sources: &[&Manifest]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+    /// `staged` are a folder sync's files not committed yet: those written ahead are read where
+    /// they were written.
+    pub async fn chunks(
+        &self,
+        ids: &[ChunkId],
+        sources: &[&Manifest],
+        staged: &[Staged],
+    ) -> Result<Vec<(ChunkId, Vec<u8>)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -334,8 +350,18 @@ impl Store {
         let index = Index::read(&tx, per_source.iter().map(|(m, _)| m.path.as_str())).await?;
         // Issue every read before awaiting any, so the transaction has them all queued.
         let mut files = Vec::new();
+        let written: HashMap<VersionId, Place> = staged
+            .iter()
+            .filter_map(|s| match s {
+                Staged::File { version, file: records::Body::Written(place), .. } => Some((*version, *place)),
+                _ => None,
+            })
+            .collect();
         for (m, ranges) in per_source {
-            if let Some(entry) = index.get(m.path.as_str()).filter(|e| e.version == m.version()) {
+            let version = m.version();
+            let committed = index.get(m.path.as_str()).filter(|e| e.version == version);
+            let entry = committed.or_else(|| Some(Entry { version, place: *written.get(&version)? }));
+            if let Some(entry) = entry {
                 files.push((request_file(&tx, &entry)?, ranges));
             }
         }
@@ -386,7 +412,7 @@ impl Store {
     /// Deletes `asset` (it is gone from the server): its pointer, file and manifest, in one
     /// transaction.
     pub async fn remove(&self, asset: &AssetPath) -> Result<()> {
-        self.commit_all(&[Staged::Removal(asset.as_str().to_owned())]).await
+        self.commit_all(&[Staged::Removal(asset.as_str().to_owned())], None).await
     }
 
     /// Stores chunks of a transfer that broke before its version could be committed, so that
@@ -405,14 +431,50 @@ impl Store {
     /// Commits a verified sync in one transaction: the file, the manifest, the pointer, and the
     /// deletion of the asset's previous version.
     pub async fn commit(&self, synced: &Synced) -> Result<()> {
-        self.commit_all(&[Staged::file(synced)?]).await
+        self.commit_all(&[Staged::file(synced)?], None).await
     }
 
     /// Commits `changes` (a folder's files and removals) in one transaction: a reader sees all
-    /// of them or none. Small files committed together go into one pack.
-    pub async fn commit_all(&self, changes: &[Staged]) -> Result<()> {
-        let tx = self.db.transaction(&STORED, TransactionMode::ReadWrite)?;
+    /// of them or none. Small files committed together go into one pack. `run` names the files
+    /// written ahead by [`Store::write_ahead`] for this commit.
+    pub async fn commit_all(&self, changes: &[Staged], run: Option<u64>) -> Result<()> {
+        let tx = self.db.transaction(&COMMITTED, TransactionMode::ReadWrite)?;
         write(&tx, changes).await?;
+        if let Some(run) = run {
+            tx.object_store(PENDING)?.delete(pending_key(run))?;
+        }
+        finish(tx).await
+    }
+
+    /// Writes the files of `changes` not written yet (see [`write_files`]) ahead of the commit
+    /// that will point at them, so that a folder of any size commits in one pointer switch
+    /// while its files are written as they arrive: they take no memory here meanwhile, and
+    /// nothing reads them until that commit. Noted under `run` (with the time) in one
+    /// transaction, so that [`Store::gc`] leaves them alone for [`PENDING_MS`].
+    pub async fn write_ahead(&self, changes: &mut [Staged], run: u64) -> Result<()> {
+        let tx = self.db.transaction(&[FILES, MANIFESTS, PACKS, PENDING], TransactionMode::ReadWrite)?;
+        let pending = tx.object_store(PENDING)?;
+        let mut note = pending.get(pending_key(run))?.await?.map(|v| bytes_of(&v)).unwrap_or_default();
+        if note.is_empty() {
+            assetsync_protocol::varint::put(&mut note, js_sys::Date::now() as u64);
+        }
+        let places = records::write_files(&tx, changes)?;
+        for (change, place) in changes.iter_mut().zip(places) {
+            if let (Staged::File { version, file, .. }, Some(place)) = (change, place) {
+                match place {
+                    Place::Packed { pack, .. } => {
+                        note.push(0);
+                        note.extend_from_slice(&pack.to_le_bytes());
+                    }
+                    Place::Own => {
+                        note.push(1);
+                        note.extend_from_slice(&version.0);
+                    }
+                }
+                *file = records::Body::Written(place);
+            }
+        }
+        pending.put(&Uint8Array::from(note.as_slice()), Some(&pending_key(run)))?;
         finish(tx).await
     }
 
@@ -458,10 +520,25 @@ impl Store {
     pub async fn gc(&self) -> Result<GcReport> {
         let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
         let index = Index::read_all(&tx).await?;
-        let own: HashSet<String> =
+        let mut own: HashSet<String> =
             index.iter().filter(|(_, e)| e.place == Place::Own).map(|(_, e)| e.version.to_hex()).collect();
-        let reached: HashSet<String> =
+        let mut reached: HashSet<String> =
             index.packs().into_iter().map(|p| pack_key(p).as_string().unwrap_or_default()).collect();
+        // What folder syncs in progress wrote ahead of their commit; an old note is of one that
+        // was abandoned.
+        let pending = tx.object_store(PENDING)?;
+        let (runs, notes) = (pending.get_all_keys(None, None)?.await?, pending.get_all(None, None)?.await?);
+        for (run, note) in runs.into_iter().zip(notes) {
+            match read_note(&bytes_of(&note)) {
+                Some((at, packs, versions)) if js_sys::Date::now() - at < PENDING_MS => {
+                    reached.extend(packs.into_iter().map(|p| pack_key(p).as_string().unwrap_or_default()));
+                    own.extend(versions.iter().map(VersionId::to_hex));
+                }
+                _ => {
+                    pending.delete(run)?;
+                }
+            }
+        }
         let mut report = GcReport::default();
         let manifests = tx.object_store(MANIFESTS)?;
         for k in manifests.get_all_keys(None, None)?.await? {
@@ -494,8 +571,37 @@ impl Store {
     }
 }
 
+/// The key of `run`'s note of what it wrote ahead.
+fn pending_key(run: u64) -> JsValue {
+    key(&format!("{run:016x}"))
+}
+
+/// Reads a note of [`Store::write_ahead`]: when it was begun (ms since the epoch), and the packs
+/// and files of their own it lists.
+fn read_note(mut bytes: &[u8]) -> Option<(f64, Vec<u64>, Vec<VersionId>)> {
+    let at = assetsync_protocol::varint::get(&mut bytes)? as f64;
+    let (mut packs, mut versions) = (Vec::new(), Vec::new());
+    while let Some((&kind, rest)) = bytes.split_first() {
+        match kind {
+            0 => {
+                let (pack, rest) = rest.split_first_chunk::<8>()?;
+                packs.push(u64::from_le_bytes(*pack));
+                bytes = rest;
+            }
+            1 => {
+                let (version, rest) = rest.split_first_chunk::<32>()?;
+                versions.push(assetsync_protocol::Hash(*version));
+                bytes = rest;
+            }
+            _ => return None,
+        }
+    }
+    Some((at, packs, versions))
+}
+
 /// Writes `changes` in `tx` (readwrite over [`STORED`]): the files, the pointers, and the
-/// deletion of what only the versions they replace used.
+/// deletion of what only the versions they replace used. Files written ahead must still be
+/// there (a GC keeps them for [`PENDING_MS`]): a commit never points at missing data.
 async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
     let mut index = Index::read(tx, changes.iter().map(Staged::asset)).await?;
     // A pack is deleted once no pointer reaches it, which only the whole table tells.
@@ -503,6 +609,7 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
     if !index.is_complete() && changes.iter().any(|c| packed(index.get(c.asset()))) {
         index = Index::read_all(tx).await?;
     }
+    check_written(tx, changes).await?;
     let places = records::write_files(tx, changes)?;
     let mut unreached = HashSet::new();
     for (change, place) in changes.iter().zip(places) {
@@ -530,6 +637,33 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
         }
     }
     index.write(tx)?;
+    Ok(())
+}
+
+/// Fails unless every file of `changes` written ahead is still in `tx`'s stores.
+async fn check_written(tx: &Transaction, changes: &[Staged]) -> Result<()> {
+    let (files, packs) = (tx.object_store(FILES)?, tx.object_store(PACKS)?);
+    let mut asked = HashSet::new();
+    let mut requests = Vec::new();
+    for change in changes {
+        let Staged::File { version, file: records::Body::Written(place), .. } = change else { continue };
+        let (store, id) = match place {
+            Place::Own => (&files, key(&version.to_hex())),
+            Place::Packed { pack, .. } => (&packs, pack_key(*pack)),
+        };
+        if asked.insert(id.as_string()) {
+            requests.push(listen(store.get_key(id)?));
+        }
+    }
+    for request in requests {
+        if request.await?.is_none() {
+            return Err(StoreError::Unusable(
+                "files written ahead of this commit are gone (a GC after an hour, or the site's data was \
+                 cleared); sync again"
+                    .into(),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -107,7 +107,7 @@ async fn rebuild(store: &Store, version: &VersionId) -> Result<Option<Vec<u8>>> 
     let Some(manifest) = bytes.and_then(|b| decode_manifest(&bytes_of(&b), version)) else { return Ok(None) };
     let ids: Vec<ChunkId> =
         manifest.chunks.iter().map(|c| c.id).collect::<HashSet<_>>().into_iter().collect();
-    let chunks: HashMap<ChunkId, Vec<u8>> = store.chunks(&ids, &[]).await?.into_iter().collect();
+    let chunks: HashMap<ChunkId, Vec<u8>> = store.chunks(&ids, &[], &[]).await?.into_iter().collect();
     let mut data = Vec::with_capacity(manifest.len as usize);
     for c in &manifest.chunks {
         match chunks.get(&c.id) {

@@ -28,10 +28,12 @@ pub enum Staged {
 }
 
 /// A staged file's bytes: a large one already in a `Blob`, out of WASM memory; a small one kept
-/// here until the commit writes it (with the others, as one pack) in one copy.
+/// here until they are written (with the others, as one pack) in one copy; or where they were
+/// written ahead of the commit (see [`super::Store::write_ahead`]).
 pub enum Body {
     Blob(JsValue, usize),
     Bytes(Vec<u8>),
+    Written(Place),
 }
 
 impl Body {
@@ -39,6 +41,7 @@ impl Body {
         match self {
             Body::Blob(_, len) => *len,
             Body::Bytes(bytes) => bytes.len(),
+            Body::Written(_) => 0,
         }
     }
 }
@@ -58,7 +61,7 @@ impl Staged {
         })
     }
 
-    /// Bytes held until the commit.
+    /// Bytes held until they are written.
     pub fn len(&self) -> usize {
         match self {
             Staged::File { file, manifest, .. } => file.len() + manifest.len(),
@@ -74,10 +77,10 @@ impl Staged {
     }
 }
 
-/// Writes the files of `changes` in `tx`: small ones, when there are several, as one pack (their
-/// manifests back to back, then their files, so that a folder's manifests are one short read),
-/// the others as a file and a manifest record each. Their places, in order (`None` for a
-/// removal).
+/// Writes the files of `changes` in `tx` not written yet: small ones, when there are several, as
+/// one pack (their manifests back to back, then their files, so that a folder's manifests are
+/// one short read), the others as a file and a manifest record each. Their places, in order
+/// (`None` for a removal).
 pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Option<Place>>> {
     let small = |c: &Staged| matches!(c, Staged::File { file: Body::Bytes(_), .. });
     let pack_them = changes.iter().filter(|c| small(c)).nth(1).is_some();
@@ -97,6 +100,7 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
             continue;
         };
         match file {
+            Body::Written(place) => places.push(Some(*place)),
             Body::Bytes(bytes) if pack_them => {
                 let (manifest_at, at) = (pack.len(), manifests_len + files.len());
                 pack.extend_from_slice(manifest);
@@ -112,6 +116,7 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
                 let value = match file {
                     Body::Blob(blob, _) => blob.clone(),
                     Body::Bytes(bytes) => Uint8Array::from(bytes.as_slice()).into(),
+                    Body::Written(_) => unreachable!("matched above"),
                 };
                 tx.object_store(FILES)?.put(&value, Some(&id))?;
                 tx.object_store(MANIFESTS)?.put(&Uint8Array::from(manifest.as_slice()), Some(&id))?;

@@ -57,7 +57,7 @@ async fn an_aborted_commit_leaves_the_previous_version_and_no_new_file() {
     let s2 = synced("a.js", &v2);
     // A commit that dies after writing its file, manifest and pointer, before the transaction
     // ends (as when the tab closes): the transaction aborts, and takes them with it.
-    let tx = store.db.transaction(&super::STORED, TransactionMode::ReadWrite).unwrap();
+    let tx = store.db.transaction(&super::COMMITTED, TransactionMode::ReadWrite).unwrap();
     super::write(&tx, &[super::Staged::file(&s2).unwrap()]).await.unwrap();
     // (The abort event arrives through the aborted requests, which the idb crate reports as an
     // error of its own; the outcome is checked below.)
@@ -122,7 +122,7 @@ async fn a_failed_verification_never_reaches_the_store() {
             Action::LoadFile(m) => Input::File(store.file(m).await.unwrap().map(|f| f.to_vec())),
             Action::LoadChunks { ids, sources } => {
                 let sources: Vec<&Manifest> = sources.iter().collect();
-                Input::Chunks(store.chunks(&ids, &sources).await.unwrap())
+                Input::Chunks(store.chunks(&ids, &sources, &[]).await.unwrap())
             }
             Action::Verify(data) => Input::Digest(Hash::of(data)),
             Action::Commit(synced) => {
@@ -167,14 +167,14 @@ async fn reused_chunks_are_slices_of_stored_files() {
     let mut wanted: Vec<ChunkId> = sa.manifest.chunks.iter().step_by(2).map(|c| c.id).collect();
     wanted.extend(sb.manifest.chunks.iter().map(|c| c.id));
     wanted.push(Hash::of(b"nobody"));
-    let got = store.chunks(&wanted, &[&sa.manifest, &sb.manifest]).await.unwrap();
+    let got = store.chunks(&wanted, &[&sa.manifest, &sb.manifest], &[]).await.unwrap();
     assert_eq!(got.len(), wanted.len() - 1);
     for (id, bytes) in &got {
         assert_eq!(Hash::of(bytes), *id, "a slice must be exactly the chunk");
     }
     // A source whose file is gone yields nothing, and that is not an error.
     store.remove(&asset("b.js")).await.unwrap();
-    let got = store.chunks(&wanted, &[&sb.manifest]).await.unwrap();
+    let got = store.chunks(&wanted, &[&sb.manifest], &[]).await.unwrap();
     assert!(got.is_empty());
 }
 
@@ -274,7 +274,7 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
             super::Staged::Removal("dist/old.js".into()),
         ]
     };
-    let tx = store.db.transaction(&super::STORED, TransactionMode::ReadWrite).unwrap();
+    let tx = store.db.transaction(&super::COMMITTED, TransactionMode::ReadWrite).unwrap();
     super::write(&tx, &changes()).await.unwrap();
     let _ = tx.abort().unwrap().await;
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
@@ -282,7 +282,7 @@ async fn a_folder_commits_all_its_files_and_removals_or_none() {
         store.entries_in(&folder).await.unwrap().iter().map(|e| e.asset.to_string()).collect();
     assert_eq!(held, ["dist/old.js"], "an aborted folder commit changed nothing");
 
-    store.commit_all(&changes()).await.unwrap();
+    store.commit_all(&changes(), None).await.unwrap();
     let held = store.entries_in(&folder).await.unwrap();
     let names: Vec<String> = held.iter().map(|e| e.asset.to_string()).collect();
     assert_eq!(names, ["dist/a.js", "dist/b.js"]);
@@ -308,7 +308,7 @@ async fn small_files_committed_together_share_one_pack_until_none_is_current() {
     let big = synced("dist/big.js", &random_bytes(100_000, 1000));
     let mut changes: Vec<_> = files.iter().map(|s| super::Staged::file(s).unwrap()).collect();
     changes.push(super::Staged::file(&big).unwrap());
-    store.commit_all(&changes).await.unwrap();
+    store.commit_all(&changes, None).await.unwrap();
     assert_eq!(count(&store, super::PACKS).await, 1, "the small files share one pack");
     assert_eq!(count(&store, FILES).await, 1, "the large file is stored on its own");
     assert_eq!(count(&store, MANIFESTS).await, 1);
@@ -321,7 +321,7 @@ async fn small_files_committed_together_share_one_pack_until_none_is_current() {
     assert_eq!(store.manifests(&versions).await.unwrap().len(), files.len());
     let wanted: Vec<ChunkId> = files[5..9].iter().map(|s| s.manifest.chunks[0].id).collect();
     let sources: Vec<&Manifest> = files.iter().map(|s| &s.manifest).collect();
-    let got = store.chunks(&wanted, &sources).await.unwrap();
+    let got = store.chunks(&wanted, &sources, &[]).await.unwrap();
     assert_eq!(got.len(), wanted.len());
     for (id, bytes) in &got {
         assert_eq!(Hash::of(bytes), *id, "a chunk read from a pack must be exactly the chunk");
@@ -341,7 +341,7 @@ async fn small_files_committed_together_share_one_pack_until_none_is_current() {
         .map(|s| super::Staged::file(&synced(s.manifest.path.as_str(), &random_bytes(500, 7))).unwrap())
         .collect();
     rest.extend(files[150..].iter().map(|s| super::Staged::Removal(s.manifest.path.as_str().into())));
-    store.commit_all(&rest).await.unwrap();
+    store.commit_all(&rest, None).await.unwrap();
     assert_eq!(count(&store, super::PACKS).await, 1, "the old pack went, the new files made one");
     assert!(store.read(&asset("dist/m200.js")).await.unwrap().is_none());
     assert_eq!(store.gc().await.unwrap(), super::GcReport::default(), "the commits left nothing behind");
@@ -368,4 +368,51 @@ async fn a_version_2_store_keeps_its_files_and_moves_its_pointers() {
         assert_eq!(store.read(&s.manifest.path).await.unwrap().unwrap().to_vec(), s.data);
     }
     assert_eq!(store.gc().await.unwrap(), super::GcReport::default(), "every file is still reached");
+}
+
+/// A folder sync writes its files ahead of its one commit: nothing of them is visible until the
+/// commit switches the pointers, a GC meanwhile leaves them alone, later files read chunks from
+/// them, and the commit leaves no note behind. A run abandoned an hour ago is collected.
+#[wasm_bindgen_test]
+async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then() {
+    let store = fresh_store("test-write-ahead").await;
+    let old = synced("dist/old.js", &random_bytes(2000, 1));
+    store.commit(&old).await.unwrap();
+    let files: Vec<Synced> =
+        (0..40).map(|i| synced(&format!("dist/m{i}.js"), &random_bytes(3000 + i, 50 + i as u64))).collect();
+    let big = synced("dist/big.bin", &random_bytes(200_000, 99));
+    let mut staged: Vec<_> = files.iter().chain([&big]).map(|s| super::Staged::file(s).unwrap()).collect();
+    store.write_ahead(&mut staged, 7).await.unwrap();
+    staged.push(super::Staged::Removal("dist/old.js".into()));
+    let folder = assetsync_protocol::Scope::new("dist/").unwrap();
+    assert_eq!(store.entries_in(&folder).await.unwrap().len(), 1, "files written ahead are not committed");
+    assert_eq!(store.gc().await.unwrap(), super::GcReport::default(), "a GC spares a run in progress");
+    let wanted = [files[3].manifest.chunks[0].id, big.manifest.chunks[1].id];
+    let got = store.chunks(&wanted, &[&files[3].manifest, &big.manifest], &staged).await.unwrap();
+    assert_eq!(got.len(), 2, "chunks are read from files written ahead");
+
+    store.commit_all(&staged, Some(7)).await.unwrap();
+    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len() + 1);
+    assert_eq!(store.read(&asset("dist/m5.js")).await.unwrap().unwrap().to_vec(), files[5].data);
+    assert_eq!(store.read(&asset("dist/big.bin")).await.unwrap().unwrap().to_vec(), big.data);
+    assert_eq!(count(&store, super::PENDING).await, 0, "the commit drops the run's note");
+    assert_eq!(store.gc().await.unwrap(), super::GcReport::default());
+
+    // A run that wrote ahead and never committed, an hour and more ago: collected.
+    let mut abandoned = vec![super::Staged::file(&synced("dist/x.js", &random_bytes(900, 3))).unwrap()];
+    abandoned.push(super::Staged::file(&synced("dist/y.js", &random_bytes(900, 4))).unwrap());
+    store.write_ahead(&mut abandoned, 8).await.unwrap();
+    let tx = store.db.transaction(&[super::PENDING], TransactionMode::ReadWrite).unwrap();
+    let pending = tx.object_store(super::PENDING).unwrap();
+    let note = pending.get(super::pending_key(8)).unwrap().await.unwrap().unwrap();
+    let mut note = super::bytes_of(&note);
+    // Begun at the epoch: the note's leading varint (its time) becomes 0.
+    let time_len = note.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    note.splice(0..time_len, [0u8]);
+    pending.put(&Uint8Array::from(note.as_slice()), Some(&super::pending_key(8))).unwrap();
+    tx.commit().unwrap().await.unwrap();
+    let report = store.gc().await.unwrap();
+    assert_eq!(report.packs_deleted, 1, "{report:?}");
+    assert_eq!(count(&store, super::PENDING).await, 0);
+    assert_eq!(store.read(&asset("dist/m5.js")).await.unwrap().unwrap().to_vec(), files[5].data);
 }
