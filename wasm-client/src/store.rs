@@ -459,20 +459,25 @@ impl Store {
             assetsync_protocol::varint::put(&mut note, js_sys::Date::now() as u64);
         }
         let places = records::write_files(&tx, changes)?;
+        let mut packs = HashSet::new();
         for (change, place) in changes.iter_mut().zip(places) {
-            if let (Staged::File { version, file, .. }, Some(place)) = (change, place) {
-                match place {
-                    Place::Packed { pack, .. } => {
-                        note.push(0);
-                        note.extend_from_slice(&pack.to_le_bytes());
-                    }
-                    Place::Own => {
-                        note.push(1);
-                        note.extend_from_slice(&version.0);
-                    }
-                }
-                *file = records::Body::Written(place);
+            let (Staged::File { version, file, .. }, Some(place)) = (change, place) else { continue };
+            if matches!(file, records::Body::Written(_)) {
+                continue;
             }
+            // Each file of its own, and each new pack once.
+            match place {
+                Place::Packed { pack, .. } if packs.insert(pack) => {
+                    note.push(0);
+                    note.extend_from_slice(&pack.to_le_bytes());
+                }
+                Place::Packed { .. } => {}
+                Place::Own => {
+                    note.push(1);
+                    note.extend_from_slice(&version.0);
+                }
+            }
+            *file = records::Body::Written(place);
         }
         pending.put(&Uint8Array::from(note.as_slice()), Some(&pending_key(run)))?;
         finish(tx).await

@@ -383,6 +383,15 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
     let big = synced("dist/big.bin", &random_bytes(200_000, 99));
     let mut staged: Vec<_> = files.iter().chain([&big]).map(|s| super::Staged::file(s).unwrap()).collect();
     store.write_ahead(&mut staged, 7).await.unwrap();
+    // More files later in the same run: written ahead once, and noted once per pack.
+    let later: Vec<Synced> =
+        (0..2).map(|i| synced(&format!("dist/later{i}.js"), &random_bytes(700, 80 + i))).collect();
+    staged.extend(later.iter().map(|s| super::Staged::file(s).unwrap()));
+    store.write_ahead(&mut staged, 7).await.unwrap();
+    let tx = store.db.transaction(&[super::PENDING], TransactionMode::ReadOnly).unwrap();
+    let note = tx.object_store(super::PENDING).unwrap().get(super::pending_key(7)).unwrap().await.unwrap();
+    let (_, packs, own) = super::read_note(&super::bytes_of(&note.unwrap())).unwrap();
+    assert_eq!((packs.len(), own.len()), (2, 1), "each pack and each file of its own noted once");
     staged.push(super::Staged::Removal("dist/old.js".into()));
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
     assert_eq!(store.entries_in(&folder).await.unwrap().len(), 1, "files written ahead are not committed");
@@ -392,7 +401,7 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
     assert_eq!(got.len(), 2, "chunks are read from files written ahead");
 
     store.commit_all(&staged, Some(7)).await.unwrap();
-    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len() + 1);
+    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len() + 1 + later.len());
     assert_eq!(store.read(&asset("dist/m5.js")).await.unwrap().unwrap().to_vec(), files[5].data);
     assert_eq!(store.read(&asset("dist/big.bin")).await.unwrap().unwrap().to_vec(), big.data);
     assert_eq!(count(&store, super::PENDING).await, 0, "the commit drops the run's note");
