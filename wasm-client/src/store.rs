@@ -350,17 +350,12 @@ impl Store {
         let index = Index::read(&tx, per_source.iter().map(|(m, _)| m.path.as_str())).await?;
         // Issue every read before awaiting any, so the transaction has them all queued.
         let mut files = Vec::new();
-        let written: HashMap<VersionId, Place> = staged
-            .iter()
-            .filter_map(|s| match s {
-                Staged::File { version, file: records::Body::Written(place), .. } => Some((*version, *place)),
-                _ => None,
-            })
-            .collect();
+        let written: HashMap<VersionId, Entry> =
+            staged.iter().filter_map(Staged::written).map(|e| (e.version, e)).collect();
         for (m, ranges) in per_source {
             let version = m.version();
             let committed = index.get(m.path.as_str()).filter(|e| e.version == version);
-            let entry = committed.or_else(|| Some(Entry { version, place: *written.get(&version)? }));
+            let entry = committed.or_else(|| written.get(&version).copied());
             if let Some(entry) = entry {
                 files.push((request_file(&tx, &entry)?, ranges));
             }
@@ -461,10 +456,10 @@ impl Store {
         let places = records::write_files(&tx, changes)?;
         let mut packs = HashSet::new();
         for (change, place) in changes.iter_mut().zip(places) {
-            let (Staged::File { version, file, .. }, Some(place)) = (change, place) else { continue };
-            if matches!(file, records::Body::Written(_)) {
+            if change.written().is_some() {
                 continue;
             }
+            let (Staged::File { version, file, .. }, Some(place)) = (change, place) else { continue };
             // Each file of its own, and each new pack once.
             match place {
                 Place::Packed { pack, .. } if packs.insert(pack) => {
@@ -647,17 +642,12 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
 
 /// Fails unless every file of `changes` written ahead is still in `tx`'s stores.
 async fn check_written(tx: &Transaction, changes: &[Staged]) -> Result<()> {
-    let (files, packs) = (tx.object_store(FILES)?, tx.object_store(PACKS)?);
     let mut asked = HashSet::new();
     let mut requests = Vec::new();
-    for change in changes {
-        let Staged::File { version, file: records::Body::Written(place), .. } = change else { continue };
-        let (store, id) = match place {
-            Place::Own => (&files, key(&version.to_hex())),
-            Place::Packed { pack, .. } => (&packs, pack_key(*pack)),
-        };
+    for entry in changes.iter().filter_map(Staged::written) {
+        let (store, id) = records::record_of(&entry);
         if asked.insert(id.as_string()) {
-            requests.push(listen(store.get_key(id)?));
+            requests.push(listen(tx.object_store(store)?.get_key(id)?));
         }
     }
     for request in requests {

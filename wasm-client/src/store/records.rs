@@ -69,6 +69,16 @@ impl Staged {
         }
     }
 
+    /// Its version and place, if its file was written ahead of the commit.
+    pub(super) fn written(&self) -> Option<Entry> {
+        match self {
+            Staged::File { version, file: Body::Written(place), .. } => {
+                Some(Entry { version: *version, place: *place })
+            }
+            _ => None,
+        }
+    }
+
     /// The asset changed.
     pub(super) fn asset(&self) -> &str {
         match self {
@@ -84,8 +94,7 @@ impl Staged {
 pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Option<Place>>> {
     let small = |c: &Staged| matches!(c, Staged::File { file: Body::Bytes(_), .. });
     let pack_them = changes.iter().filter(|c| small(c)).nth(1).is_some();
-    let packed = || changes.iter().filter(|c| pack_them && small(c));
-    let sizes = packed().map(|c| match c {
+    let sizes = changes.iter().filter(|c| pack_them && small(c)).map(|c| match c {
         Staged::File { file, manifest, .. } => (manifest.len(), file.len()),
         Staged::Removal(_) => (0, 0),
     });
@@ -94,6 +103,8 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
     let mut files = Vec::with_capacity(files_len);
     let mut names = Vec::new();
     let mut places = Vec::with_capacity(changes.len());
+    // The places of the files packed here (not of those written ahead into earlier packs).
+    let mut packed = Vec::new();
     for change in changes {
         let Staged::File { version, file, manifest, .. } = change else {
             places.push(None);
@@ -109,6 +120,7 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
                 let (manifest_len, len) = (manifest.len() as u64, bytes.len() as u64);
                 // The pack's id is filled in below, once every file in it is known.
                 let (manifest_at, at) = (manifest_at as u64, at as u64);
+                packed.push(places.len());
                 places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at, len }));
             }
             _ => {
@@ -131,8 +143,8 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
     // Named by what it holds: the same files committed again make the same pack.
     let id = u64::from_be_bytes(Hash::of(&names).0[..8].try_into().expect("8 bytes"));
     tx.object_store(PACKS)?.put(&blob(&pack)?, Some(&pack_key(id)))?;
-    for place in places.iter_mut().flatten() {
-        if let Place::Packed { pack, .. } = place {
+    for i in packed {
+        if let Some(Place::Packed { pack, .. }) = &mut places[i] {
             *pack = id;
         }
     }
@@ -160,12 +172,17 @@ impl FileRequest {
 
 /// Asks `tx` for the file of `entry`, without waiting.
 pub(super) fn request_file(tx: &Transaction, entry: &Entry) -> Result<FileRequest> {
-    let (store, id) = match entry.place {
-        Place::Own => (FILES, key(&entry.version.to_hex())),
-        Place::Packed { pack, .. } => (PACKS, pack_key(pack)),
-    };
+    let (store, id) = record_of(entry);
     let request = listen(tx.object_store(store)?.get(id)?);
     Ok(FileRequest { request, range: entry.place.file_range() })
+}
+
+/// The object store and key of the record that holds the file of `entry`: its own, or its pack.
+pub(super) fn record_of(entry: &Entry) -> (&'static str, JsValue) {
+    match entry.place {
+        Place::Own => (FILES, key(&entry.version.to_hex())),
+        Place::Packed { pack, .. } => (PACKS, pack_key(pack)),
+    }
 }
 
 /// A request's future, listening from now on. The idb crate listens for a request's result only

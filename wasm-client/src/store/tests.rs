@@ -392,6 +392,10 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
     let note = tx.object_store(super::PENDING).unwrap().get(super::pending_key(7)).unwrap().await.unwrap();
     let (_, packs, own) = super::read_note(&super::bytes_of(&note.unwrap())).unwrap();
     assert_eq!((packs.len(), own.len()), (2, 1), "each pack and each file of its own noted once");
+    // And files the commit itself packs, beside those packed ahead (whose packs stay theirs).
+    let last: Vec<Synced> =
+        (0..2).map(|i| synced(&format!("dist/last{i}.js"), &random_bytes(600, 90 + i))).collect();
+    staged.extend(last.iter().map(|s| super::Staged::file(s).unwrap()));
     staged.push(super::Staged::Removal("dist/old.js".into()));
     let folder = assetsync_protocol::Scope::new("dist/").unwrap();
     assert_eq!(store.entries_in(&folder).await.unwrap().len(), 1, "files written ahead are not committed");
@@ -401,8 +405,10 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
     assert_eq!(got.len(), 2, "chunks are read from files written ahead");
 
     store.commit_all(&staged, Some(7)).await.unwrap();
-    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len() + 1 + later.len());
-    assert_eq!(store.read(&asset("dist/m5.js")).await.unwrap().unwrap().to_vec(), files[5].data);
+    assert_eq!(store.entries_in(&folder).await.unwrap().len(), files.len() + 1 + later.len() + last.len());
+    for s in [&files[5], &later[1], &last[0]] {
+        assert_eq!(store.read(&s.manifest.path).await.unwrap().unwrap().to_vec(), s.data);
+    }
     assert_eq!(store.read(&asset("dist/big.bin")).await.unwrap().unwrap().to_vec(), big.data);
     assert_eq!(count(&store, super::PENDING).await, 0, "the commit drops the run's note");
     assert_eq!(store.gc().await.unwrap(), super::GcReport::default());
