@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the WASM client and its JS glue into www/pkg/ (assetsync.js, assetsync_bg.wasm, .d.ts).
+# Builds the WASM client, its JS glue and service worker modules as an npm package
+# (target/npm/assetsync-VERSION.tgz), unpacked into www/pkg/ for the demo and the tests.
 # Installs the wasm32 target and wasm-bindgen-cli (pinned to Cargo.lock's wasm-bindgen) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,18 @@ if [ "$have" != "$want" ]; then
 fi
 
 cargo build --locked --profile wasm-release --target wasm32-unknown-unknown -p assetsync-wasm
-rm -rf www/pkg
-wasm-bindgen --target web --out-dir www/pkg --out-name assetsync --remove-name-section --remove-producers-section \
+
+# The npm package: the glue and .wasm, the service worker and page modules, their types and
+# README, packed by `npm pack`. The demo and the browser tests use www/pkg, unpacked from that
+# tarball, so what users install is what is tested.
+stage=target/npm/package
+rm -rf target/npm && mkdir -p "$stage"
+wasm-bindgen --target web --out-dir "$stage" --out-name assetsync --remove-name-section --remove-producers-section \
   target/wasm32-unknown-unknown/wasm-release/assetsync_wasm.wasm
-echo "==> built www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm)"
+cp wasm-client/npm/* "$stage/"
+version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
+(cd "$stage" && npm pkg set version="$version")
+tarball=$(cd target/npm && npm pack ./package --silent)
+rm -rf www/pkg && mkdir -p www/pkg
+tar -xzf "target/npm/$tarball" -C www/pkg --strip-components=1
+echo "==> built target/npm/$tarball and www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm)"

@@ -57,7 +57,7 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked --target wasm32-unknown-unknown -p assetsync-wasm
 
 step "page-level tests in headless Chromium (playwright-core)"
-(cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test e2e.test.mjs)
+(cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test e2e.test.mjs pwa.test.mjs)
 
 step "skipped checks"
 if [ -s "$ASSETSYNC_SKIPS" ]; then cat "$ASSETSYNC_SKIPS"; else echo "none"; fi

@@ -363,13 +363,16 @@ impl Progress {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The page and the WASM client of the source tree, when this binary runs next to it.
+    let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let (root, demo) = match args.root {
         Some(root) if root.is_dir() => (root, None),
         Some(root) => {
             anyhow::bail!("--root {} is not a folder: point it at the folder to serve", root.display())
         }
         None if Path::new(DEMO_ROOT).is_dir() => {
-            let demo = Demo::prepare(Path::new(DEMO_ROOT)).context("cannot prepare the demo folder")?;
+            let demo = Demo::prepare(Path::new(DEMO_ROOT), www.as_deref())
+                .context("cannot prepare the demo folder")?;
             (demo.root(), Some(Arc::new(demo)))
         }
         None => anyhow::bail!(
@@ -382,8 +385,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (false, None, Some(demo)) => Some(demo.store()),
         (false, None, None) => Some(default_store(&root)?),
     };
-    // The page and the WASM client of the source tree, when this binary runs next to it.
-    let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
+    // The demo's page is served from its copy, with the rest of the build.
+    let www = match &demo {
+        Some(demo) => www.map(|_| demo.root()),
+        None => www,
+    };
     let config = ServeConfig {
         root,
         demo,

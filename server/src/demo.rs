@@ -37,10 +37,15 @@ pub struct Build {
 }
 
 impl Demo {
-    /// Copies `bundled` (the repository's `demo/` folder) to a temporary folder and writes build 1.
-    pub fn prepare(bundled: &Path) -> io::Result<Demo> {
+    /// Copies `bundled` (the repository's `demo/` folder) and the demo page's `www` (its HTML,
+    /// script, style and built client) to a temporary folder and writes build 1: the page is
+    /// part of the build, so that its service worker can serve all of it offline.
+    pub fn prepare(bundled: &Path, www: Option<&Path>) -> io::Result<Demo> {
         let dir = tempfile::Builder::new().prefix("assetsync-demo-").tempdir()?;
         copy_dir(bundled, &dir.path().join("site"))?;
+        if let Some(www) = www {
+            copy_dir(www, &dir.path().join("site"))?;
+        }
         let demo = Demo { dir, build: Mutex::new(0) };
         demo.rebuild()?;
         Ok(demo)
@@ -87,7 +92,9 @@ impl Demo {
 
 /// The app's own code: a few kilobytes that change on every build.
 fn app_module(build: u32) -> String {
-    let mut out = format!("\n// ---- app\nexport const BUILD = {build};\n");
+    let mut out = format!(
+        "\n// ---- app\nexport const BUILD = {build};\nglobalThis.assetsyncDemo = {{ build: BUILD }};\n"
+    );
     for i in 0..40 {
         out.push_str(&format!(
             "export function widget{i}(props) {{\n  const label = \"widget {i} of build {build}\";\n  \

@@ -1,22 +1,15 @@
 // Page-level end-to-end tests: the real server binary on 127.0.0.1, the WASM client in headless
 // Chromium with real IndexedDB. Run by scripts/test.sh (`node --test`).
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { scratch, startServer, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, killServers } from "./harness.mjs";
+import { scratch, startServer, useBrowser, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo } from "./harness.mjs";
 
-let browser;
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  killServers();
-});
+const browser = useBrowser();
 
 /** A realistic bundle: three.js plus an app module, edited the way a rebuild would. */
 function bundle(build) {
@@ -590,7 +583,7 @@ test("a store written by the previous release is upgraded in place, and nothing 
     db.close();
     return out;
   });
-  assert.deepEqual(after, { version: 4, chunks: 0, files: 3 });
+  assert.deepEqual(after, { version: 5, chunks: 0, files: 3 });
   // The upgraded versions serve as bases: an edit costs a delta, not the file.
   const edited = Buffer.concat([files["a.js"], Buffer.from("\nexport const edited = 1;\n")]);
   server.write("a.js", edited);
@@ -635,29 +628,38 @@ test("a page of the previous release holding the store open gets a clear error, 
   await context.close();
 });
 
-test("the demo page syncs, rebuilds for kilobytes, and looks right", async () => {
+test("the demo is a PWA: served offline by its worker, a rebuild is announced in every tab and loads for kilobytes", async () => {
   const server = await startServer({ demo: true });
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error("page error:", e));
   await page.goto(server.url + "/");
   await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
-  await page.waitForSelector("#live:not([hidden])", { timeout: 10_000 });
-  assert.equal(await page.locator("#history tr").count(), 1);
-  // A second tab: the rebuild in the first reaches it by push.
+  assert.equal(await page.locator("#build").textContent(), "Build 1");
+  await context.setOffline(true);
+  await page.reload();
+  await page.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });
+  assert.equal(await page.locator("#network").textContent(), "Offline");
+  assert.equal(await page.locator("#build").textContent(), "Build 1", "the bundle ran offline");
+  await context.setOffline(false);
+  await page.reload();
+  await page.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });
+  // A second tab: the rebuild in the first is announced to it too.
   const other = await context.newPage();
   await other.goto(server.url + "/");
-  await other.waitForSelector("#live:not([hidden])", { timeout: 30_000 });
+  await other.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });
   await page.click("#rebuild");
-  for (const p of [page, other]) {
-    await p.waitForFunction(() => document.querySelector("#history .pill.pushed"), null, { timeout: 30_000 });
-  }
-  await page.waitForSelector('#status[data-state="ok"]');
+  for (const p of [page, other]) await p.waitForSelector("#update:not([hidden])", { timeout: 30_000 });
   const wire = await page.locator("#wire").textContent();
   const [, amount, unit] = /^([\d.]+) (B|KB|MB)$/.exec(wire);
   const bytes = Number(amount) * { B: 1, KB: 1024, MB: 1024 * 1024 }[unit];
-  assert.ok(bytes < 50 * 1024, `a rebuild should cost at most kilobytes, showed ${wire}`);
+  assert.ok(bytes < 8 * 1024, `a rebuild should cost about a kilobyte, showed ${wire}`);
+  assert.equal(await page.locator(".chart-row").count(), 2, "the chart shows the first sync and the update");
   mkdirSync(join(repo, "target"), { recursive: true });
+  await page.screenshot({ path: join(repo, "target/demo-update.png"), fullPage: true });
+  await page.click("#reload");
+  await page.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });
+  assert.equal(await page.locator("#build").textContent(), "Build 2");
   await page.screenshot({ path: join(repo, "target/demo.png"), fullPage: true });
   await server.stop();
   await context.close();

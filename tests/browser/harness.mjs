@@ -8,6 +8,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { before, after } from "node:test";
 import { chromium } from "playwright-core";
 
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -167,6 +168,20 @@ export const browserArgs = [
 /** Launches headless Chromium with the flags these machines need, and `extraArgs`. */
 export async function launchBrowser(extraArgs = []) {
   return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: [...browserArgs, ...extraArgs] });
+}
+
+/** One headless Chromium for a test file's tests, launched before them and closed after them
+ *  (with any server a failed test left running). */
+export function useBrowser() {
+  let launched;
+  before(async () => {
+    launched = await launchBrowser();
+  });
+  after(async () => {
+    await launched?.close();
+    killServers();
+  });
+  return { newContext: (options) => launched.newContext(options) };
 }
 
 /** Headless Chromium with a persistent profile in `dir` (IndexedDB and the HTTP cache on disk). */

@@ -25,6 +25,7 @@ mod socket;
 mod store;
 mod subscribe;
 mod task;
+mod worker;
 
 use std::rc::Rc;
 

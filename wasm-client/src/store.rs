@@ -10,6 +10,8 @@
 //! chunks     "<chunk id hex>"   -> Uint8Array          (chunks of a transfer that broke, for resume)
 //! pending    "<run id hex>"     -> Uint8Array          (packs and files a folder sync wrote ahead
 //!                                                       of its commit; see [`Store::write_ahead`])
+//! builds, serving                                      (folders kept as they were, for a service
+//!                                                       worker; see [`builds`])
 //! refs                                                 (schema 2's pointer table, emptied on upgrade)
 //! ```
 //!
@@ -28,10 +30,13 @@
 //! interleaves with a commit. A store written by an older schema is upgraded in place when it is
 //! first opened ([`migrate`]).
 
+mod builds;
 mod index;
 mod migrate;
 mod records;
 
+pub use builds::{Build, Serving};
+pub use index::Entry;
 pub use records::Staged;
 use records::{
     Range, as_blob, blob, bytes_of, decode_manifest, key, listen, put_chunks, read_blob, request_file, runs,
@@ -44,7 +49,7 @@ use assetsync_protocol::{
     AssetPath, ChunkId, FolderEntry, Manifest, Scope, Synced, VerifiedChunk, VersionId,
 };
 use idb::{Database, Factory, ObjectStoreParams, Transaction, TransactionMode};
-use index::{Entry, Index, Place, pack_key};
+use index::{Index, Place, pack_key};
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Blob, IdbTransaction};
@@ -56,15 +61,17 @@ const PACKS: &str = "packs";
 const INDEX: &str = "index";
 const PENDING: &str = "pending";
 const REFS: &str = "refs";
-const ALL: [&str; 7] = [FILES, CHUNKS, MANIFESTS, PACKS, INDEX, PENDING, REFS];
+const BUILDS: &str = "builds";
+const SERVING: &str = "serving";
+const ALL: [&str; 9] = [FILES, CHUNKS, MANIFESTS, PACKS, INDEX, PENDING, REFS, BUILDS, SERVING];
 /// What a committed file is read from.
 const STORED: [&str; 4] = [FILES, MANIFESTS, PACKS, INDEX];
-/// What a commit writes.
-const COMMITTED: [&str; 5] = [FILES, MANIFESTS, PACKS, INDEX, PENDING];
+/// What a commit writes (and the builds whose files it must not delete).
+const COMMITTED: [&str; 6] = [FILES, MANIFESTS, PACKS, INDEX, PENDING, BUILDS];
 /// The schema version: 1 kept every chunk as a record of its own, 2 kept files whole with a
 /// pointer record per asset, 3 packs small files and shards the pointers, 4 writes a folder's
-/// files ahead of the commit that points at them.
-const SCHEMA: u32 = 4;
+/// files ahead of the commit that points at them, 5 keeps builds for a service worker.
+const SCHEMA: u32 = 5;
 /// How long files written ahead of a commit are kept from GC: a folder sync that has not
 /// committed by then was abandoned (its tab closed).
 const PENDING_MS: f64 = 3_600_000.0;
@@ -515,15 +522,18 @@ impl Store {
         }
     }
 
-    /// Deletes, in one transaction, the files, manifests and packs no pointer reaches and the
-    /// chunk records kept from interrupted transfers.
+    /// Deletes, in one transaction, the files, manifests and packs no pointer or kept build
+    /// reaches and the chunk records kept from interrupted transfers.
     pub async fn gc(&self) -> Result<GcReport> {
         let tx = self.db.transaction(&ALL, TransactionMode::ReadWrite)?;
         let index = Index::read_all(&tx).await?;
         let mut own: HashSet<String> =
             index.iter().filter(|(_, e)| e.place == Place::Own).map(|(_, e)| e.version.to_hex()).collect();
-        let mut reached: HashSet<String> =
-            index.packs().into_iter().map(|p| pack_key(p).as_string().unwrap_or_default()).collect();
+        let (held, held_packs) = builds::held(&tx).await?;
+        own.extend(held.iter().map(VersionId::to_hex));
+        let mut reached: HashSet<String> = (index.packs().into_iter().chain(held_packs))
+            .map(|p| pack_key(p).as_string().unwrap_or_default())
+            .collect();
         // What folder syncs in progress wrote ahead of their commit; an old note is of one that
         // was abandoned.
         let pending = tx.object_store(PENDING)?;
@@ -611,7 +621,7 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
     }
     check_written(tx, changes).await?;
     let places = records::write_files(tx, changes)?;
-    let mut unreached = HashSet::new();
+    let (mut replaced, mut unreached) = (HashSet::new(), HashSet::new());
     for (change, place) in changes.iter().zip(places) {
         let previous = match (change, place) {
             (Staged::File { version, .. }, Some(place)) => {
@@ -621,7 +631,7 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
         };
         match previous.map(|e| (e, e.place)) {
             Some((e, Place::Own)) if index.get(change.asset()) != Some(e) => {
-                records::delete_version(tx, &e.version)?;
+                replaced.insert(e.version);
             }
             Some((_, Place::Packed { pack, .. })) => {
                 unreached.insert(pack);
@@ -629,14 +639,20 @@ async fn write(tx: &Transaction, changes: &[Staged]) -> Result<()> {
             _ => {}
         }
     }
-    if !unreached.is_empty() {
-        let reached = index.packs();
-        let packs = tx.object_store(PACKS)?;
-        for pack in unreached.difference(&reached) {
-            packs.delete(pack_key(*pack))?;
-        }
-    }
     index.write(tx)?;
+    if replaced.is_empty() && unreached.is_empty() {
+        return Ok(());
+    }
+    // What the previous versions alone used, unless a kept build still serves it.
+    let (held, mut reached) = builds::held(tx).await?;
+    reached.extend(index.packs());
+    for version in replaced.difference(&held) {
+        records::delete_version(tx, version)?;
+    }
+    let packs = tx.object_store(PACKS)?;
+    for pack in unreached.difference(&reached) {
+        packs.delete(pack_key(*pack))?;
+    }
     Ok(())
 }
 

@@ -51,7 +51,7 @@ pub struct Entry {
     pub place: Place,
 }
 
-type Shard = BTreeMap<String, Entry>;
+pub(super) type Shard = BTreeMap<String, Entry>;
 
 /// The key of the shard that holds `asset`: its path's 32-bit FNV-1a hash (cheap, and the
 /// same in every release: stores keep it), modulo [`SHARDS`].
@@ -166,7 +166,7 @@ impl Index {
     }
 }
 
-fn encode(shard: &Shard) -> Vec<u8> {
+pub(super) fn encode(shard: &Shard) -> Vec<u8> {
     let mut out = Vec::with_capacity(shard.len() * 80);
     put(&mut out, shard.len() as u64);
     for (asset, entry) in shard {
@@ -188,7 +188,7 @@ fn encode(shard: &Shard) -> Vec<u8> {
 
 /// A shard's entries. One that does not decode (damaged behind the store's back) counts as
 /// empty: its assets are no longer cached, and their next sync fetches them.
-fn decode(bytes: &[u8]) -> Shard {
+pub(super) fn decode(bytes: &[u8]) -> Shard {
     try_decode(bytes).unwrap_or_default()
 }
 

@@ -431,3 +431,55 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
     assert_eq!(count(&store, super::PENDING).await, 0);
     assert_eq!(store.read(&asset("dist/m5.js")).await.unwrap().unwrap().to_vec(), files[5].data);
 }
+
+/// A file's bytes as a kept build serves them (its own record or a slice of its pack).
+async fn built(store: &Store, build: &super::Build, asset: &str) -> Option<Vec<u8>> {
+    let (manifest, blob) = store.build_file(build.files.get(asset)?).await.unwrap()?;
+    Some(Store::check(&manifest, Some(blob)).await.unwrap().ok()?.to_vec())
+}
+
+/// A kept build's files outlive the commits that replace or remove them (a page loaded on it
+/// keeps being served it), through GC too, until the build is dropped.
+#[wasm_bindgen_test]
+async fn a_kept_build_keeps_its_files_through_later_commits_and_gc_until_dropped() {
+    let store = fresh_store("test-builds").await;
+    let dist = assetsync_protocol::Scope::new("dist/").unwrap();
+    let small: Vec<Synced> =
+        (0..3).map(|i| synced(&format!("dist/s{i}.js"), &random_bytes(2000, i))).collect();
+    let big = synced("dist/big.js", &random_bytes(100_000, 10));
+    let mut changes: Vec<_> = small.iter().map(|s| super::Staged::file(s).unwrap()).collect();
+    changes.push(super::Staged::file(&big).unwrap());
+    store.commit_all(&changes, None).await.unwrap();
+    store.commit(&synced("other/x.js", &random_bytes(500, 11))).await.unwrap();
+    let b1 = store.keep_build(&dist).await.unwrap();
+    assert_eq!(b1.files.len(), 4, "only the folder's files");
+    assert_eq!(store.keep_build(&dist).await.unwrap(), b1, "the same listing is the same build");
+
+    // Build 2: the large file and every packed one replaced, one removed.
+    let big2 = synced("dist/big.js", &random_bytes(100_000, 20));
+    let mut changes: Vec<_> = small[..2]
+        .iter()
+        .map(|s| super::Staged::file(&synced(s.manifest.path.as_str(), &random_bytes(2100, 30))).unwrap())
+        .collect();
+    changes.push(super::Staged::Removal("dist/s2.js".into()));
+    changes.push(super::Staged::file(&big2).unwrap());
+    store.commit_all(&changes, None).await.unwrap();
+    let b2 = store.keep_build(&dist).await.unwrap();
+    assert_ne!(b2.id, b1.id);
+    store.gc().await.unwrap();
+    for s in small.iter().chain([&big]) {
+        let path = s.manifest.path.as_str();
+        assert_eq!(built(&store, &b1, path).await.as_ref(), Some(&s.data), "{path} of build 1");
+    }
+    assert_eq!(built(&store, &b2, "dist/big.js").await, Some(big2.data.clone()));
+    assert_eq!(store.read(&asset("dist/big.js")).await.unwrap().unwrap().to_vec(), big2.data);
+
+    // Build 1 dropped: its files go with the next GC; build 2's stay.
+    let keep = std::collections::HashSet::from([b2.id]);
+    assert_eq!(store.drop_builds(&dist, &keep).await.unwrap(), 1);
+    assert!(store.build(&dist, &b1.id).await.unwrap().is_none());
+    let report = store.gc().await.unwrap();
+    assert_eq!((report.versions_deleted, report.packs_deleted), (1, 1), "build 1's large file and its pack");
+    assert!(built(&store, &b1, "dist/big.js").await.is_none());
+    assert_eq!(built(&store, &b2, "dist/big.js").await, Some(big2.data));
+}

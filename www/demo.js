@@ -1,0 +1,140 @@
+// The demo page: registers the service worker that serves this app's build, and shows which
+// build runs, where it came from, and what each update cost.
+
+import { registerAssets } from "/pkg/page.js";
+
+const $ = (id) => document.getElementById(id);
+const HISTORY_KEY = "assetsync-demo-updates";
+
+function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(2)} MB`;
+}
+
+function setStatus(id, state, text) {
+  $(id).dataset.state = state;
+  $(id).textContent = text;
+}
+
+function note(text, isError = false) {
+  $("note").textContent = text || "\u00a0";
+  $("note").classList.toggle("error", isError);
+}
+
+function showNetwork() {
+  setStatus("network", navigator.onLine ? "ok" : "busy", navigator.onLine ? "Online" : "Offline");
+}
+
+function loadHistory() {
+  try { return JSON.parse(localStorage.getItem(HISTORY_KEY)) || []; } catch (_) { return []; }
+}
+
+function showUpdate(u) {
+  const wire = u.wireBytesIn + u.wireBytesOut;
+  $("wire").textContent = fmtBytes(wire);
+  const pct = (100 * wire) / Math.max(u.buildBytes, 1);
+  $("wire-sub").textContent = `${pct < 1 ? pct.toFixed(2) : pct.toFixed(1)}% of the build · ${u.previous ? "an update" : "the first sync"}`;
+  $("size").textContent = fmtBytes(u.buildBytes);
+  $("files").textContent = `${u.files} files`;
+  $("fetched").textContent = String(u.fetched.length);
+  $("fetched-sub").textContent = u.fetched.length ? u.fetched.slice(0, 2).join(", ") + (u.fetched.length > 2 ? ", …" : "") : "nothing changed";
+  $("time").textContent = `${Math.round(u.elapsedMs)} ms`;
+}
+
+function renderChart() {
+  const rows = loadHistory();
+  const chart = $("chart");
+  chart.replaceChildren();
+  if (rows.length === 0) {
+    chart.innerHTML = '<p class="empty">No updates yet.</p>';
+    return;
+  }
+  for (const r of rows) {
+    const row = document.createElement("div");
+    row.className = "chart-row";
+    const share = Math.min(100, (100 * r.wire) / Math.max(r.buildBytes, 1));
+    row.innerHTML = `
+      <div class="chart-label">${new Date(r.at).toLocaleTimeString()}<span class="pill ${r.first ? "cold" : "delta"}">${r.first ? "first" : "update"}</span></div>
+      <div class="chart-track" title="${fmtBytes(r.wire)} of ${fmtBytes(r.buildBytes)}"><div class="chart-bar" style="width: max(3px, ${share}%)"></div></div>
+      <div class="chart-value num">${fmtBytes(r.wire)} <span class="sub">of ${fmtBytes(r.buildBytes)}</span></div>`;
+    chart.appendChild(row);
+  }
+}
+
+function record(u) {
+  // Every open tab is told of the same update: the first one records it.
+  if (loadHistory().some((r) => r.build === u.build)) return renderChart();
+  const entry = { at: Date.now(), build: u.build, first: !u.previous, wire: u.wireBytesIn + u.wireBytesOut, buildBytes: u.buildBytes };
+  localStorage.setItem(HISTORY_KEY, JSON.stringify([entry, ...loadHistory()].slice(0, 10)));
+  renderChart();
+}
+
+async function main() {
+  const bundle = globalThis.assetsyncDemo;
+  $("build").textContent = bundle ? `Build ${bundle.build}` : "The app's bundle did not load";
+  showNetwork();
+  addEventListener("online", showNetwork);
+  addEventListener("offline", showNetwork);
+  renderChart();
+  const last = loadHistory()[0];
+  if (last) $("wire").textContent = fmtBytes(last.wire);
+
+  let app;
+  try {
+    app = await registerAssets("/sw.js");
+  } catch (e) {
+    setStatus("status", "error", "No service worker");
+    return note(e.message, true);
+  }
+  window.demo = { app };
+  $("served").textContent = app.build
+    ? `Served by the service worker from IndexedDB: build ${app.build.slice(0, 12)}, verified`
+    : "Served by the network (a first visit): the service worker keeps this build for the next ones";
+  $("served").dataset.source = app.build ? "worker" : "network";
+  setStatus("status", app.ready ? "ok" : "busy", app.ready ? "Ready offline" : "Syncing for offline use…");
+
+  app.addEventListener("update", (e) => {
+    const u = e.detail;
+    record(u);
+    showUpdate(u);
+    if (app.build && u.build !== app.build) {
+      $("update").hidden = false;
+      $("update-sub").textContent = `${fmtBytes(u.wireBytesIn + u.wireBytesOut)} for ${u.fetched.length} changed file${u.fetched.length === 1 ? "" : "s"}: reload to run it.`;
+      setStatus("status", "busy", "Update ready");
+    } else {
+      setStatus("status", "ok", "Ready offline");
+    }
+  });
+  app.addEventListener("error", (e) => note(`Update failed, this build goes on being served: ${e.detail.message}`, true));
+
+  $("reload").onclick = () => location.reload();
+  $("check").onclick = async () => {
+    try {
+      const u = await app.check();
+      if (!u.changed) note(`Up to date: the check cost ${fmtBytes(u.wireBytesIn + u.wireBytesOut)}.`);
+    } catch (e) {
+      note(e.message, true);
+    }
+  };
+  // A server that is not the demo has no rebuild; offline, the button says why it fails.
+  const demo = await fetch("/demo/build").then((r) => r.ok, () => true);
+  if (!demo) {
+    $("rebuild").hidden = true;
+    return;
+  }
+  $("rebuild").onclick = async () => {
+    try {
+      const r = await fetch("/demo/rebuild", { method: "POST" });
+      if (!r.ok) throw new Error(await r.text());
+      const build = await r.json();
+      note(`The server wrote build ${build.build} of js/app.js (${fmtBytes(build.bytes)}); syncing…`);
+      const u = await app.check();
+      note(`The service worker synced build ${build.build} for ${fmtBytes(u.wireBytesIn + u.wireBytesOut)}.`);
+    } catch (e) {
+      note(`Rebuild failed: ${e.message}`, true);
+    }
+  };
+}
+
+main();
