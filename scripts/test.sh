@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the wasm32 build of the pure core, unit, golden and
-# end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium.
-# Installs what a fresh machine lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli,
-# Chromium, playwright-core) and skips what is already there. Checks that cannot run on this
-# machine are listed at the end.
+# end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium and
+# Firefox. Installs what a fresh machine lacks (rustfmt and clippy, the wasm32 target,
+# wasm-bindgen-cli, Chromium, Firefox ESR, playwright-core, puppeteer-core) and skips what is
+# already there. Checks that cannot run on this machine are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-step "browser and driver"
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+step "browsers and driver"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ]; then
   as_root apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver firefox-esr
 fi
 
 step "rustfmt and clippy"
@@ -56,8 +56,12 @@ CHROMEDRIVER=/usr/bin/chromedriver \
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked --target wasm32-unknown-unknown -p assetsync-wasm
 
-step "page-level tests in headless Chromium (playwright-core)"
-(cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && node --test e2e.test.mjs pwa.test.mjs)
+step "page-level and service worker tests in headless Chromium (playwright-core)"
+(cd tests/browser && { [ -d node_modules/playwright-core ] && [ -d node_modules/puppeteer-core ] || npm ci --no-audit --no-fund; } \
+  && node --test e2e.test.mjs pwa.test.mjs)
+
+step "the same tests in headless Firefox (puppeteer-core over WebDriver BiDi)"
+(cd tests/browser && BROWSER=firefox node --test e2e.test.mjs pwa.test.mjs)
 
 step "skipped checks"
 if [ -s "$ASSETSYNC_SKIPS" ]; then cat "$ASSETSYNC_SKIPS"; else echo "none"; fi

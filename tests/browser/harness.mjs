@@ -4,7 +4,7 @@
 import { spawn } from "node:child_process";
 import { createServer, connect } from "node:net";
 import { createHash } from "node:crypto";
-import { mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -170,18 +170,105 @@ export async function launchBrowser(extraArgs = []) {
   return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: [...browserArgs, ...extraArgs] });
 }
 
-/** One headless Chromium for a test file's tests, launched before them and closed after them
- *  (with any server a failed test left running). */
+/** The browser engine the page-level tests run in: `BROWSER=firefox` for Firefox, else Chromium. */
+export const engine = process.env.BROWSER === "firefox" ? "firefox" : "chromium";
+
+/**
+ * One headless browser for a test file's tests (see `engine`), launched before them and closed
+ * after them (with any server a failed test left running). Its `newContext` gives Playwright's
+ * context and page API in both engines: Firefox (Debian's firefox-esr) is driven by
+ * puppeteer-core over WebDriver BiDi, through `FirefoxContext` below.
+ */
 export function useBrowser() {
   let launched;
   before(async () => {
-    launched = await launchBrowser();
+    launched = engine === "firefox" ? await launchFirefox() : await launchBrowser();
   });
   after(async () => {
     await launched?.close();
     killServers();
   });
-  return { newContext: (options) => launched.newContext(options) };
+  return {
+    name: engine,
+    newContext: async (options = {}) =>
+      engine === "firefox" ? new FirefoxContext(await launched.createBrowserContext(), options) : launched.newContext(options),
+  };
+}
+
+/**
+ * Whether a check that needs Chromium can run in this engine; if not, says so in the test
+ * output and in the list `scripts/test.sh` prints at the end. With `whole`, the test is marked
+ * skipped (the caller returns).
+ */
+export function inChromium(t, why, { whole = false } = {}) {
+  if (engine === "chromium") return true;
+  const line = `${engine}: "${t.name}": ${whole ? "skipped" : "part skipped"}: ${why}`;
+  if (whole) t.skip(line);
+  else t.diagnostic(line);
+  if (process.env.ASSETSYNC_SKIPS) appendFileSync(process.env.ASSETSYNC_SKIPS, line + "\n");
+  return false;
+}
+
+async function launchFirefox() {
+  const { default: puppeteer } = await import("puppeteer-core");
+  return puppeteer.launch({
+    browser: "firefox",
+    executablePath: process.env.FIREFOX || "/usr/bin/firefox-esr",
+    headless: true,
+    protocol: "webDriverBiDi",
+  });
+}
+
+/** A puppeteer (WebDriver BiDi) browser context with the parts of Playwright's API the tests use. */
+class FirefoxContext {
+  constructor(context, { viewport } = {}) {
+    this.context = context;
+    this.viewport = viewport;
+    this.pages = [];
+    this.offline = false;
+  }
+
+  async newPage() {
+    const page = await this.context.newPage();
+    if (this.viewport) await page.setViewport(this.viewport);
+    if (this.offline) await page.setOfflineMode(true);
+    this.pages.push(page);
+    return firefoxPage(page);
+  }
+
+  /** Like Playwright's, for every page of the context, present and future. */
+  async setOffline(offline) {
+    this.offline = offline;
+    for (const page of this.pages) if (!page.isClosed()) await page.setOfflineMode(offline);
+  }
+
+  async newCDPSession() {
+    throw new Error("the DevTools protocol is Chromium's: guard this test with inChromium()");
+  }
+
+  close() {
+    return this.context.close();
+  }
+}
+
+/** A puppeteer page with Playwright's signatures where they differ. */
+function firefoxPage(page) {
+  const overrides = {
+    waitForFunction: (fn, arg, options = {}) => page.waitForFunction(fn, options, arg),
+    waitForTimeout: (ms) => new Promise((ok) => setTimeout(ok, ms)),
+    locator: (selector) => ({
+      textContent: () => page.$eval(selector, (e) => e.textContent),
+      getAttribute: (name) => page.$eval(selector, (e, name) => e.getAttribute(name), name),
+      count: () => page.$$eval(selector, (all) => all.length),
+    }),
+  };
+  return new Proxy(page, {
+    get(target, key) {
+      if (key in overrides) return overrides[key];
+      const value = Reflect.get(target, key);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
 }
 
 /** Headless Chromium with a persistent profile in `dir` (IndexedDB and the HTTP cache on disk). */
