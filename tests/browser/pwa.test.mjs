@@ -341,3 +341,25 @@ serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", folder: "ap
   await context.close();
   await server.stop();
 });
+
+test("a live worker (for dev servers) is pushed each rebuild and, with update: \"now\", serves it to the open page at once", async () => {
+  const server = await appServer();
+  server.change({
+    "sw.js": Buffer.from(`import { serveAssets } from "/pkg/sw.js";
+serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", db: "assetsync-demo", live: true, update: "now" });\n`),
+  });
+  const context = await browser.newContext();
+  const page = await openApp(context, server);
+  assert.equal(await reload(page), "worker");
+  const told = page.evaluate(() => new Promise((ok) => window.demo.app.addEventListener("update", (e) => ok(e.detail), { once: true })));
+  // Once the worker follows the folder, a rebuild is pushed.
+  await page.waitForFunction(() => window.demo.app.refresh().then((s) => s.following), null, { timeout: 10_000 });
+  server.change({ "js/app.js": bundle(2) });
+  const update = await told;
+  assert.deepEqual(update.fetched, ["js/app.js"], "pushed and synced without a check");
+  const now = (await fetched(page, ["/js/app.js"]))["/js/app.js"];
+  assert.ok(fromWorker(now.etag));
+  assert.equal(now.sha, sha256(bundle(2)), "the open page is served the new build at once");
+  await context.close();
+  await server.stop();
+});

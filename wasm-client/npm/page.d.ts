@@ -22,8 +22,9 @@ export class AssetsHandle extends EventTarget {
   lastUpdate: BuildUpdate | null;
   /** Resolves when a build newer than this page's is ready: time to offer "reload to update". */
   readonly updateReady: Promise<BuildUpdate>;
-  /** Asks the worker again which build this page runs and which is ready. */
-  refresh(): Promise<{ build: string | null; ready: string | null }>;
+  /** Asks the worker again which build this page runs and which is ready, and whether it is
+   *  live (`serveAssets({ live: true })`) and following the server's pushes now. */
+  refresh(): Promise<{ build: string | null; ready: string | null; live: boolean; following: boolean }>;
   /** Asks the worker to sync now; resolves to what the update did. */
   check(): Promise<BuildUpdate>;
 }

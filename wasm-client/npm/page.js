@@ -1,6 +1,9 @@
 // The page's side of assetsync's service worker: registers it, tells the page which build it
 // runs and when a new one is ready. Plain JS, no WASM: the page loads nothing else of ours.
 
+/** How often a page pings a live worker: under the 30 s after which an idle one is stopped. */
+const PING_MS = 20_000;
+
 /**
  * Registers the service worker at `scriptUrl` (a module worker that calls `serveAssets`) and
  * resolves, once it controls the page or has no build yet, to a handle on the page's build.
@@ -40,6 +43,11 @@ export class AssetsHandle extends EventTarget {
     if (status.error) throw new Error(status.error);
     this.build = status.build;
     this.ready = status.ready;
+    // A live worker follows the server's pushes only while it runs: an open page keeps it up.
+    if (status.live && !this._pinging) {
+      this._pinging = setInterval(() => this._worker(false).then((w) => w?.postMessage({ type: "assetsync:ping" })), PING_MS);
+      (await this._worker(false))?.postMessage({ type: "assetsync:ping" });
+    }
     return status;
   }
 

@@ -18,6 +18,10 @@ export interface ServeAssetsOptions {
   /** Sync the folder after each page load (default true); otherwise only on install and when a
    *  page calls `check()`. */
   checkOnLoad?: boolean;
+  /** Follow the server's pushes (default false; for dev servers): each change is synced as it
+   *  happens and pages are told of the new build at once. The worker follows while it runs;
+   *  pages opened with `registerAssets` ping it every 20 s so that the browser keeps it running. */
+  live?: boolean;
 }
 
 /**

@@ -4,6 +4,8 @@
 
 import init, { AssetWorker } from "./assetsync.js";
 
+/** How long a live worker waits after a pushed change for more before it makes a build. */
+const SETTLE_MS = 150;
 /** The WASM client's binary, kept in Cache Storage so that the worker starts offline. */
 const RUNTIME_CACHE = "assetsync-runtime";
 const wasmUrl = new URL("./assetsync_bg.wasm", import.meta.url).href;
@@ -39,6 +41,27 @@ export function serveAssets(options) {
         throw e;
       })
       .finally(() => (checking = null)));
+  // Live push (for dev servers): the worker follows the folder while it runs, and pages that
+  // are open ping it so that the browser keeps it running.
+  let following = null;
+  let followed = false;
+  const follow = () =>
+    options.live
+      ? (following ??= worker()
+          .then((w) => w.follow(() => scheduleCheck()))
+          .then(() => (followed = true))
+          .then(check)
+          .catch((e) => {
+            following = null;
+            throw e;
+          }))
+      : Promise.resolve();
+  let scheduled = null;
+  /** Changes come in bursts (a rebuild writes several files): one check after they settle. */
+  const scheduleCheck = () => {
+    clearTimeout(scheduled);
+    scheduled = setTimeout(() => quietly(check()), SETTLE_MS);
+  };
   const prune = async () => {
     const open = await self.clients.matchAll({ includeUncontrolled: true, type: "all" });
     return (await worker()).prune(open.map((c) => c.id));
@@ -67,9 +90,11 @@ export function serveAssets(options) {
     if (data?.type === "assetsync:status") {
       event.waitUntil(
         worker()
-          .then((w) => reply({ type: "assetsync:status", build: source ? w.buildOf(source.id) ?? null : null, ready: w.ready ?? null }))
+          .then((w) => reply({ type: "assetsync:status", build: source ? w.buildOf(source.id) ?? null : null, ready: w.ready ?? null, live: !!options.live, following: followed }))
           .catch((e) => reply({ type: "assetsync:status", error: String(e?.message ?? e) })),
       );
+    } else if (data?.type === "assetsync:ping") {
+      event.waitUntil(quietly(follow()));
     } else if (data?.type === "assetsync:check") {
       event.waitUntil(
         check()
@@ -85,6 +110,7 @@ export function serveAssets(options) {
       const response = await w.respond(event.request, event.clientId, event.resultingClientId ?? "");
       if (event.request.mode === "navigate") {
         event.waitUntil(quietly((checkOnLoad ? check() : Promise.resolve()).then(prune)));
+        event.waitUntil(quietly(follow()));
       }
       if (response) return response;
     } catch (e) {

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use assetsync_protocol::engine::{FolderSync, Machine};
-use assetsync_protocol::{AssetPath, Scope};
+use assetsync_protocol::{AssetPath, Scope, VersionId};
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
@@ -23,6 +23,8 @@ pub(crate) struct FolderOutcome {
     pub elapsed_ms: f64,
     /// Connections lost and resumed.
     pub reconnects: u32,
+    /// The folder's version as this sync left it committed.
+    pub version: VersionId,
 }
 
 impl FolderOutcome {
@@ -74,6 +76,7 @@ impl Client {
             wire_out: self.sent.get() - out0,
             elapsed_ms: now_ms() - started,
             reconnects: done.report.reconnects,
+            version: done.version,
         })
     }
 }

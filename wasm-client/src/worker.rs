@@ -8,13 +8,13 @@
 //! committed whole, so one that has not finished syncing is never served. `sw.js` in the npm
 //! package wires this to the service worker's events.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use assetsync_protocol::{AssetPath, Scope, VersionId};
 use futures_util::lock::Mutex;
-use js_sys::{Object, Reflect};
+use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::{Blob, Headers, Request, RequestMode, Response, ResponseInit};
 
@@ -49,9 +49,11 @@ export interface BuildUpdate {
   /** Files in the build, and their bytes. */
   files: number;
   buildBytes: number;
-  /** New and changed files fetched, and files removed. */
+  /** The files new or changed since the previous build, and the files it no longer has. */
   fetched: string[];
   removed: string[];
+  /** Message payload bytes since the previous update (a live worker's pushed changes
+   *  included). */
   wireBytesIn: number;
   wireBytesOut: number;
   elapsedMs: number;
@@ -64,6 +66,9 @@ export interface PruneReport {
   bytesFreed: number;
 }
 "#;
+
+/// How many times an update syncs a folder that keeps changing before it gives up.
+const KEEP_TRIES: u32 = 3;
 
 /// A folder served from kept builds, for a service worker.
 #[wasm_bindgen]
@@ -79,6 +84,8 @@ pub struct AssetWorker {
     verified: RefCell<HashSet<VersionId>>,
     /// Held by an update, and by a prune (whose GC must not run beside a sync).
     busy: Mutex<()>,
+    /// The client's wire byte counts (in, out) at the end of the last update.
+    wire_mark: Cell<(u64, u64)>,
 }
 
 #[wasm_bindgen]
@@ -117,6 +124,7 @@ impl AssetWorker {
             builds: RefCell::default(),
             verified: RefCell::default(),
             busy: Mutex::new(()),
+            wire_mark: Cell::new((0, 0)),
         })
     }
 
@@ -140,8 +148,22 @@ impl AssetWorker {
     pub async fn update(&self) -> Result<JsValue, JsError> {
         self.client.usable()?;
         let _busy = self.busy.lock().await;
-        let outcome = self.client.sync_folder(&self.folder).await?;
-        let build = self.client.store.keep_build(&self.folder).await?;
+        let mut outcome = self.client.sync_folder(&self.folder).await?;
+        // A pushed change committed between the sync and keeping its result would make a build
+        // of two states: then the folder is synced again.
+        let mut tries = 1;
+        let build = loop {
+            match self.client.store.keep_build(&self.folder, &outcome.version).await? {
+                Some(build) => break build,
+                None if tries < KEEP_TRIES => {
+                    tries += 1;
+                    outcome = self.client.sync_folder(&self.folder).await?;
+                }
+                None => {
+                    return Err(js_error("the folder kept changing while it was being synced; try again"));
+                }
+            }
+        };
         let mut serving = self.serving.borrow().clone();
         let previous = serving.ready.filter(|b| *b != build.id);
         let changed = serving.make_ready(build.id, self.take_over);
@@ -153,6 +175,21 @@ impl AssetWorker {
         let build_bytes: u64 = self.client.store.manifests(&versions).await?.iter().map(|m| m.len).sum();
         let out = outcome.to_js(&self.folder);
         let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).expect("set on a plain object");
+        // What changed since the previous build, pushed changes included (a live worker's
+        // client commits them before this sync).
+        let before = match previous {
+            Some(id) => self.build_by_id(id).await?,
+            None => None,
+        };
+        if let Some(before) = before {
+            let (fetched, removed) = differences(&before, &build);
+            set("fetched", fetched.into_iter().map(JsValue::from).collect::<js_sys::Array>().into());
+            set("removed", removed.into_iter().map(JsValue::from).collect::<js_sys::Array>().into());
+        }
+        let wire = (self.client.received.get(), self.client.sent.get());
+        let mark = self.wire_mark.replace(wire);
+        set("wireBytesIn", ((wire.0 - mark.0) as f64).into());
+        set("wireBytesOut", ((wire.1 - mark.1) as f64).into());
         set("build", build.id.to_hex().into());
         set("previous", previous.map(|b| b.to_hex()).into());
         set("changed", changed.into());
@@ -253,6 +290,18 @@ impl AssetWorker {
         Ok(out.into())
     }
 
+    /// Follows the folder (for dev servers): the server pushes each change, the client syncs
+    /// and commits it, then calls `on_change(update)`; the next `update` keeps the result as a
+    /// build. Resolves once the server confirmed the subscription; if the connection drops,
+    /// the client reconnects and catches up by itself.
+    pub async fn follow(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(u: AssetUpdate) => void")] on_change: Function,
+    ) -> Result<(), JsError> {
+        self.client.usable()?;
+        self.client.subscribe(self.folder.to_string(), on_change).await
+    }
+
     /// Closes the connection and the store.
     pub fn close(&self) {
         self.client.close();
@@ -283,7 +332,14 @@ impl AssetWorker {
             let serving = self.serving.borrow().clone();
             self.client.store.set_serving(&self.folder, &serving).await?;
         }
-        let Some(id) = id else { return Ok(None) };
+        match id {
+            Some(id) => self.build_by_id(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The kept build `id`, read from the store the first time.
+    async fn build_by_id(&self, id: VersionId) -> Result<Option<Rc<Build>>, JsError> {
         if let Some(build) = self.builds.borrow().get(&id) {
             return Ok(Some(Rc::clone(build)));
         }
@@ -314,6 +370,14 @@ impl AssetWorker {
         });
         Ok(None)
     }
+}
+
+/// The files of `after` that are new or changed since `before`, and those it no longer has.
+fn differences(before: &Build, after: &Build) -> (Vec<String>, Vec<String>) {
+    let changed =
+        after.files.iter().filter(|(path, e)| before.files.get(*path).map(|b| b.version) != Some(e.version));
+    let gone = before.files.keys().filter(|path| !after.files.contains_key(*path));
+    (changed.map(|(path, _)| path.clone()).collect(), gone.cloned().collect())
 }
 
 /// Why a `Range` header is not answered with `206`.

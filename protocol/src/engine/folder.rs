@@ -27,6 +27,10 @@ pub struct FolderDone {
     pub fetched: Vec<AssetPath>,
     /// Files removed because the server no longer lists them.
     pub removed: Vec<AssetPath>,
+    /// The folder's version as this sync left it committed ([`folder_version`] of its files):
+    /// what a store that lists the folder afterwards must find, unless something else changed
+    /// it in between.
+    pub version: VersionId,
     /// Figures of the whole folder.
     pub report: SyncReport,
 }
@@ -174,7 +178,14 @@ impl FolderSync {
     /// The result, after [`Action::Done`].
     pub fn finish(self) -> FolderDone {
         assert!(matches!(self.state, State::Finished), "finish() before Action::Done");
-        FolderDone { files: self.files, fetched: self.fetched, removed: self.removed, report: self.report }
+        let version = folder_version(&self.held);
+        FolderDone {
+            files: self.files,
+            fetched: self.fetched,
+            removed: self.removed,
+            version,
+            report: self.report,
+        }
     }
 
     fn on_listing(&mut self, id: u32, message: ServerMessage) {

@@ -26,7 +26,7 @@ use super::records::{bytes_of, key, listen, request_file};
 use super::{BUILDS, FILES, INDEX, MANIFESTS, PACKS, Result, SERVING, Store, finish};
 
 /// A kept build: each file's version and where it lies, by path.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Build {
     pub id: VersionId,
     pub files: BTreeMap<String, Entry>,
@@ -155,8 +155,10 @@ pub(super) async fn held(tx: &Transaction) -> Result<(HashSet<VersionId>, HashSe
 
 impl Store {
     /// Keeps the files committed inside `folder` as a build (once per listing), in one
-    /// transaction with reading them: a build is always a state some commit left.
-    pub async fn keep_build(&self, folder: &Scope) -> Result<Build> {
+    /// transaction with reading them: a build is always a state some commit left. `None` if
+    /// that state is not the folder version `expected` (a commit of another sync came in
+    /// between): nothing is kept.
+    pub async fn keep_build(&self, folder: &Scope, expected: &VersionId) -> Result<Option<Build>> {
         let tx = self.db.transaction(&[INDEX, BUILDS], TransactionMode::ReadWrite)?;
         let index = Index::read_all(&tx).await?;
         let files: BTreeMap<String, Entry> = index
@@ -171,13 +173,16 @@ impl Store {
             })
             .collect();
         let id = folder_version(&listing);
+        if id != *expected {
+            return Ok(None);
+        }
         let builds = tx.object_store(BUILDS)?;
         let k = build_key(folder, &id);
         if builds.get_key(k.clone())?.await?.is_none() {
             builds.put(&Uint8Array::from(index::encode(&files).as_slice()), Some(&k))?;
         }
         finish(tx).await?;
-        Ok(Build { id, files })
+        Ok(Some(Build { id, files }))
     }
 
     /// The kept build `id` of `folder`, if there is one.

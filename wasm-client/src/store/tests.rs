@@ -451,9 +451,19 @@ async fn a_kept_build_keeps_its_files_through_later_commits_and_gc_until_dropped
     changes.push(super::Staged::file(&big).unwrap());
     store.commit_all(&changes, None).await.unwrap();
     store.commit(&synced("other/x.js", &random_bytes(500, 11))).await.unwrap();
-    let b1 = store.keep_build(&dist).await.unwrap();
+    let listing = store.entries_in(&dist).await.unwrap();
+    let version = assetsync_protocol::plan::folder_version(&listing);
+    assert!(
+        store.keep_build(&dist, &Hash::of(b"another")).await.unwrap().is_none(),
+        "not the state expected"
+    );
+    let b1 = store.keep_build(&dist, &version).await.unwrap().unwrap();
     assert_eq!(b1.files.len(), 4, "only the folder's files");
-    assert_eq!(store.keep_build(&dist).await.unwrap(), b1, "the same listing is the same build");
+    assert_eq!(
+        store.keep_build(&dist, &version).await.unwrap(),
+        Some(b1.clone()),
+        "the same listing is the same build"
+    );
 
     // Build 2: the large file and every packed one replaced, one removed.
     let big2 = synced("dist/big.js", &random_bytes(100_000, 20));
@@ -464,7 +474,8 @@ async fn a_kept_build_keeps_its_files_through_later_commits_and_gc_until_dropped
     changes.push(super::Staged::Removal("dist/s2.js".into()));
     changes.push(super::Staged::file(&big2).unwrap());
     store.commit_all(&changes, None).await.unwrap();
-    let b2 = store.keep_build(&dist).await.unwrap();
+    let version = assetsync_protocol::plan::folder_version(&store.entries_in(&dist).await.unwrap());
+    let b2 = store.keep_build(&dist, &version).await.unwrap().unwrap();
     assert_ne!(b2.id, b1.id);
     store.gc().await.unwrap();
     for s in small.iter().chain([&big]) {
