@@ -18,19 +18,23 @@ if [ "$have" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want"
 fi
 
-cargo build --locked --profile wasm-release --target wasm32-unknown-unknown -p assetsync-wasm
-
-# The npm package: the glue and .wasm, the service worker and page modules, their types and
-# README, packed by `npm pack`. The demo and the browser tests use www/pkg, unpacked from that
-# tarball, so what users install is what is tested.
+# The npm package: the client's glue and .wasm, the service worker's (the client with the
+# `worker` feature: pages using the client alone do not download it), the service worker and
+# page modules, their types and README, packed by `npm pack`. The demo and the browser tests
+# use www/pkg, unpacked from that tarball, so what users install is what is tested.
 stage=target/npm/package
 rm -rf target/npm && mkdir -p "$stage"
-wasm-bindgen --target web --out-dir "$stage" --out-name assetsync --remove-name-section --remove-producers-section \
-  target/wasm32-unknown-unknown/wasm-release/assetsync_wasm.wasm
+for variant in assetsync assetsync-sw; do
+  features=$([ "$variant" = assetsync-sw ] && echo --features=worker || true)
+  cargo build --locked --profile wasm-release --target wasm32-unknown-unknown -p assetsync-wasm $features
+  wasm-bindgen --target web --out-dir "$stage" --out-name "$variant" --remove-name-section --remove-producers-section \
+    target/wasm32-unknown-unknown/wasm-release/assetsync_wasm.wasm
+done
 cp wasm-client/npm/* "$stage/"
 version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
 (cd "$stage" && npm pkg set version="$version")
 tarball=$(cd target/npm && npm pack ./package --silent)
 rm -rf www/pkg && mkdir -p www/pkg
 tar -xzf "target/npm/$tarball" -C www/pkg --strip-components=1
-echo "==> built target/npm/$tarball and www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm)"
+echo "==> built target/npm/$tarball and www/pkg ($(wc -c < www/pkg/assetsync_bg.wasm) bytes of wasm, \
+$(wc -c < www/pkg/assetsync-sw_bg.wasm) for the service worker)"

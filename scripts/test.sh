@@ -36,7 +36,9 @@ scripts/build-web.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy --target wasm32-unknown-unknown -p assetsync-wasm --all-targets --locked -- -D warnings
+for features in "" --features=worker; do
+  cargo clippy --target wasm32-unknown-unknown -p assetsync-wasm --all-targets --locked $features -- -D warnings
+done
 
 step "crate boundaries"
 # The native client knows nothing of the server: no HTTP server, no file watching, no C zstd.
@@ -54,7 +56,7 @@ cargo test --workspace --exclude assetsync-wasm --locked
 step "IndexedDB store tests in headless Chromium (wasm-bindgen-test)"
 CHROMEDRIVER=/usr/bin/chromedriver \
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test --locked --target wasm32-unknown-unknown -p assetsync-wasm
+  cargo test --locked --target wasm32-unknown-unknown -p assetsync-wasm --features=worker
 
 step "page-level and service worker tests in headless Chromium (playwright-core)"
 (cd tests/browser && { [ -d node_modules/playwright-core ] && [ -d node_modules/puppeteer-core ] || npm ci --no-audit --no-fund; } \

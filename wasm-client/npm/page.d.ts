@@ -1,4 +1,4 @@
-import type { BuildUpdate } from "./assetsync.js";
+import type { BuildUpdate } from "./assetsync-sw.js";
 export type { BuildUpdate };
 
 /**

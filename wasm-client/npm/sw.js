@@ -1,14 +1,15 @@
 // assetsync's service worker module: serves a folder's kept builds to the pages of its scope,
-// synced in the background by the WASM client (see AssetWorker in assetsync.d.ts for what is
-// served and when). This file only wires the service worker's events to it.
+// synced in the background by the WASM client built with its `worker` feature (see AssetWorker
+// in assetsync-sw.d.ts for what is served and when). This file only wires the service worker's
+// events to it.
 
-import init, { AssetWorker } from "./assetsync.js";
+import init, { AssetWorker } from "./assetsync-sw.js";
 
 /** How long a live worker waits after a pushed change for more before it makes a build. */
 const SETTLE_MS = 150;
 /** The WASM client's binary, kept in Cache Storage so that the worker starts offline. */
 const RUNTIME_CACHE = "assetsync-runtime";
-const wasmUrl = new URL("./assetsync_bg.wasm", import.meta.url).href;
+const wasmUrl = new URL("./assetsync-sw_bg.wasm", import.meta.url).href;
 
 /**
  * Serves `options.folder` of the server at `options.url` under `options.base` (default: the

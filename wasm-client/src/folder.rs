@@ -43,6 +43,7 @@ impl FolderOutcome {
         set("wireBytesOut", (self.wire_out as f64).into());
         set("elapsedMs", self.elapsed_ms.into());
         set("reconnects", self.reconnects.into());
+        set("version", self.version.to_hex().into());
         out.into()
     }
 }

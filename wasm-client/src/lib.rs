@@ -25,6 +25,7 @@ mod socket;
 mod store;
 mod subscribe;
 mod task;
+#[cfg(feature = "worker")]
 mod worker;
 
 use std::rc::Rc;
@@ -111,6 +112,8 @@ export interface FolderResult {
   elapsedMs: number;
   /** Connections lost during this folder sync and resumed. */
   reconnects: number;
+  /** The folder's version now committed (hex): the same files, the same version. */
+  version: string;
 }
 /** What `gc` freed. */
 export interface GcReport {

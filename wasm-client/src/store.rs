@@ -35,6 +35,7 @@ mod index;
 mod migrate;
 mod records;
 
+#[cfg(feature = "worker")]
 pub use builds::{Build, Serving};
 pub use index::Entry;
 pub use records::Staged;

@@ -433,6 +433,7 @@ async fn files_written_ahead_switch_in_one_commit_and_gc_spares_them_until_then(
 }
 
 /// A file's bytes as a kept build serves them (its own record or a slice of its pack).
+#[cfg(feature = "worker")]
 async fn built(store: &Store, build: &super::Build, asset: &str) -> Option<Vec<u8>> {
     let (manifest, blob) = store.build_file(build.files.get(asset)?).await.unwrap()?;
     Some(Store::check(&manifest, Some(blob)).await.unwrap().ok()?.to_vec())
@@ -440,6 +441,7 @@ async fn built(store: &Store, build: &super::Build, asset: &str) -> Option<Vec<u
 
 /// A kept build's files outlive the commits that replace or remove them (a page loaded on it
 /// keeps being served it), through GC too, until the build is dropped.
+#[cfg(feature = "worker")]
 #[wasm_bindgen_test]
 async fn a_kept_build_keeps_its_files_through_later_commits_and_gc_until_dropped() {
     let store = fresh_store("test-builds").await;
