@@ -2,8 +2,8 @@
 # Runs every test: formatting and lints, the wasm32 build of the pure core, unit, golden and
 # end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium and
 # Firefox. Installs what a fresh machine lacks (rustfmt and clippy, the wasm32 target,
-# wasm-bindgen-cli, Chromium, Firefox ESR, playwright-core, puppeteer-core) and skips what is
-# already there. Checks that cannot run on this machine are listed at the end.
+# wasm-bindgen-cli, Chromium, Firefox ESR, playwright-core, puppeteer-core, typescript) and
+# skips what is already there. Checks that cannot run on this machine are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,7 +59,8 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked --target wasm32-unknown-unknown -p assetsync-wasm --features=worker
 
 step "page-level and service worker tests in headless Chromium (playwright-core)"
-(cd tests/browser && { [ -d node_modules/playwright-core ] && [ -d node_modules/puppeteer-core ] || npm ci --no-audit --no-fund; } \
+(cd tests/browser && { [ -d node_modules/playwright-core ] && [ -d node_modules/puppeteer-core ] \
+  && [ -d node_modules/typescript ] || npm ci --no-audit --no-fund; } \
   && node --test e2e.test.mjs pwa.test.mjs)
 
 step "the same tests in headless Firefox (puppeteer-core over WebDriver BiDi)"

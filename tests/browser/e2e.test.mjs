@@ -631,7 +631,7 @@ test("a page of the previous release holding the store open gets a clear error, 
   await context.close();
 });
 
-test("the demo is a PWA: served offline by its worker, a rebuild is announced in every tab and loads for kilobytes", async () => {
+test("the demo is a PWA: installable, served offline by its worker, a rebuild is announced in every tab and loads for kilobytes", async (t) => {
   const server = await startServer({ demo: true });
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   const page = await context.newPage();
@@ -639,6 +639,14 @@ test("the demo is a PWA: served offline by its worker, a rebuild is announced in
   await page.goto(server.url + "/");
   await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
   assert.equal(await page.locator("#build").textContent(), "Build 1");
+  if (inChromium(t, "installability is asked through the DevTools protocol")) {
+    const cdp = await context.newCDPSession(page);
+    const { installabilityErrors } = await cdp.send("Page.getInstallabilityErrors");
+    // The test's context is incognito-like (nothing installs there): what the app could fix is.
+    const errors = installabilityErrors.map((e) => e.errorId).filter((id) => id !== "in-incognito");
+    assert.deepEqual(errors, [], "the demo is an installable PWA");
+    await cdp.detach();
+  }
   await context.setOffline(true);
   await page.reload();
   await page.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });

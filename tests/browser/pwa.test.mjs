@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { scratch, startServer, useBrowser, inChromium, sha256, realBundle, repo } from "./harness.mjs";
@@ -299,13 +299,37 @@ test("a new version of the service worker keeps the stored builds: offline right
   await server.stop();
 });
 
-test("the npm package, installed from its tarball, syncs and serves in a page with no file from the source tree", async () => {
+test("the npm package, installed from its tarball, type-checks, syncs and serves in a page with no file from the source tree", async () => {
   const npm = join(repo, "target/npm");
   const tarball = readdirSync(npm).find((f) => /^assetsync-.*\.tgz$/.test(f));
   assert.ok(tarball, "scripts/build-web.sh packs target/npm/assetsync-VERSION.tgz");
   const site = scratch("assetsync-npm-site-");
   writeFileSync(join(site, "package.json"), JSON.stringify({ name: "scratch-app", private: true }));
   execFileSync("npm", ["install", "--offline", "--no-audit", "--no-fund", join(npm, tarball)], { cwd: site, stdio: "pipe" });
+  // Its types, as an app written in TypeScript uses them (strict; a wrong name fails).
+  writeFileSync(join(site, "app.ts"), `import init, { SyncClient, type FolderResult } from "assetsync";
+import { serveAssets } from "assetsync/sw";
+import { registerAssets, type BuildUpdate } from "assetsync/page";
+export async function page(): Promise<number> {
+  await init();
+  const client = await SyncClient.connect("ws://127.0.0.1/sync", { db: "x", memoryCache: false });
+  const folder: FolderResult = await client.syncFolder("dist/");
+  const app = await registerAssets("/sw.js");
+  app.addEventListener("update", (e) => console.log((e as CustomEvent<BuildUpdate>).detail.buildBytes));
+  const update: BuildUpdate = await app.updateReady;
+  return folder.files + update.wireBytesIn + (await app.check()).files;
+}
+export function worker(): void {
+  serveAssets({ url: "wss://example.com/sync", folder: "dist/", update: "now", live: true, checkOnLoad: false });
+}
+`);
+  writeFileSync(join(site, "tsconfig.json"), JSON.stringify({
+    compilerOptions: { strict: true, noEmit: true, module: "esnext", moduleResolution: "bundler", target: "es2022", lib: ["esnext", "dom"] },
+    files: ["app.ts"],
+  }));
+  const tsc = join(repo, "tests/browser/node_modules/.bin/tsc");
+  const typed = spawnSync(tsc, ["-p", "."], { cwd: site, encoding: "utf8" });
+  assert.equal(typed.status, 0, `the package's types do not check:\n${typed.stdout}${typed.stderr}`);
   writeFileSync(join(site, "index.html"), `<!doctype html><meta charset="utf-8">
 <script type="importmap">{ "imports": { "assetsync": "/node_modules/assetsync/assetsync.js", "assetsync/page": "/node_modules/assetsync/page.js" } }</script>
 <script type="module">
@@ -321,7 +345,8 @@ test("the npm package, installed from its tarball, syncs and serves in a page wi
     const sw = navigator.serviceWorker;
     if (!sw.controller) await new Promise((ok) => sw.addEventListener("controllerchange", ok, { once: true }));
     const served = await fetch("/app/hello.js");
-    return { synced, served: await served.text(), etag: served.headers.get("etag") };
+    const outside = await fetch("/index.html");
+    return { synced, served: await served.text(), etag: served.headers.get("etag"), outside: outside.headers.get("etag") };
   };
 </script>`);
   writeFileSync(join(site, "sw.js"), `import { serveAssets } from "/node_modules/assetsync/sw.js";
@@ -337,6 +362,7 @@ serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", folder: "ap
   assert.equal(got.synced, "export const hello = 'from the package';\n");
   assert.equal(got.served, got.synced, "the worker serves the folder it synced");
   assert.ok(fromWorker(got.etag), `served by the worker (ETag ${got.etag})`);
+  assert.ok(!fromWorker(got.outside), "a request outside the worker's base goes to the network");
   assert.ok(![...requested].some((p) => p.startsWith("/pkg/")), "nothing came from the source tree's www/pkg");
   await context.close();
   await server.stop();
