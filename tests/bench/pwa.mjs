@@ -1,22 +1,23 @@
-// PWA benchmark: a real app's build folder served offline and online by assetsync's service
-// worker, against the same app precached by a plain service worker with Cache Storage (what
-// Workbox does), side by side in one run, in headless Chromium with persistent profiles.
+// PWA benchmark: an app served offline and online by assetsync's service worker, against the
+// same app precached by a plain service worker with Cache Storage (what Workbox does), side by
+// side in one run, in headless Chromium with persistent profiles.
 //
 //   scripts/build-web.sh && cargo build --release -p assetsync && node tests/bench/pwa.mjs
 //
-// The app: pdfjs-dist's build/, web/ and wasm/ folders (fetched from the npm registry:
-// FROM, default 6.4.299, then TO, default 6.5.438), under a page that loads the library's
-// stylesheet and module with plain tags and compiles one of its .wasm files with
-// compileStreaming. Each variant has its own server (same files, its own port: its own origin).
-// Figures:
-// - page load, offline and online-unchanged: time from navigation start to the app's first
-//   module script running (and to the .wasm compiled), the median of RUNS (default 7) loads in
-//   a fresh tab each, after the first visit has installed the worker;
-// - an update from FROM to TO: bytes on the wire. assetsync: the worker's update (WebSocket
-//   payloads both ways). Cache Storage: what its new worker version downloads, as Workbox
-//   does, every file whose revision changed, whole; measured as the bytes its install fetched
-//   (served uncompressed here), and what gzip -6 would make of them (as a compressing CDN would
-//   send them, computed with zlib on the same files).
+// The apps (APPS, default "demo,pdfjs"): the demo app (its bundle of real libraries, stylesheet
+// and WASM client; the update is a rebuild), and a real multi-file build, pdfjs-dist's build/,
+// web/ and wasm/ folders (fetched from the npm registry: FROM, default 6.4.299, then TO,
+// default 6.5.438). A page loads the app's stylesheet and module with plain tags and compiles
+// one of its .wasm files with compileStreaming. Each worker has its own server (same files, its
+// own port: its own origin). Figures:
+// - page load, offline and online-unchanged: time from navigation start to the app's module
+//   script running (and to the .wasm compiled), the median of RUNS (default 7) loads in a fresh
+//   tab each, alternating between the workers, after the first visit installed them;
+// - the update: bytes on the wire. assetsync: the worker's update (WebSocket payloads both
+//   ways). Cache Storage: what its new worker version downloads, as Workbox does, every file
+//   whose revision changed, whole; measured as the bytes its install fetched (served
+//   uncompressed here), and what gzip -6 would make of them (as a compressing CDN would send
+//   them, computed with zlib on the same files).
 
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -50,19 +51,56 @@ function release(version) {
   return join(dir, "package");
 }
 
-const APP_FOLDERS = ["build", "web", "wasm"];
+/**
+ * The apps: each `write(root, version)` puts one version of its files in `root`; the page loads
+ * its stylesheet and module with plain tags, then compiles one of its `.wasm` files.
+ */
+const APPS = {
+  pdfjs: {
+    describe: () => `pdfjs-dist ${FROM} (build/, web/, wasm/)`,
+    versions: [FROM, TO],
+    css: "web/pdf_viewer.css",
+    module: "build/pdf.min.mjs",
+    wasm: "wasm/openjpeg.wasm",
+    write(root, version) {
+      const pkg = release(version);
+      for (const folder of ["build", "web", "wasm"]) {
+        rmSync(join(root, folder), { recursive: true, force: true });
+        cpSync(join(pkg, folder), join(root, folder), { recursive: true });
+      }
+    },
+  },
+  // The demo's app: its bundle of real libraries (js/app.js, made as the demo server makes it)
+  // and stylesheet, with the WASM client it ships. An update is a rebuild.
+  demo: {
+    describe: () => "the demo app (its 2.9 MB bundle, stylesheet and WASM client)",
+    versions: [1, 2],
+    css: "style.css",
+    module: "js/app.js",
+    wasm: "pkg/assetsync_bg.wasm",
+    write(root, build) {
+      cpSync(join(repo, "www/style.css"), join(root, "style.css"));
+      mkdirSync(join(root, "js"), { recursive: true });
+      const vendor = ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"];
+      const parts = [`/*! assetsync demo bundle, build ${build} */\n`];
+      for (const name of vendor) parts.push(`\n// ---- vendor/${name}\n`, readFileSync(join(repo, "demo/js/vendor", name), "utf8"));
+      const widgets = Array.from({ length: 40 }, (_, i) => `export function widget${i}(props) {\n  const label = "widget ${i} of build ${build}";\n  return { id: ${i * 7919 + build}, label, props, at: ${build * 1000 + i} };\n}\n`);
+      parts.push(`\n// ---- app\nexport const BUILD = ${build};\nglobalThis.assetsyncDemo = { build: BUILD };\n`, ...widgets);
+      writeFileSync(join(root, "js/app.js"), parts.join(""));
+    },
+  },
+};
 
-const PAGE = `<!doctype html>
+const page = (app) => `<!doctype html>
 <meta charset="utf-8">
 <title>PWA benchmark</title>
-<link rel="stylesheet" href="web/pdf_viewer.css">
-<script type="module" src="build/pdf.min.mjs"></script>
+<link rel="stylesheet" href="${app.css}">
+<script type="module" src="${app.module}"></script>
 <script type="module">
-  import * as pdfjs from "./build/pdf.min.mjs";
+  import "./${app.module}";
   window.firstScript = performance.now();
-  await WebAssembly.compileStreaming(fetch("wasm/openjpeg.wasm"));
+  await WebAssembly.compileStreaming(fetch("${app.wasm}"));
   window.appReady = performance.now();
-  window.version = pdfjs.version;
 </script>
 <script type="module">
   const cache = new URLSearchParams(location.search).has("cache");
@@ -110,14 +148,10 @@ function files(dir, base = dir) {
   });
 }
 
-/** Makes `root` the app at `version`: its folders replaced, the page, both workers. */
-function writeApp(root, version) {
-  const pkg = release(version);
-  for (const folder of APP_FOLDERS) {
-    rmSync(join(root, folder), { recursive: true, force: true });
-    cpSync(join(pkg, folder), join(root, folder), { recursive: true });
-  }
-  writeFileSync(join(root, "index.html"), PAGE);
+/** Makes `root` the app at `version`: its files, the page, both workers. */
+function writeApp(app, root, version) {
+  app.write(root, version);
+  writeFileSync(join(root, "index.html"), page(app));
   cpSync(join(repo, "www/pkg"), join(root, "pkg"), { recursive: true });
   writeFileSync(join(root, "sw.js"), `import { serveAssets } from "/pkg/sw.js";\nserveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync" });\n`);
   const manifest = files(root)
@@ -130,9 +164,9 @@ function writeApp(root, version) {
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
 
-async function variant(name) {
+async function variant(app, name) {
   const root = scratch(`assetsync-pwa-bench-${name}-`);
-  const manifest = writeApp(root, FROM);
+  const manifest = writeApp(app, root, app.versions[0]);
   const server = await startServer({ root, www: root });
   const context = await launchPersistent(scratch(`assetsync-pwa-profile-${name}-`));
   const url = server.url + (name === "cache" ? "/?cache" : "/");
@@ -159,40 +193,43 @@ async function load(v) {
   const page = await v.context.newPage();
   await page.goto(v.url);
   await page.waitForFunction(() => window.appReady !== undefined, null, { timeout: 30_000 });
-  const timing = await page.evaluate(() => ({ first: window.firstScript, ready: window.appReady, version: window.version }));
+  const timing = await page.evaluate(() => ({ first: window.firstScript, ready: window.appReady }));
   await page.close();
   return timing;
 }
 
-const variants = [await variant("assetsync"), await variant("cache")];
-const results = {};
-for (const offline of [false, true]) {
-  for (const v of variants) await v.context.setOffline(offline);
-  const runs = Object.fromEntries(variants.map((v) => [v.name, []]));
-  for (let i = 0; i < RUNS; i++) {
-    for (const v of variants) runs[v.name].push(await load(v));
+/** One app measured: its page loads with each worker, then an update. */
+async function measure(app) {
+  const variants = [await variant(app, "assetsync"), await variant(app, "cache")];
+  const results = {};
+  for (const offline of [false, true]) {
+    for (const v of variants) await v.context.setOffline(offline);
+    const runs = Object.fromEntries(variants.map((v) => [v.name, []]));
+    for (let i = 0; i < RUNS; i++) {
+      for (const v of variants) runs[v.name].push(await load(v));
+    }
+    for (const v of variants) {
+      const rs = runs[v.name];
+      results[`${v.name} ${offline ? "offline" : "online"}`] = { first: median(rs.map((r) => r.first)), ready: median(rs.map((r) => r.ready)) };
+    }
+    for (const v of variants) await v.context.setOffline(false);
   }
-  for (const v of variants) {
-    const rs = runs[v.name];
-    if (rs.some((r) => r.version !== rs[0].version)) throw new Error(`${v.name}: loads ran different versions`);
-    results[`${v.name} ${offline ? "offline" : "online"}`] = { first: median(rs.map((r) => r.first)), ready: median(rs.map((r) => r.ready)) };
-  }
-  for (const v of variants) await v.context.setOffline(false);
-}
 
-// The update: every variant's server gets the new release.
-const update = {};
-for (const v of variants) writeApp(v.root, TO);
-{
+  // The update: each variant's server gets the new version once its page is open (the
+  // assetsync worker would otherwise find it in its check after the page load).
+  const update = {};
   const [ours, theirs] = variants;
-  const page = await ours.context.newPage();
-  await page.goto(ours.url);
-  update.assetsync = await page.evaluate(async () => {
-    const app = await window.registered;
-    const u = await app.check();
-    return { bytes: u.wireBytesIn + u.wireBytesOut, files: u.fetched.length + u.removed.length, buildBytes: u.buildBytes };
+  const tab = await ours.context.newPage();
+  await tab.goto(ours.url);
+  await tab.evaluate(() => window.registered.then((handle) => handle.check()));
+  for (const v of variants) writeApp(app, v.root, app.versions[1]);
+  update.assetsync = await tab.evaluate(async () => {
+    const handle = await window.registered;
+    const u = await handle.check();
+    if (!u.changed) throw new Error("the worker found no new build");
+    return { bytes: u.wireBytesIn + u.wireBytesOut, buildBytes: u.buildBytes };
   });
-  await page.close();
+  await tab.close();
   const other = await theirs.context.newPage();
   await other.goto(theirs.url);
   update.cache = await other.evaluate(async () => {
@@ -212,28 +249,27 @@ for (const v of variants) writeApp(v.root, TO);
       return before.get("/" + (f === "index.html" ? "" : f)) !== revision;
     });
   update.cacheGzip = changed.reduce((sum, f) => sum + gzipSync(readFileSync(join(theirs.root, f)), { level: 6 }).length, 0);
-  update.changedFiles = changed.length;
+  for (const v of variants) {
+    await v.context.close();
+    await v.server.stop();
+  }
+
+  console.log(`\n${app.describe()}: ${ours.manifest.length} files with the page and the client, ${RUNS} loads each, medians`);
+  console.log("| page load | assetsync worker | Cache Storage worker (Workbox-style) |");
+  console.log("|---|---|---|");
+  for (const mode of ["online", "offline"]) {
+    const [a, c] = [results[`assetsync ${mode}`], results[`cache ${mode}`]];
+    const label = mode === "online" ? "online, unchanged" : "offline";
+    console.log(`| ${label}: first module script | ${a.first.toFixed(0)} ms | ${c.first.toFixed(0)} ms |`);
+    console.log(`| ${label}: .wasm compiled | ${a.ready.toFixed(0)} ms | ${c.ready.toFixed(0)} ms |`);
+  }
+  console.log(`\nupdate ${app.versions[0]} -> ${app.versions[1]}: ${changed.length} files changed or added`);
+  console.log("| update | bytes on the wire |");
+  console.log("|---|---|");
+  console.log(`| assetsync worker | ${kb(update.assetsync.bytes)} (build: ${kb(update.assetsync.buildBytes)}) |`);
+  console.log(`| Cache Storage worker, whole changed files as served | ${kb(update.cache.bytes)} (${update.cache.files} files) |`);
+  console.log(`| the same files gzip -6 (a compressing CDN) | ${kb(update.cacheGzip)} |`);
+  console.log(JSON.stringify({ app: app.describe(), results, update }));
 }
 
-for (const v of variants) {
-  await v.context.close();
-  await v.server.stop();
-}
-
-const fileCount = variants[0].manifest.length;
-console.log(`\npdfjs-dist ${FROM} (${APP_FOLDERS.join("/, ")}/: ${fileCount} files with the page and client), ${RUNS} loads each, medians`);
-console.log("| page load | assetsync worker | Cache Storage worker (Workbox-style) |");
-console.log("|---|---|---|");
-for (const mode of ["online", "offline"]) {
-  const a = results[`assetsync ${mode}`];
-  const c = results[`cache ${mode}`];
-  console.log(`| ${mode === "online" ? "online, unchanged" : "offline"}: first module script | ${a.first.toFixed(0)} ms | ${c.first.toFixed(0)} ms |`);
-  console.log(`| ${mode === "online" ? "online, unchanged" : "offline"}: .wasm compiled | ${a.ready.toFixed(0)} ms | ${c.ready.toFixed(0)} ms |`);
-}
-console.log(`\nupdate ${FROM} -> ${TO}: ${update.changedFiles} files changed or added`);
-console.log(`| update | bytes on the wire |`);
-console.log("|---|---|");
-console.log(`| assetsync worker | ${kb(update.assetsync.bytes)} (build: ${kb(update.assetsync.buildBytes)}) |`);
-console.log(`| Cache Storage worker, whole changed files as served | ${kb(update.cache.bytes)} (${update.cache.files} files) |`);
-console.log(`| the same files gzip -6 (a compressing CDN) | ${kb(update.cacheGzip)} |`);
-console.log(JSON.stringify({ results, update }));
+for (const name of (process.env.APPS || "demo,pdfjs").split(",")) await measure(APPS[name]);
