@@ -368,11 +368,11 @@ serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", folder: "ap
   await server.stop();
 });
 
-test("a live worker (for dev servers) is pushed each rebuild and, with update: \"now\", serves it to the open page at once", async () => {
+test("a live worker (for dev servers) is pushed each rebuild and, with update: \"now\", serves it to the open page at once; a route gets the fallback page", async () => {
   const server = await appServer();
   server.change({
     "sw.js": Buffer.from(`import { serveAssets } from "/pkg/sw.js";
-serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", db: "assetsync-demo", live: true, update: "now" });\n`),
+serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", db: "assetsync-demo", live: true, update: "now", navigateFallback: "index.html" });\n`),
   });
   const context = await browser.newContext();
   const page = await openApp(context, server);
@@ -386,6 +386,11 @@ serveAssets({ url: location.origin.replace(/^http/, "ws") + "/sync", db: "assets
   const now = (await fetched(page, ["/js/app.js"]))["/js/app.js"];
   assert.ok(fromWorker(now.etag));
   assert.equal(now.sha, sha256(bundle(2)), "the open page is served the new build at once");
+  // A single-page app's route: a navigation gets the fallback page, a plain fetch the network.
+  assert.equal((await fetched(page, ["/settings/profile"]))["/settings/profile"].status, 404);
+  await page.goto(server.url + "/settings/profile");
+  await page.waitForSelector('#served[data-source="worker"]');
+  assert.equal(await page.locator("#build").textContent(), "Build 2");
   await context.close();
   await server.stop();
 });

@@ -15,6 +15,9 @@ export interface ServeAssetsOptions {
   /** "next-load" (default): a page keeps the build it loaded on until it is reloaded.
    *  "now": open pages are served each new build as soon as it is ready. */
   update?: "next-load" | "now";
+  /** The file of the folder that answers navigations to paths the build lacks (a single-page
+   *  app's routes, such as "index.html"), as Workbox's `navigateFallback`. Default: none. */
+  navigateFallback?: string;
   /** Sync the folder after each page load (default true); otherwise only on install and when a
    *  page calls `check()`. */
   checkOnLoad?: boolean;

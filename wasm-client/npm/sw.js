@@ -20,7 +20,8 @@ export function serveAssets(options) {
     throw new TypeError('serveAssets needs { url: "wss://host/sync" }: the assetsync server\'s sync URL');
   }
   const base = new URL(options.base ?? "./", self.registration.scope).href;
-  const settings = { folder: options.folder ?? "", base, db: options.db, token: options.token, update: options.update };
+  const { db, token, update, navigateFallback } = options;
+  const settings = { folder: options.folder ?? "", base, db, token, update, navigateFallback };
   const checkOnLoad = options.checkOnLoad ?? true;
   let opening = null;
   const worker = () =>

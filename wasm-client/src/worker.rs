@@ -37,6 +37,9 @@ export interface WorkerOptions {
   /** "next-load" (default): a page keeps the build it loaded on until it reloads. "now": open
    *  pages are served each new build as soon as it is ready. */
   update?: "next-load" | "now";
+  /** The file (in the folder) that answers navigations to paths the build lacks: a
+   *  single-page app's routes, such as "index.html". Default: none (they go to the network). */
+  navigateFallback?: string;
 }
 /** What `AssetWorker.update` did. */
 export interface BuildUpdate {
@@ -82,6 +85,11 @@ pub struct AssetWorker {
     builds: RefCell<HashMap<VersionId, Rc<Build>>>,
     /// Versions whose stored file was checked against its SHA-256 by this worker.
     verified: RefCell<HashSet<VersionId>>,
+    /// Assets found damaged and being fetched again (once at a time).
+    repairing: Rc<RefCell<HashSet<AssetPath>>>,
+    /// The file that answers a navigation to a path the build lacks (a single-page app's
+    /// routes), if any.
+    fallback: Option<AssetPath>,
     /// Held by an update, and by a prune (whose GC must not run beside a sync).
     busy: Mutex<()>,
     /// The client's wire byte counts (in, out) at the end of the last update.
@@ -113,6 +121,13 @@ impl AssetWorker {
                 return Err(js_error(format!("options.update is {other:?}: use \"next-load\" or \"now\"")));
             }
         };
+        let fallback = match option("navigateFallback") {
+            Some(path) => Some(
+                AssetPath::new(&format!("{folder}{path}"))
+                    .map_err(|e| js_error(format!("options.navigateFallback {path:?}: {e}")))?,
+            ),
+            None => None,
+        };
         let client = Client::open(url, Some(options), false).await?.0;
         let serving = client.store.serving(&folder).await?;
         Ok(AssetWorker {
@@ -123,6 +138,8 @@ impl AssetWorker {
             serving: RefCell::new(serving),
             builds: RefCell::default(),
             verified: RefCell::default(),
+            repairing: Rc::default(),
+            fallback,
             busy: Mutex::new(()),
             wire_mark: Cell::new((0, 0)),
         })
@@ -219,7 +236,12 @@ impl AssetWorker {
         let navigation = request.mode() == RequestMode::Navigate;
         let page = if navigation && !resulting.is_empty() { resulting } else { client };
         let Some(build) = self.build_for(&page, navigation).await? else { return Ok(None) };
-        let Some(entry) = build.files.get(asset.as_str()).copied() else { return Ok(None) };
+        let found = build.files.get(asset.as_str()).copied().map(|e| (asset.clone(), e));
+        let fallback = || {
+            let path = self.fallback.as_ref().filter(|_| navigation)?;
+            Some((path.clone(), *build.files.get(path.as_str())?))
+        };
+        let Some((asset, entry)) = found.or_else(fallback) else { return Ok(None) };
         let Some(blob) = self.checked_file(&asset, &entry).await? else { return Ok(None) };
         let headers = request.headers();
         let etag = format!("\"{}\"", entry.version.to_hex());
@@ -362,12 +384,16 @@ impl AssetWorker {
             return Ok(Some(blob));
         }
         self.verified.borrow_mut().remove(&entry.version);
-        let (client, asset) = (Rc::clone(&self.client), asset.clone());
-        wasm_bindgen_futures::spawn_local(async move {
-            if client.sync(asset.as_str().to_owned(), None).await.is_ok() {
-                let _ = client.store.repair_builds(&asset).await;
-            }
-        });
+        if self.repairing.borrow_mut().insert(asset.clone()) {
+            let (client, asset, repairing) =
+                (Rc::clone(&self.client), asset.clone(), Rc::clone(&self.repairing));
+            wasm_bindgen_futures::spawn_local(async move {
+                if client.sync(asset.as_str().to_owned(), None).await.is_ok() {
+                    let _ = client.store.repair_builds(&asset).await;
+                }
+                repairing.borrow_mut().remove(&asset);
+            });
+        }
         Ok(None)
     }
 }
