@@ -30,16 +30,16 @@ function loadHistory() {
   try { return JSON.parse(localStorage.getItem(HISTORY_KEY)) || []; } catch (_) { return []; }
 }
 
-function showUpdate(u) {
-  const wire = u.wireBytesIn + u.wireBytesOut;
-  $("wire").textContent = fmtBytes(wire);
-  const pct = (100 * wire) / Math.max(u.buildBytes, 1);
-  $("wire-sub").textContent = `${pct < 1 ? pct.toFixed(2) : pct.toFixed(1)}% of the build · ${u.previous ? "an update" : "the first sync"}`;
-  $("size").textContent = fmtBytes(u.buildBytes);
-  $("files").textContent = `${u.files} files`;
-  $("fetched").textContent = String(u.fetched.length);
-  $("fetched-sub").textContent = u.fetched.length ? u.fetched.slice(0, 2).join(", ") + (u.fetched.length > 2 ? ", …" : "") : "nothing changed";
-  $("time").textContent = `${Math.round(u.elapsedMs)} ms`;
+/** Shows an update as recorded in the history (see `record`). */
+function showUpdate(r) {
+  $("wire").textContent = fmtBytes(r.wire);
+  const pct = (100 * r.wire) / Math.max(r.buildBytes, 1);
+  $("wire-sub").textContent = `${pct < 1 ? pct.toFixed(2) : pct.toFixed(1)}% of the build · ${r.first ? "the first sync" : "an update"}`;
+  $("size").textContent = fmtBytes(r.buildBytes);
+  $("files").textContent = `${r.files} files`;
+  $("fetched").textContent = String(r.fetched.length);
+  $("fetched-sub").textContent = r.fetched.length ? r.fetched.slice(0, 2).join(", ") + (r.fetched.length > 2 ? ", …" : "") : "nothing changed";
+  $("time").textContent = `${Math.round(r.elapsedMs)} ms`;
 }
 
 function renderChart() {
@@ -64,10 +64,15 @@ function renderChart() {
 
 function record(u) {
   // Every open tab is told of the same update: the first one records it.
-  if (loadHistory().some((r) => r.build === u.build)) return renderChart();
-  const entry = { at: Date.now(), build: u.build, first: !u.previous, wire: u.wireBytesIn + u.wireBytesOut, buildBytes: u.buildBytes };
-  localStorage.setItem(HISTORY_KEY, JSON.stringify([entry, ...loadHistory()].slice(0, 10)));
+  if (!loadHistory().some((r) => r.build === u.build)) {
+    const entry = {
+      at: Date.now(), build: u.build, first: !u.previous, wire: u.wireBytesIn + u.wireBytesOut,
+      buildBytes: u.buildBytes, files: u.files, fetched: u.fetched, elapsedMs: u.elapsedMs,
+    };
+    localStorage.setItem(HISTORY_KEY, JSON.stringify([entry, ...loadHistory()].slice(0, 10)));
+  }
   renderChart();
+  showUpdate(loadHistory().find((r) => r.build === u.build));
 }
 
 async function main() {
@@ -78,7 +83,7 @@ async function main() {
   addEventListener("offline", showNetwork);
   renderChart();
   const last = loadHistory()[0];
-  if (last) $("wire").textContent = fmtBytes(last.wire);
+  if (last?.fetched) showUpdate(last);
 
   let app;
   try {
@@ -97,7 +102,6 @@ async function main() {
   app.addEventListener("update", (e) => {
     const u = e.detail;
     record(u);
-    showUpdate(u);
     if (app.build && u.build !== app.build) {
       $("update").hidden = false;
       $("update-sub").textContent = `${fmtBytes(u.wireBytesIn + u.wireBytesOut)} for ${u.fetched.length} changed file${u.fetched.length === 1 ? "" : "s"}: reload to run it.`;
