@@ -387,6 +387,9 @@ impl AssetWorker {
         if self.repairing.borrow_mut().insert(asset.clone()) {
             let (client, asset, repairing) =
                 (Rc::clone(&self.client), asset.clone(), Rc::clone(&self.repairing));
+            // What the client remembers of the file would make the sync find it unchanged
+            // without reading the damaged copy.
+            client.remembered.borrow_mut().remove(&asset);
             wasm_bindgen_futures::spawn_local(async move {
                 if client.sync(asset.as_str().to_owned(), None).await.is_ok() {
                     let _ = client.store.repair_builds(&asset).await;
