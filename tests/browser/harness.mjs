@@ -209,13 +209,39 @@ export function inChromium(t, why, { whole = false } = {}) {
   return false;
 }
 
-async function launchFirefox() {
+/**
+ * A new context in which `origin` may store at most `bytes`. Chromium: the DevTools protocol's
+ * per-origin quota override, set before anything opens a database there (Chromium 156 did not
+ * apply a lower quota to a database already open). Firefox: a browser of its own, launched with
+ * that global storage limit. `lift()` removes the limit where the engine can (Chromium) and
+ * says whether it did; `close()` closes what was opened.
+ */
+export async function quotaContext(browser, origin, bytes) {
+  if (engine === "firefox") {
+    const limited = await launchFirefox({ "dom.quotaManager.temporaryStorage.fixedLimit": Math.ceil(bytes / 1024) });
+    const context = new FirefoxContext(await limited.createBrowserContext());
+    return { context, lift: async () => false, close: () => limited.close() };
+  }
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(origin + "/style.css");
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: bytes });
+  const lift = async () => {
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin });
+    return true;
+  };
+  return { context, lift, close: () => context.close() };
+}
+
+async function launchFirefox(extraPrefsFirefox = {}) {
   const { default: puppeteer } = await import("puppeteer-core");
   return puppeteer.launch({
     browser: "firefox",
     executablePath: process.env.FIREFOX || "/usr/bin/firefox-esr",
     headless: true,
     protocol: "webDriverBiDi",
+    extraPrefsFirefox,
   });
 }
 

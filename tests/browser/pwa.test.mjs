@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { execFileSync, spawnSync } from "node:child_process";
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { scratch, startServer, useBrowser, inChromium, sha256, realBundle, repo } from "./harness.mjs";
+import { scratch, startServer, useBrowser, inChromium, quotaContext, sha256, realBundle, repo } from "./harness.mjs";
 
 const browser = useBrowser();
 
@@ -246,16 +246,13 @@ test("a damaged stored file is never served: the network answers, and the worker
 });
 
 test("storage full while syncing a new build: the old build goes on being served, and the app is told why", async (t) => {
-  if (!inChromium(t, "the origin's quota is lowered through the DevTools protocol", { whole: true })) return;
+  // The old build is kept in Firefox too, but its error names an IndexedDB type error instead of
+  // the quota (the idb crate meets the request as the event's target): not asserted there yet.
+  if (!inChromium(t, "Firefox's error for this commit does not name the quota yet", { whole: true })) return;
   const server = await appServer(["--no-compress"]);
-  const context = await browser.newContext();
   // Room for the first build (Chromium wants twice a Blob's size free to write it), not for an
-  // 8 MB file more. Set before the worker opens the database: Chromium 156 did not apply a lower
-  // quota to a database already open.
-  const blank = await context.newPage();
-  await blank.goto(server.url + "/style.css");
-  const cdp = await context.newCDPSession(blank);
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: 12 << 20 });
+  // 8 MB file more.
+  const { context, close } = await quotaContext(browser, server.url, 12 << 20);
   const page = await openApp(context, server);
   assert.equal(await reload(page), "worker");
   server.change({ "media/big.bin": randomBytes(8 << 20) });
@@ -270,8 +267,7 @@ test("storage full while syncing a new build: the old build goes on being served
   const big = (await fetched(page, ["/media/big.bin"]))["/media/big.bin"];
   assert.ok(!fromWorker(big.etag), "the new build is not served (the request went to the network)");
   assert.equal(await page.locator("#build").textContent(), "Build 1");
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
-  await context.close();
+  await close();
   await server.stop();
 });
 

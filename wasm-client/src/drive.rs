@@ -121,7 +121,8 @@ impl Client {
     async fn commit_staged(&self, run: &mut Run<'_>) -> Result<(), Stopped> {
         let Some(staged) = run.staged.as_mut().filter(|s| !s.is_empty()) else { return Ok(()) };
         let committed = self.store.commit_all(&mem::take(staged), Some(run.run_id)).await;
-        committed.map_err(|e| Stopped::store(format!("{}: {e}; the previous versions are kept", run.target)))
+        // The caller names the folder.
+        committed.map_err(|e| Stopped::store(format!("{e}; the previous versions are kept")))
     }
 
     async fn steps(

@@ -63,7 +63,11 @@ impl Client {
             machine.set_driver_hashes();
         }
         self.connected(&mut guard).await?;
-        let target = folder.to_string();
+        // Errors name the folder; the whole root has no name of its own.
+        let target = match folder.to_string() {
+            root if root.is_empty() => "the root folder".to_owned(),
+            name => name,
+        };
         let run = self.drive(&mut machine, &mut guard, &target, None, None, true).await;
         self.next_id.set(machine.next_id());
         let driven = self.stopped(run, &mut guard, &target)?;

@@ -137,6 +137,17 @@ async fn finish(tx: Transaction) -> Result<()> {
     })
 }
 
+/// The cause of `e`, met in `tx`: a request that failed because its transaction aborted (Firefox
+/// reports a full quota so, on the next request awaited) has the transaction's error as cause.
+fn cause(tx: &Transaction, e: StoreError) -> StoreError {
+    match (&e, tx.error()) {
+        (StoreError::Db(text), Some(why)) if text.starts_with("AbortError") => {
+            StoreError::dom(&why.name(), &why.message())
+        }
+        _ => e,
+    }
+}
+
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// A committed file as read back: its bytes, or the chunks found missing or damaged in it.
@@ -442,7 +453,7 @@ impl Store {
     /// written ahead by [`Store::write_ahead`] for this commit.
     pub async fn commit_all(&self, changes: &[Staged], run: Option<u64>) -> Result<()> {
         let tx = self.db.transaction(&COMMITTED, TransactionMode::ReadWrite)?;
-        write(&tx, changes).await?;
+        write(&tx, changes).await.map_err(|e| cause(&tx, e))?;
         if let Some(run) = run {
             tx.object_store(PENDING)?.delete(pending_key(run))?;
         }
