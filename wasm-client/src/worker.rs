@@ -18,6 +18,7 @@ use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::{Blob, Headers, Request, RequestMode, Response, ResponseInit};
 
+use crate::folder::FolderOutcome;
 use crate::store::{Build, Entry, Serving, Store};
 use crate::{Client, js_error};
 
@@ -83,6 +84,8 @@ pub struct AssetWorker {
     serving: RefCell<Serving>,
     /// Builds read from the store, by id.
     builds: RefCell<HashMap<VersionId, Rc<Build>>>,
+    /// The bytes of their files, by id.
+    sizes: RefCell<HashMap<VersionId, u64>>,
     /// Versions whose stored file was checked against its SHA-256 by this worker.
     verified: RefCell<HashSet<VersionId>>,
     /// Assets found damaged and being fetched again (once at a time).
@@ -137,6 +140,7 @@ impl AssetWorker {
             take_over,
             serving: RefCell::new(serving),
             builds: RefCell::default(),
+            sizes: RefCell::default(),
             verified: RefCell::default(),
             repairing: Rc::default(),
             fallback,
@@ -166,20 +170,16 @@ impl AssetWorker {
         self.client.usable()?;
         let _busy = self.busy.lock().await;
         let mut outcome = self.client.sync_folder(&self.folder).await?;
-        // A pushed change committed between the sync and keeping its result would make a build
-        // of two states: then the folder is synced again.
-        let mut tries = 1;
-        let build = loop {
-            match self.client.store.keep_build(&self.folder, &outcome.version).await? {
-                Some(build) => break build,
-                None if tries < KEEP_TRIES => {
-                    tries += 1;
-                    outcome = self.client.sync_folder(&self.folder).await?;
-                }
-                None => {
-                    return Err(js_error("the folder kept changing while it was being synced; try again"));
-                }
-            }
+        // The same folder version is the same build: an unchanged folder's is the ready one,
+        // kept already, and the index need not be read again.
+        let ready = self.serving.borrow().ready.filter(|id| *id == outcome.version);
+        let build = match ready {
+            Some(id) => self.build_by_id(id).await?,
+            None => None,
+        };
+        let build = match build {
+            Some(build) => build,
+            None => Rc::new(self.keep_synced(&mut outcome).await?),
         };
         let mut serving = self.serving.borrow().clone();
         let previous = serving.ready.filter(|b| *b != build.id);
@@ -188,8 +188,7 @@ impl AssetWorker {
             self.client.store.set_serving(&self.folder, &serving).await?;
             *self.serving.borrow_mut() = serving;
         }
-        let versions: Vec<VersionId> = build.files.values().map(|e| e.version).collect();
-        let build_bytes: u64 = self.client.store.manifests(&versions).await?.iter().map(|m| m.len).sum();
+        let build_bytes = self.build_bytes(&build).await?;
         let out = outcome.to_js(&self.folder);
         let set = |k: &str, v: JsValue| Reflect::set(&out, &k.into(), &v).expect("set on a plain object");
         // What changed since the previous build, pushed changes included (a live worker's
@@ -211,7 +210,7 @@ impl AssetWorker {
         set("previous", previous.map(|b| b.to_hex()).into());
         set("changed", changed.into());
         set("buildBytes", (build_bytes as f64).into());
-        self.builds.borrow_mut().insert(build.id, Rc::new(build));
+        self.builds.borrow_mut().insert(build.id, build);
         Ok(out)
     }
 
@@ -301,6 +300,7 @@ impl AssetWorker {
         }
         let keep = serving.builds();
         self.builds.borrow_mut().retain(|id, _| keep.contains(id));
+        self.sizes.borrow_mut().retain(|id, _| keep.contains(id));
         let dropped = self.client.store.drop_builds(&self.folder, &keep).await?;
         let freed = match dropped {
             0 => 0,
@@ -358,6 +358,33 @@ impl AssetWorker {
             Some(id) => self.build_by_id(id).await,
             None => Ok(None),
         }
+    }
+
+    /// Keeps what the folder sync `outcome` committed as a build. A pushed change committed
+    /// between the sync and keeping its result would make a build of two states: then the
+    /// folder is synced again (`outcome` is then the last sync's).
+    async fn keep_synced(&self, outcome: &mut FolderOutcome) -> Result<Build, JsError> {
+        for _ in 1..KEEP_TRIES {
+            if let Some(build) = self.client.store.keep_build(&self.folder, &outcome.version).await? {
+                return Ok(build);
+            }
+            *outcome = self.client.sync_folder(&self.folder).await?;
+        }
+        match self.client.store.keep_build(&self.folder, &outcome.version).await? {
+            Some(build) => Ok(build),
+            None => Err(js_error("the folder kept changing while it was being synced; try again")),
+        }
+    }
+
+    /// The bytes of a build's files, from their manifests the first time.
+    async fn build_bytes(&self, build: &Build) -> Result<u64, JsError> {
+        if let Some(bytes) = self.sizes.borrow().get(&build.id) {
+            return Ok(*bytes);
+        }
+        let versions: Vec<VersionId> = build.files.values().map(|e| e.version).collect();
+        let bytes = self.client.store.manifests(&versions).await?.iter().map(|m| m.len).sum();
+        self.sizes.borrow_mut().insert(build.id, bytes);
+        Ok(bytes)
     }
 
     /// The kept build `id`, read from the store the first time.
