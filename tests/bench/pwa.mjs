@@ -222,7 +222,7 @@ async function measure(app) {
   const tab = await ours.context.newPage();
   await tab.goto(ours.url);
   await tab.evaluate(() => window.registered.then((handle) => handle.check()));
-  for (const v of variants) writeApp(app, v.root, app.versions[1]);
+  const manifests = variants.map((v) => writeApp(app, v.root, app.versions[1]));
   update.assetsync = await tab.evaluate(async () => {
     const handle = await window.registered;
     const u = await handle.check();
@@ -242,12 +242,9 @@ async function measure(app) {
   await other.close();
   // What a compressing CDN would send for the files the cache worker fetched.
   const before = new Map(theirs.manifest);
-  const changed = files(theirs.root)
-    .filter((f) => f !== "cache-sw.js" && f !== "sw.js")
-    .filter((f) => {
-      const revision = createHash("sha256").update(readFileSync(join(theirs.root, f))).digest("hex").slice(0, 16);
-      return before.get("/" + (f === "index.html" ? "" : f)) !== revision;
-    });
+  const changed = manifests[1]
+    .filter(([url, revision]) => before.get(url) !== revision)
+    .map(([url]) => (url === "/" ? "index.html" : url.slice(1)));
   update.cacheGzip = changed.reduce((sum, f) => sum + gzipSync(readFileSync(join(theirs.root, f)), { level: 6 }).length, 0);
   for (const v of variants) {
     await v.context.close();
