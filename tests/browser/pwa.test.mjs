@@ -246,9 +246,6 @@ test("a damaged stored file is never served: the network answers, and the worker
 });
 
 test("storage full while syncing a new build: the old build goes on being served, and the app is told why", async (t) => {
-  // The old build is kept in Firefox too, but its error names an IndexedDB type error instead of
-  // the quota (the idb crate meets the request as the event's target): not asserted there yet.
-  if (!inChromium(t, "Firefox's error for this commit does not name the quota yet", { whole: true })) return;
   const server = await appServer(["--no-compress"]);
   // Room for the first build (Chromium wants twice a Blob's size free to write it), not for an
   // 8 MB file more.

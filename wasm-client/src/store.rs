@@ -100,6 +100,14 @@ impl From<idb::Error> for StoreError {
         match &e {
             idb::Error::DomException(d) => StoreError::dom(&d.name(), &d.message()),
             idb::Error::AddFailed(v) | idb::Error::TransactionCommitError(v) => StoreError::js(v.clone()),
+            // A request nobody awaited failed and its error event reached the transaction's
+            // listener (Firefox reports a full quota so): the request carries the reason.
+            idb::Error::UnexpectedJsType(_, request) => {
+                match js_sys::Reflect::get(request, &"error".into()) {
+                    Ok(error) if error.is_object() => StoreError::js(error),
+                    _ => StoreError::Db(e.to_string()),
+                }
+            }
             _ => StoreError::Db(e.to_string()),
         }
     }
