@@ -3,5 +3,5 @@
 
 pub use assetsync_client::{Error, cache, pull};
 pub use assetsync_server::{
-    ServeConfig, SessionLimits, StoreConfig, demo, encode, index, origin, run, server, store, watch,
+    ServeConfig, SessionLimits, StoreConfig, bus, demo, encode, index, origin, run, server, store, watch,
 };

@@ -154,6 +154,11 @@ struct ServeArgs {
     /// (rebuilds write in bursts)
     #[arg(long, default_value_t = 100, value_name = "MS")]
     quiet_ms: u64,
+    /// Share changes with other instances serving the same build folder through this Redis
+    /// server: a client subscribed here is told about a change another instance indexed
+    /// (redis://HOST:PORT[/DB]; one database per deployment)
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
     no_compress: bool,
@@ -363,6 +368,9 @@ impl Progress {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.bus {
+        assetsync::bus::open(url)?; // a typo is reported before anything starts
+    }
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let (root, demo) = match args.root {
@@ -412,6 +420,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         encode: (!args.no_compress)
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
+        bus: args.bus,
         allow_origins: args.allow_origin,
         token: args.token_file.as_deref().map(read_token).transpose()?,
     };

@@ -3,6 +3,7 @@
 //! - [`server`]: the axum app (`/sync` WebSocket endpoint plus static files) and [`server::run`].
 //! - [`session`]: one WebSocket connection, answering requests in order and pushing changes.
 //! - [`watch`]: watches the root, re-indexes changed assets once and announces them.
+//! - [`bus`]: the Redis change bus between instances that serve one build folder (`--bus`).
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
@@ -15,6 +16,7 @@
 //! All sync logic lives in `assetsync-protocol`; this crate does the I/O around it. It knows
 //! nothing of the native client (`assetsync-client`).
 
+pub mod bus;
 pub mod demo;
 pub mod encode;
 pub mod index;

@@ -65,6 +65,9 @@ pub struct ServeConfig {
     /// Watch the root and push changes to subscribers once a changed file has been quiet for
     /// this long (`None`: no watching; changes are still noticed by the next `sync`).
     pub watch: Option<Duration>,
+    /// The Redis change bus shared with other instances (`--bus redis://HOST:PORT[/DB]`), which
+    /// tells this instance's subscribers about changes another instance indexed.
+    pub bus: Option<String>,
 }
 
 /// Limits that apply to each WebSocket connection.
@@ -124,6 +127,7 @@ impl Default for ServeConfig {
             encode: Some(EncodeConfig::default()),
             demo: None,
             watch: Some(Duration::from_millis(100)),
+            bus: None,
             allow_origins: Vec::new(),
             token: None,
         }
@@ -257,6 +261,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
+    let bus = config.bus.as_deref().map(crate::bus::open).transpose()?;
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
     let index_config = IndexConfig {
         root: config.root,
@@ -274,7 +279,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         index,
         hub,
-        watching: config.watch.is_some(),
+        watching: config.watch.is_some() || config.bus.is_some(),
         encoder: Encoder::new(config.encode.unwrap_or_default()),
         compress: config.encode.is_some(),
         limits: config.limits,
@@ -289,6 +294,9 @@ pub async fn run(
     }
     if let Some(quiet) = config.watch {
         watch::start(state.index.clone(), state.hub.clone(), quiet, state.shutdown.clone())?;
+    }
+    if let Some(bus) = bus {
+        crate::bus::start(bus, state.index.clone(), state.hub.clone(), state.shutdown.clone());
     }
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();

@@ -39,18 +39,30 @@ pub struct Hub {
     changes: broadcast::Sender<Arc<Change>>,
     /// Every session's subscriptions, counted, so the watcher knows which files to index.
     scopes: Mutex<HashMap<Scope, usize>>,
+    /// Files that changed on disk but that this instance neither serves nor was asked for, so
+    /// did not index: news for other instances on the change bus, which may serve them.
+    touched: broadcast::Sender<AssetPath>,
 }
 
 impl Hub {
     /// A hub with no subscriptions, whose sessions may fall `backlog` changes behind before
     /// they are closed (and their clients resync).
     pub fn new(backlog: usize) -> Self {
-        Hub { changes: broadcast::channel(backlog.max(1)).0, scopes: Mutex::default() }
+        Hub {
+            changes: broadcast::channel(backlog.max(1)).0,
+            scopes: Mutex::default(),
+            touched: broadcast::channel(backlog.max(1)).0,
+        }
     }
 
     /// Every change announced from now on.
     pub fn listen(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()
+    }
+
+    /// Every file the watcher sees change without indexing it, from now on.
+    pub(crate) fn listen_touched(&self) -> broadcast::Receiver<AssetPath> {
+        self.touched.subscribe()
     }
 
     /// Counts a session's subscription.
@@ -144,17 +156,27 @@ async fn run(
         .expect("walking task panicked");
         dirs_seen = dirs;
         for asset in candidates {
-            let served = index.peek(&asset).await.is_some();
-            if !(served || (hub.wanted(&asset) && !is_temporary(&asset))) {
-                continue;
-            }
-            // The index announces a new version, a new file, or the file's removal, itself.
-            match index.current(&asset).await {
-                Ok(_) | Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {}
-                Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
+            if !recheck(&index, &hub, &asset).await && !is_temporary(&asset) {
+                // No receiver (no change bus) is not an error.
+                let _ = hub.touched.send(asset);
             }
         }
     }
+}
+
+/// Re-indexes `asset`, which may have changed on disk, if it is served or inside someone's
+/// subscription; returns whether it was. The index announces a new version, a new file, or the
+/// file's removal, itself.
+pub(crate) async fn recheck(index: &AssetIndex, hub: &Hub, asset: &AssetPath) -> bool {
+    let served = index.peek(asset).await.is_some();
+    if !(served || (hub.wanted(asset) && !is_temporary(asset))) {
+        return false;
+    }
+    match index.current(asset).await {
+        Ok(_) | Err(IndexError::Unknown(_) | IndexError::Escapes(_)) => {}
+        Err(e) => tracing::warn!(%asset, error = %e, "cannot re-index changed asset"),
+    }
+    true
 }
 
 /// The assets an event at `path` may concern: the file itself; for a directory (one renamed into

@@ -1,12 +1,14 @@
 //! End-to-end tests: a real server on 127.0.0.1:0, real native clients, real sockets.
 
 mod bad_input;
+mod bus;
 mod cache;
 mod cli;
 mod faults;
 mod folder;
 mod newcomer;
 mod security;
+mod services;
 mod store;
 mod sync;
 mod util;

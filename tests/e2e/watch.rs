@@ -63,7 +63,7 @@ impl Follower {
         }
     }
 
-    fn out(&self, asset: &str) -> Option<Vec<u8>> {
+    pub fn out(&self, asset: &str) -> Option<Vec<u8>> {
         std::fs::read(self.client.out(asset)).ok()
     }
 
