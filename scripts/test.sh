@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the wasm32 build of the pure core, unit, golden and
 # end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium and
-# Firefox, and the multi-instance tests against a real Redis. Installs what a fresh machine
-# lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli, Chromium, Firefox ESR, Redis,
-# playwright-core, puppeteer-core, typescript) and skips what is already there. Checks that cannot run on this machine are listed at the end.
+# Firefox, and the multi-instance tests against a real Redis and nginx. Installs what a fresh
+# machine lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli, Chromium, Firefox ESR,
+# Redis, nginx, playwright-core, puppeteer-core, typescript) and skips what is already there.
+# Checks that cannot run on this machine are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-step "browsers, driver and Redis"
+step "browsers, driver, Redis and nginx"
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ] \
-  || [ ! -x /usr/bin/redis-server ]; then
+  || [ ! -x /usr/bin/redis-server ] || [ ! -x /usr/sbin/nginx ]; then
   as_root apt-get update
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-    chromium chromium-driver firefox-esr redis-server
+    chromium chromium-driver firefox-esr redis-server nginx-light
 fi
 
 step "rustfmt and clippy"

@@ -159,6 +159,11 @@ struct ServeArgs {
     /// (redis://HOST:PORT[/DB]; one database per deployment)
     #[arg(long, value_name = "URL")]
     bus: Option<String>,
+    /// A reverse proxy (load balancer) in front of this server whose X-Forwarded-For header is
+    /// believed, for the client addresses in the logs (repeatable; an IP address such as
+    /// 127.0.0.1). From anyone else the header is ignored
+    #[arg(long, value_name = "IP")]
+    trusted_proxy: Vec<std::net::IpAddr>,
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
     no_compress: bool,
@@ -421,6 +426,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
         bus: args.bus,
+        trusted_proxies: args.trusted_proxy,
         allow_origins: args.allow_origin,
         token: args.token_file.as_deref().map(read_token).transpose()?,
     };

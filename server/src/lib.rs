@@ -11,6 +11,7 @@
 //! - `warm`: best-level answers for a new version's likely first clients, computed ahead.
 //! - `limit`: per-connection request and byte rates, which slow a connection down.
 //! - [`origin`]: which web pages may connect (cross-site WebSocket hijacking).
+//! - [`forwarded`]: the client's address behind a trusted reverse proxy (`X-Forwarded-For`).
 //! - [`demo`]: the built-in demo folder and its "rebuild" endpoint.
 //!
 //! All sync logic lives in `assetsync-protocol`; this crate does the I/O around it. It knows
@@ -19,6 +20,7 @@
 pub mod bus;
 pub mod demo;
 pub mod encode;
+pub mod forwarded;
 pub mod index;
 mod limit;
 pub mod origin;

@@ -1,7 +1,7 @@
 //! The axum application: `/sync` WebSocket endpoint, static files, the root watcher, limits and
 //! graceful shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use tower_http::services::ServeDir;
 
 use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
+use crate::forwarded::Remote;
 use crate::index::{AssetIndex, IndexConfig, StoreConfig};
 use crate::origin::OriginPolicy;
 use crate::session;
@@ -55,6 +56,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Context compression of missing chunks (`None`: send chunks uncompressed).
     pub encode: Option<EncodeConfig>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client in logs (`--trusted-proxy`;
+    /// see [`crate::forwarded`]).
+    pub trusted_proxies: Vec<IpAddr>,
     /// The built-in demo, when serving it: enables `GET /demo/build` and `POST /demo/rebuild`.
     pub demo: Option<Arc<Demo>>,
     /// A shared secret every client must present in `hello` (`--token-file`).
@@ -128,6 +132,7 @@ impl Default for ServeConfig {
             demo: None,
             watch: Some(Duration::from_millis(100)),
             bus: None,
+            trusted_proxies: Vec::new(),
             allow_origins: Vec::new(),
             token: None,
         }
@@ -140,6 +145,7 @@ pub struct AppState {
     pub(crate) hub: Arc<Hub>,
     /// Whether the root is watched, so that subscriptions mean something.
     pub(crate) watching: bool,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
     pub(crate) encoder: Encoder,
     /// Whether to offer zstd to clients that can decode it.
     pub(crate) compress: bool,
@@ -185,6 +191,8 @@ async fn ws_upgrade(
     headers: HeaderMap,
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let peer = Remote::new(peer, forwarded, &state.trusted_proxies);
     if let Err(why) = state.origins.check(header(header::ORIGIN), header(header::HOST)) {
         tracing::warn!(%peer, "refusing connection: {why}");
         return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
@@ -280,6 +288,7 @@ pub async fn run(
         index,
         hub,
         watching: config.watch.is_some() || config.bus.is_some(),
+        trusted_proxies: config.trusted_proxies,
         encoder: Encoder::new(config.encode.unwrap_or_default()),
         compress: config.encode.is_some(),
         limits: config.limits,

@@ -14,7 +14,7 @@ use crate::util::{TestClient, TestServer, random_bytes};
 
 /// What the proxy does to one connection's server-to-client bytes.
 #[derive(Clone, Copy, Debug)]
-enum Fault {
+pub enum Fault {
     /// Forward this many bytes, then close both ends.
     CutAfter(usize),
     /// Flip one bit of the byte at this offset.
@@ -27,7 +27,7 @@ enum Fault {
 
 /// A proxy to `server`: each new connection takes the next planned fault (none when the plan
 /// is empty).
-struct Proxy {
+pub struct Proxy {
     addr: SocketAddr,
     plan: Arc<Mutex<VecDeque<Fault>>>,
     /// Server-to-client bytes forwarded on all connections.
@@ -45,11 +45,16 @@ impl Proxy {
 
     /// [`Proxy::start`], calling `on_cut` at each cut, before the client can see it.
     async fn start_with(server: &TestServer, plan: Vec<Fault>, on_cut: OnCut) -> Self {
+        Self::to(server.addr, plan, on_cut).await
+    }
+
+    /// A proxy to `target`, whose connections meet the faults of `plan` in turn.
+    pub async fn to(target: SocketAddr, plan: Vec<Fault>, on_cut: OnCut) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let plan = Arc::new(Mutex::new(VecDeque::from(plan)));
         let (forwarded, connections, flips) = <[Arc<AtomicU64>; 3]>::default().into();
-        let (target, queue, count) = (server.addr, plan.clone(), [forwarded.clone(), flips.clone()]);
+        let (queue, count) = (plan.clone(), [forwarded.clone(), flips.clone()]);
         let on_cut = on_cut.clone();
         let accepted = connections.clone();
         let task = tokio::spawn(async move {
@@ -62,8 +67,13 @@ impl Proxy {
         Proxy { addr, plan, forwarded, connections, flips, task }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("ws://{}/sync", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     fn unused_faults(&self) -> usize {
@@ -72,7 +82,7 @@ impl Proxy {
 }
 
 /// Called by the proxy when it cuts a connection.
-type OnCut = Arc<dyn Fn() + Send + Sync>;
+pub type OnCut = Arc<dyn Fn() + Send + Sync>;
 
 impl Drop for Proxy {
     fn drop(&mut self) {

@@ -7,6 +7,7 @@ mod cli;
 mod faults;
 mod folder;
 mod newcomer;
+mod nginx;
 mod security;
 mod services;
 mod store;

@@ -9,8 +9,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::util::{Raw, TestClient, TestServer};
 
 /// The HTTP status of an upgrade carrying these `Origin` and `Host` headers (101 on success).
-async fn upgrade(server: &TestServer, origin: Option<&str>, host: Option<&str>) -> u16 {
-    let mut request = server.url().into_client_request().unwrap();
+pub async fn upgrade(url: &str, origin: Option<&str>, host: Option<&str>) -> u16 {
+    let mut request = url.into_client_request().unwrap();
     if let Some(origin) = origin {
         request.headers_mut().insert("origin", origin.parse().unwrap());
     }
@@ -28,14 +28,14 @@ async fn upgrade(server: &TestServer, origin: Option<&str>, host: Option<&str>) 
 async fn cross_site_pages_cannot_connect() {
     let server = TestServer::start_with(|c| c.allow_origins = vec!["https://app.example.com".into()]).await;
     let own = format!("http://{}", server.addr);
-    assert_eq!(upgrade(&server, None, None).await, 101, "native clients send no Origin");
-    assert_eq!(upgrade(&server, Some(&own), None).await, 101, "the server's own page");
-    assert_eq!(upgrade(&server, Some("http://localhost:5173"), None).await, 101, "a local dev server");
-    assert_eq!(upgrade(&server, Some("https://app.example.com"), None).await, 101, "listed");
-    assert_eq!(upgrade(&server, Some("https://evil.example"), None).await, 403, "any other site");
+    assert_eq!(upgrade(&server.url(), None, None).await, 101, "native clients send no Origin");
+    assert_eq!(upgrade(&server.url(), Some(&own), None).await, 101, "the server's own page");
+    assert_eq!(upgrade(&server.url(), Some("http://localhost:5173"), None).await, 101, "a local dev server");
+    assert_eq!(upgrade(&server.url(), Some("https://app.example.com"), None).await, 101, "listed");
+    assert_eq!(upgrade(&server.url(), Some("https://evil.example"), None).await, 403, "any other site");
     let rebound = format!("evil.example:{}", server.addr.port());
     let origin = format!("http://{rebound}");
-    assert_eq!(upgrade(&server, Some(&origin), Some(&rebound)).await, 403, "DNS rebinding");
+    assert_eq!(upgrade(&server.url(), Some(&origin), Some(&rebound)).await, 403, "DNS rebinding");
     server.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! proxy that can cut a connection to them.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,4 +138,93 @@ impl Drop for CutProxy {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// A real nginx on 127.0.0.1 running `deploy/nginx.conf`, with only its listening port, its
+/// upstream servers and (where a test says so) its timeouts changed. Stopped on drop.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx in front of `upstream` (nginx `server` lines without the `server` word, e.g.
+    /// `127.0.0.1:4000 backup`), with `timeout` for its proxy read and send timeouts when given;
+    /// or notes `check` as skipped and returns `None` where nginx is not installed.
+    pub fn start(check: &str, upstream: &[String], timeout: Option<&str>) -> Option<Self> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists());
+        let Some(binary) = binary else {
+            crate::util::skipped(check, "nginx is not installed (scripts/test.sh installs nginx-light)");
+            return None;
+        };
+        let shipped = include_str!("../../deploy/nginx.conf");
+        let port = free_port();
+        let servers: String = upstream.iter().map(|s| format!("        server {s};\n")).collect();
+        let mut config = replace_once(
+            shipped,
+            "        listen 127.0.0.1:8080;",
+            &format!("        listen 127.0.0.1:{port};"),
+        );
+        config = replace_once(
+            &config,
+            "        server 127.0.0.1:8081 max_fails=1 fail_timeout=5s;\n        server 127.0.0.1:8082 max_fails=1 fail_timeout=5s;\n",
+            &servers,
+        );
+        if let Some(timeout) = timeout {
+            config =
+                replace_once(&config, "proxy_read_timeout 300s;", &format!("proxy_read_timeout {timeout};"));
+            config =
+                replace_once(&config, "proxy_send_timeout 300s;", &format!("proxy_send_timeout {timeout};"));
+        }
+        let prefix = tempfile::tempdir().unwrap();
+        for folder in ["logs", "tmp"] {
+            std::fs::create_dir(prefix.path().join(folder)).unwrap();
+        }
+        // Run as root, nginx's workers drop to `nobody`, who must reach its temporary folders.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(prefix.path().join("nginx.conf"), config).unwrap();
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(prefix.path())
+            .args(["-c", "nginx.conf", "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut nginx = Nginx { child, port, prefix };
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited ({status}): {}", nginx.error_log());
+            }
+            assert!(Instant::now() < until, "nginx did not listen within 10 s: {}", nginx.error_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+
+    /// Its sync endpoint.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/sync", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.path().join("logs/error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would leave them running).
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `text` with `from`, which must occur exactly once, replaced by `to`.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "deploy/nginx.conf no longer holds {from:?}");
+    text.replacen(from, to, 1)
 }

@@ -17,8 +17,13 @@ pub struct Follower {
 
 impl Follower {
     pub fn start(server: &TestServer, assets: &[&str]) -> Self {
+        Self::start_at(server.url(), assets)
+    }
+
+    /// [`Follower::start`] on the sync endpoint `url`.
+    pub fn start_at(url: String, assets: &[&str]) -> Self {
         let client = TestClient::new();
-        let config = client.config(server.url());
+        let config = client.config(url);
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -49,6 +54,13 @@ impl Follower {
                 PullEvent::Failed { error, .. } => panic!("{error}"),
                 _ => {}
             }
+        }
+    }
+
+    /// Fails the test if anything at all happens within `time`, a lost connection included.
+    pub async fn silent_for(&mut self, time: Duration) {
+        if let Ok(event) = tokio::time::timeout(time, self.events.recv()).await {
+            panic!("expected silence, got {event:?}");
         }
     }
 

@@ -4,7 +4,6 @@
 //! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
 //! - `subscribe`: subscriptions, counted in the hub while the session lives.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use assetsync_protocol::{
@@ -21,6 +20,7 @@ mod answer;
 mod subscribe;
 mod throttle;
 
+use crate::forwarded::Remote;
 use crate::server::AppState;
 use answer::{FolderRequest, Request, sync, sync_folder};
 use subscribe::{Subscriptions, subscribe};
@@ -45,7 +45,7 @@ impl Fatal {
 pub(crate) async fn run(
     mut socket: WebSocket,
     state: Arc<AppState>,
-    peer: SocketAddr,
+    peer: Remote,
     _permit: OwnedSemaphorePermit,
 ) {
     tracing::debug!("connected");

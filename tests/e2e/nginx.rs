@@ -1,0 +1,125 @@
+//! Behind a real nginx running `deploy/nginx.conf`: the WebSocket upgrade on `/sync`,
+//! subscriptions kept open through silence, the `Origin` and token checks, and an instance killed
+//! in the middle of a transfer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assetsync::pull::{PullConfig, PullEvent, pull};
+use assetsync_protocol::Scope;
+
+use crate::faults::{Fault, Proxy};
+use crate::security::upgrade;
+use crate::services::{Nginx, Redis};
+use crate::util::{Served, TestClient, TestServer, random_bytes};
+use crate::watch::Follower;
+
+const CHECK: &str = "the nginx tests";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_nginx_a_subscriber_stays_connected_while_silent_and_hears_of_changes_another_instance_saw() {
+    let Some(redis) = Redis::start(CHECK) else { return };
+    let b = TestServer::start_with(|c| c.bus = Some(redis.url())).await;
+    let shared = b.root.path().to_path_buf();
+    let a = TestServer::start_with(|c| {
+        c.root = shared;
+        c.watch = None;
+        c.bus = Some(redis.url());
+        c.limits.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A takes every connection while it is up, so the subscriber is on A, which gets no file
+    // events; nginx's timeouts are 3 s instead of 300 s.
+    let upstream = [a.addr.to_string(), format!("{} backup", b.addr)];
+    let Some(nginx) = Nginx::start(CHECK, &upstream, Some("3s")) else { return };
+    let v1 = random_bytes(1 << 20, 41);
+    b.write("app.js", &v1);
+    let mut f = Follower::start_at(nginx.url(), &["app.js"]);
+    f.pulled("app.js").await;
+
+    // Longer than nginx's timeouts: only A's pings to a silent subscriber keep it connected.
+    f.silent_for(Duration::from_secs(5)).await;
+
+    let mut v2 = v1.clone();
+    v2[300_000..300_100].fill(7);
+    let start = Instant::now();
+    b.replace("app.js", &v2);
+    let wire = f.pulled("app.js").await;
+    let took = start.elapsed();
+    assert_eq!(f.out("app.js").unwrap(), v2);
+    assert!(wire < 64 * 1024, "a 100-byte edit cost {wire} bytes");
+    assert!(took < Duration::from_secs(2), "the change took {took:?} to reach the subscriber");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_and_token_checks_hold_through_nginx() {
+    let server = TestServer::start_with(|c| c.token = Some("s3cret-token".into())).await;
+    server.write("a.js", b"guarded");
+    let Some(nginx) = Nginx::start(CHECK, &[server.addr.to_string()], None) else { return };
+    let url = nginx.url();
+    let own = format!("http://127.0.0.1:{}", nginx.port);
+    assert_eq!(upgrade(&url, None, None).await, 101, "native clients send no Origin");
+    assert_eq!(upgrade(&url, Some(&own), None).await, 101, "the page nginx serves, by address");
+    assert_eq!(upgrade(&url, Some("https://evil.example"), None).await, 403, "any other site");
+    let rebound = format!("evil.example:{}", nginx.port);
+    let origin = format!("http://{rebound}");
+    assert_eq!(upgrade(&url, Some(&origin), Some(&rebound)).await, 403, "DNS rebinding");
+
+    let pull_with = |token: Option<&str>| {
+        let client = TestClient::new();
+        let config = PullConfig { token: token.map(str::to_owned), ..client.config(url.clone()) };
+        async move { pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop) }
+    };
+    let refused = pull_with(None).await.unwrap_err().to_string();
+    assert!(refused.contains("requires a token"), "{refused}");
+    pull_with(Some("s3cret-token")).await.unwrap();
+    server.stop().await;
+}
+
+/// Two `assetsync serve` processes on one root behind nginx; the one serving a 16 MiB cold
+/// transfer (paced to 4 MiB/s) is SIGKILLed 6 MiB in. The client reconnects through nginx to
+/// the other and fetches only what had not arrived.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_killed_mid_transfer_behind_nginx_is_resumed_on_the_other() {
+    let root = tempfile::tempdir().unwrap();
+    let data = random_bytes(16 << 20, 42);
+    std::fs::write(root.path().join("big.bin"), &data).unwrap();
+    let serve =
+        || Served::start([std::ffi::OsStr::new("--no-store"), "--root".as_ref(), root.path().as_os_str()]);
+    let (a, b) = (serve(), serve());
+    let addr = |s: &Served| s.url.trim_start_matches("ws://").trim_end_matches("/sync").to_owned();
+    let upstream = [addr(&a), format!("{} backup", addr(&b))];
+    let Some(nginx) = Nginx::start(CHECK, &upstream, None) else { return };
+    let slow =
+        Proxy::to(([127, 0, 0, 1], nginx.port).into(), vec![Fault::Pace(4 << 20)], Arc::new(|| {})).await;
+
+    let a = Mutex::new(Some(a));
+    let mut killed_at = None;
+    let client = TestClient::new();
+    let reports = pull(&client.config(slow.url()), &[Scope::new("big.bin").unwrap()], |e| match e {
+        PullEvent::Progress { received, .. } if *received > 6 << 20 && killed_at.is_none() => {
+            let mut a = a.lock().unwrap().take().unwrap();
+            a.child.kill().unwrap();
+            a.child.wait().unwrap();
+            killed_at = Some(*received);
+        }
+        _ => {}
+    })
+    .await
+    .unwrap();
+    let killed_at = killed_at.expect("the transfer ended before the kill");
+    assert_eq!(slow.connections(), 2, "the client reconnected once");
+    assert_eq!(std::fs::read(client.out("big.bin")).unwrap(), data);
+    let wire = reports[0].wire_bytes_in;
+    // What the same pull costs uncut, from the surviving instance.
+    let uncut = TestClient::new().pull_from(b.url.clone(), &["big.bin"]).await.unwrap()[0].wire_bytes_in;
+    // Again: the plan (what the uncut pull took beyond the file), and at most the batch that was
+    // in flight (its 64 KiB parts, a chunk frame cut in the middle).
+    let plan = uncut - data.len() as u64;
+    let bound = uncut + plan + 128 * 1024;
+    assert!(killed_at > bound - uncut, "the bound must fail a client that starts over");
+    assert!(wire < bound, "{wire} bytes in all, {uncut} uncut, killed {killed_at} bytes in");
+    eprintln!("killed {killed_at} bytes in: {wire} bytes in all, {uncut} uncut");
+}
