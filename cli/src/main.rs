@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve every file under --root at ws://LISTEN/sync, and --www at http://LISTEN/
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Fetch assets into --out, transferring only the chunks the cache lacks
     Pull(PullArgs),
     /// Inspect or check a server's version store (stop the server first)
@@ -159,6 +159,11 @@ struct ServeArgs {
     /// (redis://HOST:PORT[/DB]; one database per deployment)
     #[arg(long, value_name = "URL")]
     bus: Option<String>,
+    /// Share remembered versions and computed answers with other instances through this
+    /// object store: s3://BUCKET/PREFIX (credentials, region and endpoint from the AWS_*
+    /// environment variables) or file:///PATH
+    #[arg(long, value_name = "URL")]
+    shared_store: Option<String>,
     /// A reverse proxy (load balancer) in front of this server whose X-Forwarded-For header is
     /// believed, for the client addresses in the logs (repeatable; an IP address such as
     /// 127.0.0.1). From anyone else the header is ignored
@@ -250,7 +255,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Pull(args) => {
             let targets = args.assets.iter().map(|a| Scope::new(a)).collect::<Result<Vec<_>, _>>()?;
             let token = args.token_file.as_deref().map(read_token).transpose()?;
@@ -376,6 +381,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.bus {
         assetsync::bus::open(url)?; // a typo is reported before anything starts
     }
+    if let Some(url) = &args.shared_store {
+        assetsync::shared::Shared::open(url)?;
+    }
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let (root, demo) = match args.root {
@@ -426,6 +434,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
         bus: args.bus,
+        shared_store: args.shared_store,
         trusted_proxies: args.trusted_proxy,
         allow_origins: args.allow_origin,
         token: args.token_file.as_deref().map(read_token).transpose()?,

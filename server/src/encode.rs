@@ -275,7 +275,7 @@ impl Encoder {
     /// best-level encoding per file in the background would be evicted before anyone used it).
     pub async fn encode(
         &self,
-        index: &AssetIndex,
+        index: &Arc<AssetIndex>,
         current: &Arc<Indexed>,
         send: &[u32],
         base: Option<&Base>,
@@ -321,13 +321,11 @@ impl Encoder {
             .clone();
         if let Some((job, stored)) = ran.filter(|_| !quick && !in_folder && work <= MAX_BEST_WORK) {
             let permits = self.background.clone();
-            let store = index.store().cloned();
+            let index = index.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
                 let best = job.run(level).await;
-                if let Some(store) = store {
-                    store.put_answer(stored, best.to_bytes());
-                }
+                index.put_answer(stored, best.to_bytes());
                 *entry.best.lock().expect("poisoned") = Some(best);
             });
         }
@@ -341,26 +339,14 @@ pub fn work(current: &Indexed, send: &[u32], base: Option<&Base>) -> usize {
         + send.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>()
 }
 
-/// The best-level answer kept in the version store under `key`, if there is one.
+/// The best-level answer kept under `key` in the version store or the shared store, if any.
 async fn stored_answer(index: &AssetIndex, key: &AnswerKey) -> Option<Arc<Encoded>> {
-    let store = index.store()?.clone();
-    let key = *key;
-    let found =
-        tokio::task::spawn_blocking(move || store.answer(&key)).await.expect("store reading task panicked");
-    match found {
-        Ok(found) => found.and_then(|bytes| Encoded::from_bytes(&bytes)).map(Arc::new),
-        Err(e) => {
-            tracing::warn!(error = %e, "dropping a stored answer");
-            None
-        }
-    }
+    index.answer(key).await.and_then(|bytes| Encoded::from_bytes(&bytes)).map(Arc::new)
 }
 
-/// Keeps a best-level answer in the version store, if there is one.
+/// Keeps a best-level answer in the version store and the shared store, where there are.
 fn keep_answer(index: &AssetIndex, key: AnswerKey, encoded: &Encoded) {
-    if let Some(store) = index.store() {
-        store.put_answer(key, encoded.to_bytes());
-    }
+    index.put_answer(key, encoded.to_bytes());
 }
 
 /// The inputs of one encoding.

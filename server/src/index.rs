@@ -17,7 +17,8 @@ use assetsync_protocol::{
 use bytes::Bytes;
 
 use crate::encode::PREFIX_BYTES;
-use crate::store::{Store, StoreError, StoredListing};
+use crate::shared::Shared;
+use crate::store::{AnswerKey, Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
@@ -79,6 +80,8 @@ pub struct IndexConfig {
     pub max_asset_bytes: u64,
     /// Most files one folder listing may hold.
     pub max_folder_files: usize,
+    /// The store shared with other instances (see [`crate::shared`]), if any.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// The version store's settings (see [`crate::store`]).
@@ -212,18 +215,37 @@ impl Versions {
             known.seq = seq;
             known.live = live;
         } else {
-            let mut seen = HashSet::new();
-            for chunk in manifest.chunks.iter().filter(|c| seen.insert(c.id)) {
-                let (refs, _) = self.chunks.entry(chunk.id).or_insert((0, chunk.len));
-                if *refs == 0 {
-                    self.chunk_bytes += u64::from(chunk.len);
-                }
-                *refs += 1;
-            }
+            self.count_chunks(&manifest);
             self.known.insert(version, Known { manifest, seq, pinned: data, live });
         }
         self.by_seq.insert(seq, version);
         true
+    }
+
+    /// Records `manifest`'s version, found in the shared store, as the oldest of its asset
+    /// (the first dropped); its bytes are in the shared store.
+    fn add_oldest(&mut self, manifest: Arc<Manifest>) {
+        let version = manifest.version();
+        if self.known.contains_key(&version) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.histories.entry(manifest.path.clone()).or_default().push_front(version);
+        self.count_chunks(&manifest);
+        self.known.insert(version, Known { manifest, seq, pinned: None, live: Weak::new() });
+        self.by_seq.insert(seq, version);
+    }
+
+    fn count_chunks(&mut self, manifest: &Manifest) {
+        let mut seen = HashSet::new();
+        for chunk in manifest.chunks.iter().filter(|c| seen.insert(c.id)) {
+            let (refs, _) = self.chunks.entry(chunk.id).or_insert((0, chunk.len));
+            if *refs == 0 {
+                self.chunk_bytes += u64::from(chunk.len);
+            }
+            *refs += 1;
+        }
     }
 
     /// Whether `version` is the newest of its asset and still indexed: the current version of
@@ -322,6 +344,9 @@ struct Listings {
 /// 100 bytes each).
 const LISTINGS: usize = 64;
 const LISTED_ENTRIES: usize = 1_000_000;
+
+/// Versions a client names that are looked up in the shared store, per request.
+const LEARN: usize = 4;
 
 impl AssetIndex {
     /// Opens an index over `config.root`, which must be an existing directory, and the version
@@ -554,11 +579,78 @@ impl AssetIndex {
             }
             (seq, versions.trim(self.config.keep_versions, max_bytes, Some(&manifest.path)))
         };
+        if let Some(shared) = self.config.shared.clone() {
+            let (manifest, data) = (manifest.clone(), data.clone());
+            tokio::spawn(async move { shared.put_version(&manifest, data).await });
+        }
         if let Some(store) = &self.store {
             store.put(seq, manifest, data);
+        }
+        self.forget(dropped);
+    }
+
+    /// Tells the store about versions dropped from memory.
+    fn forget(&self, dropped: Vec<Dropped>) {
+        if let Some(store) = &self.store {
             for (version, chunks) in dropped {
                 store.forget(version, chunks);
             }
+        }
+    }
+
+    /// Looks up, in the shared store, the first few of `versions` (named by a client syncing
+    /// `asset`) that this index does not remember, and remembers those that are versions of
+    /// `asset`, so that the client gets a delta against them.
+    pub async fn learn(&self, asset: &AssetPath, versions: &[VersionId]) {
+        let Some(shared) = &self.config.shared else { return };
+        let unknown: Vec<VersionId> = {
+            let known = &self.versions.read().expect("poisoned").known;
+            versions.iter().filter(|v| !known.contains_key(v)).take(LEARN).copied().collect()
+        };
+        for version in unknown {
+            let Some(manifest) = shared.manifest(&version).await.filter(|m| m.path == *asset) else {
+                continue;
+            };
+            tracing::debug!(%asset, version = %version.to_hex(), "version learned from the shared store");
+            let dropped = {
+                let mut versions = self.versions.write().expect("poisoned");
+                versions.add_oldest(Arc::new(manifest));
+                let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
+                versions.trim(self.config.keep_versions, max_bytes, Some(asset))
+            };
+            self.forget(dropped);
+        }
+    }
+
+    /// The best-level answer kept under `key`: in the version store, or else in the shared
+    /// store (then kept in the version store too).
+    pub async fn answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
+        if let Some(store) = self.store.clone() {
+            let key = *key;
+            match tokio::task::spawn_blocking(move || store.answer(&key))
+                .await
+                .expect("store reading task panicked")
+            {
+                Ok(Some(answer)) => return Some(answer),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "dropping a stored answer"),
+            }
+        }
+        let answer = self.config.shared.as_ref()?.answer(key).await?;
+        if let Some(store) = &self.store {
+            store.put_answer(*key, answer.clone());
+        }
+        Some(answer)
+    }
+
+    /// Keeps a best-level answer in the version store and the shared store, where there are.
+    pub fn put_answer(&self, key: AnswerKey, answer: Vec<u8>) {
+        if let Some(shared) = self.config.shared.clone() {
+            let answer = answer.clone();
+            tokio::spawn(async move { shared.put_answer(key, &answer).await });
+        }
+        if let Some(store) = &self.store {
+            store.put_answer(key, answer);
         }
     }
 
@@ -622,18 +714,25 @@ impl AssetIndex {
             }
             known.manifest.clone()
         };
-        let store = self.store.clone()?;
-        let read = tokio::task::spawn_blocking(move || store.read_tail(&manifest, PREFIX_BYTES as u64));
-        let problem = match read.await.expect("store reading task panicked") {
-            Ok(Some(data)) => return Some(Bytes::from(data)),
-            Ok(None) => "missing from the store".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!(version = %version.to_hex(), problem, "forgetting a remembered version");
-        let dropped = self.versions.write().expect("poisoned").drop_version(version);
-        if let (Some(store), Some((version, chunks))) = (&self.store, dropped) {
-            store.forget(version, chunks);
+        let mut problem = None;
+        if let Some(store) = self.store.clone() {
+            let tail = manifest.clone();
+            let read = tokio::task::spawn_blocking(move || store.read_tail(&tail, PREFIX_BYTES as u64));
+            problem = Some(match read.await.expect("store reading task panicked") {
+                Ok(Some(data)) => return Some(Bytes::from(data)),
+                Ok(None) => "missing from the store".to_owned(),
+                Err(e) => e.to_string(),
+            });
         }
+        if let Some(shared) = &self.config.shared {
+            if let Some(data) = shared.tail(&manifest, PREFIX_BYTES as u64).await {
+                return Some(Bytes::from(data));
+            }
+            problem = Some("missing from the version store and the shared store".to_owned());
+        }
+        tracing::warn!(version = %version.to_hex(), problem = problem?, "forgetting a remembered version");
+        let dropped = self.versions.write().expect("poisoned").drop_version(version);
+        self.forget(dropped.into_iter().collect());
         None
     }
 

@@ -7,6 +7,7 @@
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
+//! - [`shared`]: the object store (S3) shared between instances: versions and answers.
 //! - [`store`]: the version store on disk, which keeps remembered versions across restarts.
 //! - `warm`: best-level answers for a new version's likely first clients, computed ahead.
 //! - `limit`: per-connection request and byte rates, which slow a connection down.
@@ -26,6 +27,7 @@ mod limit;
 pub mod origin;
 pub mod server;
 mod session;
+pub mod shared;
 pub mod store;
 mod warm;
 pub mod watch;

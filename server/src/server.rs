@@ -27,6 +27,7 @@ use crate::forwarded::Remote;
 use crate::index::{AssetIndex, IndexConfig, StoreConfig};
 use crate::origin::OriginPolicy;
 use crate::session;
+use crate::shared::Shared;
 use crate::watch::{self, Hub};
 
 /// Everything `assetsync serve` can be told.
@@ -72,6 +73,9 @@ pub struct ServeConfig {
     /// The Redis change bus shared with other instances (`--bus redis://HOST:PORT[/DB]`), which
     /// tells this instance's subscribers about changes another instance indexed.
     pub bus: Option<String>,
+    /// The object store shared with other instances (`--shared-store s3://BUCKET/PREFIX` or
+    /// `file:///PATH`; see [`crate::shared`]).
+    pub shared_store: Option<String>,
 }
 
 /// Limits that apply to each WebSocket connection.
@@ -132,6 +136,7 @@ impl Default for ServeConfig {
             demo: None,
             watch: Some(Duration::from_millis(100)),
             bus: None,
+            shared_store: None,
             trusted_proxies: Vec::new(),
             allow_origins: Vec::new(),
             token: None,
@@ -270,6 +275,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.params.validate()?;
     let bus = config.bus.as_deref().map(crate::bus::open).transpose()?;
+    let shared = config.shared_store.as_deref().map(Shared::open).transpose()?.map(Arc::new);
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
     let index_config = IndexConfig {
         root: config.root,
@@ -279,6 +285,7 @@ pub async fn run(
         history: config.history,
         max_asset_bytes: config.max_asset_bytes,
         max_folder_files: config.max_folder_files,
+        shared,
     };
     // Opening the store and importing --history read the disk.
     let opened = hub.clone();

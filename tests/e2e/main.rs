@@ -10,6 +10,7 @@ mod newcomer;
 mod nginx;
 mod security;
 mod services;
+mod shared;
 mod store;
 mod sync;
 mod util;

@@ -56,6 +56,7 @@ pub(super) async fn sync(
             return send_json(socket, &refuse(id, code_of(&e), message)).await;
         }
     };
+    state.index.learn(&asset, &have.versions).await;
     let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
     // The delta base: the first version named that the server knows.
     let base = known.into_iter().next();

@@ -1,0 +1,230 @@
+//! The shared store (`--shared-store s3://BUCKET/PREFIX` or `file:///PATH`): an object store
+//! that every instance reads and writes, so that what one instance indexed or computed, the
+//! others use.
+//!
+//! It holds immutable objects named by their content: each version's manifest
+//! (`manifests/<version>`, which hashes to its name) and file (`files/<version>`), and best-level
+//! answers (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed
+//! once written, so instances need no coordination: two that write the same one write the same
+//! bytes. A client naming a version this instance never saw gets a delta against it when its
+//! manifest is in the shared store; an answer one instance computed is fetched, not computed
+//! again, by the others.
+//!
+//! Everything read is verified (a manifest against its name, a file's chunks against the
+//! manifest, an answer against its SHA-256); an object that fails is deleted and treated as
+//! missing, so the next instance that has those bytes writes it again. object_store retries
+//! transient S3 errors with backoff; a read that fails or does not verify is tried
+//! [`ATTEMPTS`] times here. An unreachable store costs an instance only what it would have had
+//! without one: it serves from memory, its own version store and its root, never wrong bytes.
+//! Old objects are left to the bucket's lifecycle rules (expire them after some days).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use assetsync_protocol::{Hash, Manifest, VersionId};
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, PutPayload, RetryConfig};
+use tokio::sync::Semaphore;
+
+use crate::store::AnswerKey;
+
+/// Reads of one object before it counts as missing.
+const ATTEMPTS: u32 = 3;
+/// Versions written to the store at once.
+const WRITES: usize = 8;
+/// How long a version found missing is not looked for again.
+const MISS_TTL: Duration = Duration::from_secs(5);
+
+/// A handle on the shared store. Cheap to share.
+pub struct Shared {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    /// Versions recently found missing, so that a client naming an unknown one does not cost a
+    /// request each time.
+    misses: Mutex<HashMap<VersionId, Instant>>,
+    /// Versions written at once.
+    writes: Semaphore,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Opens the store at `url`: `s3://BUCKET[/PREFIX]` (credentials, region and endpoint from
+    /// the standard `AWS_*` environment variables), or `file:///PATH` (created if missing).
+    /// Nothing is read or written yet.
+    pub fn open(url: &str) -> anyhow::Result<Self> {
+        let bad = || format!("--shared-store {url}: expected s3://BUCKET/PREFIX or file:///PATH");
+        let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            anyhow::ensure!(!bucket.is_empty(), bad());
+            let retry =
+                RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() };
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .build()
+                .with_context(|| format!("--shared-store {url}"))?;
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) }
+        } else if let Some(path) = url.strip_prefix("file://") {
+            anyhow::ensure!(path.starts_with('/'), bad());
+            std::fs::create_dir_all(path).with_context(|| format!("cannot create --shared-store {path}"))?;
+            Arc::new(LocalFileSystem::new_with_prefix(path).with_context(|| format!("--shared-store {url}"))?)
+        } else {
+            anyhow::bail!(bad());
+        };
+        Ok(Shared { store, url: url.to_owned(), misses: Mutex::default(), writes: Semaphore::new(WRITES) })
+    }
+
+    /// The URL it was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Writes `manifest`'s version, whose bytes are `data`, unless it is there already: the file
+    /// first, so that a manifest found there always has its file.
+    pub async fn put_version(&self, manifest: &Manifest, data: Bytes) {
+        let version = manifest.version();
+        let _permit = self.writes.acquire().await.expect("never closed");
+        if self.store.head(&manifest_path(&version)).await.is_ok() {
+            return;
+        }
+        let written = async {
+            self.store.put(&file_path(&version), PutPayload::from_bytes(data)).await?;
+            self.store.put(&manifest_path(&version), PutPayload::from(manifest.canonical_bytes())).await
+        };
+        match written.await {
+            Ok(_) => {
+                self.misses.lock().expect("poisoned").remove(&version);
+                tracing::debug!(version = %version.to_hex(), "version written to the shared store");
+            }
+            Err(e) => {
+                tracing::warn!(version = %version.to_hex(), error = %e, "cannot write to the shared store")
+            }
+        }
+    }
+
+    /// The manifest of `version`, if the shared store has it.
+    pub async fn manifest(&self, version: &VersionId) -> Option<Manifest> {
+        {
+            let mut misses = self.misses.lock().expect("poisoned");
+            misses.retain(|_, at| at.elapsed() < MISS_TTL);
+            if misses.contains_key(version) {
+                return None;
+            }
+        }
+        let found = self
+            .read(&manifest_path(version), None, |bytes| {
+                Manifest::decode_canonical(bytes).ok().filter(|m| m.version() == *version)
+            })
+            .await;
+        if found.is_none() {
+            self.misses.lock().expect("poisoned").insert(*version, Instant::now());
+        }
+        found
+    }
+
+    /// The end of `manifest`'s version, at least its last `tail` bytes, each chunk checked.
+    pub async fn tail(&self, manifest: &Manifest, tail: u64) -> Option<Vec<u8>> {
+        let (mut first, mut len) = (manifest.chunks.len(), 0u64);
+        while first > 0 && len < tail {
+            first -= 1;
+            len += u64::from(manifest.chunks[first].len);
+        }
+        let range = manifest.len - len..manifest.len;
+        let chunks = &manifest.chunks[first..];
+        self.read(&file_path(&manifest.version()), Some(range), |bytes| {
+            let mut at = 0;
+            for chunk in chunks {
+                let piece = bytes.get(at..at + chunk.len as usize)?;
+                if Hash::of(piece) != chunk.id {
+                    return None;
+                }
+                at += piece.len();
+            }
+            (at == bytes.len()).then(|| bytes.to_vec())
+        })
+        .await
+    }
+
+    /// The best-level answer kept under `key`, if any.
+    pub async fn answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
+        self.read(&answer_path(key), None, |bytes| {
+            let (sum, answer) = bytes.split_at_checked(32)?;
+            (Hash::of(answer).0 == sum).then(|| answer.to_vec())
+        })
+        .await
+    }
+
+    /// Keeps a best-level answer for every instance.
+    pub async fn put_answer(&self, key: AnswerKey, answer: &[u8]) {
+        let mut body = Vec::with_capacity(32 + answer.len());
+        body.extend_from_slice(&Hash::of(answer).0);
+        body.extend_from_slice(answer);
+        if let Err(e) = self.store.put(&answer_path(&key), PutPayload::from(body)).await {
+            tracing::warn!(error = %e, "cannot write an answer to the shared store");
+        }
+    }
+
+    /// Reads `path` (`range` of it), checked by `verify`, trying again after an error or a
+    /// failed check; `None` when it is not there or never verifies (then it is deleted).
+    async fn read<T>(
+        &self,
+        path: &Path,
+        range: Option<std::ops::Range<u64>>,
+        verify: impl Fn(&[u8]) -> Option<T>,
+    ) -> Option<T> {
+        let mut wait = Duration::from_millis(50);
+        let mut damaged = false;
+        for attempt in 1..=ATTEMPTS {
+            let read = match &range {
+                Some(range) => self.store.get_range(path, range.clone()).await,
+                None => match self.store.get(path).await {
+                    Ok(got) => got.bytes().await,
+                    Err(e) => Err(e),
+                },
+            };
+            match read {
+                Ok(bytes) => match verify(&bytes) {
+                    Some(value) => return Some(value),
+                    None => damaged = true,
+                },
+                Err(object_store::Error::NotFound { .. }) => return None,
+                Err(e) => tracing::debug!(%path, attempt, error = %e, "shared store read failed"),
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+        if damaged {
+            tracing::warn!(%path, "deleting an object of the shared store that does not match its name");
+            let _ = self.store.delete(path).await;
+        } else {
+            tracing::warn!(%path, "the shared store did not answer; going on without it");
+        }
+        None
+    }
+}
+
+fn manifest_path(version: &VersionId) -> Path {
+    Path::from(format!("manifests/{}", version.to_hex()))
+}
+
+fn file_path(version: &VersionId) -> Path {
+    Path::from(format!("files/{}", version.to_hex()))
+}
+
+fn answer_path(key: &AnswerKey) -> Path {
+    Path::from(format!("answers/{}", hex::encode(Hash::of(key).0)))
+}
