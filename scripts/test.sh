@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the wasm32 build of the pure core, unit, golden and
 # end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium and
-# Firefox, and the multi-instance tests against a real Redis and nginx. Installs what a fresh
-# machine lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli, Chromium, Firefox ESR,
-# Redis, nginx, playwright-core, puppeteer-core, typescript) and skips what is already there.
-# Checks that cannot run on this machine are listed at the end.
+# Firefox, and the multi-instance tests against a real Redis, nginx and S3 API (moto). Installs
+# what a fresh machine lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli, Chromium,
+# Firefox ESR, Redis, nginx, moto, playwright-core, puppeteer-core, typescript) and skips what
+# is already there. Checks that cannot run on this machine are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/b
   as_root apt-get update
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
     chromium chromium-driver firefox-esr redis-server nginx-light
+fi
+
+step "moto (an S3-compatible server, for the shared store tests)"
+if ! python3 -c "import moto.server" 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 \
+    || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+  python3 -m pip install --quiet 'moto[server]' \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]'
 fi
 
 step "rustfmt and clippy"

@@ -367,6 +367,8 @@ const INLINE_WORK: usize = 64 << 10;
 impl Job {
     /// Encodes on the blocking pool, or here if it is quick.
     async fn run(self, level: i32) -> Arc<Encoded> {
+        let (asset, chunks) = (&self.current.manifest.path, self.send.len());
+        tracing::debug!(%asset, chunks, work = self.work, level, delta = self.prefix.is_some(), "encoding an answer");
         if self.work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
             return Arc::new(encode(&self.current, &self.send, self.prefix.as_deref(), level));
         }

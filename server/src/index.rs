@@ -637,6 +637,7 @@ impl AssetIndex {
             }
         }
         let answer = self.config.shared.as_ref()?.answer(key).await?;
+        tracing::debug!(bytes = answer.len(), "answer read from the shared store");
         if let Some(store) = &self.store {
             store.put_answer(*key, answer.clone());
         }

@@ -11,14 +11,17 @@
 //! again, by the others.
 //!
 //! Everything read is verified (a manifest against its name, a file's chunks against the
-//! manifest, an answer against its SHA-256); an object that fails is deleted and treated as
-//! missing, so the next instance that has those bytes writes it again. object_store retries
-//! transient S3 errors with backoff; a read that fails or does not verify is tried
-//! [`ATTEMPTS`] times here. An unreachable store costs an instance only what it would have had
-//! without one: it serves from memory, its own version store and its root, never wrong bytes.
+//! manifest, an answer against its SHA-256); a read that fails or does not verify is tried
+//! again, up to [`ATTEMPTS`] times, and an object that never verifies is deleted and treated
+//! as missing, so the next instance that has those bytes writes it again. object_store retries
+//! transient S3 errors with backoff (twice, within 5 s); after [`FAILURES`] failed reads in a
+//! row the store is left alone for [`PAUSE`], so that an unreachable store costs an instance
+//! only what it would have had without one: it serves from memory, its own version store and
+//! its root, never wrong bytes, and does not wait on the store for every request.
 //! Old objects are left to the bucket's lifecycle rules (expire them after some days).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,16 +29,22 @@ use anyhow::Context as _;
 use assetsync_protocol::{Hash, Manifest, VersionId};
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
+use object_store::aws::AmazonS3ConfigKey;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, PutPayload, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
 use tokio::sync::Semaphore;
 
 use crate::store::AnswerKey;
 
 /// Reads of one object before it counts as missing.
 const ATTEMPTS: u32 = 3;
+/// Failed reads in a row (each retried by object_store already) after which the store is left
+/// alone for [`PAUSE`].
+const FAILURES: u32 = 3;
+/// How long the store is left alone after it kept failing.
+const PAUSE: Duration = Duration::from_secs(10);
 /// Versions written to the store at once.
 const WRITES: usize = 8;
 /// How long a version found missing is not looked for again.
@@ -50,6 +59,10 @@ pub struct Shared {
     misses: Mutex<HashMap<VersionId, Instant>>,
     /// Versions written at once.
     writes: Semaphore,
+    /// Reads that failed in a row.
+    failures: AtomicU32,
+    /// Until when the store is left alone, after [`FAILURES`] failed reads in a row.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -68,10 +81,13 @@ impl Shared {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             anyhow::ensure!(!bucket.is_empty(), bad());
             let retry =
-                RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() };
+                RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(5), ..Default::default() };
             let s3 = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry)
+                // On top of what the environment set (AWS_ALLOW_HTTP among them).
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "2s")
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "60s")
                 .build()
                 .with_context(|| format!("--shared-store {url}"))?;
             let prefix = prefix.trim_matches('/');
@@ -83,7 +99,14 @@ impl Shared {
         } else {
             anyhow::bail!(bad());
         };
-        Ok(Shared { store, url: url.to_owned(), misses: Mutex::default(), writes: Semaphore::new(WRITES) })
+        Ok(Shared {
+            store,
+            url: url.to_owned(),
+            misses: Mutex::default(),
+            writes: Semaphore::new(WRITES),
+            failures: AtomicU32::new(0),
+            paused_until: Mutex::default(),
+        })
     }
 
     /// The URL it was opened with.
@@ -96,7 +119,7 @@ impl Shared {
     pub async fn put_version(&self, manifest: &Manifest, data: Bytes) {
         let version = manifest.version();
         let _permit = self.writes.acquire().await.expect("never closed");
-        if self.store.head(&manifest_path(&version)).await.is_ok() {
+        if self.paused() || self.store.head(&manifest_path(&version)).await.is_ok() {
             return;
         }
         let written = async {
@@ -171,22 +194,28 @@ impl Shared {
         let mut body = Vec::with_capacity(32 + answer.len());
         body.extend_from_slice(&Hash::of(answer).0);
         body.extend_from_slice(answer);
+        if self.paused() {
+            return;
+        }
         if let Err(e) = self.store.put(&answer_path(&key), PutPayload::from(body)).await {
             tracing::warn!(error = %e, "cannot write an answer to the shared store");
         }
     }
 
-    /// Reads `path` (`range` of it), checked by `verify`, trying again after an error or a
-    /// failed check; `None` when it is not there or never verifies (then it is deleted).
+    /// Reads `path` (`range` of it), checked by `verify`, reading it again after an error or
+    /// a failed check; `None` when it is not there, the store is failing, or it never verifies
+    /// (then it is deleted).
     async fn read<T>(
         &self,
         path: &Path,
         range: Option<std::ops::Range<u64>>,
         verify: impl Fn(&[u8]) -> Option<T>,
     ) -> Option<T> {
-        let mut wait = Duration::from_millis(50);
         let mut damaged = false;
-        for attempt in 1..=ATTEMPTS {
+        for _ in 0..ATTEMPTS {
+            if self.paused() {
+                return None;
+            }
             let read = match &range {
                 Some(range) => self.store.get_range(path, range.clone()).await,
                 None => match self.store.get(path).await {
@@ -195,25 +224,59 @@ impl Shared {
                 },
             };
             match read {
-                Ok(bytes) => match verify(&bytes) {
-                    Some(value) => return Some(value),
-                    None => damaged = true,
-                },
-                Err(object_store::Error::NotFound { .. }) => return None,
-                Err(e) => tracing::debug!(%path, attempt, error = %e, "shared store read failed"),
-            }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+                Ok(bytes) => {
+                    self.failures.store(0, Ordering::Relaxed);
+                    if let Some(value) = verify(&bytes) {
+                        return Some(value);
+                    }
+                    damaged = true;
+                    tracing::debug!(%path, "an object of the shared store does not match its name");
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.failures.store(0, Ordering::Relaxed);
+                    return None;
+                }
+                Err(e) => {
+                    damaged = false;
+                    self.failed(&e);
+                }
             }
         }
         if damaged {
             tracing::warn!(%path, "deleting an object of the shared store that does not match its name");
             let _ = self.store.delete(path).await;
-        } else {
-            tracing::warn!(%path, "the shared store did not answer; going on without it");
         }
         None
+    }
+
+    /// Whether the store is being left alone after failing.
+    fn paused(&self) -> bool {
+        let mut until = self.paused_until.lock().expect("poisoned");
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a read that failed (after object_store's retries); [`FAILURES`] in a row leave
+    /// the store alone for [`PAUSE`].
+    fn failed(&self, error: &object_store::Error) {
+        tracing::debug!(%error, "shared store read failed");
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 < FAILURES {
+            return;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            store = self.url,
+            %error,
+            "the shared store keeps failing; serving without it for {} s",
+            PAUSE.as_secs()
+        );
+        *self.paused_until.lock().expect("poisoned") = Some(Instant::now() + PAUSE);
     }
 }
 

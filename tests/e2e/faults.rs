@@ -15,6 +15,8 @@ use crate::util::{TestClient, TestServer, random_bytes};
 /// What the proxy does to one connection's server-to-client bytes.
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
+    /// Forward everything: a healthy connection between faulty ones.
+    None,
     /// Forward this many bytes, then close both ends.
     CutAfter(usize),
     /// Flip one bit of the byte at this offset.
@@ -28,7 +30,7 @@ pub enum Fault {
 /// A proxy to `server`: each new connection takes the next planned fault (none when the plan
 /// is empty).
 pub struct Proxy {
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     plan: Arc<Mutex<VecDeque<Fault>>>,
     /// Server-to-client bytes forwarded on all connections.
     forwarded: Arc<AtomicU64>,
@@ -69,6 +71,11 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("ws://{}/sync", self.addr)
+    }
+
+    /// Bits flipped so far.
+    pub fn flips(&self) -> u64 {
+        self.flips.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.

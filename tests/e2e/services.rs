@@ -228,3 +228,84 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
     assert_eq!(text.matches(from).count(), 1, "deploy/nginx.conf no longer holds {from:?}");
     text.replacen(from, to, 1)
 }
+
+/// A real S3-compatible server on 127.0.0.1: moto's server mode (PyPI `moto[server]`), which
+/// implements the S3 API object_store uses (GET with ranges, PUT, HEAD, DELETE, multipart
+/// upload, conditional requests). Holds one bucket, `assetsync`. Killed on drop.
+pub struct S3 {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3 {
+    pub const BUCKET: &str = "assetsync";
+
+    /// Starts it on a free port with an empty bucket, or notes `check` as skipped and returns
+    /// `None` where moto is not installed (`scripts/test.sh` installs it).
+    pub fn start(check: &str) -> Option<Self> {
+        let installed = Command::new("python3").args(["-c", "import moto.server"]).status();
+        if !installed.is_ok_and(|s| s.success()) {
+            crate::util::skipped(
+                check,
+                "moto is not installed (scripts/test.sh runs pip install 'moto[server]')",
+            );
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s3 = S3 { child, port };
+        wait_for_port(port, "moto");
+        let (status, body) = s3.http("PUT", &format!("/{}", Self::BUCKET));
+        assert_eq!(status, 200, "cannot create the bucket: {body}");
+        Some(s3)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// The environment an `assetsync serve` needs to reach S3 at `endpoint`.
+    pub fn env(endpoint: SocketAddr) -> [(&'static str, String); 5] {
+        [
+            ("AWS_ENDPOINT", format!("http://{endpoint}")),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The keys of the bucket's objects under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let (status, body) = self.http("GET", &format!("/{}?list-type=2&prefix={prefix}", Self::BUCKET));
+        assert_eq!(status, 200, "{body}");
+        body.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).map(str::to_owned).collect()
+    }
+
+    /// One plain HTTP/1.1 request (moto does not check signatures): its status and body.
+    fn http(&self, method: &str, target: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr()).unwrap();
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned()))
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
