@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { scratch, startServer, useBrowser, inChromium, quotaContext, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo } from "./harness.mjs";
+import { scratch, startServer, startRedis, startNginx, useBrowser, inChromium, quotaContext, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo } from "./harness.mjs";
 
 const browser = useBrowser();
 
@@ -743,4 +743,44 @@ test("a folder larger than what the client holds in memory still commits in one 
   await assertStored(page, files);
   await server.stop();
   await context.close();
+});
+
+test("through nginx, a page subscribed on one instance hears within 2 s of a change only the other instance saw", async (t) => {
+  const redis = await startRedis(t);
+  if (!redis) return;
+  // One build folder, two instances on one bus: B watches it, A does not (only the machine
+  // that wrote a shared volume gets file events). nginx sends everyone to A while it is up.
+  const root = scratch("assetsync-shared-root-");
+  const bus = ["--bus", redis.url, "--trusted-proxy", "127.0.0.1"];
+  const b = await startServer({ root, extraArgs: bus });
+  const a = await startServer({ root, extraArgs: [...bus, "--no-watch"] });
+  const host = (server) => server.url.replace("http://", "");
+  const nginx = await startNginx(t, [host(a), `${host(b)} backup`]);
+  if (!nginx) return;
+  b.write("js/app.js", bundle(1));
+  const context = await browser.newContext();
+  const page = await openClientPage(context, nginx);
+  await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "through-nginx" });
+    await window.client.sync("js/app.js");
+    window.updates = [];
+    await window.client.subscribe("js/", (u) => window.updates.push(u));
+  }, nginx.ws);
+  const v2 = bundle(2);
+  const started = Date.now();
+  b.write("js/app.js", v2);
+  await page.waitForFunction(() => window.updates.some((u) => u.asset === "js/app.js"), null, { timeout: 10_000 });
+  const took = Date.now() - started;
+  const u = await page.evaluate(async () => {
+    const u = window.updates.find((u) => u.asset === "js/app.js");
+    return { error: u.error?.message, wire: u.result?.stats.wireBytesIn, hash: u.result && (await window.hex(u.result.bytes())) };
+  });
+  assert.equal(u.error, undefined);
+  assert.equal(u.hash, sha256(v2), "the pushed update must equal the new file");
+  assert.ok(u.wire < 20 * 1024, `a pushed rebuild cost ${u.wire} bytes`);
+  assert.ok(took < 2000, `the change took ${took} ms to reach the page`);
+  await context.close();
+  nginx.stop();
+  await Promise.all([a.stop(), b.stop()]);
+  redis.stop();
 });

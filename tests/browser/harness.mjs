@@ -4,7 +4,7 @@
 import { spawn } from "node:child_process";
 import { createServer, connect } from "node:net";
 import { createHash } from "node:crypto";
-import { appendFileSync, mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -38,6 +38,87 @@ function stateHome() {
 /** Kills every server still running (those of failed tests), so that node can exit. */
 export function killServers() {
   children.forEach((c) => c.kill("SIGKILL"));
+  // SIGTERM: nginx's master stops its workers (SIGKILL would leave them running).
+  services.forEach((c) => c.kill("SIGTERM"));
+}
+
+const services = new Set();
+
+/** A free TCP port on 127.0.0.1 (free when this resolves). */
+async function freePort() {
+  const server = createServer();
+  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+  const { port } = server.address();
+  await new Promise((ok) => server.close(ok));
+  return port;
+}
+
+/** Waits (up to 10 s) until something accepts connections on `port`. */
+async function listening(port, what) {
+  for (const until = Date.now() + 10_000; ; await new Promise((ok) => setTimeout(ok, 20))) {
+    const up = await new Promise((ok) => {
+      const socket = connect(port, "127.0.0.1", () => { socket.destroy(); ok(true); });
+      socket.on("error", () => ok(false));
+    });
+    if (up) return;
+    if (Date.now() > until) throw new Error(`${what} did not listen on 127.0.0.1:${port} within 10 s`);
+  }
+}
+
+/** Runs a third-party server (`binary` with `args`) until the test process ends. */
+function runService(binary, args) {
+  const child = spawn(binary, args, { stdio: "ignore" });
+  services.add(child);
+  child.on("exit", () => services.delete(child));
+  return child;
+}
+
+/** Notes that test `t` cannot run here, and why (see `inChromium`). */
+function skipped(t, why) {
+  const line = `${engine}: "${t.name}": skipped: ${why}`;
+  t.skip(line);
+  if (process.env.ASSETSYNC_SKIPS) appendFileSync(process.env.ASSETSYNC_SKIPS, line + "\n");
+}
+
+/**
+ * A real `redis-server` on a free port of 127.0.0.1 that keeps nothing on disk, as `{ url,
+ * stop() }`; `null`, with test `t` marked skipped, where it is not installed.
+ */
+export async function startRedis(t) {
+  if (!existsSync("/usr/bin/redis-server")) return skipped(t, "redis-server is not installed (scripts/test.sh installs it)"), null;
+  const port = await freePort();
+  const child = runService("/usr/bin/redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"]);
+  await listening(port, "redis-server");
+  return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill("SIGKILL") };
+}
+
+/**
+ * A real nginx running the repository's deploy/nginx.conf with only its port and upstream
+ * servers changed (`upstream`: nginx `server` lines without the word), as a server-like
+ * `{ url, ws, stop() }`; `null`, with test `t` marked skipped, where nginx is not installed.
+ */
+export async function startNginx(t, upstream) {
+  if (!existsSync("/usr/sbin/nginx")) return skipped(t, "nginx is not installed (scripts/test.sh installs it)"), null;
+  const port = await freePort();
+  const replace = (text, from, to) => {
+    if (text.split(from).length !== 2) throw new Error(`deploy/nginx.conf no longer holds ${JSON.stringify(from)}`);
+    return text.replace(from, to);
+  };
+  let config = readFileSync(join(repo, "deploy/nginx.conf"), "utf8");
+  config = replace(config, "        listen 127.0.0.1:8080;", `        listen 127.0.0.1:${port};`);
+  config = replace(
+    config,
+    "        server 127.0.0.1:8081 max_fails=1 fail_timeout=5s;\n        server 127.0.0.1:8082 max_fails=1 fail_timeout=5s;\n",
+    upstream.map((s) => `        server ${s};\n`).join(""),
+  );
+  const prefix = scratch("assetsync-nginx-");
+  for (const folder of ["logs", "tmp"]) mkdirSync(join(prefix, folder));
+  chmodSync(prefix, 0o755); // run as root, nginx's workers drop to nobody
+  writeFileSync(join(prefix, "nginx.conf"), config);
+  const child = runService("/usr/sbin/nginx", ["-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"]);
+  await listening(port, "nginx");
+  const url = `http://127.0.0.1:${port}`;
+  return { url, ws: `ws://127.0.0.1:${port}/sync`, stop: () => child.kill("SIGTERM") };
 }
 
 /**
