@@ -1,4 +1,5 @@
-//! `cargo bench -p assetsync --bench load [-- CLIENTS]`: many clients updating at once.
+//! `cargo bench -p assetsync --bench load [-- CLIENTS] [--instances 1,2,3]`: many clients
+//! updating at once.
 //!
 //! Starts the release `assetsync serve` as its own process on 127.0.0.1 with a 5 MB bundle made
 //! of the real libraries in `demo/js/vendor/`. One client syncs it; its cache is then
@@ -6,22 +7,49 @@
 //! can be shared). The bundle is rebuilt (one renamed function per library copy) and all
 //! clients update at the same moment, each over its own connection, in this process. Prints the
 //! p50/p99/max sync time, what each client received, and the server's CPU time and peak RSS.
+//!
+//! With `--instances 1,2,3`, each count N runs the same update against N servers on the same
+//! root behind a real nginx running `deploy/nginx.conf` (round robin; `scripts/test.sh`
+//! installs nginx), one table row per N, with the CPU the instances spent per update.
 
+#[allow(dead_code)] // `serve_bundle` is the fan-out benchmark's
 mod common;
 
+#[allow(dead_code)]
+#[path = "../../tests/e2e/services.rs"]
+mod services;
+
 use std::path::Path;
-use std::time::Instant;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use assetsync::pull::{PullConfig, pull};
 use assetsync_protocol::Scope;
 
-use crate::common::{bundle, serve_bundle, usage, write_atomic};
+use crate::common::{bundle, start_server_with, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 5_000_000;
 
 fn main() {
-    let clients: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
-    tokio::runtime::Runtime::new().unwrap().block_on(run(clients));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let clients: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1000);
+    let instances: Option<Vec<usize>> = args
+        .iter()
+        .position(|a| a == "--instances")
+        .map(|i| args[i + 1].split(',').map(|n| n.parse().expect("--instances 1,2,3")).collect());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    match instances {
+        None => runtime.block_on(run(clients, None)).print_direct(clients),
+        Some(counts) => {
+            println!(
+                "| instances | wall time | updates/s | sync p50 / p99 | server CPU per update (each instance) | peak RSS per instance | bytes per client |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
+            for n in counts {
+                runtime.block_on(run(clients, Some(n))).print_row(clients);
+            }
+        }
+    }
 }
 
 /// Copies the cache `from` to `to`, hard-linking its files (but not its lock file: each cache
@@ -42,24 +70,92 @@ fn link_tree(from: &Path, to: &Path) {
     }
 }
 
-async fn run(clients: usize) {
+/// What one run measured.
+struct Measured {
+    wall: Duration,
+    /// Sync times, sorted, in ms.
+    times: Vec<f64>,
+    wire_in: u64,
+    /// Each instance's CPU seconds for the updates, and its peak RSS in MiB.
+    servers: Vec<(f64, f64)>,
+    client_cpu: f64,
+}
+
+impl Measured {
+    fn pct(&self, p: f64) -> f64 {
+        self.times[((self.times.len() - 1) as f64 * p).round() as usize]
+    }
+
+    fn print_direct(&self, clients: usize) {
+        let (cpu, rss) = self.servers[0];
+        println!("| measurement | result |");
+        println!("|---|---:|");
+        println!("| clients updating a {:.1} MB bundle at once | {clients} |", BUNDLE_BYTES as f64 / 1e6);
+        println!("| all verified and committed, wall time | {:.2} s |", self.wall.as_secs_f64());
+        let (p50, p99, max) = (self.pct(0.5), self.pct(0.99), self.pct(1.0));
+        println!("| sync time p50 / p99 / max | {p50:.0} / {p99:.0} / {max:.0} ms |");
+        println!("| bytes received per client (mean) | {} B |", self.wire_in / clients as u64);
+        println!("| server CPU for the {clients} updates | {cpu:.2} s |");
+        println!("| server peak RSS | {rss:.0} MiB |");
+        println!(
+            "| CPU of the {clients} clients (rebuild, verify and commit 5 MB each; same 2 cores) | {:.2} s |",
+            self.client_cpu
+        );
+    }
+
+    fn print_row(&self, clients: usize) {
+        let per_update: Vec<String> =
+            self.servers.iter().map(|(cpu, _)| format!("{:.2}", cpu * 1e3 / clients as f64)).collect();
+        let rss: Vec<String> = self.servers.iter().map(|(_, rss)| format!("{rss:.0}")).collect();
+        println!(
+            "| {} | {:.2} s | {:.0} | {:.0} / {:.0} ms | {} ms | {} MiB | {} B |",
+            self.servers.len(),
+            self.wall.as_secs_f64(),
+            clients as f64 / self.wall.as_secs_f64(),
+            self.pct(0.5),
+            self.pct(0.99),
+            per_update.join(" + "),
+            rss.join(" / "),
+            self.wire_in / clients as u64,
+        );
+    }
+}
+
+/// Runs the update for `clients`, against one server, or `instances` behind nginx.
+async fn run(clients: usize, instances: Option<usize>) -> Measured {
     let asset = "app.js";
-    let (root, mut server, url) = serve_bundle(asset, BUNDLE_BYTES);
+    let root = tempfile::tempdir().unwrap();
+    write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
+    let mut servers: Vec<(Child, String)> =
+        (0..instances.unwrap_or(1)).map(|_| start_server_with(root.path(), &[])).collect();
+    let nginx = instances.map(|_| {
+        let upstream: Vec<String> = servers
+            .iter()
+            .map(|(_, url)| url.trim_start_matches("ws://").trim_end_matches("/sync").to_owned())
+            .collect();
+        services::Nginx::start("the load benchmark behind nginx", &upstream, None)
+            .expect("the --instances benchmark needs nginx")
+    });
+    let url = nginx.as_ref().map_or_else(|| servers[0].1.clone(), |n| n.url());
     let caches = tempfile::tempdir().unwrap();
-    let config = |i: usize| PullConfig {
-        server: url.clone(),
+    let config_at = |i: usize, url: &str| PullConfig {
+        server: url.to_owned(),
         cache: caches.path().join(format!("c{i}")),
         out: None,
         token: None,
     };
+    let config = |i: usize| config_at(i, &url);
     let target = [Scope::new(asset).unwrap()];
-    pull(&config(0), &target, |_| {}).await.unwrap();
+    // Every instance indexes build 1, the base of the update.
+    for (_, direct) in &servers {
+        pull(&config_at(0, direct), &target, |_| {}).await.unwrap();
+    }
     for i in 1..clients {
         link_tree(&caches.path().join("c0"), &caches.path().join(format!("c{i}")));
     }
 
     write_atomic(&root.path().join(asset), &bundle(2, BUNDLE_BYTES));
-    let (cpu0, _) = usage(server.id());
+    let before: Vec<f64> = servers.iter().map(|(s, _)| usage(s.id()).0).collect();
     let (client_cpu0, _) = usage(std::process::id());
     let started = Instant::now();
     let syncs = (0..clients).map(|i| {
@@ -72,7 +168,14 @@ async fn run(clients: usize) {
     });
     let results = futures_util::future::join_all(syncs).await;
     let wall = started.elapsed();
-    let (cpu1, rss) = usage(server.id());
+    let servers_used: Vec<(f64, f64)> = servers
+        .iter()
+        .zip(before)
+        .map(|((s, _), cpu0)| {
+            let (cpu1, rss) = usage(s.id());
+            (cpu1 - cpu0, rss)
+        })
+        .collect();
     let (client_cpu1, _) = usage(std::process::id());
     let mut times: Vec<f64> = Vec::new();
     let mut versions = std::collections::HashSet::new();
@@ -85,19 +188,10 @@ async fn run(clients: usize) {
     }
     assert_eq!(versions.len(), 1, "every client must end on the same verified version");
     times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    println!("| measurement | result |");
-    println!("|---|---:|");
-    println!("| clients updating a {:.1} MB bundle at once | {clients} |", BUNDLE_BYTES as f64 / 1e6);
-    println!("| all verified and committed, wall time | {:.2} s |", wall.as_secs_f64());
-    println!("| sync time p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |", pct(0.5), pct(0.99), pct(1.0));
-    println!("| bytes received per client (mean) | {} B |", wire_in / clients as u64);
-    println!("| server CPU for the {clients} updates | {:.2} s |", cpu1 - cpu0);
-    println!("| server peak RSS | {rss:.0} MiB |");
-    println!(
-        "| CPU of the {clients} clients (rebuild, verify and commit 5 MB each; same 2 cores) | {:.2} s |",
-        client_cpu1 - client_cpu0
-    );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(nginx);
+    for (server, _) in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    Measured { wall, times, wire_in, servers: servers_used, client_cpu: client_cpu1 - client_cpu0 }
 }

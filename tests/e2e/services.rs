@@ -1,5 +1,6 @@
 //! Real third-party servers the multi-instance tests run against, on 127.0.0.1 only, and a TCP
-//! proxy that can cut a connection to them.
+//! proxy that can cut a connection to them. Self-contained, so that the benchmarks include it
+//! too (`cli/benches/load.rs`).
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -10,6 +11,21 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// Notes that `check` could not run here and why: on stderr, and in the file named by
+/// `ASSETSYNC_SKIPS`, which `scripts/test.sh` prints at the end, so that CI's output shows it
+/// even when the test passes.
+pub fn skipped(check: &str, why: &str) {
+    let line = format!("SKIPPED: {check}: {}", why.trim());
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("ASSETSYNC_SKIPS") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().append(true).open(path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
 
 /// A free port on 127.0.0.1 (free when this returns).
 pub fn free_port() -> u16 {
@@ -38,7 +54,7 @@ impl Redis {
         match Self::start_on(free_port()) {
             Ok(redis) => Some(redis),
             Err(e) => {
-                crate::util::skipped(check, &format!("cannot run redis-server: {e}"));
+                skipped(check, &format!("cannot run redis-server: {e}"));
                 None
             }
         }
@@ -155,7 +171,7 @@ impl Nginx {
     pub fn start(check: &str, upstream: &[String], timeout: Option<&str>) -> Option<Self> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists());
         let Some(binary) = binary else {
-            crate::util::skipped(check, "nginx is not installed (scripts/test.sh installs nginx-light)");
+            skipped(check, "nginx is not installed (scripts/test.sh installs nginx-light)");
             return None;
         };
         let shipped = include_str!("../../deploy/nginx.conf");
@@ -245,10 +261,7 @@ impl S3 {
     pub fn start(check: &str) -> Option<Self> {
         let installed = Command::new("python3").args(["-c", "import moto.server"]).status();
         if !installed.is_ok_and(|s| s.success()) {
-            crate::util::skipped(
-                check,
-                "moto is not installed (scripts/test.sh runs pip install 'moto[server]')",
-            );
+            skipped(check, "moto is not installed (scripts/test.sh runs pip install 'moto[server]')");
             return None;
         }
         let port = free_port();

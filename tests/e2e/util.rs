@@ -262,20 +262,7 @@ impl Raw {
     }
 }
 
-/// Notes that `check` could not run here and why: on stderr, and in the file named by
-/// `ASSETSYNC_SKIPS`, which `scripts/test.sh` prints at the end, so that CI's output shows it
-/// even when the test passes.
-pub fn skipped(check: &str, why: &str) {
-    let line = format!("SKIPPED: {check}: {}", why.trim());
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("ASSETSYNC_SKIPS") {
-        use std::io::Write;
-        let file = std::fs::OpenOptions::new().append(true).open(path);
-        if let Ok(mut file) = file {
-            let _ = writeln!(file, "{line}");
-        }
-    }
-}
+pub use crate::services::skipped;
 
 /// `assetsync serve` as a process of its own (the binary, or a shell that ends by running it),
 /// once its banner names its address; each later line of its log is kept for [`Served::wait_for`]

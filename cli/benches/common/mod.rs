@@ -52,16 +52,18 @@ pub fn usage(pid: u32) -> (f64, f64) {
 pub fn serve_bundle(asset: &str, len: usize) -> (tempfile::TempDir, Child, String) {
     let root = tempfile::tempdir().unwrap();
     write_atomic(&root.path().join(asset), &bundle(1, len));
-    let (server, url) = start_server(root.path());
+    let (server, url) = start_server_with(root.path(), &[]);
     (root, server, url)
 }
 
-/// Starts `assetsync serve --root root` on a free port; returns the process and its sync URL.
-fn start_server(root: &Path) -> (Child, String) {
+/// Starts `assetsync serve --root root` with `extra` arguments on a free port; returns the
+/// process and its sync URL.
+pub fn start_server_with(root: &Path, extra: &[&str]) -> (Child, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
         .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
         .arg(root)
         .arg("--no-store")
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
