@@ -8,6 +8,7 @@
 //! verified new version, the bytes it cost per client, and the server's CPU time and peak RSS
 //! read from /proc.
 
+#[allow(dead_code)] // the load benchmarks' helpers
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,9 +2,8 @@
 //! updating at once.
 //!
 //! Starts the release `assetsync serve` as its own process on 127.0.0.1 with a 5 MB bundle made
-//! of the real libraries in `demo/js/vendor/`. One client syncs it; its cache is then
-//! hard-linked into CLIENTS (default 1000) caches (chunk files never change in place, so they
-//! can be shared). The bundle is rebuilt (one renamed function per library copy) and all
+//! of the real libraries in `demo/js/vendor/`. One client syncs it; its cache (one database
+//! file) is then copied into CLIENTS (default 1000) caches. The bundle is rebuilt (one renamed function per library copy) and all
 //! clients update at the same moment, each over its own connection, in this process. Prints the
 //! p50/p99/max sync time, what each client received, and the server's CPU time and peak RSS.
 //!
@@ -19,14 +18,13 @@ mod common;
 #[path = "../../tests/e2e/services.rs"]
 mod services;
 
-use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use assetsync::pull::{PullConfig, pull};
 use assetsync_protocol::Scope;
 
-use crate::common::{bundle, start_server_with, usage, write_atomic};
+use crate::common::{bundle, copy_cache, start_server_with, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 5_000_000;
 
@@ -48,24 +46,6 @@ fn main() {
             for n in counts {
                 runtime.block_on(run(clients, Some(n))).print_row(clients);
             }
-        }
-    }
-}
-
-/// Copies the cache `from` to `to`, hard-linking its files (but not its lock file: each cache
-/// must have its own).
-fn link_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_name() == "lock" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            link_tree(&entry.path(), &target);
-        } else {
-            std::fs::hard_link(entry.path(), target).unwrap();
         }
     }
 }
@@ -127,7 +107,7 @@ async fn run(clients: usize, instances: Option<usize>) -> Measured {
     let root = tempfile::tempdir().unwrap();
     write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
     let mut servers: Vec<(Child, String)> =
-        (0..instances.unwrap_or(1)).map(|_| start_server_with(root.path(), &[])).collect();
+        (0..instances.unwrap_or(1)).map(|_| start_server_with(root.path(), &[], &[])).collect();
     let nginx = instances.map(|_| {
         let upstream: Vec<String> = servers
             .iter()
@@ -151,7 +131,7 @@ async fn run(clients: usize, instances: Option<usize>) -> Measured {
         pull(&config_at(0, direct), &target, |_| {}).await.unwrap();
     }
     for i in 1..clients {
-        link_tree(&caches.path().join("c0"), &caches.path().join(format!("c{i}")));
+        copy_cache(&caches.path().join("c0"), &caches.path().join(format!("c{i}")));
     }
 
     write_atomic(&root.path().join(asset), &bundle(2, BUNDLE_BYTES));

@@ -27,6 +27,20 @@ pub fn bundle(build: u32, len: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Copies the client cache `from` to `to` (but not its lock file: each cache must have its own).
+pub fn copy_cache(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_cache(&entry.path(), &target);
+        } else if entry.file_name() != "lock" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, data).unwrap();
@@ -52,18 +66,20 @@ pub fn usage(pid: u32) -> (f64, f64) {
 pub fn serve_bundle(asset: &str, len: usize) -> (tempfile::TempDir, Child, String) {
     let root = tempfile::tempdir().unwrap();
     write_atomic(&root.path().join(asset), &bundle(1, len));
-    let (server, url) = start_server_with(root.path(), &[]);
+    let (server, url) = start_server_with(root.path(), &[], &[]);
     (root, server, url)
 }
 
-/// Starts `assetsync serve --root root` with `extra` arguments on a free port; returns the
-/// process and its sync URL.
-pub fn start_server_with(root: &Path, extra: &[&str]) -> (Child, String) {
+/// Starts `assetsync serve --root root` with `extra` arguments (`--no-store` unless they name
+/// a `--store`) and `env` on a free port; returns the process and its sync URL.
+pub fn start_server_with(root: &Path, extra: &[&str], env: &[(&str, String)]) -> (Child, String) {
+    let no_store = if extra.contains(&"--store") { None } else { Some("--no-store") };
     let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
         .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
         .arg(root)
-        .arg("--no-store")
+        .args(no_store)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
