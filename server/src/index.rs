@@ -15,6 +15,7 @@ use assetsync_protocol::{
     AssetPath, ChunkId, ChunkParams, FolderEntry, Hash, Have, Manifest, Scope, VersionId, chunk_data,
 };
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::encode::PREFIX_BYTES;
 use crate::shared::Shared;
@@ -345,8 +346,8 @@ struct Listings {
 const LISTINGS: usize = 64;
 const LISTED_ENTRIES: usize = 1_000_000;
 
-/// Versions a client names that are looked up in the shared store, per request.
-const LEARN: usize = 4;
+/// Versions looked up in the shared store at once.
+const LEARNING: usize = 8;
 
 impl AssetIndex {
     /// Opens an index over `config.root`, which must be an existing directory, and the version
@@ -598,28 +599,38 @@ impl AssetIndex {
         }
     }
 
-    /// Looks up, in the shared store, the first few of `versions` (named by a client syncing
-    /// `asset`) that this index does not remember, and remembers those that are versions of
-    /// `asset`, so that the client gets a delta against them.
-    pub async fn learn(&self, asset: &AssetPath, versions: &[VersionId]) {
+    /// Looks up in the shared store the versions of `known` (an asset, and the version of it
+    /// a client holds) this index does not remember, at most `limit` of them, and remembers
+    /// those found, so that the client gets deltas against them.
+    pub async fn learn(&self, known: impl IntoIterator<Item = (AssetPath, VersionId)>, limit: usize) {
         let Some(shared) = &self.config.shared else { return };
-        let unknown: Vec<VersionId> = {
-            let known = &self.versions.read().expect("poisoned").known;
-            versions.iter().filter(|v| !known.contains_key(v)).take(LEARN).copied().collect()
+        let unknown: Vec<(AssetPath, VersionId)> = {
+            let versions = &self.versions.read().expect("poisoned").known;
+            known.into_iter().filter(|(_, v)| !versions.contains_key(v)).take(limit).collect()
         };
-        for version in unknown {
-            let Some(manifest) = shared.manifest(&version).await.filter(|m| m.path == *asset) else {
-                continue;
-            };
-            tracing::debug!(%asset, version = %version.to_hex(), "version learned from the shared store");
-            let dropped = {
-                let mut versions = self.versions.write().expect("poisoned");
-                versions.add_oldest(Arc::new(manifest));
-                let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
-                versions.trim(self.config.keep_versions, max_bytes, Some(asset))
-            };
-            self.forget(dropped);
+        let found: Vec<Manifest> = futures_util::stream::iter(unknown)
+            .map(
+                |(asset, version)| async move { shared.manifest(&version).await.filter(|m| m.path == asset) },
+            )
+            .buffer_unordered(LEARNING)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if found.is_empty() {
+            return;
         }
+        tracing::debug!(versions = found.len(), "versions learned from the shared store");
+        let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
+        let mut dropped = Vec::new();
+        {
+            let mut versions = self.versions.write().expect("poisoned");
+            for manifest in found {
+                let asset = manifest.path.clone();
+                versions.add_oldest(Arc::new(manifest));
+                dropped.extend(versions.trim(self.config.keep_versions, max_bytes, Some(&asset)));
+            }
+        }
+        self.forget(dropped);
     }
 
     /// The best-level answer kept under `key`: in the version store, or else in the shared
@@ -738,14 +749,22 @@ impl AssetIndex {
     }
 
     /// The listing whose version is `version`, if it is one of the last few listed (read back
-    /// from the store after a restart; one found damaged there is forgotten).
+    /// from the store after a restart; one found damaged there is forgotten), or else in the
+    /// shared store.
     pub async fn listing(&self, version: &VersionId) -> Option<Arc<[FolderEntry]>> {
-        {
+        let remembered = {
             let listings = self.listings.lock().expect("poisoned");
-            let listed = listings.recent.iter().find(|l| l.version == *version)?;
-            if let Some(entries) = &listed.entries {
+            let listed = listings.recent.iter().find(|l| l.version == *version);
+            if let Some(entries) = listed.and_then(|l| l.entries.as_ref()) {
                 return Some(entries.clone());
             }
+            listed.is_some()
+        };
+        if !remembered {
+            // Another instance may have sent it.
+            let entries = self.config.shared.as_ref()?.listing(version).await?;
+            self.remember_listing(*version, &entries);
+            return Some(entries.into());
         }
         let (store, wanted) = (self.store.clone()?, *version);
         let read = tokio::task::spawn_blocking(move || store.listing(&wanted));
@@ -782,6 +801,10 @@ impl AssetIndex {
         let new = known.is_none();
         if listed.entries.is_none() {
             listed.entries = Some(entries.into());
+        }
+        if let Some(shared) = self.config.shared.clone().filter(|_| new) {
+            let entries = listed.entries.clone().expect("set above");
+            tokio::spawn(async move { shared.put_listing(version, &entries).await });
         }
         if let Some(store) = self.store.as_ref().filter(|_| !newest) {
             store.put_listing(version, listings.next_seq, listed.entries.clone().filter(|_| new));

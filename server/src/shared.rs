@@ -3,11 +3,12 @@
 //! others use.
 //!
 //! It holds immutable objects named by their content: each version's manifest
-//! (`manifests/<version>`, which hashes to its name) and file (`files/<version>`), and best-level
-//! answers (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed
+//! (`manifests/<version>`, which hashes to its name) and file (`files/<version>`), the folder
+//! listings sent to clients (`listings/<version>`, likewise), and best-level answers
+//! (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed
 //! once written, so instances need no coordination: two that write the same one write the same
-//! bytes. A client naming a version this instance never saw gets a delta against it when its
-//! manifest is in the shared store; an answer one instance computed is fetched, not computed
+//! bytes. A client naming a version (or a folder listing) this instance never saw gets a delta
+//! against it when it is in the shared store; an answer one instance computed is fetched, not computed
 //! again, by the others.
 //!
 //! Everything read is verified (a manifest against its name, a file's chunks against the
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use assetsync_protocol::{Hash, Manifest, VersionId};
+use assetsync_protocol::{FolderEntry, Hash, Manifest, VersionId, folder_version};
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
@@ -36,7 +37,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
 use tokio::sync::Semaphore;
 
-use crate::store::AnswerKey;
+use crate::store::{AnswerKey, decode_listing, encode_listing};
 
 /// Reads of one object before it counts as missing.
 const ATTEMPTS: u32 = 3;
@@ -180,6 +181,25 @@ impl Shared {
         .await
     }
 
+    /// Writes a folder listing sent to a client, named by its version, unless it is there.
+    pub async fn put_listing(&self, version: VersionId, entries: &[FolderEntry]) {
+        let path = listing_path(&version);
+        if self.paused() || self.store.head(&path).await.is_ok() {
+            return;
+        }
+        if let Err(e) = self.store.put(&path, PutPayload::from(encode_listing(entries))).await {
+            tracing::warn!(listing = %version.to_hex(), error = %e, "cannot write a listing to the shared store");
+        }
+    }
+
+    /// The folder listing whose version is `version`, if the shared store has it.
+    pub async fn listing(&self, version: &VersionId) -> Option<Vec<FolderEntry>> {
+        self.read(&listing_path(version), None, |bytes| {
+            decode_listing(bytes).filter(|entries| folder_version(entries) == *version)
+        })
+        .await
+    }
+
     /// The best-level answer kept under `key`, if any.
     pub async fn answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
         self.read(&answer_path(key), None, |bytes| {
@@ -286,6 +306,10 @@ fn manifest_path(version: &VersionId) -> Path {
 
 fn file_path(version: &VersionId) -> Path {
     Path::from(format!("files/{}", version.to_hex()))
+}
+
+fn listing_path(version: &VersionId) -> Path {
+    Path::from(format!("listings/{}", version.to_hex()))
 }
 
 fn answer_path(key: &AnswerKey) -> Path {

@@ -520,7 +520,7 @@ fn answer_payload(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// A folder listing's entries: each path's length (`u16`, little-endian), the path, the version.
-fn encode_listing(entries: &[FolderEntry]) -> Vec<u8> {
+pub(crate) fn encode_listing(entries: &[FolderEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 80);
     for entry in entries {
         out.extend_from_slice(&(entry.asset.as_str().len() as u16).to_le_bytes());
@@ -531,7 +531,7 @@ fn encode_listing(entries: &[FolderEntry]) -> Vec<u8> {
 }
 
 /// Reads [`encode_listing`]; `None` if it does not parse whole.
-fn decode_listing(mut bytes: &[u8]) -> Option<Vec<FolderEntry>> {
+pub(crate) fn decode_listing(mut bytes: &[u8]) -> Option<Vec<FolderEntry>> {
     let mut entries = Vec::new();
     while let Some((len, rest)) = bytes.split_first_chunk::<2>() {
         let (path, rest) = rest.split_at_checked(u16::from_le_bytes(*len) as usize)?;

@@ -203,3 +203,57 @@ async fn an_unreachable_object_store_costs_nothing_but_the_sharing() {
     // Each request waiting out the store's retries would take seconds.
     assert!(took < Duration::from_secs(10), "5 cold pulls took {took:?}");
 }
+
+/// Pulls the folder `dist/` from `url` into `client`: the folder's report.
+async fn pull_dist(client: &TestClient, url: String) -> assetsync::pull::FolderReport {
+    let mut report = None;
+    let targets = [assetsync_protocol::Scope::new("dist/").unwrap()];
+    assetsync::pull::pull(&client.config(url), &targets, |e| {
+        if let assetsync::pull::PullEvent::Folder(r) = e {
+            report = Some(r.clone());
+        }
+    })
+    .await
+    .unwrap();
+    report.expect("no folder report")
+}
+
+/// A folder: a client that synced release 1's `dist/` from A updates it from B, which never
+/// listed it nor saw its files. B reads the client's listing, and its versions of the two
+/// changed files, from the shared store, and sends patches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_synced_from_one_instance_updates_from_another_at_patch_level() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let start = || {
+        let url = url.clone();
+        TestServer::start_with(move |c| {
+            c.shared_store = Some(url);
+            c.store = None;
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    for i in 0..10u64 {
+        let v1 = random_bytes(256 << 10, 100 + i);
+        let mut v2 = v1.clone();
+        if i == 3 || i == 7 {
+            v2[100_000..100_100].fill(1);
+        }
+        a.write(&format!("dist/f{i}.js"), &v1);
+        b.write(&format!("dist/f{i}.js"), &v2);
+    }
+    let client = TestClient::new();
+    pull_dist(&client, a.url()).await;
+    wait_for_objects(&shared.path().join("manifests"), 10);
+    wait_for_objects(&shared.path().join("listings"), 1);
+
+    let report = pull_dist(&client, b.url()).await;
+    assert_eq!(report.fetched, ["dist/f3.js", "dist/f7.js"]);
+    assert!(report.wire_bytes_in < 4096, "B sent {} bytes for two 100-byte edits", report.wire_bytes_in);
+    for i in 0..10 {
+        let asset = format!("dist/f{i}.js");
+        assert_eq!(std::fs::read(client.out(&asset)).unwrap(), std::fs::read(b.root.path().join(&asset)).unwrap());
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -18,6 +18,11 @@ use crate::encode::{Batch, QUICK_WORK};
 use crate::index::{Base, IndexError, Indexed};
 use crate::server::AppState;
 
+/// Versions of the requested file a client names that are looked up in the shared store.
+const LEARN_PER_FILE: usize = 4;
+/// Changed files of a folder whose client version is looked up in the shared store.
+const LEARN_PER_FOLDER: usize = 1024;
+
 /// One `sync` request.
 pub(super) struct Request<'a> {
     pub id: u32,
@@ -56,7 +61,8 @@ pub(super) async fn sync(
             return send_json(socket, &refuse(id, code_of(&e), message)).await;
         }
     };
-    state.index.learn(&asset, &have.versions).await;
+    let named = have.versions.iter().map(|v| (asset.clone(), *v));
+    state.index.learn(named, LEARN_PER_FILE).await;
     let (known, held) = state.index.resolve_have(&have, [current.manifest.as_ref()]);
     // The delta base: the first version named that the server knows.
     let base = known.into_iter().next();
@@ -137,6 +143,13 @@ pub(super) async fn sync_folder(
         },
         None => None,
     };
+    // The client's versions of the files that changed, which another instance may have sent.
+    if let Some(since) = &since {
+        let current: HashMap<&AssetPath, &VersionId> =
+            entries.iter().map(|e| (&e.asset, &e.version)).collect();
+        let changed = since.iter().filter(|e| current.get(&e.asset).is_some_and(|v| **v != e.version));
+        state.index.learn(changed.map(|e| (e.asset.clone(), e.version)), LEARN_PER_FOLDER).await;
+    }
     let mut listing = folder_listing(id, since.as_deref(), entries);
     // Unchanged: nothing to send, so the client's holdings need not be worked out.
     let unchanged = matches!(listing, ServerMessage::UpToDate { .. });
