@@ -29,6 +29,16 @@ pub fn wait_for_objects(dir: &Path, n: usize) -> Vec<(PathBuf, SystemTime)> {
     }
 }
 
+/// A test server with no version store, on the shared store in the folder `shared`.
+async fn on_shared_folder(shared: &Path) -> TestServer {
+    let url = format!("file://{}", shared.display());
+    TestServer::start_with(move |c| {
+        c.shared_store = Some(url);
+        c.store = None;
+    })
+    .await
+}
+
 /// A serves release 1, B and C release 2, all on one shared store and none with a version
 /// store. A client that synced v1 from A updates from B at patch level (B never saw v1: it
 /// reads v1 from the shared store); a second such client updates from C with the answer B
@@ -36,14 +46,7 @@ pub fn wait_for_objects(dir: &Path, n: usize) -> Vec<(PathBuf, SystemTime)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_on_one_shared_store_answer_each_others_clients_at_patch_level_and_encode_once() {
     let shared = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", shared.path().display());
-    let start = || {
-        let url = url.clone();
-        TestServer::start_with(move |c| {
-            c.shared_store = Some(url);
-            c.store = None;
-        })
-    };
+    let start = || on_shared_folder(shared.path());
     let (a, b, c) = (start().await, start().await, start().await);
     let v1 = random_bytes(1 << 20, 44);
     let mut v2 = v1.clone();
@@ -224,14 +227,7 @@ async fn pull_dist(client: &TestClient, url: String) -> assetsync::pull::FolderR
 #[tokio::test(flavor = "multi_thread")]
 async fn a_folder_synced_from_one_instance_updates_from_another_at_patch_level() {
     let shared = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", shared.path().display());
-    let start = || {
-        let url = url.clone();
-        TestServer::start_with(move |c| {
-            c.shared_store = Some(url);
-            c.store = None;
-        })
-    };
+    let start = || on_shared_folder(shared.path());
     let (a, b) = (start().await, start().await);
     for i in 0..10u64 {
         let v1 = random_bytes(256 << 10, 100 + i);
