@@ -96,14 +96,57 @@ pub fn open(url: &str) -> anyhow::Result<redis::Client> {
 /// Connects this instance to the bus `client`, publishing `hub`'s changes and re-checking
 /// `index`'s assets on other instances' news, until `shutdown`. An unreachable Redis is retried
 /// in the background.
-pub fn start(client: redis::Client, index: Arc<AssetIndex>, hub: Arc<Hub>, shutdown: CancellationToken) {
+pub fn start(
+    client: redis::Client,
+    index: Arc<AssetIndex>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> Arc<Claims> {
     let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let me = Hash::of(format!("{} {}", std::process::id(), started.as_nanos()).as_bytes()).to_hex()[..16]
         .to_owned();
     tracing::info!(bus = %client.get_connection_info().addr(), instance = %me, "joining the change bus");
     let news = (hub.listen(), hub.listen_touched());
     tokio::spawn(publish(client.clone(), me.clone(), index.clone(), news, shutdown.clone()));
-    tokio::spawn(listen(client, me, index, hub, shutdown));
+    tokio::spawn(listen(client.clone(), me.clone(), index, hub, shutdown));
+    Arc::new(Claims { client, me, conn: tokio::sync::Mutex::default() })
+}
+
+/// Work one instance does for all of them (an answer the others then fetch from the shared
+/// store), claimed through the bus: a Redis key that only one instance can set, and that
+/// expires.
+pub struct Claims {
+    client: redis::Client,
+    me: String,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Claims {
+    /// Claims `what` for `ttl`: whether this instance now holds it (`false`: another does).
+    /// Also `true` when Redis cannot be reached: doing the work twice beats not doing it.
+    pub async fn claim(&self, what: &str, ttl: Duration) -> bool {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = connect(&self.client).await.ok();
+        }
+        let Some(redis) = conn.as_mut() else { return true };
+        let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(format!("assetsync:claim:{what}"))
+            .arg(&self.me)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(redis)
+            .await;
+        match set {
+            Ok(set) => set.is_some(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot claim work on the bus");
+                *conn = None;
+                true
+            }
+        }
+    }
 }
 
 /// Publishes every change `hub` announces and every file its watcher touched. News that arrives

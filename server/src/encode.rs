@@ -212,7 +212,8 @@ impl Encoder {
             return false;
         }
         let stored = answer_key(Some(base.version), current.version, send);
-        if stored_answer(index, &stored).await.is_some() {
+        // Another instance may have computed it, or be computing it for all.
+        if stored_answer(index, &stored).await.is_some() || !index.claim_answer(&stored).await {
             return false;
         }
         let prefix = index.prefix(&base.version).await;
@@ -323,9 +324,20 @@ impl Encoder {
             let permits = self.background.clone();
             let index = index.clone();
             tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
-                let best = job.run(level).await;
-                index.put_answer(stored, best.to_bytes());
+                let best = match index.claim_answer(&stored).await {
+                    true => None,
+                    // Another instance computes it for all.
+                    false => index.await_answer(&stored).await.and_then(|b| Encoded::from_bytes(&b)),
+                };
+                let best = match best {
+                    Some(best) => Arc::new(best),
+                    None => {
+                        let _permit = permits.acquire_owned().await.expect("never closed");
+                        let best = job.run(level).await;
+                        index.put_answer(stored, best.to_bytes());
+                        best
+                    }
+                };
                 *entry.best.lock().expect("poisoned") = Some(best);
             });
         }

@@ -655,6 +655,21 @@ impl AssetIndex {
         Some(answer)
     }
 
+    /// Whether this instance should compute the best-level answer under `key` (see
+    /// [`Shared::claim_answer`]); always, without a shared store.
+    pub async fn claim_answer(&self, key: &AnswerKey) -> bool {
+        match &self.config.shared {
+            Some(shared) => shared.claim_answer(key).await,
+            None => true,
+        }
+    }
+
+    /// The best-level answer under `key` that another instance claimed, once it is in the
+    /// shared store (see [`Shared::await_answer`]).
+    pub async fn await_answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
+        self.config.shared.as_ref()?.await_answer(key).await
+    }
+
     /// Keeps a best-level answer in the version store and the shared store, where there are.
     pub fn put_answer(&self, key: AnswerKey, answer: Vec<u8>) {
         if let Some(shared) = self.config.shared.clone() {

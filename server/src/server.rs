@@ -285,7 +285,7 @@ pub async fn run(
         history: config.history,
         max_asset_bytes: config.max_asset_bytes,
         max_folder_files: config.max_folder_files,
-        shared,
+        shared: shared.clone(),
     };
     // Opening the store and importing --history read the disk.
     let opened = hub.clone();
@@ -312,7 +312,10 @@ pub async fn run(
         watch::start(state.index.clone(), state.hub.clone(), quiet, state.shutdown.clone())?;
     }
     if let Some(bus) = bus {
-        crate::bus::start(bus, state.index.clone(), state.hub.clone(), state.shutdown.clone());
+        let claims = crate::bus::start(bus, state.index.clone(), state.hub.clone(), state.shutdown.clone());
+        if let Some(shared) = &shared {
+            shared.coordinate(claims);
+        }
     }
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();

@@ -5,11 +5,14 @@
 //! It holds immutable objects named by their content: each version's manifest
 //! (`manifests/<version>`, which hashes to its name) and file (`files/<version>`), the folder
 //! listings sent to clients (`listings/<version>`, likewise), and best-level answers
-//! (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed
-//! once written, so instances need no coordination: two that write the same one write the same
+//! (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed once
+//! written, so instances need no coordination: two that write the same one write the same
 //! bytes. A client naming a version (or a folder listing) this instance never saw gets a delta
-//! against it when it is in the shared store; an answer one instance computed is fetched, not computed
-//! again, by the others.
+//! against it when it is in the shared store; an answer one instance computed is fetched, not
+//! computed again, by the others. When the instances share a change bus too (`--bus`), an
+//! instance about to compute a best-level answer first claims it there, so that two asked for
+//! the same new answer at once (as after every deploy) do not both compute it: the other waits
+//! for it to appear here.
 //!
 //! Everything read is verified (a manifest against its name, a file's chunks against the
 //! manifest, an answer against its SHA-256); a read that fails or does not verify is tried
@@ -23,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -37,6 +40,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
 use tokio::sync::Semaphore;
 
+use crate::bus::Claims;
 use crate::store::{AnswerKey, decode_listing, encode_listing};
 
 /// Reads of one object before it counts as missing.
@@ -48,6 +52,10 @@ const FAILURES: u32 = 3;
 const PAUSE: Duration = Duration::from_secs(10);
 /// Versions written to the store at once.
 const WRITES: usize = 8;
+/// How long a claim on an answer lasts: longer than a best-level encoding takes.
+const CLAIM_TTL: Duration = Duration::from_secs(120);
+/// How often an instance waiting for a claimed answer looks for it.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 /// How long a version found missing is not looked for again.
 const MISS_TTL: Duration = Duration::from_secs(5);
 
@@ -64,6 +72,8 @@ pub struct Shared {
     failures: AtomicU32,
     /// Until when the store is left alone, after [`FAILURES`] failed reads in a row.
     paused_until: Mutex<Option<Instant>>,
+    /// Claims on answers, when the instances share a bus too.
+    claims: OnceLock<Arc<Claims>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,12 +117,8 @@ impl Shared {
             writes: Semaphore::new(WRITES),
             failures: AtomicU32::new(0),
             paused_until: Mutex::default(),
+            claims: OnceLock::new(),
         })
-    }
-
-    /// The URL it was opened with.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// Writes `manifest`'s version, whose bytes are `data`, unless it is there already: the file
@@ -207,6 +213,33 @@ impl Shared {
             (Hash::of(answer).0 == sum).then(|| answer.to_vec())
         })
         .await
+    }
+
+    /// Lets the instances claim answers through the bus (see [`Shared::claim_answer`]).
+    pub fn coordinate(&self, claims: Arc<Claims>) {
+        let _ = self.claims.set(claims);
+    }
+
+    /// Whether this instance should compute the answer under `key`: `false` when another one
+    /// has claimed it (through the bus, in the last [`CLAIM_TTL`]) and will put it here.
+    pub async fn claim_answer(&self, key: &AnswerKey) -> bool {
+        match self.claims.get() {
+            Some(claims) => claims.claim(answer_path(key).as_ref(), CLAIM_TTL).await,
+            None => true,
+        }
+    }
+
+    /// The answer under `key` once the instance that claimed it has put it here: looked for
+    /// every [`CLAIM_POLL`] for as long as a claim lasts.
+    pub async fn await_answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
+        let until = Instant::now() + CLAIM_TTL;
+        while Instant::now() < until {
+            if let Some(answer) = self.answer(key).await {
+                return Some(answer);
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+        }
+        None
     }
 
     /// Keeps a best-level answer for every instance.

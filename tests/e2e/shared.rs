@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::faults::{Fault, Proxy};
-use crate::services::S3;
+use crate::services::{Redis, S3};
 use crate::util::{Served, TestClient, TestServer, random_bytes};
 
 /// Waits (up to 10 s) until `dir` holds `n` files, and returns them with their modification
@@ -101,12 +101,18 @@ fn releases() -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
 }
 
 /// `assetsync serve` on `root` with no version store of its own, sharing through the bucket
-/// reached at `endpoint`, logging at debug level.
+/// reached at `endpoint`, logging at debug level, not watching its root.
 fn serve_on_s3(root: &Path, endpoint: std::net::SocketAddr) -> Served {
+    serve_on_s3_with(root, endpoint, &["--no-watch"])
+}
+
+/// [`serve_on_s3`] with `extra` arguments instead of `--no-watch`.
+fn serve_on_s3_with(root: &Path, endpoint: std::net::SocketAddr, extra: &[&str]) -> Served {
     let mut command = std::process::Command::new(crate::util::BIN);
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-store", "--no-watch", "--root"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-store", "--root"])
         .arg(root)
+        .args(extra)
         .args(["--shared-store", &format!("s3://{}/site", S3::BUCKET)])
         .envs(S3::env(endpoint))
         .env("RUST_LOG", "assetsync=debug,warn");
@@ -248,8 +254,48 @@ async fn a_folder_synced_from_one_instance_updates_from_another_at_patch_level()
     assert!(report.wire_bytes_in < 4096, "B sent {} bytes for two 100-byte edits", report.wire_bytes_in);
     for i in 0..10 {
         let asset = format!("dist/f{i}.js");
-        assert_eq!(std::fs::read(client.out(&asset)).unwrap(), std::fs::read(b.root.path().join(&asset)).unwrap());
+        assert_eq!(
+            std::fs::read(client.out(&asset)).unwrap(),
+            std::fs::read(b.root.path().join(&asset)).unwrap()
+        );
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Two instances on one bucket and one bus serve v1; a rebuild is seen by B's watcher and
+/// reaches A through the bus, and both compute answers ahead for their v1 clients. They claim
+/// the new answer through the bus: one encodes it, the other fetches it, and clients of both
+/// get the same patch.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_rebuild_two_instances_on_one_bus_and_bucket_encode_the_new_answer_once() {
+    let (Some(s3), Some(redis)) = (S3::start(CHECK), Redis::start(CHECK)) else { return };
+    let root = tempfile::tempdir().unwrap();
+    let v1 = random_bytes(2 << 20, 46);
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_000_100].fill(6);
+    std::fs::write(root.path().join("app.js"), &v1).unwrap();
+    let a = serve_on_s3_with(root.path(), s3.addr(), &["--no-watch", "--bus", &redis.url()]);
+    let b = serve_on_s3_with(root.path(), s3.addr(), &["--bus", &redis.url()]);
+    let (first, second) = (TestClient::new(), TestClient::new());
+    pull_app(&first, &a.url, &v1).await;
+    pull_app(&second, &b.url, &v1).await;
+    wait_for_keys(&s3, "site/answers/", 1); // the cold answer
+
+    // A rebuild: a temporary file, then a rename.
+    std::fs::write(root.path().join("app.js.tmp"), &v2).unwrap();
+    std::fs::rename(root.path().join("app.js.tmp"), root.path().join("app.js")).unwrap();
+    wait_for_keys(&s3, "site/answers/", 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (client, server) in [(&first, &a), (&second, &b)] {
+        let wire = pull_app(client, &server.url, &v2).await;
+        assert!(wire < 4096, "{wire} bytes for a 100-byte edit");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let encoded: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|s| s.said("encoding an answer"))
+        .filter(|l| l.contains("delta=true"))
+        .collect();
+    assert_eq!(encoded.len(), 1, "{encoded:#?}");
 }
