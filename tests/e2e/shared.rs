@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::faults::{Fault, Proxy};
-use crate::services::{Redis, S3};
+use crate::services::{Nginx, Redis, S3};
 use crate::util::{Served, TestClient, TestServer, random_bytes};
 
 /// Waits (up to 10 s) until `dir` holds `n` files, and returns them with their modification
@@ -263,10 +263,10 @@ async fn a_folder_synced_from_one_instance_updates_from_another_at_patch_level()
     b.stop().await;
 }
 
-/// Two instances on one bucket and one bus serve v1; a rebuild is seen by B's watcher and
-/// reaches A through the bus, and both compute answers ahead for their v1 clients. They claim
-/// the new answer through the bus: one encodes it, the other fetches it, and clients of both
-/// get the same patch.
+/// Two instances on one bucket and one bus, behind nginx, serve v1; a rebuild is seen by B's
+/// watcher only and reaches A through the bus, and both compute answers ahead for their v1
+/// clients. They claim the new answer through the bus: one encodes it, the other fetches it,
+/// and clients reconnecting through nginx, to either instance, get the same patch.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_rebuild_two_instances_on_one_bus_and_bucket_encode_the_new_answer_once() {
     let (Some(s3), Some(redis)) = (S3::start(CHECK), Redis::start(CHECK)) else { return };
@@ -277,9 +277,13 @@ async fn after_a_rebuild_two_instances_on_one_bus_and_bucket_encode_the_new_answ
     std::fs::write(root.path().join("app.js"), &v1).unwrap();
     let a = serve_on_s3_with(root.path(), s3.addr(), &["--no-watch", "--bus", &redis.url()]);
     let b = serve_on_s3_with(root.path(), s3.addr(), &["--bus", &redis.url()]);
-    let (first, second) = (TestClient::new(), TestClient::new());
-    pull_app(&first, &a.url, &v1).await;
-    pull_app(&second, &b.url, &v1).await;
+    let host = |s: &Served| s.url.trim_start_matches("ws://").trim_end_matches("/sync").to_owned();
+    let Some(nginx) = Nginx::start(CHECK, &[host(&a), host(&b)], None) else { return };
+    // Each instance serves v1 to a client of its own.
+    let clients: Vec<TestClient> = (0..4).map(|_| TestClient::new()).collect();
+    for (i, client) in clients.iter().enumerate() {
+        pull_app(client, if i % 2 == 0 { &a.url } else { &b.url }, &v1).await;
+    }
     wait_for_keys(&s3, "site/answers/", 1); // the cold answer
 
     // A rebuild: a temporary file, then a rename.
@@ -287,8 +291,9 @@ async fn after_a_rebuild_two_instances_on_one_bus_and_bucket_encode_the_new_answ
     std::fs::rename(root.path().join("app.js.tmp"), root.path().join("app.js")).unwrap();
     wait_for_keys(&s3, "site/answers/", 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for (client, server) in [(&first, &a), (&second, &b)] {
-        let wire = pull_app(client, &server.url, &v2).await;
+    // Through nginx's round robin, to either instance.
+    for client in &clients {
+        let wire = pull_app(client, &nginx.url(), &v2).await;
         assert!(wire < 4096, "{wire} bytes for a 100-byte edit");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
