@@ -37,7 +37,7 @@ use object_store::aws::AmazonS3ConfigKey;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 use tokio::sync::Semaphore;
 
 use crate::bus::Claims;
@@ -50,6 +50,8 @@ const ATTEMPTS: u32 = 3;
 const FAILURES: u32 = 3;
 /// How long the store is left alone after it kept failing.
 const PAUSE: Duration = Duration::from_secs(10);
+/// Files larger than this go up in parts of this size.
+const PART_BYTES: usize = 16 << 20;
 /// Versions written to the store at once.
 const WRITES: usize = 8;
 /// How long a claim on an answer lasts: longer than a best-level encoding takes.
@@ -130,7 +132,7 @@ impl Shared {
             return;
         }
         let written = async {
-            self.store.put(&file_path(&version), PutPayload::from_bytes(data)).await?;
+            self.put_file(&file_path(&version), data).await?;
             self.store.put(&manifest_path(&version), PutPayload::from(manifest.canonical_bytes())).await
         };
         match written.await {
@@ -142,6 +144,18 @@ impl Shared {
                 tracing::warn!(version = %version.to_hex(), error = %e, "cannot write to the shared store")
             }
         }
+    }
+
+    /// Writes `data` at `path`: in one request, or, past [`PART_BYTES`], as a multipart upload
+    /// (S3 takes at most 5 GB in one request, and a failed part is retried alone).
+    async fn put_file(&self, path: &Path, data: Bytes) -> object_store::Result<()> {
+        if data.len() <= PART_BYTES {
+            return self.store.put(path, PutPayload::from_bytes(data)).await.map(drop);
+        }
+        let upload = self.store.put_multipart(path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        writer.put(data);
+        writer.finish().await.map(drop)
     }
 
     /// The manifest of `version`, if the shared store has it.
@@ -298,6 +312,11 @@ impl Shared {
         if damaged {
             tracing::warn!(%path, "deleting an object of the shared store that does not match its name");
             let _ = self.store.delete(path).await;
+            // The version goes whole, manifest too, so that the next instance to index it writes
+            // it again.
+            if let Some(version) = path.as_ref().strip_prefix("files/") {
+                let _ = self.store.delete(&Path::from(format!("manifests/{version}"))).await;
+            }
         }
         None
     }

@@ -295,9 +295,22 @@ impl S3 {
 
     /// The keys of the bucket's objects under `prefix`.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.objects(prefix).into_iter().map(|(key, _)| key).collect()
+    }
+
+    /// The keys and ETags of the bucket's objects under `prefix` (a multipart upload's ETag
+    /// ends in `-PARTS`).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, String)> {
         let (status, body) = self.http("GET", &format!("/{}?list-type=2&prefix={prefix}", Self::BUCKET));
         assert_eq!(status, 200, "{body}");
-        body.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).map(str::to_owned).collect()
+        let field = |xml: &str, tag: &str| {
+            let open = format!("<{tag}>");
+            xml.split_once(&open)?.1.split_once(&format!("</{tag}>")).map(|(v, _)| v.to_owned())
+        };
+        body.split("<Contents>")
+            .skip(1)
+            .filter_map(|object| Some((field(object, "Key")?, field(object, "ETag")?)))
+            .collect()
     }
 
     /// One plain HTTP/1.1 request (moto does not check signatures): its status and body.

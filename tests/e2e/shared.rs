@@ -89,10 +89,15 @@ const CHECK: &str = "the S3 shared store tests";
 
 /// Release 1 (`app.js`, 1 MiB) and release 2 (a 100-byte edit) in folders of their own.
 fn releases() -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
+    releases_of(1 << 20, 700_000)
+}
+
+/// [`releases`] with an `app.js` of `len` bytes, edited at `at`.
+fn releases_of(len: usize, at: usize) -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
-    let v1 = random_bytes(1 << 20, 45);
+    let v1 = random_bytes(len, 45);
     let mut v2 = v1.clone();
-    v2[700_000..700_100].fill(5);
+    v2[at..at + 100].fill(5);
     for (release, data) in [("1", &v1), ("2", &v2)] {
         std::fs::create_dir(dir.path().join(release)).unwrap();
         std::fs::write(dir.path().join(release).join("app.js"), data).unwrap();
@@ -161,6 +166,24 @@ async fn instances_on_one_s3_bucket_share_versions_and_answers() {
     let log = c.said("");
     assert!(log.iter().any(|l| l.contains("answer read from the shared store")), "{log:#?}");
     assert!(!log.iter().any(|l| l.contains("encoding an answer")), "C encoded: {log:#?}");
+}
+
+/// A version larger than a part (16 MiB) goes up as a multipart upload; another instance
+/// still reads its end back (ranged, chunk by chunk checked) and answers with a patch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_larger_than_a_part_is_uploaded_in_parts_and_still_serves_patches() {
+    let Some(s3) = S3::start(CHECK) else { return };
+    let (dir, v1, v2) = releases_of(36 << 20, 30 << 20);
+    let a = serve_on_s3(&dir.path().join("1"), s3.addr());
+    let b = serve_on_s3(&dir.path().join("2"), s3.addr());
+    let client = TestClient::new();
+    pull_app(&client, &a.url, &v1).await;
+    wait_for_keys(&s3, "site/manifests/", 1);
+    let files = s3.objects("site/files/");
+    // 36 MiB in parts of 16 MiB: the ETag of a 3-part upload.
+    assert!(files[0].1.trim_matches('"').ends_with("-3"), "{files:?}");
+    let wire = pull_app(&client, &b.url, &v2).await;
+    assert!(wire < 4096, "B sent {wire} bytes for a 100-byte edit");
 }
 
 /// The bucket is reached through a proxy that cuts a third of its connections part-way and
