@@ -440,11 +440,6 @@ impl AssetIndex {
         Ok(())
     }
 
-    /// The version store, if there is one.
-    pub fn store(&self) -> Option<&Arc<Store>> {
-        self.store.as_ref()
-    }
-
     /// Writes what is queued for the store, if any, and closes it. Blocking.
     pub fn close(&self) {
         if let Some(store) = &self.store {
