@@ -1,5 +1,5 @@
-//! `cargo bench -p assetsync --bench load [-- CLIENTS] [--instances 1,2,3]`: many clients
-//! updating at once.
+//! `cargo bench -p assetsync --bench load [-- CLIENTS] [--instances 1,2,3 [--shared]]`: many
+//! clients updating at once.
 //!
 //! Starts the release `assetsync serve` as its own process on 127.0.0.1 with a 5 MB bundle made
 //! of the real libraries in `demo/js/vendor/`. One client syncs it; its cache (one database
@@ -9,7 +9,10 @@
 //!
 //! With `--instances 1,2,3`, each count N runs the same update against N servers on the same
 //! root behind a real nginx running `deploy/nginx.conf` (round robin; `scripts/test.sh`
-//! installs nginx), one table row per N, with the CPU the instances spent per update.
+//! installs nginx), one table row per N, with the CPU the instances spent per update. With
+//! `--shared`, each N runs a second time with the instances on one S3 bucket (moto) and one
+//! Redis bus (`--shared-store`, `--bus`), where one instance computes the best-level answer for
+//! all.
 
 #[allow(dead_code)] // `serve_bundle` is the fan-out benchmark's
 mod common;
@@ -35,16 +38,22 @@ fn main() {
         .iter()
         .position(|a| a == "--instances")
         .map(|i| args[i + 1].split(',').map(|n| n.parse().expect("--instances 1,2,3")).collect());
+    let shared = args.iter().any(|a| a == "--shared");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     match instances {
-        None => runtime.block_on(run(clients, None)).print_direct(clients),
+        None => runtime.block_on(run(clients, None, false)).print_direct(clients),
         Some(counts) => {
             println!(
                 "| instances | wall time | updates/s | sync p50 / p99 | server CPU per update (each instance) | peak RSS per instance | bytes per client |"
             );
             println!("|---:|---:|---:|---:|---:|---:|---:|");
             for n in counts {
-                runtime.block_on(run(clients, Some(n))).print_row(clients);
+                runtime.block_on(run(clients, Some(n), false)).print_row(clients, "");
+                if shared {
+                    runtime
+                        .block_on(run(clients, Some(n), true))
+                        .print_row(clients, ", shared store and bus");
+                }
             }
         }
     }
@@ -83,12 +92,12 @@ impl Measured {
         );
     }
 
-    fn print_row(&self, clients: usize) {
+    fn print_row(&self, clients: usize, label: &str) {
         let per_update: Vec<String> =
             self.servers.iter().map(|(cpu, _)| format!("{:.2}", cpu * 1e3 / clients as f64)).collect();
         let rss: Vec<String> = self.servers.iter().map(|(_, rss)| format!("{rss:.0}")).collect();
         println!(
-            "| {} | {:.2} s | {:.0} | {:.0} / {:.0} ms | {} ms | {} MiB | {} B |",
+            "| {}{label} | {:.2} s | {:.0} | {:.0} / {:.0} ms | {} ms | {} MiB | {} B |",
             self.servers.len(),
             self.wall.as_secs_f64(),
             clients as f64 / self.wall.as_secs_f64(),
@@ -101,13 +110,23 @@ impl Measured {
     }
 }
 
-/// Runs the update for `clients`, against one server, or `instances` behind nginx.
-async fn run(clients: usize, instances: Option<usize>) -> Measured {
+/// Runs the update for `clients`, against one server, or `instances` behind nginx (`shared`:
+/// on one S3 bucket and one Redis bus).
+async fn run(clients: usize, instances: Option<usize>, shared: bool) -> Measured {
     let asset = "app.js";
     let root = tempfile::tempdir().unwrap();
     write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
+    let check = "the load benchmark on a shared store";
+    let s3 = shared.then(|| services::S3::start(check).expect("the --shared benchmark needs moto"));
+    let redis = shared.then(|| services::Redis::start(check).expect("the --shared benchmark needs Redis"));
+    let env = s3.as_ref().map(|s3| services::S3::env(s3.addr()).to_vec()).unwrap_or_default();
+    let bus = redis.as_ref().map(services::Redis::url);
+    let args: Vec<&str> = match &bus {
+        Some(bus) => vec!["--bus", bus, "--shared-store", "s3://assetsync/load"],
+        None => Vec::new(),
+    };
     let mut servers: Vec<(Child, String)> =
-        (0..instances.unwrap_or(1)).map(|_| start_server_with(root.path(), &[], &[])).collect();
+        (0..instances.unwrap_or(1)).map(|_| start_server_with(root.path(), &args, &env)).collect();
     let nginx = instances.map(|_| {
         let upstream: Vec<String> = servers
             .iter()
