@@ -566,7 +566,7 @@ impl AssetIndex {
     /// Remembers `manifest`'s version, whose bytes are `data` (and indexed copy `live`), as the
     /// newest of its asset; drops what no longer fits.
     fn keep(&self, manifest: Arc<Manifest>, live: Option<&Arc<Indexed>>, data: Bytes) {
-        let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
+        let max_bytes = self.max_bytes();
         let (seq, dropped) = {
             let mut versions = self.versions.write().expect("poisoned");
             let seq = versions.next_seq;
@@ -583,6 +583,12 @@ impl AssetIndex {
             store.put(seq, manifest, data);
         }
         self.forget(dropped);
+    }
+
+    /// The chunk bytes remembered versions may take (`--store-max-bytes`; no limit without a
+    /// store).
+    fn max_bytes(&self) -> u64 {
+        self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes)
     }
 
     /// Tells the store about versions dropped from memory.
@@ -615,7 +621,7 @@ impl AssetIndex {
             return;
         }
         tracing::debug!(versions = found.len(), "versions learned from the shared store");
-        let max_bytes = self.config.store.as_ref().map_or(u64::MAX, |s| s.max_bytes);
+        let max_bytes = self.max_bytes();
         let mut dropped = Vec::new();
         {
             let mut versions = self.versions.write().expect("poisoned");

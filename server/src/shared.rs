@@ -41,7 +41,7 @@ use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig, WriteM
 use tokio::sync::Semaphore;
 
 use crate::bus::Claims;
-use crate::store::{AnswerKey, decode_listing, encode_listing};
+use crate::store::{AnswerKey, checksummed, decode_listing, encode_listing, tail_chunks, verified};
 
 /// Reads of one object before it counts as missing.
 const ATTEMPTS: u32 = 3;
@@ -128,7 +128,7 @@ impl Shared {
     pub async fn put_version(&self, manifest: &Manifest, data: Bytes) {
         let version = manifest.version();
         let _permit = self.writes.acquire().await.expect("never closed");
-        if self.paused() || self.store.head(&manifest_path(&version)).await.is_ok() {
+        if !self.missing(&manifest_path(&version)).await {
             return;
         }
         let written = async {
@@ -168,7 +168,7 @@ impl Shared {
             }
         }
         let found = self
-            .read(&manifest_path(version), None, |bytes| {
+            .read(&manifest_path(version), None, &[], |bytes| {
                 Manifest::decode_canonical(bytes).ok().filter(|m| m.version() == *version)
             })
             .await;
@@ -180,14 +180,14 @@ impl Shared {
 
     /// The end of `manifest`'s version, at least its last `tail` bytes, each chunk checked.
     pub async fn tail(&self, manifest: &Manifest, tail: u64) -> Option<Vec<u8>> {
-        let (mut first, mut len) = (manifest.chunks.len(), 0u64);
-        while first > 0 && len < tail {
-            first -= 1;
-            len += u64::from(manifest.chunks[first].len);
-        }
+        let (first, len) = tail_chunks(manifest, tail);
         let range = manifest.len - len..manifest.len;
         let chunks = &manifest.chunks[first..];
-        self.read(&file_path(&manifest.version()), Some(range), |bytes| {
+        let version = manifest.version();
+        // A file that does not verify goes with its manifest, so that the next instance to index
+        // the version writes both again.
+        let companion = [manifest_path(&version)];
+        self.read(&file_path(&version), Some(range), &companion, |bytes| {
             let mut at = 0;
             for chunk in chunks {
                 let piece = bytes.get(at..at + chunk.len as usize)?;
@@ -204,7 +204,7 @@ impl Shared {
     /// Writes a folder listing sent to a client, named by its version, unless it is there.
     pub async fn put_listing(&self, version: VersionId, entries: &[FolderEntry]) {
         let path = listing_path(&version);
-        if self.paused() || self.store.head(&path).await.is_ok() {
+        if !self.missing(&path).await {
             return;
         }
         if let Err(e) = self.store.put(&path, PutPayload::from(encode_listing(entries))).await {
@@ -214,7 +214,7 @@ impl Shared {
 
     /// The folder listing whose version is `version`, if the shared store has it.
     pub async fn listing(&self, version: &VersionId) -> Option<Vec<FolderEntry>> {
-        self.read(&listing_path(version), None, |bytes| {
+        self.read(&listing_path(version), None, &[], |bytes| {
             decode_listing(bytes).filter(|entries| folder_version(entries) == *version)
         })
         .await
@@ -222,11 +222,7 @@ impl Shared {
 
     /// The best-level answer kept under `key`, if any.
     pub async fn answer(&self, key: &AnswerKey) -> Option<Vec<u8>> {
-        self.read(&answer_path(key), None, |bytes| {
-            let (sum, answer) = bytes.split_at_checked(32)?;
-            (Hash::of(answer).0 == sum).then(|| answer.to_vec())
-        })
-        .await
+        self.read(&answer_path(key), None, &[], |bytes| verified(bytes).map(<[u8]>::to_vec)).await
     }
 
     /// Lets the instances claim answers through the bus (see [`Shared::claim_answer`]).
@@ -258,24 +254,28 @@ impl Shared {
 
     /// Keeps a best-level answer for every instance.
     pub async fn put_answer(&self, key: AnswerKey, answer: &[u8]) {
-        let mut body = Vec::with_capacity(32 + answer.len());
-        body.extend_from_slice(&Hash::of(answer).0);
-        body.extend_from_slice(answer);
         if self.paused() {
             return;
         }
-        if let Err(e) = self.store.put(&answer_path(&key), PutPayload::from(body)).await {
+        let body = PutPayload::from(checksummed(answer));
+        if let Err(e) = self.store.put(&answer_path(&key), body).await {
             tracing::warn!(error = %e, "cannot write an answer to the shared store");
         }
     }
 
+    /// Whether `path` should be written: the store is not left alone, and has no such object.
+    async fn missing(&self, path: &Path) -> bool {
+        !self.paused() && self.store.head(path).await.is_err()
+    }
+
     /// Reads `path` (`range` of it), checked by `verify`, reading it again after an error or
     /// a failed check; `None` when it is not there, the store is failing, or it never verifies
-    /// (then it is deleted).
+    /// (then it is deleted, and its `companions` with it).
     async fn read<T>(
         &self,
         path: &Path,
         range: Option<std::ops::Range<u64>>,
+        companions: &[Path],
         verify: impl Fn(&[u8]) -> Option<T>,
     ) -> Option<T> {
         let mut damaged = false;
@@ -311,11 +311,8 @@ impl Shared {
         }
         if damaged {
             tracing::warn!(%path, "deleting an object of the shared store that does not match its name");
-            let _ = self.store.delete(path).await;
-            // The version goes whole, manifest too, so that the next instance to index it writes
-            // it again.
-            if let Some(version) = path.as_ref().strip_prefix("files/") {
-                let _ = self.store.delete(&Path::from(format!("manifests/{version}"))).await;
+            for path in std::iter::once(path).chain(companions) {
+                let _ = self.store.delete(path).await;
             }
         }
         None

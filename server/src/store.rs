@@ -296,11 +296,7 @@ impl Store {
     /// rebuilt from stored chunks, each checked against its id. `Ok(None)` if the store lacks
     /// one of them (never stored, or not yet written). Blocking.
     pub fn read_tail(&self, manifest: &Manifest, tail: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (mut first, mut len) = (manifest.chunks.len(), 0);
-        while first > 0 && len < tail {
-            first -= 1;
-            len += u64::from(manifest.chunks[first].len);
-        }
+        let (first, len) = tail_chunks(manifest, tail);
         let mut damaged = false;
         let found = self.reading(CHUNKS, |chunks| {
             let mut data = Vec::with_capacity(len as usize);
@@ -502,10 +498,32 @@ fn read_version(version: &VersionId, value: &[u8]) -> Option<(u64, Manifest)> {
     Some((u64::from_le_bytes(*seq), manifest))
 }
 
+/// The chunks at the end of `manifest`'s version that hold at least its last `tail` bytes (all
+/// of a shorter one): the first one's position, and their bytes.
+pub(crate) fn tail_chunks(manifest: &Manifest, tail: u64) -> (usize, u64) {
+    let (mut first, mut len) = (manifest.chunks.len(), 0);
+    while first > 0 && len < tail {
+        first -= 1;
+        len += u64::from(manifest.chunks[first].len);
+    }
+    (first, len)
+}
+
+/// `bytes` behind their SHA-256, as answers are kept (here and in the shared store).
+pub(crate) fn checksummed(bytes: &[u8]) -> Vec<u8> {
+    [&Hash::of(bytes).0, bytes].concat()
+}
+
+/// The bytes of [`checksummed`] `value`, if they match their checksum.
+pub(crate) fn verified(value: &[u8]) -> Option<&[u8]> {
+    let (sum, bytes) = value.split_first_chunk::<32>()?;
+    (Hash::of(bytes).0 == *sum).then_some(bytes)
+}
+
 /// An `ANSWERS` value for the encoded answer `encoded`, kept now.
 fn answer_record(encoded: &[u8]) -> Vec<u8> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-    [&now.to_le_bytes()[..], &Hash::of(encoded).0, encoded].concat()
+    [&now.to_le_bytes()[..], &checksummed(encoded)].concat()
 }
 
 /// When an `ANSWERS` value was kept.
@@ -515,8 +533,7 @@ fn answer_time(value: &[u8]) -> u64 {
 
 /// The encoded answer in an `ANSWERS` value, if it matches its checksum.
 fn answer_payload(value: &[u8]) -> Option<&[u8]> {
-    let (sum, encoded) = value.get(8..)?.split_first_chunk::<32>()?;
-    (Hash::of(encoded).0 == *sum).then_some(encoded)
+    verified(value.get(8..)?)
 }
 
 /// A folder listing's entries: each path's length (`u16`, little-endian), the path, the version.
