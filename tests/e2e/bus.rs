@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use assetsync::pull::PullEvent;
 use futures_util::StreamExt;
 
 use crate::services::{CutProxy, Redis};
@@ -78,13 +77,7 @@ async fn a_subscriber_on_one_instance_hears_within_2s_of_changes_only_another_in
     an_edit_only_b_sees_reaches(&mut f, &b, &v1).await;
 
     std::fs::remove_file(b.root.path().join("lib.js")).unwrap();
-    loop {
-        match f.next().await {
-            PullEvent::Removed { asset } if asset == "lib.js" => break,
-            PullEvent::Failed { error, .. } => panic!("{error}"),
-            _ => {}
-        }
-    }
+    f.removed("lib.js").await;
     assert!(f.out("lib.js").is_none());
     a.stop().await;
     b.stop().await;

@@ -5,12 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use assetsync::pull::{PullConfig, PullEvent, pull};
+use assetsync::pull::{PullEvent, pull};
 use assetsync_protocol::Scope;
 
 use crate::bus::an_edit_only_b_sees_reaches;
 use crate::faults::{Fault, Proxy};
-use crate::security::upgrade;
+use crate::security::{pull_a_js, upgrade};
 use crate::services::{Nginx, Redis};
 use crate::util::{Served, TestClient, TestServer, random_bytes};
 use crate::watch::Follower;
@@ -60,14 +60,9 @@ async fn origin_and_token_checks_hold_through_nginx() {
     let origin = format!("http://{rebound}");
     assert_eq!(upgrade(&url, Some(&origin), Some(&rebound)).await, 403, "DNS rebinding");
 
-    let pull_with = |token: Option<&str>| {
-        let client = TestClient::new();
-        let config = PullConfig { token: token.map(str::to_owned), ..client.config(url.clone()) };
-        async move { pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop) }
-    };
-    let refused = pull_with(None).await.unwrap_err().to_string();
+    let refused = pull_a_js(url.clone(), None).await.unwrap_err().to_string();
     assert!(refused.contains("requires a token"), "{refused}");
-    pull_with(Some("s3cret-token")).await.unwrap();
+    pull_a_js(url, Some("s3cret-token")).await.unwrap();
     server.stop().await;
 }
 

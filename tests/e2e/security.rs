@@ -39,15 +39,18 @@ async fn cross_site_pages_cannot_connect() {
     server.stop().await;
 }
 
+/// Pulls `a.js` from the sync endpoint `url` into a new client, presenting `token`.
+pub async fn pull_a_js(url: String, token: Option<&str>) -> Result<(), assetsync::Error> {
+    let client = TestClient::new();
+    let config = PullConfig { token: token.map(str::to_owned), ..client.config(url) };
+    pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_with_a_token_serves_only_clients_that_present_it() {
     let server = TestServer::start_with(|c| c.token = Some("s3cret-token".into())).await;
     server.write("a.js", b"guarded");
-    let pull = |token: Option<&str>| {
-        let client = TestClient::new();
-        let config = PullConfig { token: token.map(str::to_owned), ..client.config(server.url()) };
-        async move { pull(&config, &[Scope::new("a.js").unwrap()], |_| {}).await.map(drop) }
-    };
+    let pull = |token| pull_a_js(server.url(), token);
     let refused = pull(None).await.unwrap_err().to_string();
     assert!(refused.contains("requires a token"), "{refused}");
     let wrong = pull(Some("s3cret-tokem")).await.unwrap_err().to_string();

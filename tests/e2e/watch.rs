@@ -57,6 +57,17 @@ impl Follower {
         }
     }
 
+    /// Waits for the next removal, which must be `asset`'s.
+    pub async fn removed(&mut self, asset: &str) {
+        loop {
+            match self.next().await {
+                PullEvent::Removed { asset: gone } => return assert_eq!(gone, asset),
+                PullEvent::Failed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Fails the test if anything at all happens within `time`, a lost connection included.
     pub async fn silent_for(&mut self, time: Duration) {
         if let Ok(event) = tokio::time::timeout(time, self.events.recv()).await {
@@ -114,12 +125,7 @@ async fn follow_tracks_rewrites_removals_and_recreations() {
     assert!(wire < 64 * 1024, "a small edit cost {wire} bytes");
 
     std::fs::remove_file(server.root.path().join("b.js")).unwrap();
-    loop {
-        if let PullEvent::Removed { asset } = f.next().await {
-            assert_eq!(asset, "b.js");
-            break;
-        }
-    }
+    f.removed("b.js").await;
     assert!(f.out("b.js").is_none(), "a removed asset must leave the output folder");
 
     server.write("b.js", b"b, second");
