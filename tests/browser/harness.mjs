@@ -73,10 +73,14 @@ function runService(binary, args) {
   return child;
 }
 
-/** Notes that test `t` cannot run here, and why (see `inChromium`). */
-function skipped(t, why) {
-  const line = `${engine}: "${t.name}": skipped: ${why}`;
-  t.skip(line);
+/**
+ * Says that test `t` (with `whole`), or a part of it, cannot run here and why: in the test output
+ * and in the list `scripts/test.sh` prints at the end.
+ */
+function skipped(t, why, { whole = true } = {}) {
+  const line = `${engine}: "${t.name}": ${whole ? "skipped" : "part skipped"}: ${why}`;
+  if (whole) t.skip(line);
+  else t.diagnostic(line);
   if (process.env.ASSETSYNC_SKIPS) appendFileSync(process.env.ASSETSYNC_SKIPS, line + "\n");
 }
 
@@ -283,10 +287,7 @@ export function useBrowser() {
  */
 export function inChromium(t, why, { whole = false } = {}) {
   if (engine === "chromium") return true;
-  const line = `${engine}: "${t.name}": ${whole ? "skipped" : "part skipped"}: ${why}`;
-  if (whole) t.skip(line);
-  else t.diagnostic(line);
-  if (process.env.ASSETSYNC_SKIPS) appendFileSync(process.env.ASSETSYNC_SKIPS, line + "\n");
+  skipped(t, why, { whole });
   return false;
 }
 

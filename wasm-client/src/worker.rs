@@ -364,16 +364,15 @@ impl AssetWorker {
     /// between the sync and keeping its result would make a build of two states: then the
     /// folder is synced again (`outcome` is then the last sync's).
     async fn keep_synced(&self, outcome: &mut FolderOutcome) -> Result<Build, JsError> {
-        for _ in 1..KEEP_TRIES {
+        for tries in 1..=KEEP_TRIES {
             if let Some(build) = self.client.store.keep_build(&self.folder, &outcome.version).await? {
                 return Ok(build);
             }
-            *outcome = self.client.sync_folder(&self.folder).await?;
+            if tries < KEEP_TRIES {
+                *outcome = self.client.sync_folder(&self.folder).await?;
+            }
         }
-        match self.client.store.keep_build(&self.folder, &outcome.version).await? {
-            Some(build) => Ok(build),
-            None => Err(js_error("the folder kept changing while it was being synced; try again")),
-        }
+        Err(js_error("the folder kept changing while it was being synced; try again"))
     }
 
     /// The bytes of a build's files, from their manifests the first time.
