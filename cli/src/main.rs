@@ -11,6 +11,7 @@ use anyhow::Context;
 use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
+use assetsync::offload::OffloadConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::store::{Store, StoreError};
 use assetsync::{ServeConfig, SessionLimits, StoreConfig};
@@ -169,6 +170,15 @@ struct ServeArgs {
     /// 127.0.0.1). From anyone else the header is ignored
     #[arg(long, value_name = "IP")]
     trusted_proxy: Vec<std::net::IpAddr>,
+    /// Offload large answers to a CDN: put them in immutable objects (served by this server at
+    /// /offload/NAME, the CDN's origin) and tell clients to fetch URL/NAME over HTTP(S), so that
+    /// the WebSocket carries only the plan. URL is the CDN's address for /offload, or a path on
+    /// this server such as /offload
+    #[arg(long, value_name = "URL")]
+    offload_url: Option<String>,
+    /// Answers whose chunks take at least this many bytes are offloaded (with --offload-url)
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, requires = "offload_url")]
+    offload_min: u64,
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
     no_compress: bool,
@@ -281,23 +291,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 progress.clear();
                 match event {
                     PullEvent::Pulled(r) => out.line(format_args!(
-                        "{}: {} bytes, {} of {} chunks reused, {} bytes received, {} sent, {} ms",
+                        "{}: {} bytes, {} of {} chunks reused, {} bytes received{}, {} sent, {} ms",
                         r.asset,
                         r.bytes,
                         r.chunks_reused,
                         r.chunks,
                         r.wire_bytes_in,
+                        over_http(r.http_bytes_in),
                         r.wire_bytes_out,
                         r.elapsed_ms
                     )),
                     PullEvent::Folder(f) => out.line(format_args!(
-                        "{}: {} files, {} fetched, {} removed, {} repaired, {} bytes received, {} sent, {} ms",
+                        "{}: {} files, {} fetched, {} removed, {} repaired, {} bytes received{}, {} sent, {} ms",
                         if f.folder.is_empty() { "(root)" } else { &f.folder },
                         f.files,
                         f.fetched.len(),
                         f.removed.len(),
                         f.repaired.len(),
                         f.wire_bytes_in,
+                        over_http(f.http_bytes_in),
                         f.wire_bytes_out,
                         f.elapsed_ms
                     )),
@@ -384,6 +396,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.shared_store {
         assetsync::shared::Shared::open(url)?;
     }
+    let offload = args.offload_url.map(|url| OffloadConfig { url, min_bytes: args.offload_min });
+    if let Some(offload) = &offload {
+        offload.validate()?;
+    }
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let (root, demo) = match args.root {
@@ -435,6 +451,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
         bus: args.bus,
         shared_store: args.shared_store,
+        offload,
         trusted_proxies: args.trusted_proxy,
         allow_origins: args.allow_origin,
         token: args.token_file.as_deref().map(read_token).transpose()?,
@@ -562,5 +579,13 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// The part of a pull's line about bytes fetched over HTTP (offloaded answers), if any.
+fn over_http(bytes: u64) -> String {
+    match bytes {
+        0 => String::new(),
+        n => format!(" (+{n} over HTTP)"),
     }
 }

@@ -12,6 +12,7 @@ use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, Version
 use futures_util::{SinkExt, StreamExt};
 
 use crate::Error;
+use crate::download::Downloads;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -84,7 +85,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 pub(crate) struct Connection {
     ws: WebSocketStream<Counted<TcpStream>>,
     /// Where to reconnect to after a lost connection.
-    url: String,
+    pub(crate) url: String,
+    /// Offloaded answers' HTTP client, made on the first.
+    pub(crate) downloads: Option<Downloads>,
     token: Option<String>,
     /// Shared by every socket of this connection, so the wire counts survive reconnections.
     counters: Arc<Counters>,
@@ -107,6 +110,7 @@ impl Connection {
         let mut conn = Connection {
             ws,
             url,
+            downloads: None,
             token,
             counters,
             seen_written: 0,

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use assetsync_protocol::engine::{
     Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
 };
-use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope};
+use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope, offload};
 
 use crate::cache::{Cache, OutCheck};
 use crate::connection::{Connection, Received};
+use crate::download::{Downloads, Failure};
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
 use crate::{CacheError, Error};
 
@@ -96,6 +97,7 @@ impl Connection {
             repaired: names(&stale),
             wire_bytes_in: self.wire().0 - wire0.0,
             wire_bytes_out: self.wire().1 - wire0.1,
+            http_bytes_in: done.report.downloaded,
             elapsed_ms: started.elapsed().as_millis() as u64,
         }));
         Ok(())
@@ -148,6 +150,18 @@ impl Connection {
                     }
                     continue;
                 }
+                Action::Download { url, from, after_ms } => {
+                    tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
+                    let url = offload::resolve(&self.url, url);
+                    let piece = self.downloads.get_or_insert_with(Downloads::new).start(&url, from).await;
+                    downloaded(machine, piece);
+                    continue;
+                }
+                Action::ReadDownload => {
+                    let piece = self.downloads.get_or_insert_with(Downloads::new).next().await;
+                    downloaded(machine, piece);
+                    continue;
+                }
                 Action::Reconnect { after_ms } => {
                     tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
                     match self.reconnect().await {
@@ -168,6 +182,14 @@ impl Connection {
             };
             machine.handle(input);
         }
+    }
+}
+
+/// Gives a piece of an offloaded answer (or why there is none) to `machine`.
+fn downloaded(machine: &mut impl Machine, piece: Result<Vec<u8>, Failure>) {
+    match piece {
+        Ok(piece) => machine.handle(Input::Downloaded(&piece)),
+        Err(Failure { why, transient }) => machine.handle(Input::DownloadFailed { why, transient }),
     }
 }
 
@@ -240,7 +262,12 @@ impl Local<'_> {
             // This driver leaves hashing to the machine, and the chunk cache keeps the chunks
             // kept after a cut as part of the commit.
             Action::FinishHashing | Action::Prefetch(_) | Action::Release(_) => return Ok(None),
-            Action::Send(_) | Action::Receive | Action::Reconnect { .. } | Action::Changed { .. } => {
+            Action::Send(_)
+            | Action::Receive
+            | Action::Reconnect { .. }
+            | Action::Changed { .. }
+            | Action::Download { .. }
+            | Action::ReadDownload => {
                 unreachable!("the connection's actions are the driver's")
             }
             Action::Done | Action::Failed(_) => unreachable!("handled by the driver"),
@@ -305,6 +332,7 @@ impl PullReport {
             chunks_reused: done.chunks_reused(),
             wire_bytes_in,
             wire_bytes_out,
+            http_bytes_in: done.report.downloaded,
             elapsed_ms: started.elapsed().as_millis() as u64,
             requests: done.report.requests,
             retried: done.report.retried,

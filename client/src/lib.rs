@@ -3,6 +3,7 @@
 //! - [`pull`]: `pull` and `pull --follow`, and the events they report.
 //! - `connection`: one WebSocket connection (tokio-tungstenite over a byte-counting stream),
 //!   the handshake, reconnection, subscriptions and pushed changes.
+//! - `download`: offloaded answers over HTTP(S) (reqwest), resumed with `Range`.
 //! - `drive`: runs the protocol crate's engine machines over a connection and the cache.
 //! - [`cache`]: the on-disk chunk cache, committed by atomic renames.
 //! - [`Error`]: why a pull failed, and whether reconnecting can help.
@@ -12,6 +13,7 @@
 
 pub mod cache;
 mod connection;
+mod download;
 mod drive;
 mod error;
 pub mod pull;

@@ -41,6 +41,9 @@ pub struct PullReport {
     pub wire_bytes_in: u64,
     /// Bytes written to the socket for this asset.
     pub wire_bytes_out: u64,
+    /// Bytes of offloaded answers fetched over HTTP, from the server's `--offload-url`
+    /// (not in `wire_bytes_in`).
+    pub http_bytes_in: u64,
     /// Wall time of the sync, commit included.
     pub elapsed_ms: u64,
     /// `sync` requests made: 1, or more when the server did not know the cached version or the
@@ -110,6 +113,8 @@ pub struct FolderReport {
     pub wire_bytes_in: u64,
     /// Bytes written to the socket for the whole folder.
     pub wire_bytes_out: u64,
+    /// Bytes of offloaded answers fetched over HTTP (not in `wire_bytes_in`).
+    pub http_bytes_in: u64,
     /// Wall time, commits included.
     pub elapsed_ms: u64,
 }

@@ -58,6 +58,10 @@ pub enum Error {
     /// The server is closing the connection (shutdown, idle timeout, a protocol violation).
     #[error("connection lost: the server closed it ({0})")]
     ConnectionClosed(String),
+    /// An answer offloaded to HTTP could not be fetched whole (see [`crate::offload`]); it is
+    /// asked for again over the WebSocket.
+    #[error("fetching the answer over HTTP failed: {0}")]
+    Offload(String),
     /// The server broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -66,7 +70,7 @@ pub enum Error {
 impl Error {
     /// The retry policy both clients share. After an attempt failed with this error, returns the
     /// chunk ids to name in the retry's `have.chunks`:
-    /// - [`Error::UnknownBase`]: all `held`;
+    /// - [`Error::UnknownBase`] and [`Error::Offload`]: all `held`;
     /// - [`Error::MissingLocal`]: `held` minus every id whose first `prefix` bytes (the attempt's
     ///   [`crate::ChunkSet::prefix`]) equal those of a missing or damaged one, so that neither a
     ///   damaged chunk nor a truncated-id collision can repeat;
@@ -75,7 +79,7 @@ impl Error {
     /// `None` means a retry cannot help.
     pub fn retry_holding(&self, mut held: Vec<ChunkId>, prefix: usize) -> Option<Vec<ChunkId>> {
         match self {
-            Error::UnknownBase => Some(held),
+            Error::UnknownBase | Error::Offload(_) => Some(held),
             Error::MissingLocal(bad) => {
                 let cut: std::collections::HashSet<&[u8]> = bad.iter().map(|id| &id.0[..prefix]).collect();
                 held.retain(|id| !cut.contains(&id.0[..prefix]));

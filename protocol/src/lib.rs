@@ -9,6 +9,7 @@
 //!   [`ChunkFrame`]s.
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
 //! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
+//! - [`offload`]: large answers fetched over plain HTTP, through any CDN.
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
 //! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
@@ -27,6 +28,7 @@ mod hash;
 mod have;
 pub mod manifest;
 pub mod message;
+pub mod offload;
 pub mod pack;
 mod path;
 pub mod plan;
@@ -42,7 +44,7 @@ pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
 pub use message::{
     BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, ServerMessage, Update,
+    Offloaded, PROTOCOL_VERSION, ServerMessage, Update,
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{

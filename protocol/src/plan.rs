@@ -68,6 +68,7 @@ pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<
         params: (base_params != Some(current.params)).then_some(current.params),
         recipe,
         dict: false,
+        offload: None,
     };
     Plan { message: ServerMessage::Update(update), send }
 }

@@ -113,6 +113,7 @@ proptest! {
             params: params.map(|(min, avg, max)| ChunkParams { min, avg, max }),
             recipe: ops,
             dict: false,
+            offload: None,
         };
         let mut event = machine.on_message(ServerMessage::Update(update));
         for (index, bytes) in &frames {

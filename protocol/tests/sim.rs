@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Input, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
-    Manifest, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing, folder_sends,
-    folder_version, pack, plan,
+    Manifest, Offloaded, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing,
+    folder_sends, folder_version, offload, pack, plan,
 };
 use ruzstd::encoding::CompressionLevel;
 
@@ -71,6 +71,11 @@ struct Server {
     /// Whether folder answers put small new files in packs (protocol 4), at most this many to
     /// a pack; 0 for a protocol-3 server.
     pack_files: usize,
+    /// Whether answers with chunks are offloaded to HTTP objects (see
+    /// [`assetsync_protocol::offload`]), unless the request asks for them directly.
+    offload: bool,
+    /// The offloaded bodies, by URL.
+    objects: RefCell<HashMap<String, Vec<u8>>>,
 }
 
 enum Msg {
@@ -95,7 +100,7 @@ impl Server {
     fn answer(&self, request: &ClientMessage) -> Vec<Msg> {
         let text = |m: &ServerMessage| Msg::Text(serde_json::to_string(m).unwrap());
         match request {
-            ClientMessage::Sync { id, asset, have } => {
+            ClientMessage::Sync { id, asset, have, direct } => {
                 let asset = AssetPath::new(asset).unwrap();
                 let Some((current, data)) = self.files.get(&asset) else {
                     let message = format!("unknown asset {asset:?}");
@@ -113,7 +118,7 @@ impl Server {
                 }
                 let held = client_holds(have, known.iter().map(|(_, m)| *m), [current]);
                 let mut out = Vec::new();
-                self.file_answer(*id, None, current, data, base, &held, &mut out);
+                self.file_answer(*id, None, current, data, base, &held, self.offload && !direct, &mut out);
                 out
             }
             ClientMessage::SyncFolder { id, folder, since, have } => {
@@ -170,8 +175,16 @@ impl Server {
                     out.push(Msg::Frame(ChunkFrame::Pack { id: *id, compressed: &compressed }.encode()));
                 }
                 for (m, data) in updates {
-                    let sent =
-                        self.file_answer(*id, Some(m.path.clone()), m, data, base_of(m), &held, &mut out);
+                    let sent = self.file_answer(
+                        *id,
+                        Some(m.path.clone()),
+                        m,
+                        data,
+                        base_of(m),
+                        &held,
+                        self.offload,
+                        &mut out,
+                    );
                     held.extend(sent);
                 }
                 out
@@ -190,19 +203,33 @@ impl Server {
         data: &[u8],
         base: Option<(u32, &Manifest)>,
         held: &HashSet<ChunkId>,
+        offload: bool,
         out: &mut Vec<Msg>,
     ) -> Vec<ChunkId> {
         let view = ClientView { base: base.map(|(i, m)| (i, m.version(), m)), held };
         let mut answer = plan(id, current, current.version(), view);
+        let offsets: Vec<(usize, u32)> = current.offsets().map(|(at, c)| (at, c.len)).collect();
+        let (offsets, send) = (&offsets, answer.send.clone());
+        let frames = |id: u32| {
+            send.iter().map(move |&index| {
+                let (at, len) = offsets[index as usize];
+                let bytes = &data[at..at + len as usize];
+                ChunkFrame::Chunk { id, index, bytes }.encode()
+            })
+        };
+        let offload = offload && !answer.send.is_empty();
+        let body = offload.then(|| offload::body(frames(0)));
         if let ServerMessage::Update(update) = &mut answer.message {
             update.asset = asset;
+            if let Some(body) = body {
+                let url = format!("/o/{}", offload::name(&body));
+                update.offload = Some(Offloaded { url: url.clone(), bytes: body.len() as u64 });
+                self.objects.borrow_mut().insert(url, body);
+            }
         }
         out.push(Msg::Text(serde_json::to_string(&answer.message).unwrap()));
-        let offsets: Vec<(usize, u32)> = current.offsets().map(|(at, c)| (at, c.len)).collect();
-        for &index in &answer.send {
-            let (at, len) = offsets[index as usize];
-            let bytes = &data[at..at + len as usize];
-            out.push(Msg::Frame(ChunkFrame::Chunk { id, index, bytes }.encode()));
+        if !offload {
+            out.extend(frames(id).map(Msg::Frame));
         }
         answer.send.iter().map(|&i| current.chunks[i as usize].id).collect()
     }
@@ -244,6 +271,8 @@ struct Met {
     frame_bytes: u64,
     /// Assets committed, or found unchanged and intact.
     synced: Vec<AssetPath>,
+    /// Bytes of each offloaded body delivered.
+    downloaded: HashMap<String, u64>,
 }
 
 /// One simulated world.
@@ -274,6 +303,9 @@ impl World {
         let mut link: VecDeque<Msg> = VecDeque::new();
         let mut cut = false;
         let mut unhashed: Vec<(u32, Vec<u8>)> = Vec::new();
+        // The response being read: its pieces, its end, or its failure.
+        let mut body: VecDeque<Result<Vec<u8>, (String, bool)>> = VecDeque::new();
+        let mut reading = String::new();
         for _ in 0..MAX_ACTIONS {
             // Give some hashes back early, as a driver hashing in the background does.
             if !unhashed.is_empty() && self.rng.chance(300) {
@@ -283,6 +315,7 @@ impl World {
                 continue;
             }
             let action = machine.poll();
+            let read = matches!(action, Action::Download { .. } | Action::ReadDownload);
             self.log(format!("{action:?}").chars().take(160).collect());
             match action {
                 Action::Prefetch(_) | Action::Progress { .. } | Action::Warn(_) | Action::Release(_) => {}
@@ -381,6 +414,13 @@ impl World {
                     machine.handle(Input::Stored);
                 }
                 Action::Discard(ids) => ids.iter().for_each(|id| drop(self.store.chunks.remove(id))),
+                Action::Download { url, from, after_ms } => {
+                    assert!(after_ms <= 5_000, "backoff is capped");
+                    let object = self.server.objects.borrow()[url].clone();
+                    body = self.respond(&object[from as usize..], faults, &mut met);
+                    reading = url.to_owned();
+                }
+                Action::ReadDownload => {}
                 Action::Reconnect { after_ms } => {
                     assert!(after_ms <= 5_000, "backoff is capped");
                     link.clear();
@@ -393,8 +433,55 @@ impl World {
                 Action::Done => return (Ok(()), met),
                 Action::Failed(error) => return (Err(error), met),
             }
+            if read {
+                match body.pop_front().expect("the machine reads past the body's end") {
+                    Ok(piece) => {
+                        *met.downloaded.entry(reading.clone()).or_default() += piece.len() as u64;
+                        machine.handle(Input::Downloaded(&piece));
+                        unhashed.extend(machine.take_unhashed());
+                    }
+                    Err((why, transient)) => machine.handle(Input::DownloadFailed { why, transient }),
+                }
+            }
         }
         panic!("no end after {MAX_ACTIONS} actions");
+    }
+
+    /// The response to a download of `body`, in pieces, with faults: a refusal, a cut (a broken
+    /// connection, or a body that ends early), a flipped bit.
+    fn respond(
+        &mut self,
+        body: &[u8],
+        faults: bool,
+        met: &mut Met,
+    ) -> VecDeque<Result<Vec<u8>, (String, bool)>> {
+        if faults && self.rng.chance(40) {
+            met.other_faults += 1;
+            return [Err(("HTTP 404".to_owned(), false))].into();
+        }
+        let mut body = body.to_vec();
+        let mut end = Ok(Vec::new());
+        if faults && !body.is_empty() && self.rng.chance(200) {
+            body.truncate(self.rng.below(body.len()));
+            met.cuts += 1;
+            if self.rng.chance(500) {
+                end = Err(("connection reset".to_owned(), true));
+            }
+        }
+        if faults && !body.is_empty() && self.rng.chance(30) {
+            let bit = self.rng.below(body.len() * 8);
+            body[bit / 8] ^= 1 << (bit % 8);
+            met.other_faults += 1;
+        }
+        let mut pieces = VecDeque::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(rest.len().min(1 + self.rng.below(700)));
+            pieces.push_back(Ok(piece.to_vec()));
+            rest = after;
+        }
+        pieces.push_back(end);
+        pieces
     }
 
     /// Faults on one answer: a cut, a flipped bit, a duplicated frame.
@@ -497,6 +584,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     let assets: Vec<AssetPath> =
         (0..1 + w.rng.below(3)).map(|i| AssetPath::new(&format!("dist/f{i}.js")).unwrap()).collect();
     w.server.pack_files = w.rng.below(4);
+    w.server.offload = w.rng.chance(400);
     // And small files of one chunk (or empty), which a protocol-4 server packs.
     let tiny = (0..w.rng.below(4)).map(|i| AssetPath::new(&format!("dist/t{i}.js")).unwrap());
     let assets: Vec<AssetPath> = assets.into_iter().chain(tiny).collect();
@@ -550,6 +638,12 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
             Err(e) if met.cuts + met.other_faults == 0 => panic!("a sync without faults failed: {e}"),
             Err(_) => {}
             Ok(()) if met.other_faults == 0 => {
+                // Each offloaded body crossed at most once, whatever the cuts.
+                let objects = w.server.objects.borrow();
+                for (url, bytes) in &met.downloaded {
+                    assert!(*bytes <= objects[url].len() as u64, "{bytes} bytes of {url} downloaded");
+                }
+                drop(objects);
                 // Each missing chunk crossed at most once, whatever the cuts.
                 assert!(
                     w.store_lost || met.frame_bytes <= missing,

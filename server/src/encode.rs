@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use assetsync_protocol::{Hash, VersionId};
+use assetsync_protocol::{Hash, Offloaded, VersionId};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
 use zstd::zstd_safe::{CCtx, CParameter, ResetDirective, compress_bound};
@@ -89,9 +89,29 @@ pub struct Encoded {
     pub prefixed: bool,
     /// The batches, in order.
     pub batches: Vec<Batch>,
+    /// What the client is told when the answer is offloaded (see [`crate::offload`]), once
+    /// it has been put in an object (`None`: it could not be).
+    pub offloaded: OnceCell<Option<Offloaded>>,
 }
 
 impl Encoded {
+    /// A new encoding, not offloaded yet.
+    fn new(prefixed: bool, batches: Vec<Batch>) -> Self {
+        Encoded { prefixed, batches, offloaded: OnceCell::new() }
+    }
+
+    /// Bytes of the chunks as they travel, close to those of their frames.
+    pub fn frame_bytes(&self, current: &Indexed) -> usize {
+        let plain = |indices: &[u32]| indices.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
+        self.batches
+            .iter()
+            .map(|batch| match batch {
+                Batch::Compressed { frame, .. } => frame.len(),
+                Batch::Plain { indices } => plain(indices),
+            })
+            .sum()
+    }
+
     /// A compact binary form, for the version store: whether prefixed, the number of batches,
     /// then each batch's kind (0 plain, 1 compressed), indices and frame, as little-endian
     /// `u32` counts.
@@ -142,7 +162,7 @@ impl Encoded {
                 _ => return None,
             });
         }
-        bytes.is_empty().then_some(Encoded { prefixed, batches })
+        bytes.is_empty().then(|| Encoded::new(prefixed, batches))
     }
 }
 
@@ -424,7 +444,7 @@ fn encode(current: &Indexed, send: &[u32], prefix: Option<&[u8]>, level: i32) ->
         }
         start = end;
     }
-    Encoded { prefixed: used_prefix, batches }
+    Encoded::new(used_prefix, batches)
 }
 
 /// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails
@@ -506,13 +526,13 @@ mod tests {
 
     #[test]
     fn stored_answers_read_back_whole_or_not_at_all() {
-        let encoded = Encoded {
-            prefixed: true,
-            batches: vec![
+        let encoded = Encoded::new(
+            true,
+            vec![
                 Batch::Compressed { indices: vec![0, 2], frame: b"zstd frame".to_vec() },
                 Batch::Plain { indices: vec![1, 3, 4] },
             ],
-        };
+        );
         let bytes = encoded.to_bytes();
         let back = Encoded::from_bytes(&bytes).unwrap();
         assert_eq!(back.to_bytes(), bytes);

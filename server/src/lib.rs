@@ -7,6 +7,8 @@
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
 //!   with a bounded history of versions; confines every path to the root.
+//! - [`offload`]: large answers put in immutable objects that clients fetch over HTTP, through
+//!   a CDN (`--offload-url`), and the `/offload` endpoint that serves them.
 //! - [`shared`]: the object store (S3) shared between instances: versions and answers.
 //! - [`store`]: the version store on disk, which keeps remembered versions across restarts.
 //! - `warm`: best-level answers for a new version's likely first clients, computed ahead.
@@ -24,6 +26,7 @@ pub mod encode;
 pub mod forwarded;
 pub mod index;
 mod limit;
+pub mod offload;
 pub mod origin;
 pub mod server;
 mod session;

@@ -25,6 +25,7 @@ use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
 use crate::forwarded::Remote;
 use crate::index::{AssetIndex, IndexConfig, StoreConfig};
+use crate::offload::{Offload, OffloadConfig};
 use crate::origin::OriginPolicy;
 use crate::session;
 use crate::shared::Shared;
@@ -76,6 +77,8 @@ pub struct ServeConfig {
     /// The object store shared with other instances (`--shared-store s3://BUCKET/PREFIX` or
     /// `file:///PATH`; see [`crate::shared`]).
     pub shared_store: Option<String>,
+    /// CDN offload of large answers (`--offload-url`, `--offload-min`; see [`crate::offload`]).
+    pub offload: Option<OffloadConfig>,
 }
 
 /// Limits that apply to each WebSocket connection.
@@ -137,6 +140,7 @@ impl Default for ServeConfig {
             watch: Some(Duration::from_millis(100)),
             bus: None,
             shared_store: None,
+            offload: None,
             trusted_proxies: Vec::new(),
             allow_origins: Vec::new(),
             token: None,
@@ -154,6 +158,8 @@ pub struct AppState {
     pub(crate) encoder: Encoder,
     /// Whether to offer zstd to clients that can decode it.
     pub(crate) compress: bool,
+    /// Where large answers go, for clients that fetch them over HTTP.
+    pub(crate) offload: Option<Arc<Offload>>,
     pub(crate) limits: SessionLimits,
     connections: Arc<Semaphore>,
     origins: OriginPolicy,
@@ -163,10 +169,14 @@ pub struct AppState {
     tasks: TaskTracker,
 }
 
-/// Builds the router: `/sync` for WebSockets, the demo's rebuild endpoints when serving the
+/// Builds the router: `/sync` for WebSockets, `/offload/<name>` with CDN offload, the demo's rebuild endpoints when serving the
 /// demo, and the `www` folder (if any) at `/`.
 pub fn app(state: Arc<AppState>, www: Option<PathBuf>, demo: Option<Arc<Demo>>) -> Router {
+    let offload = state.offload.clone();
     let mut router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
+    if let Some(offload) = offload {
+        router = router.merge(crate::offload::routes(offload));
+    }
     if let Some(demo) = demo {
         let current = demo.clone();
         router = router
@@ -212,6 +222,9 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| tasks.track_future(session::run(socket, state, peer, permit)))
 }
+
+/// Bytes of offloaded answers kept without a version store (in a temporary folder).
+const OFFLOAD_BYTES_IN_MEMORY: u64 = 512 << 20;
 
 /// How long a client may take to send an HTTP request's headers (the upgrade included) before
 /// its connection is closed: slow-header ("slowloris") connections cannot pile up.
@@ -277,6 +290,16 @@ pub async fn run(
     let bus = config.bus.as_deref().map(crate::bus::open).transpose()?;
     let shared = config.shared_store.as_deref().map(Shared::open).transpose()?.map(Arc::new);
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
+    let offload = match &config.offload {
+        Some(offload) => {
+            let store = config.store.as_ref();
+            // Beside the version store, a quarter of its budget, as its kept answers get.
+            let max_bytes = store.map_or(OFFLOAD_BYTES_IN_MEMORY, |s| s.max_bytes / 4);
+            let offload = Offload::new(offload, store.map(|s| s.dir.as_path()), max_bytes, shared.clone())?;
+            Some(Arc::new(offload))
+        }
+        None => None,
+    };
     let index_config = IndexConfig {
         root: config.root,
         params: config.params,
@@ -298,6 +321,7 @@ pub async fn run(
         trusted_proxies: config.trusted_proxies,
         encoder: Encoder::new(config.encode.unwrap_or_default()),
         compress: config.encode.is_some(),
+        offload,
         limits: config.limits,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         origins: OriginPolicy::new(&config.allow_origins)?,

@@ -4,8 +4,9 @@
 //!
 //! It holds immutable objects named by their content: each version's manifest
 //! (`manifests/<version>`, which hashes to its name) and file (`files/<version>`), the folder
-//! listings sent to clients (`listings/<version>`, likewise), and best-level answers
-//! (`answers/<key>`, their SHA-256 ahead of their bytes). An object is never changed once
+//! listings sent to clients (`listings/<version>`, likewise), best-level answers
+//! (`answers/<key>`, their SHA-256 ahead of their bytes), and offloaded answers' bodies
+//! (`offload/<name>`, named by their SHA-256; see [`crate::offload`]). An object is never changed once
 //! written, so instances need no coordination: two that write the same one write the same
 //! bytes. A client naming a version (or a folder listing) this instance never saw gets a delta
 //! against it when it is in the shared store; an answer one instance computed is fetched, not
@@ -225,6 +226,26 @@ impl Shared {
         self.read(&answer_path(key), None, &[], |bytes| verified(bytes).map(<[u8]>::to_vec)).await
     }
 
+    /// Keeps an offloaded answer's body (see [`crate::offload`]) for every instance, under its
+    /// name, unless it is there.
+    pub async fn put_offloaded(&self, name: &str, body: Bytes) {
+        let path = offload_path(name);
+        if !self.missing(&path).await {
+            return;
+        }
+        if let Err(e) = self.put_file(&path, body).await {
+            tracing::warn!(error = %e, "cannot write an offloaded answer to the shared store");
+        }
+    }
+
+    /// The offloaded answer's body named `name`, if the shared store has it intact.
+    pub async fn offloaded(&self, name: &str) -> Option<Vec<u8>> {
+        self.read(&offload_path(name), None, &[], |bytes| {
+            (assetsync_protocol::offload::name(bytes) == name).then(|| bytes.to_vec())
+        })
+        .await
+    }
+
     /// Lets the instances claim answers through the bus (see [`Shared::claim_answer`]).
     pub fn coordinate(&self, claims: Arc<Claims>) {
         let _ = self.claims.set(claims);
@@ -359,6 +380,10 @@ fn file_path(version: &VersionId) -> Path {
 
 fn listing_path(version: &VersionId) -> Path {
     Path::from(format!("listings/{}", version.to_hex()))
+}
+
+fn offload_path(name: &str) -> Path {
+    Path::from(format!("offload/{name}"))
 }
 
 fn answer_path(key: &AnswerKey) -> Path {

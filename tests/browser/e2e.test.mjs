@@ -784,3 +784,29 @@ test("through nginx, a page subscribed on one instance hears within 2 s of a cha
   await Promise.all([a.stop(), b.stop()]);
   redis.stop();
 });
+
+test("an answer offloaded to HTTP is fetched by the page, resumed with a Range request after a cut, and verified", async (t) => {
+  const server = await startServer({ extraArgs: ["--offload-url", "/offload", "--offload-min", "65536"] });
+  const big = randomBytes(3 << 20);
+  server.write("big.bin", big);
+  // The WebSocket passes whole; the first download is cut 700 KB in; the rest pass.
+  const proxy = await cuttingProxy(server, [Infinity, 700_000]);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  const got = await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "offload" });
+    const r = await window.client.sync("big.bin");
+    return { hash: await window.hex(r.bytes()), stats: r.stats };
+  }, proxy.ws);
+  assert.equal(got.hash, sha256(big));
+  const object = Number(/offloaded=(\d+)/.exec(await server.waitForLog("offloaded="))[1]);
+  assert.ok(object > big.length, `the whole answer went in the object (${object} bytes)`);
+  assert.equal(got.stats.httpBytesIn, object, "each byte of the object was fetched once");
+  assert.equal(got.stats.requests, 1, "resumed over HTTP, not asked for again over the WebSocket");
+  assert.ok(got.stats.wireBytesIn < 16 * 1024, `the WebSocket carried ${got.stats.wireBytesIn} bytes`);
+  assert.ok(proxy.connections >= 3, `the download was resumed on a new connection (${proxy.connections})`);
+  t.diagnostic(`3 MiB offloaded, cut once: ${got.stats.httpBytesIn} bytes over HTTP, ${got.stats.wireBytesIn} over the WebSocket`);
+  await context.close();
+  await proxy.close();
+  await server.stop();
+});

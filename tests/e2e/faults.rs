@@ -78,6 +78,11 @@ impl Proxy {
         self.flips.load(Ordering::Relaxed)
     }
 
+    /// Server-to-client bytes forwarded so far, on all connections.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
@@ -288,7 +293,7 @@ async fn a_change_during_an_interrupted_sync_ends_in_the_new_version() {
     assert_eq!(proxy.unused_faults(), 0, "the cut happened");
     assert_eq!(std::fs::read(client.out("a.bin")).unwrap(), v2, "the new version, whole");
     // 1 MB before the cut, then v2's second half: the shared first half is not fetched again.
-    let wire = proxy.forwarded.load(Ordering::Relaxed);
+    let wire = proxy.forwarded();
     assert!(wire < 2_300_000, "{wire} bytes in all: {report:?}");
     server.stop().await;
 }
@@ -321,7 +326,7 @@ async fn a_folder_pull_cut_twice_resumes_without_fetching_again_what_arrived() {
         assert_eq!(&std::fs::read(client.out(&format!("dist/f{i}.bin"))).unwrap(), data);
     }
     // Counted by the proxy, on every connection.
-    let wire = proxy.forwarded.load(Ordering::Relaxed);
+    let wire = proxy.forwarded();
     assert!(wire as f64 <= 1.1 * size as f64, "{wire} bytes read for a {size} byte folder cut twice");
     // The folder's report counts every connection too (the proxy also saw the handshakes).
     assert!(reported <= wire && reported + 4_096 >= wire, "reported {reported} bytes, the proxy saw {wire}");
@@ -342,7 +347,7 @@ async fn a_cold_pull_of_10000_files_cut_midway_resumes_without_refetching() {
     // An uncut pull, through the proxy too, for the baseline.
     let uncut = Proxy::start(&server, vec![]).await;
     assetsync::pull::pull(&TestClient::new().config(uncut.url()), &targets, |_| {}).await.unwrap();
-    let baseline_wire = uncut.forwarded.load(Ordering::Relaxed);
+    let baseline_wire = uncut.forwarded();
 
     let proxy = Proxy::start(&server, vec![Fault::CutAfter(baseline_wire as usize * 2 / 5)]).await;
     let client = TestClient::new();
@@ -355,7 +360,7 @@ async fn a_cold_pull_of_10000_files_cut_midway_resumes_without_refetching() {
             "file {i}"
         );
     }
-    let wire = proxy.forwarded.load(Ordering::Relaxed);
+    let wire = proxy.forwarded();
     println!("uncut: {baseline_wire} B; cut at 40 % and resumed: {wire} B");
     // The resumed answer lists the folder again (about 80 bytes a file) and sends only the
     // files not yet committed.

@@ -8,6 +8,7 @@ mod faults;
 mod folder;
 mod newcomer;
 mod nginx;
+mod offload;
 mod security;
 mod services;
 mod shared;

@@ -226,6 +226,14 @@ impl Nginx {
         format!("ws://127.0.0.1:{}/sync", self.port)
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.path().join("logs/access.log")).unwrap_or_default()
+    }
+
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.prefix.path().join("logs/error.log")).unwrap_or_default()
     }

@@ -30,6 +30,8 @@ pub(crate) struct Client {
     /// Message payload bytes sent and received on all this client's sockets.
     pub(crate) sent: Cell<u64>,
     pub(crate) received: Rc<Cell<u64>>,
+    /// Body bytes of offloaded answers fetched over HTTP by this client.
+    pub(crate) downloaded: Cell<u64>,
     /// The last verified bytes of each asset synced by this client, so that a sync that finds
     /// the asset unchanged need not read and hash it again (`memoryCache: false` turns it off).
     pub(crate) remembered: RefCell<Remembered>,
@@ -75,6 +77,7 @@ impl Client {
             prefetched: RefCell::default(),
             next_id: Cell::new(1),
             sent: Cell::new(0),
+            downloaded: Cell::new(0),
             received,
             remembered: RefCell::default(),
             memory_cache,

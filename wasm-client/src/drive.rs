@@ -9,11 +9,12 @@ use std::rc::Rc;
 use assetsync_protocol::engine::{
     Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate, SyncReport,
 };
-use assetsync_protocol::{ChunkId, Manifest, VersionId};
+use assetsync_protocol::{ChunkId, Manifest, VersionId, offload};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
 
 use crate::digest::{self, ChunkHasher};
+use crate::download::{Download, Failure};
 use crate::socket::{Incoming, Socket};
 use crate::store::Staged;
 use crate::{Bytes, Client, SyncResult, next, now_ms, report_progress, subscribe, task};
@@ -74,6 +75,8 @@ struct Run<'a> {
     staged_chunks: HashMap<ChunkId, Vec<u8>>,
     /// Why the connection was last lost.
     last_loss: String,
+    /// The offloaded answer being fetched over HTTP.
+    download: Download,
 }
 
 /// Bytes of a folder's verified files held in memory; past them, they are written to the store
@@ -109,6 +112,7 @@ impl Client {
             written_ahead: false,
             staged_chunks: HashMap::new(),
             last_loss: String::new(),
+            download: Download::default(),
         };
         let ended = self.steps(machine, socket, &mut run).await;
         let committed = self.commit_staged(&mut run).await;
@@ -162,6 +166,19 @@ impl Client {
                     task::yield_if_busy().await;
                     continue;
                 }
+                Action::Download { url, from, after_ms } => {
+                    let url = offload::resolve(&self.url, url);
+                    subscribe::sleep(after_ms as i32).await;
+                    let piece = run.download.start(&url, from).await;
+                    self.downloaded(machine, piece, &mut hasher);
+                    continue;
+                }
+                Action::ReadDownload => {
+                    let piece = run.download.next().await;
+                    self.downloaded(machine, piece, &mut hasher);
+                    task::yield_if_busy().await;
+                    continue;
+                }
                 Action::FinishHashing => {
                     hasher.start(machine.take_unhashed());
                     for (index, bytes, id) in hasher.finish().await {
@@ -200,6 +217,24 @@ impl Client {
                 },
             };
             machine.handle(input);
+        }
+    }
+
+    /// Gives a piece of an offloaded answer (or why there is none) to `machine`, and the chunks
+    /// it completed to `hasher`.
+    fn downloaded(
+        &self,
+        machine: &mut impl Machine,
+        piece: Result<Vec<u8>, Failure>,
+        hasher: &mut ChunkHasher,
+    ) {
+        match piece {
+            Ok(piece) => {
+                self.downloaded.set(self.downloaded.get() + piece.len() as u64);
+                machine.handle(Input::Downloaded(&piece));
+                hasher.start(machine.take_unhashed());
+            }
+            Err((why, transient)) => machine.handle(Input::DownloadFailed { why, transient }),
         }
     }
 
@@ -382,6 +417,7 @@ impl Stats {
         set("chunksReused", (self.chunks_reused as f64).into());
         set("wireBytesIn", (self.wire.0 as f64).into());
         set("wireBytesOut", (self.wire.1 as f64).into());
+        set("httpBytesIn", (self.report.downloaded as f64).into());
         set("elapsedMs", self.elapsed_ms.into());
         set("requests", self.report.requests.into());
         set("retried", self.report.retried.into());

@@ -20,6 +20,8 @@ pub(crate) struct FolderOutcome {
     pub removed: Vec<AssetPath>,
     pub wire_in: u64,
     pub wire_out: u64,
+    /// Bytes of offloaded answers fetched over HTTP.
+    pub http_in: u64,
     pub elapsed_ms: f64,
     /// Connections lost and resumed.
     pub reconnects: u32,
@@ -41,6 +43,7 @@ impl FolderOutcome {
         set("removed", names(&mut self.removed.iter()));
         set("wireBytesIn", (self.wire_in as f64).into());
         set("wireBytesOut", (self.wire_out as f64).into());
+        set("httpBytesIn", (self.http_in as f64).into());
         set("elapsedMs", self.elapsed_ms.into());
         set("reconnects", self.reconnects.into());
         set("version", self.version.to_hex().into());
@@ -79,6 +82,7 @@ impl Client {
             removed: done.removed,
             wire_in: self.received.get() - in0,
             wire_out: self.sent.get() - out0,
+            http_in: done.report.downloaded,
             elapsed_ms: now_ms() - started,
             reconnects: done.report.reconnects,
             version: done.version,

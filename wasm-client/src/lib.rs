@@ -18,6 +18,7 @@
 
 mod client;
 mod digest;
+mod download;
 mod drive;
 mod folder;
 mod global;
@@ -73,6 +74,9 @@ export interface SyncStats {
   /** Message payload bytes received / sent for this sync (WebSocket framing excluded). */
   wireBytesIn: number;
   wireBytesOut: number;
+  /** Body bytes of answers the server offloaded to HTTP (its `--offload-url`), not counted in
+   *  `wireBytesIn`. */
+  httpBytesIn: number;
   /** Wall time, commit included. */
   elapsedMs: number;
   /** `sync` requests made: 1, or more when the server did not know the cached version or the
@@ -109,6 +113,8 @@ export interface FolderResult {
   removed: string[];
   wireBytesIn: number;
   wireBytesOut: number;
+  /** Body bytes of answers fetched over HTTP (see `SyncStats.httpBytesIn`). */
+  httpBytesIn: number;
   elapsedMs: number;
   /** Connections lost during this folder sync and resumed. */
   reconnects: number;

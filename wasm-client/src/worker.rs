@@ -60,6 +60,8 @@ export interface BuildUpdate {
    *  included). */
   wireBytesIn: number;
   wireBytesOut: number;
+  /** Body bytes of answers fetched over HTTP (the server's `--offload-url`). */
+  httpBytesIn: number;
   elapsedMs: number;
 }
 /** What `AssetWorker.prune` freed. */
@@ -96,7 +98,7 @@ pub struct AssetWorker {
     /// Held by an update, and by a prune (whose GC must not run beside a sync).
     busy: Mutex<()>,
     /// The client's wire byte counts (in, out) at the end of the last update.
-    wire_mark: Cell<(u64, u64)>,
+    wire_mark: Cell<(u64, u64, u64)>,
 }
 
 #[wasm_bindgen]
@@ -145,7 +147,7 @@ impl AssetWorker {
             repairing: Rc::default(),
             fallback,
             busy: Mutex::new(()),
-            wire_mark: Cell::new((0, 0)),
+            wire_mark: Cell::new((0, 0, 0)),
         })
     }
 
@@ -202,10 +204,11 @@ impl AssetWorker {
             set("fetched", fetched.into_iter().map(JsValue::from).collect::<js_sys::Array>().into());
             set("removed", removed.into_iter().map(JsValue::from).collect::<js_sys::Array>().into());
         }
-        let wire = (self.client.received.get(), self.client.sent.get());
+        let wire = (self.client.received.get(), self.client.sent.get(), self.client.downloaded.get());
         let mark = self.wire_mark.replace(wire);
         set("wireBytesIn", ((wire.0 - mark.0) as f64).into());
         set("wireBytesOut", ((wire.1 - mark.1) as f64).into());
+        set("httpBytesIn", ((wire.2 - mark.2) as f64).into());
         set("build", build.id.to_hex().into());
         set("previous", previous.map(|b| b.to_hex()).into());
         set("changed", changed.into());

@@ -166,6 +166,7 @@ impl ClientSync {
             id,
             asset: asset.as_str().to_owned(),
             have: Have { versions, chunks: have_chunks },
+            direct: false,
         };
         let machine =
             ClientSync { id, asset, named, has_base, prefix, driver_hashes: false, state: State::Waiting };
@@ -181,6 +182,11 @@ impl ClientSync {
         prefix: usize,
     ) -> Self {
         ClientSync { id, asset, named, has_base: false, prefix, driver_hashes: false, state: State::Waiting }
+    }
+
+    /// The request id this answer is for.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// The asset this answer is for.

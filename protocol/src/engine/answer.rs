@@ -4,11 +4,16 @@
 use std::mem;
 use std::sync::Arc;
 
-use super::{Action, Input, Queue};
+use super::{Action, FIRST_BACKOFF_MS, Input, MAX_DOWNLOAD_TRIES, MAX_RESUME_BACKOFF_MS, Queue};
+use crate::offload::Frames;
 use crate::{
     Assembled, AssetPath, ChunkId, ClientSync, Error, ErrorCode, Event, Manifest, ServerMessage, Synced,
     VerifiedChunk,
 };
+
+/// The largest frame an offloaded body may hold: a batch's part, or a chunk (at most 1 MiB),
+/// with its header and index list.
+const MAX_BODY_FRAME: usize = 4 << 20;
 
 /// How an answer ended.
 #[derive(Debug)]
@@ -45,6 +50,34 @@ enum Step {
     Over,
 }
 
+/// An answer's frames being fetched over HTTP (see [`crate::offload`]).
+#[derive(Debug)]
+struct Download {
+    url: String,
+    /// The body's announced length.
+    total: u64,
+    /// Bytes of the body received so far, kept across cuts.
+    received: u64,
+    frames: Frames,
+    /// Whether a response is being read (else the next action starts one).
+    open: bool,
+    /// Failed fetches since the last byte arrived.
+    failures: u32,
+}
+
+impl Download {
+    fn poll(&self) -> Action<'_> {
+        if self.open {
+            return Action::ReadDownload;
+        }
+        let after_ms = match self.failures {
+            0 => 0,
+            n => (FIRST_BACKOFF_MS << (n - 1).min(5)).min(MAX_RESUME_BACKOFF_MS),
+        };
+        Action::Download { url: &self.url, from: self.received, after_ms }
+    }
+}
+
 /// The machine of one answer.
 #[derive(Debug)]
 pub(super) struct Answer {
@@ -58,8 +91,12 @@ pub(super) struct Answer {
     fresh: Vec<(u32, Vec<u8>)>,
     /// Received chunks whose hashes the driver has yet to give back.
     outstanding: usize,
+    /// Set when the answer's frames are fetched over HTTP.
+    download: Option<Download>,
     /// Bytes read for this answer.
     pub wire_in: u64,
+    /// Bytes of it fetched over HTTP.
+    pub downloaded: u64,
 }
 
 impl Answer {
@@ -80,7 +117,9 @@ impl Answer {
             sources,
             fresh: Vec::new(),
             outstanding: 0,
+            download: None,
             wire_in: 0,
+            downloaded: 0,
         }
     }
 
@@ -89,9 +128,18 @@ impl Answer {
         &self.asset
     }
 
+    /// Whether the answer's frames were to come over HTTP: if it fails, ask for it again over
+    /// the WebSocket.
+    pub fn offloaded(&self) -> bool {
+        self.download.is_some()
+    }
+
     pub fn poll(&self) -> Action<'_> {
         match &self.step {
-            Step::Receiving(_) => Action::Receive,
+            Step::Receiving(_) => match &self.download {
+                Some(download) => download.poll(),
+                None => Action::Receive,
+            },
             Step::Prefix(m, _) => Action::LoadFile(m.wanted_prefix().expect("a prefix is wanted")),
             Step::Hashing(..) => Action::FinishHashing,
             Step::Unchanged(m) => Action::CheckFile(m.manifest().expect("the manifest is known")),
@@ -110,13 +158,33 @@ impl Answer {
         match (mem::replace(&mut self.step, Step::Over), input) {
             (Step::Receiving(mut m), Input::Message { message, wire }) => {
                 self.wire_in += wire;
-                if let ServerMessage::Changed { asset, version } = message {
-                    queue.push_back(Action::Changed { asset, version });
-                    self.step = Step::Receiving(m);
-                    return None;
-                }
+                let message = match message {
+                    ServerMessage::Changed { asset, version } => {
+                        queue.push_back(Action::Changed { asset, version });
+                        self.step = Step::Receiving(m);
+                        return None;
+                    }
+                    ServerMessage::Update(mut update) if self.download.is_none() => {
+                        if let Some(offload) = update.offload.take() {
+                            self.download = Some(Download {
+                                url: offload.url,
+                                total: offload.bytes,
+                                received: 0,
+                                frames: Frames::default(),
+                                open: false,
+                                failures: 0,
+                            });
+                        }
+                        ServerMessage::Update(update)
+                    }
+                    message => message,
+                };
                 let event = m.on_message(message);
                 self.fed(m, event, queue)
+            }
+            (Step::Receiving(m), Input::Downloaded(piece)) => self.downloaded(m, piece, queue),
+            (Step::Receiving(m), Input::DownloadFailed { why, transient }) => {
+                self.download_failed(m, why, transient, queue)
             }
             (Step::Receiving(mut m), Input::Frame { frame, wire }) => {
                 self.wire_in += wire;
@@ -208,13 +276,92 @@ impl Answer {
                 self.step = if unchanged { Step::Unchanged(m) } else { Step::Loading(m) };
                 None
             }
-            Err(error @ (Error::FileMismatch | Error::MissingLocal(_) | Error::UnknownBase)) => {
-                retry(error, m.held_chunks(), m.chunk_prefix())
-            }
+            Err(
+                error @ (Error::FileMismatch
+                | Error::MissingLocal(_)
+                | Error::UnknownBase
+                | Error::Offload(_)),
+            ) => retry(error, m.held_chunks(), m.chunk_prefix()),
             Err(Error::Server { code, message }) => Some(End::Refused { code, message }),
             // Lost, or the stream went bad (mid-answer, it cannot be read on).
             Err(error) => self.lost(m, error.to_string()),
         }
+    }
+
+    /// A piece of the offloaded body: its whole frames are handled as if they had come over the
+    /// WebSocket; its end, before the announced length, is a cut to resume.
+    fn downloaded(&mut self, mut m: ClientSync, piece: &[u8], queue: &mut Queue) -> Option<End> {
+        let download = self.download.as_mut().expect("downloading");
+        download.open = true;
+        let left = download.total - download.received;
+        let bad = |why: &str| Err(Error::Offload(why.to_owned()));
+        if piece.is_empty() {
+            if left > 0 {
+                return self.download_failed(m, format!("the body ended {left} bytes short"), true, queue);
+            }
+            // Whole, yet the answer is not complete.
+            return self.on_event(m, bad("the body lacks frames"), queue);
+        }
+        if piece.len() as u64 > left {
+            return self.on_event(m, bad("the body is longer than announced"), queue);
+        }
+        download.received += piece.len() as u64;
+        download.failures = 0;
+        self.downloaded += piece.len() as u64;
+        let mut events = Vec::new();
+        let split = download.frames.push(
+            piece,
+            m.id(),
+            MAX_BODY_FRAME,
+            |frame| {
+                let event = m.on_frame(frame);
+                let fresh = m.take_unhashed();
+                self.outstanding += fresh.len();
+                self.fresh.extend(fresh);
+                match event {
+                    Ok(Event::Progress { received, total }) => {
+                        events.push(Action::Progress { asset: self.asset.clone(), received, total });
+                        Ok(())
+                    }
+                    other => Err(other),
+                }
+            },
+            || bad("a frame's length is out of range"),
+        );
+        queue.extend(events);
+        match split {
+            Ok(()) => {
+                self.step = Step::Receiving(m);
+                None
+            }
+            // Data that fails verification arrived over HTTP, so it is asked for again over the
+            // WebSocket, like a body that does not parse.
+            Err(Err(error @ (Error::BadFrame(_) | Error::Decompress(_) | Error::ChunkMismatch { .. }))) => {
+                self.on_event(m, Err(Error::Offload(error.to_string())), queue)
+            }
+            Err(event) => self.on_event(m, event, queue),
+        }
+    }
+
+    /// A cut is fetched again from where it stopped, after a backoff, a few times in a row at
+    /// most; anything else, and then, asks for the answer over the WebSocket.
+    fn download_failed(
+        &mut self,
+        m: ClientSync,
+        why: String,
+        transient: bool,
+        queue: &mut Queue,
+    ) -> Option<End> {
+        let download = self.download.as_mut().expect("downloading");
+        download.open = false;
+        download.failures += 1;
+        if !transient || download.failures >= MAX_DOWNLOAD_TRIES {
+            return self.on_event(m, Err(Error::Offload(why)), queue);
+        }
+        let line = format!("{}: {why}; fetching again from byte {}", self.asset, download.received);
+        queue.push_back(Action::Warn(line));
+        self.step = Step::Receiving(m);
+        None
     }
 
     fn lost(&mut self, mut m: ClientSync, why: String) -> Option<End> {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::answer::{Answer, End};
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
 use crate::{
-    AssetPath, ChunkId, ChunkSet, ClientSync, Error, MAX_REQUESTS, Manifest, Synced, VerifiedChunk, VersionId,
+    AssetPath, ChunkId, ChunkSet, ClientMessage, ClientSync, Error, MAX_REQUESTS, Manifest, Synced,
+    VerifiedChunk, VersionId,
 };
 
 /// What a sync produced.
@@ -90,6 +91,8 @@ pub struct AssetSync {
     /// Chunks kept from cut transfers, listed as held from then on.
     kept: Vec<ChunkId>,
     resume: bool,
+    /// Whether requests ask for the chunks over the WebSocket (an offloaded answer failed).
+    direct: bool,
     driver_hashes: bool,
     losses: Losses,
     report: SyncReport,
@@ -114,6 +117,7 @@ impl AssetSync {
             sources,
             kept: Vec::new(),
             resume: true,
+            direct: false,
             driver_hashes: false,
             losses: Losses::default(),
             report: SyncReport::default(),
@@ -129,6 +133,13 @@ impl AssetSync {
         self.holding = Holding { base: None, others: Vec::new(), chunks: held };
         self.sources = sources;
         self.report.retried = true;
+        self
+    }
+
+    /// Asks for the chunks over the WebSocket, not over HTTP (see [`crate::offload`]): a retry
+    /// of a file whose offloaded answer failed.
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
         self
     }
 
@@ -162,6 +173,12 @@ impl AssetSync {
             End::Retry { error, held: None } => State::Failed(give_up(self.report.requests, error)),
             End::Retry { error, .. } if self.report.requests >= MAX_REQUESTS => {
                 State::Failed(give_up(self.report.requests, error))
+            }
+            End::Retry { error: Error::Offload(why), .. } => {
+                // The same request, answered over the WebSocket.
+                self.queue
+                    .push_back(Action::Warn(format!("{}: {why}; asking over the WebSocket", self.asset)));
+                State::Ready
             }
             End::Retry { error, held: Some(held) } => {
                 if let Error::MissingLocal(damaged) = &error {
@@ -212,8 +229,11 @@ impl Machine for AssetSync {
             State::Ready => {
                 let id = bump(&mut self.next_id);
                 let Holding { base, others, chunks } = self.holding.clone();
-                let (machine, request) =
+                let (machine, mut request) =
                     ClientSync::new(id, self.asset.clone(), base.clone(), others, ChunkSet::new(chunks));
+                if let ClientMessage::Sync { direct, .. } = &mut request {
+                    *direct = self.direct;
+                }
                 let answer = Answer::new(machine, base, self.sources.clone(), self.driver_hashes);
                 self.report.requests += 1;
                 self.state = State::Sending(answer);
@@ -241,11 +261,17 @@ impl Machine for AssetSync {
                 self.state = State::Answer(answer);
             }
             (State::Sending(mut answer) | State::Answer(mut answer), input) => {
-                let before = answer.wire_in;
+                let before = (answer.wire_in, answer.downloaded);
                 let end = answer.handle(input, &mut self.queue);
-                self.report.wire_in += answer.wire_in - before;
+                self.report.wire_in += answer.wire_in - before.0;
+                self.report.downloaded += answer.downloaded - before.1;
                 match end {
-                    Some(end) => self.ended(end),
+                    Some(end) => {
+                        // Whatever went wrong with an offloaded answer, the next comes directly.
+                        self.direct |=
+                            answer.offloaded() && !matches!(end, End::Verified(_) | End::Unchanged(_));
+                        self.ended(end)
+                    }
                     None => self.state = State::Answer(answer),
                 }
             }

@@ -114,7 +114,8 @@ pub struct FolderSync {
     to_remove: VecDeque<AssetPath>,
     /// Files whose data failed verification, synced again on their own, with the chunks still
     /// held intact.
-    again: VecDeque<(AssetPath, Vec<ChunkId>)>,
+    /// Whether each asks over the WebSocket (its offloaded answer failed).
+    again: VecDeque<(AssetPath, Vec<ChunkId>, bool)>,
     /// Committed versions reused chunks may be read from (once the manifests are loaded).
     sources: Arc<Vec<Manifest>>,
     kept: Vec<ChunkId>,
@@ -304,12 +305,15 @@ impl FolderSync {
     fn after_answer(&mut self) {
         self.state = if !self.to_remove.is_empty() {
             State::Removing
-        } else if let Some((asset, held)) = self.again.pop_front() {
+        } else if let Some((asset, held, direct)) = self.again.pop_front() {
             // As a single sync's retry would: naming only the chunks found intact.
             let sources = self.sources.clone();
             let mut sync = AssetSync::new(asset, None, Vec::new(), self.next_id).retrying(held, sources);
             if !self.resume {
                 sync = sync.without_resume();
+            }
+            if direct {
+                sync = sync.direct();
             }
             if self.driver_hashes {
                 sync.set_driver_hashes();
@@ -320,7 +324,7 @@ impl FolderSync {
         };
     }
 
-    fn file_ended(&mut self, asset: AssetPath, end: End, report: SyncReport) {
+    fn file_ended(&mut self, asset: AssetPath, end: End, report: SyncReport, offloaded: bool) {
         match end {
             End::Verified(synced) => self.state = State::Committing(synced, report),
             End::Lost { why, kept } if kept.is_empty() => self.lost(why),
@@ -333,7 +337,7 @@ impl FolderSync {
                     self.queue.push_back(Action::Discard(damaged.clone()));
                 }
                 self.queue.push_back(Action::Warn(format!("{asset}: {error}; fetching it again")));
-                self.again.push_back((asset, held.unwrap_or_default()));
+                self.again.push_back((asset, held.unwrap_or_default(), offloaded));
                 self.next_file();
             }
             End::Unchanged(_) => self.next_file(),
@@ -551,12 +555,14 @@ impl Machine for FolderSync {
             }
             (State::Pack, Input::Lost(why)) => self.lost(why),
             (State::File(mut answer, mut report), input) => {
-                let before = answer.wire_in;
+                let before = (answer.wire_in, answer.downloaded);
                 let end = answer.handle(input, &mut self.queue);
-                report.wire_in += answer.wire_in - before;
-                self.report.wire_in += answer.wire_in - before;
+                report.wire_in += answer.wire_in - before.0;
+                report.downloaded += answer.downloaded - before.1;
+                self.report.wire_in += answer.wire_in - before.0;
+                self.report.downloaded += answer.downloaded - before.1;
                 match end {
-                    Some(end) => self.file_ended(answer.asset().clone(), end, report),
+                    Some(end) => self.file_ended(answer.asset().clone(), end, report, answer.offloaded()),
                     None => self.state = State::File(answer, report),
                 }
             }
@@ -612,4 +618,5 @@ fn add(total: &mut SyncReport, part: &SyncReport) {
     total.reconnects += part.reconnects;
     total.wire_in += part.wire_in;
     total.wire_out += part.wire_out;
+    total.downloaded += part.downloaded;
 }

@@ -8,7 +8,7 @@ pub fn hello(agent: &str, token: Option<String>) -> ClientMessage {
     ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
         agent: agent.to_owned(),
-        encodings: vec![compress::ZSTD.to_owned()],
+        encodings: vec![compress::ZSTD.to_owned(), crate::offload::ENCODING.to_owned()],
         token,
     }
 }

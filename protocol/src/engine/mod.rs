@@ -52,6 +52,8 @@ pub const MAX_RECONNECTS: u32 = 8;
 pub const FIRST_BACKOFF_MS: u32 = 250;
 /// Longest wait between reconnections while resuming one transfer.
 pub const MAX_RESUME_BACKOFF_MS: u32 = 5_000;
+/// Failed fetches in a row of an offloaded answer before it is asked for over the WebSocket.
+pub const MAX_DOWNLOAD_TRIES: u32 = 4;
 /// How many other cached assets' versions accompany a request (their chunks count as held).
 pub const MAX_OTHER_VERSIONS: usize = 64;
 
@@ -132,6 +134,22 @@ pub enum Action<'a> {
     /// These chunks kept after a cut are now part of committed versions: a store that keeps
     /// whole files may drop its separate copies. No input.
     Release(Vec<ChunkId>),
+    /// Wait `after_ms`, then fetch `url`, an answer offloaded to HTTP (see [`crate::offload`];
+    /// [`crate::offload::resolve`] makes it absolute), from byte `from`: with `Range:
+    /// bytes=FROM-` when `from` is not 0, skipping the first `from` bytes of a response that
+    /// ignores it (`200`). Then [`Input::Downloaded`] with the first piece of the body, or
+    /// [`Input::DownloadFailed`].
+    Download {
+        /// The URL, as the server gave it.
+        url: &'a str,
+        /// The first byte wanted.
+        from: u64,
+        /// The wait before fetching (a backoff after a failure).
+        after_ms: u32,
+    },
+    /// Read the next piece of the body being downloaded: [`Input::Downloaded`] (empty at its
+    /// end), or [`Input::DownloadFailed`].
+    ReadDownload,
     /// Wait this long, open a new connection, then [`Input::Reconnected`] (or [`Input::Lost`]).
     Reconnect {
         /// The wait before reconnecting.
@@ -210,6 +228,17 @@ pub enum Input<'a> {
     Chunks(Vec<(ChunkId, Vec<u8>)>),
     /// Answer to [`Action::Verify`].
     Digest(Hash),
+    /// A piece of the body of [`Action::Download`]; empty at its end.
+    Downloaded(&'a [u8]),
+    /// [`Action::Download`] or [`Action::ReadDownload`] failed: the response's status was not
+    /// `200` or `206`, or the connection broke. `transient` when trying again may help (a lost
+    /// connection, a 5xx, 408 or 429 status); not for other statuses.
+    DownloadFailed {
+        /// What failed, for the log line.
+        why: String,
+        /// Whether to try again.
+        transient: bool,
+    },
     /// [`Action::Keep`], [`Action::Commit`] or [`Action::Remove`] is done.
     Stored,
     /// [`Action::Reconnect`] is done: a new connection is open.
@@ -283,6 +312,8 @@ pub struct SyncReport {
     pub wire_in: u64,
     /// Bytes sent, as the driver counts them.
     pub wire_out: u64,
+    /// Bytes of offloaded answers fetched over HTTP (see [`crate::offload`]).
+    pub downloaded: u64,
 }
 
 /// The wait before each reconnection of one transfer: [`FIRST_BACKOFF_MS`], doubling up to

@@ -33,7 +33,8 @@ pub enum ClientMessage {
         /// Free-form client name and version, for the server's logs.
         #[serde(default)]
         agent: String,
-        /// Chunk encodings the client can decode besides plain chunks (`"zstd"`).
+        /// Chunk encodings the client can decode besides plain chunks (`"zstd"`), and
+        /// [`crate::offload::ENCODING`] when it can fetch answers over HTTP.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         encodings: Vec<String>,
         /// The shared secret of a server started with `--token-file`. It travels in this first
@@ -51,6 +52,10 @@ pub enum ClientMessage {
         /// What the client already holds.
         #[serde(default)]
         have: Have,
+        /// Send the chunks over this connection even when the answer would be offloaded (see
+        /// [`crate::offload`]): fetching it over HTTP failed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        direct: bool,
     },
     /// Asks for the current state of a whole folder: answered by `folder` (the listing), then
     /// one `update` (with its chunk frames) per listed file whose version is not in
@@ -185,6 +190,7 @@ struct WireServerMessage {
     recipe: Option<Vec<RecipeOp>>,
     #[serde(default)]
     dict: bool,
+    offload: Option<Offloaded>,
     files: Option<Vec<FolderEntry>>,
     #[serde(default)]
     removed: Vec<AssetPath>,
@@ -223,6 +229,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 params: w.params,
                 recipe: need(w.recipe, "recipe")?,
                 dict: w.dict,
+                offload: w.offload,
             }),
             "unknown_base" => ServerMessage::UnknownBase { id: need(w.id, "id")? },
             "folder" => ServerMessage::Folder {
@@ -287,6 +294,20 @@ pub struct Update {
     /// Whether batch frames were compressed with the base version's file as prefix.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dict: bool,
+    /// Where the chunk frames are, when they do not follow on the WebSocket (see
+    /// [`crate::offload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<Offloaded>,
+}
+
+/// An answer's chunk frames, offloaded to a plain HTTP object (see [`crate::offload`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offloaded {
+    /// Where to fetch them: an absolute URL, or a path on the sync server's host (see
+    /// [`crate::offload::resolve`]). It ends in the object's name, the SHA-256 of its bytes.
+    pub url: String,
+    /// The object's length.
+    pub bytes: u64,
 }
 
 /// One file of a `folder` listing.

@@ -10,7 +10,10 @@ fn messages_have_the_documented_json_shape() {
         ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![], token: None }
     );
     let sync: ClientMessage = serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
-    assert_eq!(sync, ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default() });
+    assert_eq!(
+        sync,
+        ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default(), direct: false }
+    );
     let err = ServerMessage::Error { id: Some(7), code: ErrorCode::UnknownAsset, message: "x".into() };
     assert_eq!(
         serde_json::to_string(&err).unwrap(),
@@ -75,6 +78,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
             params: Some(ChunkParams::default()),
             recipe: vec![RecipeOp::Copy(0, 3), RecipeOp::Chunk(v, 9), RecipeOp::Sent(5)],
             dict: true,
+            offload: Some(crate::Offloaded { url: "/offload/ab".into(), bytes: 9 }),
         }),
         ServerMessage::UnknownBase { id: 3 },
         ServerMessage::Folder {

@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Hash, Have, Scope, ServerMessage,
-    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, pack, plan,
+    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, offload, pack, plan,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::SinkExt;
 
 use super::throttle::Throttle;
 use super::{Fatal, Peer, feed_json, gone, send_json};
-use crate::encode::{Batch, QUICK_WORK};
+use crate::encode::{Batch, Encoded, QUICK_WORK};
 use crate::index::{Base, IndexError, Indexed};
 use crate::server::AppState;
 
@@ -28,6 +28,8 @@ pub(super) struct Request<'a> {
     pub id: u32,
     pub asset: &'a str,
     pub have: Have,
+    /// Never offloaded: fetching it over HTTP failed.
+    pub direct: bool,
 }
 
 /// Answers one `sync`. Request-level problems (bad path, unknown asset, digest over the limit)
@@ -39,7 +41,7 @@ pub(super) async fn sync(
     throttle: &mut Throttle,
     request: Request<'_>,
 ) -> Result<(), Fatal> {
-    let Request { id, asset, have } = request;
+    let Request { id, asset, have, direct } = request;
     let started = Instant::now();
     if have.len() > state.limits.max_have {
         return send_json(socket, &too_many_entries(id, &have, state)).await;
@@ -71,6 +73,7 @@ pub(super) async fn sync(
     if ask_for_chunks(peer.protocol, &have, own_version_unknown) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
+    let peer = Peer { offload: peer.offload && !direct, ..peer };
     let sent = answer(socket, state, peer, throttle, id, None, &current, base.as_ref(), &held).await?;
     tracing::info!(
         %asset,
@@ -79,6 +82,7 @@ pub(super) async fn sync(
         chunks = current.manifest.chunks.len(),
         sent_chunks = sent.chunks.len(),
         frame_bytes = sent.frame_bytes,
+        offloaded = sent.offloaded,
         dict = sent.dict,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sync"
@@ -172,7 +176,7 @@ pub(super) async fn sync_folder(
         *count = packs.len() as u32;
     }
     send_json(socket, &listing).await?;
-    let (mut updated, mut frame_bytes, mut work) = (0, 0, QUICK_WORK);
+    let (mut updated, mut frame_bytes, mut offloaded, mut work) = (0, 0, 0, QUICK_WORK);
     let mut window = pack::Window::default();
     // Names each pack with everything before it in the answer (see `Encoder::pack`).
     let mut chain = Hash::of(scope.to_string().as_bytes());
@@ -202,6 +206,7 @@ pub(super) async fn sync_folder(
         held.extend(sent.chunks.iter().map(|&i| file.manifest.chunks[i as usize].id));
         updated += 1;
         frame_bytes += sent.frame_bytes;
+        offloaded += sent.offloaded;
     }
     socket.flush().await.map_err(gone)?;
     tracing::info!(
@@ -210,6 +215,7 @@ pub(super) async fn sync_folder(
         updated,
         packs = packs.len(),
         frame_bytes,
+        offloaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "folder sync"
     );
@@ -261,14 +267,17 @@ fn packs<'a>(
 struct Sent {
     /// Manifest positions whose bytes went out.
     chunks: Vec<u32>,
-    /// Bytes of binary frames.
+    /// Bytes of binary frames sent on the WebSocket.
     frame_bytes: usize,
+    /// Bytes of the frames' object, when they were offloaded instead.
+    offloaded: u64,
     /// Whether batches were compressed against the base version.
     dict: bool,
 }
 
 /// Plans, encodes and sends the answer for `current` to a client holding `held` (`update` with
-/// its chunk frames, or `up_to_date` when `base` is the current version itself). In a folder
+/// its chunk frames, or `up_to_date` when `base` is the current version itself). Frames over
+/// the offload threshold go in an object instead, for a client that fetches them. In a folder
 /// answer, `folder` is the file's path and what is left of the answer's best-level work (see
 /// [`crate::encode::Encoder::encode`]).
 #[allow(clippy::too_many_arguments)]
@@ -286,6 +295,7 @@ async fn answer(
     let in_folder = folder.is_some();
     let view = ClientView { base: base.map(|b| (b.position, b.version, b.manifest.as_ref())), held };
     let mut answer = plan(id, &current.manifest, current.version, view);
+    let mut offloaded = None;
     let encoded = match &mut answer.message {
         ServerMessage::Update(update) => {
             let (asset, work) = folder.unzip();
@@ -293,6 +303,14 @@ async fn answer(
             if peer.zstd && !answer.send.is_empty() {
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 update.dict = encoded.prefixed;
+                offloaded = match &state.offload {
+                    Some(offload) if peer.offload && offload.wants(encoded.frame_bytes(current)) => {
+                        let body = || offload::body(frames(0, current, &answer.send, Some(&encoded), true));
+                        encoded.offloaded.get_or_init(|| offload.put(body())).await.clone()
+                    }
+                    _ => None,
+                };
+                update.offload = offloaded.clone();
                 Some(encoded)
             } else {
                 None
@@ -304,19 +322,13 @@ async fn answer(
         true => feed_json(socket, &answer.message).await?,
         false => send_json(socket, &answer.message).await?,
     }
+    let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
+    if let Some(offloaded) = offloaded {
+        return Ok(Sent { chunks: answer.send, frame_bytes: 0, offloaded: offloaded.bytes, dict });
+    }
     let mut frame_bytes = 0usize;
-    let plain = |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
-    let frames: Box<dyn Iterator<Item = Vec<u8>> + Send> = match &encoded {
-        None => Box::new(answer.send.iter().map(|&i| plain(i))),
-        Some(encoded) => Box::new(encoded.batches.iter().flat_map(|batch| match batch {
-            // In parts for a client that reads them, so that it sees progress on a slow link.
-            Batch::Compressed { indices, frame } => {
-                ChunkFrame::batch(id, indices.clone(), frame, peer.protocol >= 3)
-            }
-            Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),
-        })),
-    };
-    for frame in frames {
+    // In parts for a client that reads them, so that it sees progress on a slow link.
+    for frame in frames(id, current, &answer.send, encoded.as_deref(), peer.protocol >= 3) {
         frame_bytes += frame.len();
         throttle.bytes(frame.len(), socket).await?;
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
@@ -327,8 +339,27 @@ async fn answer(
     if !in_folder {
         socket.flush().await.map_err(gone)?;
     }
-    let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
-    Ok(Sent { chunks: answer.send, frame_bytes, dict })
+    Ok(Sent { chunks: answer.send, frame_bytes, offloaded: 0, dict })
+}
+
+/// The chunk frames of request `id` sending the chunks at `send` of `current`: plain, or as
+/// `encoded` (batches `in_parts` for a client that reads them).
+fn frames<'a>(
+    id: u32,
+    current: &'a Indexed,
+    send: &'a [u32],
+    encoded: Option<&'a Encoded>,
+    in_parts: bool,
+) -> Box<dyn Iterator<Item = Vec<u8>> + Send + 'a> {
+    let plain =
+        move |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
+    match encoded {
+        None => Box::new(send.iter().map(move |&i| plain(i))),
+        Some(encoded) => Box::new(encoded.batches.iter().flat_map(move |batch| match batch {
+            Batch::Compressed { indices, frame } => ChunkFrame::batch(id, indices.clone(), frame, in_parts),
+            Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),
+        })),
+    }
 }
 
 pub(super) fn refuse(id: u32, code: ErrorCode, message: String) -> ServerMessage {

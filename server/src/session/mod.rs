@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use assetsync_protocol::{
     ClientMessage, ErrorCode, Hash, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage, compress,
+    offload,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -134,9 +135,10 @@ pub(crate) async fn run(
             Ok(_) if peer_caps.is_none() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
             }
-            Ok(ClientMessage::Sync { id, asset, have }) => {
+            Ok(ClientMessage::Sync { id, asset, have, direct }) => {
                 let peer = peer_caps.expect("checked above");
-                sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have }).await
+                sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have, direct })
+                    .await
             }
             Ok(ClientMessage::SyncFolder { id, folder, since, have }) => {
                 let peer = peer_caps.expect("checked above");
@@ -188,6 +190,8 @@ struct Peer {
     protocol: u32,
     /// Whether the client decodes zstd-compressed batches.
     zstd: bool,
+    /// Whether the client fetches large answers over HTTP (see [`crate::offload`]).
+    offload: bool,
 }
 
 /// The fields of a `hello`.
@@ -228,14 +232,17 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         ));
     }
     let zstd = state.compress && encodings.iter().any(|e| e == compress::ZSTD);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, "hello");
+    // Only compressed answers are offloaded.
+    let offload = zstd && state.offload.is_some() && encodings.iter().any(|e| e == offload::ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, "hello");
+    let used = [(zstd, compress::ZSTD), (offload, offload::ENCODING)];
     let welcome = ServerMessage::Welcome {
         protocol,
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
         limits: state.limits.announced(),
-        encodings: if zstd { vec![compress::ZSTD.to_owned()] } else { Vec::new() },
+        encodings: used.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect(),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
