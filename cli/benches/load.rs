@@ -1,5 +1,5 @@
-//! `cargo bench -p assetsync --bench load [-- CLIENTS] [--instances 1,2,3 [--shared]]`: many
-//! clients updating at once.
+//! `cargo bench -p assetsync --bench load [-- CLIENTS] [--instances 1,2,3 [--shared] | --offload]`:
+//! many clients updating at once, or fetching a bundle for the first time.
 //!
 //! Starts the release `assetsync serve` as its own process on 127.0.0.1 with a 5 MB bundle made
 //! of the real libraries in `demo/js/vendor/`. One client syncs it; its cache (one database
@@ -13,6 +13,11 @@
 //! `--shared`, each N runs a second time with the instances on one S3 bucket (moto) and one
 //! Redis bus (`--shared-store`, `--bus`), where one instance computes the best-level answer for
 //! all.
+//!
+//! With `--offload`, CLIENTS clients with empty caches fetch the 5 MB bundle (100 at a time)
+//! through nginx, once with the answers on the WebSocket and once offloaded to nginx's cache
+//! (`--offload-url /offload`, `deploy/nginx.conf`); it prints the origin's egress for each: the
+//! WebSocket bytes, and the object bytes nginx fetched from the origin (its access log).
 
 #[allow(dead_code)] // `serve_bundle` is the fan-out benchmark's
 mod common;
@@ -40,6 +45,17 @@ fn main() {
         .map(|i| args[i + 1].split(',').map(|n| n.parse().expect("--instances 1,2,3")).collect());
     let shared = args.iter().any(|a| a == "--shared");
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    if args.iter().any(|a| a == "--offload") {
+        println!(
+            "| {clients} first visits of a {:.1} MB bundle | origin egress | on the WebSocket | objects nginx fetched from the origin | clients received over HTTP | wall time |",
+            BUNDLE_BYTES as f64 / 1e6
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for offload in [false, true] {
+            runtime.block_on(egress(clients, offload));
+        }
+        return;
+    }
     match instances {
         None => runtime.block_on(run(clients, None, false)).print_direct(clients),
         Some(counts) => {
@@ -193,4 +209,71 @@ async fn run(clients: usize, instances: Option<usize>, shared: bool) -> Measured
         let _ = server.wait();
     }
     Measured { wall, times, wire_in, servers: servers_used, client_cpu: client_cpu1 - client_cpu0 }
+}
+
+/// First visits through nginx, at most this many at once.
+const FIRST_VISITS_AT_ONCE: usize = 100;
+
+/// `clients` first visits of the bundle through nginx, with the answers offloaded or not; prints
+/// the origin's egress as a table row.
+async fn egress(clients: usize, offload: bool) {
+    let asset = "app.js";
+    let root = tempfile::tempdir().unwrap();
+    write_atomic(&root.path().join(asset), &bundle(1, BUNDLE_BYTES));
+    let args: &[&str] = if offload { &["--offload-url", "/offload"] } else { &[] };
+    let (mut server, direct) = start_server_with(root.path(), args, &[]);
+    let upstream = [direct.trim_start_matches("ws://").trim_end_matches("/sync").to_owned()];
+    let nginx = services::Nginx::start("the offload benchmark", &upstream, None)
+        .expect("the --offload benchmark needs nginx");
+    let caches = tempfile::tempdir().unwrap();
+    let target = [Scope::new(asset).unwrap()];
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(FIRST_VISITS_AT_ONCE));
+    let started = Instant::now();
+    let visits = (0..clients).map(|i| {
+        let config = PullConfig {
+            server: nginx.url(),
+            cache: caches.path().join(format!("c{i}")),
+            out: None,
+            token: None,
+        };
+        let (target, gate) = (target.clone(), gate.clone());
+        tokio::spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            let report = pull(&config, &target, |_| {}).await.unwrap().remove(0);
+            // The cache is not needed any more: 5 MB each would add up.
+            let _ = std::fs::remove_dir_all(&config.cache);
+            report
+        })
+    });
+    let reports = futures_util::future::join_all(visits).await;
+    let wall = started.elapsed();
+    let (mut ws, mut http) = (0, 0);
+    let mut versions = std::collections::HashSet::new();
+    for report in reports {
+        let report = report.unwrap();
+        ws += report.wire_bytes_in;
+        http += report.http_bytes_in;
+        versions.insert(report.version);
+    }
+    assert_eq!(versions.len(), 1, "every client must end on the same verified version");
+    // `up=` is $upstream_bytes_received: what nginx read from the origin (a cache hit reads none).
+    let fetched: u64 = nginx
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("/offload/"))
+        .filter_map(|l| l.rsplit("up=").next()?.trim().parse::<u64>().ok())
+        .sum();
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    println!(
+        "| offload {} | **{}** | {} | {} | {} | {:.1} s |",
+        if offload { "on (`--offload-url /offload`, nginx `proxy_cache`)" } else { "off" },
+        mb(ws + fetched),
+        mb(ws),
+        mb(fetched),
+        mb(http),
+        wall.as_secs_f64()
+    );
+    drop(nginx);
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -177,7 +177,7 @@ struct ServeArgs {
     #[arg(long, value_name = "URL")]
     offload_url: Option<String>,
     /// Answers whose chunks take at least this many bytes are offloaded (with --offload-url)
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, requires = "offload_url")]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10, requires = "offload_url")]
     offload_min: u64,
     /// Send missing chunks uncompressed, even to clients that decode zstd
     #[arg(long)]
