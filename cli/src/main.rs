@@ -95,7 +95,8 @@ struct ServeArgs {
     keep_versions: usize,
     /// Folder where remembered versions are kept, so that a restart, or a deploy to a new
     /// --root sharing it, still sends returning clients small updates (default: one folder per
-    /// --root under $XDG_STATE_HOME/assetsync, or ~/.local/state/assetsync)
+    /// --root under $XDG_STATE_HOME/assetsync, or ~/.local/state/assetsync). An object store
+    /// URL (s3://BUCKET/PREFIX, file:///PATH) keeps them there alone: --no-store --shared-store URL
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
     /// An earlier release's folder still on disk (repeatable, oldest first): its files are
@@ -389,7 +390,16 @@ impl Progress {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    // `--store s3://...` or `file://...`: the object store is the only store.
+    if let Some(url) = args.store.as_ref().and_then(|s| s.to_str()).filter(|s| s.contains("://")) {
+        anyhow::ensure!(
+            args.shared_store.is_none(),
+            "--store {url} and --shared-store both name an object store: keep one (--store DIR keeps a local store beside --shared-store)"
+        );
+        args.shared_store = Some(url.to_owned());
+        (args.store, args.no_store) = (None, true);
+    }
     if let Some(url) = &args.bus {
         assetsync::bus::open(url)?; // a typo is reported before anything starts
     }
@@ -468,9 +478,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => config.root.display().to_string(),
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
-    match &config.store {
-        Some(store) => eprintln!("assetsync: versions kept in {}", store.dir.display()),
-        None => eprintln!("assetsync: versions kept in memory only (--no-store)"),
+    match (&config.store, &config.shared_store) {
+        (Some(store), _) => eprintln!("assetsync: versions kept in {}", store.dir.display()),
+        (None, Some(shared)) => eprintln!("assetsync: versions kept in {shared} only"),
+        (None, None) => eprintln!("assetsync: versions kept in memory only (--no-store)"),
     }
     assetsync::run(listener, config, shutdown_signal()).await
 }

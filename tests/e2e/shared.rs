@@ -327,3 +327,25 @@ async fn after_a_rebuild_two_instances_on_one_bus_and_bucket_encode_the_new_answ
         .collect();
     assert_eq!(encoded.len(), 1, "{encoded:#?}");
 }
+
+/// `serve --store URL` is `--no-store --shared-store URL`: versions go to the object store
+/// alone; naming two object stores is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_given_an_object_store_url_keeps_versions_there_alone() {
+    let (dir, v1, _) = releases();
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let root = dir.path().join("1");
+    let server = Served::start(["--store".as_ref(), url.as_ref(), "--root".as_ref(), root.as_os_str()]);
+    server.wait_for(&format!("versions kept in {url} only"));
+    pull_app(&TestClient::new(), &server.url, &v1).await;
+    assert!(!wait_for_objects(&bucket.path().join("manifests"), 1).is_empty());
+
+    let both = std::process::Command::new(crate::util::BIN)
+        .args(["serve", "--store", &url, "--shared-store", &url, "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success() && stderr.contains("both name an object store"), "{stderr}");
+}
