@@ -191,6 +191,10 @@ struct ServeArgs {
     /// computed in the background for later clients
     #[arg(long, default_value_t = EncodeConfig::default().fast_level)]
     zstd_fast_level: i32,
+    /// Never compute binary patches (bsdiff's method, for compiled assets such as WebAssembly):
+    /// they cost seconds of CPU per new version of a large file, in the background
+    #[arg(long)]
+    no_patch: bool,
 }
 
 #[derive(clap::Args)]
@@ -456,8 +460,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             ..ServeConfig::default().limits
         },
         max_connections: args.max_connections,
-        encode: (!args.no_compress)
-            .then_some(EncodeConfig { level: args.zstd_level, fast_level: args.zstd_fast_level }),
+        encode: (!args.no_compress).then_some(EncodeConfig {
+            level: args.zstd_level,
+            fast_level: args.zstd_fast_level,
+            patches: !args.no_patch,
+        }),
         watch: (!args.no_watch).then_some(Duration::from_millis(args.quiet_ms)),
         bus: args.bus,
         shared_store: args.shared_store,

@@ -10,6 +10,7 @@
 //! - [`plan`]: the server's decision of what to answer and which chunks to send.
 //! - [`compress`]: decoding of chunk batches compressed against a file the client holds.
 //! - [`offload`]: large answers fetched over plain HTTP, through any CDN.
+//! - [`patch`]: binary patches (bsdiff's method) for compiled assets such as WebAssembly.
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
 //! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
@@ -30,6 +31,7 @@ pub mod manifest;
 pub mod message;
 pub mod offload;
 pub mod pack;
+pub mod patch;
 mod path;
 pub mod plan;
 #[cfg(feature = "test-util")]

@@ -4,7 +4,7 @@
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkParams, ClientMessage, ClientSync, Event, Hash, Manifest, RecipeOp, Scope,
-    ServerMessage, Update, compress,
+    ServerMessage, Update, compress, patch,
 };
 use proptest::prelude::*;
 
@@ -74,6 +74,38 @@ proptest! {
         frame.extend_from_slice(&bytes);
         if let Ok(out) = compress::decompress(&frame, Some(b"prefix"), 1 << 16) {
             prop_assert!(out.len() <= 1 << 16);
+        }
+    }
+
+    /// Patches with any header and stream contents (each stream a valid zstd frame, so that the
+    /// controls are reached): an error, or exactly the announced length, never a panic.
+    #[test]
+    fn patches_never_panic_nor_exceed_their_length(
+        lens in prop::collection::vec(0u64..300, 3),
+        controls in prop::collection::vec(any::<u8>(), 0..48),
+        diff in prop::collection::vec(any::<u8>(), 0..64),
+        extra in prop::collection::vec(any::<u8>(), 0..64),
+        new_len in 0u64..200,
+        honest in any::<bool>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        // Honest lengths get past the header checks to the controls.
+        let (lens, new_len) = match honest {
+            true => (vec![controls.len() as u64, diff.len() as u64, extra.len() as u64], (diff.len() + extra.len()) as u64),
+            false => (lens, new_len),
+        };
+        let frame = |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Uncompressed);
+        let streams = [frame(&controls), frame(&diff), frame(&extra)];
+        let mut payload = Vec::new();
+        for n in lens.iter().copied().chain([streams[0].len() as u64, streams[1].len() as u64]) {
+            assetsync_protocol::varint::put(&mut payload, n);
+        }
+        payload.extend(streams.concat());
+        let old = b"an old file of some length, for controls to read and seek around in".as_slice();
+        for payload in [&payload[..], &payload[..cut.index(payload.len() + 1)]] {
+            if let Ok(out) = patch::apply(old, payload, new_len) {
+                prop_assert_eq!(out.len() as u64, new_len);
+            }
         }
     }
 

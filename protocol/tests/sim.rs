@@ -21,7 +21,7 @@ use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Inp
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
     Manifest, Offloaded, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing,
-    folder_sends, folder_version, offload, pack, plan,
+    folder_sends, folder_version, offload, pack, patch, plan,
 };
 use ruzstd::encoding::CompressionLevel;
 
@@ -76,6 +76,21 @@ struct Server {
     offload: bool,
     /// The offloaded bodies, by URL.
     objects: RefCell<HashMap<String, Vec<u8>>>,
+    /// Whether answers against a base the client holds are binary patches (see
+    /// [`assetsync_protocol::patch`]).
+    patches: bool,
+}
+
+/// A patch rebuilding `new` from `old`: their common start and end from `old`, the middle as
+/// new bytes (every kind of control: differences, new bytes, a seek).
+fn naive_patch(old: &[u8], new: &[u8]) -> Vec<u8> {
+    let start = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let most = old.len().min(new.len()) - start;
+    let end = old.iter().rev().zip(new.iter().rev()).take(most).take_while(|(a, b)| a == b).count();
+    let mut streams = patch::Streams::default();
+    streams.push(&vec![0; start], &new[start..new.len() - end], (old.len() - end - start) as i64);
+    streams.push(&vec![0; end], &[], 0);
+    streams.encode(|raw| ruzstd::encoding::compress_to_vec(raw, CompressionLevel::Uncompressed))
 }
 
 enum Msg {
@@ -209,18 +224,25 @@ impl Server {
         let view = ClientView { base: base.map(|(i, m)| (i, m.version(), m)), held };
         let mut answer = plan(id, current, current.version(), view);
         let offsets: Vec<(usize, u32)> = current.offsets().map(|(at, c)| (at, c.len)).collect();
-        let (offsets, send) = (&offsets, answer.send.clone());
-        let frames = |id: u32| {
-            send.iter().map(move |&index| {
+        // The client's old file, when this server sends patches against it.
+        let old =
+            base.filter(|_| self.patches && !answer.send.is_empty()).map(|(_, m)| &self.served[&m.version()]);
+        let frames = |id: u32| -> Vec<Vec<u8>> {
+            if let Some(old) = old {
+                return vec![ChunkFrame::Patch { id, payload: &naive_patch(old, data) }.encode()];
+            }
+            let chunk = |&index: &u32| {
                 let (at, len) = offsets[index as usize];
-                let bytes = &data[at..at + len as usize];
-                ChunkFrame::Chunk { id, index, bytes }.encode()
-            })
+                ChunkFrame::Chunk { id, index, bytes: &data[at..at + len as usize] }.encode()
+            };
+            answer.send.iter().map(chunk).collect()
         };
         let offload = offload && !answer.send.is_empty();
         let body = offload.then(|| offload::body(frames(0)));
+        let frames = if offload { Vec::new() } else { frames(id) };
         if let ServerMessage::Update(update) = &mut answer.message {
             update.asset = asset;
+            update.dict = old.is_some();
             if let Some(body) = body {
                 let url = format!("/o/{}", offload::name(&body));
                 update.offload = Some(Offloaded { url: url.clone(), bytes: body.len() as u64 });
@@ -228,9 +250,7 @@ impl Server {
             }
         }
         out.push(Msg::Text(serde_json::to_string(&answer.message).unwrap()));
-        if !offload {
-            out.extend(frames(id).map(Msg::Frame));
-        }
+        out.extend(frames.into_iter().map(Msg::Frame));
         answer.send.iter().map(|&i| current.chunks[i as usize].id).collect()
     }
 }
@@ -344,6 +364,8 @@ impl World {
                         met.frame_bytes += match ChunkFrame::decode(&frame) {
                             // A pack counts its files' bytes, not its header.
                             Ok(ChunkFrame::Pack { compressed, .. }) => packed_bytes(compressed),
+                            // A patch rebuilds the whole file, held chunks and all: not counted.
+                            Ok(ChunkFrame::Patch { .. }) => 0,
                             _ => frame.len().saturating_sub(9) as u64,
                         };
                         machine.handle(Input::Frame { frame: &frame, wire: frame.len() as u64 });
@@ -585,6 +607,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
         (0..1 + w.rng.below(3)).map(|i| AssetPath::new(&format!("dist/f{i}.js")).unwrap()).collect();
     w.server.pack_files = w.rng.below(4);
     w.server.offload = w.rng.chance(400);
+    w.server.patches = w.rng.chance(400);
     // And small files of one chunk (or empty), which a protocol-4 server packs.
     let tiny = (0..w.rng.below(4)).map(|i| AssetPath::new(&format!("dist/t{i}.js")).unwrap());
     let assets: Vec<AssetPath> = assets.into_iter().chain(tiny).collect();

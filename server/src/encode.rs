@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use assetsync_protocol::patch::Streams;
 use assetsync_protocol::{Hash, Offloaded, VersionId};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
@@ -32,11 +33,13 @@ pub struct EncodeConfig {
     pub level: i32,
     /// zstd level of the first answer of a large update, while the `level` one is computed.
     pub fast_level: i32,
+    /// Whether best-level answers also try a binary patch (see [`patch`]).
+    pub patches: bool,
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig { level: 19, fast_level: 3 }
+        EncodeConfig { level: 19, fast_level: 3, patches: true }
     }
 }
 
@@ -89,6 +92,10 @@ pub struct Encoded {
     pub prefixed: bool,
     /// The batches, in order.
     pub batches: Vec<Batch>,
+    /// The whole new file as a binary patch against the base version (see
+    /// [`assetsync_protocol::patch`]), when it is smaller than the batches: sent instead of
+    /// them to a client that applies patches.
+    pub patch: Option<Vec<u8>>,
     /// What the client is told when the answer is offloaded (see [`crate::offload`]), once
     /// it has been put in an object (`None`: it could not be).
     pub offloaded: OnceCell<Option<Offloaded>>,
@@ -97,11 +104,15 @@ pub struct Encoded {
 impl Encoded {
     /// A new encoding, not offloaded yet.
     fn new(prefixed: bool, batches: Vec<Batch>) -> Self {
-        Encoded { prefixed, batches, offloaded: OnceCell::new() }
+        Encoded { prefixed, batches, patch: None, offloaded: OnceCell::new() }
     }
 
-    /// Bytes of the chunks as they travel, close to those of their frames.
-    pub fn frame_bytes(&self, current: &Indexed) -> usize {
+    /// Bytes of the chunks as they travel, close to those of their frames: the patch's, for a
+    /// client that applies patches (`patch`), else the batches'.
+    pub fn frame_bytes(&self, current: &Indexed, patch: bool) -> usize {
+        if let (Some(p), true) = (&self.patch, patch) {
+            return p.len();
+        }
         let plain = |indices: &[u32]| indices.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
         self.batches
             .iter()
@@ -114,7 +125,7 @@ impl Encoded {
 
     /// A compact binary form, for the version store: whether prefixed, the number of batches,
     /// then each batch's kind (0 plain, 1 compressed), indices and frame, as little-endian
-    /// `u32` counts.
+    /// `u32` counts; then the patch's length and bytes, if there is one.
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![u8::from(self.prefixed)];
         out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
@@ -130,6 +141,10 @@ impl Encoded {
                 out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
                 out.extend_from_slice(frame);
             }
+        }
+        if let Some(patch) = &self.patch {
+            out.extend_from_slice(&(patch.len() as u32).to_le_bytes());
+            out.extend_from_slice(patch);
         }
         out
     }
@@ -162,7 +177,13 @@ impl Encoded {
                 _ => return None,
             });
         }
-        bytes.is_empty().then(|| Encoded::new(prefixed, batches))
+        let mut encoded = Encoded::new(prefixed, batches);
+        // Answers kept before patches existed end here.
+        if !bytes.is_empty() {
+            let len = count(&mut bytes)?;
+            encoded.patch = Some(take(&mut bytes, len)?.to_vec());
+        }
+        bytes.is_empty().then_some(encoded)
     }
 }
 
@@ -237,13 +258,8 @@ impl Encoder {
             return false;
         }
         let prefix = index.prefix(&base.version).await;
-        let job = Job {
-            current: current.clone(),
-            send: send.to_vec(),
-            prefix,
-            work: work(current, send, Some(base)),
-        };
-        let best = job.run(self.config.level).await;
+        let job = Job::new(current, send, prefix, Some(base));
+        let best = job.best(self.config).await;
         keep_answer(index, stored, &best);
         *entry.best.lock().expect("poisoned") = Some(best);
         true
@@ -303,7 +319,8 @@ impl Encoder {
         folder_work: Option<&mut usize>,
     ) -> Arc<Encoded> {
         let work = work(current, send, base);
-        let EncodeConfig { level, fast_level } = self.config;
+        let config = self.config;
+        let EncodeConfig { level, fast_level, .. } = config;
         let in_folder = folder_work.is_some();
         let budget =
             folder_work.map_or(QUICK_WORK, |left| std::mem::replace(left, left.saturating_sub(work)));
@@ -330,7 +347,7 @@ impl Encoder {
                     Some(base) => index.prefix(&base.version).await,
                     None => None,
                 };
-                let job = Job { current: current.clone(), send: send.to_vec(), prefix, work };
+                let job = Job::new(current, send, prefix, base);
                 let first = job.clone().run(if quick { level } else { fast_level }).await;
                 if quick {
                     keep_answer(index, stored, &first);
@@ -353,7 +370,7 @@ impl Encoder {
                     Some(best) => Arc::new(best),
                     None => {
                         let _permit = permits.acquire_owned().await.expect("never closed");
-                        let best = job.run(level).await;
+                        let best = job.best(config).await;
                         index.put_answer(stored, best.to_bytes());
                         best
                     }
@@ -388,6 +405,9 @@ struct Job {
     send: Vec<u32>,
     /// The client's version's bytes, if the store still has them.
     prefix: Option<Bytes>,
+    /// Whether `prefix` is the whole of the client's version (not only its end), so that a
+    /// binary patch against it can be made.
+    whole: bool,
     /// Prefix plus input bytes.
     work: usize,
 }
@@ -397,6 +417,45 @@ struct Job {
 const INLINE_WORK: usize = 64 << 10;
 
 impl Job {
+    fn new(current: &Arc<Indexed>, send: &[u32], prefix: Option<Bytes>, base: Option<&Base>) -> Self {
+        let whole = prefix.as_ref().zip(base).is_some_and(|(p, b)| p.len() as u64 == b.manifest.len);
+        let work = work(current, send, base);
+        Job { current: current.clone(), send: send.to_vec(), prefix, whole, work }
+    }
+
+    /// The best-level answer ([`Job::run`] at `config.level`), and a binary patch beside it
+    /// when that is smaller (see [`patch`]). Runs in the background only: a patch costs seconds.
+    async fn best(self, config: EncodeConfig) -> Arc<Encoded> {
+        let (asset, whole, level) =
+            (self.current.manifest.path.clone(), self.whole && config.patches, config.level);
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut encoded = encode(&self.current, &self.send, self.prefix.as_deref(), level);
+            let zstd = encoded.frame_bytes(&self.current, false);
+            let (Some(old), true) = (self.prefix.as_deref(), whole) else { return encoded };
+            let new = &self.current.data[..];
+            if zstd < MIN_PATCHED_ANSWER || new.len() > MAX_PATCH_FILE || old.len() > MAX_PATCH_FILE {
+                return encoded;
+            }
+            let started = std::time::Instant::now();
+            let patch = patch(old, new, level);
+            let (took, patch_bytes) = (started.elapsed(), patch.as_ref().map_or(0, Vec::len));
+            let smaller = patch.filter(|p| p.len() < zstd);
+            tracing::info!(
+                %asset,
+                old = old.len(),
+                new = new.len(),
+                zstd,
+                patch = patch_bytes,
+                used = smaller.is_some(),
+                ms = took.as_millis() as u64,
+                "binary patch computed"
+            );
+            encoded.patch = smaller;
+            encoded
+        });
+        Arc::new(encoded.await.expect("encoding task panicked"))
+    }
+
     /// Encodes on the blocking pool, or here if it is quick.
     async fn run(self, level: i32) -> Arc<Encoded> {
         let (asset, chunks) = (&self.current.manifest.path, self.send.len());
@@ -445,6 +504,33 @@ fn encode(current: &Indexed, send: &[u32], prefix: Option<&[u8]>, level: i32) ->
         start = end;
     }
     Encoded::new(used_prefix, batches)
+}
+
+/// Answers smaller than this are not worth a binary patch: it could save little, and costs a
+/// suffix sort of the whole base version.
+const MIN_PATCHED_ANSWER: usize = 4 << 10;
+/// The largest file (old or new) a binary patch is computed for: the base's suffix array takes
+/// four bytes per byte, and the sort about a second per 10 MB.
+pub const MAX_PATCH_FILE: usize = 64 << 20;
+
+/// The new file `new` as a binary patch against `old` (see [`assetsync_protocol::patch`]): the
+/// matches found by `bidiff` (bsdiff's suffix-array search), each stream compressed at `level`.
+fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut streams = Streams::default();
+    let mut translator = bidiff::Translator::new(old, new, |c: &bidiff::Control| {
+        streams.push(c.add, c.copy, c.seek);
+        Ok::<(), std::io::Error>(())
+    });
+    bidiff::diff(old, new, &bidiff::DiffParams::default(), |m| translator.translate(m)).ok()?;
+    translator.close().ok()?;
+    let mut failed = false;
+    let payload = streams.encode(|raw| {
+        compress(raw, None, level).unwrap_or_else(|| {
+            failed = true;
+            Vec::new()
+        })
+    });
+    (!failed).then_some(payload)
 }
 
 /// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails

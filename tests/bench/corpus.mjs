@@ -14,14 +14,17 @@
 // - after a deploy to a fresh machine: a server on a new release folder holding the new version,
 //   an empty store and `--history` naming a folder with the old one. Its first client is served
 //   once the server logs that it computed the answers ahead; the wait is reported.
-// Needs the zstd and rsync commands (Debian: apt-get install zstd rsync). Extra `assetsync serve`
+// Binary patches: the bsdiff column is the `bsdiff` command's patch (bzip2 streams); the
+// server's own patch, when it sent one, is in assetsync's bytes, and its time and the server's
+// peak memory after the pair are reported beside them.
+// Needs the zstd, rsync and bsdiff commands (Debian: apt-get install zstd rsync bsdiff). Extra `assetsync serve`
 // flags can be given in ASSETSYNC_SERVE_ARGS, e.g. ASSETSYNC_SERVE_ARGS="--zstd-level 9".
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, copyFileSync, cpSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync, brotliCompressSync, constants as zc } from "node:zlib";
-import { scratch, startServer, repo } from "../browser/harness.mjs";
+import { scratch, startServer, repo, npmFile } from "../browser/harness.mjs";
 
 const bin = process.env.ASSETSYNC_BIN || join(repo, "target/release/assetsync");
 process.env.ASSETSYNC_BIN = bin;
@@ -37,11 +40,14 @@ const PAIRS = [
   ["typescript.js unminified (5.3.2 -> 5.3.3)", "typescript", "5.3.2", "5.3.3", "lib/typescript.js"],
   ["lodash.js unminified (4.17.20 -> 4.17.21)", "lodash", "4.17.20", "4.17.21", "lodash.js"],
   ["esbuild.wasm (0.19.10 -> 0.19.11)", "esbuild-wasm", "0.19.10", "0.19.11", "esbuild.wasm"],
+  ["esbuild.wasm (0.27.2 -> 0.27.3)", "esbuild-wasm", "0.27.2", "0.27.3", "esbuild.wasm"],
+  ["sql-wasm.wasm (1.10.2 -> 1.10.3)", "sql.js", "1.10.2", "1.10.3", "dist/sql-wasm.wasm"],
+  ["swc wasm-web_bg.wasm (1.3.100 -> 1.3.102)", "@swc/wasm-web", "1.3.100", "1.3.102", "wasm-web_bg.wasm"],
 ];
 
-for (const tool of ["zstd", "rsync"]) {
-  if (spawnSync(tool, ["--version"]).error) {
-    console.error(`error: the ${tool} command is missing (Debian: apt-get install -y zstd rsync)`);
+for (const tool of ["zstd", "rsync", "bsdiff"]) {
+  if (spawnSync(tool, tool === "bsdiff" ? [] : ["--version"]).error) {
+    console.error(`error: the ${tool} command is missing (Debian: apt-get install -y zstd rsync bsdiff)`);
     process.exit(1);
   }
 }
@@ -53,24 +59,20 @@ if (!existsSync(bin)) {
 const corpus = join(repo, "target/corpus");
 mkdirSync(corpus, { recursive: true });
 
-/** The bytes of `file` in `pkg@version`, fetched once with `npm pack`. */
-function fetchFile(pkg, version, file) {
-  const out = join(corpus, `${pkg.replace("/", "_")}@${version}`, file);
-  if (!existsSync(out)) {
-    const dir = join(corpus, "tgz");
-    mkdirSync(dir, { recursive: true });
-    const json = execFileSync("npm", ["pack", `${pkg}@${version}`, "--json", "--pack-destination", dir], {
-      stdio: ["ignore", "pipe", "ignore"],
-    });
-    const tgz = join(dir, JSON.parse(json)[0].filename);
-    const bytes = execFileSync("tar", ["-xzOf", tgz, `package/${file}`], { maxBuffer: 1 << 30 });
-    mkdirSync(join(out, ".."), { recursive: true });
-    writeFileSync(out, bytes);
-  }
-  return readFileSync(out);
+const size = (cmd, args, input) => execFileSync(cmd, args, { input, maxBuffer: 1 << 30 }).length;
+
+function bsdiffBytes(oldPath, newPath) {
+  const dir = scratch("bsdiff-");
+  execFileSync("bsdiff", [oldPath, newPath, join(dir, "patch")]);
+  const bytes = readFileSync(join(dir, "patch")).length;
+  rmSync(dir, { recursive: true });
+  return bytes;
 }
 
-const size = (cmd, args, input) => execFileSync(cmd, args, { input, maxBuffer: 1 << 30 }).length;
+/** The peak resident memory of a process so far, in MiB. */
+function peakMiB(pid) {
+  return Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) / 1024;
+}
 
 function rsyncBytes(oldPath, newPath) {
   const dir = scratch("rsync-");
@@ -112,9 +114,10 @@ const restarted = await startServer({ root: server.root, extraArgs: [...extraArg
 const rows = [];
 let totalOurs = 0;
 let totalPatch = 0;
+const n = (x) => x.toLocaleString("en-US");
 for (const [label, pkg, from, to, file] of PAIRS) {
-  const oldBytes = fetchFile(pkg, from, file);
-  const newBytes = fetchFile(pkg, to, file);
+  const oldBytes = npmFile(pkg, from, file);
+  const newBytes = npmFile(pkg, to, file);
   const oldPath = join(corpus, `${pkg.replace("/", "_")}@${from}`, file);
   const newPath = join(corpus, `${pkg.replace("/", "_")}@${to}`, file);
   const asset = `${pkg}/${file.split("/").pop()}`;
@@ -131,6 +134,10 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   // encoding once the background has it.
   await settle(server.pid);
   const cpu = cpuSeconds(server.pid) - cpu0;
+  const peak = peakMiB(server.pid);
+  // The server's own patch for this pair, if it computed one: its size, whether it was sent, its time.
+  const patchLine = server.log().split("\n").filter((l) => l.includes("binary patch computed") && l.includes(`asset=${asset}`)).at(-1);
+  const field = (k) => patchLine && new RegExp(` ${k}=(\w+)`).exec(patchLine)[1];
   const r = pull(server, join(client, "cache4"), join(client, "out4"), asset);
   for (const out of ["out", "out4"]) {
     if (!readFileSync(join(client, out, asset)).equals(newBytes)) throw new Error(`${label}: output differs`);
@@ -169,6 +176,7 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   rmSync(client, { recursive: true });
 
   const patch = size("zstd", ["-19", "--long=30", "-c", `--patch-from=${oldPath}`, newPath]);
+  const bsdiff = bsdiffBytes(oldPath, newPath);
   const ours = r.wire_bytes_in + r.wire_bytes_out;
   totalOurs += ours;
   totalPatch += patch;
@@ -181,6 +189,10 @@ for (const [label, pkg, from, to, file] of PAIRS) {
     }).length,
     zstd: size("zstd", ["-19", "-c", newPath]),
     patch,
+    bsdiff,
+    ours,
+    ourPatch: patchLine ? `${n(Number(field("patch")))}${field("used") === "true" ? " (sent)" : ""}, ${n(Number(field("ms")))} ms` : "-",
+    peak,
     rsync: rsyncBytes(oldPath, newPath),
     first: first.wire_bytes_in + first.wire_bytes_out,
     firstMs: first.elapsed_ms,
@@ -199,7 +211,6 @@ for (const [label, pkg, from, to, file] of PAIRS) {
 await server.stop();
 await restarted.stop();
 
-const n = (x) => x.toLocaleString("en-US");
 console.log("| pair | new size | gzip -9 | brotli 11 | zstd -19 | patch-from -19 | rsync | first client: bytes, time | assetsync in + out | vs patch-from | server CPU | cold sync / zstd -19 | after restart (no store) in + out | vs patch-from | after restart, with store | vs no restart | after a deploy: first client, server start to ready |");
 console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 for (const r of rows) {
@@ -211,6 +222,17 @@ for (const r of rows) {
   );
 }
 const worst = rows.reduce((a, b) => (a.ratio > b.ratio ? a : b));
+console.log("\nBinary patches (later clients):\n");
+console.log("| pair | zstd --patch-from -19 | bsdiff | the smaller | assetsync (later client) | vs zstd | vs the smaller | server patch: bytes, time | server peak RSS after the pair |");
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+for (const r of rows) {
+  const smaller = Math.min(r.patch, r.bsdiff);
+  console.log(
+    `| ${r.label} | ${n(r.patch)} | ${n(r.bsdiff)} | ${n(smaller)} | ${n(r.ours)} | ${(r.ours / r.patch).toFixed(2)}x | ${(r.ours / smaller).toFixed(2)}x | ${r.ourPatch} | ${r.peak.toFixed(0)} MiB |`,
+  );
+}
+const totalBsdiff = rows.reduce((sum, r) => sum + Math.min(r.patch, r.bsdiff), 0);
+console.log(`\nTotal: assetsync ${n(totalOurs)}, zstd --patch-from ${n(totalPatch)} (${(totalOurs / totalPatch).toFixed(2)}x), the smaller of bsdiff and patch-from per pair ${n(totalBsdiff)} (${(totalOurs / totalBsdiff).toFixed(2)}x).`);
 console.log(`\nTotal over the corpus: assetsync ${n(totalOurs)} bytes, patch-from ${n(totalPatch)} bytes: ${(totalOurs / totalPatch).toFixed(2)}x. Worst pair: ${worst.label}, ${worst.ratio.toFixed(2)}x.`);
 const restartTotal = rows.reduce((sum, r) => sum + r.restartIn + r.restartOut, 0);
 console.log(`After a server restart: ${n(restartTotal)} bytes, ${(restartTotal / totalPatch).toFixed(2)}x patch-from.`);

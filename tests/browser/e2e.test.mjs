@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { cpSync, mkdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { scratch, startServer, startRedis, startNginx, useBrowser, inChromium, quotaContext, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo } from "./harness.mjs";
+import { scratch, startServer, startRedis, startNginx, useBrowser, inChromium, quotaContext, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, npmFile } from "./harness.mjs";
 
 const browser = useBrowser();
 
@@ -808,5 +808,29 @@ test("an answer offloaded to HTTP is fetched by the page, resumed with a Range r
   t.diagnostic(`3 MiB offloaded, cut once: ${got.stats.httpBytesIn} bytes over HTTP, ${got.stats.wireBytesIn} over the WebSocket`);
   await context.close();
   await proxy.close();
+  await server.stop();
+});
+
+test("a WebAssembly rebuild arrives as a binary patch, applied in WASM, byte-identical", async () => {
+  const file = "dist/sql-wasm.wasm";
+  const [v1, v2] = [npmFile("sql.js", "1.10.2", file), npmFile("sql.js", "1.10.3", file)];
+  const server = await startServer({ extraArgs: ["--no-store"] });
+  server.write("sql-wasm.wasm", v1);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "patch" });
+    await window.client.sync("sql-wasm.wasm");
+  }, server.ws);
+  server.write("sql-wasm.wasm", v2);
+  // Computed ahead when the server sees the change: the best zstd answer, and the patch.
+  const line = await server.waitForLog("binary patch computed");
+  const [zstd, patch] = ["zstd", "patch"].map((k) => Number(new RegExp(` ${k}=(\\d+)`).exec(line)[1]));
+  assert.match(line, /used=true/, line);
+  await server.waitForLog("answers computed ahead");
+  const got = await syncIn(page, "sql-wasm.wasm");
+  assert.equal(got.hash, sha256(v2));
+  assert.ok(got.stats.wireBytesIn < zstd, `${got.stats.wireBytesIn} bytes, where the zstd answer alone is ${zstd} (the patch ${patch})`);
+  await context.close();
   await server.stop();
 });

@@ -1,7 +1,7 @@
 // Shared helpers for the browser tests and benchmarks: a real `assetsync serve` process on
 // 127.0.0.1 with an ephemeral port, and Debian's headless Chromium driven by playwright-core.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createServer, connect } from "node:net";
 import { createHash } from "node:crypto";
 import { appendFileSync, chmodSync, existsSync, mkdtempSync, mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from "node:fs";
@@ -406,3 +406,22 @@ export async function openClientPage(context, server) {
 
 /** A real published bundle shipped in the repository. */
 export const realBundle = () => readFileSync(join(repo, "demo/js/vendor/three.module.js"));
+
+/** The bytes of `file` in the npm package `pkg@version`, fetched once with `npm pack` into
+ *  target/corpus/ (shared with the benchmarks and the Rust tests). */
+export function npmFile(pkg, version, file) {
+  const corpus = join(repo, "target/corpus");
+  const out = join(corpus, `${pkg.replace("/", "_")}@${version}`, file);
+  if (!existsSync(out)) {
+    const dir = join(corpus, "tgz");
+    mkdirSync(dir, { recursive: true });
+    const json = execFileSync("npm", ["pack", `${pkg}@${version}`, "--json", "--pack-destination", dir], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    const tgz = join(dir, JSON.parse(json)[0].filename);
+    const bytes = execFileSync("tar", ["-xzOf", tgz, `package/${file}`], { maxBuffer: 1 << 30 });
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(out, bytes);
+  }
+  return readFileSync(out);
+}

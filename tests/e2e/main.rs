@@ -9,6 +9,7 @@ mod folder;
 mod newcomer;
 mod nginx;
 mod offload;
+mod patch;
 mod security;
 mod services;
 mod shared;

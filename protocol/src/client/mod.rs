@@ -388,6 +388,33 @@ impl ClientSync {
                 (batch.indices, batch.data.into())
             }
             ChunkFrame::Pack { .. } => return Err(Error::BadFrame("a pack frame in a file's answer")),
+            ChunkFrame::Patch { payload, .. } => {
+                if !positions.is_empty() {
+                    return Err(Error::BadFrame("a patch after other chunk frames"));
+                }
+                positions.extend(sent.iter().copied());
+                let file = match dict {
+                    Some((_, Prefix::Ready { file, .. })) => file,
+                    Some((_, Prefix::Wanted)) => {
+                        return Err(Error::Protocol("a patch before set_prefix".into()));
+                    }
+                    None => return Err(Error::BadFrame("a patch without a base version")),
+                    Some((_, Prefix::Unavailable)) => {
+                        // Not applied: the answer ends in the error set_prefix recorded.
+                        *received_bytes = *total;
+                        return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
+                    }
+                };
+                let data = crate::patch::apply(file, payload, manifest.len)?;
+                // Every chunk the recipe sends, cut from the file the patch rebuilt.
+                let chunks = manifest
+                    .offsets()
+                    .enumerate()
+                    .filter(|(i, _)| sent.contains(&(*i as u32)))
+                    .map(|(i, (at, c))| (i as u32, data[at..at + c.len as usize].to_vec()))
+                    .collect();
+                return self.take_chunks(chunks);
+            }
         };
         let len: usize = indices.iter().map(|&i| len_of(i)).sum();
         let prefix = match dict {

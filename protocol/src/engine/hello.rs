@@ -8,7 +8,9 @@ pub fn hello(agent: &str, token: Option<String>) -> ClientMessage {
     ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
         agent: agent.to_owned(),
-        encodings: vec![compress::ZSTD.to_owned(), crate::offload::ENCODING.to_owned()],
+        encodings: [compress::ZSTD, crate::offload::ENCODING, crate::patch::ENCODING]
+            .map(str::to_owned)
+            .into(),
         token,
     }
 }

@@ -7,6 +7,7 @@ const KIND_BATCH: u8 = 2;
 const KIND_BATCH_START: u8 = 3;
 const KIND_BATCH_MORE: u8 = 4;
 const KIND_PACK: u8 = 5;
+const KIND_PATCH: u8 = 6;
 
 /// The most zstd bytes a server puts in one frame of a batch sent in parts (protocol 3): a
 /// client sees a WebSocket message, and can report progress, at least this often.
@@ -24,6 +25,9 @@ pub const BATCH_PART: usize = 64 << 10;
 ///   length is reached. No other frame comes in between.
 /// - `Pack` (protocol 4): `[5u8][request id][zstd frame]`, small new files of a folder answer,
 ///   many to a frame (see [`crate::pack`]).
+/// - `Patch` (clients that list [`crate::patch::ENCODING`]): `[6u8][request id][patch]`, the
+///   whole new file as a binary patch against the base version (see [`crate::patch`]): every
+///   chunk the recipe sends is cut from the file it rebuilds. It is the answer's only frame.
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,6 +75,13 @@ pub enum ChunkFrame<'a> {
         /// The zstd frame.
         compressed: &'a [u8],
     },
+    /// The new file as a binary patch against the base version (see [`crate::patch`]).
+    Patch {
+        /// The request it answers.
+        id: u32,
+        /// The patch.
+        payload: &'a [u8],
+    },
 }
 
 impl<'a> ChunkFrame<'a> {
@@ -96,7 +107,8 @@ impl<'a> ChunkFrame<'a> {
             | ChunkFrame::Batch { id, .. }
             | ChunkFrame::BatchStart { id, .. }
             | ChunkFrame::BatchMore { id, .. }
-            | ChunkFrame::Pack { id, .. } => *id,
+            | ChunkFrame::Pack { id, .. }
+            | ChunkFrame::Patch { id, .. } => *id,
         }
     }
 
@@ -132,6 +144,7 @@ impl<'a> ChunkFrame<'a> {
             }
             ChunkFrame::BatchMore { id, compressed } => header(KIND_BATCH_MORE, id, compressed.len()),
             ChunkFrame::Pack { id, compressed } => header(KIND_PACK, id, compressed.len()),
+            ChunkFrame::Patch { id, payload } => header(KIND_PATCH, id, payload.len()),
         };
         out.extend_from_slice(match self {
             ChunkFrame::Chunk { bytes, .. } => bytes,
@@ -139,6 +152,7 @@ impl<'a> ChunkFrame<'a> {
             | ChunkFrame::BatchStart { compressed, .. }
             | ChunkFrame::BatchMore { compressed, .. }
             | ChunkFrame::Pack { compressed, .. } => compressed,
+            ChunkFrame::Patch { payload, .. } => payload,
         });
         out
     }
@@ -171,6 +185,7 @@ impl<'a> ChunkFrame<'a> {
             }
             Some(&KIND_BATCH_MORE) => Ok(ChunkFrame::BatchMore { id: word(1)?, compressed: &frame[5..] }),
             Some(&KIND_PACK) => Ok(ChunkFrame::Pack { id: word(1)?, compressed: &frame[5..] }),
+            Some(&KIND_PATCH) => Ok(ChunkFrame::Patch { id: word(1)?, payload: &frame[5..] }),
             _ => Err(Error::BadFrame("unknown frame kind")),
         }
     }

@@ -302,10 +302,19 @@ async fn answer(
             update.asset = asset;
             if peer.zstd && !answer.send.is_empty() {
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
-                update.dict = encoded.prefixed;
+                // A patch is made against the base version's whole file, which the client loads
+                // as it does a compression prefix.
+                update.dict = encoded.prefixed || (peer.patch && encoded.patch.is_some());
+                // The object is the same for every client: one that applies patches, or an
+                // answer without one.
+                let same = peer.patch || encoded.patch.is_none();
                 offloaded = match &state.offload {
-                    Some(offload) if peer.offload && offload.wants(encoded.frame_bytes(current)) => {
-                        let body = || offload::body(frames(0, current, &answer.send, Some(&encoded), true));
+                    Some(offload)
+                        if same
+                            && peer.offload
+                            && offload.wants(encoded.frame_bytes(current, peer.patch)) =>
+                    {
+                        let body = || offload::body(frames(0, current, &answer.send, Some(&encoded), peer));
                         encoded.offloaded.get_or_init(|| offload.put(body())).await.clone()
                     }
                     _ => None,
@@ -327,8 +336,7 @@ async fn answer(
         return Ok(Sent { chunks: answer.send, frame_bytes: 0, offloaded: offloaded.bytes, dict });
     }
     let mut frame_bytes = 0usize;
-    // In parts for a client that reads them, so that it sees progress on a slow link.
-    for frame in frames(id, current, &answer.send, encoded.as_deref(), peer.protocol >= 3) {
+    for frame in frames(id, current, &answer.send, encoded.as_deref(), peer) {
         frame_bytes += frame.len();
         throttle.bytes(frame.len(), socket).await?;
         // `feed` waits while tungstenite's bounded write buffer is full: a slow reader slows
@@ -342,19 +350,24 @@ async fn answer(
     Ok(Sent { chunks: answer.send, frame_bytes, offloaded: 0, dict })
 }
 
-/// The chunk frames of request `id` sending the chunks at `send` of `current`: plain, or as
-/// `encoded` (batches `in_parts` for a client that reads them).
+/// The chunk frames of request `id` sending the chunks at `send` of `current` to `peer`: plain,
+/// or as `encoded` (its patch, for a client that applies patches; batches in parts for one that
+/// reads them, so that it sees progress on a slow link).
 fn frames<'a>(
     id: u32,
     current: &'a Indexed,
     send: &'a [u32],
     encoded: Option<&'a Encoded>,
-    in_parts: bool,
+    peer: Peer,
 ) -> Box<dyn Iterator<Item = Vec<u8>> + Send + 'a> {
     let plain =
         move |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
+    let in_parts = peer.protocol >= 3;
     match encoded {
         None => Box::new(send.iter().map(move |&i| plain(i))),
+        Some(Encoded { patch: Some(patch), .. }) if peer.patch => {
+            Box::new(std::iter::once(ChunkFrame::Patch { id, payload: patch }.encode()))
+        }
         Some(encoded) => Box::new(encoded.batches.iter().flat_map(move |batch| match batch {
             Batch::Compressed { indices, frame } => ChunkFrame::batch(id, indices.clone(), frame, in_parts),
             Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use assetsync_protocol::{
     ClientMessage, ErrorCode, Hash, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage, compress,
-    offload,
+    offload, patch,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -192,6 +192,8 @@ struct Peer {
     zstd: bool,
     /// Whether the client fetches large answers over HTTP (see [`crate::offload`]).
     offload: bool,
+    /// Whether the client applies binary patches (see [`assetsync_protocol::patch`]).
+    patch: bool,
 }
 
 /// The fields of a `hello`.
@@ -234,15 +236,17 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     let zstd = state.compress && encodings.iter().any(|e| e == compress::ZSTD);
     // Only compressed answers are offloaded.
     let offload = zstd && state.offload.is_some() && encodings.iter().any(|e| e == offload::ENCODING);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, "hello");
-    let used = [(zstd, compress::ZSTD), (offload, offload::ENCODING)];
+    // Patches travel as zstd frames, and come with the best-level answers.
+    let patch = zstd && encodings.iter().any(|e| e == patch::ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, "hello");
+    let used = [(zstd, compress::ZSTD), (offload, offload::ENCODING), (patch, patch::ENCODING)];
     let welcome = ServerMessage::Welcome {
         protocol,
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
         limits: state.limits.announced(),
         encodings: used.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect(),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
