@@ -137,7 +137,11 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   const peak = peakMiB(server.pid);
   // The server's own patch for this pair, if it computed one: its size, whether it was sent, its time.
   const patchLine = server.log().split("\n").filter((l) => l.includes("binary patch computed") && l.includes(`asset=${asset}`)).at(-1);
-  const field = (k) => patchLine && new RegExp(` ${k}=(\w+)`).exec(patchLine)[1];
+  const field = (k) => {
+    const m = new RegExp(` ${k}=(\\w+)`).exec(patchLine);
+    if (!m) throw new Error(`${label}: no ${k} in the server's line: ${patchLine}`);
+    return m[1];
+  };
   const r = pull(server, join(client, "cache4"), join(client, "out4"), asset);
   for (const out of ["out", "out4"]) {
     if (!readFileSync(join(client, out, asset)).equals(newBytes)) throw new Error(`${label}: output differs`);

@@ -16,7 +16,7 @@ import { readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { extname, join, normalize, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { scratch, startServer, browserArgs, repo } from "./harness.mjs";
+import { scratch, startServer, browserArgs, repo, npmFile } from "./harness.mjs";
 
 process.env.ASSETSYNC_BIN ||= join(repo, "target/release/assetsync");
 const pkgs = (process.env.PKG || join(repo, "www/pkg")).split(",").map((p) => resolve(repo, p));
@@ -95,10 +95,10 @@ async function inFreshPage(body, arg, pkg = 0) {
   return result;
 }
 
-const syncOnce = async ({ ws, db }) => {
+const syncOnce = async ({ ws, db, asset = "big.js" }) => {
   const t0 = performance.now();
   const client = await window.m.SyncClient.connect(ws, { db });
-  const r = await client.sync("big.js");
+  const r = await client.sync(asset);
   const bytes = r.bytes();
   const ms = performance.now() - t0;
   const stats = r.stats;
@@ -119,10 +119,10 @@ async function serverIdle() {
   const cpu = () => readFileSync(`/proc/${server.pid}/stat`, "utf8").split(") ")[1].split(" ").slice(11, 13).map(Number).reduce((a, b) => a + b);
   for (let last = -1, now = cpu(); now !== last; last = now, now = cpu()) await new Promise((ok) => setTimeout(ok, 500));
 }
-/** Replaces the server's file, as a build tool does, and waits until it is indexed. */
-async function publish(bytes) {
-  writeFileSync(join(root, "big.js.tmp"), bytes);
-  renameSync(join(root, "big.js.tmp"), join(root, "big.js"));
+/** Replaces the server's file `name`, as a build tool does, and waits until it is indexed. */
+async function publish(bytes, name = "big.js") {
+  writeFileSync(join(root, `${name}.tmp`), bytes);
+  renameSync(join(root, `${name}.tmp`), join(root, name));
   await new Promise((ok) => setTimeout(ok, 300)); // the watcher's quiet time, then indexing
   await serverIdle();
 }
@@ -176,6 +176,18 @@ const micro = await inFreshPage(async () => {
     patchBytes: patch.length,
   };
 });
+
+// A WebAssembly rebuild (esbuild.wasm 0.27.2 -> 0.27.3, real npm releases): the page that
+// holds the old one updates by the binary patch the server computed in the background.
+const wasmPair = ["0.27.2", "0.27.3"].map((v) => npmFile("esbuild-wasm", v, "esbuild.wasm"));
+const wasmRuns = [];
+for (let i = 0; i < RUNS; i++) {
+  await publish(wasmPair[0], "app.wasm");
+  await inFreshPage(syncOnce, { ws: server.ws, db: `wasm-${i}`, asset: "app.wasm" });
+  await publish(wasmPair[1], "app.wasm");
+  wasmRuns.push(await inFreshPage(syncOnce, { ws: server.ws, db: `wasm-${i}`, asset: "app.wasm" }));
+}
+if (wasmRuns.some((r) => r.size !== wasmPair[1].length)) throw new Error("the WebAssembly update went wrong");
 
 await context.close();
 
@@ -248,6 +260,10 @@ for (const [p, pkg] of pkgs.entries()) {
   console.log(`| cold sync, empty store | ${ms(rows.cold[p])} | ${ratio(rows.cold[p], rows.fetch)} | | ${task(rows.cold[p])} |`);
   console.log(`| unchanged asset, new page | ${ms(rows.same[p])} | ${ratio(rows.same[p], rows.fetch)} | ${ratio(rows.same[p], rows.cached)} | ${task(rows.same[p])} |`);
   console.log(`| update, ~1% changed (${u.chunks - u.chunksReused} of ${u.chunks} chunks, ${kb(u.wireBytesIn)} in) | ${ms(rows.update[p])} | ${ratio(rows.update[p], rows.fetch)} | | ${task(rows.update[p])} |`);
+  if (p === 0) {
+    const w = wasmRuns.at(-1).stats;
+    console.log(`| update of esbuild.wasm 0.27.2 -> 0.27.3 (${(w.bytes / 1e6).toFixed(1)} MB) by binary patch (${kb(w.wireBytesIn)} in) | ${ms(wasmRuns)} | | | ${task(wasmRuns)} |`);
+  }
   console.log("");
 }
 if (memory.length) {
