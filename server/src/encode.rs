@@ -239,13 +239,15 @@ impl Encoder {
 
     /// Computes the best-level answer of [`Encoder::encode`] ahead of any client asking (see
     /// [`crate::warm`]), one at a time with the background's, unless it is cached or stored
-    /// already. Returns whether it computed one.
+    /// already; with a binary patch beside it only if `patch` (a patch costs a suffix sort of
+    /// the whole base, so one per new version is tried ahead). Returns whether it computed one.
     pub async fn precompute(
         &self,
         index: &AssetIndex,
         current: &Arc<Indexed>,
         send: &[u32],
         base: &Base,
+        patch: bool,
     ) -> bool {
         let entry = self.entry(current, send, Some(base));
         let _permit = self.background.acquire().await.expect("never closed");
@@ -259,7 +261,7 @@ impl Encoder {
         }
         let prefix = index.prefix(&base.version).await;
         let job = Job::new(current, send, prefix, Some(base));
-        let best = job.best(self.config).await;
+        let best = job.best(EncodeConfig { patches: self.config.patches && patch, ..self.config }).await;
         keep_answer(index, stored, &best);
         *entry.best.lock().expect("poisoned") = Some(best);
         true

@@ -6,7 +6,7 @@
 //!
 //! The CPU this takes is bounded: one encoding at a time (shared with the encoder's own
 //! background work), at most [`BASES`] answers and [`MAX_BEST_WORK`] bytes of zstd input per
-//! new version, and one log line each.
+//! new version, a binary patch tried for the first of them only, and one log line each.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,7 +72,8 @@ async fn ahead(state: &AppState, current: &Arc<Indexed>) {
         if send.is_empty() || total + work > MAX_BEST_WORK {
             continue;
         }
-        if state.encoder.precompute(&state.index, current, &send, &base).await {
+        // A binary patch only from the newest: the version most clients hold.
+        if state.encoder.precompute(&state.index, current, &send, &base, answers == 0).await {
             answers += 1;
             total += work;
         }

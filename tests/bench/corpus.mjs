@@ -136,7 +136,7 @@ for (const [label, pkg, from, to, file] of PAIRS) {
   const cpu = cpuSeconds(server.pid) - cpu0;
   const peak = peakMiB(server.pid);
   // The server's own patch for this pair, if it computed one: its size, whether it was sent, its time.
-  const patchLine = server.log().split("\n").filter((l) => l.includes("binary patch computed") && l.includes(`asset=${asset}`)).at(-1);
+  const patchLine = server.log().split("\n").filter((l) => l.includes("binary patch computed") && l.includes(`asset=${asset} old=${oldBytes.length} new=${newBytes.length} `)).at(-1);
   const field = (k) => {
     const m = new RegExp(` ${k}=(\\w+)`).exec(patchLine);
     if (!m) throw new Error(`${label}: no ${k} in the server's line: ${patchLine}`);
