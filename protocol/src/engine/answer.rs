@@ -4,7 +4,7 @@
 use std::mem;
 use std::sync::Arc;
 
-use super::{Action, FIRST_BACKOFF_MS, Input, MAX_DOWNLOAD_TRIES, MAX_RESUME_BACKOFF_MS, Queue};
+use super::{Action, Input, MAX_DOWNLOAD_TRIES, Queue, backoff_ms};
 use crate::offload::Frames;
 use crate::{
     Assembled, AssetPath, ChunkId, ClientSync, Error, ErrorCode, Event, Manifest, ServerMessage, Synced,
@@ -72,7 +72,7 @@ impl Download {
         }
         let after_ms = match self.failures {
             0 => 0,
-            n => (FIRST_BACKOFF_MS << (n - 1).min(5)).min(MAX_RESUME_BACKOFF_MS),
+            n => backoff_ms(n),
         };
         Action::Download { url: &self.url, from: self.received, after_ms }
     }

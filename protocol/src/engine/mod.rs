@@ -331,7 +331,7 @@ impl Losses {
         if self.count > MAX_RECONNECTS {
             return Err(ClientError::GaveUpReconnecting { times: self.count, last: why.to_owned() });
         }
-        Ok((FIRST_BACKOFF_MS << (self.count - 1).min(5)).min(MAX_RESUME_BACKOFF_MS))
+        Ok(backoff_ms(self.count))
     }
 
     /// After `who`'s connection was lost: the wait before reconnecting (with a log line queued),
@@ -350,6 +350,12 @@ impl Losses {
         queue.push_back(Action::Warn(format!("{who}: {why}; reconnecting")));
         Ok(after_ms)
     }
+}
+
+/// The wait before the `n`th try again (from 1) of one transfer: [`FIRST_BACKOFF_MS`],
+/// doubling up to [`MAX_RESUME_BACKOFF_MS`].
+fn backoff_ms(n: u32) -> u32 {
+    (FIRST_BACKOFF_MS << n.saturating_sub(1).min(5)).min(MAX_RESUME_BACKOFF_MS)
 }
 
 /// Actions that need no input, waiting to be returned by `poll`.
