@@ -430,6 +430,7 @@ impl Job {
     async fn best(self, config: EncodeConfig) -> Arc<Encoded> {
         let (asset, whole, level) =
             (self.current.manifest.path.clone(), self.whole && config.patches, config.level);
+        self.log(level);
         let encoded = tokio::task::spawn_blocking(move || {
             let mut encoded = encode(&self.current, &self.send, self.prefix.as_deref(), level);
             let zstd = encoded.frame_bytes(&self.current, false);
@@ -458,10 +459,15 @@ impl Job {
         Arc::new(encoded.await.expect("encoding task panicked"))
     }
 
-    /// Encodes on the blocking pool, or here if it is quick.
-    async fn run(self, level: i32) -> Arc<Encoded> {
+    /// The debug line of each encoding (which the tests count).
+    fn log(&self, level: i32) {
         let (asset, chunks) = (&self.current.manifest.path, self.send.len());
         tracing::debug!(%asset, chunks, work = self.work, level, delta = self.prefix.is_some(), "encoding an answer");
+    }
+
+    /// Encodes on the blocking pool, or here if it is quick.
+    async fn run(self, level: i32) -> Arc<Encoded> {
+        self.log(level);
         if self.work <= INLINE_WORK && level < SLOW_PREFIX_LEVEL {
             return Arc::new(encode(&self.current, &self.send, self.prefix.as_deref(), level));
         }
