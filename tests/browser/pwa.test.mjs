@@ -247,12 +247,12 @@ test("a damaged stored file is never served: the network answers, and the worker
 
 test("storage full while syncing a new build: the old build goes on being served, and the app is told why", async (t) => {
   const server = await appServer(["--no-compress"]);
-  // Room for the first build (Chromium wants twice a Blob's size free to write it), not for an
-  // 8 MB file more.
+  // Room for the first build (about 3 MB; Chromium wants up to twice a Blob's size free to
+  // write it), not for a file as large as the whole quota more, whatever that margin.
   const { context, close } = await quotaContext(browser, server.url, 12 << 20);
   const page = await openApp(context, server);
   assert.equal(await reload(page), "worker");
-  server.change({ "media/big.bin": randomBytes(8 << 20) });
+  server.change({ "media/big.bin": randomBytes(12 << 20) });
   const { told, checked } = await page.evaluate(async () => {
     const told = new Promise((ok) => window.demo.app.addEventListener("error", (e) => ok(e.detail.message), { once: true }));
     const checked = await window.demo.app.check().then((u) => `resolved: ${JSON.stringify(u)}`, (e) => e.message);
