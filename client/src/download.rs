@@ -53,9 +53,7 @@ impl Downloads {
                 }
             }
             status => {
-                let transient = status.is_server_error()
-                    || status == StatusCode::REQUEST_TIMEOUT
-                    || status == StatusCode::TOO_MANY_REQUESTS;
+                let transient = assetsync_protocol::offload::transient(status.as_u16());
                 return Err(Failure { why: format!("{url} answered HTTP {status}"), transient });
             }
         };

@@ -36,6 +36,13 @@ pub fn is_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether an offloaded answer's fetch that got HTTP `status` (neither `200` nor `206`) is
+/// worth trying again: a server error, a timeout or a rate limit. Any other status (a 404, a
+/// 403) will not change, and the answer is asked for over the WebSocket at once.
+pub fn transient(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
+}
+
 /// Where to fetch `url` (from an `update`'s `offload`) for a client connected to `sync_url`: an
 /// absolute `http(s)` URL as it is; a path (`/offload/…`) on the sync server's own host, over
 /// `https` for `wss` and `http` for `ws`.
@@ -139,6 +146,7 @@ mod tests {
         assert_eq!(resolve("wss://example.com/a/sync?x", "/o/ab"), "https://example.com/o/ab");
         assert_eq!(resolve("ws://h/sync", "https://cdn.example/ab"), "https://cdn.example/ab");
         assert!(is_name(&name(b"x")));
+        assert!(transient(503) && transient(429) && !transient(404) && !transient(403));
         assert!(!is_name("../etc/passwd") && !is_name(&"A".repeat(64)));
     }
 }

@@ -793,11 +793,10 @@ test("an answer offloaded to HTTP is fetched by the page, resumed with a Range r
   const proxy = await cuttingProxy(server, [Infinity, 700_000]);
   const context = await browser.newContext();
   const page = await openClientPage(context, server);
-  const got = await page.evaluate(async (ws) => {
+  await page.evaluate(async (ws) => {
     window.client = await window.assetsync.SyncClient.connect(ws, { db: "offload" });
-    const r = await window.client.sync("big.bin");
-    return { hash: await window.hex(r.bytes()), stats: r.stats };
   }, proxy.ws);
+  const got = await syncIn(page, "big.bin");
   assert.equal(got.hash, sha256(big));
   const object = Number(/offloaded=(\d+)/.exec(await server.waitForLog("offloaded="))[1]);
   assert.ok(object > big.length, `the whole answer went in the object (${object} bytes)`);

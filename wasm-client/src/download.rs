@@ -1,6 +1,7 @@
 //! Offloaded answers over HTTP (see [`assetsync_protocol::offload`]): `fetch()` with a `Range`
 //! header where the engine resumes, the body read in pieces from its stream.
 
+use assetsync_protocol::offload;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -51,8 +52,7 @@ impl Download {
                 0
             }
             status => {
-                let transient = status >= 500 || status == 408 || status == 429;
-                return Err((format!("{url} answered HTTP {status}"), transient));
+                return Err((format!("{url} answered HTTP {status}"), offload::transient(status)));
             }
         };
         let body = response.body().ok_or((format!("{url} answered without a body"), false))?;
