@@ -1,7 +1,7 @@
 //! The `assetsync` binary's crates under one name, for its tests and benchmarks: the server
 //! ([`assetsync_server`]) and the native client ([`assetsync_client`]).
 
-pub use assetsync_client::{Error, cache, pull};
+pub use assetsync_client::{Error, cache, pull, push};
 pub use assetsync_server::{
     ServeConfig, SessionLimits, StoreConfig, bus, demo, encode, index, offload, origin, run, server, shared,
     store, watch,

@@ -1,4 +1,4 @@
-//! The `assetsync` command: `serve`, `pull` and `gc`.
+//! The `assetsync` command: `serve`, `pull`, `push`, `store` and `gc`.
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
 use assetsync::offload::OffloadConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
+use assetsync::push::{PushConfig, push};
 use assetsync::store::{Store, StoreError};
 use assetsync::{ServeConfig, SessionLimits, StoreConfig};
 use assetsync_protocol::{ChunkParams, Hash, Scope};
@@ -42,6 +43,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Fetch assets into --out, transferring only the chunks the cache lacks
     Pull(PullArgs),
+    /// Upload files from --from as new versions of the server's assets, sending only the
+    /// chunks the server lacks (the server must run with --allow-write)
+    Push(PushArgs),
     /// Inspect or check a server's version store (stop the server first)
     #[command(subcommand)]
     Store(StoreCommand),
@@ -195,6 +199,11 @@ struct ServeArgs {
     /// they cost seconds of CPU per new version of a large file, in the background
     #[arg(long)]
     no_patch: bool,
+    /// Accept uploads (assetsync push, client.upload in a page) from clients that present the
+    /// --token-file secret: each is written atomically, and refused if the file changed since
+    /// the version it was made from
+    #[arg(long, requires = "token_file")]
+    allow_write: bool,
 }
 
 #[derive(clap::Args)]
@@ -220,6 +229,33 @@ struct PullArgs {
     follow: bool,
     /// Asset paths relative to the server root, e.g. js/app.js, or folders ending in '/', e.g.
     /// dist/ (every file below it; files the server no longer has are deleted from OUT)
+    #[arg(required = true)]
+    assets: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// Server endpoint, e.g. ws://127.0.0.1:8080/sync
+    #[arg(long)]
+    server: String,
+    /// Each ASSET is read from FROM/ASSET
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The chunk cache pull uses: each upload is made from the version last pulled or pushed
+    /// through it, and refused with a conflict if the server's file changed since. Without
+    /// it, each upload is made from the server's version when the push starts
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// File holding the server's shared secret (see serve --token-file)
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Print one JSON object per file pushed
+    #[arg(long)]
+    json: bool,
+    /// Upload over whatever version the server holds, even one the cache has not seen
+    #[arg(long)]
+    force: bool,
+    /// Asset paths relative to the server root, e.g. js/app.js
     #[arg(required = true)]
     assets: Vec<String>,
 }
@@ -331,6 +367,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 Ok(pull(&config, &targets, print).await.map(drop)?)
             }
+        }
+        Command::Push(args) => {
+            let assets = assetsync::push::assets(&args.assets).map_err(anyhow::Error::msg)?;
+            let token = args.token_file.as_deref().map(read_token).transpose()?;
+            let config = PushConfig {
+                server: args.server,
+                from: args.from,
+                cache: args.cache,
+                token,
+                force: args.force,
+            };
+            let json = args.json;
+            push(&config, &assets, |r| match json {
+                true => println!("{}", serde_json::to_string(r).expect("reports serialise")),
+                false if r.unchanged => println!("{}: unchanged on the server, nothing sent", r.asset),
+                false => println!(
+                    "{}: {} bytes, {} of {} chunks sent ({} bytes before compression), {} bytes sent in all, {} ms",
+                    r.asset, r.bytes, r.chunks_sent, r.chunks, r.chunk_bytes_sent, r.wire_bytes_out, r.elapsed_ms
+                ),
+            })
+            .await?;
+            Ok(())
         }
         Command::Store(command) => store(command).await,
         Command::Gc { cache, json } => {
@@ -472,6 +530,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies: args.trusted_proxy,
         allow_origins: args.allow_origin,
         token: args.token_file.as_deref().map(read_token).transpose()?,
+        allow_write: args.allow_write,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -203,6 +203,15 @@ impl Connection {
             .map_err(|e| Error::Lost(format!("connection lost while sending: {e}")))
     }
 
+    /// Sends binary frames (an upload's), flushed once at the end.
+    pub(crate) async fn send_frames(&mut self, frames: &[Vec<u8>]) -> Result<(), Error> {
+        let lost = |e| Error::Lost(format!("connection lost while sending: {e}"));
+        for frame in frames {
+            self.ws.feed(Message::binary(frame.clone())).await.map_err(lost)?;
+        }
+        self.ws.flush().await.map_err(lost)
+    }
+
     /// Subscribes to changes of `scope`; true if nothing is inside it on the server now.
     pub(crate) async fn subscribe(&mut self, scope: &Scope) -> Result<bool, Error> {
         let id = self.next_id;

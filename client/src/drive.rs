@@ -263,6 +263,7 @@ impl Local<'_> {
             // kept after a cut as part of the commit.
             Action::FinishHashing | Action::Prefetch(_) | Action::Release(_) => return Ok(None),
             Action::Send(_)
+            | Action::SendFrames(_)
             | Action::Receive
             | Action::Reconnect { .. }
             | Action::Changed { .. }
@@ -290,7 +291,7 @@ impl From<CacheError> for Stop {
 
 impl Stop {
     /// The error of a run for `target`.
-    fn of(self, target: &Scope) -> Error {
+    pub(crate) fn of(self, target: &Scope) -> Error {
         match self {
             Stop::Sync(error) => Error::sync(target, error),
             Stop::Cache(e) => Error::Cache(e),

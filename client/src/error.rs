@@ -28,6 +28,9 @@ pub enum Error {
     /// The cache or `--out` could not be read or written; the previous version is kept.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A local file to push could not be read; nothing was pushed.
+    #[error("{0}")]
+    Local(String),
     /// Several targets failed; the others were pulled.
     #[error("{} targets failed: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Several(Vec<Error>),
@@ -42,7 +45,9 @@ impl Error {
             Error::Sync { error, .. } => {
                 matches!(error, ClientError::Lost(_) | ClientError::GaveUpReconnecting { .. })
             }
-            Error::BadUrl(_) | Error::Refused(_) | Error::Cache(_) | Error::Several(_) => false,
+            Error::BadUrl(_) | Error::Refused(_) | Error::Cache(_) | Error::Local(_) | Error::Several(_) => {
+                false
+            }
         }
     }
 

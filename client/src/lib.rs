@@ -1,6 +1,7 @@
 //! assetsync's native client.
 //!
 //! - [`pull`]: `pull` and `pull --follow`, and the events they report.
+//! - [`push`]: `push`, uploads of new versions (only the chunks the server lacks).
 //! - `connection`: one WebSocket connection (tokio-tungstenite over a byte-counting stream),
 //!   the handshake, reconnection, subscriptions and pushed changes.
 //! - `download`: offloaded answers over HTTP(S) (reqwest), resumed with `Range`.
@@ -9,7 +10,7 @@
 //! - [`Error`]: why a pull failed, and whether reconnecting can help.
 //!
 //! Every sync decision is the protocol crate's engine; this crate moves bytes. It knows nothing
-//! of the server (no axum, no file watching, no zstd encoder).
+//! of the server (no axum, no file watching); its zstd encoder compresses uploads.
 
 pub mod cache;
 mod connection;
@@ -17,5 +18,6 @@ mod download;
 mod drive;
 mod error;
 pub mod pull;
+pub mod push;
 
 pub use error::{CacheError, Error};

@@ -186,7 +186,7 @@ pub async fn follow(
 }
 
 /// Opens the cache on the blocking pool: it may wait for another process's lock.
-async fn open_cache(dir: &std::path::Path) -> Result<Cache, Error> {
+pub(crate) async fn open_cache(dir: &std::path::Path) -> Result<Cache, Error> {
     let dir = dir.to_path_buf();
     let opened = tokio::task::spawn_blocking(move || Cache::open(&dir)).await;
     Ok(opened.expect("opening the cache panicked")?)

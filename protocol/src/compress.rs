@@ -3,8 +3,9 @@
 //! old version costs a few bytes per match instead of being sent again.
 //!
 //! The browser's decoder is the pure-Rust `ruzstd` ([`decompress_portable`]); native clients
-//! decode with the C library, several times faster (feature `native-zstd`). The server encodes
-//! with the C library (`ref_prefix`); tests there check that both decoders read its frames.
+//! decode with the C library, several times faster (feature `native-zstd`). The server, and a
+//! native client uploading, encode with the C library ([`compress`], feature `native-zstd`);
+//! tests in the server check that both decoders read its frames.
 
 use ruzstd::decoding::{BlockDecodingStrategy, Dictionary, FrameDecoder};
 
@@ -61,10 +62,50 @@ pub fn decompress_portable(frame: &[u8], prefix: Option<&[u8]>, max_len: usize) 
 }
 
 #[cfg(feature = "native-zstd")]
+pub use native::{compress, compress_with};
+
+#[cfg(feature = "native-zstd")]
 mod native {
-    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, get_error_name, get_frame_content_size};
+    use zstd::zstd_safe::{
+        CCtx, CParameter, DCtx, InBuffer, OutBuffer, compress_bound, get_error_name, get_frame_content_size,
+    };
 
     use crate::Error;
+
+    /// One zstd frame of `raw` at `level`, with `prefix` referenced as if it preceded it (what
+    /// [`super::decompress`] reads back with the same prefix). `None` if zstd fails (it should
+    /// not; the caller then sends plain chunks).
+    pub fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
+        compress_with(&mut CCtx::try_create()?, raw, prefix, level)
+    }
+
+    /// [`compress`] with a context of the caller's (reset by the caller between uses).
+    pub fn compress_with<'a>(
+        cctx: &mut CCtx<'a>,
+        raw: &[u8],
+        prefix: Option<&'a [u8]>,
+        level: i32,
+    ) -> Option<Vec<u8>> {
+        let window =
+            (prefix.map_or(0, <[u8]>::len) + raw.len()).max(1 << 10).next_power_of_two().trailing_zeros();
+        // Browsers decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
+        let window = window.clamp(10, 26);
+        for param in [
+            CParameter::CompressionLevel(level),
+            CParameter::WindowLog(window),
+            // Long matches only pay against a prefix: a batch alone fits in the window.
+            CParameter::EnableLongDistanceMatching(prefix.is_some()),
+            CParameter::ChecksumFlag(false),
+        ] {
+            cctx.set_parameter(param).ok()?;
+        }
+        if let Some(prefix) = prefix {
+            cctx.ref_prefix(prefix).ok()?;
+        }
+        let mut out = Vec::with_capacity(compress_bound(raw.len()));
+        cctx.compress2(&mut out, raw).ok()?;
+        Some(out)
+    }
 
     /// [`super::decompress`] with the C library, streaming into a buffer never grown past
     /// `max_len + 1` bytes.

@@ -12,6 +12,7 @@
 //! - [`offload`]: large answers fetched over plain HTTP, through any CDN.
 //! - [`patch`]: binary patches (bsdiff's method) for compiled assets such as WebAssembly.
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
+//! - [`upload`]: uploads, a new version sent to the server as a delta, with the same pieces.
 //! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
 //! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines
@@ -34,8 +35,9 @@ pub mod pack;
 pub mod patch;
 mod path;
 pub mod plan;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod upload;
 pub mod varint;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
@@ -46,7 +48,7 @@ pub use have::{ChunkSet, Have};
 pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
 pub use message::{
     BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION,
-    Offloaded, PROTOCOL_VERSION, ServerMessage, Update,
+    Offloaded, PROTOCOL_VERSION, ServerMessage, Update, UploadRequest,
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{

@@ -3,8 +3,8 @@
 //! 256 cases per property (raise with `PROPTEST_CASES`).
 
 use assetsync_protocol::{
-    AssetPath, ChunkFrame, ChunkParams, ClientMessage, ClientSync, Event, Hash, Manifest, RecipeOp, Scope,
-    ServerMessage, Update, compress, patch,
+    AssetPath, ChunkFrame, ChunkParams, ClientMessage, ClientSync, Error, Event, Hash, Manifest, RecipeOp,
+    Scope, ServerMessage, Update, UploadRequest, compress, patch, upload,
 };
 use proptest::prelude::*;
 
@@ -18,6 +18,14 @@ fn jsonish() -> impl Strategy<Value = String> {
         r#""subscribe""#,
         r#""update""#,
         r#""changed""#,
+        r#""upload""#,
+        r#""get_manifest""#,
+        r#""manifest""#,
+        r#""uploaded""#,
+        r#""conflict""#,
+        r#""frames":"#,
+        r#""params":{"min":"#,
+        r#""base":"#,
         r#""id":"#,
         r#""asset":"#,
         r#""have":"#,
@@ -45,6 +53,27 @@ fn jsonish() -> impl Strategy<Value = String> {
         "1e999",
     ]);
     prop::collection::vec(atoms, 0..40).prop_map(|parts| parts.concat())
+}
+
+/// Feeds `frames` (manifest position, bytes) to `machine` after `event`, until an error; whether
+/// it then assembled a file that matches the announced version (from arbitrary frames and
+/// zeroed local chunks, it never may).
+fn feed_and_finish(
+    mut machine: ClientSync,
+    mut event: Result<Event, Error>,
+    frames: &[(u32, Vec<u8>)],
+) -> bool {
+    for (index, bytes) in frames {
+        if event.is_err() {
+            break;
+        }
+        event = machine.on_frame(&ChunkFrame::Chunk { id: 1, index: *index, bytes }.encode());
+    }
+    if let Ok(Event::Complete) = event {
+        let local = machine.local_chunks().into_iter().map(|id| (id, vec![0u8; 4])).collect();
+        return machine.finish(local).is_ok();
+    }
+    false
 }
 
 proptest! {
@@ -147,18 +176,49 @@ proptest! {
             dict: false,
             offload: None,
         };
-        let mut event = machine.on_message(ServerMessage::Update(update));
-        for (index, bytes) in &frames {
-            if event.is_err() {
-                break;
+        let event = machine.on_message(ServerMessage::Update(update));
+        prop_assert!(!feed_and_finish(machine, event, &frames));
+    }
+
+    /// The server's side of an upload: hostile recipes, parameters and frames against its current
+    /// version (or none) are refused cleanly, and nothing assembled matches a version nobody
+    /// built. `manifest` answers that are not a manifest are refused too.
+    #[test]
+    fn hostile_uploads_are_refused_cleanly(
+        ops in prop::collection::vec(
+            prop_oneof![
+                (0u32..8, 0u32..8).prop_map(|(a, b)| RecipeOp::Copy(a, b)),
+                (any::<[u8; 32]>(), 0u32..70_000).prop_map(|(id, len)| RecipeOp::Chunk(Hash(id), len)),
+                (0u32..70_000).prop_map(RecipeOp::Sent),
+            ],
+            0..12,
+        ),
+        has_base in any::<bool>(),
+        dict in any::<bool>(),
+        (min, avg, max) in (0u32..5000, 0u32..5000, 0u32..5000),
+        frames in prop::collection::vec((0u32..16, prop::collection::vec(any::<u8>(), 0..64)), 0..6),
+        encoded in ".{0,80}",
+    ) {
+        let asset = AssetPath::new("a.js").unwrap();
+        let data = b"the server's current version of the file".repeat(20);
+        let current = Manifest::build(asset.clone(), &data, ChunkParams::default()).unwrap();
+        let request = UploadRequest {
+            id: 1,
+            asset: "a.js".into(),
+            base: has_base.then(|| current.version()),
+            version: Hash::of(b"announced"),
+            params: ChunkParams { min, avg, max },
+            recipe: ops,
+            dict,
+            frames: frames.len() as u32,
+        };
+        if let Ok((mut machine, first)) = upload::receiver(&request, asset.clone(), has_base.then_some(current.clone())) {
+            if machine.wanted_prefix().is_some() {
+                machine.set_prefix(Ok(data.clone()), true);
             }
-            event = machine.on_frame(&ChunkFrame::Chunk { id: 1, index: *index, bytes }.encode());
+            prop_assert!(!feed_and_finish(machine, Ok(first), &frames));
         }
-        if let Ok(Event::Complete) = event {
-            let local = machine.local_chunks().into_iter().map(|id| (id, vec![0u8; 4])).collect();
-            // Whatever was assembled cannot hash to a version nobody built.
-            prop_assert!(machine.finish(local).is_err());
-        }
+        prop_assert!(upload::read_manifest(&asset, current.version(), &encoded).is_err());
     }
 
     /// A client machine fed arbitrary server messages and frames errs cleanly.

@@ -454,6 +454,7 @@ impl World {
                 }
                 Action::Done => return (Ok(()), met),
                 Action::Failed(error) => return (Err(error), met),
+                Action::SendFrames(_) => unreachable!("sync machines send no frames"),
             }
             if read {
                 match body.pop_front().expect("the machine reads past the body's end") {

@@ -18,10 +18,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use assetsync_protocol::patch::Streams;
-use assetsync_protocol::{Hash, Offloaded, VersionId};
+use assetsync_protocol::{Hash, Offloaded, VersionId, compress};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
-use zstd::zstd_safe::{CCtx, CParameter, ResetDirective, compress_bound};
+use zstd::zstd_safe::{CCtx, ResetDirective};
 
 use crate::index::{AssetIndex, Base, Indexed};
 use crate::store::{AnswerKey, answer_key};
@@ -541,11 +541,12 @@ fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
     (!failed).then_some(payload)
 }
 
-/// One zstd frame of `raw`, with `prefix` referenced as if it preceded it. `None` if zstd fails
-/// (it should not; the caller then sends plain chunks).
+/// One zstd frame of `raw`, with `prefix` referenced as if it preceded it (see
+/// [`compress::compress`]). `None` if zstd fails (it should not; the caller then sends plain
+/// chunks).
 fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
     match prefix {
-        Some(prefix) => compress_with(&mut CCtx::try_create()?, raw, Some(prefix), level),
+        Some(prefix) => compress::compress(raw, Some(prefix), level),
         // Without a prefix (the many small files of a folder), one context per thread is kept:
         // creating one costs more than compressing a few kilobytes.
         None => PLAIN_CCTX.with_borrow_mut(|cctx| {
@@ -553,7 +554,7 @@ fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
                 Some(cctx) => cctx,
                 None => cctx.insert(CCtx::try_create()?),
             };
-            let out = compress_with(cctx, raw, None, level);
+            let out = compress::compress_with(cctx, raw, None, level);
             cctx.reset(ResetDirective::SessionAndParameters).ok()?;
             out
         }),
@@ -562,33 +563,6 @@ fn compress(raw: &[u8], prefix: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
 
 thread_local! {
     static PLAIN_CCTX: std::cell::RefCell<Option<CCtx<'static>>> = const { std::cell::RefCell::new(None) };
-}
-
-fn compress_with<'a>(
-    cctx: &mut CCtx<'a>,
-    raw: &[u8],
-    prefix: Option<&'a [u8]>,
-    level: i32,
-) -> Option<Vec<u8>> {
-    let window =
-        (prefix.map_or(0, <[u8]>::len) + raw.len()).max(1 << 10).next_power_of_two().trailing_zeros();
-    // Clients decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
-    let window = window.clamp(10, 26);
-    for param in [
-        CParameter::CompressionLevel(level),
-        CParameter::WindowLog(window),
-        // Long matches only pay against a prefix: a batch alone fits in the window.
-        CParameter::EnableLongDistanceMatching(prefix.is_some()),
-        CParameter::ChecksumFlag(false),
-    ] {
-        cctx.set_parameter(param).ok()?;
-    }
-    if let Some(prefix) = prefix {
-        cctx.ref_prefix(prefix).ok()?;
-    }
-    let mut out = Vec::with_capacity(compress_bound(raw.len()));
-    cctx.compress2(&mut out, raw).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]

@@ -61,6 +61,33 @@ pub enum IndexError {
     },
 }
 
+/// Why an upload was not written (see [`AssetIndex::write`]). The file is as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The asset is no longer the version the upload was made from.
+    #[error("the file changed since the upload's base")]
+    Conflict(Option<VersionId>),
+    /// Something other than a regular file, or a symlink, is in the way.
+    #[error("cannot write {asset:?}: {why}")]
+    Refused {
+        /// The asset.
+        asset: AssetPath,
+        /// What is in the way.
+        why: String,
+    },
+    /// Writing failed (a full disk, say).
+    #[error("writing {asset:?} failed: {source}; the previous file is kept")]
+    Io {
+        /// The asset.
+        asset: AssetPath,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file as it is could not be read.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
 /// Index settings.
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
@@ -447,6 +474,11 @@ impl AssetIndex {
         }
     }
 
+    /// The largest file served (and accepted from an upload), in bytes.
+    pub fn max_asset_bytes(&self) -> u64 {
+        self.config.max_asset_bytes
+    }
+
     /// The canonical root.
     pub fn root(&self) -> &Path {
         &self.config.root
@@ -512,6 +544,51 @@ impl AssetIndex {
                 self.settle(a, slot, before, r)
             })
             .collect()
+    }
+
+    /// Writes `data` as the new file of `asset` if its current version (as on disk now) is still
+    /// `base` (`None`: no such file), then indexes it and announces the change. Uploads of one
+    /// asset are written one at a time, each checked against what the one before wrote, so one
+    /// of two uploads from the same base is refused with [`WriteError::Conflict`].
+    pub async fn write(
+        &self,
+        asset: &AssetPath,
+        base: Option<VersionId>,
+        data: Vec<u8>,
+    ) -> Result<Arc<Indexed>, WriteError> {
+        let path = crate::write::writable_path(&self.config.root, asset)
+            .map_err(|why| WriteError::Refused { asset: asset.clone(), why })?;
+        let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
+        let mut slot = slot.lock_owned().await;
+        let current = match self.refresh_slot(asset, &mut slot).await {
+            Ok(current) => Some(current.version),
+            Err(IndexError::Unknown(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if current != base {
+            return Err(WriteError::Conflict(current));
+        }
+        let written = tokio::task::spawn_blocking(move || crate::write::write_atomically(&path, &data))
+            .await
+            .expect("writing task panicked");
+        written.map_err(|source| WriteError::Io { asset: asset.clone(), source })?;
+        Ok(self.refresh_slot(asset, &mut slot).await?)
+    }
+
+    /// [`AssetIndex::current`] with the asset's slot already locked.
+    async fn refresh_slot(&self, asset: &AssetPath, slot: &mut Slot) -> Result<Arc<Indexed>, IndexError> {
+        let mut previous = slot.current.take();
+        let before = previous.as_ref().map(|p| p.version);
+        let (root, owned, max, params) =
+            (self.config.root.clone(), asset.clone(), self.config.max_asset_bytes, self.config.params);
+        let (previous, result) = tokio::task::spawn_blocking(move || {
+            let result = refresh(&root, &owned, &mut previous, params, max);
+            (previous, result)
+        })
+        .await
+        .expect("indexing task panicked");
+        slot.current = previous;
+        self.settle(asset, slot, before, result)
     }
 
     /// Records what [`refresh`] found for `asset`, whose version was `before`, announcing a

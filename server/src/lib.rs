@@ -34,6 +34,7 @@ pub mod shared;
 pub mod store;
 mod warm;
 pub mod watch;
+mod write;
 
 pub use index::StoreConfig;
 pub use server::{ServeConfig, SessionLimits, run};

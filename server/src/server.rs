@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub demo: Option<Arc<Demo>>,
     /// A shared secret every client must present in `hello` (`--token-file`).
     pub token: Option<String>,
+    /// Accept uploads of new versions from clients (`--allow-write`; needs `token`, so that
+    /// only clients that hold the secret write).
+    pub allow_write: bool,
     /// Exact origins whose pages may connect besides the default ones (see [`crate::origin`]);
     /// `"*"` allows any page.
     pub allow_origins: Vec<String>,
@@ -144,6 +147,7 @@ impl Default for ServeConfig {
             trusted_proxies: Vec::new(),
             allow_origins: Vec::new(),
             token: None,
+            allow_write: false,
         }
     }
 }
@@ -165,6 +169,8 @@ pub struct AppState {
     origins: OriginPolicy,
     /// SHA-256 of the token clients must present, if any.
     pub(crate) token: Option<Hash>,
+    /// Whether clients may upload (`--allow-write`).
+    pub(crate) writable: bool,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -287,6 +293,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
+    if config.allow_write && config.token.is_none() {
+        anyhow::bail!(
+            "--allow-write needs --token-file: only clients that present the server's secret may write"
+        );
+    }
     let bus = config.bus.as_deref().map(crate::bus::open).transpose()?;
     let shared = config.shared_store.as_deref().map(Shared::open).transpose()?.map(Arc::new);
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
@@ -326,6 +337,7 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(config.max_connections)),
         origins: OriginPolicy::new(&config.allow_origins)?,
         token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
+        writable: config.allow_write,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });

@@ -15,5 +15,6 @@ mod services;
 mod shared;
 mod store;
 mod sync;
+mod upload;
 mod util;
 mod watch;

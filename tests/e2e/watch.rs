@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use assetsync::pull::{PullEvent, follow};
+use assetsync::pull::{PullConfig, PullEvent, follow};
 use assetsync_protocol::Scope;
 use tokio::sync::mpsc;
 
@@ -22,8 +22,13 @@ impl Follower {
 
     /// [`Follower::start`] on the sync endpoint `url`.
     pub fn start_at(url: String, assets: &[&str]) -> Self {
+        Self::start_with(url, None, assets)
+    }
+
+    /// [`Follower::start_at`] presenting `token`.
+    pub fn start_with(url: String, token: Option<&str>, assets: &[&str]) -> Self {
         let client = TestClient::new();
-        let config = client.config(url);
+        let config = PullConfig { token: token.map(str::to_owned), ..client.config(url) };
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {

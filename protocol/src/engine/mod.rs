@@ -1,7 +1,8 @@
 //! The whole client policy as sans-IO machines: what to ask, what to keep after a cut, what to
 //! discard after a failed verification, when to retry, reconnect and commit.
 //!
-//! A machine ([`AssetSync`] for one asset, [`FolderSync`] for a folder) never touches a socket,
+//! A machine ([`AssetSync`] for one asset, [`FolderSync`] for a folder, [`UploadSync`] for an
+//! upload) never touches a socket,
 //! a store or a clock. A driver (the native client over tokio and files, the browser client over
 //! a WebSocket and IndexedDB) runs one loop:
 //!
@@ -32,6 +33,7 @@ mod asset;
 mod folder;
 mod follow;
 mod hello;
+mod upload;
 
 use std::collections::VecDeque;
 
@@ -39,6 +41,7 @@ pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
 pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
 pub use hello::{Welcome, hello, welcome};
+pub use upload::{UploadSync, Uploaded};
 
 use crate::{
     AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, ServerMessage, Synced,
@@ -96,6 +99,8 @@ pub enum Action<'a> {
     Prefetch(Manifest),
     /// Send this message, then [`Input::Sent`], or [`Input::Lost`] if the connection is gone.
     Send(ClientMessage),
+    /// Send these binary frames, in order, then [`Input::Sent`] (or [`Input::Lost`]).
+    SendFrames(&'a [Vec<u8>]),
     /// Read the next message, then [`Input::Message`] or [`Input::Frame`] (or [`Input::Lost`]).
     Receive,
     /// Read and verify the committed file of this version (the answer is compressed against it),
@@ -288,6 +293,16 @@ pub enum ClientError {
     /// [`Follow::subscribed`]); the text says what to subscribe to instead.
     #[error("nothing by that name on the server: check it, or subscribe to {0} to hear when it is created")]
     Missing(String),
+    /// An upload was refused because the server's file is no longer the version it was made
+    /// from; nothing was written.
+    #[error(
+        "conflict: the server's file changed since the version this upload was made from (it is {}); nothing was written: pull it, merge your change and push again, or push --force to overwrite it",
+        .current.map_or_else(|| "gone now".to_owned(), |v| format!("now {}", &v.to_hex()[..12]))
+    )]
+    Conflict {
+        /// The server's version now (`None`: no such file).
+        current: Option<VersionId>,
+    },
     /// Every request's data failed verification (or the server kept answering about versions
     /// it forgot).
     #[error("giving up after {requests} requests: {last}")]

@@ -3,7 +3,9 @@
 //! A connection starts with `hello` from the client; the client may send its first `sync` right
 //! behind it without waiting for `welcome`. Each `sync` is answered by exactly one of
 //! `up_to_date`, `update` (followed by `update.send` binary chunk frames) or `error`. Requests on
-//! one connection are answered in order.
+//! one connection are answered in order. The other way, an `upload` is followed by the binary
+//! chunk frames it announces (the only binary frames a client sends) and answered by `uploaded`,
+//! `conflict` or `error`.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +84,47 @@ pub enum ClientMessage {
         /// The [`crate::Scope`], as a string so that a bad one is answered with its request id.
         path: String,
     },
+    /// Asks for the current manifest of one asset, to upload a new version over it (see
+    /// [`crate::upload`]). Answered by `manifest`, or by `error` (`unknown_asset` when there is
+    /// no such file yet).
+    GetManifest {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The asset, as in `sync`.
+        asset: String,
+    },
+    /// A new version of an asset, followed by `frames` binary chunk frames (see
+    /// [`crate::upload`]). Answered by `uploaded`, `conflict` or `error`; nothing is written
+    /// unless the file rebuilds to `version` and the server's file is still `base`.
+    Upload(UploadRequest),
+}
+
+/// The body of an `upload`: the new version as a delta against `base`, the server's version it
+/// was made from, exactly as an `update` is sent the other way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// Chosen by the client; echoed in the answer.
+    pub id: u32,
+    /// The asset to write, as in `sync`.
+    pub asset: String,
+    /// The server's version the upload was made from; `None` when the asset must not exist yet.
+    /// If the server's file is another version by the time the upload is written, it is
+    /// refused with `conflict` and nothing is written (no lost updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<VersionId>,
+    /// Version id of the new manifest: the file the server rebuilds must hash to it.
+    pub version: VersionId,
+    /// How the new version was cut (the base's parameters, so that its chunks match).
+    pub params: ChunkParams,
+    /// The chunk list as a delta against `base`, whose `Sent` entries are the chunks whose bytes
+    /// follow.
+    pub recipe: Vec<RecipeOp>,
+    /// Whether batch frames were compressed with the base version's file as prefix.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dict: bool,
+    /// How many binary frames follow this message.
+    pub frames: u32,
 }
 
 /// Messages from server to client.
@@ -159,6 +202,31 @@ pub enum ServerMessage {
         /// Its new version, or `None` when the file was removed.
         version: Option<VersionId>,
     },
+    /// Answer to `get_manifest`: the asset's current manifest.
+    Manifest {
+        /// The request id.
+        id: u32,
+        /// Its version id, which the manifest must hash to.
+        version: VersionId,
+        /// [`crate::Manifest::canonical_bytes`], in base64.
+        manifest: String,
+    },
+    /// The upload `id` is written: the asset's new current version.
+    Uploaded {
+        /// The request id.
+        id: u32,
+        /// The version now current, as the server indexed the written file.
+        version: VersionId,
+    },
+    /// The upload `id` was refused, and nothing written: the asset is no longer the version the
+    /// upload was made from.
+    Conflict {
+        /// The request id.
+        id: u32,
+        /// The asset's current version (`None`: there is no such file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<VersionId>,
+    },
     /// A request failed (`id` set) or the connection is being closed (`id` absent).
     Error {
         /// The failed request, if the error belongs to one.
@@ -202,6 +270,7 @@ struct WireServerMessage {
     missing: bool,
     code: Option<ErrorCode>,
     message: Option<String>,
+    manifest: Option<String>,
 }
 
 impl TryFrom<WireServerMessage> for ServerMessage {
@@ -240,6 +309,15 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 version: w.version,
                 packs: w.packs,
             },
+            "manifest" => ServerMessage::Manifest {
+                id: need(w.id, "id")?,
+                version: need(w.version, "version")?,
+                manifest: need(w.manifest, "manifest")?,
+            },
+            "uploaded" => {
+                ServerMessage::Uploaded { id: need(w.id, "id")?, version: need(w.version, "version")? }
+            }
+            "conflict" => ServerMessage::Conflict { id: need(w.id, "id")?, version: w.version },
             "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
             "error" => ServerMessage::Error {
@@ -263,6 +341,9 @@ impl ServerMessage {
             ServerMessage::Folder { .. } => "folder",
             ServerMessage::Subscribed { .. } => "subscribed",
             ServerMessage::Changed { .. } => "changed",
+            ServerMessage::Manifest { .. } => "manifest",
+            ServerMessage::Uploaded { .. } => "uploaded",
+            ServerMessage::Conflict { .. } => "conflict",
             ServerMessage::Error { .. } => "error",
         }
     }
@@ -362,6 +443,8 @@ pub enum ErrorCode {
     IdleTimeout,
     /// A subscribed connection fell too far behind the pushed changes; reconnect and sync again.
     Lagged,
+    /// The server does not accept uploads (it was started without `--allow-write`).
+    ReadOnly,
     /// A code this client does not know (from a newer server).
     #[serde(other)]
     Other,
@@ -382,6 +465,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Lagged => "lagged",
+            ErrorCode::ReadOnly => "read_only",
             ErrorCode::Other => "other",
         }
     }

@@ -38,6 +38,7 @@ fn error_codes_round_trip_and_unknown_ones_are_other() {
         ShuttingDown,
         IdleTimeout,
         Lagged,
+        ReadOnly,
     ];
     for code in all {
         let json = serde_json::to_string(&code).unwrap();

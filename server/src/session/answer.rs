@@ -384,7 +384,7 @@ pub(super) fn too_many_entries(id: u32, have: &Have, state: &AppState) -> Server
     refuse(id, ErrorCode::TooLarge, message)
 }
 
-fn code_of(e: &IndexError) -> ErrorCode {
+pub(super) fn code_of(e: &IndexError) -> ErrorCode {
     match e {
         IndexError::Unknown(_) => ErrorCode::UnknownAsset,
         IndexError::Escapes(_) => ErrorCode::BadPath,

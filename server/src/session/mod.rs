@@ -3,6 +3,7 @@
 //!
 //! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
 //! - `subscribe`: subscriptions, counted in the hub while the session lives.
+//! - `upload`: `get_manifest` and `upload`, new versions sent by clients.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 mod answer;
 mod subscribe;
 mod throttle;
+mod upload;
 
 use crate::forwarded::Remote;
 use crate::server::AppState;
@@ -109,7 +111,7 @@ pub(crate) async fn run(
                 break Err(Fatal::new(
                     ErrorCode::BadMessage,
                     close_code::UNSUPPORTED,
-                    "binary frames are not accepted from clients",
+                    "binary frames are only accepted after an upload that announces them",
                 ));
             }
             Message::Close(_) => break Ok(()),
@@ -145,6 +147,10 @@ pub(crate) async fn run(
                 let request = FolderRequest { id, folder: &folder, since, have };
                 sync_folder(&mut socket, &state, peer, &mut throttle, request).await
             }
+            Ok(ClientMessage::GetManifest { id, asset }) => {
+                upload::get_manifest(&mut socket, &state, id, &asset).await
+            }
+            Ok(ClientMessage::Upload(request)) => upload::upload(&mut socket, &state, request).await,
             Ok(ClientMessage::Subscribe { id, path }) => {
                 if subscriptions.is_empty() {
                     // Only changes from now on: none queued while nothing was subscribed.
