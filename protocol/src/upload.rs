@@ -38,21 +38,30 @@ pub struct Prepared {
     pub chunk_bytes: u64,
 }
 
+/// Raw chunk bytes per batch of an upload: a batch is decoded, verified and kept by the server
+/// only once all of it has arrived, so an upload cut short resumes from its last whole batch.
+pub const UPLOAD_BATCH: usize = 1 << 20;
+
 /// Plans request `id`: the new version `new` (cut with the base's parameters) of the file
-/// `data`, as a delta against `base`, the server's version of `asset`, if any. `prefix` is the
-/// base's file when the client holds it; with `compress`, the chunks sent travel as one zstd
-/// batch (against `prefix` if given) when that is smaller, else each plain.
+/// `data`, as a delta against `base`, the server's version of `asset`, if any; `kept` are
+/// further chunks the server holds (kept from this upload's attempt that was cut short). `prefix`
+/// is the base's file when the client holds it; with `compress`, the chunks sent travel in zstd
+/// batches of [`UPLOAD_BATCH`] bytes (against `prefix` if given), each plain when that is
+/// smaller.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     id: u32,
     asset: &AssetPath,
     new: &Manifest,
     data: &[u8],
     base: Option<&Manifest>,
+    kept: &HashSet<ChunkId>,
     prefix: Option<&[u8]>,
     compress: Option<Compressor>,
 ) -> Prepared {
     let version = new.version();
-    let held: HashSet<ChunkId> = base.iter().flat_map(|b| b.chunks.iter().map(|c| c.id)).collect();
+    let mut held = kept.clone();
+    held.extend(base.iter().flat_map(|b| b.chunks.iter().map(|c| c.id)));
     let base = base.map(|b| (0, b.version(), b));
     let planned = plan(id, new, version, ClientView { base, held: &held });
     let recipe = match planned.message {
@@ -65,20 +74,32 @@ pub fn prepare(
         let at = offsets[i as usize];
         &data[at..at + new.chunks[i as usize].len as usize]
     };
-    let raw: Vec<u8> = planned.send.iter().flat_map(|&i| chunk(i)).copied().collect();
-    let compressed = compress
-        .filter(|_| !raw.is_empty())
-        .and_then(|compress| compress(&raw, prefix))
-        .filter(|c| c.len() < raw.len());
-    let dict = compressed.is_some() && prefix.is_some();
-    let frames = match compressed {
-        Some(compressed) => ChunkFrame::batch(id, planned.send.clone(), &compressed, true),
-        None => planned
-            .send
-            .iter()
-            .map(|&index| ChunkFrame::Chunk { id, index, bytes: chunk(index) }.encode())
-            .collect(),
+    let (mut frames, mut dict, mut batch, mut raw) = (Vec::new(), false, Vec::new(), Vec::new());
+    let mut flush = |batch: &mut Vec<u32>, raw: &mut Vec<u8>, frames: &mut Vec<Vec<u8>>| {
+        let compressed = compress.and_then(|compress| compress(raw, prefix)).filter(|c| c.len() < raw.len());
+        match compressed {
+            Some(compressed) => {
+                dict |= prefix.is_some();
+                frames.extend(ChunkFrame::batch(id, std::mem::take(batch), &compressed, true));
+            }
+            None => frames.extend(
+                batch.drain(..).map(|index| ChunkFrame::Chunk { id, index, bytes: chunk(index) }.encode()),
+            ),
+        }
+        raw.clear();
     };
+    let mut chunk_bytes = 0;
+    for &index in &planned.send {
+        raw.extend_from_slice(chunk(index));
+        chunk_bytes += chunk(index).len() as u64;
+        batch.push(index);
+        if raw.len() >= UPLOAD_BATCH {
+            flush(&mut batch, &mut raw, &mut frames);
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &mut raw, &mut frames);
+    }
     let message = ClientMessage::Upload(UploadRequest {
         id,
         asset: asset.as_str().to_owned(),
@@ -89,7 +110,7 @@ pub fn prepare(
         dict,
         frames: frames.len() as u32,
     });
-    Prepared { message, frames, chunks_sent: planned.send.len(), chunk_bytes: raw.len() as u64 }
+    Prepared { message, frames, chunks_sent: planned.send.len(), chunk_bytes }
 }
 
 /// The server's side of `request` for `asset`, whose current manifest `base` is the version the
@@ -153,7 +174,7 @@ mod tests {
             base.offsets().map(|(at, c)| (c.id, old[at..at + c.len as usize].to_vec())).collect();
         let manifest = Manifest::build(asset.clone(), new, params).unwrap();
         let base = with_base.then_some(base);
-        let prepared = prepare(7, &asset, &manifest, new, base.as_ref(), None, None);
+        let prepared = prepare(7, &asset, &manifest, new, base.as_ref(), &HashSet::new(), None, None);
         let ClientMessage::Upload(request) = &prepared.message else { panic!("an upload") };
         let rebuilt = (|| {
             let (mut machine, _) = receiver(request, asset, base)?;

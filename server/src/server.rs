@@ -171,6 +171,8 @@ pub struct AppState {
     pub(crate) token: Option<Hash>,
     /// Whether clients may upload (`--allow-write`).
     pub(crate) writable: bool,
+    /// What was received of uploads cut short.
+    pub(crate) uploads: crate::session::KeptUploads,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -338,6 +340,7 @@ pub async fn run(
         origins: OriginPolicy::new(&config.allow_origins)?,
         token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
         writable: config.allow_write,
+        uploads: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });

@@ -25,6 +25,8 @@ pub enum Fault {
     FlipEvery(usize, usize),
     /// Forward this many bytes per second: a slow link.
     Pace(usize),
+    /// Forward this many client-to-server bytes (an upload), then close both ends.
+    CutUpAfter(usize),
 }
 
 /// A proxy to `server`: each new connection takes the next planned fault (none when the plan
@@ -32,8 +34,9 @@ pub enum Fault {
 pub struct Proxy {
     pub addr: SocketAddr,
     plan: Arc<Mutex<VecDeque<Fault>>>,
-    /// Server-to-client bytes forwarded on all connections.
+    /// Server-to-client bytes forwarded on all connections, and client-to-server ones.
     forwarded: Arc<AtomicU64>,
+    forwarded_up: Arc<AtomicU64>,
     /// Connections accepted, and bits flipped, so far.
     connections: Arc<AtomicU64>,
     flips: Arc<AtomicU64>,
@@ -55,8 +58,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let plan = Arc::new(Mutex::new(VecDeque::from(plan)));
-        let (forwarded, connections, flips) = <[Arc<AtomicU64>; 3]>::default().into();
-        let (queue, count) = (plan.clone(), [forwarded.clone(), flips.clone()]);
+        let [forwarded, forwarded_up, connections, flips] = <[Arc<AtomicU64>; 4]>::default();
+        let (queue, count) = (plan.clone(), [forwarded.clone(), forwarded_up.clone(), flips.clone()]);
         let on_cut = on_cut.clone();
         let accepted = connections.clone();
         let task = tokio::spawn(async move {
@@ -66,7 +69,7 @@ impl Proxy {
                 tokio::spawn(relay(client, target, fault, count.clone(), on_cut.clone()));
             }
         });
-        Proxy { addr, plan, forwarded, connections, flips, task }
+        Proxy { addr, plan, forwarded, forwarded_up, connections, flips, task }
     }
 
     pub fn url(&self) -> String {
@@ -81,6 +84,11 @@ impl Proxy {
     /// Server-to-client bytes forwarded so far, on all connections.
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Client-to-server bytes forwarded so far, on all connections.
+    pub fn forwarded_up(&self) -> u64 {
+        self.forwarded_up.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
@@ -107,14 +115,33 @@ async fn relay(
     client: TcpStream,
     target: SocketAddr,
     fault: Option<Fault>,
-    [count, flips]: [Arc<AtomicU64>; 2],
+    [count, count_up, flips]: [Arc<AtomicU64>; 3],
     on_cut: OnCut,
 ) {
     let Ok(server) = TcpStream::connect(target).await else { return };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let cut_up = match fault {
+        Some(Fault::CutUpAfter(at)) => at,
+        _ => usize::MAX,
+    };
+    let cut = on_cut.clone();
     let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let (mut sent, mut buf) = (0, vec![0u8; 16 * 1024]);
+        while sent < cut_up {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n.min(cut_up - sent),
+            };
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+            count_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if sent >= cut_up {
+            cut();
+        }
         let _ = server_write.shutdown().await;
     });
     let mut forwarded = 0usize;

@@ -1,8 +1,10 @@
 //! Uploads: `assetsync push` and the protocol's `upload` against a real server that writes into
 //! its root, with followers, conflicts, permissions and hostile input.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use assetsync::pull::PullConfig;
 use assetsync::push::{PushConfig, push};
@@ -10,6 +12,7 @@ use assetsync_protocol::upload::prepare;
 use assetsync_protocol::{AssetPath, ChunkParams, ClientMessage, Hash, Manifest, PROTOCOL_VERSION};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::faults::{Fault, Proxy};
 use crate::util::{BIN, Raw, TestClient, TestServer, random_bytes};
 use crate::watch::Follower;
 
@@ -223,7 +226,7 @@ fn upload_parts(id: u32, asset: &str, data: &[u8], base: Option<&[u8]>) -> (Clie
     let path = AssetPath::new(asset).unwrap_or_else(|_| AssetPath::new("x").unwrap());
     let new = Manifest::build(path.clone(), data, ChunkParams::default()).unwrap();
     let base = base.map(|b| Manifest::build(path.clone(), b, ChunkParams::default()).unwrap());
-    let prepared = prepare(id, &path, &new, data, base.as_ref(), None, None);
+    let prepared = prepare(id, &path, &new, data, base.as_ref(), &HashSet::new(), None, None);
     let mut message = prepared.message;
     if let ClientMessage::Upload(request) = &mut message {
         request.asset = asset.to_owned();
@@ -354,4 +357,28 @@ async fn uploads_need_allow_write_and_the_token() {
     };
     let e = assetsync::run(listener, config, async {}).await.unwrap_err().to_string();
     assert!(e.contains("--allow-write needs --token-file"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_midway_resumes_without_sending_again_what_the_server_kept() {
+    let server = writable_server().await;
+    // A new file, all of it sent: batches of 1 MiB, each kept by the server once whole.
+    let data = random_bytes(6 << 20, 20);
+    let from = tempfile::tempdir().unwrap();
+    std::fs::write(from.path().join("data.bin"), &data).unwrap();
+    let cut_at = 3_500_000;
+    let proxy = Proxy::to(server.addr, vec![Fault::CutUpAfter(cut_at)], Arc::new(|| {})).await;
+    let config = PushConfig { server: proxy.url(), ..config(&server, from.path(), None) };
+    let reports = push(&config, &[AssetPath::new("data.bin").unwrap()], |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(server.root.path().join("data.bin")).unwrap(), data);
+    assert_eq!(proxy.connections(), 2, "one cut, one resumption");
+    // Without resuming, the second connection would carry the whole file again (9.8 MB in all).
+    let up = proxy.forwarded_up();
+    assert!(up < data.len() as u64 * 5 / 4, "{up} bytes sent for a {} byte file cut at {cut_at}", data.len());
+    assert!(
+        reports[0].chunks_sent < reports[0].chunks,
+        "the resumed upload names what the server kept: {:?}",
+        reports[0]
+    );
+    server.stop().await;
 }

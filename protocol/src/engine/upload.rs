@@ -8,8 +8,8 @@ use std::mem;
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
 use crate::upload::{Compressor, Prepared, prepare, read_manifest};
 use crate::{
-    AssetPath, ChunkParams, ClientMessage, Error, ErrorCode, MAX_REQUESTS, Manifest, ServerMessage, Synced,
-    VerifiedChunk, VersionId,
+    AssetPath, ChunkId, ChunkParams, ChunkSet, ClientMessage, Error, MAX_REQUESTS, Manifest, ServerMessage,
+    Synced, VerifiedChunk, VersionId,
 };
 
 /// What an upload did.
@@ -68,6 +68,10 @@ pub struct UploadSync {
     /// The server's version the upload is made from, once known.
     server: Option<Manifest>,
     prefix: Option<Vec<u8>>,
+    /// Chunks the server kept from an attempt cut short, as it listed them.
+    received: ChunkSet,
+    /// Whether an attempt was cut after its upload was sent: the next asks what was kept.
+    resuming: bool,
     compress: Option<Compressor>,
     /// On a conflict, upload over the server's version instead of failing.
     force: bool,
@@ -101,6 +105,8 @@ impl UploadSync {
             base,
             server: None,
             prefix: None,
+            received: ChunkSet::default(),
+            resuming: false,
             compress: None,
             force: false,
             commit: false,
@@ -184,7 +190,9 @@ impl UploadSync {
         let id = bump(&mut self.next_id);
         let (new, base) = (self.new.as_ref().expect("cut above"), self.base());
         let prefix = self.prefix.as_deref().filter(|_| base.is_some());
-        let prepared = prepare(id, &self.asset, new, &self.data, base, prefix, self.compress);
+        let kept: HashSet<ChunkId> =
+            self.received.matching(new.chunks.iter().map(|c| &c.id)).into_iter().collect();
+        let prepared = prepare(id, &self.asset, new, &self.data, base, &kept, prefix, self.compress);
         self.sent = (prepared.chunks_sent, prepared.chunk_bytes);
         self.report.requests += 1;
         State::SendUpload(prepared)
@@ -264,21 +272,26 @@ impl UploadSync {
                 self.queue.push_back(Action::Changed { asset, version });
                 State::AwaitManifest(id)
             }
-            ServerMessage::Manifest { id: answered, version, manifest } if answered == id => {
-                match read_manifest(&self.asset, version, &manifest) {
-                    Ok(manifest) => {
-                        self.server = Some(manifest);
-                        State::LoadPrefix
-                    }
-                    Err(e) => State::Failed(ClientError::GaveUp { requests: self.report.requests, last: e }),
+            ServerMessage::Manifest { id: answered, version, manifest, received } if answered == id => {
+                self.received = received;
+                // A known base stays the base: the server refuses the upload if it changed.
+                if let Base::Known(_) = self.base {
+                    return State::LoadPrefix;
                 }
-            }
-            // No such file yet: the upload creates it.
-            ServerMessage::Error { id: Some(answered), code: ErrorCode::UnknownAsset, .. }
-                if answered == id =>
-            {
-                self.server = None;
-                self.prepare()
+                self.server = match (version, manifest) {
+                    (Some(version), Some(manifest)) => match read_manifest(&self.asset, version, &manifest) {
+                        Ok(manifest) => Some(manifest),
+                        Err(e) => {
+                            return State::Failed(ClientError::GaveUp {
+                                requests: self.report.requests,
+                                last: e,
+                            });
+                        }
+                    },
+                    // No such file yet: the upload creates it.
+                    _ => None,
+                };
+                State::LoadPrefix
             }
             ServerMessage::Error { id: Some(answered), code, message } if answered == id => {
                 State::Failed(ClientError::Refused { code, message })
@@ -291,9 +304,9 @@ impl UploadSync {
         }
     }
 
-    /// The connection was lost: reconnect, then start again from the server's version (or the
-    /// known base), sending the same upload. (A resumed upload whose first attempt landed is
-    /// answered `conflict` naming this very version, which counts as done.)
+    /// The connection was lost: reconnect, then start again (see [`UploadSync::restart`]). A
+    /// resumed upload whose attempt landed after all is answered `conflict` naming this very
+    /// version, which counts as done.
     fn lost(&mut self, why: String) -> State {
         let state = match self.losses.reconnect(self.resume, self.asset.as_str(), why, &mut self.queue) {
             Ok(after_ms) => State::Reconnecting(after_ms),
@@ -303,11 +316,12 @@ impl UploadSync {
         state
     }
 
-    /// Where a reconnected upload starts again.
+    /// Where a reconnected upload starts again: asking what the server kept of an upload cut
+    /// short (and its version, without a known base).
     fn restart(&self) -> State {
-        match self.base {
-            Base::Ask => State::Ask,
-            Base::Known(_) => State::Prepare,
+        match (&self.base, self.resuming) {
+            (Base::Known(_), false) => State::Prepare,
+            _ => State::Ask,
         }
     }
 }
@@ -322,10 +336,9 @@ impl Machine for UploadSync {
                 State::Ask => {
                     let id = bump(&mut self.next_id);
                     self.state = State::AwaitManifest(id);
-                    return Action::Send(ClientMessage::GetManifest {
-                        id,
-                        asset: self.asset.as_str().to_owned(),
-                    });
+                    let resume = self.new.as_ref().map(Manifest::version).filter(|_| self.resuming);
+                    let asset = self.asset.as_str().to_owned();
+                    return Action::Send(ClientMessage::GetManifest { id, asset, resume });
                 }
                 State::LoadPrefix if self.compress.is_some() && self.base().is_some() => {
                     self.state = State::LoadPrefix;
@@ -359,7 +372,12 @@ impl Machine for UploadSync {
         self.state = match (mem::replace(&mut self.state, State::Over), input) {
             (State::Reconnecting(_), Input::Reconnected) => self.restart(),
             (State::Reconnecting(_), Input::Lost(why)) => self.lost(format!("reconnecting failed: {why}")),
-            (_, Input::Lost(why)) => self.lost(why),
+            (state, Input::Lost(why)) => {
+                // The server keeps what it verified of an upload cut short.
+                self.resuming |=
+                    matches!(state, State::SendUpload(_) | State::SendFrames(_) | State::AwaitAnswer(_));
+                self.lost(why)
+            }
             (State::AwaitManifest(id), Input::Sent { wire }) => {
                 self.report.wire_out += wire;
                 State::AwaitManifest(id)

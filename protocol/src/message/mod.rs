@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod frame;
 
-use crate::{AssetPath, ChunkParams, Have, RecipeOp, VersionId};
+use crate::{AssetPath, ChunkParams, ChunkSet, Have, RecipeOp, VersionId};
 
 pub use frame::{BATCH_PART, ChunkFrame};
 
@@ -85,13 +85,16 @@ pub enum ClientMessage {
         path: String,
     },
     /// Asks for the current manifest of one asset, to upload a new version over it (see
-    /// [`crate::upload`]). Answered by `manifest`, or by `error` (`unknown_asset` when there is
-    /// no such file yet).
+    /// [`crate::upload`]), and with `resume`, for the chunks of that version the server kept
+    /// from an upload cut short. Answered by `manifest` (or `error`).
     GetManifest {
         /// Chosen by the client; echoed in the answer.
         id: u32,
         /// The asset, as in `sync`.
         asset: String,
+        /// The version of an upload being resumed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<VersionId>,
     },
     /// A new version of an asset, followed by `frames` binary chunk frames (see
     /// [`crate::upload`]). Answered by `uploaded`, `conflict` or `error`; nothing is written
@@ -202,14 +205,21 @@ pub enum ServerMessage {
         /// Its new version, or `None` when the file was removed.
         version: Option<VersionId>,
     },
-    /// Answer to `get_manifest`: the asset's current manifest.
+    /// Answer to `get_manifest`: the asset's current manifest (neither field when there is no
+    /// such file), and the chunks kept from the upload being resumed.
     Manifest {
         /// The request id.
         id: u32,
         /// Its version id, which the manifest must hash to.
-        version: VersionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<VersionId>,
         /// [`crate::Manifest::canonical_bytes`], in base64.
-        manifest: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<String>,
+        /// Chunks of the upload named in `resume` that the server received, verified and kept
+        /// (full ids): a resumed upload names them instead of sending them again.
+        #[serde(default, skip_serializing_if = "ChunkSet::is_empty")]
+        received: ChunkSet,
     },
     /// The upload `id` is written: the asset's new current version.
     Uploaded {
@@ -271,6 +281,8 @@ struct WireServerMessage {
     code: Option<ErrorCode>,
     message: Option<String>,
     manifest: Option<String>,
+    #[serde(default)]
+    received: ChunkSet,
 }
 
 impl TryFrom<WireServerMessage> for ServerMessage {
@@ -311,8 +323,9 @@ impl TryFrom<WireServerMessage> for ServerMessage {
             },
             "manifest" => ServerMessage::Manifest {
                 id: need(w.id, "id")?,
-                version: need(w.version, "version")?,
-                manifest: need(w.manifest, "manifest")?,
+                version: w.version,
+                manifest: w.manifest,
+                received: w.received,
             },
             "uploaded" => {
                 ServerMessage::Uploaded { id: need(w.id, "id")?, version: need(w.version, "version")? }

@@ -23,6 +23,8 @@ mod subscribe;
 mod throttle;
 mod upload;
 
+pub(crate) use upload::KeptUploads;
+
 use crate::forwarded::Remote;
 use crate::server::AppState;
 use answer::{FolderRequest, Request, sync, sync_folder};
@@ -147,8 +149,8 @@ pub(crate) async fn run(
                 let request = FolderRequest { id, folder: &folder, since, have };
                 sync_folder(&mut socket, &state, peer, &mut throttle, request).await
             }
-            Ok(ClientMessage::GetManifest { id, asset }) => {
-                upload::get_manifest(&mut socket, &state, id, &asset).await
+            Ok(ClientMessage::GetManifest { id, asset, resume }) => {
+                upload::get_manifest(&mut socket, &state, id, &asset, resume).await
             }
             Ok(ClientMessage::Upload(request)) => upload::upload(&mut socket, &state, request).await,
             Ok(ClientMessage::Subscribe { id, path }) => {

@@ -2,12 +2,14 @@
 //! server's (see [`assetsync_protocol::upload`]). It is rebuilt and verified by the client's own
 //! machine, and written only if the file is still the version the upload was made from.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use assetsync_protocol::upload::{receiver, write_manifest};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ClientSync, Error, ErrorCode, MAX_CHUNKS, ServerMessage, UploadRequest,
+    AssetPath, ChunkId, ChunkSet, ClientSync, Error, ErrorCode, MAX_CHUNKS, ServerMessage, UploadRequest,
+    VerifiedChunk, VersionId,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
 use bytes::Bytes;
@@ -18,23 +20,32 @@ use crate::index::{IndexError, Indexed, WriteError};
 use crate::server::AppState;
 
 /// Answers `get_manifest`: the asset's current manifest, the base of an upload from a client
-/// that does not hold it.
+/// that does not hold it, and with `resume`, the chunks kept from that upload cut short.
 pub(super) async fn get_manifest(
     socket: &mut WebSocket,
     state: &AppState,
     id: u32,
     asset: &str,
+    resume: Option<VersionId>,
 ) -> Result<(), Fatal> {
     let answer = match AssetPath::new(asset) {
         Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
-        Ok(asset) => match state.index.current(&asset).await {
-            Ok(current) => ServerMessage::Manifest {
-                id,
-                version: current.version,
-                manifest: write_manifest(&current.manifest),
-            },
-            Err(e) => refuse(id, code_of(&e), e.to_string()),
-        },
+        Ok(asset) => {
+            let received = resume.map(|v| state.uploads.held(&asset, v)).unwrap_or_default();
+            let received = ChunkSet::with_prefix(received, 32);
+            match state.index.current(&asset).await {
+                Ok(current) => ServerMessage::Manifest {
+                    id,
+                    version: Some(current.version),
+                    manifest: Some(write_manifest(&current.manifest)),
+                    received,
+                },
+                Err(IndexError::Unknown(_)) => {
+                    ServerMessage::Manifest { id, version: None, manifest: None, received }
+                }
+                Err(e) => refuse(id, code_of(&e), e.to_string()),
+            }
+        }
     };
     send_json(socket, &answer).await
 }
@@ -56,7 +67,18 @@ pub(super) async fn upload(
     let mut receiving = start(state, &request).await;
     let mut frame_bytes = 0;
     for _ in 0..request.frames {
-        let frame = next_frame(socket, state).await?;
+        let frame = match next_frame(socket, state).await {
+            Ok(frame) => frame,
+            Err(fatal) => {
+                // Cut short: what was received and verified is kept for the resumed upload.
+                if let Ok((machine, _)) = &mut receiving
+                    && let Ok(asset) = AssetPath::new(&request.asset)
+                {
+                    state.uploads.keep(&asset, request.version, machine.take_received());
+                }
+                return Err(fatal);
+            }
+        };
         frame_bytes += frame.len();
         if let Ok((machine, _)) = &mut receiving
             && let Err(e) = machine.on_frame(&frame)
@@ -86,7 +108,7 @@ pub(super) async fn upload(
 async fn start(
     state: &AppState,
     request: &UploadRequest,
-) -> Result<(ClientSync, Option<std::sync::Arc<Indexed>>), ServerMessage> {
+) -> Result<(ClientSync, Option<Arc<Indexed>>), ServerMessage> {
     let id = request.id;
     if !state.writable {
         let why = "this server does not accept uploads: start it with serve --allow-write --token-file FILE";
@@ -126,22 +148,25 @@ async fn finish(
     state: &AppState,
     request: &UploadRequest,
     machine: ClientSync,
-    current: Option<std::sync::Arc<Indexed>>,
+    current: Option<Arc<Indexed>>,
 ) -> ServerMessage {
     let id = request.id;
+    let asset = AssetPath::new(&request.asset).expect("checked by start");
+    let kept = state.uploads.take(&asset, request.version);
     let rebuilt = tokio::task::spawn_blocking(move || {
-        let local = match &current {
-            Some(current) => {
-                let wanted = machine.local_chunks();
-                let at: HashMap<ChunkId, usize> =
-                    current.manifest.chunks.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
-                wanted
-                    .into_iter()
-                    .filter_map(|id| Some((id, current.chunk(*at.get(&id)?).to_vec())))
-                    .collect()
-            }
-            None => Vec::new(),
+        let at: HashMap<ChunkId, usize> = match &current {
+            Some(current) => current.manifest.chunks.iter().enumerate().map(|(i, c)| (c.id, i)).collect(),
+            None => HashMap::new(),
         };
+        let local = machine
+            .local_chunks()
+            .into_iter()
+            .filter_map(|id| match (kept.get(&id), &current, at.get(&id)) {
+                (Some(chunk), ..) => Some((id, chunk.bytes().to_vec())),
+                (None, Some(current), Some(&i)) => Some((id, current.chunk(i).to_vec())),
+                _ => None,
+            })
+            .collect();
         machine.finish(local)
     })
     .await
@@ -150,7 +175,6 @@ async fn finish(
         Ok(synced) => synced,
         Err(e) => return refuse(id, ErrorCode::BadMessage, nothing_written(&request.asset, &e)),
     };
-    let asset = synced.manifest.path.clone();
     match state.index.write(&asset, request.base, synced.data).await {
         Ok(written) => ServerMessage::Uploaded { id, version: written.version },
         Err(WriteError::Conflict(version)) => ServerMessage::Conflict { id, version },
@@ -196,5 +220,63 @@ async fn next_frame(socket: &mut WebSocket, state: &AppState) -> Result<Bytes, F
             Some(Err(e)) => return Err(lost(&e)),
             Some(Ok(Message::Close(_))) | None => return Err(lost(&"closed")),
         }
+    }
+}
+
+/// Chunks of uploads cut short, by asset and announced version, kept for their resumption for
+/// [`KEPT_FOR`], within [`KEPT_BYTES`] in all (the oldest dropped first).
+#[derive(Default)]
+pub(crate) struct KeptUploads {
+    uploads: Mutex<VecDeque<Kept>>,
+}
+
+struct Kept {
+    asset: AssetPath,
+    version: VersionId,
+    since: Instant,
+    chunks: HashMap<ChunkId, VerifiedChunk>,
+}
+
+/// How long the chunks of an upload cut short are kept.
+const KEPT_FOR: Duration = Duration::from_secs(600);
+/// Chunk bytes kept from uploads cut short, in all.
+const KEPT_BYTES: usize = 256 << 20;
+
+impl KeptUploads {
+    /// Adds `chunks` to what is kept of the upload of `version` of `asset`.
+    fn keep(&self, asset: &AssetPath, version: VersionId, chunks: Vec<VerifiedChunk>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let mut uploads = self.uploads.lock().expect("poisoned");
+        uploads.retain(|k| k.since.elapsed() < KEPT_FOR);
+        let at = uploads.iter().position(|k| k.asset == *asset && k.version == version);
+        let mut kept = match at {
+            Some(at) => uploads.remove(at).expect("found above"),
+            None => Kept { asset: asset.clone(), version, since: Instant::now(), chunks: HashMap::new() },
+        };
+        kept.since = Instant::now();
+        kept.chunks.extend(chunks.into_iter().map(|c| (c.id(), c)));
+        uploads.push_back(kept);
+        let bytes = |k: &Kept| k.chunks.values().map(|c| c.bytes().len()).sum::<usize>();
+        while uploads.iter().map(bytes).sum::<usize>() > KEPT_BYTES && uploads.len() > 1 {
+            uploads.pop_front();
+        }
+    }
+
+    /// The chunks kept of the upload of `version` of `asset`.
+    fn held(&self, asset: &AssetPath, version: VersionId) -> Vec<ChunkId> {
+        let uploads = self.uploads.lock().expect("poisoned");
+        let kept = uploads
+            .iter()
+            .find(|k| k.asset == *asset && k.version == version && k.since.elapsed() < KEPT_FOR);
+        kept.map(|k| k.chunks.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Takes the chunks kept of the upload of `version` of `asset`: the upload is being received.
+    fn take(&self, asset: &AssetPath, version: VersionId) -> HashMap<ChunkId, VerifiedChunk> {
+        let mut uploads = self.uploads.lock().expect("poisoned");
+        let at = uploads.iter().position(|k| k.asset == *asset && k.version == version);
+        at.and_then(|at| uploads.remove(at)).map(|k| k.chunks).unwrap_or_default()
     }
 }
