@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { cpSync, mkdirSync, unlinkSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { scratch, startServer, startRedis, startNginx, useBrowser, inChromium, quotaContext, launchBrowser, openClientPage, cuttingProxy, sha256, realBundle, repo, npmFile } from "./harness.mjs";
@@ -830,6 +830,58 @@ test("a WebAssembly rebuild arrives as a binary patch, applied in WASM, byte-ide
   const got = await syncIn(page, "sql-wasm.wasm");
   assert.equal(got.hash, sha256(v2));
   assert.ok(got.stats.wireBytesIn < zstd, `${got.stats.wireBytesIn} bytes, where the zstd answer alone is ${zstd} (the patch ${patch})`);
+  await context.close();
+  await server.stop();
+});
+
+test("a page saves an edit back with upload(), sending only the changed chunks; a stale base is refused", async () => {
+  const dir = scratch("assetsync-upload-");
+  const tokenFile = join(dir, "token");
+  writeFileSync(tokenFile, "page-secret\n", { mode: 0o600 });
+  const server = await startServer({ extraArgs: ["--allow-write", "--token-file", tokenFile] });
+  const v1 = bundle(1);
+  server.write("js/app.js", v1);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, server);
+  // The page syncs the bundle, edits 1 KiB in its middle, and saves it back.
+  const saved = await page.evaluate(async (ws) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "upload", token: "page-secret" });
+    const bytes = (await window.client.sync("js/app.js")).bytes();
+    const middle = bytes.length >> 1;
+    for (let i = 0; i < 1024; i++) bytes[middle + i] = 0x41 + (i % 26);
+    const progress = [];
+    const r = await window.client.upload("js/app.js", bytes, { onProgress: (p) => progress.push(p) });
+    return { stats: r.stats, hash: await window.hex(r.bytes()), stored: await window.hex(await window.client.read("js/app.js")), progress };
+  }, server.ws);
+  const onServer = readFileSync(join(server.root, "js/app.js"));
+  assert.equal(sha256(onServer), saved.hash, "the server's file is the page's edit");
+  assert.equal(saved.stored, saved.hash, "and the page's store holds it");
+  assert.ok(saved.stats.chunksSent >= 1 && saved.stats.chunksSent <= 3, JSON.stringify(saved.stats));
+  assert.ok(saved.stats.wireBytesOut < 64 << 10, `${saved.stats.wireBytesOut} bytes sent for a 1 KiB edit`);
+  const last = saved.progress.at(-1);
+  assert.ok(last && last.sentBytes === last.totalBytes && last.totalBytes > 0, JSON.stringify(saved.progress));
+
+  // Another page, which never synced the file, saves a second edit made from the first (rsync's
+  // flow: it asks for the server's manifest first, then sends only what the server lacks).
+  const edit2 = Buffer.from(onServer);
+  edit2.write("/* saved from another page */", 1000);
+  const other = await openClientPage(context, server);
+  const second = await other.evaluate(async ({ ws, b64, base }) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const client = await window.assetsync.SyncClient.connect(ws, { db: "upload-other", token: "page-secret" });
+    return (await client.upload("js/app.js", bytes, { base })).stats;
+  }, { ws: server.ws, b64: edit2.toString("base64"), base: saved.stats.version });
+  assert.equal(sha256(readFileSync(join(server.root, "js/app.js"))), sha256(edit2));
+  assert.ok(second.wireBytesOut < 64 << 10, `${second.wireBytesOut} bytes sent without the base`);
+
+  // The first page's copy is now stale: its next save is refused, and nothing is written.
+  const refused = await page.evaluate(async () => {
+    const bytes = await window.client.read("js/app.js");
+    bytes[0] = 0x20;
+    return window.client.upload("js/app.js", bytes).then(() => "resolved", (e) => e.message);
+  });
+  assert.match(refused, /conflict: the server's file changed/);
+  assert.equal(sha256(readFileSync(join(server.root, "js/app.js"))), sha256(edit2), "nothing written");
   await context.close();
   await server.stop();
 });

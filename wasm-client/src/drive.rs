@@ -7,7 +7,7 @@ use std::mem;
 use std::rc::Rc;
 
 use assetsync_protocol::engine::{
-    Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate, SyncReport,
+    Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate, SyncReport, Uploaded,
 };
 use assetsync_protocol::{ChunkId, Manifest, VersionId, offload};
 use js_sys::{Function, Object, Reflect};
@@ -17,7 +17,9 @@ use crate::digest::{self, ChunkHasher};
 use crate::download::{Download, Failure};
 use crate::socket::{Incoming, Socket};
 use crate::store::Staged;
-use crate::{Bytes, Client, SyncResult, next, now_ms, report_progress, subscribe, task};
+use crate::{
+    Bytes, Client, SyncResult, next, now_ms, report_progress, report_upload_progress, subscribe, task,
+};
 
 /// What a run produced besides the machine's own result.
 #[derive(Default)]
@@ -144,6 +146,13 @@ impl Client {
                     Some(Err(why)) => Input::Lost(why),
                     None => Input::Lost("not connected".into()),
                 },
+                Action::SendFrames(frames) => match socket.as_ref() {
+                    Some(s) => match self.send_frames(s, frames, run.on_progress).await {
+                        Ok(wire) => Input::Sent { wire },
+                        Err(why) => Input::Lost(why),
+                    },
+                    None => Input::Lost("not connected".into()),
+                },
                 Action::Receive => {
                     match socket.as_mut().map(next) {
                         Some(next) => match next.await {
@@ -217,6 +226,32 @@ impl Client {
                 },
             };
             machine.handle(input);
+        }
+    }
+
+    /// Sends an upload's frames, then waits until the browser has sent them, calling
+    /// `on_progress({sentBytes, totalBytes})` every 50 ms meanwhile (a browser WebSocket queues
+    /// whatever it is given); their size, or why the connection is lost.
+    async fn send_frames(
+        &self,
+        socket: &Socket,
+        frames: &[Vec<u8>],
+        on_progress: Option<&Function>,
+    ) -> Result<u64, String> {
+        let before = socket.buffered();
+        let mut total = 0;
+        for frame in frames {
+            socket.send_binary(frame).map_err(|e| e.0)?;
+            total += frame.len() as u64;
+        }
+        self.sent.set(self.sent.get() + total);
+        loop {
+            let left = socket.buffered().saturating_sub(before).min(total);
+            report_upload_progress(on_progress, total - left, total);
+            if left == 0 || !socket.is_open() {
+                return Ok(total);
+            }
+            subscribe::sleep(50).await;
         }
     }
 
@@ -387,6 +422,7 @@ impl Client {
             report,
             store_ms: timings.store_ms,
             verify_ms: timings.verify_ms,
+            chunks_sent: None,
         };
         SyncResult { asset, version, data, stats }
     }
@@ -405,9 +441,28 @@ pub(crate) struct Stats {
     report: SyncReport,
     store_ms: f64,
     verify_ms: f64,
+    /// An upload's distinct chunks sent.
+    chunks_sent: Option<usize>,
 }
 
 impl Stats {
+    /// The figures of an upload: the same as a sync's, and the chunks it sent.
+    pub(crate) fn of_upload(done: &Uploaded, wire: (u64, u64), elapsed_ms: f64, store_ms: f64) -> Self {
+        let chunks = done.manifest.chunks.len();
+        Stats {
+            version: done.version,
+            bytes: done.manifest.len,
+            chunks,
+            chunks_reused: chunks - done.chunks_sent,
+            wire,
+            elapsed_ms,
+            report: done.report.clone(),
+            store_ms,
+            verify_ms: 0.0,
+            chunks_sent: Some(done.chunks_sent),
+        }
+    }
+
     pub(crate) fn to_js(&self) -> JsValue {
         let stats = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&stats, &k.into(), &v).expect("set on a plain object");
@@ -424,6 +479,9 @@ impl Stats {
         set("reconnects", self.report.reconnects.into());
         set("storeMs", self.store_ms.into());
         set("verifyMs", self.verify_ms.into());
+        if let Some(sent) = self.chunks_sent {
+            set("chunksSent", (sent as f64).into());
+        }
         stats.into()
     }
 }

@@ -9,6 +9,8 @@
 //! const client = await SyncClient.connect("ws://127.0.0.1:8080/sync", { db: "assetsync" });
 //! const result = await client.sync("js/app.js", (p) => console.log(p.receivedBytes, p.totalBytes));
 //! result.bytes(); result.stats;
+//! const saved = await client.upload("js/app.js", edited, { onProgress: (p) => {} });
+//! saved.stats.chunksSent;
 //! await client.read("js/app.js");
 //! await client.gc();
 //! client.close();
@@ -26,6 +28,7 @@ mod socket;
 mod store;
 mod subscribe;
 mod task;
+mod upload;
 #[cfg(feature = "worker")]
 mod worker;
 
@@ -61,6 +64,18 @@ export interface SyncProgress {
   receivedBytes: number;
   totalBytes: number;
 }
+/** Options for `upload`. */
+export interface UploadOptions {
+  /** The version id (hex) the bytes were made from; by default the one this client last synced. */
+  base?: string;
+  /** Called as the chunks are sent. */
+  onProgress?: (p: UploadProgress) => void;
+}
+/** Passed to the `upload` progress callback. */
+export interface UploadProgress {
+  sentBytes: number;
+  totalBytes: number;
+}
 /** What one sync did. */
 export interface SyncStats {
   /** Committed version id (hex). */
@@ -90,6 +105,8 @@ export interface SyncStats {
   storeMs: number;
   /** Time spent rebuilding the file and checking its SHA-256. */
   verifyMs: number;
+  /** `upload` only: distinct chunks whose bytes were sent. */
+  chunksSent?: number;
 }
 /** Passed to a `subscribe` callback when an asset it covers changed on the server. */
 export interface AssetUpdate {
@@ -220,6 +237,25 @@ impl SyncClient {
         self.inner.sync(asset, on_progress).await
     }
 
+    /// Uploads `bytes` as the new version of `asset` (the server must run with `--allow-write`,
+    /// and this client connect with its token), sending only the chunks the server lacks, then
+    /// commits it here too, so that `read` returns it and a sync finds it current. The upload
+    /// is made from `options.base`, a version id (hex) the bytes were edited from, or by default
+    /// from the version this client last synced or uploaded (none: the asset must not exist on
+    /// the server yet); if the server's file is another version by then, it rejects with a
+    /// `conflict` error and nothing is written. `options.onProgress({sentBytes, totalBytes})`
+    /// follows the chunks sent. A connection lost mid-upload is resumed without sending again
+    /// what the server kept. Resolves with the same stats as `sync`, plus `chunksSent`.
+    pub async fn upload(
+        &self,
+        asset: String,
+        bytes: Vec<u8>,
+        #[wasm_bindgen(unchecked_optional_param_type = "UploadOptions")] options: Option<Object>,
+    ) -> Result<SyncResult, JsError> {
+        self.inner.usable()?;
+        self.inner.upload(asset, bytes, options).await
+    }
+
     /// Syncs a whole folder (`"dist/"`, or `""` for the whole root) in one round trip: fetches
     /// and commits every new or changed file, each verified, and deletes from the store the
     /// files the server no longer has. Chunks shared by several files cross the wire once.
@@ -264,6 +300,15 @@ impl SyncClient {
     /// subscriptions, and closes the database.
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+fn report_upload_progress(on_progress: Option<&Function>, sent: u64, total: u64) {
+    if let Some(f) = on_progress {
+        let p = Object::new();
+        Reflect::set(&p, &"sentBytes".into(), &(sent as f64).into()).expect("plain object");
+        Reflect::set(&p, &"totalBytes".into(), &(total as f64).into()).expect("plain object");
+        let _ = f.call1(&JsValue::NULL, &p);
     }
 }
 

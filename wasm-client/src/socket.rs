@@ -134,6 +134,18 @@ impl Socket {
             .map_err(|e| SocketError(format!("connection lost while sending: {}", describe(&e))))
     }
 
+    /// Sends a binary frame (an upload's).
+    pub fn send_binary(&self, frame: &[u8]) -> Result<(), SocketError> {
+        self.ws
+            .send_with_u8_array(frame)
+            .map_err(|e| SocketError(format!("connection lost while sending: {}", describe(&e))))
+    }
+
+    /// Bytes queued by `send_*` that the browser has not sent yet.
+    pub fn buffered(&self) -> u64 {
+        self.ws.buffered_amount().into()
+    }
+
     /// The next message or event; `None` once the socket is gone.
     pub async fn recv(&mut self) -> Option<Incoming> {
         self.incoming.next().await

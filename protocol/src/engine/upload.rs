@@ -17,6 +17,8 @@ use crate::{
 pub struct Uploaded {
     /// The uploaded version's manifest.
     pub manifest: Manifest,
+    /// The uploaded file.
+    pub data: Vec<u8>,
     /// The server's version of the asset now (the uploaded one, unless the server cuts files
     /// with other parameters than the base had).
     pub version: VersionId,
@@ -33,8 +35,8 @@ pub struct Uploaded {
 /// Where the upload's base comes from.
 #[derive(Debug)]
 enum Base {
-    /// Ask the server for its current version first.
-    Ask,
+    /// Ask the server for its current version first, which must be this one if given.
+    Ask(Option<VersionId>),
     /// The version the client last synced or uploaded (`None`: it held none, so the asset must
     /// not exist on the server yet).
     Known(Option<Manifest>),
@@ -96,7 +98,7 @@ impl UploadSync {
     /// `next_id`.
     pub fn new(asset: AssetPath, data: Vec<u8>, base: Option<Option<Manifest>>, next_id: u32) -> Self {
         let (base, state) = match base {
-            None => (Base::Ask, State::Ask),
+            None => (Base::Ask(None), State::Ask),
             Some(known) => (Base::Known(known), State::LoadPrefix),
         };
         UploadSync {
@@ -129,6 +131,16 @@ impl UploadSync {
         self
     }
 
+    /// For an upload without a known base (`new` with `None`): the version the new file was
+    /// made from, as the page or tool learned it elsewhere. The server's version, asked for
+    /// first, must be this one, else the upload fails with [`ClientError::Conflict`].
+    pub fn expecting(mut self, version: VersionId) -> Self {
+        if let Base::Ask(expected) = &mut self.base {
+            *expected = Some(version);
+        }
+        self
+    }
+
     /// On a conflict, asks for the server's version and uploads over it (`push --force`).
     pub fn force(mut self) -> Self {
         self.force = true;
@@ -155,14 +167,15 @@ impl UploadSync {
         let version = self.version.unwrap_or_else(|| manifest.version());
         let unchanged = self.server.as_ref().is_some_and(|s| s.version() == manifest.version());
         let (chunks_sent, chunk_bytes) = self.sent;
-        Uploaded { manifest, version, unchanged, chunks_sent, chunk_bytes, report: self.report }
+        let data = self.data;
+        Uploaded { manifest, data, version, unchanged, chunks_sent, chunk_bytes, report: self.report }
     }
 
     /// The base, once known (from the caller, or the server's `manifest` answer).
     fn base(&self) -> Option<&Manifest> {
         match &self.base {
             Base::Known(known) => known.as_ref(),
-            Base::Ask => self.server.as_ref(),
+            Base::Ask(_) => self.server.as_ref(),
         }
     }
 
@@ -249,7 +262,7 @@ impl UploadSync {
                         "{}: the server's file changed meanwhile; uploading over its new version",
                         self.asset
                     )));
-                    self.base = Base::Ask;
+                    self.base = Base::Ask(None);
                     self.prefix = None;
                     return State::Ask;
                 }
@@ -291,6 +304,11 @@ impl UploadSync {
                     // No such file yet: the upload creates it.
                     _ => None,
                 };
+                if let Base::Ask(Some(expected)) = self.base
+                    && version != Some(expected)
+                {
+                    return State::Failed(ClientError::Conflict { current: version });
+                }
                 State::LoadPrefix
             }
             ServerMessage::Error { id: Some(answered), code, message } if answered == id => {
@@ -412,7 +430,10 @@ impl Machine for UploadSync {
                     last: Error::Protocol("a chunk frame answering an upload".into()),
                 })
             }
-            (State::Committing(_), Input::Stored) => State::Finished,
+            (State::Committing(synced), Input::Stored) => {
+                self.data = synced.data;
+                State::Finished
+            }
             (state, input) => {
                 debug_assert!(false, "input {input:?} does not answer {state:?}");
                 state
