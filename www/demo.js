@@ -127,6 +127,7 @@ async function main() {
     $("rebuild").hidden = true;
     return;
   }
+  startEditor();
   $("rebuild").onclick = async () => {
     try {
       const r = await fetch("/demo/rebuild", { method: "POST" });
@@ -137,6 +138,44 @@ async function main() {
       note(`The service worker synced build ${build.build} for ${fmtBytes(u.wireBytesIn + u.wireBytesOut)}.`);
     } catch (e) {
       note(`Rebuild failed: ${e.message}`, true);
+    }
+  };
+}
+
+/** The bundle's line that carries the editor's greeting (replaced by each save). */
+const GREETING = /\nglobalThis\.assetsyncDemoGreeting = .*;\n$/;
+
+/** The editor card: the page edits the bundle and saves it back with `SyncClient.upload`. */
+async function startEditor() {
+  $("said").textContent = globalThis.assetsyncDemoGreeting ?? "nothing yet";
+  // The demo hands its page the secret for saving to its private copy.
+  const token = await fetch("/demo/token").then((r) => (r.ok ? r.text() : null), () => null);
+  if (!token) return;
+  $("editor").hidden = false;
+  $("save").onclick = async () => {
+    $("save").disabled = true;
+    try {
+      const { default: init, SyncClient } = await import("/pkg/assetsync.js");
+      await init();
+      const ws = location.origin.replace(/^http/, "ws") + "/sync";
+      const client = await SyncClient.connect(ws, { db: "assetsync-demo-editor", token });
+      const current = await client.sync("js/app.js");
+      const text = new TextDecoder().decode(current.bytes()).replace(GREETING, "\n");
+      const line = `globalThis.assetsyncDemoGreeting = ${JSON.stringify($("greeting").value)};\n`;
+      const edited = new TextEncoder().encode(text + line);
+      const saved = await client.upload("js/app.js", edited, { base: current.stats.version });
+      client.close();
+      // This tab's service worker brings the saved build in (the others hear of it by push).
+      await window.demo.app.check();
+      const s = saved.stats;
+      $("save-note").textContent = `Saved: ${fmtBytes(s.wireBytesOut)} sent for a ${fmtBytes(s.bytes)} bundle ` +
+        `(${s.chunksSent} of ${s.chunks} chunks), in ${Math.round(s.elapsedMs)} ms: reload to run it.`;
+      $("save-note").classList.remove("error");
+    } catch (e) {
+      $("save-note").textContent = `Save failed: ${e.message}`;
+      $("save-note").classList.add("error");
+    } finally {
+      $("save").disabled = false;
     }
   };
 }

@@ -499,6 +499,13 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         Some(demo) => www.map(|_| demo.root()),
         None => www,
     };
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let write_token = match (&demo, args.allow_write) {
+        (_, true) => token.clone(),
+        // The demo's private copy takes the page's saves, with a secret made up for this run.
+        (Some(demo), false) => Some(demo.write_token().to_owned()),
+        (None, false) => None,
+    };
     let config = ServeConfig {
         root,
         demo,
@@ -529,8 +536,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         offload,
         trusted_proxies: args.trusted_proxy,
         allow_origins: args.allow_origin,
-        token: args.token_file.as_deref().map(read_token).transpose()?,
-        allow_write: args.allow_write,
+        token,
+        write_token,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

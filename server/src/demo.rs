@@ -23,6 +23,8 @@ const VENDOR: [&str; 4] =
 pub struct Demo {
     dir: tempfile::TempDir,
     build: Mutex<u32>,
+    /// The secret that lets the demo page save edits to the private copy (`GET /demo/token`).
+    write_token: String,
 }
 
 /// What a rebuild produced.
@@ -46,9 +48,15 @@ impl Demo {
         if let Some(www) = www {
             copy_dir(www, &dir.path().join("site"))?;
         }
-        let demo = Demo { dir, build: Mutex::new(0) };
+        let demo = Demo { dir, build: Mutex::new(0), write_token: made_up_secret() };
         demo.rebuild()?;
         Ok(demo)
+    }
+
+    /// The secret for uploads to the private copy, made up for this run, handed to the demo page
+    /// by `GET /demo/token` (the server listens on loopback by default; see `serve --listen`).
+    pub fn write_token(&self) -> &str {
+        &self.write_token
     }
 
     /// The folder to serve.
@@ -118,4 +126,11 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A secret for this run only, from the standard library's random hash keys (128 bits).
+fn made_up_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{:016x}{:016x}", half(), half())
 }

@@ -65,9 +65,9 @@ pub struct ServeConfig {
     pub demo: Option<Arc<Demo>>,
     /// A shared secret every client must present in `hello` (`--token-file`).
     pub token: Option<String>,
-    /// Accept uploads of new versions from clients (`--allow-write`; needs `token`, so that
-    /// only clients that hold the secret write).
-    pub allow_write: bool,
+    /// Accept uploads of new versions from clients that present this secret in `hello`
+    /// (`--allow-write` makes it `--token-file`'s; the demo makes one up and hands it to its page).
+    pub write_token: Option<String>,
     /// Exact origins whose pages may connect besides the default ones (see [`crate::origin`]);
     /// `"*"` allows any page.
     pub allow_origins: Vec<String>,
@@ -147,7 +147,7 @@ impl Default for ServeConfig {
             trusted_proxies: Vec::new(),
             allow_origins: Vec::new(),
             token: None,
-            allow_write: false,
+            write_token: None,
         }
     }
 }
@@ -169,16 +169,16 @@ pub struct AppState {
     origins: OriginPolicy,
     /// SHA-256 of the token clients must present, if any.
     pub(crate) token: Option<Hash>,
-    /// Whether clients may upload (`--allow-write`).
-    pub(crate) writable: bool,
+    /// SHA-256 of the secret a client must present to upload, if uploads are accepted.
+    pub(crate) write_token: Option<Hash>,
     /// What was received of uploads cut short.
     pub(crate) uploads: crate::session::KeptUploads,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// Builds the router: `/sync` for WebSockets, `/offload/<name>` with CDN offload, the demo's rebuild endpoints when serving the
-/// demo, and the `www` folder (if any) at `/`.
+/// Builds the router: `/sync` for WebSockets, `/offload/<name>` with CDN offload, the demo's
+/// rebuild and write-secret endpoints when serving the demo, and the `www` folder (if any) at `/`.
 pub fn app(state: Arc<AppState>, www: Option<PathBuf>, demo: Option<Arc<Demo>>) -> Router {
     let offload = state.offload.clone();
     let mut router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
@@ -186,9 +186,10 @@ pub fn app(state: Arc<AppState>, www: Option<PathBuf>, demo: Option<Arc<Demo>>) 
         router = router.merge(crate::offload::routes(offload));
     }
     if let Some(demo) = demo {
-        let current = demo.clone();
+        let (current, token) = (demo.clone(), demo.clone());
         router = router
             .route("/demo/build", get(move || async move { Json(current.current()) }))
+            .route("/demo/token", get(move || async move { token.write_token().to_owned() }))
             .route("/demo/rebuild", post(move || rebuild(demo)));
     }
     match www {
@@ -295,11 +296,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.params.validate()?;
-    if config.allow_write && config.token.is_none() {
-        anyhow::bail!(
-            "--allow-write needs --token-file: only clients that present the server's secret may write"
-        );
-    }
     let bus = config.bus.as_deref().map(crate::bus::open).transpose()?;
     let shared = config.shared_store.as_deref().map(Shared::open).transpose()?.map(Arc::new);
     let hub = Arc::new(Hub::new(config.limits.change_backlog));
@@ -339,7 +335,7 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(config.max_connections)),
         origins: OriginPolicy::new(&config.allow_origins)?,
         token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
-        writable: config.allow_write,
+        write_token: config.write_token.as_deref().map(|t| Hash::of(t.as_bytes())),
         uploads: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

@@ -673,6 +673,34 @@ test("the demo is a PWA: installable, served offline by its worker, a rebuild is
   await context.close();
 });
 
+test("the demo page edits its bundle and saves it back for kilobytes; the next load runs the edit", async () => {
+  const server = await startServer({ demo: true });
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(server.url + "/");
+  await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
+  await page.waitForSelector("#editor:not([hidden])");
+  await page.evaluate(() => { document.querySelector("#greeting").value = "Saved from the test"; });
+  await page.click("#save");
+  await page.waitForFunction(() => /^(Saved|Save failed)/.test(document.querySelector("#save-note").textContent), null, { timeout: 30_000 });
+  const said = await page.locator("#save-note").textContent();
+  const m = /^Saved: ([\d.]+) (B|KB|MB) sent for a ([\d.]+) MB bundle \((\d+) of (\d+) chunks\)/.exec(said);
+  assert.ok(m, said);
+  const sent = Number(m[1]) * { B: 1, KB: 1024, MB: 1024 * 1024 }[m[2]];
+  assert.ok(sent < 64 * 1024, `a save of a one-line edit should cost kilobytes: ${said}`);
+  assert.ok(Number(m[4]) <= 3, said);
+  // The page's service worker synced the saved build (the editor awaits its check): a reload
+  // runs it.
+  await page.reload();
+  await page.waitForSelector('#served[data-source="worker"]', { timeout: 30_000 });
+  assert.equal(await page.locator("#said").textContent(), "Saved from the test", "the saved bundle ran");
+  mkdirSync(join(repo, "target"), { recursive: true });
+  await page.screenshot({ path: join(repo, "target/demo-editor.png"), fullPage: true });
+  await server.stop();
+  await context.close();
+});
+
 test("the client runs in a worker: a folder and an asset sync, verify, commit and read back there", async () => {
   const server = await startServer();
   const files = { "app/a.js": bundle(1), "app/b.css": randomBytes(5000), "app/c/d.js": randomBytes(9000), "big.bin": randomBytes(300_000) };

@@ -20,7 +20,7 @@ const TOKEN: &str = "upload-secret";
 
 async fn writable_server() -> TestServer {
     TestServer::start_with(|c| {
-        c.allow_write = true;
+        c.write_token = Some(TOKEN.into());
         c.token = Some(TOKEN.into());
     })
     .await
@@ -260,7 +260,7 @@ fn listing(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_uploads_are_refused_with_nothing_written_and_the_server_serves_on() {
     let server = TestServer::start_with(|c| {
-        c.allow_write = true;
+        c.write_token = Some(TOKEN.into());
         c.token = Some(TOKEN.into());
         c.max_asset_bytes = 1 << 20;
     })
@@ -348,15 +348,22 @@ async fn uploads_need_allow_write_and_the_token() {
     assert_eq!(std::fs::read(server.root.path().join("a.js")).unwrap(), b"old");
     server.stop().await;
 
-    // --allow-write without a token does not start.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = assetsync::ServeConfig {
-        root: from.path().to_path_buf(),
-        allow_write: true,
-        ..assetsync::ServeConfig::default()
-    };
-    let e = assetsync::run(listener, config, async {}).await.unwrap_err().to_string();
-    assert!(e.contains("--allow-write needs --token-file"), "{e}");
+    // A server whose reads are open takes uploads only from clients with the write secret.
+    let server = TestServer::start_with(|c| c.write_token = Some(TOKEN.into())).await;
+    server.write("a.js", b"old");
+    let config = PushConfig { token: None, ..config(&server, from.path(), None) };
+    let e = push(&config, &asset, |_| {}).await.unwrap_err().to_string();
+    assert!(e.contains("unauthorized") && e.contains("write secret"), "{e}");
+    assert_eq!(std::fs::read(server.root.path().join("a.js")).unwrap(), b"old");
+    push(&PushConfig { token: Some(TOKEN.into()), ..config }, &asset, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(server.root.path().join("a.js")).unwrap(), b"new");
+    server.stop().await;
+
+    // --allow-write without a secret does not start.
+    let output =
+        Command::new(BIN).args(["serve", "--allow-write", "--root"]).arg(from.path()).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--token-file"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -152,7 +152,10 @@ pub(crate) async fn run(
             Ok(ClientMessage::GetManifest { id, asset, resume }) => {
                 upload::get_manifest(&mut socket, &state, id, &asset, resume).await
             }
-            Ok(ClientMessage::Upload(request)) => upload::upload(&mut socket, &state, request).await,
+            Ok(ClientMessage::Upload(request)) => {
+                let writer = peer_caps.expect("checked above").writer;
+                upload::upload(&mut socket, &state, writer, request).await
+            }
             Ok(ClientMessage::Subscribe { id, path }) => {
                 if subscriptions.is_empty() {
                     // Only changes from now on: none queued while nothing was subscribed.
@@ -202,6 +205,8 @@ struct Peer {
     offload: bool,
     /// Whether the client applies binary patches (see [`assetsync_protocol::patch`]).
     patch: bool,
+    /// Whether the client presented the secret that allows uploads.
+    writer: bool,
 }
 
 /// The fields of a `hello`.
@@ -216,14 +221,15 @@ struct Hello<'a> {
 /// `welcome` with the version both speak.
 async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Result<Peer, Fatal> {
     let Hello { protocol, agent, encodings, token } = hello;
+    // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
+    let matches = |t: &str, expected: &Hash| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
+    let writer = matches!((token, &state.write_token), (Some(t), Some(w)) if matches(t, w));
     if let Some(expected) = &state.token {
-        // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
-        let matches = |t: &str| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
         let why = match token {
             None => Some(
                 "this server requires a token: give it with pull --token-file FILE, or SyncClient.connect(url, { token })",
             ),
-            Some(t) if !matches(t) => {
+            Some(t) if !matches(t, expected) => {
                 Some("wrong token: use the one in the file the server's --token-file names")
             }
             Some(_) => None,
@@ -254,7 +260,7 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         limits: state.limits.announced(),
         encodings: used.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect(),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, writer })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {

@@ -55,6 +55,7 @@ pub(super) async fn get_manifest(
 pub(super) async fn upload(
     socket: &mut WebSocket,
     state: &AppState,
+    writer: bool,
     request: UploadRequest,
 ) -> Result<(), Fatal> {
     let started = Instant::now();
@@ -64,7 +65,7 @@ pub(super) async fn upload(
         let why = format!("an upload of {} frames, over the {MAX_CHUNKS} a file may have", request.frames);
         return Err(Fatal::new(ErrorCode::TooLarge, close_code::POLICY, why));
     }
-    let mut receiving = start(state, &request).await;
+    let mut receiving = start(state, writer, &request).await;
     let mut frame_bytes = 0;
     for _ in 0..request.frames {
         let frame = match next_frame(socket, state).await {
@@ -107,12 +108,17 @@ pub(super) async fn upload(
 /// that refuses it.
 async fn start(
     state: &AppState,
+    writer: bool,
     request: &UploadRequest,
 ) -> Result<(ClientSync, Option<Arc<Indexed>>), ServerMessage> {
     let id = request.id;
-    if !state.writable {
+    if state.write_token.is_none() {
         let why = "this server does not accept uploads: start it with serve --allow-write --token-file FILE";
         return Err(refuse(id, ErrorCode::ReadOnly, why.into()));
+    }
+    if !writer {
+        let why = "uploads need the server's write secret: give it with push --token-file FILE, or SyncClient.connect(url, { token })";
+        return Err(refuse(id, ErrorCode::Unauthorized, why.into()));
     }
     let asset = AssetPath::new(&request.asset).map_err(|e| refuse(id, ErrorCode::BadPath, e.to_string()))?;
     let current = match state.index.current(&asset).await {
