@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{Action, Input, Machine, UploadSync, Uploaded};
-use assetsync_protocol::{AssetPath, Scope, compress};
+use assetsync_protocol::{AssetPath, Scope, compress, upload};
 use serde::Serialize;
 
 use crate::Error;
@@ -90,9 +90,18 @@ pub async fn push(
     }
 }
 
-/// The zstd level of an upload's batch: the best for small deltas, a fast one past 1 MiB.
+/// Compresses an upload's batch: at zstd's best level for a small upload (one batch, with its
+/// prefix within 2 MiB); past that at level 9 against a prefix, which indexes a large one some
+/// 20 times faster than level 19 for a patch a third larger, and at level 3 without one
+/// (BENCHMARKS.md, uploads).
 fn compressor(raw: &[u8], prefix: Option<&[u8]>) -> Option<Vec<u8>> {
-    compress::compress(raw, prefix, if raw.len() <= 1 << 20 { 19 } else { 3 })
+    let small = raw.len() < upload::UPLOAD_BATCH && raw.len() + prefix.map_or(0, <[u8]>::len) <= 2 << 20;
+    let level = match (small, prefix) {
+        (true, _) => 19,
+        (false, Some(_)) => 9,
+        (false, None) => 3,
+    };
+    compress::compress(raw, prefix, level)
 }
 
 impl Connection {
