@@ -102,14 +102,14 @@ async fn failures_exit_non_zero_with_a_one_line_error() {
 /// A small disk of its own: a tmpfs mounted in a private mount namespace (`unshare`, which
 /// needs no root where user namespaces are enabled), held open by a sleeping process. Commands
 /// run inside it with `nsenter`; the test reads its files through `/proc/PID/root`.
-struct SmallDisk {
+pub struct SmallDisk {
     holder: std::process::Child,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
     /// `None` (and a note on stderr) where this machine cannot create the namespace.
-    fn mount(bytes: u64) -> Option<SmallDisk> {
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().unwrap();
         let script = format!("mount -t tmpfs -o size={bytes} tmpfs \"$0\" && echo mounted && exec sleep 600");
@@ -119,7 +119,7 @@ impl SmallDisk {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn();
-        let skipped = |why: &str| crate::util::skipped("the disk-full CLI test", why);
+        let skipped = |why: &str| crate::util::skipped("the disk-full tests", why);
         let mut holder = match holder {
             Ok(holder) => holder,
             Err(e) => {
@@ -140,14 +140,14 @@ impl SmallDisk {
     }
 
     /// A command run inside the namespace, where the tmpfs is mounted.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.holder.id().to_string(), "--user", "--mount", "--preserve-credentials"]);
         cmd.arg(program);
         cmd
     }
 
-    fn resize(&self, bytes: u64) {
+    pub fn resize(&self, bytes: u64) {
         let status = self
             .command("mount")
             .args(["-o", &format!("remount,size={bytes}")])
@@ -157,7 +157,7 @@ impl SmallDisk {
     }
 
     /// `relative` inside the tmpfs, as the test process can reach it.
-    fn outside(&self, relative: &str) -> std::path::PathBuf {
+    pub fn outside(&self, relative: &str) -> std::path::PathBuf {
         let inside = self.dir.path().join(relative);
         std::path::Path::new(&format!("/proc/{}/root", self.holder.id()))
             .join(inside.strip_prefix("/").unwrap())

@@ -52,10 +52,15 @@ async fn cli_push(server: &TestServer, dir: &Path, args: &[&str]) -> Result<serd
 }
 
 fn config(server: &TestServer, from: &Path, cache: Option<&Path>) -> PushConfig {
+    PushConfig { server: server.url(), cache: cache.map(Path::to_path_buf), ..config_for(from) }
+}
+
+/// Pushing from `from` with the token, without a cache, to a server set afterwards.
+fn config_for(from: &Path) -> PushConfig {
     PushConfig {
-        server: server.url(),
+        server: String::new(),
         from: from.to_path_buf(),
-        cache: cache.map(Path::to_path_buf),
+        cache: None,
         token: Some(TOKEN.into()),
         force: false,
     }
@@ -388,4 +393,43 @@ async fn an_upload_cut_midway_resumes_without_sending_again_what_the_server_kept
         reports[0]
     );
     server.stop().await;
+}
+
+/// The server's disk fills up while it writes an upload: the client gets one line naming the
+/// cause, the old file stays whole, no temporary file is left, and the same push works once
+/// there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_the_upload_clearly_and_keeps_the_old_file() {
+    const MIB: usize = 1 << 20;
+    let Some(disk) = crate::cli::SmallDisk::mount(6 * MIB as u64) else { return };
+    let (v1, v2) = (random_bytes(3 * MIB, 30), random_bytes(4 * MIB, 31));
+    std::fs::create_dir_all(disk.outside("root")).unwrap();
+    std::fs::write(disk.outside("root/big.bin"), &v1).unwrap();
+    let secret = tempfile::tempdir().unwrap();
+    let mut serve = disk.command(BIN);
+    serve.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-store",
+        "--no-watch",
+        "--allow-write",
+        "--token-file",
+    ]);
+    serve.arg(token_file(secret.path())).arg("--root").arg(disk.dir.path().join("root"));
+    let mut server = crate::util::Served::spawn(serve);
+    let from = tempfile::tempdir().unwrap();
+    std::fs::write(from.path().join("big.bin"), &v2).unwrap();
+    let config = PushConfig { server: server.url.clone(), ..config_for(from.path()) };
+    let asset = [AssetPath::new("big.bin").unwrap()];
+    let e = push(&config, &asset, |_| {}).await.unwrap_err().to_string();
+    assert!(e.contains("No space left on device") && e.contains("the previous file is kept"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert_eq!(std::fs::read(disk.outside("root/big.bin")).unwrap(), v1, "the old file is whole");
+    assert_eq!(listing(&disk.outside("root")), ["big.bin"], "no temporary file left");
+    disk.resize(16 * MIB as u64);
+    push(&config, &asset, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(disk.outside("root/big.bin")).unwrap(), v2);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
 }
