@@ -358,7 +358,10 @@ impl Machine for UploadSync {
                     let asset = self.asset.as_str().to_owned();
                     return Action::Send(ClientMessage::GetManifest { id, asset, resume });
                 }
-                State::LoadPrefix if self.compress.is_some() && self.base().is_some() => {
+                // The base's file, once (a resumed upload has it already).
+                State::LoadPrefix
+                    if self.compress.is_some() && self.base().is_some() && self.prefix.is_none() =>
+                {
                     self.state = State::LoadPrefix;
                     break;
                 }
