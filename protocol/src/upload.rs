@@ -154,6 +154,26 @@ pub fn read_manifest(asset: &AssetPath, version: VersionId, encoded: &str) -> Re
     Ok(manifest)
 }
 
+/// The chunk ids of a `manifest` answer's `received`: whole ids, so that no prefix collision can
+/// make a client leave out a chunk the server lacks.
+pub fn read_ids(encoded: &str) -> Result<Vec<ChunkId>, Error> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded)
+        .map_err(|_| Error::Protocol("received chunk ids that are not base64".into()))?;
+    if bytes.len() % 32 != 0 {
+        return Err(Error::Protocol("received chunk ids that are not whole".into()));
+    }
+    Ok(bytes.chunks_exact(32).map(|id| crate::Hash(id.try_into().expect("32 bytes"))).collect())
+}
+
+/// `received`'s encoding of `ids` (see [`read_ids`]).
+pub fn write_ids(ids: &[ChunkId]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(ids.iter().flat_map(|id| id.0).collect::<Vec<u8>>())
+}
+
 /// A `manifest` answer's encoding of `manifest` (see [`read_manifest`]).
 pub fn write_manifest(manifest: &Manifest) -> String {
     use base64::Engine as _;
@@ -215,5 +235,9 @@ mod tests {
         assert!(read_manifest(&asset, Hash::of(b"other"), &wire).is_err());
         assert!(read_manifest(&AssetPath::new("b.bin").unwrap(), m.version(), &wire).is_err());
         assert!(read_manifest(&asset, m.version(), "!!").is_err());
+        let ids: Vec<ChunkId> = m.chunks.iter().map(|c| c.id).collect();
+        assert_eq!(read_ids(&write_ids(&ids)).unwrap(), ids);
+        assert!(read_ids(&write_ids(&ids)[..10]).is_err());
+        assert!(read_ids("!!").is_err());
     }
 }

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use std::mem;
 
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
-use crate::upload::{Compressor, Prepared, prepare, read_manifest};
+use crate::upload::{Compressor, Prepared, prepare, read_ids, read_manifest};
 use crate::{
-    AssetPath, ChunkId, ChunkParams, ChunkSet, ClientMessage, Error, MAX_REQUESTS, Manifest, ServerMessage,
-    Synced, VerifiedChunk, VersionId,
+    AssetPath, ChunkId, ChunkParams, ClientMessage, Error, MAX_REQUESTS, Manifest, ServerMessage, Synced,
+    VerifiedChunk, VersionId,
 };
 
 /// What an upload did.
@@ -70,8 +70,8 @@ pub struct UploadSync {
     /// The server's version the upload is made from, once known.
     server: Option<Manifest>,
     prefix: Option<Vec<u8>>,
-    /// Chunks the server kept from an attempt cut short, as it listed them.
-    received: ChunkSet,
+    /// Chunks the server kept from an attempt cut short.
+    received: HashSet<ChunkId>,
     /// Whether an attempt was cut after its upload was sent: the next asks what was kept.
     resuming: bool,
     compress: Option<Compressor>,
@@ -107,7 +107,7 @@ impl UploadSync {
             base,
             server: None,
             prefix: None,
-            received: ChunkSet::default(),
+            received: HashSet::new(),
             resuming: false,
             compress: None,
             force: false,
@@ -203,9 +203,7 @@ impl UploadSync {
         let id = bump(&mut self.next_id);
         let (new, base) = (self.new.as_ref().expect("cut above"), self.base());
         let prefix = self.prefix.as_deref().filter(|_| base.is_some());
-        let kept: HashSet<ChunkId> =
-            self.received.matching(new.chunks.iter().map(|c| &c.id)).into_iter().collect();
-        let prepared = prepare(id, &self.asset, new, &self.data, base, &kept, prefix, self.compress);
+        let prepared = prepare(id, &self.asset, new, &self.data, base, &self.received, prefix, self.compress);
         self.sent = (prepared.chunks_sent, prepared.chunk_bytes);
         self.report.requests += 1;
         State::SendUpload(prepared)
@@ -286,7 +284,15 @@ impl UploadSync {
                 State::AwaitManifest(id)
             }
             ServerMessage::Manifest { id: answered, version, manifest, received } if answered == id => {
-                self.received = received;
+                self.received = match read_ids(&received) {
+                    Ok(ids) => ids.into_iter().collect(),
+                    Err(e) => {
+                        return State::Failed(ClientError::GaveUp {
+                            requests: self.report.requests,
+                            last: e,
+                        });
+                    }
+                };
                 // A known base stays the base: the server refuses the upload if it changed.
                 if let Base::Known(_) = self.base {
                     return State::LoadPrefix;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod frame;
 
-use crate::{AssetPath, ChunkParams, ChunkSet, Have, RecipeOp, VersionId};
+use crate::{AssetPath, ChunkParams, Have, RecipeOp, VersionId};
 
 pub use frame::{BATCH_PART, ChunkFrame};
 
@@ -216,10 +216,11 @@ pub enum ServerMessage {
         /// [`crate::Manifest::canonical_bytes`], in base64.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         manifest: Option<String>,
-        /// Chunks of the upload named in `resume` that the server received, verified and kept
-        /// (full ids): a resumed upload names them instead of sending them again.
-        #[serde(default, skip_serializing_if = "ChunkSet::is_empty")]
-        received: ChunkSet,
+        /// Chunks of the upload named in `resume` that the server received, verified and kept:
+        /// their full ids back to back, in base64 (see [`crate::upload::read_ids`]). A resumed
+        /// upload names them instead of sending them again.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        received: String,
     },
     /// The upload `id` is written: the asset's new current version.
     Uploaded {
@@ -282,7 +283,7 @@ struct WireServerMessage {
     message: Option<String>,
     manifest: Option<String>,
     #[serde(default)]
-    received: ChunkSet,
+    received: String,
 }
 
 impl TryFrom<WireServerMessage> for ServerMessage {

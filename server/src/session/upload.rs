@@ -6,9 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use assetsync_protocol::upload::{receiver, write_manifest};
+use assetsync_protocol::upload::{receiver, write_ids, write_manifest};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ChunkSet, ClientSync, Error, ErrorCode, MAX_CHUNKS, ServerMessage, UploadRequest,
+    AssetPath, ChunkId, ClientSync, Error, ErrorCode, MAX_CHUNKS, ServerMessage, UploadRequest,
     VerifiedChunk, VersionId,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
@@ -32,7 +32,7 @@ pub(super) async fn get_manifest(
         Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
         Ok(asset) => {
             let received = resume.map(|v| state.uploads.held(&asset, v)).unwrap_or_default();
-            let received = ChunkSet::with_prefix(received, 32);
+            let received = write_ids(&received);
             match state.index.current(&asset).await {
                 Ok(current) => ServerMessage::Manifest {
                     id,
