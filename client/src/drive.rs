@@ -118,23 +118,28 @@ impl Connection {
         let now = Instant::now();
         let progress = ProgressGate::default();
         let mut local = Local { cache, config, many, unchanged: None, file_started: now, progress };
-        let ended = self.run(machine, &mut local, report).await;
+        let ended = self.run(machine, |action| local.act(action, report)).await;
         // Whatever ended the run, the files staged so far are verified and written.
         let published = local.cache.publish();
-        let unchanged = ended?;
+        ended?;
         published?;
-        Ok(unchanged)
+        Ok(local.unchanged.take())
     }
 
-    async fn run(
+    /// Runs `machine` to its end: the connection's actions here, the others (the store's, the
+    /// user's) by `act`, which returns the input they need, if any.
+    pub(crate) async fn run<M: Machine>(
         &mut self,
-        machine: &mut impl Machine,
-        local: &mut Local<'_>,
-        report: &mut impl FnMut(&PullEvent),
-    ) -> Result<Option<Vec<u8>>, Stop> {
+        machine: &mut M,
+        mut act: impl FnMut(Action<'_>) -> Result<Option<Input<'static>>, Stop>,
+    ) -> Result<(), Stop> {
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
+                    Ok(()) => Input::Sent { wire: self.written_delta() },
+                    Err(e) => Input::Lost(e.to_string()),
+                },
+                Action::SendFrames(frames) => match self.send_frames(frames).await {
                     Ok(()) => Input::Sent { wire: self.written_delta() },
                     Err(e) => Input::Lost(e.to_string()),
                 },
@@ -173,9 +178,9 @@ impl Connection {
                     self.push_change(asset, version);
                     continue;
                 }
-                Action::Done => return Ok(local.unchanged.take()),
+                Action::Done => return Ok(()),
                 Action::Failed(error) => return Err(Stop::Sync(error)),
-                action => match local.act(action, report)? {
+                action => match act(action)? {
                     Some(input) => input,
                     None => continue,
                 },

@@ -2,7 +2,7 @@
 //! sending only the chunks the server lacks (see [`assetsync_protocol::upload`]).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use assetsync_protocol::engine::{Action, Input, Machine, UploadSync, Uploaded};
 use assetsync_protocol::{AssetPath, Scope, compress, upload};
@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::cache::Cache;
-use crate::connection::{Connection, Received};
+use crate::connection::Connection;
 use crate::drive::Stop;
 
 /// Where to push from and to.
@@ -150,38 +150,15 @@ impl Connection {
         })
     }
 
-    /// Runs an upload machine: the connection's actions, the base's file from the cache, and
-    /// the commit of the uploaded version to it.
+    /// Runs an upload machine over this connection ([`Connection::run`]): the base's file from
+    /// the cache, and the commit of the uploaded version to it.
     async fn run_upload(
         &mut self,
         machine: &mut UploadSync,
         mut cache: Option<&mut Cache>,
     ) -> Result<(), Stop> {
-        loop {
-            let input = match machine.poll() {
-                Action::Send(message) => match self.send(&message).await {
-                    Ok(()) => Input::Sent { wire: self.written_delta() },
-                    Err(e) => Input::Lost(e.to_string()),
-                },
-                Action::SendFrames(frames) => match self.send_frames(frames).await {
-                    Ok(()) => Input::Sent { wire: self.written_delta() },
-                    Err(e) => Input::Lost(e.to_string()),
-                },
-                Action::Receive => match self.recv().await {
-                    Ok(Received::Message(message, wire)) => Input::Message { message, wire },
-                    Ok(Received::Frame(frame, wire)) => {
-                        machine.handle(Input::Frame { frame: &frame, wire });
-                        continue;
-                    }
-                    Err(e) => Input::Lost(e.to_string()),
-                },
-                Action::Reconnect { after_ms } => {
-                    tokio::time::sleep(Duration::from_millis(after_ms.into())).await;
-                    match self.reconnect().await {
-                        Ok(()) => Input::Reconnected,
-                        Err(e) => Input::Lost(e.to_string()),
-                    }
-                }
+        self.run(machine, |action| {
+            Ok(Some(match action {
                 Action::LoadFile(base) => Input::File(match cache.as_deref() {
                     Some(cache) => cache.file(base),
                     None => Err(Vec::new()),
@@ -192,20 +169,14 @@ impl Connection {
                     }
                     Input::Stored
                 }
-                Action::Changed { asset, version } => {
-                    self.push_change(asset, version);
-                    continue;
-                }
                 Action::Warn(line) => {
                     tracing::warn!("{line}");
-                    continue;
+                    return Ok(None);
                 }
-                Action::Done => return Ok(()),
-                Action::Failed(error) => return Err(Stop::Sync(error)),
                 other => unreachable!("an upload does not ask for {other:?}"),
-            };
-            machine.handle(input);
-        }
+            }))
+        })
+        .await
     }
 }
 
