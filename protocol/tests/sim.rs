@@ -25,40 +25,13 @@ use assetsync_protocol::{
 };
 use ruzstd::encoding::CompressionLevel;
 
+mod common;
+use common::Rng;
+
 /// Small chunks, so that small files have many.
 const PARAMS: ChunkParams = ChunkParams { min: 64, avg: 256, max: 1024 };
 /// Actions one sync may take before the schedule fails as non-terminating.
 const MAX_ACTIONS: usize = 20_000;
-
-/// splitmix64: a tiny deterministic generator, so a seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    /// True with probability `per_mille` / 1000.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        // Words from a small vocabulary: content that repeats, as real assets do.
-        let mut out = Vec::with_capacity(len + 16);
-        while out.len() < len {
-            let word = self.next() % 64;
-            out.extend_from_slice(format!("w{word} ").as_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-}
 
 /// The server: its current files, the versions it still knows, and every version it ever served.
 #[derive(Default)]
@@ -539,7 +512,7 @@ impl World {
             0 => {
                 let assets: Vec<AssetPath> = self.server.files.keys().cloned().collect();
                 let asset = &assets[self.rng.below(assets.len())];
-                let data = self.edit(&self.server.files[asset].1.clone());
+                let data = self.rng.edit(&self.server.files[asset].1.clone());
                 self.server.publish(asset, data);
             }
             1 => self.server.forget(),
@@ -554,20 +527,6 @@ impl World {
                 }
             }
         }
-    }
-
-    /// A few edits (insert, delete, replace) of `data`.
-    fn edit(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut out = data.to_vec();
-        for _ in 0..1 + self.rng.below(3) {
-            let at = self.rng.below(out.len() + 1);
-            let len = self.rng.below(300);
-            let n = self.rng.below(300);
-            let insert = self.rng.bytes(n);
-            let end = (at + len).min(out.len());
-            out.splice(at..if self.rng.chance(500) { at } else { end }, insert);
-        }
-        out
     }
 
     /// Chunk bytes of `manifests` the client cannot name as held (in no committed version, or
@@ -684,7 +643,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
         // Between syncs: the server moves on.
         if w.rng.chance(500) {
             let asset = &assets[w.rng.below(assets.len())];
-            let data = w.edit(&w.server.files[asset].1.clone());
+            let data = w.rng.edit(&w.server.files[asset].1.clone());
             w.server.publish(asset, data);
         }
     }

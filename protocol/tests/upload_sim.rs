@@ -23,47 +23,11 @@ use assetsync_protocol::{
 };
 
 /// The server's chunking, which a client uses for a new file too.
+mod common;
+use common::Rng;
+
 const PARAMS: ChunkParams = ChunkParams { min: 2048, avg: 8192, max: 32768 };
 const MAX_ACTIONS: usize = 10_000;
-
-/// splitmix64, so that a seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 16);
-        while out.len() < len {
-            out.extend_from_slice(format!("w{} ", self.next() % 64).as_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-    /// `data` with a few regions rewritten.
-    fn edit(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut out = data.to_vec();
-        for _ in 0..1 + self.below(3) {
-            let at = self.below(out.len());
-            let len = 1 + self.below(400);
-            let new = self.bytes(len);
-            let end = (at + self.below(400)).min(out.len());
-            out.splice(at..end, new);
-        }
-        out
-    }
-}
 
 fn manifest(data: &[u8]) -> Manifest {
     Manifest::build(AssetPath::new("a.bin").unwrap(), data, PARAMS).unwrap()
