@@ -628,13 +628,22 @@ test("a page of the previous release holding the store open gets a clear error, 
   await context.close();
 });
 
-test("the demo is a PWA: installable, served offline by its worker, a rebuild is announced in every tab and loads for kilobytes", async (t) => {
+/** The built-in demo's server, and its page in a new context, once the page is ready offline. */
+async function openDemo() {
   const server = await startServer({ demo: true });
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error("page error:", e));
   await page.goto(server.url + "/");
   await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
+  return { server, context, page };
+}
+
+/** The bytes a figure the demo shows ("744 B", "8.2 KB", "1.23 MB") stands for. */
+const shownBytes = (amount, unit) => Number(amount) * { B: 1, KB: 1024, MB: 1024 * 1024 }[unit];
+
+test("the demo is a PWA: installable, served offline by its worker, a rebuild is announced in every tab and loads for kilobytes", async (t) => {
+  const { server, context, page } = await openDemo();
   assert.equal(await page.locator("#build").textContent(), "Build 1");
   if (inChromium(t, "installability is asked through the DevTools protocol")) {
     const cdp = await context.newCDPSession(page);
@@ -660,7 +669,7 @@ test("the demo is a PWA: installable, served offline by its worker, a rebuild is
   for (const p of [page, other]) await p.waitForSelector("#update:not([hidden])", { timeout: 30_000 });
   const wire = await page.locator("#wire").textContent();
   const [, amount, unit] = /^([\d.]+) (B|KB|MB)$/.exec(wire);
-  const bytes = Number(amount) * { B: 1, KB: 1024, MB: 1024 * 1024 }[unit];
+  const bytes = shownBytes(amount, unit);
   assert.ok(bytes < 8 * 1024, `a rebuild should cost about a kilobyte, showed ${wire}`);
   assert.equal(await page.locator(".chart-row").count(), 2, "the chart shows the first sync and the update");
   mkdirSync(join(repo, "target"), { recursive: true });
@@ -674,12 +683,7 @@ test("the demo is a PWA: installable, served offline by its worker, a rebuild is
 });
 
 test("the demo page edits its bundle and saves it back for kilobytes; the next load runs the edit", async () => {
-  const server = await startServer({ demo: true });
-  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.error("page error:", e));
-  await page.goto(server.url + "/");
-  await page.waitForSelector('#status[data-state="ok"]', { timeout: 30_000 });
+  const { server, context, page } = await openDemo();
   await page.waitForSelector("#editor:not([hidden])");
   await page.evaluate(() => { document.querySelector("#greeting").value = "Saved from the test"; });
   await page.click("#save");
@@ -687,7 +691,7 @@ test("the demo page edits its bundle and saves it back for kilobytes; the next l
   const said = await page.locator("#save-note").textContent();
   const m = /^Saved: ([\d.]+) (B|KB|MB) sent for a ([\d.]+) MB bundle \((\d+) of (\d+) chunks\)/.exec(said);
   assert.ok(m, said);
-  const sent = Number(m[1]) * { B: 1, KB: 1024, MB: 1024 * 1024 }[m[2]];
+  const sent = shownBytes(m[1], m[2]);
   assert.ok(sent < 64 * 1024, `a save of a one-line edit should cost kilobytes: ${said}`);
   assert.ok(Number(m[4]) <= 3, said);
   // The page's service worker synced the saved build (the editor awaits its check): a reload
