@@ -72,9 +72,8 @@ pub(super) async fn upload(
             Ok(frame) => frame,
             Err(fatal) => {
                 // Cut short: what was received and verified is kept for the resumed upload.
-                if let Ok((machine, _)) = &mut receiving
-                    && let Ok(asset) = AssetPath::new(&request.asset)
-                {
+                if let Ok((machine, _)) = &mut receiving {
+                    let asset = machine.asset().clone();
                     state.uploads.keep(&asset, request.version, machine.take_received());
                 }
                 return Err(fatal);
@@ -157,7 +156,7 @@ async fn finish(
     current: Option<Arc<Indexed>>,
 ) -> ServerMessage {
     let id = request.id;
-    let asset = AssetPath::new(&request.asset).expect("checked by start");
+    let asset = machine.asset().clone();
     let kept = state.uploads.take(&asset, request.version);
     let rebuilt = tokio::task::spawn_blocking(move || {
         let at: HashMap<ChunkId, usize> = match &current {
