@@ -43,15 +43,13 @@ pub struct Prepared {
 pub const UPLOAD_BATCH: usize = 1 << 20;
 
 /// Plans request `id`: the new version `new` (cut with the base's parameters) of the file
-/// `data`, as a delta against `base`, the server's version of `asset`, if any; `kept` are
+/// `data`, as a delta against `base`, the server's version of the asset, if any; `kept` are
 /// further chunks the server holds (kept from this upload's attempt that was cut short). `prefix`
 /// is the base's file when the client holds it; with `compress`, the chunks sent travel in zstd
 /// batches of [`UPLOAD_BATCH`] bytes (against `prefix` if given), each plain when that is
 /// smaller.
-#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     id: u32,
-    asset: &AssetPath,
     new: &Manifest,
     data: &[u8],
     base: Option<&Manifest>,
@@ -102,7 +100,7 @@ pub fn prepare(
     }
     let message = ClientMessage::Upload(UploadRequest {
         id,
-        asset: asset.as_str().to_owned(),
+        asset: new.path.as_str().to_owned(),
         base: base.map(|(_, v, _)| v),
         version,
         params: new.params,
@@ -194,7 +192,7 @@ mod tests {
             base.offsets().map(|(at, c)| (c.id, old[at..at + c.len as usize].to_vec())).collect();
         let manifest = Manifest::build(asset.clone(), new, params).unwrap();
         let base = with_base.then_some(base);
-        let prepared = prepare(7, &asset, &manifest, new, base.as_ref(), &HashSet::new(), None, None);
+        let prepared = prepare(7, &manifest, new, base.as_ref(), &HashSet::new(), None, None);
         let ClientMessage::Upload(request) = &prepared.message else { panic!("an upload") };
         let rebuilt = (|| {
             let (mut machine, _) = receiver(request, asset, base)?;

@@ -231,7 +231,7 @@ fn upload_parts(id: u32, asset: &str, data: &[u8], base: Option<&[u8]>) -> (Clie
     let path = AssetPath::new(asset).unwrap_or_else(|_| AssetPath::new("x").unwrap());
     let new = Manifest::build(path.clone(), data, ChunkParams::default()).unwrap();
     let base = base.map(|b| Manifest::build(path.clone(), b, ChunkParams::default()).unwrap());
-    let prepared = prepare(id, &path, &new, data, base.as_ref(), &HashSet::new(), None, None);
+    let prepared = prepare(id, &new, data, base.as_ref(), &HashSet::new(), None, None);
     let mut message = prepared.message;
     if let ClientMessage::Upload(request) = &mut message {
         request.asset = asset.to_owned();

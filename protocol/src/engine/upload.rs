@@ -203,7 +203,7 @@ impl UploadSync {
         let id = bump(&mut self.next_id);
         let (new, base) = (self.new.as_ref().expect("cut above"), self.base());
         let prefix = self.prefix.as_deref().filter(|_| base.is_some());
-        let prepared = prepare(id, &self.asset, new, &self.data, base, &self.received, prefix, self.compress);
+        let prepared = prepare(id, new, &self.data, base, &self.received, prefix, self.compress);
         self.sent = (prepared.chunks_sent, prepared.chunk_bytes);
         self.report.requests += 1;
         State::SendUpload(prepared)
