@@ -17,9 +17,7 @@ use crate::digest::{self, ChunkHasher};
 use crate::download::{Download, Failure};
 use crate::socket::{Incoming, Socket};
 use crate::store::Staged;
-use crate::{
-    Bytes, Client, SyncResult, next, now_ms, report_progress, report_upload_progress, subscribe, task,
-};
+use crate::{Bytes, Client, SyncResult, next, now_ms, report_progress, subscribe, task};
 
 /// What a run produced besides the machine's own result.
 #[derive(Default)]
@@ -247,7 +245,7 @@ impl Client {
         self.sent.set(self.sent.get() + total);
         loop {
             let left = socket.buffered().saturating_sub(before).min(total);
-            report_upload_progress(on_progress, total - left, total);
+            report_progress(on_progress, "sentBytes", total - left, total);
             if left == 0 || !socket.is_open() {
                 return Ok(total);
             }
@@ -370,7 +368,7 @@ impl Client {
             }
             Action::Progress { asset, received, total } => {
                 if run.progress.due(&asset, received, total) {
-                    report_progress(run.on_progress, received, total);
+                    report_progress(run.on_progress, "receivedBytes", received, total);
                 }
                 return Ok(None);
             }

@@ -303,19 +303,12 @@ impl SyncClient {
     }
 }
 
-fn report_upload_progress(on_progress: Option<&Function>, sent: u64, total: u64) {
+/// Calls `on_progress({[done_key]: done, totalBytes: total})`: `receivedBytes` for a sync,
+/// `sentBytes` for an upload.
+fn report_progress(on_progress: Option<&Function>, done_key: &str, done: u64, total: u64) {
     if let Some(f) = on_progress {
         let p = Object::new();
-        Reflect::set(&p, &"sentBytes".into(), &(sent as f64).into()).expect("plain object");
-        Reflect::set(&p, &"totalBytes".into(), &(total as f64).into()).expect("plain object");
-        let _ = f.call1(&JsValue::NULL, &p);
-    }
-}
-
-fn report_progress(on_progress: Option<&Function>, received: u64, total: u64) {
-    if let Some(f) = on_progress {
-        let p = Object::new();
-        Reflect::set(&p, &"receivedBytes".into(), &(received as f64).into()).expect("plain object");
+        Reflect::set(&p, &done_key.into(), &(done as f64).into()).expect("plain object");
         Reflect::set(&p, &"totalBytes".into(), &(total as f64).into()).expect("plain object");
         // A throwing callback must not break the sync.
         let _ = f.call1(&JsValue::NULL, &p);
