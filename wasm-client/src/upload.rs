@@ -32,13 +32,11 @@ impl Client {
         let current = self.store.current_file(&asset).await.map_err(js_error)?.map(|(m, _)| m);
         let store_ms = now_ms() - t0;
         // From the version this client holds, unless the page names another one.
-        let machine = match expected {
-            Some(v) if current.as_ref().is_none_or(|m| m.version() != v) => {
-                UploadSync::new(asset.clone(), data, None, self.next_id.get()).expecting(v)
-            }
-            _ => UploadSync::new(asset.clone(), data, Some(current), self.next_id.get()),
-        };
-        let mut machine = machine.committing();
+        let mut machine =
+            UploadSync::new(asset.clone(), data, Some(current), self.next_id.get()).committing();
+        if let Some(version) = expected {
+            machine = machine.expecting(version);
+        }
         self.connected(&mut guard).await?;
         let run =
             self.drive(&mut machine, &mut guard, asset.as_str(), None, on_progress.as_ref(), false).await;

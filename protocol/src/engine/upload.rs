@@ -131,12 +131,13 @@ impl UploadSync {
         self
     }
 
-    /// For an upload without a known base (`new` with `None`): the version the new file was
-    /// made from, as the page or tool learned it elsewhere. The server's version, asked for
-    /// first, must be this one, else the upload fails with [`ClientError::Conflict`].
+    /// The version the new file was made from, as the page or tool learned it elsewhere. The
+    /// upload is made from the base given to [`UploadSync::new`] if it is that version; else the
+    /// server's version is asked for first, and must be this one, or the upload fails with
+    /// [`ClientError::Conflict`].
     pub fn expecting(mut self, version: VersionId) -> Self {
-        if let Base::Ask(expected) = &mut self.base {
-            *expected = Some(version);
+        if !matches!(&self.base, Base::Known(Some(held)) if held.version() == version) {
+            (self.base, self.state) = (Base::Ask(Some(version)), State::Ask);
         }
         self
     }
