@@ -3,6 +3,6 @@
 
 pub use assetsync_client::{Error, cache, pull, push};
 pub use assetsync_server::{
-    ServeConfig, SessionLimits, StoreConfig, bus, demo, encode, index, offload, origin, run, server, shared,
-    store, watch,
+    ServeConfig, SessionLimits, StoreConfig, bus, demo, encode, index, modules, offload, origin, roots, run,
+    server, shared, store, watch,
 };

@@ -11,6 +11,7 @@ use anyhow::Context;
 use assetsync::cache::Cache;
 use assetsync::demo::Demo;
 use assetsync::encode::EncodeConfig;
+use assetsync::modules::Modules;
 use assetsync::offload::OffloadConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::push::{PushConfig, push};
@@ -87,6 +88,12 @@ struct ServeArgs {
     /// folder, with a "rebuild" button on the demo page)
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Serve the modules this TOML file declares instead of one --root, rsyncd-style: each has
+    /// its own folder (asset paths start with its name, e.g. site/js/app.js), who may read and
+    /// write it, a connection limit, a largest file and a byte quota; users sign in with the
+    /// USER:SECRET of a secrets file that only the server's user may read (see the README)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["root", "token_file", "allow_write"])]
+    config: Option<PathBuf>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -252,10 +259,15 @@ struct PushArgs {
     /// Print one JSON object per file pushed
     #[arg(long)]
     json: bool,
-    /// Upload over whatever version the server holds, even one the cache has not seen
+    /// Upload over whatever version the server holds, even one the cache has not seen (and
+    /// with --delete, delete whatever version it holds)
     #[arg(long)]
     force: bool,
-    /// Asset paths relative to the server root, e.g. js/app.js
+    /// Pushing a folder, also delete the server's files that are not in the local folder
+    #[arg(long)]
+    delete: bool,
+    /// Asset paths relative to the server root, e.g. js/app.js, or folders ending in '/', e.g.
+    /// dist/ (every file below FROM/dist; '/' alone for all of FROM)
     #[arg(required = true)]
     assets: Vec<String>,
 }
@@ -369,7 +381,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Push(args) => {
-            let assets = assetsync::push::assets(&args.assets).map_err(anyhow::Error::msg)?;
+            let targets = assetsync::push::targets(&args.assets).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                !args.delete || targets.iter().any(|t| !matches!(t, Scope::Asset(_))),
+                "--delete removes the server's files missing from a pushed folder: name a folder ending in '/'"
+            );
             let token = args.token_file.as_deref().map(read_token).transpose()?;
             let config = PushConfig {
                 server: args.server,
@@ -377,11 +393,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cache: args.cache,
                 token,
                 force: args.force,
+                delete: args.delete,
             };
             let json = args.json;
-            push(&config, &assets, |r| match json {
+            push(&config, &targets, |r| match json {
                 true => println!("{}", serde_json::to_string(r).expect("reports serialise")),
                 false if r.unchanged => println!("{}: unchanged on the server, nothing sent", r.asset),
+                false if r.removed => println!("{}: deleted on the server", r.asset),
                 false => println!(
                     "{}: {} bytes, {} of {} chunks sent ({} bytes before compression), {} bytes sent in all, {} ms",
                     r.asset, r.bytes, r.chunks_sent, r.chunks, r.chunk_bytes_sent, r.wire_bytes_out, r.elapsed_ms
@@ -474,17 +492,20 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
-    let (root, demo) = match args.root {
-        Some(root) if root.is_dir() => (root, None),
-        Some(root) => {
+    let modules = args.config.as_deref().map(Modules::load).transpose()?.map(Arc::new);
+    let (root, demo) = match (args.root, &args.config) {
+        // The modules name their folders; the config file names the default store.
+        (_, Some(config)) => (config.clone(), None),
+        (Some(root), None) if root.is_dir() => (root, None),
+        (Some(root), None) => {
             anyhow::bail!("--root {} is not a folder: point it at the folder to serve", root.display())
         }
-        None if Path::new(DEMO_ROOT).is_dir() => {
+        (None, None) if Path::new(DEMO_ROOT).is_dir() => {
             let demo = Demo::prepare(Path::new(DEMO_ROOT), www.as_deref())
                 .context("cannot prepare the demo folder")?;
             (demo.root(), Some(Arc::new(demo)))
         }
-        None => anyhow::bail!(
+        (None, None) => anyhow::bail!(
             "no --root given, and the bundled demo ({DEMO_ROOT}) is not there: pass --root FOLDER"
         ),
     };
@@ -508,6 +529,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = ServeConfig {
         root,
+        modules,
         demo,
         www,
         params: ChunkParams::with_avg(args.avg_chunk)?,
@@ -543,12 +565,13 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let what = match &config.demo {
-        Some(_) => format!(
+    let what = match (&config.demo, &config.modules) {
+        (Some(_), _) => format!(
             "the demo (a private copy in {}: edit its files and open tabs update)",
             config.root.display()
         ),
-        None => config.root.display().to_string(),
+        (None, Some(_)) => format!("the modules of {}", config.root.display()),
+        (None, None) => config.root.display().to_string(),
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
     match (&config.store, &config.shared_store) {

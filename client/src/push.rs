@@ -1,11 +1,14 @@
 //! The native client's `push`: uploads local files as new versions of the server's assets,
-//! sending only the chunks the server lacks (see [`assetsync_protocol::upload`]).
+//! sending only the chunks the server lacks (see [`assetsync_protocol::upload`]); a folder's
+//! files each, and with `--delete`, removes the server's files that are gone locally.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use assetsync_protocol::engine::{Action, Input, Machine, UploadSync, Uploaded};
-use assetsync_protocol::{AssetPath, Scope, compress, upload};
+use assetsync_protocol::engine::{
+    Action, Exchange, Exchanged, Input, Machine, UploadSync, Uploaded, plan_folder_push,
+};
+use assetsync_protocol::{AssetPath, ChunkParams, Manifest, Scope, VersionId, compress, upload};
 use serde::Serialize;
 
 use crate::Error;
@@ -28,6 +31,8 @@ pub struct PushConfig {
     pub token: Option<String>,
     /// Upload over the server's version even when it is not the cache's.
     pub force: bool,
+    /// Pushing a folder, delete the server's files that are not in the local folder.
+    pub delete: bool,
 }
 
 /// What one asset's upload did, printed by `push --json`.
@@ -43,6 +48,9 @@ pub struct PushReport {
     pub chunks: usize,
     /// Whether the server already held exactly this file: nothing was uploaded.
     pub unchanged: bool,
+    /// Whether the server's file was deleted (`--delete`: it is not in the local folder);
+    /// `version` is the one deleted.
+    pub removed: bool,
     /// Distinct chunks whose bytes were sent.
     pub chunks_sent: usize,
     /// Their bytes, before compression.
@@ -55,12 +63,14 @@ pub struct PushReport {
     pub elapsed_ms: u64,
 }
 
-/// Pushes each asset in turn over one connection, calling `report` after each. An asset the
-/// server refuses (a conflict, say) fails alone: the others are still pushed, and the error
-/// names every one that failed.
+/// Pushes each target in turn over one connection, calling `report` after each file: a file,
+/// or a folder's files (listing the server's folder first: files it holds exactly are not
+/// sent, each other upload must find the server's file as listed, and with `delete` the
+/// server's files missing locally are deleted). A file the server refuses (a conflict, say)
+/// fails alone: the others are still pushed, and the error names every one that failed.
 pub async fn push(
     config: &PushConfig,
-    assets: &[AssetPath],
+    targets: &[Scope],
     mut report: impl FnMut(&PushReport),
 ) -> Result<Vec<PushReport>, Error> {
     let mut cache = match &config.cache {
@@ -69,16 +79,41 @@ pub async fn push(
     };
     let mut conn = Connection::open_resilient(&config.server, config.token.as_deref()).await?;
     let (mut reports, mut failed) = (Vec::new(), Vec::new());
-    for asset in assets {
-        match conn.push_asset(cache.as_mut(), asset, config).await {
-            Ok(r) => {
-                report(&r);
-                reports.push(r);
-            }
-            Err(e @ (Error::Sync { .. } | Error::Local(_))) if !e.retryable() => failed.push(e),
-            Err(e) => {
-                failed.push(e);
-                break;
+    'targets: for target in targets {
+        let steps = match target {
+            Scope::Asset(asset) => vec![Step::Upload(asset.clone(), None)],
+            folder => match conn.plan_folder(folder, config).await {
+                Ok(steps) => steps,
+                Err(e) => {
+                    let fatal = e.retryable() || !matches!(e, Error::Sync { .. } | Error::Local(_));
+                    failed.push(e);
+                    match fatal {
+                        true => break,
+                        false => continue,
+                    }
+                }
+            },
+        };
+        for step in steps {
+            let done = match step {
+                Step::Upload(asset, expected) => {
+                    conn.push_asset(cache.as_mut(), &asset, config, expected).await
+                }
+                Step::Unchanged(report) => Ok(report),
+                Step::Delete(asset, version) => {
+                    conn.delete_asset(cache.as_mut(), asset, version, config).await
+                }
+            };
+            match done {
+                Ok(r) => {
+                    report(&r);
+                    reports.push(r);
+                }
+                Err(e @ (Error::Sync { .. } | Error::Local(_))) if !e.retryable() => failed.push(e),
+                Err(e) => {
+                    failed.push(e);
+                    break 'targets;
+                }
             }
         }
     }
@@ -104,12 +139,101 @@ fn compressor(raw: &[u8], prefix: Option<&[u8]>) -> Option<Vec<u8>> {
     compress::compress(raw, prefix, level)
 }
 
+/// One file's part of a push.
+enum Step {
+    /// Upload it; pushing a folder, the server's version it was listed with (`Some(None)`: none).
+    Upload(AssetPath, Option<Option<VersionId>>),
+    /// The server holds it exactly.
+    Unchanged(PushReport),
+    /// Delete the server's file, listed as this version.
+    Delete(AssetPath, VersionId),
+}
+
 impl Connection {
+    /// The steps of pushing `folder`: its local files against the server's listing.
+    async fn plan_folder(&mut self, folder: &Scope, config: &PushConfig) -> Result<Vec<Step>, Error> {
+        let name = match folder {
+            Scope::Folder(f) => f.as_str(),
+            _ => "",
+        };
+        let dir = config.from.join(name);
+        let owned = name.to_owned();
+        let local = tokio::task::spawn_blocking(move || local_files(&dir, &owned))
+            .await
+            .expect("reading task panicked")
+            .map_err(Error::Local)?;
+        let mut machine = Exchange::list(name, self.next_id);
+        self.run(&mut machine, unasked).await.map_err(|e| e.of(folder))?;
+        self.next_id = machine.next_id();
+        let (Exchanged::Listing(listing), _) = machine.finish() else { unreachable!("a listing was asked") };
+        let versions = local.iter().map(|f| (f.manifest.path.clone(), f.manifest.version())).collect();
+        let plan = plan_folder_push(versions, &listing, config.delete);
+        let mut steps = Vec::new();
+        for asset in plan.unchanged {
+            let file = local.iter().find(|f| f.manifest.path == asset).expect("planned from the local files");
+            steps.push(Step::Unchanged(PushReport {
+                asset: asset.to_string(),
+                version: file.manifest.version().to_hex(),
+                bytes: file.manifest.len,
+                chunks: file.manifest.chunks.len(),
+                unchanged: true,
+                removed: false,
+                chunks_sent: 0,
+                chunk_bytes_sent: 0,
+                wire_bytes_in: 0,
+                wire_bytes_out: 0,
+                elapsed_ms: file.elapsed_ms,
+            }));
+        }
+        steps.extend(plan.upload.into_iter().map(|(asset, there)| Step::Upload(asset, Some(there))));
+        steps.extend(plan.delete.into_iter().map(|(asset, version)| Step::Delete(asset, version)));
+        Ok(steps)
+    }
+
+    /// Deletes the server's `asset` if it is still `version`, and forgets it in the cache.
+    async fn delete_asset(
+        &mut self,
+        cache: Option<&mut Cache>,
+        asset: AssetPath,
+        version: VersionId,
+        config: &PushConfig,
+    ) -> Result<PushReport, Error> {
+        let started = Instant::now();
+        let target = Scope::Asset(asset.clone());
+        let mut machine = Exchange::delete(asset.clone(), version, self.next_id);
+        if config.force {
+            machine = machine.force();
+        }
+        self.run(&mut machine, unasked).await.map_err(|e| e.of(&target))?;
+        self.next_id = machine.next_id();
+        let (_, figures) = machine.finish();
+        if let Some(cache) = cache {
+            cache.remove(&asset, None)?;
+            cache.publish()?;
+        }
+        Ok(PushReport {
+            asset: asset.to_string(),
+            version: version.to_hex(),
+            bytes: 0,
+            chunks: 0,
+            unchanged: false,
+            removed: true,
+            chunks_sent: 0,
+            chunk_bytes_sent: 0,
+            wire_bytes_in: figures.wire_in,
+            wire_bytes_out: figures.wire_out,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Uploads `asset`; pushing a folder, `expected` is the server's version it was listed
+    /// with, which the upload must still find there.
     async fn push_asset(
         &mut self,
         mut cache: Option<&mut Cache>,
         asset: &AssetPath,
         config: &PushConfig,
+        expected: Option<Option<VersionId>>,
     ) -> Result<PushReport, Error> {
         let (started, wire0) = (Instant::now(), self.wire());
         let target = Scope::Asset(asset.clone());
@@ -117,11 +241,16 @@ impl Connection {
         let data = tokio::fs::read(&path)
             .await
             .map_err(|e| Error::Local(format!("cannot read {}: {e}; nothing was pushed", path.display())))?;
-        let base = match (&cache, config.force) {
-            (Some(cache), false) => Some(cache.current(asset)),
+        let base = match (&cache, config.force, expected) {
+            (Some(cache), false, _) => Some(cache.current(asset)),
+            // Listed as absent: it must still be.
+            (None, false, Some(None)) => Some(None),
             _ => None,
         };
         let mut machine = UploadSync::new(asset.clone(), data, base, self.next_id).compressed(compressor);
+        if let (false, Some(Some(version))) = (config.force, expected) {
+            machine = machine.expecting(version);
+        }
         if config.force {
             machine = machine.force();
         }
@@ -142,6 +271,7 @@ impl Connection {
             bytes: done.manifest.len,
             chunks: done.manifest.chunks.len(),
             unchanged: done.unchanged,
+            removed: false,
             chunks_sent: done.chunks_sent,
             chunk_bytes_sent: done.chunk_bytes,
             wire_bytes_in: wire.0 - wire0.0,
@@ -180,14 +310,75 @@ impl Connection {
     }
 }
 
-/// Reads `DIR/ASSET` names for `push`: each ASSET must be a file path (folders come later).
-pub fn assets(names: &[String]) -> Result<Vec<AssetPath>, String> {
+/// For a run that only asks and receives: nothing else is asked of the driver.
+fn unasked(action: Action<'_>) -> Result<Option<Input<'static>>, crate::drive::Stop> {
+    match action {
+        Action::Warn(line) => {
+            tracing::warn!("{line}");
+            Ok(None)
+        }
+        other => unreachable!("a listing or deletion does not ask for {other:?}"),
+    }
+}
+
+/// A local file of a pushed folder.
+struct LocalFile {
+    /// Cut as the server cuts by default.
+    manifest: Manifest,
+    /// The time reading and cutting it took.
+    elapsed_ms: u64,
+}
+
+/// The regular files under `dir` (none if it does not exist), named `folder/` and their path in
+/// it. Symlinks and other special files are not pushed; temporary files are. Blocking.
+fn local_files(dir: &Path, folder: &str) -> Result<Vec<LocalFile>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d == dir => return Ok(out),
+            Err(e) => return Err(format!("cannot list {}: {e}; nothing was pushed", d.display())),
+        };
+        for entry in entries {
+            let started = Instant::now();
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}; nothing was pushed", d.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let rest = path.strip_prefix(dir).ok().and_then(Path::to_str).unwrap_or_default();
+            let name = match folder {
+                "" => rest.to_owned(),
+                folder => format!("{folder}/{rest}"),
+            };
+            let asset = AssetPath::new(&name).map_err(|e| {
+                format!("cannot push {}: {e}; rename it, or push the other files by name", path.display())
+            })?;
+            let data = std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}; nothing was pushed", path.display()))?;
+            let manifest =
+                Manifest::build(asset, &data, ChunkParams::default()).map_err(|e| e.to_string())?;
+            out.push(LocalFile { manifest, elapsed_ms: started.elapsed().as_millis() as u64 });
+        }
+    }
+    out.sort_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
+    Ok(out)
+}
+
+/// Reads `DIR/ASSET` names for `push`: a file's path, or a folder's ending in `/` (`/` alone:
+/// all of `DIR`).
+pub fn targets(names: &[String]) -> Result<Vec<Scope>, String> {
     names
         .iter()
-        .map(|name| match Scope::new(name) {
-            Ok(Scope::Asset(asset)) => Ok(asset),
-            Ok(_) => Err(format!("{name:?} is a folder: push its files by name")),
-            Err(e) => Err(e.to_string()),
+        .map(|name| match name.as_str() {
+            "/" => Ok(Scope::All),
+            name => Scope::new(name).map_err(|e| e.to_string()),
         })
         .collect()
 }

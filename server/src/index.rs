@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::encode::PREFIX_BYTES;
+use crate::roots::Roots;
 use crate::shared::Shared;
 use crate::store::{AnswerKey, Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
@@ -68,7 +69,7 @@ pub enum WriteError {
     #[error("the file changed since the upload's base")]
     Conflict(Option<VersionId>),
     /// Something other than a regular file, or a symlink, is in the way.
-    #[error("cannot write {asset:?}: {why}")]
+    #[error("cannot write or delete {asset:?}: {why}")]
     Refused {
         /// The asset.
         asset: AssetPath,
@@ -91,8 +92,8 @@ pub enum WriteError {
 /// Index settings.
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
-    /// The served root; canonicalised by [`AssetIndex::new`].
-    pub root: PathBuf,
+    /// The served folders; canonicalised by [`AssetIndex::new`].
+    pub roots: Roots,
     /// Chunking parameters for newly indexed files.
     pub params: ChunkParams,
     /// How many versions of each asset to remember (the current one included), so that clients
@@ -377,17 +378,12 @@ const LISTED_ENTRIES: usize = 1_000_000;
 const LEARNING: usize = 8;
 
 impl AssetIndex {
-    /// Opens an index over `config.root`, which must be an existing directory, and the version
+    /// Opens an index over `config.roots`, which must be existing directories, and the version
     /// store if one is configured (remembering the versions it holds). Every new version of an
     /// asset, every asset found gone, and every file written while it runs is announced on
     /// `hub` (a file that predates it, read for the first time, is not: it did not change).
     pub fn new(mut config: IndexConfig, hub: Arc<Hub>) -> anyhow::Result<Self> {
-        config.root = config.root.canonicalize().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open root {}: {e}", config.root.display()))
-        })?;
-        if !config.root.is_dir() {
-            anyhow::bail!("root {} is not a directory", config.root.display());
-        }
+        config.roots.canonicalize()?;
         config.keep_versions = config.keep_versions.max(1);
         let versions = Arc::new(RwLock::new(Versions::default()));
         let mut listings = Listings::default();
@@ -399,11 +395,10 @@ impl AssetIndex {
                     .map_err(|e| {
                         anyhow::anyhow!("cannot create the version store {}: {e}", store.dir.display())
                     })?;
-                if store.dir.starts_with(&config.root) {
+                if config.roots.contain(&store.dir) {
                     anyhow::bail!(
-                        "the version store {} is inside the served root {}: pass a --store outside it",
+                        "the version store {} is inside a served folder: pass a --store outside it",
                         store.dir.display(),
-                        config.root.display()
                     );
                 }
                 let (store, listed) = open_store(store, &versions, config.keep_versions)?;
@@ -430,7 +425,7 @@ impl AssetIndex {
         let dir = dir
             .canonicalize()
             .map_err(|e| anyhow::anyhow!("cannot open --history {}: {e}", dir.display()))?;
-        let files = walk(&dir, &Scope::All, usize::MAX)?;
+        let files = walk_dir(&dir, "", "", usize::MAX)?;
         let (mut new, mut queued) = (0, 0);
         for (asset, stamp) in &files {
             if stamp.len > self.config.max_asset_bytes {
@@ -479,9 +474,9 @@ impl AssetIndex {
         self.config.max_asset_bytes
     }
 
-    /// The canonical root.
-    pub fn root(&self) -> &Path {
-        &self.config.root
+    /// The served folders, canonical.
+    pub fn roots(&self) -> &Roots {
+        &self.config.roots
     }
 
     /// Whether `asset` names a folder inside the root (for the error of a sync that named one).
@@ -496,8 +491,8 @@ impl AssetIndex {
 
     /// Where `asset` leads, through symlinks, if it exists and stays inside the root.
     fn resolve(&self, asset: &AssetPath) -> Option<PathBuf> {
-        let path = asset.components().fold(self.config.root.clone(), |p, c| p.join(c));
-        path.canonicalize().ok().filter(|real| real.starts_with(&self.config.root))
+        let located = self.config.roots.locate(asset.as_str())?;
+        located.path().canonicalize().ok().filter(|real| real.starts_with(located.dir))
     }
 
     /// The current version of `asset`, indexing it first if it is new or changed on disk.
@@ -520,14 +515,14 @@ impl AssetIndex {
         // file's old bytes can be let go before the new ones are read.
         let previous: Vec<Option<Arc<Indexed>>> = slots.iter_mut().map(|s| s.current.take()).collect();
         let before: Vec<Option<VersionId>> = previous.iter().map(|p| p.as_ref().map(|p| p.version)).collect();
-        let (root, owned, max) = (self.config.root.clone(), assets.to_vec(), self.config.max_asset_bytes);
+        let (roots, owned, max) = (self.config.roots.clone(), assets.to_vec(), self.config.max_asset_bytes);
         let params = self.config.params;
         let results = tokio::task::spawn_blocking(move || {
             owned
                 .iter()
                 .zip(previous)
                 .map(|(a, mut p)| {
-                    let result = refresh(&root, a, &mut p, params, max);
+                    let result = refresh(&roots, a, &mut p, params, max);
                     (p, result)
                 })
                 .collect::<Vec<_>>()
@@ -556,8 +551,30 @@ impl AssetIndex {
         base: Option<VersionId>,
         data: Vec<u8>,
     ) -> Result<Arc<Indexed>, WriteError> {
-        let path = crate::write::writable_path(&self.config.root, asset)
-            .map_err(|why| WriteError::Refused { asset: asset.clone(), why })?;
+        Ok(self.change(asset, base, move |path| crate::write::write_atomically(path, &data)).await??)
+    }
+
+    /// Deletes the file of `asset` if its current version (as on disk now) is still `base`, as
+    /// [`AssetIndex::write`] writes, and announces the removal.
+    pub async fn remove(&self, asset: &AssetPath, base: VersionId) -> Result<(), WriteError> {
+        match self.change(asset, Some(base), crate::write::remove_durably).await? {
+            Ok(_) | Err(IndexError::Unknown(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Does `op` to the file of `asset` (never through a symlink, nor to anything but a regular
+    /// file) if its current version is still `base`, under the asset's lock; then re-indexes it.
+    async fn change(
+        &self,
+        asset: &AssetPath,
+        base: Option<VersionId>,
+        op: impl FnOnce(&Path) -> io::Result<()> + Send + 'static,
+    ) -> Result<Result<Arc<Indexed>, IndexError>, WriteError> {
+        let refused = |why| WriteError::Refused { asset: asset.clone(), why };
+        let located =
+            self.config.roots.locate(asset.as_str()).ok_or_else(|| refused("no such module".into()))?;
+        let path = crate::write::writable_path(located.dir, located.rest).map_err(refused)?;
         let slot = self.slots.lock().expect("poisoned").entry(asset.clone()).or_default().clone();
         let mut slot = slot.lock_owned().await;
         let current = match self.refresh_slot(asset, &mut slot).await {
@@ -568,21 +585,19 @@ impl AssetIndex {
         if current != base {
             return Err(WriteError::Conflict(current));
         }
-        let written = tokio::task::spawn_blocking(move || crate::write::write_atomically(&path, &data))
-            .await
-            .expect("writing task panicked");
-        written.map_err(|source| WriteError::Io { asset: asset.clone(), source })?;
-        Ok(self.refresh_slot(asset, &mut slot).await?)
+        let done = tokio::task::spawn_blocking(move || op(&path)).await.expect("writing task panicked");
+        done.map_err(|source| WriteError::Io { asset: asset.clone(), source })?;
+        Ok(self.refresh_slot(asset, &mut slot).await)
     }
 
     /// [`AssetIndex::current`] with the asset's slot already locked.
     async fn refresh_slot(&self, asset: &AssetPath, slot: &mut Slot) -> Result<Arc<Indexed>, IndexError> {
         let mut previous = slot.current.take();
         let before = previous.as_ref().map(|p| p.version);
-        let (root, owned, max, params) =
-            (self.config.root.clone(), asset.clone(), self.config.max_asset_bytes, self.config.params);
+        let (roots, owned, max, params) =
+            (self.config.roots.clone(), asset.clone(), self.config.max_asset_bytes, self.config.params);
         let (previous, result) = tokio::task::spawn_blocking(move || {
-            let result = refresh(&root, &owned, &mut previous, params, max);
+            let result = refresh(&roots, &owned, &mut previous, params, max);
             (previous, result)
         })
         .await
@@ -922,14 +937,14 @@ impl AssetIndex {
         current.filter(|c| c.stamp == stamp)
     }
 
-    /// The files under `folder` (a folder or the whole root), indexed, sorted by path.
-    /// Symlinks are followed only where they resolve inside the root; temporary files (see
+    /// The files under `folder` (a folder, a module or everything), indexed, sorted by path.
+    /// Symlinks are followed only where they resolve inside their root; temporary files (see
     /// [`is_temporary`]) are left out.
     pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
-        let root = self.config.root.clone();
+        let roots = self.config.roots.clone();
         let folder = folder.clone();
         let limit = self.config.max_folder_files;
-        let found = tokio::task::spawn_blocking(move || walk(&root, &folder, limit))
+        let found = tokio::task::spawn_blocking(move || walk(&roots, &folder, limit))
             .await
             .expect("listing task panicked")?;
         // Unchanged since it was indexed, as far as its stamp tells: not looked at again.
@@ -993,18 +1008,18 @@ fn open_store(
     Ok((store, contents.listings))
 }
 
-/// Resolves `asset` under `root` and re-indexes it if it changed since `previous`.
+/// Resolves `asset` under `roots` and re-indexes it if it changed since `previous`.
 /// Returns `None` when `previous` is still current. Before a changed file is read, `previous`
 /// is let go (its manifest kept), so that a large file's old and new bytes are not both held
 /// here: the old version's are in the store, or with whoever is still serving them.
 fn refresh(
-    root: &Path,
+    roots: &Roots,
     asset: &AssetPath,
     previous: &mut Option<Arc<Indexed>>,
     params: ChunkParams,
     max: u64,
 ) -> Result<Option<Indexed>, IndexError> {
-    let path = confine(root, asset)?;
+    let path = confine(roots, asset)?;
     let io_err = |source| IndexError::Io { asset: asset.clone(), source };
     let mut old: Option<(VersionId, Arc<Manifest>)> = None;
     // A file being rewritten while we read it is read again, so that no torn mix is indexed.
@@ -1049,21 +1064,57 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
         || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// The files under `folder`, sorted by path, each with the stamp of what it holds. Directory
-/// entries are taken as the system lists them; only symlinks are resolved, and followed only
-/// where they lead inside the root, each directory once. Subfolders are walked on several
-/// threads: the time goes into one `statx` per file, and a build folder has thousands.
-fn walk(root: &Path, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
-    let (start, real, name) = match folder {
-        Scope::All => (root.to_path_buf(), root.to_path_buf(), ""),
-        Scope::Folder(f) | Scope::Asset(f) => {
-            let start = f.components().fold(root.to_path_buf(), |p, c| p.join(c));
-            let real = start.canonicalize().ok().filter(|r| r.starts_with(root) && r.is_dir());
-            (start, real.ok_or_else(|| IndexError::Unknown(f.clone()))?, f.as_str())
+/// The files under `folder`, sorted by path, each with the stamp of what it holds: see
+/// [`walk_dir`]. Everything, with modules, is every module.
+fn walk(roots: &Roots, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
+    let folder = match folder {
+        Scope::All => {
+            let mut out = Vec::new();
+            for (prefix, dir) in roots.dirs() {
+                out.extend(walk_dir(dir, "", &prefix, limit - out.len()).map_err(|e| match e {
+                    IndexError::TooManyFiles { .. } => {
+                        IndexError::TooManyFiles { folder: String::new(), limit }
+                    }
+                    e => e,
+                })?);
+            }
+            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            return Ok(out);
         }
+        Scope::Folder(f) | Scope::Asset(f) => f,
     };
-    let walk =
-        Walk { root, limit, found: AtomicUsize::new(0), visited: Mutex::new(HashSet::from([real.clone()])) };
+    let located = roots.locate(folder.as_str()).ok_or_else(|| IndexError::Unknown(folder.clone()))?;
+    walk_dir(located.dir, located.rest, located.prefix, limit)
+}
+
+/// The files under `rest` in `root` (all of them for `""`), named `prefix` and their path in
+/// `root`, sorted. Directory entries are taken as the system lists them; only symlinks are
+/// resolved, and followed only where they lead inside `root`, each directory once. Subfolders
+/// are walked on several threads: the time goes into one `statx` per file, and a build folder
+/// has thousands.
+fn walk_dir(
+    root: &Path,
+    rest: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
+    let name = format!("{prefix}{rest}");
+    let name = name.trim_end_matches('/');
+    let (start, real) = if rest.is_empty() {
+        (root.to_path_buf(), root.to_path_buf())
+    } else {
+        let start = rest.split('/').fold(root.to_path_buf(), |p, c| p.join(c));
+        let real = start.canonicalize().ok().filter(|r| r.starts_with(root) && r.is_dir());
+        let unknown = || IndexError::Unknown(AssetPath::new(name).expect("a folder's name is an asset path"));
+        (start, real.ok_or_else(unknown)?)
+    };
+    let walk = Walk {
+        root,
+        prefix: prefix.trim_end_matches('/'),
+        limit,
+        found: AtomicUsize::new(0),
+        visited: Mutex::new(HashSet::from([real.clone()])),
+    };
     let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(WALK_THREADS));
     // Breadth first until there is a folder for each thread to start from, then each thread
@@ -1106,6 +1157,8 @@ const WALK_THREADS: usize = 4;
 /// What the threads of one [`walk`] share.
 struct Walk<'a> {
     root: &'a Path,
+    /// The module's name, which the files' names start with (`""`: none).
+    prefix: &'a str,
     limit: usize,
     /// Files found so far, by all threads.
     found: AtomicUsize,
@@ -1143,9 +1196,14 @@ impl Walk<'_> {
                     dirs.push_back((path, real));
                 }
             } else if meta.is_file() {
-                let Some(asset) =
-                    path.strip_prefix(self.root).ok().and_then(|r| AssetPath::new(r.to_str()?).ok())
-                else {
+                let Some(asset) = path.strip_prefix(self.root).ok().and_then(|r| {
+                    let r = r.to_str()?;
+                    match self.prefix {
+                        "" => AssetPath::new(r),
+                        prefix => AssetPath::new(&format!("{prefix}/{r}")),
+                    }
+                    .ok()
+                }) else {
                     continue;
                 };
                 if !is_temporary(&asset) {
@@ -1160,11 +1218,11 @@ impl Walk<'_> {
     }
 }
 
-/// Joins `asset` onto `root` and refuses anything that resolves outside it, symlinks included.
-fn confine(root: &Path, asset: &AssetPath) -> Result<PathBuf, IndexError> {
-    let mut path = root.to_path_buf();
-    path.extend(asset.components());
-    let real = match path.canonicalize() {
+/// Where `asset` is, refusing anything that resolves outside its root, symlinks included.
+fn confine(roots: &Roots, asset: &AssetPath) -> Result<PathBuf, IndexError> {
+    let located = roots.locate(asset.as_str()).ok_or_else(|| IndexError::Unknown(asset.clone()))?;
+    let root = located.dir;
+    let real = match located.path().canonicalize() {
         Ok(real) => real,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
             return Err(IndexError::Unknown(asset.clone()));

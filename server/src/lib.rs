@@ -6,7 +6,9 @@
 //! - [`bus`]: the Redis change bus between instances that serve one build folder (`--bus`).
 //! - [`encode`]: zstd compression of missing chunks against the client's old version.
 //! - [`index`]: asset path -> current manifest and bytes, re-indexed only when the file changes,
-//!   with a bounded history of versions; confines every path to the root.
+//!   with a bounded history of versions; confines every path to its root.
+//! - [`roots`]: where asset paths lead on disk: `--root`, or the modules' folders.
+//! - [`modules`]: modules and users (`--config`): who may read and write what, and limits.
 //! - [`offload`]: large answers put in immutable objects that clients fetch over HTTP, through
 //!   a CDN (`--offload-url`), and the `/offload` endpoint that serves them.
 //! - [`shared`]: the object store (S3) shared between instances: versions and answers.
@@ -26,8 +28,10 @@ pub mod encode;
 pub mod forwarded;
 pub mod index;
 mod limit;
+pub mod modules;
 pub mod offload;
 pub mod origin;
+pub mod roots;
 pub mod server;
 mod session;
 pub mod shared;

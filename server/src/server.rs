@@ -25,8 +25,10 @@ use crate::demo::Demo;
 use crate::encode::{EncodeConfig, Encoder};
 use crate::forwarded::Remote;
 use crate::index::{AssetIndex, IndexConfig, StoreConfig};
+use crate::modules::Modules;
 use crate::offload::{Offload, OffloadConfig};
 use crate::origin::OriginPolicy;
+use crate::roots::Roots;
 use crate::session;
 use crate::shared::Shared;
 use crate::watch::{self, Hub};
@@ -34,8 +36,11 @@ use crate::watch::{self, Hub};
 /// Everything `assetsync serve` can be told.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// Folder whose files are served as assets.
+    /// Folder whose files are served as assets (unless `modules` are).
     pub root: PathBuf,
+    /// Named modules with their own folders, users and limits (`--config`), served instead of
+    /// `root`: asset paths start with a module's name.
+    pub modules: Option<Arc<Modules>>,
     /// Folder served at `/` (the demo page and the WASM client), if any.
     pub www: Option<PathBuf>,
     /// Chunking parameters for indexed files.
@@ -121,6 +126,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             root: PathBuf::from("."),
+            modules: None,
             www: None,
             params: ChunkParams::default(),
             keep_versions: 8,
@@ -169,8 +175,11 @@ pub struct AppState {
     origins: OriginPolicy,
     /// SHA-256 of the token clients must present, if any.
     pub(crate) token: Option<Hash>,
-    /// SHA-256 of the secret a client must present to upload, if uploads are accepted.
+    /// SHA-256 of the secret a client must present to upload, if uploads are accepted (with
+    /// `--root`; modules name their writers).
     pub(crate) write_token: Option<Hash>,
+    /// The modules, their users and limits, when serving modules.
+    pub(crate) modules: Option<Arc<Modules>>,
     /// What was received of uploads cut short.
     pub(crate) uploads: crate::session::KeptUploads,
     pub(crate) shutdown: CancellationToken,
@@ -309,8 +318,12 @@ pub async fn run(
         }
         None => None,
     };
+    let roots = match &config.modules {
+        Some(modules) => modules.roots(),
+        None => Roots::One(config.root),
+    };
     let index_config = IndexConfig {
-        root: config.root,
+        roots,
         params: config.params,
         keep_versions: config.keep_versions,
         store: config.store,
@@ -322,7 +335,10 @@ pub async fn run(
     // Opening the store and importing --history read the disk.
     let opened = hub.clone();
     let index = Arc::new(tokio::task::spawn_blocking(move || AssetIndex::new(index_config, opened)).await??);
-    tracing::info!(root = %index.root().display(), addr = %listener.local_addr()?, "serving");
+    for (prefix, dir) in index.roots().dirs() {
+        tracing::info!(module = prefix.trim_end_matches('/'), folder = %dir.display(), "serving");
+    }
+    tracing::info!(addr = %listener.local_addr()?, "listening");
     let state = Arc::new(AppState {
         index,
         hub,
@@ -336,6 +352,7 @@ pub async fn run(
         origins: OriginPolicy::new(&config.allow_origins)?,
         token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
         write_token: config.write_token.as_deref().map(|t| Hash::of(t.as_bytes())),
+        modules: config.modules,
         uploads: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

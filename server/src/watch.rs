@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::index::{AssetIndex, IndexError, is_temporary};
+use crate::roots::Roots;
 
 /// Most files a directory event is expanded to (a folder renamed into the root).
 const MAX_FILES_PER_EVENT: usize = 100_000;
@@ -92,8 +93,8 @@ impl Hub {
     }
 }
 
-/// Starts watching `index`'s root, re-indexing changed assets and announcing them on `hub`,
-/// until `shutdown`. Fails at once if the root cannot be watched (for example, inotify's watch
+/// Starts watching `index`'s folders, re-indexing changed assets and announcing them on `hub`,
+/// until `shutdown`. Fails at once if a folder cannot be watched (for example, inotify's watch
 /// limit reached).
 pub fn start(
     index: Arc<AssetIndex>,
@@ -105,9 +106,11 @@ pub fn start(
     let mut debouncer = new_debouncer(quiet, move |events: DebounceEventResult| {
         let _ = tx.send(events);
     })?;
-    debouncer.watcher().watch(index.root(), RecursiveMode::Recursive).map_err(|e| {
-        anyhow::anyhow!("cannot watch {}: {e} (run with --no-watch to serve without)", index.root().display())
-    })?;
+    for (_, dir) in index.roots().dirs() {
+        debouncer.watcher().watch(dir, RecursiveMode::Recursive).map_err(|e| {
+            anyhow::anyhow!("cannot watch {}: {e} (run with --no-watch to serve without)", dir.display())
+        })?;
+    }
     tokio::spawn(run(debouncer, rx, index, hub, shutdown));
     Ok(())
 }
@@ -140,7 +143,7 @@ async fn run(
         // A path still being written to is reported again once it has gone quiet.
         let paths: Vec<PathBuf> =
             batch.into_iter().filter(|e| e.kind == DebouncedEventKind::Any).map(|e| e.path).collect();
-        let root = index.root().to_path_buf();
+        let roots = index.roots().clone();
         let indexed = index.clone();
         let mut dirs = std::mem::take(&mut dirs_seen);
         let (candidates, dirs) = tokio::task::spawn_blocking(move || {
@@ -148,7 +151,7 @@ async fn run(
             for path in paths {
                 // Listed only for an event that is not a file's (most are: writes, and the
                 // opens that reading a file for the index causes).
-                out.extend(assets_at(&root, &path, &mut dirs, || indexed.assets()));
+                out.extend(assets_at(&roots, &path, &mut dirs, || indexed.assets()));
             }
             (out, dirs)
         })
@@ -188,18 +191,18 @@ pub(crate) async fn recheck(index: &AssetIndex, hub: &Hub, asset: &AssetPath) ->
 /// `dirs` last saw for it had no entry added, removed or renamed, and concerns nothing (without
 /// this, walking it here would report it again, for ever).
 fn assets_at(
-    root: &Path,
+    roots: &Roots,
     path: &Path,
     dirs: &mut HashMap<PathBuf, SystemTime>,
     known: impl FnOnce() -> Vec<AssetPath>,
 ) -> Vec<AssetPath> {
-    let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()).filter(|r| !r.is_empty()) else {
+    let Some(rel) = roots.name_of(path).filter(|r| !r.is_empty()) else {
         return Vec::new();
     };
     // Not following symlinks here: the index confines whatever it is asked for.
     let meta = std::fs::symlink_metadata(path);
     if meta.as_ref().is_ok_and(std::fs::Metadata::is_file) {
-        return asset_of(root, path).into_iter().collect();
+        return asset_of(roots, path).into_iter().collect();
     }
     let dir_modified = meta.as_ref().ok().filter(|m| m.is_dir()).and_then(|m| m.modified().ok());
     if let Some(modified) = dir_modified
@@ -209,7 +212,7 @@ fn assets_at(
     }
     let mut out: Vec<AssetPath> = known()
         .into_iter()
-        .filter(|a| a.as_str().strip_prefix(rel).is_some_and(|rest| rest.starts_with('/')))
+        .filter(|a| a.as_str().strip_prefix(&rel).is_some_and(|rest| rest.starts_with('/')))
         .collect();
     match meta {
         Ok(meta) if meta.is_dir() => {
@@ -222,16 +225,16 @@ fn assets_at(
                         stack.push(entry.path());
                     } else if files < MAX_FILES_PER_EVENT {
                         files += 1;
-                        out.extend(asset_of(root, &entry.path()));
+                        out.extend(asset_of(roots, &entry.path()));
                     }
                 }
             }
         }
-        _ => out.extend(asset_of(root, path)),
+        _ => out.extend(asset_of(roots, path)),
     }
     out
 }
 
-fn asset_of(root: &Path, path: &Path) -> Option<AssetPath> {
-    AssetPath::new(path.strip_prefix(root).ok()?.to_str()?).ok()
+fn asset_of(roots: &Roots, path: &Path) -> Option<AssetPath> {
+    AssetPath::new(&roots.name_of(path)?).ok()
 }

@@ -1,18 +1,20 @@
-//! Writing an uploaded file into the root: only where no symlink, folder or special file is in
-//! the way, and atomically (a temporary file in the same folder, fsync'd, renamed over the old
+//! Writing an uploaded file into the root (or deleting one): only where no symlink, folder or
+//! special file is in the way, and atomically (a temporary file in the same folder, fsync'd, renamed over the old
 //! one, and the folder fsync'd), so that a reader or a crash sees the old file or the new one,
 //! never a mix, and a failed write leaves no temporary file behind.
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use assetsync_protocol::AssetPath;
-
-/// Where `asset` is written under `root`, or why it may not be: each existing component of the
-/// path is checked without following links, so an upload never writes through a symlink (even
-/// one that stays inside the root), onto a folder, or onto a device or a socket.
-pub(crate) fn writable_path(root: &Path, asset: &AssetPath) -> Result<PathBuf, String> {
-    let components: Vec<&str> = asset.components().collect();
+/// Where the file at `rest` (a valid asset path) is written under `root`, or why it may not
+/// be: each existing component of the path is checked without following links, so an upload
+/// never writes through a symlink (even one that stays inside the root), onto a folder, or
+/// onto a device or a socket.
+pub(crate) fn writable_path(root: &Path, rest: &str) -> Result<PathBuf, String> {
+    if rest.is_empty() {
+        return Err("it names a module, not a file in it".into());
+    }
+    let components: Vec<&str> = rest.split('/').collect();
     let mut path = root.to_path_buf();
     for (i, component) in components.iter().enumerate() {
         path.push(component);
@@ -64,6 +66,12 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Deletes the file at `path` durably (the folder fsync'd after), leaving its folders.
+pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    std::fs::File::open(path.parent().expect("an asset lies inside the root"))?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +87,7 @@ mod tests {
             std::os::unix::fs::symlink(root.join("dir"), root.join("link")).unwrap();
             std::os::unix::fs::symlink(root.join("dir/file.js"), root.join("dir/alias.js")).unwrap();
         }
-        let path = |p: &str| writable_path(root, &AssetPath::new(p).unwrap());
+        let path = |p: &str| writable_path(root, p);
         assert_eq!(path("dir/file.js").unwrap(), root.join("dir/file.js"));
         assert_eq!(path("new/deep/file.js").unwrap(), root.join("new/deep/file.js"));
         assert!(path("dir/sub").unwrap_err().contains("folder"));

@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod faults;
 mod folder;
+mod modules;
 mod newcomer;
 mod nginx;
 mod offload;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use assetsync::pull::PullConfig;
 use assetsync::push::{PushConfig, push};
 use assetsync_protocol::upload::prepare;
-use assetsync_protocol::{AssetPath, ChunkParams, ClientMessage, Hash, Manifest, PROTOCOL_VERSION};
+use assetsync_protocol::{AssetPath, ChunkParams, ClientMessage, Hash, Manifest, PROTOCOL_VERSION, Scope};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::faults::{Fault, Proxy};
@@ -63,6 +63,7 @@ fn config_for(from: &Path) -> PushConfig {
         cache: None,
         token: Some(TOKEN.into()),
         force: false,
+        delete: false,
     }
 }
 
@@ -158,19 +159,19 @@ async fn a_push_from_a_stale_cache_is_refused_with_conflict_and_force_overrides_
     let out = client.dir.path().join("out");
     std::fs::write(out.join("app.js"), &mine).unwrap();
     let mut push_config = config(&server, &out, Some(&client.cache()));
-    let e = push(&push_config, &[AssetPath::new("app.js").unwrap()], |_| {}).await.unwrap_err().to_string();
+    let e = push(&push_config, &[Scope::new("app.js").unwrap()], |_| {}).await.unwrap_err().to_string();
     assert!(e.starts_with("app.js: conflict: the server's file changed"), "{e}");
     assert!(e.contains("--force"), "{e}");
     assert_eq!(std::fs::read(server.root.path().join("app.js")).unwrap(), theirs, "nothing written");
     push_config.force = true;
-    let reports = push(&push_config, &[AssetPath::new("app.js").unwrap()], |_| {}).await.unwrap();
+    let reports = push(&push_config, &[Scope::new("app.js").unwrap()], |_| {}).await.unwrap();
     assert!(!reports[0].unchanged);
     assert_eq!(std::fs::read(server.root.path().join("app.js")).unwrap(), mine);
 
     // A file the server does not have yet is created, with its folders.
     std::fs::create_dir_all(out.join("fresh/deep")).unwrap();
     std::fs::write(out.join("fresh/deep/new.js"), b"export const fresh = 1;\n").unwrap();
-    let asset = [AssetPath::new("fresh/deep/new.js").unwrap()];
+    let asset = [Scope::new("fresh/deep/new.js").unwrap()];
     let reports = push(&config(&server, &out, None), &asset, |_| {}).await.unwrap();
     assert_eq!(reports[0].chunks_sent, 1);
     assert_eq!(
@@ -193,7 +194,7 @@ async fn two_uploads_from_the_same_base_one_wins_and_the_other_gets_conflict() {
         server.write("shared.bin", &original);
         // Both learn the server's version first, then race to upload over it.
         let (ca, cb) = (config(&server, a.path(), None), config(&server, b.path(), None));
-        let asset = [AssetPath::new("shared.bin").unwrap()];
+        let asset = [Scope::new("shared.bin").unwrap()];
         let (ra, rb) = tokio::join!(push(&ca, &asset, |_| {}), push(&cb, &asset, |_| {}));
         let on_server = std::fs::read(server.root.path().join("shared.bin")).unwrap();
         match (ra, rb) {
@@ -338,7 +339,7 @@ async fn uploads_need_allow_write_and_the_token() {
     server.write("a.js", b"old");
     let from = tempfile::tempdir().unwrap();
     std::fs::write(from.path().join("a.js"), b"new").unwrap();
-    let asset = [AssetPath::new("a.js").unwrap()];
+    let asset = [Scope::new("a.js").unwrap()];
     let e = push(&config(&server, from.path(), None), &asset, |_| {}).await.unwrap_err().to_string();
     assert!(e.contains("read_only") && e.contains("--allow-write"), "{e}");
     server.stop().await;
@@ -381,7 +382,7 @@ async fn an_upload_cut_midway_resumes_without_sending_again_what_the_server_kept
     let cut_at = 3_500_000;
     let proxy = Proxy::to(server.addr, vec![Fault::CutUpAfter(cut_at)], Arc::new(|| {})).await;
     let config = PushConfig { server: proxy.url(), ..config(&server, from.path(), None) };
-    let reports = push(&config, &[AssetPath::new("data.bin").unwrap()], |_| {}).await.unwrap();
+    let reports = push(&config, &[Scope::new("data.bin").unwrap()], |_| {}).await.unwrap();
     assert_eq!(std::fs::read(server.root.path().join("data.bin")).unwrap(), data);
     assert_eq!(proxy.connections(), 2, "one cut, one resumption");
     // Without resuming, the second connection would carry the whole file again (9.8 MB in all).
@@ -421,7 +422,7 @@ async fn a_full_disk_fails_the_upload_clearly_and_keeps_the_old_file() {
     let from = tempfile::tempdir().unwrap();
     std::fs::write(from.path().join("big.bin"), &v2).unwrap();
     let config = PushConfig { server: server.url.clone(), ..config_for(from.path()) };
-    let asset = [AssetPath::new("big.bin").unwrap()];
+    let asset = [Scope::new("big.bin").unwrap()];
     let e = push(&config, &asset, |_| {}).await.unwrap_err().to_string();
     assert!(e.contains("No space left on device") && e.contains("the previous file is kept"), "{e}");
     assert!(!e.contains('\n'), "{e}");
@@ -432,4 +433,139 @@ async fn a_full_disk_fails_the_upload_clearly_and_keeps_the_old_file() {
     assert_eq!(std::fs::read(disk.outside("root/big.bin")).unwrap(), v2);
     let _ = server.child.kill();
     let _ = server.child.wait();
+}
+
+/// `assetsync push --json` with `args`: one report per file, or the error line.
+async fn cli_push_all(
+    server: &TestServer,
+    dir: &Path,
+    args: &[&str],
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["push", "--json", "--server", &server.url(), "--token-file"]).arg(token_file(dir));
+    cmd.args(args);
+    let output = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    match output.status.success() {
+        true => Ok(String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()),
+        false => Err(String::from_utf8_lossy(&output.stderr).trim().to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_push_sends_only_changed_files_and_deletes_missing_ones_with_delete() {
+    let server = writable_server().await;
+    let (a, b, c) = (random_bytes(200_000, 40), random_bytes(300_000, 41), random_bytes(50_000, 42));
+    for (name, data) in [("dist/a.js", &a), ("dist/b.js", &b), ("dist/sub/c.css", &c), ("dist/old.js", &a)] {
+        server.write(name, data);
+    }
+    server.write("other.js", b"outside the folder");
+    let mut follower = Follower::start_with(server.url(), Some(TOKEN), &["dist/"]);
+    follower.pulled("dist/old.js").await;
+
+    // The local build: a.js and sub/c.css as on the server, b.js edited, new.js new, old.js gone.
+    let work = tempfile::tempdir().unwrap();
+    let from = work.path().join("build");
+    std::fs::create_dir_all(from.join("dist/sub")).unwrap();
+    let b2 = edited(&b, 150_000, 1024, 43);
+    let new = random_bytes(20_000, 44);
+    for (name, data) in [("dist/a.js", &a), ("dist/b.js", &b2), ("dist/sub/c.css", &c), ("dist/new.js", &new)]
+    {
+        std::fs::write(from.join(name), data).unwrap();
+    }
+    let from_arg = from.to_str().unwrap();
+    let reports = cli_push_all(&server, work.path(), &["--from", from_arg, "dist/"]).await.unwrap();
+    let by_name = |reports: &[serde_json::Value], name: &str| {
+        reports
+            .iter()
+            .find(|r| r["asset"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no report for {name}: {reports:?}"))
+    };
+    for unchanged in ["dist/a.js", "dist/sub/c.css"] {
+        let r = by_name(&reports, unchanged);
+        assert_eq!((r["unchanged"].as_bool(), r["wire_bytes_out"].as_u64()), (Some(true), Some(0)), "{r}");
+    }
+    let edit = by_name(&reports, "dist/b.js");
+    assert!(edit["wire_bytes_out"].as_u64().unwrap() < 64 << 10, "a 1 KiB edit cost {edit}");
+    assert_eq!(by_name(&reports, "dist/new.js")["chunks_sent"], by_name(&reports, "dist/new.js")["chunks"]);
+    assert_eq!(reports.len(), 4, "old.js is kept without --delete: {reports:?}");
+    assert_eq!(std::fs::read(server.root.path().join("dist/b.js")).unwrap(), b2);
+    assert_eq!(std::fs::read(server.root.path().join("dist/new.js")).unwrap(), new);
+    assert!(server.root.path().join("dist/old.js").exists());
+
+    // --delete without a folder is a mistake, said at once.
+    let e =
+        cli_push_all(&server, work.path(), &["--from", from_arg, "--delete", "dist/a.js"]).await.unwrap_err();
+    assert!(e.contains("name a folder"), "{e}");
+
+    let reports =
+        cli_push_all(&server, work.path(), &["--from", from_arg, "--delete", "dist/"]).await.unwrap();
+    let removed = by_name(&reports, "dist/old.js");
+    assert_eq!(removed["removed"], true, "{removed}");
+    assert!(
+        reports.iter().filter(|r| r["asset"] != "dist/old.js").all(|r| r["unchanged"] == true),
+        "{reports:?}"
+    );
+    assert!(!server.root.path().join("dist/old.js").exists());
+    assert_eq!(std::fs::read(server.root.path().join("other.js")).unwrap(), b"outside the folder");
+    follower.removed("dist/old.js").await;
+
+    // The server's folder is now the local one, file for file.
+    let listing = |root: &Path| {
+        let mut files: Vec<_> = ["a.js", "b.js", "new.js", "old.js", "sub/c.css"]
+            .iter()
+            .filter_map(|f| {
+                std::fs::read(root.join("dist").join(f)).ok().map(|d| (f.to_string(), Hash::of(&d)))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    assert_eq!(listing(server.root.path()), listing(&from));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deletes_are_refused_with_nothing_removed() {
+    let server = writable_server().await;
+    let data = random_bytes(10_000, 50);
+    server.write("site/app.js", &data);
+    std::fs::create_dir_all(server.root.path().join("site/dir")).unwrap();
+    std::os::unix::fs::symlink(server.root.path().join("site"), server.root.path().join("link")).unwrap();
+    let version = Manifest::build(AssetPath::new("site/app.js").unwrap(), &data, ChunkParams::default())
+        .unwrap()
+        .version()
+        .to_hex();
+    let other = Hash::of(b"another version").to_hex();
+    let before = listing(server.root.path());
+    let cases = [
+        ("../escape.js", &version, "bad_path"),
+        ("/etc/passwd", &version, "bad_path"),
+        ("link/app.js", &version, "bad_path"),
+        ("site/dir", &version, "bad_path"),
+        ("site/missing.js", &version, "conflict"),
+        // The server's file is not the version named.
+        ("site/app.js", &other, "conflict"),
+    ];
+    let mut raw = greeted(&server).await;
+    for (id, (asset, base, expected)) in (1..).zip(cases) {
+        raw.send_text(&format!(r#"{{"type":"delete","id":{id},"asset":"{asset}","base":"{base}"}}"#)).await;
+        let answer = raw.json().await;
+        let got = answer["code"].as_str().unwrap_or(answer["type"].as_str().unwrap());
+        assert_eq!(got, expected, "{asset}: {answer}");
+    }
+    assert_eq!(listing(server.root.path()), before, "a refused delete removed something");
+    // Without the write secret: refused; with it, the right version goes.
+    let mut reader = Raw::connect(&server).await;
+    let hello = format!(r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"agent":"t","token":"{TOKEN}x"}}"#);
+    reader.send_text(&hello).await;
+    assert_eq!(reader.json().await["code"], "unauthorized");
+    raw.send_text(&format!(r#"{{"type":"delete","id":9,"asset":"site/app.js","base":"{version}"}}"#)).await;
+    assert_eq!(raw.json().await["type"], "deleted");
+    assert!(!server.root.path().join("site/app.js").exists());
+    server.stop().await;
 }

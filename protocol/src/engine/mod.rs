@@ -2,7 +2,8 @@
 //! discard after a failed verification, when to retry, reconnect and commit.
 //!
 //! A machine ([`AssetSync`] for one asset, [`FolderSync`] for a folder, [`UploadSync`] for an
-//! upload) never touches a socket,
+//! upload, [`Exchange`] for a folder listing or a deletion, with [`plan_folder_push`] deciding
+//! what a folder push uploads and deletes) never touches a socket,
 //! a store or a clock. A driver (the native client over tokio and files, the browser client over
 //! a WebSocket and IndexedDB) runs one loop:
 //!
@@ -33,6 +34,7 @@ mod asset;
 mod folder;
 mod follow;
 mod hello;
+mod push_folder;
 mod upload;
 
 use std::collections::VecDeque;
@@ -41,6 +43,7 @@ pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
 pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
 pub use hello::{Welcome, hello, welcome};
+pub use push_folder::{Exchange, Exchanged, FolderPushPlan, plan_folder_push};
 pub use upload::{UploadSync, Uploaded};
 
 use crate::{
@@ -258,10 +261,13 @@ pub trait Machine {
     fn handle(&mut self, input: Input<'_>);
     /// For a driver that hashes received chunks itself (faster elsewhere, such as the browser's
     /// `crypto.subtle`): after each [`Input::Frame`], take the received chunks and give each back
-    /// as [`Input::Hashed`]. The machine waits for all of them before it uses any.
-    fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)>;
+    /// as [`Input::Hashed`]. The machine waits for all of them before it uses any. (None, for a
+    /// machine that receives no chunks.)
+    fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {
+        Vec::new()
+    }
     /// Opts in to [`Machine::take_unhashed`], before the first poll.
-    fn set_driver_hashes(&mut self);
+    fn set_driver_hashes(&mut self) {}
     /// The first request id the machine has not used: where the next request on the same
     /// connection starts.
     fn next_id(&self) -> u32;
@@ -293,10 +299,10 @@ pub enum ClientError {
     /// [`Follow::subscribed`]); the text says what to subscribe to instead.
     #[error("nothing by that name on the server: check it, or subscribe to {0} to hear when it is created")]
     Missing(String),
-    /// An upload was refused because the server's file is no longer the version it was made
-    /// from; nothing was written.
+    /// An upload or deletion was refused because the server's file is no longer the version
+    /// it was made from; nothing was written.
     #[error(
-        "conflict: the server's file changed since the version this upload was made from (it is {}); nothing was written: pull it, merge your change and push again, or push --force to overwrite it",
+        "conflict: the server's file changed since the version this push was made from (it is {}); nothing was written: pull it, merge your change and push again, or push --force to overwrite it",
         .current.map_or_else(|| "gone now".to_owned(), |v| format!("now {}", &v.to_hex()[..12]))
     )]
     Conflict {

@@ -451,12 +451,6 @@ impl Machine for UploadSync {
         }
     }
 
-    fn take_unhashed(&mut self) -> Vec<(u32, Vec<u8>)> {
-        Vec::new()
-    }
-
-    fn set_driver_hashes(&mut self) {}
-
     fn next_id(&self) -> u32 {
         self.next_id
     }

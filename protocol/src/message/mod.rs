@@ -100,6 +100,25 @@ pub enum ClientMessage {
     /// [`crate::upload`]). Answered by `uploaded`, `conflict` or `error`; nothing is written
     /// unless the file rebuilds to `version` and the server's file is still `base`.
     Upload(UploadRequest),
+    /// Asks for a folder's listing alone, to push a folder over it: answered by `folder`
+    /// with every file and no `update`s (or `error`).
+    ListFolder {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The folder, as in `sync_folder`.
+        folder: String,
+    },
+    /// Deletes an asset's file if it is still version `base` (a push with `--delete` of a file
+    /// gone locally). Answered by `deleted`, `conflict` (with the version there now, or none:
+    /// it is gone already) or `error`.
+    Delete {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The asset, as in `sync`.
+        asset: String,
+        /// The version the client saw, which is deleted only if it is still current.
+        base: VersionId,
+    },
 }
 
 /// The body of an `upload`: the new version as a delta against `base`, the server's version it
@@ -166,7 +185,8 @@ pub enum ServerMessage {
         id: u32,
     },
     /// The files of a folder, sorted by path; the answer's `update`s follow. (An unchanged
-    /// folder is answered with `up_to_date` and its listing's version instead.)
+    /// folder is answered with `up_to_date` and its listing's version instead.) Answering
+    /// `list_folder`, the listing alone.
     Folder {
         /// The request id.
         id: u32,
@@ -229,8 +249,13 @@ pub enum ServerMessage {
         /// The version now current, as the server indexed the written file.
         version: VersionId,
     },
-    /// The upload `id` was refused, and nothing written: the asset is no longer the version the
-    /// upload was made from.
+    /// The file `delete` named is deleted.
+    Deleted {
+        /// The request id.
+        id: u32,
+    },
+    /// The upload or deletion `id` was refused, and nothing written: the asset is no longer the
+    /// version it was made from.
     Conflict {
         /// The request id.
         id: u32,
@@ -332,6 +357,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 ServerMessage::Uploaded { id: need(w.id, "id")?, version: need(w.version, "version")? }
             }
             "conflict" => ServerMessage::Conflict { id: need(w.id, "id")?, version: w.version },
+            "deleted" => ServerMessage::Deleted { id: need(w.id, "id")? },
             "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
             "error" => ServerMessage::Error {
@@ -358,6 +384,7 @@ impl ServerMessage {
             ServerMessage::Manifest { .. } => "manifest",
             ServerMessage::Uploaded { .. } => "uploaded",
             ServerMessage::Conflict { .. } => "conflict",
+            ServerMessage::Deleted { .. } => "deleted",
             ServerMessage::Error { .. } => "error",
         }
     }
@@ -457,8 +484,14 @@ pub enum ErrorCode {
     IdleTimeout,
     /// A subscribed connection fell too far behind the pushed changes; reconnect and sync again.
     Lagged,
-    /// The server does not accept uploads (it was started without `--allow-write`).
+    /// The server does not accept uploads (it was started without `--allow-write`), or the
+    /// module named is read-only.
     ReadOnly,
+    /// The signed-in user (or an anonymous client) may not read, or may not write, the module
+    /// named.
+    Forbidden,
+    /// The module named has as many connections as it allows; try again later.
+    Busy,
     /// A code this client does not know (from a newer server).
     #[serde(other)]
     Other,
@@ -480,6 +513,8 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Lagged => "lagged",
             ErrorCode::ReadOnly => "read_only",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Busy => "busy",
             ErrorCode::Other => "other",
         }
     }

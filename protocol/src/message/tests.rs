@@ -39,6 +39,8 @@ fn error_codes_round_trip_and_unknown_ones_are_other() {
         IdleTimeout,
         Lagged,
         ReadOnly,
+        Forbidden,
+        Busy,
     ];
     for code in all {
         let json = serde_json::to_string(&code).unwrap();
@@ -102,6 +104,17 @@ fn every_server_message_round_trips_and_needs_its_fields() {
         ServerMessage::Subscribed { id: 6, missing: true },
         ServerMessage::Changed { asset: asset.clone(), version: Some(v) },
         ServerMessage::Changed { asset, version: None },
+        ServerMessage::Manifest {
+            id: 7,
+            version: Some(v),
+            manifest: Some("AAE=".into()),
+            received: "Bw==".into(),
+        },
+        ServerMessage::Manifest { id: 7, version: None, manifest: None, received: String::new() },
+        ServerMessage::Uploaded { id: 8, version: v },
+        ServerMessage::Conflict { id: 9, version: Some(v) },
+        ServerMessage::Conflict { id: 9, version: None },
+        ServerMessage::Deleted { id: 10 },
         ServerMessage::Error { id: Some(6), code: ErrorCode::UnknownAsset, message: "m".into() },
         ServerMessage::Error { id: None, code: ErrorCode::BadMessage, message: "m".into() },
     ];
@@ -117,6 +130,8 @@ fn every_server_message_round_trips_and_needs_its_fields() {
         r#"{"type":"nope","id":1}"#,
         r#"{"id":1}"#,
         r#"{"type":"subscribed","id":"1"}"#,
+        r#"{"type":"deleted"}"#,
+        r#"{"type":"uploaded","id":1}"#,
     ] {
         assert!(serde_json::from_str::<ServerMessage>(bad).is_err(), "{bad} accepted");
     }

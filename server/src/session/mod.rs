@@ -3,7 +3,8 @@
 //!
 //! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
 //! - `subscribe`: subscriptions, counted in the hub while the session lives.
-//! - `upload`: `get_manifest` and `upload`, new versions sent by clients.
+//! - `upload`: `get_manifest`, `upload`, `list_folder` and `delete`: new versions sent by clients.
+//! - `admit`: who may read and write what (modules and users), checked before each request.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
+mod admit;
 mod answer;
 mod subscribe;
 mod throttle;
@@ -26,8 +28,10 @@ mod upload;
 pub(crate) use upload::KeptUploads;
 
 use crate::forwarded::Remote;
+use crate::modules::Need;
 use crate::server::AppState;
-use answer::{FolderRequest, Request, sync, sync_folder};
+use admit::{Signed, Visits, admit};
+use answer::{FolderRequest, Request, refuse, sync, sync_folder};
 use subscribe::{Subscriptions, subscribe};
 use throttle::Throttle;
 
@@ -57,6 +61,7 @@ pub(crate) async fn run(
     // Set by `hello`.
     let mut peer_caps: Option<Peer> = None;
     let mut subscriptions = Subscriptions::new(&state);
+    let mut visits = Visits::default();
     let mut throttle = Throttle::new(&state);
     let mut changes = state.hub.listen();
     // A subscribed client may rightly be silent for hours: an idle period earns it a ping, and
@@ -139,29 +144,50 @@ pub(crate) async fn run(
             Ok(_) if peer_caps.is_none() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
             }
-            Ok(ClientMessage::Sync { id, asset, have, direct }) => {
-                let peer = peer_caps.expect("checked above");
-                sync(&mut socket, &state, peer, &mut throttle, Request { id, asset: &asset, have, direct })
-                    .await
-            }
-            Ok(ClientMessage::SyncFolder { id, folder, since, have }) => {
-                let peer = peer_caps.expect("checked above");
-                let request = FolderRequest { id, folder: &folder, since, have };
-                sync_folder(&mut socket, &state, peer, &mut throttle, request).await
-            }
-            Ok(ClientMessage::GetManifest { id, asset, resume }) => {
-                upload::get_manifest(&mut socket, &state, id, &asset, resume).await
-            }
             Ok(ClientMessage::Upload(request)) => {
-                let writer = peer_caps.expect("checked above").writer;
-                upload::upload(&mut socket, &state, writer, request).await
+                let signed = peer_caps.expect("checked above").signed;
+                // Refused or not, its frames are read.
+                let admitted = admit(&state, signed, &mut visits, &request.asset, Need::Write);
+                upload::upload(&mut socket, &state, admitted, request).await
             }
-            Ok(ClientMessage::Subscribe { id, path }) => {
-                if subscriptions.is_empty() {
-                    // Only changes from now on: none queued while nothing was subscribed.
-                    changes = changes.resubscribe();
+            Ok(request) => {
+                let peer = peer_caps.expect("checked above");
+                let (id, path, need) = named(&request);
+                match admit(&state, peer.signed, &mut visits, path, need) {
+                    Err((code, why)) => {
+                        tracing::info!(path, %code, reason = %why, "request refused");
+                        send_json(&mut socket, &refuse(id, code, why)).await
+                    }
+                    Ok(_) => match request {
+                        ClientMessage::Sync { id, asset, have, direct } => {
+                            let request = Request { id, asset: &asset, have, direct };
+                            sync(&mut socket, &state, peer, &mut throttle, request).await
+                        }
+                        ClientMessage::SyncFolder { id, folder, since, have } => {
+                            let request = FolderRequest { id, folder: &folder, since, have };
+                            sync_folder(&mut socket, &state, peer, &mut throttle, request).await
+                        }
+                        ClientMessage::GetManifest { id, asset, resume } => {
+                            upload::get_manifest(&mut socket, &state, id, &asset, resume).await
+                        }
+                        ClientMessage::ListFolder { id, folder } => {
+                            upload::list_folder(&mut socket, &state, id, &folder).await
+                        }
+                        ClientMessage::Delete { id, asset, base } => {
+                            upload::delete(&mut socket, &state, id, &asset, base).await
+                        }
+                        ClientMessage::Subscribe { id, path } => {
+                            if subscriptions.is_empty() {
+                                // Only changes from now on: none queued while nothing was subscribed.
+                                changes = changes.resubscribe();
+                            }
+                            subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
+                        }
+                        ClientMessage::Hello { .. } | ClientMessage::Upload(_) => {
+                            unreachable!("answered above")
+                        }
+                    },
                 }
-                subscribe(&mut socket, &state, &mut subscriptions, id, &path).await
             }
         };
         if let Err(fatal) = result {
@@ -194,6 +220,21 @@ pub(crate) async fn run(
     }
 }
 
+/// The request's id, the path it names and what it does there. `hello` and `upload` are
+/// answered before this is asked.
+fn named(request: &ClientMessage) -> (u32, &str, Need) {
+    match request {
+        ClientMessage::Sync { id, asset, .. } => (*id, asset, Need::Read),
+        ClientMessage::SyncFolder { id, folder, .. } => (*id, folder, Need::Read),
+        ClientMessage::Subscribe { id, path } => (*id, path, Need::Read),
+        ClientMessage::GetManifest { id, asset, .. } => (*id, asset, Need::Write),
+        ClientMessage::ListFolder { id, folder } => (*id, folder, Need::Read),
+        ClientMessage::Delete { id, asset, .. } => (*id, asset, Need::Write),
+        ClientMessage::Upload(request) => (request.id, &request.asset, Need::Write),
+        ClientMessage::Hello { .. } => unreachable!("hello names no path"),
+    }
+}
+
 /// What `hello` established about the client.
 #[derive(Clone, Copy)]
 struct Peer {
@@ -205,8 +246,8 @@ struct Peer {
     offload: bool,
     /// Whether the client applies binary patches (see [`assetsync_protocol::patch`]).
     patch: bool,
-    /// Whether the client presented the secret that allows uploads.
-    writer: bool,
+    /// Who the client signed in as.
+    signed: Signed,
 }
 
 /// The fields of a `hello`.
@@ -223,7 +264,17 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     let Hello { protocol, agent, encodings, token } = hello;
     // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
     let matches = |t: &str, expected: &Hash| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
-    let writer = matches!((token, &state.write_token), (Some(t), Some(w)) if matches(t, w));
+    let signed = match (&state.modules, token) {
+        (Some(modules), Some(token)) => match modules.sign_in(token) {
+            Some(user) => Signed::User(user),
+            None => {
+                let why = "wrong user or secret: give USER:SECRET as in the server's secrets file";
+                return Err(Fatal::new(ErrorCode::Unauthorized, close_code::POLICY, why));
+            }
+        },
+        (None, Some(t)) if state.write_token.as_ref().is_some_and(|w| matches(t, w)) => Signed::Writer,
+        _ => Signed::Nobody,
+    };
     if let Some(expected) = &state.token {
         let why = match token {
             None => Some(
@@ -260,7 +311,7 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         limits: state.limits.announced(),
         encodings: used.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect(),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, writer })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, signed })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {

@@ -1,6 +1,7 @@
 //! `get_manifest` and `upload`: a client sends a new version of an asset as a delta against the
 //! server's (see [`assetsync_protocol::upload`]). It is rebuilt and verified by the client's own
-//! machine, and written only if the file is still the version the upload was made from.
+//! machine, and written only if the file is still the version the upload was made from. With
+//! `list_folder` and `delete`, a client pushes a folder and removes what it no longer has.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use assetsync_protocol::upload::{receiver, write_ids, write_manifest};
 use assetsync_protocol::{
-    AssetPath, ChunkId, ClientSync, Error, ErrorCode, MAX_CHUNKS, ServerMessage, UploadRequest,
-    VerifiedChunk, VersionId,
+    AssetPath, ChunkId, ClientSync, Error, ErrorCode, FolderEntry, MAX_CHUNKS, Scope, ServerMessage,
+    UploadRequest, VerifiedChunk, VersionId,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use super::answer::{code_of, refuse};
 use super::{Fatal, send_json};
 use crate::index::{IndexError, Indexed, WriteError};
+use crate::modules::{Module, Refusal};
 use crate::server::AppState;
 
 /// Answers `get_manifest`: the asset's current manifest, the base of an upload from a client
@@ -55,7 +57,7 @@ pub(super) async fn get_manifest(
 pub(super) async fn upload(
     socket: &mut WebSocket,
     state: &AppState,
-    writer: bool,
+    admitted: Result<Option<&Module>, Refusal>,
     request: UploadRequest,
 ) -> Result<(), Fatal> {
     let started = Instant::now();
@@ -65,7 +67,7 @@ pub(super) async fn upload(
         let why = format!("an upload of {} frames, over the {MAX_CHUNKS} a file may have", request.frames);
         return Err(Fatal::new(ErrorCode::TooLarge, close_code::POLICY, why));
     }
-    let mut receiving = start(state, writer, &request).await;
+    let mut receiving = start(state, admitted, &request).await;
     let mut frame_bytes = 0;
     for _ in 0..request.frames {
         let frame = match next_frame(socket, state).await {
@@ -107,18 +109,11 @@ pub(super) async fn upload(
 /// that refuses it.
 async fn start(
     state: &AppState,
-    writer: bool,
+    admitted: Result<Option<&Module>, Refusal>,
     request: &UploadRequest,
 ) -> Result<(ClientSync, Option<Arc<Indexed>>), ServerMessage> {
     let id = request.id;
-    if state.write_token.is_none() {
-        let why = "this server does not accept uploads: start it with serve --allow-write --token-file FILE";
-        return Err(refuse(id, ErrorCode::ReadOnly, why.into()));
-    }
-    if !writer {
-        let why = "uploads need the server's write secret: give it with push --token-file FILE, or SyncClient.connect(url, { token })";
-        return Err(refuse(id, ErrorCode::Unauthorized, why.into()));
-    }
+    let module = admitted.map_err(|(code, why)| refuse(id, code, why))?;
     let asset = AssetPath::new(&request.asset).map_err(|e| refuse(id, ErrorCode::BadPath, e.to_string()))?;
     let current = match state.index.current(&asset).await {
         Ok(current) => Some(current),
@@ -139,12 +134,42 @@ async fn start(
             format!("{:?} would be {len} bytes, over the server's limit of {limit} bytes", request.asset);
         return Err(refuse(id, ErrorCode::TooLarge, why));
     }
+    if let Some(module) = module {
+        let old = current.as_ref().map_or(0, |c| c.data.len() as u64);
+        within_limits(module, old, len).await.map_err(|why| refuse(id, ErrorCode::TooLarge, why))?;
+    }
     if machine.wanted_prefix().is_some()
         && let Some(current) = &current
     {
         machine.set_prefix(Ok(current.data.to_vec()), true);
     }
     Ok((machine, current))
+}
+
+/// Checks that replacing a file of `old` bytes with one of `new` bytes keeps `module` within its
+/// largest file and its quota. Uploads to different files of a module are checked at once, so
+/// two that each fit may together go over the quota by up to one file.
+async fn within_limits(module: &Module, old: u64, new: u64) -> Result<(), String> {
+    if let Some(max) = module.max_file_bytes.filter(|max| new > *max) {
+        return Err(format!(
+            "the file would be {new} bytes, over module {}'s limit of {max} bytes",
+            module.name
+        ));
+    }
+    let Some(quota) = module.quota_bytes else { return Ok(()) };
+    let dir = module.path.clone();
+    let used = tokio::task::spawn_blocking(move || crate::modules::usage(&dir))
+        .await
+        .expect("counting task panicked")
+        .map_err(|e| format!("cannot count module {}'s bytes: {e}", module.name))?;
+    let after = used.saturating_sub(old) + new;
+    if after > quota {
+        return Err(format!(
+            "the upload would bring module {} to {after} bytes, over its quota of {quota} bytes",
+            module.name
+        ));
+    }
+    Ok(())
 }
 
 /// Rebuilds and verifies the uploaded file from the frames and the current version's chunks,
@@ -180,16 +205,79 @@ async fn finish(
         Ok(synced) => synced,
         Err(e) => return refuse(id, ErrorCode::BadMessage, nothing_written(&request.asset, &e)),
     };
-    match state.index.write(&asset, request.base, synced.data).await {
-        Ok(written) => ServerMessage::Uploaded { id, version: written.version },
+    let written = state.index.write(&asset, request.base, synced.data).await;
+    answer_write(id, written.map(|w| ServerMessage::Uploaded { id, version: w.version }))
+}
+
+/// The answer to a write or deletion: `done`'s, `conflict`, or the error.
+fn answer_write(id: u32, done: Result<ServerMessage, WriteError>) -> ServerMessage {
+    match done {
+        Ok(answer) => answer,
         Err(WriteError::Conflict(version)) => ServerMessage::Conflict { id, version },
         Err(e @ WriteError::Refused { .. }) => refuse(id, ErrorCode::BadPath, e.to_string()),
         Err(WriteError::Index(e)) => refuse(id, code_of(&e), e.to_string()),
         Err(e @ WriteError::Io { .. }) => {
-            tracing::warn!(%asset, error = %e, "upload not written");
+            tracing::warn!(error = %e, "not written");
             refuse(id, ErrorCode::Internal, e.to_string())
         }
     }
+}
+
+/// Answers `list_folder`: the folder's files and versions, none of their bytes (an empty list
+/// for a folder that does not exist yet, which a push creates).
+pub(super) async fn list_folder(
+    socket: &mut WebSocket,
+    state: &AppState,
+    id: u32,
+    folder: &str,
+) -> Result<(), Fatal> {
+    let answer = match Scope::new(folder) {
+        Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
+        Ok(scope) => {
+            let files = match state.index.list(&scope).await {
+                Ok(files) => Ok(files),
+                Err(IndexError::Unknown(_)) => Ok(Vec::new()),
+                Err(e) => Err(refuse(id, code_of(&e), e.to_string())),
+            };
+            files.map_or_else(
+                |refused| refused,
+                |files| {
+                    let files = files
+                        .iter()
+                        .map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version })
+                        .collect();
+                    ServerMessage::Folder {
+                        id,
+                        files,
+                        removed: Vec::new(),
+                        delta: false,
+                        version: None,
+                        packs: 0,
+                    }
+                },
+            )
+        }
+    };
+    send_json(socket, &answer).await
+}
+
+/// Answers `delete`: the file is deleted if it is still version `base`.
+pub(super) async fn delete(
+    socket: &mut WebSocket,
+    state: &AppState,
+    id: u32,
+    asset: &str,
+    base: VersionId,
+) -> Result<(), Fatal> {
+    let answer = match AssetPath::new(asset) {
+        Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
+        Ok(asset) => {
+            let removed = state.index.remove(&asset, base).await;
+            tracing::info!(%asset, removed = removed.is_ok(), "delete");
+            answer_write(id, removed.map(|()| ServerMessage::Deleted { id }))
+        }
+    };
+    send_json(socket, &answer).await
 }
 
 /// The line refusing an upload of `asset` whose data is bad.
