@@ -40,6 +40,7 @@ async fn run(clients: usize) {
             cache: caches.path().join(format!("c{i}/cache")),
             out: Some(caches.path().join(format!("c{i}/out"))),
             token: None,
+            relay: None,
         };
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {

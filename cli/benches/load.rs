@@ -158,6 +158,7 @@ async fn run(clients: usize, instances: Option<usize>, shared: bool) -> Measured
         cache: caches.path().join(format!("c{i}")),
         out: None,
         token: None,
+        relay: None,
     };
     let config = |i: usize| config_at(i, &url);
     let target = [Scope::new(asset).unwrap()];
@@ -235,6 +236,7 @@ async fn egress(clients: usize, offload: bool) {
             cache: caches.path().join(format!("c{i}")),
             out: None,
             token: None,
+            relay: None,
         };
         let (target, gate) = (target.clone(), gate.clone());
         tokio::spawn(async move {

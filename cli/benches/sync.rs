@@ -89,7 +89,13 @@ fn wire() {
         let config = ServeConfig { root: root.path().to_path_buf(), ..ServeConfig::default() };
         let server = tokio::spawn(run(listener, config, async move { token.cancelled().await }));
         let client = tempfile::tempdir().unwrap();
-        let pull_cfg = PullConfig { server: url, cache: client.path().join("cache"), out: None, token: None };
+        let pull_cfg = PullConfig {
+            server: url,
+            cache: client.path().join("cache"),
+            out: None,
+            token: None,
+            relay: None,
+        };
 
         let big = random_bytes(8 * MIB, 2);
         let bundle =

@@ -16,11 +16,14 @@ use assetsync::offload::OffloadConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::push::{PushConfig, push};
 use assetsync::store::{Store, StoreError};
+use assetsync::upstream::Upstream;
 use assetsync::{ServeConfig, SessionLimits, StoreConfig};
 use assetsync_protocol::{ChunkParams, Hash, Scope};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
+
+mod edge;
 
 /// The demo folder shipped in the repository, so that `assetsync serve` works with no arguments.
 const DEMO_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo");
@@ -50,6 +53,19 @@ enum Command {
     /// Inspect or check a server's version store (stop the server first)
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print what a server (origin or edge) is doing: its upstream and lag, clients,
+    /// subscriptions, bytes in and out
+    Status {
+        /// Server endpoint, e.g. ws://127.0.0.1:8080/sync
+        #[arg(long)]
+        server: String,
+        /// File holding the server's shared secret (see serve --token-file)
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// Print the server's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete cached chunks and manifests that no committed version references
     Gc {
         /// The chunk cache directory
@@ -94,6 +110,23 @@ struct ServeArgs {
     /// USER:SECRET of a secrets file that only the server's user may read (see the README)
     #[arg(long, value_name = "FILE", conflicts_with_all = ["root", "token_file", "allow_write"])]
     config: Option<PathBuf>,
+    /// Run as an edge of this server (ws://HOST:PORT/sync, an origin or another edge): follow
+    /// it into a folder of this server's own and serve that, pushing each change to this
+    /// server's clients as soon as it arrives whole and verified; when the upstream is
+    /// unreachable, keep serving the last verified versions
+    #[arg(long, value_name = "URL", conflicts_with_all = ["root", "config", "allow_write", "history"])]
+    upstream: Option<String>,
+    /// File holding the upstream's shared secret (USER:SECRET for a server with modules)
+    #[arg(long, value_name = "PATH", requires = "upstream")]
+    upstream_token_file: Option<PathBuf>,
+    /// The part of the upstream to mirror: a folder ending in '/' (a module's, for an upstream
+    /// with modules); default: everything
+    #[arg(long, value_name = "FOLDER/", requires = "upstream", default_value = "")]
+    upstream_scope: String,
+    /// Where an edge keeps its files and its cache (default: a folder per upstream under
+    /// $XDG_STATE_HOME/assetsync/edges, or ~/.local/state/assetsync/edges)
+    #[arg(long, value_name = "DIR", requires = "upstream")]
+    edge_dir: Option<PathBuf>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -322,7 +355,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Pull(args) => {
             let targets = args.assets.iter().map(|a| Scope::new(a)).collect::<Result<Vec<_>, _>>()?;
             let token = args.token_file.as_deref().map(read_token).transpose()?;
-            let config = PullConfig { server: args.server, cache: args.cache, out: Some(args.out), token };
+            let config = PullConfig {
+                server: args.server,
+                cache: args.cache,
+                out: Some(args.out),
+                token,
+                relay: None,
+            };
             let json = args.json;
             let mut progress = Progress::default();
             // A one-off pull into a pipe or a file writes its lines in blocks (a folder's
@@ -331,11 +370,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let buffered = !args.follow && !std::io::stdout().is_terminal();
             let mut out = Lines::new(buffered);
             let print = move |event: &PullEvent| {
-                if let PullEvent::Progress { asset, received, total } = event {
-                    if !json {
-                        progress.update(asset, *received, *total);
+                match event {
+                    PullEvent::Progress { asset, received, total } if !json => {
+                        return progress.update(asset, *received, *total);
                     }
-                    return;
+                    PullEvent::Connected { stale: Some(why), .. } => {
+                        return eprintln!("warning: the server may serve old versions: {why}");
+                    }
+                    PullEvent::Progress { .. }
+                    | PullEvent::Connected { .. }
+                    | PullEvent::Announced { .. } => {
+                        return;
+                    }
+                    _ => {}
                 }
                 if json {
                     return out
@@ -371,7 +418,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     PullEvent::Disconnected { error, retry_ms } => {
                         eprintln!("connection lost ({error}); retrying in {retry_ms} ms")
                     }
-                    PullEvent::Progress { .. } => unreachable!("handled above"),
+                    PullEvent::Progress { .. } | PullEvent::Connected { .. } | PullEvent::Announced { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             };
             if args.follow {
@@ -409,6 +458,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Store(command) => store(command).await,
+        Command::Status { server, token_file, json } => {
+            let token = token_file.as_deref().map(read_token).transpose()?;
+            let status = assetsync::status::fetch(&server, token.as_deref()).await?;
+            if json {
+                println!("{status}");
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
         Command::Gc { cache, json } => {
             let report = tokio::task::spawn_blocking(move || Cache::open_existing(&cache)?.gc()).await??;
             if json {
@@ -493,7 +552,29 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     // The page and the WASM client of the source tree, when this binary runs next to it.
     let www = args.www.or_else(|| Some(PathBuf::from(WWW_ROOT)).filter(|w| w.is_dir()));
     let modules = args.config.as_deref().map(Modules::load).transpose()?.map(Arc::new);
+    let edge = match &args.upstream {
+        Some(url) => {
+            let scope = match args.upstream_scope.as_str() {
+                "/" => Scope::All,
+                scope => Scope::new(scope).map_err(|e| anyhow::anyhow!("--upstream-scope {scope:?}: {e}"))?,
+            };
+            anyhow::ensure!(
+                !matches!(scope, Scope::Asset(_)),
+                "--upstream-scope {:?} names a file: an edge mirrors a folder, so end it with '/'",
+                args.upstream_scope
+            );
+            let (files, cache) = edge::dirs(args.edge_dir.clone(), url, &scope)?;
+            let token = args.upstream_token_file.as_deref().map(read_token).transpose()?;
+            let config = PullConfig { server: url.clone(), cache, out: Some(files), token, relay: None };
+            Some((config, scope, Arc::new(Upstream::new(url))))
+        }
+        None => None,
+    };
     let (root, demo) = match (args.root, &args.config) {
+        // An edge serves the folder it keeps in step with its upstream.
+        (_, _) if edge.is_some() => {
+            (edge.as_ref().and_then(|(c, ..)| c.out.clone()).expect("an edge has its folder"), None)
+        }
         // The modules name their folders; the config file names the default store.
         (_, Some(config)) => (config.clone(), None),
         (Some(root), None) if root.is_dir() => (root, None),
@@ -530,6 +611,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         root,
         modules,
+        upstream: edge.as_ref().map(|(.., upstream)| upstream.clone()),
         demo,
         www,
         params: ChunkParams::with_avg(args.avg_chunk)?,
@@ -560,12 +642,16 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         allow_origins: args.allow_origin,
         token,
         write_token,
+        ..ServeConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let what = match (&config.demo, &config.modules) {
+        _ if config.upstream.is_some() => {
+            format!("an edge's copy of its upstream in {}", config.root.display())
+        }
         (Some(_), _) => format!(
             "the demo (a private copy in {}: edit its files and open tabs update)",
             config.root.display()
@@ -574,6 +660,15 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => config.root.display().to_string(),
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
+    if let Some((mut follow, scope, upstream)) = edge {
+        eprintln!(
+            "assetsync: following {} ({})",
+            follow.server,
+            if scope == Scope::All { "all of it".to_owned() } else { scope.to_string() }
+        );
+        follow.relay = Some(config.id.clone());
+        tokio::spawn(edge::follow_upstream(follow, scope, upstream));
+    }
     match (&config.store, &config.shared_store) {
         (Some(store), _) => eprintln!("assetsync: versions kept in {}", store.dir.display()),
         (None, Some(shared)) => eprintln!("assetsync: versions kept in {shared} only"),
@@ -647,15 +742,43 @@ async fn store(command: StoreCommand) -> anyhow::Result<()> {
 /// The default version store of `root`: `assetsync/stores/NAME-HASH` in the user's state folder,
 /// NAME being the root's folder name and HASH from its full path.
 fn default_store(root: &Path) -> anyhow::Result<PathBuf> {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
-        .context("neither XDG_STATE_HOME nor HOME is set: pass --store DIR (or --no-store)")?;
+    let state = state_home()?;
     let root = root.canonicalize().with_context(|| format!("cannot open --root {}", root.display()))?;
     let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("root");
     let hash = Hash::of(root.as_os_str().as_encoded_bytes()).to_hex();
     Ok(state.join("assetsync/stores").join(format!("{name}-{}", &hash[..12])))
+}
+
+/// `assetsync status` for people: one line per fact.
+fn print_status(s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!("server: {} (id {}, up {} s)", text(&s["server"]), text(&s["id"]), s["uptime_s"]);
+    match &s["upstream"] {
+        serde_json::Value::Null => println!("upstream: none (an origin)"),
+        u => {
+            println!("upstream: {} ({})", text(&u["url"]), text(&u["state"]));
+            if let Some(error) = u["error"].as_str() {
+                println!("  last error: {error}");
+            }
+            println!(
+                "  lag: {} versions, {} s; {} files applied",
+                u["lag_versions"], u["lag_seconds"], u["applied"]
+            );
+        }
+    }
+    let path: Vec<String> = s["path"].as_array().into_iter().flatten().map(text).collect();
+    println!("path to the origin: {}", path.join(" -> "));
+    println!("clients: {}, subscriptions: {}", s["clients"], s["subscriptions"]);
+    println!("bytes in: {}, bytes out: {}", s["bytes_in"], s["bytes_out"]);
+}
+
+/// `$XDG_STATE_HOME`, or `~/.local/state`.
+fn state_home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+        .context("neither XDG_STATE_HOME nor HOME is set: pass --store DIR (or --no-store)")
 }
 
 /// The shared secret in `path`: its first line, trimmed, which must not be empty.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use assetsync_protocol::engine::{ClientError, Losses, Pushes, Welcome, hello, welcome};
+use assetsync_protocol::engine::{ClientError, Losses, Pushes, Welcome, Welcomed, hello, welcome};
 use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
 use futures_util::{SinkExt, StreamExt};
 
@@ -89,6 +89,10 @@ pub(crate) struct Connection {
     /// Offloaded answers' HTTP client, made on the first.
     pub(crate) downloads: Option<Downloads>,
     token: Option<String>,
+    /// The servers this client relays for, sent in `hello` (see [`welcome`]).
+    via: Vec<String>,
+    /// What the server said about itself in the last `welcome`.
+    pub(crate) welcomed: Welcomed,
     /// Shared by every socket of this connection, so the wire counts survive reconnections.
     counters: Arc<Counters>,
     /// The bytes written when last sampled by [`Connection::written_delta`].
@@ -103,15 +107,18 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Connects, upgrades and exchanges `hello`/`welcome`.
-    pub(crate) async fn open(url: &str, token: Option<&str>) -> Result<Self, Error> {
+    /// `via` names the servers this client relays for (an edge's own id).
+    pub(crate) async fn open(url: &str, token: Option<&str>, via: &[String]) -> Result<Self, Error> {
         let counters = Arc::new(Counters::default());
-        let ws = Self::handshake(url, token, counters.clone()).await?;
+        let (ws, welcomed) = Self::handshake(url, token, via, counters.clone()).await?;
         let (url, token) = (url.to_owned(), token.map(str::to_owned));
         let mut conn = Connection {
             ws,
             url,
             downloads: None,
             token,
+            via: via.to_vec(),
+            welcomed,
             counters,
             seen_written: 0,
             next_id: 1,
@@ -128,7 +135,7 @@ impl Connection {
         // The engine's resume policy: the same waits, and as many attempts, as a cut transfer.
         let mut losses = Losses::default();
         loop {
-            match Self::open(url, token).await {
+            match Self::open(url, token, &[]).await {
                 Err(e @ Error::Lost(_)) => match losses.next(&e.to_string()) {
                     Ok(after_ms) => {
                         tracing::warn!(error = %e, "handshake broke; retrying");
@@ -143,15 +150,17 @@ impl Connection {
 
     /// Replaces a lost socket with a new one (same counters; pending pushes are kept).
     pub(crate) async fn reconnect(&mut self) -> Result<(), Error> {
-        self.ws = Self::handshake(&self.url, self.token.as_deref(), self.counters.clone()).await?;
+        (self.ws, self.welcomed) =
+            Self::handshake(&self.url, self.token.as_deref(), &self.via, self.counters.clone()).await?;
         Ok(())
     }
 
     async fn handshake(
         url: &str,
         token: Option<&str>,
+        via: &[String],
         counters: Arc<Counters>,
-    ) -> Result<WebSocketStream<Counted<TcpStream>>, Error> {
+    ) -> Result<(WebSocketStream<Counted<TcpStream>>, Welcomed), Error> {
         let request = url
             .into_client_request()
             .map_err(|e| Error::BadUrl(format!("invalid server URL {url:?}: {e}")))?;
@@ -178,7 +187,8 @@ impl Connection {
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(|e| handshake_error(url, e))?;
-        let hello = hello(concat!("assetsync-cli/", env!("CARGO_PKG_VERSION")), token.map(str::to_owned));
+        let agent = concat!("assetsync-cli/", env!("CARGO_PKG_VERSION"));
+        let hello = hello(agent, token.map(str::to_owned), via.to_vec());
         let lost = || Error::Lost(format!("connection to {url} lost during the handshake"));
         ws.send(Message::text(serde_json::to_string(&hello).expect("client messages serialise")))
             .await
@@ -188,9 +198,10 @@ impl Connection {
                 .map_err(|e| Error::Lost(format!("invalid answer to hello from {url}: {e}")))?,
             _ => return Err(lost()),
         };
-        match welcome(answer) {
-            Ok(()) => Ok(ws),
+        match welcome(answer, via) {
+            Ok(welcomed) => Ok((ws, welcomed)),
             Err(Welcome::Refused(message)) => Err(Error::Refused(message)),
+            Err(e @ Welcome::Loop(_)) => Err(Error::Refused(e.to_string())),
             Err(e @ Welcome::Unexpected(_)) => Err(Error::Lost(format!("{url}: {e}"))),
         }
     }

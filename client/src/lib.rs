@@ -2,6 +2,7 @@
 //!
 //! - [`pull`]: `pull` and `pull --follow`, and the events they report.
 //! - [`push`]: `push`, uploads of new versions (only the chunks the server lacks).
+//! - [`status`]: a server's `/status` (`assetsync status`).
 //! - `connection`: one WebSocket connection (tokio-tungstenite over a byte-counting stream),
 //!   the handshake, reconnection, subscriptions and pushed changes.
 //! - `download`: offloaded answers over HTTP(S) (reqwest), resumed with `Range`.
@@ -19,5 +20,6 @@ mod drive;
 mod error;
 pub mod pull;
 pub mod push;
+pub mod status;
 
 pub use error::{CacheError, Error};

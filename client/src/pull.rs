@@ -22,6 +22,9 @@ pub struct PullConfig {
     pub out: Option<PathBuf>,
     /// The server's shared secret, if it requires one.
     pub token: Option<String>,
+    /// The id of the server this client follows for (an edge's, see `serve --upstream`): sent
+    /// in `hello`, and an upstream whose path holds it is a relay loop.
+    pub relay: Option<String>,
 }
 
 /// What one asset's sync did, printed by `pull --json`.
@@ -151,6 +154,22 @@ pub enum PullEvent {
         /// Chunk bytes announced.
         total: u64,
     },
+    /// [`follow`] connected (again): the server's path to its origin and, for an edge cut off
+    /// from its upstream, why its versions may be old. Not part of `pull --json`'s output.
+    #[serde(skip)]
+    Connected {
+        /// The ids of the servers from the one connected to, to the origin.
+        path: Vec<String>,
+        /// What that server said in `welcome`'s `stale`.
+        stale: Option<String>,
+    },
+    /// [`follow`] heard that `asset` changed on the server, and syncs or removes it next (one
+    /// `pulled`, `removed` or `failed` follows). Not part of `pull --json`'s output.
+    #[serde(skip)]
+    Announced {
+        /// The asset.
+        asset: String,
+    },
     /// The connection is down; the next attempt is in `retry_ms`.
     Disconnected {
         /// Why.
@@ -201,7 +220,9 @@ async fn follow_once(
     caught_up: &mut bool,
     report: &mut impl FnMut(&PullEvent),
 ) -> Result<std::convert::Infallible, Error> {
-    let mut conn = Connection::open(&config.server, config.token.as_deref()).await?;
+    let via: Vec<String> = config.relay.iter().cloned().collect();
+    let mut conn = Connection::open(&config.server, config.token.as_deref(), &via).await?;
+    report(&PullEvent::Connected { path: conn.welcomed.path.clone(), stale: conn.welcomed.stale.clone() });
     // Subscribed before the first pull, so that a change during it is not missed.
     for scope in follow.scopes().to_vec() {
         let missing = conn.subscribe(&scope).await?;
@@ -225,7 +246,11 @@ async fn follow_once(
     loop {
         let (asset, version) = conn.change().await?;
         let held = cache.current(&asset).map(|m| m.version());
-        match Push::decide(asset, version, held) {
+        let decided = Push::decide(asset, version, held);
+        if let Some(Push::Sync(asset) | Push::Remove(asset)) = &decided {
+            report(&PullEvent::Announced { asset: asset.to_string() });
+        }
+        match decided {
             Some(Push::Sync(asset)) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
             Some(Push::Remove(asset)) => {
                 let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));

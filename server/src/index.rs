@@ -1061,6 +1061,8 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
     let name = asset.as_str().rsplit('/').next().unwrap_or_default();
     name.ends_with('~')
         || name.starts_with(".#")
+        // The native client's, while it writes a pulled file (an edge's follower, say).
+        || (name.starts_with('.') && name.contains(".assetsync-"))
         || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 

@@ -18,6 +18,8 @@
 //! - [`origin`]: which web pages may connect (cross-site WebSocket hijacking).
 //! - [`forwarded`]: the client's address behind a trusted reverse proxy (`X-Forwarded-For`).
 //! - [`demo`]: the built-in demo folder and its "rebuild" endpoint.
+//! - [`upstream`]: an edge's upstream (`--upstream`), as its follower reports it.
+//! - `status`: `GET /status`, and the byte counts of every socket.
 //!
 //! All sync logic lives in `assetsync-protocol`; this crate does the I/O around it. It knows
 //! nothing of the native client (`assetsync-client`).
@@ -35,7 +37,9 @@ pub mod roots;
 pub mod server;
 mod session;
 pub mod shared;
+mod status;
 pub mod store;
+pub mod upstream;
 mod warm;
 pub mod watch;
 mod write;

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assetsync_protocol::{ChunkParams, Hash, Limits};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
@@ -31,6 +31,8 @@ use crate::origin::OriginPolicy;
 use crate::roots::Roots;
 use crate::session;
 use crate::shared::Shared;
+use crate::status::{Counted, Traffic};
+use crate::upstream::Upstream;
 use crate::watch::{self, Hub};
 
 /// Everything `assetsync serve` can be told.
@@ -41,6 +43,10 @@ pub struct ServeConfig {
     /// Named modules with their own folders, users and limits (`--config`), served instead of
     /// `root`: asset paths start with a module's name.
     pub modules: Option<Arc<Modules>>,
+    /// This server's id, in `welcome`'s path and `/status` (random by default).
+    pub id: String,
+    /// The upstream this edge follows (`--upstream`), whose follower keeps `root` in step.
+    pub upstream: Option<Arc<Upstream>>,
     /// Folder served at `/` (the demo page and the WASM client), if any.
     pub www: Option<PathBuf>,
     /// Chunking parameters for indexed files.
@@ -127,6 +133,8 @@ impl Default for ServeConfig {
         ServeConfig {
             root: PathBuf::from("."),
             modules: None,
+            id: new_id(),
+            upstream: None,
             www: None,
             params: ChunkParams::default(),
             keep_versions: 8,
@@ -180,17 +188,47 @@ pub struct AppState {
     pub(crate) write_token: Option<Hash>,
     /// The modules, their users and limits, when serving modules.
     pub(crate) modules: Option<Arc<Modules>>,
+    pub(crate) id: String,
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    pub(crate) started: Instant,
+    /// Bytes every socket carried.
+    pub(crate) traffic: Arc<Traffic>,
+    max_connections: usize,
     /// What was received of uploads cut short.
     pub(crate) uploads: crate::session::KeptUploads,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// Builds the router: `/sync` for WebSockets, `/offload/<name>` with CDN offload, the demo's
+impl AppState {
+    /// This server's path to the origin: its id, then its upstream's path.
+    pub(crate) fn path(&self) -> Vec<String> {
+        let upstream = self.upstream.as_ref().map(|u| u.path()).unwrap_or_default();
+        std::iter::once(self.id.clone()).chain(upstream).collect()
+    }
+
+    /// Open WebSocket connections.
+    pub(crate) fn clients(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
+    }
+}
+
+/// A random id for a server: 16 hex digits from the clock, the process and the address space.
+fn new_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let local = 0u8;
+    let seed = format!("{now:?} {} {:p}", std::process::id(), &local);
+    Hash::of(seed.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// Builds the router: `/sync` for WebSockets, `/status`, `/offload/<name>` with CDN offload, the demo's
 /// rebuild and write-secret endpoints when serving the demo, and the `www` folder (if any) at `/`.
 pub fn app(state: Arc<AppState>, www: Option<PathBuf>, demo: Option<Arc<Demo>>) -> Router {
     let offload = state.offload.clone();
-    let mut router = Router::new().route("/sync", get(ws_upgrade)).with_state(state);
+    let mut router = Router::new()
+        .route("/sync", get(ws_upgrade))
+        .route("/status", get(crate::status::status))
+        .with_state(state);
     if let Some(offload) = offload {
         router = router.merge(crate::offload::routes(offload));
     }
@@ -256,6 +294,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
     token: &CancellationToken,
     tasks: &TaskTracker,
+    traffic: Arc<Traffic>,
 ) {
     let mut builder = HttpBuilder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -276,8 +315,9 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(peer))));
-        let (builder, token) = (builder.clone(), token.clone());
+        let (builder, token, traffic) = (builder.clone(), token.clone(), traffic.clone());
         tasks.spawn(async move {
+            let stream = Counted { inner: stream, traffic };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -353,6 +393,11 @@ pub async fn run(
         token: config.token.as_deref().map(|t| Hash::of(t.as_bytes())),
         write_token: config.write_token.as_deref().map(|t| Hash::of(t.as_bytes())),
         modules: config.modules,
+        id: config.id,
+        upstream: config.upstream,
+        started: Instant::now(),
+        traffic: Arc::default(),
+        max_connections: config.max_connections,
         uploads: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -372,8 +417,9 @@ pub async fn run(
     let token = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let index = state.index.clone();
+    let traffic = state.traffic.clone();
     let router = app(state, config.www, config.demo);
-    serve(listener, router, shutdown, &token, &tasks).await;
+    serve(listener, router, shutdown, &token, &tasks, traffic).await;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
         tracing::warn!("some sessions did not finish within 10 s");

@@ -82,6 +82,11 @@ impl Hub {
         }
     }
 
+    /// Subscriptions held by all sessions.
+    pub fn subscriptions(&self) -> usize {
+        self.scopes.lock().expect("poisoned").values().sum()
+    }
+
     fn wanted(&self, asset: &AssetPath) -> bool {
         self.scopes.lock().expect("poisoned").keys().any(|s| s.covers(asset))
     }

@@ -4,6 +4,7 @@ mod bad_input;
 mod bus;
 mod cache;
 mod cli;
+mod edge;
 mod faults;
 mod folder;
 mod modules;

@@ -111,7 +111,13 @@ impl TestClient {
 
     /// This client's settings for pulling from the sync endpoint `url`.
     pub fn config(&self, url: String) -> PullConfig {
-        PullConfig { server: url, cache: self.cache(), out: Some(self.dir.path().join("out")), token: None }
+        PullConfig {
+            server: url,
+            cache: self.cache(),
+            out: Some(self.dir.path().join("out")),
+            token: None,
+            relay: None,
+        }
     }
 
     pub async fn pull(&self, server: &TestServer, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {

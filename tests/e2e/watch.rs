@@ -10,7 +10,7 @@ use crate::util::{Served, TestClient, TestServer, random_bytes};
 
 /// A native client running `pull --follow` in the background, its events on a channel.
 pub struct Follower {
-    client: TestClient,
+    pub client: TestClient,
     events: mpsc::UnboundedReceiver<PullEvent>,
     task: tokio::task::JoinHandle<Result<(), assetsync::Error>>,
 }

@@ -270,11 +270,12 @@ impl Client {
 
     /// Exchanges `hello`/`welcome` on a new socket and renews the subscriptions.
     pub(crate) async fn greet(self: &Rc<Self>, mut socket: Socket) -> Result<Socket, JsError> {
-        let hello = hello(concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")), self.token.clone());
+        let hello =
+            hello(concat!("assetsync-wasm/", env!("CARGO_PKG_VERSION")), self.token.clone(), Vec::new());
         self.send(&socket, &hello).map_err(js_error)?;
         match next(&mut socket).await.map_err(js_error)? {
             Incoming::Message(answer, _) => {
-                welcome(answer).map_err(js_error)?;
+                welcome(answer, &[]).map_err(js_error)?;
                 self.raw.replace(Some(socket.handle()));
                 self.renew_subscriptions(&mut socket).await?;
                 Ok(socket)

@@ -42,7 +42,7 @@ use std::collections::VecDeque;
 pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
 pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
-pub use hello::{Welcome, hello, welcome};
+pub use hello::{Welcome, Welcomed, hello, welcome};
 pub use push_folder::{Exchange, Exchanged, FolderPushPlan, plan_folder_push};
 pub use upload::{UploadSync, Uploaded};
 

@@ -43,6 +43,11 @@ pub enum ClientMessage {
         /// message, never in the URL (URLs end up in logs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// The ids of the servers this client relays for: an edge's own id, when it follows its
+        /// upstream. A server that finds itself, or one of its own upstreams, here refuses the
+        /// connection with `loop`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        via: Vec<String>,
     },
     /// Asks for the current version of one asset.
     Sync {
@@ -167,6 +172,14 @@ pub enum ServerMessage {
         /// The client's encodings that the server will use.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         encodings: Vec<String>,
+        /// The ids of the servers from this one to the origin: this one's first, then its
+        /// upstream's, and so on (an edge's; an origin names itself alone).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        path: Vec<String>,
+        /// Set by an edge whose upstream is unreachable: why, and since when. It serves the
+        /// last versions it verified meanwhile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale: Option<String>,
     },
     /// The client's first `have.versions` entry is already current.
     UpToDate {
@@ -309,6 +322,9 @@ struct WireServerMessage {
     manifest: Option<String>,
     #[serde(default)]
     received: String,
+    #[serde(default)]
+    path: Vec<String>,
+    stale: Option<String>,
 }
 
 impl TryFrom<WireServerMessage> for ServerMessage {
@@ -324,6 +340,8 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 server: need(w.server, "server")?,
                 limits: need(w.limits, "limits")?,
                 encodings: w.encodings,
+                path: w.path,
+                stale: w.stale,
             },
             "up_to_date" => {
                 ServerMessage::UpToDate { id: need(w.id, "id")?, version: need(w.version, "version")? }
@@ -492,6 +510,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The module named has as many connections as it allows; try again later.
     Busy,
+    /// Edges follow each other in a circle: this server is upstream of the client's own.
+    Loop,
     /// A code this client does not know (from a newer server).
     #[serde(other)]
     Other,
@@ -515,6 +535,7 @@ impl ErrorCode {
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Busy => "busy",
+            ErrorCode::Loop => "loop",
             ErrorCode::Other => "other",
         }
     }

@@ -7,7 +7,7 @@ fn messages_have_the_documented_json_shape() {
     let hello: ClientMessage = serde_json::from_str(r#"{"type":"hello","protocol":1,"agent":"t"}"#).unwrap();
     assert_eq!(
         hello,
-        ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![], token: None }
+        ClientMessage::Hello { protocol: 1, agent: "t".into(), encodings: vec![], token: None, via: vec![] }
     );
     let sync: ClientMessage = serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
     assert_eq!(
@@ -41,6 +41,7 @@ fn error_codes_round_trip_and_unknown_ones_are_other() {
         ReadOnly,
         Forbidden,
         Busy,
+        Loop,
     ];
     for code in all {
         let json = serde_json::to_string(&code).unwrap();
@@ -71,7 +72,22 @@ fn every_server_message_round_trips_and_needs_its_fields() {
     let limits = Limits { max_message_bytes: 1, max_have: 2, requests_per_minute: 3, bytes_per_minute: 4 };
     let asset = AssetPath::new("a.js").unwrap();
     let all = [
-        ServerMessage::Welcome { protocol: 2, server: "s".into(), limits, encodings: vec!["zstd".into()] },
+        ServerMessage::Welcome {
+            protocol: 2,
+            server: "s".into(),
+            limits,
+            encodings: vec!["zstd".into()],
+            path: vec![],
+            stale: None,
+        },
+        ServerMessage::Welcome {
+            protocol: 2,
+            server: "s".into(),
+            limits,
+            encodings: vec![],
+            path: vec!["a1".into(), "b2".into()],
+            stale: Some("upstream unreachable".into()),
+        },
         ServerMessage::UpToDate { id: 1, version: v },
         ServerMessage::Update(Update {
             id: 2,

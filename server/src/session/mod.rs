@@ -62,6 +62,8 @@ pub(crate) async fn run(
     let mut peer_caps: Option<Peer> = None;
     let mut subscriptions = Subscriptions::new(&state);
     let mut visits = Visits::default();
+    // For a downstream edge's connection: the upstream's path, and the ids the edge relays for.
+    let mut relayed: Option<(tokio::sync::watch::Receiver<Vec<String>>, Vec<String>)> = None;
     let mut throttle = Throttle::new(&state);
     let mut changes = state.hub.listen();
     // A subscribed client may rightly be silent for hours: an idle period earns it a ping, and
@@ -86,6 +88,14 @@ pub(crate) async fn run(
                     if let Err(fatal) = send_json(&mut socket, &message).await {
                         break Err(fatal);
                     }
+                }
+                continue;
+            }
+            Some(changed) = async { Some(relayed.as_mut()?.0.changed().await) }, if relayed.is_some() => {
+                if changed.is_err() {
+                    relayed = None;
+                } else if let Some(why) = relayed.as_ref().and_then(|(_, via)| loop_through(&state, via)) {
+                    break Err(Fatal::new(ErrorCode::Loop, close_code::POLICY, why));
                 }
                 continue;
             }
@@ -137,9 +147,20 @@ pub(crate) async fn run(
             Ok(ClientMessage::Hello { .. }) if peer_caps.is_some() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "hello sent twice"))
             }
-            Ok(ClientMessage::Hello { protocol, agent, encodings, token }) => {
-                let hello = Hello { protocol, agent: &agent, encodings: &encodings, token: token.as_deref() };
-                greet(&mut socket, &state, hello).await.map(|p| peer_caps = Some(p))
+            Ok(ClientMessage::Hello { protocol, agent, encodings, token, via }) => {
+                let hello = Hello {
+                    protocol,
+                    agent: &agent,
+                    encodings: &encodings,
+                    token: token.as_deref(),
+                    via: &via,
+                };
+                let greeted = greet(&mut socket, &state, hello).await.map(|p| peer_caps = Some(p));
+                // A downstream edge: watched for a loop the upstream's path may close later.
+                if greeted.is_ok() && !via.is_empty() {
+                    relayed = state.upstream.as_ref().map(|u| (u.watch_path(), via));
+                }
+                greeted
             }
             Ok(_) if peer_caps.is_none() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
@@ -256,14 +277,31 @@ struct Hello<'a> {
     agent: &'a str,
     encodings: &'a [String],
     token: Option<&'a str>,
+    via: &'a [String],
+}
+
+/// Whether `token` is the secret whose SHA-256 is `expected`. Compared as digests, in constant
+/// time: neither the length nor a prefix leaks.
+pub(crate) fn token_matches(token: &str, expected: &Hash) -> bool {
+    bool::from(Hash::of(token.as_bytes()).0.ct_eq(&expected.0))
+}
+
+/// Why a client relaying for the servers `via` closes a loop: this server, or one on its path
+/// to the origin, is among them.
+fn loop_through(state: &AppState, via: &[String]) -> Option<String> {
+    let path = state.path();
+    let looped = path.iter().find(|id| via.contains(id))?;
+    Some(format!(
+        "relay loop: server {looped} follows this one and is on its path to the origin ({}): point its --upstream at the origin or at an edge closer to it",
+        path.join(" -> ")
+    ))
 }
 
 /// Checks the client's token (if the server requires one) and protocol version, and answers
 /// `welcome` with the version both speak.
 async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Result<Peer, Fatal> {
-    let Hello { protocol, agent, encodings, token } = hello;
-    // Compared as SHA-256 digests, in constant time: neither the length nor a prefix leaks.
-    let matches = |t: &str, expected: &Hash| bool::from(Hash::of(t.as_bytes()).0.ct_eq(&expected.0));
+    let Hello { protocol, agent, encodings, token, via } = hello;
+    let matches = token_matches;
     let signed = match (&state.modules, token) {
         (Some(modules), Some(token)) => match modules.sign_in(token) {
             Some(user) => Signed::User(user),
@@ -289,6 +327,9 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
             return Err(Fatal::new(ErrorCode::Unauthorized, close_code::POLICY, why));
         }
     }
+    if let Some(why) = loop_through(state, via) {
+        return Err(Fatal::new(ErrorCode::Loop, close_code::POLICY, why));
+    }
     if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
         return Err(Fatal::new(
             ErrorCode::ProtocolVersion,
@@ -310,6 +351,8 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
         limits: state.limits.announced(),
         encodings: used.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect(),
+        path: state.path(),
+        stale: state.upstream.as_ref().and_then(|u| u.stale()),
     };
     send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, signed })
 }

@@ -1,0 +1,213 @@
+//! Relay trees: edges (`serve --upstream`) that follow an origin or another edge and serve their
+//! own clients, all real processes on 127.0.0.1.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::{BIN, Raw, Served, TestClient, random_bytes};
+use crate::watch::Follower;
+
+const ASSET: &str = "data/level.bin";
+
+/// Replaces `root/asset` with `data` by a rename, as a deploy does.
+fn deploy(root: &Path, asset: &str, data: &[u8]) {
+    let path = root.join(asset);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = root.join(".deploying.tmp");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn origin(root: &Path) -> Served {
+    Served::start([
+        "--no-store".as_ref(),
+        "--quiet-ms".as_ref(),
+        "20".as_ref(),
+        "--root".as_ref(),
+        root.as_os_str(),
+    ])
+}
+
+/// An edge of `upstream` keeping its files in `dir`, listening on `listen`.
+fn edge_at(upstream: &str, dir: &Path, listen: &str) -> Served {
+    let mut command = std::process::Command::new(BIN);
+    command.args(["serve", "--no-store", "--quiet-ms", "20", "--listen", listen, "--upstream", upstream]);
+    command.arg("--edge-dir").arg(dir);
+    Served::spawn(command)
+}
+
+fn edge(upstream: &str, dir: &Path) -> Served {
+    edge_at(upstream, dir, "127.0.0.1:0")
+}
+
+/// The server's `/status`.
+async fn status(server: &Served) -> serde_json::Value {
+    assetsync::status::fetch(&server.url, None).await.unwrap()
+}
+
+/// Waits (up to `limit`) until `check` holds.
+async fn until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the edge whose files are in `dir` holds `data` at `asset`.
+async fn holds(dir: &Path, asset: &str, data: &[u8]) {
+    let path = dir.join("files").join(asset);
+    until(Duration::from_secs(30), &format!("{} holds {asset}", dir.display()), async || {
+        std::fs::read(&path).is_ok_and(|d| d == data)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_1_kib_edit_at_the_origin_reaches_clients_two_edges_down_within_3_s_as_a_delta() {
+    let root = tempfile::tempdir().unwrap();
+    let original = random_bytes(8 << 20, 60);
+    deploy(root.path(), ASSET, &original);
+    let origin = origin(root.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&origin.url, dir_a.path());
+    let b = edge(&a.url, dir_b.path());
+    holds(dir_b.path(), ASSET, &original).await;
+
+    let mut followers: Vec<Follower> = (0..3).map(|_| Follower::start_at(b.url.clone(), &[ASSET])).collect();
+    for follower in &mut followers {
+        follower.pulled(ASSET).await;
+    }
+    let b_status = status(&b).await;
+    assert_eq!(b_status["upstream"]["state"], "following", "{b_status}");
+    let path: Vec<&str> = b_status["path"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let ids =
+        [status(&b).await["id"].clone(), status(&a).await["id"].clone(), status(&origin).await["id"].clone()];
+    assert_eq!(path, ids.iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>(), "B -> A -> origin");
+
+    // The edit: what the origin sends for it, and how long until every client has it.
+    let egress_before = status(&origin).await["bytes_out"].as_u64().unwrap();
+    let mut edited = original.clone();
+    edited[4 << 20..(4 << 20) + 1024].copy_from_slice(&random_bytes(1024, 61));
+    let started = Instant::now();
+    deploy(root.path(), ASSET, &edited);
+    for follower in &mut followers {
+        follower.pulled(ASSET).await;
+    }
+    let latency = started.elapsed();
+    for follower in &followers {
+        assert_eq!(std::fs::read(follower.client.out(ASSET)).unwrap(), edited);
+    }
+    assert!(latency < Duration::from_secs(3), "the edit took {latency:?} to reach the clients");
+    // Only edge A follows the origin; the status request itself is counted too.
+    let egress = status(&origin).await["bytes_out"].as_u64().unwrap() - egress_before;
+    assert!(egress < 64 << 10, "the origin sent {egress} bytes for a 1 KiB edit to its one edge");
+    eprintln!("edit reached 3 clients two edges down in {latency:?}; origin egress {egress} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_whose_upstream_dies_keeps_serving_and_catches_up_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = random_bytes(2 << 20, 62);
+    deploy(root.path(), ASSET, &v1);
+    let origin = origin(root.path());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = edge(&origin.url, dir_a.path());
+    let a_listen = a.url.trim_start_matches("ws://").trim_end_matches("/sync").to_owned();
+    let b = edge(&a.url, dir_b.path());
+    holds(dir_b.path(), ASSET, &v1).await;
+    let mut follower = Follower::start_at(b.url.clone(), &[ASSET]);
+    follower.pulled(ASSET).await;
+
+    // A new version at the origin, and edge A killed while it may be fetching it.
+    let v2 = random_bytes(2 << 20, 63);
+    deploy(root.path(), ASSET, &v2);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    until(Duration::from_secs(30), "B notices that A is gone", async || {
+        status(&b).await["upstream"]["state"] == "unreachable"
+    })
+    .await;
+    // B serves what it verified, and says that it may be old.
+    let mut raw = Raw::connect_to(&b.url).await;
+    raw.send_text(&format!(
+        r#"{{"type":"hello","protocol":{},"agent":"t"}}"#,
+        assetsync_protocol::PROTOCOL_VERSION
+    ))
+    .await;
+    let welcome = raw.json().await;
+    assert!(welcome["stale"].as_str().is_some_and(|s| s.contains("unreachable")), "{welcome}");
+    let reader = TestClient::new();
+    reader.pull_from(b.url.clone(), &[ASSET]).await.unwrap();
+    let held = std::fs::read(reader.out(ASSET)).unwrap();
+    assert!(held == v1 || held == v2, "B serves a whole verified version, never a mix");
+
+    // A comes back (same folder, same address): B reconnects and its clients catch up.
+    let _a = edge_at(&origin.url, dir_a.path(), &a_listen);
+    holds(dir_b.path(), ASSET, &v2).await;
+    if held == v1 {
+        follower.pulled(ASSET).await;
+    }
+    until(Duration::from_secs(30), "the client holds v2", async || {
+        std::fs::read(follower.client.out(ASSET)).is_ok_and(|d| d == v2)
+    })
+    .await;
+    until(Duration::from_secs(10), "B follows again", async || {
+        status(&b).await["upstream"]["state"] == "following"
+    })
+    .await;
+}
+
+/// A free port on 127.0.0.1, for servers that must know each other's address before starting.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_that_follow_each_other_in_a_circle_report_a_relay_loop() {
+    // An edge pointed at itself.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let own = format!("ws://127.0.0.1:{port}/sync");
+    let selfish = edge_at(&own, dir.path(), &format!("127.0.0.1:{port}"));
+    selfish.wait_for("relay loop");
+    until(Duration::from_secs(10), "the loop shows in /status", async || {
+        status(&selfish).await["upstream"]["error"].as_str().is_some_and(|e| e.contains("relay loop"))
+    })
+    .await;
+
+    // Two edges, each the other's upstream.
+    let (pa, pb) = (free_port(), free_port());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge_at(&format!("ws://127.0.0.1:{pb}/sync"), dir_a.path(), &format!("127.0.0.1:{pa}"));
+    let b = edge_at(&format!("ws://127.0.0.1:{pa}/sync"), dir_b.path(), &format!("127.0.0.1:{pb}"));
+    until(Duration::from_secs(30), "one of them reports the loop", async || {
+        let errors = [status(&a).await, status(&b).await];
+        errors.iter().any(|s| s["upstream"]["error"].as_str().is_some_and(|e| e.contains("relay loop")))
+    })
+    .await;
+}
+
+#[test]
+fn assetsync_status_prints_the_servers_state() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("a.js"), b"x").unwrap();
+    let origin = origin(root.path());
+    let output =
+        std::process::Command::new(BIN).args(["status", "--json", "--server", &origin.url]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for field in ["id", "path", "upstream", "clients", "subscriptions", "bytes_in", "bytes_out"] {
+        assert!(status.get(field).is_some(), "missing {field}: {status}");
+    }
+    assert!(status["upstream"].is_null(), "an origin has no upstream");
+    let output = std::process::Command::new(BIN).args(["status", "--server", &origin.url]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("upstream: none") && text.contains("clients: "), "{text}");
+    let output = std::process::Command::new(BIN)
+        .args(["status", "--server", "ws://127.0.0.1:1/sync"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
+}
