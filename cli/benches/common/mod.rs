@@ -74,16 +74,29 @@ pub fn serve_bundle(asset: &str, len: usize) -> (tempfile::TempDir, Child, Strin
 /// a `--store`) and `env` on a free port; returns the process and its sync URL.
 pub fn start_server_with(root: &Path, extra: &[&str], env: &[(&str, String)]) -> (Child, String) {
     let no_store = if extra.contains(&"--store") { None } else { Some("--no-store") };
-    let mut server = Command::new(env!("CARGO_BIN_EXE_assetsync"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000", "--root"])
-        .arg(root)
-        .args(no_store)
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = server_command();
+    command.arg("--root").arg(root).args(no_store).args(extra).envs(env.iter().map(|(k, v)| (k, v)));
+    spawn_server(command)
+}
+
+/// Starts an edge of `upstream` (`serve --upstream`) keeping its files in `dir`, on a free port;
+/// returns the process and its sync URL.
+pub fn start_edge(upstream: &str, dir: &Path) -> (Child, String) {
+    let mut command = server_command();
+    command.args(["--no-store", "--upstream", upstream, "--edge-dir"]).arg(dir);
+    spawn_server(command)
+}
+
+/// `assetsync serve` on a free port, for many clients; its other arguments follow.
+fn server_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_assetsync"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "10000"]);
+    command
+}
+
+/// Runs `command` (from [`server_command`]) until its banner names its address.
+fn spawn_server(mut command: Command) -> (Child, String) {
+    let mut server = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(server.stderr.take().unwrap());
     let url = loop {
         let mut line = String::new();
