@@ -306,6 +306,36 @@ test("two subscribed pages receive a rebuilt asset by push, for kilobytes, and s
   await context.close();
 });
 
+test("a page subscribed to an edge two hops from the origin gets an origin rebuild by push, as a delta", async () => {
+  const origin = await startServer();
+  origin.write("js/app.js", bundle(1));
+  const a = await startServer({ upstream: origin.ws });
+  const b = await startServer({ upstream: a.ws });
+  await b.waitForLog("pulled from upstream", 30_000);
+  const context = await browser.newContext();
+  const page = await openClientPage(context, b);
+  await page.evaluate(async ({ ws }) => {
+    window.client = await window.assetsync.SyncClient.connect(ws, { db: "edge" });
+    await window.client.sync("js/app.js");
+    window.updates = [];
+    await window.client.subscribe("js/", (u) => window.updates.push(u));
+  }, { ws: b.ws });
+  const v2 = bundle(2);
+  const started = Date.now();
+  origin.write("js/app.js", v2);
+  await page.waitForFunction(() => window.updates.some((u) => u.result), null, { timeout: 10_000 });
+  const elapsed = Date.now() - started;
+  const u = await page.evaluate(async () => {
+    const u = window.updates.find((u) => u.result);
+    return { hash: await window.hex(u.result.bytes()), wire: u.result.stats.wireBytesIn };
+  });
+  assert.equal(u.hash, sha256(v2), "the page must hold the origin's new file");
+  assert.ok(u.wire < 20 * 1024, `the rebuild cost the page ${u.wire} bytes`);
+  assert.ok(elapsed < 3000, `the rebuild took ${elapsed} ms to reach the page through two edges`);
+  await context.close();
+  for (const server of [b, a, origin]) await server.stop();
+});
+
 test("a subscribed page reconnects by itself after a server restart and catches up", async () => {
   const first = await startServer();
   first.write("js/app.js", bundle(1));

@@ -126,14 +126,17 @@ export async function startNginx(t, upstream) {
 }
 
 /**
- * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`),
+ * Starts `assetsync serve` on a fresh temporary root (or the demo, with `{ demo: true }`, or
+ * as an edge of the sync endpoint `upstream`),
  * serving `www` (default: the repository's www/) at `/`, on `listen` (default: a free port on
  * 127.0.0.1), with `extraArgs` for `serve`.
  */
-export async function startServer({ demo = false, root = null, www = join(repo, "www"), listen = "127.0.0.1:0", extraArgs = [] } = {}) {
-  root = demo ? null : root || scratch("assetsync-e2e-");
+export async function startServer({ demo = false, root = null, upstream = null, www = join(repo, "www"), listen = "127.0.0.1:0", extraArgs = [] } = {}) {
+  root = demo || upstream ? null : root || scratch("assetsync-e2e-");
   const args = ["serve", "--listen", listen, "--www", www, ...extraArgs];
   if (root) args.push("--root", root);
+  // An edge of `upstream` (a sync endpoint), in a folder of its own.
+  if (upstream) args.push("--upstream", upstream, "--edge-dir", scratch("assetsync-edge-"));
   // Version stores go under a temporary state folder, not the user's (see default_store).
   const env = { ...process.env, XDG_STATE_HOME: stateHome() };
   const child = spawn(serverBin(), args, { stdio: ["ignore", "ignore", "pipe"], env });
