@@ -41,6 +41,7 @@ async fn run(clients: usize) {
             out: Some(caches.path().join(format!("c{i}/out"))),
             token: None,
             relay: None,
+            no_delete: false,
         };
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {

@@ -159,6 +159,7 @@ async fn run(clients: usize, instances: Option<usize>, shared: bool) -> Measured
         out: None,
         token: None,
         relay: None,
+        no_delete: false,
     };
     let config = |i: usize| config_at(i, &url);
     let target = [Scope::new(asset).unwrap()];
@@ -237,6 +238,7 @@ async fn egress(clients: usize, offload: bool) {
             out: None,
             token: None,
             relay: None,
+            no_delete: false,
         };
         let (target, gate) = (target.clone(), gate.clone());
         tokio::spawn(async move {

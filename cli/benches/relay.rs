@@ -68,6 +68,7 @@ async fn run(followers: usize, edges: usize) -> (u64, Duration) {
             out: Some(dirs.path().join(format!("c{i}/out"))),
             token: None,
             relay: None,
+            no_delete: false,
         };
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {

@@ -95,6 +95,7 @@ fn wire() {
             out: None,
             token: None,
             relay: None,
+            no_delete: false,
         };
 
         let big = random_bytes(8 * MIB, 2);

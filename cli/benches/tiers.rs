@@ -34,8 +34,14 @@ fn main() {
 
 /// Pulls `app.js` from `url` into the cache `cache`: the time it took, and the bytes received.
 async fn update(url: &str, cache: &Path) -> (f64, u64) {
-    let config =
-        PullConfig { server: url.to_owned(), cache: cache.to_owned(), out: None, token: None, relay: None };
+    let config = PullConfig {
+        server: url.to_owned(),
+        cache: cache.to_owned(),
+        out: None,
+        token: None,
+        relay: None,
+        no_delete: false,
+    };
     let started = Instant::now();
     let report = pull(&config, &[Scope::new("app.js").unwrap()], |_| {}).await.unwrap().remove(0);
     (started.elapsed().as_secs_f64() * 1e3, report.wire_bytes_in)

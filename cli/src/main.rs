@@ -267,6 +267,11 @@ struct PullArgs {
     /// it from OUT when it is removed), reconnecting with backoff when the server goes away
     #[arg(long)]
     follow: bool,
+    /// Keep what --out holds that the server does not: files removed on the server, and
+    /// folders and links not in its folder (by default a pulled folder ends identical to the
+    /// server's)
+    #[arg(long)]
+    no_delete: bool,
     /// Asset paths relative to the server root, e.g. js/app.js, or folders ending in '/', e.g.
     /// dist/ (every file below it; files the server no longer has are deleted from OUT)
     #[arg(required = true)]
@@ -361,6 +366,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 out: Some(args.out),
                 token,
                 relay: None,
+                no_delete: args.no_delete,
             };
             let json = args.json;
             let mut progress = Progress::default();
@@ -565,7 +571,14 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             );
             let (files, cache) = edge::dirs(args.edge_dir.clone(), url, &scope)?;
             let token = args.upstream_token_file.as_deref().map(read_token).transpose()?;
-            let config = PullConfig { server: url.clone(), cache, out: Some(files), token, relay: None };
+            let config = PullConfig {
+                server: url.clone(),
+                cache,
+                out: Some(files),
+                token,
+                relay: None,
+                no_delete: false,
+            };
             Some((config, scope, Arc::new(Upstream::new(url))))
         }
         None => None,

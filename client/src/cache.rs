@@ -454,25 +454,64 @@ pub struct OutCheck {
     db: Arc<Database>,
 }
 
+/// What [`OutCheck::check`] found of the copies under `--out`.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Missing, or not the committed version.
+    pub stale: Vec<AssetPath>,
+    /// Executable (a pulled folder's copies take the server's modes).
+    pub executable: Vec<AssetPath>,
+}
+
 impl OutCheck {
-    /// The files of `held` whose copy under `out` is missing or differs from the committed
-    /// version: not the same size and the modification time [`Cache::write_out`] gave it
-    /// (rsync's quick check), nor the same SHA-256. Read on up to four threads.
-    pub fn stale(&self, held: &[FolderEntry], out: &Path) -> Vec<AssetPath> {
-        parallel(held, |part| {
-            let Ok(tx) = self.db.begin_read() else { return part.iter().map(|e| e.asset.clone()).collect() };
-            let intact = |entry: &FolderEntry| {
-                let Some((manifest, stored)) = manifest_in(&tx, &entry.version) else { return false };
-                let path = out.join(entry.asset.as_str());
-                fs::metadata(&path).is_ok_and(|meta| {
-                    let untouched = meta.modified().is_ok_and(|t| t == stored);
-                    meta.len() == manifest.len
-                        && (untouched || fs::read(&path).is_ok_and(|data| Hash::of(&data) == manifest.sha256))
-                })
+    /// Which files of `held` have a copy under `out` that is missing or differs from the
+    /// committed version (not the same size and the modification time [`Cache::write_out`]
+    /// gave it, rsync's quick check, nor the same SHA-256), and which copies are executable.
+    /// Read on up to four threads.
+    pub fn check(&self, held: &[FolderEntry], out: &Path) -> Outputs {
+        let found = parallel(held, |part| {
+            let Ok(tx) = self.db.begin_read() else {
+                return part.iter().map(|e| (e.asset.clone(), false, false)).collect();
             };
-            part.iter().filter(|e| !intact(e)).map(|e| e.asset.clone()).collect()
-        })
+            let look = |entry: &FolderEntry| {
+                let Some((manifest, stored)) = manifest_in(&tx, &entry.version) else {
+                    return (false, false);
+                };
+                let path = out.join(entry.asset.as_str());
+                let Ok(meta) = fs::metadata(&path) else { return (false, false) };
+                let untouched = meta.modified().is_ok_and(|t| t == stored);
+                let intact = meta.len() == manifest.len
+                    && (untouched || fs::read(&path).is_ok_and(|data| Hash::of(&data) == manifest.sha256));
+                (intact, executable(&meta))
+            };
+            part.iter()
+                .map(|e| (e.asset.clone(), look(e)))
+                .filter(|(_, (intact, exec))| !intact || *exec)
+                .map(|(asset, (intact, exec))| (asset, !intact, exec))
+                .collect()
+        });
+        let mut outputs = Outputs::default();
+        for (asset, stale, exec) in found {
+            if exec {
+                outputs.executable.push(asset.clone());
+            }
+            if stale {
+                outputs.stale.push(asset);
+            }
+        }
+        outputs
     }
+}
+
+#[cfg(unix)]
+fn executable(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn executable(_: &fs::Metadata) -> bool {
+    false
 }
 
 /// A manifest as stored: when (nanoseconds since the epoch, little-endian), then its canonical
@@ -687,6 +726,10 @@ fn write_and_rename(
 ) -> io::Result<()> {
     let mut file = File::create(tmp)?;
     file.write_all(data)?;
+    // A replaced file keeps its mode (an executable stays one).
+    if let Ok(old) = fs::metadata(path) {
+        file.set_permissions(old.permissions())?;
+    }
     if let Some(stamp) = stamp {
         file.set_modified(stamp)?;
     }

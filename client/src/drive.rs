@@ -2,15 +2,16 @@
 //! socket and the cache. Every decision (what to ask, keep, retry, commit) is the machine's.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
+    Action, AssetSync, Exchange, Exchanged, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS,
+    Machine, ProgressGate,
 };
 use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope, offload};
 
-use crate::cache::{Cache, OutCheck};
+use crate::cache::{Cache, OutCheck, Outputs};
 use crate::connection::{Connection, Received};
 use crate::download::{Downloads, Failure};
 use crate::pull::{FolderReport, PullConfig, PullEvent, PullReport};
@@ -73,21 +74,24 @@ impl Connection {
         let (started, wire0) = (Instant::now(), self.wire());
         let held = cache.entries_in(folder);
         // The copies under --out are checked on another thread while the folder syncs.
-        let checking = stale_outputs(cache.out_check(), config.out.clone(), held.clone());
+        let checking = check_outputs(cache.out_check(), config.out.clone(), held.clone(), folder.clone());
         let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
         if self.follows {
             machine = machine.without_resume();
         }
         let driven = self.drive(&mut machine, cache, config, true, report).await;
-        let stale = checking.await.expect("output checking task panicked");
+        let Before { outputs, copy } = checking.await.expect("output checking task panicked");
         driven.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
         // Those the sync wrote or removed are as they should be now.
         let synced: HashSet<&AssetPath> = done.fetched.iter().chain(&done.removed).collect();
-        let stale: Vec<AssetPath> = stale.into_iter().filter(|a| !synced.contains(a)).collect();
+        let stale: Vec<AssetPath> = outputs.stale.into_iter().filter(|a| !synced.contains(a)).collect();
         for asset in &stale {
             self.pull_asset(cache, asset, config, report).await?;
+        }
+        if let (Some(out), Some(copy)) = (&config.out, copy) {
+            self.mirror_shape(cache, folder, out, copy?, config).await?;
         }
         report(&PullEvent::Folder(FolderReport {
             folder: folder.to_string(),
@@ -101,6 +105,33 @@ impl Connection {
             elapsed_ms: started.elapsed().as_millis() as u64,
         }));
         Ok(())
+    }
+
+    /// Gives the copy of `folder` under `out`, which was `copy` before its sync, the server's
+    /// folders, links and modes.
+    async fn mirror_shape(
+        &mut self,
+        cache: &Cache,
+        folder: &Scope,
+        out: &Path,
+        copy: crate::shape::Copy,
+        config: &PullConfig,
+    ) -> Result<(), Error> {
+        let name = match folder {
+            Scope::Folder(f) | Scope::Asset(f) => f.as_str().to_owned(),
+            Scope::All => String::new(),
+        };
+        let mut machine = Exchange::shape(&name, Some(copy.shape.digest()), self.next_id);
+        self.run(&mut machine, unasked).await.map_err(|e| e.of(folder))?;
+        self.next_id = machine.next_id();
+        let (Exchanged::Shape(shape), _) = machine.finish() else { unreachable!("a shape was asked") };
+        // The copy's own, when the server has the same.
+        let shape = shape.unwrap_or_else(|| copy.shape.clone());
+        let files: Vec<AssetPath> = cache.entries_in(folder).into_iter().map(|e| e.asset).collect();
+        let (out, delete) = (out.to_path_buf(), !config.no_delete);
+        tokio::task::spawn_blocking(move || crate::shape::apply(&out, &copy, &shape, &files, delete))
+            .await
+            .expect("shaping task panicked")
     }
 
     /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
@@ -190,6 +221,17 @@ impl Connection {
     }
 }
 
+/// For a run that only asks and receives: nothing else is asked of the driver.
+pub(crate) fn unasked(action: Action<'_>) -> Result<Option<Input<'static>>, Stop> {
+    match action {
+        Action::Warn(line) => {
+            tracing::warn!("{line}");
+            Ok(None)
+        }
+        other => unreachable!("a listing, shape or deletion does not ask for {other:?}"),
+    }
+}
+
 /// Gives a piece of an offloaded answer (or why there is none) to `machine`.
 fn downloaded(machine: &mut impl Machine, piece: Result<Vec<u8>, Failure>) {
     match piece {
@@ -241,7 +283,7 @@ impl Local<'_> {
                 Input::Stored
             }
             Action::Remove(asset) => {
-                cache.remove(asset, out(asset).as_deref())?;
+                cache.remove(asset, out(asset).filter(|_| !self.config.no_delete).as_deref())?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
                 Input::Stored
             }
@@ -306,12 +348,34 @@ impl Stop {
 
 /// The files of `held` whose copy under `out` is missing or differs from the cached version
 /// (see [`OutCheck::stale`]), found on the blocking pool.
-fn stale_outputs(
+/// What a folder's copy under `--out` was before its sync.
+struct Before {
+    outputs: Outputs,
+    /// Its folders, links and files (none without `--out`).
+    copy: Option<Result<crate::shape::Copy, Error>>,
+}
+
+/// Checks the copies of `held` under `out` (see [`OutCheck::check`]) and reads the copy of
+/// `folder` (see [`crate::shape::read`]) on the blocking pool, while the folder syncs.
+fn check_outputs(
     check: OutCheck,
     out: Option<PathBuf>,
     held: Vec<FolderEntry>,
-) -> tokio::task::JoinHandle<Vec<AssetPath>> {
-    tokio::task::spawn_blocking(move || out.map_or_else(Vec::new, |dir| check.stale(&held, &dir)))
+    folder: Scope,
+) -> tokio::task::JoinHandle<Before> {
+    tokio::task::spawn_blocking(move || {
+        let Some(dir) = out else { return Before { outputs: Outputs::default(), copy: None } };
+        let outputs = check.check(&held, &dir);
+        let name = match &folder {
+            Scope::Folder(f) | Scope::Asset(f) => f.as_str(),
+            Scope::All => "",
+        };
+        let copy = crate::shape::read(&dir, name).map(|mut copy| {
+            copy.shape.exec = outputs.executable.clone();
+            copy
+        });
+        Before { outputs, copy: Some(copy) }
+    })
 }
 
 fn names(assets: &[AssetPath]) -> Vec<String> {

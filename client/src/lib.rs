@@ -7,6 +7,7 @@
 //!   the handshake, reconnection, subscriptions and pushed changes.
 //! - `download`: offloaded answers over HTTP(S) (reqwest), resumed with `Range`.
 //! - `drive`: runs the protocol crate's engine machines over a connection and the cache.
+//! - `shape`: a pulled folder's folders, links and modes made the server's.
 //! - [`cache`]: the on-disk chunk cache, committed by atomic renames.
 //! - [`Error`]: why a pull failed, and whether reconnecting can help.
 //!
@@ -20,6 +21,7 @@ mod drive;
 mod error;
 pub mod pull;
 pub mod push;
+mod shape;
 pub mod status;
 
 pub use error::{CacheError, Error};

@@ -25,6 +25,9 @@ pub struct PullConfig {
     /// The id of the server this client follows for (an edge's, see `serve --upstream`): sent
     /// in `hello`, and an upstream whose path holds it is a relay loop.
     pub relay: Option<String>,
+    /// Keep what `out` holds that the server does not (`pull --no-delete`): files removed on the
+    /// server, and folders and links not in its folder's shape, stay.
+    pub no_delete: bool,
 }
 
 /// What one asset's sync did, printed by `pull --json`.
@@ -253,7 +256,8 @@ async fn follow_once(
         match decided {
             Some(Push::Sync(asset)) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
             Some(Push::Remove(asset)) => {
-                let out = config.out.as_ref().map(|dir| dir.join(asset.as_str()));
+                let out =
+                    config.out.as_ref().map(|dir| dir.join(asset.as_str())).filter(|_| !config.no_delete);
                 cache.remove(&asset, out.as_deref())?;
                 cache.publish()?;
                 report(&PullEvent::Removed { asset: asset.to_string() });

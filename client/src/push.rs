@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::cache::Cache;
 use crate::connection::Connection;
-use crate::drive::Stop;
+use crate::drive::{Stop, unasked};
 
 /// Where to push from and to.
 #[derive(Clone, Debug)]
@@ -307,17 +307,6 @@ impl Connection {
             }))
         })
         .await
-    }
-}
-
-/// For a run that only asks and receives: nothing else is asked of the driver.
-fn unasked(action: Action<'_>) -> Result<Option<Input<'static>>, crate::drive::Stop> {
-    match action {
-        Action::Warn(line) => {
-            tracing::warn!("{line}");
-            Ok(None)
-        }
-        other => unreachable!("a listing or deletion does not ask for {other:?}"),
     }
 }
 

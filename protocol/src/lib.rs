@@ -35,6 +35,7 @@ pub mod pack;
 pub mod patch;
 mod path;
 pub mod plan;
+pub mod shape;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod upload;

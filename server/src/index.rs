@@ -22,6 +22,7 @@ use crate::roots::Roots;
 use crate::shared::Shared;
 use crate::store::{AnswerKey, Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
+use assetsync_protocol::shape::{Link, Shape};
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +353,9 @@ pub struct AssetIndex {
     /// Recent folder listings by [`assetsync_protocol::folder_version`]: a client naming one
     /// gets an unchanged folder in one short answer, a changed one as a delta.
     listings: Mutex<Listings>,
+    /// The shape each folder had at its last listing, and when: a `get_shape` follows the
+    /// client's `sync_folder` at once, and needs no second walk.
+    shapes: Mutex<HashMap<Scope, (std::time::Instant, Arc<Shape>)>>,
 }
 
 /// One remembered folder listing.
@@ -412,7 +416,8 @@ impl AssetIndex {
         };
         let started = SystemTime::now();
         let (slots, listings) = (Default::default(), Mutex::new(listings));
-        let index = AssetIndex { config, hub, started, slots, versions, store, listings };
+        let shapes = Mutex::default();
+        let index = AssetIndex { config, hub, started, slots, versions, store, listings, shapes };
         for dir in &index.config.history {
             index.import(dir)?;
         }
@@ -425,7 +430,7 @@ impl AssetIndex {
         let dir = dir
             .canonicalize()
             .map_err(|e| anyhow::anyhow!("cannot open --history {}: {e}", dir.display()))?;
-        let files = walk_dir(&dir, "", "", usize::MAX)?;
+        let files = walk_dir(&dir, "", "", usize::MAX)?.files;
         let (mut new, mut queued) = (0, 0);
         for (asset, stamp) in &files {
             if stamp.len > self.config.max_asset_bytes {
@@ -944,9 +949,12 @@ impl AssetIndex {
         let roots = self.config.roots.clone();
         let folder = folder.clone();
         let limit = self.config.max_folder_files;
-        let found = tokio::task::spawn_blocking(move || walk(&roots, &folder, limit))
+        let scope = folder.clone();
+        let walked = tokio::task::spawn_blocking(move || walk(&roots, &folder, limit))
             .await
             .expect("listing task panicked")?;
+        self.keep_shape(&scope, walked.shape);
+        let found = walked.files;
         // Unchanged since it was indexed, as far as its stamp tells: not looked at again.
         let mut files = Vec::with_capacity(found.len());
         let mut stale = Vec::new();
@@ -969,6 +977,54 @@ impl AssetIndex {
         files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
         Ok(files)
     }
+}
+
+impl AssetIndex {
+    /// The shape of `folder` (see [`Shape`]): as its last listing found it, if that was moments
+    /// ago (a client asks right after its `sync_folder`, and gets the shape of the very walk
+    /// that listed its files), else walked now.
+    pub async fn shape(&self, folder: &Scope) -> Result<Arc<Shape>, IndexError> {
+        let folder = &as_folder(folder);
+        let recent = self.shapes.lock().expect("poisoned").get(folder).cloned();
+        if let Some((at, shape)) = recent.filter(|(at, _)| at.elapsed() < SHAPE_FRESH) {
+            tracing::trace!(age_ms = at.elapsed().as_millis() as u64, "shape from the last listing");
+            return Ok(shape);
+        }
+        let (roots, scope, limit) = (self.config.roots.clone(), folder.clone(), self.config.max_folder_files);
+        let walked = tokio::task::spawn_blocking(move || walk(&roots, &scope, limit))
+            .await
+            .expect("listing task panicked")?;
+        Ok(Arc::new(walked.shape))
+    }
+
+    /// Keeps the shape a listing of `folder` found, for [`AssetIndex::shape`].
+    fn keep_shape(&self, folder: &Scope, shape: Shape) {
+        let mut shapes = self.shapes.lock().expect("poisoned");
+        shapes.retain(|_, (at, _)| at.elapsed() < SHAPE_FRESH);
+        shapes.insert(as_folder(folder), (std::time::Instant::now(), Arc::new(shape)));
+    }
+}
+
+/// `folder` named as a folder (`dist` and `dist/` are the same folder to a listing).
+fn as_folder(folder: &Scope) -> Scope {
+    match folder {
+        Scope::Asset(f) => Scope::Folder(f.clone()),
+        other => other.clone(),
+    }
+}
+
+/// How long a folder's shape, found by a listing, answers `get_shape` without another walk.
+const SHAPE_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Opens the store and remembers what it holds in `versions`, dropping what `keep` or the size
@@ -1066,22 +1122,26 @@ pub fn is_temporary(asset: &AssetPath) -> bool {
         || [".tmp", ".swp", ".swx", ".part", ".crdownload"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// The files under `folder`, sorted by path, each with the stamp of what it holds: see
-/// [`walk_dir`]. Everything, with modules, is every module.
-fn walk(roots: &Roots, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
+/// The files under `folder`, sorted by path, each with the stamp of what it holds, and the
+/// folder's shape: see [`walk_dir`]. Everything, with modules, is every module.
+fn walk(roots: &Roots, folder: &Scope, limit: usize) -> Result<Walked, IndexError> {
     let folder = match folder {
         Scope::All => {
-            let mut out = Vec::new();
+            let mut all = Walked::default();
             for (prefix, dir) in roots.dirs() {
-                out.extend(walk_dir(dir, "", &prefix, limit - out.len()).map_err(|e| match e {
+                let walked = walk_dir(dir, "", &prefix, limit - all.files.len()).map_err(|e| match e {
                     IndexError::TooManyFiles { .. } => {
                         IndexError::TooManyFiles { folder: String::new(), limit }
                     }
                     e => e,
-                })?);
+                })?;
+                all.files.extend(walked.files);
+                all.shape.dirs.extend(walked.shape.dirs);
+                all.shape.links.extend(walked.shape.links);
+                all.shape.exec.extend(walked.shape.exec);
             }
-            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            return Ok(out);
+            all.sort();
+            return Ok(all);
         }
         Scope::Folder(f) | Scope::Asset(f) => f,
     };
@@ -1089,17 +1149,29 @@ fn walk(roots: &Roots, folder: &Scope, limit: usize) -> Result<Vec<(AssetPath, S
     walk_dir(located.dir, located.rest, located.prefix, limit)
 }
 
+/// What [`walk_dir`] found.
+#[derive(Default)]
+struct Walked {
+    files: Vec<(AssetPath, Stamp)>,
+    shape: Shape,
+}
+
+impl Walked {
+    fn sort(&mut self) {
+        self.files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.shape.dirs.sort_unstable();
+        self.shape.links.sort_unstable_by(|a, b| a.asset.cmp(&b.asset));
+        self.shape.exec.sort_unstable();
+    }
+}
+
 /// The files under `rest` in `root` (all of them for `""`), named `prefix` and their path in
-/// `root`, sorted. Directory entries are taken as the system lists them; only symlinks are
-/// resolved, and followed only where they lead inside `root`, each directory once. Subfolders
-/// are walked on several threads: the time goes into one `statx` per file, and a build folder
-/// has thousands.
-fn walk_dir(
-    root: &Path,
-    rest: &str,
-    prefix: &str,
-    limit: usize,
-) -> Result<Vec<(AssetPath, Stamp)>, IndexError> {
+/// `root`, sorted, and the folder's shape (see [`Shape`]: the folders entered, the symlinks
+/// that stay inside the folder, the executable files). Directory entries are taken as the
+/// system lists them; only symlinks are resolved, and followed only where they lead inside
+/// `root`, each directory once. Subfolders are walked on several threads: the time goes into
+/// one `statx` per file, and a build folder has thousands.
+fn walk_dir(root: &Path, rest: &str, prefix: &str, limit: usize) -> Result<Walked, IndexError> {
     let name = format!("{prefix}{rest}");
     let name = name.trim_end_matches('/');
     let (start, real) = if rest.is_empty() {
@@ -1113,9 +1185,13 @@ fn walk_dir(
     let walk = Walk {
         root,
         prefix: prefix.trim_end_matches('/'),
+        folder: name,
+        real_folder: &real.clone(),
         limit,
         found: AtomicUsize::new(0),
         visited: Mutex::new(HashSet::from([real.clone()])),
+        linked: Mutex::default(),
+        shape: Mutex::default(),
     };
     let too_many = || IndexError::TooManyFiles { folder: name.to_owned(), limit };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(WALK_THREADS));
@@ -1149,8 +1225,25 @@ fn walk_dir(
     for part in parts {
         out.extend(part.ok_or_else(too_many)?);
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    // Folders reached through symlinks, once every real one is walked: a folder's files are
+    // named by its real path when the walk reaches it, and by a link's only when that is the
+    // one way there (a link to a folder outside the one listed).
+    loop {
+        let linked = std::mem::take(&mut *walk.linked.lock().expect("poisoned"));
+        if linked.is_empty() {
+            break;
+        }
+        let mut stack: VecDeque<_> = linked
+            .into_iter()
+            .filter(|(_, real)| walk.visited.lock().expect("poisoned").insert(real.clone()))
+            .collect();
+        while let Some((dir, real_dir)) = stack.pop_back() {
+            walk.scan(&dir, &real_dir, &mut out, &mut stack).ok_or_else(too_many)?;
+        }
+    }
+    let mut walked = Walked { files: out, shape: walk.shape.into_inner().expect("poisoned") };
+    walked.sort();
+    Ok(walked)
 }
 
 /// The most threads a folder listing walks on.
@@ -1166,9 +1259,26 @@ struct Walk<'a> {
     found: AtomicUsize,
     /// Directories entered, where they really are.
     visited: Mutex<HashSet<PathBuf>>,
+    /// Directories reached through a symlink, walked after the others.
+    linked: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// The folder listed (its name, `""` for everything), and where it really is.
+    folder: &'a str,
+    real_folder: &'a Path,
+    /// Its shape so far.
+    shape: Mutex<Shape>,
 }
 
 impl Walk<'_> {
+    /// The asset name of `path`, under the root.
+    fn name(&self, path: &Path) -> Option<AssetPath> {
+        let rest = path.strip_prefix(self.root).ok()?.to_str()?;
+        match self.prefix {
+            "" => AssetPath::new(rest),
+            prefix => AssetPath::new(&format!("{prefix}/{rest}")),
+        }
+        .ok()
+    }
+
     /// Adds the files of `dir` (which really is `real_dir`) to `out` and its subfolders to
     /// `dirs`; `None` past the limit.
     fn scan(
@@ -1188,29 +1298,36 @@ impl Walk<'_> {
                 if !target.starts_with(self.root) {
                     continue;
                 }
+                if target.starts_with(self.real_folder)
+                    && let Some(asset) = self.name(&path)
+                    && let Some(text) =
+                        std::fs::read_link(&path).ok().and_then(|t| t.to_str().map(str::to_owned))
+                    && Link::stays_inside(&asset, &text, self.folder)
+                {
+                    self.shape.lock().expect("poisoned").links.push(Link { asset, target: text });
+                }
                 (target, meta)
             } else {
                 let Ok(meta) = entry.metadata() else { continue };
                 (real_dir.join(entry.file_name()), meta)
             };
-            if meta.is_dir() {
+            if meta.is_dir() && kind.is_symlink() {
+                self.linked.lock().expect("poisoned").push((path, real));
+            } else if meta.is_dir() {
                 if self.visited.lock().expect("poisoned").insert(real.clone()) {
+                    if let Some(asset) = self.name(&path) {
+                        self.shape.lock().expect("poisoned").dirs.push(asset);
+                    }
                     dirs.push_back((path, real));
                 }
             } else if meta.is_file() {
-                let Some(asset) = path.strip_prefix(self.root).ok().and_then(|r| {
-                    let r = r.to_str()?;
-                    match self.prefix {
-                        "" => AssetPath::new(r),
-                        prefix => AssetPath::new(&format!("{prefix}/{r}")),
-                    }
-                    .ok()
-                }) else {
-                    continue;
-                };
+                let Some(asset) = self.name(&path) else { continue };
                 if !is_temporary(&asset) {
                     if self.found.fetch_add(1, Ordering::Relaxed) >= self.limit {
                         return None;
+                    }
+                    if is_executable(&meta) {
+                        self.shape.lock().expect("poisoned").exec.push(asset.clone());
                     }
                     out.push((asset, Stamp::of(&meta)));
                 }

@@ -211,3 +211,101 @@ fn assetsync_status_prints_the_servers_state() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
 }
+
+/// Every entry under `dir`, without following links: path, kind (`d`, `f`, or `l` and its
+/// target), whether a file is executable, and a file's SHA-256.
+fn tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            let name = path.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_symlink() {
+                out.push(format!("{name} l {}", std::fs::read_link(&path).unwrap().display()));
+            } else if meta.is_dir() {
+                out.push(format!("{name} d"));
+                stack.push(path);
+            } else {
+                let exec = meta.permissions().mode() & 0o100 != 0;
+                let hash = assetsync_protocol::Hash::of(&std::fs::read(&path).unwrap()).to_hex();
+                out.push(format!("{name} f x={exec} {}", &hash[..16]));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pulled_folder_is_the_servers_with_its_folders_links_and_modes_directly_and_through_an_edge() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let site = root.path().join("site");
+    for dir in ["js/lib", "empty", "deep/er", "bin"] {
+        std::fs::create_dir_all(site.join(dir)).unwrap();
+    }
+    std::fs::write(site.join("index.html"), b"<html>").unwrap();
+    std::fs::write(site.join("js/app.js"), random_bytes(30_000, 70)).unwrap();
+    std::fs::write(site.join("js/lib/util.js"), random_bytes(5_000, 71)).unwrap();
+    std::fs::write(site.join("bin/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    chmod(&site.join("bin/run.sh"), 0o755);
+    symlink("js/app.js", site.join("latest.js")).unwrap();
+    symlink("js/lib", site.join("vendor")).unwrap();
+    // Links that lead out of the folder are left out, as before.
+    symlink("../../etc", site.join("outside")).unwrap();
+    symlink("/etc/hostname", site.join("absolute")).unwrap();
+    let expected = |site: &Path| -> Vec<String> {
+        tree(site).into_iter().filter(|e| !e.starts_with("outside") && !e.starts_with("absolute")).collect()
+    };
+    let origin = origin(root.path());
+    let (client, keeper) = (TestClient::new(), TestClient::new());
+    for c in [&client, &keeper] {
+        c.pull_from(origin.url.clone(), &["site/"]).await.unwrap();
+        assert_eq!(tree(&c.out("site")), expected(&site), "after the first pull");
+        std::fs::write(c.out("site/mine.txt"), b"mine").unwrap();
+        std::fs::create_dir_all(c.out("site/mine")).unwrap();
+    }
+
+    // Changes of every kind, and extras of the client's own.
+    std::fs::remove_dir(site.join("empty")).unwrap();
+    std::fs::create_dir_all(site.join("new/inner")).unwrap();
+    chmod(&site.join("bin/run.sh"), 0o644);
+    chmod(&site.join("js/lib/util.js"), 0o755);
+    std::fs::remove_file(site.join("latest.js")).unwrap();
+    symlink("js/lib/util.js", site.join("latest.js")).unwrap();
+    std::fs::remove_file(site.join("vendor")).unwrap();
+    std::fs::create_dir_all(site.join("vendor")).unwrap();
+    std::fs::remove_file(site.join("index.html")).unwrap();
+    client.pull_from(origin.url.clone(), &["site/"]).await.unwrap();
+    assert_eq!(tree(&client.out("site")), expected(&site), "after the changes");
+
+    // --no-delete keeps what the client has that the server does not.
+    let config = assetsync::pull::PullConfig { no_delete: true, ..keeper.config(origin.url.clone()) };
+    assetsync::pull::pull(&config, &[assetsync_protocol::Scope::new("site/").unwrap()], |_| {})
+        .await
+        .unwrap();
+    let kept = tree(&keeper.out("site"));
+    for extra in ["mine d", "index.html f", "mine.txt f", "empty d"] {
+        assert!(kept.iter().any(|e| e.starts_with(extra)), "--no-delete removed {extra}: {kept:?}");
+    }
+
+    // An edge mirrors the same tree, and serves it so.
+    let dir = tempfile::tempdir().unwrap();
+    let edge = edge(&origin.url, dir.path());
+    until(Duration::from_secs(30), "the edge mirrors the folder", async || {
+        std::fs::read_dir(dir.path().join("files/site")).is_ok()
+            && tree(&dir.path().join("files/site")) == expected(&site)
+    })
+    .await;
+    let reader = TestClient::new();
+    reader.pull_from(edge.url.clone(), &["site/"]).await.unwrap();
+    assert_eq!(tree(&reader.out("site")), expected(&site), "pulled from the edge");
+}

@@ -117,6 +117,7 @@ impl TestClient {
             out: Some(self.dir.path().join("out")),
             token: None,
             relay: None,
+            no_delete: false,
         }
     }
 

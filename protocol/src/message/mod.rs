@@ -124,6 +124,18 @@ pub enum ClientMessage {
         /// The version the client saw, which is deleted only if it is still current.
         base: VersionId,
     },
+    /// Asks for a folder's [`crate::shape::Shape`]: its folders, its symlinks that stay inside
+    /// it and its executable files. Answered by `shape` (or `error`).
+    GetShape {
+        /// Chosen by the client; echoed in the answer.
+        id: u32,
+        /// The folder, as in `sync_folder`.
+        folder: String,
+        /// The [`crate::shape::Shape::digest`] of the client's copy: if the server's is the
+        /// same, its answer carries no shape.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        have: Option<VersionId>,
+    },
 }
 
 /// The body of an `upload`: the new version as a delta against `base`, the server's version it
@@ -262,6 +274,14 @@ pub enum ServerMessage {
         /// The version now current, as the server indexed the written file.
         version: VersionId,
     },
+    /// Answer to `get_shape`.
+    Shape {
+        /// The request id.
+        id: u32,
+        /// The folder's shape; absent when it is the one the client named.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<crate::shape::Shape>,
+    },
     /// The file `delete` named is deleted.
     Deleted {
         /// The request id.
@@ -325,6 +345,7 @@ struct WireServerMessage {
     #[serde(default)]
     path: Vec<String>,
     stale: Option<String>,
+    shape: Option<crate::shape::Shape>,
 }
 
 impl TryFrom<WireServerMessage> for ServerMessage {
@@ -376,6 +397,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
             }
             "conflict" => ServerMessage::Conflict { id: need(w.id, "id")?, version: w.version },
             "deleted" => ServerMessage::Deleted { id: need(w.id, "id")? },
+            "shape" => ServerMessage::Shape { id: need(w.id, "id")?, shape: w.shape },
             "subscribed" => ServerMessage::Subscribed { id: need(w.id, "id")?, missing: w.missing },
             "changed" => ServerMessage::Changed { asset: need(w.asset, "asset")?, version: w.version },
             "error" => ServerMessage::Error {
@@ -403,6 +425,7 @@ impl ServerMessage {
             ServerMessage::Uploaded { .. } => "uploaded",
             ServerMessage::Conflict { .. } => "conflict",
             ServerMessage::Deleted { .. } => "deleted",
+            ServerMessage::Shape { .. } => "shape",
             ServerMessage::Error { .. } => "error",
         }
     }

@@ -119,7 +119,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
         ServerMessage::Subscribed { id: 5, missing: false },
         ServerMessage::Subscribed { id: 6, missing: true },
         ServerMessage::Changed { asset: asset.clone(), version: Some(v) },
-        ServerMessage::Changed { asset, version: None },
+        ServerMessage::Changed { asset: asset.clone(), version: None },
         ServerMessage::Manifest {
             id: 7,
             version: Some(v),
@@ -131,6 +131,15 @@ fn every_server_message_round_trips_and_needs_its_fields() {
         ServerMessage::Conflict { id: 9, version: Some(v) },
         ServerMessage::Conflict { id: 9, version: None },
         ServerMessage::Deleted { id: 10 },
+        ServerMessage::Shape { id: 12, shape: None },
+        ServerMessage::Shape {
+            id: 11,
+            shape: Some(crate::shape::Shape {
+                dirs: vec![asset.clone()],
+                links: vec![crate::shape::Link { asset, target: "x/y".into() }],
+                exec: vec![],
+            }),
+        },
         ServerMessage::Error { id: Some(6), code: ErrorCode::UnknownAsset, message: "m".into() },
         ServerMessage::Error { id: None, code: ErrorCode::BadMessage, message: "m".into() },
     ];

@@ -197,6 +197,9 @@ pub(crate) async fn run(
                         ClientMessage::Delete { id, asset, base } => {
                             upload::delete(&mut socket, &state, id, &asset, base).await
                         }
+                        ClientMessage::GetShape { id, folder, have } => {
+                            upload::get_shape(&mut socket, &state, id, &folder, have).await
+                        }
                         ClientMessage::Subscribe { id, path } => {
                             if subscriptions.is_empty() {
                                 // Only changes from now on: none queued while nothing was subscribed.
@@ -251,6 +254,7 @@ fn named(request: &ClientMessage) -> (u32, &str, Need) {
         ClientMessage::GetManifest { id, asset, .. } => (*id, asset, Need::Write),
         ClientMessage::ListFolder { id, folder } => (*id, folder, Need::Read),
         ClientMessage::Delete { id, asset, .. } => (*id, asset, Need::Write),
+        ClientMessage::GetShape { id, folder, .. } => (*id, folder, Need::Read),
         ClientMessage::Upload(request) => (request.id, &request.asset, Need::Write),
         ClientMessage::Hello { .. } => unreachable!("hello names no path"),
     }

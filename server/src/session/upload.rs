@@ -1,7 +1,8 @@
 //! `get_manifest` and `upload`: a client sends a new version of an asset as a delta against the
 //! server's (see [`assetsync_protocol::upload`]). It is rebuilt and verified by the client's own
 //! machine, and written only if the file is still the version the upload was made from. With
-//! `list_folder` and `delete`, a client pushes a folder and removes what it no longer has.
+//! `list_folder` and `delete`, a client pushes a folder and removes what it no longer has;
+//! `get_shape` gives a pulling client a folder's folders, links and modes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -257,6 +258,27 @@ pub(super) async fn list_folder(
                 },
             )
         }
+    };
+    send_json(socket, &answer).await
+}
+
+/// Answers `get_shape`: the folder's folders, links and executable files.
+pub(super) async fn get_shape(
+    socket: &mut WebSocket,
+    state: &AppState,
+    id: u32,
+    folder: &str,
+    have: Option<VersionId>,
+) -> Result<(), Fatal> {
+    let answer = match Scope::new(folder) {
+        Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
+        Ok(scope) => match state.index.shape(&scope).await {
+            Ok(shape) => {
+                let same = have.is_some_and(|have| have == shape.digest());
+                ServerMessage::Shape { id, shape: (!same).then(|| shape.as_ref().clone()) }
+            }
+            Err(e) => refuse(id, code_of(&e), e.to_string()),
+        },
     };
     send_json(socket, &answer).await
 }
