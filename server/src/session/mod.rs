@@ -3,7 +3,8 @@
 //!
 //! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
 //! - `subscribe`: subscriptions, counted in the hub while the session lives.
-//! - `upload`: `get_manifest`, `upload`, `list_folder` and `delete`: new versions sent by clients.
+//! - `upload`: `get_manifest` and `upload` (new versions sent by clients), `list_folder` and
+//!   `delete` (folder pushes), `get_shape` (folder pulls).
 //! - `admit`: who may read and write what (modules and users), checked before each request.
 
 use std::sync::Arc;
