@@ -31,6 +31,8 @@ struct State {
     oldest_pending: Option<Instant>,
     /// Files applied (pulled or removed) since start.
     applied: u64,
+    /// Times another server answered at the upstream's address.
+    replaced: u64,
 }
 
 /// `/status`'s `upstream`.
@@ -48,6 +50,8 @@ pub struct UpstreamStatus {
     pub lag_seconds: f64,
     /// Files pulled or removed from the upstream since start.
     pub applied: u64,
+    /// Times another server (another id) answered at the upstream's address since start.
+    pub replaced: u64,
     /// The upstream's path to the origin (server ids).
     pub path: Vec<String>,
 }
@@ -63,6 +67,7 @@ impl Upstream {
             pending: 0,
             oldest_pending: None,
             applied: 0,
+            replaced: 0,
         };
         Upstream { url: url.to_owned(), state: Mutex::new(state), path: watch::channel(Vec::new()).0 }
     }
@@ -70,6 +75,20 @@ impl Upstream {
     /// The follower connected; the upstream's path is `path`.
     pub fn connected(&self, path: Vec<String>) {
         let mut state = self.state.lock().expect("poisoned");
+        let before = self.path.borrow().first().cloned();
+        if let (Some(was), Some(now)) = (&before, path.first())
+            && was != now
+        {
+            // Another server took the address (a redeploy, or a mistake): what it serves
+            // replaces what this edge holds, file by file, each verified.
+            tracing::warn!(
+                upstream = %self.url,
+                was = %was,
+                now = %now,
+                "the upstream is now a different server; syncing everything from it"
+            );
+            state.replaced += 1;
+        }
         if !state.connected {
             tracing::info!(upstream = %self.url, path = %path.join(" -> "), "following the upstream");
         }
@@ -147,6 +166,7 @@ impl Upstream {
             lag_versions: state.pending,
             lag_seconds: (lag * 1000.0).round() / 1000.0,
             applied: state.applied,
+            replaced: state.replaced,
             path: self.path(),
         }
     }

@@ -309,3 +309,115 @@ async fn a_pulled_folder_is_the_servers_with_its_folders_links_and_modes_directl
     reader.pull_from(edge.url.clone(), &["site/"]).await.unwrap();
     assert_eq!(tree(&reader.out("site")), expected(&site), "pulled from the edge");
 }
+
+/// An origin serving `root` on `listen`.
+fn origin_at(root: &Path, listen: &str) -> Served {
+    let mut command = std::process::Command::new(BIN);
+    command.args(["serve", "--no-store", "--quiet-ms", "20", "--listen", listen, "--root"]).arg(root);
+    Served::spawn(command)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_replaced_by_another_server_is_reported_and_its_files_replace_the_old_ones() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (first_root, second_root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (old, new) = (random_bytes(100_000, 80), random_bytes(100_000, 81));
+    deploy(first_root.path(), ASSET, &old);
+    deploy(second_root.path(), ASSET, &new);
+    let mut first = origin_at(first_root.path(), &listen);
+    let dir = tempfile::tempdir().unwrap();
+    let edge = edge(&format!("ws://{listen}/sync"), dir.path());
+    holds(dir.path(), ASSET, &old).await;
+    let first_id = status(&edge).await["upstream"]["path"][0].clone();
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let _second = origin_at(second_root.path(), &listen);
+    edge.wait_for("the upstream is now a different server");
+    holds(dir.path(), ASSET, &new).await;
+    let status = status(&edge).await;
+    assert_eq!(status["upstream"]["replaced"], 1, "{status}");
+    assert_ne!(status["upstream"]["path"][0], first_id, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_whose_bytes_do_not_verify_leaves_the_edge_on_its_last_verified_version() {
+    use crate::faults::{Fault, Proxy};
+    let root = tempfile::tempdir().unwrap();
+    let v1 = random_bytes(2 << 20, 82);
+    deploy(root.path(), ASSET, &v1);
+    let origin = origin(root.path());
+    let addr: std::net::SocketAddr =
+        origin.url.trim_start_matches("ws://").trim_end_matches("/sync").parse().unwrap();
+    // The edge's connection carries v1 intact, then has a bit flipped every 997 bytes, and so
+    // has every connection after it (from its 1,000th byte): whatever of v2 arrives is damaged,
+    // however often it is asked for again or the edge reconnects.
+    let mut plan = vec![Fault::FlipEvery(997, 2_300_000)];
+    plan.extend(std::iter::repeat_n(Fault::FlipEvery(997, 1000), 500));
+    let proxy = Proxy::to(addr, plan, std::sync::Arc::new(|| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = edge(&proxy.url(), dir.path());
+    holds(dir.path(), ASSET, &v1).await;
+
+    deploy(root.path(), ASSET, &random_bytes(2 << 20, 83));
+    until(Duration::from_secs(30), "damaged bytes reach the edge", async || proxy.flips() > 100).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read(dir.path().join("files").join(ASSET)).unwrap(),
+        v1,
+        "the edge wrote unverified bytes"
+    );
+    // Its clients get v1, whole.
+    let reader = TestClient::new();
+    reader.pull_from(edge.url.clone(), &[ASSET]).await.unwrap();
+    assert_eq!(std::fs::read(reader.out(ASSET)).unwrap(), v1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_checked_on_every_hop() {
+    let root = tempfile::tempdir().unwrap();
+    deploy(root.path(), ASSET, b"secret build");
+    let secrets = tempfile::tempdir().unwrap();
+    let (origin_token, edge_token) = (secrets.path().join("origin"), secrets.path().join("edge"));
+    std::fs::write(&origin_token, "origin-secret\n").unwrap();
+    std::fs::write(&edge_token, "edge-secret\n").unwrap();
+    let origin = Served::start([
+        "--no-store".as_ref(),
+        "--token-file".as_ref(),
+        origin_token.as_os_str(),
+        "--root".as_ref(),
+        root.path().as_os_str(),
+    ]);
+    // An edge without the origin's secret is refused, and says so.
+    let (bad_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let refused = edge(&origin.url, bad_dir.path());
+    refused.wait_for("cannot follow the upstream");
+    let mut command = std::process::Command::new(BIN);
+    command.args(["serve", "--no-store", "--listen", "127.0.0.1:0", "--upstream", &origin.url, "--edge-dir"]);
+    command
+        .arg(dir.path())
+        .arg("--upstream-token-file")
+        .arg(&origin_token)
+        .arg("--token-file")
+        .arg(&edge_token);
+    let edge = Served::spawn(command);
+    holds(dir.path(), ASSET, b"secret build").await;
+    // The edge's clients need the edge's secret, not the origin's.
+    let client = TestClient::new();
+    let pull = |token: Option<&str>| {
+        let config = assetsync::pull::PullConfig {
+            token: token.map(str::to_owned),
+            ..client.config(edge.url.clone())
+        };
+        async move {
+            assetsync::pull::pull(&config, &[assetsync_protocol::Scope::new(ASSET).unwrap()], |_| {}).await
+        }
+    };
+    for token in [None, Some("origin-secret")] {
+        let e = pull(token).await.unwrap_err().to_string();
+        assert!(e.contains("token"), "{token:?}: {e}");
+    }
+    pull(Some("edge-secret")).await.unwrap();
+    assert_eq!(std::fs::read(client.out(ASSET)).unwrap(), b"secret build");
+}
