@@ -30,9 +30,14 @@ fn origin(root: &Path) -> Served {
 
 /// An edge of `upstream` keeping its files in `dir`, listening on `listen`.
 fn edge_at(upstream: &str, dir: &Path, listen: &str) -> Served {
+    edge_with(upstream, dir, listen, &[])
+}
+
+/// [`edge_at`] with `extra` arguments.
+fn edge_with(upstream: &str, dir: &Path, listen: &str, extra: &[&str]) -> Served {
     let mut command = std::process::Command::new(BIN);
     command.args(["serve", "--no-store", "--quiet-ms", "20", "--listen", listen, "--upstream", upstream]);
-    command.arg("--edge-dir").arg(dir);
+    command.arg("--edge-dir").arg(dir).args(extra);
     Served::spawn(command)
 }
 
@@ -297,9 +302,10 @@ async fn a_pulled_folder_is_the_servers_with_its_folders_links_and_modes_directl
         assert!(kept.iter().any(|e| e.starts_with(extra)), "--no-delete removed {extra}: {kept:?}");
     }
 
-    // An edge mirrors the same tree, and serves it so.
+    // An edge of that folder alone mirrors the same tree, and serves it so.
+    std::fs::write(root.path().join("elsewhere.txt"), b"not in site/").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let edge = edge(&origin.url, dir.path());
+    let edge = edge_with(&origin.url, dir.path(), "127.0.0.1:0", &["--upstream-scope", "site/"]);
     until(Duration::from_secs(30), "the edge mirrors the folder", async || {
         std::fs::read_dir(dir.path().join("files/site")).is_ok()
             && tree(&dir.path().join("files/site")) == expected(&site)
@@ -308,6 +314,7 @@ async fn a_pulled_folder_is_the_servers_with_its_folders_links_and_modes_directl
     let reader = TestClient::new();
     reader.pull_from(edge.url.clone(), &["site/"]).await.unwrap();
     assert_eq!(tree(&reader.out("site")), expected(&site), "pulled from the edge");
+    assert!(!dir.path().join("files/elsewhere.txt").exists(), "the edge mirrored outside its scope");
 }
 
 /// An origin serving `root` on `listen`.
