@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
+use assetsync_protocol::shape::{Link, Shape};
 use assetsync_protocol::{
     AssetPath, ChunkId, ChunkParams, FolderEntry, Hash, Have, Manifest, Scope, VersionId, chunk_data,
 };
@@ -22,7 +23,6 @@ use crate::roots::Roots;
 use crate::shared::Shared;
 use crate::store::{AnswerKey, Store, StoreError, StoredListing};
 use crate::watch::{Change, Hub};
-use assetsync_protocol::shape::{Link, Shape};
 
 /// Why an asset could not be served. Each maps to a wire [`assetsync_protocol::ErrorCode`].
 #[derive(Debug, thiserror::Error)]
