@@ -376,7 +376,10 @@ pub async fn run(
     let opened = hub.clone();
     let index = Arc::new(tokio::task::spawn_blocking(move || AssetIndex::new(index_config, opened)).await??);
     for (prefix, dir) in index.roots().dirs() {
-        tracing::info!(module = prefix.trim_end_matches('/'), folder = %dir.display(), "serving");
+        match prefix.trim_end_matches('/') {
+            "" => tracing::info!(root = %dir.display(), "serving"),
+            module => tracing::info!(module, folder = %dir.display(), "serving"),
+        }
     }
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let state = Arc::new(AppState {
