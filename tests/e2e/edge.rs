@@ -427,4 +427,9 @@ async fn tokens_are_checked_on_every_hop() {
     }
     pull(Some("edge-secret")).await.unwrap();
     assert_eq!(std::fs::read(client.out(ASSET)).unwrap(), b"secret build");
+    // So does /status.
+    let e = assetsync::status::fetch(&edge.url, None).await.unwrap_err().to_string();
+    assert!(e.contains("401") && e.contains("--token-file"), "{e}");
+    let status = assetsync::status::fetch(&edge.url, Some("edge-secret")).await.unwrap();
+    assert_eq!(status["upstream"]["state"], "following", "{status}");
 }
