@@ -117,10 +117,7 @@ impl Connection {
         copy: crate::shape::Copy,
         config: &PullConfig,
     ) -> Result<(), Error> {
-        let name = match folder {
-            Scope::Folder(f) | Scope::Asset(f) => f.as_str().to_owned(),
-            Scope::All => String::new(),
-        };
+        let name = folder.path().to_owned();
         let mut machine = Exchange::shape(&name, Some(copy.shape.digest()), self.next_id);
         self.run(&mut machine, unasked).await.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
@@ -260,7 +257,6 @@ impl Local<'_> {
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<Option<Input<'static>>, Stop> {
         let cache = &mut *self.cache;
-        let out = |asset: &AssetPath| self.config.out.as_ref().map(|dir| dir.join(asset.as_str()));
         Ok(Some(match action {
             Action::LoadFile(m) => Input::File(cache.file(m)),
             Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| self.unchanged = Some(data))),
@@ -272,7 +268,7 @@ impl Local<'_> {
                 Input::Stored
             }
             Action::Commit(synced) => {
-                let out = out(&synced.manifest.path);
+                let out = self.config.copy_of(&synced.manifest.path);
                 let file = out.as_deref().map(|p| (p, &synced.data[..]));
                 let (manifest, version, chunks) = (&synced.manifest, synced.version, &synced.received[..]);
                 if !self.many {
@@ -283,7 +279,7 @@ impl Local<'_> {
                 Input::Stored
             }
             Action::Remove(asset) => {
-                cache.remove(asset, out(asset).filter(|_| !self.config.no_delete).as_deref())?;
+                cache.remove(asset, self.config.removed_copy(asset).as_deref())?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
                 Input::Stored
             }
@@ -346,8 +342,6 @@ impl Stop {
     }
 }
 
-/// The files of `held` whose copy under `out` is missing or differs from the cached version
-/// (see [`OutCheck::stale`]), found on the blocking pool.
 /// What a folder's copy under `--out` was before its sync.
 struct Before {
     outputs: Outputs,
@@ -366,11 +360,7 @@ fn check_outputs(
     tokio::task::spawn_blocking(move || {
         let Some(dir) = out else { return Before { outputs: Outputs::default(), copy: None } };
         let outputs = check.check(&held, &dir);
-        let name = match &folder {
-            Scope::Folder(f) | Scope::Asset(f) => f.as_str(),
-            Scope::All => "",
-        };
-        let copy = crate::shape::read(&dir, name).map(|mut copy| {
+        let copy = crate::shape::read(&dir, folder.path()).map(|mut copy| {
             copy.shape.exec = outputs.executable.clone();
             copy
         });
@@ -384,8 +374,8 @@ fn names(assets: &[AssetPath]) -> Vec<String> {
 
 /// Writes `data`, the verified file of `manifest`, to `config.out` if set.
 fn write_out(cache: &Cache, config: &PullConfig, manifest: &Manifest, data: &[u8]) -> Result<(), CacheError> {
-    let Some(dir) = &config.out else { return Ok(()) };
-    cache.write_out(manifest, &dir.join(manifest.path.as_str()), data, true)
+    let Some(path) = config.copy_of(&manifest.path) else { return Ok(()) };
+    cache.write_out(manifest, &path, data, true)
 }
 
 impl PullReport {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use assetsync_protocol::engine::{ClientError, Follow, Push};
-use assetsync_protocol::{Hash, Scope};
+use assetsync_protocol::{AssetPath, Hash, Scope};
 use serde::Serialize;
 
 use crate::Error;
@@ -28,6 +28,18 @@ pub struct PullConfig {
     /// Keep what `out` holds that the server does not (`pull --no-delete`): files removed on the
     /// server, and folders and links not in its folder's shape, stay.
     pub no_delete: bool,
+}
+
+impl PullConfig {
+    /// Where the copy of `asset` is written, if anywhere.
+    pub(crate) fn copy_of(&self, asset: &AssetPath) -> Option<PathBuf> {
+        self.out.as_ref().map(|dir| dir.join(asset.as_str()))
+    }
+
+    /// The copy to delete when the server removed `asset`: none with `no_delete`.
+    pub(crate) fn removed_copy(&self, asset: &AssetPath) -> Option<PathBuf> {
+        self.copy_of(asset).filter(|_| !self.no_delete)
+    }
 }
 
 /// What one asset's sync did, printed by `pull --json`.
@@ -256,9 +268,7 @@ async fn follow_once(
         match decided {
             Some(Push::Sync(asset)) => conn.follow_pull(cache, &Scope::Asset(asset), config, report).await?,
             Some(Push::Remove(asset)) => {
-                let out =
-                    config.out.as_ref().map(|dir| dir.join(asset.as_str())).filter(|_| !config.no_delete);
-                cache.remove(&asset, out.as_deref())?;
+                cache.remove(&asset, config.removed_copy(&asset).as_deref())?;
                 cache.publish()?;
                 report(&PullEvent::Removed { asset: asset.to_string() });
             }

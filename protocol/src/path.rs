@@ -83,6 +83,14 @@ impl Scope {
         })
     }
 
+    /// The path it names, without a folder's `/` (`""` for everything).
+    pub fn path(&self) -> &str {
+        match self {
+            Scope::All => "",
+            Scope::Folder(path) | Scope::Asset(path) => path.as_str(),
+        }
+    }
+
     /// Whether `asset` is inside the scope.
     pub fn covers(&self, asset: &AssetPath) -> bool {
         match self {

@@ -124,11 +124,7 @@ impl Follow {
             return Ok(());
         }
         self.remove(scope);
-        let name = match scope {
-            Scope::All => "",
-            Scope::Folder(path) | Scope::Asset(path) => path.as_str(),
-        };
-        Err(ClientError::Missing(match name.rsplit_once('/') {
+        Err(ClientError::Missing(match scope.path().rsplit_once('/') {
             Some((parent, _)) => format!("its folder \"{parent}/\""),
             None => "\"\" (every asset)".to_owned(),
         }))
