@@ -81,17 +81,14 @@ pub async fn push(
     let (mut reports, mut failed) = (Vec::new(), Vec::new());
     'targets: for target in targets {
         let steps = match target {
-            Scope::Asset(asset) => vec![Step::Upload(asset.clone(), None)],
-            folder => match conn.plan_folder(folder, config).await {
-                Ok(steps) => steps,
-                Err(e) => {
-                    let fatal = e.retryable() || !matches!(e, Error::Sync { .. } | Error::Local(_));
-                    failed.push(e);
-                    match fatal {
-                        true => break,
-                        false => continue,
-                    }
-                }
+            Scope::Asset(asset) => Ok(vec![Step::Upload(asset.clone(), None)]),
+            folder => conn.plan_folder(folder, config).await,
+        };
+        let steps = match steps {
+            Ok(steps) => steps,
+            Err(e) => match failed_alone(e, &mut failed) {
+                true => continue,
+                false => break,
             },
         };
         for step in steps {
@@ -109,10 +106,10 @@ pub async fn push(
                     report(&r);
                     reports.push(r);
                 }
-                Err(e @ (Error::Sync { .. } | Error::Local(_))) if !e.retryable() => failed.push(e),
                 Err(e) => {
-                    failed.push(e);
-                    break 'targets;
+                    if !failed_alone(e, &mut failed) {
+                        break 'targets;
+                    }
                 }
             }
         }
@@ -137,6 +134,14 @@ fn compressor(raw: &[u8], prefix: Option<&[u8]>) -> Option<Vec<u8>> {
         (false, None) => 3,
     };
     compress::compress(raw, prefix, level)
+}
+
+/// Records `e`; whether it failed its file alone (the server refused it, or it could not be
+/// read), so that the push goes on with the next, rather than the connection or the cache.
+fn failed_alone(e: Error, failed: &mut Vec<Error>) -> bool {
+    let alone = matches!(e, Error::Sync { .. } | Error::Local(_)) && !e.retryable();
+    failed.push(e);
+    alone
 }
 
 /// One file's part of a push.
