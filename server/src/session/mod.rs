@@ -166,21 +166,20 @@ pub(crate) async fn run(
             Ok(_) if peer_caps.is_none() => {
                 Err(Fatal::new(ErrorCode::BadMessage, close_code::PROTOCOL, "request before hello"))
             }
-            Ok(ClientMessage::Upload(request)) => {
-                let signed = peer_caps.expect("checked above").signed;
-                // Refused or not, its frames are read.
-                let admitted = admit(&state, signed, &mut visits, &request.asset, Need::Write);
-                upload::upload(&mut socket, &state, admitted, request).await
-            }
             Ok(request) => {
                 let peer = peer_caps.expect("checked above");
                 let (id, path, need) = named(&request);
-                match admit(&state, peer.signed, &mut visits, path, need) {
-                    Err((code, why)) => {
-                        tracing::info!(path, %code, reason = %why, "request refused");
-                        send_json(&mut socket, &refuse(id, code, why)).await
+                let admitted = admit(&state, peer.signed, &mut visits, path, need);
+                if let Err((code, why)) = &admitted {
+                    tracing::info!(path, %code, reason = %why, "request refused");
+                }
+                match (admitted, request) {
+                    // Refused or not, its frames are read.
+                    (admitted, ClientMessage::Upload(request)) => {
+                        upload::upload(&mut socket, &state, admitted, request).await
                     }
-                    Ok(_) => match request {
+                    (Err((code, why)), _) => send_json(&mut socket, &refuse(id, code, why)).await,
+                    (Ok(_), request) => match request {
                         ClientMessage::Sync { id, asset, have, direct } => {
                             let request = Request { id, asset: &asset, have, direct };
                             sync(&mut socket, &state, peer, &mut throttle, request).await
@@ -245,8 +244,8 @@ pub(crate) async fn run(
     }
 }
 
-/// The request's id, the path it names and what it does there. `hello` and `upload` are
-/// answered before this is asked.
+/// The request's id, the path it names and what it does there. `hello` is answered before
+/// this is asked.
 fn named(request: &ClientMessage) -> (u32, &str, Need) {
     match request {
         ClientMessage::Sync { id, asset, .. } => (*id, asset, Need::Read),

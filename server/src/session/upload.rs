@@ -232,34 +232,21 @@ pub(super) async fn list_folder(
     id: u32,
     folder: &str,
 ) -> Result<(), Fatal> {
-    let answer = match Scope::new(folder) {
-        Err(e) => refuse(id, ErrorCode::BadPath, e.to_string()),
-        Ok(scope) => {
-            let files = match state.index.list(&scope).await {
-                Ok(files) => Ok(files),
-                Err(IndexError::Unknown(_)) => Ok(Vec::new()),
-                Err(e) => Err(refuse(id, code_of(&e), e.to_string())),
-            };
-            files.map_or_else(
-                |refused| refused,
-                |files| {
-                    let files = files
-                        .iter()
-                        .map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version })
-                        .collect();
-                    ServerMessage::Folder {
-                        id,
-                        files,
-                        removed: Vec::new(),
-                        delta: false,
-                        version: None,
-                        packs: 0,
-                    }
-                },
-            )
-        }
+    let scope = match Scope::new(folder) {
+        Ok(scope) => scope,
+        Err(e) => return send_json(socket, &refuse(id, ErrorCode::BadPath, e.to_string())).await,
     };
-    send_json(socket, &answer).await
+    let files = match state.index.list(&scope).await {
+        Ok(files) => files,
+        // Not there yet: the push creates it.
+        Err(IndexError::Unknown(_)) => Vec::new(),
+        Err(e) => return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await,
+    };
+    let files =
+        files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
+    let listing =
+        ServerMessage::Folder { id, files, removed: Vec::new(), delta: false, version: None, packs: 0 };
+    send_json(socket, &listing).await
 }
 
 /// Answers `get_shape`: the folder's folders, links and executable files.
