@@ -18,9 +18,57 @@ use assetsync_protocol::{Hash, Scope};
 /// recover soon after the configuration is fixed upstream.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
+/// An edge's follower, before it starts.
+pub struct Edge {
+    /// The folder it keeps in step, which the edge serves.
+    pub files: PathBuf,
+    /// What the edge's server shows of its upstream.
+    pub upstream: Arc<Upstream>,
+    follow: PullConfig,
+    scope: Scope,
+}
+
+impl Edge {
+    /// An edge of `upstream` mirroring `scope` (`serve --upstream-scope`: a folder, `""` or `/`
+    /// for everything) with the upstream's `token`, keeping its files in `dir` or its default.
+    pub fn new(
+        upstream: &str,
+        scope: &str,
+        dir: Option<PathBuf>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let parsed = match scope {
+            "/" => Scope::All,
+            scope => Scope::new(scope).map_err(|e| anyhow::anyhow!("--upstream-scope {scope:?}: {e}"))?,
+        };
+        anyhow::ensure!(
+            !matches!(parsed, Scope::Asset(_)),
+            "--upstream-scope {scope:?} names a file: an edge mirrors a folder, so end it with '/'"
+        );
+        let (files, cache) = dirs(dir, upstream, &parsed)?;
+        let follow = PullConfig {
+            server: upstream.to_owned(),
+            cache,
+            out: Some(files.clone()),
+            token,
+            relay: None,
+            no_delete: false,
+        };
+        Ok(Edge { files, upstream: Arc::new(Upstream::new(upstream)), follow, scope: parsed })
+    }
+
+    /// Starts following, as the server whose id is `id`.
+    pub fn start(mut self, id: String) {
+        let what = if self.scope == Scope::All { "all of it".to_owned() } else { self.scope.to_string() };
+        eprintln!("assetsync: following {} ({what})", self.follow.server);
+        self.follow.relay = Some(id);
+        tokio::spawn(follow_upstream(self.follow, self.scope, self.upstream));
+    }
+}
+
 /// Where an edge of `upstream` (following `scope`) keeps its files and its cache: `dir`, or a
 /// folder of its own under the state directory (see `state_home`).
-pub fn dirs(dir: Option<PathBuf>, upstream: &str, scope: &Scope) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn dirs(dir: Option<PathBuf>, upstream: &str, scope: &Scope) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = match dir {
         Some(dir) => dir,
         None => {
@@ -43,7 +91,7 @@ pub fn dirs(dir: Option<PathBuf>, upstream: &str, scope: &Scope) -> anyhow::Resu
 }
 
 /// Follows the upstream for ever, keeping `config.out` in step and reporting to `upstream`.
-pub async fn follow_upstream(config: PullConfig, scope: Scope, upstream: Arc<Upstream>) {
+async fn follow_upstream(config: PullConfig, scope: Scope, upstream: Arc<Upstream>) {
     loop {
         let report = |event: &PullEvent| match event {
             PullEvent::Connected { path, .. } => upstream.connected(path.clone()),

@@ -16,7 +16,6 @@ use assetsync::offload::OffloadConfig;
 use assetsync::pull::{PullConfig, PullEvent, follow, pull};
 use assetsync::push::{PushConfig, push};
 use assetsync::store::{Store, StoreError};
-use assetsync::upstream::Upstream;
 use assetsync::{ServeConfig, SessionLimits, StoreConfig};
 use assetsync_protocol::{ChunkParams, Hash, Scope};
 use clap::{Parser, Subcommand};
@@ -560,46 +559,26 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let modules = args.config.as_deref().map(Modules::load).transpose()?.map(Arc::new);
     let edge = match &args.upstream {
         Some(url) => {
-            let scope = match args.upstream_scope.as_str() {
-                "/" => Scope::All,
-                scope => Scope::new(scope).map_err(|e| anyhow::anyhow!("--upstream-scope {scope:?}: {e}"))?,
-            };
-            anyhow::ensure!(
-                !matches!(scope, Scope::Asset(_)),
-                "--upstream-scope {:?} names a file: an edge mirrors a folder, so end it with '/'",
-                args.upstream_scope
-            );
-            let (files, cache) = edge::dirs(args.edge_dir.clone(), url, &scope)?;
             let token = args.upstream_token_file.as_deref().map(read_token).transpose()?;
-            let config = PullConfig {
-                server: url.clone(),
-                cache,
-                out: Some(files),
-                token,
-                relay: None,
-                no_delete: false,
-            };
-            Some((config, scope, Arc::new(Upstream::new(url))))
+            Some(edge::Edge::new(url, &args.upstream_scope, args.edge_dir.clone(), token)?)
         }
         None => None,
     };
-    let (root, demo) = match (args.root, &args.config) {
+    let (root, demo) = match (args.root, &args.config, &edge) {
         // An edge serves the folder it keeps in step with its upstream.
-        (_, _) if edge.is_some() => {
-            (edge.as_ref().and_then(|(c, ..)| c.out.clone()).expect("an edge has its folder"), None)
-        }
+        (_, _, Some(edge)) => (edge.files.clone(), None),
         // The modules name their folders; the config file names the default store.
-        (_, Some(config)) => (config.clone(), None),
-        (Some(root), None) if root.is_dir() => (root, None),
-        (Some(root), None) => {
+        (_, Some(config), None) => (config.clone(), None),
+        (Some(root), None, None) if root.is_dir() => (root, None),
+        (Some(root), None, None) => {
             anyhow::bail!("--root {} is not a folder: point it at the folder to serve", root.display())
         }
-        (None, None) if Path::new(DEMO_ROOT).is_dir() => {
+        (None, None, None) if Path::new(DEMO_ROOT).is_dir() => {
             let demo = Demo::prepare(Path::new(DEMO_ROOT), www.as_deref())
                 .context("cannot prepare the demo folder")?;
             (demo.root(), Some(Arc::new(demo)))
         }
-        (None, None) => anyhow::bail!(
+        (None, None, None) => anyhow::bail!(
             "no --root given, and the bundled demo ({DEMO_ROOT}) is not there: pass --root FOLDER"
         ),
     };
@@ -624,7 +603,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         root,
         modules,
-        upstream: edge.as_ref().map(|(.., upstream)| upstream.clone()),
+        upstream: edge.as_ref().map(|edge| edge.upstream.clone()),
         demo,
         www,
         params: ChunkParams::with_avg(args.avg_chunk)?,
@@ -673,14 +652,8 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => config.root.display().to_string(),
     };
     eprintln!("assetsync: serving {what} at http://{addr}/ (sync endpoint ws://{addr}/sync)");
-    if let Some((mut follow, scope, upstream)) = edge {
-        eprintln!(
-            "assetsync: following {} ({})",
-            follow.server,
-            if scope == Scope::All { "all of it".to_owned() } else { scope.to_string() }
-        );
-        follow.relay = Some(config.id.clone());
-        tokio::spawn(edge::follow_upstream(follow, scope, upstream));
+    if let Some(edge) = edge {
+        edge.start(config.id.clone());
     }
     match (&config.store, &config.shared_store) {
         (Some(store), _) => eprintln!("assetsync: versions kept in {}", store.dir.display()),
