@@ -263,6 +263,7 @@ impl Local<'_> {
             Action::LoadManifests(versions) => Input::Manifests(cache.manifests(&versions)),
             Action::LoadChunks { ids, .. } => Input::Chunks(cache.chunks(ids)),
             Action::Verify(data) => Input::Digest(Hash::of(data)),
+            Action::Work => Input::Work,
             Action::Keep(chunks) => {
                 cache.store_chunks(chunks)?;
                 Input::Stored

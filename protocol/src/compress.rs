@@ -61,8 +61,105 @@ pub fn decompress_portable(frame: &[u8], prefix: Option<&[u8]>, max_len: usize) 
     }
 }
 
+/// The largest window of a frame meant to be read as a [`Stream`] (4 MiB): a decoder holds a
+/// window's worth of decoded bytes back until the frame ends, so a larger one would have the
+/// first read decode most of the stream at once.
+pub const STREAM_WINDOW_LOG: u32 = 22;
+
+/// The content of one zstd frame (no prefix), decoded as it is read: for streams too large to
+/// decode in one step.
+pub struct Stream {
+    #[cfg(not(feature = "native-zstd"))]
+    inner: portable::Stream,
+    #[cfg(feature = "native-zstd")]
+    inner: zstd::stream::read::Decoder<'static, std::io::BufReader<std::io::Cursor<Vec<u8>>>>,
+}
+
+impl Stream {
+    /// Starts decoding `frame`.
+    pub fn new(frame: Vec<u8>) -> Result<Self, Error> {
+        #[cfg(not(feature = "native-zstd"))]
+        let inner = portable::Stream::new(frame)?;
+        #[cfg(feature = "native-zstd")]
+        let inner = zstd::stream::read::Decoder::new(std::io::Cursor::new(frame))
+            .map_err(|e| Error::Decompress(e.to_string()))?
+            .single_frame();
+        Ok(Stream { inner })
+    }
+
+    /// Fills `out` with the next bytes; `Ok(false)` if the content ends first.
+    pub fn read(&mut self, out: &mut [u8]) -> Result<bool, Error> {
+        #[cfg(not(feature = "native-zstd"))]
+        return self.inner.read(out);
+        #[cfg(feature = "native-zstd")]
+        match std::io::Read::read_exact(&mut self.inner, out) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(Error::Decompress(e.to_string())),
+        }
+    }
+
+    /// Whether the content was read to its end.
+    pub fn ended(&mut self) -> Result<bool, Error> {
+        self.read(&mut [0]).map(|more| !more)
+    }
+}
+
+#[cfg(not(feature = "native-zstd"))]
+mod portable {
+    use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+
+    use crate::Error;
+
+    /// [`super::Stream`] with `ruzstd`: blocks are decoded as reads need them.
+    pub struct Stream {
+        frame: Vec<u8>,
+        /// How much of `frame` the decoder has read.
+        used: usize,
+        decoder: FrameDecoder,
+        /// Decoded bytes not read yet, from `taken`.
+        decoded: Vec<u8>,
+        taken: usize,
+    }
+
+    impl Stream {
+        pub fn new(frame: Vec<u8>) -> Result<Self, Error> {
+            let mut decoder = FrameDecoder::new();
+            let mut source = &frame[..];
+            decoder.init(&mut source).map_err(|e| Error::Decompress(e.to_string()))?;
+            let used = frame.len() - source.len();
+            Ok(Stream { frame, used, decoder, decoded: Vec::new(), taken: 0 })
+        }
+
+        pub fn read(&mut self, mut out: &mut [u8]) -> Result<bool, Error> {
+            while !out.is_empty() {
+                if self.taken == self.decoded.len() {
+                    let finished = self.decoder.is_finished();
+                    match self.decoder.collect() {
+                        Some(bytes) if !bytes.is_empty() => (self.decoded, self.taken) = (bytes, 0),
+                        _ if finished => return Ok(false),
+                        _ => {
+                            let mut source = &self.frame[self.used..];
+                            self.decoder
+                                .decode_blocks(&mut source, BlockDecodingStrategy::UptoBytes(256 << 10))
+                                .map_err(|e| Error::Decompress(e.to_string()))?;
+                            self.used = self.frame.len() - source.len();
+                        }
+                    }
+                    continue;
+                }
+                let n = out.len().min(self.decoded.len() - self.taken);
+                out[..n].copy_from_slice(&self.decoded[self.taken..self.taken + n]);
+                self.taken += n;
+                out = &mut out[n..];
+            }
+            Ok(true)
+        }
+    }
+}
+
 #[cfg(feature = "native-zstd")]
-pub use native::{compress, compress_with};
+pub use native::{compress, compress_stream, compress_with};
 
 #[cfg(feature = "native-zstd")]
 mod native {
@@ -86,10 +183,26 @@ mod native {
         prefix: Option<&'a [u8]>,
         level: i32,
     ) -> Option<Vec<u8>> {
+        // Browsers decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
+        compress_windowed(cctx, raw, prefix, level, 26)
+    }
+
+    /// One zstd frame of `raw` at `level` to be read as a [`super::Stream`]: its window is at
+    /// most [`super::STREAM_WINDOW_LOG`], which bounds what a decoder holds back.
+    pub fn compress_stream(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+        compress_windowed(&mut CCtx::try_create()?, raw, None, level, super::STREAM_WINDOW_LOG)
+    }
+
+    fn compress_windowed<'a>(
+        cctx: &mut CCtx<'a>,
+        raw: &[u8],
+        prefix: Option<&'a [u8]>,
+        level: i32,
+        max_window_log: u32,
+    ) -> Option<Vec<u8>> {
         let window =
             (prefix.map_or(0, <[u8]>::len) + raw.len()).max(1 << 10).next_power_of_two().trailing_zeros();
-        // Browsers decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
-        let window = window.clamp(10, 26);
+        let window = window.clamp(10, max_window_log);
         for param in [
             CParameter::CompressionLevel(level),
             CParameter::WindowLog(window),

@@ -11,10 +11,13 @@
 //!
 //! On the wire (the payload of a `Patch` frame, see [`crate::ChunkFrame`]): the three streams'
 //! raw lengths and the first two's compressed lengths as LEB128 varints, then each stream as a
-//! zstd frame. Controls are three varints each, `seek` zigzag-encoded. The server computes the
-//! matches (with the `bidiff` crate) and encodes the streams; [`apply`] is the client's side,
-//! and checks every length and position against the announced sizes before using it.
+//! zstd frame, the last two with a window of at most [`crate::compress::STREAM_WINDOW_LOG`] so
+//! that they decode as they are needed. Controls are three varints each, `seek` zigzag-encoded.
+//! The server computes the matches (with the `bidiff` crate) and encodes the streams;
+//! [`Patching`] is the client's side, a slice at a time, and checks every length and position
+//! against the announced sizes before using it.
 
+use crate::compress::Stream;
 use crate::{Error, varint};
 
 /// The capability a client names in `hello` (and the server in `welcome`) when it applies
@@ -58,58 +61,169 @@ impl Streams {
     }
 }
 
-/// Rebuilds the `new_len`-byte new file from `old` and a patch `payload`. Every length, position
-/// and size is checked first: a bad patch is an error, never a wrong or oversized output.
+/// Rebuilds the `new_len`-byte new file from `old` and a patch `payload` in one go (see
+/// [`Patching`] to do it a slice at a time).
 pub fn apply(old: &[u8], payload: &[u8], new_len: u64) -> Result<Vec<u8>, Error> {
-    let bad = Error::BadFrame;
-    let new_len = usize::try_from(new_len).map_err(|_| bad("a patch for a file too large"))?;
-    let mut rest = payload;
-    let mut header = [0usize; 5];
-    for field in &mut header {
-        let n = varint::get(&mut rest).ok_or(bad("a patch header cut short"))?;
-        *field = usize::try_from(n).map_err(|_| bad("a patch header out of range"))?;
+    let mut patching = Patching::new(payload, new_len)?;
+    while !patching.step(old, usize::MAX)? {}
+    Ok(patching.into_output())
+}
+
+/// A patch being applied a slice at a time, so that a browser can yield between slices: its
+/// difference and extra streams are decoded as the output needs them, never held whole. Every
+/// length, position and size is checked before it is used: a bad patch is an error, never a
+/// wrong or oversized output.
+pub struct Patching {
+    /// The decoded controls (three varints each), and how far they have been read.
+    controls: Vec<u8>,
+    read: usize,
+    diff: Stream,
+    extra: Stream,
+    /// What is left of the control being applied: difference bytes, extra bytes, then the seek.
+    add: usize,
+    copy: usize,
+    seek: i64,
+    /// The position in the old file.
+    at: usize,
+    out: Vec<u8>,
+    new_len: usize,
+    /// Difference bytes, decoded before they are added to the old file's.
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Patching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Patching({} of {} bytes)", self.out.len(), self.new_len)
     }
-    let [controls_len, diff_len, extra_len, zcontrols, zdiff] = header;
-    if diff_len.checked_add(extra_len) != Some(new_len)
-        || controls_len > MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(new_len + 1)
-    {
-        return Err(bad("a patch whose streams do not add up to the file"));
-    }
-    let (zc, rest) = rest.split_at_checked(zcontrols).ok_or(bad("a patch cut short"))?;
-    let (zd, ze) = rest.split_at_checked(zdiff).ok_or(bad("a patch cut short"))?;
-    let stream = |z: &[u8], len: usize| -> Result<Vec<u8>, Error> {
-        let raw = crate::compress::decompress(z, None, len)?;
-        match raw.len() == len {
-            true => Ok(raw),
-            false => Err(bad("a patch stream shorter than announced")),
+}
+
+impl Patching {
+    /// Reads the patch's header and starts decoding its streams.
+    pub fn new(payload: &[u8], new_len: u64) -> Result<Self, Error> {
+        let new_len = usize::try_from(new_len).map_err(|_| bad("a patch for a file too large"))?;
+        let mut rest = payload;
+        let mut header = [0usize; 5];
+        for field in &mut header {
+            let n = varint::get(&mut rest).ok_or(bad("a patch header cut short"))?;
+            *field = usize::try_from(n).map_err(|_| bad("a patch header out of range"))?;
         }
-    };
-    let (controls, diff, extra) = (stream(zc, controls_len)?, stream(zd, diff_len)?, stream(ze, extra_len)?);
-    let mut out = Vec::with_capacity(new_len);
-    let (mut controls, mut diff, mut extra) = (&controls[..], &diff[..], &extra[..]);
-    let mut at = 0usize;
-    while !controls.is_empty() {
+        let [controls_len, diff_len, extra_len, zcontrols, zdiff] = header;
+        if diff_len.checked_add(extra_len) != Some(new_len)
+            || controls_len > MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(new_len + 1)
+        {
+            return Err(bad("a patch whose streams do not add up to the file"));
+        }
+        let (zc, rest) = rest.split_at_checked(zcontrols).ok_or(bad("a patch cut short"))?;
+        let (zd, ze) = rest.split_at_checked(zdiff).ok_or(bad("a patch cut short"))?;
+        let controls = crate::compress::decompress(zc, None, controls_len)?;
+        if controls.len() != controls_len {
+            return Err(bad("a patch stream shorter than announced"));
+        }
+        Ok(Patching {
+            controls,
+            read: 0,
+            diff: Stream::new(zd.to_vec())?,
+            extra: Stream::new(ze.to_vec())?,
+            add: 0,
+            copy: 0,
+            seek: 0,
+            at: 0,
+            out: Vec::with_capacity(new_len),
+            new_len,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Rebuilds about `budget` more bytes of the new file (whole controls' seeks included);
+    /// `true` once the whole file is rebuilt and the patch was read to its end.
+    pub fn step(&mut self, old: &[u8], budget: usize) -> Result<bool, Error> {
+        let mut left = budget.max(1);
+        loop {
+            if left == 0 && self.add + self.copy > 0 {
+                return Ok(false);
+            }
+            if self.add > 0 {
+                let n = self.add.min(left);
+                let start = self.out.len();
+                self.out.extend_from_slice(&old[self.at..self.at + n]);
+                self.scratch.resize(n, 0);
+                read_exact(&mut self.diff, &mut self.scratch, "a patch's differences run out")?;
+                for (o, d) in self.out[start..].iter_mut().zip(&self.scratch) {
+                    *o = o.wrapping_add(*d);
+                }
+                (self.add, self.at, left) = (self.add - n, self.at + n, left - n);
+            } else if self.copy > 0 {
+                let n = self.copy.min(left);
+                let start = self.out.len();
+                self.out.resize(start + n, 0);
+                read_exact(&mut self.extra, &mut self.out[start..], "a patch's new bytes run out")?;
+                (self.copy, left) = (self.copy - n, left - n);
+            } else {
+                self.at = self
+                    .at
+                    .checked_add_signed(self.seek as isize)
+                    .filter(|&at| at <= old.len())
+                    .ok_or(bad("a patch seeks outside the old file"))?;
+                self.seek = 0;
+                if self.read == self.controls.len() {
+                    return self.end().map(|()| true);
+                }
+                if left == 0 {
+                    return Ok(false);
+                }
+                self.next_control(old)?;
+            }
+        }
+    }
+
+    /// Reads the next control, checked against the old file and the announced length.
+    fn next_control(&mut self, old: &[u8]) -> Result<(), Error> {
+        let mut controls = &self.controls[self.read..];
         let mut next = || varint::get(&mut controls).ok_or(bad("a patch control cut short"));
         let (add, copy, seek) = (next()?, next()?, next()?);
-        let seek = ((seek >> 1) as i64) ^ -((seek & 1) as i64);
+        self.read = self.controls.len() - controls.len();
         let add = usize::try_from(add).map_err(|_| bad("a patch control out of range"))?;
         let copy = usize::try_from(copy).map_err(|_| bad("a patch control out of range"))?;
-        let from = old.get(at..).and_then(|o| o.get(..add)).ok_or(bad("a patch reads past the old file"))?;
-        let (d, rest) = diff.split_at_checked(add).ok_or(bad("a patch's differences run out"))?;
-        out.extend(from.iter().zip(d).map(|(o, d)| o.wrapping_add(*d)));
-        diff = rest;
-        let (e, rest) = extra.split_at_checked(copy).ok_or(bad("a patch's new bytes run out"))?;
-        out.extend_from_slice(e);
-        extra = rest;
-        at = (at + add)
-            .checked_add_signed(seek as isize)
-            .filter(|&at| at <= old.len())
-            .ok_or(bad("a patch seeks outside the old file"))?;
+        if old.len().checked_sub(self.at).is_none_or(|room| add > room) {
+            return Err(bad("a patch reads past the old file"));
+        }
+        let room = self.new_len - self.out.len();
+        if add > room || copy > room - add {
+            return Err(bad("a patch that does not rebuild the announced length"));
+        }
+        (self.add, self.copy, self.seek) = (add, copy, ((seek >> 1) as i64) ^ -((seek & 1) as i64));
+        Ok(())
     }
-    if out.len() != new_len || !diff.is_empty() || !extra.is_empty() {
-        return Err(bad("a patch that does not rebuild the announced length"));
+
+    /// Checks that the controls rebuilt the announced length and used both streams whole.
+    fn end(&mut self) -> Result<(), Error> {
+        if self.out.len() != self.new_len || !self.diff.ended()? || !self.extra.ended()? {
+            return Err(bad("a patch that does not rebuild the announced length"));
+        }
+        Ok(())
     }
-    Ok(out)
+
+    /// The part of the new file rebuilt so far.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The rebuilt file, once [`Patching::step`] returned `true`.
+    pub fn into_output(self) -> Vec<u8> {
+        self.out
+    }
+}
+
+fn bad(why: &'static str) -> Error {
+    Error::BadFrame(why)
+}
+
+/// Fills `buf` from a stream, or fails with `short` if it ends first.
+fn read_exact(stream: &mut Stream, buf: &mut [u8], short: &'static str) -> Result<(), Error> {
+    match stream.read(buf)? {
+        true => Ok(()),
+        false => Err(bad(short)),
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +246,14 @@ mod tests {
         streams.push(&[0; 24], b"!!", 0);
         let payload = streams.encode(frame);
         assert_eq!(apply(&old, &payload, new.len() as u64).unwrap(), new);
+        // A slice at a time: the same file, each step within its budget.
+        let mut patching = Patching::new(&payload, new.len() as u64).unwrap();
+        let mut steps = 0;
+        while !patching.step(&old, 5).unwrap() {
+            steps += 1;
+            assert!(patching.output().len() <= 5 * steps, "step {steps} went past its budget");
+        }
+        assert_eq!(patching.into_output(), new);
         assert!(apply(&old, &payload, new.len() as u64 + 1).is_err(), "another length");
         assert!(apply(&old[..20], &payload, new.len() as u64).is_err(), "a shorter old file");
         for cut in 0..payload.len() {

@@ -358,6 +358,10 @@ impl World {
                     }
                     machine.handle(Input::Checked(intact));
                 }
+                Action::Work => {
+                    machine.handle(Input::Work);
+                    unhashed.extend(machine.take_unhashed());
+                }
                 Action::FinishHashing => {
                     unhashed.extend(machine.take_unhashed());
                     for (index, bytes) in std::mem::take(&mut unhashed) {

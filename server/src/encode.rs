@@ -532,8 +532,9 @@ fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
     bidiff::diff(old, new, &bidiff::DiffParams::default(), |m| translator.translate(m)).ok()?;
     translator.close().ok()?;
     let mut failed = false;
+    // Windowed so that clients decode the streams a slice at a time.
     let payload = streams.encode(|raw| {
-        compress(raw, None, level).unwrap_or_else(|| {
+        compress::compress_stream(raw, level).unwrap_or_else(|| {
             failed = true;
             Vec::new()
         })

@@ -892,6 +892,8 @@ test("a WebAssembly rebuild arrives as a binary patch, applied in WASM, byte-ide
   const got = await syncIn(page, "sql-wasm.wasm");
   assert.equal(got.hash, sha256(v2));
   assert.ok(got.stats.wireBytesIn < zstd, `${got.stats.wireBytesIn} bytes, where the zstd answer alone is ${zstd} (the patch ${patch})`);
+  // Rebuilt in slices between yields (the file is several slices long), and timed.
+  assert.ok(got.stats.patchMs > 0, JSON.stringify(got.stats));
   await context.close();
   await server.stop();
 });

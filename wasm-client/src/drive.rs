@@ -36,6 +36,8 @@ pub(crate) struct Timings {
     pub store_ms: f64,
     /// Rebuilding the file and checking its SHA-256.
     pub verify_ms: f64,
+    /// Rebuilding the file from a binary patch.
+    pub patch_ms: f64,
 }
 
 /// Why a run stopped. `in_step`: the server refused the request, so the connection is still
@@ -184,6 +186,14 @@ impl Client {
                     let piece = run.download.next().await;
                     self.downloaded(machine, piece, &mut hasher);
                     task::yield_if_busy().await;
+                    continue;
+                }
+                Action::Work => {
+                    task::yield_if_busy().await;
+                    let t0 = now_ms();
+                    machine.handle(Input::Work);
+                    run.driven.timings.patch_ms += now_ms() - t0;
+                    hasher.start(machine.take_unhashed());
                     continue;
                 }
                 Action::FinishHashing => {
@@ -420,6 +430,7 @@ impl Client {
             report,
             store_ms: timings.store_ms,
             verify_ms: timings.verify_ms,
+            patch_ms: timings.patch_ms,
             chunks_sent: None,
         };
         SyncResult { asset, version, data, stats }
@@ -439,6 +450,7 @@ pub(crate) struct Stats {
     report: SyncReport,
     store_ms: f64,
     verify_ms: f64,
+    patch_ms: f64,
     /// An upload's distinct chunks sent.
     chunks_sent: Option<usize>,
 }
@@ -457,6 +469,7 @@ impl Stats {
             report: done.report.clone(),
             store_ms,
             verify_ms: 0.0,
+            patch_ms: 0.0,
             chunks_sent: Some(done.chunks_sent),
         }
     }
@@ -477,6 +490,7 @@ impl Stats {
         set("reconnects", self.report.reconnects.into());
         set("storeMs", self.store_ms.into());
         set("verifyMs", self.verify_ms.into());
+        set("patchMs", self.patch_ms.into());
         if let Some(sent) = self.chunks_sent {
             set("chunksSent", (sent as f64).into());
         }

@@ -105,6 +105,8 @@ export interface SyncStats {
   storeMs: number;
   /** Time spent rebuilding the file and checking its SHA-256. */
   verifyMs: number;
+  /** Time spent rebuilding the file from a binary patch (0 when the answer was not one). */
+  patchMs: number;
   /** `upload` only: distinct chunks whose bytes were sent. */
   chunksSent?: number;
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 pub use rebuild::{Assembled, Synced};
 
+use crate::patch::Patching;
 use crate::{
     AssetPath, ChunkFrame, ChunkId, ChunkSet, ClientMessage, Error, Have, Manifest, ServerMessage,
     UNKNOWN_ID, Update, VerifiedChunk, VersionId, apply,
@@ -36,6 +37,10 @@ pub const MAX_REQUESTS: u32 = 4;
 
 /// Most chunk ids [`ClientSync::held_chunks`] returns (a 256 MiB file at the default 8 KiB).
 pub const MAX_HELD: usize = 32_768;
+
+/// Bytes of a patched file rebuilt per [`ClientSync::work`] call: about a millisecond of work
+/// in a browser.
+pub const PATCH_SLICE: usize = 256 << 10;
 
 /// What the driver should do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,6 +66,15 @@ enum Prefix {
     Ready { file: Vec<u8>, reuse: bool },
     /// The driver could not rebuild it; compressed frames are skipped.
     Unavailable,
+}
+
+/// A binary patch being applied, and the next chunk to cut from the file it rebuilds: its
+/// manifest position and offset.
+#[derive(Debug)]
+struct Patch {
+    patching: Patching,
+    next: usize,
+    at: usize,
 }
 
 /// A batch arriving in parts (`BatchStart`, then `BatchMore` frames).
@@ -124,6 +138,8 @@ enum State {
         /// The first chunk that failed verification. Later frames are still read (they are on
         /// the wire already), and the error is reported when the answer is complete.
         bad: Option<Error>,
+        /// A binary patch being applied (see [`ClientSync::work`]).
+        patching: Option<Box<Patch>>,
     },
 }
 
@@ -289,6 +305,7 @@ impl ClientSync {
             dict: dict.map(|v| (v, Prefix::Wanted)),
             partial: None,
             bad: None,
+            patching: None,
         };
         Ok(if expected == 0 { Event::Complete } else { Event::Progress { received: 0, total } })
     }
@@ -330,8 +347,18 @@ impl ClientSync {
     /// [`Error::FileMismatch`] once the whole answer is read.
     pub fn on_frame(&mut self, frame: &[u8]) -> Result<Event, Error> {
         let id = self.id;
-        let State::Receiving { manifest, sent, total, received_bytes, positions, dict, partial, bad, .. } =
-            &mut self.state
+        let State::Receiving {
+            manifest,
+            sent,
+            total,
+            received_bytes,
+            positions,
+            dict,
+            partial,
+            bad,
+            patching,
+            ..
+        } = &mut self.state
         else {
             return Err(Error::BadFrame("chunk frame before the manifest"));
         };
@@ -393,8 +420,8 @@ impl ClientSync {
                     return Err(Error::BadFrame("a patch after other chunk frames"));
                 }
                 positions.extend(sent.iter().copied());
-                let file = match dict {
-                    Some((_, Prefix::Ready { file, .. })) => file,
+                match dict {
+                    Some((_, Prefix::Ready { .. })) => {}
                     Some((_, Prefix::Wanted)) => {
                         return Err(Error::Protocol("a patch before set_prefix".into()));
                     }
@@ -405,15 +432,10 @@ impl ClientSync {
                         return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
                     }
                 };
-                let data = crate::patch::apply(file, payload, manifest.len)?;
-                // Every chunk the recipe sends, cut from the file the patch rebuilt.
-                let chunks = manifest
-                    .offsets()
-                    .enumerate()
-                    .filter(|(i, _)| sent.contains(&(*i as u32)))
-                    .map(|(i, (at, c))| (i as u32, data[at..at + c.len as usize].to_vec()))
-                    .collect();
-                return self.take_chunks(chunks);
+                // Applied a slice at a time by `work`.
+                *patching =
+                    Some(Box::new(Patch { patching: Patching::new(payload, manifest.len)?, next: 0, at: 0 }));
+                return Ok(Event::Progress { received: *received_bytes, total: *total });
             }
         };
         let len: usize = indices.iter().map(|&i| len_of(i)).sum();
@@ -479,6 +501,57 @@ impl ClientSync {
             received.insert(chunk.id(), chunk);
         }
         progress(positions.len(), sent.len(), *received_bytes, *total, bad)
+    }
+
+    /// Whether a binary patch is being applied: call [`ClientSync::work`] until it is not.
+    pub fn has_work(&self) -> bool {
+        matches!(&self.state, State::Receiving { patching: Some(_), .. })
+    }
+
+    /// Rebuilds the next slice (about [`PATCH_SLICE`] bytes) of the file a binary patch
+    /// describes, and takes the chunks the recipe sends that it completes, as if they had arrived
+    /// in frames. A driver may yield to its event loop between calls.
+    pub fn work(&mut self) -> Result<Event, Error> {
+        let State::Receiving {
+            manifest,
+            sent,
+            dict: Some((_, Prefix::Ready { file, .. })),
+            patching: slot @ Some(_),
+            ..
+        } = &mut self.state
+        else {
+            return Err(Error::Protocol("no patch to apply".into()));
+        };
+        let patch = slot.as_mut().expect("matched");
+        let finished = match patch.patching.step(file, PATCH_SLICE) {
+            Ok(finished) => finished,
+            Err(error) => {
+                *slot = None;
+                return Err(error);
+            }
+        };
+        let rebuilt = patch.patching.output();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = manifest.chunks.get(patch.next) {
+            let end = patch.at + chunk.len as usize;
+            if end > rebuilt.len() {
+                break;
+            }
+            if sent.contains(&(patch.next as u32)) {
+                chunks.push((patch.next as u32, rebuilt[patch.at..end].to_vec()));
+            }
+            (patch.next, patch.at) = (patch.next + 1, end);
+        }
+        if finished {
+            *slot = None;
+        }
+        let event = self.take_chunks(chunks)?;
+        match (finished, &self.state) {
+            (false, State::Receiving { received_bytes, total, .. }) => {
+                Ok(Event::Progress { received: *received_bytes, total: *total })
+            }
+            _ => Ok(event),
+        }
     }
 
     /// Leaves the hashing of received chunks to the driver, for one that hashes faster elsewhere

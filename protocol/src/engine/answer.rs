@@ -41,6 +41,8 @@ enum Then {
 #[derive(Debug)]
 enum Step {
     Receiving(ClientSync),
+    /// A binary patch is being applied (see [`ClientSync::work`]).
+    Working(ClientSync),
     /// The answer is compressed against a committed file; the event of the message that said so.
     Prefix(ClientSync, Result<Event, Error>),
     Hashing(ClientSync, Then),
@@ -140,6 +142,7 @@ impl Answer {
                 Some(download) => download.poll(),
                 None => Action::Receive,
             },
+            Step::Working(_) => Action::Work,
             Step::Prefix(m, _) => Action::LoadFile(m.wanted_prefix().expect("a prefix is wanted")),
             Step::Hashing(..) => Action::FinishHashing,
             Step::Unchanged(m) => Action::CheckFile(m.manifest().expect("the manifest is known")),
@@ -189,10 +192,13 @@ impl Answer {
             (Step::Receiving(mut m), Input::Frame { frame, wire }) => {
                 self.wire_in += wire;
                 let event = m.on_frame(frame);
-                let fresh = m.take_unhashed();
-                self.outstanding += fresh.len();
-                self.fresh.extend(fresh);
+                self.take_fresh(&mut m);
                 self.fed(m, event, queue)
+            }
+            (Step::Working(mut m), Input::Work) => {
+                let event = m.work();
+                self.take_fresh(&mut m);
+                self.on_event(m, event, queue)
             }
             (Step::Receiving(m), Input::Lost(why)) => self.lost(m, why),
             (Step::Prefix(mut m, event), Input::File(file)) => {
@@ -247,6 +253,17 @@ impl Answer {
         }
     }
 
+    /// Takes the chunks `m` received for the driver to hash.
+    fn take_fresh(&mut self, m: &mut ClientSync) {
+        Self::count_fresh(&mut self.outstanding, &mut self.fresh, m);
+    }
+
+    fn count_fresh(outstanding: &mut usize, fresh: &mut Vec<(u32, Vec<u8>)>, m: &mut ClientSync) {
+        let taken = m.take_unhashed();
+        *outstanding += taken.len();
+        fresh.extend(taken);
+    }
+
     /// After a message or frame: a wanted compression prefix comes first.
     fn fed(&mut self, m: ClientSync, event: Result<Event, Error>, queue: &mut Queue) -> Option<End> {
         if m.wanted_prefix().is_some() {
@@ -259,7 +276,7 @@ impl Answer {
     fn on_event(&mut self, m: ClientSync, event: Result<Event, Error>, queue: &mut Queue) -> Option<End> {
         if let Ok(Event::Progress { received, total }) = event {
             queue.push_back(Action::Progress { asset: self.asset.clone(), received, total });
-            self.step = Step::Receiving(m);
+            self.step = if m.has_work() { Step::Working(m) } else { Step::Receiving(m) };
             return None;
         }
         // Nothing of this answer is used before every received chunk is hashed.
@@ -315,9 +332,7 @@ impl Answer {
             MAX_BODY_FRAME,
             |frame| {
                 let event = m.on_frame(frame);
-                let fresh = m.take_unhashed();
-                self.outstanding += fresh.len();
-                self.fresh.extend(fresh);
+                Self::count_fresh(&mut self.outstanding, &mut self.fresh, &mut m);
                 match event {
                     Ok(Event::Progress { received, total }) => {
                         events.push(Action::Progress { asset: self.asset.clone(), received, total });
@@ -331,7 +346,7 @@ impl Answer {
         queue.extend(events);
         match split {
             Ok(()) => {
-                self.step = Step::Receiving(m);
+                self.step = if m.has_work() { Step::Working(m) } else { Step::Receiving(m) };
                 None
             }
             // Data that fails verification arrived over HTTP, so it is asked for again over the

@@ -128,6 +128,10 @@ pub enum Action<'a> {
         /// Committed versions the store may slice them from.
         sources: &'a [Manifest],
     },
+    /// Rebuild the next slice of a file from a binary patch, then [`Input::Work`]. The
+    /// slices of a large file take a few milliseconds each: a driver on a page's thread yields
+    /// to it between them.
+    Work,
     /// Compute the SHA-256 of the rebuilt file, then [`Input::Digest`].
     Verify(&'a [u8]),
     /// Store these chunks, which arrived before the connection was lost, so that the resumed
@@ -234,6 +238,8 @@ pub enum Input<'a> {
     Manifests(Vec<Manifest>),
     /// Answer to [`Action::LoadChunks`]: the chunks found.
     Chunks(Vec<(ChunkId, Vec<u8>)>),
+    /// Answer to [`Action::Work`].
+    Work,
     /// Answer to [`Action::Verify`].
     Digest(Hash),
     /// A piece of the body of [`Action::Download`]; empty at its end.

@@ -84,7 +84,7 @@ pub(super) async fn upload(
         };
         frame_bytes += frame.len();
         if let Ok((machine, _)) = &mut receiving
-            && let Err(e) = machine.on_frame(&frame)
+            && let Err(e) = machine.on_frame(&frame).and_then(|_| applied(machine))
         {
             receiving = Err(refuse(id, ErrorCode::BadMessage, nothing_written(&request.asset, &e)));
         }
@@ -104,6 +104,15 @@ pub(super) async fn upload(
         "upload"
     );
     send_json(socket, &answer).await
+}
+
+/// Applies a binary patch the frame held, if any (clients send none, but the machine reads
+/// them).
+fn applied(machine: &mut ClientSync) -> Result<(), assetsync_protocol::Error> {
+    while machine.has_work() {
+        machine.work()?;
+    }
+    Ok(())
 }
 
 /// The machine that reads the upload's frames, with the asset's current version; or the answer
