@@ -756,6 +756,7 @@ fn print_status(s: &serde_json::Value) {
     println!("path to the origin: {}", path.join(" -> "));
     println!("clients: {}, subscriptions: {}", s["clients"], s["subscriptions"]);
     println!("bytes in: {}, bytes out: {}", s["bytes_in"], s["bytes_out"]);
+    println!("folder listings: {} walked, {} reused", s["folder_walks"], s["folder_listings_reused"]);
 }
 
 /// `$XDG_STATE_HOME`, or `~/.local/state`.

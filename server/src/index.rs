@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
@@ -356,7 +356,109 @@ pub struct AssetIndex {
     /// The shape each folder had at its last listing, and when: a `get_shape` follows the
     /// client's `sync_folder` at once, and needs no second walk.
     shapes: Mutex<HashMap<Scope, (std::time::Instant, Arc<Shape>)>>,
+    /// Changes under the roots, as the watcher saw them, and each folder's last listing while
+    /// none happened: answers an unchanged folder without walking it (see [`AssetIndex::list`]).
+    stillness: Arc<Stillness>,
+    walked: Mutex<HashMap<Scope, StillListing>>,
+    /// Listings walked, and reused, since start (for `/status`).
+    walks: AtomicU64,
+    reused: AtomicU64,
 }
+
+/// What a watcher saw change under the roots (anything but reads: see `watch::start`).
+#[derive(Default)]
+pub struct Stillness {
+    /// Changes seen, and when the last one was; `None` until a watcher reports here.
+    seen: Mutex<Option<(u64, std::time::Instant)>>,
+    fence: std::sync::OnceLock<Fence>,
+}
+
+/// A folder of its own that the watcher watches with the roots, through the same queue of
+/// events: once the event of a file created there now has been seen, so has every event of a
+/// change made before.
+pub(crate) struct Fence {
+    dir: tempfile::TempDir,
+    next: AtomicU64,
+    /// The highest fence seen.
+    passed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Fence {
+    pub(crate) fn new() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("assetsync-fence-").tempdir()?;
+        Ok(Fence { dir, next: AtomicU64::new(0), passed: tokio::sync::watch::Sender::new(0) })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The longest wait for a fence: past it, the watcher is taken to be behind.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Stillness {
+    /// Starts counting: called by the watcher once its watches, `fence`'s included, are in
+    /// place.
+    pub(crate) fn watching(&self, fence: Fence) {
+        *self.seen.lock().expect("poisoned") = Some((0, std::time::Instant::now()));
+        let _ = self.fence.set(fence);
+    }
+
+    /// Something under the roots changed, or the watcher may have missed something.
+    pub(crate) fn changed(&self) {
+        if let Some((n, at)) = self.seen.lock().expect("poisoned").as_mut() {
+            (*n, *at) = (*n + 1, std::time::Instant::now());
+        }
+    }
+
+    /// An event at `path`: if it is a fence's, it passed, and `true`.
+    pub(crate) fn fence_passed(&self, path: &Path) -> bool {
+        let Some(fence) = self.fence.get().filter(|f| path.parent() == Some(f.dir())) else { return false };
+        if let Some(n) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) {
+            fence.passed.send_if_modified(|passed| std::mem::replace(passed, n.max(*passed)) < n);
+        }
+        true
+    }
+
+    /// The count of changes, once every change made before this call has been seen, if none
+    /// happened for [`SETTLE`] (so that the watcher has watched every new folder since); else
+    /// `None`.
+    async fn settled(&self) -> Option<u64> {
+        let fence = self.fence.get()?;
+        let n = fence.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = fence.dir().join(n.to_string());
+        std::fs::write(&path, b"").ok()?;
+        let mut passed = fence.passed.subscribe();
+        let seen = tokio::time::timeout(FENCE_WAIT, passed.wait_for(|&p| p >= n)).await;
+        let _ = std::fs::remove_file(&path);
+        if !matches!(seen, Ok(Ok(_))) {
+            tracing::debug!("the watcher is behind: walking the folder");
+            return None;
+        }
+        self.seen.lock().expect("poisoned").filter(|(_, at)| at.elapsed() >= SETTLE).map(|(n, _)| n)
+    }
+
+    fn count(&self) -> Option<u64> {
+        self.seen.lock().expect("poisoned").map(|(n, _)| n)
+    }
+}
+
+/// A folder's listing, walked while nothing changed: reused until something does.
+struct StillListing {
+    changes: u64,
+    at: std::time::Instant,
+    files: Vec<Arc<Indexed>>,
+    shape: Arc<Shape>,
+}
+
+/// How long the roots must have been still before a listing walked then is reused: the watcher
+/// watches a new folder moments after it appears, and files created in it before that raise no
+/// event of their own.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The oldest listing reused, for changes no watcher sees (a network filesystem's).
+const WALK_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One remembered folder listing.
 struct Listed {
@@ -416,8 +518,21 @@ impl AssetIndex {
         };
         let started = SystemTime::now();
         let (slots, listings) = (Default::default(), Mutex::new(listings));
-        let shapes = Mutex::default();
-        let index = AssetIndex { config, hub, started, slots, versions, store, listings, shapes };
+        let (shapes, stillness, walked, walks, reused) = Default::default();
+        let index = AssetIndex {
+            config,
+            hub,
+            started,
+            slots,
+            versions,
+            store,
+            listings,
+            shapes,
+            stillness,
+            walked,
+            walks,
+            reused,
+        };
         for dir in &index.config.history {
             index.import(dir)?;
         }
@@ -591,6 +706,7 @@ impl AssetIndex {
             return Err(WriteError::Conflict(current));
         }
         let done = tokio::task::spawn_blocking(move || op(&path)).await.expect("writing task panicked");
+        self.stillness.changed();
         done.map_err(|source| WriteError::Io { asset: asset.clone(), source })?;
         Ok(self.refresh_slot(asset, &mut slot).await)
     }
@@ -945,15 +1061,31 @@ impl AssetIndex {
     /// The files under `folder` (a folder, a module or everything), indexed, sorted by path.
     /// Symlinks are followed only where they resolve inside their root; temporary files (see
     /// [`is_temporary`]) are left out.
+    ///
+    /// With a watcher, a listing walked after the roots had been still for [`SETTLE`] is
+    /// reused as long as the watcher sees nothing change (at most [`WALK_REUSED_FOR`]): an
+    /// unchanged folder is answered without a `stat` per file.
     pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
-        let roots = self.config.roots.clone();
-        let folder = folder.clone();
-        let limit = self.config.max_folder_files;
-        let scope = folder.clone();
+        let scope = as_folder(folder);
+        let settled = self.stillness.settled().await;
+        if let Some(changes) = settled {
+            let walked = self.walked.lock().expect("poisoned");
+            if let Some(w) =
+                walked.get(&scope).filter(|w| w.changes == changes && w.at.elapsed() < WALK_REUSED_FOR)
+            {
+                self.keep_shape(&scope, w.shape.clone());
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(w.files.clone());
+            }
+        }
+        let started = std::time::Instant::now();
+        self.walks.fetch_add(1, Ordering::Relaxed);
+        let (roots, limit, folder) = (self.config.roots.clone(), self.config.max_folder_files, scope.clone());
         let walked = tokio::task::spawn_blocking(move || walk(&roots, &folder, limit))
             .await
             .expect("listing task panicked")?;
-        self.keep_shape(&scope, walked.shape);
+        let shape = Arc::new(walked.shape);
+        self.keep_shape(&scope, shape.clone());
         let found = walked.files;
         // Unchanged since it was indexed, as far as its stamp tells: not looked at again.
         let mut files = Vec::with_capacity(found.len());
@@ -975,7 +1107,31 @@ impl AssetIndex {
             }
         }
         files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
+        if let Some(changes) = settled.filter(|&n| self.stillness.count() == Some(n)) {
+            let walk = StillListing { changes, at: started, files: files.clone(), shape };
+            self.walked.lock().expect("poisoned").insert(scope, walk);
+        }
         Ok(files)
+    }
+
+    /// Folder listings walked on disk since start.
+    pub fn listings_walked(&self) -> u64 {
+        self.walks.load(Ordering::Relaxed)
+    }
+
+    /// Folder listings answered from an earlier walk (nothing had changed) since start.
+    pub fn listings_reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// What the watcher reports changes to.
+    pub(crate) fn stillness(&self) -> Arc<Stillness> {
+        self.stillness.clone()
+    }
+
+    /// Drops the listings kept for reuse (they hold files' old versions): something changed.
+    pub(crate) fn forget_walks(&self) {
+        self.walked.lock().expect("poisoned").clear();
     }
 }
 
@@ -998,10 +1154,10 @@ impl AssetIndex {
     }
 
     /// Keeps the shape a listing of `folder` found, for [`AssetIndex::shape`].
-    fn keep_shape(&self, folder: &Scope, shape: Shape) {
+    fn keep_shape(&self, folder: &Scope, shape: Arc<Shape>) {
         let mut shapes = self.shapes.lock().expect("poisoned");
         shapes.retain(|_, (at, _)| at.elapsed() < SHAPE_FRESH);
-        shapes.insert(as_folder(folder), (std::time::Instant::now(), Arc::new(shape)));
+        shapes.insert(as_folder(folder), (std::time::Instant::now(), shape));
     }
 }
 

@@ -83,6 +83,9 @@ struct Status {
     /// Bytes read from and written to every socket since start.
     bytes_in: u64,
     bytes_out: u64,
+    /// Folder listings walked on disk, and answered from a walk while nothing changed.
+    folder_walks: u64,
+    folder_listings_reused: u64,
 }
 
 /// Answers `/status`; with `--token-file`, only a request that presents the token as
@@ -108,6 +111,8 @@ pub(crate) async fn status(State(state): State<Arc<AppState>>, headers: HeaderMa
         subscriptions: state.hub.subscriptions(),
         bytes_in: state.traffic.read.load(Ordering::Relaxed),
         bytes_out: state.traffic.written.load(Ordering::Relaxed),
+        folder_walks: state.index.listings_walked(),
+        folder_listings_reused: state.index.listings_reused(),
     })
     .into_response()
 }

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use assetsync_protocol::{AssetPath, Scope, VersionId};
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::notify::{self, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, Debouncer, new_debouncer};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::index::{AssetIndex, IndexError, is_temporary};
+use crate::index::{AssetIndex, Fence, IndexError, is_temporary};
 use crate::roots::Roots;
 
 /// Most files a directory event is expanded to (a folder renamed into the root).
@@ -111,18 +111,32 @@ pub fn start(
     let mut debouncer = new_debouncer(quiet, move |events: DebounceEventResult| {
         let _ = tx.send(events);
     })?;
+    // Undebounced, on the watcher's thread, as each event happens: whether anything at all
+    // changed, for the index's reuse of folder listings. Reads are not changes (the index's own
+    // listings open every folder, and indexing reads files).
+    let stillness = index.stillness();
+    let mut still = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(e) if e.paths.iter().any(|p| stillness.fence_passed(p)) => {}
+        Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+        _ => stillness.changed(),
+    })?;
+    let fence = Fence::new().map_err(|e| anyhow::anyhow!("cannot create a temporary folder: {e}"))?;
+    still.watch(fence.dir(), RecursiveMode::NonRecursive)?;
     for (_, dir) in index.roots().dirs() {
-        debouncer.watcher().watch(dir, RecursiveMode::Recursive).map_err(|e| {
+        let cannot = |e: notify::Error| {
             anyhow::anyhow!("cannot watch {}: {e} (run with --no-watch to serve without)", dir.display())
-        })?;
+        };
+        debouncer.watcher().watch(dir, RecursiveMode::Recursive).map_err(cannot)?;
+        still.watch(dir, RecursiveMode::Recursive).map_err(cannot)?;
     }
-    tokio::spawn(run(debouncer, rx, index, hub, shutdown));
+    index.stillness().watching(fence);
+    tokio::spawn(run((debouncer, still), rx, index, hub, shutdown));
     Ok(())
 }
 
 async fn run(
-    // Owned here: dropping it stops the watcher thread.
-    _debouncer: Debouncer<RecommendedWatcher>,
+    // Owned here: dropping them stops the watchers' threads.
+    _watchers: (Debouncer<RecommendedWatcher>, RecommendedWatcher),
     mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
     index: Arc<AssetIndex>,
     hub: Arc<Hub>,
@@ -163,6 +177,7 @@ async fn run(
         .await
         .expect("walking task panicked");
         dirs_seen = dirs;
+        index.forget_walks();
         for asset in candidates {
             if !recheck(&index, &hub, &asset).await && !is_temporary(&asset) {
                 // No receiver (no change bus) is not an error.

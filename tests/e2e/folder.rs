@@ -194,6 +194,55 @@ async fn a_large_unchanged_folder_costs_one_small_round_trip_and_changes_travel_
     server.stop().await;
 }
 
+/// With a watcher, a folder that nothing changed in is answered from its last listing, without a
+/// `stat` per file (`/status` counts walks and reuses), and a change made just before a pull is
+/// in its answer, whatever its kind: a file in a new folder, an edit, a removal, a rename.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_folder_is_answered_without_a_walk_and_a_change_is_seen_at_once() {
+    let server = TestServer::start().await;
+    for i in 0..300 {
+        server.write(&format!("site/d{}/f{i}.js", i % 10), format!("export const v{i} = {i};\n").as_bytes());
+    }
+    let client = TestClient::new();
+    let (root, out) = (server.root.path().join("site"), client.dir.path().join("out/site"));
+    pull_folder(&client, &server, "site/").await;
+    let counts = || async {
+        let status = assetsync::status::fetch(&server.url(), None).await.unwrap();
+        (status["folder_walks"].as_u64().unwrap(), status["folder_listings_reused"].as_u64().unwrap())
+    };
+    for what in ["a file in a new folder", "an edit", "a removal", "a rename"] {
+        // Still for a moment (indexing's reads may have touched access times): the walk is kept,
+        // and the next check reuses it. Tried a few times: on a loaded machine the watcher may
+        // fall behind the check's wait for it, and the check then walks.
+        let mut reused_once = false;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            pull_folder(&client, &server, "site/").await;
+            let (walks, reused) = counts().await;
+            let unchanged = pull_folder(&client, &server, "site/").await;
+            assert_eq!(unchanged.fetched.len() + unchanged.removed.len(), 0);
+            reused_once = counts().await == (walks, reused + 1);
+            if reused_once {
+                break;
+            }
+        }
+        assert!(reused_once, "before {what}, an unchanged folder was walked on every check");
+        let (walks, _) = counts().await;
+        match what {
+            "a file in a new folder" => server.write("site/new/deep/x.js", b"new"),
+            "an edit" => server.replace("site/d3/f3.js", b"edited"),
+            "a removal" => std::fs::remove_file(root.join("d4/f4.js")).unwrap(),
+            _ => std::fs::rename(root.join("d5/f5.js"), root.join("d5/g5.js")).unwrap(),
+        }
+        pull_folder(&client, &server, "site/").await;
+        let (got, want) = (tree(&out), tree(&root));
+        let differ: Vec<_> = got.keys().chain(want.keys()).filter(|k| got.get(*k) != want.get(*k)).collect();
+        assert!(differ.is_empty(), "{what} made just before the pull was missed: {differ:?}");
+        assert_eq!(counts().await.0, walks + 1, "after {what}");
+    }
+    server.stop().await;
+}
+
 /// A folder's copies under `--out` are written beside the sync: one that cannot be written (a
 /// folder stands where the file goes) stops the pull with the path, the cache still commits the
 /// files that came before the stop, that one included, and once the obstacle is gone the next
