@@ -1109,7 +1109,10 @@ impl AssetIndex {
         files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
         if let Some(changes) = settled.filter(|&n| self.stillness.count() == Some(n)) {
             let walk = StillListing { changes, at: started, files: files.clone(), shape };
-            self.walked.lock().expect("poisoned").insert(scope, walk);
+            let mut walked = self.walked.lock().expect("poisoned");
+            // Listings walked before a change are dropped (they hold files' old versions).
+            walked.retain(|_, w| w.changes == changes);
+            walked.insert(scope, walk);
         }
         Ok(files)
     }
@@ -1127,11 +1130,6 @@ impl AssetIndex {
     /// What the watcher reports changes to.
     pub(crate) fn stillness(&self) -> Arc<Stillness> {
         self.stillness.clone()
-    }
-
-    /// Drops the listings kept for reuse (they hold files' old versions): something changed.
-    pub(crate) fn forget_walks(&self) {
-        self.walked.lock().expect("poisoned").clear();
     }
 }
 

@@ -177,7 +177,6 @@ async fn run(
         .await
         .expect("walking task panicked");
         dirs_seen = dirs;
-        index.forget_walks();
         for asset in candidates {
             if !recheck(&index, &hub, &asset).await && !is_temporary(&asset) {
                 // No receiver (no change bus) is not an error.
