@@ -523,7 +523,7 @@ pub const MAX_PATCH_FILE: usize = 64 << 20;
 
 /// The new file `new` as a binary patch against `old` (see [`assetsync_protocol::patch`]): the
 /// matches found by `bidiff` (bsdiff's suffix-array search), each stream compressed at `level`.
-fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
+pub fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
     let mut streams = Streams::default();
     let mut translator = bidiff::Translator::new(old, new, |c: &bidiff::Control| {
         streams.push(c.add, c.copy, c.seek);
