@@ -470,11 +470,13 @@ impl OutCheck {
     /// Read on up to four threads.
     pub fn check(&self, held: &[FolderEntry], out: &Path) -> Outputs {
         let found = parallel(held, |part| {
-            let Ok(tx) = self.db.begin_read() else {
+            let Some(table) = self.db.begin_read().ok().and_then(|tx| tx.open_table(MANIFESTS).ok()) else {
                 return part.iter().map(|e| (e.asset.clone(), false, false)).collect();
             };
             let look = |entry: &FolderEntry| {
-                let Some((manifest, stored)) = manifest_in(&tx, &entry.version) else {
+                let record = table.get(&entry.version.0).ok().flatten();
+                let Some((manifest, stored)) = record.and_then(|r| read_record(&entry.version, r.value()))
+                else {
                     return (false, false);
                 };
                 let path = out.join(entry.asset.as_str());

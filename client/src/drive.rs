@@ -358,10 +358,14 @@ fn check_outputs(
     held: Vec<FolderEntry>,
     folder: Scope,
 ) -> tokio::task::JoinHandle<Before> {
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let Some(dir) = out else { return Before { outputs: Outputs::default(), copy: None } };
-        let outputs = check.check(&held, &dir);
-        let copy = crate::shape::read(&dir, folder.path()).map(|mut copy| {
+        // The copy's shape is read beside the check of its files.
+        let shape_dir = dir.clone();
+        let copy = tokio::task::spawn_blocking(move || crate::shape::read(&shape_dir, folder.path()));
+        let outputs = tokio::task::spawn_blocking(move || check.check(&held, &dir));
+        let outputs = outputs.await.expect("output checking task panicked");
+        let copy = copy.await.expect("shape reading task panicked").map(|mut copy| {
             copy.shape.exec = outputs.executable.clone();
             copy
         });
