@@ -120,8 +120,6 @@ pub fn start(
         Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
         _ => stillness.changed(),
     })?;
-    let fence = Fence::new().map_err(|e| anyhow::anyhow!("cannot create a temporary folder: {e}"))?;
-    still.watch(fence.dir(), RecursiveMode::NonRecursive)?;
     for (_, dir) in index.roots().dirs() {
         let cannot = |e: notify::Error| {
             anyhow::anyhow!("cannot watch {}: {e} (run with --no-watch to serve without)", dir.display())
@@ -129,7 +127,17 @@ pub fn start(
         debouncer.watcher().watch(dir, RecursiveMode::Recursive).map_err(cannot)?;
         still.watch(dir, RecursiveMode::Recursive).map_err(cannot)?;
     }
-    index.stillness().watching(fence);
+    // Without a fence, folders are walked on every check, as without a watcher.
+    let fence = Fence::new().map_err(|e| e.to_string()).and_then(|fence| {
+        still.watch(fence.dir(), RecursiveMode::NonRecursive).map_err(|e| e.to_string())?;
+        Ok(fence)
+    });
+    match fence {
+        Ok(fence) => index.stillness().watching(fence),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch a temporary folder: unchanged folders are walked on every check")
+        }
+    }
     tokio::spawn(run((debouncer, still), rx, index, hub, shutdown));
     Ok(())
 }
