@@ -1068,11 +1068,12 @@ impl AssetIndex {
     pub async fn list(&self, folder: &Scope) -> Result<Vec<Arc<Indexed>>, IndexError> {
         let scope = as_folder(folder);
         let settled = self.stillness.settled().await;
-        if let Some(changes) = settled {
-            let walked = self.walked.lock().expect("poisoned");
-            if let Some(w) =
-                walked.get(&scope).filter(|w| w.changes == changes && w.at.elapsed() < WALK_REUSED_FOR)
-            {
+        {
+            let mut walked = self.walked.lock().expect("poisoned");
+            // Listings walked before a change hold files' old versions: dropped.
+            let now = self.stillness.count();
+            walked.retain(|_, w| Some(w.changes) == now && w.at.elapsed() < WALK_REUSED_FOR);
+            if let Some(w) = walked.get(&scope).filter(|w| Some(w.changes) == settled) {
                 self.keep_shape(&scope, w.shape.clone());
                 self.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(w.files.clone());
@@ -1109,10 +1110,7 @@ impl AssetIndex {
         files.sort_unstable_by(|a, b| a.manifest.path.cmp(&b.manifest.path));
         if let Some(changes) = settled.filter(|&n| self.stillness.count() == Some(n)) {
             let walk = StillListing { changes, at: started, files: files.clone(), shape };
-            let mut walked = self.walked.lock().expect("poisoned");
-            // Listings walked before a change are dropped (they hold files' old versions).
-            walked.retain(|_, w| w.changes == changes);
-            walked.insert(scope, walk);
+            self.walked.lock().expect("poisoned").insert(scope, walk);
         }
         Ok(files)
     }
