@@ -426,6 +426,8 @@ impl Stillness {
     /// `None`.
     async fn settled(&self) -> Option<u64> {
         let fence = self.fence.get()?;
+        // Not still for long enough already: no listing can be reused nor kept, so no fence.
+        self.still_for_settle()?;
         let n = fence.next.fetch_add(1, Ordering::Relaxed) + 1;
         let path = fence.dir().join(n.to_string());
         std::fs::write(&path, b"").ok()?;
@@ -436,6 +438,12 @@ impl Stillness {
             tracing::debug!("the watcher is behind: walking the folder");
             return None;
         }
+        self.still_for_settle()
+    }
+
+    /// The count of changes if none happened for [`SETTLE`], as far as the events seen so far
+    /// tell.
+    fn still_for_settle(&self) -> Option<u64> {
         self.seen.lock().expect("poisoned").filter(|(_, at)| at.elapsed() >= SETTLE).map(|(n, _)| n)
     }
 
