@@ -30,11 +30,14 @@ use redb::{
 };
 
 use crate::error::{CacheError, Doing};
+use assetsync_protocol::shape::Shape;
 use assetsync_protocol::{AssetPath, ChunkId, FolderEntry, Hash, Manifest, Scope, VerifiedChunk, VersionId};
 
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
 const REFS: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("refs");
+/// The shape each pulled folder had on the server when last received (its JSON), by folder.
+const SHAPES: TableDefinition<&str, &[u8]> = TableDefinition::new("shapes");
 
 /// The database's file in the cache directory.
 const DB_FILE: &str = "cache.redb";
@@ -313,6 +316,26 @@ impl Cache {
         let read = self.db.begin_read().ok();
         let stored = self.stored(read.as_ref(), &manifest.version()).map(|(_, t)| t);
         write_file(path, data, durable, stored).doing(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The shape `folder` had on the server when a pull last received it (see
+    /// [`Cache::keep_shape`]); `None` if none was kept, or it cannot be read.
+    pub fn shape(&self, folder: &Scope) -> Option<Shape> {
+        let tx = self.db.begin_read().ok()?;
+        let table = tx.open_table(SHAPES).ok()?;
+        let json = table.get(folder.to_string().as_str()).ok()??;
+        serde_json::from_slice(json.value()).ok()
+    }
+
+    /// Keeps the shape the server sent for `folder`: the next pull names it, and the server
+    /// sends the shape again only if it changed.
+    pub fn keep_shape(&mut self, folder: &Scope, shape: &Shape) -> Result<(), CacheError> {
+        let json = serde_json::to_vec(shape).expect("shapes serialise");
+        write(&self.db, Durability::Immediate, |tx| {
+            tx.open_table(SHAPES)?.insert(folder.to_string().as_str(), json.as_slice())?;
+            Ok(())
+        })
+        .doing(|| format!("cannot write to the cache {}", self.dir.display()))
     }
 
     /// What checking copies under `--out` needs of the cache, to do it on another thread.

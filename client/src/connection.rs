@@ -98,6 +98,8 @@ pub(crate) struct Connection {
     /// The bytes written when last sampled by [`Connection::written_delta`].
     seen_written: u64,
     pub(crate) next_id: u32,
+    /// Messages sent so far (requests).
+    pub(crate) requests: u32,
     /// `changed` pushes that arrived while an answer was being read.
     pushes: Pushes,
     /// Subscribed: a lost connection is left to [`follow`], which reconnects, subscribes again
@@ -122,6 +124,7 @@ impl Connection {
             counters,
             seen_written: 0,
             next_id: 1,
+            requests: 0,
             pushes: Pushes::default(),
             follows: false,
         };
@@ -208,6 +211,7 @@ impl Connection {
 
     pub(crate) async fn send(&mut self, message: &ClientMessage) -> Result<(), Error> {
         let text = serde_json::to_string(message).expect("client messages serialise");
+        self.requests += 1;
         self.ws
             .send(Message::text(text))
             .await

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Exchange, Exchanged, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS,
-    Machine, ProgressGate,
+    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
 };
+use assetsync_protocol::shape::Shape;
 use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope, offload};
 
 use crate::cache::{Cache, OutCheck, Outputs};
@@ -71,13 +71,19 @@ impl Connection {
         config: &PullConfig,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<(), Error> {
-        let (started, wire0) = (Instant::now(), self.wire());
+        let (started, wire0, requests0) = (Instant::now(), self.wire(), self.requests);
         let held = cache.entries_in(folder);
         // The copies under --out are checked on another thread while the folder syncs.
         let checking = check_outputs(cache.out_check(), config.out.clone(), held.clone(), folder.clone());
         let mut machine = FolderSync::new(folder.clone(), held, self.next_id);
         if self.follows {
             machine = machine.without_resume();
+        }
+        // A copy under --out mirrors the server's shape, asked in the same request unless it
+        // is the one the cache kept.
+        let known_shape = config.out.is_some().then(|| cache.shape(folder).unwrap_or_default());
+        if let Some(known) = &known_shape {
+            machine = machine.with_shape(known.digest());
         }
         let driven = self.drive(&mut machine, cache, config, true, report).await;
         let Before { outputs, copy } = checking.await.expect("output checking task panicked");
@@ -90,8 +96,15 @@ impl Connection {
         for asset in &stale {
             self.pull_asset(cache, asset, config, report).await?;
         }
-        if let (Some(out), Some(copy)) = (&config.out, copy) {
-            self.mirror_shape(cache, folder, out, copy?, config).await?;
+        if let (Some(out), Some(copy), Some(known)) = (&config.out, copy, known_shape) {
+            let shape = match done.shape {
+                Some(shape) => {
+                    cache.keep_shape(folder, &shape)?;
+                    shape
+                }
+                None => known,
+            };
+            mirror_shape(cache, folder, out, copy?, shape, config).await?;
         }
         report(&PullEvent::Folder(FolderReport {
             folder: folder.to_string(),
@@ -102,33 +115,10 @@ impl Connection {
             wire_bytes_in: self.wire().0 - wire0.0,
             wire_bytes_out: self.wire().1 - wire0.1,
             http_bytes_in: done.report.downloaded,
+            requests: self.requests - requests0,
             elapsed_ms: started.elapsed().as_millis() as u64,
         }));
         Ok(())
-    }
-
-    /// Gives the copy of `folder` under `out`, which was `copy` before its sync, the server's
-    /// folders, links and modes.
-    async fn mirror_shape(
-        &mut self,
-        cache: &Cache,
-        folder: &Scope,
-        out: &Path,
-        copy: crate::shape::Copy,
-        config: &PullConfig,
-    ) -> Result<(), Error> {
-        let name = folder.path().to_owned();
-        let mut machine = Exchange::shape(&name, Some(copy.shape.digest()), self.next_id);
-        self.run(&mut machine, unasked).await.map_err(|e| e.of(folder))?;
-        self.next_id = machine.next_id();
-        let (Exchanged::Shape(shape), _) = machine.finish() else { unreachable!("a shape was asked") };
-        // The copy's own, when the server has the same.
-        let shape = shape.unwrap_or_else(|| copy.shape.clone());
-        let files: Vec<AssetPath> = cache.entries_in(folder).into_iter().map(|e| e.asset).collect();
-        let (out, delete) = (out.to_path_buf(), !config.no_delete);
-        tokio::task::spawn_blocking(move || crate::shape::apply(&out, &copy, &shape, &files, delete))
-            .await
-            .expect("shaping task panicked")
     }
 
     /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
@@ -371,6 +361,23 @@ fn check_outputs(
         });
         Before { outputs, copy: Some(copy) }
     })
+}
+
+/// Gives the copy of `folder` under `out`, which was `copy` before its sync, the server's
+/// `shape` (folders, links and modes).
+async fn mirror_shape(
+    cache: &Cache,
+    folder: &Scope,
+    out: &Path,
+    copy: crate::shape::Copy,
+    shape: Shape,
+    config: &PullConfig,
+) -> Result<(), Error> {
+    let files: Vec<AssetPath> = cache.entries_in(folder).into_iter().map(|e| e.asset).collect();
+    let (out, delete) = (out.to_path_buf(), !config.no_delete);
+    tokio::task::spawn_blocking(move || crate::shape::apply(&out, &copy, &shape, &files, delete))
+        .await
+        .expect("shaping task panicked")
 }
 
 fn names(assets: &[AssetPath]) -> Vec<String> {

@@ -133,6 +133,9 @@ pub struct FolderReport {
     pub wire_bytes_out: u64,
     /// Bytes of offloaded answers fetched over HTTP (not in `wire_bytes_in`).
     pub http_bytes_in: u64,
+    /// Requests sent for the folder, its repairs included: 1 for an unchanged folder (its
+    /// shape, for `--out`, is asked in the same request).
+    pub requests: u32,
     /// Wall time, commits included.
     pub elapsed_ms: u64,
 }

@@ -1,7 +1,7 @@
 //! A folder's shape: what a native `pull` mirrors besides its files' bytes, as `rsync -a` does:
 //! its folders (empty ones too), the symlinks whose target stays inside it (as symlinks, not
-//! copies), and which files are executable. The server answers `get_shape` with the [`Shape`]
-//! of its folder; [`shape_changes`] says what a client does to its copy to match it.
+//! copies), and which files are executable. A `sync_folder` asks for the [`Shape`] of the
+//! server's folder; [`shape_changes`] says what a client does to its copy to match it.
 
 use std::collections::{HashMap, HashSet};
 

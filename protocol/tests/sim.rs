@@ -109,7 +109,7 @@ impl Server {
                 self.file_answer(*id, None, current, data, base, &held, self.offload && !direct, &mut out);
                 out
             }
-            ClientMessage::SyncFolder { id, folder, since, have } => {
+            ClientMessage::SyncFolder { id, folder, since, have, .. } => {
                 let scope = Scope::new(folder).unwrap();
                 let files: Vec<&(Manifest, Vec<u8>)> =
                     self.files.iter().filter(|(a, _)| scope.covers(a)).map(|(_, f)| f).collect();

@@ -353,8 +353,8 @@ pub struct AssetIndex {
     /// Recent folder listings by [`assetsync_protocol::folder_version`]: a client naming one
     /// gets an unchanged folder in one short answer, a changed one as a delta.
     listings: Mutex<Listings>,
-    /// The shape each folder had at its last listing, and when: a `get_shape` follows the
-    /// client's `sync_folder` at once, and needs no second walk.
+    /// The shape each folder had at its last listing, and when: a `sync_folder` that asks for
+    /// it (or protocol 4's `get_shape`, right after) needs no second walk.
     shapes: Mutex<HashMap<Scope, (std::time::Instant, Arc<Shape>)>>,
     /// Changes under the roots, as the watcher saw them, and each folder's last listing while
     /// none happened: answers an unchanged folder without walking it (see [`AssetIndex::list`]).
@@ -1173,7 +1173,8 @@ fn as_folder(folder: &Scope) -> Scope {
     }
 }
 
-/// How long a folder's shape, found by a listing, answers `get_shape` without another walk.
+/// How long a folder's shape, found by a listing, answers a `sync_folder` (or `get_shape`) that
+/// asks for it without another walk.
 const SHAPE_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(unix)]

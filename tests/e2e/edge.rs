@@ -292,6 +292,14 @@ async fn a_pulled_folder_is_the_servers_with_its_folders_links_and_modes_directl
     client.pull_from(origin.url.clone(), &["site/"]).await.unwrap();
     assert_eq!(tree(&client.out("site")), expected(&site), "after the changes");
 
+    // The server's shape did not change, so it is not sent again: the copy is mended to the
+    // one the cache kept.
+    std::fs::remove_dir_all(client.out("site/new")).unwrap();
+    chmod(&client.out("site/js/lib/util.js"), 0o644);
+    std::fs::remove_file(client.out("site/latest.js")).unwrap();
+    client.pull_from(origin.url.clone(), &["site/"]).await.unwrap();
+    assert_eq!(tree(&client.out("site")), expected(&site), "after local changes");
+
     // --no-delete keeps what the client has that the server does not.
     let config = assetsync::pull::PullConfig { no_delete: true, ..keeper.config(origin.url.clone()) };
     assetsync::pull::pull(&config, &[assetsync_protocol::Scope::new("site/").unwrap()], |_| {})

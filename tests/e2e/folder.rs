@@ -175,6 +175,8 @@ async fn a_large_unchanged_folder_costs_one_small_round_trip_and_changes_travel_
 
     let unchanged = pull_folder(&client, &server, "dist/").await;
     assert_eq!((unchanged.files, unchanged.fetched.len()), (files, 0));
+    // One request, the shape of the copy under --out included.
+    assert_eq!(unchanged.requests, 1, "{unchanged:?}");
     let wire = unchanged.wire_bytes_in + unchanged.wire_bytes_out;
     assert!(wire < 1024, "an unchanged 10,000-file folder cost {wire} bytes");
 

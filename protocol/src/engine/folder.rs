@@ -12,6 +12,7 @@ use super::answer::{Answer, End};
 use super::{
     Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
 };
+use crate::shape::Shape;
 use crate::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ChunkSet, ClientMessage, ClientSync, Error, FolderEntry,
     Hash, Have, Manifest, Scope, ServerMessage, Synced, VerifiedChunk, VersionId, apply_listing_delta,
@@ -33,6 +34,9 @@ pub struct FolderDone {
     pub version: VersionId,
     /// Figures of the whole folder.
     pub report: SyncReport,
+    /// The folder's shape, if it was asked for ([`FolderSync::with_shape`]) and is not the one
+    /// named there.
+    pub shape: Option<Shape>,
 }
 
 // One per folder sync, never stored in bulk: boxing the large variants would buy nothing.
@@ -102,6 +106,10 @@ pub struct FolderSync {
     sent_since: bool,
     /// Whether requests list `held`'s chunks (the server forgot some of its versions).
     listed: bool,
+    /// The digest of the shape the client knows, when requests ask for the folder's shape;
+    /// and the shape the last answer brought, if another.
+    shape_known: Option<VersionId>,
+    shape: Option<Shape>,
     /// The answer's id, the prefix length of its chunk set, and its files still to come.
     answer: (u32, usize),
     /// The answer's listing, whose positions packs name; the packs still to come, the bytes of
@@ -143,6 +151,8 @@ impl FolderSync {
             in_full: false,
             sent_since: false,
             listed: false,
+            shape_known: None,
+            shape: None,
             answer: (0, 0),
             listing: Vec::new(),
             packs_left: 0,
@@ -176,6 +186,13 @@ impl FolderSync {
         self
     }
 
+    /// Asks for the folder's shape in the same request as its listing, unless it is the one
+    /// whose [`Shape::digest`] is `known` (a native copy mirrors it, as `rsync -a` does).
+    pub fn with_shape(mut self, known: VersionId) -> Self {
+        self.shape_known = Some(known);
+        self
+    }
+
     /// The result, after [`Action::Done`].
     pub fn finish(self) -> FolderDone {
         assert!(matches!(self.state, State::Finished), "finish() before Action::Done");
@@ -186,6 +203,7 @@ impl FolderSync {
             removed: self.removed,
             version,
             report: self.report,
+            shape: self.shape,
         }
     }
 
@@ -217,6 +235,11 @@ impl FolderSync {
                 } else {
                     return self.answer_files();
                 }
+            }
+            // The shape the request asked for comes first, with the request's id.
+            ServerMessage::Shape { id: got, shape } if got == id && self.shape_known.is_some() => {
+                self.shape = shape;
+                State::Listing(id)
             }
             // The server forgot the listing: name its versions; or it forgot some of these
             // versions: list their chunks instead.
@@ -465,8 +488,10 @@ impl Machine for FolderSync {
                 let have = Have { versions, chunks };
                 self.report.requests += 1;
                 self.state = State::Listing(id);
-                let folder = self.folder.to_string();
-                return Action::Send(ClientMessage::SyncFolder { id, folder, since, have });
+                // Each answer brings the shape anew if it is not the known one.
+                self.shape = None;
+                let (folder, shape) = (self.folder.to_string(), self.shape_known);
+                return Action::Send(ClientMessage::SyncFolder { id, folder, since, have, shape });
             }
             State::Again(mut sync) if sync.at_end() => {
                 let failed = match sync.poll() {

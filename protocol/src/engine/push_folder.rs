@@ -1,13 +1,12 @@
 //! Pushing a folder: which local files are uploaded (each by an [`super::UploadSync`]), which are
 //! already on the server, and which server files a push with `--delete` removes; and the
-//! requests that need no sync machinery (a folder's listing or its shape, a deletion), each an
+//! requests that need no sync machinery (a folder's listing, a deletion), each an
 //! [`Exchange`] that survives lost connections.
 
 use std::collections::HashMap;
 use std::mem;
 
 use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
-use crate::shape::Shape;
 use crate::{AssetPath, ClientMessage, Error, FolderEntry, MAX_REQUESTS, ServerMessage, VersionId};
 
 /// What a folder push does, file by file.
@@ -52,7 +51,6 @@ pub fn plan_folder_push(
 #[derive(Clone, Debug)]
 enum Ask {
     List(String),
-    Shape(String, Option<VersionId>),
     Delete(AssetPath, VersionId),
 }
 
@@ -61,8 +59,6 @@ enum Ask {
 pub enum Exchanged {
     /// The folder's files.
     Listing(Vec<FolderEntry>),
-    /// The folder's shape; `None` when it is the one named in [`Exchange::shape`].
-    Shape(Option<Shape>),
     /// The file is deleted (or was already gone when a deletion was sent again after a lost
     /// connection).
     Deleted,
@@ -99,12 +95,6 @@ impl Exchange {
         Self::new(Ask::List(folder.to_owned()), next_id)
     }
 
-    /// Asks for the shape of `folder` (`""`: everything), unless it is the one whose digest is
-    /// `have`.
-    pub fn shape(folder: &str, have: Option<VersionId>, next_id: u32) -> Self {
-        Self::new(Ask::Shape(folder.to_owned(), have), next_id)
-    }
-
     /// Deletes `asset` if the server's file is still `base`.
     pub fn delete(asset: AssetPath, base: VersionId, next_id: u32) -> Self {
         Self::new(Ask::Delete(asset, base), next_id)
@@ -137,7 +127,7 @@ impl Exchange {
 
     fn what(&self) -> &str {
         match &self.ask {
-            Ask::List(folder) | Ask::Shape(folder, _) => folder,
+            Ask::List(folder) => folder,
             Ask::Delete(asset, _) => asset.as_str(),
         }
     }
@@ -152,9 +142,6 @@ impl Exchange {
                 if answered == id =>
             {
                 State::Finished(Exchanged::Listing(files))
-            }
-            (Ask::Shape(..), ServerMessage::Shape { id: answered, shape }) if answered == id => {
-                State::Finished(Exchanged::Shape(shape))
             }
             (Ask::Delete(..), ServerMessage::Deleted { id: answered }) if answered == id => {
                 State::Finished(Exchanged::Deleted)
@@ -208,9 +195,6 @@ impl Machine for Exchange {
                 self.state = State::Await(id);
                 Action::Send(match &self.ask {
                     Ask::List(folder) => ClientMessage::ListFolder { id, folder: folder.clone() },
-                    Ask::Shape(folder, have) => {
-                        ClientMessage::GetShape { id, folder: folder.clone(), have: *have }
-                    }
                     Ask::Delete(asset, base) => {
                         ClientMessage::Delete { id, asset: asset.as_str().to_owned(), base: *base }
                     }

@@ -16,12 +16,12 @@ use crate::{AssetPath, ChunkParams, Have, RecipeOp, VersionId};
 pub use frame::{BATCH_PART, ChunkFrame};
 
 /// Bumped on any incompatible change to the messages or frames.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
 /// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`); protocol 3
-/// had no packs (`Pack`). Servers
-/// answer such clients as they expect.
+/// had no packs (`Pack`); protocol 4 asked for a folder's shape in a `get_shape` of its own,
+/// after `sync_folder`. Servers answer such clients as they expect.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Messages from client to server.
@@ -80,6 +80,12 @@ pub enum ClientMessage {
         /// The versions of the folder's files the client holds (and their chunks).
         #[serde(default)]
         have: Have,
+        /// Also asks for the folder's [`crate::shape::Shape`] (protocol 5), unless its
+        /// [`crate::shape::Shape::digest`] is this one (the shape the client last received, or
+        /// the empty shape's): sent in a `shape` message with the request's id, just before
+        /// the listing, so that it costs no round trip of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<VersionId>,
     },
     /// Asks to be sent `changed` whenever an asset in `path` changes on the server: an asset,
     /// a folder ending in `/`, or `""` for every asset. Answered by `subscribed` (or `error`).
@@ -125,7 +131,8 @@ pub enum ClientMessage {
         base: VersionId,
     },
     /// Asks for a folder's [`crate::shape::Shape`]: its folders, its symlinks that stay inside
-    /// it and its executable files. Answered by `shape` (or `error`).
+    /// it and its executable files. Answered by `shape` (or `error`). Protocol 4's clients ask
+    /// this after `sync_folder`; later ones ask in `sync_folder` itself.
     GetShape {
         /// Chosen by the client; echoed in the answer.
         id: u32,
@@ -274,7 +281,7 @@ pub enum ServerMessage {
         /// The version now current, as the server indexed the written file.
         version: VersionId,
     },
-    /// Answer to `get_shape`.
+    /// Answer to `get_shape`; or, just before the listing, the shape a `sync_folder` asked for.
     Shape {
         /// The request id.
         id: u32,
@@ -535,6 +542,9 @@ pub enum ErrorCode {
     Busy,
     /// Edges follow each other in a circle: this server is upstream of the client's own.
     Loop,
+    /// This edge's path to the origin changed (it reached its upstream, or another server
+    /// answers there now): a relaying client reconnects for the new `welcome`.
+    Moved,
     /// A code this client does not know (from a newer server).
     #[serde(other)]
     Other,
@@ -555,6 +565,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::Lagged => "lagged",
+            ErrorCode::Moved => "moved",
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Busy => "busy",

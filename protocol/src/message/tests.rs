@@ -42,6 +42,7 @@ fn error_codes_round_trip_and_unknown_ones_are_other() {
         Forbidden,
         Busy,
         Loop,
+        Moved,
     ];
     for code in all {
         let json = serde_json::to_string(&code).unwrap();

@@ -96,11 +96,14 @@ pub(super) struct FolderRequest<'a> {
     pub folder: &'a str,
     pub since: Option<VersionId>,
     pub have: Have,
+    /// The digest of the shape the client knows, if it asks for the folder's shape.
+    pub shape: Option<VersionId>,
 }
 
-/// Answers `sync_folder`: the listing (or `up_to_date` when the listing the client named is
-/// current; a delta against it when it changed), then one `update` per file whose version the
-/// client does not hold, each chunk sent at most once across the whole answer.
+/// Answers `sync_folder`: the folder's shape if asked for and not the one the client knows, the
+/// listing (or `up_to_date` when the listing the client named is current; a delta against it
+/// when it changed), then one `update` per file whose version the client does not hold, each
+/// chunk sent at most once across the whole answer.
 pub(super) async fn sync_folder(
     socket: &mut WebSocket,
     state: &AppState,
@@ -108,7 +111,7 @@ pub(super) async fn sync_folder(
     throttle: &mut Throttle,
     request: FolderRequest<'_>,
 ) -> Result<(), Fatal> {
-    let FolderRequest { id, folder, since, mut have } = request;
+    let FolderRequest { id, folder, since, mut have, shape } = request;
     let started = Instant::now();
     if have.len() > state.limits.max_have {
         return send_json(socket, &too_many_entries(id, &have, state)).await;
@@ -174,6 +177,16 @@ pub(super) async fn sync_folder(
     };
     if let ServerMessage::Folder { packs: count, .. } = &mut listing {
         *count = packs.len() as u32;
+    }
+    if let Some(known) = shape {
+        // The shape the listing's walk found (or walked now, if that was too long ago).
+        match state.index.shape(&scope).await {
+            Ok(shape) if shape.digest() == known => {}
+            Ok(shape) => {
+                send_json(socket, &ServerMessage::Shape { id, shape: Some(shape.as_ref().clone()) }).await?
+            }
+            Err(e) => return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await,
+        }
     }
     send_json(socket, &listing).await?;
     let (mut updated, mut frame_bytes, mut offloaded, mut work) = (0, 0, 0, QUICK_WORK);

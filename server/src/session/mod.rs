@@ -4,7 +4,7 @@
 //! - `answer`: `sync` and `sync_folder`, planned, encoded and paced out.
 //! - `subscribe`: subscriptions, counted in the hub while the session lives.
 //! - `upload`: `get_manifest` and `upload` (new versions sent by clients), `list_folder` and
-//!   `delete` (folder pushes), `get_shape` (folder pulls).
+//!   `delete` (folder pushes), `get_shape` (folder pulls of protocol 4).
 //! - `admit`: who may read and write what (modules and users), checked before each request.
 
 use std::sync::Arc;
@@ -95,10 +95,14 @@ pub(crate) async fn run(
             Some(changed) = async { Some(relayed.as_mut()?.0.changed().await) }, if relayed.is_some() => {
                 if changed.is_err() {
                     relayed = None;
-                } else if let Some(why) = relayed.as_ref().and_then(|(_, via)| loop_through(&state, via)) {
+                    continue;
+                }
+                if let Some(why) = relayed.as_ref().and_then(|(_, via)| loop_through(&state, via)) {
                     break Err(Fatal::new(ErrorCode::Loop, close_code::POLICY, why));
                 }
-                continue;
+                // The relaying client's `welcome` named the old path: it reconnects for the new.
+                let why = "this server's path to the origin changed: reconnect";
+                break Err(Fatal::new(ErrorCode::Moved, close_code::AGAIN, why));
             }
             r = tokio::time::timeout(state.limits.idle_timeout, socket.recv()) => r,
         };
@@ -184,8 +188,8 @@ pub(crate) async fn run(
                             let request = Request { id, asset: &asset, have, direct };
                             sync(&mut socket, &state, peer, &mut throttle, request).await
                         }
-                        ClientMessage::SyncFolder { id, folder, since, have } => {
-                            let request = FolderRequest { id, folder: &folder, since, have };
+                        ClientMessage::SyncFolder { id, folder, since, have, shape } => {
+                            let request = FolderRequest { id, folder: &folder, since, have, shape };
                             sync_folder(&mut socket, &state, peer, &mut throttle, request).await
                         }
                         ClientMessage::GetManifest { id, asset, resume } => {

@@ -2,7 +2,7 @@
 //! server's (see [`assetsync_protocol::upload`]). It is rebuilt and verified by the client's own
 //! machine, and written only if the file is still the version the upload was made from. With
 //! `list_folder` and `delete`, a client pushes a folder and removes what it no longer has;
-//! `get_shape` gives a pulling client a folder's folders, links and modes.
+//! `get_shape` gives a pulling client of protocol 4 a folder's folders, links and modes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
