@@ -2,16 +2,18 @@
 //!
 //! ```text
 //! DIR/lock         held (flock) by a pull or gc for its whole run
-//! DIR/cache.redb   one database (redb), three tables:
+//! DIR/cache.redb   one database (redb), four tables:
 //!                    chunks     chunk id -> bytes
 //!                    manifests  version -> when stored (u64 nanoseconds) ++ canonical manifest
 //!                    refs       asset path -> version: the committed versions
+//!                    shapes     folder -> the shape the server last sent for it (JSON)
 //! ```
 //!
 //! Writes go to memory first and reach the database in one transaction at
 //! [`Cache::publish`], which is the commit point: a crash before it leaves the previous versions
-//! current, and a folder's files switch together. (Staged chunks and manifests may reach the
-//! database earlier, without moving a pointer, so that a large folder needs bounded memory.)
+//! current, and a folder's files switch together. (Staged chunks and manifests reach the
+//! database earlier, every 4 MiB, on a thread of their own and without moving a pointer, so
+//! that a large folder needs bounded memory and its commit has little left to write.)
 //! Everything read back is verified against its hash; a damaged chunk is deleted and reported
 //! as missing.
 //!
@@ -22,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -43,8 +45,9 @@ const SHAPES: TableDefinition<&str, &[u8]> = TableDefinition::new("shapes");
 const DB_FILE: &str = "cache.redb";
 /// Memory for the database's page cache.
 const DB_CACHE_BYTES: usize = 32 << 20;
-/// Staged bytes held in memory before they are written to the database ahead of the commit.
-const MAX_PENDING_BYTES: usize = 32 << 20;
+/// Staged bytes held in memory before they are handed to the write-ahead thread (see
+/// [`WriteAhead`]).
+const WRITE_AHEAD_BYTES: usize = 4 << 20;
 
 /// An open, locked cache directory.
 pub struct Cache {
@@ -54,14 +57,16 @@ pub struct Cache {
     refs: BTreeMap<String, VersionId>,
     /// Pointers moved since the last [`Cache::publish`].
     moved: BTreeSet<String>,
-    /// Staged chunks and manifests not yet in the database.
+    /// Staged chunks and manifests not yet handed to the write-ahead thread.
     pending: Pending,
+    /// Staged batches being written to the database ahead of the commit.
+    ahead: Option<WriteAhead>,
     /// Copies of staged files under `--out`, being written on a thread of their own.
     out: Option<OutWriter>,
     _lock: File,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Pending {
     chunks: HashMap<ChunkId, Vec<u8>>,
     /// Manifest records (see [`record`]).
@@ -72,6 +77,12 @@ struct Pending {
 impl Pending {
     fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.manifests.is_empty()
+    }
+
+    fn extend(&mut self, other: Pending) {
+        self.chunks.extend(other.chunks);
+        self.manifests.extend(other.manifests);
+        self.bytes += other.bytes;
     }
 }
 
@@ -142,6 +153,7 @@ impl Cache {
             refs,
             moved: BTreeSet::new(),
             pending,
+            ahead: None,
             out: None,
             _lock: lock,
         })
@@ -160,27 +172,42 @@ impl Cache {
     /// Committed manifests of other assets (at most `limit`), whose chunks the server may count
     /// as held.
     pub fn others(&self, asset: &AssetPath, limit: usize) -> Vec<Manifest> {
-        let read = self.db.begin_read().ok();
+        let read = self.snapshot();
         self.refs
             .iter()
             .filter(|(name, _)| name.as_str() != asset.as_str())
-            .filter_map(|(_, v)| self.stored(read.as_ref(), v).map(|(m, _)| m))
+            .filter_map(|(_, v)| self.stored(&read, v).map(|(m, _)| m))
             .take(limit)
             .collect()
     }
 
     /// The manifests of `versions` that are present and intact, in order.
     pub fn manifests(&self, versions: &[VersionId]) -> Vec<Manifest> {
-        let read = self.db.begin_read().ok();
-        versions.iter().filter_map(|v| self.stored(read.as_ref(), v).map(|(m, _)| m)).collect()
+        let read = self.snapshot();
+        versions.iter().filter_map(|v| self.stored(&read, v).map(|(m, _)| m)).collect()
     }
 
-    /// The manifest of `version`, pending or in the database (read through `tx`), if present
-    /// and intact, and when it was stored.
-    fn stored(&self, tx: Option<&ReadTransaction>, version: &VersionId) -> Option<(Manifest, SystemTime)> {
-        match self.pending.manifests.get(version) {
+    /// What a read sees of staged and stored data: see [`Snapshot`].
+    fn snapshot(&self) -> Snapshot {
+        let Some(ahead) = &self.ahead else {
+            return Snapshot { tx: self.db.begin_read().ok(), unwritten: Vec::new() };
+        };
+        // Begun while the list cannot change: a batch that left it is in the transaction.
+        let unwritten = ahead.unwritten.lock().expect("poisoned");
+        Snapshot { tx: self.db.begin_read().ok(), unwritten: unwritten.clone() }
+    }
+
+    /// What is staged and not in the database as `read` sees it: pending, then unwritten.
+    fn staged<'a>(&'a self, read: &'a Snapshot) -> impl Iterator<Item = &'a Pending> {
+        std::iter::once(&self.pending).chain(read.unwritten.iter().map(|b| &**b))
+    }
+
+    /// The manifest of `version`, pending or as `read` sees it, if present and intact, and
+    /// when it was stored.
+    fn stored(&self, read: &Snapshot, version: &VersionId) -> Option<(Manifest, SystemTime)> {
+        match self.staged(read).find_map(|p| p.manifests.get(version)) {
             Some(record) => read_record(version, record),
-            None => manifest_in(tx?, version),
+            None => manifest_in(read.tx.as_ref()?, version),
         }
     }
 
@@ -188,22 +215,25 @@ impl Cache {
     /// file's SHA-256 covers them, and a damaged chunk is then named by the protocol and passed
     /// to [`Cache::discard`].
     pub fn chunks(&self, ids: impl IntoIterator<Item = ChunkId>) -> Vec<(ChunkId, Vec<u8>)> {
-        let table = self.db.begin_read().ok().and_then(|tx| tx.open_table(CHUNKS).ok());
+        let read = self.snapshot();
+        let table = read.tx.as_ref().and_then(|tx| tx.open_table(CHUNKS).ok());
         let mut found = Vec::new();
         for id in ids {
-            self.with_chunk(table.as_ref(), &id, |bytes| found.push((id, bytes.to_vec())));
+            self.with_chunk(&read, table.as_ref(), &id, |bytes| found.push((id, bytes.to_vec())));
         }
         found
     }
 
-    /// Calls `f` with the bytes of chunk `id`, if it is pending or in `table`.
+    /// Calls `f` with the bytes of chunk `id`, if it is pending or as `read` sees it (`table`,
+    /// its chunks).
     fn with_chunk(
         &self,
+        read: &Snapshot,
         table: Option<&ReadOnlyTable<&[u8; 32], &[u8]>>,
         id: &ChunkId,
         f: impl FnOnce(&[u8]),
     ) {
-        if let Some(bytes) = self.pending.chunks.get(id) {
+        if let Some(bytes) = self.staged(read).find_map(|p| p.chunks.get(id)) {
             f(bytes);
         } else if let Some(stored) = table.and_then(|t| t.get(&id.0).ok().flatten()) {
             f(stored.value());
@@ -215,10 +245,11 @@ impl Cache {
     pub fn file(&self, manifest: &Manifest) -> Result<Vec<u8>, Vec<ChunkId>> {
         let mut data = Vec::with_capacity(manifest.len as usize);
         let mut bad = Vec::new();
-        let table = self.db.begin_read().ok().and_then(|tx| tx.open_table(CHUNKS).ok());
+        let read = self.snapshot();
+        let table = read.tx.as_ref().and_then(|tx| tx.open_table(CHUNKS).ok());
         for c in &manifest.chunks {
             let mut intact = false;
-            self.with_chunk(table.as_ref(), &c.id, |bytes| {
+            self.with_chunk(&read, table.as_ref(), &c.id, |bytes| {
                 intact = bytes.len() == c.len as usize;
                 if intact {
                     data.extend_from_slice(bytes);
@@ -313,8 +344,7 @@ impl Cache {
         data: &[u8],
         durable: bool,
     ) -> Result<(), CacheError> {
-        let read = self.db.begin_read().ok();
-        let stored = self.stored(read.as_ref(), &manifest.version()).map(|(_, t)| t);
+        let stored = self.stored(&self.snapshot(), &manifest.version()).map(|(_, t)| t);
         write_file(path, data, durable, stored).doing(|| format!("cannot write {}", path.display()))
     }
 
@@ -363,6 +393,13 @@ impl Cache {
     }
 
     fn commit_pending(&mut self) -> Result<(), CacheError> {
+        // What the write-ahead thread wrote is made durable by this commit; what it could not
+        // write, this commit writes.
+        if let Some(ahead) = self.ahead.take() {
+            for batch in ahead.finish() {
+                self.pending.extend(batch);
+            }
+        }
         if self.moved.is_empty() && self.pending.is_empty() {
             return Ok(());
         }
@@ -386,8 +423,8 @@ impl Cache {
 
     /// Stores verified chunks without committing anything: those of an interrupted transfer,
     /// so the next attempt need not fetch them again (until a GC, which deletes chunks no
-    /// committed version uses). Past [`MAX_PENDING_BYTES`] held in memory, what is pending is
-    /// written to the database (without moving a pointer).
+    /// committed version uses). Past [`WRITE_AHEAD_BYTES`] held in memory, what is pending is
+    /// written to the database by the write-ahead thread (without moving a pointer).
     pub fn store_chunks(&mut self, chunks: &[VerifiedChunk]) -> Result<(), CacheError> {
         for chunk in chunks {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.pending.chunks.entry(chunk.id()) {
@@ -395,11 +432,13 @@ impl Cache {
                 slot.insert(chunk.bytes().to_vec());
             }
         }
-        if self.pending.bytes > MAX_PENDING_BYTES {
-            // Not durable: until the publish that makes it so, nothing points at it.
-            write(&self.db, Durability::None, |tx| write_pending(tx, &self.pending))
-                .doing(|| "cannot store chunk".into())?;
-            self.pending = Pending::default();
+        if self.pending.bytes > WRITE_AHEAD_BYTES {
+            let batch = std::mem::take(&mut self.pending);
+            let db = &self.db;
+            self.ahead
+                .get_or_insert_with(|| WriteAhead::start(db.clone()))
+                .hand(batch)
+                .doing(|| format!("cannot store chunks in the cache {}", self.dir.display()))?;
         }
         Ok(())
     }
@@ -426,10 +465,10 @@ impl Cache {
     /// space back to the file system.
     pub fn gc(&mut self) -> Result<GcReport, CacheError> {
         self.publish()?;
-        let read = self.db.begin_read().ok();
+        let read = self.snapshot();
         let (mut live_manifests, mut live_chunks) = (HashSet::new(), HashSet::new());
         for version in self.refs.values() {
-            let Some((manifest, _)) = self.stored(read.as_ref(), version) else {
+            let Some((manifest, _)) = self.stored(&read, version) else {
                 return Err("the cache is damaged")
                     .doing(|| format!("committed manifest {version} is missing; refusing to collect"));
             };
@@ -687,11 +726,80 @@ fn write_file(path: &Path, data: &[u8], durable: bool, stamp: Option<SystemTime>
 }
 
 impl Drop for Cache {
-    /// Copies still queued are written, not left as temporary files.
+    /// Copies still queued are written, not left as temporary files; the write-ahead thread
+    /// ends with the cache.
     fn drop(&mut self) {
         if let Some(out) = self.out.take() {
             let _ = out.finish();
         }
+        if let Some(ahead) = self.ahead.take() {
+            ahead.finish();
+        }
+    }
+}
+
+/// What a read sees of the cache: the database as of one read transaction, and the batches the
+/// write-ahead thread had not written when it began (together they hold every batch handed to
+/// it; [`Cache::pending`] is read besides).
+struct Snapshot {
+    tx: Option<ReadTransaction>,
+    unwritten: Vec<Arc<Pending>>,
+}
+
+/// Writes staged chunks and manifests to the database ahead of the commit that makes them
+/// durable and points at them, a batch at a time on a thread of its own, so that committing a
+/// folder of thousands of files leaves little to write (the sync goes on meanwhile). A batch
+/// stays readable from memory until its transaction has committed.
+struct WriteAhead {
+    /// Batches handed over and not yet written, oldest first; a batch whose write failed stays
+    /// (the commit writes it again).
+    unwritten: Arc<Mutex<Vec<Arc<Pending>>>>,
+    jobs: std::sync::mpsc::SyncSender<Arc<Pending>>,
+    /// The first write that failed, once one has.
+    failed: Arc<Mutex<Option<redb::Error>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriteAhead {
+    fn start(db: Arc<Database>) -> Self {
+        // One batch waits while another is written: the sync is held back beyond that.
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Arc<Pending>>(1);
+        let unwritten: Arc<Mutex<Vec<Arc<Pending>>>> = Arc::default();
+        let failed: Arc<Mutex<Option<redb::Error>>> = Arc::default();
+        let (list, first) = (unwritten.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            for batch in queue {
+                // Not durable: until the commit that makes it so, nothing points at it.
+                match write(&db, Durability::None, |tx| write_pending(tx, &batch)) {
+                    Ok(()) => list.lock().expect("poisoned").retain(|b| !Arc::ptr_eq(b, &batch)),
+                    Err(e) => {
+                        first.lock().expect("poisoned").get_or_insert(e);
+                    }
+                }
+            }
+        });
+        WriteAhead { unwritten, jobs, failed, thread }
+    }
+
+    /// Hands `batch` over; an error if an earlier write failed (a full disk stops the sync
+    /// rather than every batch after it failing).
+    fn hand(&self, batch: Pending) -> Result<(), redb::Error> {
+        let batch = Arc::new(batch);
+        self.unwritten.lock().expect("poisoned").push(batch.clone());
+        if let Some(e) = self.failed.lock().expect("poisoned").take() {
+            return Err(e);
+        }
+        // The thread ends only once the queue is closed, in `finish`.
+        let _ = self.jobs.send(batch);
+        Ok(())
+    }
+
+    /// Waits for the batches handed over; returns those not written.
+    fn finish(self) -> Vec<Pending> {
+        drop(self.jobs);
+        self.thread.join().expect("the cache's write-ahead thread panicked");
+        let unwritten = std::mem::take(&mut *self.unwritten.lock().expect("poisoned"));
+        unwritten.into_iter().map(|b| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone())).collect()
     }
 }
 
