@@ -384,13 +384,42 @@ pub(crate) struct Fence {
 }
 
 impl Fence {
+    /// A fence in the system's temporary folder, named after this process; those of servers
+    /// that were killed (their process is gone) are removed first.
     pub(crate) fn new() -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("assetsync-fence-").tempdir()?;
+        remove_stale_fences(&std::env::temp_dir());
+        let prefix = format!("{FENCE_PREFIX}{}-", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir()?;
         Ok(Fence { dir, next: AtomicU64::new(0), passed: tokio::sync::watch::Sender::new(0) })
     }
 
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+const FENCE_PREFIX: &str = "assetsync-fence-";
+
+/// Removes the fence folders under `temp` of processes that no longer run (a server killed
+/// leaves its own behind). Only where `/proc` tells which processes run, and only folders
+/// holding nothing but fence files.
+fn remove_stale_fences(temp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(FENCE_PREFIX)?.split('-').next()) else {
+            continue;
+        };
+        let gone = pid.parse::<u32>().is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+        let Ok(files) = std::fs::read_dir(entry.path()) else { continue };
+        let only_fences =
+            files.flatten().all(|f| f.file_name().to_str().is_some_and(|n| n.parse::<u64>().is_ok()));
+        if gone && only_fences {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -1534,4 +1563,29 @@ fn build_manifest(path: AssetPath, data: &[u8], params: ChunkParams) -> (Manifes
     let manifest = Manifest::from_parts(path, data.len(), sha256, params, chunks);
     let offsets = manifest.offsets().map(|(o, _)| o).collect();
     (manifest, offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_of_processes_gone_are_removed_and_others_kept() {
+        if !Path::new("/proc/self").exists() {
+            return eprintln!("skipped: no /proc here");
+        }
+        let temp = tempfile::tempdir().unwrap();
+        // No process has this id (above any pid_max).
+        let gone = temp.path().join(format!("{FENCE_PREFIX}{}-a1", u32::MAX));
+        let alive = temp.path().join(format!("{FENCE_PREFIX}{}-b2", std::process::id()));
+        let not_ours = temp.path().join(format!("{FENCE_PREFIX}{}-c3", u32::MAX));
+        for dir in [&gone, &alive, &not_ours] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(gone.join("7"), b"").unwrap();
+        std::fs::write(not_ours.join("notes.txt"), b"kept").unwrap();
+        remove_stale_fences(temp.path());
+        assert!(!gone.exists(), "a killed server's fence stayed");
+        assert!(alive.exists() && not_ours.exists(), "a live or foreign folder was removed");
+    }
 }
