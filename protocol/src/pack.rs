@@ -5,10 +5,10 @@
 //! A pack decodes to `[count][params min][avg][max]`, then per file `[position gap][length]`,
 //! then the files' bytes back to back, every number a LEB128 varint. A file's position is its
 //! index in the answer's listing (once a delta is applied); the gap is its distance from the
-//! previous file's position, minus one (the first counts from -1). A packed file is one chunk
-//! of `params` (or none, when empty), so its manifest follows from its bytes: the client
-//! derives it ([`manifest`]) and checks its version against the listing's, as it checks every
-//! file. Each pack is compressed with the bytes of the packs before it in the same answer as
+//! previous file's position, minus one (the first counts from -1). A packed file is cut into
+//! chunks by FastCDC with `params`, as the server cut it (protocol 4 packed only files of one
+//! chunk, or none when empty), so its manifest follows from its bytes: the client derives it
+//! ([`manifest`]) and checks its version against the listing's, as it checks every file. Each pack is compressed with the bytes of the packs before it in the same answer as
 //! prefix (their last [`WINDOW`] bytes, see [`Window`]).
 
 use std::ops::Range;
@@ -27,29 +27,44 @@ pub const MAX_RAW: usize = TARGET_BYTES + MAX_FILE + 16 + MAX_FILES * 10;
 /// How much of the earlier packs' bytes each pack is compressed against.
 pub const WINDOW: usize = 4 << 20;
 
-/// Whether the file of `manifest` can travel in a pack: small, and one chunk (or empty), so
-/// that [`manifest`] rebuilds the same manifest from its bytes.
-pub fn packable(manifest: &Manifest) -> bool {
+/// Whether the file of `manifest` can travel in a pack to a client: small, and cut as
+/// [`manifest`] cuts its bytes again; of one chunk (or empty) unless the client takes packed
+/// files of several chunks (`several`: protocol 5).
+pub fn packable(manifest: &Manifest, several: bool) -> bool {
     manifest.len as usize <= MAX_FILE
         && match manifest.chunks.as_slice() {
             [] => manifest.len == 0,
             [chunk] => chunk.id == manifest.sha256 && u64::from(chunk.len) == manifest.len,
-            _ => false,
+            _ => several,
         }
 }
 
-/// The manifest of a packed file: one chunk, the whole file (none when empty).
-pub fn manifest(path: AssetPath, data: &[u8], params: ChunkParams) -> Manifest {
-    manifest_hashed(path, data.len(), Hash::of(data), params)
+/// The manifest of a packed file: its chunks as FastCDC cuts `data` with `params`.
+pub fn manifest(path: AssetPath, data: &[u8], params: ChunkParams) -> Result<Manifest, Error> {
+    manifest_hashed(path, data, Hash::of(data), params)
 }
 
-/// [`manifest`] of a file of `len` bytes whose SHA-256 is `sha256`, hashed elsewhere.
-pub fn manifest_hashed(path: AssetPath, len: usize, sha256: Hash, params: ChunkParams) -> Manifest {
-    let chunks = match len {
-        0 => Vec::new(),
-        _ => vec![ChunkRef { id: sha256, len: len as u32 }],
+/// [`manifest`] of `data`, whose SHA-256 is `sha256`, hashed elsewhere: a file of one chunk
+/// needs no other hash; the chunks of a longer one are hashed here.
+pub fn manifest_hashed(
+    path: AssetPath,
+    data: &[u8],
+    sha256: Hash,
+    params: ChunkParams,
+) -> Result<Manifest, Error> {
+    params.validate()?;
+    let cuts: Vec<_> = match data.is_empty() {
+        true => Vec::new(),
+        false => fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max).collect(),
     };
-    Manifest::from_parts(path, len, sha256, params, chunks)
+    let chunks = match cuts.as_slice() {
+        [_] => vec![ChunkRef { id: sha256, len: data.len() as u32 }],
+        cuts => cuts
+            .iter()
+            .map(|c| ChunkRef { id: Hash::of(&data[c.offset..c.offset + c.length]), len: c.length as u32 })
+            .collect(),
+    };
+    Ok(Manifest::from_parts(path, data.len(), sha256, params, chunks))
 }
 
 /// The raw bytes of a pack of `files` (their listing positions, ascending, and bytes).
@@ -135,8 +150,19 @@ mod tests {
     #[test]
     fn a_pack_round_trips_and_its_files_rebuild_their_manifests() {
         let params = ChunkParams::default();
-        let files: Vec<(u32, Vec<u8>)> =
-            vec![(0, b"first".to_vec()), (1, Vec::new()), (7, vec![7; 300]), (70_000, b"last".to_vec())];
+        // Random bytes of 60 KiB are several chunks.
+        let mut several = vec![0u8; 60 << 10];
+        let mut x = 1u32;
+        several
+            .iter_mut()
+            .for_each(|b| (x, *b) = (x.wrapping_mul(1_103_515_245).wrapping_add(12_345), (x >> 16) as u8));
+        let files: Vec<(u32, Vec<u8>)> = vec![
+            (0, b"first".to_vec()),
+            (1, Vec::new()),
+            (7, vec![7; 300]),
+            (8, several),
+            (70_000, b"last".to_vec()),
+        ];
         let borrowed: Vec<(u32, &[u8])> = files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
         let raw = encode(params, &borrowed);
         let (got, ranges) = decode(&raw).unwrap();
@@ -144,9 +170,10 @@ mod tests {
         for ((position, data), (got_position, range)) in files.iter().zip(&ranges) {
             assert_eq!((position, data.as_slice()), (got_position, &raw[range.clone()]));
             let path = AssetPath::new(&format!("f{position}")).unwrap();
-            let derived = manifest(path.clone(), data, params);
+            let derived = manifest(path.clone(), data, params).unwrap();
             assert_eq!(derived, Manifest::build(path, data, params).unwrap());
-            assert!(packable(&derived));
+            assert!(packable(&derived, true));
+            assert_eq!(packable(&derived, false), derived.chunks.len() <= 1, "{position}");
         }
         for cut in 0..raw.len() {
             assert!(decode(&raw[..cut]).is_err(), "a pack cut at {cut} decoded");

@@ -143,8 +143,11 @@ impl Server {
                 {
                     let new = self.pack_files > 0
                         && base_of(m).is_none()
-                        && pack::packable(m)
-                        && m.chunks.first().is_none_or(|c| held.insert(c.id));
+                        && pack::packable(m, true)
+                        && m.chunks.iter().all(|c| !held.contains(&c.id));
+                    if new {
+                        held.extend(m.chunks.iter().map(|c| c.id));
+                    }
                     match new {
                         true => packed.push((position as u32, data.as_slice())),
                         false => updates.push((m, data)),

@@ -451,3 +451,49 @@ async fn small_new_files_travel_in_packs_compressed_across_files() {
     assert_eq!(old.json().await["type"], "update");
     server.stop().await;
 }
+
+/// Small files of several chunks (20-60 KiB, cut at 8 KiB on average) travel in packs too from
+/// protocol 5: the client cuts each one's chunks as the server did and checks its version. A
+/// protocol-4 client gets them as one `update` each, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_files_of_several_chunks_travel_in_packs_too() {
+    let server = TestServer::start().await;
+    let bundle = crate::util::real_bundle();
+    // Slices that do not overlap, so that no two files share a chunk (a shared one is sent once,
+    // and its second file by `update`).
+    let mut next = 0;
+    for i in 0..25usize {
+        let len = 20_000 + i * 7919 % 40_000;
+        let slice = &bundle[next..next + len];
+        next += len;
+        server
+            .write(&format!("dist/m{}/big-{i}.js", i % 5), &[format!("// {i}\n").as_bytes(), slice].concat());
+    }
+    let client = TestClient::new();
+    let report = pull_folder(&client, &server, "dist/").await;
+    assert_eq!(report.fetched.len(), 25);
+    assert_eq!(tree(&client.dir.path().join("out/dist")), tree(&server.root.path().join("dist")));
+
+    // Every file in the packs: the next answer on the connection is that of the next request.
+    let answer = async |protocol: u32| {
+        let mut raw = crate::util::Raw::connect(&server).await;
+        raw.send_text(&format!(
+            r#"{{"type":"hello","protocol":{protocol},"agent":"t","encodings":["zstd"]}}"#
+        ))
+        .await;
+        assert_eq!(raw.json().await["type"], "welcome");
+        raw.send_text(r#"{"type":"sync_folder","id":1,"folder":"dist/"}"#).await;
+        let listing = raw.json().await;
+        for _ in 0..listing["packs"].as_u64().unwrap_or(0) {
+            assert!(
+                matches!(raw.next().await, Some(tokio_tungstenite::tungstenite::Message::Binary(_))),
+                "a pack was due"
+            );
+        }
+        raw.send_text(r#"{"type":"list_folder","id":2,"folder":"dist/"}"#).await;
+        raw.json().await["type"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(answer(5).await, "folder", "a file of several chunks did not travel in a pack");
+    assert_eq!(answer(4).await, "update", "a protocol-4 client was sent a file of several chunks in a pack");
+    server.stop().await;
+}

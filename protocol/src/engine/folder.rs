@@ -410,15 +410,17 @@ impl FolderSync {
         let mut packed = std::collections::HashSet::new();
         for (position, data, sha256) in files {
             let entry = self.listing.get(position as usize).ok_or("a pack names a file the listing lacks")?;
-            let manifest = pack::manifest_hashed(entry.asset.clone(), data.len(), sha256, params);
+            let manifest = pack::manifest_hashed(entry.asset.clone(), &data, sha256, params)
+                .map_err(|e| e.to_string())?;
             let version = manifest.version();
             if version != entry.version {
                 return Err(format!("{}: packed bytes do not match the listed version", entry.asset));
             }
-            let received = match manifest.chunks.first() {
-                Some(chunk) => vec![VerifiedChunk::hashed_by_driver(chunk.id, data.clone())],
-                None => Vec::new(),
-            };
+            // Each chunk's id is its hash (the one of a file of one chunk, by the driver).
+            let received = manifest
+                .offsets()
+                .map(|(at, c)| VerifiedChunk::hashed_by_driver(c.id, data[at..at + c.len as usize].to_vec()))
+                .collect();
             packed.insert(entry.asset.clone());
             // The pack's bytes on the wire, shared out by size.
             let report = SyncReport {

@@ -21,7 +21,8 @@ pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
 /// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`); protocol 3
 /// had no packs (`Pack`); protocol 4 asked for a folder's shape in a `get_shape` of its own,
-/// after `sync_folder`. Servers answer such clients as they expect.
+/// after `sync_folder`, and took packed files of one chunk only. Servers answer such clients as
+/// they expect.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Messages from client to server.

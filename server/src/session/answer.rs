@@ -172,7 +172,7 @@ pub(super) async fn sync_folder(
     let mut sends = folder_sends(&have, files.iter().enumerate().map(|(i, f)| ((i, f), &f.version)));
     // Small new files travel in packs, before the other files' `update`s.
     let packs = match peer.protocol >= 4 && peer.zstd {
-        true => packs(&mut sends, &bases, &mut held),
+        true => packs(&mut sends, &bases, &mut held, peer.protocol >= 5),
         false => Vec::new(),
     };
     if let ServerMessage::Folder { packs: count, .. } = &mut listing {
@@ -243,23 +243,26 @@ fn pack_entry<'a>(&(position, file): &Packed<'a>) -> (u32, &'a [u8]) {
 }
 
 /// Takes the files of `sends` that go in packs out of it (those the client has no version of,
-/// small and of one chunk that is not already `held`), and groups them into packs of the same
-/// chunk parameters. Their chunks are `held` from then on.
+/// small, of one chunk unless the client takes `several` (protocol 5), and none of whose chunks
+/// is already `held`), and groups them into packs of the same chunk parameters. Their chunks
+/// are `held` from then on.
 fn packs<'a>(
     sends: &mut Vec<Packed<'a>>,
     bases: &HashMap<&AssetPath, &Base>,
     held: &mut HashSet<ChunkId>,
+    several: bool,
 ) -> Vec<Vec<Packed<'a>>> {
     let mut packs: Vec<Vec<Packed<'a>>> = Vec::new();
     let mut bytes = 0;
     sends.retain(|&(position, file)| {
         let manifest = &file.manifest;
         let new = !bases.contains_key(&manifest.path)
-            && pack::packable(manifest)
-            && manifest.chunks.first().is_none_or(|c| held.insert(c.id));
+            && pack::packable(manifest, several)
+            && manifest.chunks.iter().all(|c| !held.contains(&c.id));
         if !new {
             return true;
         }
+        held.extend(manifest.chunks.iter().map(|c| c.id));
         let open = packs.last().is_some_and(|last| {
             bytes < pack::TARGET_BYTES
                 && last.len() < pack::MAX_FILES
