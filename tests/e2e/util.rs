@@ -27,6 +27,25 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A listener on 127.0.0.1, on a port below the kernel's ephemeral range: a restarted server
+/// binds the same port again, which an outgoing connection of another test (an ephemeral port)
+/// could otherwise hold by then.
+async fn listen() -> tokio::net::TcpListener {
+    use std::hash::BuildHasher as _;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let state = std::collections::hash_map::RandomState::new();
+    for attempt in 0u32..200 {
+        let port = 10_000 + (state.hash_one(attempt) % u64::from(low.saturating_sub(10_000).max(1))) as u16;
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -36,8 +55,7 @@ impl TestServer {
         let root = tempfile::tempdir().unwrap();
         let mut config = ServeConfig { root: root.path().to_path_buf(), ..ServeConfig::default() };
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::spawn(listener, root, config)
+        Self::spawn(listen().await, root, config)
     }
 
     fn spawn(listener: tokio::net::TcpListener, root: tempfile::TempDir, config: ServeConfig) -> Self {
@@ -58,6 +76,7 @@ impl TestServer {
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         self.stop.cancel();
         self.task.take().unwrap().await.unwrap().unwrap();
+        // Its port was outside the ephemeral range (see `listen`): no client socket takes it.
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         let mut config = self.config.clone();
         tweak(&mut config);
