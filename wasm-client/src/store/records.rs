@@ -99,8 +99,9 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
         Staged::Removal(_) => (0, 0),
     });
     let (manifests_len, files_len) = sizes.fold((0, 0), |(m, f), (dm, df)| (m + dm, f + df));
-    let mut pack = Vec::with_capacity(if pack_them { manifests_len + files_len } else { 0 });
-    let mut files = Vec::with_capacity(files_len);
+    // The pack's manifests, then its files (left where they are until the Blob copies them).
+    let mut pack = Vec::with_capacity(if pack_them { manifests_len } else { 0 });
+    let (mut files, mut at) = (Vec::new(), manifests_len);
     let mut names = Vec::new();
     let mut places = Vec::with_capacity(changes.len());
     // The places of the files packed here (not of those written ahead into earlier packs).
@@ -113,15 +114,15 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
         match file {
             Body::Written(place) => places.push(Some(*place)),
             Body::Bytes(bytes) if pack_them => {
-                let (manifest_at, at) = (pack.len(), manifests_len + files.len());
+                let manifest_at = pack.len() as u64;
                 pack.extend_from_slice(manifest);
-                files.extend_from_slice(bytes);
+                files.push(bytes.as_slice());
                 names.extend_from_slice(&version.0);
                 let (manifest_len, len) = (manifest.len() as u64, bytes.len() as u64);
                 // The pack's id is filled in below, once every file in it is known.
-                let (manifest_at, at) = (manifest_at as u64, at as u64);
                 packed.push(places.len());
-                places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at, len }));
+                places.push(Some(Place::Packed { pack: 0, manifest_at, manifest_len, at: at as u64, len }));
+                at += bytes.len();
             }
             _ => {
                 let id = key(&version.to_hex());
@@ -139,10 +140,11 @@ pub(super) fn write_files(tx: &Transaction, changes: &[Staged]) -> Result<Vec<Op
     if !pack_them {
         return Ok(places);
     }
-    pack.append(&mut files);
+    debug_assert_eq!(at, manifests_len + files_len);
     // Named by what it holds: the same files committed again make the same pack.
     let id = u64::from_be_bytes(Hash::of(&names).0[..8].try_into().expect("8 bytes"));
-    tx.object_store(PACKS)?.put(&blob(&pack)?, Some(&pack_key(id)))?;
+    let parts: Vec<&[u8]> = std::iter::once(pack.as_slice()).chain(files).collect();
+    tx.object_store(PACKS)?.put(&blob_of(&parts)?, Some(&pack_key(id)))?;
     for i in packed {
         if let Some(Place::Packed { pack, .. }) = &mut places[i] {
             *pack = id;
@@ -230,16 +232,26 @@ pub(super) async fn read_blob(blob: &Blob) -> Result<ArrayBuffer> {
     Ok(JsFuture::from(blob.array_buffer()).await.map_err(StoreError::js)?.unchecked_into())
 }
 
-/// A `Blob` holding a copy of `data`, copied once: straight out of WASM memory, through a view
-/// that lives only until the constructor has copied it (nothing can allocate in between).
+/// A `Blob` holding a copy of `data`, copied once (see [`blob_of`]).
 pub(super) fn blob(data: &[u8]) -> Result<JsValue> {
+    blob_of(&[data])
+}
+
+/// A `Blob` of `parts` back to back, copied once: straight out of WASM memory, through views
+/// that live only until the constructor has copied them (nothing can allocate in WASM memory in
+/// between: the views and their array are JS objects).
+pub(super) fn blob_of(parts: &[&[u8]]) -> Result<JsValue> {
     let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
-    let view = Uint8Array::new_with_byte_offset_and_length(
-        &memory.buffer(),
-        data.as_ptr() as u32,
-        data.len() as u32,
-    );
-    Ok(Blob::new_with_u8_array_sequence(&Array::of1(&view)).map_err(StoreError::js)?.into())
+    let buffer = memory.buffer();
+    let views = Array::new();
+    for part in parts {
+        views.push(&Uint8Array::new_with_byte_offset_and_length(
+            &buffer,
+            part.as_ptr() as u32,
+            part.len() as u32,
+        ));
+    }
+    Ok(Blob::new_with_u8_array_sequence(&views).map_err(StoreError::js)?.into())
 }
 
 /// Files under this many bytes are staged in WASM memory and stored in a pack (several of them)
