@@ -740,7 +740,7 @@ impl Drop for Cache {
 
 /// What a read sees of the cache: the database as of one read transaction, and the batches the
 /// write-ahead thread had not written when it began (together they hold every batch handed to
-/// it; [`Cache::pending`] is read besides).
+/// it; the cache's own pending batch is read besides).
 struct Snapshot {
     tx: Option<ReadTransaction>,
     unwritten: Vec<Arc<Pending>>,

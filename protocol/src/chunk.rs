@@ -66,14 +66,18 @@ pub struct ChunkRef {
 /// This is the server's hot path: it borrows `data`, hashes slices in place and allocates only the
 /// result vector.
 pub fn chunk_data(data: &[u8], params: ChunkParams) -> Result<Vec<ChunkRef>, Error> {
-    params.validate()?;
-    let cuts = fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max);
     let mut out = Vec::with_capacity(data.len() / params.avg as usize + 1);
-    for c in cuts {
-        let bytes = &data[c.offset..c.offset + c.length];
-        out.push(ChunkRef { id: ChunkId::of(bytes), len: c.length as u32 });
+    for chunk in cuts(data, params)? {
+        out.push(ChunkRef { id: ChunkId::of(chunk), len: chunk.len() as u32 });
     }
     Ok(out)
+}
+
+/// The content-defined chunks of `data` (none when it is empty), not hashed.
+pub(crate) fn cuts(data: &[u8], params: ChunkParams) -> Result<impl Iterator<Item = &[u8]>, Error> {
+    params.validate()?;
+    let cuts = fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max);
+    Ok(cuts.map(move |c| &data[c.offset..c.offset + c.length]))
 }
 
 /// Chunk bytes whose SHA-256 has been checked against their id. Stores accept only this type,

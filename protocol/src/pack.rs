@@ -8,8 +8,9 @@
 //! previous file's position, minus one (the first counts from -1). A packed file is cut into
 //! chunks by FastCDC with `params`, as the server cut it (protocol 4 packed only files of one
 //! chunk, or none when empty), so its manifest follows from its bytes: the client derives it
-//! ([`manifest`]) and checks its version against the listing's, as it checks every file. Each pack is compressed with the bytes of the packs before it in the same answer as
-//! prefix (their last [`WINDOW`] bytes, see [`Window`]).
+//! ([`manifest`]) and checks its version against the listing's, as it checks every file. Each
+//! pack is compressed with the bytes of the packs before it in the same answer as prefix (their
+//! last [`WINDOW`] bytes, see [`Window`]).
 
 use std::ops::Range;
 
@@ -52,17 +53,10 @@ pub fn manifest_hashed(
     sha256: Hash,
     params: ChunkParams,
 ) -> Result<Manifest, Error> {
-    params.validate()?;
-    let cuts: Vec<_> = match data.is_empty() {
-        true => Vec::new(),
-        false => fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max).collect(),
-    };
+    let cuts: Vec<&[u8]> = crate::chunk::cuts(data, params)?.collect();
     let chunks = match cuts.as_slice() {
         [_] => vec![ChunkRef { id: sha256, len: data.len() as u32 }],
-        cuts => cuts
-            .iter()
-            .map(|c| ChunkRef { id: Hash::of(&data[c.offset..c.offset + c.length]), len: c.length as u32 })
-            .collect(),
+        cuts => cuts.iter().map(|c| ChunkRef { id: Hash::of(c), len: c.len() as u32 }).collect(),
     };
     Ok(Manifest::from_parts(path, data.len(), sha256, params, chunks))
 }
