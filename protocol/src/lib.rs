@@ -46,7 +46,7 @@ pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced, h
 pub use error::Error;
 pub use hash::Hash;
 pub use have::{ChunkSet, Have};
-pub use manifest::{MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, diff};
+pub use manifest::{Applied, MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, cut_runs, diff};
 pub use message::{
     BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION,
     Offloaded, PROTOCOL_VERSION, ServerMessage, Update, UploadRequest,

@@ -24,6 +24,11 @@ use crate::{Error, varint};
 /// patches.
 pub const ENCODING: &str = "patch";
 
+/// The capability a client names in `hello` (and the server in `welcome`) when it cuts the
+/// chunks a patch sends out of the rebuilt file itself: the answer's recipe then gives each
+/// run of them as one [`crate::RecipeOp::Cut`] instead of every chunk's length.
+pub const CUT_ENCODING: &str = "cut";
+
 /// Compressed controls longer than this many bytes per output byte cannot be a real patch.
 const MAX_CONTROL_BYTES_PER_BYTE: usize = 32;
 

@@ -57,6 +57,7 @@ pub fn plan(id: u32, current: &Manifest, version: VersionId, client: ClientView<
                 }
                 position += 1;
             }
+            RecipeOp::Cut(_) => unreachable!("`diff` makes no runs"),
         }
     }
     let base_params = client.base.map(|(_, _, m)| m.params);

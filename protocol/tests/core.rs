@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use assetsync_protocol::engine::{Action, AssetSync, ClientError, Input, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkParams, ChunkSet, ClientSync, ClientView, Error, Event, Hash, MAX_REQUESTS,
-    Manifest, ServerMessage, ask_for_chunks, client_holds, plan,
+    Manifest, RecipeOp, ServerMessage, ask_for_chunks, client_holds, cut_runs, patch, plan,
 };
 
 const FIXTURE: &str = "tests/fixtures/lodash-4.17.21.js";
@@ -461,4 +461,56 @@ fn a_batch_in_parts_reports_progress_per_part_and_rebuilds_the_same_file() {
     let mut long = parts.last().unwrap().clone();
     long.extend_from_slice(b"more");
     assert!(matches!(machine.on_frame(&long), Err(Error::BadFrame(_))), "past the announced length");
+}
+
+/// The answer of a server that sends `new` as a binary patch against `old` (all of it new
+/// bytes: the patch's matching is the server's business) to a client holding `old`, with runs
+/// of sent chunks given as [`RecipeOp::Cut`]s.
+fn patch_answer(old: &[u8], new: &[u8]) -> (Manifest, Manifest, ServerMessage, Vec<u8>) {
+    let asset = AssetPath::new("app.wasm").unwrap();
+    let base = Manifest::build(asset.clone(), old, ChunkParams::default()).unwrap();
+    let current = Manifest::build(asset, new, ChunkParams::default()).unwrap();
+    let held: HashSet<Hash> = base.chunks.iter().map(|c| c.id).collect();
+    let view = ClientView { base: Some((0, base.version(), &base)), held: &held };
+    let mut answer = plan(1, &current, current.version(), view).message;
+    let ServerMessage::Update(update) = &mut answer else { panic!("an update") };
+    update.dict = true;
+    let sent = update.recipe.iter().filter(|op| matches!(op, RecipeOp::Sent(_))).count();
+    cut_runs(&mut update.recipe);
+    assert!(update.recipe.len() + 10 < sent, "runs of {sent} sent chunks: {:?}", update.recipe);
+    let mut streams = patch::Streams::default();
+    streams.push(&[], new, 0);
+    let compress =
+        |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest);
+    let frame = ChunkFrame::Patch { id: 1, payload: &streams.encode(compress) }.encode();
+    (base, current, answer, frame)
+}
+
+#[test]
+fn a_patchs_runs_of_chunks_are_cut_by_the_client_as_the_server_cut_them() {
+    let old = pseudo_random(400_000, 1);
+    // Two changed regions, each many chunks long, between unchanged ones.
+    let new =
+        [&old[..100_000], &pseudo_random(150_000, 2), &old[150_000..300_000], &pseudo_random(90_000, 3)]
+            .concat();
+    let (base, current, answer, frame) = patch_answer(&old, &new);
+    let (mut client, _) =
+        ClientSync::new(1, current.path.clone(), Some(base.clone()), Vec::new(), ChunkSet::default());
+    client.on_message(answer.clone()).unwrap();
+    client.set_prefix(Ok(old.clone()), true);
+    assert!(matches!(client.on_frame(&frame).unwrap(), Event::Progress { .. }));
+    let mut event = None;
+    while client.has_work() {
+        event = Some(client.work().unwrap());
+    }
+    assert_eq!(event, Some(Event::Complete));
+    let synced = client.finish(Vec::new()).unwrap();
+    assert_eq!((synced.manifest, synced.data), (current.clone(), new.clone()));
+
+    // Runs come only with a patch: chunk frames for them are refused.
+    let (mut client, _) = ClientSync::new(1, current.path, Some(base), Vec::new(), ChunkSet::default());
+    client.on_message(answer).unwrap();
+    client.set_prefix(Ok(old), true);
+    let plain = ChunkFrame::Chunk { id: 1, index: 0, bytes: &new[..100] }.encode();
+    assert!(matches!(client.on_frame(&plain), Err(Error::BadFrame(why)) if why.contains("only a patch")));
 }

@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Input, Machine};
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
-    Manifest, Offloaded, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, folder_listing,
-    folder_sends, folder_version, offload, pack, patch, plan,
+    Manifest, Offloaded, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, cut_runs,
+    folder_listing, folder_sends, folder_version, offload, pack, patch, plan,
 };
 use ruzstd::encoding::CompressionLevel;
 
@@ -52,6 +52,9 @@ struct Server {
     /// Whether answers against a base the client holds are binary patches (see
     /// [`assetsync_protocol::patch`]).
     patches: bool,
+    /// Whether a patch's recipe gives runs of sent chunks as one length, for the client to cut
+    /// (see [`assetsync_protocol::RecipeOp::Cut`]).
+    cut: bool,
 }
 
 /// A patch rebuilding `new` from `old`: their common start and end from `old`, the middle as
@@ -219,6 +222,9 @@ impl Server {
         if let ServerMessage::Update(update) = &mut answer.message {
             update.asset = asset;
             update.dict = old.is_some();
+            if old.is_some() && self.cut {
+                cut_runs(&mut update.recipe);
+            }
             if let Some(body) = body {
                 let url = format!("/o/{}", offload::name(&body));
                 update.offload = Some(Offloaded { url: url.clone(), bytes: body.len() as u64 });
@@ -575,6 +581,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     w.server.pack_files = w.rng.below(4);
     w.server.offload = w.rng.chance(400);
     w.server.patches = w.rng.chance(400);
+    w.server.cut = w.server.patches && w.rng.chance(500);
     // And small files of one chunk (or empty), which a protocol-4 server packs.
     let tiny = (0..w.rng.below(4)).map(|i| AssetPath::new(&format!("dist/t{i}.js")).unwrap());
     let assets: Vec<AssetPath> = assets.into_iter().chain(tiny).collect();

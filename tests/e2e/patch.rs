@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use assetsync::pull::PullReport;
+use assetsync_protocol::{AssetPath, ChunkParams, Manifest, PROTOCOL_VERSION};
 
 use crate::services::skipped;
-use crate::util::{Served, TestClient};
+use crate::util::{Raw, Served, TestClient};
 
 const CHECK: &str = "the binary patch tests (real npm releases)";
 
@@ -55,9 +56,10 @@ pub fn npm_file(pkg: &str, version: &str, file: &str) -> Option<Vec<u8>> {
     Some(tar.stdout)
 }
 
-/// What a client holding `old` receives for `new` from the `assetsync` binary once the best
-/// answer is ready (computed ahead when the server sees the file change), with patches on or off.
-async fn later_client(old: &[u8], new: &[u8], patches: bool) -> PullReport {
+/// The `assetsync` binary serving `asset`, changed from `old` to `new` once `holder` synced
+/// `old`, and ready with the best answer (computed ahead when the server sees the file change),
+/// with patches on or off.
+async fn updated(old: &[u8], new: &[u8], patches: bool, holder: &TestClient) -> (Served, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("asset");
     std::fs::write(&path, old).unwrap();
@@ -66,11 +68,17 @@ async fn later_client(old: &[u8], new: &[u8], patches: bool) -> PullReport {
         args.push("--no-patch".as_ref());
     }
     let server = Served::start(args);
-    let holder = TestClient::new();
     holder.pull_from(server.url.clone(), &["asset"]).await.unwrap();
     std::fs::write(root.path().join("asset.tmp"), new).unwrap();
     std::fs::rename(root.path().join("asset.tmp"), &path).unwrap();
     server.wait_for("answers computed ahead");
+    (server, root)
+}
+
+/// What a client holding `old` receives for `new` (see [`updated`]).
+async fn later_client(old: &[u8], new: &[u8], patches: bool) -> PullReport {
+    let holder = TestClient::new();
+    let (server, _root) = updated(old, new, patches, &holder).await;
     let report = holder.pull_from(server.url.clone(), &["asset"]).await.unwrap().remove(0);
     assert!(std::fs::read(holder.out("asset")).unwrap() == new, "the rebuilt file differs");
     report
@@ -104,4 +112,41 @@ async fn a_minified_javascript_rebuild_gets_the_smaller_of_patch_and_zstd() {
         return;
     };
     assert!(patched <= zstd + 64, "{patched} bytes with patches, {zstd} without");
+}
+
+/// The `update` a client offering `encodings` gets for `asset` when it holds `old` (as raw JSON).
+async fn update_for(url: &str, old: &[u8], encodings: &str) -> serde_json::Value {
+    let mut raw = Raw::connect_to(url).await;
+    let hello =
+        format!(r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"agent":"t","encodings":[{encodings}]}}"#);
+    raw.send_text(&hello).await;
+    assert_eq!(raw.json().await["type"], "welcome");
+    let old = Manifest::build(AssetPath::new("asset").unwrap(), old, ChunkParams::default()).unwrap();
+    let sync =
+        format!(r#"{{"type":"sync","id":1,"asset":"asset","have":{{"versions":["{}"]}}}}"#, old.version());
+    raw.send_text(&sync).await;
+    raw.json().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_answer_names_runs_of_chunks_for_clients_that_cut_them_and_lengths_for_others() {
+    let file = "dist/sql-wasm.wasm";
+    let (Some(old), Some(new)) = (npm_file("sql.js", "1.10.2", file), npm_file("sql.js", "1.10.3", file))
+    else {
+        return;
+    };
+    let holder = TestClient::new();
+    let (server, _root) = updated(&old, &new, true, &holder).await;
+    let lengths = update_for(&server.url, &old, r#""zstd","patch""#).await;
+    let runs = update_for(&server.url, &old, r#""zstd","patch","cut""#).await;
+    let recipe = |u: &serde_json::Value| u["recipe"].as_array().unwrap().clone();
+    let is_run = |op: &serde_json::Value| op.as_array().is_some_and(|a| a.len() == 1);
+    assert!(!recipe(&lengths).iter().any(is_run), "a run for a client that does not cut: {lengths}");
+    assert!(recipe(&runs).iter().any(is_run), "no run for a client that cuts: {runs}");
+    // 67 chunks, all new: 67 lengths against one run.
+    let (long, short) = (lengths.to_string().len(), runs.to_string().len());
+    assert!(short + 300 < long, "{short} bytes of update against {long}");
+    // And the command-line client, which cuts, rebuilds the same file from it.
+    holder.pull_from(server.url.clone(), &["asset"]).await.unwrap();
+    assert!(std::fs::read(holder.out("asset")).unwrap() == new, "the rebuilt file differs");
 }

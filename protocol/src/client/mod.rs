@@ -27,8 +27,8 @@ pub use rebuild::{Assembled, Synced};
 
 use crate::patch::Patching;
 use crate::{
-    AssetPath, ChunkFrame, ChunkId, ChunkSet, ClientMessage, Error, Have, Manifest, ServerMessage,
-    UNKNOWN_ID, Update, VerifiedChunk, VersionId, apply,
+    Applied, AssetPath, ChunkFrame, ChunkId, ChunkRef, ChunkSet, ClientMessage, Error, Have, MAX_CHUNKS,
+    Manifest, ServerMessage, UNKNOWN_ID, Update, VerifiedChunk, VersionId, apply,
 };
 
 /// Requests per sync before a driver gives up: one round trip more covers a server that forgot
@@ -124,6 +124,8 @@ enum State {
         version: VersionId,
         /// Positions whose bytes the server sends.
         sent: HashSet<u32>,
+        /// Positions of the recipe's runs not cut yet, in order (see [`ClientSync::work`]).
+        runs: Vec<u32>,
         total: u64,
         received_bytes: u64,
         /// Positions received so far.
@@ -235,7 +237,7 @@ impl ClientSync {
                 let Some((_, base)) = base else {
                     return Err(Error::Protocol("up_to_date names a version the client did not".into()));
                 };
-                self.start(base.clone(), version, HashSet::new(), None)
+                self.start(base.clone(), version, HashSet::new(), Vec::new(), None)
             }
             ServerMessage::Update(update) if update.id == self.id => self.on_update(update),
             ServerMessage::UnknownBase { id } if id == self.id => Err(Error::UnknownBase),
@@ -266,18 +268,22 @@ impl ClientSync {
             .params
             .or(base.map(|(_, m)| m.params))
             .ok_or(Error::Protocol("update without chunk parameters".into()))?;
-        let (chunks, sent) = apply(base.map(|(_, m)| m.chunks.as_slice()), &u.recipe)?;
+        let Applied { chunks, sent, runs } = apply(base.map(|(_, m)| m.chunks.as_slice()), &u.recipe)?;
         let len = chunks.iter().map(|c| u64::from(c.len)).sum();
         // The SHA-256 is filled in from the rebuilt file, then the whole manifest is checked
         // against `u.version`.
         let manifest = Manifest { path: self.asset.clone(), len, sha256: UNKNOWN_ID, params, chunks };
-        manifest.validate()?;
+        // A run is one entry, longer than a chunk may be, until `work` cuts it.
+        match runs.is_empty() {
+            true => manifest.validate()?,
+            false => manifest.params.validate()?,
+        }
         let dict = match (u.dict, base) {
             (false, _) => None,
             (true, Some((v, _))) => Some(*v),
             (true, None) => return Err(Error::Protocol("compressed against a prefix without a base".into())),
         };
-        self.start(manifest, u.version, sent.into_iter().collect(), dict)
+        self.start(manifest, u.version, sent.into_iter().collect(), runs, dict)
     }
 
     fn base_manifest(&self, v: VersionId) -> Option<&Manifest> {
@@ -289,6 +295,7 @@ impl ClientSync {
         manifest: Manifest,
         version: VersionId,
         sent: HashSet<u32>,
+        runs: Vec<u32>,
         dict: Option<VersionId>,
     ) -> Result<Event, Error> {
         let total = sent.iter().map(|&i| u64::from(manifest.chunks[i as usize].len)).sum();
@@ -297,6 +304,7 @@ impl ClientSync {
             manifest,
             version,
             sent,
+            runs,
             total,
             received_bytes: 0,
             positions: HashSet::new(),
@@ -350,6 +358,7 @@ impl ClientSync {
         let State::Receiving {
             manifest,
             sent,
+            runs,
             total,
             received_bytes,
             positions,
@@ -375,6 +384,9 @@ impl ClientSync {
         let frame = ChunkFrame::decode(frame)?;
         if frame.id() != id {
             return Err(Error::BadFrame("chunk frame for another request"));
+        }
+        if !runs.is_empty() && !matches!(frame, ChunkFrame::Patch { .. }) {
+            return Err(Error::BadFrame("chunk frames for a run of chunks that only a patch sends"));
         }
         if partial.is_some() != matches!(frame, ChunkFrame::BatchMore { .. }) {
             return Err(Error::BadFrame("a batch in parts interrupted, or a part without its start"));
@@ -510,11 +522,14 @@ impl ClientSync {
 
     /// Rebuilds the next slice (about [`PATCH_SLICE`] bytes) of the file a binary patch
     /// describes, and takes the chunks the recipe sends that it completes, as if they had arrived
-    /// in frames. A driver may yield to its event loop between calls.
+    /// in frames; a run of them ([`crate::RecipeOp::Cut`]) is cut into chunks once it is complete.
+    /// A driver may yield to its event loop between calls.
     pub fn work(&mut self) -> Result<Event, Error> {
         let State::Receiving {
             manifest,
             sent,
+            runs,
+            positions,
             dict: Some((_, Prefix::Ready { file, .. })),
             patching: slot @ Some(_),
             ..
@@ -537,6 +552,10 @@ impl ClientSync {
             if end > rebuilt.len() {
                 break;
             }
+            if runs.first() == Some(&(patch.next as u32)) {
+                cut_run(manifest, [sent, positions], runs, &rebuilt[patch.at..end])?;
+                continue;
+            }
             if sent.contains(&(patch.next as u32)) {
                 chunks.push((patch.next as u32, rebuilt[patch.at..end].to_vec()));
             }
@@ -544,6 +563,8 @@ impl ClientSync {
         }
         if finished {
             *slot = None;
+            // Runs are cut now, and sent lengths were not checked against the parameters.
+            manifest.validate()?;
         }
         let event = self.take_chunks(chunks)?;
         match (finished, &self.state) {
@@ -607,6 +628,33 @@ impl ClientSync {
             State::Waiting => None,
         }
     }
+}
+
+/// Replaces the first of `runs` in `manifest` with the chunks FastCDC cuts `bytes` (the run's
+/// rebuilt bytes) into, as the server cut them, and moves the positions after it in `sets` and
+/// `runs` along. The cut is exact: FastCDC starts afresh at each chunk, and the run ends where a
+/// chunk of the server's does.
+fn cut_run(
+    manifest: &mut Manifest,
+    sets: [&mut HashSet<u32>; 2],
+    runs: &mut Vec<u32>,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    let at = runs.remove(0);
+    let pieces: Vec<ChunkRef> = crate::chunk::cuts(bytes, manifest.params)?
+        .map(|c| ChunkRef { id: UNKNOWN_ID, len: c.len() as u32 })
+        .collect();
+    let added = pieces.len().saturating_sub(1);
+    if manifest.chunks.len() + added > MAX_CHUNKS {
+        return Err(Error::BadManifest("too many chunks"));
+    }
+    manifest.chunks.splice(at as usize..=at as usize, pieces);
+    let added = added as u32;
+    for set in sets {
+        *set = set.iter().map(|&i| if i > at { i + added } else { i }).chain(at + 1..=at + added).collect();
+    }
+    runs.iter_mut().for_each(|r| *r += added);
+    Ok(())
 }
 
 /// The distinct chunk ids of `manifests`, at most [`MAX_HELD`]: what a retry after

@@ -9,9 +9,14 @@ pub fn hello(agent: &str, token: Option<String>, via: Vec<String>) -> ClientMess
     ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
         agent: agent.to_owned(),
-        encodings: [compress::ZSTD, crate::offload::ENCODING, crate::patch::ENCODING]
-            .map(str::to_owned)
-            .into(),
+        encodings: [
+            compress::ZSTD,
+            crate::offload::ENCODING,
+            crate::patch::ENCODING,
+            crate::patch::CUT_ENCODING,
+        ]
+        .map(str::to_owned)
+        .into(),
         token,
         via,
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ClientView, ErrorCode, FolderEntry, Hash, Have, Scope, ServerMessage,
-    VersionId, ask_for_chunks, folder_listing, folder_sends, folder_version, offload, pack, plan,
+    VersionId, ask_for_chunks, cut_runs, folder_listing, folder_sends, folder_version, offload, pack, plan,
 };
 use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -320,7 +320,11 @@ async fn answer(
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 // A patch is made against the base version's whole file, which the client loads
                 // as it does a compression prefix.
-                update.dict = encoded.prefixed || (peer.patch && encoded.patch.is_some());
+                let patched = peer.patch && encoded.patch.is_some();
+                update.dict = encoded.prefixed || patched;
+                if patched && peer.cut {
+                    cut_runs(&mut update.recipe);
+                }
                 // The object is the same for every client: one that applies patches, or an
                 // answer without one.
                 let same = peer.patch || encoded.patch.is_none();

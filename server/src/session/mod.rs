@@ -275,6 +275,8 @@ struct Peer {
     offload: bool,
     /// Whether the client applies binary patches (see [`assetsync_protocol::patch`]).
     patch: bool,
+    /// Whether it cuts a patch's runs of chunks itself ([`patch::CUT_ENCODING`]).
+    cut: bool,
     /// Who the client signed in as.
     signed: Signed,
 }
@@ -352,8 +354,14 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     let offload = zstd && state.offload.is_some() && encodings.iter().any(|e| e == offload::ENCODING);
     // Patches travel as zstd frames, and come with the best-level answers.
     let patch = zstd && encodings.iter().any(|e| e == patch::ENCODING);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, "hello");
-    let used = [(zstd, compress::ZSTD), (offload, offload::ENCODING), (patch, patch::ENCODING)];
+    let cut = patch && encodings.iter().any(|e| e == patch::CUT_ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, "hello");
+    let used = [
+        (zstd, compress::ZSTD),
+        (offload, offload::ENCODING),
+        (patch, patch::ENCODING),
+        (cut, patch::CUT_ENCODING),
+    ];
     let welcome = ServerMessage::Welcome {
         protocol,
         server: concat!("assetsync/", env!("CARGO_PKG_VERSION")).into(),
@@ -362,7 +370,7 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         path: state.path(),
         stale: state.upstream.as_ref().and_then(|u| u.stale()),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, signed })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, cut, signed })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
