@@ -197,6 +197,62 @@ proptest! {
         prop_assert!(!feed_and_finish(machine, event, &frames));
     }
 
+    /// Patch answers whose recipes give runs of chunks to cut ([`RecipeOp::Cut`]) of any
+    /// length, beside sent and copied chunks, with a patch rebuilding a file of any length:
+    /// errors, never panics, and never a result that does not match the announced version.
+    #[test]
+    fn patch_answers_with_hostile_runs_are_refused_cleanly(
+        ops in prop::collection::vec(
+            prop_oneof![
+                (0u32..8, 0u32..8).prop_map(|(a, b)| RecipeOp::Copy(a, b)),
+                (0u32..70_000).prop_map(RecipeOp::Sent),
+                (0u32..200_000).prop_map(RecipeOp::Cut),
+                Just(RecipeOp::Cut(u32::MAX)),
+            ],
+            0..8,
+        ),
+        new in prop::collection::vec(any::<u8>(), 0..3000),
+        fit in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let data = b"some base content that is long enough to matter".repeat(20);
+        let asset = AssetPath::new("a.wasm").unwrap();
+        let held = Manifest::build(asset.clone(), &data, ChunkParams::default()).unwrap();
+        let (mut machine, _) = ClientSync::new(1, asset, Some(held), vec![], Default::default());
+        let update = Update {
+            id: 1,
+            asset: None,
+            version: Hash::of(&seed.to_le_bytes()),
+            base: Some(0),
+            params: None,
+            recipe: ops,
+            dict: true,
+            offload: None,
+        };
+        let frame = |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Uncompressed);
+        let outcome = machine.on_message(ServerMessage::Update(update)).and_then(|_| {
+            // A file as long as the recipe says gets past the patch's checks, to the cutting.
+            let len = machine.manifest().map_or(0, |m| m.len as usize);
+            let new = match fit && len <= 1 << 20 {
+                true => new.iter().copied().cycle().chain(std::iter::repeat(7)).take(len).collect(),
+                false => new,
+            };
+            let mut streams = patch::Streams::default();
+            streams.push(&[], &new, 0);
+            let payload = streams.encode(frame);
+            machine.set_prefix(Ok(data.clone()), true);
+            let mut event = machine.on_frame(&ChunkFrame::Patch { id: 1, payload: &payload }.encode())?;
+            while machine.has_work() {
+                event = machine.work()?;
+            }
+            Ok(event)
+        });
+        if let Ok(Event::Complete) = outcome {
+            let local = machine.local_chunks().into_iter().map(|id| (id, vec![0u8; 4])).collect();
+            prop_assert!(machine.finish(local).is_err());
+        }
+    }
+
     /// The server's side of an upload: hostile recipes, parameters and frames against its current
     /// version (or none) are refused cleanly, and nothing assembled matches a version nobody
     /// built. `manifest` answers that are not a manifest are refused too.
