@@ -180,14 +180,17 @@ const micro = await inFreshPage(async () => {
 // A WebAssembly rebuild (esbuild.wasm 0.27.2 -> 0.27.3, real npm releases): the page that
 // holds the old one updates by the binary patch the server computed in the background.
 const wasmPair = ["0.27.2", "0.27.3"].map((v) => npmFile("esbuild-wasm", v, "esbuild.wasm"));
-const wasmRuns = [];
+const wasmRuns = pkgs.map(() => []);
 for (let i = 0; i < RUNS; i++) {
-  await publish(wasmPair[0], "app.wasm");
-  await inFreshPage(syncOnce, { ws: server.ws, db: `wasm-${i}`, asset: "app.wasm" });
-  await publish(wasmPair[1], "app.wasm");
-  wasmRuns.push(await inFreshPage(syncOnce, { ws: server.ws, db: `wasm-${i}`, asset: "app.wasm" }));
+  for (const [p] of pkgs.entries()) {
+    const db = `wasm-${p}-${i}`;
+    await publish(wasmPair[0], "app.wasm");
+    await inFreshPage(syncOnce, { ws: server.ws, db, asset: "app.wasm" }, p);
+    await publish(wasmPair[1], "app.wasm");
+    wasmRuns[p].push(await inFreshPage(syncOnce, { ws: server.ws, db, asset: "app.wasm" }, p));
+  }
 }
-if (wasmRuns.some((r) => r.size !== wasmPair[1].length)) throw new Error("the WebAssembly update went wrong");
+if (wasmRuns.flat().some((r) => r.size !== wasmPair[1].length)) throw new Error("the WebAssembly update went wrong");
 
 await context.close();
 
@@ -260,13 +263,11 @@ for (const [p, pkg] of pkgs.entries()) {
   console.log(`| cold sync, empty store | ${ms(rows.cold[p])} | ${ratio(rows.cold[p], rows.fetch)} | | ${task(rows.cold[p])} |`);
   console.log(`| unchanged asset, new page | ${ms(rows.same[p])} | ${ratio(rows.same[p], rows.fetch)} | ${ratio(rows.same[p], rows.cached)} | ${task(rows.same[p])} |`);
   console.log(`| update, ~1% changed (${u.chunks - u.chunksReused} of ${u.chunks} chunks, ${kb(u.wireBytesIn)} in) | ${ms(rows.update[p])} | ${ratio(rows.update[p], rows.fetch)} | | ${task(rows.update[p])} |`);
-  if (p === 0) {
-    const w = wasmRuns.at(-1).stats;
-    console.log(`| update of esbuild.wasm 0.27.2 -> 0.27.3 (${(w.bytes / 1e6).toFixed(1)} MB) by binary patch (${kb(w.wireBytesIn)} in) | ${ms(wasmRuns)} | | | ${task(wasmRuns)} |`);
-    // Only a build that reports it (older ones have no patchMs).
-    const patchMs = median(wasmRuns.map((r) => r.stats.patchMs ?? NaN));
-    if (patchMs > 0) console.log(`| of which rebuilding the file from the patch, in slices between yields | ${patchMs.toFixed(1)} ms, ${mb(w.bytes, patchMs)} MB/s of output | | | |`);
-  }
+  const w = wasmRuns[p].at(-1).stats;
+  console.log(`| update of esbuild.wasm 0.27.2 -> 0.27.3 (${(w.bytes / 1e6).toFixed(1)} MB) by binary patch (${kb(w.wireBytesIn)} in) | ${ms(wasmRuns[p])} | | | ${task(wasmRuns[p])} |`);
+  // Only a build that reports it (older ones have no patchMs).
+  const patchMs = median(wasmRuns[p].map((r) => r.stats.patchMs ?? NaN));
+  if (patchMs > 0) console.log(`| of which rebuilding the file from the patch, in slices between yields | ${patchMs.toFixed(1)} ms, ${mb(w.bytes, patchMs)} MB/s of output | | | |`);
   console.log("");
 }
 if (memory.length) {
