@@ -14,6 +14,7 @@
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
 //! - [`upload`]: uploads, a new version sent to the server as a delta, with the same pieces.
 //! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
+//! - [`wasm`]: WebAssembly-aware preprocessing of binary patches (Courgette's idea).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
 //! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines
 //!   that both drivers run.
@@ -40,6 +41,7 @@ pub mod shape;
 pub mod test_util;
 pub mod upload;
 pub mod varint;
+pub mod wasm;
 
 pub use chunk::{ChunkId, ChunkParams, ChunkRef, VerifiedChunk, chunk_data};
 pub use client::{Assembled, ClientSync, Event, MAX_HELD, MAX_REQUESTS, Synced, held_chunk_ids};

@@ -4,7 +4,7 @@
 
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkParams, ClientMessage, ClientSync, Error, Event, Hash, Manifest, RecipeOp,
-    Scope, ServerMessage, Update, UploadRequest, compress, patch, upload,
+    Scope, ServerMessage, Update, UploadRequest, compress, patch, upload, wasm,
 };
 use proptest::prelude::*;
 
@@ -153,6 +153,40 @@ proptest! {
             });
             prop_assert_eq!(sliced.ok(), whole);
         }
+    }
+
+    /// Modules with bytes flipped, cut or inserted, and maps from arbitrary bytes: the walker and
+    /// the remapping answer or refuse, never panic; what they answer keeps the module's length
+    /// but for the rewritten immediates.
+    #[test]
+    fn wasm_modules_and_maps_never_panic(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..4),
+        maps in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut module = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x0a".to_vec();
+        let body = [0u8, 0x41, 0x90, 0x03, 0x1a, 0x10, 0x80, 0x80, 0x80, 0x80, 0x00, 0x23, 0x00, 0x1a, 0x42, 0x7f, 0x1a, 0x0b];
+        module.extend([body.len() as u8 + 2, 1, body.len() as u8]);
+        module.extend(body);
+        for (at, byte, how) in edits {
+            if module.is_empty() {
+                break;
+            }
+            let i = at.index(module.len());
+            match how {
+                0 => module[i] = byte,
+                1 => module.truncate(i),
+                _ => module.insert(i, byte),
+            }
+        }
+        let maps = wasm::Maps::decode(&maps).unwrap_or_else(|| wasm::Maps {
+            functions: vec![(0, u32::MAX - 1, u32::MAX)],
+            shifts: [vec![(0, i64::MAX)], vec![(0, -1)], vec![(i64::MIN, i64::MAX)], vec![(-1, i64::MIN)]],
+        });
+        let _ = wasm::walk(&module, |_| {});
+        if let Some(out) = wasm::remap(&module, &maps) {
+            prop_assert!(out.len() <= module.len() * 2 + 16);
+        }
+        let _ = wasm::learn(&module, &module);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! every exact match counts, as in bsdiff itself), `qbsdiff`'s own bsdiff 4 patch (bzip2, default
 //! settings), and the time each matcher took.
 
-use std::path::PathBuf;
+mod corpus;
+
 use std::time::Instant;
 
 use assetsync_protocol::compress;
@@ -16,22 +17,13 @@ use assetsync_server::encode;
 const LEVEL: i32 = 19;
 
 fn main() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let pairs =
-        std::fs::read_to_string(repo.join("tests/bench/corpus-pairs.mjs")).expect("the corpus's pairs");
     println!(
         "| pair | bidiff + zstd (the server's) | qbsdiff + zstd | qbsdiff small_match 0 + zstd | qbsdiff, bzip2 (bsdiff 4) | bidiff | qbsdiff | qbsdiff small_match 0 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut totals = [0; 3];
-    for line in pairs.lines().filter(|l| l.trim_start().starts_with("[\"")) {
-        let pair: Vec<String> = serde_json::from_str(line.trim().trim_end_matches(',')).expect("a pair");
-        let [label, pkg, from, to, file] = &pair[..] else { panic!("a pair of five fields: {line}") };
-        let read = |version: &str| {
-            let dir = repo.join("target/corpus").join(format!("{}@{version}", pkg.replace('/', "_")));
-            std::fs::read(dir.join(file))
-        };
-        let (Ok(old), Ok(new)) = (read(from), read(to)) else {
+    for corpus::Pair { label, bytes } in corpus::pairs(|_| true) {
+        let Some((old, new)) = bytes else {
             println!("| {label} | not fetched: run `node tests/bench/corpus.mjs` first | | | | | | |");
             continue;
         };
