@@ -29,6 +29,11 @@ pub const ENCODING: &str = "patch";
 /// run of them as one [`crate::RecipeOp::Cut`] instead of every chunk's length.
 pub const CUT_ENCODING: &str = "cut";
 
+/// The capability a client names in `hello` (and the server in `welcome`) when it remaps a
+/// WebAssembly base version with the maps a patch frame brings before applying the patch (see
+/// [`crate::wasm`]).
+pub const WASM_ENCODING: &str = "wasm";
+
 /// Compressed controls longer than this many bytes per output byte cannot be a real patch.
 const MAX_CONTROL_BYTES_PER_BYTE: usize = 32;
 

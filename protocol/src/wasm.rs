@@ -145,33 +145,69 @@ impl Reader<'_> {
 /// Every immediate of the [`Kind`]s in the module's code, in order, to `visit`; `None` if the
 /// module is not one this reader walks to the end.
 pub fn walk(module: &[u8], mut visit: impl FnMut(Imm)) -> Option<Layout> {
-    if module.get(..8)? != b"\0asm\x01\0\0\0" {
-        return None;
+    let mut walker = Walker::new(module)?;
+    while !walker.step(module, usize::MAX, &mut visit)? {}
+    Some(walker.layout)
+}
+
+/// [`walk`] a part at a time, so that a client can yield between parts.
+#[derive(Debug)]
+pub struct Walker {
+    at: usize,
+    /// In the code section: its end, and the bodies still to walk.
+    code: Option<(usize, u32)>,
+    layout: Layout,
+}
+
+impl Walker {
+    /// `None` if `module` is not a WebAssembly module (version 1).
+    pub fn new(module: &[u8]) -> Option<Walker> {
+        (module.get(..8)? == b"\0asm\x01\0\0\0").then_some(Walker {
+            at: 8,
+            code: None,
+            layout: Layout::default(),
+        })
     }
-    let mut r = Reader { bytes: module, at: 8 };
-    let mut layout = Layout::default();
-    while r.at < module.len() {
-        let id = r.byte()?;
-        let size = r.u32()? as usize;
-        let end = r.at.checked_add(size).filter(|&end| end <= module.len())?;
-        match id {
-            2 => layout.imported_functions = imported_functions(&mut r)?,
-            10 => {
-                for _ in 0..r.u32()? {
-                    let size = r.u32()? as usize;
-                    let body_end = r.at.checked_add(size).filter(|&e| e <= end)?;
-                    layout.bodies.push(r.at..body_end);
-                    body(&mut r, body_end, &mut visit)?;
+
+    /// Walks sections and function bodies until about `budget` bytes are behind (whole bodies
+    /// at least one): `Some(true)` once the whole module is walked, `None` where it cannot be.
+    pub fn step(&mut self, module: &[u8], budget: usize, visit: &mut impl FnMut(Imm)) -> Option<bool> {
+        let mut r = Reader { bytes: module, at: self.at };
+        let start = r.at;
+        while r.at - start < budget {
+            if let Some((end, left)) = &mut self.code {
+                if *left == 0 {
+                    (r.at == *end).then_some(())?;
+                    self.code = None;
+                    continue;
                 }
+                *left -= 1;
+                let size = r.u32()? as usize;
+                let body_end = r.at.checked_add(size).filter(|e| e <= end)?;
+                self.layout.bodies.push(r.at..body_end);
+                body(&mut r, body_end, visit)?;
+                continue;
             }
-            _ => {}
+            if r.at == module.len() {
+                self.at = r.at;
+                return Some(true);
+            }
+            let id = r.byte()?;
+            let size = r.u32()? as usize;
+            let end = r.at.checked_add(size).filter(|&end| end <= module.len())?;
+            match id {
+                10 => self.code = Some((end, r.u32()?)),
+                2 => {
+                    self.layout.imported_functions = imported_functions(&mut r)?;
+                    (r.at <= end).then_some(())?;
+                    r.at = end;
+                }
+                _ => r.at = end,
+            }
         }
-        if id != 10 && r.at <= end {
-            r.at = end;
-        }
-        (r.at == end).then_some(())?;
+        self.at = r.at;
+        Some(false)
     }
-    Some(layout)
 }
 
 fn imported_functions(r: &mut Reader) -> Option<u32> {
@@ -379,19 +415,53 @@ impl Maps {
 /// where the new value fits (compilers that leave room for relocations, as Go's does, write
 /// indices five bytes wide); `None` if [`walk`] cannot walk it.
 pub fn remap(module: &[u8], maps: &Maps) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(module.len() + module.len() / 64);
-    let mut at = 0;
-    walk(module, |imm| {
-        out.extend_from_slice(&module[at..imm.at.start]);
-        let to = maps.map(imm.kind, imm.value);
-        match imm.kind {
-            Kind::I32 | Kind::I64 => put_signed(&mut out, to, imm.at.len()),
-            _ => put_unsigned(&mut out, to as u64, imm.at.len()),
+    let mut remapping = Remapping::new(module, maps.clone())?;
+    while !remapping.step(module, usize::MAX)? {}
+    Some(remapping.into_output())
+}
+
+/// [`remap`] a part at a time, as a client does before applying a patch taken against the
+/// remapped module.
+#[derive(Debug)]
+pub struct Remapping {
+    walker: Walker,
+    maps: Maps,
+    out: Vec<u8>,
+    /// The module's bytes up to here are in `out`.
+    copied: usize,
+}
+
+impl Remapping {
+    /// `None` if `module` is not a WebAssembly module.
+    pub fn new(module: &[u8], maps: Maps) -> Option<Remapping> {
+        let out = Vec::with_capacity(module.len() + module.len() / 64);
+        Some(Remapping { walker: Walker::new(module)?, maps, out, copied: 0 })
+    }
+
+    /// Remaps about `budget` more bytes of `module` (always the same module): `Some(true)` when
+    /// the whole of it is, `None` if it cannot be walked.
+    pub fn step(&mut self, module: &[u8], budget: usize) -> Option<bool> {
+        let Remapping { walker, maps, out, copied } = self;
+        let done = walker.step(module, budget, &mut |imm: Imm| {
+            out.extend_from_slice(&module[*copied..imm.at.start]);
+            let to = maps.map(imm.kind, imm.value);
+            match imm.kind {
+                Kind::I32 | Kind::I64 => put_signed(out, to, imm.at.len()),
+                _ => put_unsigned(out, to as u64, imm.at.len()),
+            }
+            *copied = imm.at.end;
+        })?;
+        if done {
+            out.extend_from_slice(&module[*copied..]);
+            *copied = module.len();
         }
-        at = imm.at.end;
-    })?;
-    out.extend_from_slice(&module[at..]);
-    Some(out)
+        Some(done)
+    }
+
+    /// The remapped module, once [`Remapping::step`] said it is done.
+    pub fn into_output(self) -> Vec<u8> {
+        self.out
+    }
 }
 
 fn put_unsigned(out: &mut Vec<u8>, mut v: u64, width: usize) {
@@ -527,7 +597,7 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kind, Maps, learn, remap, walk};
+    use super::{Kind, Maps, Remapping, learn, remap, walk};
 
     /// A module of one type, one global and `bodies` (each its instructions, without the
     /// locals' count or the final `end`).
@@ -604,6 +674,10 @@ mod tests {
             assert!(remapped.windows(body.len()).any(|w| w == body), "{body:x?} in the remapped module");
         }
         assert_eq!(remapped.len(), old.len(), "padded indices keep their width");
+        // A byte at a time, as a client remaps between yields, gives the same module.
+        let mut sliced = Remapping::new(&old, maps.clone()).unwrap();
+        while !sliced.step(&old, 1).unwrap() {}
+        assert_eq!(sliced.into_output(), remapped);
         assert_eq!(remap(&old, &Maps::default()).unwrap(), old);
     }
 

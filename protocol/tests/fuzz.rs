@@ -232,8 +232,9 @@ proptest! {
     }
 
     /// Patch answers whose recipes give runs of chunks to cut ([`RecipeOp::Cut`]) of any
-    /// length, beside sent and copied chunks, with a patch rebuilding a file of any length:
-    /// errors, never panics, and never a result that does not match the announced version.
+    /// length, beside sent and copied chunks, with a patch rebuilding a file of any length, and
+    /// maybe WebAssembly maps of any bytes for a base that is no module: errors, never panics,
+    /// and never a result that does not match the announced version.
     #[test]
     fn patch_answers_with_hostile_runs_are_refused_cleanly(
         ops in prop::collection::vec(
@@ -248,6 +249,7 @@ proptest! {
         new in prop::collection::vec(any::<u8>(), 0..3000),
         fit in any::<bool>(),
         seed in any::<u64>(),
+        maps in prop::option::of(prop::collection::vec(any::<u8>(), 0..24)),
     ) {
         let data = b"some base content that is long enough to matter".repeat(20);
         let asset = AssetPath::new("a.wasm").unwrap();
@@ -275,7 +277,8 @@ proptest! {
             streams.push(&[], &new, 0);
             let payload = streams.encode(frame);
             machine.set_prefix(Ok(data.clone()), true);
-            let mut event = machine.on_frame(&ChunkFrame::Patch { id: 1, payload: &payload }.encode())?;
+            let frame = ChunkFrame::Patch { id: 1, maps: maps.as_deref(), payload: &payload };
+            let mut event = machine.on_frame(&frame.encode())?;
             while machine.has_work() {
                 event = machine.work()?;
             }

@@ -208,7 +208,7 @@ impl Server {
             base.filter(|_| self.patches && !answer.send.is_empty()).map(|(_, m)| &self.served[&m.version()]);
         let frames = |id: u32| -> Vec<Vec<u8>> {
             if let Some(old) = old {
-                return vec![ChunkFrame::Patch { id, payload: &naive_patch(old, data) }.encode()];
+                return vec![ChunkFrame::Patch { id, maps: None, payload: &naive_patch(old, data) }.encode()];
             }
             let chunk = |&index: &u32| {
                 let (at, len) = offsets[index as usize];

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use assetsync_protocol::patch::Streams;
+use assetsync_protocol::wasm;
 use assetsync_protocol::{Hash, Offloaded, VersionId, compress};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
@@ -96,6 +97,9 @@ pub struct Encoded {
     /// [`assetsync_protocol::patch`]), when it is smaller than the batches: sent instead of
     /// them to a client that applies patches.
     pub patch: Option<Vec<u8>>,
+    /// The [`assetsync_protocol::wasm::Maps`] (encoded) when `patch` was taken against the base
+    /// version's WebAssembly module as they remap it: only a client that remaps gets the patch.
+    pub maps: Option<Vec<u8>>,
     /// What the client is told when the answer is offloaded (see [`crate::offload`]), once
     /// it has been put in an object (`None`: it could not be).
     pub offloaded: OnceCell<Option<Offloaded>>,
@@ -104,14 +108,21 @@ pub struct Encoded {
 impl Encoded {
     /// A new encoding, not offloaded yet.
     fn new(prefixed: bool, batches: Vec<Batch>) -> Self {
-        Encoded { prefixed, batches, patch: None, offloaded: OnceCell::new() }
+        Encoded { prefixed, batches, patch: None, maps: None, offloaded: OnceCell::new() }
     }
 
-    /// Bytes of the chunks as they travel, close to those of their frames: the patch's, for a
-    /// client that applies patches (`patch`), else the batches'.
-    pub fn frame_bytes(&self, current: &Indexed, patch: bool) -> usize {
-        if let (Some(p), true) = (&self.patch, patch) {
-            return p.len();
+    /// The patch and its maps, for a client that applies patches (`patch`) and remaps
+    /// WebAssembly (`wasm`), if it can apply this one.
+    pub fn patch_for(&self, patch: bool, wasm: bool) -> Option<(Option<&[u8]>, &[u8])> {
+        let p = self.patch.as_deref().filter(|_| patch && (wasm || self.maps.is_none()))?;
+        Some((self.maps.as_deref(), p))
+    }
+
+    /// Bytes of the chunks as they travel, close to those of their frames: the patch's and its
+    /// maps', when the client gets the patch (`patched`), else the batches'.
+    pub fn frame_bytes(&self, current: &Indexed, patched: bool) -> usize {
+        if let (Some(p), true) = (&self.patch, patched) {
+            return p.len() + self.maps.as_ref().map_or(0, Vec::len);
         }
         let plain = |indices: &[u32]| indices.iter().map(|&i| current.chunk(i as usize).len()).sum::<usize>();
         self.batches
@@ -125,7 +136,8 @@ impl Encoded {
 
     /// A compact binary form, for the version store: whether prefixed, the number of batches,
     /// then each batch's kind (0 plain, 1 compressed), indices and frame, as little-endian
-    /// `u32` counts; then the patch's length and bytes, if there is one.
+    /// `u32` counts; then the patch's length and bytes, if there is one, and its maps' length
+    /// and bytes, if it has maps.
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![u8::from(self.prefixed)];
         out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
@@ -142,9 +154,9 @@ impl Encoded {
                 out.extend_from_slice(frame);
             }
         }
-        if let Some(patch) = &self.patch {
-            out.extend_from_slice(&(patch.len() as u32).to_le_bytes());
-            out.extend_from_slice(patch);
+        for part in [&self.patch, &self.maps].into_iter().flatten() {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
         }
         out
     }
@@ -178,10 +190,12 @@ impl Encoded {
             });
         }
         let mut encoded = Encoded::new(prefixed, batches);
-        // Answers kept before patches existed end here.
-        if !bytes.is_empty() {
-            let len = count(&mut bytes)?;
-            encoded.patch = Some(take(&mut bytes, len)?.to_vec());
+        // Answers kept before patches existed end here, and before patches had maps after it.
+        for part in [&mut encoded.patch, &mut encoded.maps] {
+            if !bytes.is_empty() {
+                let len = count(&mut bytes)?;
+                *part = Some(take(&mut bytes, len)?.to_vec());
+            }
         }
         bytes.is_empty().then_some(encoded)
     }
@@ -440,19 +454,26 @@ impl Job {
                 return encoded;
             }
             let started = std::time::Instant::now();
-            let patch = patch(old, new, patch_level(level, new.len()));
+            let level = patch_level(level, new.len());
+            let (patch, maps) = match wasm_maps(old, new) {
+                Some((maps, remapped)) => (patch(&remapped, new, level), Some(maps)),
+                None => (patch(old, new, level), None),
+            };
+            let maps_bytes = maps.as_ref().map_or(0, Vec::len);
             let (took, patch_bytes) = (started.elapsed(), patch.as_ref().map_or(0, Vec::len));
-            let smaller = patch.filter(|p| p.len() < zstd);
+            let smaller = patch.filter(|p| p.len() + maps_bytes < zstd);
             tracing::info!(
                 %asset,
                 old = old.len(),
                 new = new.len(),
                 zstd,
                 patch = patch_bytes,
+                maps = maps_bytes,
                 used = smaller.is_some(),
                 ms = took.as_millis() as u64,
                 "binary patch computed"
             );
+            encoded.maps = maps.filter(|_| smaller.is_some());
             encoded.patch = smaller;
             encoded
         });
@@ -555,6 +576,14 @@ pub fn patch(old: &[u8], new: &[u8], level: i32) -> Option<Vec<u8>> {
         })
     });
     (!failed).then_some(payload)
+}
+
+/// For a new WebAssembly module, the maps that make the old one most like it (encoded) and the
+/// old one remapped with them, to take the patch against (see [`assetsync_protocol::wasm`]);
+/// `None` for other files, modules the walker does not read, and maps that change nothing.
+fn wasm_maps(old: &[u8], new: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let maps = wasm::learn(old, new).filter(|maps| *maps != wasm::Maps::default())?;
+    Some((maps.encode(), wasm::remap(old, &maps)?))
 }
 
 /// One zstd frame of `raw`, with `prefix` referenced as if it preceded it (see

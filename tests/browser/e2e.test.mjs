@@ -872,7 +872,7 @@ test("an answer offloaded to HTTP is fetched by the page, resumed with a Range r
   await server.stop();
 });
 
-test("a WebAssembly rebuild arrives as a binary patch, applied in WASM, byte-identical", async () => {
+test("a WebAssembly rebuild arrives as a binary patch against the old module remapped, applied in WASM, byte-identical", async () => {
   const file = "dist/sql-wasm.wasm";
   const [v1, v2] = [npmFile("sql.js", "1.10.2", file), npmFile("sql.js", "1.10.3", file)];
   const server = await startServer({ extraArgs: ["--no-store"] });
@@ -886,8 +886,11 @@ test("a WebAssembly rebuild arrives as a binary patch, applied in WASM, byte-ide
   server.write("sql-wasm.wasm", v2);
   // Computed ahead when the server sees the change: the best zstd answer, and the patch.
   const line = await server.waitForLog("binary patch computed");
-  const [zstd, patch] = ["zstd", "patch"].map((k) => Number(new RegExp(` ${k}=(\\d+)`).exec(line)[1]));
+  const [zstd, patch, maps] = ["zstd", "patch", "maps"].map((k) => Number(new RegExp(` ${k}=(\\d+)`).exec(line)[1]));
   assert.match(line, /used=true/, line);
+  // Taken against the old module with its indices and addresses remapped (the page remaps its
+  // copy with these maps before applying the patch, or the file would not verify).
+  assert.ok(maps > 0, line);
   await server.waitForLog("answers computed ahead");
   const got = await syncIn(page, "sql-wasm.wasm");
   assert.equal(got.hash, sha256(v2));

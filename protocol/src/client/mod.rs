@@ -69,12 +69,15 @@ enum Prefix {
 }
 
 /// A binary patch being applied, and the next chunk to cut from the file it rebuilds: its
-/// manifest position and offset.
+/// manifest position and offset. A patch taken against the base version's WebAssembly module
+/// as maps remap it first remaps the base, a slice at a time too, into `base`.
 #[derive(Debug)]
 struct Patch {
     patching: Patching,
     next: usize,
     at: usize,
+    remapping: Option<crate::wasm::Remapping>,
+    base: Option<Vec<u8>>,
 }
 
 /// A batch arriving in parts (`BatchStart`, then `BatchMore` frames).
@@ -427,13 +430,13 @@ impl ClientSync {
                 (batch.indices, batch.data.into())
             }
             ChunkFrame::Pack { .. } => return Err(Error::BadFrame("a pack frame in a file's answer")),
-            ChunkFrame::Patch { payload, .. } => {
+            ChunkFrame::Patch { maps, payload, .. } => {
                 if !positions.is_empty() {
                     return Err(Error::BadFrame("a patch after other chunk frames"));
                 }
                 positions.extend(sent.iter().copied());
-                match dict {
-                    Some((_, Prefix::Ready { .. })) => {}
+                let file = match dict {
+                    Some((_, Prefix::Ready { file, .. })) => file,
                     Some((_, Prefix::Wanted)) => {
                         return Err(Error::Protocol("a patch before set_prefix".into()));
                     }
@@ -444,9 +447,22 @@ impl ClientSync {
                         return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
                     }
                 };
+                let remapping = match maps {
+                    None => None,
+                    Some(maps) => {
+                        let maps = crate::wasm::Maps::decode(maps)
+                            .ok_or(Error::BadFrame("invalid WebAssembly maps"))?;
+                        let remapping = crate::wasm::Remapping::new(file, maps);
+                        Some(
+                            remapping
+                                .ok_or(Error::BadFrame("WebAssembly maps for a base that is not a module"))?,
+                        )
+                    }
+                };
                 // Applied a slice at a time by `work`.
+                let applying = Patching::new(payload, manifest.len)?;
                 *patching =
-                    Some(Box::new(Patch { patching: Patching::new(payload, manifest.len)?, next: 0, at: 0 }));
+                    Some(Box::new(Patch { patching: applying, next: 0, at: 0, remapping, base: None }));
                 return Ok(Event::Progress { received: *received_bytes, total: *total });
             }
         };
@@ -532,13 +548,30 @@ impl ClientSync {
             positions,
             dict: Some((_, Prefix::Ready { file, .. })),
             patching: slot @ Some(_),
+            received_bytes,
+            total,
             ..
         } = &mut self.state
         else {
             return Err(Error::Protocol("no patch to apply".into()));
         };
         let patch = slot.as_mut().expect("matched");
-        let finished = match patch.patching.step(file, PATCH_SLICE) {
+        // The base is remapped first, when the patch was taken against it remapped.
+        if let Some(remapping) = &mut patch.remapping {
+            match remapping.step(file, PATCH_SLICE) {
+                Some(false) => {}
+                Some(true) => patch.base = patch.remapping.take().map(crate::wasm::Remapping::into_output),
+                None => {
+                    *slot = None;
+                    return Err(Error::BadFrame(
+                        "the base version is a WebAssembly module this client cannot walk",
+                    ));
+                }
+            }
+            return Ok(Event::Progress { received: *received_bytes, total: *total });
+        }
+        let base = patch.base.as_deref().unwrap_or(file);
+        let finished = match patch.patching.step(base, PATCH_SLICE) {
             Ok(finished) => finished,
             Err(error) => {
                 *slot = None;

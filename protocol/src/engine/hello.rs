@@ -14,6 +14,7 @@ pub fn hello(agent: &str, token: Option<String>, via: Vec<String>) -> ClientMess
             crate::offload::ENCODING,
             crate::patch::ENCODING,
             crate::patch::CUT_ENCODING,
+            crate::patch::WASM_ENCODING,
         ]
         .map(str::to_owned)
         .into(),

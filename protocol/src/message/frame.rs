@@ -8,6 +8,7 @@ const KIND_BATCH_START: u8 = 3;
 const KIND_BATCH_MORE: u8 = 4;
 const KIND_PACK: u8 = 5;
 const KIND_PATCH: u8 = 6;
+const KIND_WASM_PATCH: u8 = 7;
 
 /// The most zstd bytes a server puts in one frame of a batch sent in parts (protocol 3): a
 /// client sees a WebSocket message, and can report progress, at least this often.
@@ -28,6 +29,9 @@ pub const BATCH_PART: usize = 64 << 10;
 /// - `Patch` (clients that list [`crate::patch::ENCODING`]): `[6u8][request id][patch]`, the
 ///   whole new file as a binary patch against the base version (see [`crate::patch`]): every
 ///   chunk the recipe sends is cut from the file it rebuilds. It is the answer's only frame.
+///   With maps (clients that list [`crate::patch::WASM_ENCODING`] too): `[7u8][request id]`
+///   `[maps length: u32 LE][maps][patch]`, a patch against the base version's WebAssembly module
+///   as the maps remap it (see [`crate::wasm`]).
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +83,9 @@ pub enum ChunkFrame<'a> {
     Patch {
         /// The request it answers.
         id: u32,
+        /// The [`crate::wasm::Maps`] that remap the base version before the patch applies, if
+        /// it was taken against the remapped module.
+        maps: Option<&'a [u8]>,
         /// The patch.
         payload: &'a [u8],
     },
@@ -144,7 +151,13 @@ impl<'a> ChunkFrame<'a> {
             }
             ChunkFrame::BatchMore { id, compressed } => header(KIND_BATCH_MORE, id, compressed.len()),
             ChunkFrame::Pack { id, compressed } => header(KIND_PACK, id, compressed.len()),
-            ChunkFrame::Patch { id, payload } => header(KIND_PATCH, id, payload.len()),
+            ChunkFrame::Patch { id, maps: None, payload } => header(KIND_PATCH, id, payload.len()),
+            ChunkFrame::Patch { id, maps: Some(maps), payload } => {
+                let mut out = header(KIND_WASM_PATCH, id, 4 + maps.len() + payload.len());
+                out.extend_from_slice(&(maps.len() as u32).to_le_bytes());
+                out.extend_from_slice(maps);
+                out
+            }
         };
         out.extend_from_slice(match self {
             ChunkFrame::Chunk { bytes, .. } => bytes,
@@ -185,7 +198,14 @@ impl<'a> ChunkFrame<'a> {
             }
             Some(&KIND_BATCH_MORE) => Ok(ChunkFrame::BatchMore { id: word(1)?, compressed: &frame[5..] }),
             Some(&KIND_PACK) => Ok(ChunkFrame::Pack { id: word(1)?, compressed: &frame[5..] }),
-            Some(&KIND_PATCH) => Ok(ChunkFrame::Patch { id: word(1)?, payload: &frame[5..] }),
+            Some(&KIND_PATCH) => Ok(ChunkFrame::Patch { id: word(1)?, maps: None, payload: &frame[5..] }),
+            Some(&KIND_WASM_PATCH) => {
+                let end = (word(5)? as usize)
+                    .checked_add(9)
+                    .filter(|&end| end <= frame.len())
+                    .ok_or(Error::BadFrame("patch frame shorter than its maps"))?;
+                Ok(ChunkFrame::Patch { id: word(1)?, maps: Some(&frame[9..end]), payload: &frame[end..] })
+            }
             _ => Err(Error::BadFrame("unknown frame kind")),
         }
     }
@@ -210,6 +230,14 @@ mod tests {
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ChunkFrame::decode(&huge).is_err());
         assert!(ChunkFrame::decode(&[]).is_err());
+        for maps in [None, Some(&b"maps"[..]), Some(&b""[..])] {
+            let p = ChunkFrame::Patch { id: 5, maps, payload: b"patch" };
+            let bytes = p.encode();
+            assert_eq!(ChunkFrame::decode(&bytes).unwrap(), p);
+        }
+        let mut long_maps = ChunkFrame::Patch { id: 5, maps: Some(b"maps"), payload: b"" }.encode();
+        long_maps[5..9].copy_from_slice(&5u32.to_le_bytes());
+        assert!(ChunkFrame::decode(&long_maps).is_err(), "maps longer than the frame");
     }
 
     #[test]

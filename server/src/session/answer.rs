@@ -320,19 +320,17 @@ async fn answer(
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 // A patch is made against the base version's whole file, which the client loads
                 // as it does a compression prefix.
-                let patched = peer.patch && encoded.patch.is_some();
+                let patched = encoded.patch_for(peer.patch, peer.wasm).is_some();
                 update.dict = encoded.prefixed || patched;
                 if patched && peer.cut {
                     cut_runs(&mut update.recipe);
                 }
-                // The object is the same for every client: one that applies patches, or an
-                // answer without one.
-                let same = peer.patch || encoded.patch.is_none();
+                // The object is the same for every client: one that applies patches with maps,
+                // or an answer without a patch.
+                let same = (peer.patch && peer.wasm) || encoded.patch.is_none();
                 offloaded = match &state.offload {
                     Some(offload)
-                        if same
-                            && peer.offload
-                            && offload.wants(encoded.frame_bytes(current, peer.patch)) =>
+                        if same && peer.offload && offload.wants(encoded.frame_bytes(current, patched)) =>
                     {
                         let body = || offload::body(frames(0, current, &answer.send, Some(&encoded), peer));
                         encoded.offloaded.get_or_init(|| offload.put(body())).await.clone()
@@ -383,11 +381,11 @@ fn frames<'a>(
     let plain =
         move |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
     let in_parts = peer.protocol >= 3;
+    if let Some((maps, payload)) = encoded.and_then(|e| e.patch_for(peer.patch, peer.wasm)) {
+        return Box::new(std::iter::once(ChunkFrame::Patch { id, maps, payload }.encode()));
+    }
     match encoded {
         None => Box::new(send.iter().map(move |&i| plain(i))),
-        Some(Encoded { patch: Some(patch), .. }) if peer.patch => {
-            Box::new(std::iter::once(ChunkFrame::Patch { id, payload: patch }.encode()))
-        }
         Some(encoded) => Box::new(encoded.batches.iter().flat_map(move |batch| match batch {
             Batch::Compressed { indices, frame } => ChunkFrame::batch(id, indices.clone(), frame, in_parts),
             Batch::Plain { indices } => indices.iter().map(|&i| plain(i)).collect(),

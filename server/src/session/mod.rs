@@ -277,6 +277,8 @@ struct Peer {
     patch: bool,
     /// Whether it cuts a patch's runs of chunks itself ([`patch::CUT_ENCODING`]).
     cut: bool,
+    /// Whether it remaps a WebAssembly base before a patch ([`patch::WASM_ENCODING`]).
+    wasm: bool,
     /// Who the client signed in as.
     signed: Signed,
 }
@@ -355,12 +357,14 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     // Patches travel as zstd frames, and come with the best-level answers.
     let patch = zstd && encodings.iter().any(|e| e == patch::ENCODING);
     let cut = patch && encodings.iter().any(|e| e == patch::CUT_ENCODING);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, "hello");
+    let wasm = patch && encodings.iter().any(|e| e == patch::WASM_ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, wasm, "hello");
     let used = [
         (zstd, compress::ZSTD),
         (offload, offload::ENCODING),
         (patch, patch::ENCODING),
         (cut, patch::CUT_ENCODING),
+        (wasm, patch::WASM_ENCODING),
     ];
     let welcome = ServerMessage::Welcome {
         protocol,
@@ -370,7 +374,7 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         path: state.path(),
         stale: state.upstream.as_ref().and_then(|u| u.stale()),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, cut, signed })
+    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, cut, wasm, signed })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
