@@ -30,8 +30,15 @@ pub enum Kind {
     I64,
 }
 
-/// The kinds rewritten by shifts, in the order [`Maps`] encodes them.
-const SHIFTED: [Kind; 4] = [Kind::Type, Kind::Global, Kind::I32, Kind::I64];
+/// Where [`Maps::shifts`] keeps the shifts of `kind` (not [`Kind::Func`]).
+fn shifted(kind: Kind) -> usize {
+    match kind {
+        Kind::Type => 0,
+        Kind::Global => 1,
+        Kind::I32 => 2,
+        Kind::I64 | Kind::Func => 3,
+    }
+}
 
 /// One immediate: where its LEB128 is in the module, its kind, its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,11 +74,25 @@ impl Reader<'_> {
     }
 
     fn u64(&mut self) -> Option<u64> {
-        let mut rest = self.bytes.get(self.at..)?;
+        // Most numbers in code are one byte.
+        let first = *self.bytes.get(self.at)?;
+        if first < 0x80 {
+            self.at += 1;
+            return Some(u64::from(first));
+        }
+        let mut rest = &self.bytes[self.at..];
         let before = rest.len();
         let n = varint::get(&mut rest)?;
         self.at += before - rest.len();
         Some(n)
+    }
+
+    /// Skips a number whose value is not needed (a local, a label, an alignment).
+    fn skip_leb(&mut self) -> Option<()> {
+        let rest = self.bytes.get(self.at..)?;
+        let len = rest.iter().take(10).position(|b| b & 0x80 == 0)? + 1;
+        self.at += len;
+        Some(())
     }
 
     fn u32(&mut self) -> Option<u32> {
@@ -124,9 +145,9 @@ impl Reader<'_> {
     /// A memory access's alignment (with the multi-memory flag), memory and offset.
     fn memarg(&mut self) -> Option<()> {
         if self.u32()? & 0x40 != 0 {
-            self.u32()?;
+            self.skip_leb()?;
         }
-        self.u64().map(drop)
+        self.skip_leb()
     }
 
     /// An immediate of `kind`, reported to `visit`.
@@ -246,20 +267,20 @@ fn instruction(r: &mut Reader, visit: &mut impl FnMut(Imm)) -> Option<()> {
         0x00 | 0x01 | 0x05 | 0x0a | 0x0b | 0x0f | 0x19 | 0x1a | 0x1b | 0x45..=0xc4 | 0xd1 | 0xd3 | 0xd4 => {}
         0x02..=0x04 | 0x06 => r.blocktype()?,
         0x07..=0x09 | 0x0c | 0x0d | 0x18 | 0x20..=0x22 | 0x25 | 0x26 | 0x3f | 0x40 | 0xd5 | 0xd6 => {
-            r.u32()?;
+            r.skip_leb()?;
         }
         0x0e => {
             for _ in 0..=r.u32()? {
-                r.u32()?;
+                r.skip_leb()?;
             }
         }
         0x10 | 0x12 | 0xd2 => r.imm(Kind::Func, visit)?,
         0x11 | 0x13 => {
             r.imm(Kind::Type, visit)?;
-            r.u32()?;
+            r.skip_leb()?;
         }
         0x14 | 0x15 => {
-            r.u32()?;
+            r.skip_leb()?;
         }
         0x1c => {
             for _ in 0..r.u32()? {
@@ -270,9 +291,9 @@ fn instruction(r: &mut Reader, visit: &mut impl FnMut(Imm)) -> Option<()> {
             r.blocktype()?;
             for _ in 0..r.u32()? {
                 if r.byte()? < 2 {
-                    r.u32()?;
+                    r.skip_leb()?;
                 }
-                r.u32()?;
+                r.skip_leb()?;
             }
         }
         0x23 | 0x24 => r.imm(Kind::Global, visit)?,
@@ -287,11 +308,11 @@ fn instruction(r: &mut Reader, visit: &mut impl FnMut(Imm)) -> Option<()> {
         0xfc => match r.u32()? {
             0..=7 => {}
             9 | 11 | 13 | 15..=17 => {
-                r.u32()?;
+                r.skip_leb()?;
             }
             8 | 10 | 12 | 14 => {
-                r.u32()?;
-                r.u32()?;
+                r.skip_leb()?;
+                r.skip_leb()?;
             }
             _ => return None,
         },
@@ -340,7 +361,11 @@ impl Maps {
                 _ => value,
             };
         }
-        let runs = &self.shifts[SHIFTED.iter().position(|k| *k == kind).expect("a shifted kind")];
+        let runs = &self.shifts[shifted(kind)];
+        // Below the first run (most constants are small numbers, not addresses): as it is.
+        if runs.first().is_none_or(|&(start, _)| value < start) {
+            return value;
+        }
         let i = runs.partition_point(|&(start, _)| start <= value);
         let Some(&(_, shift)) = i.checked_sub(1).map(|i| &runs[i]) else { return value };
         let to = value.wrapping_add(shift);
@@ -443,8 +468,12 @@ impl Remapping {
     pub fn step(&mut self, module: &[u8], budget: usize) -> Option<bool> {
         let Remapping { walker, maps, out, copied } = self;
         let done = walker.step(module, budget, &mut |imm: Imm| {
-            out.extend_from_slice(&module[*copied..imm.at.start]);
             let to = maps.map(imm.kind, imm.value);
+            // Most immediates keep their value: their bytes are copied with the next change.
+            if to == imm.value {
+                return;
+            }
+            out.extend_from_slice(&module[*copied..imm.at.start]);
             match imm.kind {
                 Kind::I32 | Kind::I64 => put_signed(out, to, imm.at.len()),
                 _ => put_unsigned(out, to as u64, imm.at.len()),
@@ -489,10 +518,12 @@ fn put_signed(out: &mut Vec<u8>, mut v: i64, width: usize) {
     }
 }
 
-/// A module as [`learn`] sees it.
+/// A module as [`learn`] sees it: memory is two numbers per immediate, not its place.
 struct Parsed {
-    layout: Layout,
-    imms: Vec<Imm>,
+    imported: u32,
+    /// Every body's immediates in order, `(kind, value)`; body `b`'s end at `ends[b]`.
+    imms: Vec<(Kind, i64)>,
+    ends: Vec<usize>,
     /// Each body's bytes without its immediates, hashed: equal for a function whose code did
     /// not change, however its callees, types, globals and addresses moved.
     prints: Vec<u64>,
@@ -500,28 +531,37 @@ struct Parsed {
 
 impl Parsed {
     fn new(module: &[u8]) -> Option<Parsed> {
-        let mut imms = Vec::new();
-        let layout = walk(module, |imm| imms.push(imm))?;
-        let mut parsed = Parsed { prints: Vec::with_capacity(layout.bodies.len()), layout, imms };
-        for b in 0..parsed.layout.bodies.len() {
-            let body = parsed.layout.bodies[b].clone();
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            let mut at = body.start;
-            for imm in parsed.imms_of(b) {
-                module[at..imm.at.start].hash(&mut hasher);
-                at = imm.at.end;
+        let mut walker = Walker::new(module)?;
+        let mut parsed = Parsed { imported: 0, imms: Vec::new(), ends: Vec::new(), prints: Vec::new() };
+        let mut places: Vec<Range<usize>> = Vec::new();
+        loop {
+            // One body (or section header) a step, so that only its immediates' places are kept.
+            places.clear();
+            let done = walker.step(module, 1, &mut |imm: Imm| {
+                places.push(imm.at);
+                parsed.imms.push((imm.kind, imm.value));
+            })?;
+            if let Some(body) = walker.layout.bodies.get(parsed.prints.len()) {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                let mut at = body.start;
+                for place in &places {
+                    module[at..place.start].hash(&mut hasher);
+                    at = place.end;
+                }
+                module[at..body.end].hash(&mut hasher);
+                parsed.prints.push(hasher.finish());
+                parsed.ends.push(parsed.imms.len());
             }
-            module[at..body.end].hash(&mut hasher);
-            parsed.prints.push(hasher.finish());
+            if done {
+                parsed.imported = walker.layout.imported_functions;
+                return Some(parsed);
+            }
         }
-        Some(parsed)
     }
 
-    fn imms_of(&self, body: usize) -> &[Imm] {
-        let range = &self.layout.bodies[body];
-        let first = self.imms.partition_point(|imm| imm.at.start < range.start);
-        let last = self.imms.partition_point(|imm| imm.at.start < range.end);
-        &self.imms[first..last]
+    fn imms_of(&self, body: usize) -> &[(Kind, i64)] {
+        let start = body.checked_sub(1).map_or(0, |b| self.ends[b]);
+        &self.imms[start..self.ends[body]]
     }
 }
 
@@ -546,7 +586,7 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
         .filter_map(|(print, b)| Some((b?, new_prints.get(&print).copied()??)))
         .collect();
     matched.sort_unstable();
-    let mut pairs = Vec::with_capacity(o.layout.bodies.len());
+    let mut pairs = Vec::with_capacity(o.prints.len());
     for (i, &(ob, nb)) in matched.iter().enumerate() {
         pairs.push((ob, nb));
         if let Some(&(next_o, next_n)) = matched.get(i + 1)
@@ -557,7 +597,7 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
         }
     }
     let mut maps = Maps::default();
-    let (oi, ni) = (o.layout.imported_functions, n.layout.imported_functions);
+    let (oi, ni) = (o.imported, n.imported);
     if oi == ni && oi > 0 {
         maps.functions.push((0, 0, oi));
     }
@@ -569,9 +609,9 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
             _ => maps.functions.push((from, to, 1)),
         }
         if o.prints[ob] == n.prints[nb] {
-            for (a, b) in o.imms_of(ob).iter().zip(n.imms_of(nb)) {
-                if a.kind != Kind::Func {
-                    *seen.entry((a.kind, a.value)).or_default().entry(b.value).or_default() += 1;
+            for (&(kind, from), &(_, to)) in o.imms_of(ob).iter().zip(n.imms_of(nb)) {
+                if kind != Kind::Func {
+                    *seen.entry((kind, from)).or_default().entry(to).or_default() += 1;
                 }
             }
         }
@@ -587,7 +627,7 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
         .collect();
     observed.sort_unstable();
     for (kind, value, shift) in observed {
-        let runs = &mut maps.shifts[SHIFTED.iter().position(|k| *k == kind).expect("a shifted kind")];
+        let runs = &mut maps.shifts[shifted(kind)];
         if runs.last().map_or(shift != 0, |&(_, s)| s != shift) {
             runs.push((value, shift));
         }

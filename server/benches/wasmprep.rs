@@ -21,12 +21,12 @@ const LEVEL: i32 = 19;
 
 fn main() {
     println!(
-        "| pair | size old / new | functions old / new | patch | old's function indices remapped | every kind remapped | maps: function runs / shift runs, compressed | with maps vs patch | learn + remap |"
+        "| pair | size old / new | functions old / new | patch | old's function indices remapped | every kind remapped | maps: function runs / shift runs, compressed | with maps vs patch | learn (server) | remap (client's work) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for corpus::Pair { label, bytes } in corpus::pairs(|file| file.ends_with(".wasm")) {
         let Some((old, new)) = bytes else {
-            println!("| {label} | not fetched: run `node tests/bench/corpus.mjs` first | | | | | | | |");
+            println!("| {label} | not fetched: run `node tests/bench/corpus.mjs` first | | | | | | | | |");
             continue;
         };
         let functions = |module: &[u8]| {
@@ -39,8 +39,10 @@ fn main() {
 
         let started = Instant::now();
         let maps = wasm::learn(&old, &new).expect("maps");
-        let remapped = wasm::remap(&old, &maps).expect("remapped");
         let learn_ms = started.elapsed().as_millis();
+        let started = Instant::now();
+        let remapped = wasm::remap(&old, &maps).expect("remapped");
+        let remap_ms = started.elapsed().as_secs_f64() * 1e3;
         let only_functions = Maps { functions: maps.functions.clone(), ..Maps::default() };
         let map_bytes = zstd::bulk::compress(&maps.encode(), LEVEL).unwrap().len();
         assert_eq!(Maps::decode(&maps.encode()).as_ref(), Some(&maps));
@@ -51,7 +53,7 @@ fn main() {
         let every = encode::patch(&remapped, &new, LEVEL).expect("a patch").len();
         let shift_runs: usize = maps.shifts.iter().map(Vec::len).sum();
         println!(
-            "| {label} | {} / {} | {old_functions} / {new_functions} | {plain} | {functions_only} | {every} | {} / {shift_runs}, {map_bytes} B | {:.2}x | {learn_ms} ms |",
+            "| {label} | {} / {} | {old_functions} / {new_functions} | {plain} | {functions_only} | {every} | {} / {shift_runs}, {map_bytes} B | {:.2}x | {learn_ms} ms | {remap_ms:.1} ms |",
             old.len(),
             new.len(),
             maps.functions.len(),
