@@ -190,8 +190,8 @@ impl Walker {
         })
     }
 
-    /// Walks sections and function bodies until about `budget` bytes are behind (whole bodies
-    /// at least one): `Some(true)` once the whole module is walked, `None` where it cannot be.
+    /// Walks sections and function bodies, whole ones, until at least `budget` bytes are behind:
+    /// `Some(true)` once the whole module is walked, `None` where it cannot be.
     pub fn step(&mut self, module: &[u8], budget: usize, visit: &mut impl FnMut(Imm)) -> Option<bool> {
         let mut r = Reader { bytes: module, at: self.at };
         let start = r.at;

@@ -181,7 +181,10 @@ for (const [label, pkg, from, to, file] of PAIRS) {
     patch,
     bsdiff,
     ours,
-    ourPatch: patchLine ? `${n(Number(field("patch")))}${field("used") === "true" ? " (sent)" : ""}, ${n(Number(field("ms")))} ms` : "-",
+    // With maps (a WebAssembly module remapped before the patch): patch + maps.
+    ourPatch: patchLine
+      ? `${n(Number(field("patch")))}${Number(field("maps")) ? ` + ${n(Number(field("maps")))} maps` : ""}${field("used") === "true" ? " (sent)" : ""}, ${n(Number(field("ms")))} ms`
+      : "-",
     peak,
     rsync: rsyncBytes(oldPath, newPath),
     first: first.wire_bytes_in + first.wire_bytes_out,
