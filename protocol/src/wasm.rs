@@ -565,9 +565,13 @@ impl Parsed {
     }
 }
 
+/// How far past the last match [`learn`] looks for a function of the same code in a gap.
+const GAP_SEARCH: usize = 64;
+
 /// The maps that make `old` most like `new`, learned by the server from both: functions whose
 /// code is the same but for its immediates are matched where that code is unique in both
-/// modules, and the functions between two matched ones where both gaps are as long; then
+/// modules; between two matched ones, each function with the next one of the same code, and
+/// the others in order where both gaps are as long; then
 /// each other kind's old values are mapped to the new ones seen in their place in matched
 /// functions (the most frequent, where a value was seen with several), as runs of equal shifts.
 /// `None` if either module cannot be walked.
@@ -589,11 +593,31 @@ pub fn learn(old: &[u8], new: &[u8]) -> Option<Maps> {
     let mut pairs = Vec::with_capacity(o.prints.len());
     for (i, &(ob, nb)) in matched.iter().enumerate() {
         pairs.push((ob, nb));
-        if let Some(&(next_o, next_n)) = matched.get(i + 1)
-            && next_n > nb
-            && next_o - ob == next_n - nb
-        {
+        let Some(&(next_o, next_n)) = matched.get(i + 1).filter(|&&(_, next_n)| next_n > nb) else {
+            continue;
+        };
+        if next_o - ob == next_n - nb {
+            // As many functions on both sides: changed ones, paired in order.
             pairs.extend((1..next_o - ob).map(|k| (ob + k, nb + k)));
+            continue;
+        }
+        // Else each old function with the next new one of the same code (code that is not
+        // unique in the module, such as small accessors), in order, and the functions between
+        // two of those paired in order where both gaps are as long.
+        let mut last = (ob, nb);
+        for b in ob + 1..=next_o {
+            let found = match b == next_o {
+                true => Some(next_n),
+                false => (last.1 + 1..next_n).take(GAP_SEARCH).find(|&c| n.prints[c] == o.prints[b]),
+            };
+            let Some(found) = found else { continue };
+            if b - last.0 == found - last.1 {
+                pairs.extend((1..b - last.0).map(|k| (last.0 + k, last.1 + k)));
+            }
+            if b < next_o {
+                pairs.push((b, found));
+            }
+            last = (b, found);
         }
     }
     let mut maps = Maps::default();
@@ -643,7 +667,8 @@ mod tests {
     /// locals' count or the final `end`).
     fn module(bodies: &[Vec<u8>]) -> Vec<u8> {
         let section = |id: u8, content: Vec<u8>| {
-            let mut s = vec![id, content.len() as u8];
+            let mut s = vec![id];
+            crate::varint::put(&mut s, content.len() as u64);
             s.extend(content);
             s
         };
@@ -719,6 +744,19 @@ mod tests {
         while !sliced.step(&old, 1).unwrap() {}
         assert_eq!(sliced.into_output(), remapped);
         assert_eq!(remap(&old, &Maps::default()).unwrap(), old);
+    }
+
+    /// Two functions of the same code (not unique, so not matched by it alone) between two
+    /// matched ones, with a function inserted before them: each is paired with the next new one
+    /// of its code, and the calls to them are remapped.
+    #[test]
+    fn functions_of_the_same_code_between_matched_ones_are_paired_in_order() {
+        let old = module(&[caller(1, 1, 0x20), leaf(5), leaf(5), caller(2, 2, 0x20)]);
+        let new = module(&[caller(1, 2, 0x20), leaf(9), leaf(5), leaf(5), caller(2, 3, 0x20)]);
+        let remapped = remap(&old, &learn(&old, &new).unwrap()).unwrap();
+        for body in [caller(1, 2, 0x20), caller(2, 3, 0x20)] {
+            assert!(remapped.windows(body.len()).any(|w| w == body), "{body:x?} in the remapped module");
+        }
     }
 
     #[test]

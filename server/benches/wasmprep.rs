@@ -24,7 +24,12 @@ fn main() {
         "| pair | size old / new | functions old / new | patch | old's function indices remapped | every kind remapped | maps: function runs / shift runs, bytes (zstd -19) | with maps vs patch | learn (server) | remap (client's work) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // `cargo bench ... -- swc`: only the pairs whose label holds one of the words given.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for corpus::Pair { label, bytes } in corpus::pairs(|file| file.ends_with(".wasm")) {
+        if !only.is_empty() && !only.iter().any(|word| label.contains(word.as_str())) {
+            continue;
+        }
         let Some((old, new)) = bytes else {
             println!("| {label} | not fetched: run `node tests/bench/corpus.mjs` first | | | | | | | | |");
             continue;
