@@ -653,6 +653,14 @@ mod tests {
             assert!(Encoded::from_bytes(&bytes[..cut]).is_none(), "a cut at {cut} parsed");
         }
         assert!(Encoded::from_bytes(&[bytes.as_slice(), b"x"].concat()).is_none());
+        // A patch, and a WebAssembly patch's maps after it.
+        let mut patched = Encoded::new(true, Vec::new());
+        patched.patch = Some(b"patch".to_vec());
+        let without_maps = patched.to_bytes();
+        patched.maps = Some(b"maps".to_vec());
+        let back = Encoded::from_bytes(&patched.to_bytes()).unwrap();
+        assert_eq!((back.patch, back.maps), (patched.patch, patched.maps));
+        assert!(Encoded::from_bytes(&without_maps).unwrap().maps.is_none(), "stored before maps");
     }
 
     #[test]
