@@ -22,11 +22,13 @@ pub fn npm_file(pkg: &str, version: &str, file: &str) -> Option<Vec<u8>> {
     if let Ok(bytes) = std::fs::read(&out) {
         return Some(bytes);
     }
-    let tgz = corpus.join("tgz");
-    std::fs::create_dir_all(&tgz).unwrap();
+    // Tests fetch the same package at once: each packs into a folder of its own, and the file
+    // appears whole (renamed into place) or not at all.
+    std::fs::create_dir_all(&corpus).unwrap();
+    let tgz = tempfile::tempdir_in(&corpus).unwrap();
     let packed = std::process::Command::new("npm")
         .args(["pack", &format!("{pkg}@{version}"), "--json", "--pack-destination"])
-        .arg(&tgz)
+        .arg(tgz.path())
         .output();
     let name = match &packed {
         Ok(o) if o.status.success() => {
@@ -47,13 +49,15 @@ pub fn npm_file(pkg: &str, version: &str, file: &str) -> Option<Vec<u8>> {
     };
     let tar = std::process::Command::new("tar")
         .arg("-xzOf")
-        .arg(tgz.join(name))
+        .arg(tgz.path().join(name))
         .arg(format!("package/{file}"))
         .output()
         .unwrap();
     assert!(tar.status.success(), "{file} is not in {pkg}@{version}");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    std::fs::write(&out, &tar.stdout).unwrap();
+    let mut written = tempfile::NamedTempFile::new_in(out.parent().unwrap()).unwrap();
+    std::io::Write::write_all(&mut written, &tar.stdout).unwrap();
+    written.persist(&out).unwrap();
     Some(tar.stdout)
 }
 
