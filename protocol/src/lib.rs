@@ -13,7 +13,8 @@
 //! - [`patch`]: binary patches (bsdiff's method) for compiled assets such as WebAssembly.
 //! - [`pack`]: small new files of a folder answer, many to a compressed frame.
 //! - [`upload`]: uploads, a new version sent to the server as a delta, with the same pieces.
-//! - [`varint`]: the LEB128 numbers of packs (and of the browser store's pointer table).
+//! - [`varint`]: the LEB128 numbers of packs, patches and WebAssembly maps (and of the browser
+//!   store's pointer table).
 //! - [`wasm`]: WebAssembly-aware preprocessing of binary patches (Courgette's idea).
 //! - [`client`]: the client's sans-IO [`ClientSync`] machine for one answer.
 //! - [`engine`]: the whole client policy (retry, resume, commit, folders) as sans-IO machines

@@ -50,7 +50,7 @@ impl Streams {
     pub fn push(&mut self, add: &[u8], copy: &[u8], seek: i64) {
         varint::put(&mut self.controls, add.len() as u64);
         varint::put(&mut self.controls, copy.len() as u64);
-        varint::put(&mut self.controls, ((seek << 1) ^ (seek >> 63)) as u64);
+        varint::put_signed(&mut self.controls, seek);
         self.diff.extend_from_slice(add);
         self.extra.extend_from_slice(copy);
     }
@@ -216,7 +216,7 @@ impl Patching {
         if add > room || copy > room - add {
             return Err(bad("a patch that does not rebuild the announced length"));
         }
-        (self.add, self.copy, self.seek) = (add, copy, ((seek >> 1) as i64) ^ -((seek & 1) as i64));
+        (self.add, self.copy, self.seek) = (add, copy, varint::unzigzag(seek));
         Ok(())
     }
 

@@ -22,3 +22,18 @@ pub fn get(bytes: &mut &[u8]) -> Option<u64> {
     }
     None
 }
+
+/// Appends signed `n`, zigzag-encoded (small magnitudes of either sign stay short).
+pub fn put_signed(out: &mut Vec<u8>, n: i64) {
+    put(out, ((n << 1) ^ (n >> 63)) as u64);
+}
+
+/// Reverses [`put_signed`] on a number taken with [`get`].
+pub fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+/// Takes one signed number ([`put_signed`]) off the front of `bytes`.
+pub fn get_signed(bytes: &mut &[u8]) -> Option<i64> {
+    get(bytes).map(unzigzag)
+}

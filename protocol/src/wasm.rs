@@ -366,8 +366,8 @@ impl Maps {
         if runs.first().is_none_or(|&(start, _)| value < start) {
             return value;
         }
-        let i = runs.partition_point(|&(start, _)| start <= value);
-        let Some(&(_, shift)) = i.checked_sub(1).map(|i| &runs[i]) else { return value };
+        // At least the first run starts at or below `value`.
+        let (_, shift) = runs[runs.partition_point(|&(start, _)| start <= value) - 1];
         let to = value.wrapping_add(shift);
         match kind {
             Kind::I32 => i64::from(to as i32),
@@ -379,13 +379,12 @@ impl Maps {
     /// The maps' bytes, as a patch carries them: each list's length, then its entries as
     /// differences from the previous one (zigzag LEB128).
     pub fn encode(&self) -> Vec<u8> {
-        let zigzag = |d: i64| ((d << 1) ^ (d >> 63)) as u64;
         let mut out = Vec::new();
         varint::put(&mut out, self.functions.len() as u64);
         let (mut old, mut new) = (0i64, 0i64);
         for &(start, to, len) in &self.functions {
-            varint::put(&mut out, zigzag(i64::from(start) - old));
-            varint::put(&mut out, zigzag(i64::from(to) - new));
+            varint::put_signed(&mut out, i64::from(start) - old);
+            varint::put_signed(&mut out, i64::from(to) - new);
             varint::put(&mut out, u64::from(len));
             (old, new) = (i64::from(start) + i64::from(len), i64::from(to) + i64::from(len));
         }
@@ -393,8 +392,8 @@ impl Maps {
             varint::put(&mut out, runs.len() as u64);
             let (mut value, mut shift) = (0i64, 0i64);
             for &(v, s) in runs {
-                varint::put(&mut out, zigzag(v.wrapping_sub(value)));
-                varint::put(&mut out, zigzag(s.wrapping_sub(shift)));
+                varint::put_signed(&mut out, v.wrapping_sub(value));
+                varint::put_signed(&mut out, s.wrapping_sub(shift));
                 (value, shift) = (v, s);
             }
         }
@@ -404,14 +403,13 @@ impl Maps {
     /// The maps [`Maps::encode`] wrote; `None` if `bytes` are not such maps (truncated,
     /// trailing bytes, runs out of order or out of range).
     pub fn decode(mut bytes: &[u8]) -> Option<Maps> {
-        let unzigzag = |n: u64| ((n >> 1) as i64) ^ -((n & 1) as i64);
         let b = &mut bytes;
         let mut maps = Maps::default();
         let count = varint::get(b)?;
         let (mut old, mut new) = (0i64, 0i64);
         for _ in 0..count {
-            let start = old.checked_add(unzigzag(varint::get(b)?))?;
-            let to = new.checked_add(unzigzag(varint::get(b)?))?;
+            let start = old.checked_add(varint::get_signed(b)?)?;
+            let to = new.checked_add(varint::get_signed(b)?)?;
             let len = u32::try_from(varint::get(b)?).ok()?;
             let run = (u32::try_from(start).ok()?, u32::try_from(to).ok()?, len);
             if maps.functions.last().is_some_and(|&(s, _, l)| u64::from(s) + u64::from(l) > u64::from(run.0))
@@ -424,8 +422,8 @@ impl Maps {
         for runs in &mut maps.shifts {
             let (mut value, mut shift) = (0i64, 0i64);
             for _ in 0..varint::get(b)? {
-                value = value.wrapping_add(unzigzag(varint::get(b)?));
-                shift = shift.wrapping_add(unzigzag(varint::get(b)?));
+                value = value.wrapping_add(varint::get_signed(b)?);
+                shift = shift.wrapping_add(varint::get_signed(b)?);
                 if runs.last().is_some_and(|&(v, _)| v >= value) {
                     return None;
                 }
@@ -442,7 +440,7 @@ impl Maps {
 pub fn remap(module: &[u8], maps: &Maps) -> Option<Vec<u8>> {
     let mut remapping = Remapping::new(module, maps.clone())?;
     while !remapping.step(module, usize::MAX)? {}
-    Some(remapping.into_output())
+    Some(remapping.take_output())
 }
 
 /// [`remap`] a part at a time, as a client does before applying a patch taken against the
@@ -488,8 +486,8 @@ impl Remapping {
     }
 
     /// The remapped module, once [`Remapping::step`] said it is done.
-    pub fn into_output(self) -> Vec<u8> {
-        self.out
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -742,7 +740,7 @@ mod tests {
         // A byte at a time, as a client remaps between yields, gives the same module.
         let mut sliced = Remapping::new(&old, maps.clone()).unwrap();
         while !sliced.step(&old, 1).unwrap() {}
-        assert_eq!(sliced.into_output(), remapped);
+        assert_eq!(sliced.take_output(), remapped);
         assert_eq!(remap(&old, &Maps::default()).unwrap(), old);
     }
 

@@ -68,16 +68,23 @@ enum Prefix {
     Unavailable,
 }
 
-/// A binary patch being applied, and the next chunk to cut from the file it rebuilds: its
-/// manifest position and offset. A patch taken against the base version's WebAssembly module
-/// as maps remap it first remaps the base, a slice at a time too, into `base`.
+/// A binary patch being applied, the file it applies to, and the next chunk to cut from the
+/// file it rebuilds: its manifest position and offset.
 #[derive(Debug)]
 struct Patch {
     patching: Patching,
+    base: Base,
     next: usize,
     at: usize,
-    remapping: Option<crate::wasm::Remapping>,
-    base: Option<Vec<u8>>,
+}
+
+/// What a patch applies to: the base version's file, or, for a patch taken against the base
+/// version's WebAssembly module as maps remap it, that module remapped (a slice at a time too).
+#[derive(Debug)]
+enum Base {
+    File,
+    Remapping(crate::wasm::Remapping),
+    Remapped(Vec<u8>),
 }
 
 /// A batch arriving in parts (`BatchStart`, then `BatchMore` frames).
@@ -447,13 +454,13 @@ impl ClientSync {
                         return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
                     }
                 };
-                let remapping = match maps {
-                    None => None,
+                let base = match maps {
+                    None => Base::File,
                     Some(maps) => {
                         let maps = crate::wasm::Maps::decode(maps)
                             .ok_or(Error::BadFrame("invalid WebAssembly maps"))?;
                         let remapping = crate::wasm::Remapping::new(file, maps);
-                        Some(
+                        Base::Remapping(
                             remapping
                                 .ok_or(Error::BadFrame("WebAssembly maps for a base that is not a module"))?,
                         )
@@ -461,8 +468,7 @@ impl ClientSync {
                 };
                 // Applied a slice at a time by `work`.
                 let applying = Patching::new(payload, manifest.len)?;
-                *patching =
-                    Some(Box::new(Patch { patching: applying, next: 0, at: 0, remapping, base: None }));
+                *patching = Some(Box::new(Patch { patching: applying, base, next: 0, at: 0 }));
                 return Ok(Event::Progress { received: *received_bytes, total: *total });
             }
         };
@@ -557,10 +563,10 @@ impl ClientSync {
         };
         let patch = slot.as_mut().expect("matched");
         // The base is remapped first, when the patch was taken against it remapped.
-        if let Some(remapping) = &mut patch.remapping {
+        if let Base::Remapping(remapping) = &mut patch.base {
             match remapping.step(file, PATCH_SLICE) {
                 Some(false) => {}
-                Some(true) => patch.base = patch.remapping.take().map(crate::wasm::Remapping::into_output),
+                Some(true) => patch.base = Base::Remapped(remapping.take_output()),
                 None => {
                     *slot = None;
                     return Err(Error::BadFrame(
@@ -570,7 +576,10 @@ impl ClientSync {
             }
             return Ok(Event::Progress { received: *received_bytes, total: *total });
         }
-        let base = patch.base.as_deref().unwrap_or(file);
+        let base = match &patch.base {
+            Base::Remapped(module) => module,
+            _ => file,
+        };
         let finished = match patch.patching.step(base, PATCH_SLICE) {
             Ok(finished) => finished,
             Err(error) => {
