@@ -148,15 +148,19 @@ async fn answer_for(url: &str, old: &[u8], encodings: &str) -> (serde_json::Valu
     (update, frames)
 }
 
+/// sql.js's WebAssembly module, 1.10.2 then 1.10.3 from npm, served as `asset` by the binary
+/// once `holder` synced 1.10.2 (see [`updated`]); `None` where npm cannot be reached.
+async fn sql_js_updated(holder: &TestClient) -> Option<(Vec<u8>, Vec<u8>, Served, tempfile::TempDir)> {
+    let file = "dist/sql-wasm.wasm";
+    let (old, new) = (npm_file("sql.js", "1.10.2", file)?, npm_file("sql.js", "1.10.3", file)?);
+    let (server, root) = updated(&old, &new, true, holder).await;
+    Some((old, new, server, root))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_patch_answer_names_runs_of_chunks_for_clients_that_cut_them_and_lengths_for_others() {
-    let file = "dist/sql-wasm.wasm";
-    let (Some(old), Some(new)) = (npm_file("sql.js", "1.10.2", file), npm_file("sql.js", "1.10.3", file))
-    else {
-        return;
-    };
     let holder = TestClient::new();
-    let (server, _root) = updated(&old, &new, true, &holder).await;
+    let Some((old, new, server, _root)) = sql_js_updated(&holder).await else { return };
     let lengths = update_for(&server.url, &old, r#""zstd","patch","wasm""#).await;
     let runs = update_for(&server.url, &old, r#""zstd","patch","cut","wasm""#).await;
     let recipe = |u: &serde_json::Value| u["recipe"].as_array().unwrap().clone();
@@ -177,13 +181,8 @@ async fn a_patch_answer_names_runs_of_chunks_for_clients_that_cut_them_and_lengt
 /// A client that does not remap gets the zstd answer instead, and the patch beats it by far.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webassembly_patch_brings_maps_that_remap_the_old_module_before_it_applies() {
-    let file = "dist/sql-wasm.wasm";
-    let (Some(old), Some(new)) = (npm_file("sql.js", "1.10.2", file), npm_file("sql.js", "1.10.3", file))
-    else {
-        return;
-    };
     let holder = TestClient::new();
-    let (server, _root) = updated(&old, &new, true, &holder).await;
+    let Some((old, new, server, _root)) = sql_js_updated(&holder).await else { return };
     let (_, frames) = answer_for(&server.url, &old, r#""zstd","patch","wasm""#).await;
     let [frame] = &frames[..] else { panic!("one patch frame, got {}", frames.len()) };
     let ChunkFrame::Patch { maps: Some(maps), payload, .. } = ChunkFrame::decode(frame).unwrap() else {
@@ -197,7 +196,7 @@ async fn a_webassembly_patch_brings_maps_that_remap_the_old_module_before_it_app
     let (_, without) = answer_for(&server.url, &old, r#""zstd","patch""#).await;
     let without: usize = without.iter().map(Vec::len).sum();
     eprintln!(
-        "{file}: a patch with maps of {} bytes, {without} bytes for a client that does not remap",
+        "sql-wasm.wasm: a patch with maps of {} bytes, {without} bytes for a client that does not remap",
         frame.len()
     );
     // 11,700 against 25,700 bytes when this was written (a patch without maps: 21,300).
