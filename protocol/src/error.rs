@@ -62,6 +62,10 @@ pub enum Error {
     /// asked for again over the WebSocket.
     #[error("fetching the answer over HTTP failed: {0}")]
     Offload(String),
+    /// A binary patch (see [`crate::patch`]) could not be applied, or rebuilt a file that failed
+    /// verification: the answer is asked for again without a patch.
+    #[error("the binary patch could not be applied: {0}")]
+    BadPatch(String),
     /// The server broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -70,7 +74,7 @@ pub enum Error {
 impl Error {
     /// The retry policy both clients share. After an attempt failed with this error, returns the
     /// chunk ids to name in the retry's `have.chunks`:
-    /// - [`Error::UnknownBase`] and [`Error::Offload`]: all `held`;
+    /// - [`Error::UnknownBase`], [`Error::Offload`] and [`Error::BadPatch`]: all `held`;
     /// - [`Error::MissingLocal`]: `held` minus every id whose first `prefix` bytes (the attempt's
     ///   [`crate::ChunkSet::prefix`]) equal those of a missing or damaged one, so that neither a
     ///   damaged chunk nor a truncated-id collision can repeat;
@@ -79,7 +83,7 @@ impl Error {
     /// `None` means a retry cannot help.
     pub fn retry_holding(&self, mut held: Vec<ChunkId>, prefix: usize) -> Option<Vec<ChunkId>> {
         match self {
-            Error::UnknownBase | Error::Offload(_) => Some(held),
+            Error::UnknownBase | Error::Offload(_) | Error::BadPatch(_) => Some(held),
             Error::MissingLocal(bad) => {
                 let cut: std::collections::HashSet<&[u8]> = bad.iter().map(|id| &id.0[..prefix]).collect();
                 held.retain(|id| !cut.contains(&id.0[..prefix]));

@@ -142,15 +142,15 @@ impl Patching {
         }
         let (zc, rest) = rest.split_at_checked(zcontrols).ok_or(bad("a patch cut short"))?;
         let (zd, ze) = rest.split_at_checked(zdiff).ok_or(bad("a patch cut short"))?;
-        let controls = crate::compress::decompress(zc, None, controls_len)?;
+        let controls = crate::compress::decompress(zc, None, controls_len).map_err(undecodable)?;
         if controls.len() != controls_len {
             return Err(bad("a patch stream shorter than announced"));
         }
         Ok(Patching {
             controls,
             read: 0,
-            diff: Stream::new(zd.to_vec())?,
-            extra: Stream::new(ze.to_vec())?,
+            diff: Stream::new(zd.to_vec()).map_err(undecodable)?,
+            extra: Stream::new(ze.to_vec()).map_err(undecodable)?,
             add: 0,
             copy: 0,
             seek: 0,
@@ -222,7 +222,10 @@ impl Patching {
 
     /// Checks that the controls rebuilt the announced length and used both streams whole.
     fn end(&mut self) -> Result<(), Error> {
-        if self.out.len() != self.new_len || !self.diff.ended()? || !self.extra.ended()? {
+        if self.out.len() != self.new_len
+            || !self.diff.ended().map_err(undecodable)?
+            || !self.extra.ended().map_err(undecodable)?
+        {
             return Err(bad("a patch that does not rebuild the announced length"));
         }
         Ok(())
@@ -239,13 +242,18 @@ impl Patching {
     }
 }
 
-fn bad(why: &'static str) -> Error {
-    Error::BadFrame(why)
+fn bad(why: &str) -> Error {
+    Error::BadPatch(why.to_owned())
+}
+
+/// A stream of the patch that zstd cannot decode.
+fn undecodable(error: Error) -> Error {
+    Error::BadPatch(error.to_string())
 }
 
 /// Fills `buf` from a stream, or fails with `short` if it ends first.
 fn read_exact(stream: &mut Stream, buf: &mut [u8], short: &'static str) -> Result<(), Error> {
-    match stream.read(buf)? {
+    match stream.read(buf).map_err(undecodable)? {
         true => Ok(()),
         false => Err(bad(short)),
     }

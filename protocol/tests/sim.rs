@@ -3,8 +3,9 @@
 //!
 //! Each seed builds a schedule: a folder of files (some small enough to travel in packs, when
 //! the seed's server packs), a client that syncs single assets and the folder several times, a
-//! server that publishes new versions, removes files and forgets the versions it served, a link that cuts the connection, flips bits and duplicates frames, and a
-//! store that loses chunks. Every schedule checks:
+//! server that publishes new versions, removes files, forgets the versions it served and may
+//! send patches that do not apply, a link that cuts the connection, flips bits and duplicates
+//! frames, and a store that loses chunks. Every schedule checks:
 //! - each commit is byte-identical to a version the server served;
 //! - each sync ends (done or failed) within a bounded number of actions, and a sync that met no
 //!   fault at all succeeds;
@@ -55,6 +56,10 @@ struct Server {
     /// Whether a patch's recipe gives runs of sent chunks as one length, for the client to cut
     /// (see [`assetsync_protocol::RecipeOp::Cut`]).
     cut: bool,
+    /// Whether its patches do not apply (a bug, or a damaged stored answer): cut short, or
+    /// rebuilding a file one byte off. Not a fault: the client must still end with the file, by
+    /// asking for the chunks instead (`no_patch`).
+    broken_patches: bool,
 }
 
 /// A patch rebuilding `new` from `old`: their common start and end from `old`, the middle as
@@ -91,7 +96,7 @@ impl Server {
     fn answer(&self, request: &ClientMessage) -> Vec<Msg> {
         let text = |m: &ServerMessage| Msg::Text(serde_json::to_string(m).unwrap());
         match request {
-            ClientMessage::Sync { id, asset, have, direct } => {
+            ClientMessage::Sync { id, asset, have, direct, no_patch } => {
                 let asset = AssetPath::new(asset).unwrap();
                 let Some((current, data)) = self.files.get(&asset) else {
                     let message = format!("unknown asset {asset:?}");
@@ -109,7 +114,8 @@ impl Server {
                 }
                 let held = client_holds(have, known.iter().map(|(_, m)| *m), [current]);
                 let mut out = Vec::new();
-                self.file_answer(*id, None, current, data, base, &held, self.offload && !direct, &mut out);
+                let (offload, patches) = (self.offload && !direct, self.patches && !no_patch);
+                self.file_answer(*id, None, current, data, base, &held, offload, patches, &mut out);
                 out
             }
             ClientMessage::SyncFolder { id, folder, since, have, .. } => {
@@ -177,6 +183,7 @@ impl Server {
                         base_of(m),
                         &held,
                         self.offload,
+                        self.patches,
                         &mut out,
                     );
                     held.extend(sent);
@@ -198,6 +205,7 @@ impl Server {
         base: Option<(u32, &Manifest)>,
         held: &HashSet<ChunkId>,
         offload: bool,
+        patches: bool,
         out: &mut Vec<Msg>,
     ) -> Vec<ChunkId> {
         let view = ClientView { base: base.map(|(i, m)| (i, m.version(), m)), held };
@@ -205,10 +213,23 @@ impl Server {
         let offsets: Vec<(usize, u32)> = current.offsets().map(|(at, c)| (at, c.len)).collect();
         // The client's old file, when this server sends patches against it.
         let old =
-            base.filter(|_| self.patches && !answer.send.is_empty()).map(|(_, m)| &self.served[&m.version()]);
+            base.filter(|_| patches && !answer.send.is_empty()).map(|(_, m)| &self.served[&m.version()]);
         let frames = |id: u32| -> Vec<Vec<u8>> {
             if let Some(old) = old {
-                return vec![ChunkFrame::Patch { id, maps: None, payload: &naive_patch(old, data) }.encode()];
+                let payload = match self.broken_patches {
+                    false => naive_patch(old, data),
+                    true if data.len().is_multiple_of(2) => {
+                        let mut cut = naive_patch(old, data);
+                        cut.truncate(cut.len() / 2);
+                        cut
+                    }
+                    true => {
+                        let mut wrong = data.to_vec();
+                        wrong[0] ^= 1;
+                        naive_patch(old, &wrong)
+                    }
+                };
+                return vec![ChunkFrame::Patch { id, maps: None, payload: &payload }.encode()];
             }
             let chunk = |&index: &u32| {
                 let (at, len) = offsets[index as usize];
@@ -582,6 +603,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     w.server.offload = w.rng.chance(400);
     w.server.patches = w.rng.chance(400);
     w.server.cut = w.server.patches && w.rng.chance(500);
+    w.server.broken_patches = w.server.patches && w.rng.chance(250);
     // And small files of one chunk (or empty), which a protocol-4 server packs.
     let tiny = (0..w.rng.below(4)).map(|i| AssetPath::new(&format!("dist/t{i}.js")).unwrap());
     let assets: Vec<AssetPath> = assets.into_iter().chain(tiny).collect();

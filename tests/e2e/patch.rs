@@ -206,3 +206,39 @@ async fn a_webassembly_patch_brings_maps_that_remap_the_old_module_before_it_app
     assert!(std::fs::read(holder.out("asset")).unwrap() == new, "the rebuilt file differs");
     assert!(report.wire_bytes_in < without as u64, "{} bytes in", report.wire_bytes_in);
 }
+
+/// A patch that does not apply (a bit flipped in its streams on the way; a server bug would do
+/// the same): the client asks again on the same connection with `no_patch` and gets the zstd
+/// answer against the version it holds, not a clean start, and commits the exact file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patch_that_does_not_apply_is_followed_by_the_chunks_on_the_same_connection() {
+    use crate::faults::{Fault, OnCut, Proxy};
+    let quiet: OnCut = std::sync::Arc::new(|| {});
+    let holder = TestClient::new();
+    let Some((_, new, server, _root)) = sql_js_updated(&holder).await else { return };
+    let addr = server.url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
+    // Where the patch ends on the wire: the same pull, undisturbed, by a copy of the holder.
+    let probe = Proxy::to(addr, Vec::new(), quiet.clone()).await;
+    let clean = holder.copy().pull_from(probe.url(), &["asset"]).await.unwrap().remove(0);
+    assert!(!clean.retried, "{clean:?}");
+    // The patch frame comes last; a bit 2,000 bytes before the end is in its streams.
+    let proxy = Proxy::to(addr, vec![Fault::FlipAt(probe.forwarded() as usize - 2_000)], quiet).await;
+    let report = holder.pull_from(proxy.url(), &["asset"]).await.unwrap().remove(0);
+    assert!(std::fs::read(holder.out("asset")).unwrap() == new, "the rebuilt file differs");
+    assert_eq!((proxy.flips(), proxy.connections()), (1, 1), "one flip, no reconnection");
+    assert!(report.retried && report.requests == 2, "{report:?}");
+    let answers: Vec<String> = server.said("sync").into_iter().filter(|l| l.contains("base=true")).collect();
+    let patches: Vec<bool> = answers.iter().map(|l| l.contains("patch=true")).collect();
+    assert_eq!(patches[patches.len() - 2..], [true, false], "the patch, then the chunks: {answers:#?}");
+    eprintln!(
+        "a patch of {} bytes in, then {} with the chunks after it",
+        clean.wire_bytes_in, report.wire_bytes_in
+    );
+    // The chunks against the version held, compressed against it: about twice the patch, far
+    // from the whole module (640 KB).
+    assert!(
+        report.wire_bytes_in < clean.wire_bytes_in * 4,
+        "{} bytes after the patch failed",
+        report.wire_bytes_in
+    );
+}

@@ -14,8 +14,8 @@
 //! On [`Error::UnknownBase`] the driver asks again without its own version, listing
 //! [`ClientSync::held_chunks`] in `have.chunks` (other assets' versions may stay). On [`Error::MissingLocal`] it deletes the named chunks from its store and
 //! retries with the chunks it still holds; on [`Error::FileMismatch`] it retries with an empty
-//! `have` (see [`Error::retry_holding`]). A few attempts are enough: each retry holds fewer
-//! chunks than the one before.
+//! `have` (see [`Error::retry_holding`]); on [`Error::BadPatch`] it asks again with `no_patch`.
+//! A few attempts are enough: each retry holds fewer chunks than the one before.
 
 mod rebuild;
 
@@ -195,6 +195,7 @@ impl ClientSync {
             asset: asset.as_str().to_owned(),
             have: Have { versions, chunks: have_chunks },
             direct: false,
+            no_patch: false,
         };
         let machine =
             ClientSync { id, asset, named, has_base, prefix, driver_hashes: false, state: State::Waiting };
@@ -454,15 +455,14 @@ impl ClientSync {
                         return progress(positions.len(), sent.len(), *received_bytes, *total, bad);
                     }
                 };
+                let bad = |why: &str| Error::BadPatch(why.to_owned());
                 let base = match maps {
                     None => Base::File,
                     Some(maps) => {
-                        let maps = crate::wasm::Maps::decode(maps)
-                            .ok_or(Error::BadFrame("invalid WebAssembly maps"))?;
+                        let maps = crate::wasm::Maps::decode(maps).ok_or(bad("invalid WebAssembly maps"))?;
                         let remapping = crate::wasm::Remapping::new(file, maps);
                         Base::Remapping(
-                            remapping
-                                .ok_or(Error::BadFrame("WebAssembly maps for a base that is not a module"))?,
+                            remapping.ok_or(bad("WebAssembly maps for a base that is not a module"))?,
                         )
                     }
                 };
@@ -569,8 +569,8 @@ impl ClientSync {
                 Some(true) => patch.base = Base::Remapped(remapping.take_output()),
                 None => {
                     *slot = None;
-                    return Err(Error::BadFrame(
-                        "the base version is a WebAssembly module this client cannot walk",
+                    return Err(Error::BadPatch(
+                        "the base version is a WebAssembly module this client cannot walk".into(),
                     ));
                 }
             }
@@ -595,7 +595,9 @@ impl ClientSync {
                 break;
             }
             if runs.first() == Some(&(patch.next as u32)) {
-                cut_run(manifest, [sent, positions], runs, &rebuilt[patch.at..end])?;
+                // A run the rebuilt bytes cannot be cut into is the patch's fault.
+                cut_run(manifest, [sent, positions], runs, &rebuilt[patch.at..end])
+                    .map_err(|e| Error::BadPatch(e.to_string()))?;
                 continue;
             }
             if sent.contains(&(patch.next as u32)) {
@@ -606,7 +608,7 @@ impl ClientSync {
         if finished {
             *slot = None;
             // Runs are cut now, and sent lengths were not checked against the parameters.
-            manifest.validate()?;
+            manifest.validate().map_err(|e| Error::BadPatch(e.to_string()))?;
         }
         let event = self.take_chunks(chunks)?;
         match (finished, &self.state) {

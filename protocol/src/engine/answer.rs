@@ -95,6 +95,9 @@ pub(super) struct Answer {
     outstanding: usize,
     /// Set when the answer's frames are fetched over HTTP.
     download: Option<Download>,
+    /// Whether the answer is a binary patch: a rebuilt file that fails verification is then
+    /// the patch's fault.
+    patched: bool,
     /// Bytes read for this answer.
     pub wire_in: u64,
     /// Bytes of it fetched over HTTP.
@@ -120,6 +123,7 @@ impl Answer {
             fresh: Vec::new(),
             outstanding: 0,
             download: None,
+            patched: false,
             wire_in: 0,
             downloaded: 0,
         }
@@ -229,7 +233,12 @@ impl Answer {
                 Err(damaged) => retry(Error::MissingLocal(damaged), m.held_chunks(), m.chunk_prefix()),
             },
             (Step::Loading(m), Input::Chunks(local)) => {
-                let held: Vec<ChunkId> = local.iter().map(|(id, _)| *id).collect();
+                // A patch's file reuses chunks from the base version's verified file: those are
+                // held, should the patch fail.
+                let held: Vec<ChunkId> = match self.patched {
+                    true => m.held_chunks(),
+                    false => local.iter().map(|(id, _)| *id).collect(),
+                };
                 let prefix = m.chunk_prefix();
                 match m.assemble(local) {
                     Ok(assembled) => {
@@ -242,6 +251,10 @@ impl Answer {
             (Step::Verifying(assembled, held, prefix), Input::Digest(digest)) => {
                 match assembled.verify(digest) {
                     Ok(synced) => Some(End::Verified(synced)),
+                    Err(Error::FileMismatch) if self.patched => {
+                        let error = Error::BadPatch("the file it rebuilt failed verification".into());
+                        retry(error, held, prefix)
+                    }
                     Err(error) => retry(error, held, prefix),
                 }
             }
@@ -264,6 +277,12 @@ impl Answer {
         fresh.extend(taken);
     }
 
+    /// Goes on receiving, or applying the patch that arrived.
+    fn go_on(&mut self, m: ClientSync) {
+        self.patched |= m.has_work();
+        self.step = if m.has_work() { Step::Working(m) } else { Step::Receiving(m) };
+    }
+
     /// After a message or frame: a wanted compression prefix comes first.
     fn fed(&mut self, m: ClientSync, event: Result<Event, Error>, queue: &mut Queue) -> Option<End> {
         if m.wanted_prefix().is_some() {
@@ -276,7 +295,7 @@ impl Answer {
     fn on_event(&mut self, m: ClientSync, event: Result<Event, Error>, queue: &mut Queue) -> Option<End> {
         if let Ok(Event::Progress { received, total }) = event {
             queue.push_back(Action::Progress { asset: self.asset.clone(), received, total });
-            self.step = if m.has_work() { Step::Working(m) } else { Step::Receiving(m) };
+            self.go_on(m);
             return None;
         }
         // Nothing of this answer is used before every received chunk is hashed.
@@ -297,7 +316,8 @@ impl Answer {
                 error @ (Error::FileMismatch
                 | Error::MissingLocal(_)
                 | Error::UnknownBase
-                | Error::Offload(_)),
+                | Error::Offload(_)
+                | Error::BadPatch(_)),
             ) => retry(error, m.held_chunks(), m.chunk_prefix()),
             Err(Error::Server { code, message }) => Some(End::Refused { code, message }),
             // Lost, or the stream went bad (mid-answer, it cannot be read on).
@@ -346,7 +366,7 @@ impl Answer {
         queue.extend(events);
         match split {
             Ok(()) => {
-                self.step = if m.has_work() { Step::Working(m) } else { Step::Receiving(m) };
+                self.go_on(m);
                 None
             }
             // Data that fails verification arrived over HTTP, so it is asked for again over the

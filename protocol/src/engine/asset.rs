@@ -93,6 +93,8 @@ pub struct AssetSync {
     resume: bool,
     /// Whether requests ask for the chunks over the WebSocket (an offloaded answer failed).
     direct: bool,
+    /// Whether requests ask for the chunks instead of a binary patch (a patch failed to apply).
+    no_patch: bool,
     driver_hashes: bool,
     losses: Losses,
     report: SyncReport,
@@ -118,6 +120,7 @@ impl AssetSync {
             kept: Vec::new(),
             resume: true,
             direct: false,
+            no_patch: false,
             driver_hashes: false,
             losses: Losses::default(),
             report: SyncReport::default(),
@@ -180,6 +183,17 @@ impl AssetSync {
                     .push_back(Action::Warn(format!("{}: {why}; asking over the WebSocket", self.asset)));
                 State::Ready
             }
+            End::Retry { error: Error::BadPatch(why), .. } => {
+                // The same request, answered with chunks: the base version's file is intact.
+                self.no_patch = true;
+                self.report.retried = true;
+                let line = format!(
+                    "{}: the binary patch could not be applied ({why}); asking for the chunks",
+                    self.asset
+                );
+                self.queue.push_back(Action::Warn(line));
+                State::Ready
+            }
             End::Retry { error, held: Some(held) } => {
                 if let Error::MissingLocal(damaged) = &error {
                     self.queue.push_back(Action::Discard(damaged.clone()));
@@ -231,8 +245,8 @@ impl Machine for AssetSync {
                 let Holding { base, others, chunks } = self.holding.clone();
                 let (machine, mut request) =
                     ClientSync::new(id, self.asset.clone(), base.clone(), others, ChunkSet::new(chunks));
-                if let ClientMessage::Sync { direct, .. } = &mut request {
-                    *direct = self.direct;
+                if let ClientMessage::Sync { direct, no_patch, .. } = &mut request {
+                    (*direct, *no_patch) = (self.direct, self.no_patch);
                 }
                 let answer = Answer::new(machine, base, self.sources.clone(), self.driver_hashes);
                 self.report.requests += 1;

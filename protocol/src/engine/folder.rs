@@ -360,6 +360,8 @@ impl FolderSync {
                     self.queue.push_back(Action::Discard(damaged.clone()));
                 }
                 self.queue.push_back(Action::Warn(format!("{asset}: {error}; fetching it again")));
+                // Once, even if an earlier answer (cut before its end) failed it too.
+                self.again.retain(|(queued, ..)| *queued != asset);
                 self.again.push_back((asset, held.unwrap_or_default(), offloaded));
                 self.next_file();
             }

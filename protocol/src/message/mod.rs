@@ -64,6 +64,10 @@ pub enum ClientMessage {
         /// [`crate::offload`]): fetching it over HTTP failed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         direct: bool,
+        /// Send the chunks, never a binary patch (see [`crate::patch`]): the patch this answer
+        /// would bring could not be applied.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_patch: bool,
     },
     /// Asks for the current state of a whole folder: answered by `folder` (the listing), then
     /// one `update` (with its chunk frames) per listed file whose version is not in

@@ -12,7 +12,13 @@ fn messages_have_the_documented_json_shape() {
     let sync: ClientMessage = serde_json::from_str(r#"{"type":"sync","id":7,"asset":"js/app.js"}"#).unwrap();
     assert_eq!(
         sync,
-        ClientMessage::Sync { id: 7, asset: "js/app.js".into(), have: Have::default(), direct: false }
+        ClientMessage::Sync {
+            id: 7,
+            asset: "js/app.js".into(),
+            have: Have::default(),
+            direct: false,
+            no_patch: false
+        }
     );
     let err = ServerMessage::Error { id: Some(7), code: ErrorCode::UnknownAsset, message: "x".into() };
     assert_eq!(

@@ -30,6 +30,8 @@ pub(super) struct Request<'a> {
     pub have: Have,
     /// Never offloaded: fetching it over HTTP failed.
     pub direct: bool,
+    /// Never a binary patch: the client could not apply the one it got.
+    pub no_patch: bool,
 }
 
 /// Answers one `sync`. Request-level problems (bad path, unknown asset, digest over the limit)
@@ -41,7 +43,7 @@ pub(super) async fn sync(
     throttle: &mut Throttle,
     request: Request<'_>,
 ) -> Result<(), Fatal> {
-    let Request { id, asset, have, direct } = request;
+    let Request { id, asset, have, direct, no_patch } = request;
     let started = Instant::now();
     if have.len() > state.limits.max_have {
         return send_json(socket, &too_many_entries(id, &have, state)).await;
@@ -73,7 +75,7 @@ pub(super) async fn sync(
     if ask_for_chunks(peer.protocol, &have, own_version_unknown) {
         return send_json(socket, &ServerMessage::UnknownBase { id }).await;
     }
-    let peer = Peer { offload: peer.offload && !direct, ..peer };
+    let peer = Peer { offload: peer.offload && !direct, patch: peer.patch && !no_patch, ..peer };
     let sent = answer(socket, state, peer, throttle, id, None, &current, base.as_ref(), &held).await?;
     tracing::info!(
         %asset,
@@ -84,6 +86,7 @@ pub(super) async fn sync(
         frame_bytes = sent.frame_bytes,
         offloaded = sent.offloaded,
         dict = sent.dict,
+        patch = sent.patch,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sync"
     );
@@ -289,6 +292,8 @@ struct Sent {
     offloaded: u64,
     /// Whether batches were compressed against the base version.
     dict: bool,
+    /// Whether the answer was a binary patch.
+    patch: bool,
 }
 
 /// Plans, encodes and sends the answer for `current` to a client holding `held` (`update` with
@@ -312,6 +317,7 @@ async fn answer(
     let view = ClientView { base: base.map(|b| (b.position, b.version, b.manifest.as_ref())), held };
     let mut answer = plan(id, &current.manifest, current.version, view);
     let mut offloaded = None;
+    let mut patched = false;
     let encoded = match &mut answer.message {
         ServerMessage::Update(update) => {
             let (asset, work) = folder.unzip();
@@ -320,7 +326,7 @@ async fn answer(
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 // A patch is made against the base version's whole file, which the client loads
                 // as it does a compression prefix.
-                let patched = encoded.patch_for(peer.patch, peer.wasm).is_some();
+                patched = encoded.patch_for(peer.patch, peer.wasm).is_some();
                 update.dict = encoded.prefixed || patched;
                 if patched && peer.cut {
                     cut_runs(&mut update.recipe);
@@ -351,7 +357,8 @@ async fn answer(
     }
     let dict = encoded.as_ref().is_some_and(|e| e.prefixed);
     if let Some(offloaded) = offloaded {
-        return Ok(Sent { chunks: answer.send, frame_bytes: 0, offloaded: offloaded.bytes, dict });
+        let offloaded = offloaded.bytes;
+        return Ok(Sent { chunks: answer.send, frame_bytes: 0, offloaded, dict, patch: patched });
     }
     let mut frame_bytes = 0usize;
     for frame in frames(id, current, &answer.send, encoded.as_deref(), peer) {
@@ -365,7 +372,7 @@ async fn answer(
     if !in_folder {
         socket.flush().await.map_err(gone)?;
     }
-    Ok(Sent { chunks: answer.send, frame_bytes, offloaded: 0, dict })
+    Ok(Sent { chunks: answer.send, frame_bytes, offloaded: 0, dict, patch: patched })
 }
 
 /// The chunk frames of request `id` sending the chunks at `send` of `current` to `peer`: plain,

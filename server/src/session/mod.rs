@@ -184,8 +184,8 @@ pub(crate) async fn run(
                     }
                     (Err((code, why)), _) => send_json(&mut socket, &refuse(id, code, why)).await,
                     (Ok(_), request) => match request {
-                        ClientMessage::Sync { id, asset, have, direct } => {
-                            let request = Request { id, asset: &asset, have, direct };
+                        ClientMessage::Sync { id, asset, have, direct, no_patch } => {
+                            let request = Request { id, asset: &asset, have, direct, no_patch };
                             sync(&mut socket, &state, peer, &mut throttle, request).await
                         }
                         ClientMessage::SyncFolder { id, folder, since, have, shape } => {
