@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Builds the WASM client, its JS glue and service worker modules as an npm package
 # (target/npm/assetsync-VERSION.tgz), unpacked into www/pkg/ for the demo and the tests.
-# Installs the wasm32 target and wasm-bindgen-cli (pinned to Cargo.lock's wasm-bindgen) if missing.
+# Installs the wasm32 target, clang and wasm-bindgen-cli (pinned to Cargo.lock's wasm-bindgen) if
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
+fi
+
+# The C zstd decoder (the protocol crate's `c-zstd`) is compiled for wasm32 by clang.
+if ! command -v clang >/dev/null; then
+  echo "==> installing clang (it compiles the C zstd decoder for wasm32)"
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y clang
 fi
 
 # wasm-bindgen-cli must match the wasm-bindgen library version exactly.

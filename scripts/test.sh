@@ -2,9 +2,9 @@
 # Runs every test: formatting and lints, the wasm32 build of the pure core, unit, golden and
 # end-to-end tests, the IndexedDB store tests and the page-level tests in headless Chromium and
 # Firefox, and the multi-instance tests against a real Redis, nginx and S3 API (moto). Installs
-# what a fresh machine lacks (rustfmt and clippy, the wasm32 target, wasm-bindgen-cli, Chromium,
-# Firefox ESR, Redis, nginx, moto, playwright-core, puppeteer-core, typescript) and skips what
-# is already there. Checks that cannot run on this machine are listed at the end.
+# what a fresh machine lacks (rustfmt and clippy, the wasm32 target, clang, wasm-bindgen-cli,
+# Chromium, Firefox ESR, Redis, nginx, moto, playwright-core, puppeteer-core, typescript) and
+# skips what is already there. Checks that cannot run on this machine are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -2,10 +2,12 @@
 //! client already holds (`zstd --patch-from` semantics), so that text shared with the client's
 //! old version costs a few bytes per match instead of being sent again.
 //!
-//! The browser's decoder is the pure-Rust `ruzstd` ([`decompress_portable`]); native clients
-//! decode with the C library, several times faster (feature `native-zstd`). The server, and a
-//! native client uploading, encode with the C library ([`compress`], feature `native-zstd`);
-//! tests in the server check that both decoders read its frames.
+//! Both clients decode with the C library (feature `c-zstd`, built for wasm32 with clang): it
+//! references the prefix where it lies, where the pure-Rust `ruzstd` ([`decompress_portable`],
+//! this crate's default, which needs no C toolchain) copies it twice per frame, which in the
+//! browser held three copies of a 100 MB old version at once, and it decodes faster. The
+//! server, and a native client uploading, encode with the C library ([`compress`]); tests in
+//! the server check that both decoders read its frames.
 
 use ruzstd::decoding::{BlockDecodingStrategy, Dictionary, FrameDecoder};
 
@@ -18,13 +20,13 @@ pub const ZSTD: &str = "zstd";
 /// prefix. Output longer than `max_len` is refused before it is produced in full, so a hostile
 /// frame cannot make the client allocate without bound.
 pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_len: usize) -> Result<Vec<u8>, Error> {
-    #[cfg(feature = "native-zstd")]
+    #[cfg(feature = "c-zstd")]
     return native::decompress(frame, prefix, max_len);
-    #[cfg(not(feature = "native-zstd"))]
+    #[cfg(not(feature = "c-zstd"))]
     decompress_portable(frame, prefix, max_len)
 }
 
-/// [`decompress`] with `ruzstd`, as the browser decodes.
+/// [`decompress`] with `ruzstd`, the decoder without `c-zstd`.
 pub fn decompress_portable(frame: &[u8], prefix: Option<&[u8]>, max_len: usize) -> Result<Vec<u8>, Error> {
     let bad = |e: &dyn std::fmt::Display| Error::Decompress(e.to_string());
     let mut decoder = FrameDecoder::new();
@@ -69,29 +71,33 @@ pub const STREAM_WINDOW_LOG: u32 = 22;
 /// The content of one zstd frame (no prefix), decoded as it is read: for streams too large to
 /// decode in one step.
 pub struct Stream {
-    #[cfg(not(feature = "native-zstd"))]
+    #[cfg(not(feature = "c-zstd"))]
     inner: portable::Stream,
-    #[cfg(feature = "native-zstd")]
+    #[cfg(feature = "c-zstd")]
     inner: zstd::stream::read::Decoder<'static, std::io::BufReader<std::io::Cursor<Vec<u8>>>>,
 }
 
 impl Stream {
     /// Starts decoding `frame`.
     pub fn new(frame: Vec<u8>) -> Result<Self, Error> {
-        #[cfg(not(feature = "native-zstd"))]
+        #[cfg(not(feature = "c-zstd"))]
         let inner = portable::Stream::new(frame)?;
-        #[cfg(feature = "native-zstd")]
-        let inner = zstd::stream::read::Decoder::new(std::io::Cursor::new(frame))
-            .map_err(|e| Error::Decompress(e.to_string()))?
-            .single_frame();
+        #[cfg(feature = "c-zstd")]
+        let inner = {
+            let bad = |e: std::io::Error| Error::Decompress(e.to_string());
+            let mut decoder = zstd::stream::read::Decoder::new(std::io::Cursor::new(frame)).map_err(bad)?;
+            // A frame asking for a larger window is refused, not given the memory.
+            decoder.window_log_max(STREAM_WINDOW_LOG).map_err(bad)?;
+            decoder.single_frame()
+        };
         Ok(Stream { inner })
     }
 
     /// Fills `out` with the next bytes; `Ok(false)` if the content ends first.
     pub fn read(&mut self, out: &mut [u8]) -> Result<bool, Error> {
-        #[cfg(not(feature = "native-zstd"))]
+        #[cfg(not(feature = "c-zstd"))]
         return self.inner.read(out);
-        #[cfg(feature = "native-zstd")]
+        #[cfg(feature = "c-zstd")]
         match std::io::Read::read_exact(&mut self.inner, out) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
@@ -105,7 +111,7 @@ impl Stream {
     }
 }
 
-#[cfg(not(feature = "native-zstd"))]
+#[cfg(not(feature = "c-zstd"))]
 mod portable {
     use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
@@ -158,16 +164,21 @@ mod portable {
     }
 }
 
-#[cfg(feature = "native-zstd")]
+#[cfg(feature = "c-zstd")]
 pub use native::{compress, compress_stream, compress_with};
 
-#[cfg(feature = "native-zstd")]
+#[cfg(feature = "c-zstd")]
 mod native {
     use zstd::zstd_safe::{
-        CCtx, CParameter, DCtx, InBuffer, OutBuffer, compress_bound, get_error_name, get_frame_content_size,
+        CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer, compress_bound, get_error_name,
+        get_frame_content_size,
     };
 
     use crate::Error;
+
+    /// The largest window of a frame (64 MiB): past it, a prefix's start is out of reach, and
+    /// a decoder refuses frames that ask for more.
+    const MAX_WINDOW_LOG: u32 = 26;
 
     /// One zstd frame of `raw` at `level`, with `prefix` referenced as if it preceded it (what
     /// [`super::decompress`] reads back with the same prefix). `None` if zstd fails (it should
@@ -183,8 +194,7 @@ mod native {
         prefix: Option<&'a [u8]>,
         level: i32,
     ) -> Option<Vec<u8>> {
-        // Browsers decode with ruzstd, which accepts windows up to 100 MB: at most 2^26 here.
-        compress_windowed(cctx, raw, prefix, level, 26)
+        compress_windowed(cctx, raw, prefix, level, MAX_WINDOW_LOG)
     }
 
     /// One zstd frame of `raw` at `level` to be read as a [`super::Stream`]: its window is at
@@ -220,17 +230,31 @@ mod native {
         Some(out)
     }
 
-    /// [`super::decompress`] with the C library, streaming into a buffer never grown past
-    /// `max_len + 1` bytes.
+    /// [`super::decompress`] with the C library: in one step when the frame announces its
+    /// length (as every frame this crate writes does), else streaming into a buffer never grown
+    /// past `max_len + 1` bytes.
     pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_len: usize) -> Result<Vec<u8>, Error> {
         let bad = |code: usize| Error::Decompress(get_error_name(code).to_owned());
         let too_long = || Error::BadFrame("compressed batch decodes to more than it announced");
         let mut dctx = DCtx::try_create().ok_or_else(|| Error::Decompress("out of memory".into()))?;
+        // No window larger than the encoder ever uses (see `compress_with`): a hostile frame
+        // cannot make the decoder allocate more.
+        dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG)).map_err(bad)?;
         if let Some(prefix) = prefix {
             dctx.ref_prefix(prefix).map_err(bad)?;
         }
-        let announced = get_frame_content_size(frame).ok().flatten().unwrap_or(0);
-        let mut out = Vec::with_capacity(usize::try_from(announced).unwrap_or(max_len).min(max_len + 1));
+        let announced = get_frame_content_size(frame).ok().flatten();
+        if let Some(announced) = announced {
+            let len = usize::try_from(announced).ok().filter(|&len| len <= max_len).ok_or_else(too_long)?;
+            // In one step, into a buffer of exactly the announced size: the decoder then keeps
+            // no window of its own (a streaming decoder allocates the frame's whole window,
+            // up to 64 MiB, and a page pays for zeroing it), and a frame that holds more than
+            // it announced fails.
+            let mut out = Vec::with_capacity(len);
+            dctx.decompress(&mut out, frame).map_err(bad)?;
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity((64 << 10).min(max_len + 1));
         let mut input = InBuffer::around(frame);
         loop {
             if out.len() == out.capacity() {

@@ -612,7 +612,7 @@ thread_local! {
 
 #[cfg(test)]
 mod tests {
-    // With the dev-dependency's `native-zstd`, `decompress` is the native clients' decoder.
+    // With the dev-dependency's `c-zstd`, `decompress` is the native clients' decoder.
     use assetsync_protocol::compress::{decompress as native, decompress_portable};
     use assetsync_protocol::test_util::random_bytes;
 

@@ -212,7 +212,7 @@ if (memoryMb > 0) {
     await page.goto(origin + "/index.html");
     await page.evaluate(async (p) => {
       window.m = await import(`/pkg${p}/assetsync.js`);
-      await window.m.default();
+      window.exports = await window.m.default();
     }, p);
     // The renderer processes started for this browser (the page's, and any spare one: counted
     // too, so the figure errs high).
@@ -233,6 +233,8 @@ if (memoryMb > 0) {
       const out = { bytes: r.bytes().length, wire: r.stats.wireBytesIn };
       r.free();
       client.close();
+      // The client's WASM memory: it never shrinks, so this is its high-water mark so far.
+      out.wasm = window.exports.memory.buffer.byteLength;
       return out;
     }, server.ws);
     const cold = await sync();
@@ -240,7 +242,7 @@ if (memoryMb > 0) {
     await publish(big(1));
     const update = await sync();
     await publish(big(0));
-    memory.push({ size: cold.bytes, before: rssBefore, coldPeak, updatePeak: status("VmHWM"), update, renderers: renderers.length });
+    memory.push({ size: cold.bytes, before: rssBefore, coldPeak, updatePeak: status("VmHWM"), cold, update, renderers: renderers.length });
     await browser.close();
   }
 }
@@ -271,12 +273,13 @@ for (const [p, pkg] of pkgs.entries()) {
   console.log("");
 }
 if (memory.length) {
-  console.log(`| memory, ${memoryMb} MB asset (renderer processes) | before the first sync | peak over it, cold sync | peak over it, after the update too |`);
-  console.log("|---|---:|---:|---:|");
+  console.log(`| memory, ${memoryMb} MB asset (renderer processes) | before the first sync | peak over it, cold sync | peak over it, after the update too | the client's WASM memory after the cold sync / the update |`);
+  console.log("|---|---:|---:|---:|---:|");
   const mib = (n) => `${(n / 1048576).toFixed(0)} MiB`;
   for (const [p, m] of memory.entries()) {
     const over = (peak) => `${mib(peak - m.before)} (${((peak - m.before) / m.size).toFixed(1)}x)`;
-    console.log(`| ${pkgs[p]} (${m.renderers}) | ${mib(m.before)} | ${over(m.coldPeak)} | ${over(m.updatePeak)} |`);
+    const wasm = (n) => `${mib(n)} (${(n / m.size).toFixed(1)}x)`;
+    console.log(`| ${pkgs[p]} (${m.renderers}) | ${mib(m.before)} | ${over(m.coldPeak)} | ${over(m.updatePeak)} | ${wasm(m.cold.wasm)} / ${wasm(m.update.wasm)} |`);
   }
   console.log("");
 }
@@ -285,5 +288,5 @@ console.log("|---|---:|");
 console.log(`| SHA-256 in WASM (sha2 crate), best of 5 | ${mb(micro.size, micro.sha2WasmMs)} MB/s |`);
 console.log(`| SHA-256 with crypto.subtle.digest, best of 5 | ${mb(micro.size, micro.subtleMs)} MB/s |`);
 if (!micro.decodeOk) throw new Error("the WASM decoder did not rebuild the new version");
-console.log(`| zstd decode in WASM (ruzstd), whole file from a level-19 frame, best of 5 | ${mb(micro.size, micro.decodeWholeMs)} MB/s |`);
+console.log(`| zstd decode in WASM (C zstd), whole file from a level-19 frame, best of 5 | ${mb(micro.size, micro.decodeWholeMs)} MB/s |`);
 console.log(`| zstd decode in WASM, update against the old version as prefix (${kb(micro.patchBytes)} frame), best of 5 | ${micro.decodePatchMs.toFixed(1)} ms |`);
