@@ -13,6 +13,11 @@
 //! raw lengths and the first two's compressed lengths as LEB128 varints, then each stream as a
 //! zstd frame, the last two with a window of at most [`crate::compress::STREAM_WINDOW_LOG`] so
 //! that they decode as they are needed. Controls are three varints each, `seek` zigzag-encoded.
+//!
+//! A patch may rebuild only the start of the file, with a *tail*: the rest of the new file as
+//! one zstd frame with the same old file as prefix (`zstd --patch-from`). A WebAssembly module's
+//! data after its code changes in ways LZ matching encodes better (swc's 5 MB of data: 428 KB
+//! as a tail, 592 KB as a patch), while its code is where the patch wins.
 //! The server computes the matches (with the `bidiff` crate) and encodes the streams;
 //! [`Patching`] is the client's side, a slice at a time, and checks every length and position
 //! against the announced sizes before using it.
@@ -28,6 +33,10 @@ pub const ENCODING: &str = "patch";
 /// chunks a patch sends out of the rebuilt file itself: the answer's recipe then gives each
 /// run of them as one [`crate::RecipeOp::Cut`] instead of every chunk's length.
 pub const CUT_ENCODING: &str = "cut";
+
+/// The capability a client names in `hello` (and the server in `welcome`) when it takes a patch
+/// with a tail (see the [module docs](self)).
+pub const TAIL_ENCODING: &str = "tail";
 
 /// The capability a client names in `hello` (and the server in `welcome`) when it remaps a
 /// WebAssembly base version with the maps a patch frame brings before applying the patch (see
@@ -53,6 +62,23 @@ impl Streams {
         varint::put_signed(&mut self.controls, seek);
         self.diff.extend_from_slice(add);
         self.extra.extend_from_slice(copy);
+    }
+
+    /// The streams of a patch rebuilding only the first `len` bytes of the new file: the
+    /// controls up to there, the last one cut short.
+    pub fn head(&self, len: usize) -> Streams {
+        let mut head = Streams::default();
+        let (mut controls, mut at, mut diff, mut extra) = (&self.controls[..], 0usize, 0usize, 0usize);
+        while at < len && !controls.is_empty() {
+            let mut next = || varint::get(&mut controls).expect("controls this type wrote");
+            let (add, copy, seek) = (next() as usize, next() as usize, varint::unzigzag(next()));
+            let add_here = add.min(len - at);
+            let copy_here = copy.min(len - at - add_here);
+            let seek = if add_here + copy_here == add + copy { seek } else { 0 };
+            head.push(&self.diff[diff..diff + add_here], &self.extra[extra..extra + copy_here], seek);
+            (at, diff, extra) = (at + add_here + copy_here, diff + add, extra + copy);
+        }
+        head
     }
 
     /// The payload of a `Patch` frame, each stream compressed by `compress` (a zstd frame).
@@ -88,10 +114,10 @@ fn add_bytes(out: &mut [u8], diff: &[u8]) {
     }
 }
 
-/// Rebuilds the `new_len`-byte new file from `old` and a patch `payload` in one go (see
-/// [`Patching`] to do it a slice at a time).
-pub fn apply(old: &[u8], payload: &[u8], new_len: u64) -> Result<Vec<u8>, Error> {
-    let mut patching = Patching::new(payload, new_len)?;
+/// Rebuilds the `new_len`-byte new file from `old` and a patch `payload` (with its `tail`, if
+/// any) in one go (see [`Patching`] to do it a slice at a time).
+pub fn apply(old: &[u8], payload: &[u8], tail: Option<&[u8]>, new_len: u64) -> Result<Vec<u8>, Error> {
+    let mut patching = Patching::new(payload, tail, new_len)?;
     while !patching.step(old, usize::MAX)? {}
     Ok(patching.into_output())
 }
@@ -113,7 +139,10 @@ pub struct Patching {
     /// The position in the old file.
     at: usize,
     out: Vec<u8>,
+    /// The length the patch's controls rebuild.
     new_len: usize,
+    /// The tail, if any, and the length it decodes to: the rest of the file.
+    tail: Option<(Vec<u8>, usize)>,
     /// Difference bytes, decoded before they are added to the old file's.
     scratch: Vec<u8>,
 }
@@ -125,9 +154,10 @@ impl std::fmt::Debug for Patching {
 }
 
 impl Patching {
-    /// Reads the patch's header and starts decoding its streams.
-    pub fn new(payload: &[u8], new_len: u64) -> Result<Self, Error> {
-        let new_len = usize::try_from(new_len).map_err(|_| bad("a patch for a file too large"))?;
+    /// Reads the patch's header and starts decoding its streams; the new file is `file_len`
+    /// bytes, those the controls do not rebuild coming from `tail`.
+    pub fn new(payload: &[u8], tail: Option<&[u8]>, file_len: u64) -> Result<Self, Error> {
+        let file_len = usize::try_from(file_len).map_err(|_| bad("a patch for a file too large"))?;
         let mut rest = payload;
         let mut header = [0usize; 5];
         for field in &mut header {
@@ -135,9 +165,11 @@ impl Patching {
             *field = usize::try_from(n).map_err(|_| bad("a patch header out of range"))?;
         }
         let [controls_len, diff_len, extra_len, zcontrols, zdiff] = header;
-        if diff_len.checked_add(extra_len) != Some(new_len)
-            || controls_len > MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(new_len + 1)
-        {
+        let new_len = diff_len.checked_add(extra_len).filter(|&len| len <= file_len);
+        let Some(new_len) = new_len.filter(|&len| tail.is_some() || len == file_len) else {
+            return Err(bad("a patch whose streams do not add up to the file"));
+        };
+        if controls_len > MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(new_len + 1) {
             return Err(bad("a patch whose streams do not add up to the file"));
         }
         let (zc, rest) = rest.split_at_checked(zcontrols).ok_or(bad("a patch cut short"))?;
@@ -155,8 +187,9 @@ impl Patching {
             copy: 0,
             seek: 0,
             at: 0,
-            out: Vec::with_capacity(new_len),
+            out: Vec::with_capacity(file_len),
             new_len,
+            tail: tail.map(|tail| (tail.to_vec(), file_len - new_len)),
             scratch: Vec::new(),
         })
     }
@@ -191,7 +224,7 @@ impl Patching {
                     .ok_or(bad("a patch seeks outside the old file"))?;
                 self.seek = 0;
                 if self.read == self.controls.len() {
-                    return self.end().map(|()| true);
+                    return self.end(old).map(|()| true);
                 }
                 if left == 0 {
                     return Ok(false);
@@ -220,13 +253,21 @@ impl Patching {
         Ok(())
     }
 
-    /// Checks that the controls rebuilt the announced length and used both streams whole.
-    fn end(&mut self) -> Result<(), Error> {
+    /// Checks that the controls rebuilt their length and used both streams whole, then decodes
+    /// the tail, if any, against `old`: in one step (the server keeps tails small).
+    fn end(&mut self, old: &[u8]) -> Result<(), Error> {
         if self.out.len() != self.new_len
             || !self.diff.ended().map_err(undecodable)?
             || !self.extra.ended().map_err(undecodable)?
         {
             return Err(bad("a patch that does not rebuild the announced length"));
+        }
+        if let Some((tail, len)) = self.tail.take() {
+            let rest = crate::compress::decompress(&tail, Some(old), len).map_err(undecodable)?;
+            if rest.len() != len {
+                return Err(bad("a patch's tail shorter than the file"));
+            }
+            self.out.extend_from_slice(&rest);
         }
         Ok(())
     }
@@ -278,32 +319,55 @@ mod tests {
         ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Uncompressed)
     }
 
-    #[test]
-    fn a_patch_rebuilds_the_new_file_and_a_damaged_one_is_refused() {
+    /// An old file, a new one, and the streams of a patch from one to the other: "the quick
+    /// brown " from old, then "cat" as new bytes, then skip "fox", then the rest from old, then
+    /// "!!".
+    fn fox_to_cat() -> (Vec<u8>, Vec<u8>, Streams) {
         let old = b"the quick brown fox jumps over the lazy dog".to_vec();
         let new = b"the quick brown cat jumps over the lazy dog!!".to_vec();
         let mut streams = Streams::default();
-        // "the quick brown " from old, then "cat" as new bytes, then skip "fox", then the rest
-        // from old, then "!!".
         streams.push(&[0; 16], b"cat", 3);
         streams.push(&[0; 24], b"!!", 0);
+        (old, new, streams)
+    }
+
+    #[test]
+    fn a_patch_rebuilds_the_new_file_and_a_damaged_one_is_refused() {
+        let (old, new, streams) = fox_to_cat();
         let payload = streams.encode(frame);
-        assert_eq!(apply(&old, &payload, new.len() as u64).unwrap(), new);
+        assert_eq!(apply(&old, &payload, None, new.len() as u64).unwrap(), new);
         // A slice at a time: the same file, each step within its budget.
-        let mut patching = Patching::new(&payload, new.len() as u64).unwrap();
+        let mut patching = Patching::new(&payload, None, new.len() as u64).unwrap();
         let mut steps = 0;
         while !patching.step(&old, 5).unwrap() {
             steps += 1;
             assert!(patching.output().len() <= 5 * steps, "step {steps} went past its budget");
         }
         assert_eq!(patching.into_output(), new);
-        assert!(apply(&old, &payload, new.len() as u64 + 1).is_err(), "another length");
-        assert!(apply(&old[..20], &payload, new.len() as u64).is_err(), "a shorter old file");
+        assert!(apply(&old, &payload, None, new.len() as u64 + 1).is_err(), "another length");
+        assert!(apply(&old[..20], &payload, None, new.len() as u64).is_err(), "a shorter old file");
         for cut in 0..payload.len() {
-            assert!(apply(&old, &payload[..cut], new.len() as u64).is_err(), "cut at {cut}");
+            assert!(apply(&old, &payload[..cut], None, new.len() as u64).is_err(), "cut at {cut}");
         }
         let mut seek_back = Streams::default();
         seek_back.push(&[0; 4], b"", -10);
-        assert!(apply(&old, &seek_back.encode(frame), 4).is_err(), "a seek before the start");
+        assert!(apply(&old, &seek_back.encode(frame), None, 4).is_err(), "a seek before the start");
+    }
+
+    #[test]
+    fn a_patch_cut_anywhere_rebuilds_the_file_with_the_rest_as_its_tail() {
+        let (old, new, streams) = fox_to_cat();
+        for len in 0..=new.len() {
+            let head = streams.head(len).encode(frame);
+            let tail = frame(&new[len..]);
+            assert_eq!(apply(&old, &head, Some(&tail), new.len() as u64).unwrap(), new, "cut at {len}");
+            if len < new.len() {
+                assert!(apply(&old, &head, None, new.len() as u64).is_err(), "no tail, cut at {len}");
+                let short = frame(&new[len + 1..]);
+                assert!(apply(&old, &head, Some(&short), new.len() as u64).is_err(), "a short tail");
+            }
+        }
+        let whole = streams.encode(frame);
+        assert!(apply(&old, &whole, Some(&frame(b"more")), new.len() as u64).is_err(), "a tail past the end");
     }
 }

@@ -482,7 +482,8 @@ fn patch_answer(old: &[u8], new: &[u8]) -> (Manifest, Manifest, ServerMessage, V
     streams.push(&[], new, 0);
     let compress =
         |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest);
-    let frame = ChunkFrame::Patch { id: 1, maps: None, payload: &streams.encode(compress) }.encode();
+    let frame =
+        ChunkFrame::Patch { id: 1, maps: None, payload: &streams.encode(compress), tail: None }.encode();
     (base, current, answer, frame)
 }
 

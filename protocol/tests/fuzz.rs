@@ -116,7 +116,8 @@ proptest! {
     }
 
     /// Patches with any header and stream contents (each stream a valid zstd frame, so that the
-    /// controls are reached): an error, or exactly the announced length, never a panic.
+    /// controls are reached), with or without a tail: an error, or exactly the announced
+    /// length, never a panic.
     #[test]
     fn patches_never_panic_nor_exceed_their_length(
         lens in prop::collection::vec(0u64..300, 3),
@@ -127,13 +128,17 @@ proptest! {
         honest in any::<bool>(),
         cut in any::<prop::sample::Index>(),
         slice in 1usize..9,
+        tail in prop::option::of((prop::collection::vec(any::<u8>(), 0..32), any::<bool>())),
     ) {
+        let frame = |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Uncompressed);
+        // A tail: a valid zstd frame of the rest of the file, or any bytes.
+        let tail_len = tail.as_ref().map_or(0, |(t, _)| t.len() as u64);
+        let tail = tail.map(|(t, framed)| if framed { frame(&t) } else { t });
         // Honest lengths get past the header checks to the controls.
         let (lens, new_len) = match honest {
-            true => (vec![controls.len() as u64, diff.len() as u64, extra.len() as u64], (diff.len() + extra.len()) as u64),
+            true => (vec![controls.len() as u64, diff.len() as u64, extra.len() as u64], (diff.len() + extra.len()) as u64 + tail_len),
             false => (lens, new_len),
         };
-        let frame = |raw: &[u8]| ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Uncompressed);
         let streams = [frame(&controls), frame(&diff), frame(&extra)];
         let mut payload = Vec::new();
         for n in lens.iter().copied().chain([streams[0].len() as u64, streams[1].len() as u64]) {
@@ -141,13 +146,14 @@ proptest! {
         }
         payload.extend(streams.concat());
         let old = b"an old file of some length, for controls to read and seek around in".as_slice();
+        let tail = tail.as_deref();
         for payload in [&payload[..], &payload[..cut.index(payload.len() + 1)]] {
-            let whole = patch::apply(old, payload, new_len).ok();
+            let whole = patch::apply(old, payload, tail, new_len).ok();
             if let Some(out) = &whole {
                 prop_assert_eq!(out.len() as u64, new_len);
             }
             // Applied a few bytes at a time, as a browser does between yields: the same outcome.
-            let sliced = patch::Patching::new(payload, new_len).and_then(|mut p| {
+            let sliced = patch::Patching::new(payload, tail, new_len).and_then(|mut p| {
                 while !p.step(old, slice)? {}
                 Ok(p.into_output())
             });
@@ -233,8 +239,9 @@ proptest! {
 
     /// Patch answers whose recipes give runs of chunks to cut ([`RecipeOp::Cut`]) of any
     /// length, beside sent and copied chunks, with a patch rebuilding a file of any length, and
-    /// maybe WebAssembly maps of any bytes for a base that is no module: errors, never panics,
-    /// and never a result that does not match the announced version.
+    /// maybe WebAssembly maps of any bytes, or real ones with the patch cut anywhere and the
+    /// rest of the file as a tail: errors, never panics, and never a result that does not match
+    /// the announced version.
     #[test]
     fn patch_answers_with_hostile_runs_are_refused_cleanly(
         ops in prop::collection::vec(
@@ -250,8 +257,14 @@ proptest! {
         fit in any::<bool>(),
         seed in any::<u64>(),
         maps in prop::option::of(prop::collection::vec(any::<u8>(), 0..24)),
+        split in prop::option::of(any::<prop::sample::Index>()),
     ) {
-        let data = b"some base content that is long enough to matter".repeat(20);
+        // The base: a WebAssembly module of one custom section, which maps can remap.
+        let content = b"some base content that is long enough to matter".repeat(20);
+        let mut data = b"\0asm\x01\0\0\0\0".to_vec();
+        assetsync_protocol::varint::put(&mut data, content.len() as u64 + 2);
+        data.extend([1, b'x']);
+        data.extend(&content);
         let asset = AssetPath::new("a.wasm").unwrap();
         let held = Manifest::build(asset.clone(), &data, ChunkParams::default()).unwrap();
         let (mut machine, _) = ClientSync::new(1, asset, Some(held), vec![], Default::default());
@@ -275,9 +288,20 @@ proptest! {
             };
             let mut streams = patch::Streams::default();
             streams.push(&[], &new, 0);
-            let payload = streams.encode(frame);
+            // The patch may rebuild only the start, the rest in a tail (with maps, which then
+            // are real ones).
+            let split = split.map(|at| at.index(new.len() + 1));
+            let maps = match split {
+                Some(_) => Some(assetsync_protocol::wasm::Maps::default().encode()),
+                None => maps,
+            };
+            let payload = match split {
+                Some(at) => streams.head(at).encode(frame),
+                None => streams.encode(frame),
+            };
+            let tail = split.map(|at| frame(&new[at..]));
             machine.set_prefix(Ok(data.clone()), true);
-            let frame = ChunkFrame::Patch { id: 1, maps: maps.as_deref(), payload: &payload };
+            let frame = ChunkFrame::Patch { id: 1, maps: maps.as_deref(), payload: &payload, tail: tail.as_deref() };
             let mut event = machine.on_frame(&frame.encode())?;
             while machine.has_work() {
                 event = machine.work()?;

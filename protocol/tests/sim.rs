@@ -229,7 +229,7 @@ impl Server {
                         naive_patch(old, &wrong)
                     }
                 };
-                return vec![ChunkFrame::Patch { id, maps: None, payload: &payload }.encode()];
+                return vec![ChunkFrame::Patch { id, maps: None, payload: &payload, tail: None }.encode()];
             }
             let chunk = |&index: &u32| {
                 let (at, len) = offsets[index as usize];

@@ -30,7 +30,7 @@ fn main() {
         let started = Instant::now();
         let ours = encode::patch(&old, &new, LEVEL).expect("the server's patch");
         let bidiff_ms = started.elapsed().as_secs_f64() * 1e3;
-        assert_eq!(patch::apply(&old, &ours, new.len() as u64).unwrap(), new);
+        assert_eq!(patch::apply(&old, &ours, None, new.len() as u64).unwrap(), new);
         let qbsdiff = |small_match: usize| {
             let started = Instant::now();
             let mut bsdiff4 = Vec::new();
@@ -39,7 +39,7 @@ fn main() {
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let patch = reencode(&bsdiff4);
             assert_eq!(
-                patch::apply(&old, &patch, new.len() as u64).unwrap(),
+                patch::apply(&old, &patch, None, new.len() as u64).unwrap(),
                 new,
                 "{label}: qbsdiff's matches"
             );

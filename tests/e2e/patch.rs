@@ -191,7 +191,10 @@ async fn a_webassembly_patch_brings_maps_that_remap_the_old_module_before_it_app
     let maps = wasm::Maps::decode(maps).expect("maps");
     assert!(!maps.functions.is_empty(), "sql.js 1.10.3 renumbers functions: {maps:?}");
     let remapped = wasm::remap(&old, &maps).unwrap();
-    assert!(patch::apply(&remapped, payload, new.len() as u64).unwrap() == new, "the remapped old, patched");
+    assert!(
+        patch::apply(&remapped, payload, None, new.len() as u64).unwrap() == new,
+        "the remapped old, patched"
+    );
 
     let (_, without) = answer_for(&server.url, &old, r#""zstd","patch""#).await;
     let without: usize = without.iter().map(Vec::len).sum();
@@ -241,4 +244,44 @@ async fn a_patch_that_does_not_apply_is_followed_by_the_chunks_on_the_same_conne
         "{} bytes after the patch failed",
         report.wire_bytes_in
     );
+}
+
+/// A rebuild of a large Rust WebAssembly module (swc 1.3.100 -> 1.3.102, 19 MB, from npm): its
+/// data after the code changes in ways LZ matching encodes better than bsdiff's controls, so the
+/// patch rebuilds the code and a tail (a zstd frame against the remapped old module) the rest.
+/// A client that does not take tails gets the zstd answer instead; the command-line client,
+/// which does, rebuilds the same file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_webassembly_rebuild_gets_its_data_as_a_tail_after_the_patch_of_its_code() {
+    let file = "wasm-web_bg.wasm";
+    let (Some(old), Some(new)) =
+        (npm_file("@swc/wasm-web", "1.3.100", file), npm_file("@swc/wasm-web", "1.3.102", file))
+    else {
+        return;
+    };
+    let holder = TestClient::new();
+    let (server, _root) = updated(&old, &new, true, &holder).await;
+    let (_, frames) = answer_for(&server.url, &old, r#""zstd","patch","wasm","tail""#).await;
+    let [frame] = &frames[..] else { panic!("one patch frame, got {}", frames.len()) };
+    let ChunkFrame::Patch { maps: Some(maps), payload, tail: Some(tail), .. } =
+        ChunkFrame::decode(frame).unwrap()
+    else {
+        panic!("a patch frame with maps and a tail, got kind {}", frame[0]);
+    };
+    let remapped = wasm::remap(&old, &wasm::Maps::decode(maps).unwrap()).unwrap();
+    assert!(patch::apply(&remapped, payload, Some(tail), new.len() as u64).unwrap() == new, "patched");
+    let (_, without) = answer_for(&server.url, &old, r#""zstd","patch","wasm""#).await;
+    assert!(without.iter().all(|f| f[0] != 7 && f[0] != 8), "a patch for a client without tails");
+    let report = holder.pull_from(server.url.clone(), &["asset"]).await.unwrap().remove(0);
+    assert!(std::fs::read(holder.out("asset")).unwrap() == new, "the rebuilt file differs");
+    let without: usize = without.iter().map(Vec::len).sum();
+    eprintln!(
+        "swc: a patch of {} bytes with a tail of {} ({} in the frame), {without} bytes without tails; the client read {}",
+        payload.len(),
+        tail.len(),
+        frame.len(),
+        report.wire_bytes_in
+    );
+    // 1,003,365 bytes of patch without the tail when this was written.
+    assert!(frame.len() < 900_000, "{} bytes of patch frame", frame.len());
 }

@@ -329,11 +329,13 @@ impl Served {
         Served { child, url, log }
     }
 
-    /// Waits (up to a minute) for a log line containing `text`, and returns it.
+    /// Waits (up to three minutes: a 19 MB module's patch takes most of one in a debug build on
+    /// a busy machine) for a log line containing `text`, and returns it.
     pub fn wait_for(&self, text: &str) -> String {
         loop {
-            let line = self.log.recv_timeout(std::time::Duration::from_secs(60));
-            let line = line.unwrap_or_else(|_| panic!("the server did not log {text:?} within a minute"));
+            let line = self.log.recv_timeout(std::time::Duration::from_secs(180));
+            let line =
+                line.unwrap_or_else(|_| panic!("the server did not log {text:?} within three minutes"));
             if line.contains(text) {
                 return line;
             }

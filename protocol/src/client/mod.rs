@@ -438,7 +438,7 @@ impl ClientSync {
                 (batch.indices, batch.data.into())
             }
             ChunkFrame::Pack { .. } => return Err(Error::BadFrame("a pack frame in a file's answer")),
-            ChunkFrame::Patch { maps, payload, .. } => {
+            ChunkFrame::Patch { maps, payload, tail, .. } => {
                 if !positions.is_empty() {
                     return Err(Error::BadFrame("a patch after other chunk frames"));
                 }
@@ -467,7 +467,7 @@ impl ClientSync {
                     }
                 };
                 // Applied a slice at a time by `work`.
-                let applying = Patching::new(payload, manifest.len)?;
+                let applying = Patching::new(payload, tail, manifest.len)?;
                 *patching = Some(Box::new(Patch { patching: applying, base, next: 0, at: 0 }));
                 return Ok(Event::Progress { received: *received_bytes, total: *total });
             }

@@ -9,6 +9,7 @@ const KIND_BATCH_MORE: u8 = 4;
 const KIND_PACK: u8 = 5;
 const KIND_PATCH: u8 = 6;
 const KIND_WASM_PATCH: u8 = 7;
+const KIND_TAILED_PATCH: u8 = 8;
 
 /// The most zstd bytes a server puts in one frame of a batch sent in parts (protocol 3): a
 /// client sees a WebSocket message, and can report progress, at least this often.
@@ -31,7 +32,10 @@ pub const BATCH_PART: usize = 64 << 10;
 ///   chunk the recipe sends is cut from the file it rebuilds. It is the answer's only frame.
 ///   With maps (clients that list [`crate::patch::WASM_ENCODING`] too): `[7u8][request id]`
 ///   `[maps length: u32 LE][maps][patch]`, a patch against the base version's WebAssembly module
-///   as the maps remap it (see [`crate::wasm`]).
+///   as the maps remap it (see [`crate::wasm`]). With a tail too (clients that list
+///   [`crate::patch::TAIL_ENCODING`] as well): `[8u8][request id][maps length][maps]`
+///   `[patch length: u32 LE][patch][tail]`, the patch rebuilding the start of the file and the
+///   tail, a zstd frame against the same remapped module, the rest (see [`crate::patch`]).
 ///
 /// The client hashes every chunk and compares it with its manifest entry before using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub enum ChunkFrame<'a> {
         maps: Option<&'a [u8]>,
         /// The patch.
         payload: &'a [u8],
+        /// The zstd frame of the rest of the file, when the patch rebuilds only its start (a
+        /// frame with a tail always has maps).
+        tail: Option<&'a [u8]>,
     },
 }
 
@@ -151,11 +158,16 @@ impl<'a> ChunkFrame<'a> {
             }
             ChunkFrame::BatchMore { id, compressed } => header(KIND_BATCH_MORE, id, compressed.len()),
             ChunkFrame::Pack { id, compressed } => header(KIND_PACK, id, compressed.len()),
-            ChunkFrame::Patch { id, maps: None, payload } => header(KIND_PATCH, id, payload.len()),
-            ChunkFrame::Patch { id, maps: Some(maps), payload } => {
-                let mut out = header(KIND_WASM_PATCH, id, 4 + maps.len() + payload.len());
+            ChunkFrame::Patch { id, maps: None, payload, .. } => header(KIND_PATCH, id, payload.len()),
+            ChunkFrame::Patch { id, maps: Some(maps), payload, tail } => {
+                let kind = if tail.is_some() { KIND_TAILED_PATCH } else { KIND_WASM_PATCH };
+                let tail_len = tail.map_or(0, |t| 4 + t.len());
+                let mut out = header(kind, id, 4 + maps.len() + payload.len() + tail_len);
                 out.extend_from_slice(&(maps.len() as u32).to_le_bytes());
                 out.extend_from_slice(maps);
+                if tail.is_some() {
+                    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                }
                 out
             }
         };
@@ -167,6 +179,9 @@ impl<'a> ChunkFrame<'a> {
             | ChunkFrame::Pack { compressed, .. } => compressed,
             ChunkFrame::Patch { payload, .. } => payload,
         });
+        if let ChunkFrame::Patch { maps: Some(_), tail: Some(tail), .. } = self {
+            out.extend_from_slice(tail);
+        }
         out
     }
 
@@ -198,13 +213,24 @@ impl<'a> ChunkFrame<'a> {
             }
             Some(&KIND_BATCH_MORE) => Ok(ChunkFrame::BatchMore { id: word(1)?, compressed: &frame[5..] }),
             Some(&KIND_PACK) => Ok(ChunkFrame::Pack { id: word(1)?, compressed: &frame[5..] }),
-            Some(&KIND_PATCH) => Ok(ChunkFrame::Patch { id: word(1)?, maps: None, payload: &frame[5..] }),
-            Some(&KIND_WASM_PATCH) => {
-                let end = (word(5)? as usize)
-                    .checked_add(9)
-                    .filter(|&end| end <= frame.len())
-                    .ok_or(Error::BadFrame("patch frame shorter than its maps"))?;
-                Ok(ChunkFrame::Patch { id: word(1)?, maps: Some(&frame[9..end]), payload: &frame[end..] })
+            Some(&KIND_PATCH) => {
+                Ok(ChunkFrame::Patch { id: word(1)?, maps: None, payload: &frame[5..], tail: None })
+            }
+            Some(&kind @ (KIND_WASM_PATCH | KIND_TAILED_PATCH)) => {
+                // A length at `at`, and where the part it measures ends.
+                let part = |at: usize| -> Result<(usize, usize), Error> {
+                    let start = at + 4;
+                    let end = (word(at)? as usize).checked_add(start).filter(|&end| end <= frame.len());
+                    Ok((start, end.ok_or(Error::BadFrame("patch frame shorter than its parts"))?))
+                };
+                let (id, (start, end)) = (word(1)?, part(5)?);
+                let maps = Some(&frame[start..end]);
+                if kind == KIND_WASM_PATCH {
+                    return Ok(ChunkFrame::Patch { id, maps, payload: &frame[end..], tail: None });
+                }
+                let (at, patch_end) = part(end)?;
+                let (payload, tail) = (&frame[at..patch_end], Some(&frame[patch_end..]));
+                Ok(ChunkFrame::Patch { id, maps, payload, tail })
             }
             _ => Err(Error::BadFrame("unknown frame kind")),
         }
@@ -230,14 +256,23 @@ mod tests {
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ChunkFrame::decode(&huge).is_err());
         assert!(ChunkFrame::decode(&[]).is_err());
-        for maps in [None, Some(&b"maps"[..]), Some(&b""[..])] {
-            let p = ChunkFrame::Patch { id: 5, maps, payload: b"patch" };
+        let tails = [None, Some(&b"tail"[..]), Some(&b""[..])];
+        for (maps, tail) in
+            [None, Some(&b"maps"[..]), Some(&b""[..])].into_iter().flat_map(|m| tails.map(|t| (m, t)))
+        {
+            let p =
+                ChunkFrame::Patch { id: 5, maps, payload: b"patch", tail: tail.filter(|_| maps.is_some()) };
             let bytes = p.encode();
             assert_eq!(ChunkFrame::decode(&bytes).unwrap(), p);
         }
-        let mut long_maps = ChunkFrame::Patch { id: 5, maps: Some(b"maps"), payload: b"" }.encode();
+        let mut long_maps =
+            ChunkFrame::Patch { id: 5, maps: Some(b"maps"), payload: b"", tail: None }.encode();
         long_maps[5..9].copy_from_slice(&5u32.to_le_bytes());
         assert!(ChunkFrame::decode(&long_maps).is_err(), "maps longer than the frame");
+        let tailed = ChunkFrame::Patch { id: 5, maps: Some(b"maps"), payload: b"patch", tail: Some(b"tail") };
+        let mut long_patch = tailed.encode();
+        long_patch[13..17].copy_from_slice(&10u32.to_le_bytes());
+        assert!(ChunkFrame::decode(&long_patch).is_err(), "a patch longer than the frame");
     }
 
     #[test]

@@ -326,14 +326,14 @@ async fn answer(
                 let encoded = state.encoder.encode(&state.index, current, &answer.send, base, work).await;
                 // A patch is made against the base version's whole file, which the client loads
                 // as it does a compression prefix.
-                patched = encoded.patch_for(peer.patch, peer.wasm).is_some();
+                patched = encoded.patch_for(peer.patch, peer.wasm, peer.tail).is_some();
                 update.dict = encoded.prefixed || patched;
                 if patched && peer.cut {
                     cut_runs(&mut update.recipe);
                 }
-                // The object is the same for every client: one that applies patches with maps,
-                // or an answer without a patch.
-                let same = (peer.patch && peer.wasm) || encoded.patch.is_none();
+                // The object is the same for every client that gets it: the patch for those
+                // that take it, or an answer without a patch.
+                let same = patched || encoded.patch.is_none();
                 offloaded = match &state.offload {
                     Some(offload)
                         if same && peer.offload && offload.wants(encoded.frame_bytes(current, patched)) =>
@@ -388,8 +388,8 @@ fn frames<'a>(
     let plain =
         move |index: u32| ChunkFrame::Chunk { id, index, bytes: current.chunk(index as usize) }.encode();
     let in_parts = peer.protocol >= 3;
-    if let Some((maps, payload)) = encoded.and_then(|e| e.patch_for(peer.patch, peer.wasm)) {
-        return Box::new(std::iter::once(ChunkFrame::Patch { id, maps, payload }.encode()));
+    if let Some((maps, payload, tail)) = encoded.and_then(|e| e.patch_for(peer.patch, peer.wasm, peer.tail)) {
+        return Box::new(std::iter::once(ChunkFrame::Patch { id, maps, payload, tail }.encode()));
     }
     match encoded {
         None => Box::new(send.iter().map(move |&i| plain(i))),

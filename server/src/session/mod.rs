@@ -279,6 +279,8 @@ struct Peer {
     cut: bool,
     /// Whether it remaps a WebAssembly base before a patch ([`patch::WASM_ENCODING`]).
     wasm: bool,
+    /// Whether it takes a patch with a tail ([`patch::TAIL_ENCODING`]).
+    tail: bool,
     /// Who the client signed in as.
     signed: Signed,
 }
@@ -358,13 +360,15 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     let patch = zstd && encodings.iter().any(|e| e == patch::ENCODING);
     let cut = patch && encodings.iter().any(|e| e == patch::CUT_ENCODING);
     let wasm = patch && encodings.iter().any(|e| e == patch::WASM_ENCODING);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, wasm, "hello");
+    let tail = wasm && encodings.iter().any(|e| e == patch::TAIL_ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, wasm, tail, "hello");
     let used = [
         (zstd, compress::ZSTD),
         (offload, offload::ENCODING),
         (patch, patch::ENCODING),
         (cut, patch::CUT_ENCODING),
         (wasm, patch::WASM_ENCODING),
+        (tail, patch::TAIL_ENCODING),
     ];
     let welcome = ServerMessage::Welcome {
         protocol,
@@ -374,7 +378,16 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         path: state.path(),
         stale: state.upstream.as_ref().and_then(|u| u.stale()),
     };
-    send_json(socket, &welcome).await.map(|()| Peer { protocol, zstd, offload, patch, cut, wasm, signed })
+    send_json(socket, &welcome).await.map(|()| Peer {
+        protocol,
+        zstd,
+        offload,
+        patch,
+        cut,
+        wasm,
+        tail,
+        signed,
+    })
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {
