@@ -181,9 +181,9 @@ for (const [label, pkg, from, to, file] of PAIRS) {
     patch,
     bsdiff,
     ours,
-    // With maps (a WebAssembly module remapped before the patch): patch + maps.
+    // With maps (a WebAssembly module remapped before the patch): patch + maps, and its tail.
     ourPatch: patchLine
-      ? `${n(Number(field("patch")))}${Number(field("maps")) ? ` + ${n(Number(field("maps")))} maps` : ""}${field("used") === "true" ? " (sent)" : ""}, ${n(Number(field("ms")))} ms`
+      ? `${n(Number(field("patch")))}${Number(field("maps")) ? ` + ${n(Number(field("maps")))} maps` : ""}${Number(field("tail")) ? ` + ${n(Number(field("tail")))} tail` : ""}${field("used") === "true" ? " (sent)" : ""}, ${n(Number(field("ms")))} ms`
       : "-",
     peak,
     rsync: rsyncBytes(oldPath, newPath),
