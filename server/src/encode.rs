@@ -726,6 +726,24 @@ mod tests {
         assert!(Encoded::from_bytes(&without_tail).unwrap().tail.is_none(), "stored before tails");
     }
 
+    /// A frame that does not announce its length and asks for a window past the 64 MiB any
+    /// encoder here uses is refused before the decoder allocates it; the same bytes with a
+    /// window the encoder uses decode.
+    #[test]
+    fn decoder_refuses_windows_larger_than_the_encoder_uses() {
+        use std::io::Write;
+        let data = vec![b'x'; 1 << 20];
+        // Streamed, so that the encoder does not know the length and keeps the window asked.
+        let frame = |window: u32| {
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            encoder.window_log(window).unwrap();
+            encoder.write_all(&data).unwrap();
+            encoder.finish().unwrap()
+        };
+        assert_eq!(native(&frame(26), None, data.len()).unwrap(), data);
+        assert!(native(&frame(27), None, data.len()).is_err(), "a 128 MiB window");
+    }
+
     #[test]
     fn decoder_refuses_output_longer_than_announced() {
         let data = vec![b'x'; 100_000];
