@@ -13,14 +13,14 @@
 //! raw lengths and the first two's compressed lengths as LEB128 varints, then each stream as a
 //! zstd frame, the last two with a window of at most [`crate::compress::STREAM_WINDOW_LOG`] so
 //! that they decode as they are needed. Controls are three varints each, `seek` zigzag-encoded.
+//! The server computes the matches (with the `bidiff` crate) and encodes the streams;
+//! [`Patching`] is the client's side, a slice at a time, and checks every length and position
+//! against the announced sizes before using it.
 //!
 //! A patch may rebuild only the start of the file, with a *tail*: the rest of the new file as
 //! one zstd frame with the same old file as prefix (`zstd --patch-from`). A WebAssembly module's
 //! data after its code changes in ways LZ matching encodes better (swc's 5 MB of data: 428 KB
 //! as a tail, 592 KB as a patch), while its code is where the patch wins.
-//! The server computes the matches (with the `bidiff` crate) and encodes the streams;
-//! [`Patching`] is the client's side, a slice at a time, and checks every length and position
-//! against the announced sizes before using it.
 
 use crate::compress::Stream;
 use crate::{Error, varint};
@@ -165,13 +165,14 @@ impl Patching {
             *field = usize::try_from(n).map_err(|_| bad("a patch header out of range"))?;
         }
         let [controls_len, diff_len, extra_len, zcontrols, zdiff] = header;
-        let new_len = diff_len.checked_add(extra_len).filter(|&len| len <= file_len);
-        let Some(new_len) = new_len.filter(|&len| tail.is_some() || len == file_len) else {
+        // The controls rebuild the whole file, or its start when a tail brings the rest.
+        let new_len = diff_len
+            .checked_add(extra_len)
+            .filter(|&len| len == file_len || (tail.is_some() && len < file_len))
+            .filter(|&len| controls_len <= MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(len + 1));
+        let Some(new_len) = new_len else {
             return Err(bad("a patch whose streams do not add up to the file"));
         };
-        if controls_len > MAX_CONTROL_BYTES_PER_BYTE.saturating_mul(new_len + 1) {
-            return Err(bad("a patch whose streams do not add up to the file"));
-        }
         let (zc, rest) = rest.split_at_checked(zcontrols).ok_or(bad("a patch cut short"))?;
         let (zd, ze) = rest.split_at_checked(zdiff).ok_or(bad("a patch cut short"))?;
         let controls = crate::compress::decompress(zc, None, controls_len).map_err(undecodable)?;

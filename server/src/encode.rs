@@ -475,25 +475,26 @@ impl Job {
                 }
                 None => (patch(old, new, level), None, None),
             };
-            let extra = [&maps, &tail].iter().map(|part| part.as_ref().map_or(0, Vec::len)).sum::<usize>();
-            let (took, patch_bytes) = (started.elapsed(), patch.as_ref().map_or(0, Vec::len));
-            let smaller = patch.filter(|p| p.len() + extra < zstd);
+            let bytes = |part: &Option<Vec<u8>>| part.as_ref().map_or(0, Vec::len);
+            let (took, sizes) = (started.elapsed(), [&patch, &maps, &tail].map(bytes));
+            (encoded.patch, encoded.maps, encoded.tail) = (patch, maps, tail);
+            // What a client that takes the patch receives, against the zstd answer.
+            let used = encoded.patch.is_some() && encoded.frame_bytes(&self.current, true) < zstd;
             tracing::info!(
                 %asset,
                 old = old.len(),
                 new = new.len(),
                 zstd,
-                patch = patch_bytes,
-                maps = maps.as_ref().map_or(0, Vec::len),
-                tail = tail.as_ref().map_or(0, Vec::len),
-                used = smaller.is_some(),
+                patch = sizes[0],
+                maps = sizes[1],
+                tail = sizes[2],
+                used,
                 ms = took.as_millis() as u64,
                 "binary patch computed"
             );
-            if smaller.is_some() {
-                (encoded.maps, encoded.tail) = (maps, tail);
+            if !used {
+                (encoded.patch, encoded.maps, encoded.tail) = (None, None, None);
             }
-            encoded.patch = smaller;
             encoded
         });
         Arc::new(encoded.await.expect("encoding task panicked"))
