@@ -21,6 +21,9 @@ import { scratch, startServer, browserArgs, repo, npmFile } from "./harness.mjs"
 process.env.ASSETSYNC_BIN ||= join(repo, "target/release/assetsync");
 const pkgs = (process.env.PKG || join(repo, "www/pkg")).split(",").map((p) => resolve(repo, p));
 const RUNS = Number(process.env.RUNS || 7);
+// More Chromium flags, e.g. BROWSER_ARGS=--js-flags=--no-wasm-lazy-compilation to see what V8's
+// compiling each WebAssembly function on its first call costs.
+const args = [...browserArgs, ...(process.env.BROWSER_ARGS || "").split(" ").filter(Boolean)];
 
 const vendor = ["react.development.js", "react-dom.development.js", "lodash.js", "three.module.js"]
   .map((f) => readFileSync(join(repo, "demo/js/vendor", f)));
@@ -72,7 +75,7 @@ const origin = `http://127.0.0.1:${web.address().port}`;
 const server = await startServer({ root });
 const context = await chromium.launchPersistentContext(scratch("assetsync-profile-"), {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: browserArgs,
+  args,
 });
 
 /** Runs `body(ws)` in a fresh page with the client module loaded; returns its result and the
@@ -206,7 +209,7 @@ if (memoryMb > 0) {
     const before = new Set(readdirSync("/proc"));
     const browser = await chromium.launchPersistentContext(scratch("assetsync-profile-"), {
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      args: browserArgs,
+      args,
     });
     const page = await browser.newPage();
     await page.goto(origin + "/index.html");

@@ -2,7 +2,7 @@
 //! between it, the WebSocket and IndexedDB. Every decision (what to ask, keep, retry, commit)
 //! is the machine's; this loop only does what an [`Action`] says.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::rc::Rc;
 
@@ -72,9 +72,10 @@ struct Run<'a> {
     /// were.
     run_id: u64,
     written_ahead: bool,
-    /// The chunks received for the staged files not written yet, for later files of the folder
-    /// that reuse them (those written ahead are read back from the store).
-    staged_chunks: HashMap<ChunkId, Vec<u8>>,
+    /// Where the chunks received for the staged files not written yet lie (the file's index in
+    /// `staged`, the chunk's offset and length in it), for later files of the folder that reuse
+    /// them (those written ahead are read back from the store).
+    staged_chunks: HashMap<ChunkId, (usize, usize, usize)>,
     /// Why the connection was last lost.
     last_loss: String,
     /// The offloaded answer being fetched over HTTP.
@@ -218,7 +219,10 @@ impl Client {
                     }
                 }
                 Action::FileDone(done) => {
-                    let file = self.result(done, None, None, &Timings::default(), file_started);
+                    // The copy staged for the folder's commit, rather than a second one.
+                    let staged = run.staged.as_ref().and_then(|s| s.last()?.bytes(done.version()));
+                    let held = staged.map(Bytes::Wasm);
+                    let file = self.result(done, held, None, &Timings::default(), file_started);
                     run.driven.files.push(file);
                     file_started = now_ms();
                     continue;
@@ -306,12 +310,18 @@ impl Client {
                 Input::Manifests(manifests)
             }
             Action::LoadChunks { ids, sources } => {
-                let (staged, stored): (Vec<ChunkId>, Vec<ChunkId>) =
+                let (held, stored): (Vec<ChunkId>, Vec<ChunkId>) =
                     ids.into_iter().partition(|id| run.staged_chunks.contains_key(id));
-                let mut chunks: Vec<_> =
-                    staged.into_iter().map(|id| (id, run.staged_chunks[&id].clone())).collect();
+                let staged = run.staged.as_deref().unwrap_or_default();
+                let mut chunks = Vec::with_capacity(held.len() + stored.len());
+                for id in held {
+                    let (file, at, len) = run.staged_chunks[&id];
+                    if let Some(bytes) = staged[file].read(at, len).await.map_err(Stopped::store)? {
+                        chunks.push((id, bytes));
+                    }
+                }
                 let sources: Vec<&Manifest> = sources.iter().collect();
-                let staged = run.staged.as_deref().filter(|_| run.written_ahead).unwrap_or_default();
+                let staged = if run.written_ahead { staged } else { &[] };
                 chunks.extend(self.store.chunks(&stored, &sources, staged).await.map_err(Stopped::store)?);
                 timings.store_ms += now_ms() - t0;
                 Input::Chunks(chunks)
@@ -337,9 +347,11 @@ impl Client {
                     Some(staged) => match Staged::file(synced) {
                         Ok(file) => {
                             run.staged_bytes += file.len();
+                            let received: HashSet<ChunkId> = synced.received.iter().map(|c| c.id()).collect();
+                            let chunks = synced.manifest.offsets().filter(|(_, c)| received.contains(&c.id));
+                            let held = chunks.map(|(at, c)| (c.id, (staged.len(), at, c.len as usize)));
+                            run.staged_chunks.extend(held);
                             staged.push(file);
-                            let received = synced.received.iter().map(|c| (c.id(), c.bytes().to_vec()));
-                            run.staged_chunks.extend(received);
                             if run.staged_bytes < WRITE_AHEAD_BYTES {
                                 Ok(())
                             } else {
@@ -397,13 +409,14 @@ impl Client {
         }))
     }
 
-    /// The JS result of a finished sync: its bytes (`unchanged` when it found the committed file
-    /// current) and its stats. `wire` (in, out) overrides the machine's own counts: a single
-    /// sync's figures also cover its reconnections.
+    /// The JS result of a finished sync: its bytes (`held` where the driver holds them already:
+    /// the committed file when it found it current, a folder's file as staged) and its stats.
+    /// `wire` (in, out) overrides the machine's own counts: a single sync's figures also cover
+    /// its reconnections.
     pub(crate) fn result(
         &self,
         done: Finished,
-        unchanged: Option<Bytes>,
+        held: Option<Bytes>,
         wire: Option<(u64, u64)>,
         timings: &Timings,
         started: f64,
@@ -413,9 +426,10 @@ impl Client {
         let (len, chunks, reused) = (manifest.len, manifest.chunks.len(), done.chunks_reused());
         let report = done.report;
         let (wire_in, wire_out) = wire.unwrap_or((report.wire_in, report.wire_out));
-        let data = match done.fetched {
-            Fetched::Synced(synced) => Bytes::Wasm(Rc::new(synced.data)),
-            Fetched::Unchanged(_) => unchanged.expect("an unchanged asset's file was checked"),
+        let data = match (done.fetched, held) {
+            (_, Some(held)) => held,
+            (Fetched::Synced(synced), None) => Bytes::Wasm(Rc::new(synced.data)),
+            (Fetched::Unchanged(_), None) => unreachable!("an unchanged asset's file was checked"),
         };
         if self.memory_cache {
             self.remembered.borrow_mut().insert(asset.clone(), (version, data.clone()));

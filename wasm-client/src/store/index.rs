@@ -53,11 +53,16 @@ pub struct Entry {
 
 pub(super) type Shard = BTreeMap<String, Entry>;
 
-/// The key of the shard that holds `asset`: its path's 32-bit FNV-1a hash (cheap, and the
-/// same in every release: stores keep it), modulo [`SHARDS`].
-fn shard_of(asset: &str) -> String {
+/// The shard that holds `asset`: its path's 32-bit FNV-1a hash (cheap, and the same in every
+/// release: stores keep it), modulo [`SHARDS`].
+fn shard_of(asset: &str) -> u8 {
     let hash = asset.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("{:02x}", hash % u32::from(SHARDS))
+    (hash % u32::from(SHARDS)) as u8
+}
+
+/// A shard's key in `index`: its number in two hex digits.
+fn shard_key(shard: u8) -> JsValue {
+    key(&format!("{shard:02x}"))
 }
 
 /// A pack's key in `packs`.
@@ -68,23 +73,23 @@ pub fn pack_key(pack: u64) -> JsValue {
 /// The shards read in one transaction, and which of them changed.
 #[derive(Default)]
 pub struct Index {
-    shards: HashMap<String, Shard>,
+    shards: HashMap<u8, Shard>,
     /// Whether every shard was read (see [`Index::read_all`]).
     complete: bool,
-    changed: HashSet<String>,
+    changed: HashSet<u8>,
 }
 
 impl Index {
     /// Reads the shards that hold `assets`.
     pub async fn read<'a>(tx: &Transaction, assets: impl IntoIterator<Item = &'a str>) -> Result<Index> {
-        let keys: HashSet<String> = assets.into_iter().map(shard_of).collect();
+        let keys: HashSet<u8> = assets.into_iter().map(shard_of).collect();
         if keys.len() > READ_ALL_PAST {
             return Index::read_all(tx).await;
         }
         let store = tx.object_store(INDEX)?;
         let requests = keys
             .into_iter()
-            .map(|k| Ok((store.get(key(&k))?, k)))
+            .map(|k| Ok((store.get(shard_key(k))?, k)))
             .collect::<std::result::Result<Vec<_>, idb::Error>>()?;
         let mut index = Index::default();
         for (request, k) in requests {
@@ -102,7 +107,7 @@ impl Index {
         let shards = keys
             .iter()
             .zip(values)
-            .filter_map(|(k, v)| Some((k.as_string()?, decode(&bytes_of(&v)))))
+            .filter_map(|(k, v)| Some((u8::from_str_radix(&k.as_string()?, 16).ok()?, decode(&bytes_of(&v)))))
             .collect();
         Ok(Index { shards, complete: true, changed: HashSet::new() })
     }
@@ -119,7 +124,7 @@ impl Index {
     /// Points `asset` at `entry`; the entry it replaces, if any.
     pub fn set(&mut self, asset: &str, entry: Entry) -> Option<Entry> {
         let k = shard_of(asset);
-        let previous = self.shards.entry(k.clone()).or_default().insert(asset.to_owned(), entry);
+        let previous = self.shards.entry(k).or_default().insert(asset.to_owned(), entry);
         self.changed.insert(k);
         previous
     }
@@ -155,10 +160,10 @@ impl Index {
         for k in &self.changed {
             match self.shards.get(k).filter(|s| !s.is_empty()) {
                 Some(shard) => {
-                    store.put(&Uint8Array::from(encode(shard).as_slice()).into(), Some(&key(k)))?;
+                    store.put(&Uint8Array::from(encode(shard).as_slice()).into(), Some(&shard_key(*k)))?;
                 }
                 None => {
-                    store.delete(key(k))?;
+                    store.delete(shard_key(*k))?;
                 }
             }
         }

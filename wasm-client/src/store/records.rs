@@ -1,5 +1,7 @@
 //! How values lie in the object stores, and the `Blob` reads and writes of files.
 
+use std::rc::Rc;
+
 use assetsync_protocol::{Hash, Manifest, Synced, VerifiedChunk, VersionId};
 use idb::request::futures::GetStoreRequestFuture;
 use idb::{ObjectStore, Transaction};
@@ -28,11 +30,12 @@ pub enum Staged {
 }
 
 /// A staged file's bytes: a large one already in a `Blob`, out of WASM memory; a small one kept
-/// here until they are written (with the others, as one pack) in one copy; or where they were
-/// written ahead of the commit (see [`super::Store::write_ahead`]).
+/// here until they are written (with the others, as one pack) in one copy, shared with the
+/// file's result (see [`Staged::bytes`]); or where they were written ahead of the commit (see
+/// [`super::Store::write_ahead`]).
 pub enum Body {
     Blob(JsValue, usize),
-    Bytes(Vec<u8>),
+    Bytes(Rc<Vec<u8>>),
     Written(Place),
 }
 
@@ -50,7 +53,7 @@ impl Staged {
     /// The commit of `synced`.
     pub fn file(synced: &Synced) -> Result<Self> {
         let file = match synced.data.len() < SMALL_FILE {
-            true => Body::Bytes(synced.data.clone()),
+            true => Body::Bytes(Rc::new(synced.data.clone())),
             false => Body::Blob(blob(&synced.data)?, synced.data.len()),
         };
         Ok(Staged::File {
@@ -67,6 +70,29 @@ impl Staged {
             Staged::File { file, manifest, .. } => file.len() + manifest.len(),
             Staged::Removal(_) => 0,
         }
+    }
+
+    /// Its bytes, if it is the file of `version` and they are held here.
+    pub fn bytes(&self, of: VersionId) -> Option<Rc<Vec<u8>>> {
+        match self {
+            Staged::File { version, file: Body::Bytes(bytes), .. } if *version == of => {
+                Some(Rc::clone(bytes))
+            }
+            _ => None,
+        }
+    }
+
+    /// `len` bytes of its file from `at`, if it is still held here (not written ahead).
+    pub async fn read(&self, at: usize, len: usize) -> Result<Option<Vec<u8>>> {
+        let Staged::File { file, .. } = self else { return Ok(None) };
+        Ok(match file {
+            Body::Bytes(bytes) => bytes.get(at..at + len).map(<[u8]>::to_vec),
+            Body::Blob(blob, _) => {
+                let part = slice(blob.unchecked_ref(), at, at + len).await.map_err(StoreError::js)?;
+                Some(Uint8Array::new(&part).to_vec())
+            }
+            Body::Written(_) => None,
+        })
     }
 
     /// Its version and place, if its file was written ahead of the commit.
