@@ -110,13 +110,14 @@ async function browserClient(dest) {
     await page.goto(server.url + "/style.css");
     const result = await page.evaluate(async (ws) => {
       const m = await import("/pkg/assetsync.js");
-      await m.default();
+      const exports = await m.default();
       const started = performance.now();
       const client = await m.SyncClient.connect(ws, { db: "bench" });
       const done = await client.syncFolder("dist/");
       const ms = performance.now() - started;
       client.close();
-      return { ms, bytes: done.wireBytesIn + done.wireBytesOut };
+      // The client's WASM memory (it never shrinks: its high-water mark in this page).
+      return { ms, bytes: done.wireBytesIn + done.wireBytesOut, wasm: exports.memory.buffer.byteLength };
     }, server.ws);
     await page.close();
     return result;
@@ -213,3 +214,5 @@ for (const c of ["cold", "unchanged", "still", "changed"]) {
   });
   console.log(`| ${label[c]} | ${cells.join(" | ")} |`);
 }
+const wasm = median(results.get("browser syncFolder").cold.map((x) => x.wasm));
+console.log(`\nThe browser client's WASM memory after the cold sync: ${(wasm / 1048576).toFixed(0)} MiB.`);
