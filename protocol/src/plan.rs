@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use sha2::{Digest, Sha256};
+
 use crate::{
     AssetPath, ChunkId, FolderEntry, Hash, Have, Manifest, RecipeOp, ServerMessage, Update, VersionId, diff,
 };
@@ -100,16 +102,13 @@ pub fn client_holds<'k, 'w>(
 /// listing it holds by it (`since`); an unchanged folder is answered with it alone, a changed
 /// one with the entries that differ.
 pub fn folder_version(entries: &[FolderEntry]) -> VersionId {
-    // Hashed as one buffer: three small updates per entry cost more than the hashing (a folder
-    // of 9,000 files took 8 ms in the browser, against 1 ms now).
-    let len = entries.iter().map(|e| e.asset.as_str().len() + 1 + e.version.0.len()).sum();
-    let mut bytes = Vec::with_capacity(len);
+    let mut hasher = Sha256::new();
     for entry in entries {
-        bytes.extend_from_slice(entry.asset.as_str().as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(&entry.version.0);
+        hasher.update(entry.asset.as_str());
+        hasher.update([0]);
+        hasher.update(entry.version.0);
     }
-    Hash::of(&bytes)
+    Hash(hasher.finalize().into())
 }
 
 /// A listing as a delta against `old` (both sorted by path): the entries of `new` that are not
