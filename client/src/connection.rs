@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use assetsync_protocol::engine::{ClientError, Losses, Pushes, Welcome, Welcomed, hello, welcome};
+use assetsync_protocol::engine::{Follow, Losses, Pushes, Subscription, Welcome, Welcomed, hello, welcome};
 use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
 use futures_util::{SinkExt, StreamExt};
 
@@ -227,26 +227,19 @@ impl Connection {
         self.ws.flush().await.map_err(lost)
     }
 
-    /// Subscribes to changes of `scope`; true if nothing is inside it on the server now.
-    pub(crate) async fn subscribe(&mut self, scope: &Scope) -> Result<bool, Error> {
+    /// Subscribes to changes of `scope`, one of `follow`'s, as the engine reads the answer.
+    pub(crate) async fn subscribe(&mut self, scope: &Scope, follow: &mut Follow) -> Result<(), Error> {
         let id = self.next_id;
         self.next_id += 1;
         self.follows = true;
         self.send(&ClientMessage::Subscribe { id, path: scope.to_string() }).await?;
         loop {
             match self.recv().await? {
-                Received::Message(ServerMessage::Subscribed { id: got, missing }, _) if got == id => {
-                    return Ok(missing);
-                }
-                Received::Message(ServerMessage::Changed { asset, version }, _) => {
-                    self.push_change(asset, version)
-                }
-                Received::Message(ServerMessage::Error { code, message, .. }, _) => {
-                    return Err(Error::sync(scope, ClientError::Refused { code, message }));
-                }
-                Received::Message(other, _) => {
-                    return Err(Error::Lost(format!("unexpected `{}` answer to subscribe", other.kind())));
-                }
+                Received::Message(message, _) => match follow.answer(scope, id, message) {
+                    Ok(Subscription::Confirmed) => return Ok(()),
+                    Ok(Subscription::Changed { asset, version }) => self.push_change(asset, version),
+                    Err(error) => return Err(Error::sync(scope, error)),
+                },
                 Received::Frame(..) => {
                     return Err(Error::Lost("unexpected binary frame in answer to subscribe".into()));
                 }

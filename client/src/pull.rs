@@ -243,8 +243,7 @@ async fn follow_once(
     report(&PullEvent::Connected { path: conn.welcomed.path.clone(), stale: conn.welcomed.stale.clone() });
     // Subscribed before the first pull, so that a change during it is not missed.
     for scope in follow.scopes().to_vec() {
-        let missing = conn.subscribe(&scope).await?;
-        follow.subscribed(&scope, missing).map_err(|e| Error::sync(&scope, e))?;
+        conn.subscribe(&scope, follow).await?;
     }
     follow.connected();
     for scope in follow.scopes() {

@@ -10,8 +10,8 @@
 
 use std::rc::{Rc, Weak};
 
-use assetsync_protocol::engine::Push;
-use assetsync_protocol::{AssetPath, ClientMessage, Scope, ServerMessage, VersionId};
+use assetsync_protocol::engine::{Push, Subscription};
+use assetsync_protocol::{AssetPath, ClientMessage, Scope, VersionId};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
@@ -44,7 +44,11 @@ impl Client {
     }
 
     /// Sends `subscribe` and waits for the server's confirmation.
-    async fn request_subscription(&self, socket: &mut Socket, scope: &Scope) -> Result<(), JsError> {
+    async fn request_subscription(
+        self: &Rc<Self>,
+        socket: &mut Socket,
+        scope: &Scope,
+    ) -> Result<(), JsError> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let fail = |why: String| js_error(why);
@@ -52,15 +56,21 @@ impl Client {
             js_error(format!("cannot subscribe to {:?}: {why}", scope.to_string()))
         };
         self.send(socket, &ClientMessage::Subscribe { id, path: scope.to_string() }).map_err(fail)?;
-        match next(socket).await.map_err(fail)? {
-            Incoming::Message(message, _) => match message {
-                ServerMessage::Subscribed { id: got, missing } if got == id => {
-                    self.follow.borrow_mut().subscribed(scope, missing).map_err(|e| refused(&e))
+        loop {
+            let Incoming::Message(message, _) = next(socket).await.map_err(fail)? else {
+                return Err(js_error("unexpected binary frame in answer to subscribe"));
+            };
+            let answer = self.follow.borrow_mut().answer(scope, id, message);
+            match answer.map_err(|e| refused(&e))? {
+                Subscription::Confirmed => return Ok(()),
+                // (The socket hands pushes to the listener; one read here is delivered as one.)
+                Subscription::Changed { asset, version } => {
+                    let client = Rc::clone(self);
+                    wasm_bindgen_futures::spawn_local(
+                        async move { client.deliver(asset, Some(version)).await },
+                    );
                 }
-                ServerMessage::Error { message, .. } => Err(refused(&message)),
-                other => Err(js_error(format!("unexpected `{}` answer to subscribe", other.kind()))),
-            },
-            _ => Err(js_error("unexpected binary frame in answer to subscribe")),
+            }
         }
     }
 

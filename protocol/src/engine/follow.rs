@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::{ClientError, FIRST_BACKOFF_MS};
-use crate::{AssetPath, Scope, VersionId};
+use crate::{AssetPath, Scope, ServerMessage, VersionId};
 
 /// Longest wait between the reconnection attempts of a subscribed client.
 pub const MAX_FOLLOW_BACKOFF_MS: u32 = 30_000;
@@ -70,6 +70,20 @@ impl Pushes {
     }
 }
 
+/// A message read while waiting for the answer to a `subscribe`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// The server confirmed it.
+    Confirmed,
+    /// A change pushed before the confirmation: note it, and read on.
+    Changed {
+        /// The asset.
+        asset: AssetPath,
+        /// Its new version, `None` when it was removed.
+        version: Option<VersionId>,
+    },
+}
+
 /// A client's subscriptions, renewed on every connection, and its reconnection backoff.
 #[derive(Debug)]
 pub struct Follow {
@@ -95,7 +109,7 @@ impl Follow {
         follow
     }
 
-    /// Adds a subscription, to be confirmed by [`Follow::subscribed`]; false if it was there
+    /// Adds a subscription, to be confirmed by [`Follow::answer`]; false if it was there
     /// already.
     pub fn add(&mut self, scope: Scope) -> bool {
         let new = !self.scopes.contains(&scope);
@@ -112,12 +126,38 @@ impl Follow {
         self.unconfirmed.retain(|s| s != scope);
     }
 
+    /// What `message`, read after subscribing to `scope` with request `id`, means. An error
+    /// naming the request is a refusal; one naming no request is the server ending the session
+    /// (shutting down, or an edge whose path to the origin changed, which asks its relaying
+    /// clients to come back for the new path): the connection is lost, and reconnecting is the
+    /// answer, not giving up.
+    pub fn answer(
+        &mut self,
+        scope: &Scope,
+        id: u32,
+        message: ServerMessage,
+    ) -> Result<Subscription, ClientError> {
+        match message {
+            ServerMessage::Subscribed { id: got, missing } if got == id => {
+                self.subscribed(scope, missing).map(|()| Subscription::Confirmed)
+            }
+            ServerMessage::Changed { asset, version } => Ok(Subscription::Changed { asset, version }),
+            ServerMessage::Error { id: Some(got), code, message } if got == id => {
+                Err(ClientError::Refused { code, message })
+            }
+            ServerMessage::Error { id: None, message, .. } => {
+                Err(ClientError::Lost(format!("the server closed the connection: {message}")))
+            }
+            other => Err(ClientError::Lost(format!("unexpected `{}` answer to subscribe", other.kind()))),
+        }
+    }
+
     /// The server answered a subscription to `scope` with `subscribed`, `missing` when nothing
     /// is inside it there now. The first time, that is a mistyped name far more often than a
     /// file yet to come, and waiting in silence would hide it: the subscription is dropped, with
     /// an error that names the scope to follow instead. Once confirmed, a subscription stands
     /// (on renewals after a reconnection its files may be gone for a while).
-    pub fn subscribed(&mut self, scope: &Scope, missing: bool) -> Result<(), ClientError> {
+    fn subscribed(&mut self, scope: &Scope, missing: bool) -> Result<(), ClientError> {
         let first = self.unconfirmed.contains(scope);
         self.unconfirmed.retain(|s| s != scope);
         if !(first && missing) {
@@ -190,6 +230,24 @@ mod tests {
         assert_eq!(waits[9], MAX_FOLLOW_BACKOFF_MS);
         follow.connected();
         assert_eq!(follow.lost(), FIRST_BACKOFF_MS);
+    }
+
+    #[test]
+    fn an_error_naming_no_request_while_subscribing_is_a_lost_connection_not_a_refusal() {
+        let scope = Scope::new("dist/").unwrap();
+        let mut follow = Follow::new([scope.clone()]);
+        let error = |id, code| ServerMessage::Error { id, code, message: "why".into() };
+        // An edge that has just reached its own upstream ends its relaying clients' sessions so
+        // that they come back for its new path: they reconnect, they do not give up.
+        let moved = follow.answer(&scope, 7, error(None, crate::ErrorCode::Moved));
+        assert!(matches!(moved, Err(ClientError::Lost(ref why)) if why.contains("why")), "{moved:?}");
+        let refused = follow.answer(&scope, 7, error(Some(7), crate::ErrorCode::Forbidden));
+        assert!(matches!(refused, Err(ClientError::Refused { .. })), "{refused:?}");
+        let asset = AssetPath::new("dist/a.js").unwrap();
+        let pushed = ServerMessage::Changed { asset: asset.clone(), version: None };
+        assert_eq!(follow.answer(&scope, 7, pushed).unwrap(), Subscription::Changed { asset, version: None });
+        let confirmed = ServerMessage::Subscribed { id: 7, missing: false };
+        assert_eq!(follow.answer(&scope, 7, confirmed).unwrap(), Subscription::Confirmed);
     }
 
     #[test]

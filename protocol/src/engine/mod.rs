@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 
 pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
-pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes};
+pub use follow::{Follow, MAX_FOLLOW_BACKOFF_MS, Push, Pushes, Subscription};
 pub use hello::{Welcome, Welcomed, hello, welcome};
 pub use push_folder::{Exchange, Exchanged, FolderPushPlan, plan_folder_push};
 pub use upload::{UploadSync, Uploaded};
@@ -302,7 +302,7 @@ pub enum ClientError {
         message: String,
     },
     /// A subscription just asked for names nothing on the server (see
-    /// [`Follow::subscribed`]); the text says what to subscribe to instead.
+    /// [`Follow::answer`]); the text says what to subscribe to instead.
     #[error("nothing by that name on the server: check it, or subscribe to {0} to hear when it is created")]
     Missing(String),
     /// An upload or deletion was refused because the server's file is no longer the version
