@@ -63,7 +63,7 @@ impl Client {
             let answer = self.follow.borrow_mut().answer(scope, id, message);
             match answer.map_err(|e| refused(&e))? {
                 Subscription::Confirmed => return Ok(()),
-                // (The socket hands pushes to the listener; one read here is delivered as one.)
+                // The socket hands pushes to the listener; one read here is delivered the same way.
                 Subscription::Changed { asset, version } => {
                     let client = Rc::clone(self);
                     wasm_bindgen_futures::spawn_local(
