@@ -250,7 +250,10 @@ mod native {
             // no window of its own (a streaming decoder allocates the frame's whole window,
             // up to 64 MiB, and a page pays for zeroing it), and a frame that holds more than
             // it announced fails.
-            let mut out = Vec::with_capacity(len);
+            // Reserved, not allocated outright: a hostile announcement as large as `max_len`
+            // (the file's length, which the server also gives) is an error, never an abort.
+            let mut out = Vec::new();
+            out.try_reserve_exact(len).map_err(|_| Error::Decompress("out of memory".into()))?;
             dctx.decompress(&mut out, frame).map_err(bad)?;
             return Ok(out);
         }

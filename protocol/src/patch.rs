@@ -179,6 +179,10 @@ impl Patching {
         if controls.len() != controls_len {
             return Err(bad("a patch stream shorter than announced"));
         }
+        // The file's length is the server's word: one beyond this machine's memory is an error
+        // (the chunks are asked for instead), never an abort.
+        let mut out = Vec::new();
+        out.try_reserve_exact(file_len).map_err(|_| bad("a patch for a file larger than memory allows"))?;
         Ok(Patching {
             controls,
             read: 0,
@@ -188,7 +192,7 @@ impl Patching {
             copy: 0,
             seek: 0,
             at: 0,
-            out: Vec::with_capacity(file_len),
+            out,
             new_len,
             tail: tail.map(|tail| (tail.to_vec(), file_len - new_len)),
             scratch: Vec::new(),
@@ -370,5 +374,16 @@ mod tests {
         }
         let whole = streams.encode(frame);
         assert!(apply(&old, &whole, Some(&frame(b"more")), new.len() as u64).is_err(), "a tail past the end");
+    }
+
+    /// Found by the fuzz test: a short patch with a tail for a file the server says is 24 GiB
+    /// aborted the process reserving room for it.
+    #[test]
+    fn a_patch_for_a_file_larger_than_memory_is_an_error_not_an_abort() {
+        let (old, new, streams) = fox_to_cat();
+        let head = streams.head(new.len() / 2).encode(frame);
+        let tail = frame(&new[new.len() / 2..]);
+        let error = apply(&old, &head, Some(&tail), 1 << 40).unwrap_err().to_string();
+        assert!(error.contains("larger than memory allows"), "{error}");
     }
 }
