@@ -2,7 +2,7 @@
 //! between it, the WebSocket and IndexedDB. Every decision (what to ask, keep, retry, commit)
 //! is the machine's; this loop only does what an [`Action`] says.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::mem;
 use std::rc::Rc;
 
@@ -72,9 +72,9 @@ struct Run<'a> {
     /// were.
     run_id: u64,
     written_ahead: bool,
-    /// Where the chunks received for the staged files not written yet lie (the file's index in
-    /// `staged`, the chunk's offset and length in it), for later files of the folder that reuse
-    /// them (those written ahead are read back from the store).
+    /// Where the chunks of the staged files not written yet lie (the file's index in `staged`,
+    /// the chunk's offset and length in it), for later files of the folder that reuse them
+    /// (those written ahead are read back from the store).
     staged_chunks: HashMap<ChunkId, (usize, usize, usize)>,
     /// Why the connection was last lost.
     last_loss: String,
@@ -347,10 +347,9 @@ impl Client {
                     Some(staged) => match Staged::file(synced) {
                         Ok(file) => {
                             run.staged_bytes += file.len();
-                            let received: HashSet<ChunkId> = synced.received.iter().map(|c| c.id()).collect();
-                            let chunks = synced.manifest.offsets().filter(|(_, c)| received.contains(&c.id));
-                            let held = chunks.map(|(at, c)| (c.id, (staged.len(), at, c.len as usize)));
-                            run.staged_chunks.extend(held);
+                            let held = synced.manifest.offsets();
+                            run.staged_chunks
+                                .extend(held.map(|(at, c)| (c.id, (staged.len(), at, c.len as usize))));
                             staged.push(file);
                             if run.staged_bytes < WRITE_AHEAD_BYTES {
                                 Ok(())
@@ -394,11 +393,8 @@ impl Client {
                 }
                 return Ok(None);
             }
-            // The socket routes pushes to the subscription listener; one that reaches an answer
-            // is delivered the same way.
             Action::Changed { asset, version } => {
-                let client = Rc::clone(self);
-                wasm_bindgen_futures::spawn_local(async move { client.deliver(asset, Some(version)).await });
+                self.deliver_later(asset, version);
                 return Ok(None);
             }
             Action::Warn(line) => {

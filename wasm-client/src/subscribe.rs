@@ -63,13 +63,7 @@ impl Client {
             let answer = self.follow.borrow_mut().answer(scope, id, message);
             match answer.map_err(|e| refused(&e))? {
                 Subscription::Confirmed => return Ok(()),
-                // The socket hands pushes to the listener; one read here is delivered the same way.
-                Subscription::Changed { asset, version } => {
-                    let client = Rc::clone(self);
-                    wasm_bindgen_futures::spawn_local(
-                        async move { client.deliver(asset, Some(version)).await },
-                    );
-                }
+                Subscription::Changed { asset, version } => self.deliver_later(asset, version),
             }
         }
     }
@@ -85,6 +79,13 @@ impl Client {
             wasm_bindgen_futures::spawn_local(listen(Rc::downgrade(self), pushes));
         }
         Ok(())
+    }
+
+    /// [`Client::deliver`]s a push read where an answer was due (the socket hands pushes to the
+    /// listener; one that reaches an answer is delivered the same way), once this task yields.
+    pub(crate) fn deliver_later(self: &Rc<Self>, asset: AssetPath, version: Option<VersionId>) {
+        let client = Rc::clone(self);
+        wasm_bindgen_futures::spawn_local(async move { client.deliver(asset, Some(version)).await });
     }
 
     /// Brings `asset` up to date after a push (`Some(version)`, `None` inside when it was
