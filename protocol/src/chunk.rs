@@ -74,10 +74,23 @@ pub fn chunk_data(data: &[u8], params: ChunkParams) -> Result<Vec<ChunkRef>, Err
 }
 
 /// The content-defined chunks of `data` (none when it is empty), not hashed.
+///
+/// The cuts `fastcdc::v2020::FastCDC::new` makes (normalisation level 1, no seed), through the
+/// crate's `cut` on its static gear tables: `FastCDC::new` copies both tables (4 KiB) into two
+/// new allocations for every file, and a folder answer cuts thousands of small ones.
 pub(crate) fn cuts(data: &[u8], params: ChunkParams) -> Result<impl Iterator<Item = &[u8]>, Error> {
+    use fastcdc::v2020::{MASKS, Normalization, cut, logarithm2};
     params.validate()?;
-    let cuts = fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max);
-    Ok(cuts.map(move |c| &data[c.offset..c.offset + c.length]))
+    let (bits, level) = (logarithm2(params.avg), Normalization::Level1.bits());
+    let (mask_s, mask_l) = (MASKS[(bits + level) as usize], MASKS[(bits - level) as usize]);
+    let (min, avg, max) = (params.min as usize, params.avg as usize, params.max as usize);
+    let mut rest = data;
+    Ok(std::iter::from_fn(move || {
+        let (_, end) = cut(rest, min, avg, max, mask_s, mask_l, mask_s << 1, mask_l << 1);
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        (!chunk.is_empty()).then_some(chunk)
+    }))
 }
 
 /// Chunk bytes whose SHA-256 has been checked against their id. Stores accept only this type,

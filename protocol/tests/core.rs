@@ -29,6 +29,28 @@ fn golden_chunk_boundaries_and_ids() {
     assert_eq!(text, golden, "chunk boundaries moved; if intended, rerun with UPDATE_GOLDEN=1");
 }
 
+/// The chunker cuts where the `fastcdc` crate's own iterator does, for other parameters and
+/// lengths than the golden file's too (empty, under the minimum, over the maximum).
+#[test]
+fn chunks_are_cut_where_fastcdcs_iterator_cuts_them() {
+    let data = std::fs::read(FIXTURE).unwrap();
+    for avg in [256, 8 << 10, 64 << 10] {
+        let params = ChunkParams::with_avg(avg).unwrap();
+        for len in [0, 1, params.min as usize, params.min as usize + 1, 3 * params.max as usize, data.len()] {
+            let data = &data[..len.min(data.len())];
+            let ours: Vec<usize> = assetsync_protocol::chunk_data(data, params)
+                .unwrap()
+                .iter()
+                .map(|c| c.len as usize)
+                .collect();
+            let theirs: Vec<usize> = fastcdc::v2020::FastCDC::new(data, params.min, params.avg, params.max)
+                .map(|c| c.length)
+                .collect();
+            assert_eq!(ours, theirs, "avg {avg}, {len} bytes");
+        }
+    }
+}
+
 /// An in-memory client store plus a server with version history, wired through the real planner
 /// and client machine.
 #[derive(Clone, Default)]
