@@ -86,6 +86,8 @@ struct Status {
     /// Folder listings walked on disk, and answered from a walk while nothing changed.
     folder_walks: u64,
     folder_listings_reused: u64,
+    /// Files the watcher looked at again because it heard of a change to them.
+    watch_rechecks: u64,
 }
 
 /// Answers `/status`; with `--token-file`, only a request that presents the token as
@@ -113,6 +115,7 @@ pub(crate) async fn status(State(state): State<Arc<AppState>>, headers: HeaderMa
         bytes_out: state.traffic.written.load(Ordering::Relaxed),
         folder_walks: state.index.listings_walked(),
         folder_listings_reused: state.index.listings_reused(),
+        watch_rechecks: state.hub.rechecks(),
     })
     .into_response()
 }

@@ -10,12 +10,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use assetsync_protocol::{AssetPath, Scope, VersionId};
-use notify_debouncer_mini::notify::{self, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use notify_debouncer_mini::{DebounceEventResult, DebouncedEventKind, Debouncer, new_debouncer};
+use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_mini::notify::{self, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify_debouncer_mini::{Config, DebounceEventResult, DebouncedEventKind, Debouncer, new_debouncer_opt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +45,8 @@ pub struct Hub {
     /// Files that changed on disk but that this instance neither serves nor was asked for, so
     /// did not index: news for other instances on the change bus, which may serve them.
     touched: broadcast::Sender<AssetPath>,
+    /// Files the watcher looked at again after hearing of them (`/status`'s `watch_rechecks`).
+    rechecks: AtomicU64,
 }
 
 impl Hub {
@@ -53,7 +57,13 @@ impl Hub {
             changes: broadcast::channel(backlog.max(1)).0,
             scopes: Mutex::default(),
             touched: broadcast::channel(backlog.max(1)).0,
+            rechecks: AtomicU64::new(0),
         }
+    }
+
+    /// Files the watcher looked at again after hearing of them, since start.
+    pub fn rechecks(&self) -> u64 {
+        self.rechecks.load(Ordering::Relaxed)
     }
 
     /// Every change announced from now on.
@@ -108,9 +118,12 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut debouncer = new_debouncer(quiet, move |events: DebounceEventResult| {
-        let _ = tx.send(events);
-    })?;
+    let mut debouncer = new_debouncer_opt::<_, ChangesOnly>(
+        Config::default().with_timeout(quiet),
+        move |events: DebounceEventResult| {
+            let _ = tx.send(events);
+        },
+    )?;
     // Undebounced, on the watcher's thread, as each event happens: whether anything at all
     // changed, for the index's reuse of folder listings. Reads are not changes (the index's own
     // listings open every folder, and indexing reads files).
@@ -142,9 +155,47 @@ pub fn start(
     Ok(())
 }
 
+/// The recommended watcher without the events of files being opened or read (notify watches
+/// `IN_OPEN`), which the debouncer would report as changes like any other: the server's own
+/// reads, indexing a file or listing a folder, are not changes. A folder's first answer opens
+/// each of its files to index it, and every one of those opens came back as a file to check
+/// again, which doubled the server's CPU for that answer (2,250 against 1,150 ms for 9,000
+/// files; BENCHMARKS.md, "Folders").
+struct ChangesOnly(RecommendedWatcher);
+
+impl ChangesOnly {
+    fn is_read(event: &notify::Result<notify::Event>) -> bool {
+        let written = AccessKind::Close(AccessMode::Write);
+        event.as_ref().is_ok_and(|e| matches!(e.kind, EventKind::Access(access) if access != written))
+    }
+}
+
+impl Watcher for ChangesOnly {
+    fn new<F: notify::EventHandler>(mut handler: F, config: notify::Config) -> notify::Result<Self> {
+        let changes = move |event| {
+            if !Self::is_read(&event) {
+                handler.handle_event(event);
+            }
+        };
+        RecommendedWatcher::new(changes, config).map(ChangesOnly)
+    }
+
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.0.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.0.unwatch(path)
+    }
+
+    fn kind() -> notify::WatcherKind {
+        RecommendedWatcher::kind()
+    }
+}
+
 async fn run(
     // Owned here: dropping them stops the watchers' threads.
-    _watchers: (Debouncer<RecommendedWatcher>, RecommendedWatcher),
+    _watchers: (Debouncer<ChangesOnly>, RecommendedWatcher),
     mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
     index: Arc<AssetIndex>,
     hub: Arc<Hub>,
@@ -176,8 +227,7 @@ async fn run(
         let (candidates, dirs) = tokio::task::spawn_blocking(move || {
             let mut out = BTreeSet::new();
             for path in paths {
-                // Listed only for an event that is not a file's (most are: writes, and the
-                // opens that reading a file for the index causes).
+                // Listed only for an event that is not a file's (most are).
                 out.extend(assets_at(&roots, &path, &mut dirs, || indexed.assets()));
             }
             (out, dirs)
@@ -185,6 +235,7 @@ async fn run(
         .await
         .expect("walking task panicked");
         dirs_seen = dirs;
+        hub.rechecks.fetch_add(candidates.len() as u64, Ordering::Relaxed);
         for asset in candidates {
             if !recheck(&index, &hub, &asset).await && !is_temporary(&asset) {
                 // No receiver (no change bus) is not an error.
@@ -213,10 +264,9 @@ pub(crate) async fn recheck(index: &AssetIndex, hub: &Hub, asset: &AssetPath) ->
 /// the root), every file below it and every `known` asset below it; for a path that is gone
 /// (a file or a directory deleted), every `known` asset below it.
 ///
-/// The watcher also reports directories being opened (notify watches `IN_OPEN`), which listing
-/// a folder, here or to answer a client, does: a directory whose modification time is the one
-/// `dirs` last saw for it had no entry added, removed or renamed, and concerns nothing (without
-/// this, walking it here would report it again, for ever).
+/// A directory whose modification time is the one `dirs` last saw for it had no entry added,
+/// removed or renamed, and concerns nothing (an event about the directory itself, such as a
+/// change of its attributes).
 fn assets_at(
     roots: &Roots,
     path: &Path,

@@ -210,18 +210,24 @@ async fn a_change_first_seen_by_a_sync_is_still_pushed() {
     server.stop().await;
 }
 
-/// The watcher also hears directories being opened (notify watches `IN_OPEN`), which listing a
-/// folder does; a watched server that answered folder syncs goes idle instead of walking the
-/// directories it hears about, and hearing itself walk them, for ever.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_watching_server_goes_idle_after_folder_syncs() {
+/// A watching server (a process of its own) of a root whose `dist/` holds `files` small files
+/// in `folders` folders.
+fn serve_folder(files: usize, folders: usize) -> (tempfile::TempDir, Served) {
     let root = tempfile::tempdir().unwrap();
-    for i in 0..2_000 {
-        let path = root.path().join(format!("dist/{:02}/f{i}.js", i % 20));
+    for i in 0..files {
+        let path = root.path().join(format!("dist/{:02}/f{i}.js", i % folders));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("export const f{i} = {i};")).unwrap();
     }
     let server = Served::start(["--no-store".as_ref(), "--root".as_ref(), root.path().as_os_str()]);
+    (root, server)
+}
+
+/// A watched server that answered folder syncs goes idle: its own listing of directories and
+/// reading of files, which notify reports (it watches `IN_OPEN`), set nothing off again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watching_server_goes_idle_after_folder_syncs() {
+    let (root, server) = serve_folder(2_000, 20);
     let client = TestClient::new();
     for _ in 0..3 {
         client.pull_from(server.url.clone(), &["dist/"]).await.unwrap();
@@ -232,4 +238,27 @@ async fn a_watching_server_goes_idle_after_folder_syncs() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = server.cpu() - before;
     assert!(idle < Duration::from_millis(200), "an idle server used {idle:?} of CPU in 2 s");
+}
+
+/// The server's own reads (indexing the files of a folder it answers, listing its folders) are
+/// not changes: the watcher looks at none of those files again (`/status` counts the files it
+/// rechecks), while an edit made afterwards is rechecked.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_own_reads_are_not_changes_the_watcher_rechecks() {
+    let (root, server) = serve_folder(500, 10);
+    let client = TestClient::new();
+    client.pull_from(server.url.clone(), &["dist/"]).await.unwrap();
+    let rechecks = || async {
+        let status = assetsync::status::fetch(&server.url, None).await.unwrap();
+        status["watch_rechecks"].as_u64().unwrap()
+    };
+    // Past the watcher's quiet time (100 ms) and its handling of what it heard.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rechecks().await, 0, "the watcher rechecked files the server only read");
+    std::fs::write(root.path().join("dist/03/f3.js"), "export const f3 = 'edited';").unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while rechecks().await == 0 {
+        assert!(std::time::Instant::now() < until, "an edited file was not rechecked within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
