@@ -159,8 +159,8 @@ pub fn start(
 /// `IN_OPEN`), which the debouncer would report as changes like any other: the server's own
 /// reads, indexing a file or listing a folder, are not changes. A folder's first answer opens
 /// each of its files to index it, and every one of those opens came back as a file to check
-/// again, which doubled the server's CPU for that answer (2,250 against 1,150 ms for 9,000
-/// files; BENCHMARKS.md, "Folders").
+/// again: 2,870 ms of the server's CPU for that answer for 9,000 files, 1,500 without them
+/// (BENCHMARKS.md, "Folders").
 struct ChangesOnly(RecommendedWatcher);
 
 impl ChangesOnly {
