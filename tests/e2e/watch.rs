@@ -227,7 +227,7 @@ fn serve_folder(files: usize, folders: usize) -> (tempfile::TempDir, Served) {
 /// reading of files, which notify reports (it watches `IN_OPEN`), set nothing off again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watching_server_goes_idle_after_folder_syncs() {
-    let (root, server) = serve_folder(2_000, 20);
+    let (_root, server) = serve_folder(2_000, 20);
     let client = TestClient::new();
     for _ in 0..3 {
         client.pull_from(server.url.clone(), &["dist/"]).await.unwrap();
