@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use assetsync_protocol::engine::{
-    Action, AssetSync, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine, ProgressGate,
+    Action, AssetSync, ClientError, Fetched, Finished, FolderSync, Input, MAX_OTHER_VERSIONS, Machine,
+    ProgressGate,
 };
 use assetsync_protocol::shape::Shape;
 use assetsync_protocol::{AssetPath, FolderEntry, Hash, Manifest, Scope, offload};
@@ -49,8 +50,7 @@ impl Connection {
             machine = machine.without_resume();
         }
         let target = Scope::Asset(asset.clone());
-        let unchanged =
-            self.drive(&mut machine, cache, config, false, report).await.map_err(|e| e.of(&target))?;
+        let unchanged = self.drive(&mut machine, cache, config, report).await.map_err(|e| e.of(&target))?;
         self.next_id = machine.next_id();
         let done = machine.finish();
         if let (Fetched::Unchanged(_), Some(data)) = (&done.fetched, unchanged) {
@@ -85,7 +85,7 @@ impl Connection {
         if let Some(known) = &known_shape {
             machine = machine.with_shape(known.digest());
         }
-        let driven = self.drive(&mut machine, cache, config, true, report).await;
+        let driven = self.drive(&mut machine, cache, config, report).await;
         let Before { outputs, copy } = checking.await.expect("output checking task panicked");
         driven.map_err(|e| e.of(folder))?;
         self.next_id = machine.next_id();
@@ -122,25 +122,26 @@ impl Connection {
     }
 
     /// Runs `machine` to its end, moving bytes between it, the socket and the cache. Returns the
-    /// file of an unchanged asset, as read back from the cache. A folder's files (`many`) are
-    /// staged as they commit and published together, in one transaction, however the run
-    /// ends.
+    /// file of an unchanged asset, as read back from the cache.
     async fn drive(
         &mut self,
         machine: &mut impl Machine,
         cache: &mut Cache,
         config: &PullConfig,
-        many: bool,
         report: &mut impl FnMut(&PullEvent),
     ) -> Result<Option<Vec<u8>>, Stop> {
         let now = Instant::now();
         let progress = ProgressGate::default();
-        let mut local = Local { cache, config, many, unchanged: None, file_started: now, progress };
+        let mut local = Local {
+            cache,
+            config,
+            unchanged: None,
+            file_started: now,
+            progress,
+            failed: CacheFault::default(),
+        };
         let ended = self.run(machine, |action| local.act(action, report)).await;
-        // Whatever ended the run, the files staged so far are verified and written.
-        let published = local.cache.publish();
-        ended?;
-        published?;
+        local.failed.behind(ended)?;
         Ok(local.unchanged.take())
     }
 
@@ -149,8 +150,8 @@ impl Connection {
     pub(crate) async fn run<M: Machine>(
         &mut self,
         machine: &mut M,
-        mut act: impl FnMut(Action<'_>) -> Result<Option<Input<'static>>, Stop>,
-    ) -> Result<(), Stop> {
+        mut act: impl FnMut(Action<'_>) -> Option<Input<'static>>,
+    ) -> Result<(), ClientError> {
         loop {
             let input = match machine.poll() {
                 Action::Send(message) => match self.send(&message).await {
@@ -197,8 +198,8 @@ impl Connection {
                     continue;
                 }
                 Action::Done => return Ok(()),
-                Action::Failed(error) => return Err(Stop::Sync(error)),
-                action => match act(action)? {
+                Action::Failed(error) => return Err(error),
+                action => match act(action) {
                     Some(input) => input,
                     None => continue,
                 },
@@ -209,11 +210,11 @@ impl Connection {
 }
 
 /// For a run that only asks and receives: nothing else is asked of the driver.
-pub(crate) fn unasked(action: Action<'_>) -> Result<Option<Input<'static>>, Stop> {
+pub(crate) fn unasked(action: Action<'_>) -> Option<Input<'static>> {
     match action {
         Action::Warn(line) => {
             tracing::warn!("{line}");
-            Ok(None)
+            None
         }
         other => unreachable!("a listing, shape or deletion does not ask for {other:?}"),
     }
@@ -231,71 +232,64 @@ fn downloaded(machine: &mut impl Machine, piece: Result<Vec<u8>, Failure>) {
 struct Local<'a> {
     cache: &'a mut Cache,
     config: &'a PullConfig,
-    /// Whether commits are staged for one [`Cache::publish`] (a folder's files).
-    many: bool,
     /// The file of an asset found unchanged, as read back.
     unchanged: Option<Vec<u8>>,
     file_started: Instant,
     progress: ProgressGate,
+    failed: CacheFault,
 }
 
 impl Local<'_> {
     /// Does what `action` says to the cache and `--out`; the input it needs, if any.
-    fn act(
-        &mut self,
-        action: Action<'_>,
-        report: &mut impl FnMut(&PullEvent),
-    ) -> Result<Option<Input<'static>>, Stop> {
+    fn act(&mut self, action: Action<'_>, report: &mut impl FnMut(&PullEvent)) -> Option<Input<'static>> {
         let cache = &mut *self.cache;
-        Ok(Some(match action {
+        Some(match action {
             Action::LoadFile(m) => Input::File(cache.file(m)),
             Action::CheckFile(m) => Input::Checked(cache.file(m).map(|data| self.unchanged = Some(data))),
             Action::LoadManifests(versions) => Input::Manifests(cache.manifests(&versions)),
             Action::LoadChunks { ids, .. } => Input::Chunks(cache.chunks(ids)),
             Action::Verify(data) => Input::Digest(Hash::of(data)),
             Action::Work => Input::Work,
-            Action::Keep(chunks) => {
-                cache.store_chunks(chunks)?;
-                Input::Stored
-            }
-            Action::Commit(synced) => {
+            Action::Keep(chunks) => self.failed.stored(cache.store_chunks(chunks)),
+            Action::Commit(synced) | Action::Stage(synced) => {
                 let out = self.config.copy_of(&synced.manifest.path);
                 let file = out.as_deref().map(|p| (p, &synced.data[..]));
                 let (manifest, version, chunks) = (&synced.manifest, synced.version, &synced.received[..]);
-                if !self.many {
-                    cache.commit(manifest, version, chunks, file)?;
-                } else {
-                    cache.stage(manifest, version, chunks, file, false)?;
-                }
-                Input::Stored
+                self.failed.stored(match action {
+                    Action::Commit(_) => cache.commit(manifest, version, chunks, file),
+                    _ => cache.stage(manifest, version, chunks, file, false),
+                })
             }
             Action::Remove(asset) => {
-                cache.remove(asset, self.config.removed_copy(asset).as_deref())?;
-                report(&PullEvent::Removed { asset: asset.to_string() });
-                Input::Stored
+                let removed = cache.remove(asset, self.config.removed_copy(asset).as_deref());
+                if removed.is_ok() {
+                    report(&PullEvent::Removed { asset: asset.to_string() });
+                }
+                self.failed.stored(removed)
             }
+            Action::Publish => self.failed.stored(cache.publish()),
             Action::Discard(ids) => {
                 cache.discard(&ids);
-                return Ok(None);
+                return None;
             }
             Action::Warn(line) => {
                 tracing::warn!("{line}");
-                return Ok(None);
+                return None;
             }
             Action::FileDone(done) => {
                 report(&PullEvent::Pulled(PullReport::new(&done, self.file_started, None)));
                 self.file_started = Instant::now();
-                return Ok(None);
+                return None;
             }
             Action::Progress { asset, received, total } => {
                 if self.progress.due(&asset, received, total) {
                     report(&PullEvent::Progress { asset: asset.to_string(), received, total });
                 }
-                return Ok(None);
+                return None;
             }
             // This driver leaves hashing to the machine, and the chunk cache keeps the chunks
             // kept after a cut as part of the commit.
-            Action::FinishHashing | Action::Prefetch(_) | Action::Release(_) => return Ok(None),
+            Action::FinishHashing | Action::Prefetch(_) | Action::Release(_) => return None,
             Action::Send(_)
             | Action::SendFrames(_)
             | Action::Receive
@@ -306,21 +300,42 @@ impl Local<'_> {
                 unreachable!("the connection's actions are the driver's")
             }
             Action::Done | Action::Failed(_) => unreachable!("handled by the driver"),
-        }))
+        })
+    }
+}
+
+/// The cache error behind the [`Input::Stop`] a driver gave its machine, returned as itself (its
+/// message and exit status) when the machine fails on it.
+#[derive(Debug, Default)]
+pub(crate) struct CacheFault(Option<CacheError>);
+
+impl CacheFault {
+    /// [`Input::Stored`], or the error as [`Input::Stop`].
+    pub(crate) fn stored(&mut self, done: Result<(), CacheError>) -> Input<'static> {
+        match done {
+            Ok(()) => Input::Stored,
+            Err(e) => {
+                let line = e.to_string();
+                self.0.get_or_insert(e);
+                Input::Stop(line)
+            }
+        }
+    }
+
+    /// How a run ended: a failure on a cache error is that error.
+    pub(crate) fn behind(&mut self, ended: Result<(), ClientError>) -> Result<(), Stop> {
+        match (ended, self.0.take()) {
+            (Err(ClientError::Stopped(_)), Some(e)) => Err(Stop::Cache(e)),
+            (ended, _) => ended.map_err(Stop::Sync),
+        }
     }
 }
 
 /// Why a run stopped: the engine's verdict, or a cache that could not be written.
 #[derive(Debug)]
 pub(crate) enum Stop {
-    Sync(assetsync_protocol::engine::ClientError),
+    Sync(ClientError),
     Cache(CacheError),
-}
-
-impl From<CacheError> for Stop {
-    fn from(e: CacheError) -> Self {
-        Stop::Cache(e)
-    }
 }
 
 impl Stop {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::cache::Cache;
 use crate::connection::Connection;
-use crate::drive::{Stop, unasked};
+use crate::drive::{CacheFault, Stop, unasked};
 
 /// Where to push from and to.
 #[derive(Clone, Debug)]
@@ -168,7 +168,7 @@ impl Connection {
             .expect("reading task panicked")
             .map_err(Error::Local)?;
         let mut machine = Exchange::list(name, self.next_id);
-        self.run(&mut machine, unasked).await.map_err(|e| e.of(folder))?;
+        self.run(&mut machine, unasked).await.map_err(|e| Error::sync(folder, e))?;
         self.next_id = machine.next_id();
         let (Exchanged::Listing(listing), _) = machine.finish() else { unreachable!("a listing was asked") };
         let versions = local.iter().map(|f| (f.manifest.path.clone(), f.manifest.version())).collect();
@@ -209,7 +209,7 @@ impl Connection {
         if config.force {
             machine = machine.force();
         }
-        self.run(&mut machine, unasked).await.map_err(|e| e.of(&target))?;
+        self.run(&mut machine, unasked).await.map_err(|e| Error::sync(&target, e))?;
         self.next_id = machine.next_id();
         let (_, figures) = machine.finish();
         if let Some(cache) = cache {
@@ -292,26 +292,27 @@ impl Connection {
         machine: &mut UploadSync,
         mut cache: Option<&mut Cache>,
     ) -> Result<(), Stop> {
-        self.run(machine, |action| {
-            Ok(Some(match action {
-                Action::LoadFile(base) => Input::File(match cache.as_deref() {
-                    Some(cache) => cache.file(base),
-                    None => Err(Vec::new()),
-                }),
-                Action::Commit(synced) => {
-                    if let Some(cache) = cache.as_deref_mut() {
-                        cache.commit(&synced.manifest, synced.version, &synced.received, None)?;
+        let mut failed = CacheFault::default();
+        let ended = self
+            .run(machine, |action| {
+                Some(match action {
+                    Action::LoadFile(base) => Input::File(match cache.as_deref() {
+                        Some(cache) => cache.file(base),
+                        None => Err(Vec::new()),
+                    }),
+                    Action::Commit(synced) => failed.stored(match cache.as_deref_mut() {
+                        Some(cache) => cache.commit(&synced.manifest, synced.version, &synced.received, None),
+                        None => Ok(()),
+                    }),
+                    Action::Warn(line) => {
+                        tracing::warn!("{line}");
+                        return None;
                     }
-                    Input::Stored
-                }
-                Action::Warn(line) => {
-                    tracing::warn!("{line}");
-                    return Ok(None);
-                }
-                other => unreachable!("an upload does not ask for {other:?}"),
-            }))
-        })
-        .await
+                    other => unreachable!("an upload does not ask for {other:?}"),
+                })
+            })
+            .await;
+        failed.behind(ended)
     }
 }
 

@@ -258,11 +258,13 @@ impl Server {
     }
 }
 
-/// The client's store: chunk records and committed pointers, like the native cache.
+/// The client's store: chunk records and committed pointers, like the native cache, and a
+/// folder's files and removals staged for its publish.
 #[derive(Default)]
 struct Store {
     chunks: HashMap<ChunkId, Vec<u8>>,
     refs: BTreeMap<AssetPath, Manifest>,
+    staged: Vec<(AssetPath, Option<Manifest>)>,
 }
 
 impl Store {
@@ -294,6 +296,9 @@ struct Met {
     frame_bytes: u64,
     /// Assets committed, or found unchanged and intact.
     synced: Vec<AssetPath>,
+    /// Publishes asked for, and whether anything was staged after one.
+    publishes: u32,
+    staged_late: bool,
     /// Bytes of each offloaded body delivered.
     downloaded: HashMap<String, u64>,
 }
@@ -426,20 +431,50 @@ impl World {
                     }
                     machine.handle(Input::Stored);
                 }
-                Action::Commit(synced) => {
+                Action::Commit(synced) | Action::Stage(synced) => {
                     let served = self.server.served.get(&synced.version);
                     assert_eq!(served, Some(&synced.data), "a commit is a version the server served");
                     assert_eq!(synced.manifest.version(), synced.version);
+                    if self.store_fails(faults, &mut met) {
+                        machine.handle(Input::Stop("disk full".into()));
+                        continue;
+                    }
                     for c in &synced.received {
                         self.store.chunks.insert(c.id(), c.bytes().to_vec());
                     }
-                    self.store.refs.insert(synced.manifest.path.clone(), synced.manifest.clone());
-                    met.synced.push(synced.manifest.path.clone());
+                    let (asset, manifest) = (synced.manifest.path.clone(), synced.manifest.clone());
+                    if matches!(action, Action::Commit(_)) {
+                        self.store.refs.insert(asset.clone(), manifest);
+                        met.synced.push(asset);
+                    } else {
+                        met.staged_late |= met.publishes > 0;
+                        self.store.staged.push((asset, Some(manifest)));
+                    }
                     machine.handle(Input::Stored);
                 }
                 Action::Remove(asset) => {
                     assert!(!self.server.files.contains_key(asset), "removes only what the server dropped");
-                    self.store.refs.remove(asset);
+                    met.staged_late |= met.publishes > 0;
+                    self.store.staged.push((asset.clone(), None));
+                    machine.handle(Input::Stored);
+                }
+                Action::Publish => {
+                    met.publishes += 1;
+                    let staged = std::mem::take(&mut self.store.staged);
+                    // A publish that fails leaves the previous versions current.
+                    if self.store_fails(faults, &mut met) {
+                        machine.handle(Input::Stop("disk full".into()));
+                        continue;
+                    }
+                    for (asset, manifest) in staged {
+                        match manifest {
+                            Some(m) => {
+                                self.store.refs.insert(asset.clone(), m);
+                                met.synced.push(asset);
+                            }
+                            None => drop(self.store.refs.remove(&asset)),
+                        }
+                    }
                     machine.handle(Input::Stored);
                 }
                 Action::Discard(ids) => ids.iter().for_each(|id| drop(self.store.chunks.remove(id))),
@@ -512,6 +547,13 @@ impl World {
         }
         pieces.push_back(end);
         pieces
+    }
+
+    /// Whether the store fails to write (a full disk, a quota).
+    fn store_fails(&mut self, faults: bool, met: &mut Met) -> bool {
+        let fails = faults && self.rng.chance(20);
+        met.other_faults += u32::from(fails);
+        fails
     }
 
     /// Faults on one answer: a cut, a flipped bit, a duplicated frame.
@@ -652,10 +694,23 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
         if result.is_ok() {
             w.next_id = machine.next_id();
         }
+        // A folder's files become current together, once, however its sync ended.
+        if target.is_none() {
+            assert_eq!(met.publishes, 1, "a folder sync publishes once");
+            assert!(!met.staged_late && w.store.staged.is_empty(), "nothing is staged after the publish");
+        } else {
+            assert_eq!(met.publishes, 0, "a single asset commits on its own");
+        }
         w.log(format!("=> {result:?} {met:?}, {missing} bytes missing"));
         match &result {
             Err(e) if met.cuts + met.other_faults == 0 => panic!("a sync without faults failed: {e}"),
-            Err(_) => {}
+            // What a failed sync committed (a folder's files verified before the failure) holds.
+            Err(_) => {
+                for asset in met.synced.iter().filter(|_| !w.store_lost) {
+                    let m = &w.store.refs[asset];
+                    assert!(w.store.file(m).is_ok(), "{asset} committed but cannot be read back");
+                }
+            }
             Ok(()) if met.other_faults == 0 => {
                 // Each offloaded body crossed at most once, whatever the cuts.
                 let objects = w.server.objects.borrow();

@@ -113,9 +113,7 @@ impl Client {
             machine.set_driver_hashes();
         }
         self.connected(&mut guard).await?;
-        let run = self
-            .drive(&mut machine, &mut guard, asset.as_str(), file.flatten(), on_progress.as_ref(), false)
-            .await;
+        let run = self.drive(&mut machine, &mut guard, file.flatten(), on_progress.as_ref()).await;
         self.next_id.set(machine.next_id());
         self.prefetched.take();
         let driven = self.stopped(run, &mut guard, asset.as_str())?;

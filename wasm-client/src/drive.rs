@@ -9,7 +9,7 @@ use std::rc::Rc;
 use assetsync_protocol::engine::{
     Action, ClientError, Fetched, Finished, Input, Machine, ProgressGate, SyncReport, Uploaded,
 };
-use assetsync_protocol::{ChunkId, Manifest, VersionId, offload};
+use assetsync_protocol::{ChunkId, Manifest, Synced, VersionId, offload};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
 
@@ -48,24 +48,16 @@ pub(crate) struct Stopped {
     pub in_step: bool,
 }
 
-impl Stopped {
-    fn store(message: impl std::fmt::Display) -> Self {
-        Stopped { message: message.to_string(), in_step: false }
-    }
-}
-
 /// One run's state beside the machine.
 struct Run<'a> {
     driven: Driven,
-    /// The asset or folder synced.
-    target: &'a str,
     /// The committed file of the asset's current version, for a prefetch.
     base_file: Option<web_sys::Blob>,
     on_progress: Option<&'a Function>,
     progress: ProgressGate,
-    /// A folder's commits and removals, made in one transaction at the end (their files
-    /// written ahead every [`WRITE_AHEAD_BYTES`]); `None` for a single asset, committed at once.
-    staged: Option<Vec<Staged>>,
+    /// A folder's files and removals, staged for its publish, made in one transaction (their
+    /// files written ahead every [`WRITE_AHEAD_BYTES`]).
+    staged: Vec<Staged>,
     /// Bytes of staged files not written yet.
     staged_bytes: usize,
     /// What names this run's files written ahead (see `Store::write_ahead`), and whether any
@@ -90,26 +82,21 @@ const WRITE_AHEAD_BYTES: usize = 32 << 20;
 
 impl Client {
     /// Runs `machine` to its end over `socket` (reconnected in place when the machine says so).
-    /// `target` is the asset or folder synced; `base_file` the committed file of the asset's
-    /// current version, for a prefetch. A folder's files (`many`) are committed together when
-    /// the run ends, however it ends.
+    /// `base_file` is the committed file of the asset's current version, for a prefetch.
     pub(crate) async fn drive(
         self: &Rc<Self>,
         machine: &mut impl Machine,
         socket: &mut Option<Socket>,
-        target: &str,
         base_file: Option<web_sys::Blob>,
         on_progress: Option<&Function>,
-        many: bool,
     ) -> Result<Driven, Stopped> {
         let progress = ProgressGate::default();
         let mut run = Run {
             driven: Driven::default(),
-            target,
             base_file,
             on_progress,
             progress,
-            staged: many.then(Vec::new),
+            staged: Vec::new(),
             staged_bytes: 0,
             run_id: (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64,
             written_ahead: false,
@@ -117,19 +104,7 @@ impl Client {
             last_loss: String::new(),
             download: Download::default(),
         };
-        let ended = self.steps(machine, socket, &mut run).await;
-        let committed = self.commit_staged(&mut run).await;
-        let driven = ended?;
-        committed?;
-        Ok(driven)
-    }
-
-    /// Commits a folder's staged files and removals in one transaction.
-    async fn commit_staged(&self, run: &mut Run<'_>) -> Result<(), Stopped> {
-        let Some(staged) = run.staged.as_mut().filter(|s| !s.is_empty()) else { return Ok(()) };
-        let committed = self.store.commit_all(&mem::take(staged), Some(run.run_id)).await;
-        // The caller names the folder.
-        committed.map_err(|e| Stopped::store(format!("{e}; the previous versions are kept")))
+        self.steps(machine, socket, &mut run).await
     }
 
     async fn steps(
@@ -207,7 +182,8 @@ impl Client {
                 Action::Reconnect { after_ms } => {
                     *socket = None;
                     if self.closed.get() {
-                        return Err(Stopped { message: run.last_loss.clone(), in_step: false });
+                        machine.handle(Input::Stop(run.last_loss.clone()));
+                        continue;
                     }
                     subscribe::sleep(after_ms as i32).await;
                     match self.handshake().await {
@@ -220,7 +196,7 @@ impl Client {
                 }
                 Action::FileDone(done) => {
                     // The copy staged for the folder's commit, rather than a second one.
-                    let staged = run.staged.as_ref().and_then(|s| s.last()?.bytes(done.version()));
+                    let staged = run.staged.last().and_then(|s| s.bytes(done.version()));
                     let held = staged.map(Bytes::Wasm);
                     let file = self.result(done, held, None, &Timings::default(), file_started);
                     run.driven.files.push(file);
@@ -232,7 +208,7 @@ impl Client {
                     let in_step = matches!(error, ClientError::Refused { .. });
                     return Err(Stopped { message: error.to_string(), in_step });
                 }
-                action => match self.act(action, run).await? {
+                action => match self.act(action, run).await {
                     Some(input) => input,
                     None => continue,
                 },
@@ -285,124 +261,158 @@ impl Client {
         }
     }
 
-    /// Does what `action` says to the store (or the page); the input it needs, if any.
-    async fn act(
-        self: &Rc<Self>,
-        action: Action<'_>,
-        run: &mut Run<'_>,
-    ) -> Result<Option<Input<'static>>, Stopped> {
+    /// Does what `action` says to the store (or the page); the input it needs, if any. A store
+    /// that fails stops the run ([`Input::Stop`]): the machine publishes what it staged.
+    async fn act(self: &Rc<Self>, action: Action<'_>, run: &mut Run<'_>) -> Option<Input<'static>> {
         let t0 = now_ms();
         let timings = &mut run.driven.timings;
-        Ok(Some(match action {
-            Action::LoadFile(m) => {
-                let file = self.file(m).await.map_err(Stopped::store)?;
-                timings.store_ms += now_ms() - t0;
-                Input::File(file.map(|f| f.to_vec()))
-            }
-            Action::CheckFile(m) => {
-                let file = self.file(m).await.map_err(Stopped::store)?;
-                timings.store_ms += now_ms() - t0;
-                Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes)))
-            }
-            Action::LoadManifests(versions) => {
-                let manifests = self.store.manifests(&versions).await.map_err(Stopped::store)?;
-                timings.store_ms += now_ms() - t0;
-                Input::Manifests(manifests)
-            }
-            Action::LoadChunks { ids, sources } => {
-                let (held, stored): (Vec<ChunkId>, Vec<ChunkId>) =
-                    ids.into_iter().partition(|id| run.staged_chunks.contains_key(id));
-                let staged = run.staged.as_deref().unwrap_or_default();
-                let mut chunks = Vec::with_capacity(held.len() + stored.len());
-                for id in held {
-                    let (file, at, len) = run.staged_chunks[&id];
-                    if let Some(bytes) = staged[file].read(at, len).await.map_err(Stopped::store)? {
-                        chunks.push((id, bytes));
-                    }
+        Some(match action {
+            Action::LoadFile(m) => match self.file(m).await {
+                Ok(file) => {
+                    timings.store_ms += now_ms() - t0;
+                    Input::File(file.map(|f| f.to_vec()))
                 }
-                let sources: Vec<&Manifest> = sources.iter().collect();
-                let staged = if run.written_ahead { staged } else { &[] };
-                chunks.extend(self.store.chunks(&stored, &sources, staged).await.map_err(Stopped::store)?);
-                timings.store_ms += now_ms() - t0;
-                Input::Chunks(chunks)
-            }
+                Err(e) => Input::Stop(e.to_string()),
+            },
+            Action::CheckFile(m) => match self.file(m).await {
+                Ok(file) => {
+                    timings.store_ms += now_ms() - t0;
+                    Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes)))
+                }
+                Err(e) => Input::Stop(e.to_string()),
+            },
+            Action::LoadManifests(versions) => match self.store.manifests(&versions).await {
+                Ok(manifests) => {
+                    timings.store_ms += now_ms() - t0;
+                    Input::Manifests(manifests)
+                }
+                Err(e) => Input::Stop(e.to_string()),
+            },
+            Action::LoadChunks { ids, sources } => match self.chunks(ids, sources, run).await {
+                Ok(chunks) => {
+                    run.driven.timings.store_ms += now_ms() - t0;
+                    Input::Chunks(chunks)
+                }
+                Err(e) => Input::Stop(e.to_string()),
+            },
             Action::Verify(data) => {
                 task::yield_if_busy().await;
                 let digest = digest::sha256(data).await;
                 timings.verify_ms += now_ms() - t0;
                 Input::Digest(digest)
             }
-            Action::Keep(chunks) => {
-                let why = &run.last_loss;
-                let kept = self.store.keep(chunks).await;
-                kept.map_err(|e| {
-                    Stopped::store(format!("{why}, and storing the chunks received failed: {e}"))
-                })?;
-                Input::Stored
-            }
+            Action::Keep(chunks) => match self.store.keep(chunks).await {
+                Ok(()) => Input::Stored,
+                Err(e) => {
+                    Input::Stop(format!("{}, and storing the chunks received failed: {e}", run.last_loss))
+                }
+            },
             Action::Commit(synced) => {
                 task::yield_if_busy().await;
-                let committed = match &mut run.staged {
-                    None => self.store.commit(synced).await,
-                    Some(staged) => match Staged::file(synced) {
-                        Ok(file) => {
-                            run.staged_bytes += file.len();
-                            let held = synced.manifest.offsets();
-                            run.staged_chunks
-                                .extend(held.map(|(at, c)| (c.id, (staged.len(), at, c.len as usize))));
-                            staged.push(file);
-                            if run.staged_bytes < WRITE_AHEAD_BYTES {
-                                Ok(())
-                            } else {
-                                (run.staged_bytes, run.staged_chunks) = (0, HashMap::new());
-                                run.written_ahead = true;
-                                self.store.write_ahead(staged, run.run_id).await
-                            }
-                        }
-                        Err(e) => Err(e),
-                    },
-                };
-                if let Err(e) = committed {
-                    let path = synced.manifest.path.as_str();
-                    let file = if path == run.target { String::new() } else { format!("{path}: ") };
-                    return Err(Stopped::store(format!("{file}{e}; the previous version is kept")));
+                match self.store.commit(synced).await {
+                    Ok(()) => {
+                        run.driven.timings.store_ms += now_ms() - t0;
+                        Input::Stored
+                    }
+                    Err(e) => Input::Stop(format!("{e}; the previous version is kept")),
                 }
-                timings.store_ms += now_ms() - t0;
-                Input::Stored
+            }
+            Action::Stage(synced) => {
+                task::yield_if_busy().await;
+                match self.stage(synced, run).await {
+                    Ok(()) => {
+                        run.driven.timings.store_ms += now_ms() - t0;
+                        Input::Stored
+                    }
+                    Err(e) => {
+                        Input::Stop(format!("{}: {e}; the previous version is kept", synced.manifest.path))
+                    }
+                }
             }
             Action::Remove(asset) => {
                 self.remembered.borrow_mut().remove(asset);
-                match &mut run.staged {
-                    None => self.store.remove(asset).await.map_err(Stopped::store)?,
-                    Some(staged) => staged.push(Staged::Removal(asset.as_str().to_owned())),
-                }
+                run.staged.push(Staged::Removal(asset.as_str().to_owned()));
                 Input::Stored
+            }
+            Action::Publish => {
+                let staged = mem::take(&mut run.staged);
+                let published = match staged.is_empty() {
+                    true => Ok(()),
+                    false => self.store.commit_all(&staged, Some(run.run_id)).await,
+                };
+                match published {
+                    Ok(()) => Input::Stored,
+                    // The caller names the folder.
+                    Err(e) => Input::Stop(format!("{e}; the previous versions are kept")),
+                }
             }
             // Kept chunk records are dropped once damaged, or once in committed files.
             Action::Discard(ids) | Action::Release(ids) => {
-                self.store.discard(&ids).await.map_err(Stopped::store)?;
-                return Ok(None);
+                if let Err(e) = self.store.discard(&ids).await {
+                    web_sys::console::warn_1(&format!("assetsync: cannot discard cached chunks: {e}").into());
+                }
+                return None;
             }
             Action::Prefetch(base) => {
                 self.prefetch(&base, run.base_file.take());
-                return Ok(None);
+                return None;
             }
             Action::Progress { asset, received, total } => {
                 if run.progress.due(&asset, received, total) {
                     report_progress(run.on_progress, "receivedBytes", received, total);
                 }
-                return Ok(None);
+                return None;
             }
             Action::Changed { asset, version } => {
                 self.deliver_later(asset, version);
-                return Ok(None);
+                return None;
             }
             Action::Warn(line) => {
                 web_sys::console::warn_1(&format!("assetsync: {line}").into());
-                return Ok(None);
+                return None;
             }
             _ => unreachable!("the connection's actions are drive()'s"),
-        }))
+        })
+    }
+
+    /// The chunks `ids` as held: those of files staged but not written yet from memory, the
+    /// others from the store.
+    async fn chunks(
+        &self,
+        ids: Vec<ChunkId>,
+        sources: &[Manifest],
+        run: &Run<'_>,
+    ) -> Result<Vec<(ChunkId, Vec<u8>)>, String> {
+        let (held, stored): (Vec<ChunkId>, Vec<ChunkId>) =
+            ids.into_iter().partition(|id| run.staged_chunks.contains_key(id));
+        let mut chunks = Vec::with_capacity(held.len() + stored.len());
+        for id in held {
+            let (file, at, len) = run.staged_chunks[&id];
+            if let Some(bytes) = run.staged[file].read(at, len).await.map_err(|e| e.to_string())? {
+                chunks.push((id, bytes));
+            }
+        }
+        let sources: Vec<&Manifest> = sources.iter().collect();
+        let staged = if run.written_ahead { &run.staged[..] } else { &[] };
+        chunks.extend(self.store.chunks(&stored, &sources, staged).await.map_err(|e| e.to_string())?);
+        Ok(chunks)
+    }
+
+    /// Stages a folder's file for its publish, writing the files staged so far ahead once they
+    /// hold [`WRITE_AHEAD_BYTES`].
+    async fn stage(&self, synced: &Synced, run: &mut Run<'_>) -> Result<(), String> {
+        let file = Staged::file(synced).map_err(|e| e.to_string())?;
+        run.staged_bytes += file.len();
+        let held = synced.manifest.offsets();
+        let at = run.staged.len();
+        run.staged_chunks.extend(held.map(|(offset, c)| (c.id, (at, offset, c.len as usize))));
+        run.staged.push(file);
+        if run.staged_bytes < WRITE_AHEAD_BYTES {
+            return Ok(());
+        }
+        (run.staged_bytes, run.staged_chunks) = (0, HashMap::new());
+        run.written_ahead = true;
+        self.store.write_ahead(&mut run.staged, run.run_id).await.map_err(|e| e.to_string())
     }
 
     /// The JS result of a finished sync: its bytes (`held` where the driver holds them already:

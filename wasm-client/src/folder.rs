@@ -71,7 +71,7 @@ impl Client {
             root if root.is_empty() => "the root folder".to_owned(),
             name => name,
         };
-        let run = self.drive(&mut machine, &mut guard, &target, None, None, true).await;
+        let run = self.drive(&mut machine, &mut guard, None, None).await;
         self.next_id.set(machine.next_id());
         let driven = self.stopped(run, &mut guard, &target)?;
         drop(guard);

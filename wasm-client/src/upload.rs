@@ -38,8 +38,7 @@ impl Client {
             machine = machine.expecting(version);
         }
         self.connected(&mut guard).await?;
-        let run =
-            self.drive(&mut machine, &mut guard, asset.as_str(), None, on_progress.as_ref(), false).await;
+        let run = self.drive(&mut machine, &mut guard, None, on_progress.as_ref()).await;
         self.next_id.set(machine.next_id());
         let driven = self.stopped(run, &mut guard, asset.as_str())?;
         drop(guard);

@@ -270,6 +270,7 @@ impl Machine for AssetSync {
 
     fn handle(&mut self, input: Input<'_>) {
         match (mem::replace(&mut self.state, State::Over), input) {
+            (_, Input::Stop(why)) => self.state = State::Failed(ClientError::Stopped(why)),
             (State::Sending(answer), Input::Sent { wire }) => {
                 self.report.wire_out += wire;
                 self.state = State::Answer(answer);

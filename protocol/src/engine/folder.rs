@@ -1,8 +1,10 @@
 //! The sync of a folder: one request lists it and brings every new or changed file, each
-//! verified and committed as it arrives; files the server no longer lists are removed; a file
+//! verified and staged as it arrives; files the server no longer lists are removed; a file
 //! whose data failed verification is synced again on its own afterwards. A lost connection is
-//! resumed: the files committed so far are held by then, and the chunks that had arrived of the
-//! file in flight are kept and listed.
+//! resumed: the files staged so far are held by then, and the chunks that had arrived of the
+//! file in flight are kept and listed. At the end, however the sync ends, one
+//! [`Action::Publish`] makes the staged files and removals current together: a reader sees the
+//! old set or the new one, and nothing verified is lost to a later failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::mem;
@@ -58,6 +60,8 @@ enum State {
     Committing(Synced, SyncReport),
     Removing,
     Again(Box<AssetSync>),
+    /// Publishing what was staged, at the end: then finished, or failed with this error.
+    Publishing(Option<ClientError>),
     Finished,
     Failed(ClientError),
     Over,
@@ -129,6 +133,8 @@ pub struct FolderSync {
     kept: Vec<ChunkId>,
     resume: bool,
     driver_hashes: bool,
+    /// Whether [`Action::Publish`] was asked for (once, however the sync ends).
+    published: bool,
     losses: Losses,
     files: usize,
     fetched: Vec<AssetPath>,
@@ -170,6 +176,7 @@ impl FolderSync {
             kept: Vec::new(),
             resume: true,
             driver_hashes: false,
+            published: false,
             losses: Losses::default(),
             files: 0,
             fetched: Vec::new(),
@@ -518,6 +525,16 @@ impl Machine for FolderSync {
                 }
                 return self.poll();
             }
+            // Whatever ended the sync, the files verified so far become current together.
+            ended @ (State::Finished | State::Failed(_)) if !self.published => {
+                let failed = match ended {
+                    State::Failed(error) => Some(error),
+                    _ => None,
+                };
+                self.published = true;
+                self.state = State::Publishing(failed);
+                return Action::Publish;
+            }
             State::Failed(error) => return Action::Failed(error),
             State::Over => panic!("poll() after Action::Failed"),
             state => self.state = state,
@@ -529,9 +546,13 @@ impl Machine for FolderSync {
             State::File(answer, _) => answer.poll(),
             State::Keeping(kept, _) => Action::Keep(kept),
             State::Reconnecting(after_ms) => Action::Reconnect { after_ms: *after_ms },
-            State::Committing(synced, _) => Action::Commit(synced),
+            State::Committing(synced, _) => Action::Stage(synced),
             State::Removing => Action::Remove(self.to_remove.front().expect("Removing has one")),
-            State::Again(sync) => sync.poll(),
+            State::Again(sync) => match sync.poll() {
+                Action::Commit(synced) => Action::Stage(synced),
+                action => action,
+            },
+            State::Publishing(_) => Action::Publish,
             State::Finished => Action::Done,
             State::Ready | State::Failed(_) | State::Over => unreachable!("handled above"),
         }
@@ -539,6 +560,14 @@ impl Machine for FolderSync {
 
     fn handle(&mut self, input: Input<'_>) {
         match (mem::replace(&mut self.state, State::Over), input) {
+            (State::Publishing(failed), Input::Stored) => {
+                self.state = failed.map_or(State::Finished, State::Failed);
+            }
+            // A sync that failed already reports its own error.
+            (State::Publishing(failed), Input::Stop(why)) => {
+                self.state = State::Failed(failed.unwrap_or(ClientError::Stopped(why)));
+            }
+            (_, Input::Stop(why)) => self.state = State::Failed(ClientError::Stopped(why)),
             (State::Loading(need), Input::Manifests(found)) => self.loaded(need, found),
             (State::Listing(id), Input::Sent { wire }) => {
                 self.report.wire_out += wire;

@@ -139,8 +139,16 @@ pub enum Action<'a> {
     Keep(&'a [VerifiedChunk]),
     /// Commit this verified version (and write it out), then [`Input::Stored`].
     Commit(&'a Synced),
-    /// Delete this asset: it is gone from the server. Then [`Input::Stored`].
+    /// A folder's file: store this verified version (and write it out) for the folder's
+    /// [`Action::Publish`], which makes it current; then [`Input::Stored`].
+    Stage(&'a Synced),
+    /// A folder's file the server no longer lists: delete it at the folder's
+    /// [`Action::Publish`]. Then [`Input::Stored`].
     Remove(&'a AssetPath),
+    /// Make what [`Action::Stage`] and [`Action::Remove`] staged current, all at once (one
+    /// transaction, or one pointer switch), then [`Input::Stored`]. A folder sync asks once, at
+    /// its end, however it ends: what was verified before a failure is kept.
+    Publish,
     /// Delete these chunks from the store: they were found missing or damaged. No input.
     Discard(Vec<ChunkId>),
     /// These chunks kept after a cut are now part of committed versions: a store that keeps
@@ -253,8 +261,13 @@ pub enum Input<'a> {
         /// Whether to try again.
         transient: bool,
     },
-    /// [`Action::Keep`], [`Action::Commit`] or [`Action::Remove`] is done.
+    /// [`Action::Keep`], [`Action::Commit`], [`Action::Stage`], [`Action::Remove`] or
+    /// [`Action::Publish`] is done.
     Stored,
+    /// The driver could not do what an action asked (its store failed; the text says how and
+    /// what is kept), or stops the run (its client was closed). Valid after any action: the
+    /// sync fails with [`ClientError::Stopped`], a folder's after publishing what it staged.
+    Stop(String),
     /// [`Action::Reconnect`] is done: a new connection is open.
     Reconnected,
 }
@@ -315,6 +328,9 @@ pub enum ClientError {
         /// The server's version now (`None`: no such file).
         current: Option<VersionId>,
     },
+    /// The driver stopped the run ([`Input::Stop`]): its store failed, or it was closed.
+    #[error("{0}")]
+    Stopped(String),
     /// Every request's data failed verification (or the server kept answering about versions
     /// it forgot).
     #[error("giving up after {requests} requests: {last}")]

@@ -216,6 +216,7 @@ impl Machine for Exchange {
 
     fn handle(&mut self, input: Input<'_>) {
         self.state = match (mem::replace(&mut self.state, State::Over), input) {
+            (_, Input::Stop(why)) => State::Failed(ClientError::Stopped(why)),
             (State::Reconnecting(_), Input::Reconnected) => State::Send,
             (State::Reconnecting(_), Input::Lost(why)) => self.lost(format!("reconnecting failed: {why}")),
             (State::Await(_), Input::Lost(why)) => {

@@ -398,6 +398,7 @@ impl Machine for UploadSync {
 
     fn handle(&mut self, input: Input<'_>) {
         self.state = match (mem::replace(&mut self.state, State::Over), input) {
+            (_, Input::Stop(why)) => State::Failed(ClientError::Stopped(why)),
             (State::Reconnecting(_), Input::Reconnected) => self.restart(),
             (State::Reconnecting(_), Input::Lost(why)) => self.lost(format!("reconnecting failed: {why}")),
             (state, Input::Lost(why)) => {
