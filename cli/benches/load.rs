@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use assetsync::pull::{PullConfig, pull};
 use assetsync_protocol::Scope;
 
-use crate::common::{bundle, copy_cache, start_server_with, usage, write_atomic};
+use crate::common::{bundle, copy_cache, pull_one, start_server_with, usage, write_atomic};
 
 const BUNDLE_BYTES: usize = 5_000_000;
 
@@ -179,7 +179,7 @@ async fn run(clients: usize, instances: Option<usize>, shared: bool) -> Measured
         let (config, target) = (config(i), target.clone());
         tokio::spawn(async move {
             let t = Instant::now();
-            let report = pull(&config, &target, |_| {}).await.unwrap().remove(0);
+            let report = pull_one(&config, &target).await;
             (t.elapsed(), report)
         })
     });
@@ -243,7 +243,7 @@ async fn egress(clients: usize, offload: bool) {
         let (target, gate) = (target.clone(), gate.clone());
         tokio::spawn(async move {
             let _turn = gate.acquire().await.unwrap();
-            let report = pull(&config, &target, |_| {}).await.unwrap().remove(0);
+            let report = pull_one(&config, &target).await;
             // The cache is not needed any more: 5 MB each would add up.
             let _ = std::fs::remove_dir_all(&config.cache);
             report

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use assetsync::pull::{PullConfig, pull};
+use assetsync::pull::{PullConfig, PullEvent, pull};
 use assetsync::{ServeConfig, run};
 use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{AssetPath, ChunkParams, Hash, Manifest, Scope, chunk_data};
@@ -122,7 +122,14 @@ fn wire() {
         println!("|---|---:|---:|---:|---:|---:|");
         for (name, asset, content) in steps {
             std::fs::write(root.path().join(asset), content).unwrap();
-            let r = pull(&pull_cfg, &[Scope::new(asset).unwrap()], |_| {}).await.unwrap().remove(0);
+            let mut reports = Vec::new();
+            let collect = |e: &PullEvent| {
+                if let PullEvent::Pulled(r) = e {
+                    reports.push(r.clone());
+                }
+            };
+            pull(&pull_cfg, &[Scope::new(asset).unwrap()], collect).await.unwrap();
+            let r = reports.remove(0);
             println!(
                 "| {name} | {} | {} | {} | {:.4} | {}/{} |",
                 r.bytes,

@@ -20,10 +20,10 @@ mod services;
 use std::path::Path;
 use std::time::Instant;
 
-use assetsync::pull::{PullConfig, pull};
+use assetsync::pull::PullConfig;
 use assetsync_protocol::Scope;
 
-use crate::common::{bundle, copy_cache, start_server_with, write_atomic};
+use crate::common::{bundle, copy_cache, pull_one, start_server_with, write_atomic};
 
 const BUNDLE_BYTES: usize = 5_000_000;
 
@@ -43,7 +43,7 @@ async fn update(url: &str, cache: &Path) -> (f64, u64) {
         no_delete: false,
     };
     let started = Instant::now();
-    let report = pull(&config, &[Scope::new("app.js").unwrap()], |_| {}).await.unwrap().remove(0);
+    let report = pull_one(&config, &[Scope::new("app.js").unwrap()]).await;
     (started.elapsed().as_secs_f64() * 1e3, report.wire_bytes_in)
 }
 

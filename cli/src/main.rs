@@ -431,7 +431,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if args.follow {
                 Ok(follow(&config, &targets, print).await?)
             } else {
-                Ok(pull(&config, &targets, print).await.map(drop)?)
+                Ok(pull(&config, &targets, print).await?)
             }
         }
         Command::Push(args) => {

@@ -71,32 +71,27 @@ pub struct PullReport {
     pub retried: bool,
 }
 
-/// Pulls each asset in turn over one connection, calling `report` after each commit. A target
-/// the server refuses (a mistyped name, say) fails alone: the others are still pulled, and the
+/// Pulls each asset in turn over one connection, calling `report` with each event: every file
+/// pulled (after its commit), removed, or in progress, and each folder's report. (A caller that
+/// wants the reports keeps them there: a folder of 100,000 files has as many.) A target the
+/// server refuses (a mistyped name, say) fails alone: the others are still pulled, and the
 /// error names every one that failed.
 pub async fn pull(
     config: &PullConfig,
     targets: &[Scope],
     mut report: impl FnMut(&PullEvent),
-) -> Result<Vec<PullReport>, Error> {
+) -> Result<(), Error> {
     // The cache opens while the connection's handshake is on the wire.
     let (cache, conn) = tokio::join!(
         open_cache(&config.cache),
         Connection::open_resilient(&config.server, config.token.as_deref())
     );
     let (mut cache, mut conn) = (cache?, conn?);
-    let mut reports = Vec::new();
-    let mut collect = |e: &PullEvent| {
-        if let PullEvent::Pulled(r) = e {
-            reports.push(r.clone());
-        }
-        report(e);
-    };
     let mut failed = Vec::new();
     for target in targets {
         // A lost connection is resumed inside: only what retrying cannot fix ends here. A refused
         // request leaves the connection in step, so the other targets go on.
-        match conn.pull_target(&mut cache, target, config, &mut collect).await {
+        match conn.pull_target(&mut cache, target, config, &mut report).await {
             Ok(()) => {}
             Err(e @ Error::Sync { error: ClientError::Refused { .. }, .. }) => failed.push(e),
             Err(e) => {
@@ -107,7 +102,7 @@ pub async fn pull(
     }
     conn.close().await;
     match failed.len() {
-        0 => Ok(reports),
+        0 => Ok(()),
         1 => Err(failed.remove(0)),
         _ => Err(Error::Several(failed)),
     }

@@ -51,11 +51,12 @@ pub use hash::Hash;
 pub use have::{ChunkSet, Have};
 pub use manifest::{Applied, MAX_CHUNKS, Manifest, RecipeOp, UNKNOWN_ID, VersionId, apply, cut_runs, diff};
 pub use message::{
-    BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, Limits, OLDEST_PROTOCOL_VERSION,
-    Offloaded, PROTOCOL_VERSION, ServerMessage, Update, UploadRequest,
+    BATCH_PART, ChunkFrame, ClientMessage, ErrorCode, FolderEntry, LISTING_PAGE, Limits,
+    OLDEST_PROTOCOL_VERSION, Offloaded, PAGES_ENCODING, PROTOCOL_VERSION, ServerMessage, Update,
+    UploadRequest,
 };
 pub use path::{AssetPath, Scope};
 pub use plan::{
     ClientView, FolderChanges, Plan, apply_listing_delta, ask_for_chunks, client_holds, folder_changes,
-    folder_listing, folder_sends, folder_version, listing_delta, plan,
+    folder_listing, folder_sends, folder_version, listing_delta, listing_pages, plan,
 };

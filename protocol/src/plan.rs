@@ -157,7 +157,15 @@ pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<Folde
         Some(old) if old == entries.as_slice() => ServerMessage::UpToDate { id, version },
         Some(old) => {
             let (files, removed) = listing_delta(old, &entries);
-            ServerMessage::Folder { id, files, removed, delta: true, version: Some(version), packs: 0 }
+            ServerMessage::Folder {
+                id,
+                files,
+                removed,
+                delta: true,
+                version: Some(version),
+                packs: 0,
+                more: false,
+            }
         }
         None => ServerMessage::Folder {
             id,
@@ -166,7 +174,29 @@ pub fn folder_listing(id: u32, since: Option<&[FolderEntry]>, entries: Vec<Folde
             delta: false,
             version: Some(version),
             packs: 0,
+            more: false,
         },
+    }
+}
+
+/// `listing` (a `folder` message) as pages of at most `page` entries, in order, each but the
+/// last with `more` (see [`ServerMessage::Folder`]); any other message as it is.
+pub fn listing_pages(listing: ServerMessage, page: usize) -> Vec<ServerMessage> {
+    let ServerMessage::Folder { id, files, removed, delta, version, packs, .. } = listing else {
+        return vec![listing];
+    };
+    let page = page.max(1);
+    let (mut files, mut removed) = (files.into_iter(), removed.into_iter());
+    let mut pages = Vec::with_capacity((files.len() + removed.len()).div_ceil(page).max(1));
+    loop {
+        let these: Vec<FolderEntry> = files.by_ref().take(page).collect();
+        let gone: Vec<AssetPath> = removed.by_ref().take(page - these.len()).collect();
+        let more = files.len() + removed.len() > 0;
+        let (version, packs) = if more { (None, 0) } else { (version, packs) };
+        pages.push(ServerMessage::Folder { id, files: these, removed: gone, delta, version, packs, more });
+        if !more {
+            return pages;
+        }
     }
 }
 
@@ -206,6 +236,45 @@ mod tests {
 
     fn entry(path: &str, content: &str) -> FolderEntry {
         FolderEntry { asset: AssetPath::new(path).unwrap(), version: Hash::of(content.as_bytes()) }
+    }
+
+    #[test]
+    fn a_listing_in_pages_adds_up_to_the_listing_with_its_version_and_packs_in_the_last_page() {
+        let files: Vec<FolderEntry> = (0..2500).map(|i| entry(&format!("dist/f{i:04}.js"), "v1")).collect();
+        let removed: Vec<AssetPath> =
+            (0..700).map(|i| AssetPath::new(&format!("old/g{i}.js")).unwrap()).collect();
+        let version = folder_version(&files);
+        let listing = |files: Vec<FolderEntry>, removed: Vec<AssetPath>| ServerMessage::Folder {
+            id: 7,
+            files,
+            removed,
+            delta: true,
+            version: Some(version),
+            packs: 3,
+            more: false,
+        };
+        let pages = listing_pages(listing(files.clone(), removed.clone()), 1024);
+        assert_eq!(pages.len(), 4, "3,200 entries in pages of 1,024");
+        let (mut all_files, mut all_removed) = (Vec::new(), Vec::new());
+        for (n, page) in pages.into_iter().enumerate() {
+            let ServerMessage::Folder { id: 7, files, removed, delta: true, version: v, packs, more } = page
+            else {
+                panic!("a page is a folder message of the same request")
+            };
+            assert!(files.len() + removed.len() <= 1024);
+            let last = n == 3;
+            assert_eq!((more, v, packs), if last { (false, Some(version), 3) } else { (true, None, 0) });
+            all_files.extend(files);
+            all_removed.extend(removed);
+        }
+        assert_eq!((all_files, all_removed), (files.clone(), removed));
+        // Small enough, or no pages asked for: the message as it was.
+        let whole = listing(files, Vec::new());
+        assert_eq!(listing_pages(whole.clone(), usize::MAX), vec![whole.clone()]);
+        let empty = listing(Vec::new(), Vec::new());
+        assert_eq!(listing_pages(empty.clone(), 1024), vec![empty]);
+        let up_to_date = ServerMessage::UpToDate { id: 7, version };
+        assert_eq!(listing_pages(up_to_date.clone(), 1), vec![up_to_date]);
     }
 
     #[test]

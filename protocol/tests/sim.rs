@@ -22,7 +22,7 @@ use assetsync_protocol::engine::{Action, AssetSync, ClientError, FolderSync, Inp
 use assetsync_protocol::{
     AssetPath, ChunkFrame, ChunkId, ChunkParams, ClientMessage, ClientView, ErrorCode, FolderEntry, Hash,
     Manifest, Offloaded, Scope, ServerMessage, VersionId, ask_for_chunks, client_holds, cut_runs,
-    folder_listing, folder_sends, folder_version, offload, pack, patch, plan,
+    folder_listing, folder_sends, folder_version, listing_pages, offload, pack, patch, plan,
 };
 use ruzstd::encoding::CompressionLevel;
 
@@ -45,6 +45,8 @@ struct Server {
     /// Whether folder answers put small new files in packs (protocol 4), at most this many to
     /// a pack; 0 for a protocol-3 server.
     pack_files: usize,
+    /// Folder listings come in pages of this many entries (0: whole).
+    listing_page: usize,
     /// Whether answers with chunks are offloaded to HTTP objects (see
     /// [`assetsync_protocol::offload`]), unless the request asks for them directly.
     offload: bool,
@@ -166,7 +168,8 @@ impl Server {
                 if let ServerMessage::Folder { packs: count, .. } = &mut listing {
                     *count = packs.len() as u32;
                 }
-                let mut out = vec![text(&listing)];
+                let page = if self.listing_page == 0 { usize::MAX } else { self.listing_page };
+                let mut out: Vec<Msg> = listing_pages(listing, page).iter().map(text).collect();
                 for files in packs {
                     // Raw zstd blocks: valid whatever prefix the client holds.
                     let raw = pack::encode(PARAMS, files);
@@ -642,6 +645,7 @@ fn schedule(seed: u64, verbose: bool) -> Vec<String> {
     let assets: Vec<AssetPath> =
         (0..1 + w.rng.below(3)).map(|i| AssetPath::new(&format!("dist/f{i}.js")).unwrap()).collect();
     w.server.pack_files = w.rng.below(4);
+    w.server.listing_page = w.rng.below(3);
     w.server.offload = w.rng.chance(400);
     w.server.patches = w.rng.chance(400);
     w.server.cut = w.server.patches && w.rng.chance(500);

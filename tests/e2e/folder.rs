@@ -354,22 +354,72 @@ async fn a_folder_pull_killed_halfway_leaves_the_cache_on_the_old_folder() {
     server.stop().await;
 }
 
-/// 100,000 files in one folder (the default `--max-folder-files`): the CLI pulls them cold and
-/// then finds them unchanged in one small round trip, the server and the CLI each staying within
-/// a bounded amount of memory (processes of their own, measured by their peak resident size).
+/// A listing of 2,500 files reaches a client that offers `pages` as three `folder` messages
+/// of at most 1,024 entries (only the last with the version and no `more`), and one that does
+/// not (an older client) as one message, as before; both add up to the same listing.
+#[tokio::test]
+async fn a_large_listing_comes_in_pages_to_clients_that_take_them_and_whole_to_others() {
+    use assetsync_protocol::{LISTING_PAGE, PROTOCOL_VERSION};
+    let server = TestServer::start().await;
+    for i in 0..2500 {
+        server.write(&format!("dist/f{i:04}.js"), format!("export const v = {i};\n").as_bytes());
+    }
+    let listing = |pages: bool| {
+        let url = server.url();
+        async move {
+            let mut raw = crate::util::Raw::connect_to(&url).await;
+            let offer = if pages { r#","encodings":["pages"]"# } else { "" };
+            let hello = format!(r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"agent":"t"{offer}}}"#);
+            raw.send_text(&hello).await;
+            let welcome = raw.json().await;
+            let echoed = welcome["encodings"].as_array().is_some_and(|e| e.iter().any(|e| e == "pages"));
+            assert_eq!(echoed, pages, "{welcome}");
+            raw.send_text(r#"{"type":"list_folder","id":1,"folder":"dist/"}"#).await;
+            let mut messages = Vec::new();
+            loop {
+                let message = raw.json().await;
+                assert_eq!((&message["type"], &message["id"]), (&"folder".into(), &1.into()), "{message}");
+                let more = message["more"].as_bool().unwrap_or(false);
+                messages.push(message);
+                if !more {
+                    return messages;
+                }
+            }
+        }
+    };
+    let names = |messages: &[serde_json::Value]| -> Vec<String> {
+        let files = messages.iter().flat_map(|m| m["files"].as_array().unwrap());
+        files.map(|f| f["asset"].as_str().unwrap().to_owned()).collect()
+    };
+    let paged = listing(true).await;
+    assert_eq!(paged.len(), 3, "2,500 entries in pages of {LISTING_PAGE}");
+    assert!(paged.iter().all(|m| m["files"].as_array().unwrap().len() <= LISTING_PAGE));
+    let whole = listing(false).await;
+    assert_eq!(whole.len(), 1, "an older client gets the listing in one message");
+    assert_eq!(names(&paged), names(&whole));
+    assert_eq!(names(&whole).len(), 2500);
+    server.stop().await;
+}
+
+/// 100,000 files in one folder (the default `--max-folder-files`): the CLI pulls them cold (the
+/// listing in pages) and then finds them unchanged in one small round trip, the server and the
+/// CLI each staying within a bounded amount of memory (processes of their own, measured by their
+/// peak resident size).
 #[test]
 fn a_100000_file_folder_syncs_in_bounded_memory_on_both_ends() {
     const FILES: usize = 100_000;
     const MIB: u64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
+    // Paths as long as a bundler's (about 90 bytes): the listing is 18 MB of JSON, more than
+    // the CLI's 16 MiB message limit, so it must come in pages.
     for i in 0..FILES {
-        let sub = root.join(format!("dist/m{:02}", i % 100));
+        let sub = root.join(format!("dist/assets/generated-chunks-of-the-vendor-bundle/m{:02}", i % 100));
         if i < 100 {
             std::fs::create_dir_all(&sub).unwrap();
         }
         std::fs::write(
-            sub.join(format!("f{i}.js")),
+            sub.join(format!("vendor-module-with-a-long-name-{i:06}.js")),
             format!("export const v{i} = {};\n", i * 7919 % 100_003),
         )
         .unwrap();

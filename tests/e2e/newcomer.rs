@@ -203,10 +203,11 @@ async fn a_folder_pull_repairs_files_edited_or_deleted_under_out() {
     std::fs::remove_file(client.out("lib/c.js")).unwrap();
     let mut folder = None;
     let targets = [assetsync_protocol::Scope::new("lib/").unwrap()];
-    let reports = assetsync::pull::pull(&client.config(server.url()), &targets, |e| {
-        if let assetsync::pull::PullEvent::Folder(f) = e {
-            folder = Some(f.clone());
-        }
+    let mut reports = Vec::new();
+    assetsync::pull::pull(&client.config(server.url()), &targets, |e| match e {
+        assetsync::pull::PullEvent::Folder(f) => folder = Some(f.clone()),
+        assetsync::pull::PullEvent::Pulled(r) => reports.push(r.clone()),
+        _ => {}
     })
     .await
     .unwrap();

@@ -86,13 +86,15 @@ async fn an_instance_killed_mid_transfer_behind_nginx_is_resumed_on_the_other() 
     let a = Mutex::new(Some(a));
     let mut killed_at = None;
     let client = TestClient::new();
-    let reports = pull(&client.config(slow.url()), &[Scope::new("big.bin").unwrap()], |e| match e {
+    let mut wire = 0;
+    pull(&client.config(slow.url()), &[Scope::new("big.bin").unwrap()], |e| match e {
         PullEvent::Progress { received, .. } if *received > 6 << 20 && killed_at.is_none() => {
             let mut a = a.lock().unwrap().take().unwrap();
             a.child.kill().unwrap();
             a.child.wait().unwrap();
             killed_at = Some(*received);
         }
+        PullEvent::Pulled(r) => wire = r.wire_bytes_in,
         _ => {}
     })
     .await
@@ -100,7 +102,6 @@ async fn an_instance_killed_mid_transfer_behind_nginx_is_resumed_on_the_other() 
     let killed_at = killed_at.expect("the transfer ended before the kill");
     assert_eq!(slow.connections(), 2, "the client reconnected once");
     assert_eq!(std::fs::read(client.out("big.bin")).unwrap(), data);
-    let wire = reports[0].wire_bytes_in;
     // What the same pull costs uncut, from the surviving instance.
     let uncut = TestClient::new().pull_from(b.url.clone(), &["big.bin"]).await.unwrap()[0].wire_bytes_in;
     // Again: the plan (what the uncut pull took beyond the file), and at most the batch that was

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use assetsync::pull::{PullConfig, PullReport, pull};
+use assetsync::pull::{PullConfig, PullEvent, PullReport, pull};
 use assetsync::{ServeConfig, run};
 pub use assetsync_protocol::test_util::random_bytes;
 use assetsync_protocol::{Hash, PROTOCOL_VERSION, Scope};
@@ -147,7 +147,14 @@ impl TestClient {
     /// Pulls `assets` (files, or folders ending in `/`) from the sync endpoint `url`.
     pub async fn pull_from(&self, url: String, assets: &[&str]) -> anyhow::Result<Vec<PullReport>> {
         let targets: Vec<Scope> = assets.iter().map(|a| Scope::new(a).unwrap()).collect();
-        Ok(pull(&self.config(url), &targets, |_| {}).await?)
+        let mut reports = Vec::new();
+        pull(&self.config(url), &targets, |e| {
+            if let PullEvent::Pulled(r) = e {
+                reports.push(r.clone());
+            }
+        })
+        .await?;
+        Ok(reports)
     }
 
     /// Pulls one asset and checks that the output equals `expected` byte for byte (by SHA-256).

@@ -4,6 +4,22 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// Pulls `target`, one asset; its report.
+pub async fn pull_one(
+    config: &assetsync::pull::PullConfig,
+    target: &[assetsync_protocol::Scope],
+) -> assetsync::pull::PullReport {
+    let mut report = None;
+    assetsync::pull::pull(config, target, |e| {
+        if let assetsync::pull::PullEvent::Pulled(r) = e {
+            report = Some(r.clone());
+        }
+    })
+    .await
+    .unwrap();
+    report.expect("the asset was pulled")
+}
+
 /// A bundle of `len` bytes: the vendor libraries repeated; `build` renames one function per
 /// library copy (a rebuild that touches a few modules).
 pub fn bundle(build: u32, len: usize) -> Vec<u8> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::answer::{Answer, End};
 use super::{
-    Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Queue, SyncReport, bump,
+    Action, AssetSync, ClientError, Fetched, Finished, Input, Losses, Machine, Pages, Queue, SyncReport, bump,
 };
 use crate::shape::Shape;
 use crate::{
@@ -97,8 +97,9 @@ pub struct FolderSync {
     /// The committed versions of the folder's files, sorted by path, kept current as files
     /// commit.
     held: Vec<FolderEntry>,
-    /// Their manifests, once loaded (see [`Action::LoadManifests`]), and those committed since.
-    manifests: Option<HashMap<VersionId, Manifest>>,
+    /// Where in `sources` their manifests are, once loaded (see [`Action::LoadManifests`]), and
+    /// those committed since.
+    manifests: Option<HashMap<VersionId, usize>>,
     /// What the request in flight named, in that order (by path).
     named_entries: Arc<[FolderEntry]>,
     /// The same with their manifests, once loaded: shared by the machines of the answer's files.
@@ -119,6 +120,8 @@ pub struct FolderSync {
     /// The answer's listing, whose positions packs name; the packs still to come, the bytes of
     /// those received (their prefix), and the files of the last one still to commit.
     listing: Vec<FolderEntry>,
+    /// The pages of the answer's listing received so far.
+    pages: Pages,
     packs_left: u32,
     window: pack::Window,
     unpacked: VecDeque<(Synced, SyncReport)>,
@@ -161,6 +164,7 @@ impl FolderSync {
             shape: None,
             answer: (0, 0),
             listing: Vec::new(),
+            pages: Pages::default(),
             packs_left: 0,
             window: pack::Window::default(),
             unpacked: VecDeque::new(),
@@ -221,7 +225,12 @@ impl FolderSync {
                 self.files = self.held.len();
                 return self.next_file();
             }
-            ServerMessage::Folder { id: got, files, removed, delta, version, packs } if got == id => {
+            ServerMessage::Folder { id: got, files, removed, more: true, .. } if got == id => {
+                self.pages.add(files, removed);
+                State::Listing(id)
+            }
+            ServerMessage::Folder { id: got, files, removed, delta, version, packs, .. } if got == id => {
+                let (files, removed) = self.pages.finish(files, removed);
                 let named = self.named_entries.clone();
                 let files = match delta {
                     true => apply_listing_delta(&named, &files, &removed),
@@ -278,7 +287,7 @@ impl FolderSync {
             self.named = self
                 .named_entries
                 .iter()
-                .filter_map(|e| Some((e.version, manifests.get(&e.version)?.clone())))
+                .filter_map(|e| Some((e.version, self.sources[*manifests.get(&e.version)?].clone())))
                 .collect();
         }
         self.next_file();
@@ -288,12 +297,12 @@ impl FolderSync {
     /// missing or damaged is no longer held; if the request named it, the answer in flight was
     /// planned for holdings the client does not have, and is given up (by reconnecting).
     fn loaded(&mut self, need: Need, found: Vec<Manifest>) {
-        let found: HashMap<VersionId, Manifest> = found.into_iter().map(|m| (m.version(), m)).collect();
+        let mut found: HashMap<VersionId, Manifest> = found.into_iter().map(|m| (m.version(), m)).collect();
         let missing = self.held.iter().filter(|e| !found.contains_key(&e.version)).count();
         let named_missing = self.named_entries.iter().any(|e| !found.contains_key(&e.version));
         self.held.retain(|e| found.contains_key(&e.version));
-        self.sources = Arc::new(self.held.iter().filter_map(|e| found.get(&e.version).cloned()).collect());
-        self.manifests = Some(found);
+        self.sources = Arc::new(self.held.iter().filter_map(|e| found.remove(&e.version)).collect());
+        self.manifests = Some(self.held.iter().enumerate().map(|(at, e)| (e.version, at)).collect());
         match need {
             Need::Request => self.state = State::Ready,
             Need::Answer if named_missing => {
@@ -462,7 +471,7 @@ impl FolderSync {
             Err(at) => self.held.insert(at, entry),
         }
         if let Some(manifests) = &mut self.manifests {
-            manifests.insert(synced.version, manifest.clone());
+            manifests.insert(synced.version, self.sources.len());
         }
         Arc::make_mut(&mut self.sources).push(manifest);
         self.fetched.push(synced.manifest.path.clone());
@@ -501,6 +510,7 @@ impl Machine for FolderSync {
                 self.state = State::Listing(id);
                 // Each answer brings the shape anew if it is not the known one.
                 self.shape = None;
+                self.pages = Pages::default();
                 let (folder, shape) = (self.folder.to_string(), self.shape_known);
                 return Action::Send(ClientMessage::SyncFolder { id, folder, since, have, shape });
             }

@@ -16,6 +16,7 @@ pub fn hello(agent: &str, token: Option<String>, via: Vec<String>) -> ClientMess
             crate::patch::CUT_ENCODING,
             crate::patch::WASM_ENCODING,
             crate::patch::TAIL_ENCODING,
+            crate::PAGES_ENCODING,
         ]
         .map(str::to_owned)
         .into(),

@@ -38,6 +38,7 @@ mod push_folder;
 mod upload;
 
 use std::collections::VecDeque;
+use std::mem;
 
 pub use asset::{AssetSync, Fetched, Finished};
 pub use folder::{FolderDone, FolderSync};
@@ -47,7 +48,7 @@ pub use push_folder::{Exchange, Exchanged, FolderPushPlan, plan_folder_push};
 pub use upload::{UploadSync, Uploaded};
 
 use crate::{
-    AssetPath, ChunkId, ClientMessage, Error, ErrorCode, Hash, Manifest, ServerMessage, Synced,
+    AssetPath, ChunkId, ClientMessage, Error, ErrorCode, FolderEntry, Hash, Manifest, ServerMessage, Synced,
     VerifiedChunk, VersionId,
 };
 
@@ -403,6 +404,31 @@ fn backoff_ms(n: u32) -> u32 {
 
 /// Actions that need no input, waiting to be returned by `poll`.
 type Queue = VecDeque<Action<'static>>;
+
+/// The pages of a folder listing received so far (see [`ServerMessage::Folder`]'s `more`).
+#[derive(Debug, Default)]
+struct Pages {
+    files: Vec<FolderEntry>,
+    removed: Vec<AssetPath>,
+}
+
+impl Pages {
+    /// A page with more to follow.
+    fn add(&mut self, files: Vec<FolderEntry>, removed: Vec<AssetPath>) {
+        self.files.extend(files);
+        self.removed.extend(removed);
+    }
+
+    /// The whole listing, with its last page: its files and removals.
+    fn finish(
+        &mut self,
+        files: Vec<FolderEntry>,
+        removed: Vec<AssetPath>,
+    ) -> (Vec<FolderEntry>, Vec<AssetPath>) {
+        self.add(files, removed);
+        (mem::take(&mut self.files), mem::take(&mut self.removed))
+    }
+}
 
 /// The next free request id after `id`.
 fn bump(id: &mut u32) -> u32 {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::mem;
 
-use super::{Action, ClientError, Input, Losses, Machine, Queue, SyncReport, bump};
+use super::{Action, ClientError, Input, Losses, Machine, Pages, Queue, SyncReport, bump};
 use crate::{AssetPath, ClientMessage, Error, FolderEntry, MAX_REQUESTS, ServerMessage, VersionId};
 
 /// What a folder push does, file by file.
@@ -86,6 +86,8 @@ pub struct Exchange {
     losses: Losses,
     report: SyncReport,
     queue: Queue,
+    /// The pages of a listing received so far.
+    pages: Pages,
     state: State,
 }
 
@@ -109,6 +111,7 @@ impl Exchange {
             losses: Losses::default(),
             report: SyncReport::default(),
             queue: Queue::new(),
+            pages: Pages::default(),
             state: State::Send,
         }
     }
@@ -138,10 +141,16 @@ impl Exchange {
                 self.queue.push_back(Action::Changed { asset, version });
                 State::Await(id)
             }
+            (Ask::List(_), ServerMessage::Folder { id: answered, files, delta: false, more: true, .. })
+                if answered == id =>
+            {
+                self.pages.add(files, Vec::new());
+                State::Await(id)
+            }
             (Ask::List(_), ServerMessage::Folder { id: answered, files, delta: false, packs: 0, .. })
                 if answered == id =>
             {
-                State::Finished(Exchanged::Listing(files))
+                State::Finished(Exchanged::Listing(self.pages.finish(files, Vec::new()).0))
             }
             (Ask::Delete(..), ServerMessage::Deleted { id: answered }) if answered == id => {
                 State::Finished(Exchanged::Deleted)
@@ -191,6 +200,7 @@ impl Machine for Exchange {
         match mem::replace(&mut self.state, State::Over) {
             State::Send => {
                 let id = bump(&mut self.next_id);
+                self.pages = Pages::default();
                 self.report.requests += 1;
                 self.state = State::Await(id);
                 Action::Send(match &self.ask {

@@ -18,6 +18,15 @@ pub use frame::{BATCH_PART, ChunkFrame};
 /// Bumped on any incompatible change to the messages or frames.
 pub const PROTOCOL_VERSION: u32 = 5;
 
+/// Offered in `hello` by a client that takes a folder listing in pages (see
+/// [`ServerMessage::Folder`]'s `more`); a server that sends them repeats it in `welcome`.
+pub const PAGES_ENCODING: &str = "pages";
+
+/// The most entries (files and removals) in one page of a folder listing: about 150 KB of
+/// JSON, where a whole listing of 100,000 files is 10-20 MB, one message that both ends hold
+/// at once (and more than the native client's 16 MiB message limit, for long paths).
+pub const LISTING_PAGE: usize = 1024;
+
 /// The oldest version a server still speaks. Protocol 1 had no `unknown_base` and listed
 /// `have.chunks` as full hex ids; protocol 2 had no batches in parts (`BatchStart`); protocol 3
 /// had no packs (`Pack`); protocol 4 asked for a folder's shape in a `get_shape` of its own,
@@ -244,6 +253,12 @@ pub enum ServerMessage {
         /// the answer's `update`s: small new files, many to a compressed frame.
         #[serde(default, skip_serializing_if = "is_zero")]
         packs: u32,
+        /// More of this listing follows, in further `folder` messages with the same id (to a
+        /// client that offered [`PAGES_ENCODING`], a listing of more than [`LISTING_PAGE`]
+        /// entries; see [`crate::listing_pages`]). Their `files` and `removed`, in order, make
+        /// the listing; `delta` is the same in each; `version` and `packs` are in the last.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// The subscription `id` is in place: changes from now on are announced.
     Subscribed {
@@ -348,6 +363,8 @@ struct WireServerMessage {
     #[serde(default)]
     packs: u32,
     #[serde(default)]
+    more: bool,
+    #[serde(default)]
     missing: bool,
     code: Option<ErrorCode>,
     message: Option<String>,
@@ -397,6 +414,7 @@ impl TryFrom<WireServerMessage> for ServerMessage {
                 delta: w.delta,
                 version: w.version,
                 packs: w.packs,
+                more: w.more,
             },
             "manifest" => ServerMessage::Manifest {
                 id: need(w.id, "id")?,

@@ -114,6 +114,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
             delta: false,
             version: None,
             packs: 0,
+            more: true,
         },
         ServerMessage::Folder {
             id: 4,
@@ -122,6 +123,7 @@ fn every_server_message_round_trips_and_needs_its_fields() {
             delta: true,
             version: Some(v),
             packs: 3,
+            more: false,
         },
         ServerMessage::Subscribed { id: 5, missing: false },
         ServerMessage::Subscribed { id: 6, missing: true },

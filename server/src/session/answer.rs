@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket, close_code};
 use futures_util::SinkExt;
 
 use super::throttle::Throttle;
-use super::{Fatal, Peer, feed_json, gone, send_json};
+use super::{Fatal, Peer, feed_json, gone, send_json, send_listing};
 use crate::encode::{Batch, Encoded, QUICK_WORK};
 use crate::index::{Base, IndexError, Indexed};
 use crate::server::AppState;
@@ -191,7 +191,7 @@ pub(super) async fn sync_folder(
             Err(e) => return send_json(socket, &refuse(id, code_of(&e), e.to_string())).await,
         }
     }
-    send_json(socket, &listing).await?;
+    send_listing(socket, listing, &peer).await?;
     let (mut updated, mut frame_bytes, mut offloaded, mut work) = (0, 0, 0, QUICK_WORK);
     let mut window = pack::Window::default();
     // Names each pack with everything before it in the answer (see `Encoder::pack`).

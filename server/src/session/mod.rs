@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use assetsync_protocol::{
-    ClientMessage, ErrorCode, Hash, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage, compress,
-    offload, patch,
+    ClientMessage, ErrorCode, Hash, LISTING_PAGE, OLDEST_PROTOCOL_VERSION, PAGES_ENCODING, PROTOCOL_VERSION,
+    ServerMessage, compress, listing_pages, offload, patch,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures_util::SinkExt;
@@ -196,7 +196,7 @@ pub(crate) async fn run(
                             upload::get_manifest(&mut socket, &state, id, &asset, resume).await
                         }
                         ClientMessage::ListFolder { id, folder } => {
-                            upload::list_folder(&mut socket, &state, id, &folder).await
+                            upload::list_folder(&mut socket, &state, &peer, id, &folder).await
                         }
                         ClientMessage::Delete { id, asset, base } => {
                             upload::delete(&mut socket, &state, id, &asset, base).await
@@ -281,6 +281,8 @@ struct Peer {
     wasm: bool,
     /// Whether it takes a patch with a tail ([`patch::TAIL_ENCODING`]).
     tail: bool,
+    /// Whether it takes a folder listing in pages ([`PAGES_ENCODING`]).
+    pages: bool,
     /// Who the client signed in as.
     signed: Signed,
 }
@@ -361,7 +363,8 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
     let cut = patch && encodings.iter().any(|e| e == patch::CUT_ENCODING);
     let wasm = patch && encodings.iter().any(|e| e == patch::WASM_ENCODING);
     let tail = wasm && encodings.iter().any(|e| e == patch::TAIL_ENCODING);
-    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, wasm, tail, "hello");
+    let pages = encodings.iter().any(|e| e == PAGES_ENCODING);
+    tracing::debug!(agent = %agent.chars().take(100).collect::<String>(), protocol, zstd, offload, patch, cut, wasm, tail, pages, "hello");
     let used = [
         (zstd, compress::ZSTD),
         (offload, offload::ENCODING),
@@ -369,6 +372,7 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         (cut, patch::CUT_ENCODING),
         (wasm, patch::WASM_ENCODING),
         (tail, patch::TAIL_ENCODING),
+        (pages, PAGES_ENCODING),
     ];
     let welcome = ServerMessage::Welcome {
         protocol,
@@ -386,8 +390,19 @@ async fn greet(socket: &mut WebSocket, state: &AppState, hello: Hello<'_>) -> Re
         cut,
         wasm,
         tail,
+        pages,
         signed,
     })
+}
+
+/// Sends a folder listing, in pages of [`LISTING_PAGE`] entries to a client that takes them:
+/// the server holds one page's JSON at a time, and the client one message's.
+async fn send_listing(socket: &mut WebSocket, listing: ServerMessage, peer: &Peer) -> Result<(), Fatal> {
+    let page = if peer.pages { LISTING_PAGE } else { usize::MAX };
+    for page in listing_pages(listing, page) {
+        feed_json(socket, &page).await?;
+    }
+    socket.flush().await.map_err(gone)
 }
 
 async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), Fatal> {

@@ -17,7 +17,7 @@ use axum::extract::ws::{Message, WebSocket, close_code};
 use bytes::Bytes;
 
 use super::answer::{code_of, refuse};
-use super::{Fatal, send_json};
+use super::{Fatal, Peer, send_json, send_listing};
 use crate::index::{IndexError, Indexed, WriteError};
 use crate::modules::{Module, Refusal};
 use crate::server::AppState;
@@ -238,6 +238,7 @@ fn answer_write(id: u32, done: Result<ServerMessage, WriteError>) -> ServerMessa
 pub(super) async fn list_folder(
     socket: &mut WebSocket,
     state: &AppState,
+    peer: &Peer,
     id: u32,
     folder: &str,
 ) -> Result<(), Fatal> {
@@ -253,9 +254,16 @@ pub(super) async fn list_folder(
     };
     let files =
         files.iter().map(|f| FolderEntry { asset: f.manifest.path.clone(), version: f.version }).collect();
-    let listing =
-        ServerMessage::Folder { id, files, removed: Vec::new(), delta: false, version: None, packs: 0 };
-    send_json(socket, &listing).await
+    let listing = ServerMessage::Folder {
+        id,
+        files,
+        removed: Vec::new(),
+        delta: false,
+        version: None,
+        packs: 0,
+        more: false,
+    };
+    send_listing(socket, listing, peer).await
 }
 
 /// Answers `get_shape`: the folder's folders, links and executable files.
