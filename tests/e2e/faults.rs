@@ -268,8 +268,9 @@ async fn bits_flipped_in_transit_are_detected_and_fetched_again() {
     let data = random_bytes(1 << 20, 43);
     server.write("a.bin", &data);
     // Offsets past the handshake and `welcome` (a flip at 300 lands in `welcome`'s text and
-    // changes nothing): the `update` message (a new connection), then chunk frames (a retry).
-    for at in [420, 800, 2_000, 500_000, 1_000_000] {
+    // changes nothing; `welcome` grew 8 bytes with `"pages"`): the `update` message (a new
+    // connection), then chunk frames (a retry).
+    for at in [428, 800, 2_000, 500_000, 1_000_000] {
         let proxy = Proxy::start(&server, vec![Fault::FlipAt(at)]).await;
         let client = TestClient::new();
         let report = client.pull_from(proxy.url(), &["a.bin"]).await.unwrap().remove(0);
