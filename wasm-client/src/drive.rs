@@ -265,74 +265,44 @@ impl Client {
     /// that fails stops the run ([`Input::Stop`]): the machine publishes what it staged.
     async fn act(self: &Rc<Self>, action: Action<'_>, run: &mut Run<'_>) -> Option<Input<'static>> {
         let t0 = now_ms();
-        let timings = &mut run.driven.timings;
-        Some(match action {
-            Action::LoadFile(m) => match self.file(m).await {
-                Ok(file) => {
-                    timings.store_ms += now_ms() - t0;
-                    Input::File(file.map(|f| f.to_vec()))
-                }
-                Err(e) => Input::Stop(e.to_string()),
-            },
-            Action::CheckFile(m) => match self.file(m).await {
-                Ok(file) => {
-                    timings.store_ms += now_ms() - t0;
-                    Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes)))
-                }
-                Err(e) => Input::Stop(e.to_string()),
-            },
-            Action::LoadManifests(versions) => match self.store.manifests(&versions).await {
-                Ok(manifests) => {
-                    timings.store_ms += now_ms() - t0;
-                    Input::Manifests(manifests)
-                }
-                Err(e) => Input::Stop(e.to_string()),
-            },
-            Action::LoadChunks { ids, sources } => match self.chunks(ids, sources, run).await {
-                Ok(chunks) => {
-                    run.driven.timings.store_ms += now_ms() - t0;
-                    Input::Chunks(chunks)
-                }
-                Err(e) => Input::Stop(e.to_string()),
-            },
-            Action::Verify(data) => {
-                task::yield_if_busy().await;
-                let digest = digest::sha256(data).await;
-                timings.verify_ms += now_ms() - t0;
-                Input::Digest(digest)
+        let stored: Result<Input<'static>, String> = match action {
+            Action::LoadFile(m) => self
+                .file(m)
+                .await
+                .map(|file| Input::File(file.map(|f| f.to_vec())))
+                .map_err(|e| e.to_string()),
+            Action::CheckFile(m) => self
+                .file(m)
+                .await
+                .map(|file| Input::Checked(file.map(|bytes| run.driven.unchanged = Some(bytes))))
+                .map_err(|e| e.to_string()),
+            Action::LoadManifests(versions) => {
+                self.store.manifests(&versions).await.map(Input::Manifests).map_err(|e| e.to_string())
             }
-            Action::Keep(chunks) => match self.store.keep(chunks).await {
-                Ok(()) => Input::Stored,
-                Err(e) => {
-                    Input::Stop(format!("{}, and storing the chunks received failed: {e}", run.last_loss))
-                }
-            },
+            Action::LoadChunks { ids, sources } => self.chunks(ids, sources, run).await.map(Input::Chunks),
+            Action::Keep(chunks) => self
+                .store
+                .keep(chunks)
+                .await
+                .map(|()| Input::Stored)
+                .map_err(|e| format!("{}, and storing the chunks received failed: {e}", run.last_loss)),
             Action::Commit(synced) => {
                 task::yield_if_busy().await;
-                match self.store.commit(synced).await {
-                    Ok(()) => {
-                        run.driven.timings.store_ms += now_ms() - t0;
-                        Input::Stored
-                    }
-                    Err(e) => Input::Stop(format!("{e}; the previous version is kept")),
-                }
+                let committed = self.store.commit(synced).await;
+                committed.map(|()| Input::Stored).map_err(|e| format!("{e}; the previous version is kept"))
             }
             Action::Stage(synced) => {
                 task::yield_if_busy().await;
-                match self.stage(synced, run).await {
-                    Ok(()) => {
-                        run.driven.timings.store_ms += now_ms() - t0;
-                        Input::Stored
-                    }
-                    Err(e) => {
-                        Input::Stop(format!("{}: {e}; the previous version is kept", synced.manifest.path))
-                    }
-                }
+                let path = &synced.manifest.path;
+                let staged = self.stage(synced, run).await;
+                staged
+                    .map(|()| Input::Stored)
+                    .map_err(|e| format!("{path}: {e}; the previous version is kept"))
             }
             Action::Remove(asset) => {
                 self.remembered.borrow_mut().remove(asset);
                 run.staged.push(Staged::Removal(asset.as_str().to_owned()));
-                Input::Stored
+                Ok(Input::Stored)
             }
             Action::Publish => {
                 let staged = mem::take(&mut run.staged);
@@ -340,11 +310,33 @@ impl Client {
                     true => Ok(()),
                     false => self.store.commit_all(&staged, Some(run.run_id)).await,
                 };
-                match published {
-                    Ok(()) => Input::Stored,
-                    // The caller names the folder.
-                    Err(e) => Input::Stop(format!("{e}; the previous versions are kept")),
-                }
+                // The caller names the folder.
+                published.map(|()| Input::Stored).map_err(|e| format!("{e}; the previous versions are kept"))
+            }
+            other => return self.act_here(other, run, t0).await,
+        };
+        Some(match stored {
+            Ok(input) => {
+                run.driven.timings.store_ms += now_ms() - t0;
+                input
+            }
+            Err(why) => Input::Stop(why),
+        })
+    }
+
+    /// [`Client::act`] for what is not the store's: hashing, and the page's.
+    async fn act_here(
+        self: &Rc<Self>,
+        action: Action<'_>,
+        run: &mut Run<'_>,
+        t0: f64,
+    ) -> Option<Input<'static>> {
+        Some(match action {
+            Action::Verify(data) => {
+                task::yield_if_busy().await;
+                let digest = digest::sha256(data).await;
+                run.driven.timings.verify_ms += now_ms() - t0;
+                Input::Digest(digest)
             }
             // Kept chunk records are dropped once damaged, or once in committed files.
             Action::Discard(ids) | Action::Release(ids) => {
